@@ -1,0 +1,268 @@
+//! `kiln check`, `kiln graph`, `kiln explain`, `kiln gc`, and loading a spec.
+
+use super::build::{state_dir, targets};
+use super::{Failure, SpecArgs, render_all};
+use crate::diag::{Diagnostic, Sources};
+use crate::frontend::ast::Spec;
+use crate::frontend::kdl::display_path;
+use crate::ir::{Base, CopyFrom, Graph, Op, compile};
+use crate::store::{Access, Store, gc, records};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Read and compile a spec; warnings are returned for the caller to show.
+pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
+    let path = args.spec_path();
+    let spec = crate::frontend::kdl::load(&path, &display_path(&path), sources)?;
+    let options = crate::ir::CompileOptions {
+        args: args.arg_pairs()?,
+        context_dir: args.context.clone(),
+    };
+    let (graph, mut warnings) = compile(&spec, &options, sources)?;
+    warnings.splice(0..0, spec.warnings.iter().cloned());
+    Ok((spec, graph, warnings))
+}
+
+fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
+    if !ws.is_empty() {
+        eprint!("{}", render_all(ws, sources));
+    }
+}
+
+pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
+    let (_, graph, warnings) = load(args, sources)?;
+    print_warnings(&warnings, sources);
+    let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
+    println!(
+        "ok: {} stage{}, {steps} step{}, {} export{}",
+        graph.stages.len(),
+        if graph.stages.len() == 1 { "" } else { "s" },
+        if steps == 1 { "" } else { "s" },
+        graph.exports.len(),
+        if graph.exports.len() == 1 { "" } else { "s" },
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: GraphFormat,
+    /// Show only these stages and what they need
+    #[arg(long = "target", short = 't', value_name = "STAGE")]
+    pub targets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GraphFormat {
+    Text,
+    Dot,
+}
+
+/// Edges of a stage: (dependency, how it is used).
+fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'static str)> {
+    let s = graph.stage(id);
+    let mut out = Vec::new();
+    if let Base::Stage(b) = s.base {
+        out.push((b, "from"));
+    }
+    for step in &s.steps {
+        if let Op::Copy(c) = &step.op
+            && let CopyFrom::Stage(src) = c.from
+            && !out.iter().any(|(d, k)| *d == src && *k == "copy")
+        {
+            out.push((src, "copy"));
+        }
+    }
+    out
+}
+
+pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
+    let (_, graph, warnings) = load(&args.spec, sources)?;
+    print_warnings(&warnings, sources);
+    let ids: Vec<crate::ir::StageId> = if args.targets.is_empty() {
+        graph.stages.iter().map(|s| s.id).collect()
+    } else {
+        graph.ancestors(&targets(&graph, &args.targets)?)
+    };
+    let exported: Vec<crate::ir::StageId> = graph.exports.iter().map(|e| e.stage).collect();
+    let mut out = String::new();
+    match args.format {
+        GraphFormat::Text => {
+            for id in &ids {
+                let s = graph.stage(*id);
+                let base = match s.base {
+                    Base::Scratch => "scratch".to_string(),
+                    Base::Stage(b) => graph.stage(b).name.clone(),
+                };
+                let mark = if exported.contains(id) {
+                    " (exported)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "{}{mark}: from {base}, {} step{}\n",
+                    s.name,
+                    s.steps.len(),
+                    if s.steps.len() == 1 { "" } else { "s" }
+                ));
+                for (dep, kind) in edges(&graph, *id) {
+                    if kind == "copy" {
+                        out.push_str(&format!("  copies from {}\n", graph.stage(dep).name));
+                    }
+                }
+            }
+        }
+        GraphFormat::Dot => {
+            out.push_str(
+                "digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n",
+            );
+            for id in &ids {
+                let s = graph.stage(*id);
+                let style = if exported.contains(id) {
+                    ", style=bold"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "  \"{}\" [label=\"{}\\n{} steps\"{style}];\n",
+                    s.name,
+                    s.name,
+                    s.steps.len()
+                ));
+            }
+            for id in &ids {
+                for (dep, kind) in edges(&graph, *id) {
+                    let style = if kind == "copy" {
+                        " [style=dashed, label=\"copy\"]"
+                    } else {
+                        ""
+                    };
+                    out.push_str(&format!(
+                        "  \"{}\" -> \"{}\"{style};\n",
+                        graph.stage(dep).name,
+                        graph.stage(*id).name
+                    ));
+                }
+            }
+            out.push_str("}\n");
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Where the cache lives [default: .kiln beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Show cached steps too
+    #[arg(long, short = 'a')]
+    pub all: bool,
+}
+
+pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
+    let state = state_dir(&args.state_dir, &args.spec.spec_path());
+    if !state.exists() {
+        return Err(Diagnostic::user(
+            "kiln::explain::none",
+            format!(
+                "no build has used the state directory `{}`",
+                state.display()
+            ),
+        )
+        .with_help("run `kiln build` first")
+        .into());
+    }
+    let store = Store::open(&state, Access::Shared)?;
+    let Some(last) = records::load_last(&store) else {
+        return Err(
+            Diagnostic::user("kiln::explain::none", "no build is recorded yet")
+                .with_help("run `kiln build` first")
+                .into(),
+        );
+    };
+    let cached = last.steps.iter().filter(|s| s.cached).count();
+    let ran = last.steps.len() - cached;
+    println!(
+        "last build of {}: {ran} step{} ran, {cached} cached",
+        last.spec,
+        if ran == 1 { "" } else { "s" }
+    );
+    for s in &last.steps {
+        if s.cached {
+            if args.all {
+                println!("  cached  {} [{}] {}", s.stage, s.step + 1, s.text);
+            }
+            continue;
+        }
+        println!("  ran     {} [{}] {}", s.stage, s.step + 1, s.text);
+        for w in &s.why {
+            println!("            because {w}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Where the cache lives [default: .kiln beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Shrink the cache to at most this size (`500M`, `2G`); exported results are kept longest
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+}
+
+pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
+    let budget = match &args.max_size {
+        Some(s) => Some(gc::parse_size(s).ok_or_else(|| {
+            Diagnostic::user("kiln::gc::size", format!("`{s}` is not a size"))
+                .with_help("write a size like `500M` or `2G`")
+        })?),
+        None => None,
+    };
+    let state = state_dir(&args.state_dir, &args.spec.spec_path());
+    if !state.exists() {
+        println!("nothing to collect: `{}` does not exist", state.display());
+        return Ok(());
+    }
+    let store = Store::open(&state, Access::Exclusive)?;
+    let r = gc::collect(&store, budget)
+        .map_err(|e| Diagnostic::io("cannot collect garbage in", &state, &e))?;
+    println!(
+        "cache: {} → {}; removed {} cache entr{}, {} tree{}, {} blob{}",
+        human_bytes(r.bytes_before),
+        human_bytes(r.bytes_after),
+        r.actions_removed,
+        if r.actions_removed == 1 { "y" } else { "ies" },
+        r.trees_removed,
+        if r.trees_removed == 1 { "" } else { "s" },
+        r.blobs_removed,
+        if r.blobs_removed == 1 { "" } else { "s" },
+    );
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

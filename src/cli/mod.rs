@@ -1,0 +1,157 @@
+//! The command line: parse arguments, run a command, print results and
+//! diagnostics, choose the exit code. The only module that prints
+//! diagnostics.
+//!
+//! Exit codes: 0 success, 1 a build step failed, 2 bad input (spec, command
+//! line, context path), 3 environment (disk, permissions), 70 a kiln bug,
+//! 130 interrupted.
+
+mod build;
+mod commands;
+
+use crate::diag::{Class, Diagnostic, RenderOptions, Sources, render};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Hermetic, parallel, cached builds from KDL specs",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build the stages a spec exports (or `--target`s)
+    Build(build::BuildArgs),
+    /// Check a spec without building anything
+    Check(SpecArgs),
+    /// Print the stage graph (text, or Graphviz with `--format dot`)
+    Graph(commands::GraphArgs),
+    /// Show, for each step of the last build, whether it was cached and why it ran
+    Explain(commands::ExplainArgs),
+    /// Remove cache entries no longer needed, down to a size budget
+    Gc(commands::GcArgs),
+}
+
+/// Where the spec and context are.
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// The build context: the directory `copy` reads from
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// The spec file [default: CONTEXT/kiln.kdl]
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Set an arg declared in the spec (repeatable)
+    #[arg(long = "arg", visible_alias = "build-arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+}
+
+impl SpecArgs {
+    pub fn spec_path(&self) -> PathBuf {
+        self.file
+            .clone()
+            .unwrap_or_else(|| self.context.join("kiln.kdl"))
+    }
+
+    /// `--arg` values as pairs.
+    pub fn arg_pairs(&self) -> Result<Vec<(String, String)>, Diagnostic> {
+        self.args
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(Diagnostic::user(
+                    "kiln::cli::arg",
+                    format!("`--arg {a}` is not NAME=VALUE"),
+                )
+                .with_help("write `--arg VERSION=1.2.3`")),
+            })
+            .collect()
+    }
+}
+
+/// Everything a command reports: diagnostics in order, then an exit code.
+pub struct Failure {
+    pub diagnostics: Vec<Diagnostic>,
+    pub code: u8,
+}
+
+impl From<Diagnostic> for Failure {
+    fn from(d: Diagnostic) -> Failure {
+        let code = d.class.exit_code();
+        Failure {
+            diagnostics: vec![d],
+            code,
+        }
+    }
+}
+
+impl From<Vec<Diagnostic>> for Failure {
+    fn from(ds: Vec<Diagnostic>) -> Failure {
+        let code = exit_code(&ds);
+        Failure {
+            diagnostics: ds,
+            code,
+        }
+    }
+}
+
+/// The exit code for a set of errors: the most serious class wins.
+pub fn exit_code(ds: &[Diagnostic]) -> u8 {
+    let errors = ds.iter().filter(|d| !d.warning);
+    let worst = errors.map(|d| d.class).max_by_key(|c| match c {
+        Class::Build => 0,
+        Class::User => 1,
+        Class::Environment => 2,
+        Class::Internal => 3,
+    });
+    worst.map_or(0, Class::exit_code)
+}
+
+/// Render diagnostics for stderr.
+pub fn render_all(ds: &[Diagnostic], sources: &Sources) -> String {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100);
+    ds.iter()
+        .map(|d| render(d, sources, RenderOptions { color, width }))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let sources = Sources::new();
+    let result = match cli.command {
+        Command::Build(a) => build::run(&a, &sources),
+        Command::Check(a) => commands::check(&a, &sources),
+        Command::Graph(a) => commands::graph(&a, &sources),
+        Command::Explain(a) => commands::explain(&a, &sources),
+        Command::Gc(a) => commands::gc(&a, &sources),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.diagnostics.is_empty() {
+                eprint!("{}", render_all(&f.diagnostics, &sources));
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The stat index: which digest a context file had when its size, mtime,
+//! ctime and inode were last seen. Files changed less than two seconds
+//! before they were hashed are not recorded (an edit in the same clock
+//! tick would go unnoticed).
+
+use crate::store::Store;
+use crate::store::digest::BlobDigest;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl FileStat {
+    pub fn of(m: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct StatIndex {
+    #[serde(skip)]
+    file: PathBuf,
+    #[serde(skip)]
+    dirty: bool,
+    entries: HashMap<String, (FileStat, BlobDigest)>,
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+impl StatIndex {
+    pub fn load(store: &Store, context_root: &Path) -> StatIndex {
+        let name = blake3::hash(context_root.as_os_str().as_encoded_bytes()).to_hex();
+        let file = store
+            .root()
+            .join("index")
+            .join(format!("{}.json", &name[..32]));
+        let mut index: StatIndex = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        index.file = file;
+        index
+    }
+
+    pub fn lookup(&self, path: &str, stat: &FileStat) -> Option<BlobDigest> {
+        match self.entries.get(path) {
+            Some((s, d)) if s == stat => Some(*d),
+            _ => None,
+        }
+    }
+
+    pub fn record(&mut self, path: &str, stat: FileStat, digest: BlobDigest) {
+        if now_ns() - stat.mtime_ns.max(stat.ctime_ns) < 2_000_000_000 {
+            return;
+        }
+        self.entries.insert(path.to_string(), (stat, digest));
+        self.dirty = true;
+    }
+
+    /// Write the index back, forgetting files that are no longer in the context.
+    pub fn save(
+        &mut self,
+        store: &Store,
+        present: &HashMap<String, FileStat>,
+    ) -> std::io::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|p, _| present.contains_key(p));
+        if !self.dirty && self.entries.len() == before {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        store.write_atomic(&self.file, &bytes, 0o644)
+    }
+}

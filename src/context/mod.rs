@@ -1,0 +1,353 @@
+//! Build contexts: directories on the host that `copy` reads from.
+//!
+//! A [`Snapshot`] lists a context once per build (honouring `.kilnignore`,
+//! or `.dockerignore` when there is no `.kilnignore`), as a [`Tree`] whose
+//! file digests are filled in on demand. A stat index in the state dir
+//! (size, mtime, ctime, inode per file) lets unchanged files skip hashing,
+//! as git and ninja do. Files are opened through a capability
+//! ([`cap_std::fs::Dir`]) rooted at the context, so no path or symlink can
+//! lead a read outside it. This module only reads the context.
+
+mod index;
+
+use crate::diag::Diagnostic;
+use crate::store::digest::BlobDigest;
+use crate::store::tree::{Entry, Kind, Tree};
+use crate::store::{IngestError, Store};
+use index::{FileStat, StatIndex};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Names of ignore files, in order of preference.
+pub const IGNORE_FILES: &[&str] = &[".kilnignore", ".dockerignore"];
+
+/// A listed context directory.
+pub struct Snapshot {
+    pub path: PathBuf,
+    dir: cap_std::fs::Dir,
+    /// Every entry; file digests are placeholders until [`Snapshot::digests`].
+    pub tree: Tree,
+    stats: HashMap<String, FileStat>,
+    index: Mutex<StatIndex>,
+    hashed: Mutex<HashMap<String, BlobDigest>>,
+}
+
+impl Snapshot {
+    /// List a context directory. `exclude` (the state dir, say) is skipped.
+    pub fn open(path: &Path, exclude: &[PathBuf], store: &Store) -> Result<Snapshot, Diagnostic> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            Diagnostic::user(
+                "kiln::context::missing",
+                format!("cannot open the context `{}`: {e}", path.display()),
+            )
+            .with_help("pass an existing directory as the context")
+        })?;
+        if !meta.is_dir() {
+            return Err(Diagnostic::user(
+                "kiln::context::not-a-directory",
+                format!("the context `{}` is not a directory", path.display()),
+            )
+            .with_help("the context is the directory that `copy` reads from"));
+        }
+        let dir = crate::ambient::open_dir(path)
+            .map_err(|e| Diagnostic::io("cannot open the context", path, &e))?;
+        let ignore = ignore_matcher(path)?;
+        let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let exclude: Vec<PathBuf> = exclude
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        let mut tree = Tree::new();
+        let mut stats = HashMap::new();
+        let walk_root = root.clone();
+        let walker = ignore::WalkBuilder::new(&root)
+            .standard_filters(false)
+            .hidden(false)
+            .follow_links(false)
+            .filter_entry(move |e| {
+                let p = e.path();
+                if exclude.iter().any(|x| x == p) {
+                    return false;
+                }
+                match (&ignore, p.strip_prefix(&walk_root)) {
+                    (Some(m), Ok(rel)) if !rel.as_os_str().is_empty() => {
+                        let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+                        !m.matched(rel, is_dir).is_ignore()
+                    }
+                    _ => true,
+                }
+            })
+            .build();
+        for item in walker {
+            let entry = item.map_err(|e| {
+                Diagnostic::env(
+                    "kiln::context::walk",
+                    format!("cannot read the context `{}`: {e}", path.display()),
+                )
+            })?;
+            let Ok(rel) = entry.path().strip_prefix(&root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                return Err(Diagnostic::user(
+                    "kiln::context::name",
+                    format!("`{}` has a name that is not UTF-8", entry.path().display()),
+                )
+                .with_help("rename the file, or exclude it in `.kilnignore`"));
+            };
+            if rel.is_empty() {
+                continue;
+            }
+            let m = entry.metadata().map_err(|e| {
+                Diagnostic::env(
+                    "kiln::context::walk",
+                    format!("cannot stat `{}`: {e}", entry.path().display()),
+                )
+            })?;
+            let ft = m.file_type();
+            let mode = m.mode() & 0o7777;
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(entry.path())
+                    .map_err(|e| Diagnostic::io("cannot read the symlink", entry.path(), &e))?;
+                Kind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                }
+            } else if ft.is_file() {
+                stats.insert(rel.to_string(), FileStat::of(&m));
+                Kind::File {
+                    blob: BlobDigest([0; 32]),
+                    size: m.len(),
+                }
+            } else {
+                // Sockets, fifos and devices have no content to copy.
+                continue;
+            };
+            tree.entries.insert(
+                rel.to_string(),
+                Entry {
+                    kind,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
+        }
+        let index = StatIndex::load(store, &root);
+        Ok(Snapshot {
+            path: path.to_path_buf(),
+            dir,
+            tree,
+            stats,
+            index: Mutex::new(index),
+            hashed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Digests of the given files (paths in the snapshot), hashing in
+    /// parallel those the stat index does not vouch for.
+    pub fn digests(&self, paths: &[&str]) -> Result<Vec<BlobDigest>, Diagnostic> {
+        paths.par_iter().map(|p| self.digest(p)).collect()
+    }
+
+    fn digest(&self, path: &str) -> Result<BlobDigest, Diagnostic> {
+        if let Some(d) = self
+            .hashed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return Ok(*d);
+        }
+        let stat = self.stats.get(path).copied();
+        if let Some(stat) = stat
+            && let Some(d) = self
+                .index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(path, &stat)
+        {
+            self.hashed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.to_string(), d);
+            return Ok(d);
+        }
+        let mut file = self.open_file(path)?;
+        let d = hash_reader(&mut file).map_err(|e| self.read_error(path, &e))?;
+        let after = file.metadata().map(|m| FileStat::of(&m)).ok();
+        if let (Some(stat), Some(after)) = (stat, after)
+            && stat == after
+        {
+            self.index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(path, stat, d);
+        }
+        self.hashed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string(), d);
+        Ok(d)
+    }
+
+    /// Open a file of the context for reading, confined to the context.
+    pub fn open_file(&self, path: &str) -> Result<std::fs::File, Diagnostic> {
+        self.dir
+            .open(path)
+            .map(|f| f.into_std())
+            .map_err(|e| self.read_error(path, &e))
+    }
+
+    fn read_error(&self, path: &str, e: &io::Error) -> Diagnostic {
+        if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
+            Diagnostic::user(
+                "kiln::context::escape",
+                format!("`{path}` leads outside the context"),
+            )
+            .with_help("a context file cannot be a symlink to a place outside the context")
+        } else {
+            Diagnostic::env(
+                "kiln::context::read",
+                format!(
+                    "cannot read `{path}` in the context `{}`: {e}",
+                    self.path.display()
+                ),
+            )
+        }
+    }
+
+    /// Copy a context file into the store; it must still have the digest
+    /// that went into the step's key.
+    pub fn ingest(&self, store: &Store, path: &str, digest: BlobDigest) -> Result<(), Diagnostic> {
+        if store.has_blob(digest) {
+            return Ok(());
+        }
+        let mut file = self.open_file(path)?;
+        store.ingest(&mut file, digest).map_err(|e| match e {
+            IngestError::Changed { .. } => Diagnostic::build(
+                "kiln::context::changed",
+                format!("`{path}` in the context changed during the build"),
+            )
+            .with_help("run the build again once the file stops changing"),
+            IngestError::Io(e) => {
+                Diagnostic::io("cannot store a copy of", &self.path.join(path), &e)
+            }
+        })
+    }
+
+    /// Save what was hashed, so the next build can skip it.
+    pub fn save_index(&self, store: &Store) {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = index.save(store, &self.stats);
+    }
+}
+
+/// blake3 of everything a reader yields; big buffers are hashed on all cores.
+pub fn hash_reader(r: &mut dyn Read) -> io::Result<BlobDigest> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if filled >= 256 * 1024 {
+            hasher.update_rayon(&buf[..filled]);
+        } else {
+            hasher.update(&buf[..filled]);
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(BlobDigest::from_hash(hasher.finalize()))
+}
+
+/// The context's ignore rules: `.kilnignore` (gitignore syntax), else
+/// `.dockerignore` (patterns anchored at the context root, as Docker reads them).
+fn ignore_matcher(root: &Path) -> Result<Option<ignore::gitignore::Gitignore>, Diagnostic> {
+    for name in IGNORE_FILES {
+        let file = root.join(name);
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let mut b = ignore::gitignore::GitignoreBuilder::new(root);
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end();
+            let rule = if *name == ".dockerignore" {
+                docker_rule(line)
+            } else {
+                Some(line.to_string())
+            };
+            let Some(rule) = rule else { continue };
+            if let Err(e) = b.add_line(Some(file.clone()), &rule) {
+                return Err(Diagnostic::user(
+                    "kiln::context::ignore",
+                    format!("{}:{}: bad pattern `{line}`: {e}", file.display(), n + 1),
+                )
+                .with_help("fix or remove the pattern"));
+            }
+        }
+        return b.build().map(Some).map_err(|e| {
+            Diagnostic::user("kiln::context::ignore", format!("{}: {e}", file.display()))
+        });
+    }
+    Ok(None)
+}
+
+/// A `.dockerignore` line as a gitignore rule: Docker anchors every pattern
+/// at the context root and ignores `#` comments and blank lines.
+fn docker_rule(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (neg, pat) = match line.strip_prefix('!') {
+        Some(p) => ("!", p.trim()),
+        None => ("", line),
+    };
+    let pat = pat.trim_start_matches("./").trim_start_matches('/');
+    let pat = crate::store::tree::components(pat, crate::store::tree::Links::Rootfs)
+        .map(|c| c.join("/"))
+        .unwrap_or_default();
+    if pat.is_empty() {
+        return None;
+    }
+    Some(format!("{neg}/{pat}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_rules_are_anchored() {
+        assert_eq!(docker_rule("foo").as_deref(), Some("/foo"));
+        assert_eq!(docker_rule("!./a/b").as_deref(), Some("!/a/b"));
+        assert_eq!(docker_rule("**/*.o").as_deref(), Some("/**/*.o"));
+        assert_eq!(docker_rule("# comment"), None);
+        assert_eq!(docker_rule("   "), None);
+        assert_eq!(docker_rule("a/../b").as_deref(), Some("/b"));
+    }
+
+    #[test]
+    fn hash_reader_matches_blake3() {
+        let data = vec![7u8; 3 << 20];
+        let d = hash_reader(&mut &data[..]).unwrap();
+        assert_eq!(d, BlobDigest::from_hash(blake3::hash(&data)));
+    }
+}

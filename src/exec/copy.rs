@@ -1,0 +1,353 @@
+//! `copy` semantics, following Docker's COPY: which source entries a
+//! pattern picks, and where they land in the destination tree.
+//!
+//! - A source directory copies its contents, not itself.
+//! - A file goes to `DEST` itself, unless `DEST` ends with `/`, is an
+//!   existing directory, or several sources are copied: then to `DEST/name`.
+//! - Globs (`*`, `?`, `[…]`, `**`) match within the source; matching
+//!   nothing is an error.
+//! - A leading `/` in a source means the source's root.
+
+use crate::diag::{Diagnostic, Span, Spanned};
+use crate::store::tree::{self, Entry, Kind, Links, Tree, TreeError};
+
+/// What one source pattern picked: a file (or symlink) or a directory's contents.
+#[derive(Clone, Debug)]
+pub struct Picked {
+    /// Base name of the matched path, for `DEST/name`.
+    pub name: String,
+    /// The path matched in the source.
+    pub path: String,
+    pub is_dir: bool,
+    /// For a file: `("", entry)`. For a directory: every entry below it,
+    /// relative to it, in order.
+    pub items: Vec<(String, Entry)>,
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+fn tree_error(e: TreeError, span: Span, source: &str) -> Diagnostic {
+    match e {
+        TreeError::Escapes { .. } | TreeError::DotDotEscapes(_) => Diagnostic::user(
+            "kiln::copy::escape",
+            format!("{e}"),
+        )
+        .with_label(span, format!("leads outside {source}"))
+        .with_help(
+            "copy sources must stay inside the context; a leading `/` means the context root",
+        ),
+        other => Diagnostic::build("kiln::copy::source", format!("{other}"))
+            .with_label(span, "this source"),
+    }
+}
+
+/// Pick the entries each source pattern names. `source` names the place
+/// for messages ("the context", "stage `build`").
+pub fn pick(
+    tree: &Tree,
+    patterns: &[Spanned<String>],
+    links: Links,
+    source: &str,
+) -> Result<Vec<Picked>, Diagnostic> {
+    let mut out = Vec::new();
+    for pat in patterns {
+        let clean = tree::components(&pat.value, links)
+            .map_err(|e| tree_error(e, pat.span, source))?
+            .join("/");
+        let mut matched: Vec<String> = Vec::new();
+        if is_glob(&clean) {
+            let glob = globset::GlobBuilder::new(&clean)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| {
+                    Diagnostic::user(
+                        "kiln::copy::glob",
+                        format!("bad pattern `{}`: {}", pat.value, e.kind()),
+                    )
+                    .with_label(pat.span, "not a valid glob")
+                    .with_help("use `*`, `?`, `[abc]` and `**`; escape a literal `*` as `\\*`")
+                })?
+                .compile_matcher();
+            for path in tree.entries.keys() {
+                if glob.is_match(path)
+                    && !matched.iter().any(|m| path.starts_with(&format!("{m}/")))
+                {
+                    matched.push(path.clone());
+                }
+            }
+        } else {
+            matched.push(clean.clone());
+        }
+        if matched.is_empty() {
+            return Err(Diagnostic::build("kiln::copy::no-match", format!("`{}` matched nothing in {source}", pat.value))
+                .with_label(pat.span, "no file matches")
+                .with_help("check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it"));
+        }
+        for m in matched {
+            let resolved = tree
+                .resolve(&m, true, links)
+                .map_err(|e| tree_error(e, pat.span, source))?;
+            let (is_dir, items) = if resolved.is_empty() {
+                (
+                    true,
+                    tree.entries
+                        .iter()
+                        .map(|(p, e)| (p.clone(), e.clone()))
+                        .collect(),
+                )
+            } else {
+                match tree.get(&resolved) {
+                    None => {
+                        return Err(Diagnostic::build(
+                            "kiln::copy::no-match",
+                            format!("`{}` does not exist in {source}", pat.value),
+                        )
+                        .with_label(pat.span, "not found")
+                        .with_help("check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it"));
+                    }
+                    Some(e) if e.is_dir() => {
+                        let prefix = resolved.len() + 1;
+                        (
+                            true,
+                            tree.descendants(&resolved)
+                                .map(|(p, e)| (p[prefix..].to_string(), e.clone()))
+                                .collect(),
+                        )
+                    }
+                    Some(e) => (false, vec![(String::new(), e.clone())]),
+                }
+            };
+            out.push(Picked {
+                name: tree::basename(&m).to_string(),
+                path: resolved,
+                is_dir,
+                items,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Metadata a copy imposes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub chmod: Option<u32>,
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Overrides {
+    fn apply(&self, mut e: Entry) -> Entry {
+        if let Some(m) = self.chmod
+            && !matches!(e.kind, Kind::Symlink { .. })
+        {
+            e.mode = m;
+        }
+        if let Some((u, g)) = self.owner {
+            e.uid = u;
+            e.gid = g;
+        }
+        e
+    }
+}
+
+/// Place picked entries into `tree` at `dest` (already substituted;
+/// relative to `workdir`).
+pub fn place(
+    tree: &mut Tree,
+    picked: &[Picked],
+    dest: &str,
+    workdir: &str,
+    ov: Overrides,
+    span: Span,
+) -> Result<(), Diagnostic> {
+    let fail = |e: TreeError| {
+        Diagnostic::build("kiln::copy::dest", format!("cannot copy to `{dest}`: {e}"))
+            .with_label(span, "in this copy")
+            .with_help("the destination path crosses a file where a directory is needed, or replaces a directory with a file")
+    };
+    let target = tree::normalize(dest, workdir);
+    let target = tree.resolve(&target, true, Links::Rootfs).map_err(fail)?;
+    let several = picked.len() > 1;
+    let into_dir = dest.ends_with('/')
+        || dest.ends_with("/.")
+        || dest == "."
+        || several
+        || tree.is_dir(&target);
+    if several && !into_dir {
+        return Err(Diagnostic::build(
+            "kiln::copy::dest",
+            format!(
+                "`{dest}` must be a directory: the sources matched {} entries",
+                picked.len()
+            ),
+        )
+        .with_label(span, "several sources")
+        .with_help(format!("end the destination with `/`: `\"{dest}/\"`")));
+    }
+    let dir_template = Entry::dir(
+        0o755,
+        ov.owner.map_or(0, |o| o.0),
+        ov.owner.map_or(0, |o| o.1),
+    );
+    for p in picked {
+        if p.is_dir {
+            tree.mkdir_all(&target, &dir_template).map_err(fail)?;
+            for (rel, e) in &p.items {
+                let at = tree::join(&target, rel);
+                tree.put(&at, ov.apply(e.clone()), true).map_err(fail)?;
+            }
+        } else {
+            let at = if into_dir {
+                tree::join(&target, &p.name)
+            } else {
+                target.clone()
+            };
+            tree.mkdir_all(tree::parent(&at), &dir_template)
+                .map_err(fail)?;
+            let Some((_, e)) = p.items.first() else {
+                continue;
+            };
+            tree.put(&at, ov.apply(e.clone()), false).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceId;
+    use crate::store::digest::BlobDigest;
+
+    fn file(n: u8) -> Entry {
+        Entry {
+            kind: Kind::File {
+                blob: BlobDigest([n; 32]),
+                size: 1,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn ctx() -> Tree {
+        let mut t = Tree::new();
+        let d = Entry::dir(0o755, 0, 0);
+        t.mkdir_all("src/sub", &d).unwrap();
+        t.put("src/a.c", file(1), false).unwrap();
+        t.put("src/b.c", file(2), false).unwrap();
+        t.put("src/sub/c.h", file(3), false).unwrap();
+        t.put("README", file(4), false).unwrap();
+        t
+    }
+
+    fn sp(s: &str) -> Spanned<String> {
+        Spanned::new(Span::new(SourceId(0), 0, 1), s.to_string())
+    }
+
+    #[track_caller]
+    fn check(sources: &[&str], dest: &str, workdir: &str, expected: &[&str]) {
+        let pats: Vec<_> = sources.iter().map(|s| sp(s)).collect();
+        let picked = pick(&ctx(), &pats, Links::Confined, "the context").unwrap();
+        let mut out = Tree::new();
+        place(
+            &mut out,
+            &picked,
+            dest,
+            workdir,
+            Overrides::default(),
+            Span::new(SourceId(0), 0, 1),
+        )
+        .unwrap();
+        let got: Vec<&str> = out.entries.keys().map(String::as_str).collect();
+        assert_eq!(got, expected, "copy {sources:?} {dest:?}");
+    }
+
+    #[test]
+    fn docker_copy_rules() {
+        check(&["README"], "doc", "/", &["doc"]);
+        check(&["README"], "doc/", "/", &["doc", "doc/README"]);
+        check(&["/README"], "x", "/app", &["app", "app/x"]);
+        check(
+            &["src"],
+            "out",
+            "/",
+            &["out", "out/a.c", "out/b.c", "out/sub", "out/sub/c.h"],
+        );
+        check(&["src/"], "/", "/", &["a.c", "b.c", "sub", "sub/c.h"]);
+        check(&["src/*.c"], "o/", "/", &["o", "o/a.c", "o/b.c"]);
+        check(&["src/**/*.h"], "o/", "/", &["o", "o/c.h"]);
+        check(
+            &["README", "src/a.c"],
+            "o/",
+            "/",
+            &["o", "o/README", "o/a.c"],
+        );
+        check(
+            &["."],
+            "/",
+            "/",
+            &[
+                "README",
+                "src",
+                "src/a.c",
+                "src/b.c",
+                "src/sub",
+                "src/sub/c.h",
+            ],
+        );
+    }
+
+    #[test]
+    fn no_match_and_escape_are_errors() {
+        let t = ctx();
+        let e = pick(&t, &[sp("nope/*.c")], Links::Confined, "the context").unwrap_err();
+        assert_eq!(e.code, "kiln::copy::no-match");
+        let e = pick(&t, &[sp("missing")], Links::Confined, "the context").unwrap_err();
+        assert_eq!(e.code, "kiln::copy::no-match");
+        let e = pick(&t, &[sp("../etc/passwd")], Links::Confined, "the context").unwrap_err();
+        assert_eq!(e.code, "kiln::copy::escape");
+    }
+
+    #[test]
+    fn several_files_need_a_directory() {
+        let picked = pick(&ctx(), &[sp("src/*.c")], Links::Confined, "the context").unwrap();
+        let mut out = Tree::new();
+        let e = place(
+            &mut out,
+            &picked,
+            "one",
+            "/",
+            Overrides::default(),
+            Span::new(SourceId(0), 0, 1),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("must be a directory"), "{}", e.message);
+    }
+
+    #[test]
+    fn chmod_and_chown_apply_to_files_and_created_dirs() {
+        let picked = pick(&ctx(), &[sp("src/a.c")], Links::Confined, "the context").unwrap();
+        let mut out = Tree::new();
+        let ov = Overrides {
+            chmod: Some(0o600),
+            owner: Some((10, 20)),
+        };
+        place(
+            &mut out,
+            &picked,
+            "/d/e/",
+            "/",
+            ov,
+            Span::new(SourceId(0), 0, 1),
+        )
+        .unwrap();
+        let f = out.get("d/e/a.c").unwrap();
+        assert_eq!((f.mode, f.uid, f.gid), (0o600, 10, 20));
+        assert_eq!(out.get("d").unwrap().uid, 10);
+    }
+}

@@ -1,0 +1,478 @@
+//! The executor: runs the stages a build needs, in parallel, from the cache.
+//!
+//! The scheduler starts every stage whose dependencies are done on a rayon
+//! pool of `-j` threads. Within a stage, steps run in order; each step's
+//! key is computed first (see [`key`]) and a cache hit skips the step. A
+//! failing step fails its stage and skips its dependants; independent
+//! stages go on, and every failure is returned. Builtin steps edit tree
+//! manifests in memory: no working tree is ever written to disk, so nothing
+//! of an intermediate stage outlives the build but its cache entries.
+//! Progress is reported only as events.
+
+mod builtin;
+pub mod copy;
+pub mod key;
+
+use crate::context::Snapshot;
+use crate::diag::Diagnostic;
+use crate::ir::{Base, CopyFrom, Graph, Op, StageId, Step};
+use crate::progress::{Event, Progress};
+use crate::store::Store;
+use crate::store::digest::TreeDigest;
+use crate::store::state::{ImageConfig, State};
+use crate::store::tree::Tree;
+use key::{KeyBuilder, KeyInput};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub jobs: usize,
+    pub no_cache: bool,
+}
+
+/// How a stage ended.
+#[derive(Clone, Debug)]
+pub enum StageOutcome {
+    Built(State),
+    /// A step failed; `last_good` is the state before it (for `when="always"` exports).
+    Failed {
+        last_good: Option<State>,
+    },
+    /// A dependency failed or the build was interrupted.
+    Skipped,
+}
+
+/// What one step did, for `kiln explain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub stage: String,
+    pub step: usize,
+    pub text: String,
+    pub key: String,
+    pub cached: bool,
+    pub inputs: Vec<KeyInput>,
+}
+
+pub struct Outcome {
+    pub stages: HashMap<StageId, StageOutcome>,
+    pub failures: Vec<Diagnostic>,
+    pub records: Vec<StepRecord>,
+    pub steps_run: usize,
+    pub steps_cached: usize,
+    pub interrupted: bool,
+}
+
+pub struct Executor<'a> {
+    graph: &'a Graph,
+    store: &'a Store,
+    progress: &'a Progress<'a>,
+    options: Options,
+    cancel: &'a AtomicBool,
+    /// Paths kept out of every context (the state dir, export targets).
+    exclude: Vec<PathBuf>,
+    contexts: Vec<OnceLock<Result<Arc<Snapshot>, Diagnostic>>>,
+    trees: Mutex<HashMap<TreeDigest, Arc<Tree>>>,
+    records: Mutex<Vec<StepRecord>>,
+    steps_run: AtomicUsize,
+    steps_cached: AtomicUsize,
+}
+
+struct Sched {
+    waiting: HashMap<StageId, usize>,
+    outcomes: HashMap<StageId, StageOutcome>,
+    failures: Vec<Diagnostic>,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(
+        graph: &'a Graph,
+        store: &'a Store,
+        progress: &'a Progress<'a>,
+        options: Options,
+        cancel: &'a AtomicBool,
+        exclude: Vec<PathBuf>,
+    ) -> Executor<'a> {
+        Executor {
+            graph,
+            store,
+            progress,
+            options,
+            cancel,
+            exclude,
+            contexts: graph.contexts.iter().map(|_| OnceLock::new()).collect(),
+            trees: Mutex::new(HashMap::new()),
+            records: Mutex::new(Vec::new()),
+            steps_run: AtomicUsize::new(0),
+            steps_cached: AtomicUsize::new(0),
+        }
+    }
+
+    /// Build `roots` and everything they need.
+    pub fn build(&self, roots: &[StageId]) -> Outcome {
+        let order = self.graph.ancestors(roots);
+        self.progress.emit(Event::BuildStarted {
+            stages: order.len(),
+            jobs: self.options.jobs,
+        });
+        let mut dependants: HashMap<StageId, Vec<StageId>> = HashMap::new();
+        let mut waiting = HashMap::new();
+        for &id in &order {
+            let deps = &self.graph.stage(id).deps;
+            waiting.insert(id, deps.len());
+            for d in deps {
+                dependants.entry(*d).or_default().push(id);
+            }
+        }
+        let ready: Vec<StageId> = order
+            .iter()
+            .copied()
+            .filter(|id| waiting[id] == 0)
+            .collect();
+        let sched = Mutex::new(Sched {
+            waiting,
+            outcomes: HashMap::new(),
+            failures: Vec::new(),
+        });
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(self.options.jobs.max(1))
+            .build()
+        {
+            Ok(pool) => pool.scope(|s| {
+                for id in ready {
+                    self.spawn(s, id, &sched, &dependants);
+                }
+            }),
+            Err(e) => {
+                let mut g = sched.lock().unwrap_or_else(|e| e.into_inner());
+                g.failures.push(Diagnostic::env(
+                    "kiln::exec::threads",
+                    format!("cannot start worker threads: {e}"),
+                ));
+            }
+        }
+        for ctx in self.contexts.iter().filter_map(|c| c.get()) {
+            if let Ok(snap) = ctx {
+                snap.save_index(self.store);
+            }
+        }
+        let sched = sched.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut records =
+            std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()));
+        records.sort_by(|a, b| (&a.stage, a.step).cmp(&(&b.stage, b.step)));
+        Outcome {
+            stages: sched.outcomes,
+            failures: sched.failures,
+            records,
+            steps_run: self.steps_run.load(Ordering::Relaxed),
+            steps_cached: self.steps_cached.load(Ordering::Relaxed),
+            interrupted: self.cancel.load(Ordering::Relaxed),
+        }
+    }
+
+    fn spawn<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        id: StageId,
+        sched: &'s Mutex<Sched>,
+        dependants: &'s HashMap<StageId, Vec<StageId>>,
+    ) {
+        scope.spawn(move |s| {
+            let (outcome, failure) = self.stage(id, sched);
+            let ready = {
+                let mut g = sched.lock().unwrap_or_else(|e| e.into_inner());
+                g.outcomes.insert(id, outcome);
+                if let Some(f) = failure {
+                    g.failures.push(f);
+                }
+                let mut ready = Vec::new();
+                for d in dependants.get(&id).into_iter().flatten() {
+                    if let Some(n) = g.waiting.get_mut(d) {
+                        *n -= 1;
+                        if *n == 0 {
+                            ready.push(*d);
+                        }
+                    }
+                }
+                ready
+            };
+            for r in ready {
+                self.spawn(s, r, sched, dependants);
+            }
+        });
+    }
+
+    /// Run one stage whose dependencies have all ended.
+    fn stage(&self, id: StageId, sched: &Mutex<Sched>) -> (StageOutcome, Option<Diagnostic>) {
+        let stage = self.graph.stage(id);
+        let deps: HashMap<StageId, StageOutcome> = {
+            let g = sched.lock().unwrap_or_else(|e| e.into_inner());
+            stage
+                .deps
+                .iter()
+                .filter_map(|d| g.outcomes.get(d).map(|o| (*d, o.clone())))
+                .collect()
+        };
+        let mut inputs: HashMap<StageId, State> = HashMap::new();
+        for d in &stage.deps {
+            match deps.get(d) {
+                Some(StageOutcome::Built(s)) => {
+                    inputs.insert(*d, s.clone());
+                }
+                _ => {
+                    let because = format!("`{}` did not build", self.graph.stage(*d).name);
+                    self.progress.emit(Event::StageSkipped {
+                        stage: stage.name.clone(),
+                        because,
+                    });
+                    return (StageOutcome::Skipped, None);
+                }
+            }
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            self.progress.emit(Event::StageSkipped {
+                stage: stage.name.clone(),
+                because: "interrupted".into(),
+            });
+            return (StageOutcome::Skipped, None);
+        }
+        self.progress.emit(Event::StageStarted {
+            stage: stage.name.clone(),
+        });
+        let t0 = Instant::now();
+        let (mut state, mut start) = match stage.base {
+            Base::Scratch => match self.empty_state() {
+                Ok(s) => (s, "scratch".to_string()),
+                Err(e) => return (StageOutcome::Failed { last_good: None }, Some(e)),
+            },
+            Base::Stage(b) => {
+                let s = inputs[&b].clone();
+                let start = format!("stage:{}", s.digest().hex());
+                (s, start)
+            }
+        };
+        let mut all_cached = true;
+        for (i, step) in stage.steps.iter().enumerate() {
+            if self.cancel.load(Ordering::Relaxed) {
+                self.progress.emit(Event::StageSkipped {
+                    stage: stage.name.clone(),
+                    because: "interrupted".into(),
+                });
+                return (StageOutcome::Skipped, None);
+            }
+            let text = step.op.describe(self.graph);
+            match self.step(stage.name.as_str(), i, step, &text, &state, &start, &inputs) {
+                Ok((next, key, cached)) => {
+                    all_cached &= cached;
+                    state = next;
+                    start = key;
+                }
+                Err(mut d) => {
+                    if d.labels.is_empty() {
+                        d = d.with_label(step.span, "in this step");
+                    }
+                    d.message = format!("stage `{}`: {}", stage.name, d.message);
+                    self.progress.emit(Event::StepFailed {
+                        stage: stage.name.clone(),
+                        step: i,
+                        text,
+                        message: d.message.clone(),
+                    });
+                    self.progress.emit(Event::StageFailed {
+                        stage: stage.name.clone(),
+                    });
+                    return (
+                        StageOutcome::Failed {
+                            last_good: Some(state),
+                        },
+                        Some(d),
+                    );
+                }
+            }
+        }
+        self.progress.emit(Event::StageFinished {
+            stage: stage.name.clone(),
+            state: state.digest().hex(),
+            cached: all_cached,
+            ms: t0.elapsed().as_secs_f64() * 1000.0,
+        });
+        (StageOutcome::Built(state), None)
+    }
+
+    fn empty_state(&self) -> Result<State, Diagnostic> {
+        let tree = self
+            .store
+            .put_tree(&Tree::new())
+            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        Ok(State {
+            tree,
+            config: ImageConfig::default(),
+        })
+    }
+
+    /// Run or restore one step. Returns the new state, its key (hex) and whether it was cached.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        stage: &str,
+        index: usize,
+        step: &Step,
+        text: &str,
+        state: &State,
+        start: &str,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<(State, String, bool), Diagnostic> {
+        let mut kb = KeyBuilder::new(start, &step.op.canonical(self.graph));
+        let mut prepared = None;
+        match &step.op {
+            Op::Copy(c) => match c.from {
+                CopyFrom::Context(ctx) => {
+                    let snap = self.context(ctx)?;
+                    let picked = builtin::pick_from_context(&snap, c)?;
+                    builtin::context_inputs(&picked, &mut kb);
+                    prepared = Some(builtin::Prepared::Context(snap, picked));
+                }
+                CopyFrom::Stage(src) => {
+                    let s = &inputs[&src];
+                    kb.input(
+                        &format!("stage:{}", self.graph.stage(src).name),
+                        &s.tree.hex(),
+                    );
+                }
+            },
+            Op::Wasm { plugin, .. } => {
+                let p = &self.graph.plugins[plugin.0 as usize];
+                return Err(Diagnostic::build(
+                    "kiln::exec::unsupported",
+                    format!(
+                        "plugin steps cannot run in this version of kiln (plugin `{}`)",
+                        p.name
+                    ),
+                )
+                .with_label(step.span, "a `wasm` step")
+                .with_help(
+                    "remove the step, or build the stage with a kiln that runs WASM plugins",
+                ));
+            }
+            Op::Run { .. } => {
+                return Err(Diagnostic::build(
+                    "kiln::exec::unsupported",
+                    "`run` steps cannot run in this version of kiln",
+                )
+                .with_label(step.span, "a `run` step")
+                .with_help(
+                    "remove the step, or build the stage with a kiln that runs sandboxed commands",
+                ));
+            }
+            _ => {}
+        }
+        let (key, key_inputs) = kb.finish();
+        let record = |cached: bool| StepRecord {
+            stage: stage.to_string(),
+            step: index,
+            text: text.to_string(),
+            key: key.hex(),
+            cached,
+            inputs: key_inputs.clone(),
+        };
+        if !self.options.no_cache
+            && let Some(hit) = self.store.get_action(key)
+        {
+            self.steps_cached.fetch_add(1, Ordering::Relaxed);
+            self.records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record(true));
+            self.progress.emit(Event::StepCached {
+                stage: stage.into(),
+                step: index,
+                text: text.into(),
+                key: key.hex(),
+            });
+            return Ok((hit, key.hex(), true));
+        }
+        self.progress.emit(Event::StepStarted {
+            stage: stage.into(),
+            step: index,
+            text: text.into(),
+            key: key.hex(),
+        });
+        let t0 = Instant::now();
+        let mut tree = (*self.tree(state.tree)?).clone();
+        let mut config = state.config.clone();
+        let source_tree = match &step.op {
+            Op::Copy(c) => match c.from {
+                CopyFrom::Stage(src) => Some(self.tree(inputs[&src].tree)?),
+                CopyFrom::Context(_) => None,
+            },
+            _ => None,
+        };
+        builtin::apply(
+            self.store,
+            &step.op,
+            &mut tree,
+            &mut config,
+            prepared,
+            source_tree.as_deref(),
+            self.graph,
+            step.span,
+        )?;
+        let digest = self
+            .store
+            .put_tree(&tree)
+            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest, Arc::new(tree));
+        let next = State {
+            tree: digest,
+            config,
+        };
+        self.store
+            .put_action(key, &next)
+            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        self.steps_run.fetch_add(1, Ordering::Relaxed);
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record(false));
+        self.progress.emit(Event::StepFinished {
+            stage: stage.into(),
+            step: index,
+            text: text.into(),
+            key: key.hex(),
+            ms: t0.elapsed().as_secs_f64() * 1000.0,
+        });
+        Ok((next, key.hex(), false))
+    }
+
+    fn context(&self, id: crate::ir::ContextId) -> Result<Arc<Snapshot>, Diagnostic> {
+        self.contexts[id.0 as usize]
+            .get_or_init(|| {
+                let ctx = self.graph.context(id);
+                Snapshot::open(&ctx.path, &self.exclude, self.store).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// A stored tree, loaded once per build.
+    pub fn tree(&self, d: TreeDigest) -> Result<Arc<Tree>, Diagnostic> {
+        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(self.store.get_tree(d).map_err(|e| {
+            Diagnostic::env("kiln::store::tree", format!("{e}"))
+                .with_help("run the build again with `--no-cache`, or clear the state directory")
+        })?);
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, t.clone());
+        Ok(t)
+    }
+}

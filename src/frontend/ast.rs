@@ -1,0 +1,152 @@
+//! The spec AST: what the user wrote, with spans, before substitution and
+//! name resolution. Strings are raw: `${NAME}` is still in them.
+
+use crate::diag::{SourceId, Span, Spanned};
+use std::path::PathBuf;
+
+/// A string as written, with its span.
+pub type Str = Spanned<String>;
+
+/// A whole spec: the root file plus everything it includes.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    /// Directory of the root spec file; default context and state dir live relative to it.
+    pub dir: PathBuf,
+    pub files: Vec<SourceId>,
+    pub version: Option<Spanned<i128>>,
+    pub args: Vec<ArgDecl>,
+    pub contexts: Vec<ContextDecl>,
+    pub plugins: Vec<PluginDecl>,
+    pub stages: Vec<StageDecl>,
+    pub exports: Vec<ExportDecl>,
+    /// Warnings found while reading (a KDL v1 file, say).
+    pub warnings: Vec<crate::diag::Diagnostic>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ArgDecl {
+    pub span: Span,
+    pub name: Str,
+    pub default: Option<Str>,
+}
+
+/// `context NAME path="…"`: a named extra build context.
+#[derive(Clone, Debug)]
+pub struct ContextDecl {
+    pub span: Span,
+    pub name: Str,
+    pub path: Str,
+    /// Directory of the file that declared it; `path` is relative to it.
+    pub dir: PathBuf,
+}
+
+/// `plugin NAME path="…" blake3="…"`.
+#[derive(Clone, Debug)]
+pub struct PluginDecl {
+    pub span: Span,
+    pub name: Str,
+    pub path: Str,
+    pub blake3: Option<Str>,
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct StageDecl {
+    pub span: Span,
+    pub name: Str,
+    pub from: Option<Str>,
+    pub steps: Vec<StepDecl>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StepDecl {
+    pub span: Span,
+    pub kind: StepKind,
+}
+
+/// A key and a value, as in `env`, `label`.
+pub type Pair = (Str, Str);
+
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    Copy {
+        sources: Vec<Str>,
+        dest: Str,
+        from: Option<Str>,
+        context: Option<Str>,
+        chmod: Option<Str>,
+        chown: Option<Str>,
+    },
+    Write {
+        path: Str,
+        content: Str,
+        mode: Option<Str>,
+    },
+    Mkdir {
+        paths: Vec<Str>,
+        mode: Option<Str>,
+    },
+    Rm {
+        paths: Vec<Str>,
+        force: bool,
+    },
+    Symlink {
+        target: Str,
+        link: Str,
+    },
+    Env(Vec<Pair>),
+    Workdir(Str),
+    User(Str),
+    Label(Vec<Pair>),
+    Entrypoint(Vec<Str>),
+    Cmd(Vec<Str>),
+    Expose(Vec<Str>),
+    Volume(Vec<Str>),
+    Stopsignal(Str),
+    /// `wasm PLUGIN ARG…`: a plugin step.
+    Wasm {
+        plugin: Str,
+        args: Vec<Str>,
+    },
+    /// `run "cmd"`: a shell command in a sandbox.
+    Run {
+        command: Vec<Str>,
+    },
+}
+
+impl StepKind {
+    /// The node name that introduces this step.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Copy { .. } => "copy",
+            StepKind::Write { .. } => "write",
+            StepKind::Mkdir { .. } => "mkdir",
+            StepKind::Rm { .. } => "rm",
+            StepKind::Symlink { .. } => "symlink",
+            StepKind::Env(_) => "env",
+            StepKind::Workdir(_) => "workdir",
+            StepKind::User(_) => "user",
+            StepKind::Label(_) => "label",
+            StepKind::Entrypoint(_) => "entrypoint",
+            StepKind::Cmd(_) => "cmd",
+            StepKind::Expose(_) => "expose",
+            StepKind::Volume(_) => "volume",
+            StepKind::Stopsignal(_) => "stopsignal",
+            StepKind::Wasm { .. } => "wasm",
+            StepKind::Run { .. } => "run",
+        }
+    }
+}
+
+/// One entry of the `export` block.
+#[derive(Clone, Debug)]
+pub struct ExportDecl {
+    pub span: Span,
+    pub stage: Str,
+    pub to: Str,
+    pub format: Option<Str>,
+    pub when: Option<Str>,
+    pub tag: Option<Str>,
+    /// Directory of the file that declared it; `to` is relative to it.
+    pub dir: PathBuf,
+}

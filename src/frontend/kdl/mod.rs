@@ -1,0 +1,648 @@
+//! KDL text → spec AST.
+//!
+//! Parses `kiln.kdl` files (KDL v2, falling back to v1) with the `kdl` crate
+//! and lowers the document by hand into [`ast::Spec`], keeping a span for
+//! every node, argument and property. Follows `include`s. Reports every
+//! problem it finds, not just the first. Knows nothing of stages' meaning:
+//! name resolution and substitution happen in `ir`.
+
+mod node;
+
+use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
+use crate::frontend::ast::{
+    ArgDecl, ContextDecl, ExportDecl, PluginDecl, Spec, StageDecl, StepDecl, StepKind,
+};
+use ::kdl::KdlDocument;
+use node::Node;
+use std::path::{Path, PathBuf};
+
+/// Top-level node names.
+const TOP_NODES: &[&str] = &[
+    "kiln", "arg", "context", "plugin", "stage", "export", "include",
+];
+
+/// Step node names inside a stage.
+pub const STEP_NODES: &[&str] = &[
+    "from",
+    "copy",
+    "write",
+    "mkdir",
+    "rm",
+    "symlink",
+    "env",
+    "workdir",
+    "user",
+    "label",
+    "entrypoint",
+    "cmd",
+    "expose",
+    "volume",
+    "stopsignal",
+    "wasm",
+    "run",
+];
+
+/// Read a spec file and everything it includes.
+///
+/// `name` is how the file is shown in diagnostics.
+pub fn load(path: &Path, name: &str, sources: &Sources) -> Result<Spec, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![
+            Diagnostic::user(
+                "kiln::spec::read",
+                format!("cannot read spec file `{name}`: {e}"),
+            )
+            .with_help(
+                "pass the spec with `-f FILE`, or run kiln in a directory with a `kiln.kdl`",
+            ),
+        ]
+    })?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let id = sources.add(name.to_string(), abs, text);
+    let mut spec = Spec {
+        dir: dir.clone(),
+        ..Spec::default()
+    };
+    let mut loader = Loader {
+        sources,
+        spec: &mut spec,
+        diags: Vec::new(),
+        stack: Vec::new(),
+    };
+    loader.file(id, &dir);
+    let diags = loader.diags;
+    if diags.iter().any(|d| !d.warning) {
+        Err(diags)
+    } else {
+        spec.warnings = diags;
+        Ok(spec)
+    }
+}
+
+/// Parse one spec text on its own (no includes are followed). For tests and fuzzing.
+pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Diagnostics> {
+    let id = sources.add(name.to_string(), PathBuf::from(name), text.to_string());
+    let mut spec = Spec::default();
+    let mut loader = Loader {
+        sources,
+        spec: &mut spec,
+        diags: Vec::new(),
+        stack: vec![PathBuf::from(name)],
+    };
+    loader.document(id, Path::new(""), false);
+    let diags = loader.diags;
+    if diags.iter().any(|d| !d.warning) {
+        Err(diags)
+    } else {
+        spec.warnings = diags;
+        Ok(spec)
+    }
+}
+
+struct Loader<'a> {
+    sources: &'a Sources,
+    spec: &'a mut Spec,
+    diags: Diagnostics,
+    /// Files being loaded, outermost first, to catch include cycles.
+    stack: Vec<PathBuf>,
+}
+
+impl Loader<'_> {
+    fn file(&mut self, id: SourceId, dir: &Path) {
+        let path = self
+            .sources
+            .get(id)
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
+        self.stack.push(path);
+        self.document(id, dir, true);
+        self.stack.pop();
+    }
+
+    fn document(&mut self, id: SourceId, dir: &Path, follow_includes: bool) {
+        let Some(file) = self.sources.get(id) else {
+            return;
+        };
+        self.spec.files.push(id);
+        let doc = match KdlDocument::parse_v2(&file.text) {
+            Ok(doc) => doc,
+            Err(v2_err) => match KdlDocument::parse(&file.text) {
+                Ok(doc) => {
+                    let first = doc.nodes().first().map(|n| n.span());
+                    let mut w = Diagnostic::warning(
+                        "kiln::spec::kdl-v1",
+                        format!("`{}` is written in KDL v1", file.name),
+                    )
+                    .with_help("kiln reads KDL v1, but v2 is the current syntax: write `#true`/`#false`, and raw strings as `#\"…\"#`");
+                    if let Some(s) = first {
+                        w = w.with_label(
+                            Span::new(id, s.offset(), s.len().min(1)),
+                            "read as KDL v1",
+                        );
+                    }
+                    self.diags.push(w);
+                    doc
+                }
+                Err(_) => {
+                    self.kdl_error(id, &v2_err);
+                    return;
+                }
+            },
+        };
+        for node in doc.nodes() {
+            let n = Node::new(node, id, self.sources);
+            match node.name().value() {
+                "kiln" => self.version(&n),
+                "arg" => self.arg(&n),
+                "context" => self.context(&n, dir),
+                "plugin" => self.plugin(&n, dir),
+                "stage" => self.stage(&n),
+                "export" => self.export(&n, dir),
+                "include" => {
+                    if follow_includes {
+                        self.include(&n, dir);
+                    } else {
+                        n.no_children(&mut self.diags);
+                    }
+                }
+                other => {
+                    let mut d = Diagnostic::user(
+                        "kiln::spec::unknown-node",
+                        format!("unknown node `{other}`"),
+                    )
+                    .with_label(n.name_span(), "not a top-level node");
+                    d = match did_you_mean(other, TOP_NODES.iter().copied()) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None if STEP_NODES.contains(&other) => d.with_help(format!(
+                            "`{other}` is a step: put it inside a `stage NAME {{ … }}` block"
+                        )),
+                        None => {
+                            d.with_help(format!("top-level nodes are: {}", TOP_NODES.join(", ")))
+                        }
+                    };
+                    self.diags.push(d);
+                }
+            }
+        }
+    }
+
+    fn kdl_error(&mut self, id: SourceId, err: &::kdl::KdlError) {
+        let name = self
+            .sources
+            .get(id)
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        if err.diagnostics.is_empty() {
+            self.diags.push(Diagnostic::user(
+                "kiln::spec::syntax",
+                format!("`{name}` is not valid KDL"),
+            ));
+        }
+        for kd in &err.diagnostics {
+            let message = kd
+                .message
+                .clone()
+                .unwrap_or_else(|| "invalid KDL syntax".to_string());
+            let mut d = Diagnostic::user(
+                "kiln::spec::syntax",
+                format!("KDL syntax: {}", lower_first(&message)),
+            )
+            .with_label(
+                Span::new(id, kd.span.offset(), kd.span.len()),
+                kd.label.clone().unwrap_or_else(|| "here".into()),
+            );
+            d.help = Some(kd.help.clone().unwrap_or_else(|| {
+                "see spec/language.md for the syntax; strings need double quotes when they contain spaces or special characters".to_string()
+            }));
+            self.diags.push(d);
+        }
+    }
+
+    fn version(&mut self, n: &Node) {
+        n.arity(1, Some(1), "kiln 1", &mut self.diags);
+        n.no_props(&mut self.diags);
+        n.no_children(&mut self.diags);
+        if let Some(v) = n.int_arg(0, &mut self.diags) {
+            if v.value != 1 {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::version",
+                        format!("unsupported spec version {}", v.value),
+                    )
+                    .with_label(v.span, "this kiln reads version 1")
+                    .with_help("write `kiln 1`"),
+                );
+            }
+            if let Some(prev) = &self.spec.version
+                && self.stack.len() <= 1
+            {
+                self.diags.push(
+                    Diagnostic::user("kiln::spec::duplicate-version", "`kiln` is given twice")
+                        .with_label(v.span, "second version")
+                        .with_label(prev.span, "first version"),
+                );
+            }
+            if self.spec.version.is_none() {
+                self.spec.version = Some(v);
+            }
+        }
+    }
+
+    fn arg(&mut self, n: &Node) {
+        n.arity(1, Some(1), "arg NAME default=\"VALUE\"", &mut self.diags);
+        n.allow_props(&["default"], &mut self.diags);
+        n.no_children(&mut self.diags);
+        let Some(name) = n.str_arg(0, &mut self.diags) else {
+            return;
+        };
+        check_name(&name, "arg", &mut self.diags);
+        let default = n.str_prop("default", &mut self.diags);
+        self.spec.args.push(ArgDecl {
+            span: n.span(),
+            name,
+            default,
+        });
+    }
+
+    fn context(&mut self, n: &Node, dir: &Path) {
+        n.arity(1, Some(1), "context NAME path=\"DIR\"", &mut self.diags);
+        n.allow_props(&["path"], &mut self.diags);
+        n.no_children(&mut self.diags);
+        let name = n.str_arg(0, &mut self.diags);
+        let path = n.required_str_prop("path", "context NAME path=\"DIR\"", &mut self.diags);
+        if let (Some(name), Some(path)) = (name, path) {
+            check_name(&name, "context", &mut self.diags);
+            self.spec.contexts.push(ContextDecl {
+                span: n.span(),
+                name,
+                path,
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+
+    fn plugin(&mut self, n: &Node, dir: &Path) {
+        let usage = "plugin NAME path=\"FILE.wasm\" blake3=\"HEX\"";
+        n.arity(1, Some(1), usage, &mut self.diags);
+        n.allow_props(&["path", "blake3"], &mut self.diags);
+        n.no_children(&mut self.diags);
+        let name = n.str_arg(0, &mut self.diags);
+        let path = n.required_str_prop("path", usage, &mut self.diags);
+        let blake3 = n.str_prop("blake3", &mut self.diags);
+        if let Some(pin) = &blake3
+            && (pin.value.len() != 64 || !pin.value.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            self.diags.push(
+                Diagnostic::user("kiln::spec::bad-pin", "a plugin pin must be 64 hex digits")
+                    .with_label(n.prop_value_span("blake3").unwrap_or(pin.span), "not a blake3 digest")
+                    .with_help("run `b3sum FILE.wasm` and paste the digest, or remove `blake3=` and run `kiln plugin pin`"),
+            );
+        }
+        if let (Some(name), Some(path)) = (name, path) {
+            check_name(&name, "plugin", &mut self.diags);
+            self.spec.plugins.push(PluginDecl {
+                span: n.span(),
+                name,
+                path,
+                blake3,
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+
+    fn include(&mut self, n: &Node, dir: &Path) {
+        n.arity(1, Some(1), "include \"FILE.kdl\"", &mut self.diags);
+        n.no_props(&mut self.diags);
+        n.no_children(&mut self.diags);
+        let Some(rel) = n.str_arg(0, &mut self.diags) else {
+            return;
+        };
+        let path = dir.join(&rel.value);
+        let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| abs.clone());
+        if self
+            .stack
+            .iter()
+            .any(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == canonical)
+        {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::include-cycle",
+                    format!("`{}` includes itself", rel.value),
+                )
+                .with_label(rel.span, "this include leads back to a file being read")
+                .with_help("remove one of the includes that form the loop"),
+            );
+            return;
+        }
+        if self.sources.find(&abs).is_some() {
+            // Included twice through different paths (a diamond): read once.
+            return;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::include",
+                        format!("cannot read included file `{}`: {e}", rel.value),
+                    )
+                    .with_label(rel.span, "included here")
+                    .with_help("include paths are relative to the file that includes them"),
+                );
+                return;
+            }
+        };
+        let shown = display_path(&path);
+        let id = self.sources.add(shown, abs, text);
+        let sub_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.file(id, &sub_dir);
+    }
+
+    fn export(&mut self, n: &Node, dir: &Path) {
+        n.arity(
+            0,
+            Some(0),
+            "export { STAGE to=\"PATH\" … }",
+            &mut self.diags,
+        );
+        n.no_props(&mut self.diags);
+        let Some(children) = n.node.children() else {
+            return;
+        };
+        let usage = "STAGE to=\"PATH\" format=dir|tar when=success|always";
+        for child in children.nodes() {
+            let c = Node::new(child, n.source, self.sources);
+            c.arity(0, Some(0), usage, &mut self.diags);
+            c.allow_props(&["to", "format", "when", "tag"], &mut self.diags);
+            c.no_children(&mut self.diags);
+            let stage = c.name();
+            let Some(to) = c.required_str_prop("to", usage, &mut self.diags) else {
+                continue;
+            };
+            self.spec.exports.push(ExportDecl {
+                span: c.span(),
+                stage,
+                to,
+                format: c.str_prop("format", &mut self.diags),
+                when: c.str_prop("when", &mut self.diags),
+                tag: c.str_prop("tag", &mut self.diags),
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+
+    fn stage(&mut self, n: &Node) {
+        n.arity(1, Some(1), "stage NAME { … }", &mut self.diags);
+        n.no_props(&mut self.diags);
+        let Some(name) = n.str_arg(0, &mut self.diags) else {
+            return;
+        };
+        check_name(&name, "stage", &mut self.diags);
+        let mut stage = StageDecl {
+            span: n.span(),
+            name,
+            from: None,
+            steps: Vec::new(),
+        };
+        if let Some(children) = n.node.children() {
+            for child in children.nodes() {
+                self.step(&Node::new(child, n.source, self.sources), &mut stage);
+            }
+        }
+        self.spec.stages.push(stage);
+    }
+
+    fn step(&mut self, n: &Node, stage: &mut StageDecl) {
+        let d = &mut self.diags;
+        let name = n.node.name().value();
+        if name != "env" && name != "label" {
+            n.no_children(d);
+        }
+        let kind = match name {
+            "from" => {
+                n.arity(1, Some(1), "from scratch|STAGE", d);
+                n.no_props(d);
+                if let Some(base) = n.str_arg(0, d) {
+                    if let Some(prev) = &stage.from {
+                        d.push(
+                            Diagnostic::user(
+                                "kiln::spec::duplicate-from",
+                                "a stage has one `from`",
+                            )
+                            .with_label(base.span, "second base")
+                            .with_label(prev.span, "first base")
+                            .with_help(
+                                "keep one `from`; to combine stages use `copy … from=STAGE`",
+                            ),
+                        );
+                    } else if !stage.steps.is_empty() {
+                        d.push(
+                            Diagnostic::user(
+                                "kiln::spec::late-from",
+                                "`from` must come before the steps",
+                            )
+                            .with_label(n.span(), "after a step")
+                            .with_help("move `from` to the top of the stage"),
+                        );
+                    } else {
+                        stage.from = Some(base);
+                    }
+                }
+                return;
+            }
+            "copy" => {
+                let usage =
+                    "copy SRC… DEST [from=STAGE|context=NAME] [chmod=MODE] [chown=USER:GROUP]";
+                n.arity(2, None, usage, d);
+                n.allow_props(&["from", "context", "chmod", "chown"], d);
+                let mut all = n.str_args(d);
+                if all.len() < 2 {
+                    return;
+                }
+                let dest = all.pop();
+                let from = n.str_prop("from", d);
+                let context = n.str_prop("context", d);
+                if let (Some(f), Some(c)) = (&from, &context) {
+                    d.push(
+                        Diagnostic::user(
+                            "kiln::spec::copy-source",
+                            "`copy` takes `from=` or `context=`, not both",
+                        )
+                        .with_label(f.span, "from a stage")
+                        .with_label(c.span, "from a context")
+                        .with_help("split it into two `copy` steps"),
+                    );
+                }
+                let Some(dest) = dest else { return };
+                StepKind::Copy {
+                    sources: all,
+                    dest,
+                    from,
+                    context,
+                    chmod: n.mode_prop("chmod", d),
+                    chown: n.str_prop("chown", d),
+                }
+            }
+            "write" => {
+                n.arity(2, Some(2), "write PATH CONTENT [mode=MODE]", d);
+                n.allow_props(&["mode"], d);
+                match (n.str_arg(0, d), n.str_arg(1, d)) {
+                    (Some(path), Some(content)) => StepKind::Write {
+                        path,
+                        content,
+                        mode: n.mode_prop("mode", d),
+                    },
+                    _ => return,
+                }
+            }
+            "mkdir" => {
+                n.arity(1, None, "mkdir PATH… [mode=MODE]", d);
+                n.allow_props(&["mode"], d);
+                StepKind::Mkdir {
+                    paths: n.str_args(d),
+                    mode: n.mode_prop("mode", d),
+                }
+            }
+            "rm" => {
+                n.arity(1, None, "rm PATH… [force=#true]", d);
+                n.allow_props(&["force"], d);
+                StepKind::Rm {
+                    paths: n.str_args(d),
+                    force: n.bool_prop("force", d).unwrap_or(false),
+                }
+            }
+            "symlink" => {
+                n.arity(2, Some(2), "symlink TARGET LINK", d);
+                n.no_props(d);
+                match (n.str_arg(0, d), n.str_arg(1, d)) {
+                    (Some(target), Some(link)) => StepKind::Symlink { target, link },
+                    _ => return,
+                }
+            }
+            "env" => StepKind::Env(n.pairs("env NAME VALUE | env NAME=VALUE…", d)),
+            "label" => StepKind::Label(n.pairs("label KEY VALUE | label KEY=VALUE…", d)),
+            "workdir" => match one_string(n, "workdir PATH", d) {
+                Some(s) => StepKind::Workdir(s),
+                None => return,
+            },
+            "user" => match one_string(n, "user USER[:GROUP]", d) {
+                Some(s) => StepKind::User(s),
+                None => return,
+            },
+            "stopsignal" => match one_string(n, "stopsignal SIGNAL", d) {
+                Some(s) => StepKind::Stopsignal(s),
+                None => return,
+            },
+            "entrypoint" => {
+                n.arity(0, None, "entrypoint ARG…", d);
+                n.no_props(d);
+                StepKind::Entrypoint(n.str_args(d))
+            }
+            "cmd" => {
+                n.arity(0, None, "cmd ARG…", d);
+                n.no_props(d);
+                StepKind::Cmd(n.str_args(d))
+            }
+            "expose" => {
+                n.arity(1, None, "expose PORT[/PROTO]…", d);
+                n.no_props(d);
+                StepKind::Expose(n.str_args(d))
+            }
+            "volume" => {
+                n.arity(1, None, "volume PATH…", d);
+                n.no_props(d);
+                StepKind::Volume(n.str_args(d))
+            }
+            "wasm" => {
+                n.arity(1, None, "wasm PLUGIN ARG…", d);
+                let mut args = n.str_args(d);
+                if args.is_empty() {
+                    return;
+                }
+                let plugin = args.remove(0);
+                StepKind::Wasm { plugin, args }
+            }
+            "run" => {
+                n.arity(1, None, "run COMMAND…", d);
+                StepKind::Run {
+                    command: n.str_args(d),
+                }
+            }
+            other => {
+                let mut diag = Diagnostic::user(
+                    "kiln::spec::unknown-step",
+                    format!("unknown step `{other}`"),
+                )
+                .with_label(n.name_span(), "not a step");
+                diag = match did_you_mean(other, STEP_NODES.iter().copied()) {
+                    Some(s) => diag.with_help(format!("did you mean `{s}`?")),
+                    None => diag.with_help(format!("steps are: {}", STEP_NODES.join(", "))),
+                };
+                d.push(diag);
+                return;
+            }
+        };
+        stage.steps.push(StepDecl {
+            span: n.span(),
+            kind,
+        });
+    }
+}
+
+fn one_string(n: &Node, usage: &str, d: &mut Diagnostics) -> Option<Spanned<String>> {
+    n.arity(1, Some(1), usage, d);
+    n.no_props(d);
+    n.str_arg(0, d)
+}
+
+/// Stage, arg, context and plugin names: letters, digits, `-`, `_`, `.`.
+fn check_name(name: &Spanned<String>, what: &str, d: &mut Diagnostics) {
+    let ok = !name.value.is_empty()
+        && name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.value.starts_with(['-', '.']);
+    if !ok {
+        d.push(
+            Diagnostic::user("kiln::spec::bad-name", format!("`{}` is not a valid {what} name", name.value))
+                .with_label(name.span, "invalid name")
+                .with_help("names use letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`"),
+        );
+    }
+    if what == "stage" && name.value == "scratch" {
+        d.push(
+            Diagnostic::user(
+                "kiln::spec::bad-name",
+                "`scratch` is reserved for the empty base",
+            )
+            .with_label(name.span, "reserved name")
+            .with_help("pick another stage name"),
+        );
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// A path shown relative to the working directory when it is below it.
+pub fn display_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Some(cwd) = cwd
+        && let Ok(rel) = abs.strip_prefix(&cwd)
+    {
+        return rel.display().to_string();
+    }
+    path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! The IR: a checked stage graph.
+//!
+//! [`compile`] turns a spec AST into a [`Graph`]: names resolved to ids,
+//! `${}` substituted, modes and owners parsed, cycles rejected. Pure: no IO,
+//! no clock, no cache. Every error found is returned at once.
+
+mod compile;
+pub mod subst;
+
+pub use compile::{CompileOptions, compile};
+
+use crate::diag::{Span, Spanned};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct StageId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ContextId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PluginId(pub u32);
+
+/// The checked build graph.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub stages: Vec<Stage>,
+    /// `contexts[0]` is the default context (the directory on the command line).
+    pub contexts: Vec<Context>,
+    pub plugins: Vec<Plugin>,
+    pub exports: Vec<Export>,
+    /// Every declared arg and its value after `--arg` overrides.
+    pub args: BTreeMap<String, Option<String>>,
+}
+
+impl Graph {
+    pub fn stage(&self, id: StageId) -> &Stage {
+        &self.stages[id.0 as usize]
+    }
+
+    pub fn find_stage(&self, name: &str) -> Option<StageId> {
+        self.stages
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| StageId(i as u32))
+    }
+
+    pub fn context(&self, id: ContextId) -> &Context {
+        &self.contexts[id.0 as usize]
+    }
+
+    /// The stage built when nothing is asked for: the last one declared.
+    pub fn default_target(&self) -> Option<StageId> {
+        self.stages.len().checked_sub(1).map(|i| StageId(i as u32))
+    }
+
+    /// `roots` and every stage they depend on, in dependency order
+    /// (a stage comes after all of its dependencies).
+    pub fn ancestors(&self, roots: &[StageId]) -> Vec<StageId> {
+        let mut seen = vec![false; self.stages.len()];
+        let mut order = Vec::new();
+        fn visit(g: &Graph, id: StageId, seen: &mut [bool], order: &mut Vec<StageId>) {
+            if seen[id.0 as usize] {
+                return;
+            }
+            seen[id.0 as usize] = true;
+            for &dep in &g.stage(id).deps {
+                visit(g, dep, seen, order);
+            }
+            order.push(id);
+        }
+        for &r in roots {
+            visit(self, r, &mut seen, &mut order);
+        }
+        order
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Stage {
+    pub id: StageId,
+    pub name: String,
+    /// The `stage NAME` line.
+    pub span: Span,
+    pub base: Base,
+    pub steps: Vec<Step>,
+    /// Stages this one reads (base, `copy from=`), sorted, without duplicates.
+    pub deps: Vec<StageId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    Scratch,
+    Stage(StageId),
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub span: Span,
+    pub op: Op,
+}
+
+/// A step after substitution. Spans here are only for error messages;
+/// nothing with a span enters a cache key.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Copy(Copy),
+    Write {
+        path: String,
+        content: String,
+        mode: Option<u32>,
+    },
+    Mkdir {
+        paths: Vec<String>,
+        mode: Option<u32>,
+    },
+    Rm {
+        paths: Vec<Spanned<String>>,
+        force: bool,
+    },
+    Symlink {
+        target: String,
+        link: String,
+    },
+    Meta(Meta),
+    Wasm {
+        plugin: PluginId,
+        args: Vec<String>,
+    },
+    Run {
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Copy {
+    /// Source paths or globs, each with its span for "matched nothing" errors.
+    pub sources: Vec<Spanned<String>>,
+    pub dest: String,
+    pub from: CopyFrom,
+    pub chmod: Option<u32>,
+    pub chown: Option<Owner>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFrom {
+    Context(ContextId),
+    Stage(StageId),
+}
+
+/// `chown=`: numeric ids, or names looked up in the stage's `/etc/passwd` and `/etc/group`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+/// Image metadata steps: they change the stage's config, not its tree.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Meta {
+    Env(Vec<(String, String)>),
+    Workdir(String),
+    User(String),
+    Label(Vec<(String, String)>),
+    Entrypoint(Vec<String>),
+    Cmd(Vec<String>),
+    Expose(Vec<String>),
+    Volume(Vec<String>),
+    Stopsignal(String),
+}
+
+impl Op {
+    /// The step's canonical form: everything that decides its result except
+    /// the inputs it reads (whose digests are added to the key separately).
+    /// Stable across releases of the same cache format; never holds a span.
+    pub fn canonical(&self, graph: &Graph) -> String {
+        use serde_json::json;
+        let v = match self {
+            Op::Copy(c) => json!({
+                "copy": {
+                    "sources": c.sources.iter().map(|s| &s.value).collect::<Vec<_>>(),
+                    "dest": c.dest,
+                    "from": match c.from {
+                        CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
+                        CopyFrom::Stage(_) => json!("stage"),
+                    },
+                    "chmod": c.chmod,
+                    "chown": c.chown,
+                }
+            }),
+            Op::Write {
+                path,
+                content,
+                mode,
+            } => {
+                json!({"write": {"path": path, "content": content, "mode": mode}})
+            }
+            Op::Mkdir { paths, mode } => json!({"mkdir": {"paths": paths, "mode": mode}}),
+            Op::Rm { paths, force } => json!({"rm": {
+                "paths": paths.iter().map(|p| &p.value).collect::<Vec<_>>(),
+                "force": force,
+            }}),
+            Op::Symlink { target, link } => json!({"symlink": {"target": target, "link": link}}),
+            Op::Meta(m) => json!({ "meta": m }),
+            Op::Wasm { plugin, args } => json!({"wasm": {
+                "plugin": graph.plugins[plugin.0 as usize].name,
+                "args": args,
+            }}),
+            Op::Run { command } => json!({"run": command}),
+        };
+        v.to_string()
+    }
+
+    /// A short human description, for progress output.
+    pub fn describe(&self, graph: &Graph) -> String {
+        let quote = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match self {
+            Op::Copy(c) => {
+                let srcs: Vec<String> = c.sources.iter().map(|s| s.value.clone()).collect();
+                let from = match c.from {
+                    CopyFrom::Context(ContextId(0)) => String::new(),
+                    CopyFrom::Context(id) => format!(" context={}", graph.context(id).name),
+                    CopyFrom::Stage(id) => format!(" from={}", graph.stage(id).name),
+                };
+                format!("copy {} {:?}{from}", quote(&srcs), c.dest)
+            }
+            Op::Write { path, .. } => format!("write {path:?}"),
+            Op::Mkdir { paths, .. } => format!("mkdir {}", quote(paths)),
+            Op::Rm { paths, .. } => {
+                let p: Vec<String> = paths.iter().map(|s| s.value.clone()).collect();
+                format!("rm {}", quote(&p))
+            }
+            Op::Symlink { target, link } => format!("symlink {target:?} {link:?}"),
+            Op::Meta(m) => match m {
+                Meta::Env(kv) => format!(
+                    "env {}",
+                    kv.iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                Meta::Workdir(p) => format!("workdir {p:?}"),
+                Meta::User(u) => format!("user {u:?}"),
+                Meta::Label(kv) => format!(
+                    "label {}",
+                    kv.iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                Meta::Entrypoint(a) => format!("entrypoint {}", quote(a)),
+                Meta::Cmd(a) => format!("cmd {}", quote(a)),
+                Meta::Expose(a) => format!("expose {}", a.join(" ")),
+                Meta::Volume(a) => format!("volume {}", quote(a)),
+                Meta::Stopsignal(s) => format!("stopsignal {s}"),
+            },
+            Op::Wasm { plugin, args } => {
+                format!(
+                    "wasm {} {}",
+                    graph.plugins[plugin.0 as usize].name,
+                    quote(args)
+                )
+            }
+            Op::Run { command } => format!("run {}", quote(command)),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub id: ContextId,
+    /// Empty for the default context.
+    pub name: String,
+    pub path: PathBuf,
+    pub span: Option<Span>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plugin {
+    pub id: PluginId,
+    pub name: String,
+    pub path: PathBuf,
+    pub blake3: Option<String>,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Dir,
+    Tar,
+}
+
+/// When an export entry is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    /// Only when the whole build succeeds (the default).
+    Success,
+    /// Whenever its stage succeeds, even if other parts of the build fail.
+    Always,
+}
+
+#[derive(Clone, Debug)]
+pub struct Export {
+    pub stage: StageId,
+    pub dest: PathBuf,
+    pub format: ExportFormat,
+    pub when: When,
+    /// The export entry in the spec; `None` for `-o` on the command line.
+    pub span: Option<Span>,
+}

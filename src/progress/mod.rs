@@ -1,0 +1,166 @@
+//! Build events and the reporters that show them.
+//!
+//! The executor only emits [`Event`]s through a [`Reporter`]; it never
+//! prints. Reporters: [`tty::Tty`] (indicatif, a line per running stage),
+//! [`plain::Plain`] (one line per event) and [`json::Json`]
+//! (newline-delimited JSON for tools and tests).
+
+pub mod json;
+pub mod plain;
+pub mod tty;
+
+use serde::Serialize;
+use std::time::Instant;
+
+/// Something that happened during a build. Times are milliseconds since
+/// the build started.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    BuildStarted {
+        stages: usize,
+        jobs: usize,
+    },
+    StageStarted {
+        stage: String,
+    },
+    StepStarted {
+        stage: String,
+        step: usize,
+        text: String,
+        key: String,
+    },
+    StepCached {
+        stage: String,
+        step: usize,
+        text: String,
+        key: String,
+    },
+    StepFinished {
+        stage: String,
+        step: usize,
+        text: String,
+        key: String,
+        ms: f64,
+    },
+    StepFailed {
+        stage: String,
+        step: usize,
+        text: String,
+        message: String,
+    },
+    StageFinished {
+        stage: String,
+        state: String,
+        cached: bool,
+        ms: f64,
+    },
+    StageFailed {
+        stage: String,
+    },
+    StageSkipped {
+        stage: String,
+        because: String,
+    },
+    ExportWritten {
+        stage: String,
+        dest: String,
+        format: String,
+    },
+    ExportSkipped {
+        stage: String,
+        dest: String,
+        because: String,
+    },
+    BuildFinished {
+        ok: bool,
+        ms: f64,
+        steps_run: usize,
+        steps_cached: usize,
+        failures: usize,
+    },
+}
+
+/// Receives events. Implementations must be cheap and thread-safe: stages
+/// report from every worker thread.
+pub trait Reporter: Sync {
+    fn event(&self, at_ms: f64, event: &Event);
+    /// Print a line (a diagnostic, a summary) without garbling live output.
+    fn println(&self, text: &str);
+    /// Stop drawing; called once at the end.
+    fn finish(&self) {}
+}
+
+/// A reporter plus the clock events are timed against.
+pub struct Progress<'a> {
+    start: Instant,
+    reporter: &'a dyn Reporter,
+}
+
+impl<'a> Progress<'a> {
+    pub fn new(reporter: &'a dyn Reporter) -> Progress<'a> {
+        Progress {
+            start: Instant::now(),
+            reporter,
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+
+    pub fn emit(&self, event: Event) {
+        self.reporter.event(self.elapsed_ms(), &event);
+    }
+
+    pub fn println(&self, text: &str) {
+        self.reporter.println(text);
+    }
+
+    pub fn finish(&self) {
+        self.reporter.finish();
+    }
+}
+
+/// `--progress` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Auto,
+    Tty,
+    Plain,
+    Json,
+}
+
+/// Build the reporter for a mode: `auto` picks the terminal display when
+/// stderr is a terminal, plain lines otherwise.
+pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
+    use std::io::IsTerminal;
+    match mode {
+        Mode::Json => Box::new(json::Json::new()),
+        Mode::Plain => Box::new(plain::Plain::new()),
+        Mode::Tty => Box::new(tty::Tty::new()),
+        Mode::Auto => {
+            let dumb = std::env::var("TERM").map(|t| t == "dumb").unwrap_or(true);
+            if std::io::stderr().is_terminal() && !dumb {
+                Box::new(tty::Tty::new())
+            } else {
+                Box::new(plain::Plain::new())
+            }
+        }
+    }
+}
+
+/// Milliseconds as a short human duration.
+pub fn human_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else if ms < 60_000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!(
+            "{}m{:02}s",
+            (ms / 60_000.0) as u64,
+            ((ms / 1000.0) as u64) % 60
+        )
+    }
+}

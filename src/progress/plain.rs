@@ -1,0 +1,117 @@
+//! Plain lines on stderr: one per step that runs or hits the cache.
+
+use super::{Event, Reporter, human_ms};
+use std::io::Write;
+use std::sync::Mutex;
+
+pub struct Plain {
+    out: Mutex<std::io::Stderr>,
+}
+
+impl Plain {
+    pub fn new() -> Plain {
+        Plain {
+            out: Mutex::new(std::io::stderr()),
+        }
+    }
+}
+
+impl Default for Plain {
+    fn default() -> Self {
+        Plain::new()
+    }
+}
+
+/// The line shown for an event, if any.
+pub fn line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::BuildStarted { stages, jobs } => format!(
+            "building {stages} stage{} with {jobs} job{}",
+            plural(*stages),
+            plural(*jobs)
+        ),
+        Event::StageStarted { .. } | Event::StepStarted { .. } => return None,
+        Event::StepCached {
+            stage, step, text, ..
+        } => format!("#{stage} [{}] CACHED {text}", step + 1),
+        Event::StepFinished {
+            stage,
+            step,
+            text,
+            ms,
+            ..
+        } => format!("#{stage} [{}] {text} ({})", step + 1, human_ms(*ms)),
+        Event::StepFailed {
+            stage,
+            step,
+            text,
+            message,
+        } => format!("#{stage} [{}] FAILED {text}: {message}", step + 1),
+        Event::StageFinished {
+            stage,
+            state,
+            cached,
+            ms,
+        } => format!(
+            "#{stage} done {}{} ({})",
+            &state[..12.min(state.len())],
+            if *cached { " (cached)" } else { "" },
+            human_ms(*ms)
+        ),
+        Event::StageFailed { stage } => format!("#{stage} failed"),
+        Event::StageSkipped { stage, because } => format!("#{stage} skipped: {because}"),
+        Event::ExportWritten {
+            stage,
+            dest,
+            format,
+        } => format!("exported `{stage}` to {dest} ({format})"),
+        Event::ExportSkipped {
+            stage,
+            dest,
+            because,
+        } => format!("not exported: `{stage}` to {dest}: {because}"),
+        Event::BuildFinished {
+            ok,
+            ms,
+            steps_run,
+            steps_cached,
+            failures,
+        } => {
+            if *ok {
+                format!(
+                    "build finished in {}: {steps_run} step{} run, {steps_cached} cached",
+                    human_ms(*ms),
+                    plural(*steps_run)
+                )
+            } else {
+                format!(
+                    "build failed in {}: {failures} failure{}, {steps_run} step{} run, {steps_cached} cached",
+                    human_ms(*ms),
+                    plural(*failures),
+                    plural(*steps_run)
+                )
+            }
+        }
+    })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+impl Reporter for Plain {
+    fn event(&self, _at_ms: f64, event: &Event) {
+        if let Some(l) = line(event) {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{l}");
+        }
+    }
+
+    fn println(&self, text: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write!(out, "{text}");
+        if !text.ends_with('\n') {
+            let _ = writeln!(out);
+        }
+    }
+}

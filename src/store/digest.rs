@@ -1,0 +1,90 @@
+//! Typed blake3 digests: one type per thing addressed.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+macro_rules! digest_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub fn from_hash(h: blake3::Hash) -> Self {
+                $name(*h.as_bytes())
+            }
+
+            pub fn hex(&self) -> String {
+                blake3::Hash::from_bytes(self.0).to_hex().to_string()
+            }
+
+            pub fn short(&self) -> String {
+                self.hex()[..12].to_string()
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                blake3::Hash::from_hex(s).ok().map(Self::from_hash)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.hex())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+            }
+        }
+    };
+}
+
+digest_type!(
+    /// The content address of a file's bytes.
+    BlobDigest
+);
+digest_type!(
+    /// The content address of a tree manifest.
+    TreeDigest
+);
+digest_type!(
+    /// The cache key of a step: what it starts from, what it does, what it reads.
+    StepKey
+);
+digest_type!(
+    /// The content address of a whole state: tree plus image config.
+    StateDigest
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let d = BlobDigest::from_hash(blake3::hash(b"abc"));
+        assert_eq!(BlobDigest::parse(&d.hex()), Some(d));
+        assert_eq!(
+            d.hex(),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<BlobDigest>(&json).unwrap(), d);
+        assert!(BlobDigest::parse("xyz").is_none());
+    }
+}

@@ -1,0 +1,273 @@
+//! Garbage collection with a size budget.
+//!
+//! Roots are action cache entries; each keeps its tree and the tree's
+//! blobs. Trees that export destinations hold are kept first, then entries
+//! from the most recently used down (an entry's mtime is its last use),
+//! while the total fits the budget. Everything no kept root reaches is
+//! deleted, as are the link sources and leftover temp files. Runs with the
+//! store locked exclusively, so no build sees a half-collected store.
+
+use super::Store;
+use super::digest::{BlobDigest, StepKey, TreeDigest};
+use super::records;
+use super::state::State;
+use super::tree::Kind;
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub actions_removed: usize,
+    pub trees_removed: usize,
+    pub blobs_removed: usize,
+}
+
+fn files(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let Ok(shards) = fs::read_dir(dir) else {
+        return out;
+    };
+    for shard in shards.flatten() {
+        let Ok(rd) = fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in rd.flatten() {
+            if let Ok(m) = f.metadata() {
+                out.push((f.path(), m));
+            }
+        }
+    }
+    out
+}
+
+fn name_of(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+/// Collect garbage. With `budget`, also evict least recently used entries
+/// until the store fits.
+pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
+    store.clear_tmp();
+    let root = store.root();
+    let _ = fs::remove_dir_all(root.join("links"));
+    fs::create_dir_all(root.join("links"))?;
+
+    let blob_files = files(&root.join("blobs"));
+    let tree_files = files(&root.join("trees"));
+    let mut actions: Vec<(PathBuf, fs::Metadata)> = files(&root.join("actions"));
+    let size_of_blob = |d: &BlobDigest| {
+        fs::metadata(store.blob_path(*d))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let size_of_tree = |d: &TreeDigest| {
+        fs::metadata(store.tree_path(*d))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let mut report = Report {
+        bytes_before: blob_files
+            .iter()
+            .chain(&tree_files)
+            .chain(&actions)
+            .map(|(_, m)| m.len())
+            .sum(),
+        ..Report::default()
+    };
+
+    let mut kept_trees: HashSet<TreeDigest> = HashSet::new();
+    let mut kept_blobs: HashSet<BlobDigest> = HashSet::new();
+    let mut total = 0u64;
+    // Add a tree and its blobs to the kept set; returns the bytes added,
+    // or None when it would not fit in `limit`.
+    let keep = |tree: TreeDigest,
+                extra: u64,
+                limit: Option<u64>,
+                kept_trees: &mut HashSet<TreeDigest>,
+                kept_blobs: &mut HashSet<BlobDigest>,
+                total: &mut u64|
+     -> bool {
+        let mut add = extra;
+        let mut new_blobs = Vec::new();
+        if !kept_trees.contains(&tree) {
+            add += size_of_tree(&tree);
+            if let Ok(t) = store.get_tree(tree) {
+                for e in t.entries.values() {
+                    if let Kind::File { blob, .. } = e.kind
+                        && !kept_blobs.contains(&blob)
+                        && !new_blobs.contains(&blob)
+                    {
+                        add += size_of_blob(&blob);
+                        new_blobs.push(blob);
+                    }
+                }
+            } else {
+                return false;
+            }
+        }
+        if limit.is_some_and(|l| *total + add > l) {
+            return false;
+        }
+        *total += add;
+        kept_trees.insert(tree);
+        kept_blobs.extend(new_blobs);
+        true
+    };
+
+    // Exported trees first: they are what users look at.
+    for rec in records::load_exports(store).values() {
+        keep(
+            rec.tree,
+            0,
+            None,
+            &mut kept_trees,
+            &mut kept_blobs,
+            &mut total,
+        );
+    }
+    // Then cache entries, most recently used first.
+    actions.sort_by_key(|(_, m)| std::cmp::Reverse(m.modified().ok()));
+    let mut over = false;
+    for (path, meta) in &actions {
+        let state: Option<State> = fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let valid = StepKey::parse(name_of(path)).is_some();
+        let fits = match (&state, valid, over) {
+            (Some(s), true, false) => keep(
+                s.tree,
+                meta.len(),
+                budget,
+                &mut kept_trees,
+                &mut kept_blobs,
+                &mut total,
+            ),
+            _ => false,
+        };
+        if !fits {
+            over = over || state.is_some();
+            let _ = fs::remove_file(path);
+            report.actions_removed += 1;
+        }
+    }
+    for (path, _) in &tree_files {
+        if !TreeDigest::parse(name_of(path)).is_some_and(|d| kept_trees.contains(&d)) {
+            let _ = fs::remove_file(path);
+            report.trees_removed += 1;
+        }
+    }
+    for (path, _) in &blob_files {
+        if !BlobDigest::parse(name_of(path)).is_some_and(|d| kept_blobs.contains(&d)) {
+            let _ = fs::remove_file(path);
+            report.blobs_removed += 1;
+        }
+    }
+    report.bytes_after = [root.join("blobs"), root.join("trees"), root.join("actions")]
+        .iter()
+        .flat_map(|d| files(d))
+        .map(|(_, m)| m.len())
+        .sum();
+    Ok(report)
+}
+
+/// Parse a size like `500M`, `2G`, `1024`, `10KiB`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Access;
+    use crate::store::state::ImageConfig;
+    use crate::store::tree::{Entry, Tree};
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("2K"), Some(2048));
+        assert_eq!(parse_size("1.5MiB"), Some(3 << 19));
+        assert_eq!(parse_size("3 G"), Some(3 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
+
+    fn entry_with(store: &Store, key: u8, content: &[u8]) -> TreeDigest {
+        let blob = store.put_blob(content).unwrap();
+        let mut t = Tree::new();
+        t.put(
+            "f",
+            Entry {
+                kind: Kind::File {
+                    blob,
+                    size: content.len() as u64,
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            false,
+        )
+        .unwrap();
+        let td = store.put_tree(&t).unwrap();
+        store
+            .put_action(
+                StepKey([key; 32]),
+                &State {
+                    tree: td,
+                    config: ImageConfig::default(),
+                },
+            )
+            .unwrap();
+        td
+    }
+
+    #[test]
+    fn unreachable_blobs_go_and_budget_evicts_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Exclusive).unwrap();
+        let orphan = store.put_blob(b"orphan").unwrap();
+        let old = entry_with(&store, 1, &[1u8; 10_000]);
+        // Make the first entry older.
+        let p = dir
+            .path()
+            .join("actions")
+            .join(&StepKey([1; 32]).hex()[..2])
+            .join(StepKey([1; 32]).hex());
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH)
+            .unwrap();
+        let new = entry_with(&store, 2, &[2u8; 10_000]);
+
+        let r = collect(&store, None).unwrap();
+        assert_eq!(r.blobs_removed, 1);
+        assert!(!store.has_blob(orphan));
+        assert!(store.has_tree(old) && store.has_tree(new));
+
+        let r = collect(&store, Some(15_000)).unwrap();
+        assert_eq!(r.actions_removed, 1);
+        assert!(!store.has_tree(old));
+        assert!(store.has_tree(new));
+        assert!(r.bytes_after <= 15_000);
+    }
+}

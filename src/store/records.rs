@@ -1,0 +1,251 @@
+//! Records of past builds, kept in `records/`: the steps of the last build
+//! (for `kiln explain`), the latest run of every step (to compare a miss
+//! against), and what each export destination holds (gc keeps those longest).
+
+use super::Store;
+use super::digest::TreeDigest;
+use crate::exec::StepRecord;
+use crate::exec::key::KeyInput;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The last build, as `kiln explain` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LastBuild {
+    pub spec: String,
+    pub no_cache: bool,
+    pub steps: Vec<ExplainedStep>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExplainedStep {
+    pub stage: String,
+    pub step: usize,
+    pub text: String,
+    pub key: String,
+    pub cached: bool,
+    /// For a miss: why, one reason per line.
+    pub why: Vec<String>,
+}
+
+/// What an export destination holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportRecord {
+    pub stage: String,
+    pub tree: TreeDigest,
+    pub at_unix: u64,
+}
+
+fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, name: &str) -> T {
+    std::fs::read(store.root().join("records").join(name))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write<T: Serialize>(store: &Store, name: &str, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    store.write_atomic(&store.root().join("records").join(name), &bytes, 0o644)
+}
+
+fn step_id(spec: &str, stage: &str, step: usize) -> String {
+    format!("{spec}\u{1f}{stage}\u{1f}{step}")
+}
+
+/// Record a build's steps: explain each miss against the step's previous
+/// run, then remember this run.
+pub fn save_build(
+    store: &Store,
+    spec: &str,
+    no_cache: bool,
+    records: &[StepRecord],
+) -> std::io::Result<LastBuild> {
+    let mut history: BTreeMap<String, StepRecord> = read(store, "steps.json");
+    let mut last = LastBuild {
+        spec: spec.to_string(),
+        no_cache,
+        steps: Vec::new(),
+    };
+    // Keys of steps that missed in this build, to point at the first cause.
+    let missed: BTreeMap<&str, (&str, usize)> = records
+        .iter()
+        .filter(|r| !r.cached)
+        .map(|r| (r.key.as_str(), (r.stage.as_str(), r.step)))
+        .collect();
+    for r in records {
+        let id = step_id(spec, &r.stage, r.step);
+        let why = if r.cached {
+            Vec::new()
+        } else if no_cache {
+            vec!["`--no-cache` was given".to_string()]
+        } else {
+            explain(history.get(&id), r, &missed)
+        };
+        last.steps.push(ExplainedStep {
+            stage: r.stage.clone(),
+            step: r.step,
+            text: r.text.clone(),
+            key: r.key.clone(),
+            cached: r.cached,
+            why,
+        });
+        history.insert(id, r.clone());
+    }
+    write(store, "steps.json", &history)?;
+    write(store, "last.json", &last)?;
+    Ok(last)
+}
+
+pub fn load_last(store: &Store) -> Option<LastBuild> {
+    let l: LastBuild = read(store, "last.json");
+    (!l.spec.is_empty()).then_some(l)
+}
+
+/// Why a step missed, compared with its previous run.
+fn explain(
+    prev: Option<&StepRecord>,
+    now: &StepRecord,
+    missed: &BTreeMap<&str, (&str, usize)>,
+) -> Vec<String> {
+    let Some(prev) = prev else {
+        return vec!["first build of this step".to_string()];
+    };
+    let map = |inputs: &[KeyInput]| -> BTreeMap<String, String> {
+        inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.value.clone()))
+            .collect()
+    };
+    let (old, new) = (map(&prev.inputs), map(&now.inputs));
+    let mut why = Vec::new();
+    let old_start = old.get("start").cloned().unwrap_or_default();
+    let new_start = new.get("start").cloned().unwrap_or_default();
+    if old_start != new_start {
+        if let Some((stage, step)) = missed.get(new_start.as_str()) {
+            why.push(format!(
+                "it starts from step {} of `{stage}`, which ran again",
+                step + 1
+            ));
+        } else if new_start.starts_with("stage:") || old_start.starts_with("stage:") {
+            why.push("its base stage produced a different result".to_string());
+        } else if new_start == "scratch" || old_start == "scratch" {
+            why.push("its base changed".to_string());
+        } else {
+            why.push("the step before it has a different result".to_string());
+        }
+    }
+    if old.get("step") != new.get("step") {
+        why.push(format!(
+            "the step itself changed: was `{}`, now `{}`",
+            old.get("step").map(String::as_str).unwrap_or(""),
+            new.get("step").map(String::as_str).unwrap_or("")
+        ));
+    }
+    let mut files = Vec::new();
+    for (name, value) in &new {
+        if name == "start" || name == "step" {
+            continue;
+        }
+        let label = describe_input(name);
+        match old.get(name) {
+            None => files.push(format!("{label} is new")),
+            Some(v) if v != value => files.push(format!("{label} changed")),
+            _ => {}
+        }
+    }
+    for name in old.keys() {
+        if name != "start" && name != "step" && !new.contains_key(name) {
+            files.push(format!("{} is gone", describe_input(name)));
+        }
+    }
+    const MAX: usize = 20;
+    let extra = files.len().saturating_sub(MAX);
+    why.extend(files.into_iter().take(MAX));
+    if extra > 0 {
+        why.push(format!("… and {extra} more inputs changed"));
+    }
+    if why.is_empty() {
+        why.push("its inputs are the same as last time, but the result was not in the cache (removed by `kiln gc`, or never stored)".to_string());
+    }
+    why
+}
+
+fn describe_input(name: &str) -> String {
+    if let Some(f) = name.strip_prefix("file:") {
+        format!("context file `{f}`")
+    } else if let Some(s) = name.strip_prefix("stage:") {
+        format!("the tree of stage `{s}`")
+    } else if name == "picked" {
+        "what the sources matched".to_string()
+    } else {
+        format!("input `{name}`")
+    }
+}
+
+pub fn load_exports(store: &Store) -> BTreeMap<String, ExportRecord> {
+    read(store, "exports.json")
+}
+
+pub fn save_export(store: &Store, dest: &str, record: ExportRecord) -> std::io::Result<()> {
+    let mut all = load_exports(store);
+    all.insert(dest.to_string(), record);
+    write(store, "exports.json", &all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, start: &str, step: &str, files: &[(&str, &str)]) -> StepRecord {
+        let mut inputs = vec![
+            KeyInput {
+                name: "start".into(),
+                value: start.into(),
+            },
+            KeyInput {
+                name: "step".into(),
+                value: step.into(),
+            },
+        ];
+        for (n, v) in files {
+            inputs.push(KeyInput {
+                name: format!("file:{n}"),
+                value: v.to_string(),
+            });
+        }
+        StepRecord {
+            stage: "s".into(),
+            step: 0,
+            text: "copy".into(),
+            key: key.into(),
+            cached: false,
+            inputs,
+        }
+    }
+
+    #[test]
+    fn names_the_changed_file() {
+        let prev = rec("k1", "scratch", "c", &[("a", "1"), ("b", "2")]);
+        let now = rec("k2", "scratch", "c", &[("a", "1"), ("b", "3"), ("c", "4")]);
+        let why = explain(Some(&prev), &now, &BTreeMap::new());
+        assert_eq!(
+            why,
+            vec!["context file `b` changed", "context file `c` is new"]
+        );
+    }
+
+    #[test]
+    fn names_the_step_change_and_the_upstream_step() {
+        let prev = rec("k1", "p1", "write a", &[]);
+        let now = rec("k2", "p2", "write b", &[]);
+        let mut missed = BTreeMap::new();
+        missed.insert("p2", ("build", 2));
+        let why = explain(Some(&prev), &now, &missed);
+        assert_eq!(why[0], "it starts from step 3 of `build`, which ran again");
+        assert!(why[1].starts_with("the step itself changed"));
+        assert_eq!(
+            explain(None, &now, &missed),
+            vec!["first build of this step"]
+        );
+    }
+}

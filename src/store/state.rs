@@ -1,0 +1,89 @@
+//! A stage's state between steps: its tree and its image config.
+
+use super::digest::{StateDigest, TreeDigest};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Image metadata recorded on a stage (what an OCI image config carries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// In order of first definition; a later `env` of the same name replaces the value in place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// The working directory, absolute; `/` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub exposed_ports: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub volumes: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    pub fn workdir(&self) -> &str {
+        self.workdir.as_deref().unwrap_or("/")
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        match self.env.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.env.push((key.to_string(), value.to_string())),
+        }
+    }
+}
+
+/// What a step starts from and produces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub tree: TreeDigest,
+    pub config: ImageConfig,
+}
+
+impl State {
+    /// The content address of the state; a stage built on another starts
+    /// from this, so an upstream rebuild with equal output keeps the cache.
+    pub fn digest(&self) -> StateDigest {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        StateDigest::from_hash(blake3::hash(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_replaces_in_place() {
+        let mut c = ImageConfig::default();
+        c.set_env("A", "1");
+        c.set_env("B", "2");
+        c.set_env("A", "3");
+        assert_eq!(
+            c.env,
+            vec![("A".into(), "3".into()), ("B".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn digest_depends_on_config() {
+        let tree = TreeDigest([1; 32]);
+        let a = State {
+            tree,
+            config: ImageConfig::default(),
+        };
+        let mut b = a.clone();
+        b.config.user = Some("app".into());
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest(), a.clone().digest());
+    }
+}

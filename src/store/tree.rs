@@ -1,0 +1,422 @@
+//! Trees: a stage's filesystem as a sorted manifest.
+//!
+//! A [`Tree`] maps a relative path (`"usr/bin/x"`, no leading slash; the
+//! root itself is implicit) to an [`Entry`]: a file (a blob digest), a
+//! directory or a symlink, with mode and owner. Builtin steps edit trees in
+//! memory; nothing is written to disk until a tree is stored or exported.
+//! Timestamps are not recorded: exports normalize them.
+
+use super::digest::{BlobDigest, TreeDigest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Kind {
+    File { blob: BlobDigest, size: u64 },
+    Dir,
+    Symlink { target: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub kind: Kind,
+    /// Permission bits, including setuid/setgid/sticky (at most 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Entry {
+    pub fn dir(mode: u32, uid: u32, gid: u32) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir)
+    }
+}
+
+/// How symlinks are followed when resolving a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// A root filesystem: absolute targets start at the tree root and `..`
+    /// stops at the root, as inside a container.
+    Rootfs,
+    /// A build context: a target that is absolute or climbs above the root
+    /// escapes, which is an error.
+    Confined,
+}
+
+/// Why a tree operation failed. Paths are shown with a leading `/`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("`/{0}` is not a directory")]
+    NotADirectory(String),
+    #[error("cannot replace directory `/{0}` with a file")]
+    IsADirectory(String),
+    #[error("`/{0}` does not exist")]
+    NotFound(String),
+    #[error("too many levels of symlinks at `/{0}`")]
+    TooManyLinks(String),
+    #[error("`{path}` is a symlink to `{target}`, which points outside the context")]
+    Escapes { path: String, target: String },
+    #[error("the path `{0}` leads outside the context")]
+    DotDotEscapes(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub entries: BTreeMap<String, Entry>,
+}
+
+/// Split a path into its normal components. `.` and empty parts vanish;
+/// `..` pops, stopping at the root (Rootfs) or failing (Confined).
+pub fn components(path: &str, links: Links) -> Result<Vec<String>, TreeError> {
+    let mut out: Vec<String> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if out.pop().is_none() && links == Links::Confined {
+                    return Err(TreeError::DotDotEscapes(path.to_string()));
+                }
+            }
+            p => out.push(p.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Normalize `path` against a working directory (both in rootfs terms).
+pub fn normalize(path: &str, workdir: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{workdir}/{path}")
+    };
+    components(&joined, Links::Rootfs)
+        .unwrap_or_default()
+        .join("/")
+}
+
+/// The parent of a tree path (`""` for top-level entries).
+pub fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// The last component of a tree path.
+pub fn basename(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, b)| b)
+}
+
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        Tree::default()
+    }
+
+    /// The canonical bytes of this tree; its digest is their blake3.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn digest(&self) -> TreeDigest {
+        TreeDigest::from_hash(blake3::hash(&self.to_bytes()))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Is `path` the root or a directory?
+    pub fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || self.entries.get(path).is_some_and(Entry::is_dir)
+    }
+
+    /// Resolve symlinks in `path` (every component, and the last one too when
+    /// `follow_last`). Components that do not exist are kept as written.
+    pub fn resolve(
+        &self,
+        path: &str,
+        follow_last: bool,
+        links: Links,
+    ) -> Result<String, TreeError> {
+        let mut pending: Vec<String> = components(path, links)?;
+        pending.reverse();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                if done.pop().is_none() && links == Links::Confined {
+                    return Err(TreeError::DotDotEscapes(path.to_string()));
+                }
+                continue;
+            }
+            done.push(part);
+            let here = done.join("/");
+            let is_last = pending.is_empty();
+            if let Some(Entry {
+                kind: Kind::Symlink { target },
+                ..
+            }) = self.entries.get(&here)
+            {
+                if is_last && !follow_last {
+                    break;
+                }
+                hops += 1;
+                if hops > 40 {
+                    return Err(TreeError::TooManyLinks(here));
+                }
+                done.pop();
+                if target.starts_with('/') {
+                    if links == Links::Confined {
+                        return Err(TreeError::Escapes {
+                            path: here,
+                            target: target.clone(),
+                        });
+                    }
+                    done.clear();
+                }
+                for t in target.split('/').rev() {
+                    match t {
+                        "" | "." => {}
+                        other => pending.push(other.to_string()),
+                    }
+                }
+                // `..` in a target is handled as it is popped, which needs the
+                // escape check to know it came from a link:
+                if links == Links::Confined {
+                    let mut depth = done.len() as i64;
+                    for t in target.split('/') {
+                        match t {
+                            "" | "." => {}
+                            ".." => depth -= 1,
+                            _ => depth += 1,
+                        }
+                        if depth < 0 {
+                            return Err(TreeError::Escapes {
+                                path: here,
+                                target: target.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(done.join("/"))
+    }
+
+    /// Make sure `dir` and its parents are directories, creating what is
+    /// missing with `template`'s mode and owner.
+    pub fn mkdir_all(&mut self, dir: &str, template: &Entry) -> Result<(), TreeError> {
+        if dir.is_empty() {
+            return Ok(());
+        }
+        let mut here = String::new();
+        for part in dir.split('/') {
+            here = join(&here, part);
+            match self.entries.get(&here) {
+                Some(e) if e.is_dir() => {}
+                Some(_) => return Err(TreeError::NotADirectory(here)),
+                None => {
+                    self.entries.insert(here.clone(), template.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Put an entry at `path` (parents must exist as directories).
+    /// A directory keeps an existing directory's entry unless `replace_dir_meta`.
+    pub fn put(
+        &mut self,
+        path: &str,
+        entry: Entry,
+        replace_dir_meta: bool,
+    ) -> Result<(), TreeError> {
+        if path.is_empty() {
+            return Err(TreeError::IsADirectory(String::new()));
+        }
+        let p = parent(path);
+        if !self.is_dir(p) {
+            return Err(TreeError::NotADirectory(p.to_string()));
+        }
+        match self.entries.get(path) {
+            Some(existing) if existing.is_dir() => {
+                if entry.is_dir() {
+                    if replace_dir_meta {
+                        self.entries.insert(path.to_string(), entry);
+                    }
+                    return Ok(());
+                }
+                return Err(TreeError::IsADirectory(path.to_string()));
+            }
+            _ => {
+                self.entries.insert(path.to_string(), entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove `path` and everything below it. Returns whether it existed.
+    pub fn remove_all(&mut self, path: &str) -> bool {
+        let existed = self.entries.remove(path).is_some();
+        let below: Vec<String> = self.descendants(path).map(|(p, _)| p.to_string()).collect();
+        for p in &below {
+            self.entries.remove(p);
+        }
+        existed || !below.is_empty()
+    }
+
+    /// Every entry strictly below `dir` (all of the tree for the root), in order.
+    pub fn descendants<'a>(
+        &'a self,
+        dir: &str,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Entry)> + 'a> {
+        if dir.is_empty() {
+            return Box::new(self.entries.iter());
+        }
+        let lo = format!("{dir}/");
+        let hi = format!("{dir}0"); // '0' sorts right after '/'
+        Box::new(
+            self.entries
+                .range::<String, _>((Bound::Included(lo), Bound::Excluded(hi))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Entry {
+        Entry {
+            kind: Kind::File {
+                blob: BlobDigest([0; 32]),
+                size: 0,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn link(t: &str) -> Entry {
+        Entry {
+            kind: Kind::Symlink { target: t.into() },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn sample() -> Tree {
+        let mut t = Tree::new();
+        let d = Entry::dir(0o755, 0, 0);
+        t.mkdir_all("a/b", &d).unwrap();
+        t.put("a/b/f", file(), false).unwrap();
+        t.put("a/up", link("../a/b"), false).unwrap();
+        t.put("a/abs", link("/a/b"), false).unwrap();
+        t.put("a/out", link("../../x"), false).unwrap();
+        t.put("a/loop", link("loop"), false).unwrap();
+        t.put("a.txt", file(), false).unwrap();
+        t
+    }
+
+    #[test]
+    fn normalize_paths() {
+        assert_eq!(normalize("x/y", "/work"), "work/x/y");
+        assert_eq!(normalize("/x/../y/", "/work"), "y");
+        assert_eq!(normalize("../../..", "/work"), "");
+        assert_eq!(normalize(".", "/"), "");
+    }
+
+    #[test]
+    fn resolve_follows_links() {
+        let t = sample();
+        assert_eq!(t.resolve("a/up/f", true, Links::Rootfs).unwrap(), "a/b/f");
+        assert_eq!(t.resolve("a/abs/f", true, Links::Rootfs).unwrap(), "a/b/f");
+        assert_eq!(t.resolve("a/abs", false, Links::Rootfs).unwrap(), "a/abs");
+        assert_eq!(t.resolve("a/out/z", true, Links::Rootfs).unwrap(), "x/z");
+        assert_eq!(
+            t.resolve("a/missing/z", true, Links::Rootfs).unwrap(),
+            "a/missing/z"
+        );
+        assert!(matches!(
+            t.resolve("a/loop", true, Links::Rootfs),
+            Err(TreeError::TooManyLinks(_))
+        ));
+    }
+
+    #[test]
+    fn confined_resolution_refuses_escapes() {
+        let t = sample();
+        assert_eq!(t.resolve("a/up/f", true, Links::Confined).unwrap(), "a/b/f");
+        assert!(matches!(
+            t.resolve("a/abs/f", true, Links::Confined),
+            Err(TreeError::Escapes { .. })
+        ));
+        assert!(matches!(
+            t.resolve("a/out", true, Links::Confined),
+            Err(TreeError::Escapes { .. })
+        ));
+        assert!(matches!(
+            t.resolve("../x", true, Links::Confined),
+            Err(TreeError::DotDotEscapes(_))
+        ));
+        assert_eq!(
+            t.resolve("a/../a.txt", true, Links::Confined).unwrap(),
+            "a.txt"
+        );
+    }
+
+    #[test]
+    fn descendants_are_exact() {
+        let t = sample();
+        let below: Vec<&String> = t.descendants("a").map(|(p, _)| p).collect();
+        assert_eq!(below, ["a/abs", "a/b", "a/b/f", "a/loop", "a/out", "a/up"]);
+        assert!(!below.iter().any(|p| *p == "a.txt"));
+    }
+
+    #[test]
+    fn put_checks_parents_and_dirs() {
+        let mut t = sample();
+        assert_eq!(
+            t.put("a.txt/x", file(), false),
+            Err(TreeError::NotADirectory("a.txt".into()))
+        );
+        assert_eq!(
+            t.put("a/b", file(), false),
+            Err(TreeError::IsADirectory("a/b".into()))
+        );
+        assert!(t.remove_all("a"));
+        assert_eq!(t.entries.len(), 1);
+        assert!(!t.remove_all("nope"));
+    }
+
+    #[test]
+    fn digest_is_order_independent_of_insertion() {
+        let mut a = Tree::new();
+        let mut b = Tree::new();
+        a.put("x", file(), false).unwrap();
+        a.put("y", file(), false).unwrap();
+        b.put("y", file(), false).unwrap();
+        b.put("x", file(), false).unwrap();
+        assert_eq!(a.digest(), b.digest());
+    }
+}

@@ -1,0 +1,136 @@
+//! A builder for running `kiln` in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn kiln_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    #[track_caller]
+    pub fn file(&self, rel: &str, content: &str) -> &Project {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn spec(&self, text: &str) -> &Project {
+        self.file("kiln.kdl", text)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path().join(rel).symlink_metadata().is_ok()
+    }
+
+    /// Run kiln with `args` in the project dir.
+    pub fn kiln(&self, args: &[&str]) -> Run {
+        let out = Command::new(kiln_bin())
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("KILN_STATE_DIR")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "80")
+            .output()
+            .expect("run kiln");
+        Run::from(out)
+    }
+
+    /// `kiln build --progress json` plus `extra`.
+    pub fn build(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["build", "--progress", "json"];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Run {
+        assert_eq!(
+            self.code, 0,
+            "kiln failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The JSON events on stderr.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+
+    /// `(stage, step)` of every step that ran (not cached).
+    pub fn ran(&self) -> Vec<(String, u64)> {
+        self.events_of("step_finished")
+            .iter()
+            .map(|e| {
+                (
+                    e["stage"].as_str().unwrap_or("").to_string(),
+                    e["step"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    pub fn cached(&self) -> usize {
+        self.events_of("step_cached").len()
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests: the real `kiln` binary on real specs in temp dirs.
+
+mod harness;
