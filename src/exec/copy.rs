@@ -171,11 +171,8 @@ pub fn place(
     let target = tree::normalize(dest, workdir);
     let target = tree.resolve(&target, true, Links::Rootfs).map_err(fail)?;
     let several = picked.len() > 1;
-    let into_dir = dest.ends_with('/')
-        || dest.ends_with("/.")
-        || dest == "."
-        || several
-        || tree.is_dir(&target);
+    let into_dir =
+        dest.ends_with('/') || dest.ends_with("/.") || dest == "." || tree.is_dir(&target);
     if several && !into_dir {
         return Err(Diagnostic::build(
             "kiln::copy::dest",

@@ -275,13 +275,13 @@ impl<'a> Executor<'a> {
                     if d.labels.is_empty() {
                         d = d.with_label(step.span, "in this step");
                     }
-                    d.message = format!("stage `{}`: {}", stage.name, d.message);
                     self.progress.emit(Event::StepFailed {
                         stage: stage.name.clone(),
                         step: i,
                         text,
                         message: d.message.clone(),
                     });
+                    d.message = format!("stage `{}`: {}", stage.name, d.message);
                     self.progress.emit(Event::StageFailed {
                         stage: stage.name.clone(),
                     });

@@ -173,7 +173,7 @@ mod tests {
             substitute("${UNSET:-${NOPE}}", &args()),
             Err(SubstError::Unknown {
                 name: "NOPE".into(),
-                offset: 12
+                offset: 11
             })
         );
     }

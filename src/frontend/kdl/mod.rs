@@ -58,8 +58,7 @@ pub fn load(path: &Path, name: &str, sources: &Sources) -> Result<Spec, Diagnost
         ]
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let id = sources.add(name.to_string(), abs, text);
+    let id = sources.add(name.to_string(), canonical(path), text);
     let mut spec = Spec {
         dir: dir.clone(),
         ..Spec::default()
@@ -319,13 +318,8 @@ impl Loader<'_> {
             return;
         };
         let path = dir.join(&rel.value);
-        let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| abs.clone());
-        if self
-            .stack
-            .iter()
-            .any(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == canonical)
-        {
+        let abs = canonical(&path);
+        if self.stack.contains(&abs) {
             self.diags.push(
                 Diagnostic::user(
                     "kiln::spec::include-cycle",
@@ -630,6 +624,13 @@ fn lower_first(s: &str) -> String {
         Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
         None => String::new(),
     }
+}
+
+/// The canonical path of a file, or its absolute path if it cannot be resolved.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A path shown relative to the working directory when it is below it.

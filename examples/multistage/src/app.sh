@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "app $(cat /app/VERSION)"

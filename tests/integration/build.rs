@@ -1,0 +1,548 @@
+//! Building: caching, pruning, parallelism, failures, exports.
+
+use crate::harness::Project;
+use std::os::unix::fs::PermissionsExt;
+
+const TWO_STAGES: &str = r#"kiln 1
+stage a {
+    copy "a.txt" "/a.txt"
+    write "/marker" "a"
+}
+stage b {
+    copy "b.txt" "/b.txt"
+}
+stage final {
+    copy "/a.txt" "/" from=a
+    copy "/b.txt" "/" from=b
+}
+export {
+    final to="out"
+}
+"#;
+
+fn two_stages() -> Project {
+    let p = Project::new();
+    p.spec(TWO_STAGES).file("a.txt", "A\n").file("b.txt", "B\n");
+    p
+}
+
+#[test]
+fn second_build_is_fully_cached() {
+    let p = two_stages();
+    let first = p.build(&[]);
+    first.ok();
+    assert_eq!(first.ran().len(), 5);
+    let second = p.build(&[]);
+    second.ok();
+    assert!(second.ran().is_empty(), "ran: {:?}", second.ran());
+    assert_eq!(second.cached(), 5);
+    assert_eq!(p.read("out/a.txt"), "A\n");
+    assert_eq!(p.read("out/b.txt"), "B\n");
+}
+
+#[test]
+fn changing_one_file_reruns_only_its_readers() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    p.file("b.txt", "B2\n");
+    let r = p.build(&[]);
+    r.ok();
+    // Stage b's copy and final's copy from b; a and final's copy from a stay cached.
+    assert_eq!(
+        r.ran(),
+        vec![("b".to_string(), 0), ("final".to_string(), 1)]
+    );
+    assert_eq!(p.read("out/b.txt"), "B2\n");
+    let explain = p.kiln(&["explain"]);
+    explain.ok();
+    assert!(
+        explain.stdout.contains("context file `b.txt` changed"),
+        "{}",
+        explain.stdout
+    );
+    assert!(
+        explain.stdout.contains("the tree of stage `b` changed"),
+        "{}",
+        explain.stdout
+    );
+}
+
+#[test]
+fn editing_a_comment_keeps_the_cache() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    p.spec(&format!(
+        "// a new comment\n{}",
+        TWO_STAGES.replace("stage b {", "stage b { // hi")
+    ));
+    let r = p.build(&[]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{:?}", r.ran());
+}
+
+#[test]
+fn target_prunes_and_broken_unneeded_stages_do_not_fail() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+stage broken {
+    copy "does-not-exist" "/"
+}
+stage good {
+    write "/x" "1"
+}
+export {
+    broken to="out"
+}
+"#,
+    );
+    let r = p.build(&["--target", "good"]);
+    r.ok();
+    let started: Vec<String> = r
+        .events_of("stage_started")
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(started, ["good"]);
+    assert!(!p.exists("out"));
+}
+
+#[test]
+fn failures_stop_dependants_and_independent_branches_finish() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+stage bad1 {
+    copy "missing-1" "/"
+}
+stage bad2 {
+    copy "missing-*.c" "/"
+}
+stage good {
+    write "/ok" "1"
+}
+stage after {
+    from bad1
+    write "/never" "1"
+}
+stage all {
+    copy "/" "/g/" from=good
+    copy "/" "/a/" from=after
+    copy "/" "/b/" from=bad2
+}
+"#,
+    );
+    let r = p.build(&[]);
+    r.code(1);
+    assert!(
+        r.stderr
+            .contains("`missing-1` does not exist in the context"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("`missing-*.c` matched nothing in the context"),
+        "{}",
+        r.stderr
+    );
+    let finished: Vec<String> = r
+        .events_of("stage_finished")
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(finished, ["good"]);
+    let skipped: Vec<String> = r
+        .events_of("stage_skipped")
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        skipped.contains(&"after".to_string()) && skipped.contains(&"all".to_string()),
+        "{skipped:?}"
+    );
+    let done = &r.events_of("build_finished")[0];
+    assert_eq!(done["failures"], 2);
+}
+
+#[test]
+fn independent_stages_overlap() {
+    let p = Project::new();
+    let big = "x".repeat(48 << 20);
+    p.file("one.bin", &big).file("two.bin", &format!("{big}y"));
+    p.spec(
+        r#"kiln 1
+stage one {
+    copy "one.bin" "/"
+}
+stage two {
+    copy "two.bin" "/"
+}
+stage both {
+    copy "/one.bin" "/" from=one
+    copy "/two.bin" "/" from=two
+}
+"#,
+    );
+    let r = p.build(&["-j", "2"]);
+    r.ok();
+    let time = |kind: &str, stage: &str| {
+        r.events_of(kind)
+            .iter()
+            .find(|e| e["stage"] == stage)
+            .map(|e| e["t_ms"].as_f64().unwrap())
+            .unwrap()
+    };
+    let (s1, f1) = (time("stage_started", "one"), time("stage_finished", "one"));
+    let (s2, f2) = (time("stage_started", "two"), time("stage_finished", "two"));
+    assert!(s1 < f2 && s2 < f1, "one {s1}..{f1}, two {s2}..{f2}");
+    // And `both` starts only when both are done.
+    assert!(time("stage_started", "both") >= f1.max(f2));
+}
+
+#[test]
+fn tar_exports_are_byte_identical_across_folders() {
+    let make = || {
+        let p = Project::new();
+        p.spec(
+            r#"kiln 1
+stage s {
+    workdir "/app"
+    copy "src/" "src/"
+    write "v" "1" mode="0600"
+    symlink "src/main.c" "main"
+}
+export {
+    s to="out.tar" format="tar"
+}
+"#,
+        )
+        .file("src/main.c", "int main(){}\n")
+        .file("src/lib/util.c", "\n");
+        p
+    };
+    let (a, b) = (make(), make());
+    let sa = tempfile::tempdir().unwrap();
+    a.build(&["--state-dir", sa.path().to_str().unwrap()]).ok();
+    // Different mtimes and modes on the host must not matter, except the x bit.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.file("src/main.c", "int main(){}\n");
+    b.build(&[]).ok();
+    let ta = std::fs::read(a.path().join("out.tar")).unwrap();
+    let tb = std::fs::read(b.path().join("out.tar")).unwrap();
+    assert!(ta == tb, "tar exports differ");
+    let mut ar = tar::Archive::new(&ta[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "app/",
+            "app/main",
+            "app/src/",
+            "app/src/lib/",
+            "app/src/lib/util.c",
+            "app/src/main.c",
+            "app/v"
+        ]
+    );
+    let mut ar = tar::Archive::new(&ta[..]);
+    for e in ar.entries().unwrap() {
+        let h = e.unwrap().header().clone();
+        assert_eq!(h.mtime().unwrap(), 0);
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+    }
+}
+
+#[test]
+fn source_date_epoch_sets_timestamps() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n  write \"/f\" \"x\"\n}\n");
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--progress", "plain", "-o", "type=tar,dest=o.tar"])
+        .current_dir(p.path())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bytes = std::fs::read(p.path().join("o.tar")).unwrap();
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let e = ar.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(e.header().mtime().unwrap(), 1_700_000_000);
+}
+
+#[test]
+fn no_intermediate_trees_remain() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    let mut found = Vec::new();
+    for e in walk(p.path()) {
+        let rel = e.strip_prefix(p.path()).unwrap().display().to_string();
+        if !rel.starts_with(".kiln") {
+            found.push(rel);
+        }
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "a.txt",
+            "b.txt",
+            "kiln.kdl",
+            "out",
+            "out/a.txt",
+            "out/b.txt"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_dir(p.path().join(".kiln/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failed_build_keeps_the_previous_export() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    std::fs::remove_file(p.path().join("b.txt")).unwrap();
+    p.build(&[]).code(1);
+    assert_eq!(p.read("out/b.txt"), "B\n");
+    assert_eq!(p.read("out/a.txt"), "A\n");
+}
+
+#[test]
+fn when_always_exports_even_if_the_build_fails() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+stage report {
+    write "/report.txt" "3 tests\n"
+}
+stage broken {
+    copy "nope" "/"
+}
+export {
+    report to="reports" when="always"
+    broken to="out"
+}
+"#,
+    );
+    let r = p.build(&[]);
+    r.code(1);
+    assert_eq!(p.read("reports/report.txt"), "3 tests\n");
+    assert!(!p.exists("out"));
+    assert_eq!(r.events_of("export_skipped").len(), 1);
+}
+
+#[test]
+fn outputs_and_args_override_the_spec() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+arg V default="1"
+stage s {
+    write "/v" "${V}"
+    write "/w" "${UNSET:-d}${V:+-set}"
+}
+export {
+    s to="from-spec"
+}
+arg UNSET
+"#,
+    );
+    p.build(&[
+        "--build-arg",
+        "V=2",
+        "-o",
+        "custom",
+        "-o",
+        "type=tar,dest=t.tar",
+    ])
+    .ok();
+    assert_eq!(p.read("custom/v"), "2");
+    assert_eq!(p.read("custom/w"), "d-set");
+    assert!(p.exists("t.tar"));
+    assert!(!p.exists("from-spec"));
+}
+
+#[test]
+fn copy_rules_modes_and_owners() {
+    let p = Project::new();
+    p.file("bin/tool", "#!/bin/sh\n")
+        .file("conf/a.conf", "a")
+        .file("conf/sub/b.conf", "b");
+    std::fs::set_permissions(
+        p.path().join("bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    p.spec(
+        r#"kiln 1
+stage base {
+    write "/etc/passwd" "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"
+    write "/etc/group" "root:x:0:\nstaff:x:50:\n"
+}
+stage s {
+    from base
+    copy "bin/tool" "/usr/bin/renamed"
+    copy "conf" "/etc/app/" chmod="0640" chown="app:staff"
+    copy "conf/*.conf" "/flat/"
+    mkdir "/data" "/var/log" mode=0o700
+    symlink "/usr/bin/renamed" "/usr/bin/link"
+    rm "/etc/group"
+    rm "/nope" force=#true
+}
+export {
+    s to="out"
+}
+"#,
+    );
+    p.build(&[]).ok();
+    let mode = |rel: &str| {
+        std::fs::symlink_metadata(p.path().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(p.read("out/usr/bin/renamed"), "#!/bin/sh\n");
+    assert_eq!(mode("out/usr/bin/renamed"), 0o755);
+    assert_eq!(mode("out/etc/app/a.conf"), 0o640);
+    assert_eq!(mode("out/etc/app/sub"), 0o640);
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p.path().join("out/etc/app/sub/b.conf")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 50));
+    assert_eq!(p.read("out/flat/a.conf"), "a");
+    assert_eq!(mode("out/data"), 0o700);
+    assert_eq!(
+        std::fs::read_link(p.path().join("out/usr/bin/link"))
+            .unwrap()
+            .to_str(),
+        Some("/usr/bin/renamed")
+    );
+    assert!(!p.exists("out/etc/group"));
+}
+
+#[test]
+fn copy_cannot_escape_the_context() {
+    let p = Project::new();
+    std::os::unix::fs::symlink("/etc", p.path().join("hostetc")).unwrap();
+    p.spec("kiln 1\nstage s {\n  copy \"hostetc/passwd\" \"/\"\n}\n");
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("points outside the context"),
+        "{}",
+        r.stderr
+    );
+    p.spec("kiln 1\nstage s {\n  copy \"../x\" \"/\"\n}\n");
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("leads outside the context"),
+        "{}",
+        r.stderr
+    );
+    // A leading slash means the context root.
+    p.file("f", "x")
+        .spec("kiln 1\nstage s {\n  copy \"/f\" \"/g\"\n}\n");
+    p.build(&["-o", "out"]).ok();
+    assert_eq!(p.read("out/g"), "x");
+}
+
+#[test]
+fn ignore_files_exclude_context_entries() {
+    let p = Project::new();
+    p.file("keep.txt", "k")
+        .file("skip.log", "s")
+        .file("logs/a.log", "a")
+        .file(".kilnignore", "*.log\n!keep.log\n");
+    p.file("keep.log", "kept");
+    p.spec("kiln 1\nstage s {\n  copy \".\" \"/\"\n}\n");
+    p.build(&["-o", "out"]).ok();
+    assert!(p.exists("out/keep.txt"));
+    assert!(p.exists("out/keep.log"));
+    assert!(!p.exists("out/skip.log"));
+    assert!(!p.exists("out/logs/a.log"));
+    assert!(!p.exists("out/.kiln"));
+}
+
+#[test]
+fn refuses_to_replace_the_project() {
+    let p = two_stages();
+    let r = p.build(&["-o", "."]);
+    r.code(2);
+    assert!(r.stderr.contains("refusing to export"), "{}", r.stderr);
+    assert!(p.exists("kiln.kdl"));
+}
+
+#[test]
+fn a_killed_build_leaves_a_usable_store() {
+    let p = Project::new();
+    for i in 0..8 {
+        p.file(&format!("f{i}.bin"), &format!("{i}").repeat(8 << 20));
+    }
+    let mut spec = String::from("kiln 1\n");
+    for i in 0..8 {
+        spec.push_str(&format!("stage s{i} {{\n  copy \"f{i}.bin\" \"/\"\n}}\n"));
+    }
+    spec.push_str("stage all {\n");
+    for i in 0..8 {
+        spec.push_str(&format!("  copy \"/f{i}.bin\" \"/\" from=s{i}\n"));
+    }
+    spec.push_str("}\nexport {\n  all to=\"out\"\n}\n");
+    p.spec(&spec);
+    let mut child = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--progress", "plain", "-j", "2"])
+        .current_dir(p.path())
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    p.build(&[]).ok();
+    for i in 0..8 {
+        assert_eq!(
+            std::fs::metadata(p.path().join(format!("out/f{i}.bin")))
+                .unwrap()
+                .len(),
+            8 << 20
+        );
+    }
+    let again = p.build(&[]);
+    again.ok();
+    assert!(again.ran().is_empty());
+}
+
+#[test]
+fn gc_keeps_what_exports_use() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    p.file("a.txt", "A2\n");
+    p.build(&["--target", "a"]).ok();
+    let r = p.kiln(&["gc", "--max-size", "1"]);
+    r.ok();
+    assert!(r.stdout.contains("removed"), "{}", r.stdout);
+    // The exported tree survives; rebuilding the export reruns only what gc evicted.
+    let again = p.build(&[]);
+    again.ok();
+    assert_eq!(p.read("out/a.txt"), "A2\n");
+}

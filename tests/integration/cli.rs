@@ -1,0 +1,133 @@
+//! Commands other than build, and command-line handling.
+
+use crate::harness::Project;
+
+const SPEC: &str = r#"kiln 1
+stage lib {
+    write "/lib" "1"
+}
+stage app {
+    from lib
+    write "/app" "1"
+}
+stage test {
+    from app
+    copy "/lib" "/copy" from=lib
+}
+export {
+    app to="out"
+}
+"#;
+
+#[test]
+fn version_and_help() {
+    let p = Project::new();
+    let r = p.kiln(&["--version"]);
+    r.ok();
+    assert!(r.stdout.starts_with("kiln "), "{}", r.stdout);
+    let r = p.kiln(&["frobnicate"]);
+    r.code(2);
+}
+
+#[test]
+fn check_validates_only() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let r = p.kiln(&["check"]);
+    r.ok();
+    assert_eq!(r.stdout, "ok: 3 stages, 3 steps, 1 export\n");
+    assert!(!p.exists(".kiln"));
+}
+
+#[test]
+fn graph_text_and_dot() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let r = p.kiln(&["graph"]);
+    r.ok();
+    assert_eq!(
+        r.stdout,
+        "lib: from scratch, 1 step\napp (exported): from lib, 1 step\ntest: from app, 1 step\n  copies from lib\n"
+    );
+    let r = p.kiln(&["graph", "--format", "dot"]);
+    r.ok();
+    assert!(r.stdout.starts_with("digraph kiln {"));
+    assert!(
+        r.stdout
+            .contains("\"lib\" -> \"test\" [style=dashed, label=\"copy\"];"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("\"app\" -> \"test\";"), "{}", r.stdout);
+    let r = p.kiln(&["graph", "--target", "app"]);
+    assert!(!r.stdout.contains("test"), "{}", r.stdout);
+}
+
+#[test]
+fn unknown_target_suggests() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let r = p.kiln(&["build", "--target", "tset"]);
+    r.code(2);
+    assert!(r.stderr.contains("did you mean `test`?"), "{}", r.stderr);
+}
+
+#[test]
+fn explain_without_a_build() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let r = p.kiln(&["explain"]);
+    r.code(2);
+    assert!(r.stderr.contains("run `kiln build` first"), "{}", r.stderr);
+}
+
+#[test]
+fn explain_names_a_changed_step() {
+    let p = Project::new();
+    p.spec(SPEC);
+    p.build(&[]).ok();
+    p.spec(&SPEC.replace("write \"/app\" \"1\"", "write \"/app\" \"2\""));
+    p.build(&[]).ok();
+    let r = p.kiln(&["explain"]);
+    r.ok();
+    assert!(r.stdout.contains("1 step ran, 1 cached"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("because the step itself changed"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn state_dir_from_the_environment() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let state = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--progress", "plain"])
+        .current_dir(p.path())
+        .env("KILN_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(state.path().join("actions").exists());
+    assert!(!p.exists(".kiln"));
+}
+
+#[test]
+fn includes_compose_specs() {
+    let p = Project::new();
+    p.file(
+        "pkgs/a/kiln.kdl",
+        "stage a {\n  copy \"a.txt\" \"/\" context=\"pa\"\n}\ncontext pa path=\".\"\n",
+    );
+    p.file("pkgs/a/a.txt", "from a");
+    p.file(
+        "pkgs/b/kiln.kdl",
+        "include \"../a/kiln.kdl\"\nstage b {\n  from a\n}\nexport {\n  b to=\"out-b\"\n}\n",
+    );
+    p.spec("kiln 1\ninclude \"pkgs/a/kiln.kdl\"\ninclude \"pkgs/b/kiln.kdl\"\n");
+    p.build(&[]).ok();
+    // Export paths are relative to the file that declares them.
+    assert_eq!(p.read("pkgs/b/out-b/a.txt"), "from a");
+}
