@@ -155,10 +155,8 @@ impl<'a> Executor<'a> {
                 ));
             }
         }
-        for ctx in self.contexts.iter().filter_map(|c| c.get()) {
-            if let Ok(snap) = ctx {
-                snap.save_index(self.store);
-            }
+        for snap in self.contexts.iter().filter_map(|c| c.get()).flatten() {
+            snap.save_index(self.store);
         }
         let sched = sched.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut records =

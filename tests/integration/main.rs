@@ -1,4 +1,5 @@
 //! Integration tests: the real `kiln` binary on real specs in temp dirs.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod build;
 mod cli;
