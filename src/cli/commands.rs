@@ -266,3 +266,47 @@ fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+#[derive(Args, Debug)]
+pub struct HashArgs {
+    /// The directory to hash
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where the stat index lives [default: DIR/.kiln]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Hash every file of a context; prints the file count, bytes and one
+/// digest over all `(path, digest)` pairs.
+pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
+    let state = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| args.dir.join(".kiln"));
+    let store = Store::open(&state, Access::Shared)?;
+    let snap = crate::context::Snapshot::open(&args.dir, std::slice::from_ref(&state), &store)?;
+    let mut paths = Vec::new();
+    let mut bytes = 0u64;
+    for (p, e) in &snap.tree.entries {
+        if let crate::store::tree::Kind::File { size, .. } = e.kind {
+            paths.push(p.as_str());
+            bytes += size;
+        }
+    }
+    let digests = snap.digests(&paths)?;
+    snap.save_index(&store);
+    let mut all = blake3::Hasher::new();
+    for (p, d) in paths.iter().zip(&digests) {
+        all.update(p.as_bytes());
+        all.update(&[0]);
+        all.update(&d.0);
+    }
+    println!(
+        "{} files, {} bytes, {}",
+        paths.len(),
+        bytes,
+        all.finalize().to_hex()
+    );
+    Ok(())
+}

@@ -39,6 +39,8 @@ enum Command {
     Explain(commands::ExplainArgs),
     /// Remove cache entries no longer needed, down to a size budget
     Gc(commands::GcArgs),
+    /// Hash a context directory as a build would (uses and updates the stat index)
+    HashContext(commands::HashArgs),
 }
 
 /// Where the spec and context are.
@@ -144,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),
+        Command::HashContext(a) => commands::hash_context(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

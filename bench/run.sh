@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side with the peers (not tests; nothing here asserts).
+#
+#   bench/run.sh [SIZES...]      default: 100 1000 10000
+#
+# 1. Graphs of N stages, as a chain and as a wide fan-in, each stage
+#    copying one input file; the same graph for ninja (`cp`, with implicit
+#    dependencies). Cold build, no-op rebuild, and rebuild after one input
+#    changed (the middle one), timed with hyperfine.
+# 2. Context hashing against b3sum on the same tree: cold (no stat index)
+#    and warm (nothing changed).
+# 3. Peak memory of a cold and a no-op build at 1000 stages.
+#
+# Results go to bench/results/*.md; bench/RESULTS.md is the summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+sizes=("${@:-100 1000 10000}")
+read -r -a sizes <<<"${sizes[*]}"
+for tool in ninja hyperfine b3sum python3; do
+    command -v "$tool" >/dev/null || { echo "bench needs $tool (apt-get install ninja-build hyperfine b3sum)"; exit 1; }
+done
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/kiln-target}
+cargo build --release --quiet
+kiln=$CARGO_TARGET_DIR/release/kiln
+work=$root/bench/work
+rm -rf "$work"; mkdir -p "$work" "$root/bench/results"
+
+gen() { # gen DIR N SHAPE
+    local dir=$1 n=$2 shape=$3
+    mkdir -p "$dir/inputs"
+    python3 - "$dir" "$n" "$shape" <<'PY'
+import sys, os
+d, n, shape = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(n):
+    with open(f"{d}/inputs/f{i}.txt", "w") as f:
+        f.write(f"input {i}\n" * 8)
+k = ["kiln 1"]
+nj = ["rule cp", "  command = cp $in $out", ""]
+for i in range(n):
+    if shape == "chain":
+        base = f"    from s{i-1}\n" if i else ""
+        k.append(f"stage s{i} {{\n{base}    copy \"inputs/f{i}.txt\" \"/\"\n}}")
+        dep = f" | out/f{i-1}.txt" if i else ""
+        nj.append(f"build out/f{i}.txt: cp inputs/f{i}.txt{dep}")
+    else:
+        k.append(f"stage s{i} {{\n    copy \"inputs/f{i}.txt\" \"/\"\n}}")
+        nj.append(f"build out/f{i}.txt: cp inputs/f{i}.txt")
+if shape == "wide":
+    k.append("stage final {\n" + "\n".join(f"    copy \"/f{i}.txt\" \"/\" from=s{i}" for i in range(n)) + "\n}")
+    nj.append("rule cat\n  command = cat $in > $out")
+    nj.append("build out/final.txt: cat " + " ".join(f"out/f{i}.txt" for i in range(n)))
+    nj.append("default out/final.txt")
+else:
+    nj.append(f"default out/f{n-1}.txt")
+open(f"{d}/kiln.kdl", "w").write("\n".join(k) + "\n")
+open(f"{d}/build.ninja", "w").write("\n".join(nj) + "\n")
+PY
+}
+
+target_of() { if [ "$2" = chain ]; then echo "s$(( $1 - 1 ))"; else echo final; fi; }
+
+summary=$root/bench/results/graphs.md
+{
+    echo "| graph | kiln cold | ninja cold | kiln no-op | ninja no-op | kiln 1 changed | ninja 1 changed | no-op ratio |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+} >"$summary"
+for n in "${sizes[@]}"; do
+    for shape in chain wide; do
+        d=$work/$shape-$n
+        gen "$d" "$n" "$shape"
+        t=$(target_of "$n" "$shape")
+        mid=$(( n / 2 ))
+        runs=10; [ "$n" -ge 10000 ] && runs=3
+        json=$root/bench/results/$shape-$n.json
+        ( cd "$d" && hyperfine --style basic --runs "$runs" --export-json "$json" \
+            --prepare "rm -rf .kiln" -n kiln-cold "$kiln build --target $t --progress plain -j 2" \
+            --prepare "rm -rf out .ninja_log .ninja_deps; mkdir -p out" -n ninja-cold "ninja -j 2 -d keepdepfile >/dev/null" \
+            --prepare "true" -n kiln-noop "$kiln build --target $t --progress plain -j 2" \
+            --prepare "true" -n ninja-noop "ninja -j 2 >/dev/null" \
+            --prepare "echo changed-\$RANDOM >> inputs/f$mid.txt" -n kiln-one "$kiln build --target $t --progress plain -j 2" \
+            --prepare "echo changed-\$RANDOM >> inputs/f$mid.txt" -n ninja-one "ninja -j 2 >/dev/null" >/dev/null 2>&1 )
+        python3 - "$json" "$shape-$n" >>"$summary" <<'PY'
+import json, sys
+r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+ms = lambda s: f"{s*1000:.1f} ms"
+print(f"| {sys.argv[2]} | {ms(r['kiln-cold'])} | {ms(r['ninja-cold'])} | {ms(r['kiln-noop'])} | {ms(r['ninja-noop'])} | {ms(r['kiln-one'])} | {ms(r['ninja-one'])} | {r['kiln-noop']/r['ninja-noop']:.2f}× |")
+PY
+    done
+done
+
+# Context hashing against b3sum.
+h=$work/hash-tree
+python3 - "$h" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(50):
+    os.makedirs(f"{root}/d{d}", exist_ok=True)
+    for f in range(200):
+        with open(f"{root}/d{d}/f{f}", "wb") as fh:
+            fh.write(os.urandom(16 * 1024 if f % 50 else 1024 * 1024))
+PY
+touch -d '1 hour ago' "$h"/d*/f*
+hjson=$root/bench/results/hash.json
+( cd "$h" && hyperfine --style basic --runs 5 --export-json "$hjson" \
+    --prepare "rm -rf $work/hash-state" -n kiln-cold "$kiln hash-context . --state-dir $work/hash-state" \
+    -n b3sum "find . -type f -print0 | xargs -0 -P 2 -n 500 b3sum >/dev/null" \
+    --prepare "true" -n kiln-warm "$kiln hash-context . --state-dir $work/hash-state" >/dev/null 2>&1 )
+size=$(du -sb "$h" | cut -f1)
+
+# Peak memory at 1000 stages.
+mem=$(python3 - "$kiln" "$work" <<'PY'
+import resource, subprocess, sys, os, shutil
+kiln, work = sys.argv[1], sys.argv[2]
+d = f"{work}/wide-1000"
+if not os.path.isdir(d):
+    print("n/a n/a"); sys.exit()
+shutil.rmtree(f"{d}/.kiln", ignore_errors=True)
+out = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([kiln, "build", "--target", "final", "--progress", "plain"], cwd=d, check=True, capture_output=True)
+    out.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+print(f"{out[0]:.1f} {out[1]:.1f}")
+PY
+)
+python3 - "$hjson" "$size" "$mem" "$summary" >"$root/bench/RESULTS.md" <<'PY'
+import json, sys, datetime
+r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+size = int(sys.argv[2]); cold_mem, noop_mem = sys.argv[3].split()
+print("# Benchmark results\n")
+print(f"Produced by `bench/run.sh` on {datetime.date.today()} (2 cores; files in the page cache). Ratios are kiln ÷ peer unless stated.\n")
+print("## Stage graphs against ninja\n")
+print("Each stage copies one input file; ninja's graph does the same with `cp`. `-j 2` for both.\n")
+print(open(sys.argv[4]).read())
+print("## Context hashing against b3sum\n")
+mb = size / 1e6
+print(f"A tree of 10,000 files, {mb:.0f} MB (200 files of 1 MiB, the rest 16 KiB).\n")
+print("| run | time | throughput | ratio |")
+print("| --- | --- | --- | --- |")
+for k in ["b3sum", "kiln-cold", "kiln-warm"]:
+    print(f"| {k} | {r[k]*1000:.1f} ms | {mb/r[k]:.0f} MB/s | {r['b3sum']/r[k]:.2f}× b3sum's throughput |")
+print("\n## Peak memory, wide graph of 1000 stages\n")
+print(f"| run | peak RSS |\n| --- | --- |\n| cold build | {cold_mem} MiB |\n| no-op build | {noop_mem} MiB |")
+PY
+cat "$root/bench/RESULTS.md"
