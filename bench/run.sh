@@ -3,9 +3,10 @@
 #
 #   bench/run.sh [SIZES...]      default: 100 1000 10000
 #
-# 1. Graphs of N stages, as a chain and as a wide fan-in, each stage
-#    copying one input file; the same graph for ninja (`cp`, with implicit
-#    dependencies). Cold build, no-op rebuild, and rebuild after one input
+# 1. Graphs of N stages, as a chain (each stage also copies the previous
+#    stage's file) and as a wide fan-in (N stages, then one stage copying
+#    from all), each stage copying one input file; the same graph for ninja
+#    (`cp`, with implicit dependencies). Cold build, no-op rebuild, and rebuild after one input
 #    changed (the middle one), timed with hyperfine.
 # 2. Context hashing against b3sum on the same tree: cold (no stat index)
 #    and warm (nothing changed).
@@ -39,8 +40,10 @@ k = ["kiln 1"]
 nj = ["rule cp", "  command = cp $in $out", ""]
 for i in range(n):
     if shape == "chain":
-        base = f"    from s{i-1}\n" if i else ""
-        k.append(f"stage s{i} {{\n{base}    copy \"inputs/f{i}.txt\" \"/\"\n}}")
+        # Each stage also takes the previous stage's file, so a change
+        # travels down the chain (as ninja's implicit dependency does).
+        prev = f"    copy \"/f{i-1}.txt\" \"/prev.txt\" from=s{i-1}\n" if i else ""
+        k.append(f"stage s{i} {{\n    copy \"inputs/f{i}.txt\" \"/\"\n{prev}}}")
         dep = f" | out/f{i-1}.txt" if i else ""
         nj.append(f"build out/f{i}.txt: cp inputs/f{i}.txt{dep}")
     else:
