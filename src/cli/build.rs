@@ -179,7 +179,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     for e in &exports {
         export::check_destination(&e.dest, &protected)?;
     }
-    let store = Store::open(&state, Access::Shared)?;
+    let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
     let reporter = progress::reporter(args.progress);
     let progress = Progress::new(reporter.as_ref());
     if !warnings.is_empty() {

@@ -180,7 +180,7 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         .with_help("run `kiln build` first")
         .into());
     }
-    let store = Store::open(&state, Access::Shared)?;
+    let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
     let Some(last) = records::load_last(&store) else {
         return Err(
             Diagnostic::user("kiln::explain::none", "no build is recorded yet")
@@ -235,7 +235,7 @@ pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
         println!("nothing to collect: `{}` does not exist", state.display());
         return Ok(());
     }
-    let store = Store::open(&state, Access::Exclusive)?;
+    let store = Store::open_waiting(&state, Access::Exclusive, &super::waiting)?;
     let r = gc::collect(&store, budget)
         .map_err(|e| Diagnostic::io("cannot collect garbage in", &state, &e))?;
     println!(
@@ -284,7 +284,7 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         .state_dir
         .clone()
         .unwrap_or_else(|| args.dir.join(".kiln"));
-    let store = Store::open(&state, Access::Shared)?;
+    let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
     let snap = crate::context::Snapshot::open(&args.dir, std::slice::from_ref(&state), &store)?;
     let mut paths = Vec::new();
     let mut bytes = 0u64;

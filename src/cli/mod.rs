@@ -131,6 +131,11 @@ pub fn render_all(ds: &[Diagnostic], sources: &Sources) -> String {
         .join("\n")
 }
 
+/// Tell the user why kiln is waiting for the store lock.
+pub fn waiting(why: &str) {
+    eprintln!("kiln: waiting for the state directory lock ({why})");
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

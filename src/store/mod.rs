@@ -72,6 +72,15 @@ pub struct Store {
 impl Store {
     /// Open (creating if needed) the store at `root` and take its lock.
     pub fn open(root: &Path, access: Access) -> Result<Store, Diagnostic> {
+        Store::open_waiting(root, access, &|_| {})
+    }
+
+    /// Like [`Store::open`]; `waiting` is told why, if the lock is busy.
+    pub fn open_waiting(
+        root: &Path,
+        access: Access,
+        waiting: &dyn Fn(&str),
+    ) -> Result<Store, Diagnostic> {
         for sub in [
             "blobs", "trees", "actions", "links", "index", "records", "tmp",
         ] {
@@ -93,14 +102,10 @@ impl Store {
             Access::Exclusive => lock.try_lock(),
         };
         if locked.is_err() {
-            eprintln!(
-                "kiln: waiting for the lock on {} ({})",
-                root.display(),
-                match access {
-                    Access::Shared => "`kiln gc` is running",
-                    Access::Exclusive => "a build is running",
-                }
-            );
+            waiting(match access {
+                Access::Shared => "`kiln gc` is running",
+                Access::Exclusive => "a build is running",
+            });
             let r = match access {
                 Access::Shared => lock.lock_shared(),
                 Access::Exclusive => lock.lock(),

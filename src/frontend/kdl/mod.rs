@@ -529,26 +529,10 @@ impl Loader<'_> {
                 Some(s) => StepKind::Stopsignal(s),
                 None => return,
             },
-            "entrypoint" => {
-                n.arity(0, None, "entrypoint ARG…", d);
-                n.no_props(d);
-                StepKind::Entrypoint(n.str_args(d))
-            }
-            "cmd" => {
-                n.arity(0, None, "cmd ARG…", d);
-                n.no_props(d);
-                StepKind::Cmd(n.str_args(d))
-            }
-            "expose" => {
-                n.arity(1, None, "expose PORT[/PROTO]…", d);
-                n.no_props(d);
-                StepKind::Expose(n.str_args(d))
-            }
-            "volume" => {
-                n.arity(1, None, "volume PATH…", d);
-                n.no_props(d);
-                StepKind::Volume(n.str_args(d))
-            }
+            "entrypoint" => StepKind::Entrypoint(list(n, 0, "entrypoint ARG…", d)),
+            "cmd" => StepKind::Cmd(list(n, 0, "cmd ARG…", d)),
+            "expose" => StepKind::Expose(list(n, 1, "expose PORT[/PROTO]…", d)),
+            "volume" => StepKind::Volume(list(n, 1, "volume PATH…", d)),
             "wasm" => {
                 n.arity(1, None, "wasm PLUGIN ARG…", d);
                 let mut args = n.str_args(d);
@@ -583,6 +567,13 @@ impl Loader<'_> {
             kind,
         });
     }
+}
+
+/// A step taking `min` or more string arguments and no properties.
+fn list(n: &Node, min: usize, usage: &str, d: &mut Diagnostics) -> Vec<Spanned<String>> {
+    n.arity(min, None, usage, d);
+    n.no_props(d);
+    n.str_args(d)
 }
 
 fn one_string(n: &Node, usage: &str, d: &mut Diagnostics) -> Option<Spanned<String>> {
