@@ -25,7 +25,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/kiln-target}
 cargo build --release --quiet
 kiln=$CARGO_TARGET_DIR/release/kiln
 work=$root/bench/work
-rm -rf "$work"; mkdir -p "$work" "$root/bench/results"
+[ -n "${SKIP_GRAPHS:-}" ] || rm -rf "$work"
+mkdir -p "$work" "$root/bench/results"
 
 gen() { # gen DIR N SHAPE
     local dir=$1 n=$2 shape=$3
@@ -64,11 +65,13 @@ PY
 target_of() { if [ "$2" = chain ]; then echo "s$(( $1 - 1 ))"; else echo final; fi; }
 
 summary=$root/bench/results/graphs.md
-{
+# SKIP_GRAPHS=1 keeps the last graph results and runs the rest.
+[ -n "${SKIP_GRAPHS:-}" ] && sizes=()
+[ -n "${SKIP_GRAPHS:-}" ] || {
     echo "| graph | kiln cold | ninja cold | kiln no-op | ninja no-op | kiln 1 changed | ninja 1 changed | no-op ratio |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 } >"$summary"
-for n in "${sizes[@]}"; do
+for n in "${sizes[@]+"${sizes[@]}"}"; do
     for shape in chain wide; do
         d=$work/$shape-$n
         gen "$d" "$n" "$shape"
@@ -107,7 +110,7 @@ touch -d '1 hour ago' "$h"/d*/f*
 hjson=$root/bench/results/hash.json
 ( cd "$h" && hyperfine --style basic --runs 5 --export-json "$hjson" \
     --prepare "rm -rf $work/hash-state" -n kiln-cold "$kiln hash-context . --state-dir $work/hash-state" \
-    -n b3sum "find . -type f -print0 | xargs -0 -P 2 -n 500 b3sum >/dev/null" \
+    --prepare "true" -n b3sum "find . -type f -print0 | xargs -0 -P 2 -n 500 b3sum >/dev/null" \
     --prepare "true" -n kiln-warm "$kiln hash-context . --state-dir $work/hash-state" >/dev/null 2>&1 )
 size=$(du -sb "$h" | cut -f1)
 

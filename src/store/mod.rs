@@ -303,11 +303,23 @@ impl Store {
         let bytes = fs::read(&path).ok()?;
         match serde_json::from_slice::<State>(&bytes) {
             Ok(state) if self.has_tree(state.tree) => {
-                // Record the use for gc (mtime = last used).
-                let _ = File::options()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                // Record the use for gc (mtime = last used): one syscall.
+                let now = rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: rustix::fs::UTIME_OMIT,
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: rustix::fs::UTIME_NOW,
+                    },
+                };
+                let _ = rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    &path,
+                    &now,
+                    rustix::fs::AtFlags::empty(),
+                );
                 Some(state)
             }
             _ => {
