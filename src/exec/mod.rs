@@ -254,6 +254,7 @@ impl<'a> Executor<'a> {
             }
         };
         let mut all_cached = true;
+        let mut work: Option<Tree> = None;
         for (i, step) in stage.steps.iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
                 self.progress.emit(Event::StageSkipped {
@@ -263,7 +264,7 @@ impl<'a> Executor<'a> {
                 return (StageOutcome::Skipped, None);
             }
             let text = step.op.describe(self.graph);
-            match self.step(stage.name.as_str(), i, step, &text, &state, &start, &inputs) {
+            match self.step(stage.name.as_str(), i, step, &text, &state, &start, &inputs, &mut work) {
                 Ok((next, key, cached)) => {
                     all_cached &= cached;
                     state = next;
@@ -291,6 +292,14 @@ impl<'a> Executor<'a> {
                     );
                 }
             }
+        }
+        // Keep the result's tree for dependants and exports; the trees of
+        // earlier steps are dropped as the stage goes, bounding memory.
+        if let Some(tree) = work {
+            self.trees
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(state.tree, Arc::new(tree));
         }
         self.progress.emit(Event::StageFinished {
             stage: stage.name.clone(),
@@ -323,6 +332,7 @@ impl<'a> Executor<'a> {
         state: &State,
         start: &str,
         inputs: &HashMap<StageId, State>,
+        work: &mut Option<Tree>,
     ) -> Result<(State, String, bool), Diagnostic> {
         let mut kb = KeyBuilder::new(start, &step.op.canonical(self.graph));
         let mut prepared = None;
@@ -391,6 +401,7 @@ impl<'a> Executor<'a> {
                 text: text.into(),
                 key: key.hex(),
             });
+            *work = None;
             return Ok((hit, key.hex(), true));
         }
         self.progress.emit(Event::StepStarted {
@@ -400,7 +411,12 @@ impl<'a> Executor<'a> {
             key: key.hex(),
         });
         let t0 = Instant::now();
-        let mut tree = (*self.tree(state.tree)?).clone();
+        // The tree of `state`: kept from the previous step of this stage when
+        // it ran, so a run of steps edits one tree without copying it.
+        let mut tree = match work.take() {
+            Some(t) => t,
+            None => (*self.tree(state.tree)?).clone(),
+        };
         let mut config = state.config.clone();
         let source_tree = match &step.op {
             Op::Copy(c) => match c.from {
@@ -419,14 +435,14 @@ impl<'a> Executor<'a> {
             self.graph,
             step.span,
         )?;
-        let digest = self
-            .store
-            .put_tree(&tree)
-            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
-        self.trees
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, Arc::new(tree));
+        let digest = if step.op.changes_tree() {
+            self.store
+                .put_tree(&tree)
+                .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?
+        } else {
+            state.tree
+        };
+        *work = Some(tree);
         let next = State {
             tree: digest,
             config,

@@ -214,6 +214,12 @@ impl Op {
         v.to_string()
     }
 
+    /// Whether the step can change the stage's tree (metadata steps only
+    /// change the config; `workdir` creates its directory).
+    pub fn changes_tree(&self) -> bool {
+        !matches!(self, Op::Meta(m) if !matches!(m, Meta::Workdir(_)))
+    }
+
     /// A short human description, for progress output.
     pub fn describe(&self, graph: &Graph) -> String {
         let quote = |v: &[String]| {
