@@ -6,6 +6,7 @@ use crate::exec::{Executor, Options, StageOutcome};
 use crate::export::{self, Settings};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
 use crate::progress::{self, Event, Progress};
+use crate::store::digest::StepKey;
 use crate::store::records::{self, ExportRecord};
 use crate::store::state::State;
 use crate::store::{Access, Store};
@@ -166,9 +167,10 @@ fn cancel_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
-    let (spec, graph, warnings) = super::commands::load(&args.spec, sources)?;
     let spec_path = args.spec.spec_path();
     let state = state_dir(&args.state_dir, &spec_path);
+    let parse_cache = super::commands::DirParseCache(state.join("parse"));
+    let (spec, graph, warnings) = super::commands::load(&args.spec, sources, Some(&parse_cache))?;
     let (roots, exports) = plan(&graph, args)?;
     let protected: Vec<PathBuf> = vec![
         args.spec.context.clone(),
@@ -276,12 +278,15 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         .unwrap_or(spec_path.clone())
         .display()
         .to_string();
-    if let Err(e) = records::save_build(&store, &spec_name, args.no_cache, &outcome.records) {
-        failures.push(Diagnostic::io(
-            "cannot record the build in",
-            store.root(),
-            &e,
-        ));
+    let used: Vec<StepKey> = outcome
+        .records
+        .iter()
+        .filter_map(|r| StepKey::parse(&r.key))
+        .collect();
+    let recorded = records::save_build(&store, &spec_name, args.no_cache, &outcome.records)
+        .and_then(|_| store.record_use(&used));
+    if let Err(e) = recorded {
+        failures.push(Diagnostic::io("cannot record the build in", store.root(), &e));
     }
     progress.emit(Event::BuildFinished {
         ok: failures.is_empty() && !outcome.interrupted,

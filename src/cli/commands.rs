@@ -10,10 +10,33 @@ use crate::store::{Access, Store, gc, records};
 use clap::Args;
 use std::path::PathBuf;
 
+/// Lowered spec files, kept in `STATE/parse/` (emptied by `kiln gc`).
+pub struct DirParseCache(pub PathBuf);
+
+impl crate::frontend::ParseCache for DirParseCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.0.join(key)).ok()
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) {
+        let tmp = self.0.join(format!(".{key}.{}", std::process::id()));
+        let written = std::fs::create_dir_all(&self.0)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, self.0.join(key)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// Read and compile a spec; warnings are returned for the caller to show.
-pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
+pub fn load(
+    args: &SpecArgs,
+    sources: &Sources,
+    cache: Option<&dyn crate::frontend::ParseCache>,
+) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
     let path = args.spec_path();
-    let spec = crate::frontend::kdl::load(&path, &display_path(&path), sources)?;
+    let spec = crate::frontend::kdl::load(&path, &display_path(&path), sources, cache)?;
     let options = crate::ir::CompileOptions {
         args: args.arg_pairs()?,
         context_dir: args.context.clone(),
@@ -30,7 +53,7 @@ fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
 }
 
 pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
-    let (_, graph, warnings) = load(args, sources)?;
+    let (_, graph, warnings) = load(args, sources, None)?;
     print_warnings(&warnings, sources);
     let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
     println!(
@@ -81,7 +104,7 @@ fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'st
 }
 
 pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
-    let (_, graph, warnings) = load(&args.spec, sources)?;
+    let (_, graph, warnings) = load(&args.spec, sources, None)?;
     print_warnings(&warnings, sources);
     let ids: Vec<crate::ir::StageId> = if args.targets.is_empty() {
         graph.stages.iter().map(|s| s.id).collect()

@@ -180,26 +180,38 @@ impl<'a> Executor<'a> {
         dependants: &'s HashMap<StageId, Vec<StageId>>,
     ) {
         scope.spawn(move |s| {
-            let (outcome, failure) = self.stage(id, sched);
-            let ready = {
-                let mut g = sched.lock().unwrap_or_else(|e| e.into_inner());
-                g.outcomes.insert(id, outcome);
-                if let Some(f) = failure {
-                    g.failures.push(f);
-                }
-                let mut ready = Vec::new();
-                for d in dependants.get(&id).into_iter().flatten() {
-                    if let Some(n) = g.waiting.get_mut(d) {
-                        *n -= 1;
-                        if *n == 0 {
-                            ready.push(*d);
+            // A stage that becomes ready here runs on this thread next, so a
+            // chain of stages does not hop between threads; any others are
+            // spawned for idle threads to take.
+            let mut id = id;
+            loop {
+                let (outcome, failure) = self.stage(id, sched);
+                let ready = {
+                    let mut g = sched.lock().unwrap_or_else(|e| e.into_inner());
+                    g.outcomes.insert(id, outcome);
+                    if let Some(f) = failure {
+                        g.failures.push(f);
+                    }
+                    let mut ready = Vec::new();
+                    for d in dependants.get(&id).into_iter().flatten() {
+                        if let Some(n) = g.waiting.get_mut(d) {
+                            *n -= 1;
+                            if *n == 0 {
+                                ready.push(*d);
+                            }
                         }
                     }
+                    ready
+                };
+                let mut ready = ready.into_iter();
+                let next = ready.next();
+                for r in ready {
+                    self.spawn(s, r, sched, dependants);
                 }
-                ready
-            };
-            for r in ready {
-                self.spawn(s, r, sched, dependants);
+                match next {
+                    Some(n) => id = n,
+                    None => break,
+                }
             }
         });
     }

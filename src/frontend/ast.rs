@@ -2,6 +2,7 @@
 //! name resolution. Strings are raw: `${NAME}` is still in them.
 
 use crate::diag::{SourceId, Span, Spanned};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A string as written, with its span.
@@ -23,7 +24,7 @@ pub struct Spec {
     pub warnings: Vec<crate::diag::Diagnostic>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArgDecl {
     pub span: Span,
     pub name: Str,
@@ -31,7 +32,7 @@ pub struct ArgDecl {
 }
 
 /// `context NAME path="…"`: a named extra build context.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContextDecl {
     pub span: Span,
     pub name: Str,
@@ -41,7 +42,7 @@ pub struct ContextDecl {
 }
 
 /// `plugin NAME path="…" blake3="…"`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PluginDecl {
     pub span: Span,
     pub name: Str,
@@ -50,7 +51,7 @@ pub struct PluginDecl {
     pub dir: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageDecl {
     pub span: Span,
     pub name: Str,
@@ -58,7 +59,7 @@ pub struct StageDecl {
     pub steps: Vec<StepDecl>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepDecl {
     pub span: Span,
     pub kind: StepKind,
@@ -67,7 +68,7 @@ pub struct StepDecl {
 /// A key and a value, as in `env`, `label`.
 pub type Pair = (Str, Str);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StepKind {
     Copy {
         sources: Vec<Str>,
@@ -139,7 +140,7 @@ impl StepKind {
 }
 
 /// One entry of the `export` block.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExportDecl {
     pub span: Span,
     pub stage: Str,
@@ -149,4 +150,18 @@ pub struct ExportDecl {
     pub tag: Option<Str>,
     /// Directory of the file that declared it; `to` is relative to it.
     pub dir: PathBuf,
+}
+
+/// What one spec file declares, in order, before its includes are read.
+/// This is what the parse cache stores per file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Fragment {
+    pub version: Option<Spanned<i128>>,
+    pub args: Vec<ArgDecl>,
+    pub contexts: Vec<ContextDecl>,
+    pub plugins: Vec<PluginDecl>,
+    pub stages: Vec<StageDecl>,
+    pub exports: Vec<ExportDecl>,
+    /// `include`s, each with the number of this file's stages before it.
+    pub includes: Vec<(Str, usize)>,
 }

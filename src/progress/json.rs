@@ -2,18 +2,15 @@
 //! `t_ms` (milliseconds since the build started) and `event`.
 
 use super::{Event, Reporter};
-use std::io::Write;
-use std::sync::Mutex;
+use super::sink::Sink;
 
 pub struct Json {
-    out: Mutex<std::io::Stderr>,
+    out: Sink,
 }
 
 impl Json {
     pub fn new() -> Json {
-        Json {
-            out: Mutex::new(std::io::stderr()),
-        }
+        Json { out: Sink::default() }
     }
 }
 
@@ -27,20 +24,16 @@ impl Reporter for Json {
     fn event(&self, at_ms: f64, event: &Event) {
         let mut v = serde_json::to_value(event).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "t_ms".into(),
-                serde_json::json!((at_ms * 1000.0).round() / 1000.0),
-            );
+            obj.insert("t_ms".into(), serde_json::json!((at_ms * 1000.0).round() / 1000.0));
         }
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{v}");
+        self.out.line(&v.to_string(), !event.routine());
     }
 
     fn println(&self, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = write!(out, "{text}");
-        if !text.ends_with('\n') {
-            let _ = writeln!(out);
-        }
+        self.out.line(text, true);
+    }
+
+    fn finish(&self) {
+        self.out.flush();
     }
 }

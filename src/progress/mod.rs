@@ -7,6 +7,7 @@
 
 pub mod json;
 pub mod plain;
+mod sink;
 pub mod tty;
 
 use serde::Serialize;
@@ -79,6 +80,19 @@ pub enum Event {
         steps_cached: usize,
         failures: usize,
     },
+}
+
+impl Event {
+    /// Routine events that may wait in a buffer (cache hits, starts).
+    pub fn routine(&self) -> bool {
+        matches!(
+            self,
+            Event::StepCached { .. }
+                | Event::StepStarted { .. }
+                | Event::StageStarted { .. }
+                | Event::StageFinished { cached: true, .. }
+        )
+    }
 }
 
 /// Receives events. Implementations must be cheap and thread-safe: stages

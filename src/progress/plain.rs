@@ -1,18 +1,15 @@
 //! Plain lines on stderr: one per step that runs or hits the cache.
 
 use super::{Event, Reporter, human_ms};
-use std::io::Write;
-use std::sync::Mutex;
+use super::sink::Sink;
 
 pub struct Plain {
-    out: Mutex<std::io::Stderr>,
+    out: Sink,
 }
 
 impl Plain {
     pub fn new() -> Plain {
-        Plain {
-            out: Mutex::new(std::io::stderr()),
-        }
+        Plain { out: Sink::default() }
     }
 }
 
@@ -102,16 +99,15 @@ fn plural(n: usize) -> &'static str {
 impl Reporter for Plain {
     fn event(&self, _at_ms: f64, event: &Event) {
         if let Some(l) = line(event) {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = writeln!(out, "{l}");
+            self.out.line(&l, !event.routine());
         }
     }
 
     fn println(&self, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = write!(out, "{text}");
-        if !text.ends_with('\n') {
-            let _ = writeln!(out);
-        }
+        self.out.line(text, true);
+    }
+
+    fn finish(&self) {
+        self.out.flush();
     }
 }

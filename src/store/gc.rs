@@ -2,8 +2,8 @@
 //!
 //! Roots are action cache entries; each keeps its tree and the tree's
 //! blobs. Trees that export destinations hold are kept first, then entries
-//! from the most recently used down (an entry's mtime is its last use),
-//! while the total fits the budget. Everything no kept root reaches is
+//! from the most recently used down (by the lists of keys recent builds
+//! used, then by age in the log), while the total fits the budget. Everything no kept root reaches is
 //! deleted, as are the link sources and leftover temp files. Runs with the
 //! store locked exclusively, so no build sees a half-collected store.
 
@@ -12,7 +12,7 @@ use super::digest::{BlobDigest, StepKey, TreeDigest};
 use super::records;
 use super::state::State;
 use super::tree::Kind;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -53,11 +53,13 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     store.clear_tmp();
     let root = store.root();
     let _ = fs::remove_dir_all(root.join("links"));
+    let _ = fs::remove_dir_all(root.join("parse"));
     fs::create_dir_all(root.join("links"))?;
 
     let blob_files = files(&root.join("blobs"));
     let tree_files = files(&root.join("trees"));
-    let mut actions: Vec<(PathBuf, fs::Metadata)> = files(&root.join("actions"));
+    let log = store.action_log();
+    let log_size = fs::metadata(root.join("actions.log")).map(|m| m.len()).unwrap_or(0);
     let size_of_blob = |d: &BlobDigest| {
         fs::metadata(store.blob_path(*d))
             .map(|m| m.len())
@@ -72,9 +74,9 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         bytes_before: blob_files
             .iter()
             .chain(&tree_files)
-            .chain(&actions)
             .map(|(_, m)| m.len())
-            .sum(),
+            .sum::<u64>()
+            + log_size,
         ..Report::default()
     };
 
@@ -129,30 +131,35 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         );
     }
     // Then cache entries, most recently used first.
-    actions.sort_by_key(|(_, m)| std::cmp::Reverse(m.modified().ok()));
-    let mut over = false;
-    for (path, meta) in &actions {
-        let state: Option<State> = fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let valid = StepKey::parse(name_of(path)).is_some();
-        let fits = match (&state, valid, over) {
-            (Some(s), true, false) => keep(
-                s.tree,
-                meta.len(),
-                budget,
-                &mut kept_trees,
-                &mut kept_blobs,
-                &mut total,
-            ),
-            _ => false,
-        };
-        if !fits {
-            over = over || state.is_some();
-            let _ = fs::remove_file(path);
-            report.actions_removed += 1;
+    let mut rank: HashMap<StepKey, usize> = HashMap::new();
+    for (i, list) in super::used_lists(root).iter().enumerate() {
+        for k in fs::read(list).unwrap_or_default().chunks_exact(32) {
+            let mut key = [0u8; 32];
+            key.copy_from_slice(k);
+            rank.entry(StepKey(key)).or_insert(i);
         }
     }
+    let mut entries: Vec<(usize, StepKey, Option<State>, u64)> = log
+        .entries()
+        .into_iter()
+        .enumerate()
+        .map(|(pos, (k, s, size))| (pos, k, s, size))
+        .collect();
+    entries.sort_by_key(|(pos, k, _, _)| (rank.get(k).copied().unwrap_or(usize::MAX), std::cmp::Reverse(*pos)));
+    let mut kept_keys: HashSet<StepKey> = HashSet::new();
+    let mut over = false;
+    for (_, key, state, size) in &entries {
+        let fits = match (state, over) {
+            (Some(s), false) => keep(s.tree, *size, budget, &mut kept_trees, &mut kept_blobs, &mut total),
+            _ => false,
+        };
+        if fits {
+            kept_keys.insert(*key);
+        } else {
+            over = over || state.is_some();
+        }
+    }
+    report.actions_removed = log.rewrite(&|k| kept_keys.contains(k), &store.tmp_path("actions"))?;
     for (path, _) in &tree_files {
         if !TreeDigest::parse(name_of(path)).is_some_and(|d| kept_trees.contains(&d)) {
             let _ = fs::remove_file(path);
@@ -165,11 +172,12 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
             report.blobs_removed += 1;
         }
     }
-    report.bytes_after = [root.join("blobs"), root.join("trees"), root.join("actions")]
+    report.bytes_after = [root.join("blobs"), root.join("trees")]
         .iter()
         .flat_map(|d| files(d))
         .map(|(_, m)| m.len())
-        .sum();
+        .sum::<u64>()
+        + fs::metadata(root.join("actions.log")).map(|m| m.len()).unwrap_or(0);
     Ok(report)
 }
 
@@ -245,19 +253,9 @@ mod tests {
         let store = Store::open(dir.path(), Access::Exclusive).unwrap();
         let orphan = store.put_blob(b"orphan").unwrap();
         let old = entry_with(&store, 1, &[1u8; 10_000]);
-        // Make the first entry older.
-        let p = dir
-            .path()
-            .join("actions")
-            .join(&StepKey([1; 32]).hex()[..2])
-            .join(StepKey([1; 32]).hex());
-        fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(std::time::UNIX_EPOCH)
-            .unwrap();
+        // The newest build used only the second entry.
         let new = entry_with(&store, 2, &[2u8; 10_000]);
+        store.record_use(&[StepKey([2; 32])]).unwrap();
 
         let r = collect(&store, None).unwrap();
         assert_eq!(r.blobs_removed, 1);

@@ -6,10 +6,11 @@
 //! lock                  flock: builds share it, `kiln gc` takes it alone
 //! blobs/ab/<blake3>     file contents, read-only, named by their digest
 //! trees/ab/<blake3>     tree manifests (JSON), named by their digest
-//! actions/ab/<key>      action cache: step key -> resulting state (JSON)
+//! actions.log           action cache: step key -> resulting state (see `actions`)
 //! links/<blob>-<meta>   link sources for `dir` exports (see `linkable`)
 //! index/<hash>.json     stat index of a context directory
 //! records/              what the last builds did (`kiln explain`, gc roots)
+//! parse/                lowered spec files, so a no-op build skips KDL parsing
 //! tmp/                  files being written; renamed into place when whole
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! blob is ever handed out to be written: exports link to `links/`
 //! copies, checked before reuse.
 
+pub mod actions;
 pub mod digest;
 pub mod gc;
 pub mod records;
@@ -65,6 +67,7 @@ pub enum IngestError {
 
 pub struct Store {
     root: PathBuf,
+    actions: actions::ActionLog,
     _lock: File,
     counter: AtomicU64,
 }
@@ -82,7 +85,7 @@ impl Store {
         waiting: &dyn Fn(&str),
     ) -> Result<Store, Diagnostic> {
         for sub in [
-            "blobs", "trees", "actions", "links", "index", "records", "tmp",
+            "blobs", "trees", "links", "index", "records", "tmp",
         ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| {
@@ -112,8 +115,12 @@ impl Store {
             };
             r.map_err(|e| Diagnostic::io("cannot lock the store", &lock_path, &e))?;
         }
+        let log = root.join("actions.log");
+        let actions = actions::ActionLog::load(&log)
+            .map_err(|e| Diagnostic::io("cannot read the action cache", &log, &e))?;
         Ok(Store {
             root: root.to_path_buf(),
+            actions,
             _lock: lock,
             counter: AtomicU64::new(0),
         })
@@ -292,46 +299,43 @@ impl Store {
         })
     }
 
-    fn action_path(&self, key: StepKey) -> PathBuf {
-        self.shard("actions", &key.hex())
-    }
-
-    /// Look up a step's result. An entry that cannot be read or whose tree
-    /// is gone counts as a miss and is removed.
+    /// Look up a step's result. An entry whose tree is gone counts as a miss.
     pub fn get_action(&self, key: StepKey) -> Option<State> {
-        let path = self.action_path(key);
-        let bytes = fs::read(&path).ok()?;
-        match serde_json::from_slice::<State>(&bytes) {
-            Ok(state) if self.has_tree(state.tree) => {
-                // Record the use for gc (mtime = last used): one syscall.
-                let now = rustix::fs::Timestamps {
-                    last_access: rustix::fs::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: rustix::fs::UTIME_OMIT,
-                    },
-                    last_modification: rustix::fs::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: rustix::fs::UTIME_NOW,
-                    },
-                };
-                let _ = rustix::fs::utimensat(
-                    rustix::fs::CWD,
-                    &path,
-                    &now,
-                    rustix::fs::AtFlags::empty(),
-                );
-                Some(state)
-            }
-            _ => {
-                let _ = fs::remove_file(&path);
-                None
-            }
+        let state = self.actions.get(key)?;
+        if self.has_tree(state.tree) {
+            Some(state)
+        } else {
+            self.actions.forget(key);
+            None
         }
     }
 
     pub fn put_action(&self, key: StepKey, state: &State) -> io::Result<()> {
-        let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
-        self.write_atomic(&self.action_path(key), &bytes, 0o644)
+        self.actions.put(key, state)
+    }
+
+    pub fn action_log(&self) -> &actions::ActionLog {
+        &self.actions
+    }
+
+    /// Remember which cache entries a build used; `kiln gc` evicts the
+    /// entries no recent build used first. The newest 32 lists are kept.
+    pub fn record_use(&self, keys: &[StepKey]) -> io::Result<()> {
+        let dir = self.root.join("records").join("used");
+        fs::create_dir_all(&dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
+        self.write_atomic(&dir.join(format!("{nanos:032}-{}", std::process::id())), &bytes, 0o644)?;
+        let mut lists = used_lists(&self.root);
+        while lists.len() > 32 {
+            if let Some(old) = lists.pop() {
+                let _ = fs::remove_file(old);
+            }
+        }
+        Ok(())
     }
 
     /// A file with the blob's bytes and the given mode, owner and mtime,
@@ -406,6 +410,16 @@ impl Store {
             }
         }
     }
+}
+
+/// The lists written by [`Store::record_use`], newest first.
+pub fn used_lists(root: &Path) -> Vec<PathBuf> {
+    let mut lists: Vec<PathBuf> = fs::read_dir(root.join("records").join("used"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    lists.sort();
+    lists.reverse();
+    lists
 }
 
 #[cfg(test)]

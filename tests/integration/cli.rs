@@ -110,7 +110,7 @@ fn state_dir_from_the_environment() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(state.path().join("actions").exists());
+    assert!(state.path().join("actions.log").exists());
     assert!(!p.exists(".kiln"));
 }
 

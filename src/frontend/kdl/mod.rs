@@ -9,8 +9,9 @@
 mod node;
 
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
+use crate::frontend::ParseCache;
 use crate::frontend::ast::{
-    ArgDecl, ContextDecl, ExportDecl, PluginDecl, Spec, StageDecl, StepDecl, StepKind,
+    ArgDecl, ContextDecl, ExportDecl, Fragment, PluginDecl, Spec, StageDecl, StepDecl, StepKind, Str,
 };
 use ::kdl::KdlDocument;
 use node::Node;
@@ -45,7 +46,12 @@ pub const STEP_NODES: &[&str] = &[
 /// Read a spec file and everything it includes.
 ///
 /// `name` is how the file is shown in diagnostics.
-pub fn load(path: &Path, name: &str, sources: &Sources) -> Result<Spec, Diagnostics> {
+pub fn load(
+    path: &Path,
+    name: &str,
+    sources: &Sources,
+    cache: Option<&dyn ParseCache>,
+) -> Result<Spec, Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![
             Diagnostic::user(
@@ -66,8 +72,10 @@ pub fn load(path: &Path, name: &str, sources: &Sources) -> Result<Spec, Diagnost
     let mut loader = Loader {
         sources,
         spec: &mut spec,
+        frag: Fragment::default(),
         diags: Vec::new(),
         stack: Vec::new(),
+        cache,
     };
     loader.file(id, &dir);
     let diags = loader.diags;
@@ -86,10 +94,14 @@ pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Diag
     let mut loader = Loader {
         sources,
         spec: &mut spec,
+        frag: Fragment::default(),
         diags: Vec::new(),
         stack: vec![PathBuf::from(name)],
+        cache: None,
     };
     loader.document(id, Path::new(""), false);
+    let frag = std::mem::take(&mut loader.frag);
+    loader.merge(id, frag, Path::new(""));
     let diags = loader.diags;
     if diags.iter().any(|d| !d.warning) {
         Err(diags)
@@ -101,10 +113,14 @@ pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Diag
 
 struct Loader<'a> {
     sources: &'a Sources,
+    /// The whole spec, as files are merged into it.
     spec: &'a mut Spec,
+    /// What the file being lowered declares.
+    frag: Fragment,
     diags: Diagnostics,
     /// Files being loaded, outermost first, to catch include cycles.
     stack: Vec<PathBuf>,
+    cache: Option<&'a dyn ParseCache>,
 }
 
 impl Loader<'_> {
@@ -114,16 +130,68 @@ impl Loader<'_> {
             .get(id)
             .map(|f| f.path.clone())
             .unwrap_or_default();
+        let key = self.sources.get(id).map(|f| {
+            let mut h = blake3::Hasher::new();
+            h.update(env!("CARGO_PKG_VERSION").as_bytes());
+            h.update(&[0]);
+            h.update(f.path.as_os_str().as_encoded_bytes());
+            h.update(&[0]);
+            h.update(&id.0.to_le_bytes());
+            h.update(f.text.as_bytes());
+            h.finalize().to_hex().to_string()
+        });
         self.stack.push(path);
-        self.document(id, dir, true);
+        let cached = match (self.cache, &key) {
+            (Some(c), Some(k)) => c.get(k).and_then(|b| serde_json::from_slice::<Fragment>(&b).ok()),
+            _ => None,
+        };
+        let frag = match cached {
+            Some(f) => f,
+            None => {
+                let outer = std::mem::take(&mut self.frag);
+                let before = self.diags.len();
+                self.document(id, dir, true);
+                let frag = std::mem::replace(&mut self.frag, outer);
+                // Only clean files are cached: warnings and errors must show again.
+                if let (Some(c), Some(k), true) = (self.cache, &key, self.diags.len() == before)
+                    && let Ok(bytes) = serde_json::to_vec(&frag)
+                {
+                    c.put(k, &bytes);
+                }
+                frag
+            }
+        };
+        self.merge(id, frag, dir);
         self.stack.pop();
+    }
+
+    /// Add a file's declarations to the spec, reading its includes where
+    /// they stand among its stages.
+    fn merge(&mut self, id: SourceId, frag: Fragment, dir: &Path) {
+        self.spec.files.push(id);
+        if self.spec.version.is_none() {
+            self.spec.version = frag.version;
+        }
+        self.spec.args.extend(frag.args);
+        self.spec.contexts.extend(frag.contexts);
+        self.spec.plugins.extend(frag.plugins);
+        self.spec.exports.extend(frag.exports);
+        let mut includes = frag.includes.into_iter().peekable();
+        for (i, stage) in frag.stages.into_iter().enumerate() {
+            while let Some((rel, _)) = includes.next_if(|(_, at)| *at <= i) {
+                self.include(&rel, dir);
+            }
+            self.spec.stages.push(stage);
+        }
+        for (rel, _) in includes {
+            self.include(&rel, dir);
+        }
     }
 
     fn document(&mut self, id: SourceId, dir: &Path, follow_includes: bool) {
         let Some(file) = self.sources.get(id) else {
             return;
         };
-        self.spec.files.push(id);
         let doc = match KdlDocument::parse_v2(&file.text) {
             Ok(doc) => doc,
             Err(v2_err) => match KdlDocument::parse(&file.text) {
@@ -159,10 +227,13 @@ impl Loader<'_> {
                 "stage" => self.stage(&n),
                 "export" => self.export(&n, dir),
                 "include" => {
-                    if follow_includes {
-                        self.include(&n, dir);
-                    } else {
-                        n.no_children(&mut self.diags);
+                    n.arity(1, Some(1), "include \"FILE.kdl\"", &mut self.diags);
+                    n.no_props(&mut self.diags);
+                    n.no_children(&mut self.diags);
+                    if let Some(rel) = n.str_arg(0, &mut self.diags)
+                        && follow_includes
+                    {
+                        self.frag.includes.push((rel, self.frag.stages.len()));
                     }
                 }
                 other => {
@@ -233,17 +304,15 @@ impl Loader<'_> {
                     .with_help("write `kiln 1`"),
                 );
             }
-            if let Some(prev) = &self.spec.version
-                && self.stack.len() <= 1
-            {
+            if let Some(prev) = &self.frag.version {
                 self.diags.push(
                     Diagnostic::user("kiln::spec::duplicate-version", "`kiln` is given twice")
                         .with_label(v.span, "second version")
                         .with_label(prev.span, "first version"),
                 );
             }
-            if self.spec.version.is_none() {
-                self.spec.version = Some(v);
+            if self.frag.version.is_none() {
+                self.frag.version = Some(v);
             }
         }
     }
@@ -257,7 +326,7 @@ impl Loader<'_> {
         };
         check_name(&name, "arg", &mut self.diags);
         let default = n.str_prop("default", &mut self.diags);
-        self.spec.args.push(ArgDecl {
+        self.frag.args.push(ArgDecl {
             span: n.span(),
             name,
             default,
@@ -272,7 +341,7 @@ impl Loader<'_> {
         let path = n.required_str_prop("path", "context NAME path=\"DIR\"", &mut self.diags);
         if let (Some(name), Some(path)) = (name, path) {
             check_name(&name, "context", &mut self.diags);
-            self.spec.contexts.push(ContextDecl {
+            self.frag.contexts.push(ContextDecl {
                 span: n.span(),
                 name,
                 path,
@@ -300,7 +369,7 @@ impl Loader<'_> {
         }
         if let (Some(name), Some(path)) = (name, path) {
             check_name(&name, "plugin", &mut self.diags);
-            self.spec.plugins.push(PluginDecl {
+            self.frag.plugins.push(PluginDecl {
                 span: n.span(),
                 name,
                 path,
@@ -310,13 +379,7 @@ impl Loader<'_> {
         }
     }
 
-    fn include(&mut self, n: &Node, dir: &Path) {
-        n.arity(1, Some(1), "include \"FILE.kdl\"", &mut self.diags);
-        n.no_props(&mut self.diags);
-        n.no_children(&mut self.diags);
-        let Some(rel) = n.str_arg(0, &mut self.diags) else {
-            return;
-        };
+    fn include(&mut self, rel: &Str, dir: &Path) {
         let path = dir.join(&rel.value);
         let abs = canonical(&path);
         if self.stack.contains(&abs) {
@@ -375,7 +438,7 @@ impl Loader<'_> {
             let Some(to) = c.required_str_prop("to", usage, &mut self.diags) else {
                 continue;
             };
-            self.spec.exports.push(ExportDecl {
+            self.frag.exports.push(ExportDecl {
                 span: c.span(),
                 stage,
                 to,
@@ -405,7 +468,7 @@ impl Loader<'_> {
                 self.step(&Node::new(child, n.source, self.sources), &mut stage);
             }
         }
-        self.spec.stages.push(stage);
+        self.frag.stages.push(stage);
     }
 
     fn step(&mut self, n: &Node, stage: &mut StageDecl) {

@@ -1,0 +1,204 @@
+//! The action cache: step key → resulting state, as one append-only log.
+//!
+//! Every record is `"KAC1" key[32] len:u32le payload[len] check[8]`, where
+//! `check` is the start of blake3(key ‖ payload) and `payload` is the state
+//! as JSON. Builds append a whole record with one `O_APPEND` write, so
+//! concurrent builds never interleave, and the log is read once per build
+//! into memory: a cache hit costs a hash-map lookup, not a file read. A
+//! record torn by a crash fails its check and is skipped (reading resumes
+//! at the next `KAC1`); the last record for a key wins. `kiln gc` rewrites
+//! the log under the exclusive lock.
+
+use super::digest::StepKey;
+use super::state::State;
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+const MAGIC: &[u8; 4] = b"KAC1";
+const HEADER: usize = 4 + 32 + 4;
+
+pub struct ActionLog {
+    path: PathBuf,
+    entries: RwLock<HashMap<StepKey, Vec<u8>>>,
+    /// Keys in the order their latest record appears in the log (oldest first).
+    order: RwLock<Vec<StepKey>>,
+    append: Mutex<Option<File>>,
+}
+
+fn check(key: &[u8], payload: &[u8]) -> [u8; 8] {
+    let mut h = blake3::Hasher::new();
+    h.update(key);
+    h.update(payload);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    out
+}
+
+/// Encode one record.
+pub fn record(key: StepKey, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER + payload.len() + 8);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&key.0);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+    buf.extend_from_slice(&check(&key.0, payload));
+    buf
+}
+
+/// Decode every intact record of a log, in order; damaged bytes are skipped.
+pub fn parse(bytes: &[u8]) -> Vec<(StepKey, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + HEADER + 8 <= bytes.len() {
+        if &bytes[i..i + 4] != MAGIC {
+            i += 1;
+            continue;
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes[i + 4..i + 36]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[i + 36..i + 40]);
+        let len = u32::from_le_bytes(len) as usize;
+        let end = i + HEADER + len;
+        if end + 8 <= bytes.len() {
+            let payload = &bytes[i + HEADER..end];
+            if bytes[end..end + 8] == check(&key, payload) {
+                out.push((StepKey(key), payload));
+                i = end + 8;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+impl ActionLog {
+    pub fn load(path: &Path) -> io::Result<ActionLog> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut entries = HashMap::new();
+        let mut order = Vec::new();
+        for (key, payload) in parse(&bytes) {
+            if entries.insert(key, payload.to_vec()).is_some() {
+                order.retain(|k| *k != key);
+            }
+            order.push(key);
+        }
+        Ok(ActionLog {
+            path: path.to_path_buf(),
+            entries: RwLock::new(entries),
+            order: RwLock::new(order),
+            append: Mutex::new(None),
+        })
+    }
+
+    pub fn get(&self, key: StepKey) -> Option<State> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        serde_json::from_slice(entries.get(&key)?).ok()
+    }
+
+    pub fn put(&self, key: StepKey, state: &State) -> io::Result<()> {
+        let payload = serde_json::to_vec(state).map_err(io::Error::other)?;
+        let rec = record(key, &payload);
+        {
+            let mut append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+            if append.is_none() {
+                *append = Some(File::options().create(true).append(true).open(&self.path)?);
+            }
+            if let Some(f) = append.as_mut() {
+                f.write_all(&rec)?;
+            }
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.insert(key, payload).is_none() {
+            self.order.write().unwrap_or_else(|e| e.into_inner()).push(key);
+        }
+        Ok(())
+    }
+
+    pub fn forget(&self, key: StepKey) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
+    /// Every entry, oldest first, with the size of its record.
+    pub fn entries(&self) -> Vec<(StepKey, Option<State>, u64)> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        order
+            .iter()
+            .filter_map(|k| {
+                let p = entries.get(k)?;
+                Some((*k, serde_json::from_slice(p).ok(), (HEADER + p.len() + 8) as u64))
+            })
+            .collect()
+    }
+
+    /// Replace the log with only `keep` (in their current order), through
+    /// `tmp` and a rename. Only while holding the store lock alone.
+    pub fn rewrite(&self, keep: &dyn Fn(&StepKey) -> bool, tmp: &Path) -> io::Result<usize> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut removed = 0;
+        for k in order.iter() {
+            match entries.get(k) {
+                Some(p) if keep(k) => out.extend_from_slice(&record(*k, p)),
+                Some(_) => removed += 1,
+                None => {}
+            }
+        }
+        fs::write(tmp, &out)?;
+        fs::rename(tmp, &self.path)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::digest::TreeDigest;
+    use crate::store::state::ImageConfig;
+
+    fn state(n: u8) -> State {
+        State { tree: TreeDigest([n; 32]), config: ImageConfig::default() }
+    }
+
+    #[test]
+    fn torn_and_garbled_records_are_skipped() {
+        let mut log = record(StepKey([1; 32]), b"one");
+        log.extend_from_slice(&record(StepKey([2; 32]), b"two")[..20]); // torn
+        log.extend_from_slice(b"garbage KAC1 more garbage");
+        let mut bad = record(StepKey([3; 32]), b"three");
+        let n = bad.len();
+        bad[n - 12] ^= 1; // flipped payload bit
+        log.extend_from_slice(&bad);
+        log.extend_from_slice(&record(StepKey([4; 32]), b"four"));
+        let got: Vec<(u8, &[u8])> = parse(&log).into_iter().map(|(k, p)| (k.0[0], p)).collect();
+        assert_eq!(got, vec![(1, &b"one"[..]), (4, &b"four"[..])]);
+    }
+
+    #[test]
+    fn round_trip_last_wins_and_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actions.log");
+        let log = ActionLog::load(&path).unwrap();
+        log.put(StepKey([1; 32]), &state(1)).unwrap();
+        log.put(StepKey([2; 32]), &state(2)).unwrap();
+        log.put(StepKey([1; 32]), &state(3)).unwrap();
+        let again = ActionLog::load(&path).unwrap();
+        assert_eq!(again.get(StepKey([1; 32])), Some(state(3)));
+        assert_eq!(again.entries().len(), 2);
+        let removed = again.rewrite(&|k| k.0[0] == 2, &dir.path().join("tmp")).unwrap();
+        assert_eq!(removed, 1);
+        let third = ActionLog::load(&path).unwrap();
+        assert_eq!(third.get(StepKey([1; 32])), None);
+        assert_eq!(third.get(StepKey([2; 32])), Some(state(2)));
+    }
+}
