@@ -58,6 +58,8 @@ if shape == "wide":
 else:
     nj.append(f"default out/f{n-1}.txt")
 open(f"{d}/kiln.kdl", "w").write("\n".join(k) + "\n")
+# ninja's outputs are not kiln's inputs, as a project would say in its ignore file.
+open(f"{d}/.kilnignore", "w").write("/out/\n/.ninja_*\n/build.ninja\n")
 open(f"{d}/build.ninja", "w").write("\n".join(nj) + "\n")
 PY
 }

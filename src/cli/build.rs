@@ -286,7 +286,11 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     let recorded = records::save_build(&store, &spec_name, args.no_cache, &outcome.records)
         .and_then(|_| store.record_use(&used));
     if let Err(e) = recorded {
-        failures.push(Diagnostic::io("cannot record the build in", store.root(), &e));
+        failures.push(Diagnostic::io(
+            "cannot record the build in",
+            store.root(),
+            &e,
+        ));
     }
     progress.emit(Event::BuildFinished {
         ok: failures.is_empty() && !outcome.interrupted,

@@ -152,6 +152,10 @@ impl Snapshot {
     /// Digests of the given files (paths in the snapshot), hashing in
     /// parallel those the stat index does not vouch for.
     pub fn digests(&self, paths: &[&str]) -> Result<Vec<BlobDigest>, Diagnostic> {
+        if paths.len() <= 4 {
+            // Not worth waking other threads for.
+            return paths.iter().map(|p| self.digest(p)).collect();
+        }
         paths.par_iter().map(|p| self.digest(p)).collect()
     }
 

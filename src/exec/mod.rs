@@ -80,7 +80,23 @@ pub struct Executor<'a> {
     records: Mutex<Vec<StepRecord>>,
     steps_run: AtomicUsize,
     steps_cached: AtomicUsize,
+    /// The `scratch` state, stored once per build.
+    empty: OnceLock<State>,
 }
+
+/// Why a stage's steps stopped.
+enum Run {
+    Interrupted,
+    Failed {
+        diagnostic: Box<Diagnostic>,
+        last_good: Option<State>,
+    },
+    /// The cache pointed at a tree that is missing or corrupt.
+    Damaged,
+}
+
+/// The code of errors about trees the store cannot give back.
+const DAMAGED: &str = "kiln::store::tree";
 
 struct Sched {
     waiting: HashMap<StageId, usize>,
@@ -109,6 +125,7 @@ impl<'a> Executor<'a> {
             records: Mutex::new(Vec::new()),
             steps_run: AtomicUsize::new(0),
             steps_cached: AtomicUsize::new(0),
+            empty: OnceLock::new(),
         }
     }
 
@@ -254,57 +271,50 @@ impl<'a> Executor<'a> {
             stage: stage.name.clone(),
         });
         let t0 = Instant::now();
-        let (mut state, mut start) = match stage.base {
-            Base::Scratch => match self.empty_state() {
-                Ok(s) => (s, "scratch".to_string()),
-                Err(e) => return (StageOutcome::Failed { last_good: None }, Some(e)),
-            },
-            Base::Stage(b) => {
-                let s = inputs[&b].clone();
-                let start = format!("stage:{}", s.digest().hex());
-                (s, start)
-            }
-        };
-        let mut all_cached = true;
-        let mut work: Option<Tree> = None;
-        for (i, step) in stage.steps.iter().enumerate() {
-            if self.cancel.load(Ordering::Relaxed) {
+        let mut attempt = self.run_steps(id, &inputs, !self.options.no_cache);
+        if let Err(Run::Damaged) = attempt {
+            // A cache entry led to a tree that is gone or corrupt: forget
+            // what this stage recorded and build it again without the cache.
+            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let before = records.len();
+            records.retain(|r| r.stage != stage.name);
+            self.steps_cached
+                .fetch_sub(before - records.len(), Ordering::Relaxed);
+            drop(records);
+            attempt = self.run_steps(id, &inputs, false);
+        }
+        let (state, all_cached, work) = match attempt {
+            Ok(done) => done,
+            Err(Run::Interrupted) => {
                 self.progress.emit(Event::StageSkipped {
                     stage: stage.name.clone(),
                     because: "interrupted".into(),
                 });
                 return (StageOutcome::Skipped, None);
             }
-            let text = step.op.describe(self.graph);
-            match self.step(stage.name.as_str(), i, step, &text, &state, &start, &inputs, &mut work) {
-                Ok((next, key, cached)) => {
-                    all_cached &= cached;
-                    state = next;
-                    start = key;
-                }
-                Err(mut d) => {
-                    if d.labels.is_empty() {
-                        d = d.with_label(step.span, "in this step");
-                    }
-                    self.progress.emit(Event::StepFailed {
-                        stage: stage.name.clone(),
-                        step: i,
-                        text,
-                        message: d.message.clone(),
-                    });
-                    d.message = format!("stage `{}`: {}", stage.name, d.message);
-                    self.progress.emit(Event::StageFailed {
-                        stage: stage.name.clone(),
-                    });
-                    return (
-                        StageOutcome::Failed {
-                            last_good: Some(state),
-                        },
-                        Some(d),
-                    );
-                }
+            Err(Run::Failed {
+                diagnostic,
+                last_good,
+            }) => {
+                self.progress.emit(Event::StageFailed {
+                    stage: stage.name.clone(),
+                });
+                return (StageOutcome::Failed { last_good }, Some(*diagnostic));
             }
-        }
+            Err(Run::Damaged) => {
+                let d = Diagnostic::env(
+                    "kiln::store::tree",
+                    format!(
+                        "stage `{}`: the cache is damaged and the stage could not be rebuilt",
+                        stage.name
+                    ),
+                )
+                .with_help(
+                    "run `kiln gc` to drop damaged entries, or move the state directory away",
+                );
+                return (StageOutcome::Failed { last_good: None }, Some(d));
+            }
+        };
         // Keep the result's tree for dependants and exports; the trees of
         // earlier steps are dropped as the stage goes, bounding memory.
         if let Some(tree) = work {
@@ -322,15 +332,104 @@ impl<'a> Executor<'a> {
         (StageOutcome::Built(state), None)
     }
 
+    /// Run a stage's steps from its base. Returns the final state, whether
+    /// every step was cached, and the final tree if a step built it.
+    fn run_steps(
+        &self,
+        id: StageId,
+        inputs: &HashMap<StageId, State>,
+        use_cache: bool,
+    ) -> Result<(State, bool, Option<Tree>), Run> {
+        let stage = self.graph.stage(id);
+        let (mut state, mut start) = match stage.base {
+            Base::Scratch => match self.empty_state() {
+                Ok(s) => (s, "scratch".to_string()),
+                Err(d) => {
+                    return Err(Run::Failed {
+                        diagnostic: Box::new(d),
+                        last_good: None,
+                    });
+                }
+            },
+            Base::Stage(b) => {
+                let s = inputs[&b].clone();
+                let start = format!("stage:{}", s.digest().hex());
+                (s, start)
+            }
+        };
+        let mut all_cached = true;
+        let mut work: Option<Tree> = None;
+        for (i, step) in stage.steps.iter().enumerate() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Run::Interrupted);
+            }
+            let text = step.op.describe(self.graph);
+            match self.step(
+                &stage.name,
+                i,
+                step,
+                &text,
+                &state,
+                &start,
+                inputs,
+                &mut work,
+                use_cache,
+            ) {
+                Ok((next, key, cached)) => {
+                    all_cached &= cached;
+                    state = next;
+                    start = key;
+                }
+                Err(d) if d.code == DAMAGED && use_cache => return Err(Run::Damaged),
+                Err(mut d) => {
+                    if d.labels.is_empty() {
+                        d = d.with_label(step.span, "in this step");
+                    }
+                    self.progress.emit(Event::StepFailed {
+                        stage: stage.name.clone(),
+                        step: i,
+                        text,
+                        message: d.message.clone(),
+                    });
+                    d.message = format!("stage `{}`: {}", stage.name, d.message);
+                    return Err(Run::Failed {
+                        diagnostic: Box::new(d),
+                        last_good: Some(state),
+                    });
+                }
+            }
+        }
+        // A result restored from the cache must still have its tree: it is
+        // what dependants and exports read.
+        if work.is_none() && !self.store.has_tree(state.tree) {
+            return if use_cache {
+                Err(Run::Damaged)
+            } else {
+                Err(Run::Failed {
+                    diagnostic: Box::new(Diagnostic::env(
+                        DAMAGED,
+                        "a tree just written to the store is gone",
+                    )),
+                    last_good: None,
+                })
+            };
+        }
+        Ok((state, all_cached, work))
+    }
+
     fn empty_state(&self) -> Result<State, Diagnostic> {
+        if let Some(s) = self.empty.get() {
+            return Ok(s.clone());
+        }
         let tree = self
             .store
             .put_tree(&Tree::new())
             .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
-        Ok(State {
+        let state = State {
             tree,
             config: ImageConfig::default(),
-        })
+        };
+        Ok(self.empty.get_or_init(|| state).clone())
     }
 
     /// Run or restore one step. Returns the new state, its key (hex) and whether it was cached.
@@ -345,6 +444,7 @@ impl<'a> Executor<'a> {
         start: &str,
         inputs: &HashMap<StageId, State>,
         work: &mut Option<Tree>,
+        use_cache: bool,
     ) -> Result<(State, String, bool), Diagnostic> {
         let mut kb = KeyBuilder::new(start, &step.op.canonical(self.graph));
         let mut prepared = None;
@@ -399,9 +499,7 @@ impl<'a> Executor<'a> {
             cached,
             inputs: key_inputs.clone(),
         };
-        if !self.options.no_cache
-            && let Some(hit) = self.store.get_action(key)
-        {
+        if use_cache && let Some(hit) = self.store.get_action(key) {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
             self.records
                 .lock()
@@ -492,7 +590,7 @@ impl<'a> Executor<'a> {
             return Ok(t.clone());
         }
         let t = Arc::new(self.store.get_tree(d).map_err(|e| {
-            Diagnostic::env("kiln::store::tree", format!("{e}"))
+            Diagnostic::env(DAMAGED, format!("{e}"))
                 .with_help("run the build again with `--no-cache`, or clear the state directory")
         })?);
         self.trees

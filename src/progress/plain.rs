@@ -1,7 +1,7 @@
 //! Plain lines on stderr: one per step that runs or hits the cache.
 
-use super::{Event, Reporter, human_ms};
 use super::sink::Sink;
+use super::{Event, Reporter, human_ms};
 
 pub struct Plain {
     out: Sink,
@@ -9,7 +9,9 @@ pub struct Plain {
 
 impl Plain {
     pub fn new() -> Plain {
-        Plain { out: Sink::default() }
+        Plain {
+            out: Sink::default(),
+        }
     }
 }
 

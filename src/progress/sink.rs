@@ -13,7 +13,9 @@ pub struct Sink {
 
 impl Default for Sink {
     fn default() -> Self {
-        Sink { inner: Mutex::new((Vec::with_capacity(64 * 1024), Instant::now())) }
+        Sink {
+            inner: Mutex::new((Vec::with_capacity(64 * 1024), Instant::now())),
+        }
     }
 }
 

@@ -118,13 +118,19 @@ impl ActionLog {
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if entries.insert(key, payload).is_none() {
-            self.order.write().unwrap_or_else(|e| e.into_inner()).push(key);
+            self.order
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key);
         }
         Ok(())
     }
 
     pub fn forget(&self, key: StepKey) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 
     /// Every entry, oldest first, with the size of its record.
@@ -135,7 +141,11 @@ impl ActionLog {
             .iter()
             .filter_map(|k| {
                 let p = entries.get(k)?;
-                Some((*k, serde_json::from_slice(p).ok(), (HEADER + p.len() + 8) as u64))
+                Some((
+                    *k,
+                    serde_json::from_slice(p).ok(),
+                    (HEADER + p.len() + 8) as u64,
+                ))
             })
             .collect()
     }
@@ -167,7 +177,10 @@ mod tests {
     use crate::store::state::ImageConfig;
 
     fn state(n: u8) -> State {
-        State { tree: TreeDigest([n; 32]), config: ImageConfig::default() }
+        State {
+            tree: TreeDigest([n; 32]),
+            config: ImageConfig::default(),
+        }
     }
 
     #[test]
@@ -195,7 +208,9 @@ mod tests {
         let again = ActionLog::load(&path).unwrap();
         assert_eq!(again.get(StepKey([1; 32])), Some(state(3)));
         assert_eq!(again.entries().len(), 2);
-        let removed = again.rewrite(&|k| k.0[0] == 2, &dir.path().join("tmp")).unwrap();
+        let removed = again
+            .rewrite(&|k| k.0[0] == 2, &dir.path().join("tmp"))
+            .unwrap();
         assert_eq!(removed, 1);
         let third = ActionLog::load(&path).unwrap();
         assert_eq!(third.get(StepKey([1; 32])), None);

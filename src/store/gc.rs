@@ -59,7 +59,9 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     let blob_files = files(&root.join("blobs"));
     let tree_files = files(&root.join("trees"));
     let log = store.action_log();
-    let log_size = fs::metadata(root.join("actions.log")).map(|m| m.len()).unwrap_or(0);
+    let log_size = fs::metadata(root.join("actions.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     let size_of_blob = |d: &BlobDigest| {
         fs::metadata(store.blob_path(*d))
             .map(|m| m.len())
@@ -145,12 +147,24 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         .enumerate()
         .map(|(pos, (k, s, size))| (pos, k, s, size))
         .collect();
-    entries.sort_by_key(|(pos, k, _, _)| (rank.get(k).copied().unwrap_or(usize::MAX), std::cmp::Reverse(*pos)));
+    entries.sort_by_key(|(pos, k, _, _)| {
+        (
+            rank.get(k).copied().unwrap_or(usize::MAX),
+            std::cmp::Reverse(*pos),
+        )
+    });
     let mut kept_keys: HashSet<StepKey> = HashSet::new();
     let mut over = false;
     for (_, key, state, size) in &entries {
         let fits = match (state, over) {
-            (Some(s), false) => keep(s.tree, *size, budget, &mut kept_trees, &mut kept_blobs, &mut total),
+            (Some(s), false) => keep(
+                s.tree,
+                *size,
+                budget,
+                &mut kept_trees,
+                &mut kept_blobs,
+                &mut total,
+            ),
             _ => false,
         };
         if fits {
@@ -177,7 +191,9 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         .flat_map(|d| files(d))
         .map(|(_, m)| m.len())
         .sum::<u64>()
-        + fs::metadata(root.join("actions.log")).map(|m| m.len()).unwrap_or(0);
+        + fs::metadata(root.join("actions.log"))
+            .map(|m| m.len())
+            .unwrap_or(0);
     Ok(report)
 }
 

@@ -84,9 +84,7 @@ impl Store {
         access: Access,
         waiting: &dyn Fn(&str),
     ) -> Result<Store, Diagnostic> {
-        for sub in [
-            "blobs", "trees", "links", "index", "records", "tmp",
-        ] {
+        for sub in ["blobs", "trees", "links", "index", "records", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| {
                 Diagnostic::io("cannot create the state directory", &p, &e)
@@ -299,15 +297,16 @@ impl Store {
         })
     }
 
-    /// Look up a step's result. An entry whose tree is gone counts as a miss.
+    /// Look up a step's result. The tree is not checked here (a hit costs
+    /// no IO): trees leave the store only with their entries (`kiln gc`),
+    /// and a tree damaged or removed by hand is found when it is read.
     pub fn get_action(&self, key: StepKey) -> Option<State> {
-        let state = self.actions.get(key)?;
-        if self.has_tree(state.tree) {
-            Some(state)
-        } else {
-            self.actions.forget(key);
-            None
-        }
+        self.actions.get(key)
+    }
+
+    /// Drop a cache entry whose result turned out to be unreadable.
+    pub fn forget_action(&self, key: StepKey) {
+        self.actions.forget(key);
     }
 
     pub fn put_action(&self, key: StepKey, state: &State) -> io::Result<()> {
@@ -328,7 +327,11 @@ impl Store {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
-        self.write_atomic(&dir.join(format!("{nanos:032}-{}", std::process::id())), &bytes, 0o644)?;
+        self.write_atomic(
+            &dir.join(format!("{nanos:032}-{}", std::process::id())),
+            &bytes,
+            0o644,
+        )?;
         let mut lists = used_lists(&self.root);
         while lists.len() > 32 {
             if let Some(old) = lists.pop() {
@@ -466,23 +469,23 @@ mod tests {
     }
 
     #[test]
-    fn actions_with_missing_trees_are_misses() {
+    fn actions_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Access::Shared).unwrap();
         let key = StepKey([3; 32]);
-        let state = State {
-            tree: TreeDigest([9; 32]),
-            config: ImageConfig::default(),
+        let state = {
+            let store = Store::open(dir.path(), Access::Shared).unwrap();
+            let td = store.put_tree(&Tree::new()).unwrap();
+            let state = State {
+                tree: td,
+                config: ImageConfig::default(),
+            };
+            store.put_action(key, &state).unwrap();
+            state
         };
-        store.put_action(key, &state).unwrap();
-        assert!(store.get_action(key).is_none());
-        let td = store.put_tree(&Tree::new()).unwrap();
-        let state = State {
-            tree: td,
-            config: ImageConfig::default(),
-        };
-        store.put_action(key, &state).unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
         assert_eq!(store.get_action(key), Some(state));
+        store.forget_action(key);
+        assert_eq!(store.get_action(key), None);
     }
 
     #[test]

@@ -59,7 +59,22 @@ pub fn save_build(
     spec: &str,
     no_cache: bool,
     records: &[StepRecord],
-) -> std::io::Result<LastBuild> {
+) -> std::io::Result<()> {
+    // A build that only hit the cache, with the same steps and keys as the
+    // build before it, would write the same records again: skip the work.
+    let mut digest = blake3::Hasher::new();
+    digest.update(spec.as_bytes());
+    for r in records {
+        digest.update(r.stage.as_bytes());
+        digest.update(&(r.step as u64).to_le_bytes());
+        digest.update(r.key.as_bytes());
+    }
+    let digest = digest.finalize().to_hex().to_string();
+    let digest_path = store.root().join("records").join("last.digest");
+    let all_cached = !no_cache && records.iter().all(|r| r.cached);
+    if all_cached && std::fs::read_to_string(&digest_path).is_ok_and(|d| d == digest) {
+        return Ok(());
+    }
     let mut history: BTreeMap<String, StepRecord> = read(store, "steps.json");
     let mut last = LastBuild {
         spec: spec.to_string(),
@@ -93,7 +108,9 @@ pub fn save_build(
     }
     write(store, "steps.json", &history)?;
     write(store, "last.json", &last)?;
-    Ok(last)
+    // Only a build that ran nothing can be skipped next time.
+    let mark = if all_cached { digest } else { String::new() };
+    store.write_atomic(&digest_path, mark.as_bytes(), 0o644)
 }
 
 pub fn load_last(store: &Store) -> Option<LastBuild> {

@@ -546,3 +546,44 @@ fn gc_keeps_what_exports_use() {
     again.ok();
     assert_eq!(p.read("out/a.txt"), "A2\n");
 }
+
+#[test]
+fn a_damaged_cache_is_rebuilt_not_trusted() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    // Remove every stored tree behind kiln's back.
+    for shard in std::fs::read_dir(p.path().join(".kiln/trees"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_dir_all(shard.path()).unwrap();
+    }
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(p.read("out/a.txt"), "A\n");
+    assert_eq!(p.read("out/b.txt"), "B\n");
+    // And the rebuilt entries are trusted again.
+    let again = p.build(&[]);
+    again.ok();
+    assert!(again.ran().is_empty(), "{:?}", again.ran());
+}
+
+#[test]
+fn concurrent_builds_share_the_store() {
+    let p = two_stages();
+    let spawn = || {
+        std::process::Command::new(crate::harness::kiln_bin())
+            .args(["build", "--progress", "plain", "--target", "final"])
+            .current_dir(p.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    let r = p.build(&[]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{:?}", r.ran());
+}

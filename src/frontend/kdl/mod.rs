@@ -11,7 +11,8 @@ mod node;
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ParseCache;
 use crate::frontend::ast::{
-    ArgDecl, ContextDecl, ExportDecl, Fragment, PluginDecl, Spec, StageDecl, StepDecl, StepKind, Str,
+    ArgDecl, ContextDecl, ExportDecl, Fragment, PluginDecl, Spec, StageDecl, StepDecl, StepKind,
+    Str,
 };
 use ::kdl::KdlDocument;
 use node::Node;
@@ -142,7 +143,9 @@ impl Loader<'_> {
         });
         self.stack.push(path);
         let cached = match (self.cache, &key) {
-            (Some(c), Some(k)) => c.get(k).and_then(|b| serde_json::from_slice::<Fragment>(&b).ok()),
+            (Some(c), Some(k)) => c
+                .get(k)
+                .and_then(|b| postcard::from_bytes::<Fragment>(&b).ok()),
             _ => None,
         };
         let frag = match cached {
@@ -154,7 +157,7 @@ impl Loader<'_> {
                 let frag = std::mem::replace(&mut self.frag, outer);
                 // Only clean files are cached: warnings and errors must show again.
                 if let (Some(c), Some(k), true) = (self.cache, &key, self.diags.len() == before)
-                    && let Ok(bytes) = serde_json::to_vec(&frag)
+                    && let Ok(bytes) = postcard::to_stdvec(&frag)
                 {
                     c.put(k, &bytes);
                 }
