@@ -89,7 +89,7 @@ enum Run {
     Interrupted,
     Failed {
         diagnostic: Box<Diagnostic>,
-        last_good: Option<State>,
+        last_good: Option<Box<State>>,
     },
     /// The cache pointed at a tree that is missing or corrupt.
     Damaged,
@@ -299,7 +299,12 @@ impl<'a> Executor<'a> {
                 self.progress.emit(Event::StageFailed {
                     stage: stage.name.clone(),
                 });
-                return (StageOutcome::Failed { last_good }, Some(*diagnostic));
+                return (
+                    StageOutcome::Failed {
+                        last_good: last_good.map(|s| *s),
+                    },
+                    Some(*diagnostic),
+                );
             }
             Err(Run::Damaged) => {
                 let d = Diagnostic::env(
@@ -394,7 +399,7 @@ impl<'a> Executor<'a> {
                     d.message = format!("stage `{}`: {}", stage.name, d.message);
                     return Err(Run::Failed {
                         diagnostic: Box::new(d),
-                        last_good: Some(state),
+                        last_good: Some(Box::new(state)),
                     });
                 }
             }
