@@ -53,10 +53,10 @@ impl StatIndex {
         let file = store
             .root()
             .join("index")
-            .join(format!("{}.json", &name[..32]));
+            .join(format!("{}.bin", &name[..32]));
         let mut index: StatIndex = std::fs::read(&file)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| postcard::from_bytes(&b).ok())
             .unwrap_or_default();
         index.file = file;
         index
@@ -88,7 +88,34 @@ impl StatIndex {
         if !self.dirty && self.entries.len() == before {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let bytes = postcard::to_stdvec(self).map_err(std::io::Error::other)?;
         store.write_atomic(&self.file, &bytes, 0o644)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Access;
+
+    #[test]
+    fn index_round_trips_and_forgets_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let ctx = dir.path().join("ctx");
+        let old = FileStat { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, dev: 1 };
+        let mut index = StatIndex::load(&store, &ctx);
+        index.record("a", old, BlobDigest([1; 32]));
+        index.record("b", old, BlobDigest([2; 32]));
+        // A file changed a moment ago is not trusted yet.
+        let fresh = FileStat { mtime_ns: now_ns(), ..old };
+        index.record("c", fresh, BlobDigest([3; 32]));
+        let present: HashMap<String, FileStat> = [("a".to_string(), old)].into();
+        index.save(&store, &present).unwrap();
+        let again = StatIndex::load(&store, &ctx);
+        assert_eq!(again.lookup("a", &old), Some(BlobDigest([1; 32])));
+        assert_eq!(again.lookup("b", &old), None);
+        assert_eq!(again.lookup("c", &fresh), None);
+        assert_eq!(again.lookup("a", &FileStat { size: 2, ..old }), None);
     }
 }

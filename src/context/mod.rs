@@ -68,6 +68,7 @@ impl Snapshot {
             .standard_filters(false)
             .hidden(false)
             .follow_links(false)
+            .threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
             .filter_entry(move |e| {
                 let p = e.path();
                 if exclude.iter().any(|x| x == p) {
@@ -81,62 +82,27 @@ impl Snapshot {
                     _ => true,
                 }
             })
-            .build();
-        for item in walker {
-            let entry = item.map_err(|e| {
-                Diagnostic::env(
-                    "kiln::context::walk",
-                    format!("cannot read the context `{}`: {e}", path.display()),
-                )
-            })?;
-            let Ok(rel) = entry.path().strip_prefix(&root) else {
-                continue;
-            };
-            let Some(rel) = rel.to_str() else {
-                return Err(Diagnostic::user(
-                    "kiln::context::name",
-                    format!("`{}` has a name that is not UTF-8", entry.path().display()),
-                )
-                .with_help("rename the file, or exclude it in `.kilnignore`"));
-            };
-            if rel.is_empty() {
-                continue;
+            .build_parallel();
+        // Directories are listed on every core; entries are gathered per
+        // thread and merged (the tree sorts them).
+        let found: Mutex<Vec<Listed>> = Mutex::new(Vec::new());
+        walker.run(|| {
+            let mut batch = Batch { items: Vec::new(), into: &found };
+            let root = &root;
+            Box::new(move |item| {
+                batch.items.push(list_one(item, root, path));
+                if batch.items.len() >= 256 {
+                    batch.flush();
+                }
+                ignore::WalkState::Continue
+            })
+        });
+        for item in found.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let Some((rel, entry, stat)) = item? else { continue };
+            if let Some(stat) = stat {
+                stats.insert(rel.clone(), stat);
             }
-            let m = entry.metadata().map_err(|e| {
-                Diagnostic::env(
-                    "kiln::context::walk",
-                    format!("cannot stat `{}`: {e}", entry.path().display()),
-                )
-            })?;
-            let ft = m.file_type();
-            let mode = m.mode() & 0o7777;
-            let kind = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(entry.path())
-                    .map_err(|e| Diagnostic::io("cannot read the symlink", entry.path(), &e))?;
-                Kind::Symlink {
-                    target: target.to_string_lossy().into_owned(),
-                }
-            } else if ft.is_file() {
-                stats.insert(rel.to_string(), FileStat::of(&m));
-                Kind::File {
-                    blob: BlobDigest([0; 32]),
-                    size: m.len(),
-                }
-            } else {
-                // Sockets, fifos and devices have no content to copy.
-                continue;
-            };
-            tree.entries.insert(
-                rel.to_string(),
-                Entry {
-                    kind,
-                    mode,
-                    uid: 0,
-                    gid: 0,
-                },
-            );
+            tree.entries.insert(rel, entry);
         }
         let index = StatIndex::load(store, &root);
         Ok(Snapshot {
@@ -250,6 +216,85 @@ impl Snapshot {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let _ = index.save(store, &self.stats);
     }
+}
+
+/// One walked path: its tree path, entry and (for files) stat; `None` for
+/// the root and for entries that have no content to copy.
+type Listed = Result<Option<(String, Entry, Option<FileStat>)>, Diagnostic>;
+
+/// A walker thread's findings, handed over in batches and when it ends.
+struct Batch<'a> {
+    items: Vec<Listed>,
+    into: &'a Mutex<Vec<Listed>>,
+}
+
+impl Batch<'_> {
+    fn flush(&mut self) {
+        let mut all = self.into.lock().unwrap_or_else(|e| e.into_inner());
+        all.append(&mut self.items);
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn list_one(item: Result<ignore::DirEntry, ignore::Error>, root: &Path, context: &Path) -> Listed {
+    let entry = item.map_err(|e| {
+        Diagnostic::env(
+            "kiln::context::walk",
+            format!("cannot read the context `{}`: {e}", context.display()),
+        )
+    })?;
+    let Ok(rel) = entry.path().strip_prefix(root) else {
+        return Ok(None);
+    };
+    let Some(rel) = rel.to_str() else {
+        return Err(Diagnostic::user(
+            "kiln::context::name",
+            format!("`{}` has a name that is not UTF-8", entry.path().display()),
+        )
+        .with_help("rename the file, or exclude it in `.kilnignore`"));
+    };
+    if rel.is_empty() {
+        return Ok(None);
+    }
+    let m = entry.metadata().map_err(|e| {
+        Diagnostic::env(
+            "kiln::context::walk",
+            format!("cannot stat `{}`: {e}", entry.path().display()),
+        )
+    })?;
+    let ft = m.file_type();
+    let mode = m.mode() & 0o7777;
+    let mut stat = None;
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(entry.path())
+            .map_err(|e| Diagnostic::io("cannot read the symlink", entry.path(), &e))?;
+        Kind::Symlink {
+            target: target.to_string_lossy().into_owned(),
+        }
+    } else if ft.is_file() {
+        stat = Some(FileStat::of(&m));
+        Kind::File {
+            blob: BlobDigest([0; 32]),
+            size: m.len(),
+        }
+    } else {
+        // Sockets, fifos and devices have no content to copy.
+        return Ok(None);
+    };
+    let entry = Entry {
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+    };
+    Ok(Some((rel.to_string(), entry, stat)))
 }
 
 /// blake3 of everything a reader yields; big buffers are hashed on all cores.

@@ -1,12 +1,12 @@
 //! The action cache: step key → resulting state, as one append-only log.
 //!
-//! Every record is `"KAC1" key[32] len:u32le payload[len] check[8]`, where
-//! `check` is the start of blake3(key ‖ payload) and `payload` is the state
-//! as JSON. Builds append a whole record with one `O_APPEND` write, so
+//! Every record is `"KAC2" key[32] len:u32le payload[len] check[8]`, where
+//! `check` is the start of blake3(key ‖ payload) and `payload` is the state. Builds append a whole record with one `O_APPEND` write, so
 //! concurrent builds never interleave, and the log is read once per build
 //! into memory: a cache hit costs a hash-map lookup, not a file read. A
 //! record torn by a crash fails its check and is skipped (reading resumes
-//! at the next `KAC1`); the last record for a key wins. `kiln gc` rewrites
+//! at the next `KAC2`); the last record for a key wins. Payloads are
+//! postcard-encoded states. `kiln gc` rewrites
 //! the log under the exclusive lock.
 
 use super::digest::StepKey;
@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-const MAGIC: &[u8; 4] = b"KAC1";
+const MAGIC: &[u8; 4] = b"KAC2";
 const HEADER: usize = 4 + 32 + 4;
 
 pub struct ActionLog {
@@ -101,11 +101,11 @@ impl ActionLog {
 
     pub fn get(&self, key: StepKey) -> Option<State> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        serde_json::from_slice(entries.get(&key)?).ok()
+        postcard::from_bytes(entries.get(&key)?).ok()
     }
 
     pub fn put(&self, key: StepKey, state: &State) -> io::Result<()> {
-        let payload = serde_json::to_vec(state).map_err(io::Error::other)?;
+        let payload = postcard::to_stdvec(state).map_err(io::Error::other)?;
         let rec = record(key, &payload);
         {
             let mut append = self.append.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +143,7 @@ impl ActionLog {
                 let p = entries.get(k)?;
                 Some((
                     *k,
-                    serde_json::from_slice(p).ok(),
+                    postcard::from_bytes(p).ok(),
                     (HEADER + p.len() + 8) as u64,
                 ))
             })
@@ -187,7 +187,7 @@ mod tests {
     fn torn_and_garbled_records_are_skipped() {
         let mut log = record(StepKey([1; 32]), b"one");
         log.extend_from_slice(&record(StepKey([2; 32]), b"two")[..20]); // torn
-        log.extend_from_slice(b"garbage KAC1 more garbage");
+        log.extend_from_slice(b"garbage KAC2 more garbage");
         let mut bad = record(StepKey([3; 32]), b"three");
         let n = bad.len();
         bad[n - 12] ^= 1; // flipped payload bit

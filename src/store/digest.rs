@@ -39,16 +39,25 @@ macro_rules! digest_type {
             }
         }
 
+        /// Hex in text formats (JSON), 32 raw bytes in binary ones.
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.hex())
+                if s.is_human_readable() {
+                    s.serialize_str(&self.hex())
+                } else {
+                    self.0.serialize(s)
+                }
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                $name::parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    $name::parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+                } else {
+                    <[u8; 32]>::deserialize(d).map($name)
+                }
             }
         }
     };
@@ -85,6 +94,9 @@ mod tests {
         );
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<BlobDigest>(&json).unwrap(), d);
+        let bin = postcard::to_stdvec(&d).unwrap();
+        assert_eq!(bin.len(), 32);
+        assert_eq!(postcard::from_bytes::<BlobDigest>(&bin).unwrap(), d);
         assert!(BlobDigest::parse("xyz").is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! trees/ab/<blake3>     tree manifests (JSON), named by their digest
 //! actions.log           action cache: step key -> resulting state (see `actions`)
 //! links/<blob>-<meta>   link sources for `dir` exports (see `linkable`)
-//! index/<hash>.json     stat index of a context directory
+//! index/<hash>.bin      stat index of a context directory
 //! records/              what the last builds did (`kiln explain`, gc roots)
 //! parse/                lowered spec files, so a no-op build skips KDL parsing
 //! tmp/                  files being written; renamed into place when whole
