@@ -36,10 +36,22 @@ pub fn load(
     cache: Option<&dyn crate::frontend::ParseCache>,
 ) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
     let path = args.spec_path();
-    let spec = crate::frontend::kdl::load(&path, &display_path(&path), sources, cache)?;
     let options = crate::ir::CompileOptions {
         args: args.arg_pairs()?,
         context_dir: args.context.clone(),
+    };
+    let spec = match crate::frontend::kdl::load(&path, &display_path(&path), sources, cache) {
+        Ok(spec) => spec,
+        Err(e) => {
+            // Report the compiler's errors with the reader's, in one run.
+            let mut diags = e.diagnostics;
+            if let Some(partial) = e.partial
+                && let Err(more) = compile(&partial, &options, sources)
+            {
+                diags.extend(more);
+            }
+            return Err(diags.into());
+        }
     };
     let (graph, mut warnings) = compile(&spec, &options, sources)?;
     warnings.splice(0..0, spec.warnings.iter().cloned());

@@ -103,12 +103,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
         let ctx = dir.path().join("ctx");
-        let old = FileStat { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, dev: 1 };
+        let old = FileStat {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
+            dev: 1,
+        };
         let mut index = StatIndex::load(&store, &ctx);
         index.record("a", old, BlobDigest([1; 32]));
         index.record("b", old, BlobDigest([2; 32]));
         // A file changed a moment ago is not trusted yet.
-        let fresh = FileStat { mtime_ns: now_ns(), ..old };
+        let fresh = FileStat {
+            mtime_ns: now_ns(),
+            ..old
+        };
         index.record("c", fresh, BlobDigest([3; 32]));
         let present: HashMap<String, FileStat> = [("a".to_string(), old)].into();
         index.save(&store, &present).unwrap();

@@ -87,7 +87,10 @@ impl Snapshot {
         // thread and merged (the tree sorts them).
         let found: Mutex<Vec<Listed>> = Mutex::new(Vec::new());
         walker.run(|| {
-            let mut batch = Batch { items: Vec::new(), into: &found };
+            let mut batch = Batch {
+                items: Vec::new(),
+                into: &found,
+            };
             let root = &root;
             Box::new(move |item| {
                 batch.items.push(list_one(item, root, path));
@@ -98,7 +101,9 @@ impl Snapshot {
             })
         });
         for item in found.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            let Some((rel, entry, stat)) = item? else { continue };
+            let Some((rel, entry, stat)) = item? else {
+                continue;
+            };
             if let Some(stat) = stat {
                 stats.insert(rel.clone(), stat);
             }

@@ -428,7 +428,15 @@ mod serde_tests {
     #[test]
     fn file_entries_round_trip_through_json() {
         let mut t = Tree::new();
-        let e = Entry { kind: Kind::File { blob: BlobDigest([5; 32]), size: 3 }, mode: 0o644, uid: 1, gid: 2 };
+        let e = Entry {
+            kind: Kind::File {
+                blob: BlobDigest([5; 32]),
+                size: 3,
+            },
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+        };
         t.put("f", e, false).unwrap();
         let back: Tree = serde_json::from_slice(&t.to_bytes()).unwrap();
         assert_eq!(back, t);

@@ -52,9 +52,10 @@ pub fn load(
     name: &str,
     sources: &Sources,
     cache: Option<&dyn ParseCache>,
-) -> Result<Spec, Diagnostics> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![
+) -> Result<Spec, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+        partial: None,
+        diagnostics: vec![
             Diagnostic::user(
                 "kiln::spec::read",
                 format!("cannot read spec file `{name}`: {e}"),
@@ -62,7 +63,7 @@ pub fn load(
             .with_help(
                 "pass the spec with `-f FILE`, or run kiln in a directory with a `kiln.kdl`",
             ),
-        ]
+        ],
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let id = sources.add(name.to_string(), canonical(path), text);
@@ -80,16 +81,11 @@ pub fn load(
     };
     loader.file(id, &dir);
     let diags = loader.diags;
-    if diags.iter().any(|d| !d.warning) {
-        Err(diags)
-    } else {
-        spec.warnings = diags;
-        Ok(spec)
-    }
+    finish(spec, diags)
 }
 
 /// Parse one spec text on its own (no includes are followed). For tests and fuzzing.
-pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Diagnostics> {
+pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, LoadError> {
     let id = sources.add(name.to_string(), PathBuf::from(name), text.to_string());
     let mut spec = Spec::default();
     let mut loader = Loader {
@@ -104,12 +100,36 @@ pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Diag
     let frag = std::mem::take(&mut loader.frag);
     loader.merge(id, frag, Path::new(""));
     let diags = loader.diags;
-    if diags.iter().any(|d| !d.warning) {
-        Err(diags)
-    } else {
+    finish(spec, diags)
+}
+
+/// Why a spec could not be read: every diagnostic, and the spec as far as
+/// it could be read when the files were valid KDL (so later phases can
+/// report their errors too, in the same run).
+#[derive(Debug)]
+pub struct LoadError {
+    pub diagnostics: Diagnostics,
+    pub partial: Option<Box<Spec>>,
+}
+
+fn finish(mut spec: Spec, diags: Diagnostics) -> Result<Spec, LoadError> {
+    if !diags.iter().any(|d| !d.warning) {
         spec.warnings = diags;
-        Ok(spec)
+        return Ok(spec);
     }
+    let syntax = diags.iter().any(|d| {
+        matches!(
+            d.code,
+            "kiln::spec::syntax"
+                | "kiln::spec::read"
+                | "kiln::spec::include"
+                | "kiln::spec::include-cycle"
+        )
+    });
+    Err(LoadError {
+        diagnostics: diags,
+        partial: (!syntax).then(|| Box::new(spec)),
+    })
 }
 
 struct Loader<'a> {

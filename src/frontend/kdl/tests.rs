@@ -1,7 +1,7 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Spec, Diagnostics> {
-    parse_str("kiln.kdl", text, &Sources::new())
+    parse_str("kiln.kdl", text, &Sources::new()).map_err(|e| e.diagnostics)
 }
 
 #[test]
