@@ -18,8 +18,8 @@ use crate::diag::Diagnostic;
 use crate::ir::{Base, CopyFrom, Graph, Op, StageId, Step};
 use crate::progress::{Event, Progress};
 use crate::store::Store;
-use crate::store::digest::TreeDigest;
-use crate::store::state::{ImageConfig, State};
+use crate::store::digest::{StepKey, TreeDigest};
+use crate::store::state::{Action, ImageConfig, State};
 use crate::store::tree::Tree;
 use key::{KeyBuilder, KeyInput};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,28 @@ pub struct Executor<'a> {
     steps_cached: AtomicUsize,
     /// The `scratch` state, stored once per build.
     empty: OnceLock<State>,
+}
+
+/// Where a stage's tree comes from at the current step.
+enum From {
+    /// Built by a step of this run.
+    Memory(Tree),
+    /// In the store.
+    Stored(TreeDigest),
+}
+
+/// How far a stage's steps have got.
+struct Cursor {
+    config: ImageConfig,
+    /// The digest of the current tree, when it is known.
+    known: Option<TreeDigest>,
+    from: From,
+    /// Cached steps since `from` whose trees were not kept, each with the
+    /// config it started from; replayed when their tree is needed.
+    pending: Vec<(usize, ImageConfig)>,
+    /// The key of the last step (or the base), which the next key extends.
+    start: String,
+    last: Option<StepKey>,
 }
 
 /// Why a stage's steps stopped.
@@ -338,7 +360,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Run a stage's steps from its base. Returns the final state, whether
-    /// every step was cached, and the final tree if a step built it.
+    /// every step was cached, and the final tree if it is in memory.
     fn run_steps(
         &self,
         id: StageId,
@@ -346,15 +368,14 @@ impl<'a> Executor<'a> {
         use_cache: bool,
     ) -> Result<(State, bool, Option<Tree>), Run> {
         let stage = self.graph.stage(id);
-        let (mut state, mut start) = match stage.base {
+        let failed = |d: Diagnostic, last_good: Option<State>| Run::Failed {
+            diagnostic: Box::new(d),
+            last_good: last_good.map(Box::new),
+        };
+        let (base, start) = match stage.base {
             Base::Scratch => match self.empty_state() {
                 Ok(s) => (s, "scratch".to_string()),
-                Err(d) => {
-                    return Err(Run::Failed {
-                        diagnostic: Box::new(d),
-                        last_good: None,
-                    });
-                }
+                Err(d) => return Err(failed(d, None)),
             },
             Base::Stage(b) => {
                 let s = inputs[&b].clone();
@@ -362,29 +383,23 @@ impl<'a> Executor<'a> {
                 (s, start)
             }
         };
+        let mut cur = Cursor {
+            config: base.config.clone(),
+            known: Some(base.tree),
+            from: From::Stored(base.tree),
+            pending: Vec::new(),
+            start,
+            last: None,
+        };
         let mut all_cached = true;
-        let mut work: Option<Tree> = None;
         for (i, step) in stage.steps.iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(Run::Interrupted);
             }
             let text = step.op.describe(self.graph);
-            match self.step(
-                &stage.name,
-                i,
-                step,
-                &text,
-                &state,
-                &start,
-                inputs,
-                &mut work,
-                use_cache,
-            ) {
-                Ok((next, key, cached)) => {
-                    all_cached &= cached;
-                    state = next;
-                    start = key;
-                }
+            let last = i + 1 == stage.steps.len();
+            match self.step(stage, i, step, &text, &mut cur, inputs, use_cache, last) {
+                Ok(cached) => all_cached &= cached,
                 Err(d) if d.code == DAMAGED && use_cache => return Err(Run::Damaged),
                 Err(mut d) => {
                     if d.labels.is_empty() {
@@ -397,29 +412,105 @@ impl<'a> Executor<'a> {
                         message: d.message.clone(),
                     });
                     d.message = format!("stage `{}`: {}", stage.name, d.message);
-                    return Err(Run::Failed {
-                        diagnostic: Box::new(d),
-                        last_good: Some(Box::new(state)),
-                    });
+                    // The state before the failing step, if it is at hand.
+                    let last_good = match (&cur.known, cur.pending.is_empty()) {
+                        (Some(t), true) => Some(State {
+                            tree: *t,
+                            config: cur.config.clone(),
+                        }),
+                        _ => self
+                            .finish_tree(&mut cur, stage, inputs)
+                            .ok()
+                            .map(|(s, _)| s),
+                    };
+                    return Err(failed(d, last_good));
                 }
             }
         }
+        let (state, tree) = match self.finish_tree(&mut cur, stage, inputs) {
+            Ok(done) => done,
+            Err(d) if d.code == DAMAGED && use_cache => return Err(Run::Damaged),
+            Err(d) => return Err(failed(d, None)),
+        };
         // A result restored from the cache must still have its tree: it is
         // what dependants and exports read.
-        if work.is_none() && !self.store.has_tree(state.tree) {
+        if tree.is_none() && !self.store.has_tree(state.tree) {
             return if use_cache {
                 Err(Run::Damaged)
             } else {
-                Err(Run::Failed {
-                    diagnostic: Box::new(Diagnostic::env(
-                        DAMAGED,
-                        "a tree just written to the store is gone",
-                    )),
-                    last_good: None,
-                })
+                Err(failed(
+                    Diagnostic::env(DAMAGED, "a tree just written to the store is gone"),
+                    None,
+                ))
             };
         }
-        Ok((state, all_cached, work))
+        Ok((state, all_cached, tree))
+    }
+
+    /// The stage's final state, storing its tree if no step did. A final
+    /// step whose cache entry lacked the tree gets an entry that has it.
+    fn finish_tree(
+        &self,
+        cur: &mut Cursor,
+        stage: &crate::ir::Stage,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<(State, Option<Tree>), Diagnostic> {
+        if let (Some(t), true) = (cur.known, cur.pending.is_empty()) {
+            let tree = match std::mem::replace(&mut cur.from, From::Stored(t)) {
+                From::Memory(tree) => Some(tree),
+                From::Stored(_) => None,
+            };
+            return Ok((
+                State {
+                    tree: t,
+                    config: cur.config.clone(),
+                },
+                tree,
+            ));
+        }
+        let tree = self.materialize(cur, stage, inputs)?;
+        let digest = self
+            .store
+            .put_tree(&tree)
+            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        let state = State {
+            tree: digest,
+            config: cur.config.clone(),
+        };
+        if let Some(key) = cur.last {
+            let action = Action {
+                tree: Some(digest),
+                config: state.config.clone(),
+            };
+            self.store
+                .put_action(key, &action)
+                .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        }
+        cur.known = Some(digest);
+        Ok((state, Some(tree)))
+    }
+
+    /// The current tree of a stage in memory: the last one built, or the
+    /// last one stored, with the cached steps since replayed on it.
+    fn materialize(
+        &self,
+        cur: &mut Cursor,
+        stage: &crate::ir::Stage,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<Tree, Diagnostic> {
+        let mut tree = match std::mem::replace(
+            &mut cur.from,
+            From::Stored(cur.known.unwrap_or(TreeDigest([0; 32]))),
+        ) {
+            From::Memory(t) => t,
+            From::Stored(d) => (*self.tree(d)?).clone(),
+        };
+        for (j, mut config) in std::mem::take(&mut cur.pending) {
+            let step = &stage.steps[j];
+            let prepared = self.prepare(step, None)?;
+            self.apply(step, &mut tree, &mut config, prepared, inputs)?;
+        }
+        Ok(tree)
     }
 
     fn empty_state(&self) -> Result<State, Diagnostic> {
@@ -437,38 +528,32 @@ impl<'a> Executor<'a> {
         Ok(self.empty.get_or_init(|| state).clone())
     }
 
-    /// Run or restore one step. Returns the new state, its key (hex) and whether it was cached.
+    /// Run or restore one step, moving the cursor past it. Returns whether
+    /// it was cached.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
-        stage: &str,
+        stage_ir: &crate::ir::Stage,
         index: usize,
         step: &Step,
         text: &str,
-        state: &State,
-        start: &str,
+        cur: &mut Cursor,
         inputs: &HashMap<StageId, State>,
-        work: &mut Option<Tree>,
         use_cache: bool,
-    ) -> Result<(State, String, bool), Diagnostic> {
-        let mut kb = KeyBuilder::new(start, &step.op.canonical(self.graph));
-        let mut prepared = None;
+        last: bool,
+    ) -> Result<bool, Diagnostic> {
+        let stage = stage_ir.name.as_str();
+        let mut kb = KeyBuilder::new(&cur.start, &step.op.canonical(self.graph));
         match &step.op {
-            Op::Copy(c) => match c.from {
-                CopyFrom::Context(ctx) => {
-                    let snap = self.context(ctx)?;
-                    let picked = builtin::pick_from_context(&snap, c)?;
-                    builtin::context_inputs(&picked, &mut kb);
-                    prepared = Some(builtin::Prepared::Context(snap, picked));
-                }
-                CopyFrom::Stage(src) => {
+            Op::Copy(c) => {
+                if let CopyFrom::Stage(src) = c.from {
                     let s = &inputs[&src];
                     kb.input(
                         &format!("stage:{}", self.graph.stage(src).name),
                         &s.tree.hex(),
                     );
                 }
-            },
+            }
             Op::Wasm { plugin, .. } => {
                 let p = &self.graph.plugins[plugin.0 as usize];
                 return Err(Diagnostic::build(
@@ -495,6 +580,7 @@ impl<'a> Executor<'a> {
             }
             _ => {}
         }
+        let prepared = self.prepare(step, Some(&mut kb))?;
         let (key, key_inputs) = kb.finish();
         let record = |cached: bool| StepRecord {
             stage: stage.to_string(),
@@ -516,8 +602,25 @@ impl<'a> Executor<'a> {
                 text: text.into(),
                 key: key.hex(),
             });
-            *work = None;
-            return Ok((hit, key.hex(), true));
+            match hit.tree {
+                Some(t) => {
+                    cur.from = From::Stored(t);
+                    cur.pending.clear();
+                    cur.known = Some(t);
+                }
+                None => {
+                    // The tree after this step was not kept: remember how to redo it.
+                    cur.pending.push((
+                        index,
+                        std::mem::replace(&mut cur.config, hit.config.clone()),
+                    ));
+                    cur.known = None;
+                }
+            }
+            cur.config = hit.config;
+            cur.start = key.hex();
+            cur.last = Some(key);
+            return Ok(true);
         }
         self.progress.emit(Event::StepStarted {
             stage: stage.into(),
@@ -526,45 +629,36 @@ impl<'a> Executor<'a> {
             key: key.hex(),
         });
         let t0 = Instant::now();
-        // The tree of `state`: kept from the previous step of this stage when
-        // it ran, so a run of steps edits one tree without copying it.
-        let mut tree = match work.take() {
-            Some(t) => t,
-            None => (*self.tree(state.tree)?).clone(),
-        };
-        let mut config = state.config.clone();
-        let source_tree = match &step.op {
-            Op::Copy(c) => match c.from {
-                CopyFrom::Stage(src) => Some(self.tree(inputs[&src].tree)?),
-                CopyFrom::Context(_) => None,
-            },
-            _ => None,
-        };
-        builtin::apply(
-            self.store,
-            &step.op,
-            &mut tree,
-            &mut config,
-            prepared,
-            source_tree.as_deref(),
-            self.graph,
-            step.span,
-        )?;
-        let digest = if step.op.changes_tree() {
-            self.store
-                .put_tree(&tree)
-                .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?
-        } else {
-            state.tree
-        };
-        *work = Some(tree);
-        let next = State {
+        let mut tree = self.materialize(cur, stage_ir, inputs)?;
+        let mut config = cur.config.clone();
+        self.apply(step, &mut tree, &mut config, prepared, inputs)?;
+        // Trees are stored at the end of a stage only: the steps between
+        // keep their config and are replayed from the last stored tree if a
+        // later step needs their tree. So a stage of many steps costs one
+        // stored tree, not one per step.
+        let digest =
+            if !step.op.changes_tree() {
+                cur.known
+            } else if last {
+                Some(self.store.put_tree(&tree).map_err(|e| {
+                    Diagnostic::io("cannot write to the store", self.store.root(), &e)
+                })?)
+            } else {
+                None
+            };
+        let action = Action {
             tree: digest,
-            config,
+            config: config.clone(),
         };
         self.store
-            .put_action(key, &next)
+            .put_action(key, &action)
             .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        cur.from = From::Memory(tree);
+        cur.pending.clear();
+        cur.known = digest;
+        cur.config = config;
+        cur.start = key.hex();
+        cur.last = Some(key);
         self.steps_run.fetch_add(1, Ordering::Relaxed);
         self.records
             .lock()
@@ -577,7 +671,55 @@ impl<'a> Executor<'a> {
             key: key.hex(),
             ms: t0.elapsed().as_secs_f64() * 1000.0,
         });
-        Ok((next, key.hex(), false))
+        Ok(false)
+    }
+
+    /// What a step reads before it runs: for a context copy, the files its
+    /// sources match, with digests (added to the key when one is given).
+    fn prepare(
+        &self,
+        step: &Step,
+        kb: Option<&mut KeyBuilder>,
+    ) -> Result<Option<builtin::Prepared>, Diagnostic> {
+        if let Op::Copy(c) = &step.op
+            && let CopyFrom::Context(ctx) = c.from
+        {
+            let snap = self.context(ctx)?;
+            let picked = builtin::pick_from_context(&snap, c)?;
+            if let Some(kb) = kb {
+                builtin::context_inputs(&picked, kb);
+            }
+            return Ok(Some(builtin::Prepared::Context(snap, picked)));
+        }
+        Ok(None)
+    }
+
+    /// Apply a builtin step to a tree and config.
+    fn apply(
+        &self,
+        step: &Step,
+        tree: &mut Tree,
+        config: &mut ImageConfig,
+        prepared: Option<builtin::Prepared>,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<(), Diagnostic> {
+        let source_tree = match &step.op {
+            Op::Copy(c) => match c.from {
+                CopyFrom::Stage(src) => Some(self.tree(inputs[&src].tree)?),
+                CopyFrom::Context(_) => None,
+            },
+            _ => None,
+        };
+        builtin::apply(
+            self.store,
+            &step.op,
+            tree,
+            config,
+            prepared,
+            source_tree.as_deref(),
+            self.graph,
+            step.span,
+        )
     }
 
     fn context(&self, id: crate::ir::ContextId) -> Result<Arc<Snapshot>, Diagnostic> {

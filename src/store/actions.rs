@@ -10,7 +10,7 @@
 //! the log under the exclusive lock.
 
 use super::digest::StepKey;
-use super::state::State;
+use super::state::Action;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -99,12 +99,12 @@ impl ActionLog {
         })
     }
 
-    pub fn get(&self, key: StepKey) -> Option<State> {
+    pub fn get(&self, key: StepKey) -> Option<Action> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         postcard::from_bytes(entries.get(&key)?).ok()
     }
 
-    pub fn put(&self, key: StepKey, state: &State) -> io::Result<()> {
+    pub fn put(&self, key: StepKey, state: &Action) -> io::Result<()> {
         let payload = postcard::to_stdvec(state).map_err(io::Error::other)?;
         let rec = record(key, &payload);
         {
@@ -134,7 +134,7 @@ impl ActionLog {
     }
 
     /// Every entry, oldest first, with the size of its record.
-    pub fn entries(&self) -> Vec<(StepKey, Option<State>, u64)> {
+    pub fn entries(&self) -> Vec<(StepKey, Option<Action>, u64)> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let order = self.order.read().unwrap_or_else(|e| e.into_inner());
         order
@@ -176,9 +176,9 @@ mod tests {
     use crate::store::digest::TreeDigest;
     use crate::store::state::ImageConfig;
 
-    fn state(n: u8) -> State {
-        State {
-            tree: TreeDigest([n; 32]),
+    fn state(n: u8) -> Action {
+        Action {
+            tree: Some(TreeDigest([n; 32])),
             config: ImageConfig::default(),
         }
     }

@@ -10,7 +10,7 @@
 use super::Store;
 use super::digest::{BlobDigest, StepKey, TreeDigest};
 use super::records;
-use super::state::State;
+use super::state::Action;
 use super::tree::Kind;
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -141,7 +141,7 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
             rank.entry(StepKey(key)).or_insert(i);
         }
     }
-    let mut entries: Vec<(usize, StepKey, Option<State>, u64)> = log
+    let mut entries: Vec<(usize, StepKey, Option<Action>, u64)> = log
         .entries()
         .into_iter()
         .enumerate()
@@ -157,14 +157,22 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     let mut over = false;
     for (_, key, state, size) in &entries {
         let fits = match (state, over) {
-            (Some(s), false) => keep(
-                s.tree,
+            (Some(Action { tree: Some(t), .. }), false) => keep(
+                *t,
                 *size,
                 budget,
                 &mut kept_trees,
                 &mut kept_blobs,
                 &mut total,
             ),
+            // An entry without a stored tree costs only its record.
+            (Some(Action { tree: None, .. }), false) => {
+                let fits = budget.is_none_or(|b| total + size <= b);
+                if fits {
+                    total += size;
+                }
+                fits
+            }
             _ => false,
         };
         if fits {
@@ -254,8 +262,8 @@ mod tests {
         store
             .put_action(
                 StepKey([key; 32]),
-                &State {
-                    tree: td,
+                &Action {
+                    tree: Some(td),
                     config: ImageConfig::default(),
                 },
             )

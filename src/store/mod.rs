@@ -30,7 +30,7 @@ pub mod tree;
 
 use crate::diag::Diagnostic;
 use digest::{BlobDigest, StepKey, TreeDigest};
-use state::State;
+use state::Action;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -300,7 +300,7 @@ impl Store {
     /// Look up a step's result. The tree is not checked here (a hit costs
     /// no IO): trees leave the store only with their entries (`kiln gc`),
     /// and a tree damaged or removed by hand is found when it is read.
-    pub fn get_action(&self, key: StepKey) -> Option<State> {
+    pub fn get_action(&self, key: StepKey) -> Option<Action> {
         self.actions.get(key)
     }
 
@@ -309,7 +309,7 @@ impl Store {
         self.actions.forget(key);
     }
 
-    pub fn put_action(&self, key: StepKey, state: &State) -> io::Result<()> {
+    pub fn put_action(&self, key: StepKey, state: &Action) -> io::Result<()> {
         self.actions.put(key, state)
     }
 
@@ -475,8 +475,8 @@ mod tests {
         let state = {
             let store = Store::open(dir.path(), Access::Shared).unwrap();
             let td = store.put_tree(&Tree::new()).unwrap();
-            let state = State {
-                tree: td,
+            let state = Action {
+                tree: Some(td),
                 config: ImageConfig::default(),
             };
             store.put_action(key, &state).unwrap();

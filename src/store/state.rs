@@ -49,6 +49,15 @@ impl State {
     }
 }
 
+/// What the action cache records for a step: the config after it, and the
+/// tree after it when that tree was stored (the last step of a stage, or a
+/// step that leaves the tree as it was).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub tree: Option<TreeDigest>,
+    pub config: ImageConfig,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

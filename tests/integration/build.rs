@@ -587,3 +587,38 @@ fn concurrent_builds_share_the_store() {
     r.ok();
     assert!(r.ran().is_empty(), "{:?}", r.ran());
 }
+
+#[test]
+fn steps_between_stored_trees_are_replayed_when_needed() {
+    let p = Project::new();
+    p.file("one", "1").file("two", "2").file("three", "3");
+    let spec = |last: bool| {
+        format!(
+            "kiln 1\nstage s {{\n  workdir \"/w\"\n  copy \"one\" \"a\"\n  write \"b\" \"bee\"\n  copy \"two\" \"c\"\n{}}}\n",
+            if last { "  copy \"three\" \"d\"\n" } else { "" }
+        )
+    };
+    p.spec(&spec(true));
+    p.build(&["-o", "out"]).ok();
+    // A later step changes: the steps before it are cached, and their tree
+    // (never stored) is rebuilt for it.
+    p.file("two", "2!");
+    let r = p.build(&["-o", "out"]);
+    r.ok();
+    assert_eq!(r.ran(), vec![("s".to_string(), 3), ("s".to_string(), 4)]);
+    assert_eq!(p.read("out/w/a"), "1");
+    assert_eq!(p.read("out/w/b"), "bee");
+    assert_eq!(p.read("out/w/c"), "2!");
+    assert_eq!(p.read("out/w/d"), "3");
+    // The stage now ends at a step whose tree was not stored.
+    p.spec(&spec(false));
+    let r = p.build(&["-o", "out2"]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{:?}", r.ran());
+    assert_eq!(p.read("out2/w/c"), "2!");
+    assert!(!p.exists("out2/w/d"));
+    let again = p.build(&["-o", "out3"]);
+    again.ok();
+    assert!(again.ran().is_empty());
+    assert_eq!(p.read("out3/w/a"), "1");
+}
