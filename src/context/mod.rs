@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 /// Names of ignore files, in order of preference.
 pub const IGNORE_FILES: &[&str] = &[".kilnignore", ".dockerignore"];
@@ -32,8 +32,9 @@ pub struct Snapshot {
     /// Every entry; file digests are placeholders until [`Snapshot::digests`].
     pub tree: Tree,
     stats: HashMap<String, FileStat>,
-    index: Mutex<StatIndex>,
-    hashed: Mutex<HashMap<String, BlobDigest>>,
+    index: RwLock<StatIndex>,
+    /// Files hashed in this build that the index does not vouch for.
+    hashed: RwLock<HashMap<String, BlobDigest>>,
 }
 
 impl Snapshot {
@@ -115,8 +116,8 @@ impl Snapshot {
             dir,
             tree,
             stats,
-            index: Mutex::new(index),
-            hashed: Mutex::new(HashMap::new()),
+            index: RwLock::new(index),
+            hashed: RwLock::new(HashMap::new()),
         })
     }
 
@@ -131,27 +132,23 @@ impl Snapshot {
     }
 
     fn digest(&self, path: &str) -> Result<BlobDigest, Diagnostic> {
-        if let Some(d) = self
-            .hashed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
-            return Ok(*d);
-        }
         let stat = self.stats.get(path).copied();
         if let Some(stat) = stat
             && let Some(d) = self
                 .index
-                .lock()
+                .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .lookup(path, &stat)
         {
-            self.hashed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(path.to_string(), d);
             return Ok(d);
+        }
+        if let Some(d) = self
+            .hashed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return Ok(*d);
         }
         let mut file = self.open_file(path)?;
         let d = hash_reader(&mut file).map_err(|e| self.read_error(path, &e))?;
@@ -160,12 +157,12 @@ impl Snapshot {
             && stat == after
         {
             self.index
-                .lock()
+                .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(path, stat, d);
         }
         self.hashed
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(path.to_string(), d);
         Ok(d)
@@ -218,7 +215,7 @@ impl Snapshot {
 
     /// Save what was hashed, so the next build can skip it.
     pub fn save_index(&self, store: &Store) {
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let _ = index.save(store, &self.stats);
     }
 }

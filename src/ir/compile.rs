@@ -269,7 +269,12 @@ impl Compiler<'_> {
         plugins: &[Plugin],
     ) -> Stage {
         let mut deps = Vec::new();
-        let base = match &decl.from {
+        // `from ${BASE}` picks a stage by arg, as Docker's `FROM ${BASE}` does.
+        let from = decl
+            .from
+            .as_ref()
+            .and_then(|f| self.subst(f).map(|v| Spanned::new(f.span, v)));
+        let base = match &from {
             None => Base::Scratch,
             Some(f) if f.value == "scratch" => Base::Scratch,
             Some(f) => match self.stage_ref(f, names, "to build on") {

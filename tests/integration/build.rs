@@ -622,3 +622,48 @@ fn steps_between_stored_trees_are_replayed_when_needed() {
     assert!(again.ran().is_empty());
     assert_eq!(p.read("out3/w/a"), "1");
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_next_build_goes_on() {
+    let p = Project::new();
+    for i in 0..6 {
+        p.file(&format!("f{i}.bin"), &format!("{i}").repeat(16 << 20));
+    }
+    let mut spec = String::from("kiln 1\nstage all {\n");
+    for i in 0..6 {
+        spec.push_str(&format!("  copy \"f{i}.bin\" \"/\"\n"));
+    }
+    spec.push_str("}\nexport {\n  all to=\"out\"\n}\n");
+    p.spec(&spec);
+    let child = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--progress", "json", "-j", "1"])
+        .current_dir(p.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    // Either the build was interrupted (130), or it had already finished.
+    assert!(
+        code == 130 || code == 0,
+        "exit {code}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if code == 130 {
+        assert!(!p.exists("out"), "an interrupted build must not export");
+    }
+    p.build(&[]).ok();
+    assert_eq!(
+        std::fs::metadata(p.path().join("out/f5.bin"))
+            .unwrap()
+            .len(),
+        16 << 20
+    );
+}

@@ -131,3 +131,47 @@ fn includes_compose_specs() {
     // Export paths are relative to the file that declares them.
     assert_eq!(p.read("pkgs/b/out-b/a.txt"), "from a");
 }
+
+#[test]
+fn an_arg_can_choose_the_base_stage() {
+    let p = Project::new();
+    p.spec(
+        "kiln 1\narg BASE default=\"a\"\nstage a {\n  write \"/x\" \"a\"\n}\nstage b {\n  write \"/x\" \"b\"\n}\nstage s {\n  from \"${BASE}\"\n}\n",
+    );
+    p.build(&["-o", "out-a"]).ok();
+    assert_eq!(p.read("out-a/x"), "a");
+    p.build(&["--arg", "BASE=b", "-o", "out-b"]).ok();
+    assert_eq!(p.read("out-b/x"), "b");
+    let r = p.build(&["--arg", "BASE=c", "-o", "out-c"]);
+    r.code(2);
+    assert!(r.stderr.contains("unknown stage `c`"), "{}", r.stderr);
+}
+
+#[test]
+fn the_terminal_display_shows_stages() {
+    // `script` gives kiln a pseudo-terminal, as a user's shell would.
+    let p = Project::new();
+    p.spec(SPEC);
+    let cmd = format!(
+        "{} build --progress tty",
+        crate::harness::kiln_bin().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(p.path())
+        .env("TERM", "xterm")
+        .output()
+        .expect("`script` (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("✓ lib built"), "{text}");
+    assert!(text.contains("✓ app built"), "{text}");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(p.path())
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("∙ app cached"), "{text}");
+}
