@@ -83,14 +83,17 @@ impl ActionLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut entries = HashMap::new();
-        let mut order = Vec::new();
-        for (key, payload) in parse(&bytes) {
-            if entries.insert(key, payload.to_vec()).is_some() {
-                order.retain(|k| *k != key);
+        // The last record of a key wins; order keys by their last record.
+        let records = parse(&bytes);
+        let mut entries: HashMap<StepKey, Vec<u8>> = HashMap::with_capacity(records.len());
+        let mut order = Vec::with_capacity(records.len());
+        for (key, payload) in records.into_iter().rev() {
+            if let std::collections::hash_map::Entry::Vacant(v) = entries.entry(key) {
+                v.insert(payload.to_vec());
+                order.push(key);
             }
-            order.push(key);
         }
+        order.reverse();
         Ok(ActionLog {
             path: path.to_path_buf(),
             entries: RwLock::new(entries),
