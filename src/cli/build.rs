@@ -205,6 +205,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         Options {
             jobs,
             no_cache: args.no_cache,
+            memo_key: (!args.no_cache).then(|| memo_key(sources, &args.spec, &roots, &graph)),
         },
         &cancel,
         exclude,
@@ -298,6 +299,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         steps_run: outcome.steps_run,
         steps_cached: outcome.steps_cached,
         failures: failures.len(),
+        unchanged: outcome.from_memo,
     });
     progress.finish();
     if outcome.interrupted {
@@ -324,6 +326,31 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
             code,
         })
     }
+}
+
+/// What identifies a build request for the build memo: kiln's version,
+/// every spec file read, the args, the context directory and the stages
+/// asked for.
+fn memo_key(sources: &Sources, spec: &SpecArgs, roots: &[StageId], graph: &Graph) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let field = |h: &mut blake3::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    for f in sources.all() {
+        field(&mut h, f.path.as_os_str().as_encoded_bytes());
+        field(&mut h, f.text.as_bytes());
+    }
+    for a in &spec.args {
+        field(&mut h, a.as_bytes());
+    }
+    let ctx = std::path::absolute(&spec.context).unwrap_or_else(|_| spec.context.clone());
+    field(&mut h, ctx.as_os_str().as_encoded_bytes());
+    for r in roots {
+        field(&mut h, graph.stage(*r).name.as_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// SOURCE_DATE_EPOCH, or 0.

@@ -20,6 +20,20 @@ pub struct FileStat {
 }
 
 impl FileStat {
+    /// Feed every field to a hasher.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        h.update(&self.size.to_le_bytes());
+        h.update(&self.mtime_ns.to_le_bytes());
+        h.update(&self.ctime_ns.to_le_bytes());
+        h.update(&self.ino.to_le_bytes());
+        h.update(&self.dev.to_le_bytes());
+    }
+
+    /// The later of mtime and ctime, in nanoseconds since the epoch.
+    pub fn changed_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+
     pub fn of(m: &std::fs::Metadata) -> FileStat {
         FileStat {
             size: m.len(),
@@ -40,7 +54,7 @@ pub struct StatIndex {
     entries: HashMap<String, (FileStat, BlobDigest)>,
 }
 
-fn now_ns() -> i128 {
+pub fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)

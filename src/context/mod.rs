@@ -121,6 +121,38 @@ impl Snapshot {
         })
     }
 
+    /// A digest of the listing: every path with its kind, mode and symlink
+    /// target, and every file's size, mtime, ctime and inode. `None` while a
+    /// file changed less than two seconds ago (its stat cannot vouch yet).
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        let now = index::now_ns();
+        let mut h = blake3::Hasher::new();
+        for (path, e) in &self.tree.entries {
+            h.update(path.as_bytes());
+            h.update(&[0]);
+            h.update(&e.mode.to_le_bytes());
+            match &e.kind {
+                Kind::File { .. } => {
+                    let stat = self.stats.get(path)?;
+                    if now - stat.changed_ns() < 2_000_000_000 {
+                        return None;
+                    }
+                    h.update(b"f");
+                    stat.hash_into(&mut h);
+                }
+                Kind::Dir => {
+                    h.update(b"d");
+                }
+                Kind::Symlink { target } => {
+                    h.update(b"l");
+                    h.update(target.as_bytes());
+                    h.update(&[0]);
+                }
+            }
+        }
+        Some(*h.finalize().as_bytes())
+    }
+
     /// Digests of the given files (paths in the snapshot), hashing in
     /// parallel those the stat index does not vouch for.
     pub fn digests(&self, paths: &[&str]) -> Result<Vec<BlobDigest>, Diagnostic> {

@@ -104,6 +104,11 @@ impl Sources {
         files.get(id.0 as usize).cloned()
     }
 
+    /// Every file, in the order they were added.
+    pub fn all(&self) -> Vec<Arc<SourceFile>> {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn find(&self, path: &Path) -> Option<SourceId> {
         let files = self.files.read().unwrap_or_else(|e| e.into_inner());
         files

@@ -79,6 +79,8 @@ pub enum Event {
         steps_run: usize,
         steps_cached: usize,
         failures: usize,
+        /// Nothing changed since the last successful build: its result was reused whole.
+        unchanged: bool,
     },
 }
 

@@ -75,8 +75,15 @@ pub fn line(event: &Event) -> Option<String> {
             steps_run,
             steps_cached,
             failures,
+            unchanged,
         } => {
-            if *ok {
+            if *ok && *unchanged {
+                format!(
+                    "build finished in {}: nothing changed, {steps_cached} step{} cached",
+                    human_ms(*ms),
+                    plural(*steps_cached)
+                )
+            } else if *ok {
                 format!(
                     "build finished in {}: {steps_run} step{} run, {steps_cached} cached",
                     human_ms(*ms),

@@ -102,6 +102,16 @@ impl ActionLog {
         })
     }
 
+    /// A log with no entries (for a log that cannot be read: every lookup misses).
+    pub fn empty(path: &Path) -> ActionLog {
+        ActionLog {
+            path: path.to_path_buf(),
+            entries: RwLock::new(HashMap::new()),
+            order: RwLock::new(Vec::new()),
+            append: Mutex::new(None),
+        }
+    }
+
     pub fn get(&self, key: StepKey) -> Option<Action> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         postcard::from_bytes(entries.get(&key)?).ok()

@@ -67,7 +67,8 @@ pub enum IngestError {
 
 pub struct Store {
     root: PathBuf,
-    actions: actions::ActionLog,
+    /// Read on first use: a build answered from its memo never needs it.
+    actions: std::sync::OnceLock<actions::ActionLog>,
     _lock: File,
     counter: AtomicU64,
 }
@@ -113,12 +114,9 @@ impl Store {
             };
             r.map_err(|e| Diagnostic::io("cannot lock the store", &lock_path, &e))?;
         }
-        let log = root.join("actions.log");
-        let actions = actions::ActionLog::load(&log)
-            .map_err(|e| Diagnostic::io("cannot read the action cache", &log, &e))?;
         Ok(Store {
             root: root.to_path_buf(),
-            actions,
+            actions: std::sync::OnceLock::new(),
             _lock: lock,
             counter: AtomicU64::new(0),
         })
@@ -301,20 +299,25 @@ impl Store {
     /// no IO): trees leave the store only with their entries (`kiln gc`),
     /// and a tree damaged or removed by hand is found when it is read.
     pub fn get_action(&self, key: StepKey) -> Option<Action> {
-        self.actions.get(key)
+        self.action_log().get(key)
     }
 
     /// Drop a cache entry whose result turned out to be unreadable.
     pub fn forget_action(&self, key: StepKey) {
-        self.actions.forget(key);
+        self.action_log().forget(key);
     }
 
     pub fn put_action(&self, key: StepKey, state: &Action) -> io::Result<()> {
-        self.actions.put(key, state)
+        self.action_log().put(key, state)
     }
 
     pub fn action_log(&self) -> &actions::ActionLog {
-        &self.actions
+        self.actions.get_or_init(|| {
+            let path = self.root.join("actions.log");
+            // An unreadable log means every step misses; writing to it then
+            // reports the error.
+            actions::ActionLog::load(&path).unwrap_or_else(|_| actions::ActionLog::empty(&path))
+        })
     }
 
     /// Remember which cache entries a build used; `kiln gc` evicts the

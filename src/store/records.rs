@@ -104,7 +104,10 @@ pub fn save_build(
             cached: r.cached,
             why,
         });
-        history.insert(id, r.clone());
+        // A record without inputs (from the build memo) has nothing to add.
+        if !r.inputs.is_empty() {
+            history.insert(id, r.clone());
+        }
     }
     write(store, "steps.json", &history)?;
     write(store, "last.json", &last)?;

@@ -667,3 +667,114 @@ fn ctrl_c_stops_cleanly_and_the_next_build_goes_on() {
         16 << 20
     );
 }
+
+/// Files younger than two seconds are not trusted by their stat; wait
+/// until the project's files are old enough for the memo and stat index.
+fn age_files() {
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+fn unchanged(r: &crate::harness::Run) -> bool {
+    r.events_of("build_finished")[0]["unchanged"] == true
+}
+
+#[test]
+fn an_unchanged_build_is_answered_from_the_memo_and_any_change_is_seen() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+arg V default="1"
+stage a {
+    copy "src/*.txt" "/src/"
+    write "/v" "${V}"
+}
+stage b {
+    copy "/" "/" from=a
+}
+export {
+    b to="out"
+}
+"#,
+    )
+    .file("src/one.txt", "one")
+    .file("src/two.txt", "two");
+    p.build(&[]).ok();
+    age_files();
+    // The first build after the files settle writes the memo...
+    let r = p.build(&[]);
+    r.ok();
+    assert!(!unchanged(&r));
+    // ...and the next is answered from it, with the same events and output.
+    let r = p.build(&[]);
+    r.ok();
+    assert!(unchanged(&r));
+    assert_eq!(r.cached(), 3);
+    assert!(r.ran().is_empty());
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    let r = p.build(&[]);
+    assert!(unchanged(&r));
+    assert_eq!(p.read("out/src/one.txt"), "one");
+
+    // Same size, new content: the memo must not hide it.
+    p.file("src/one.txt", "ONE");
+    let r = p.build(&[]);
+    r.ok();
+    assert!(!unchanged(&r));
+    let ran = r.ran();
+    assert_eq!(
+        ran,
+        [
+            ("a".to_string(), 0),
+            ("a".to_string(), 1),
+            ("b".to_string(), 0)
+        ]
+    );
+    assert_eq!(p.read("out/src/one.txt"), "ONE");
+
+    // A new file that a glob matches.
+    p.file("src/three.txt", "three");
+    let r = p.build(&[]);
+    assert!(!unchanged(&r));
+    assert_eq!(p.read("out/src/three.txt"), "three");
+
+    // Another arg value.
+    age_files();
+    p.build(&[]).ok();
+    assert!(unchanged(&p.build(&[])));
+    let r = p.build(&["--arg", "V=2"]);
+    assert!(!unchanged(&r));
+    assert_eq!(p.read("out/v"), "2");
+
+    // A touched file changes no content: not unchanged, but all cached.
+    age_files();
+    p.build(&[]).ok();
+    assert!(unchanged(&p.build(&[])));
+    let f = std::fs::File::options()
+        .write(true)
+        .open(p.path().join("src/two.txt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    let r = p.build(&[]);
+    r.ok();
+    assert!(!unchanged(&r));
+    assert!(r.ran().is_empty(), "{:?}", r.ran());
+}
+
+#[test]
+fn the_memo_is_not_trusted_when_the_store_lost_the_result() {
+    let p = two_stages();
+    p.build(&[]).ok();
+    age_files();
+    p.build(&[]).ok();
+    assert!(unchanged(&p.build(&[])));
+    for shard in std::fs::read_dir(p.path().join(".kiln/trees"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_dir_all(shard.path()).unwrap();
+    }
+    let r = p.build(&[]);
+    r.ok();
+    assert!(!unchanged(&r));
+    assert_eq!(p.read("out/a.txt"), "A\n");
+}

@@ -1,0 +1,43 @@
+//! The build memo: the whole result of the last successful build, and what
+//! it depended on, so a build that changes nothing finishes without
+//! computing a single step key.
+//!
+//! A memo matches when the caller's key (kiln's version, every spec file's
+//! text, the args and the requested stages) is the same and every context
+//! the build listed has the same fingerprint: the same paths, kinds, modes
+//! and symlink targets, and for every file the same size, mtime, ctime and
+//! inode — the test git and ninja rely on. A memo is not written while any
+//! context file changed in the last two seconds, so an edit within one
+//! clock tick of the build cannot hide. Anything else makes a normal build,
+//! which writes a new memo when it succeeds.
+
+use super::StepRecord;
+use crate::store::state::State;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+pub struct Memo {
+    pub key: [u8; 32],
+    /// Each context the build listed: its id and fingerprint.
+    pub contexts: Vec<(u32, [u8; 32])>,
+    /// Every stage built, in the order it finished: id and result.
+    pub stages: Vec<(u32, State)>,
+    pub records: Vec<StepRecord>,
+}
+
+const FILE: &str = "memo";
+
+pub fn load(store: &crate::store::Store) -> Option<Memo> {
+    let bytes = std::fs::read(store.root().join("records").join(FILE)).ok()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
+pub fn save(store: &crate::store::Store, memo: &Memo) {
+    if let Ok(bytes) = postcard::to_stdvec(memo) {
+        let _ = store.write_atomic(&store.root().join("records").join(FILE), &bytes, 0o644);
+    }
+}
+
+pub fn forget(store: &crate::store::Store) {
+    let _ = std::fs::remove_file(store.root().join("records").join(FILE));
+}
