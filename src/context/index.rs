@@ -20,6 +20,16 @@ pub struct FileStat {
 }
 
 impl FileStat {
+    pub fn from_stat(st: &rustix::fs::Stat) -> FileStat {
+        FileStat {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+            ino: st.st_ino,
+            dev: st.st_dev,
+        }
+    }
+
     /// Feed every field to a hasher.
     pub fn hash_into(&self, h: &mut blake3::Hasher) {
         h.update(&self.size.to_le_bytes());
@@ -62,12 +72,17 @@ pub fn now_ns() -> i128 {
 }
 
 impl StatIndex {
-    pub fn load(store: &Store, context_root: &Path) -> StatIndex {
+    /// Where the index of a context lives in the state dir.
+    pub fn file_for(store: &Store, context_root: &Path) -> PathBuf {
         let name = blake3::hash(context_root.as_os_str().as_encoded_bytes()).to_hex();
-        let file = store
+        store
             .root()
             .join("index")
-            .join(format!("{}.bin", &name[..32]));
+            .join(format!("{}.bin", &name[..32]))
+    }
+
+    pub fn load(file: &Path) -> StatIndex {
+        let file = file.to_path_buf();
         let mut index: StatIndex = std::fs::read(&file)
             .ok()
             .and_then(|b| postcard::from_bytes(&b).ok())
@@ -124,7 +139,7 @@ mod tests {
             ino: 1,
             dev: 1,
         };
-        let mut index = StatIndex::load(&store, &ctx);
+        let mut index = StatIndex::load(&StatIndex::file_for(&store, &ctx));
         index.record("a", old, BlobDigest([1; 32]));
         index.record("b", old, BlobDigest([2; 32]));
         // A file changed a moment ago is not trusted yet.
@@ -135,7 +150,7 @@ mod tests {
         index.record("c", fresh, BlobDigest([3; 32]));
         let present: HashMap<String, FileStat> = [("a".to_string(), old)].into();
         index.save(&store, &present).unwrap();
-        let again = StatIndex::load(&store, &ctx);
+        let again = StatIndex::load(&StatIndex::file_for(&store, &ctx));
         assert_eq!(again.lookup("a", &old), Some(BlobDigest([1; 32])));
         assert_eq!(again.lookup("b", &old), None);
         assert_eq!(again.lookup("c", &fresh), None);

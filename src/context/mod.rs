@@ -9,18 +9,18 @@
 //! lead a read outside it. This module only reads the context.
 
 mod index;
+mod walk;
 
 use crate::diag::Diagnostic;
 use crate::store::digest::BlobDigest;
-use crate::store::tree::{Entry, Kind, Tree};
+use crate::store::tree::{Kind, Tree};
 use crate::store::{IngestError, Store};
 use index::{FileStat, StatIndex};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 /// Names of ignore files, in order of preference.
 pub const IGNORE_FILES: &[&str] = &[".kilnignore", ".dockerignore"];
@@ -32,7 +32,9 @@ pub struct Snapshot {
     /// Every entry; file digests are placeholders until [`Snapshot::digests`].
     pub tree: Tree,
     stats: HashMap<String, FileStat>,
-    index: RwLock<StatIndex>,
+    /// Loaded on first use: listing a context (for the build memo) needs no digests.
+    index: std::sync::OnceLock<RwLock<StatIndex>>,
+    index_file: PathBuf,
     /// Files hashed in this build that the index does not vouch for.
     hashed: RwLock<HashMap<String, BlobDigest>>,
 }
@@ -64,61 +66,38 @@ impl Snapshot {
             .collect();
         let mut tree = Tree::new();
         let mut stats = HashMap::new();
-        let walk_root = root.clone();
-        let walker = ignore::WalkBuilder::new(&root)
-            .standard_filters(false)
-            .hidden(false)
-            .follow_links(false)
-            .threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .filter_entry(move |e| {
-                let p = e.path();
-                if exclude.iter().any(|x| x == p) {
-                    return false;
-                }
-                match (&ignore, p.strip_prefix(&walk_root)) {
-                    (Some(m), Ok(rel)) if !rel.as_os_str().is_empty() => {
-                        let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-                        !m.matched(rel, is_dir).is_ignore()
-                    }
-                    _ => true,
-                }
-            })
-            .build_parallel();
-        // Directories are listed on every core; entries are gathered per
-        // thread and merged (the tree sorts them).
-        let found: Mutex<Vec<Listed>> = Mutex::new(Vec::new());
-        walker.run(|| {
-            let mut batch = Batch {
-                items: Vec::new(),
-                into: &found,
-            };
-            let root = &root;
-            Box::new(move |item| {
-                batch.items.push(list_one(item, root, path));
-                if batch.items.len() >= 256 {
-                    batch.flush();
-                }
-                ignore::WalkState::Continue
-            })
-        });
-        for item in found.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            let Some((rel, entry, stat)) = item? else {
-                continue;
-            };
-            if let Some(stat) = stat {
-                stats.insert(rel.clone(), stat);
+        let exclude: Vec<String> = exclude
+            .iter()
+            .filter_map(|x| x.strip_prefix(&root).ok())
+            .filter_map(|r| r.to_str().map(String::from))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let skip = |rel: &str, is_dir: bool| {
+            exclude.iter().any(|x| x == rel)
+                || ignore
+                    .as_ref()
+                    .is_some_and(|m| m.matched(Path::new(rel), is_dir).is_ignore())
+        };
+        for found in walk::walk(&root, &skip)? {
+            if let Some(stat) = found.stat {
+                stats.insert(found.path.clone(), stat);
             }
-            tree.entries.insert(rel, entry);
+            tree.entries.insert(found.path, found.entry);
         }
-        let index = StatIndex::load(store, &root);
         Ok(Snapshot {
             path: path.to_path_buf(),
             dir,
             tree,
             stats,
-            index: RwLock::new(index),
+            index: std::sync::OnceLock::new(),
+            index_file: StatIndex::file_for(store, &root),
             hashed: RwLock::new(HashMap::new()),
         })
+    }
+
+    fn index(&self) -> &RwLock<StatIndex> {
+        self.index
+            .get_or_init(|| RwLock::new(StatIndex::load(&self.index_file)))
     }
 
     /// A digest of the listing: every path with its kind, mode and symlink
@@ -167,7 +146,7 @@ impl Snapshot {
         let stat = self.stats.get(path).copied();
         if let Some(stat) = stat
             && let Some(d) = self
-                .index
+                .index()
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .lookup(path, &stat)
@@ -188,7 +167,7 @@ impl Snapshot {
         if let (Some(stat), Some(after)) = (stat, after)
             && stat == after
         {
-            self.index
+            self.index()
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(path, stat, d);
@@ -247,88 +226,11 @@ impl Snapshot {
 
     /// Save what was hashed, so the next build can skip it.
     pub fn save_index(&self, store: &Store) {
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        let _ = index.save(store, &self.stats);
-    }
-}
-
-/// One walked path: its tree path, entry and (for files) stat; `None` for
-/// the root and for entries that have no content to copy.
-type Listed = Result<Option<(String, Entry, Option<FileStat>)>, Diagnostic>;
-
-/// A walker thread's findings, handed over in batches and when it ends.
-struct Batch<'a> {
-    items: Vec<Listed>,
-    into: &'a Mutex<Vec<Listed>>,
-}
-
-impl Batch<'_> {
-    fn flush(&mut self) {
-        let mut all = self.into.lock().unwrap_or_else(|e| e.into_inner());
-        all.append(&mut self.items);
-    }
-}
-
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-fn list_one(item: Result<ignore::DirEntry, ignore::Error>, root: &Path, context: &Path) -> Listed {
-    let entry = item.map_err(|e| {
-        Diagnostic::env(
-            "kiln::context::walk",
-            format!("cannot read the context `{}`: {e}", context.display()),
-        )
-    })?;
-    let Ok(rel) = entry.path().strip_prefix(root) else {
-        return Ok(None);
-    };
-    let Some(rel) = rel.to_str() else {
-        return Err(Diagnostic::user(
-            "kiln::context::name",
-            format!("`{}` has a name that is not UTF-8", entry.path().display()),
-        )
-        .with_help("rename the file, or exclude it in `.kilnignore`"));
-    };
-    if rel.is_empty() {
-        return Ok(None);
-    }
-    let m = entry.metadata().map_err(|e| {
-        Diagnostic::env(
-            "kiln::context::walk",
-            format!("cannot stat `{}`: {e}", entry.path().display()),
-        )
-    })?;
-    let ft = m.file_type();
-    let mode = m.mode() & 0o7777;
-    let mut stat = None;
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        let target = std::fs::read_link(entry.path())
-            .map_err(|e| Diagnostic::io("cannot read the symlink", entry.path(), &e))?;
-        Kind::Symlink {
-            target: target.to_string_lossy().into_owned(),
+        if let Some(index) = self.index.get() {
+            let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+            let _ = index.save(store, &self.stats);
         }
-    } else if ft.is_file() {
-        stat = Some(FileStat::of(&m));
-        Kind::File {
-            blob: BlobDigest([0; 32]),
-            size: m.len(),
-        }
-    } else {
-        // Sockets, fifos and devices have no content to copy.
-        return Ok(None);
-    };
-    let entry = Entry {
-        kind,
-        mode,
-        uid: 0,
-        gid: 0,
-    };
-    Ok(Some((rel.to_string(), entry, stat)))
+    }
 }
 
 /// blake3 of everything a reader yields; big buffers are hashed on all cores.

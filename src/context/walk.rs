@@ -1,0 +1,159 @@
+//! Listing a context directory: every entry below the root, on all cores,
+//! without following a single symlink. Each directory is opened relative
+//! to its parent's descriptor (`O_NOFOLLOW`) and each entry is stat'ed
+//! relative to its directory, so no path is resolved twice and nothing
+//! outside the root is ever looked at.
+
+use super::index::FileStat;
+use crate::diag::Diagnostic;
+use crate::store::digest::BlobDigest;
+use crate::store::tree::{Entry, Kind};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// One entry found: its path below the root, its tree entry (file digests
+/// are placeholders) and, for files, its stat.
+pub struct Listed {
+    pub path: String,
+    pub entry: Entry,
+    pub stat: Option<FileStat>,
+}
+
+/// Decides which entries to leave out (with everything below them):
+/// called with the path below the root and whether it is a directory.
+pub type Skip<'a> = dyn Fn(&str, bool) -> bool + Sync + 'a;
+
+struct Walk<'a> {
+    context: &'a Path,
+    skip: &'a Skip<'a>,
+    found: Mutex<Vec<Listed>>,
+    errors: Mutex<Vec<Diagnostic>>,
+}
+
+pub fn walk(root: &Path, skip: &Skip<'_>) -> Result<Vec<Listed>, Diagnostic> {
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Diagnostic::io("cannot open the context", root, &e.into()))?;
+    let w = Walk {
+        context: root,
+        skip,
+        found: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
+    };
+    rayon::scope(|s| list_dir(s, fd, String::new(), &w));
+    if let Some(e) = w
+        .errors
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .next()
+    {
+        return Err(e);
+    }
+    Ok(w.found.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn list_dir<'s>(s: &rayon::Scope<'s>, fd: OwnedFd, rel: String, w: &'s Walk<'s>) {
+    if let Err(e) = list_dir_inner(s, &fd, &rel, w) {
+        w.errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+    }
+}
+
+fn list_dir_inner<'s>(
+    s: &rayon::Scope<'s>,
+    fd: &OwnedFd,
+    rel: &str,
+    w: &'s Walk<'s>,
+) -> Result<(), Diagnostic> {
+    let at = |name: &str| w.context.join(rel).join(name);
+    let io = |what: &str, p: &Path, e: rustix::io::Errno| {
+        Diagnostic::env(
+            "kiln::context::walk",
+            format!("{what} `{}`: {}", p.display(), std::io::Error::from(e)),
+        )
+    };
+    let mut dir =
+        rustix::fs::Dir::read_from(fd).map_err(|e| io("cannot list", &w.context.join(rel), e))?;
+    let mut local = Vec::new();
+    while let Some(item) = dir.read() {
+        let item = item.map_err(|e| io("cannot list", &w.context.join(rel), e))?;
+        let raw = item.file_name();
+        let bytes = raw.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(bytes) else {
+            return Err(Diagnostic::user(
+                "kiln::context::name",
+                format!(
+                    "`{}` has a name that is not UTF-8",
+                    at(&String::from_utf8_lossy(bytes)).display()
+                ),
+            )
+            .with_help("rename the file, or exclude it in `.kilnignore`"));
+        };
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let st = rustix::fs::statat(fd, raw, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("cannot stat", &at(name), e))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if (w.skip)(&path, ft == FileType::Directory) {
+            continue;
+        }
+        let mode = st.st_mode & 0o7777;
+        let mut stat = None;
+        let kind = match ft {
+            FileType::Directory => {
+                let sub = rustix::fs::openat(
+                    fd,
+                    raw,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io("cannot open", &at(name), e))?;
+                let sub_rel = path.clone();
+                s.spawn(move |s| list_dir(s, sub, sub_rel, w));
+                Kind::Dir
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(fd, raw, Vec::new())
+                    .map_err(|e| io("cannot read the symlink", &at(name), e))?;
+                Kind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                }
+            }
+            FileType::RegularFile => {
+                stat = Some(FileStat::from_stat(&st));
+                Kind::File {
+                    blob: BlobDigest([0; 32]),
+                    size: st.st_size as u64,
+                }
+            }
+            // Sockets, fifos and devices have no content to copy.
+            _ => continue,
+        };
+        local.push(Listed {
+            path,
+            entry: Entry {
+                kind,
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+            stat,
+        });
+    }
+    w.found
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&mut local);
+    Ok(())
+}
