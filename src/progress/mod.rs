@@ -154,7 +154,16 @@ pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
     match mode {
         Mode::Json => Box::new(json::Json::new()),
         Mode::Plain => Box::new(plain::Plain::new()),
-        Mode::Tty => Box::new(tty::Tty::new()),
+        Mode::Tty => {
+            // A terminal display that cannot draw (no terminal, TERM=dumb)
+            // would swallow everything: fall back to lines.
+            let t = tty::Tty::new();
+            if t.is_hidden() {
+                Box::new(plain::Plain::new())
+            } else {
+                Box::new(t)
+            }
+        }
         Mode::Auto => {
             let dumb = std::env::var("TERM").map(|t| t == "dumb").unwrap_or(true);
             if std::io::stderr().is_terminal() && !dumb {

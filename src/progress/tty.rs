@@ -20,6 +20,11 @@ impl Tty {
         }
     }
 
+    /// Whether indicatif will draw nothing (stderr is not a terminal).
+    pub fn is_hidden(&self) -> bool {
+        self.mp.is_hidden()
+    }
+
     fn bar(&self, stage: &str) -> ProgressBar {
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         bars.entry(stage.to_string())

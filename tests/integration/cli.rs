@@ -175,3 +175,12 @@ fn the_terminal_display_shows_stages() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("∙ app cached"), "{text}");
 }
+
+#[test]
+fn the_terminal_display_falls_back_to_lines_without_a_terminal() {
+    let p = Project::new();
+    p.spec(SPEC);
+    let r = p.kiln(&["build", "--progress", "tty"]);
+    r.ok();
+    assert!(r.stderr.contains("build finished"), "{}", r.stderr);
+}
