@@ -778,3 +778,24 @@ fn the_memo_is_not_trusted_when_the_store_lost_the_result() {
     assert!(!unchanged(&r));
     assert_eq!(p.read("out/a.txt"), "A\n");
 }
+
+#[test]
+fn when_always_exports_a_failed_stage_as_it_was_before_the_failing_step() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+stage tests {
+    write "/report/summary.txt" "2 passed, 1 failed\n"
+    write "/report/junit.xml" "<testsuite/>\n"
+    copy "missing-artifact" "/"
+}
+export {
+    tests to="report" when="always"
+}
+"#,
+    );
+    let r = p.build(&[]);
+    r.code(1);
+    assert_eq!(p.read("report/report/summary.txt"), "2 passed, 1 failed\n");
+    assert_eq!(p.read("report/report/junit.xml"), "<testsuite/>\n");
+}
