@@ -13,6 +13,8 @@
 # 3. Peak memory of a cold and a no-op build at 1000 stages.
 #
 # Results go to bench/results/*.md; bench/RESULTS.md is the summary.
+# Cold runs start after `sync`, so neither tool pays for the previous
+# run's deleted files being written back (seconds on this disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -84,8 +86,8 @@ for n in "${sizes[@]+"${sizes[@]}"}"; do
         runs=10; [ "$n" -ge 10000 ] && runs=3
         json=$root/bench/results/$shape-$n.json
         ( cd "$d" && hyperfine --style basic --warmup 1 --runs "$runs" --export-json "$json" \
-            --prepare "rm -rf .kiln" -n kiln-cold "$kiln build --target $t --progress plain -j 2" \
-            --prepare "rm -rf out .ninja_log .ninja_deps; mkdir -p out" -n ninja-cold "ninja -j 2 -d keepdepfile >/dev/null" \
+            --prepare "rm -rf .kiln; sync" -n kiln-cold "$kiln build --target $t --progress plain -j 2" \
+            --prepare "rm -rf out .ninja_log .ninja_deps; mkdir -p out; sync" -n ninja-cold "ninja -j 2 -d keepdepfile >/dev/null" \
             --prepare "true" -n kiln-noop "$kiln build --target $t --progress plain -j 2" \
             --prepare "true" -n ninja-noop "ninja -j 2 >/dev/null" \
             --prepare "echo changed-\$RANDOM >> inputs/f$mid.txt" -n kiln-one "$kiln build --target $t --progress plain -j 2" \
