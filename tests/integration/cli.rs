@@ -184,3 +184,58 @@ fn the_terminal_display_falls_back_to_lines_without_a_terminal() {
     r.ok();
     assert!(r.stderr.contains("build finished"), "{}", r.stderr);
 }
+
+#[test]
+fn command_line_mistakes_are_user_errors() {
+    let p = Project::new();
+    let r = p.kiln(&["build"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("cannot read spec file `kiln.kdl`"),
+        "{}",
+        r.stderr
+    );
+    p.spec(SPEC);
+    let r = p.kiln(&["build", "--arg", "NOEQUALS"]);
+    r.code(2);
+    assert!(r.stderr.contains("is not NAME=VALUE"), "{}", r.stderr);
+    let r = p.kiln(&["build", "-o", "type=zip,dest=x"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("`type=zip` is not understood"),
+        "{}",
+        r.stderr
+    );
+    let r = p.kiln(&["build", "--target", "lib", "--target", "app", "-o", "x"]);
+    r.code(2);
+    assert!(r.stderr.contains("several `--target`s"), "{}", r.stderr);
+    let r = p.kiln(&["gc", "--max-size", "lots"]);
+    r.code(2);
+}
+
+#[test]
+fn an_undeclared_arg_is_a_warning() {
+    let p = Project::new();
+    p.spec("kiln 1\narg VERSION default=\"1\"\nstage s {\n  write \"/v\" \"${VERSION}\"\n}\n");
+    let r = p.kiln(&["build", "--progress", "plain", "--arg", "VERSOIN=2"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("`--arg VERSOIN` is not declared"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("did you mean `VERSION`?"), "{}", r.stderr);
+}
+
+#[test]
+fn an_unusable_state_dir_is_an_environment_error() {
+    let p = Project::new();
+    p.spec(SPEC).file("not-a-dir", "x");
+    let r = p.kiln(&["build", "--state-dir", "not-a-dir/state"]);
+    r.code(3);
+    assert!(
+        r.stderr.contains("cannot create the state directory"),
+        "{}",
+        r.stderr
+    );
+}
