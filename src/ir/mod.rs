@@ -56,6 +56,72 @@ impl Graph {
         self.stages.len().checked_sub(1).map(|i| StageId(i as u32))
     }
 
+    /// A stable text dump of the graph (for golden tests and debugging):
+    /// every stage with its base, dependencies and steps (described and in
+    /// canonical form), every context, plugin and export. Paths are shown
+    /// relative to `base_dir` when they are below it.
+    pub fn dump(&self, base_dir: &std::path::Path) -> String {
+        use std::fmt::Write;
+        let rel = |p: &std::path::Path| match p.strip_prefix(base_dir) {
+            Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+            Ok(r) => r.display().to_string(),
+            Err(_) => p.display().to_string(),
+        };
+        let mut out = String::new();
+        for (k, v) in &self.args {
+            let _ = writeln!(out, "arg {k} = {v:?}");
+        }
+        for c in &self.contexts {
+            let name = if c.name.is_empty() {
+                "(default)"
+            } else {
+                &c.name
+            };
+            let _ = writeln!(out, "context {name} = {}", rel(&c.path));
+        }
+        for p in &self.plugins {
+            let _ = writeln!(
+                out,
+                "plugin {} = {} pin {:?}",
+                p.name,
+                rel(&p.path),
+                p.blake3
+            );
+        }
+        for s in &self.stages {
+            let base = match s.base {
+                Base::Scratch => "scratch".to_string(),
+                Base::Stage(b) => self.stage(b).name.clone(),
+            };
+            let deps: Vec<&str> = s
+                .deps
+                .iter()
+                .map(|d| self.stage(*d).name.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "stage {} from {base} needs [{}]",
+                s.name,
+                deps.join(", ")
+            );
+            for (i, step) in s.steps.iter().enumerate() {
+                let _ = writeln!(out, "  {}. {}", i + 1, step.op.describe(self));
+                let _ = writeln!(out, "     {}", step.op.canonical(self));
+            }
+        }
+        for e in &self.exports {
+            let _ = writeln!(
+                out,
+                "export {} to {} as {:?} when {:?}",
+                self.stage(e.stage).name,
+                rel(&e.dest),
+                e.format,
+                e.when
+            );
+        }
+        out
+    }
+
     /// `roots` and every stage they depend on, in dependency order
     /// (a stage comes after all of its dependencies).
     pub fn ancestors(&self, roots: &[StageId]) -> Vec<StageId> {

@@ -5,4 +5,5 @@ mod build;
 mod cli;
 mod examples;
 mod golden;
+mod graph;
 mod harness;
