@@ -799,3 +799,24 @@ export {
     assert_eq!(p.read("report/report/summary.txt"), "2 passed, 1 failed\n");
     assert_eq!(p.read("report/report/junit.xml"), "<testsuite/>\n");
 }
+
+#[test]
+fn long_and_unicode_paths_survive_both_export_formats() {
+    let p = Project::new();
+    let deep = format!(
+        "{}/ünïcødé fïlé.txt",
+        ["segment-with-a-long-name"; 8].join("/")
+    );
+    p.file(&format!("src/{deep}"), "deep\n");
+    p.spec("kiln 1\nstage s {\n  copy \"src/\" \"/\"\n}\nexport {\n  s to=\"out\"\n  s to=\"out.tar\" format=\"tar\"\n}\n");
+    p.build(&[]).ok();
+    assert_eq!(p.read(&format!("out/{deep}")), "deep\n");
+    let bytes = std::fs::read(p.path().join("out.tar")).unwrap();
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.contains(&deep), "{names:?}");
+}
