@@ -538,13 +538,28 @@ fn gc_keeps_what_exports_use() {
     p.build(&[]).ok();
     p.file("a.txt", "A2\n");
     p.build(&["--target", "a"]).ok();
+    let exported: serde_json::Value =
+        serde_json::from_str(&p.read(".kiln/records/exports.json")).unwrap();
+    let tree = exported.as_object().unwrap().values().next().unwrap()["tree"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tree_path = format!(".kiln/trees/{}/{tree}", &tree[..2]);
+    assert!(p.exists(&tree_path));
     let r = p.kiln(&["gc", "--max-size", "1"]);
     r.ok();
     assert!(r.stdout.contains("removed"), "{}", r.stdout);
-    // The exported tree survives; rebuilding the export reruns only what gc evicted.
+    // Whatever the budget, the tree the export holds is kept...
+    assert!(p.exists(&tree_path), "gc removed the exported tree");
+    // ...while the cache entries went, so the next build runs its steps again.
     let again = p.build(&[]);
     again.ok();
+    assert!(!again.ran().is_empty());
     assert_eq!(p.read("out/a.txt"), "A2\n");
+    // A plain gc keeps everything that is still reachable.
+    let r = p.kiln(&["gc"]);
+    r.ok();
+    assert!(p.build(&[]).ran().is_empty());
 }
 
 #[test]
