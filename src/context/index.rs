@@ -64,6 +64,9 @@ pub struct StatIndex {
     entries: HashMap<String, (FileStat, BlobDigest)>,
 }
 
+/// Leads the index file; bump when its shape changes.
+const MAGIC: &[u8] = b"KILNSTAT1";
+
 pub fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -85,7 +88,7 @@ impl StatIndex {
         let file = file.to_path_buf();
         let mut index: StatIndex = std::fs::read(&file)
             .ok()
-            .and_then(|b| postcard::from_bytes(&b).ok())
+            .and_then(|b| postcard::from_bytes(b.strip_prefix(MAGIC)?).ok())
             .unwrap_or_default();
         index.file = file;
         index
@@ -117,7 +120,8 @@ impl StatIndex {
         if !self.dirty && self.entries.len() == before {
             return Ok(());
         }
-        let bytes = postcard::to_stdvec(self).map_err(std::io::Error::other)?;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&postcard::to_stdvec(self).map_err(std::io::Error::other)?);
         store.write_atomic(&self.file, &bytes, 0o644)
     }
 }

@@ -26,14 +26,18 @@ pub struct Memo {
 }
 
 const FILE: &str = "memo";
+/// Leads the file; bump when `Memo` changes shape.
+const MAGIC: &[u8] = b"KILNMEMO1";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
     let bytes = std::fs::read(store.root().join("records").join(FILE)).ok()?;
-    postcard::from_bytes(&bytes).ok()
+    postcard::from_bytes(bytes.strip_prefix(MAGIC)?).ok()
 }
 
 pub fn save(store: &crate::store::Store, memo: &Memo) {
-    if let Ok(bytes) = postcard::to_stdvec(memo) {
+    if let Ok(body) = postcard::to_stdvec(memo) {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&body);
         let _ = store.write_atomic(&store.root().join("records").join(FILE), &bytes, 0o644);
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub type Str = Spanned<String>;
 
 /// A whole spec: the root file plus everything it includes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Spec {
     /// Directory of the root spec file; default context and state dir live relative to it.
     pub dir: PathBuf,
@@ -21,6 +21,7 @@ pub struct Spec {
     pub stages: Vec<StageDecl>,
     pub exports: Vec<ExportDecl>,
     /// Warnings found while reading (a KDL v1 file, say).
+    #[serde(skip)]
     pub warnings: Vec<crate::diag::Diagnostic>,
 }
 
@@ -152,16 +153,12 @@ pub struct ExportDecl {
     pub dir: PathBuf,
 }
 
-/// What one spec file declares, in order, before its includes are read.
+/// What one spec file declares, in order, before its includes are read
+/// (its declarations in `decls`; `dir`, `files` and `warnings` unused).
 /// This is what the parse cache stores per file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Fragment {
-    pub version: Option<Spanned<i128>>,
-    pub args: Vec<ArgDecl>,
-    pub contexts: Vec<ContextDecl>,
-    pub plugins: Vec<PluginDecl>,
-    pub stages: Vec<StageDecl>,
-    pub exports: Vec<ExportDecl>,
+    pub decls: Spec,
     /// `include`s, each with the number of this file's stages before it.
     pub includes: Vec<(Str, usize)>,
 }

@@ -17,6 +17,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
+/// Bump when the record layout or `Action` changes shape: older records
+/// then fail to parse and count as misses.
 const MAGIC: &[u8; 4] = b"KAC2";
 const HEADER: usize = 4 + 32 + 4;
 

@@ -154,6 +154,8 @@ impl Loader<'_> {
         let key = self.sources.get(id).map(|f| {
             let mut h = blake3::Hasher::new();
             h.update(env!("CARGO_PKG_VERSION").as_bytes());
+            // Bump when `Fragment` changes shape: old entries then miss.
+            h.update(b"fragment-v2");
             h.update(&[0]);
             h.update(f.path.as_os_str().as_encoded_bytes());
             h.update(&[0]);
@@ -192,15 +194,16 @@ impl Loader<'_> {
     /// they stand among its stages.
     fn merge(&mut self, id: SourceId, frag: Fragment, dir: &Path) {
         self.spec.files.push(id);
+        let decls = frag.decls;
         if self.spec.version.is_none() {
-            self.spec.version = frag.version;
+            self.spec.version = decls.version;
         }
-        self.spec.args.extend(frag.args);
-        self.spec.contexts.extend(frag.contexts);
-        self.spec.plugins.extend(frag.plugins);
-        self.spec.exports.extend(frag.exports);
+        self.spec.args.extend(decls.args);
+        self.spec.contexts.extend(decls.contexts);
+        self.spec.plugins.extend(decls.plugins);
+        self.spec.exports.extend(decls.exports);
         let mut includes = frag.includes.into_iter().peekable();
-        for (i, stage) in frag.stages.into_iter().enumerate() {
+        for (i, stage) in decls.stages.into_iter().enumerate() {
             while let Some((rel, _)) = includes.next_if(|(_, at)| *at <= i) {
                 self.include(&rel, dir);
             }
@@ -256,7 +259,7 @@ impl Loader<'_> {
                     if let Some(rel) = n.str_arg(0, &mut self.diags)
                         && follow_includes
                     {
-                        self.frag.includes.push((rel, self.frag.stages.len()));
+                        self.frag.includes.push((rel, self.frag.decls.stages.len()));
                     }
                 }
                 other => {
@@ -327,15 +330,15 @@ impl Loader<'_> {
                     .with_help("write `kiln 1`"),
                 );
             }
-            if let Some(prev) = &self.frag.version {
+            if let Some(prev) = &self.frag.decls.version {
                 self.diags.push(
                     Diagnostic::user("kiln::spec::duplicate-version", "`kiln` is given twice")
                         .with_label(v.span, "second version")
                         .with_label(prev.span, "first version"),
                 );
             }
-            if self.frag.version.is_none() {
-                self.frag.version = Some(v);
+            if self.frag.decls.version.is_none() {
+                self.frag.decls.version = Some(v);
             }
         }
     }
@@ -349,7 +352,7 @@ impl Loader<'_> {
         };
         check_name(&name, "arg", &mut self.diags);
         let default = n.str_prop("default", &mut self.diags);
-        self.frag.args.push(ArgDecl {
+        self.frag.decls.args.push(ArgDecl {
             span: n.span(),
             name,
             default,
@@ -364,7 +367,7 @@ impl Loader<'_> {
         let path = n.required_str_prop("path", "context NAME path=\"DIR\"", &mut self.diags);
         if let (Some(name), Some(path)) = (name, path) {
             check_name(&name, "context", &mut self.diags);
-            self.frag.contexts.push(ContextDecl {
+            self.frag.decls.contexts.push(ContextDecl {
                 span: n.span(),
                 name,
                 path,
@@ -392,7 +395,7 @@ impl Loader<'_> {
         }
         if let (Some(name), Some(path)) = (name, path) {
             check_name(&name, "plugin", &mut self.diags);
-            self.frag.plugins.push(PluginDecl {
+            self.frag.decls.plugins.push(PluginDecl {
                 span: n.span(),
                 name,
                 path,
@@ -461,7 +464,7 @@ impl Loader<'_> {
             let Some(to) = c.required_str_prop("to", usage, &mut self.diags) else {
                 continue;
             };
-            self.frag.exports.push(ExportDecl {
+            self.frag.decls.exports.push(ExportDecl {
                 span: c.span(),
                 stage,
                 to,
@@ -491,7 +494,7 @@ impl Loader<'_> {
                 self.step(&Node::new(child, n.source, self.sources), &mut stage);
             }
         }
-        self.frag.stages.push(stage);
+        self.frag.decls.stages.push(stage);
     }
 
     fn step(&mut self, n: &Node, stage: &mut StageDecl) {
