@@ -5,6 +5,7 @@
 //! follow `include`s) but never look at contexts, the cache or the network.
 
 pub mod ast;
+pub mod dockerfile;
 pub mod kdl;
 
 /// A store for lowered spec files, keyed by a digest of everything that

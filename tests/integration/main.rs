@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod conformance;
 mod examples;
 mod golden;
 mod graph;

@@ -1,0 +1,560 @@
+//! Dockerfile word expansion, as the reference implementation (BuildKit's
+//! shell lexer) does it: quotes, the escape character, `$VAR`, `${VAR}`
+//! and the modifiers `:-` `-` `:+` `+` `:?` `?`, prefix and suffix removal
+//! (`#` `##` `%` `%%`) and substitution (`/` `//`), in one word or split
+//! into words.
+//!
+//! Rules worth knowing:
+//! - Single quotes take everything literally; double quotes allow `$` and
+//!   let the escape character escape only `"`, `$` and itself.
+//! - Outside quotes the escape character escapes anything; a trailing one
+//!   is dropped.
+//! - `$1`, `$@`, `$$` and the other positional and special parameters are
+//!   never set, so they expand to nothing.
+//! - When splitting into words, whitespace from an unquoted expansion
+//!   splits words too; whitespace inside quotes never does.
+
+use std::fmt;
+
+/// Why a word could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellError {
+    pub message: String,
+}
+
+impl fmt::Display for ShellError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ShellError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, ShellError> {
+    Err(ShellError {
+        message: message.into(),
+    })
+}
+
+/// Where variables come from: the value of a name, if it is set.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// `NAME=VALUE` pairs; a later pair of the same name wins.
+impl Env for [(String, String)] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn get(&self, name: &str) -> Option<String> {
+        Env::get(self.as_slice(), name)
+    }
+}
+
+/// Expand `input` as one word: quotes removed, escapes applied, variables
+/// expanded; whitespace stays as it is.
+pub fn process_word(input: &str, env: &dyn Env, escape: char) -> Result<String, ShellError> {
+    let mut lx = Lexer::new(input, env, escape);
+    let (word, _) = lx.process_until(None)?;
+    Ok(word)
+}
+
+/// Expand `input` and split it into words, as a shell would.
+pub fn process_words(input: &str, env: &dyn Env, escape: char) -> Result<Vec<String>, ShellError> {
+    let mut lx = Lexer::new(input, env, escape);
+    let (_, words) = lx.process_until(None)?;
+    Ok(words)
+}
+
+struct Lexer<'a> {
+    chars: Vec<char>,
+    pos: usize,
+    env: &'a dyn Env,
+    escape: char,
+}
+
+/// Words being collected: unquoted whitespace ends a word.
+#[derive(Default)]
+struct Words {
+    words: Vec<String>,
+    word: String,
+    in_word: bool,
+}
+
+impl Words {
+    fn add_char(&mut self, c: char) {
+        if c.is_whitespace() {
+            if self.in_word && !self.word.is_empty() {
+                self.words.push(std::mem::take(&mut self.word));
+                self.in_word = false;
+            }
+        } else {
+            self.add_raw_char(c);
+        }
+    }
+
+    fn add_raw_char(&mut self, c: char) {
+        self.word.push(c);
+        self.in_word = true;
+    }
+
+    fn add_string(&mut self, s: &str) {
+        for c in s.chars() {
+            self.add_char(c);
+        }
+    }
+
+    fn add_raw_string(&mut self, s: &str) {
+        self.word.push_str(s);
+        self.in_word = true;
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.word.is_empty() {
+            self.words.push(self.word);
+        }
+        self.words
+    }
+}
+
+impl<'a> Lexer<'a> {
+    fn new(input: &str, env: &'a dyn Env, escape: char) -> Lexer<'a> {
+        Lexer {
+            chars: input.chars().collect(),
+            pos: 0,
+            env,
+            escape,
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let c = self.peek();
+        if c.is_some() {
+            self.pos += 1;
+        }
+        c
+    }
+
+    /// Process up to `stop` (consumed) or the end. Returns the text and the
+    /// words it splits into.
+    fn process_until(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), ShellError> {
+        let mut result = String::new();
+        let mut words = Words::default();
+        while let Some(c) = self.peek() {
+            if Some(c) == stop {
+                self.next();
+                return Ok((result, words.finish()));
+            }
+            match c {
+                '\'' => {
+                    let s = self.single_quoted()?;
+                    words.add_raw_string(&s);
+                    result.push_str(&s);
+                }
+                '"' => {
+                    let s = self.double_quoted()?;
+                    words.add_raw_string(&s);
+                    result.push_str(&s);
+                }
+                '$' => {
+                    let s = self.dollar()?;
+                    words.add_string(&s);
+                    result.push_str(&s);
+                }
+                _ => {
+                    self.next();
+                    if c == self.escape {
+                        // The escape character escapes anything; a trailing one is dropped.
+                        let Some(escaped) = self.next() else { break };
+                        words.add_raw_char(escaped);
+                        result.push(escaped);
+                    } else {
+                        words.add_char(c);
+                        result.push(c);
+                    }
+                }
+            }
+        }
+        if let Some(stop) = stop {
+            return err(format!(
+                "unexpected end of statement while looking for matching {stop}"
+            ));
+        }
+        Ok((result, words.finish()))
+    }
+
+    fn single_quoted(&mut self) -> Result<String, ShellError> {
+        self.next();
+        let mut s = String::new();
+        loop {
+            match self.next() {
+                None => {
+                    return err(
+                        "unexpected end of statement while looking for matching single-quote",
+                    );
+                }
+                Some('\'') => return Ok(s),
+                Some(c) => s.push(c),
+            }
+        }
+    }
+
+    fn double_quoted(&mut self) -> Result<String, ShellError> {
+        self.next();
+        let mut s = String::new();
+        loop {
+            match self.peek() {
+                None => {
+                    return err(
+                        "unexpected end of statement while looking for matching double-quote",
+                    );
+                }
+                Some('"') => {
+                    self.next();
+                    return Ok(s);
+                }
+                Some('$') => s.push_str(&self.dollar()?),
+                Some(c) => {
+                    self.next();
+                    if c == self.escape {
+                        match self.peek() {
+                            // A trailing escape: the missing quote is reported next.
+                            None => continue,
+                            Some(n) if n == '"' || n == '$' || n == self.escape => {
+                                self.next();
+                                s.push(n);
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
+                    s.push(c);
+                }
+            }
+        }
+    }
+
+    /// A variable name: letters, digits and `_`; or a run of digits
+    /// (positional); or one special parameter character.
+    fn name(&mut self) -> String {
+        let mut name = String::new();
+        if let Some(c) = self.peek() {
+            if c.is_ascii_digit() {
+                while let Some(d) = self.peek().filter(|d| d.is_ascii_digit()) {
+                    self.next();
+                    name.push(d);
+                }
+                return name;
+            }
+            if "@*#?-$!0".contains(c) {
+                self.next();
+                name.push(c);
+                return name;
+            }
+        }
+        while let Some(c) = self.peek() {
+            if !(c.is_alphanumeric() || c == '_') {
+                break;
+            }
+            self.next();
+            name.push(c);
+        }
+        name
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        // Positional and special parameters are never set.
+        if name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || "@*#?-$!".contains(c))
+        {
+            return None;
+        }
+        self.env.get(name)
+    }
+
+    /// The word after a modifier, up to the closing `}`.
+    fn word(&mut self) -> Result<String, ShellError> {
+        let at_end = |lx: &Lexer| lx.pos >= lx.chars.len();
+        match self.process_until(Some('}')) {
+            Ok((w, _)) => Ok(w),
+            Err(_) if at_end(self) => err("syntax error: missing '}'"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn dollar(&mut self) -> Result<String, ShellError> {
+        self.next();
+        if self.peek() != Some('{') {
+            let name = self.name();
+            if name.is_empty() {
+                return Ok("$".to_string());
+            }
+            return Ok(self.lookup(&name).unwrap_or_default());
+        }
+        self.next();
+        let name = self.name();
+        let Some(op) = self.next() else {
+            return err("syntax error: missing '}'");
+        };
+        if name.is_empty() {
+            return err(format!(
+                "bad substitution: empty or invalid name before `{op}`"
+            ));
+        }
+        let value = self.lookup(&name);
+        match op {
+            '}' => Ok(value.unwrap_or_default()),
+            '?' => {
+                let word = self.word()?;
+                match value {
+                    Some(v) => Ok(v),
+                    None => err(format!(
+                        "{name}: {}",
+                        if word.is_empty() {
+                            "is not allowed to be unset"
+                        } else {
+                            &word
+                        }
+                    )),
+                }
+            }
+            '-' => {
+                let word = self.word()?;
+                Ok(value.unwrap_or(word))
+            }
+            '+' => {
+                let word = self.word()?;
+                Ok(if value.is_some() { word } else { String::new() })
+            }
+            ':' => {
+                let Some(op) = self.next() else {
+                    return err("syntax error: missing '}'");
+                };
+                let set = value.as_deref().is_some_and(|v| !v.is_empty());
+                match op {
+                    '-' => {
+                        let word = self.word()?;
+                        Ok(if set { value.unwrap_or_default() } else { word })
+                    }
+                    '+' => {
+                        let word = self.word()?;
+                        Ok(if set { word } else { String::new() })
+                    }
+                    '?' => {
+                        let word = self.word()?;
+                        if set {
+                            Ok(value.unwrap_or_default())
+                        } else {
+                            err(format!(
+                                "{name}: {}",
+                                if word.is_empty() {
+                                    "is not allowed to be unset or empty"
+                                } else {
+                                    &word
+                                }
+                            ))
+                        }
+                    }
+                    other => err(format!("unsupported modifier (:{other}) in substitution")),
+                }
+            }
+            '#' | '%' => {
+                let longest = self.peek() == Some(op);
+                if longest {
+                    self.next();
+                }
+                let pattern = self.word()?;
+                let v = value.unwrap_or_default();
+                Ok(if op == '#' {
+                    remove_prefix(&v, &pattern, longest)
+                } else {
+                    remove_suffix(&v, &pattern, longest)
+                })
+            }
+            '/' => {
+                let all = self.peek() == Some('/');
+                if all {
+                    self.next();
+                }
+                let pattern = self.pattern_until_slash()?;
+                let replacement = self.word()?;
+                Ok(substitute(
+                    &value.unwrap_or_default(),
+                    &pattern,
+                    &replacement,
+                    all,
+                ))
+            }
+            other => err(format!("unsupported modifier ({other}) in substitution")),
+        }
+    }
+
+    /// The pattern of `${VAR/pattern/replacement}`: up to an unescaped `/`
+    /// (or `}`, when there is no replacement).
+    fn pattern_until_slash(&mut self) -> Result<String, ShellError> {
+        let mut p = String::new();
+        loop {
+            match self.peek() {
+                None => return err("syntax error: missing '}'"),
+                Some('/') => {
+                    self.next();
+                    return Ok(p);
+                }
+                Some('}') => return Ok(p),
+                Some(c) if c == self.escape => {
+                    self.next();
+                    if let Some(n) = self.next() {
+                        p.push(self.escape);
+                        p.push(n);
+                    }
+                }
+                Some(_) => {
+                    if let Some(c) = self.next() {
+                        p.push(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Does the shell pattern (`*`, `?`, `[…]`, `\x`) match all of `s`?
+fn pattern_matches(pattern: &[char], s: &[char]) -> bool {
+    let Some((&p0, rest)) = pattern.split_first() else {
+        return s.is_empty();
+    };
+    match p0 {
+        '*' => (0..=s.len()).any(|i| pattern_matches(rest, &s[i..])),
+        '?' => !s.is_empty() && pattern_matches(rest, &s[1..]),
+        '[' => {
+            let Some(close) = rest.iter().skip(1).position(|&c| c == ']').map(|i| i + 1) else {
+                return s.first() == Some(&'[') && pattern_matches(rest, &s[1..]);
+            };
+            let Some(&c) = s.first() else { return false };
+            let class = &rest[..close];
+            let (negate, class) = match class.first() {
+                Some('!') | Some('^') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == '-' {
+                    hit |= class[i] <= c && c <= class[i + 2];
+                    i += 3;
+                } else {
+                    hit |= class[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && pattern_matches(&rest[close + 1..], &s[1..])
+        }
+        '\\' if !rest.is_empty() => {
+            s.first() == Some(&rest[0]) && pattern_matches(&rest[1..], &s[1..])
+        }
+        c => s.first() == Some(&c) && pattern_matches(rest, &s[1..]),
+    }
+}
+
+fn remove_prefix(v: &str, pattern: &str, longest: bool) -> String {
+    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
+    let mut cuts: Box<dyn Iterator<Item = usize>> = if longest {
+        Box::new((0..=s.len()).rev())
+    } else {
+        Box::new(0..=s.len())
+    };
+    match cuts.find(|&i| pattern_matches(&p, &s[..i])) {
+        Some(i) => s[i..].iter().collect(),
+        None => v.to_string(),
+    }
+}
+
+fn remove_suffix(v: &str, pattern: &str, longest: bool) -> String {
+    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
+    let mut cuts: Box<dyn Iterator<Item = usize>> = if longest {
+        Box::new(0..=s.len())
+    } else {
+        Box::new((0..=s.len()).rev())
+    };
+    match cuts.find(|&i| pattern_matches(&p, &s[i..])) {
+        Some(i) => s[..i].iter().collect(),
+        None => v.to_string(),
+    }
+}
+
+/// `${VAR/pattern/replacement}`: the first (or every) longest match replaced.
+fn substitute(v: &str, pattern: &str, replacement: &str, all: bool) -> String {
+    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
+    if p.is_empty() {
+        return v.to_string();
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    let mut replaced = false;
+    while i < s.len() {
+        if (!replaced || all)
+            && let Some(end) = (i + 1..=s.len())
+                .rev()
+                .find(|&e| pattern_matches(&p, &s[i..e]))
+        {
+            out.push_str(replacement);
+            i = end;
+            replaced = true;
+            continue;
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Vec<(String, String)> {
+        vec![
+            ("A".into(), "path/to/file.tar.gz".into()),
+            ("E".into(), String::new()),
+        ]
+    }
+
+    #[track_caller]
+    fn check(input: &str, expected: &str) {
+        assert_eq!(
+            process_word(input, &env(), '\\').as_deref(),
+            Ok(expected),
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn pattern_operators() {
+        check("${A#*/}", "to/file.tar.gz");
+        check("${A##*/}", "file.tar.gz");
+        check("${A%.*}", "path/to/file.tar");
+        check("${A%%.*}", "path/to/file");
+        check("${A/t/T}", "paTh/to/file.tar.gz");
+        check("${A//t/T}", "paTh/To/file.Tar.gz");
+        check("${A/[ft]*./X}", "paXgz");
+        check("${A#nomatch}", "path/to/file.tar.gz");
+        check("${E:-x}${E-y}", "x");
+    }
+
+    #[test]
+    fn backtick_escape() {
+        assert_eq!(process_word("a`$b`\"", &env(), '`').unwrap(), "a$b\"");
+    }
+}
