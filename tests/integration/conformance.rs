@@ -114,3 +114,74 @@ fn shell_word_splitting() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(passed, 24);
 }
+
+#[test]
+fn parser_positive_cases_dump_like_the_reference() {
+    let Some(dir) = corpus() else { return };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir.join("parser/testfiles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    cases.sort();
+    let mut passed = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let bytes = std::fs::read(case.join("Dockerfile")).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let expected = std::fs::read_to_string(case.join("result")).unwrap();
+        match kiln::frontend::dockerfile::parse::parse(&text) {
+            Ok(d) if d.dump() == expected => passed += 1,
+            Ok(d) => failures.push(format!(
+                "{}:\n--- expected\n{expected}--- got\n{}",
+                case.display(),
+                d.dump()
+            )),
+            Err(e) => failures.push(format!("{}: {e}", case.display())),
+        }
+    }
+    println!(
+        "parser/testfiles: {passed} passed, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(passed, cases.len());
+    assert!(passed >= 33);
+}
+
+#[test]
+fn parser_negative_cases_are_rejected_with_a_line() {
+    let Some(dir) = corpus() else { return };
+    let mut passed = 0;
+    let mut failures = Vec::new();
+    for e in std::fs::read_dir(dir.join("parser/testfiles-negative"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path().join("Dockerfile")).unwrap();
+        match kiln::frontend::dockerfile::parse::parse(&text) {
+            Err(err) if err.line >= 1 => passed += 1,
+            other => failures.push(format!("{}: {other:?}", e.path().display())),
+        }
+    }
+    println!(
+        "parser/testfiles-negative: {passed} passed, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(passed, 4);
+}
+
+#[test]
+fn parser_line_numbers() {
+    let Some(dir) = corpus() else { return };
+    let text = std::fs::read_to_string(dir.join("parser/testfile-line/Dockerfile")).unwrap();
+    let d = kiln::frontend::dockerfile::parse::parse(&text).unwrap();
+    let spans: Vec<(usize, usize)> = d
+        .instructions
+        .iter()
+        .map(|i| (i.start_line, i.end_line))
+        .collect();
+    assert_eq!(spans, [(5, 5), (11, 12), (17, 31)]);
+    println!("parser/testfile-line: 1 passed, 0 failed");
+}

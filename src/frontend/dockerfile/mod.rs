@@ -3,4 +3,5 @@
 //! implementation's lexer; the instruction parser and the lowering to the
 //! spec AST build on it.
 
+pub mod parse;
 pub mod shell;
