@@ -453,10 +453,11 @@ fn quoted_words(text: &str, escape: char) -> Vec<String> {
                 word.push(c);
                 if c == q {
                     quote = None;
-                } else if c == escape && q == '"' {
-                    if let Some(n) = chars.next() {
-                        word.push(n);
-                    }
+                } else if c == escape
+                    && q == '"'
+                    && let Some(n) = chars.next()
+                {
+                    word.push(n);
                 }
             }
             None => {
@@ -469,13 +470,10 @@ fn quoted_words(text: &str, escape: char) -> Vec<String> {
                 }
                 in_word = true;
                 if c == escape {
-                    match chars.next() {
-                        Some(n) => {
-                            word.push(c);
-                            word.push(n);
-                        }
-                        // A lone escape at the very end is dropped.
-                        None => {}
+                    // A lone escape at the very end is dropped.
+                    if let Some(n) = chars.next() {
+                        word.push(c);
+                        word.push(n);
                     }
                     continue;
                 }
@@ -531,12 +529,11 @@ fn name_values(
     Ok(out)
 }
 
-/// Heredocs an instruction opens: `(name, expand, chomp, fd)`.
-fn heredoc_names(
-    inst: &Instruction,
-    escape: char,
-    at: usize,
-) -> Result<Vec<(String, bool, bool, Option<u32>)>, ParseError> {
+/// A heredoc an instruction opens: `(name, expand, chomp, fd)`.
+type Opened = (String, bool, bool, Option<u32>);
+
+/// Heredocs an instruction opens.
+fn heredoc_names(inst: &Instruction, escape: char, at: usize) -> Result<Vec<Opened>, ParseError> {
     let target = match &inst.args {
         Args::Onbuild(inner) => inner,
         Args::List(_) => inst,
