@@ -1,7 +1,8 @@
-//! The Dockerfile front end. So far: the shell-style word expansion that
-//! Dockerfile instructions use (`shell`), matching the reference
-//! implementation's lexer; the instruction parser and the lowering to the
-//! spec AST build on it.
+//! The Dockerfile front end: `parse` (text → instructions, the line
+//! parser, with the reference AST dump), `instructions` (typed
+//! instructions with the reference's checks) and `shell` (word expansion
+//! and splitting). Lowering to the spec AST builds on these.
 
+pub mod instructions;
 pub mod parse;
 pub mod shell;
