@@ -51,6 +51,12 @@ impl Env for [(String, String)] {
     }
 }
 
+impl Env for &[(String, String)] {
+    fn get(&self, name: &str) -> Option<String> {
+        Env::get(*self, name)
+    }
+}
+
 impl Env for Vec<(String, String)> {
     fn get(&self, name: &str) -> Option<String> {
         Env::get(self.as_slice(), name)
