@@ -129,9 +129,10 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
         GraphFormat::Text => {
             for id in &ids {
                 let s = graph.stage(*id);
-                let base = match s.base {
+                let base = match &s.base {
                     Base::Scratch => "scratch".to_string(),
-                    Base::Stage(b) => graph.stage(b).name.clone(),
+                    Base::Stage(b) => graph.stage(*b).name.clone(),
+                    Base::Image(r) => format!("image {r:?}"),
                 };
                 let mark = if exported.contains(id) {
                     " (exported)"

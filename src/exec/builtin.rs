@@ -19,6 +19,7 @@ pub enum Prepared {
 /// Match a context copy's sources and fill in the digests of the files picked.
 pub fn pick_from_context(snap: &Snapshot, c: &Copy) -> Result<Vec<Picked>, Diagnostic> {
     let mut picked = copy::pick(&snap.tree, &c.sources, Links::Confined, "the context")?;
+    copy::exclude(&mut picked, &c.exclude)?;
     let mut paths: Vec<String> = Vec::new();
     for p in &picked {
         for (rel, e) in &p.items {
@@ -124,7 +125,11 @@ pub fn apply(
                     files
                         .par_iter()
                         .try_for_each(|(path, blob)| snap.ingest(store, path, *blob))?;
-                    picked
+                    if c.unpack {
+                        unpack_archives(store, picked, span)?
+                    } else {
+                        picked
+                    }
                 }
                 (None, Some(src)) => {
                     let name = match c.from {
@@ -133,11 +138,13 @@ pub fn apply(
                         }
                         crate::ir::CopyFrom::Context(_) => "the context".to_string(),
                     };
-                    copy::pick(src, &c.sources, Links::Rootfs, &name)?
+                    let mut picked = copy::pick(src, &c.sources, Links::Rootfs, &name)?;
+                    copy::exclude(&mut picked, &c.exclude)?;
+                    picked
                 }
                 (None, None) => return Err(Diagnostic::internal("copy without a source")),
             };
-            copy::place(tree, &picked, &c.dest, &workdir, ov, span)?;
+            copy::place(tree, &picked, &c.dest, &workdir, ov, c.parents, span)?;
         }
         Op::Write {
             path,
@@ -226,6 +233,51 @@ pub fn apply(
     Ok(())
 }
 
+/// Docker's `ADD` of local files: a source file that is a tar archive
+/// becomes the directory it holds; other files are copied as they are.
+fn unpack_archives(
+    store: &Store,
+    picked: Vec<Picked>,
+    span: Span,
+) -> Result<Vec<Picked>, Diagnostic> {
+    let mut out = Vec::with_capacity(picked.len());
+    for p in picked {
+        let blob = match p.items.first() {
+            Some((_, e)) if !p.is_dir => match e.kind {
+                Kind::File { blob, .. } => Some(blob),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(blob) = blob else {
+            out.push(p);
+            continue;
+        };
+        let bytes = store
+            .read_blob(blob)
+            .map_err(|e| Diagnostic::env("kiln::store::blob", format!("{e}")))?;
+        match super::unpack::unpack(store, &bytes) {
+            Ok(Some(items)) => out.push(Picked {
+                is_dir: true,
+                items,
+                ..p
+            }),
+            Ok(None) => out.push(p),
+            Err(e) => {
+                return Err(Diagnostic::build(
+                    "kiln::copy::unpack",
+                    format!("cannot extract `{}`: {e}", p.path),
+                )
+                .with_label(span, "extracting this archive")
+                .with_help(
+                    "repair the archive, or copy it without extracting (`copy` instead of `ADD`)",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn apply_meta(
     m: &Meta,
     tree: &mut Tree,
@@ -276,6 +328,10 @@ fn apply_meta(
             }
         }
         Meta::Stopsignal(s) => config.stop_signal = Some(s.clone()),
+        Meta::Shell(a) => config.shell = Some(a.clone()),
+        Meta::Healthcheck(h) => config.healthcheck = Some(h.clone()),
+        Meta::Onbuild(i) => config.onbuild.push(i.clone()),
+        Meta::Maintainer(m) => config.author = Some(m.clone()),
     }
     Ok(())
 }

@@ -131,6 +131,54 @@ pub fn pick(
     Ok(out)
 }
 
+/// Leave out what Docker's `--exclude` patterns name. A pattern is matched
+/// against each entry's path below its source (a file source: its name);
+/// matching a directory leaves out everything in it.
+pub fn exclude(picked: &mut Vec<Picked>, patterns: &[String]) -> Result<(), Diagnostic> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let clean = p.trim_start_matches("./").trim_start_matches('/');
+        let glob = globset::GlobBuilder::new(clean.trim_end_matches('/'))
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| {
+                Diagnostic::user(
+                    "kiln::copy::glob",
+                    format!("bad exclude pattern `{p}`: {}", e.kind()),
+                )
+            })?;
+        set.add(glob);
+    }
+    let set = set
+        .build()
+        .map_err(|e| Diagnostic::user("kiln::copy::glob", format!("bad exclude pattern: {e}")))?;
+    let excluded = |path: &str| {
+        let mut prefix = path;
+        loop {
+            if set.is_match(prefix) {
+                return true;
+            }
+            match prefix.rfind('/') {
+                Some(i) => prefix = &prefix[..i],
+                None => return false,
+            }
+        }
+    };
+    picked.retain_mut(|p| {
+        if p.is_dir {
+            p.items.retain(|(rel, _)| rel.is_empty() || !excluded(rel));
+            true
+        } else {
+            !excluded(&p.name)
+        }
+    });
+    Ok(())
+}
+
 /// Metadata a copy imposes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Overrides {
@@ -161,6 +209,7 @@ pub fn place(
     dest: &str,
     workdir: &str,
     ov: Overrides,
+    parents: bool,
     span: Span,
 ) -> Result<(), Diagnostic> {
     let fail = |e: TreeError| {
@@ -171,8 +220,11 @@ pub fn place(
     let target = tree::normalize(dest, workdir);
     let target = tree.resolve(&target, true, Links::Rootfs).map_err(fail)?;
     let several = picked.len() > 1;
-    let into_dir =
-        dest.ends_with('/') || dest.ends_with("/.") || dest == "." || tree.is_dir(&target);
+    let into_dir = parents
+        || dest.ends_with('/')
+        || dest.ends_with("/.")
+        || dest == "."
+        || tree.is_dir(&target);
     if several && !into_dir {
         return Err(Diagnostic::build(
             "kiln::copy::dest",
@@ -190,14 +242,22 @@ pub fn place(
         ov.owner.map_or(0, |o| o.1),
     );
     for p in picked {
+        // `--parents`: each source keeps its path below the destination.
+        let base = if parents && p.is_dir {
+            tree::join(&target, &p.path)
+        } else {
+            target.clone()
+        };
         if p.is_dir {
-            tree.mkdir_all(&target, &dir_template).map_err(fail)?;
+            tree.mkdir_all(&base, &dir_template).map_err(fail)?;
             for (rel, e) in &p.items {
-                let at = tree::join(&target, rel);
+                let at = tree::join(&base, rel);
                 tree.put(&at, ov.apply(e.clone()), true).map_err(fail)?;
             }
         } else {
-            let at = if into_dir {
+            let at = if parents {
+                tree::join(&target, &p.path)
+            } else if into_dir {
                 tree::join(&target, &p.name)
             } else {
                 target.clone()
@@ -257,6 +317,7 @@ mod tests {
             dest,
             workdir,
             Overrides::default(),
+            false,
             Span::new(SourceId(0), 0, 1),
         )
         .unwrap();
@@ -320,6 +381,7 @@ mod tests {
             "one",
             "/",
             Overrides::default(),
+            false,
             Span::new(SourceId(0), 0, 1),
         )
         .unwrap_err();
@@ -340,11 +402,61 @@ mod tests {
             "/d/e/",
             "/",
             ov,
+            false,
             Span::new(SourceId(0), 0, 1),
         )
         .unwrap();
         let f = out.get("d/e/a.c").unwrap();
         assert_eq!((f.mode, f.uid, f.gid), (0o600, 10, 20));
         assert_eq!(out.get("d").unwrap().uid, 10);
+    }
+
+    #[test]
+    fn exclude_matches_below_each_source() {
+        let mut picked = pick(&ctx(), &[sp("src"), sp("README")], Links::Confined, "ctx").unwrap();
+        exclude(&mut picked, &["*.c".to_string(), "README".to_string()]).unwrap();
+        assert_eq!(picked.len(), 1);
+        let rels: Vec<&str> = picked[0].items.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["sub", "sub/c.h"]);
+        // A directory pattern leaves out everything in it.
+        let mut picked = pick(&ctx(), &[sp("src")], Links::Confined, "ctx").unwrap();
+        exclude(&mut picked, &["sub/".to_string()]).unwrap();
+        let rels: Vec<&str> = picked[0].items.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["a.c", "b.c"]);
+    }
+
+    #[test]
+    fn parents_keep_source_paths() {
+        let picked = pick(
+            &ctx(),
+            &[sp("src/*.c"), sp("src/sub")],
+            Links::Confined,
+            "ctx",
+        )
+        .unwrap();
+        let mut out = Tree::new();
+        let span = Span::new(SourceId(0), 0, 1);
+        place(
+            &mut out,
+            &picked,
+            "/o",
+            "/",
+            Overrides::default(),
+            true,
+            span,
+        )
+        .unwrap();
+        let got: Vec<&str> = out.entries.keys().map(String::as_str).collect();
+        assert_eq!(
+            got,
+            [
+                "o",
+                "o/src",
+                "o/src/a.c",
+                "o/src/b.c",
+                "o/src/sub",
+                "o/src/sub/c.h"
+            ]
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::store::digest::StepKey;
 use serde::{Deserialize, Serialize};
 
 /// Bump to invalidate every cached step when the meaning of keys changes.
-const KEY_VERSION: &str = "kiln-step-v1";
+const KEY_VERSION: &str = "kiln-step-v2";
 
 /// One named input of a key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ mod builtin;
 pub mod copy;
 pub mod key;
 pub mod memo;
+pub mod unpack;
 
 use crate::context::Snapshot;
 use crate::diag::Diagnostic;
@@ -510,13 +511,22 @@ impl<'a> Executor<'a> {
             diagnostic: Box::new(d),
             last_good: last_good.map(Box::new),
         };
-        let (base, start) = match stage.base {
+        let (base, start) = match &stage.base {
             Base::Scratch => match self.empty_state() {
                 Ok(s) => (s, "scratch".to_string()),
                 Err(d) => return Err(failed(d, None)),
             },
+            Base::Image(reference) => {
+                let d = Diagnostic::build(
+                    "kiln::exec::image-base",
+                    format!("stage `{}` is built on the image `{reference}`, and this version of kiln cannot fetch images", stage.name),
+                )
+                .with_label(stage.from_span.unwrap_or(stage.span), "an image base")
+                .with_help("build on `scratch` or on a stage of this build; stages that do not need this one still build");
+                return Err(failed(d, None));
+            }
             Base::Stage(b) => {
-                let s = inputs[&b].clone();
+                let s = inputs[b].clone();
                 let start = format!("stage:{}", s.digest().hex());
                 (s, start)
             }

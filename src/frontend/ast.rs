@@ -57,6 +57,8 @@ pub struct StageDecl {
     pub span: Span,
     pub name: Str,
     pub from: Option<Str>,
+    /// `from image="REF"`: an OCI image as the base.
+    pub image: Option<Str>,
     pub steps: Vec<StepDecl>,
 }
 
@@ -78,6 +80,12 @@ pub enum StepKind {
         context: Option<Str>,
         chmod: Option<Str>,
         chown: Option<Str>,
+        /// Patterns of source entries left out (Docker's `--exclude`).
+        exclude: Vec<Str>,
+        /// Keep each source's parent directories (Docker's `--parents`).
+        parents: bool,
+        /// Extract sources that are tar archives (Docker's `ADD`).
+        unpack: bool,
     },
     Write {
         path: Str,
@@ -105,15 +113,47 @@ pub enum StepKind {
     Expose(Vec<Str>),
     Volume(Vec<Str>),
     Stopsignal(Str),
+    /// The shell that runs shell-form commands (Docker's `SHELL`).
+    Shell(Vec<Str>),
+    Healthcheck(HealthcheckDecl),
+    /// An instruction recorded for images built on this one (Docker's `ONBUILD`).
+    Onbuild(Str),
+    /// The image's author (Docker's `MAINTAINER`).
+    Maintainer(Str),
     /// `wasm PLUGIN ARG…`: a plugin step.
     Wasm {
         plugin: Str,
         args: Vec<Str>,
     },
     /// `run "cmd"`: a shell command in a sandbox.
-    Run {
-        command: Vec<Str>,
-    },
+    Run(RunDecl),
+}
+
+/// `run COMMAND… [exec=#true] [network=…] [security=…] { env …; mount … }`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunDecl {
+    pub command: Vec<Str>,
+    /// Exec form: the arguments are the program and its arguments; otherwise
+    /// the one argument is a script for the stage's shell.
+    pub exec: bool,
+    /// Build-time environment (Docker's `ARG`s in scope), not kept on the stage.
+    pub env: Vec<Pair>,
+    /// Docker `--mount` specifications, as written.
+    pub mounts: Vec<Str>,
+    pub network: Option<Str>,
+    pub security: Option<Str>,
+}
+
+/// `healthcheck NONE` or `healthcheck CMD|CMD-SHELL ARG… [interval=…] …`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthcheckDecl {
+    /// `["NONE"]`, `["CMD", …]` or `["CMD-SHELL", …]`, as Docker's image config has it.
+    pub test: Vec<Str>,
+    pub interval: Option<Str>,
+    pub timeout: Option<Str>,
+    pub start_period: Option<Str>,
+    pub start_interval: Option<Str>,
+    pub retries: Option<Str>,
 }
 
 impl StepKind {
@@ -134,6 +174,10 @@ impl StepKind {
             StepKind::Expose(_) => "expose",
             StepKind::Volume(_) => "volume",
             StepKind::Stopsignal(_) => "stopsignal",
+            StepKind::Shell(_) => "shell",
+            StepKind::Healthcheck(_) => "healthcheck",
+            StepKind::Onbuild(_) => "onbuild",
+            StepKind::Maintainer(_) => "maintainer",
             StepKind::Wasm { .. } => "wasm",
             StepKind::Run { .. } => "run",
         }

@@ -274,7 +274,12 @@ impl Compiler<'_> {
             .from
             .as_ref()
             .and_then(|f| self.subst(f).map(|v| Spanned::new(f.span, v)));
+        let image = decl
+            .image
+            .as_ref()
+            .and_then(|i| self.subst(i).map(|v| Spanned::new(i.span, v)));
         let base = match &from {
+            None if image.is_some() => Base::Image(image.map(|i| i.value).unwrap_or_default()),
             None => Base::Scratch,
             Some(f) if f.value == "scratch" => Base::Scratch,
             Some(f) => match self.stage_ref(f, names, "to build on") {
@@ -298,6 +303,7 @@ impl Compiler<'_> {
         deps.dedup();
         Stage {
             id,
+            from_span: decl.from.as_ref().or(decl.image.as_ref()).map(|f| f.span),
             name: decl.name.value.clone(),
             span: decl.name.span,
             base,
@@ -358,6 +364,39 @@ impl Compiler<'_> {
         }
     }
 
+    /// Check a substituted value against the words it may be.
+    fn choice(
+        &mut self,
+        decl: &Option<Str>,
+        value: &Option<Option<String>>,
+        allowed: &[&str],
+        what: &str,
+    ) -> bool {
+        let (Some(d), Some(Some(v))) = (decl, value) else {
+            return true;
+        };
+        if allowed.contains(&v.as_str()) {
+            return true;
+        }
+        self.diags.push(
+            Diagnostic::user(
+                "kiln::spec::run-mode",
+                format!("`{v}` is not a {what} mode"),
+            )
+            .with_label(d.span, format!("expected {}", allowed.join(", ")))
+            .with_help(format!("write `{what}=\"{}\"`", allowed[0])),
+        );
+        false
+    }
+
+    /// Substitute an optional string: `Some(None)` when absent, `None` on error.
+    fn opt(&mut self, s: &Option<Str>) -> Option<Option<String>> {
+        match s {
+            None => Some(None),
+            Some(s) => self.subst(s).map(Some),
+        }
+    }
+
     fn non_empty(&mut self, s: &Str, value: &str, what: &str) -> bool {
         if value.is_empty() {
             self.diags.push(
@@ -387,8 +426,38 @@ impl Compiler<'_> {
                 context,
                 chmod,
                 chown,
+                exclude,
+                parents,
+                unpack,
             } => {
                 let srcs = self.spanned_strings(sources);
+                let exclude = self.strings(exclude)?;
+                for (pat, decl) in exclude.iter().zip(exclude_spans(kind)) {
+                    if let Err(e) = globset::Glob::new(pat) {
+                        self.diags.push(
+                            Diagnostic::user(
+                                "kiln::spec::glob",
+                                format!("bad exclude pattern `{pat}`: {}", e.kind()),
+                            )
+                            .with_label(decl, "not a valid pattern")
+                            .with_help("use `*`, `?`, `[abc]` and `**`"),
+                        );
+                        return None;
+                    }
+                }
+                if *unpack && let Some(f) = from {
+                    self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::unpack",
+                            "`unpack=#true` extracts archives from a context, not from a stage",
+                        )
+                        .with_label(f.span, "from a stage")
+                        .with_help(
+                            "copy the archive from the stage, then extract it with a plugin",
+                        ),
+                    );
+                    return None;
+                }
                 let dest_v = self.subst(dest);
                 let from = match (from, context) {
                     (Some(f), _) => {
@@ -456,6 +525,9 @@ impl Compiler<'_> {
                     from,
                     chmod,
                     chown,
+                    exclude,
+                    parents: *parents,
+                    unpack: *unpack,
                 })
             }
             StepKind::Write {
@@ -578,9 +650,87 @@ impl Compiler<'_> {
                     args: args?,
                 }
             }
-            StepKind::Run { command } => Op::Run {
-                command: self.strings(command)?,
-            },
+            StepKind::Run(r) => {
+                let command = self.strings(&r.command);
+                let env = self.pairs(&r.env);
+                let mounts = self.strings(&r.mounts);
+                let network = self.opt(&r.network);
+                let security = self.opt(&r.security);
+                let modes_ok =
+                    self.choice(
+                        &r.network,
+                        &network,
+                        &["default", "none", "host"],
+                        "network",
+                    ) & self.choice(&r.security, &security, &["sandbox", "insecure"], "security");
+                if !modes_ok {
+                    return None;
+                }
+                Op::Run(RunOp {
+                    command: command?,
+                    exec: r.exec,
+                    env: env?,
+                    mounts: mounts?,
+                    network: network?,
+                    security: security?,
+                })
+            }
+            StepKind::Shell(a) => Op::Meta(Meta::Shell(self.strings(a)?)),
+            StepKind::Onbuild(i) => Op::Meta(Meta::Onbuild(self.subst(i)?)),
+            StepKind::Maintainer(m) => Op::Meta(Meta::Maintainer(self.subst(m)?)),
+            StepKind::Healthcheck(h) => {
+                let test = self.strings(&h.test)?;
+                let mut dur = |d: &Option<Str>| -> Result<Option<u64>, ()> {
+                    let Some(d) = d else { return Ok(None) };
+                    let v = self.subst(d).ok_or(())?;
+                    match crate::frontend::dockerfile::instructions::duration(&v) {
+                        Some(t) => Ok(Some(t.as_nanos() as u64)),
+                        None => {
+                            self.diags.push(
+                                Diagnostic::user(
+                                    "kiln::spec::duration",
+                                    format!("`{v}` is not a duration"),
+                                )
+                                .with_label(d.span, "expected a duration")
+                                .with_help("write a duration like \"30s\", \"1m30s\" or \"500ms\""),
+                            );
+                            Err(())
+                        }
+                    }
+                };
+                let interval = dur(&h.interval).ok()?;
+                let timeout = dur(&h.timeout).ok()?;
+                let start_period = dur(&h.start_period).ok()?;
+                let start_interval = dur(&h.start_interval).ok()?;
+                let retries = match &h.retries {
+                    None => None,
+                    Some(r) => {
+                        let v = self.subst(r)?;
+                        match v.parse::<u32>() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                self.diags.push(
+                                    Diagnostic::user(
+                                        "kiln::spec::retries",
+                                        format!("`{v}` is not a retry count"),
+                                    )
+                                    .with_label(r.span, "expected a whole number")
+                                    .with_help("write `retries=3`"),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Op::Meta(Meta::Healthcheck(crate::store::state::Healthcheck {
+                    test,
+                    interval,
+                    timeout,
+                    start_period,
+                    start_interval,
+                    retries,
+                }))
+            }
         })
     }
 
@@ -745,5 +895,13 @@ fn join(dir: &Path, p: &str) -> PathBuf {
         path.to_path_buf()
     } else {
         dir.join(path)
+    }
+}
+
+/// The spans of a copy step's exclude patterns.
+fn exclude_spans(kind: &StepKind) -> Vec<crate::diag::Span> {
+    match kind {
+        StepKind::Copy { exclude, .. } => exclude.iter().map(|e| e.span).collect(),
+        _ => Vec::new(),
     }
 }

@@ -89,9 +89,10 @@ impl Graph {
             );
         }
         for s in &self.stages {
-            let base = match s.base {
+            let base = match &s.base {
                 Base::Scratch => "scratch".to_string(),
-                Base::Stage(b) => self.stage(b).name.clone(),
+                Base::Stage(b) => self.stage(*b).name.clone(),
+                Base::Image(r) => format!("image {r:?}"),
             };
             let deps: Vec<&str> = s
                 .deps
@@ -151,15 +152,19 @@ pub struct Stage {
     /// The `stage NAME` line.
     pub span: Span,
     pub base: Base,
+    /// The `from` line, when there is one.
+    pub from_span: Option<Span>,
     pub steps: Vec<Step>,
     /// Stages this one reads (base, `copy from=`), sorted, without duplicates.
     pub deps: Vec<StageId>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
     Scratch,
     Stage(StageId),
+    /// An OCI image by reference (`from image="…"`).
+    Image(String),
 }
 
 #[derive(Clone, Debug)]
@@ -195,9 +200,18 @@ pub enum Op {
         plugin: PluginId,
         args: Vec<String>,
     },
-    Run {
-        command: Vec<String>,
-    },
+    Run(RunOp),
+}
+
+/// A `run` step after substitution.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOp {
+    pub command: Vec<String>,
+    pub exec: bool,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<String>,
+    pub network: Option<String>,
+    pub security: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +222,12 @@ pub struct Copy {
     pub from: CopyFrom,
     pub chmod: Option<u32>,
     pub chown: Option<Owner>,
+    /// Patterns of entries left out, matched against source paths.
+    pub exclude: Vec<String>,
+    /// Keep each source's parent directories below the destination.
+    pub parents: bool,
+    /// Extract sources that are tar archives.
+    pub unpack: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +256,10 @@ pub enum Meta {
     Expose(Vec<String>),
     Volume(Vec<String>),
     Stopsignal(String),
+    Shell(Vec<String>),
+    Healthcheck(crate::store::state::Healthcheck),
+    Onbuild(String),
+    Maintainer(String),
 }
 
 impl Op {
@@ -255,6 +279,9 @@ impl Op {
                     },
                     "chmod": c.chmod,
                     "chown": c.chown,
+                    "exclude": c.exclude,
+                    "parents": c.parents,
+                    "unpack": c.unpack,
                 }
             }),
             Op::Write {
@@ -275,7 +302,7 @@ impl Op {
                 "plugin": graph.plugins[plugin.0 as usize].name,
                 "args": args,
             }}),
-            Op::Run { command } => json!({"run": command}),
+            Op::Run(r) => json!({ "run": r }),
         };
         v.to_string()
     }
@@ -333,6 +360,10 @@ impl Op {
                 Meta::Expose(a) => format!("expose {}", a.join(" ")),
                 Meta::Volume(a) => format!("volume {}", quote(a)),
                 Meta::Stopsignal(s) => format!("stopsignal {s}"),
+                Meta::Shell(a) => format!("shell {}", quote(a)),
+                Meta::Healthcheck(h) => format!("healthcheck {}", quote(&h.test)),
+                Meta::Onbuild(i) => format!("onbuild {i:?}"),
+                Meta::Maintainer(m) => format!("maintainer {m:?}"),
             },
             Op::Wasm { plugin, args } => {
                 format!(
@@ -341,7 +372,7 @@ impl Op {
                     quote(args)
                 )
             }
-            Op::Run { command } => format!("run {}", quote(command)),
+            Op::Run(r) => format!("run {}", quote(&r.command)),
         }
     }
 }

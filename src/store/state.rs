@@ -18,6 +18,25 @@ pub struct ImageConfig {
     pub exposed_ports: BTreeSet<String>,
     pub volumes: BTreeSet<String>,
     pub stop_signal: Option<String>,
+    /// The shell for shell-form commands; `/bin/sh -c` when unset.
+    pub shell: Option<Vec<String>>,
+    pub healthcheck: Option<Healthcheck>,
+    /// Instructions recorded for images built on this one.
+    pub onbuild: Vec<String>,
+    pub author: Option<String>,
+}
+
+/// A container health check, as Docker's image config has it (durations in
+/// nanoseconds; `None` leaves the runtime's default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["NONE"]`, `["CMD", prog, arg…]` or `["CMD-SHELL", script]`.
+    pub test: Vec<String>,
+    pub interval: Option<u64>,
+    pub timeout: Option<u64>,
+    pub start_period: Option<u64>,
+    pub start_interval: Option<u64>,
+    pub retries: Option<u32>,
 }
 
 impl ImageConfig {

@@ -130,7 +130,7 @@ fn list(inst: &Instruction) -> &[String] {
 }
 
 /// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`.
-fn duration(s: &str) -> Option<Duration> {
+pub fn duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
     }

@@ -11,8 +11,8 @@ mod node;
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ParseCache;
 use crate::frontend::ast::{
-    ArgDecl, ContextDecl, ExportDecl, Fragment, PluginDecl, Spec, StageDecl, StepDecl, StepKind,
-    Str,
+    ArgDecl, ContextDecl, ExportDecl, Fragment, HealthcheckDecl, PluginDecl, RunDecl, Spec,
+    StageDecl, StepDecl, StepKind, Str,
 };
 use ::kdl::KdlDocument;
 use node::Node;
@@ -40,6 +40,10 @@ pub const STEP_NODES: &[&str] = &[
     "expose",
     "volume",
     "stopsignal",
+    "shell",
+    "healthcheck",
+    "onbuild",
+    "maintainer",
     "wasm",
     "run",
 ];
@@ -155,7 +159,7 @@ impl Loader<'_> {
             let mut h = blake3::Hasher::new();
             h.update(env!("CARGO_PKG_VERSION").as_bytes());
             // Bump when `Fragment` changes shape: old entries then miss.
-            h.update(b"fragment-v2");
+            h.update(b"fragment-v3");
             h.update(&[0]);
             h.update(f.path.as_os_str().as_encoded_bytes());
             h.update(&[0]);
@@ -487,6 +491,7 @@ impl Loader<'_> {
             span: n.span(),
             name,
             from: None,
+            image: None,
             steps: Vec::new(),
         };
         if let Some(children) = n.node.children() {
@@ -500,15 +505,24 @@ impl Loader<'_> {
     fn step(&mut self, n: &Node, stage: &mut StageDecl) {
         let d = &mut self.diags;
         let name = n.node.name().value();
-        if name != "env" && name != "label" {
+        if !matches!(name, "env" | "label" | "copy" | "run") {
             n.no_children(d);
         }
         let kind = match name {
             "from" => {
-                n.arity(1, Some(1), "from scratch|STAGE", d);
-                n.no_props(d);
-                if let Some(base) = n.str_arg(0, d) {
-                    if let Some(prev) = &stage.from {
+                let usage = "from scratch|STAGE | from image=\"REF\"";
+                n.allow_props(&["image"], d);
+                let image = n.str_prop("image", d);
+                let base = if image.is_some() {
+                    n.arity(0, Some(0), usage, d);
+                    image.clone()
+                } else {
+                    n.arity(1, Some(1), usage, d);
+                    n.str_arg(0, d)
+                };
+                if let Some(base) = base {
+                    let prev = stage.from.as_ref().or(stage.image.as_ref());
+                    if let Some(prev) = prev {
                         d.push(
                             Diagnostic::user(
                                 "kiln::spec::duplicate-from",
@@ -529,6 +543,8 @@ impl Loader<'_> {
                             .with_label(n.span(), "after a step")
                             .with_help("move `from` to the top of the stage"),
                         );
+                    } else if image.is_some() {
+                        stage.image = Some(base);
                     } else {
                         stage.from = Some(base);
                     }
@@ -536,10 +552,19 @@ impl Loader<'_> {
                 return;
             }
             "copy" => {
-                let usage =
-                    "copy SRC… DEST [from=STAGE|context=NAME] [chmod=MODE] [chown=USER:GROUP]";
+                let usage = "copy SRC… DEST [from=STAGE|context=NAME] [chmod=MODE] [chown=USER:GROUP] [parents=#true] [unpack=#true] { exclude PATTERN… }";
                 n.arity(2, None, usage, d);
-                n.allow_props(&["from", "context", "chmod", "chown"], d);
+                n.allow_props(
+                    &["from", "context", "chmod", "chown", "parents", "unpack"],
+                    d,
+                );
+                let mut exclude = Vec::new();
+                for c in n.children(&["exclude"], d) {
+                    c.arity(1, None, "exclude PATTERN…", d);
+                    c.no_props(d);
+                    c.no_children(d);
+                    exclude.extend(c.str_args(d));
+                }
                 let mut all = n.str_args(d);
                 if all.len() < 2 {
                     return;
@@ -566,6 +591,9 @@ impl Loader<'_> {
                     context,
                     chmod: n.mode_prop("chmod", d),
                     chown: n.str_prop("chown", d),
+                    exclude,
+                    parents: n.bool_prop("parents", d).unwrap_or(false),
+                    unpack: n.bool_prop("unpack", d).unwrap_or(false),
                 }
             }
             "write" => {
@@ -622,6 +650,55 @@ impl Loader<'_> {
             "cmd" => StepKind::Cmd(list(n, 0, "cmd ARG…", d)),
             "expose" => StepKind::Expose(list(n, 1, "expose PORT[/PROTO]…", d)),
             "volume" => StepKind::Volume(list(n, 1, "volume PATH…", d)),
+            "shell" => StepKind::Shell(list(n, 1, "shell PROGRAM ARG…", d)),
+            "onbuild" => match one_string(n, "onbuild \"INSTRUCTION\"", d) {
+                Some(s) => StepKind::Onbuild(s),
+                None => return,
+            },
+            "maintainer" => match one_string(n, "maintainer NAME", d) {
+                Some(s) => StepKind::Maintainer(s),
+                None => return,
+            },
+            "healthcheck" => {
+                let usage = "healthcheck NONE | healthcheck CMD|CMD-SHELL ARG… [interval=D] [timeout=D] [start-period=D] [start-interval=D] [retries=N]";
+                n.arity(1, None, usage, d);
+                n.allow_props(
+                    &[
+                        "interval",
+                        "timeout",
+                        "start-period",
+                        "start-interval",
+                        "retries",
+                    ],
+                    d,
+                );
+                let test = n.str_args(d);
+                let Some(kind) = test.first() else { return };
+                let ok = match kind.value.as_str() {
+                    "NONE" => test.len() == 1 && n.node.entries().len() == 1,
+                    "CMD" | "CMD-SHELL" => test.len() > 1,
+                    _ => false,
+                };
+                if !ok {
+                    d.push(
+                        Diagnostic::user(
+                            "kiln::spec::healthcheck",
+                            "a healthcheck is `NONE`, or `CMD`/`CMD-SHELL` with a command",
+                        )
+                        .with_label(kind.span, "expected NONE, CMD or CMD-SHELL")
+                        .with_help(format!("usage: `{usage}`")),
+                    );
+                    return;
+                }
+                StepKind::Healthcheck(HealthcheckDecl {
+                    test,
+                    interval: n.str_prop("interval", d),
+                    timeout: n.str_prop("timeout", d),
+                    start_period: n.str_prop("start-period", d),
+                    start_interval: n.str_prop("start-interval", d),
+                    retries: n.str_prop("retries", d),
+                })
+            }
             "wasm" => {
                 n.arity(1, None, "wasm PLUGIN ARG…", d);
                 let mut args = n.str_args(d);
@@ -632,10 +709,41 @@ impl Loader<'_> {
                 StepKind::Wasm { plugin, args }
             }
             "run" => {
-                n.arity(1, None, "run COMMAND…", d);
-                StepKind::Run {
-                    command: n.str_args(d),
+                let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] { env NAME=VALUE…; mount SPEC… }";
+                n.arity(1, None, usage, d);
+                n.allow_props(&["exec", "network", "security"], d);
+                let command = n.str_args(d);
+                let exec = n.bool_prop("exec", d).unwrap_or(false);
+                if !exec && command.len() > 1 {
+                    d.push(
+                        Diagnostic::user(
+                            "kiln::spec::run",
+                            "a shell-form `run` takes one script",
+                        )
+                        .with_label(n.span(), "several arguments")
+                        .with_help("join them into one script, or add `exec=#true` to run a program with these arguments"),
+                    );
                 }
+                let mut env = Vec::new();
+                let mut mounts = Vec::new();
+                for c in n.children(&["env", "mount"], d) {
+                    if c.node.name().value() == "env" {
+                        env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d));
+                    } else {
+                        c.arity(1, None, "mount \"type=…,target=…\"…", d);
+                        c.no_props(d);
+                        c.no_children(d);
+                        mounts.extend(c.str_args(d));
+                    }
+                }
+                StepKind::Run(RunDecl {
+                    command,
+                    exec,
+                    env,
+                    mounts,
+                    network: n.str_prop("network", d),
+                    security: n.str_prop("security", d),
+                })
             }
             other => {
                 let mut diag = Diagnostic::user(

@@ -180,6 +180,40 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The nodes of the children block, each checked against `allowed` names.
+    pub fn children(&self, allowed: &[&str], d: &mut Diagnostics) -> Vec<Node<'a>> {
+        let Some(children) = self.node.children() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for child in children.nodes() {
+            let c = Node {
+                node: child,
+                source: self.source,
+                text: self.text.clone(),
+            };
+            let name = child.name().value();
+            if allowed.contains(&name) {
+                out.push(c);
+                continue;
+            }
+            let mut diag = Diagnostic::user(
+                "kiln::spec::children",
+                format!(
+                    "`{name}` is not allowed inside `{}`",
+                    self.node.name().value()
+                ),
+            )
+            .with_label(c.name_span(), "unknown here");
+            diag = match did_you_mean(name, allowed.iter().copied()) {
+                Some(s) => diag.with_help(format!("did you mean `{s}`?")),
+                None => diag.with_help(format!("allowed here: {}", allowed.join(", "))),
+            };
+            d.push(diag);
+        }
+        out
+    }
+
     pub fn no_children(&self, d: &mut Diagnostics) {
         if let Some(children) = self.node.children() {
             let name = self.node.name().value();
