@@ -40,6 +40,29 @@ pub fn load(
         args: args.arg_pairs()?,
         context_dir: args.context.clone(),
     };
+    if crate::frontend::dockerfile::lower::is_dockerfile(&path) {
+        let imported = crate::frontend::dockerfile::lower::load(
+            &path,
+            &display_path(&path),
+            sources,
+            &options.args,
+        )?;
+        // Build args went to the Dockerfile's `ARG`s; the spec declares none.
+        let options = crate::ir::CompileOptions {
+            args: Vec::new(),
+            ..options
+        };
+        let (graph, mut warnings) = compile(&imported.spec, &options, sources)?;
+        // Of the import's notes, only unused build args matter to a build;
+        // the rest are located errors when the stage concerned is built.
+        warnings.extend(
+            imported
+                .notes
+                .into_iter()
+                .filter(|n| n.code == "kiln::dockerfile::unused-arg"),
+        );
+        return Ok((imported.spec, graph, warnings));
+    }
     let spec = match crate::frontend::kdl::load(&path, &display_path(&path), sources, cache) {
         Ok(spec) => spec,
         Err(e) => {
@@ -56,6 +79,108 @@ pub fn load(
     let (graph, mut warnings) = compile(&spec, &options, sources)?;
     warnings.splice(0..0, spec.warnings.iter().cloned());
     Ok((spec, graph, warnings))
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The Dockerfile to import
+    #[arg(default_value = "Dockerfile")]
+    pub dockerfile: PathBuf,
+    /// Write the spec to this file instead of standard output
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace the output file if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Set a build arg the Dockerfile declares with `ARG` (repeatable)
+    #[arg(long = "build-arg", visible_alias = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// Leave out the notes on what the import could not carry over
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `kiln import`: the Dockerfile as a KDL spec, with notes on anything
+/// kiln cannot carry over exactly.
+pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
+    use crate::frontend::dockerfile::lower;
+    use crate::frontend::kdl::emit;
+    let spec_args = SpecArgs {
+        context: PathBuf::from("."),
+        file: None,
+        args: args.args.clone(),
+    };
+    let build_args = spec_args.arg_pairs()?;
+    let path = &args.dockerfile;
+    let shown = display_path(path);
+    let imported = lower::load(path, &shown, sources, &build_args)?;
+    // What is written must compile; a failure here is a kiln bug, not the user's.
+    let options = crate::ir::CompileOptions {
+        args: Vec::new(),
+        context_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
+    };
+    compile(&imported.spec, &options, sources)?;
+    let mut header = vec![format!(
+        "Imported from {} by `kiln import`.",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| shown.clone())
+    )];
+    if build_args.is_empty() {
+        header.push(
+            "Dockerfile ARGs have their defaults here; re-import with --build-arg to change them."
+                .into(),
+        );
+    } else {
+        let given: Vec<String> = build_args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        header.push(format!(
+            "Dockerfile ARGs were expanded with --build-arg {}.",
+            given.join(" ")
+        ));
+    }
+    let comments = emit::Comments {
+        header,
+        stages: imported
+            .origins
+            .iter()
+            .map(|(line, text)| Some(format!("Dockerfile line {line}: {}", text.trim())))
+            .collect(),
+    };
+    let text = emit::write(&imported.spec, &comments);
+    if !args.quiet && !imported.notes.is_empty() {
+        eprint!("{}", render_all(&imported.notes, sources));
+    }
+    match &args.output {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(out) => {
+            if out.exists() && !args.force {
+                return Err(Diagnostic::user(
+                    "kiln::import::exists",
+                    format!("`{}` already exists", out.display()),
+                )
+                .with_help("pass `--force` to replace it, or choose another file with `-o`")
+                .into());
+            }
+            let tmp = out.with_file_name(format!(
+                ".{}.{}.tmp",
+                out.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            std::fs::write(&tmp, &text)
+                .and_then(|_| std::fs::rename(&tmp, out))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    Diagnostic::io("cannot write the spec", out, &e)
+                })?;
+            eprintln!("kiln: wrote {}", out.display());
+            Ok(())
+        }
+    }
 }
 
 fn print_warnings(ws: &[Diagnostic], sources: &Sources) {

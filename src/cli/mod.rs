@@ -33,6 +33,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Check a spec without building anything
     Check(SpecArgs),
+    /// Write the KDL spec equivalent to a Dockerfile
+    Import(commands::ImportArgs),
     /// Print the stage graph (text, or Graphviz with `--format dot`)
     Graph(commands::GraphArgs),
     /// Show, for each step of the last build, whether it was cached and why it ran
@@ -49,7 +51,7 @@ pub struct SpecArgs {
     /// The build context: the directory `copy` reads from
     #[arg(default_value = ".")]
     pub context: PathBuf,
-    /// The spec file [default: CONTEXT/kiln.kdl]
+    /// The spec file: KDL, or a Dockerfile [default: CONTEXT/kiln.kdl, else CONTEXT/Dockerfile]
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     /// Set an arg declared in the spec (repeatable)
@@ -59,9 +61,18 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     pub fn spec_path(&self) -> PathBuf {
-        self.file
-            .clone()
-            .unwrap_or_else(|| self.context.join("kiln.kdl"))
+        if let Some(f) = &self.file {
+            return f.clone();
+        }
+        let kdl = self.context.join("kiln.kdl");
+        if kdl.exists() {
+            return kdl;
+        }
+        ["Dockerfile", "Containerfile"]
+            .iter()
+            .map(|n| self.context.join(n))
+            .find(|p| p.is_file())
+            .unwrap_or(kdl)
     }
 
     /// `--arg` values as pairs.
@@ -148,6 +159,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => build::run(&a, &sources),
         Command::Check(a) => commands::check(&a, &sources),
+        Command::Import(a) => commands::import(&a, &sources),
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),

@@ -8,3 +8,4 @@ mod examples;
 mod golden;
 mod graph;
 mod harness;
+mod import;

@@ -5,6 +5,7 @@
 //! splitting). Lowering to the spec AST builds on these.
 
 pub mod instructions;
+pub mod lower;
 pub mod parse;
 pub mod scope;
 pub mod shell;

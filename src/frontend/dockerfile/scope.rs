@@ -27,8 +27,32 @@ pub struct StageSource {
     pub platform: Option<String>,
     pub line: usize,
     pub items: Vec<(usize, Inst)>,
-    /// The environment at the end of the stage (what a stage built on it starts with).
+    /// The `ENV` environment at the end of the stage (what a stage built
+    /// on it starts with; `ARG`s do not carry over).
     pub env: Vec<(String, String)>,
+    /// What words are expanded with at the current point: `ENV`s and `ARG`s.
+    vars: Vec<(String, String)>,
+}
+
+/// The platform args BuildKit defines without a declaration: visible to
+/// `FROM`, and to a stage that declares them with `ARG NAME`.
+pub fn platform_args() -> Vec<(String, String)> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    let platform = format!("linux/{arch}");
+    let mut out = Vec::new();
+    for prefix in ["BUILD", "TARGET"] {
+        out.push((format!("{prefix}PLATFORM"), platform.clone()));
+        out.push((format!("{prefix}OS"), "linux".to_string()));
+        out.push((format!("{prefix}ARCH"), arch.to_string()));
+        out.push((format!("{prefix}VARIANT"), String::new()));
+    }
+    out
 }
 
 /// What a Dockerfile declares before its first stage.
@@ -76,7 +100,7 @@ pub fn stages(
     };
     let mut globals = Globals::default();
     // Global args with their values, as `FROM` lines see them.
-    let mut meta: Vec<(String, String)> = Vec::new();
+    let mut meta: Vec<(String, String)> = platform_args();
     let mut out: Vec<StageSource> = Vec::new();
     for inst in &d.instructions {
         let line = inst.start_line;
@@ -126,6 +150,7 @@ pub fn stages(
                     platform,
                     line,
                     items: Vec::new(),
+                    vars: env.clone(),
                     env,
                 });
             }
@@ -158,7 +183,7 @@ fn expand_inst(
     escape: char,
     line: usize,
 ) -> Result<Inst, ParseError> {
-    let env = stage.env.clone();
+    let env = stage.vars.clone();
     let one = |w: &str| expand(w, &env, escape, line);
     Ok(match inst {
         Inst::Arg(decls) => {
@@ -178,7 +203,8 @@ fn expand_inst(
                 if let Some(v) = &value
                     && !stage.env.iter().any(|(k, _)| *k == name)
                 {
-                    stage.env.push((name.clone(), v.clone()));
+                    stage.vars.retain(|(k, _)| *k != name);
+                    stage.vars.push((name.clone(), v.clone()));
                 }
                 out.push((name, value));
             }
@@ -188,9 +214,12 @@ fn expand_inst(
             let mut out = Vec::new();
             for (k, v) in pairs {
                 let k = one(&k)?;
-                let v = expand(&v, &stage.env, escape, line)?;
+                // Every word sees the environment from before the instruction.
+                let v = expand(&v, &env, escape, line)?;
                 stage.env.retain(|(n, _)| *n != k);
                 stage.env.push((k.clone(), v.clone()));
+                stage.vars.retain(|(n, _)| *n != k);
+                stage.vars.push((k.clone(), v.clone()));
                 out.push((k, v));
             }
             Inst::Env(out)
@@ -336,5 +365,43 @@ mod tests {
                 .message
                 .contains("should not be blank")
         );
+    }
+
+    #[test]
+    fn env_words_see_the_environment_before_the_instruction() {
+        let (_, s) = run(
+            "FROM scratch\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\n",
+            &[],
+        );
+        assert_eq!(
+            s[0].items[1].1,
+            Inst::Env(vec![
+                ("abc".into(), "bye".into()),
+                ("def".into(), "hello".into())
+            ])
+        );
+        assert_eq!(
+            s[0].items[2].1,
+            Inst::Env(vec![("ghi".into(), "bye".into())])
+        );
+    }
+
+    #[test]
+    fn args_do_not_carry_into_stages_built_on_them() {
+        let (_, s) = run(
+            "FROM scratch AS a\nARG X=1\nENV Y=2\nFROM a\nWORKDIR /${X:-none}/$Y\n",
+            &[],
+        );
+        assert_eq!(s[1].items[0].1, Inst::Workdir("/none/2".into()));
+        assert_eq!(s[0].env, vec![("Y".to_string(), "2".to_string())]);
+    }
+
+    #[test]
+    fn platform_args_are_predefined() {
+        let (_, s) = run(
+            "FROM scratch\nARG TARGETOS\nARG BUILDOS=other\nWORKDIR /$TARGETOS/$BUILDOS\n",
+            &[],
+        );
+        assert_eq!(s[0].items[2].1, Inst::Workdir("/linux/other".into()));
     }
 }

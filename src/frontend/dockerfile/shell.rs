@@ -78,6 +78,27 @@ pub fn process_words(input: &str, env: &dyn Env, escape: char) -> Result<Vec<Str
     Ok(words)
 }
 
+/// Expand variables in a heredoc body: quotes are kept as they are, and the
+/// escape character only protects a `$`.
+pub fn expand_heredoc(input: &str, env: &dyn Env, escape: char) -> Result<String, ShellError> {
+    let mut lx = Lexer::new(input, env, escape);
+    let mut out = String::new();
+    while let Some(c) = lx.peek() {
+        if c == '$' {
+            out.push_str(&lx.dollar()?);
+            continue;
+        }
+        lx.next();
+        if c == escape && lx.peek() == Some('$') {
+            lx.next();
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 struct Lexer<'a> {
     chars: Vec<char>,
     pos: usize,
@@ -562,5 +583,14 @@ mod tests {
     #[test]
     fn backtick_escape() {
         assert_eq!(process_word("a`$b`\"", &env(), '`').unwrap(), "a$b\"");
+    }
+
+    #[test]
+    fn heredoc_bodies_keep_quotes() {
+        let env = vec![("A".to_string(), "1".to_string())];
+        assert_eq!(
+            expand_heredoc("echo \"$A\" '${A}' \\$A \\n ${B:-x}\n", &env, '\\').unwrap(),
+            "echo \"1\" '1' $A \\n x\n"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! problem it finds, not just the first. Knows nothing of stages' meaning:
 //! name resolution and substitution happen in `ir`.
 
+pub mod emit;
 mod node;
 
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};

@@ -1,0 +1,823 @@
+//! Lowering a Dockerfile to the spec AST, with Docker's semantics carried
+//! over: stages by name and index, `ARG`/`ENV` values expanded as Docker
+//! expands them, `COPY`/`ADD` flags, heredoc files, image metadata, `RUN`
+//! as a `run` step. Spans point into the Dockerfile, so every later error
+//! names its line.
+//!
+//! Every string put into the AST has `${` and `$$` escaped (`$${`, `$$$$`):
+//! Docker's expansion is done here, and kiln's own substitution must leave
+//! the text alone. `kiln import` writes the same AST as KDL, so building
+//! the Dockerfile and building its import compile to the same graph.
+
+use super::instructions::{Command, CopyInst, Healthcheck, Inst};
+use super::parse::{Dockerfile, Heredoc, Instruction, ParseError, parse};
+use super::scope::{StageSource, stages};
+use super::shell::expand_heredoc;
+use crate::diag::{Diagnostic, SourceId, Sources, Span, Spanned};
+use crate::frontend::ast::{
+    HealthcheckDecl, Pair, RunDecl, Spec, StageDecl, StepDecl, StepKind, Str,
+};
+use std::path::Path;
+
+/// A Dockerfile lowered to a spec.
+#[derive(Debug)]
+pub struct Imported {
+    pub spec: Spec,
+    /// For each stage of `spec`, the Dockerfile line it comes from and the
+    /// line's text (for `kiln import`'s comments).
+    pub origins: Vec<(usize, String)>,
+    /// What the import could not carry over exactly, located; shown by
+    /// `kiln import`, and by `kiln build` only when it matters.
+    pub notes: Vec<Diagnostic>,
+}
+
+/// Escape a string so kiln's `${…}` substitution gives it back unchanged.
+pub fn escape_subst(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' && matches!(chars.peek(), Some('$') | Some('{')) {
+            out.push('$');
+        }
+    }
+    out
+}
+
+/// Whether a Dockerfile path names a Dockerfile (rather than a KDL spec).
+pub fn is_dockerfile(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name == "dockerfile"
+        || name == "containerfile"
+        || name.starts_with("dockerfile.")
+        || name.ends_with(".dockerfile")
+        || name.starts_with("containerfile.")
+        || name.ends_with(".containerfile")
+}
+
+/// Read and lower a Dockerfile. `name` is how it is shown in diagnostics.
+pub fn load(
+    path: &Path,
+    name: &str,
+    sources: &Sources,
+    build_args: &[(String, String)],
+) -> Result<Imported, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![
+            Diagnostic::user(
+                "kiln::dockerfile::read",
+                format!("cannot read Dockerfile `{name}`: {e}"),
+            )
+            .with_help("pass the Dockerfile with `-f FILE`"),
+        ]
+    })?;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let id = sources.add(name.to_string(), abs, text.clone());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    lower_text(&text, id, &dir, build_args)
+}
+
+/// Lower a Dockerfile already in `sources` as `id`.
+pub fn lower_text(
+    text: &str,
+    id: SourceId,
+    dir: &Path,
+    build_args: &[(String, String)],
+) -> Result<Imported, Vec<Diagnostic>> {
+    let lines = LineIndex::new(text, id);
+    let located = |e: ParseError| {
+        vec![
+            Diagnostic::user("kiln::dockerfile::syntax", e.message.clone())
+                .with_label(lines.span(e.line), "here")
+                .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
+        ]
+    };
+    let d = parse(text).map_err(located)?;
+    let (globals, sources) = stages(&d, build_args).map_err(located)?;
+    let mut l = Lowerer {
+        d: &d,
+        text,
+        lines: &lines,
+        sources: &sources,
+        names: Vec::new(),
+        spec: Spec {
+            dir: dir.to_path_buf(),
+            files: vec![id],
+            ..Spec::default()
+        },
+        origins: Vec::new(),
+        notes: Vec::new(),
+        errors: Vec::new(),
+        image_stages: Vec::new(),
+    };
+    l.directives();
+    l.names = stage_names(&sources);
+    for (i, s) in sources.iter().enumerate() {
+        l.stage(i, s);
+    }
+    // Stages made for `COPY --from=IMAGE` go last, so indexes stay Docker's.
+    for (name, image, span) in std::mem::take(&mut l.image_stages) {
+        let line = lines.line_of(span);
+        l.origins.push((line, lines.text(line).to_string()));
+        l.spec.stages.push(StageDecl {
+            span,
+            name: Spanned::new(span, name),
+            from: None,
+            image: Some(Spanned::new(span, escape_subst(&image))),
+            steps: Vec::new(),
+        });
+    }
+    // Build args nothing declares are reported, as Docker warns of them.
+    let mut declared: Vec<&str> = globals.args.iter().map(|(n, _)| n.as_str()).collect();
+    for s in &sources {
+        for (_, inst) in &s.items {
+            if let Inst::Arg(decls) = inst {
+                declared.extend(decls.iter().map(|(n, _)| n.as_str()));
+            }
+        }
+    }
+    for (k, _) in build_args {
+        if !declared.contains(&k.as_str()) {
+            l.notes.push(
+                Diagnostic::warning(
+                    "kiln::dockerfile::unused-arg",
+                    format!("the build arg `{k}` is not declared by any `ARG` in the Dockerfile"),
+                )
+                .with_help("check its spelling, or declare it with `ARG`"),
+            );
+        }
+    }
+    if !l.errors.is_empty() {
+        return Err(l.errors);
+    }
+    Ok(Imported {
+        spec: l.spec,
+        origins: l.origins,
+        notes: l.notes,
+    })
+}
+
+/// Line numbers to byte ranges.
+struct LineIndex<'a> {
+    text: &'a str,
+    id: SourceId,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str, id: SourceId) -> LineIndex<'a> {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, id, starts }
+    }
+
+    /// The text of a 1-based line, without its newline.
+    fn text(&self, line: usize) -> &'a str {
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let rest = self.text.get(start..).unwrap_or("");
+        rest.split('\n').next().unwrap_or("").trim_end_matches('\r')
+    }
+
+    /// A span over a line's text.
+    fn span(&self, line: usize) -> Span {
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        Span::new(self.id, start, self.text(line).len().max(1))
+    }
+
+    fn line_of(&self, span: Span) -> usize {
+        match self.starts.binary_search(&(span.start as usize)) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+/// Each Docker stage's name in the spec: its `AS` name, or `stage-N`.
+fn stage_names(sources: &[StageSource]) -> Vec<String> {
+    let taken: Vec<&str> = sources.iter().filter_map(|s| s.name.as_deref()).collect();
+    sources
+        .iter()
+        .map(|s| match &s.name {
+            Some(n) => n.clone(),
+            None => {
+                let mut name = format!("stage-{}", s.index);
+                while taken.contains(&name.as_str()) {
+                    name.push('_');
+                }
+                name
+            }
+        })
+        .collect()
+}
+
+struct Lowerer<'a> {
+    d: &'a Dockerfile,
+    text: &'a str,
+    lines: &'a LineIndex<'a>,
+    sources: &'a [StageSource],
+    names: Vec<String>,
+    spec: Spec,
+    origins: Vec<(usize, String)>,
+    notes: Vec<Diagnostic>,
+    errors: Vec<Diagnostic>,
+    /// Stages standing for images that `COPY --from` names: (name, image, span).
+    image_stages: Vec<(String, String, Span)>,
+}
+
+/// What one stage has seen so far, for the instructions after.
+#[derive(Default)]
+struct StageState {
+    /// `ARG`s in scope with values, for `RUN`'s environment.
+    args: Vec<(String, String)>,
+    /// `ENV` names set in this stage or inherited (an `ENV` hides an `ARG`).
+    env: Vec<(String, String)>,
+    /// The last `CMD` of this stage, which a later `ENTRYPOINT` keeps.
+    cmd: Option<Vec<Str>>,
+    /// The shell for shell-form commands.
+    shell: Vec<String>,
+}
+
+impl Lowerer<'_> {
+    fn span(&self, line: usize) -> Span {
+        self.lines.span(line)
+    }
+
+    fn s(&self, line: usize, value: &str) -> Str {
+        Spanned::new(self.span(line), escape_subst(value))
+    }
+
+    fn note(&mut self, line: usize, message: String, help: &str) {
+        self.notes.push(
+            Diagnostic::warning("kiln::dockerfile::import", message)
+                .with_label(self.span(line), "here")
+                .with_help(help.to_string()),
+        );
+    }
+
+    fn error(&mut self, line: usize, message: String, label: &str, help: &str) {
+        self.errors.push(
+            Diagnostic::user("kiln::dockerfile::unsupported", message)
+                .with_label(self.span(line), label.to_string())
+                .with_help(help.to_string()),
+        );
+    }
+
+    fn directives(&mut self) {
+        if let Some(syntax) = &self.d.directives.syntax {
+            self.note(
+                1,
+                format!("the `syntax={syntax}` directive picks a BuildKit frontend image; kiln reads the Dockerfile itself"),
+                "the whole Dockerfile language is read; the directive has no effect",
+            );
+        }
+    }
+
+    /// The instruction that starts on `line`.
+    fn instruction(&self, line: usize) -> Option<&Instruction> {
+        self.d.instructions.iter().find(|i| i.start_line == line)
+    }
+
+    /// A stage reference (`FROM x`, `COPY --from=x`): the index of an
+    /// earlier stage (by name or number), or `None` for an image.
+    fn stage_ref(&self, reference: &str, before: usize) -> Option<usize> {
+        let lower = reference.to_ascii_lowercase();
+        self.sources[..before]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+            .or_else(|| reference.parse::<usize>().ok().filter(|i| *i < before))
+    }
+
+    fn stage(&mut self, index: usize, src: &StageSource) {
+        let line = src.line;
+        let span = self.span(line);
+        self.origins.push((line, self.lines.text(line).to_string()));
+        let mut decl = StageDecl {
+            span,
+            name: Spanned::new(span, self.names[index].clone()),
+            from: None,
+            image: None,
+            steps: Vec::new(),
+        };
+        let mut st = StageState {
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            ..StageState::default()
+        };
+        if src.base.eq_ignore_ascii_case("scratch") {
+            decl.from = Some(self.s(line, "scratch"));
+        } else if let Some(b) = self.stage_ref(&src.base, index) {
+            decl.from = Some(self.s(line, &self.names[b]));
+            st.env = self.sources[b].env.clone();
+            st.shell = self.final_shell(b);
+        } else {
+            decl.image = Some(self.s(line, &src.base));
+            self.note(
+                line,
+                format!("stage `{}` is built on the image `{}`, which this version of kiln cannot fetch", decl.name.value, src.base),
+                "building this stage (or a stage that needs it) fails until images can be fetched; stages that do not need it build",
+            );
+        }
+        if let Some(p) = &src.platform {
+            self.note(
+                line,
+                format!(
+                    "`--platform={p}` is not carried over: kiln builds for the platform it runs on"
+                ),
+                "stages built from scratch do not depend on the platform",
+            );
+        }
+        for (line, inst) in &src.items {
+            self.inst(*line, inst, index, &mut st, &mut decl.steps);
+        }
+        self.spec.stages.push(decl);
+    }
+
+    /// The shell a stage ends with (what `FROM stage` starts with).
+    fn final_shell(&self, index: usize) -> Vec<String> {
+        let mut shell = vec!["/bin/sh".to_string(), "-c".to_string()];
+        let s = &self.sources[index];
+        if let Some(b) = self.stage_ref(&s.base, index) {
+            shell = self.final_shell(b);
+        }
+        for (_, inst) in &s.items {
+            if let Inst::Shell(sh) = inst {
+                shell = sh.clone();
+            }
+        }
+        shell
+    }
+
+    fn strs(&self, line: usize, values: &[String]) -> Vec<Str> {
+        values.iter().map(|v| self.s(line, v)).collect()
+    }
+
+    fn pairs(&self, line: usize, kv: &[(String, String)]) -> Vec<Pair> {
+        kv.iter()
+            .map(|(k, v)| (self.s(line, k), self.s(line, v)))
+            .collect()
+    }
+
+    /// A shell-form command as the image config holds it: the shell, then the text.
+    fn command(&self, line: usize, c: &Command, shell: &[String]) -> Vec<Str> {
+        match c {
+            Command::Exec(args) => self.strs(line, args),
+            Command::Shell(text) => {
+                let mut v = shell.to_vec();
+                v.push(text.clone());
+                self.strs(line, &v)
+            }
+        }
+    }
+
+    fn inst(
+        &mut self,
+        line: usize,
+        inst: &Inst,
+        index: usize,
+        st: &mut StageState,
+        steps: &mut Vec<StepDecl>,
+    ) {
+        let span = self.span(line);
+        let mut push = |kind: StepKind| steps.push(StepDecl { span, kind });
+        match inst {
+            Inst::From { .. } => {}
+            Inst::Arg(decls) => {
+                for (name, value) in decls {
+                    if let Some(v) = value {
+                        st.args.retain(|(k, _)| k != name);
+                        st.args.push((name.clone(), v.clone()));
+                    }
+                }
+            }
+            Inst::Env(kv) => {
+                for (k, v) in kv {
+                    st.env.retain(|(n, _)| n != k);
+                    st.env.push((k.clone(), v.clone()));
+                }
+                push(StepKind::Env(self.pairs(line, kv)));
+            }
+            Inst::Label(kv) => push(StepKind::Label(self.pairs(line, kv))),
+            Inst::Workdir(p) => push(StepKind::Workdir(self.s(line, p))),
+            Inst::User(u) => push(StepKind::User(self.s(line, u))),
+            Inst::Maintainer(m) => push(StepKind::Maintainer(self.s(line, m))),
+            Inst::Stopsignal(s) => push(StepKind::Stopsignal(self.s(line, s))),
+            Inst::Expose(p) => push(StepKind::Expose(self.strs(line, p))),
+            Inst::Volume(v) => push(StepKind::Volume(self.strs(line, v))),
+            Inst::Shell(sh) => {
+                st.shell = sh.clone();
+                push(StepKind::Shell(self.strs(line, sh)));
+            }
+            Inst::Cmd(c) => {
+                let args = self.command(line, c, &st.shell);
+                st.cmd = Some(args.clone());
+                push(StepKind::Cmd(args));
+            }
+            Inst::Entrypoint(c) => {
+                push(StepKind::Entrypoint(self.command(line, c, &st.shell)));
+                // Docker keeps a `CMD` set earlier in the same stage.
+                if let Some(cmd) = &st.cmd {
+                    push(StepKind::Cmd(cmd.clone()));
+                }
+            }
+            Inst::Healthcheck(h) => {
+                let decl = match h {
+                    Healthcheck::None => HealthcheckDecl {
+                        test: vec![self.s(line, "NONE")],
+                        interval: None,
+                        timeout: None,
+                        start_period: None,
+                        start_interval: None,
+                        retries: None,
+                    },
+                    Healthcheck::Check {
+                        test,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => {
+                        let dur = |d: &Option<std::time::Duration>| {
+                            d.map(|d| self.s(line, &go_duration(d)))
+                        };
+                        HealthcheckDecl {
+                            test: self.strs(line, test),
+                            interval: dur(interval),
+                            timeout: dur(timeout),
+                            start_period: dur(start_period),
+                            start_interval: dur(start_interval),
+                            retries: retries.map(|r| self.s(line, &r.to_string())),
+                        }
+                    }
+                };
+                push(StepKind::Healthcheck(decl));
+            }
+            Inst::Onbuild(_) => {
+                let text = self
+                    .instruction(line)
+                    .map(|i| onbuild_text(&self.text[i.start..i.end]))
+                    .unwrap_or_default();
+                push(StepKind::Onbuild(self.s(line, &text)));
+            }
+            Inst::Run {
+                command,
+                flags,
+                heredocs,
+            } => {
+                let run = self.run(line, command, flags, heredocs, index, st);
+                push(StepKind::Run(run));
+            }
+            Inst::Copy(c) => {
+                for kind in self.copy(line, c, false, index, st) {
+                    push(kind);
+                }
+            }
+            Inst::Add(c) => {
+                for kind in self.copy(line, c, true, index, st) {
+                    push(kind);
+                }
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        line: usize,
+        command: &Command,
+        flags: &[(String, String)],
+        heredocs: &[Heredoc],
+        index: usize,
+        st: &StageState,
+    ) -> RunDecl {
+        let (exec, command) = match command {
+            Command::Exec(args) => (true, self.strs(line, args)),
+            Command::Shell(text) => {
+                let script = match heredocs {
+                    // `RUN <<EOF` alone: the heredoc is the script.
+                    [h] if is_marker(text.trim(), &h.name) => {
+                        if h.body.starts_with("#!") {
+                            self.note(
+                                line,
+                                format!("the heredoc `{}` starts with `#!`; kiln runs it with the stage's shell", h.name),
+                                "write the interpreter into the command: `RUN python3 <<EOF`",
+                            );
+                        }
+                        if h.chomp {
+                            h.body
+                                .split_inclusive('\n')
+                                .map(|l| l.trim_start_matches('\t'))
+                                .collect()
+                        } else {
+                            h.body.clone()
+                        }
+                    }
+                    // Otherwise heredocs go back after the command line: the
+                    // shell reads them as the here-documents they are.
+                    _ => {
+                        let mut script = text.clone();
+                        for h in heredocs {
+                            script.push('\n');
+                            script.push_str(&h.body);
+                            script.push_str(&h.name);
+                        }
+                        script
+                    }
+                };
+                (false, vec![self.s(line, &script)])
+            }
+        };
+        let env: Vec<(String, String)> = st
+            .args
+            .iter()
+            .filter(|(k, _)| !st.env.iter().any(|(n, _)| n == k))
+            .cloned()
+            .collect();
+        let mut vars = st.env.clone();
+        vars.extend(env.iter().cloned());
+        let mut mounts = Vec::new();
+        let (mut network, mut security) = (None, None);
+        for (k, v) in flags {
+            let v = match super::shell::process_word(v, &vars, self.d.directives.escape) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(
+                        line,
+                        format!("cannot expand `--{k}={v}`: {e}"),
+                        "in this flag",
+                        "fix the variable reference",
+                    );
+                    continue;
+                }
+            };
+            match k.as_str() {
+                "mount" => {
+                    let v = self.mount_from(line, &v, index);
+                    mounts.push(self.s(line, &v));
+                }
+                "network" => network = Some(self.s(line, &v)),
+                "security" => security = Some(self.s(line, &v)),
+                _ => {}
+            }
+        }
+        RunDecl {
+            command,
+            exec,
+            env: self.pairs(line, &env),
+            mounts,
+            network,
+            security,
+        }
+    }
+
+    fn copy(
+        &mut self,
+        line: usize,
+        c: &CopyInst,
+        add: bool,
+        index: usize,
+        st: &StageState,
+    ) -> Vec<StepKind> {
+        let what = if add { "ADD" } else { "COPY" };
+        let flag = |name: &str| {
+            c.flags
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut out = Vec::new();
+        let chmod = flag("chmod").map(|v| self.s(line, &v));
+        let chown = flag("chown").map(|v| self.s(line, &v));
+        let exclude: Vec<Str> = c
+            .flags
+            .iter()
+            .filter(|(k, _)| k == "exclude")
+            .map(|(_, v)| self.s(line, v))
+            .collect();
+        let parents = flag("parents").is_some_and(|v| v != "false");
+        if flag("link").is_some_and(|v| v != "false") {
+            self.note(
+                line,
+                format!("`{what} --link` needs no flag in kiln"),
+                "every kiln copy is already independent of the layers below it; the result is the same",
+            );
+        }
+        let from = match flag("from") {
+            None => None,
+            Some(f) => match self.stage_ref(&f, index) {
+                Some(i) => Some(self.s(line, &self.names[i])),
+                None => {
+                    let name = self.image_stage(line, &f);
+                    Some(self.s(line, &name))
+                }
+            },
+        };
+        // Heredoc sources become files written in place.
+        let heredoc = |w: &str| c.heredocs.iter().find(|h| is_marker(w, &h.name));
+        let mut files = Vec::new();
+        let several = c.sources.len() > 1;
+        for src in &c.sources {
+            if let Some(h) = heredoc(src) {
+                let mut body = h.body.clone();
+                if h.chomp {
+                    body = body
+                        .split_inclusive('\n')
+                        .map(|l| l.trim_start_matches('\t'))
+                        .collect();
+                }
+                if h.expand {
+                    let mut vars = st.env.clone();
+                    vars.extend(st.args.iter().cloned());
+                    match expand_heredoc(&body, &vars, self.d.directives.escape) {
+                        Ok(b) => body = b,
+                        Err(e) => {
+                            self.error(
+                                line,
+                                format!("cannot expand the heredoc `{}`: {e}", h.name),
+                                "in this heredoc",
+                                "fix the variable reference",
+                            );
+                            continue;
+                        }
+                    }
+                }
+                let dest = if c.dest.ends_with('/') || several {
+                    format!("{}/{}", c.dest.trim_end_matches('/'), h.name)
+                } else {
+                    c.dest.clone()
+                };
+                out.push(StepKind::Write {
+                    path: self.s(line, &dest),
+                    content: self.s(line, &body),
+                    mode: chmod.clone(),
+                });
+                if let Some(owner) = &chown {
+                    self.note(
+                        line,
+                        format!("`--chown={}` is not applied to the heredoc file `{}`", owner.value, h.name),
+                        "kiln's `write` creates files owned by root; use numeric ownership in a later step if it matters",
+                    );
+                }
+            } else if add && is_url(src) {
+                self.error(
+                    line,
+                    format!("`ADD {src}` fetches from the network, which kiln does not do during a build"),
+                    "a remote source",
+                    "download the file into the build context and `COPY` it",
+                );
+            } else if add && is_git(src) {
+                self.error(
+                    line,
+                    format!("`ADD {src}` clones a git repository, which kiln does not do during a build"),
+                    "a git source",
+                    "check the repository out into a build context (`context NAME path=…`) and copy from it",
+                );
+            } else {
+                files.push(self.s(line, src));
+            }
+        }
+        if add && flag("checksum").is_some() && !c.sources.iter().any(|s| is_url(s) || is_git(s)) {
+            self.error(
+                line,
+                "`ADD --checksum` applies to remote sources only".into(),
+                "local sources",
+                "remove `--checksum`",
+            );
+        }
+        if !files.is_empty() {
+            let dest = if several && !c.dest.ends_with('/') {
+                // Docker requires it too; report it the same way.
+                self.error(
+                    line,
+                    format!("`{what}` with several sources needs a destination ending in `/`"),
+                    "several sources",
+                    &format!("write `{}/`", c.dest),
+                );
+                return out;
+            } else {
+                self.s(line, &c.dest)
+            };
+            out.insert(
+                0,
+                StepKind::Copy {
+                    sources: files,
+                    dest,
+                    from,
+                    context: None,
+                    chmod,
+                    chown,
+                    exclude,
+                    parents,
+                    unpack: add,
+                },
+            );
+        }
+        out
+    }
+
+    /// A `--mount` spec with its `from=` naming the stage by its spec name
+    /// (Docker also accepts an index or an image).
+    fn mount_from(&mut self, line: usize, spec: &str, index: usize) -> String {
+        let mut parts: Vec<String> = spec.split(',').map(str::to_string).collect();
+        for p in &mut parts {
+            if let Some(f) = p.strip_prefix("from=") {
+                let name = match self.stage_ref(f, index) {
+                    Some(i) => self.names[i].clone(),
+                    None => self.image_stage(line, f),
+                };
+                *p = format!("from={name}");
+            }
+        }
+        parts.join(",")
+    }
+
+    /// A stage standing for an image that `COPY --from` names.
+    fn image_stage(&mut self, line: usize, image: &str) -> String {
+        if let Some((name, _, _)) = self.image_stages.iter().find(|(_, i, _)| i == image) {
+            return name.clone();
+        }
+        let mut name = format!("image-{}", self.image_stages.len());
+        while self.names.contains(&name) {
+            name.push('_');
+        }
+        self.note(
+            line,
+            format!("`--from={image}` copies from an image, which this version of kiln cannot fetch"),
+            "building this stage fails until images can be fetched; stages that do not need it build",
+        );
+        self.image_stages
+            .push((name.clone(), image.to_string(), self.span(line)));
+        name
+    }
+}
+
+/// Whether `word` is the heredoc marker for `name` (`<<EOF`, `<<-"EOF"`).
+fn is_marker(word: &str, name: &str) -> bool {
+    word.trim_start_matches(|c: char| c.is_ascii_digit())
+        .strip_prefix("<<")
+        .map(|r| r.trim_start_matches('-').trim_matches(['\'', '"']))
+        == Some(name)
+}
+
+/// A duration as Go prints it (`30s`, `1m30s`, `500ms`), which Docker reads back.
+fn go_duration(d: std::time::Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
+    if !ns.is_multiple_of(1_000_000_000) {
+        return if ns.is_multiple_of(1_000_000) {
+            format!("{}ms", ns / 1_000_000)
+        } else if ns.is_multiple_of(1000) {
+            format!("{}us", ns / 1000)
+        } else {
+            format!("{ns}ns")
+        };
+    }
+    let secs = ns / 1_000_000_000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+fn is_url(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    l.starts_with("http://") || l.starts_with("https://")
+}
+
+fn is_git(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    l.starts_with("git@")
+        || l.starts_with("git://")
+        || l.starts_with("ssh://")
+        || (is_url(&l) && (l.ends_with(".git") || l.contains(".git#")))
+}
+
+/// `ONBUILD RUN x` → `RUN x`: the trigger as Docker records it.
+fn onbuild_text(instruction: &str) -> String {
+    let rest = instruction.trim_start();
+    let rest = rest.get(7..).unwrap_or("");
+    rest.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests;

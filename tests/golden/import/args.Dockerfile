@@ -1,0 +1,16 @@
+ARG BASE=scratch
+ARG VERSION=1.2.3-beta
+ARG UNUSED
+FROM ${BASE} AS first
+ARG VERSION
+ARG NAME=kiln
+ENV FULL="${NAME}-${VERSION}"
+ENV SHORT=${VERSION%-*} MAJOR=${VERSION%%.*} NOPRE=${VERSION#*-} SWAP=${VERSION/./_} ALL=${VERSION//./_}
+ENV SET=${NAME:+yes} UNSET=${NOPE:-fallback} EMPTY=${NOPE:+never}
+ARG NAME=shadowed
+ENV NAME=env-wins
+ARG NAME
+WORKDIR /$NAME/$FULL
+LABEL version=$VERSION global-only=${APP:-not-visible}
+FROM first
+ENV INHERITED=$FULL

@@ -1,0 +1,7 @@
+# escape=`
+FROM scratch
+COPY dir\file.txt `
+     C:\target\
+ENV PATH_WIN=C:\Tools\bin `
+    OTHER=`$literal
+WORKDIR /work

@@ -1,0 +1,3 @@
+# only an arg
+ARG X=1
+RUN echo $X

@@ -1,0 +1,262 @@
+//! The Dockerfile importer: `tests/golden/import/NAME.Dockerfile` is
+//! imported with the real binary; stdout must equal `NAME.kdl` and the exit
+//! code plus stderr (notes and errors) `NAME.stderr`. `KILN_BLESS=1`
+//! rewrites the expectations.
+//!
+//! Every import that succeeds must also compile to the same graph as the
+//! Dockerfile itself: same stages, same steps, same canonical forms, so the
+//! same cache keys.
+
+use crate::harness::{Project, kiln_bin};
+use kiln::diag::Sources;
+use kiln::ir::{CompileOptions, compile};
+use std::path::{Path, PathBuf};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import")
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".Dockerfile"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn stem(p: &Path) -> String {
+    p.file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".Dockerfile")
+        .to_string()
+}
+
+#[test]
+fn imports_match_their_goldens() {
+    let bless = std::env::var_os("KILN_BLESS").is_some();
+    let mut failures = Vec::new();
+    let cases = cases();
+    for path in &cases {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let out = std::process::Command::new(kiln_bin())
+            .args(["import", name])
+            .current_dir(golden_dir())
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = format!(
+            "exit code {}\n{}",
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kdl_path = golden_dir().join(format!("{}.kdl", stem(path)));
+        let err_path = golden_dir().join(format!("{}.stderr", stem(path)));
+        if bless {
+            if stdout.is_empty() {
+                let _ = std::fs::remove_file(&kdl_path);
+            } else {
+                std::fs::write(&kdl_path, &stdout).unwrap();
+            }
+            std::fs::write(&err_path, &stderr).unwrap();
+            continue;
+        }
+        let want_kdl = std::fs::read_to_string(&kdl_path).unwrap_or_default();
+        let want_err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        if want_kdl != stdout {
+            failures.push(format!(
+                "{name} stdout:\n--- expected\n{want_kdl}--- got\n{stdout}"
+            ));
+        }
+        if want_err != stderr {
+            failures.push(format!(
+                "{name} stderr:\n--- expected\n{want_err}--- got\n{stderr}"
+            ));
+        }
+    }
+    assert!(cases.len() >= 10, "only {} cases", cases.len());
+    assert!(
+        failures.is_empty(),
+        "import goldens differ (KILN_BLESS=1 to update):\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The compiled graph of a spec file, KDL or Dockerfile.
+fn graph_dump(spec: &Path, dir: &Path) -> String {
+    let sources = Sources::new();
+    let options = CompileOptions {
+        args: Vec::new(),
+        context_dir: dir.to_path_buf(),
+    };
+    let spec = if kiln::frontend::dockerfile::lower::is_dockerfile(spec) {
+        kiln::frontend::dockerfile::lower::load(spec, "Dockerfile", &sources, &[])
+            .unwrap_or_else(|e| panic!("{}: {e:?}", spec.display()))
+            .spec
+    } else {
+        kiln::frontend::kdl::load(spec, "kiln.kdl", &sources, None)
+            .unwrap_or_else(|e| panic!("{}: {:?}", spec.display(), e.diagnostics))
+    };
+    let (graph, _) = compile(&spec, &options, &sources).unwrap_or_else(|e| panic!("{e:?}"));
+    graph.dump(dir)
+}
+
+#[test]
+fn imported_specs_compile_like_their_dockerfiles() {
+    let mut compared = 0;
+    for path in cases() {
+        let kdl = golden_dir().join(format!("{}.kdl", stem(&path)));
+        if !kdl.exists() {
+            continue;
+        }
+        compared += 1;
+        let direct = graph_dump(&path, &golden_dir());
+        let imported = graph_dump(&kdl, &golden_dir());
+        assert_eq!(direct, imported, "{}", path.display());
+    }
+    assert!(compared >= 8, "only {compared} imports compared");
+}
+
+const MULTISTAGE: &str = r#"ARG NAME=demo
+FROM scratch AS sources
+ARG NAME
+WORKDIR /src
+COPY app/ ./
+COPY <<EOF /src/generated.txt
+generated for ${NAME:-nobody}
+EOF
+
+FROM sources AS build
+ARG NAME
+WORKDIR out
+COPY --chmod=0755 app/run.sh ./bin/
+ENV NAME=$NAME
+
+FROM scratch
+COPY --from=build /src/ /opt/app/
+COPY --from=0 /src/app.txt /README
+LABEL name=demo
+"#;
+
+fn multistage_project() -> Project {
+    let p = Project::new();
+    p.file("Dockerfile", MULTISTAGE)
+        .file("app/app.txt", "the app\n")
+        .file("app/run.sh", "#!/bin/sh\necho run\n")
+        .file("app/sub/deep.txt", "deep\n");
+    p
+}
+
+#[test]
+fn a_directory_with_a_dockerfile_builds_it() {
+    let p = multistage_project();
+    p.kiln(&["build", "-o", "out", "--progress", "plain"]).ok();
+    assert_eq!(p.read("out/opt/app/app.txt"), "the app\n");
+    assert_eq!(p.read("out/opt/app/generated.txt"), "generated for demo\n");
+    assert_eq!(p.read("out/README"), "the app\n");
+    let mode = std::fs::metadata(p.path().join("out/opt/app/out/bin/run.sh"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
+        0o755
+    );
+    // `--build-arg` reaches the Dockerfile's ARGs.
+    p.kiln(&["build", "--build-arg", "NAME=other", "-o", "out2"])
+        .ok();
+    assert_eq!(
+        p.read("out2/opt/app/generated.txt"),
+        "generated for other\n"
+    );
+}
+
+#[test]
+fn building_the_import_reuses_the_dockerfile_cache_and_gives_the_same_bytes() {
+    let p = multistage_project();
+    p.build(&["-f", "Dockerfile", "-o", "type=tar,dest=direct.tar"])
+        .ok();
+    p.kiln(&["import", "-o", "kiln.kdl"]).ok();
+    let second = p.build(&["-f", "kiln.kdl", "-o", "type=tar,dest=imported.tar"]);
+    second.ok();
+    // Every step's key is the same, so nothing runs again.
+    assert!(second.ran().is_empty(), "ran: {:?}", second.ran());
+    assert!(second.cached() > 0);
+    let a = std::fs::read(p.path().join("direct.tar")).unwrap();
+    let b = std::fs::read(p.path().join("imported.tar")).unwrap();
+    assert!(a == b, "the two exports differ");
+}
+
+#[test]
+fn import_refuses_to_overwrite_without_force() {
+    let p = multistage_project();
+    p.file("kiln.kdl", "kiln 1\n");
+    let r = p.kiln(&["import", "-o", "kiln.kdl"]);
+    r.code(2);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(p.read("kiln.kdl"), "kiln 1\n");
+    p.kiln(&["import", "-o", "kiln.kdl", "--force"]).ok();
+    assert!(p.read("kiln.kdl").contains("stage sources"));
+}
+
+#[test]
+fn run_and_image_bases_fail_located_only_when_needed() {
+    let p = Project::new();
+    p.file(
+        "Dockerfile",
+        "FROM alpine:3.20 AS tools\nRUN apk add make\n\nFROM scratch AS ok\nCOPY a.txt /\n\nFROM scratch AS needs-run\nRUN echo hi\n",
+    )
+    .file("a.txt", "a\n");
+    // The stages that do not need an image or RUN build.
+    p.kiln(&["build", "--target", "ok", "-o", "out"]).ok();
+    assert_eq!(p.read("out/a.txt"), "a\n");
+    let r = p.kiln(&["build", "--target", "needs-run"]);
+    r.code(1);
+    assert!(r.stderr.contains("Dockerfile:8:1"), "{}", r.stderr);
+    assert!(r.stderr.contains("`run` steps"), "{}", r.stderr);
+    let r = p.kiln(&["build", "--target", "tools"]);
+    r.code(1);
+    assert!(r.stderr.contains("Dockerfile:1:1"), "{}", r.stderr);
+    assert!(r.stderr.contains("alpine:3.20"), "{}", r.stderr);
+}
+
+#[test]
+fn add_extracts_local_archives_and_copies_other_files() {
+    let p = Project::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(3);
+    h.set_mode(0o600);
+    b.append_data(&mut h, "pkg/lib.txt", &b"lib"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    std::fs::write(p.path().join("vendor.tgz"), gz.finish().unwrap()).unwrap();
+    p.file("plain.txt", "plain\n").file(
+        "Dockerfile",
+        "FROM scratch\nADD vendor.tgz /opt/\nADD plain.txt /docs/\nCOPY vendor.tgz /raw/\n",
+    );
+    p.kiln(&["build", "-o", "out"]).ok();
+    assert_eq!(p.read("out/opt/pkg/lib.txt"), "lib");
+    assert_eq!(p.read("out/docs/plain.txt"), "plain\n");
+    assert!(p.exists("out/raw/vendor.tgz"));
+    let mode = std::fs::metadata(p.path().join("out/opt/pkg/lib.txt"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn unused_build_args_are_reported() {
+    let p = multistage_project();
+    let r = p.kiln(&["build", "--build-arg", "NAEM=x", "-o", "out"]);
+    r.ok();
+    assert!(r.stderr.contains("`NAEM` is not declared"), "{}", r.stderr);
+}
