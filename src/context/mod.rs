@@ -8,6 +8,7 @@
 //! ([`cap_std::fs::Dir`]) rooted at the context, so no path or symlink can
 //! lead a read outside it. This module only reads the context.
 
+mod dockerignore;
 mod index;
 mod walk;
 
@@ -74,15 +75,43 @@ impl Snapshot {
             .collect();
         let skip = |rel: &str, is_dir: bool| {
             exclude.iter().any(|x| x == rel)
-                || ignore
-                    .as_ref()
-                    .is_some_and(|m| m.matched(Path::new(rel), is_dir).is_ignore())
+                || match &ignore {
+                    None => false,
+                    Some(Ignore::Kiln(m)) => m.matched(Path::new(rel), is_dir).is_ignore(),
+                    // An excluded directory is still walked when a `!`
+                    // pattern may re-include something inside it.
+                    Some(Ignore::Docker(d)) => d.excluded(rel) && !(is_dir && d.has_exceptions()),
+                }
         };
         for found in walk::walk(&root, &skip)? {
             if let Some(stat) = found.stat {
                 stats.insert(found.path.clone(), stat);
             }
             tree.entries.insert(found.path, found.entry);
+        }
+        // Excluded directories walked for re-included entries stay only as
+        // the parents of what was re-included.
+        if let Some(Ignore::Docker(d)) = &ignore
+            && d.has_exceptions()
+        {
+            let dirs: Vec<String> = tree
+                .entries
+                .iter()
+                .rev()
+                .filter(|(p, e)| e.is_dir() && d.excluded(p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for dir in dirs {
+                let below = format!("{dir}/");
+                let has_children = tree
+                    .entries
+                    .range(below.clone()..)
+                    .next()
+                    .is_some_and(|(p, _)| p.starts_with(&below));
+                if !has_children {
+                    tree.entries.remove(&dir);
+                }
+            }
         }
         Ok(Snapshot {
             path: path.to_path_buf(),
@@ -262,72 +291,49 @@ pub fn hash_reader(r: &mut dyn Read) -> io::Result<BlobDigest> {
     Ok(BlobDigest::from_hash(hasher.finalize()))
 }
 
-/// The context's ignore rules: `.kilnignore` (gitignore syntax), else
-/// `.dockerignore` (patterns anchored at the context root, as Docker reads them).
-fn ignore_matcher(root: &Path) -> Result<Option<ignore::gitignore::Gitignore>, Diagnostic> {
+/// A context's ignore rules.
+enum Ignore {
+    /// `.kilnignore`: gitignore syntax.
+    Kiln(ignore::gitignore::Gitignore),
+    /// `.dockerignore`: Docker's own rules.
+    Docker(dockerignore::DockerIgnore),
+}
+
+/// The context's ignore rules: `.kilnignore`, else `.dockerignore`.
+fn ignore_matcher(root: &Path) -> Result<Option<Ignore>, Diagnostic> {
     for name in IGNORE_FILES {
         let file = root.join(name);
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
+        let bad = |line: usize, message: String| {
+            Diagnostic::user(
+                "kiln::context::ignore",
+                format!("{}:{line}: {message}", file.display()),
+            )
+            .with_help("fix or remove the pattern")
+        };
+        if *name == ".dockerignore" {
+            return dockerignore::DockerIgnore::parse(&text)
+                .map(|d| Some(Ignore::Docker(d)))
+                .map_err(|e| bad(e.line, e.message));
+        }
         let mut b = ignore::gitignore::GitignoreBuilder::new(root);
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim_end();
-            let rule = if *name == ".dockerignore" {
-                docker_rule(line)
-            } else {
-                Some(line.to_string())
-            };
-            let Some(rule) = rule else { continue };
-            if let Err(e) = b.add_line(Some(file.clone()), &rule) {
-                return Err(Diagnostic::user(
-                    "kiln::context::ignore",
-                    format!("{}:{}: bad pattern `{line}`: {e}", file.display(), n + 1),
-                )
-                .with_help("fix or remove the pattern"));
+            if let Err(e) = b.add_line(Some(file.clone()), line.trim_end()) {
+                return Err(bad(n + 1, format!("bad pattern `{line}`: {e}")));
             }
         }
-        return b.build().map(Some).map_err(|e| {
+        return b.build().map(|g| Some(Ignore::Kiln(g))).map_err(|e| {
             Diagnostic::user("kiln::context::ignore", format!("{}: {e}", file.display()))
         });
     }
     Ok(None)
 }
 
-/// A `.dockerignore` line as a gitignore rule: Docker anchors every pattern
-/// at the context root and ignores `#` comments and blank lines.
-fn docker_rule(line: &str) -> Option<String> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (neg, pat) = match line.strip_prefix('!') {
-        Some(p) => ("!", p.trim()),
-        None => ("", line),
-    };
-    let pat = pat.trim_start_matches("./").trim_start_matches('/');
-    let pat = crate::store::tree::components(pat, crate::store::tree::Links::Rootfs)
-        .map(|c| c.join("/"))
-        .unwrap_or_default();
-    if pat.is_empty() {
-        return None;
-    }
-    Some(format!("{neg}/{pat}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dockerignore_rules_are_anchored() {
-        assert_eq!(docker_rule("foo").as_deref(), Some("/foo"));
-        assert_eq!(docker_rule("!./a/b").as_deref(), Some("!/a/b"));
-        assert_eq!(docker_rule("**/*.o").as_deref(), Some("/**/*.o"));
-        assert_eq!(docker_rule("# comment"), None);
-        assert_eq!(docker_rule("   "), None);
-        assert_eq!(docker_rule("a/../b").as_deref(), Some("/b"));
-    }
 
     #[test]
     fn hash_reader_matches_blake3() {

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod build;
+mod buildah;
 mod cli;
 mod conformance;
 mod examples;
