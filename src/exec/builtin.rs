@@ -146,6 +146,55 @@ pub fn apply(
             };
             copy::place(tree, &picked, &c.dest, &workdir, ov, c.parents, span)?;
         }
+        Op::Fetch {
+            url,
+            dest,
+            sha256,
+            chmod,
+            chown,
+        } => {
+            let owner = match chown {
+                Some(o) => Some(resolve_owner(store, tree, o, span)?),
+                None => None,
+            };
+            let name = super::fetch::file_name(url);
+            let into_dir = dest.ends_with('/');
+            let name = match (name, into_dir) {
+                (Some(n), _) => n,
+                (None, false) => tree::basename(dest).to_string(),
+                (None, true) => {
+                    return Err(Diagnostic::user(
+                        "kiln::fetch::name",
+                        format!("`{url}` has no file name to copy into `{dest}`"),
+                    )
+                    .with_label(span, "destination is a directory")
+                    .with_help("give the destination a file name"));
+                }
+            };
+            let body = super::fetch::fetch(url, sha256, span)?;
+            let blob = store.put_blob(&body).map_err(|e| store_err(store, e))?;
+            // Docker gives downloaded files mode 0600.
+            let entry = Entry {
+                kind: Kind::File {
+                    blob,
+                    size: body.len() as u64,
+                },
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            };
+            let picked = [Picked {
+                name,
+                path: url.clone(),
+                is_dir: false,
+                items: vec![(String::new(), entry)],
+            }];
+            let ov = Overrides {
+                chmod: *chmod,
+                owner,
+            };
+            copy::place(tree, &picked, dest, &workdir, ov, false, span)?;
+        }
         Op::Write {
             path,
             content,

@@ -11,6 +11,7 @@
 
 mod builtin;
 pub mod copy;
+pub mod fetch;
 pub mod key;
 pub mod memo;
 pub mod unpack;

@@ -87,6 +87,14 @@ pub enum StepKind {
         /// Extract sources that are tar archives (Docker's `ADD`).
         unpack: bool,
     },
+    /// `fetch URL DEST checksum="sha256:…"`: a remote file, pinned by its digest.
+    Fetch {
+        url: Str,
+        dest: Str,
+        checksum: Option<Str>,
+        chmod: Option<Str>,
+        chown: Option<Str>,
+    },
     Write {
         path: Str,
         content: Str,
@@ -161,6 +169,7 @@ impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
             StepKind::Copy { .. } => "copy",
+            StepKind::Fetch { .. } => "fetch",
             StepKind::Write { .. } => "write",
             StepKind::Mkdir { .. } => "mkdir",
             StepKind::Rm { .. } => "rm",

@@ -530,6 +530,68 @@ impl Compiler<'_> {
                     unpack: *unpack,
                 })
             }
+            StepKind::Fetch {
+                url,
+                dest,
+                checksum,
+                chmod,
+                chown,
+            } => {
+                let u = self.subst(url);
+                let dest_v = self.subst(dest);
+                let sum = self.opt(checksum);
+                let chmod = self.mode(chmod).ok()?;
+                let chown = match chown {
+                    Some(c) => Some(self.owner(c)?),
+                    None => None,
+                };
+                let (u, dest_v, sum) = (u?, dest_v?, sum?);
+                let lower = u.to_ascii_lowercase();
+                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                    self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::fetch",
+                            format!("`{u}` is not an http(s) URL"),
+                        )
+                        .with_label(url.span, "expected http:// or https://")
+                        .with_help("fetch downloads over HTTP; copy local files with `copy`"),
+                    );
+                    return None;
+                }
+                let hex = match (&sum, checksum) {
+                    (Some(v), Some(decl)) => match v.strip_prefix("sha256:") {
+                        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                            h.to_ascii_lowercase()
+                        }
+                        _ => {
+                            self.diags.push(
+                                Diagnostic::user("kiln::spec::checksum", format!("`{v}` is not a sha256 checksum"))
+                                    .with_label(decl.span, "expected sha256: and 64 hex digits")
+                                    .with_help("write `checksum=\"sha256:…\"`; `sha256sum FILE` prints the digits"),
+                            );
+                            return None;
+                        }
+                    },
+                    _ => {
+                        self.diags.push(
+                            Diagnostic::user("kiln::spec::checksum", "a fetch needs a checksum")
+                                .with_label(url.span, "not pinned")
+                                .with_help("add `checksum=\"sha256:…\"`: the digest keys the cache, so a cached build never touches the network, and a changed download is an error"),
+                        );
+                        return None;
+                    }
+                };
+                if !self.non_empty(dest, &dest_v, "the fetch destination") {
+                    return None;
+                }
+                Op::Fetch {
+                    url: u,
+                    dest: dest_v,
+                    sha256: hex,
+                    chmod,
+                    chown,
+                }
+            }
             StepKind::Write {
                 path,
                 content,

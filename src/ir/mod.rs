@@ -178,6 +178,14 @@ pub struct Step {
 #[derive(Clone, Debug)]
 pub enum Op {
     Copy(Copy),
+    /// A remote file, pinned by its sha256.
+    Fetch {
+        url: String,
+        dest: String,
+        sha256: String,
+        chmod: Option<u32>,
+        chown: Option<Owner>,
+    },
     Write {
         path: String,
         content: String,
@@ -284,6 +292,15 @@ impl Op {
                     "unpack": c.unpack,
                 }
             }),
+            Op::Fetch {
+                url,
+                dest,
+                sha256,
+                chmod,
+                chown,
+            } => json!({"fetch": {
+                "url": url, "dest": dest, "sha256": sha256, "chmod": chmod, "chown": chown,
+            }}),
             Op::Write {
                 path,
                 content,
@@ -331,6 +348,7 @@ impl Op {
                 };
                 format!("copy {} {:?}{from}", quote(&srcs), c.dest)
             }
+            Op::Fetch { url, .. } => format!("fetch {url}"),
             Op::Write { path, .. } => format!("write {path:?}"),
             Op::Mkdir { paths, .. } => format!("mkdir {}", quote(paths)),
             Op::Rm { paths, .. } => {

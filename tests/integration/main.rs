@@ -6,6 +6,7 @@ mod buildah;
 mod cli;
 mod conformance;
 mod examples;
+mod fetch;
 mod golden;
 mod graph;
 mod harness;

@@ -668,13 +668,28 @@ impl Lowerer<'_> {
                         "kiln's `write` creates files owned by root; use numeric ownership in a later step if it matters",
                     );
                 }
-            } else if add && is_url(src) {
-                self.error(
-                    line,
-                    format!("`ADD {src}` fetches from the network, which kiln does not do during a build"),
-                    "a remote source",
-                    "download the file into the build context and `COPY` it",
-                );
+            } else if add && is_url(src) && !is_git(src) {
+                match flag("checksum") {
+                    Some(sum) if !several => out.push(StepKind::Fetch {
+                        url: self.s(line, src),
+                        dest: self.s(line, &c.dest),
+                        checksum: Some(self.s(line, &sum)),
+                        chmod: chmod.clone(),
+                        chown: chown.clone(),
+                    }),
+                    Some(_) => self.error(
+                        line,
+                        "`ADD --checksum` pins one source; this `ADD` has several".into(),
+                        "several sources",
+                        "split it into one `ADD --checksum=… URL DEST` per URL",
+                    ),
+                    None => self.error(
+                        line,
+                        format!("`ADD {src}` fetches from the network without a checksum"),
+                        "an unpinned remote source",
+                        "pin it: `ADD --checksum=sha256:… URL DEST` (kiln then fetches it once and caches it by its digest), or download it into the build context and `COPY` it",
+                    ),
+                }
             } else if add && is_git(src) {
                 self.error(
                     line,

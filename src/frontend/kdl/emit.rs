@@ -162,6 +162,19 @@ fn step_body(out: &mut String, kind: &StepKind) {
                 let _ = write!(out, "\n{i2}}}");
             }
         }
+        StepKind::Fetch {
+            url,
+            dest,
+            checksum,
+            chmod,
+            chown,
+        } => {
+            args(out, std::slice::from_ref(url));
+            args(out, std::slice::from_ref(dest));
+            prop(out, "checksum", checksum);
+            prop(out, "chmod", chmod);
+            prop(out, "chown", chown);
+        }
         StepKind::Write {
             path,
             content,

@@ -28,6 +28,7 @@ const TOP_NODES: &[&str] = &[
 pub const STEP_NODES: &[&str] = &[
     "from",
     "copy",
+    "fetch",
     "write",
     "mkdir",
     "rm",
@@ -595,6 +596,22 @@ impl Loader<'_> {
                     exclude,
                     parents: n.bool_prop("parents", d).unwrap_or(false),
                     unpack: n.bool_prop("unpack", d).unwrap_or(false),
+                }
+            }
+            "fetch" => {
+                let usage =
+                    "fetch URL DEST checksum=\"sha256:HEX\" [chmod=MODE] [chown=USER:GROUP]";
+                n.arity(2, Some(2), usage, d);
+                n.allow_props(&["checksum", "chmod", "chown"], d);
+                match (n.str_arg(0, d), n.str_arg(1, d)) {
+                    (Some(url), Some(dest)) => StepKind::Fetch {
+                        url,
+                        dest,
+                        checksum: n.str_prop("checksum", d),
+                        chmod: n.mode_prop("chmod", d),
+                        chown: n.str_prop("chown", d),
+                    },
+                    _ => return,
                 }
             }
             "write" => {
