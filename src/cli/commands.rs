@@ -39,6 +39,7 @@ pub fn load(
     let options = crate::ir::CompileOptions {
         args: args.arg_pairs()?,
         context_dir: args.context.clone(),
+        ignore_file: None,
     };
     if crate::frontend::dockerfile::lower::is_dockerfile(&path) {
         let imported = crate::frontend::dockerfile::lower::load(
@@ -48,8 +49,11 @@ pub fn load(
             &options.args,
         )?;
         // Build args went to the Dockerfile's `ARG`s; the spec declares none.
+        // `NAME.dockerignore` beside the Dockerfile wins over the context's.
+        let own = PathBuf::from(format!("{}.dockerignore", path.display()));
         let options = crate::ir::CompileOptions {
             args: Vec::new(),
+            ignore_file: own.is_file().then_some(own),
             ..options
         };
         let (graph, mut warnings) = compile(&imported.spec, &options, sources)?;
@@ -118,6 +122,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     let options = crate::ir::CompileOptions {
         args: Vec::new(),
         context_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
+        ignore_file: None,
     };
     compile(&imported.spec, &options, sources)?;
     let mut header = vec![format!(
@@ -147,8 +152,19 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
             .collect(),
     };
     let text = emit::write(&imported.spec, &comments);
-    if !args.quiet && !imported.notes.is_empty() {
-        eprint!("{}", render_all(&imported.notes, sources));
+    let mut notes = imported.notes;
+    let own = PathBuf::from(format!("{}.dockerignore", path.display()));
+    if own.is_file() {
+        notes.push(
+            Diagnostic::warning(
+                "kiln::dockerfile::import",
+                format!("`{}` applies to builds of the Dockerfile, not of the KDL spec", own.display()),
+            )
+            .with_help("a spec reads `.kilnignore` (or `.dockerignore`) at the context root: copy the file there"),
+        );
+    }
+    if !args.quiet && !notes.is_empty() {
+        eprint!("{}", render_all(&notes, sources));
     }
     match &args.output {
         None => {
@@ -446,7 +462,8 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| args.dir.join(".kiln"));
     let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
-    let snap = crate::context::Snapshot::open(&args.dir, std::slice::from_ref(&state), &store)?;
+    let snap =
+        crate::context::Snapshot::open(&args.dir, std::slice::from_ref(&state), &store, None)?;
     let mut paths = Vec::new();
     let mut bytes = 0u64;
     for (p, e) in &snap.tree.entries {

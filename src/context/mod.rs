@@ -42,7 +42,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// List a context directory. `exclude` (the state dir, say) is skipped.
-    pub fn open(path: &Path, exclude: &[PathBuf], store: &Store) -> Result<Snapshot, Diagnostic> {
+    /// `ignore_file`, when given, replaces the context's own ignore file
+    /// and is read with `.dockerignore` rules.
+    pub fn open(
+        path: &Path,
+        exclude: &[PathBuf],
+        store: &Store,
+        ignore_file: Option<&Path>,
+    ) -> Result<Snapshot, Diagnostic> {
         let meta = std::fs::metadata(path).map_err(|e| {
             Diagnostic::user(
                 "kiln::context::missing",
@@ -59,7 +66,10 @@ impl Snapshot {
         }
         let dir = crate::ambient::open_dir(path)
             .map_err(|e| Diagnostic::io("cannot open the context", path, &e))?;
-        let ignore = ignore_matcher(path)?;
+        let ignore = match ignore_file {
+            Some(f) => Some(docker_ignore_file(f)?),
+            None => ignore_matcher(path)?,
+        };
         let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let exclude: Vec<PathBuf> = exclude
             .iter()
@@ -297,6 +307,21 @@ enum Ignore {
     Kiln(ignore::gitignore::Gitignore),
     /// `.dockerignore`: Docker's own rules.
     Docker(dockerignore::DockerIgnore),
+}
+
+/// A `.dockerignore`-syntax file named explicitly.
+fn docker_ignore_file(file: &Path) -> Result<Ignore, Diagnostic> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Diagnostic::io("cannot read the ignore file", file, &e))?;
+    dockerignore::DockerIgnore::parse(&text)
+        .map(Ignore::Docker)
+        .map_err(|e| {
+            Diagnostic::user(
+                "kiln::context::ignore",
+                format!("{}:{}: {}", file.display(), e.line, e.message),
+            )
+            .with_help("fix or remove the pattern")
+        })
 }
 
 /// The context's ignore rules: `.kilnignore`, else `.dockerignore`.

@@ -875,7 +875,13 @@ impl<'a> Executor<'a> {
         self.contexts[id.0 as usize]
             .get_or_init(|| {
                 let ctx = self.graph.context(id);
-                Snapshot::open(&ctx.path, &self.exclude, self.store).map(Arc::new)
+                Snapshot::open(
+                    &ctx.path,
+                    &self.exclude,
+                    self.store,
+                    ctx.ignore_file.as_deref(),
+                )
+                .map(Arc::new)
             })
             .clone()
     }

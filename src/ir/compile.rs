@@ -14,6 +14,9 @@ pub struct CompileOptions {
     pub args: Vec<(String, String)>,
     /// The default context directory.
     pub context_dir: PathBuf,
+    /// An ignore file for the default context that replaces its own
+    /// (Docker's `Dockerfile.dockerignore` beside a Dockerfile).
+    pub ignore_file: Option<PathBuf>,
 }
 
 /// Compile a spec into a graph, or return every error found.
@@ -157,6 +160,7 @@ impl Compiler<'_> {
             name: String::new(),
             path: options.context_dir.clone(),
             span: None,
+            ignore_file: options.ignore_file.clone(),
         }];
         for decl in &spec.contexts {
             if let Some(prev) = out.iter().find(|c| c.name == decl.name.value) {
@@ -180,6 +184,7 @@ impl Compiler<'_> {
                 name: decl.name.value.clone(),
                 path: join(&decl.dir, &path),
                 span: Some(decl.name.span),
+                ignore_file: None,
             });
         }
         out

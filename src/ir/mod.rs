@@ -402,6 +402,8 @@ pub struct Context {
     pub name: String,
     pub path: PathBuf,
     pub span: Option<Span>,
+    /// A `.dockerignore`-syntax file used instead of the context's own ignore file.
+    pub ignore_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

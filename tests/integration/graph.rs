@@ -14,6 +14,7 @@ fn dump(spec_path: &Path) -> String {
     let options = CompileOptions {
         args: Vec::new(),
         context_dir: dir.clone(),
+        ..Default::default()
     };
     let (graph, _) = compile(&spec, &options, &sources).unwrap_or_else(|e| panic!("{e:?}"));
     graph.dump(&dir)

@@ -93,6 +93,7 @@ fn graph_dump(spec: &Path, dir: &Path) -> String {
     let options = CompileOptions {
         args: Vec::new(),
         context_dir: dir.to_path_buf(),
+        ..Default::default()
     };
     let spec = if kiln::frontend::dockerfile::lower::is_dockerfile(spec) {
         kiln::frontend::dockerfile::lower::load(spec, "Dockerfile", &sources, &[])
@@ -259,4 +260,25 @@ fn unused_build_args_are_reported() {
     let r = p.kiln(&["build", "--build-arg", "NAEM=x", "-o", "out"]);
     r.ok();
     assert!(r.stderr.contains("`NAEM` is not declared"), "{}", r.stderr);
+}
+
+#[test]
+fn a_dockerfile_s_own_ignore_file_wins_over_the_context_s() {
+    let p = Project::new();
+    p.file("docker/app.Dockerfile", "FROM scratch\nCOPY . /ctx/\n")
+        .file("docker/app.Dockerfile.dockerignore", "secret.txt\n")
+        .file(".dockerignore", "public.txt\n")
+        .file("secret.txt", "s\n")
+        .file("public.txt", "p\n");
+    p.kiln(&["build", "-f", "docker/app.Dockerfile", "-o", "out"])
+        .ok();
+    assert!(!p.exists("out/ctx/secret.txt"));
+    assert!(p.exists("out/ctx/public.txt"));
+    let r = p.kiln(&["import", "docker/app.Dockerfile"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("applies to builds of the Dockerfile"),
+        "{}",
+        r.stderr
+    );
 }
