@@ -561,6 +561,19 @@ impl Lowerer<'_> {
             };
             match k.as_str() {
                 "mount" => {
+                    let kind = v
+                        .split(',')
+                        .find_map(|p| p.strip_prefix("type="))
+                        .unwrap_or("bind");
+                    if !["bind", "cache", "tmpfs", "secret", "ssh"].contains(&kind) {
+                        self.error(
+                            line,
+                            format!("`--mount` has an unknown type `{kind}`"),
+                            "in this mount",
+                            "mount types are bind, cache, tmpfs, secret and ssh",
+                        );
+                        continue;
+                    }
                     let v = self.mount_from(line, &v, index);
                     mounts.push(self.s(line, &v));
                 }

@@ -154,3 +154,16 @@ fn dockerfile_names() {
         assert!(!is_dockerfile(Path::new(no)), "{no}");
     }
 }
+
+#[test]
+fn unknown_mount_types_are_errors() {
+    let sources = Sources::new();
+    let text = "FROM scratch\nRUN --mount=type=nfs,target=/x make\n";
+    let id = sources.add("Dockerfile".into(), "Dockerfile".into(), text.into());
+    let e = lower_text(text, id, Path::new(""), &[]).unwrap_err();
+    assert!(
+        e[0].message.contains("unknown type `nfs`"),
+        "{}",
+        e[0].message
+    );
+}
