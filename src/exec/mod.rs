@@ -532,8 +532,14 @@ impl<'a> Executor<'a> {
                 (s, start)
             }
         };
+        let mut config = base.config.clone();
+        // `onbuild` triggers are for the stage built on this one, which (as
+        // a Docker import) runs them as its first steps; they are not passed on.
+        if matches!(stage.base, Base::Stage(_)) {
+            config.onbuild.clear();
+        }
         let mut cur = Cursor {
-            config: base.config.clone(),
+            config,
             known: Some(base.tree),
             from: From::Stored(base.tree),
             pending: Vec::new(),

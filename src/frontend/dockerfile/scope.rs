@@ -134,16 +134,26 @@ pub fn stages(
                     Some(p) => Some(expand(&p, &meta, escape, line)?),
                     None => None,
                 };
-                // A stage built on an earlier one starts with its environment.
-                let env = out
-                    .iter()
-                    .find(|s| {
-                        s.name.as_deref() == Some(base.to_ascii_lowercase().as_str())
-                            || s.index.to_string() == base
+                // A stage built on an earlier one starts with its
+                // environment, and runs its `ONBUILD` triggers first (as if
+                // the earlier stage were an image; they are not passed on).
+                let parent = out.iter().find(|s| {
+                    s.name.as_deref() == Some(base.to_ascii_lowercase().as_str())
+                        || s.index.to_string() == base
+                });
+                let env = parent.map(|s| s.env.clone()).unwrap_or_default();
+                let triggers: Vec<Inst> = parent
+                    .map(|s| {
+                        s.items
+                            .iter()
+                            .filter_map(|(_, i)| match i {
+                                Inst::Onbuild(t) => Some((**t).clone()),
+                                _ => None,
+                            })
+                            .collect()
                     })
-                    .map(|s| s.env.clone())
                     .unwrap_or_default();
-                out.push(StageSource {
+                let mut stage = StageSource {
                     name,
                     index: out.len(),
                     base,
@@ -152,7 +162,12 @@ pub fn stages(
                     items: Vec::new(),
                     vars: env.clone(),
                     env,
-                });
+                };
+                for t in triggers {
+                    let item = expand_inst(t, &mut stage, &meta, &build_arg, escape, line)?;
+                    stage.items.push((line, item));
+                }
+                out.push(stage);
             }
             _ if out.is_empty() => {
                 return Err(ParseError { message: "no build stage in current context: instructions before the first FROM must be ARG".into(), line });
@@ -403,5 +418,22 @@ mod tests {
             &[],
         );
         assert_eq!(s[0].items[2].1, Inst::Workdir("/linux/other".into()));
+    }
+
+    #[test]
+    fn onbuild_triggers_run_in_stages_built_on_the_stage() {
+        let (_, s) = run(
+            "FROM scratch AS base\nONBUILD ENV X=1\nONBUILD WORKDIR /$X\nFROM base AS child\nFROM child\n",
+            &[],
+        );
+        assert_eq!(
+            s[1].items,
+            vec![
+                (4, Inst::Env(vec![("X".into(), "1".into())])),
+                (4, Inst::Workdir("/1".into()))
+            ]
+        );
+        // Triggers are not passed on to grandchildren.
+        assert!(s[2].items.is_empty());
     }
 }
