@@ -205,7 +205,12 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         Options {
             jobs,
             no_cache: args.no_cache,
-            memo_key: (!args.no_cache).then(|| memo_key(sources, &args.spec, &roots, &graph)),
+            memo_key: if args.no_cache {
+                None
+            } else {
+                memo_key(sources, &args.spec, &roots, &graph)
+            },
+            epoch: source_date_epoch(),
         },
         &cancel,
         exclude,
@@ -336,9 +341,15 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
 }
 
 /// What identifies a build request for the build memo: kiln's version,
-/// every spec file read, the args, the context directory and the stages
-/// asked for.
-fn memo_key(sources: &Sources, spec: &SpecArgs, roots: &[StageId], graph: &Graph) -> [u8; 32] {
+/// every spec file read, the args, the context directory, the stages asked
+/// for, the time plugins are shown and the plugin modules (by stat; `None`
+/// while one changed less than two seconds ago, as for context files).
+fn memo_key(
+    sources: &Sources,
+    spec: &SpecArgs,
+    roots: &[StageId],
+    graph: &Graph,
+) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     let field = |h: &mut blake3::Hasher, b: &[u8]| {
         h.update(&(b.len() as u64).to_le_bytes());
@@ -357,7 +368,22 @@ fn memo_key(sources: &Sources, spec: &SpecArgs, roots: &[StageId], graph: &Graph
     for r in roots {
         field(&mut h, graph.stage(*r).name.as_bytes());
     }
-    *h.finalize().as_bytes()
+    field(&mut h, &source_date_epoch().to_le_bytes());
+    let now = crate::context::index::now_ns();
+    for p in &graph.plugins {
+        field(&mut h, p.path.as_os_str().as_encoded_bytes());
+        match std::fs::metadata(&p.path) {
+            Ok(m) => {
+                let stat = crate::context::index::FileStat::of(&m);
+                if now - stat.changed_ns() < 2_000_000_000 {
+                    return None;
+                }
+                stat.hash_into(&mut h);
+            }
+            Err(_) => field(&mut h, b"missing"),
+        }
+    }
+    Some(*h.finalize().as_bytes())
 }
 
 /// SOURCE_DATE_EPOCH, or 0.

@@ -39,6 +39,18 @@ impl FileStat {
         h.update(&self.dev.to_le_bytes());
     }
 
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn mtime_ns(&self) -> i128 {
+        self.mtime_ns
+    }
+
     /// The later of mtime and ctime, in nanoseconds since the epoch.
     pub fn changed_ns(&self) -> i128 {
         self.mtime_ns.max(self.ctime_ns)

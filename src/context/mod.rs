@@ -9,8 +9,8 @@
 //! lead a read outside it. This module only reads the context.
 
 mod dockerignore;
-mod index;
-mod walk;
+pub mod index;
+pub mod walk;
 
 use crate::diag::Diagnostic;
 use crate::store::digest::BlobDigest;

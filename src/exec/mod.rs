@@ -14,7 +14,10 @@ pub mod copy;
 pub mod fetch;
 pub mod key;
 pub mod memo;
+mod plugin_step;
 pub mod unpack;
+pub mod wasm;
+mod workdir;
 
 use crate::context::Snapshot;
 use crate::diag::Diagnostic;
@@ -39,6 +42,8 @@ pub struct Options {
     /// What identifies this build's request (spec text, args, targets), for
     /// the build memo; `None` disables the memo.
     pub memo_key: Option<[u8; 32]>,
+    /// Seconds since the epoch that plugins see as the time (`SOURCE_DATE_EPOCH`, or 0).
+    pub epoch: u64,
 }
 
 /// How a stage ended.
@@ -90,6 +95,8 @@ pub struct Executor<'a> {
     steps_cached: AtomicUsize,
     /// The `scratch` state, stored once per build.
     empty: OnceLock<State>,
+    /// The plugin runtime, started by the first plugin step.
+    runtime: OnceLock<Result<wasm::Runtime, String>>,
 }
 
 /// Where a stage's tree comes from at the current step.
@@ -156,6 +163,7 @@ impl<'a> Executor<'a> {
             steps_run: AtomicUsize::new(0),
             steps_cached: AtomicUsize::new(0),
             empty: OnceLock::new(),
+            runtime: OnceLock::new(),
         }
     }
 
@@ -709,20 +717,7 @@ impl<'a> Executor<'a> {
                     );
                 }
             }
-            Op::Wasm { plugin, .. } => {
-                let p = &self.graph.plugins[plugin.0 as usize];
-                return Err(Diagnostic::build(
-                    "kiln::exec::unsupported",
-                    format!(
-                        "plugin steps cannot run in this version of kiln (plugin `{}`)",
-                        p.name
-                    ),
-                )
-                .with_label(step.span, "a `wasm` step")
-                .with_help(
-                    "remove the step, or build the stage with a kiln that runs WASM plugins",
-                ));
-            }
+            Op::Wasm(w) => self.wasm_inputs(w, step, inputs, &mut kb)?,
             Op::Run { .. } => {
                 return Err(Diagnostic::build(
                     "kiln::exec::unsupported",
@@ -786,15 +781,21 @@ impl<'a> Executor<'a> {
         let t0 = Instant::now();
         let mut tree = self.materialize(cur, stage_ir, inputs)?;
         let mut config = cur.config.clone();
-        self.apply(step, &mut tree, &mut config, prepared, inputs)?;
+        if let Op::Wasm(w) = &step.op {
+            tree = self.run_wasm(w, step, &tree, &config, inputs, key, stage, index)?;
+        } else {
+            self.apply(step, &mut tree, &mut config, prepared, inputs)?;
+        }
         // Trees are stored at the end of a stage only: the steps between
         // keep their config and are replayed from the last stored tree if a
         // later step needs their tree. So a stage of many steps costs one
         // stored tree, not one per step.
+        // A plugin step's tree is always stored: replaying it would mean
+        // running the plugin again.
         let digest =
             if !step.op.changes_tree() {
                 cur.known
-            } else if last {
+            } else if last || matches!(step.op, Op::Wasm(_)) {
                 Some(self.store.put_tree(&tree).map_err(|e| {
                     Diagnostic::io("cannot write to the store", self.store.root(), &e)
                 })?)

@@ -129,10 +129,7 @@ pub enum StepKind {
     /// The image's author (Docker's `MAINTAINER`).
     Maintainer(Str),
     /// `wasm PLUGIN ARG…`: a plugin step.
-    Wasm {
-        plugin: Str,
-        args: Vec<Str>,
-    },
+    Wasm(WasmDecl),
     /// `run "cmd"`: a shell command in a sandbox.
     Run(RunDecl),
 }
@@ -150,6 +147,27 @@ pub struct RunDecl {
     pub mounts: Vec<Str>,
     pub network: Option<Str>,
     pub security: Option<Str>,
+}
+
+/// `wasm PLUGIN ARG… [timeout=D] [memory=SIZE] { env …; mount … }`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WasmDecl {
+    pub plugin: Str,
+    pub args: Vec<Str>,
+    pub env: Vec<Pair>,
+    pub mounts: Vec<MountDecl>,
+    pub timeout: Option<Str>,
+    pub memory: Option<Str>,
+}
+
+/// `mount GUEST [from=STAGE | context=NAME] [source=PATH]`: read-only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountDecl {
+    pub span: Span,
+    pub guest: Str,
+    pub from: Option<Str>,
+    pub context: Option<Str>,
+    pub source: Option<Str>,
 }
 
 /// `healthcheck NONE` or `healthcheck CMD|CMD-SHELL ARG… [interval=…] …`.
@@ -187,7 +205,7 @@ impl StepKind {
             StepKind::Healthcheck(_) => "healthcheck",
             StepKind::Onbuild(_) => "onbuild",
             StepKind::Maintainer(_) => "maintainer",
-            StepKind::Wasm { .. } => "wasm",
+            StepKind::Wasm(_) => "wasm",
             StepKind::Run { .. } => "run",
         }
     }

@@ -369,6 +369,25 @@ impl Compiler<'_> {
         }
     }
 
+    /// A `context=NAME` reference.
+    fn context_ref(&mut self, c: &Str, contexts: &[Context]) -> Option<ContextId> {
+        let name = self.subst(c)?;
+        if let Some(ctx) = contexts.iter().find(|x| x.name == name && !name.is_empty()) {
+            return Some(ctx.id);
+        }
+        let mut d = Diagnostic::user(
+            "kiln::spec::unknown-context",
+            format!("unknown context `{name}`"),
+        )
+        .with_label(c.span, "no context of this name");
+        d = match did_you_mean(&name, contexts.iter().map(|x| x.name.as_str())) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!("declare it with `context {name} path=\"DIR\"`")),
+        };
+        self.diags.push(d);
+        None
+    }
+
     /// Check a substituted value against the words it may be.
     fn choice(
         &mut self,
@@ -471,30 +490,7 @@ impl Compiler<'_> {
                         deps.push(sid);
                         CopyFrom::Stage(sid)
                     }
-                    (None, Some(c)) => {
-                        let name = self.subst(c)?;
-                        match contexts.iter().find(|x| x.name == name && !name.is_empty()) {
-                            Some(ctx) => CopyFrom::Context(ctx.id),
-                            None => {
-                                let mut d = Diagnostic::user(
-                                    "kiln::spec::unknown-context",
-                                    format!("unknown context `{name}`"),
-                                )
-                                .with_label(c.span, "no context of this name");
-                                d = match did_you_mean(
-                                    &name,
-                                    contexts.iter().map(|x| x.name.as_str()),
-                                ) {
-                                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                                    None => d.with_help(format!(
-                                        "declare it with `context {name} path=\"DIR\"`"
-                                    )),
-                                };
-                                self.diags.push(d);
-                                return None;
-                            }
-                        }
-                    }
+                    (None, Some(c)) => CopyFrom::Context(self.context_ref(c, contexts)?),
                     (None, None) => CopyFrom::Context(ContextId(0)),
                 };
                 let chmod = self.mode(chmod).ok()?;
@@ -694,8 +690,10 @@ impl Compiler<'_> {
                 Op::Meta(Meta::Expose(values))
             }
             StepKind::Volume(v) => Op::Meta(Meta::Volume(self.strings(v)?)),
-            StepKind::Wasm { plugin, args } => {
-                let args = self.strings(args);
+            StepKind::Wasm(w) => {
+                let plugin = &w.plugin;
+                let args = self.strings(&w.args);
+                let env = self.pairs(&w.env);
                 let Some(p) = plugins.iter().find(|p| p.name == plugin.value) else {
                     let mut d = Diagnostic::user(
                         "kiln::spec::unknown-plugin",
@@ -712,10 +710,91 @@ impl Compiler<'_> {
                     self.diags.push(d);
                     return None;
                 };
-                Op::Wasm {
+                let mut mounts = Vec::new();
+                for m in &w.mounts {
+                    let guest = self.subst(&m.guest)?;
+                    if !guest.starts_with('/') || guest == "/" {
+                        self.diags.push(
+                            Diagnostic::user(
+                                "kiln::spec::mount",
+                                format!("`{guest}` is not a mount point"),
+                            )
+                            .with_label(m.guest.span, "expected an absolute path below `/`")
+                            .with_help(
+                                "mount at a path such as \"/mnt/src\"; `/` is the stage itself",
+                            ),
+                        );
+                        return None;
+                    }
+                    let from = match (&m.from, &m.context) {
+                        (Some(f), _) => {
+                            let f_v = Spanned::new(f.span, self.subst(f)?);
+                            let sid = self.stage_ref(&f_v, names, "to mount")?;
+                            deps.push(sid);
+                            CopyFrom::Stage(sid)
+                        }
+                        (None, Some(c)) => CopyFrom::Context(self.context_ref(c, contexts)?),
+                        (None, None) => CopyFrom::Context(ContextId(0)),
+                    };
+                    let source = match &m.source {
+                        Some(s) => self.subst(s)?,
+                        None => "/".to_string(),
+                    };
+                    mounts.push(WasmMount {
+                        guest,
+                        from,
+                        source,
+                        span: m.span,
+                    });
+                }
+                let timeout = match &w.timeout {
+                    None => DEFAULT_TIMEOUT,
+                    Some(t) => {
+                        let v = self.subst(t)?;
+                        match crate::frontend::dockerfile::instructions::duration(&v) {
+                            Some(d) if !d.is_zero() => d,
+                            _ => {
+                                self.diags.push(
+                                    Diagnostic::user(
+                                        "kiln::spec::duration",
+                                        format!("`{v}` is not a time limit"),
+                                    )
+                                    .with_label(t.span, "expected a duration above zero")
+                                    .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                let memory = match &w.memory {
+                    None => DEFAULT_MEMORY,
+                    Some(m) => {
+                        let v = self.subst(m)?;
+                        match parse_size(&v) {
+                            Some(n) if ((1 << 16)..=(1 << 32)).contains(&n) => n,
+                            _ => {
+                                self.diags.push(
+                                    Diagnostic::user(
+                                        "kiln::spec::memory",
+                                        format!("`{v}` is not a memory limit"),
+                                    )
+                                    .with_label(m.span, "expected a size from 64KiB to 4GiB")
+                                    .with_help("write a size like \"256MiB\" or \"1GiB\""),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Op::Wasm(WasmOp {
                     plugin: p.id,
                     args: args?,
-                }
+                    env: env?,
+                    mounts,
+                    timeout,
+                    memory,
+                })
             }
             StepKind::Run(r) => {
                 let command = self.strings(&r.command);
@@ -971,4 +1050,25 @@ fn exclude_spans(kind: &StepKind) -> Vec<crate::diag::Span> {
         StepKind::Copy { exclude, .. } => exclude.iter().map(|e| e.span).collect(),
         _ => Vec::new(),
     }
+}
+
+/// How long a plugin step may run when the spec does not say.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How much memory a plugin step may use when the spec does not say.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+
+/// `1024`, `64KiB`, `256MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`
+/// as powers of 1024), in bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }

@@ -204,11 +204,30 @@ pub enum Op {
         link: String,
     },
     Meta(Meta),
-    Wasm {
-        plugin: PluginId,
-        args: Vec<String>,
-    },
+    Wasm(WasmOp),
     Run(RunOp),
+}
+
+/// A plugin step after substitution.
+#[derive(Clone, Debug)]
+pub struct WasmOp {
+    pub plugin: PluginId,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<WasmMount>,
+    pub timeout: std::time::Duration,
+    /// Bytes of linear memory the guest may use.
+    pub memory: u64,
+}
+
+/// A read-only directory a plugin sees at `guest`.
+#[derive(Clone, Debug)]
+pub struct WasmMount {
+    pub guest: String,
+    pub from: CopyFrom,
+    /// The directory in the stage or context, `/` for all of it.
+    pub source: String,
+    pub span: Span,
 }
 
 /// A `run` step after substitution.
@@ -315,9 +334,20 @@ impl Op {
             }}),
             Op::Symlink { target, link } => json!({"symlink": {"target": target, "link": link}}),
             Op::Meta(m) => json!({ "meta": m }),
-            Op::Wasm { plugin, args } => json!({"wasm": {
-                "plugin": graph.plugins[plugin.0 as usize].name,
-                "args": args,
+            Op::Wasm(w) => json!({"wasm": {
+                "plugin": graph.plugins[w.plugin.0 as usize].name,
+                "args": w.args,
+                "env": w.env,
+                "mounts": w.mounts.iter().map(|m| json!({
+                    "guest": m.guest,
+                    "from": match m.from {
+                        CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
+                        CopyFrom::Stage(_) => json!("stage"),
+                    },
+                    "source": m.source,
+                })).collect::<Vec<_>>(),
+                "timeout_ms": w.timeout.as_millis() as u64,
+                "memory": w.memory,
             }}),
             Op::Run(r) => json!({ "run": r }),
         };
@@ -383,11 +413,11 @@ impl Op {
                 Meta::Onbuild(i) => format!("onbuild {i:?}"),
                 Meta::Maintainer(m) => format!("maintainer {m:?}"),
             },
-            Op::Wasm { plugin, args } => {
+            Op::Wasm(w) => {
                 format!(
                     "wasm {} {}",
-                    graph.plugins[plugin.0 as usize].name,
-                    quote(args)
+                    graph.plugins[w.plugin.0 as usize].name,
+                    quote(&w.args)
                 )
             }
             Op::Run(r) => format!("run {}", quote(&r.command)),

@@ -44,6 +44,12 @@ pub enum Event {
         key: String,
         ms: f64,
     },
+    /// What a plugin step printed (the last lines; the whole output is in the log).
+    StepOutput {
+        stage: String,
+        step: usize,
+        text: String,
+    },
     StepFailed {
         stage: String,
         step: usize,

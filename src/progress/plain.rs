@@ -40,6 +40,11 @@ pub fn line(event: &Event) -> Option<String> {
             ms,
             ..
         } => format!("#{stage} [{}] {text} ({})", step + 1, human_ms(*ms)),
+        Event::StepOutput { stage, step, text } => text
+            .lines()
+            .map(|l| format!("#{stage} [{}] | {l}", step + 1))
+            .collect::<Vec<_>>()
+            .join("\n"),
         Event::StepFailed {
             stage,
             step,

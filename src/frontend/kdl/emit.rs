@@ -231,12 +231,36 @@ fn step_body(out: &mut String, kind: &StepKind) {
             prop(out, "start-interval", &h.start_interval);
             prop(out, "retries", &h.retries);
         }
-        StepKind::Wasm {
-            plugin,
-            args: wasm_args,
-        } => {
-            let _ = write!(out, " {}", ident(&plugin.value));
-            args(out, wasm_args);
+        StepKind::Wasm(w) => {
+            let _ = write!(out, " {}", ident(&w.plugin.value));
+            args(out, &w.args);
+            prop(out, "timeout", &w.timeout);
+            prop(out, "memory", &w.memory);
+            if !w.env.is_empty() || !w.mounts.is_empty() {
+                out.push_str(" {\n");
+                for (k, v) in &w.env {
+                    let _ = writeln!(
+                        out,
+                        "{i2}{i2}env {}={}",
+                        key(&k.value),
+                        string(&v.value, "        ")
+                    );
+                }
+                for m in &w.mounts {
+                    let _ = write!(out, "{i2}{i2}mount {}", string(&m.guest.value, "        "));
+                    if let Some(f) = &m.from {
+                        let _ = write!(out, " from={}", ident(&f.value));
+                    }
+                    if let Some(c) = &m.context {
+                        let _ = write!(out, " context={}", ident(&c.value));
+                    }
+                    if let Some(s) = &m.source {
+                        let _ = write!(out, " source={}", string(&s.value, "        "));
+                    }
+                    out.push('\n');
+                }
+                let _ = write!(out, "{i2}}}");
+            }
         }
         StepKind::Run(r) => run(out, r),
     }

@@ -12,8 +12,8 @@ mod node;
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ParseCache;
 use crate::frontend::ast::{
-    ArgDecl, ContextDecl, ExportDecl, Fragment, HealthcheckDecl, PluginDecl, RunDecl, Spec,
-    StageDecl, StepDecl, StepKind, Str,
+    ArgDecl, ContextDecl, ExportDecl, Fragment, HealthcheckDecl, MountDecl, PluginDecl, RunDecl,
+    Spec, StageDecl, StepDecl, StepKind, Str, WasmDecl,
 };
 use ::kdl::KdlDocument;
 use node::Node;
@@ -507,7 +507,7 @@ impl Loader<'_> {
     fn step(&mut self, n: &Node, stage: &mut StageDecl) {
         let d = &mut self.diags;
         let name = n.node.name().value();
-        if !matches!(name, "env" | "label" | "copy" | "run") {
+        if !matches!(name, "env" | "label" | "copy" | "run" | "wasm") {
             n.no_children(d);
         }
         let kind = match name {
@@ -718,13 +718,57 @@ impl Loader<'_> {
                 })
             }
             "wasm" => {
-                n.arity(1, None, "wasm PLUGIN ARG…", d);
+                let usage = "wasm PLUGIN ARG… [timeout=DURATION] [memory=SIZE] { env NAME=VALUE…; mount GUEST [from=STAGE|context=NAME] [source=PATH] }";
+                n.arity(1, None, usage, d);
+                n.allow_props(&["timeout", "memory"], d);
                 let mut args = n.str_args(d);
                 if args.is_empty() {
                     return;
                 }
                 let plugin = args.remove(0);
-                StepKind::Wasm { plugin, args }
+                let mut env = Vec::new();
+                let mut mounts = Vec::new();
+                for c in n.children(&["env", "mount"], d) {
+                    if c.node.name().value() == "env" {
+                        env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d));
+                        continue;
+                    }
+                    let usage = "mount GUEST [from=STAGE | context=NAME] [source=PATH]";
+                    c.arity(1, Some(1), usage, d);
+                    c.allow_props(&["from", "context", "source"], d);
+                    c.no_children(d);
+                    let Some(guest) = c.str_arg(0, d) else {
+                        continue;
+                    };
+                    let from = c.str_prop("from", d);
+                    let context = c.str_prop("context", d);
+                    if let (Some(f), Some(x)) = (&from, &context) {
+                        d.push(
+                            Diagnostic::user(
+                                "kiln::spec::mount-source",
+                                "a mount takes `from=` or `context=`, not both",
+                            )
+                            .with_label(f.span, "from a stage")
+                            .with_label(x.span, "from a context")
+                            .with_help("use two mounts"),
+                        );
+                    }
+                    mounts.push(MountDecl {
+                        span: c.span(),
+                        guest,
+                        from,
+                        context,
+                        source: c.str_prop("source", d),
+                    });
+                }
+                StepKind::Wasm(WasmDecl {
+                    plugin,
+                    args,
+                    env,
+                    mounts,
+                    timeout: n.str_prop("timeout", d),
+                    memory: n.str_prop("memory", d),
+                })
             }
             "run" => {
                 let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] { env NAME=VALUE…; mount SPEC… }";

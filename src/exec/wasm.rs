@@ -1,0 +1,361 @@
+//! The plugin runtime: wasmtime with WASI preview 1, one engine per build.
+//!
+//! A guest sees its stage tree as `/` (read-write), its mounts read-only,
+//! its declared args and env, a wall clock fixed at `SOURCE_DATE_EPOCH`
+//! (or 0), a monotonic clock that advances one millisecond per reading,
+//! and random bytes seeded from the step's key. Nothing else: no host
+//! environment, no network (preview 1 has no sockets), no path outside its
+//! preopens. A time limit (epoch interruption) and a memory limit (a
+//! resource limiter) bound it; its stdout and stderr are captured, each up
+//! to [`OUTPUT_LIMIT`].
+//!
+//! Compiled modules are kept by wasmtime's own cache in the state
+//! directory, keyed by the module's bytes, wasmtime's version and the
+//! engine configuration, so a warm step costs an instantiation.
+
+use crate::ir::Plugin;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, I32Exit, WasiCtxBuilder};
+
+/// How much of each of stdout and stderr is kept; a guest writing more is
+/// stopped.
+pub const OUTPUT_LIMIT: usize = 16 << 20;
+
+/// How often the epoch advances, the granularity of time limits.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Per-store state: the WASI context and the memory limit.
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: Limits,
+}
+
+struct Limits {
+    memory: u64,
+    /// Set when the guest asked for more memory than its limit.
+    hit: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000_000)
+    }
+}
+
+/// A wall clock that never moves.
+struct FixedWall(Duration);
+
+impl HostWallClock for FixedWall {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock that advances one millisecond each time it is read.
+struct StepClock(AtomicU64);
+
+impl HostMonotonicClock for StepClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.fetch_add(1_000_000, Ordering::Relaxed)
+    }
+}
+
+/// A module ready to instantiate.
+pub struct Loaded {
+    pre: InstancePre<Host>,
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Read(std::io::Error),
+    Pin { expected: String, actual: String },
+    Component,
+    Invalid(String),
+}
+
+/// What a run left behind, whatever its outcome.
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// How a run failed.
+#[derive(Debug)]
+pub enum Failure {
+    Exit(i32),
+    Timeout(Duration),
+    Memory(u64),
+    Output(&'static str),
+    Trap {
+        message: String,
+        frames: Vec<String>,
+    },
+    Setup(String),
+}
+
+/// What one run needs.
+pub struct Invocation<'a> {
+    pub name: &'a str,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    /// The stage tree on disk, seen as `/`.
+    pub root: &'a Path,
+    /// `(host dir, guest path)`, read-only.
+    pub mounts: &'a [(PathBuf, String)],
+    pub timeout: Duration,
+    pub memory: u64,
+    pub seed: [u8; 32],
+    /// Seconds since the epoch for the wall clock.
+    pub epoch: u64,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    /// Module digests by path, read once per build.
+    digests: Mutex<HashMap<PathBuf, Result<String, String>>>,
+    loaded: Mutex<HashMap<PathBuf, Arc<Loaded>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn config(cache_dir: &Path) -> wasmtime::Result<wasmtime::Config> {
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true)
+        // The same floats on every machine.
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true);
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(cache_dir);
+    cfg.cache(Some(wasmtime::Cache::new(cache)?));
+    Ok(cfg)
+}
+
+impl Runtime {
+    /// An engine whose compiled modules are cached in `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<Runtime, String> {
+        let cache_dir = std::path::absolute(cache_dir).unwrap_or_else(|_| cache_dir.to_path_buf());
+        let cfg = config(&cache_dir).map_err(|e| format!("{e:#}"))?;
+        let engine = Engine::new(&cfg).map_err(|e| format!("{e:#}"))?;
+        let mut linker: Linker<Host> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+            .map_err(|e| format!("{e:#}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("kiln-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            digests: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            stop,
+        })
+    }
+
+    /// The blake3 of a plugin's module, read once per build.
+    pub fn digest(&self, plugin: &Plugin) -> Result<String, String> {
+        let mut map = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(plugin.path.clone())
+            .or_insert_with(|| {
+                std::fs::read(&plugin.path)
+                    .map(|b| blake3::hash(&b).to_hex().to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// Load (compile, or fetch from the cache) a plugin's module, checking its pin.
+    pub fn load(&self, plugin: &Plugin) -> Result<Arc<Loaded>, LoadError> {
+        if let Some(l) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&plugin.path)
+        {
+            return Ok(l.clone());
+        }
+        let bytes = std::fs::read(&plugin.path).map_err(LoadError::Read)?;
+        let actual = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(expected) = &plugin.blake3
+            && *expected != actual
+        {
+            return Err(LoadError::Pin {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if is_component(&bytes) {
+            return Err(LoadError::Component);
+        }
+        let module = Module::from_binary(&self.engine, &bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let loaded = Arc::new(Loaded { pre });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.path.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Run a loaded module to completion.
+    pub fn run(&self, module: &Loaded, inv: &Invocation) -> (Output, Result<(), Failure>) {
+        let stdout = MemoryOutputPipe::new(OUTPUT_LIMIT);
+        let stderr = MemoryOutputPipe::new(OUTPUT_LIMIT);
+        let output = |stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe| Output {
+            stdout: stdout.contents().to_vec(),
+            stderr: stderr.contents().to_vec(),
+        };
+        let mut b = WasiCtxBuilder::new();
+        let mut argv = vec![inv.name.to_string()];
+        argv.extend(inv.args.iter().cloned());
+        b.args(&argv)
+            .envs(inv.env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FixedWall(Duration::from_secs(inv.epoch)))
+            .monotonic_clock(StepClock(AtomicU64::new(0)))
+            .secure_random(rand::rngs::StdRng::from_seed(inv.seed))
+            .insecure_random(rand::rngs::StdRng::from_seed(inv.seed))
+            .insecure_random_seed(u128::from_le_bytes(
+                inv.seed[..16].try_into().unwrap_or([0; 16]),
+            ))
+            .allow_blocking_current_thread(true);
+        if let Err(e) = b.preopened_dir(inv.root, "/", FsPerms::ReadWrite) {
+            return (
+                output(&stdout, &stderr),
+                Err(Failure::Setup(format!("{e:#}"))),
+            );
+        }
+        for (host, guest) in inv.mounts {
+            if let Err(e) = b.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                return (
+                    output(&stdout, &stderr),
+                    Err(Failure::Setup(format!("{e:#}"))),
+                );
+            }
+        }
+        let mut store = Store::new(
+            &self.engine,
+            Host {
+                wasi: b.build_p1(),
+                limits: Limits {
+                    memory: inv.memory,
+                    hit: false,
+                },
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        let ticks = (inv.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let result = module
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
+            .and_then(|f| f.call(&mut store, ()));
+        let out = output(&stdout, &stderr);
+        let Err(e) = result else {
+            return (out, Ok(()));
+        };
+        if let Some(exit) = e.downcast_ref::<I32Exit>() {
+            return (
+                out,
+                if exit.0 == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::Exit(exit.0))
+                },
+            );
+        }
+        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+            return (out, Err(Failure::Timeout(inv.timeout)));
+        }
+        if store.data().limits.hit {
+            return (out, Err(Failure::Memory(inv.memory)));
+        }
+        if out.stdout.len() >= OUTPUT_LIMIT {
+            return (out, Err(Failure::Output("stdout")));
+        }
+        if out.stderr.len() >= OUTPUT_LIMIT {
+            return (out, Err(Failure::Output("stderr")));
+        }
+        let frames = e
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| {
+                bt.frames()
+                    .iter()
+                    .map(|f| {
+                        let name = f
+                            .func_name()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format!("function #{}", f.func_index()));
+                        match f.module_offset() {
+                            Some(o) => format!("{name} (module offset {o:#x})"),
+                            None => name,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let message = match e.downcast_ref::<Trap>() {
+            Some(t) => t.to_string(),
+            None => format!("{e}"),
+        };
+        (out, Err(Failure::Trap { message, frames }))
+    }
+}
+
+/// A WASI preview 2 component (rather than a core module), by its header.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}

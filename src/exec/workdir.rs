@@ -1,0 +1,170 @@
+//! A stage tree on disk, for a plugin to work in, and back.
+//!
+//! Builtin steps never need this: they work on tree manifests. A plugin is
+//! a real program with a file system, so its stage tree is written out to
+//! a private directory in the state dir's `tmp/` (files copied from the
+//! store, never linked: the guest may write to them), and read back after.
+//!
+//! Reading back must not hash what the guest left alone. Every file is
+//! written with a sentinel mtime; a file whose inode, size and mtime are
+//! still the ones written keeps its digest. Writing a file sets its mtime
+//! to the host's clock, which is never the sentinel.
+
+use crate::context::index::FileStat;
+use crate::diag::Diagnostic;
+use crate::store::Store;
+use crate::store::digest::BlobDigest;
+use crate::store::tree::{Entry, Kind, Tree};
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The mtime every written file gets (one second after the epoch).
+const SENTINEL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What was written, to tell later what changed.
+pub struct Written {
+    /// Files by path: (inode, size, digest).
+    files: HashMap<String, (u64, u64, BlobDigest)>,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Diagnostic {
+    Diagnostic::io(what, path, &e)
+}
+
+/// Write the entries of `tree` below `subdir` (`""` for all of it) to `dest`,
+/// which must not exist. Directories are left writable; modes and owners
+/// stay in the tree.
+pub fn write(store: &Store, tree: &Tree, subdir: &str, dest: &Path) -> Result<Written, Diagnostic> {
+    fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
+    let mut files = HashMap::new();
+    let entries: Box<dyn Iterator<Item = (&String, &Entry)>> = if subdir.is_empty() {
+        Box::new(tree.entries.iter())
+    } else {
+        Box::new(tree.descendants(subdir))
+    };
+    let strip = if subdir.is_empty() {
+        0
+    } else {
+        subdir.len() + 1
+    };
+    for (path, e) in entries {
+        let rel = &path[strip..];
+        let at = dest.join(rel);
+        match &e.kind {
+            Kind::Dir => {
+                fs::create_dir_all(&at).map_err(|err| io("cannot create", &at, err))?;
+            }
+            Kind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &at)
+                    .map_err(|err| io("cannot create", &at, err))?;
+            }
+            Kind::File { blob, size } => {
+                let mut src = store
+                    .open_blob(*blob)
+                    .map_err(|err| Diagnostic::env("kiln::store::blob", format!("{err}")))?;
+                let mut out = fs::File::create(&at).map_err(|err| io("cannot create", &at, err))?;
+                std::io::copy(&mut src, &mut out).map_err(|err| io("cannot write", &at, err))?;
+                out.set_permissions(fs::Permissions::from_mode(0o644))
+                    .map_err(|err| io("cannot write", &at, err))?;
+                out.set_modified(std::time::UNIX_EPOCH + SENTINEL)
+                    .map_err(|err| io("cannot write", &at, err))?;
+                let ino = out
+                    .metadata()
+                    .map_err(|err| io("cannot stat", &at, err))?
+                    .ino();
+                files.insert(rel.to_string(), (ino, *size, *blob));
+            }
+        }
+    }
+    Ok(Written { files })
+}
+
+/// Read `dir` back as a tree: files the guest left alone keep their digest,
+/// others are stored. Paths that were in `before` keep its mode and owner
+/// (a WASI guest cannot change them); new files get `0644`, new
+/// directories `0755`, owner `0:0`.
+pub fn read_back(
+    store: &Store,
+    dir: &Path,
+    before: &Tree,
+    written: &Written,
+) -> Result<Tree, Diagnostic> {
+    let listed = crate::context::walk::walk(dir, &|_, _| false)?;
+    let mut tree = Tree::new();
+    for found in listed {
+        let path = found.path;
+        let old = before.get(&path);
+        let same_kind = old.is_some_and(|o| {
+            std::mem::discriminant(&o.kind) == std::mem::discriminant(&found.entry.kind)
+        });
+        let keep = |default: u32| -> (u32, u32, u32) {
+            match old {
+                Some(o) if same_kind => (o.mode, o.uid, o.gid),
+                _ => (default, 0, 0),
+            }
+        };
+        let entry = match found.entry.kind {
+            Kind::Dir => {
+                let (mode, uid, gid) = keep(0o755);
+                Entry::dir(mode, uid, gid)
+            }
+            Kind::Symlink { target } => {
+                let (_, uid, gid) = keep(0o777);
+                Entry {
+                    kind: Kind::Symlink { target },
+                    mode: 0o777,
+                    uid,
+                    gid,
+                }
+            }
+            Kind::File { size, .. } => {
+                let at = dir.join(&path);
+                let unchanged = match (found.stat, written.files.get(&path)) {
+                    (Some(stat), Some((ino, old_size, blob))) => {
+                        unchanged(&stat, *ino, *old_size).then_some(*blob)
+                    }
+                    _ => None,
+                };
+                let blob = match unchanged {
+                    Some(b) => b,
+                    None => {
+                        let bytes = fs::read(&at).map_err(|e| io("cannot read", &at, e))?;
+                        store
+                            .put_blob(&bytes)
+                            .map_err(|e| io("cannot write to the store", store.root(), e))?
+                    }
+                };
+                let (mode, uid, gid) = keep(0o644);
+                Entry {
+                    kind: Kind::File { blob, size },
+                    mode,
+                    uid,
+                    gid,
+                }
+            }
+        };
+        tree.entries.insert(path, entry);
+    }
+    Ok(tree)
+}
+
+fn unchanged(stat: &FileStat, ino: u64, size: u64) -> bool {
+    stat.ino() == ino && stat.size() == size && stat.mtime_ns() == SENTINEL.as_nanos() as i128
+}
+
+/// A private directory in the store's `tmp/`, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(store: &Store, hint: &str) -> TempDir {
+        TempDir(store.tmp_path(hint))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
