@@ -202,7 +202,7 @@ impl Executor<'_> {
             self.progress.emit(Event::StepOutput {
                 stage: stage.into(),
                 step: index,
-                text: tail(&text, 200),
+                text: shown(&text),
             });
         }
         if let Err(f) = result {
@@ -230,6 +230,19 @@ impl Executor<'_> {
             .ok()
             .map(|_| path)
     }
+}
+
+/// What the progress display shows of a step's output: its last 50 lines,
+/// each cut at 300 characters.
+fn shown(text: &str) -> String {
+    tail(text, 50)
+        .lines()
+        .map(|l| match l.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The last `n` lines of `text`.

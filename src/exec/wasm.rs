@@ -23,6 +23,7 @@ use std::time::Duration;
 use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, I32Exit, WasiCtxBuilder};
 
 /// How much of each of stdout and stderr is kept; a guest writing more is
@@ -66,6 +67,88 @@ impl ResourceLimiter for Limits {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 10_000_000)
     }
+}
+
+/// Captured output that stops the guest (with a trap) when it would grow
+/// past its limit, so a flood cannot go on until the time limit.
+#[derive(Clone)]
+struct Capped {
+    buf: Arc<Mutex<Vec<u8>>>,
+    limit: usize,
+    over: Arc<AtomicBool>,
+    /// For the async interface, which preview 1 does not use.
+    fallback: MemoryOutputPipe,
+}
+
+impl Capped {
+    fn new(limit: usize) -> Capped {
+        Capped {
+            buf: Arc::new(Mutex::new(Vec::new())),
+            limit,
+            over: Arc::new(AtomicBool::new(false)),
+            fallback: MemoryOutputPipe::new(limit),
+        }
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        let mut out = self.buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        out.extend_from_slice(&self.fallback.contents());
+        out
+    }
+
+    fn over(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+
+    fn trap(&self) -> StreamError {
+        self.over.store(true, Ordering::Relaxed);
+        StreamError::Trap(wasmtime::format_err!(
+            "output limit of {} bytes reached",
+            self.limit
+        ))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for Capped {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for Capped {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.fallback.async_stream()
+    }
+}
+
+impl OutputStream for Capped {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() + bytes.len() > self.limit {
+            drop(buf);
+            return Err(self.trap());
+        }
+        buf.extend_from_slice(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        let used = self.buf.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if used >= self.limit {
+            return Err(self.trap());
+        }
+        Ok(self.limit - used)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capped {
+    async fn ready(&mut self) {}
 }
 
 /// A wall clock that never moves.
@@ -249,11 +332,11 @@ impl Runtime {
 
     /// Run a loaded module to completion.
     pub fn run(&self, module: &Loaded, inv: &Invocation) -> (Output, Result<(), Failure>) {
-        let stdout = MemoryOutputPipe::new(OUTPUT_LIMIT);
-        let stderr = MemoryOutputPipe::new(OUTPUT_LIMIT);
-        let output = |stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe| Output {
-            stdout: stdout.contents().to_vec(),
-            stderr: stderr.contents().to_vec(),
+        let stdout = Capped::new(OUTPUT_LIMIT);
+        let stderr = Capped::new(OUTPUT_LIMIT);
+        let output = |stdout: &Capped, stderr: &Capped| Output {
+            stdout: stdout.contents(),
+            stderr: stderr.contents(),
         };
         let mut b = WasiCtxBuilder::new();
         let mut argv = vec![inv.name.to_string()];
@@ -323,10 +406,10 @@ impl Runtime {
         if store.data().limits.hit {
             return (out, Err(Failure::Memory(inv.memory)));
         }
-        if out.stdout.len() >= OUTPUT_LIMIT {
+        if stdout.over() {
             return (out, Err(Failure::Output("stdout")));
         }
-        if out.stderr.len() >= OUTPUT_LIMIT {
+        if stderr.over() {
             return (out, Err(Failure::Output("stderr")));
         }
         let frames = e

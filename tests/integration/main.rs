@@ -11,3 +11,4 @@ mod golden;
 mod graph;
 mod harness;
 mod import;
+mod plugins;

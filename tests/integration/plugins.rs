@@ -1,0 +1,229 @@
+//! Plugin steps with the real binary: the example plugins in specs, pins,
+//! determinism, and a hostile plugin that must stay contained.
+//!
+//! The modules are the committed ones in `plugins/dist/` (rebuilt and
+//! compared byte for byte by `scripts/build-plugins --check`).
+
+use crate::harness::Project;
+use std::path::{Path, PathBuf};
+
+fn dist(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/dist")
+        .join(format!("{name}.wasm"))
+}
+
+fn pin(name: &str) -> String {
+    blake3::hash(&std::fs::read(dist(name)).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+/// `plugin NAME path=… blake3=…` for a committed module.
+fn decl(alias: &str, name: &str) -> String {
+    format!(
+        "plugin {alias} path=\"{}\" blake3=\"{}\"\n",
+        dist(name).display(),
+        pin(name)
+    )
+}
+
+fn hostile_project(steps: &str) -> Project {
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\n{}stage s {{\n{steps}}}\nexport {{\n    s to=\"out\"\n}}\n",
+        decl("hostile", "hostile")
+    ));
+    p
+}
+
+#[test]
+fn example_plugins_work_in_a_spec() {
+    let p = Project::new();
+    p.file("site/index.html.in", "<h1>{{ title }}</h1>\n")
+        .file("site/about.txt", "about\n")
+        .spec(&format!(
+            "kiln 1\n{}{}{}{}\
+             stage site {{\n    workdir \"/work\"\n    copy \"site/\" \"./\"\n\
+             \x20   wasm tpl \"--set\" \"title=Hello\" \"index.html.in\" \"index.html\"\n\
+             \x20   rm \"index.html.in\"\n\
+             \x20   wasm sum \"--out\" \"/SHA256SUMS\" \"/work\"\n\
+             \x20   wasm pack \"--gzip\" \"--prefix\" \"site\" \"/work\" \"/site.tar.gz\"\n\
+             \x20   wasm count \"/count.txt\" \"/work/index.html\" \"/work/about.txt\"\n}}\n\
+             export {{\n    site to=\"out\"\n}}\n",
+            decl("tpl", "template"),
+            decl("sum", "checksum"),
+            decl("pack", "archive"),
+            decl("count", "count"),
+        ));
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/work/index.html"), "<h1>Hello</h1>\n");
+    assert!(!p.exists("out/work/index.html.in"));
+    let sha = |s: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        p.read("out/SHA256SUMS"),
+        format!(
+            "{}  about.txt\n{}  index.html\n",
+            sha("about\n"),
+            sha("<h1>Hello</h1>\n")
+        )
+    );
+    assert_eq!(
+        p.read("out/count.txt"),
+        "1 1 15 /work/index.html\n1 1 6 /work/about.txt\n2 2 21 total\n"
+    );
+    // The archive holds the directory, sorted, with fixed metadata.
+    let gz = std::fs::read(p.path().join("out/site.tar.gz")).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+    let names: Vec<(String, u64)> = tar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().mtime().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("site/about.txt".to_string(), 0),
+            ("site/index.html".to_string(), 0)
+        ]
+    );
+    // A second run from scratch gives the same bytes.
+    p.build(&["--no-cache"]).ok();
+    assert_eq!(std::fs::read(p.path().join("out/site.tar.gz")).unwrap(), gz);
+}
+
+#[test]
+fn a_module_that_does_not_match_its_pin_is_refused() {
+    let p = Project::new();
+    std::fs::copy(dist("template"), p.path().join("tpl.wasm")).unwrap();
+    let wrong = "0".repeat(64);
+    p.spec(&format!(
+        "kiln 1\nplugin tpl path=\"tpl.wasm\" blake3=\"{wrong}\"\nstage s {{\n    write \"/a\" \"x\"\n    wasm tpl \"/a\" \"/b\"\n}}\n"
+    ));
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    r.code(2);
+    assert!(r.stderr.contains(&wrong), "{}", r.stderr);
+    assert!(r.stderr.contains(&pin("template")), "{}", r.stderr);
+    assert!(r.stderr.contains("kiln plugin pin"), "{}", r.stderr);
+}
+
+#[test]
+fn a_changed_module_reruns_its_step() {
+    let p = Project::new();
+    std::fs::copy(dist("template"), p.path().join("tool.wasm")).unwrap();
+    p.spec(
+        "kiln 1\nplugin tool path=\"tool.wasm\"\nstage s {\n    write \"/a\" \"x\\n\"\n    wasm tool \"/a\" \"/b\"\n}\nexport {\n    s to=\"out\"\n}\n",
+    );
+    p.build(&[]).ok();
+    assert!(p.exists("out/b"));
+    let again = p.build(&[]);
+    again.ok();
+    assert!(again.ran().is_empty(), "{:?}", again.ran());
+    // Another module at the same path (the same program with a custom
+    // section added): the step's key changes.
+    let mut bytes = std::fs::read(dist("template")).unwrap();
+    bytes.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
+    std::fs::write(p.path().join("tool.wasm"), bytes).unwrap();
+    let changed = p.build(&[]);
+    changed.ok();
+    assert_eq!(changed.ran().len(), 1, "{:?}", changed.ran());
+}
+
+#[test]
+fn clock_and_random_are_deterministic() {
+    let p = hostile_project("    wasm hostile \"clock\"\n");
+    p.build(&["--no-cache"]).ok();
+    let first = p.read("out/clock.txt");
+    p.build(&["--no-cache"]).ok();
+    assert_eq!(p.read("out/clock.txt"), first);
+    assert!(first.starts_with("wall 0.000000000\n"), "{first}");
+    assert!(first.contains("mono 0.000000000 -> 0.001000000"), "{first}");
+    // The wall clock is SOURCE_DATE_EPOCH.
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--no-cache", "--progress", "plain"])
+        .current_dir(p.path())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        p.read("out/clock.txt")
+            .starts_with("wall 1700000000.000000000\n")
+    );
+}
+
+#[test]
+fn escape_attempts_are_contained() {
+    let marker = Path::new("/tmp/kiln-breach");
+    let _ = std::fs::remove_file(marker);
+    let p = hostile_project(
+        "    symlink \"/etc\" \"/escape\"\n    symlink \"../../../..\" \"/up\"\n\
+         \x20   mkdir \"/mnt\"\n\
+         \x20   wasm hostile \"abs\"\n    wasm hostile \"dotdot\"\n    wasm hostile \"symlink\"\n\
+         \x20   wasm hostile \"write\" {\n        mount \"/mnt/ro\" source=\"ro\"\n    }\n",
+    );
+    p.file("ro/file.txt", "read-only\n");
+    let r = p.build(&[]);
+    // Exit 99 would mean an attempt got through.
+    r.ok();
+    assert!(!marker.exists(), "a plugin wrote outside its stage");
+    assert!(!Path::new("/etc/kiln-breach").exists());
+    assert!(!p.exists("ro/kiln-breach"), "a read-only mount was written");
+    assert_eq!(p.read("out/inside.txt"), "inside\n");
+    assert_eq!(p.read("ro/file.txt"), "read-only\n");
+}
+
+#[test]
+fn the_host_environment_is_not_visible() {
+    let p = hostile_project(
+        "    workdir \"/w\"\n    wasm hostile \"env\" {\n        env GREETING=\"hi\"\n    }\n",
+    );
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/env.txt"), "GREETING=hi\nPWD=/w\n");
+}
+
+#[test]
+fn runaway_plugins_are_stopped_with_a_clear_error() {
+    for (mode, limit, code, expect) in [
+        (
+            "spin",
+            "timeout=\"1s\"",
+            "kiln::wasm::timeout",
+            "time limit of 1s",
+        ),
+        (
+            "alloc",
+            "memory=\"64MiB\"",
+            "kiln::wasm::memory",
+            "memory limit of 64 MiB",
+        ),
+        (
+            "flood",
+            "",
+            "kiln::wasm::output",
+            "more than 16 MiB to stdout",
+        ),
+        ("trap", "", "kiln::wasm::trap", "crash_here"),
+        ("exit", "", "kiln::wasm::exit", "exited with status 7"),
+    ] {
+        let p = hostile_project(&format!("    wasm hostile \"{mode}\" {limit}\n"));
+        let r = p.kiln(&["build", "--progress", "plain"]);
+        r.code(1);
+        assert!(r.stderr.contains(code), "{mode}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{mode}: {}", r.stderr);
+        assert!(r.stderr.contains("kiln.kdl:"), "{mode}: {}", r.stderr);
+        assert!(!p.exists("out"));
+    }
+}
