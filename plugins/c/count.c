@@ -10,13 +10,14 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The manifest `kiln plugin inspect` shows. */
-__attribute__((used, section("kiln-plugin")))
-static const char manifest[] =
-    "name=count\n"
-    "version=0.1.0\n"
-    "description=Count lines, words and bytes of files into a report\n"
-    "option=OUT FILE...: the report, then the files\n";
+/* The manifest `kiln plugin inspect` shows: a `kiln-plugin` custom section. */
+__asm__(
+    ".section \".custom_section.kiln-plugin\",\"\",@\n"
+    ".ascii \"name=count\\n\"\n"
+    ".ascii \"version=0.1.0\\n\"\n"
+    ".ascii \"description=Count lines, words and bytes of files into a report\\n\"\n"
+    ".ascii \"option=OUT FILE...: the report, then the files\\n\"\n"
+    ".text\n");
 
 int main(int argc, char **argv) {
     if (argc < 3) {

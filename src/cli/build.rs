@@ -1,5 +1,6 @@
 //! `kiln build`.
 
+use super::outln;
 use super::{Failure, SpecArgs, exit_code, render_all};
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, StageOutcome};
@@ -320,7 +321,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     if failures.is_empty() {
         for r in &roots {
             if let Some(StageOutcome::Built(s)) = outcome.stages.get(r) {
-                println!("{}\t{}", graph.stage(*r).name, s.digest().hex());
+                outln!("{}\t{}", graph.stage(*r).name, s.digest().hex());
             }
         }
         // The process ends next: freeing large structures one by one would

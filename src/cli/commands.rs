@@ -2,6 +2,7 @@
 
 use super::build::{state_dir, targets};
 use super::{Failure, SpecArgs, render_all};
+use super::{out, outln};
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
@@ -168,7 +169,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     }
     match &args.output {
         None => {
-            print!("{text}");
+            out!("{text}");
             Ok(())
         }
         Some(out) => {
@@ -209,7 +210,7 @@ pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
     let (_, graph, warnings) = load(args, sources, None)?;
     print_warnings(&warnings, sources);
     let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
-    println!(
+    outln!(
         "ok: {} stage{}, {steps} step{}, {} export{}",
         graph.stages.len(),
         if graph.stages.len() == 1 { "" } else { "s" },
@@ -328,7 +329,7 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
             out.push_str("}\n");
         }
     }
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -367,7 +368,7 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     };
     let cached = last.steps.iter().filter(|s| s.cached).count();
     let ran = last.steps.len() - cached;
-    println!(
+    outln!(
         "last build of {}: {ran} step{} ran, {cached} cached",
         last.spec,
         if ran == 1 { "" } else { "s" }
@@ -375,13 +376,13 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     for s in &last.steps {
         if s.cached {
             if args.all {
-                println!("  cached  {} [{}] {}", s.stage, s.step + 1, s.text);
+                outln!("  cached  {} [{}] {}", s.stage, s.step + 1, s.text);
             }
             continue;
         }
-        println!("  ran     {} [{}] {}", s.stage, s.step + 1, s.text);
+        outln!("  ran     {} [{}] {}", s.stage, s.step + 1, s.text);
         for w in &s.why {
-            println!("            because {w}");
+            outln!("            because {w}");
         }
     }
     Ok(())
@@ -409,13 +410,13 @@ pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
     };
     let state = state_dir(&args.state_dir, &args.spec.spec_path());
     if !state.exists() {
-        println!("nothing to collect: `{}` does not exist", state.display());
+        outln!("nothing to collect: `{}` does not exist", state.display());
         return Ok(());
     }
     let store = Store::open_waiting(&state, Access::Exclusive, &super::waiting)?;
     let r = gc::collect(&store, budget)
         .map_err(|e| Diagnostic::io("cannot collect garbage in", &state, &e))?;
-    println!(
+    outln!(
         "cache: {} → {}; removed {} cache entr{}, {} tree{}, {} blob{}",
         human_bytes(r.bytes_before),
         human_bytes(r.bytes_after),
@@ -480,7 +481,7 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         all.update(&[0]);
         all.update(&d.0);
     }
-    println!(
+    outln!(
         "{} files, {} bytes, {}",
         paths.len(),
         bytes,

@@ -8,6 +8,7 @@
 
 mod build;
 mod commands;
+mod plugin;
 
 use crate::diag::{Class, Diagnostic, RenderOptions, Sources, render};
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     Check(SpecArgs),
     /// Write the KDL spec equivalent to a Dockerfile
     Import(commands::ImportArgs),
+    /// Work with plugins: pin them, inspect a module, start a new one
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Print the stage graph (text, or Graphviz with `--format dot`)
     Graph(commands::GraphArgs),
     /// Show, for each step of the last build, whether it was cached and why it ran
@@ -142,6 +146,32 @@ pub fn render_all(ds: &[Diagnostic], sources: &Sources) -> String {
         .join("\n")
 }
 
+/// Write to stdout; a closed pipe (`kiln graph | head`) ends kiln quietly
+/// instead of panicking.
+pub fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("kiln: cannot write to stdout: {e}");
+        std::process::exit(3);
+    }
+}
+
+/// `println!` for command output, through [`write_out`].
+macro_rules! outln {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` for command output, through [`write_out`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_out(format_args!($($t)*)) };
+}
+pub(crate) use {out, outln};
+
 /// Tell the user why kiln is waiting for the store lock.
 pub fn waiting(why: &str) {
     eprintln!("kiln: waiting for the state directory lock ({why})");
@@ -160,6 +190,7 @@ pub fn main() -> ExitCode {
         Command::Build(a) => build::run(&a, &sources),
         Command::Check(a) => commands::check(&a, &sources),
         Command::Import(a) => commands::import(&a, &sources),
+        Command::Plugin(c) => plugin::run(&c, &sources),
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),

@@ -208,6 +208,16 @@ impl Compiler<'_> {
             let Some(path) = self.subst(&decl.path) else {
                 continue;
             };
+            if decl.blake3.is_none() {
+                self.warnings.push(
+                    Diagnostic::warning(
+                        "kiln::spec::unpinned",
+                        format!("plugin `{}` is not pinned", decl.name.value),
+                    )
+                    .with_label(decl.span, "no blake3=")
+                    .with_help("run `kiln plugin pin` to pin the module by its content; a changed module is then an error, not a surprise"),
+                );
+            }
             out.push(Plugin {
                 id: PluginId(out.len() as u32),
                 name: decl.name.value.clone(),

@@ -227,3 +227,123 @@ fn runaway_plugins_are_stopped_with_a_clear_error() {
         assert!(!p.exists("out"));
     }
 }
+
+#[test]
+fn plugin_pin_fills_in_and_updates_pins_in_place() {
+    let p = Project::new();
+    std::fs::copy(dist("template"), p.path().join("tpl.wasm")).unwrap();
+    p.spec("kiln 1\n// the template plugin\nplugin tpl path=\"tpl.wasm\" // keep this comment\nstage s {\n    write \"/a\" \"x\"\n}\n");
+    let r = p.kiln(&["plugin", "pin"]);
+    r.ok();
+    assert!(r.stdout.contains("tpl: pinned"), "{}", r.stdout);
+    let text = p.read("kiln.kdl");
+    assert!(
+        text.contains(&format!(
+            "plugin tpl path=\"tpl.wasm\" blake3=\"{}\" // keep this comment",
+            pin("template")
+        )),
+        "{text}"
+    );
+    assert!(p.kiln(&["plugin", "pin"]).stdout.contains("already pinned"));
+    // A stale pin is replaced, and the build accepts the result.
+    let stale = text.replace(&pin("template"), &"a".repeat(64));
+    p.spec(&stale);
+    assert!(p.kiln(&["plugin", "pin"]).stdout.contains("pin updated"));
+    assert_eq!(p.read("kiln.kdl"), text);
+    p.kiln(&["check"]).ok();
+}
+
+#[test]
+fn plugin_inspect_shows_the_manifest_and_imports() {
+    let p = Project::new();
+    let r = p.kiln(&[
+        "plugin",
+        "inspect",
+        "--json",
+        dist("template").to_str().unwrap(),
+    ]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["blake3"], pin("template"));
+    assert_eq!(v["kind"], "core module");
+    assert!(
+        v["manifest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|kv| kv[0] == "name" && kv[1] == "template")
+    );
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "wasi_snapshot_preview1::fd_write")
+    );
+    assert!(
+        v["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "_start (func)")
+    );
+    let text = p.kiln(&["plugin", "inspect", dist("count").to_str().unwrap()]);
+    text.ok();
+    assert!(
+        text.stdout.contains("description  Count lines"),
+        "{}",
+        text.stdout
+    );
+    p.file("bad.wasm", "not wasm");
+    p.kiln(&["plugin", "inspect", "bad.wasm"]).code(2);
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
+    let has_target = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip1"));
+    if !has_target {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the wasm32-wasip1 target is missing (scripts/test adds it)"
+        );
+        eprintln!("skipping: no wasm32-wasip1 target (rustup target add wasm32-wasip1)");
+        return;
+    }
+    let p = Project::new();
+    p.kiln(&["plugin", "new", "demo"]).ok();
+    p.kiln(&["plugin", "new", "demo"]).code(2);
+    p.kiln(&["plugin", "new", "Bad Name"]).code(2);
+    let dir = p.path().join("demo");
+    let out = std::process::Command::new("cargo")
+        .args(["build", "--release", "--offline", "--quiet"])
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(crate::harness::kiln_bin())
+            .args(args)
+            .current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    run(&["plugin", "pin"]);
+    run(&["build", "--progress", "plain"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/out/greeting.txt")).unwrap(),
+        "hello from demo\n"
+    );
+}
