@@ -105,7 +105,7 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
             continue;
         };
         let mut text = file.text.to_string();
-        list.sort_by(|a, b| b.0.cmp(&a.0));
+        list.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (start, end, with) in list {
             // A string value's span covers its quotes.
             let (start, end) = quoted_range(&text, start, end);
