@@ -73,15 +73,19 @@ fn pack(dir: &str, prefix: &str, executable: &[String], mtime: u64) -> Result<Ve
             }
             tree::Kind::File => {
                 let data = tree::read(&e.path)?;
-                let exec = executable.iter().any(|x| x.trim_start_matches("./") == e.rel);
+                let exec = executable
+                    .iter()
+                    .any(|x| x.trim_start_matches("./") == e.rel);
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if exec { 0o755 } else { 0o644 });
                 h.set_size(data.len() as u64);
-                b.append_data(&mut h, &name, data.as_slice()).context(&name)?;
+                b.append_data(&mut h, &name, data.as_slice())
+                    .context(&name)?;
             }
         }
     }
-    b.into_inner().map_err(|e| Error::new(format!("cannot finish the archive: {e}")))
+    b.into_inner()
+        .map_err(|e| Error::new(format!("cannot finish the archive: {e}")))
 }
 
 fn gzip_bytes(data: &[u8]) -> Result<Vec<u8>> {

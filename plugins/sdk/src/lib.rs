@@ -285,7 +285,12 @@ mod tests {
     #[test]
     fn mistakes_are_usage_errors() {
         assert_eq!(parse(&["--nope"]).unwrap_err().code, 2);
-        assert!(parse(&["--set"]).unwrap_err().message.contains("needs a value"));
+        assert!(
+            parse(&["--set"])
+                .unwrap_err()
+                .message
+                .contains("needs a value")
+        );
         assert!(parse(&["--check=1"]).is_err());
         let a = parse(&["x", "y"]).unwrap();
         assert!(a.finish().is_err());

@@ -32,9 +32,9 @@ fn main() {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (k, v) = line.split_once('=').ok_or_else(|| {
-                    Error::new(format!("{file}:{}: expected NAME=VALUE", n + 1))
-                })?;
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| Error::new(format!("{file}:{}: expected NAME=VALUE", n + 1)))?;
                 vars.insert(k.trim().to_string(), v.trim().to_string());
             }
         }
@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn fills_and_reports() {
         let vars: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
-        assert_eq!(render("x {{ a }} {{a}} {{{{ y", &vars, false).unwrap(), "x 1 1 {{ y");
+        assert_eq!(
+            render("x {{ a }} {{a}} {{{{ y", &vars, false).unwrap(),
+            "x 1 1 {{ y"
+        );
         let e = render("ok\n  {{ b }}", &vars, false).unwrap_err();
         assert!(e.message.starts_with("2:3:"), "{}", e.message);
         assert_eq!(render("{{ b }}", &vars, true).unwrap(), "{{ b }}");
