@@ -175,7 +175,7 @@ fn inspect(args: &InspectArgs) -> Result<(), Failure> {
         size: bytes.len() as u64,
         blake3: blake3::hash(&bytes).to_hex().to_string(),
         kind: if crate::exec::wasm::is_component(&bytes) {
-            "WASI preview 2 component (kiln runs preview 1 modules)"
+            "WASI preview 2 component"
         } else {
             "core module"
         },

@@ -266,16 +266,11 @@ fn load_error(e: LoadError, p: &Plugin, step: &Step) -> Diagnostic {
             ),
         )
         .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
-        LoadError::Component => Diagnostic::user(
-            "kiln::wasm::component",
-            format!("plugin `{}` is a WASI preview 2 component; kiln runs WASI preview 1 modules", p.name),
-        )
-        .with_help("build the plugin for `wasm32-wasip1`"),
         LoadError::Invalid(msg) => Diagnostic::user(
             "kiln::wasm::module",
-            format!("plugin `{}` is not a WASI preview 1 program kiln can run: {msg}", p.name),
+            format!("plugin `{}` is not a WASI program kiln can run: {msg}", p.name),
         )
-        .with_help("plugins are WASI preview 1 programs (`cargo build --target wasm32-wasip1`, or `clang --target=wasm32-wasi`)"),
+        .with_help("plugins are WASI preview 1 modules (`cargo build --target wasm32-wasip1`, or `clang --target=wasm32-wasi`) or preview 2 `wasi:cli/command` components"),
     };
     d.with_label(p.span, "declared here")
         .with_label(step.span, "used here")

@@ -39,6 +39,22 @@ struct Host {
     limits: Limits,
 }
 
+/// Per-store state for a preview 2 component.
+struct HostP2 {
+    ctx: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+    limits: Limits,
+}
+
+impl wasmtime_wasi::WasiView for HostP2 {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
 struct Limits {
     memory: u64,
     /// Set when the guest asked for more memory than its limit.
@@ -175,9 +191,13 @@ impl HostMonotonicClock for StepClock {
     }
 }
 
-/// A module ready to instantiate.
-pub struct Loaded {
-    pre: InstancePre<Host>,
+/// A program ready to instantiate: a preview 1 module or a preview 2
+/// `wasi:cli/command` component.
+pub struct Loaded(Program);
+
+enum Program {
+    Module(InstancePre<Host>),
+    Component(wasmtime_wasi::p2::bindings::sync::CommandPre<HostP2>),
 }
 
 /// Why a module could not be loaded.
@@ -185,7 +205,6 @@ pub struct Loaded {
 pub enum LoadError {
     Read(std::io::Error),
     Pin { expected: String, actual: String },
-    Component,
     Invalid(String),
 }
 
@@ -228,6 +247,7 @@ pub struct Invocation<'a> {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
+    component_linker: wasmtime::component::Linker<HostP2>,
     /// Module digests by path, read once per build.
     digests: Mutex<HashMap<PathBuf, Result<String, String>>>,
     loaded: Mutex<HashMap<PathBuf, Arc<Loaded>>>,
@@ -261,6 +281,9 @@ impl Runtime {
         let mut linker: Linker<Host> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
             .map_err(|e| format!("{e:#}"))?;
+        let mut component_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)
+            .map_err(|e| format!("{e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -275,6 +298,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            component_linker,
             digests: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             stop,
@@ -313,16 +337,23 @@ impl Runtime {
                 actual,
             });
         }
-        if is_component(&bytes) {
-            return Err(LoadError::Component);
-        }
-        let module = Module::from_binary(&self.engine, &bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let loaded = Arc::new(Loaded { pre });
+        let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
+        let loaded = if is_component(&bytes) {
+            let component = wasmtime::component::Component::from_binary(&self.engine, &bytes)
+                .map_err(invalid)?;
+            let pre = self
+                .component_linker
+                .instantiate_pre(&component)
+                .map_err(invalid)?;
+            Arc::new(Loaded(Program::Component(
+                wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre).map_err(invalid)?,
+            )))
+        } else {
+            let module = Module::from_binary(&self.engine, &bytes).map_err(invalid)?;
+            Arc::new(Loaded(Program::Module(
+                self.linker.instantiate_pre(&module).map_err(invalid)?,
+            )))
+        };
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -367,25 +398,52 @@ impl Runtime {
                 );
             }
         }
-        let mut store = Store::new(
-            &self.engine,
-            Host {
-                wasi: b.build_p1(),
-                limits: Limits {
-                    memory: inv.memory,
-                    hit: false,
-                },
-            },
-        );
-        store.limiter(|h| &mut h.limits);
+        let limits = Limits {
+            memory: inv.memory,
+            hit: false,
+        };
         let ticks = (inv.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        let result = module
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
-            .and_then(|f| f.call(&mut store, ()));
+        let (result, memory_hit) = match &module.0 {
+            Program::Module(pre) => {
+                let mut store = Store::new(
+                    &self.engine,
+                    Host {
+                        wasi: b.build_p1(),
+                        limits,
+                    },
+                );
+                store.limiter(|h| &mut h.limits);
+                store.set_epoch_deadline(ticks);
+                store.epoch_deadline_trap();
+                let r = pre
+                    .instantiate(&mut store)
+                    .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
+                    .and_then(|f| f.call(&mut store, ()));
+                (r, store.data().limits.hit)
+            }
+            Program::Component(pre) => {
+                let mut store = Store::new(
+                    &self.engine,
+                    HostP2 {
+                        ctx: b.build(),
+                        table: wasmtime::component::ResourceTable::new(),
+                        limits,
+                    },
+                );
+                store.limiter(|h| &mut h.limits);
+                store.set_epoch_deadline(ticks);
+                store.epoch_deadline_trap();
+                let r = pre
+                    .instantiate(&mut store)
+                    .and_then(|c| c.wasi_cli_run().call_run(&mut store))
+                    .and_then(|status| match status {
+                        Ok(()) => Ok(()),
+                        // A component's exit status is only success or failure.
+                        Err(()) => Err(wasmtime::Error::new(I32Exit(1))),
+                    });
+                (r, store.data().limits.hit)
+            }
+        };
         let out = output(&stdout, &stderr);
         let Err(e) = result else {
             return (out, Ok(()));
@@ -403,7 +461,7 @@ impl Runtime {
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
             return (out, Err(Failure::Timeout(inv.timeout)));
         }
-        if store.data().limits.hit {
+        if memory_hit {
             return (out, Err(Failure::Memory(inv.memory)));
         }
         if stdout.over() {

@@ -417,3 +417,28 @@ fn yosys_from_pypi_runs_as_a_plugin() {
         "{stat}"
     );
 }
+
+#[test]
+fn wasi_preview2_components_run_too() {
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\n{}stage s {{\n    workdir \"/w\"\n    write \"in.txt\" \"v={{{{ v }}}}\\n\"\n    wasm tpl \"--set\" \"v=2\" \"in.txt\" \"out.txt\"\n}}\nexport {{\n    s to=\"out\"\n}}\n",
+        decl("tpl", "template-p2")
+    ));
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/w/out.txt"), "v=2\n");
+    let r = p.kiln(&["plugin", "inspect", dist("template-p2").to_str().unwrap()]);
+    assert!(
+        r.stdout.contains("WASI preview 2 component"),
+        "{}",
+        r.stdout
+    );
+    // A component's failure has no exit code beyond "failed".
+    p.spec(&format!(
+        "kiln 1\n{}stage s {{\n    wasm tpl \"missing.in\" \"out.txt\"\n}}\n",
+        decl("tpl", "template-p2")
+    ));
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    r.code(1);
+    assert!(r.stderr.contains("cannot read missing.in"), "{}", r.stderr);
+}
