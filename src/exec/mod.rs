@@ -97,6 +97,8 @@ pub struct Executor<'a> {
     empty: OnceLock<State>,
     /// The plugin runtime, started by the first plugin step.
     runtime: OnceLock<Result<wasm::Runtime, String>>,
+    /// Empty directories plugin steps work in, reused from step to step.
+    scratch: workdir::Scratch,
 }
 
 /// Where a stage's tree comes from at the current step.
@@ -164,6 +166,7 @@ impl<'a> Executor<'a> {
             steps_cached: AtomicUsize::new(0),
             empty: OnceLock::new(),
             runtime: OnceLock::new(),
+            scratch: workdir::Scratch::default(),
         }
     }
 

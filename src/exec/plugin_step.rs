@@ -22,7 +22,7 @@ impl Executor<'_> {
     fn runtime(&self) -> Result<&Runtime, Diagnostic> {
         let rt = self
             .runtime
-            .get_or_init(|| Runtime::new(&self.store.root().join("wasm-cache")));
+            .get_or_init(|| Runtime::new(&self.store.root().join("wasm-cache"), self.options.jobs));
         rt.as_ref().map_err(|e| {
             Diagnostic::env(
                 "kiln::wasm::engine",
@@ -165,15 +165,36 @@ impl Executor<'_> {
         stage: &str,
         index: usize,
     ) -> Result<Tree, Diagnostic> {
+        // The stage tree in a reused scratch directory; mounts, which are
+        // rarer, in a directory of their own.
+        let root = self.scratch.take(self.store)?;
+        let result = self.run_in(w, step, tree, config, inputs, key, stage, index, &root);
+        self.scratch.give_back(root);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        w: &WasmOp,
+        step: &Step,
+        tree: &Tree,
+        config: &ImageConfig,
+        inputs: &HashMap<StageId, State>,
+        key: StepKey,
+        stage: &str,
+        index: usize,
+        root: &std::path::Path,
+    ) -> Result<Tree, Diagnostic> {
         let p = self.plugin(w);
         let rt = self.runtime()?;
         let module = rt.load(p).map_err(|e| load_error(e, p, step))?;
-        let dir = TempDir::new(self.store, "wasm");
-        let root = dir.0.join("root");
-        let written = workdir::write(self.store, tree, "", &root)?;
+        let written = workdir::write(self.store, tree, "", root)?;
+        let mounts_dir = (!w.mounts.is_empty()).then(|| TempDir::new(self.store, "mounts"));
         let mut mounts: Vec<(PathBuf, String)> = Vec::new();
         for (i, m) in w.mounts.iter().enumerate() {
             let (t, sub) = self.mount_tree(m, inputs)?;
+            let Some(dir) = &mounts_dir else { break };
             let host = dir.0.join(format!("mount-{i}"));
             workdir::write(self.store, &t, &sub, &host)?;
             mounts.push((host, m.guest.clone()));
@@ -187,7 +208,7 @@ impl Executor<'_> {
             name: &p.name,
             args: &w.args,
             env: &env,
-            root: &root,
+            root,
             mounts: &mounts,
             timeout: w.timeout,
             memory: w.memory,
@@ -208,7 +229,7 @@ impl Executor<'_> {
         if let Err(f) = result {
             return Err(failure(f, p, step, &output, log));
         }
-        workdir::read_back(self.store, &root, tree, &written)
+        workdir::read_back(self.store, root, tree, &written)
     }
 
     /// Keep a step's whole output in the state directory's `logs/`.

@@ -37,7 +37,9 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Diagnostic {
 /// which must not exist. Directories are left writable; modes and owners
 /// stay in the tree.
 pub fn write(store: &Store, tree: &Tree, subdir: &str, dest: &Path) -> Result<Written, Diagnostic> {
-    fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
+    if !dest.is_dir() {
+        fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
+    }
     let mut files = HashMap::new();
     let entries: Box<dyn Iterator<Item = (&String, &Entry)>> = if subdir.is_empty() {
         Box::new(tree.entries.iter())
@@ -152,6 +154,63 @@ pub fn read_back(
 
 fn unchanged(stat: &FileStat, ino: u64, size: u64) -> bool {
     stat.ino() == ino && stat.size() == size && stat.mtime_ns() == SENTINEL.as_nanos() as i128
+}
+
+/// Empty directories in the store's `tmp/`, handed out one per plugin run
+/// and taken back emptied: creating and removing directories costs more
+/// than a whole warm plugin run on some file systems. Removed when dropped.
+#[derive(Default)]
+pub struct Scratch {
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    all: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Scratch {
+    /// An empty directory.
+    pub fn take(&self, store: &Store) -> Result<PathBuf, Diagnostic> {
+        if let Some(p) = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(p);
+        }
+        let p = store.tmp_path("scratch");
+        fs::create_dir_all(&p).map_err(|e| io("cannot create", &p, e))?;
+        self.all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p.clone());
+        Ok(p)
+    }
+
+    /// Empty a directory and keep it for the next run (or drop it if it
+    /// cannot be emptied).
+    pub fn give_back(&self, dir: PathBuf) {
+        let emptied = fs::read_dir(&dir).and_then(|rd| {
+            for e in rd {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    fs::remove_dir_all(e.path())?;
+                } else {
+                    fs::remove_file(e.path())?;
+                }
+            }
+            Ok(())
+        });
+        if emptied.is_ok() {
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dir);
+        } else {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in self.all.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// A private directory in the store's `tmp/`, removed when dropped.
