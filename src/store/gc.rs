@@ -194,6 +194,21 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
             report.blobs_removed += 1;
         }
     }
+    // Plugin output logs go with their steps' cache entries.
+    if let Ok(rd) = fs::read_dir(root.join("logs")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.strip_suffix(".log").and_then(StepKey::parse);
+            if !key.is_some_and(|k| kept_keys.contains(&k)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    // Compiled plugin modules are recompiled when needed: with a budget to
+    // meet, they go first.
+    if budget.is_some() {
+        let _ = fs::remove_dir_all(root.join("wasm-cache"));
+    }
     report.bytes_after = [root.join("blobs"), root.join("trees")]
         .iter()
         .flat_map(|d| files(d))

@@ -181,6 +181,12 @@ fn escape_attempts_are_contained() {
     assert!(!marker.exists(), "a plugin wrote outside its stage");
     assert!(!Path::new("/etc/kiln-breach").exists());
     assert!(!p.exists("ro/kiln-breach"), "a read-only mount was written");
+    // Their output went to logs, which `kiln gc` drops with the cache entries.
+    let logs = p.path().join(".kiln/logs");
+    assert!(std::fs::read_dir(&logs).unwrap().count() >= 4);
+    p.kiln(&["gc", "--max-size", "0"]).ok();
+    assert_eq!(std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0), 0);
+    assert!(!p.path().join(".kiln/wasm-cache").exists());
     assert_eq!(p.read("out/inside.txt"), "inside\n");
     assert_eq!(p.read("ro/file.txt"), "read-only\n");
 }
