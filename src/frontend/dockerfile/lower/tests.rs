@@ -167,3 +167,12 @@ fn unknown_mount_types_are_errors() {
         e[0].message
     );
 }
+
+#[test]
+fn parents_pivots_are_refused_not_ignored() {
+    let sources = Sources::new();
+    let text = "FROM scratch\nCOPY --parents ./a/./b/c.txt /d/\n";
+    let id = sources.add("Dockerfile".into(), "Dockerfile".into(), text.into());
+    let e = lower_text(text, id, Path::new(""), &[]).unwrap_err();
+    assert!(e[0].message.contains("pivot"), "{}", e[0].message);
+}
