@@ -213,7 +213,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
             },
             epoch: source_date_epoch(),
         },
-        &cancel,
+        cancel.clone(),
         exclude,
     );
     let outcome = executor.build(&roots);

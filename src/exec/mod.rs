@@ -85,7 +85,7 @@ pub struct Executor<'a> {
     store: &'a Store,
     progress: &'a Progress<'a>,
     options: Options,
-    cancel: &'a AtomicBool,
+    cancel: Arc<AtomicBool>,
     /// Paths kept out of every context (the state dir, export targets).
     exclude: Vec<PathBuf>,
     contexts: Vec<OnceLock<Result<Arc<Snapshot>, Diagnostic>>>,
@@ -149,7 +149,7 @@ impl<'a> Executor<'a> {
         store: &'a Store,
         progress: &'a Progress<'a>,
         options: Options,
-        cancel: &'a AtomicBool,
+        cancel: Arc<AtomicBool>,
         exclude: Vec<PathBuf>,
     ) -> Executor<'a> {
         Executor {

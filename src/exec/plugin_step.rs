@@ -214,6 +214,7 @@ impl Executor<'_> {
             memory: w.memory,
             seed: key.0,
             epoch: self.options.epoch,
+            cancel: self.cancel.clone(),
         };
         let (output, result) = rt.run(&module, &inv);
         let log = self.save_log(key, &output);
@@ -350,6 +351,11 @@ fn failure(
                 "a trap is a bug in the plugin (or its input)".into(),
             )
         }
+        Failure::Interrupted => (
+            "kiln::wasm::interrupted",
+            format!("plugin `{name}` was stopped: the build was interrupted"),
+            "run the build again; the steps that finished are cached".into(),
+        ),
         Failure::Setup(msg) => (
             "kiln::wasm::setup",
             format!("cannot set up plugin `{name}`: {msg}"),

@@ -226,7 +226,21 @@ pub enum Failure {
         frames: Vec<String>,
     },
     Setup(String),
+    /// The build was interrupted (Ctrl-C) while the plugin ran.
+    Interrupted,
 }
+
+/// Raised from the epoch callback when the build is interrupted.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the build was interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// What one run needs.
 pub struct Invocation<'a> {
@@ -242,6 +256,24 @@ pub struct Invocation<'a> {
     pub seed: [u8; 32],
     /// Seconds since the epoch for the wall clock.
     pub epoch: u64,
+    /// Set when the build is interrupted: the run stops at the next tick.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Stop a store's guest when its time is up or the build is interrupted,
+/// checked every epoch tick.
+fn watch<T>(store: &mut Store<T>, timeout: Duration, cancel: Arc<AtomicBool>) {
+    let deadline = std::time::Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(wasmtime::Error::new(Interrupted));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Trap::Interrupt.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    });
 }
 
 pub struct Runtime {
@@ -428,7 +460,6 @@ impl Runtime {
             memory: inv.memory,
             hit: false,
         };
-        let ticks = (inv.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         let (result, memory_hit) = match &module.0 {
             Program::Module(pre) => {
                 let mut store = Store::new(
@@ -439,8 +470,7 @@ impl Runtime {
                     },
                 );
                 store.limiter(|h| &mut h.limits);
-                store.set_epoch_deadline(ticks);
-                store.epoch_deadline_trap();
+                watch(&mut store, inv.timeout, inv.cancel.clone());
                 let r = pre
                     .instantiate(&mut store)
                     .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
@@ -457,8 +487,7 @@ impl Runtime {
                     },
                 );
                 store.limiter(|h| &mut h.limits);
-                store.set_epoch_deadline(ticks);
-                store.epoch_deadline_trap();
+                watch(&mut store, inv.timeout, inv.cancel.clone());
                 let r = pre
                     .instantiate(&mut store)
                     .and_then(|c| c.wasi_cli_run().call_run(&mut store))
@@ -483,6 +512,9 @@ impl Runtime {
                     Err(Failure::Exit(exit.0))
                 },
             );
+        }
+        if e.downcast_ref::<Interrupted>().is_some() {
+            return (out, Err(Failure::Interrupted));
         }
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
             return (out, Err(Failure::Timeout(inv.timeout)));

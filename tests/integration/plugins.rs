@@ -448,3 +448,35 @@ fn wasi_preview2_components_run_too() {
     r.code(1);
     assert!(r.stderr.contains("cannot read missing.in"), "{}", r.stderr);
 }
+
+#[test]
+fn ctrl_c_stops_a_running_plugin() {
+    let p = hostile_project("    wasm hostile \"spin\"\n");
+    let mut child = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "--progress", "plain"])
+        .current_dir(p.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let the plugin start (its module compiles first).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("a spinning plugin kept the build running after Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!p.exists("out"));
+}
