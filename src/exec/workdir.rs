@@ -93,7 +93,17 @@ pub fn read_back(
     before: &Tree,
     written: &Written,
 ) -> Result<Tree, Diagnostic> {
-    let listed = crate::context::walk::walk(dir, &|_, _| false)?;
+    let listed = crate::context::walk::walk(dir, &|_, _| false).map_err(|d| {
+        if d.code == "kiln::context::name" {
+            Diagnostic::build(
+                "kiln::wasm::name",
+                format!("a plugin left a file whose name is not UTF-8 ({})", d.message),
+            )
+            .with_help("kiln trees hold UTF-8 names; change the plugin to write UTF-8 names")
+        } else {
+            d
+        }
+    })?;
     let mut tree = Tree::new();
     for found in listed {
         let path = found.path;
