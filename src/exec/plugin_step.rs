@@ -230,7 +230,13 @@ impl Executor<'_> {
         if let Err(f) = result {
             return Err(failure(f, p, step, &output, log));
         }
-        workdir::read_back(self.store, root, tree, &written)
+        workdir::read_back(self.store, root, tree, &written).map_err(|d| {
+            if d.labels.is_empty() {
+                d.with_label(step.span, format!("plugin `{}`", p.name))
+            } else {
+                d
+            }
+        })
     }
 
     /// Keep a step's whole output in the state directory's `logs/`.
