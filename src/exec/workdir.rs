@@ -97,7 +97,10 @@ pub fn read_back(
         if d.code == "kiln::context::name" {
             Diagnostic::build(
                 "kiln::wasm::name",
-                format!("a plugin left a file whose name is not UTF-8 ({})", d.message),
+                format!(
+                    "a plugin left a file whose name is not UTF-8 ({})",
+                    d.message
+                ),
             )
             .with_help("kiln trees hold UTF-8 names; change the plugin to write UTF-8 names")
         } else {
