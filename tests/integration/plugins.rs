@@ -480,3 +480,38 @@ fn ctrl_c_stops_a_running_plugin() {
     assert_eq!(status.code(), Some(130));
     assert!(!p.exists("out"));
 }
+
+#[test]
+fn mounts_show_other_stages_read_only_and_a_missing_module_is_located() {
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\n{}stage data {{\n    write \"/share/a.txt\" \"a\\n\"\n    write \"/share/sub/b.txt\" \"b\\n\"\n}}\n\
+         stage s {{\n    wasm sum \"--out\" \"/SUMS\" \"/mnt/data\" {{\n        mount \"/mnt/data\" from=data source=\"/share\"\n    }}\n}}\n\
+         export {{\n    s to=\"out\"\n}}\n",
+        decl("sum", "checksum")
+    ));
+    p.build(&[]).ok();
+    let sums = p.read("out/SUMS");
+    assert!(
+        sums.contains("  a.txt\n") && sums.contains("  sub/b.txt\n"),
+        "{sums}"
+    );
+    // The mount is not part of the stage's tree.
+    assert!(!p.exists("out/mnt/data"));
+    // A change in the mounted stage reruns the step.
+    p.spec(&p.read("kiln.kdl").replace("\"a\\n\"", "\"A\\n\""));
+    let r = p.build(&[]);
+    r.ok();
+    assert!(r.ran().iter().any(|(s, _)| s == "s"), "{:?}", r.ran());
+    assert_ne!(p.read("out/SUMS"), sums);
+
+    p.spec("kiln 1\nplugin gone path=\"missing.wasm\" blake3=\"0000000000000000000000000000000000000000000000000000000000000000\"\nstage s {\n    wasm gone\n}\n");
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("cannot read the module of plugin `gone`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("kiln.kdl:2:"), "{}", r.stderr);
+}
