@@ -16,3 +16,4 @@ pub mod frontend;
 pub mod ir;
 pub mod progress;
 pub mod store;
+pub mod units;

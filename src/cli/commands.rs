@@ -402,7 +402,7 @@ pub struct GcArgs {
 
 pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
     let budget = match &args.max_size {
-        Some(s) => Some(gc::parse_size(s).ok_or_else(|| {
+        Some(s) => Some(crate::units::parse_size(s).ok_or_else(|| {
             Diagnostic::user("kiln::gc::size", format!("`{s}` is not a size"))
                 .with_help("write a size like `500M` or `2G`")
         })?),

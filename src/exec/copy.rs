@@ -58,10 +58,7 @@ pub fn pick(
             .join("/");
         let mut matched: Vec<String> = Vec::new();
         if is_glob(&clean) {
-            let glob = globset::GlobBuilder::new(&clean)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
+            let glob = tree::glob(&clean)
                 .map_err(|e| {
                     Diagnostic::user(
                         "kiln::copy::glob",
@@ -140,17 +137,12 @@ pub fn exclude(picked: &mut Vec<Picked>, patterns: &[String]) -> Result<(), Diag
     }
     let mut set = globset::GlobSetBuilder::new();
     for p in patterns {
-        let clean = p.trim_start_matches("./").trim_start_matches('/');
-        let glob = globset::GlobBuilder::new(clean.trim_end_matches('/'))
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| {
-                Diagnostic::user(
-                    "kiln::copy::glob",
-                    format!("bad exclude pattern `{p}`: {}", e.kind()),
-                )
-            })?;
+        let glob = tree::glob(tree::exclude_pattern(p)).map_err(|e| {
+            Diagnostic::user(
+                "kiln::copy::glob",
+                format!("bad exclude pattern `{p}`: {}", e.kind()),
+            )
+        })?;
         set.add(glob);
     }
     let set = set

@@ -165,78 +165,65 @@ impl Executor<'_> {
         stage: &str,
         index: usize,
     ) -> Result<Tree, Diagnostic> {
-        // The stage tree in a reused scratch directory; mounts, which are
-        // rarer, in a directory of their own.
+        // The stage tree in a reused scratch directory, emptied and kept
+        // for the next run whatever happens; mounts, which are rarer, in a
+        // directory of their own.
         let root = self.scratch.take(self.store)?;
-        let result = self.run_in(w, step, tree, config, inputs, key, stage, index, &root);
+        let result = (|| -> Result<Tree, Diagnostic> {
+            let p = self.plugin(w);
+            let rt = self.runtime()?;
+            let module = rt.load(p).map_err(|e| load_error(e, p, step))?;
+            let written = workdir::write(self.store, tree, "", &root)?;
+            let mounts_dir = (!w.mounts.is_empty()).then(|| TempDir::new(self.store, "mounts"));
+            let mut mounts: Vec<(PathBuf, String)> = Vec::new();
+            for (i, m) in w.mounts.iter().enumerate() {
+                let (t, sub) = self.mount_tree(m, inputs)?;
+                let Some(dir) = &mounts_dir else { break };
+                let host = dir.0.join(format!("mount-{i}"));
+                workdir::write(self.store, &t, &sub, &host)?;
+                mounts.push((host, m.guest.clone()));
+            }
+            // The working directory, for programs (and the SDK) that honour `PWD`.
+            let mut env = w.env.clone();
+            if !env.iter().any(|(k, _)| k == "PWD") {
+                env.push(("PWD".into(), config.workdir().to_string()));
+            }
+            let inv = Invocation {
+                name: &p.name,
+                args: &w.args,
+                env: &env,
+                root: &root,
+                mounts: &mounts,
+                timeout: w.timeout,
+                memory: w.memory,
+                seed: key.0,
+                epoch: self.options.epoch,
+                cancel: self.cancel.clone(),
+            };
+            let (output, result) = rt.run(&module, &inv);
+            let log = self.save_log(key, &output);
+            if !output.stdout.is_empty() || !output.stderr.is_empty() {
+                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&output.stderr));
+                self.progress.emit(Event::StepOutput {
+                    stage: stage.into(),
+                    step: index,
+                    text: shown(&text),
+                });
+            }
+            if let Err(f) = result {
+                return Err(failure(f, p, step, &output, log));
+            }
+            workdir::read_back(self.store, &root, tree, &written).map_err(|d| {
+                if d.labels.is_empty() {
+                    d.with_label(step.span, format!("plugin `{}`", p.name))
+                } else {
+                    d
+                }
+            })
+        })();
         self.scratch.give_back(root);
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_in(
-        &self,
-        w: &WasmOp,
-        step: &Step,
-        tree: &Tree,
-        config: &ImageConfig,
-        inputs: &HashMap<StageId, State>,
-        key: StepKey,
-        stage: &str,
-        index: usize,
-        root: &std::path::Path,
-    ) -> Result<Tree, Diagnostic> {
-        let p = self.plugin(w);
-        let rt = self.runtime()?;
-        let module = rt.load(p).map_err(|e| load_error(e, p, step))?;
-        let written = workdir::write(self.store, tree, "", root)?;
-        let mounts_dir = (!w.mounts.is_empty()).then(|| TempDir::new(self.store, "mounts"));
-        let mut mounts: Vec<(PathBuf, String)> = Vec::new();
-        for (i, m) in w.mounts.iter().enumerate() {
-            let (t, sub) = self.mount_tree(m, inputs)?;
-            let Some(dir) = &mounts_dir else { break };
-            let host = dir.0.join(format!("mount-{i}"));
-            workdir::write(self.store, &t, &sub, &host)?;
-            mounts.push((host, m.guest.clone()));
-        }
-        // The working directory, for programs (and the SDK) that honour `PWD`.
-        let mut env = w.env.clone();
-        if !env.iter().any(|(k, _)| k == "PWD") {
-            env.push(("PWD".into(), config.workdir().to_string()));
-        }
-        let inv = Invocation {
-            name: &p.name,
-            args: &w.args,
-            env: &env,
-            root,
-            mounts: &mounts,
-            timeout: w.timeout,
-            memory: w.memory,
-            seed: key.0,
-            epoch: self.options.epoch,
-            cancel: self.cancel.clone(),
-        };
-        let (output, result) = rt.run(&module, &inv);
-        let log = self.save_log(key, &output);
-        if !output.stdout.is_empty() || !output.stderr.is_empty() {
-            let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&output.stderr));
-            self.progress.emit(Event::StepOutput {
-                stage: stage.into(),
-                step: index,
-                text: shown(&text),
-            });
-        }
-        if let Err(f) = result {
-            return Err(failure(f, p, step, &output, log));
-        }
-        workdir::read_back(self.store, root, tree, &written).map_err(|d| {
-            if d.labels.is_empty() {
-                d.with_label(step.span, format!("plugin `{}`", p.name))
-            } else {
-                d
-            }
-        })
     }
 
     /// Keep a step's whole output in the state directory's `logs/`.
@@ -322,7 +309,7 @@ fn failure(
             "kiln::wasm::timeout",
             format!(
                 "plugin `{name}` ran longer than its time limit of {}",
-                human(t)
+                crate::units::format_duration(t)
             ),
             "raise the limit with `timeout=` on the step if the work is expected to take this long"
                 .into(),
@@ -331,7 +318,7 @@ fn failure(
             "kiln::wasm::memory",
             format!(
                 "plugin `{name}` needed more than its memory limit of {}",
-                size(m)
+                crate::units::format_size(m)
             ),
             "raise the limit with `memory=` on the step (up to 4GiB)".into(),
         ),
@@ -339,7 +326,7 @@ fn failure(
             "kiln::wasm::output",
             format!(
                 "plugin `{name}` wrote more than {} to {stream}",
-                size(wasm::OUTPUT_LIMIT as u64)
+                crate::units::format_size(wasm::OUTPUT_LIMIT as u64)
             ),
             "a plugin's output goes to the build log; write large results to files instead".into(),
         ),
@@ -383,27 +370,4 @@ fn failure(
         d = d.with_note(format!("whole output: {}", l.display()));
     }
     d
-}
-
-fn human(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-fn size(b: u64) -> String {
-    if b.is_multiple_of(1 << 30) {
-        format!("{} GiB", b >> 30)
-    } else if b.is_multiple_of(1 << 20) {
-        format!("{} MiB", b >> 20)
-    } else if b.is_multiple_of(1 << 10) {
-        format!("{} KiB", b >> 10)
-    } else {
-        format!("{b} bytes")
-    }
 }

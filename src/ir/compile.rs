@@ -467,7 +467,9 @@ impl Compiler<'_> {
                 let srcs = self.spanned_strings(sources);
                 let exclude = self.strings(exclude)?;
                 for (pat, decl) in exclude.iter().zip(exclude_spans(kind)) {
-                    if let Err(e) = globset::Glob::new(pat) {
+                    if let Err(e) =
+                        crate::store::tree::glob(crate::store::tree::exclude_pattern(pat))
+                    {
                         self.diags.push(
                             Diagnostic::user(
                                 "kiln::spec::glob",
@@ -761,7 +763,7 @@ impl Compiler<'_> {
                     None => DEFAULT_TIMEOUT,
                     Some(t) => {
                         let v = self.subst(t)?;
-                        match crate::frontend::dockerfile::instructions::duration(&v) {
+                        match crate::units::parse_duration(&v) {
                             Some(d) if !d.is_zero() => d,
                             _ => {
                                 self.diags.push(
@@ -781,7 +783,7 @@ impl Compiler<'_> {
                     None => DEFAULT_MEMORY,
                     Some(m) => {
                         let v = self.subst(m)?;
-                        match parse_size(&v) {
+                        match crate::units::parse_size(&v) {
                             Some(n) if ((1 << 16)..=(1 << 32)).contains(&n) => n,
                             _ => {
                                 self.diags.push(
@@ -839,7 +841,7 @@ impl Compiler<'_> {
                 let mut dur = |d: &Option<Str>| -> Result<Option<u64>, ()> {
                     let Some(d) = d else { return Ok(None) };
                     let v = self.subst(d).ok_or(())?;
-                    match crate::frontend::dockerfile::instructions::duration(&v) {
+                    match crate::units::parse_duration(&v) {
                         Some(t) => Ok(Some(t.as_nanos() as u64)),
                         None => {
                             self.diags.push(
@@ -1066,19 +1068,3 @@ fn exclude_spans(kind: &StepKind) -> Vec<crate::diag::Span> {
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// How much memory a plugin step may use when the spec does not say.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
-
-/// `1024`, `64KiB`, `256MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`
-/// as powers of 1024), in bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..digits].parse().ok()?;
-    let unit = match s[digits..].trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(unit)
-}

@@ -220,41 +220,12 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     Ok(report)
 }
 
-/// Parse a size like `500M`, `2G`, `1024`, `10KiB`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return None,
-    };
-    Some((n * mult as f64) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Access;
     use crate::store::state::ImageConfig;
     use crate::store::tree::{Entry, Tree};
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("2K"), Some(2048));
-        assert_eq!(parse_size("1.5MiB"), Some(3 << 19));
-        assert_eq!(parse_size("3 G"), Some(3 << 30));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("5 parsecs"), None);
-    }
 
     fn entry_with(store: &Store, key: u8, content: &[u8]) -> TreeDigest {
         let blob = store.put_blob(content).unwrap();

@@ -95,6 +95,23 @@ pub fn components(path: &str, links: Links) -> Result<Vec<String>, TreeError> {
     Ok(out)
 }
 
+/// An exclude pattern as it is matched: relative, without a final `/`.
+pub fn exclude_pattern(p: &str) -> &str {
+    p.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+}
+
+/// A path pattern as `copy` sources and `exclude` patterns use it: `*`,
+/// `?` and `[…]` stay within a component, `**` crosses components, `\`
+/// escapes.
+pub fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
 /// Normalize `path` against a working directory (both in rootfs terms).
 pub fn normalize(path: &str, workdir: &str) -> String {
     let joined = if path.starts_with('/') {

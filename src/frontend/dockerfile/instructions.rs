@@ -129,37 +129,6 @@ fn list(inst: &Instruction) -> &[String] {
     }
 }
 
-/// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`.
-pub fn duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * unit;
-        rest = &rest[u..];
-    }
-    Some(Duration::from_secs_f64(total))
-}
-
 pub fn check(inst: &Instruction) -> Result<Inst, ParseError> {
     check_at(inst, false)
 }
@@ -349,7 +318,7 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
                     let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
                         match get(name) {
                             None => Ok(None),
-                            Some(v) => match duration(&v) {
+                            Some(v) => match crate::units::parse_duration(&v) {
                                 Some(d) if d.is_zero() || d >= Duration::from_millis(1) => {
                                     Ok(Some(d))
                                 }
@@ -468,7 +437,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(
+            crate::units::parse_duration("1m30s"),
+            Some(Duration::from_secs(90))
+        );
         assert_eq!(
             first("ARG a b=c\n").unwrap(),
             Inst::Arg(vec![("a".into(), None), ("b".into(), Some("c".into()))])

@@ -71,7 +71,7 @@ pub fn load(
                 "kiln::dockerfile::read",
                 format!("cannot read Dockerfile `{name}`: {e}"),
             )
-            .with_help("pass the Dockerfile with `-f FILE`"),
+            .with_help("check the Dockerfile's path (it is relative to the working directory)"),
         ]
     })?;
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -448,7 +448,7 @@ impl Lowerer<'_> {
                         retries,
                     } => {
                         let dur = |d: &Option<std::time::Duration>| {
-                            d.map(|d| self.s(line, &go_duration(d)))
+                            d.map(|d| self.s(line, &crate::units::format_duration(d)))
                         };
                         HealthcheckDecl {
                             test: self.strs(line, test),
@@ -804,36 +804,6 @@ fn is_marker(word: &str, name: &str) -> bool {
         .strip_prefix("<<")
         .map(|r| r.trim_start_matches('-').trim_matches(['\'', '"']))
         == Some(name)
-}
-
-/// A duration as Go prints it (`30s`, `1m30s`, `500ms`), which Docker reads back.
-fn go_duration(d: std::time::Duration) -> String {
-    let ns = d.as_nanos();
-    if ns == 0 {
-        return "0s".into();
-    }
-    if !ns.is_multiple_of(1_000_000_000) {
-        return if ns.is_multiple_of(1_000_000) {
-            format!("{}ms", ns / 1_000_000)
-        } else if ns.is_multiple_of(1000) {
-            format!("{}us", ns / 1000)
-        } else {
-            format!("{ns}ns")
-        };
-    }
-    let secs = ns / 1_000_000_000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
 
 fn is_url(s: &str) -> bool {

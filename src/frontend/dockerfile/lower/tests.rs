@@ -132,15 +132,6 @@ fn unsupported_sources_are_located_errors() {
 }
 
 #[test]
-fn durations_print_as_go_does() {
-    use std::time::Duration;
-    assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
-    assert_eq!(go_duration(Duration::from_secs(3600)), "1h");
-    assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
-    assert_eq!(go_duration(Duration::ZERO), "0s");
-}
-
-#[test]
 fn dockerfile_names() {
     for yes in [
         "Dockerfile",
