@@ -1,8 +1,9 @@
 //! `kiln check`, `kiln graph`, `kiln explain`, `kiln gc`, and loading a spec.
 
-use super::build::{state_dir, targets};
 use super::{Failure, SpecArgs, render_all};
 use super::{out, outln};
+use crate::build::load::state_dir;
+use crate::build::targets;
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
@@ -11,79 +12,10 @@ use crate::store::{Access, Store, gc, records};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Lowered spec files, kept in `STATE/parse/` (emptied by `kiln gc`).
-pub struct DirParseCache(pub PathBuf);
-
-impl crate::frontend::ParseCache for DirParseCache {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.0.join(key)).ok()
-    }
-
-    fn put(&self, key: &str, bytes: &[u8]) {
-        let tmp = self.0.join(format!(".{key}.{}", std::process::id()));
-        let written = std::fs::create_dir_all(&self.0)
-            .and_then(|_| std::fs::write(&tmp, bytes))
-            .and_then(|_| std::fs::rename(&tmp, self.0.join(key)));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-}
-
 /// Read and compile a spec; warnings are returned for the caller to show.
-pub fn load(
-    args: &SpecArgs,
-    sources: &Sources,
-    cache: Option<&dyn crate::frontend::ParseCache>,
-) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
-    let path = args.spec_path();
-    let options = crate::ir::CompileOptions {
-        args: args.arg_pairs()?,
-        context_dir: args.context.clone(),
-        ignore_file: None,
-    };
-    if crate::frontend::dockerfile::lower::is_dockerfile(&path) {
-        let imported = crate::frontend::dockerfile::lower::load(
-            &path,
-            &display_path(&path),
-            sources,
-            &options.args,
-        )?;
-        // Build args went to the Dockerfile's `ARG`s; the spec declares none.
-        // `NAME.dockerignore` beside the Dockerfile wins over the context's.
-        let own = PathBuf::from(format!("{}.dockerignore", path.display()));
-        let options = crate::ir::CompileOptions {
-            args: Vec::new(),
-            ignore_file: own.is_file().then_some(own),
-            ..options
-        };
-        let (graph, mut warnings) = compile(&imported.spec, &options, sources)?;
-        // Of the import's notes, only unused build args matter to a build;
-        // the rest are located errors when the stage concerned is built.
-        warnings.extend(
-            imported
-                .notes
-                .into_iter()
-                .filter(|n| n.code == "kiln::dockerfile::unused-arg"),
-        );
-        return Ok((imported.spec, graph, warnings));
-    }
-    let spec = match crate::frontend::kdl::load(&path, &display_path(&path), sources, cache) {
-        Ok(spec) => spec,
-        Err(e) => {
-            // Report the compiler's errors with the reader's, in one run.
-            let mut diags = e.diagnostics;
-            if let Some(partial) = e.partial
-                && let Err(more) = compile(&partial, &options, sources)
-            {
-                diags.extend(more);
-            }
-            return Err(diags.into());
-        }
-    };
-    let (graph, mut warnings) = compile(&spec, &options, sources)?;
-    warnings.splice(0..0, spec.warnings.iter().cloned());
-    Ok((spec, graph, warnings))
+pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
+    let loaded = crate::build::load::load(&args.input()?, sources, None)?;
+    Ok((loaded.spec, loaded.graph, loaded.warnings))
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +46,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
         context: PathBuf::from("."),
         file: None,
         args: args.args.clone(),
+        project_root: None,
     };
     let build_args = spec_args.arg_pairs()?;
     let path = &args.dockerfile;
@@ -207,7 +140,7 @@ fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
 }
 
 pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
-    let (_, graph, warnings) = load(args, sources, None)?;
+    let (_, graph, warnings) = load(args, sources)?;
     print_warnings(&warnings, sources);
     let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
     outln!(
@@ -258,7 +191,7 @@ fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'st
 }
 
 pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
-    let (_, graph, warnings) = load(&args.spec, sources, None)?;
+    let (_, graph, warnings) = load(&args.spec, sources)?;
     print_warnings(&warnings, sources);
     let ids: Vec<crate::ir::StageId> = if args.targets.is_empty() {
         graph.stages.iter().map(|s| s.id).collect()
@@ -462,9 +395,28 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         .state_dir
         .clone()
         .unwrap_or_else(|| args.dir.join(".kiln"));
+    let meta = std::fs::metadata(&args.dir).map_err(|e| {
+        Diagnostic::user(
+            "kiln::context::missing",
+            format!("cannot open `{}`: {e}", args.dir.display()),
+        )
+        .with_help("pass a directory to hash")
+    })?;
+    if !meta.is_dir() {
+        return Err(Diagnostic::user(
+            "kiln::context::not-a-directory",
+            format!("`{}` is not a directory", args.dir.display()),
+        )
+        .with_help("`kiln hash-context` hashes a directory, as a build context")
+        .into());
+    }
     let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
-    let snap =
-        crate::context::Snapshot::open(&args.dir, std::slice::from_ref(&state), &store, None)?;
+    let listing = crate::context::Listing {
+        exclude: std::slice::from_ref(&state),
+        ignore_file: None,
+        trust_index: true,
+    };
+    let snap = crate::context::Snapshot::open(&args.dir, listing, &store)?;
     let mut paths = Vec::new();
     let mut bytes = 0u64;
     for (p, e) in &snap.tree.entries {
@@ -474,7 +426,7 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         }
     }
     let digests = snap.digests(&paths)?;
-    snap.save_index(&store);
+    snap.save_index();
     let mut all = blake3::Hasher::new();
     for (p, d) in paths.iter().zip(&digests) {
         all.update(p.as_bytes());

@@ -61,22 +61,29 @@ pub struct SpecArgs {
     /// Set an arg declared in the spec (repeatable)
     #[arg(long = "arg", visible_alias = "build-arg", value_name = "NAME=VALUE")]
     pub args: Vec<String>,
+    /// The directory spec files may `include` from [default: the version-control checkout around the spec, else its directory]
+    #[arg(long, env = "KILN_PROJECT_ROOT", value_name = "DIR")]
+    pub project_root: Option<PathBuf>,
 }
 
 impl SpecArgs {
     pub fn spec_path(&self) -> PathBuf {
-        if let Some(f) = &self.file {
-            return f.clone();
+        crate::build::load::SpecInput {
+            context: self.context.clone(),
+            file: self.file.clone(),
+            ..Default::default()
         }
-        let kdl = self.context.join("kiln.kdl");
-        if kdl.exists() {
-            return kdl;
-        }
-        ["Dockerfile", "Containerfile"]
-            .iter()
-            .map(|n| self.context.join(n))
-            .find(|p| p.is_file())
-            .unwrap_or(kdl)
+        .spec_path()
+    }
+
+    /// The spec input these arguments name.
+    pub fn input(&self) -> Result<crate::build::load::SpecInput, Diagnostic> {
+        Ok(crate::build::load::SpecInput {
+            context: self.context.clone(),
+            file: self.file.clone(),
+            args: self.arg_pairs()?,
+            project_root: self.project_root.clone(),
+        })
     }
 
     /// `--arg` values as pairs.

@@ -48,7 +48,7 @@ pub fn run(cmd: &PluginCommand, sources: &Sources) -> Result<(), Failure> {
 /// editing only the `blake3=` value (or adding it), so the rest of the file
 /// keeps its formatting and comments.
 fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
-    let (spec, graph, _) = load(args, sources, None)?;
+    let (spec, graph, _) = load(args, sources)?;
     // Edits per file: (byte range, replacement).
     let mut edits: BTreeMap<crate::diag::SourceId, Vec<(usize, usize, String)>> = BTreeMap::new();
     let mut report = Vec::new();

@@ -76,8 +76,9 @@ pub struct StatIndex {
     entries: HashMap<String, (FileStat, BlobDigest)>,
 }
 
-/// Leads the index file; bump when its shape changes.
-const MAGIC: &[u8] = b"KILNSTAT1";
+/// Leads the index file; bump when its shape changes. The file is
+/// checksummed: a damaged index reads as empty, so every file is hashed.
+const MAGIC: &[u8] = b"KILNSTAT2";
 
 pub fn now_ns() -> i128 {
     std::time::SystemTime::now()
@@ -89,21 +90,26 @@ pub fn now_ns() -> i128 {
 impl StatIndex {
     /// Where the index of a context lives in the state dir.
     pub fn file_for(store: &Store, context_root: &Path) -> PathBuf {
-        let name = blake3::hash(context_root.as_os_str().as_encoded_bytes()).to_hex();
-        store
-            .root()
-            .join("index")
-            .join(format!("{}.bin", &name[..32]))
+        store.layout().index(context_root)
     }
 
     pub fn load(file: &Path) -> StatIndex {
         let file = file.to_path_buf();
-        let mut index: StatIndex = std::fs::read(&file)
-            .ok()
-            .and_then(|b| postcard::from_bytes(b.strip_prefix(MAGIC)?).ok())
+        let mut index: StatIndex = crate::store::checked::read(&file, MAGIC)
+            .and_then(|b| postcard::from_bytes(&b).ok())
             .unwrap_or_default();
         index.file = file;
         index
+    }
+
+    /// An index that vouches for nothing (`--no-cache` hashes every file);
+    /// what is hashed is still saved to `file`.
+    pub fn empty(file: &Path) -> StatIndex {
+        StatIndex {
+            file: file.to_path_buf(),
+            dirty: true,
+            ..StatIndex::default()
+        }
     }
 
     pub fn lookup(&self, path: &str, stat: &FileStat) -> Option<BlobDigest> {
@@ -122,19 +128,14 @@ impl StatIndex {
     }
 
     /// Write the index back, forgetting files that are no longer in the context.
-    pub fn save(
-        &mut self,
-        store: &Store,
-        present: &HashMap<String, FileStat>,
-    ) -> std::io::Result<()> {
+    pub fn save(&mut self, present: &HashMap<String, FileStat>) -> std::io::Result<()> {
         let before = self.entries.len();
         self.entries.retain(|p, _| present.contains_key(p));
         if !self.dirty && self.entries.len() == before {
             return Ok(());
         }
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&postcard::to_stdvec(self).map_err(std::io::Error::other)?);
-        store.write_atomic(&self.file, &bytes, 0o644)
+        let body = postcard::to_stdvec(self).map_err(std::io::Error::other)?;
+        crate::store::checked::write(&self.file, MAGIC, &body)
     }
 }
 
@@ -165,7 +166,7 @@ mod tests {
         };
         index.record("c", fresh, BlobDigest([3; 32]));
         let present: HashMap<String, FileStat> = [("a".to_string(), old)].into();
-        index.save(&store, &present).unwrap();
+        index.save(&present).unwrap();
         let again = StatIndex::load(&StatIndex::file_for(&store, &ctx));
         assert_eq!(again.lookup("a", &old), Some(BlobDigest([1; 32])));
         assert_eq!(again.lookup("b", &old), None);

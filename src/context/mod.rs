@@ -26,6 +26,21 @@ use std::sync::RwLock;
 /// Names of ignore files, in order of preference.
 pub const IGNORE_FILES: &[&str] = &[".kilnignore", ".dockerignore"];
 
+/// The largest ignore file kiln reads.
+const MAX_IGNORE_FILE: u64 = 1 << 20;
+
+/// How to list a context.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Listing<'a> {
+    /// Paths kept out of the listing (the state dir, export destinations).
+    pub exclude: &'a [PathBuf],
+    /// An ignore file that replaces the context's own, read with
+    /// `.dockerignore` rules (a Dockerfile's `NAME.dockerignore`).
+    pub ignore_file: Option<&'a Path>,
+    /// Trust the stat index (`--no-cache` hashes every file instead).
+    pub trust_index: bool,
+}
+
 /// A listed context directory.
 pub struct Snapshot {
     pub path: PathBuf,
@@ -36,20 +51,19 @@ pub struct Snapshot {
     /// Loaded on first use: listing a context (for the build memo) needs no digests.
     index: std::sync::OnceLock<RwLock<StatIndex>>,
     index_file: PathBuf,
+    trust_index: bool,
     /// Files hashed in this build that the index does not vouch for.
     hashed: RwLock<HashMap<String, BlobDigest>>,
 }
 
 impl Snapshot {
-    /// List a context directory. `exclude` (the state dir, say) is skipped.
-    /// `ignore_file`, when given, replaces the context's own ignore file
-    /// and is read with `.dockerignore` rules.
-    pub fn open(
-        path: &Path,
-        exclude: &[PathBuf],
-        store: &Store,
-        ignore_file: Option<&Path>,
-    ) -> Result<Snapshot, Diagnostic> {
+    /// List a context directory.
+    pub fn open(path: &Path, listing: Listing<'_>, store: &Store) -> Result<Snapshot, Diagnostic> {
+        let Listing {
+            exclude,
+            ignore_file,
+            trust_index,
+        } = listing;
         let meta = std::fs::metadata(path).map_err(|e| {
             Diagnostic::user(
                 "kiln::context::missing",
@@ -68,7 +82,7 @@ impl Snapshot {
             .map_err(|e| Diagnostic::io("cannot open the context", path, &e))?;
         let ignore = match ignore_file {
             Some(f) => Some(docker_ignore_file(f)?),
-            None => ignore_matcher(path)?,
+            None => ignore_matcher(path, &dir)?,
         };
         let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let exclude: Vec<PathBuf> = exclude
@@ -130,13 +144,19 @@ impl Snapshot {
             stats,
             index: std::sync::OnceLock::new(),
             index_file: StatIndex::file_for(store, &root),
+            trust_index,
             hashed: RwLock::new(HashMap::new()),
         })
     }
 
     fn index(&self) -> &RwLock<StatIndex> {
-        self.index
-            .get_or_init(|| RwLock::new(StatIndex::load(&self.index_file)))
+        self.index.get_or_init(|| {
+            RwLock::new(if self.trust_index {
+                StatIndex::load(&self.index_file)
+            } else {
+                StatIndex::empty(&self.index_file)
+            })
+        })
     }
 
     /// A digest of the listing: every path with its kind, mode and symlink
@@ -251,23 +271,39 @@ impl Snapshot {
             return Ok(());
         }
         let mut file = self.open_file(path)?;
-        store.ingest(&mut file, digest).map_err(|e| match e {
-            IngestError::Changed { .. } => Diagnostic::build(
-                "kiln::context::changed",
-                format!("`{path}` in the context changed during the build"),
-            )
-            .with_help("run the build again once the file stops changing"),
-            IngestError::Io(e) => {
-                Diagnostic::io("cannot store a copy of", &self.path.join(path), &e)
+        match store.ingest(&mut file, digest) {
+            Ok(()) => Ok(()),
+            Err(IngestError::Changed { actual, .. }) => {
+                let now = file.metadata().map(|m| FileStat::of(&m)).ok();
+                if now.is_some() && now == self.stats.get(path).copied() {
+                    // The file did not change since it was listed: the digest
+                    // the key was made from was wrong, so the stat index lied.
+                    // Drop it; the build is repeated without trusting it.
+                    let _ = std::fs::remove_file(&self.index_file);
+                    return Err(Diagnostic::env(
+                        crate::store::DAMAGED,
+                        format!(
+                            "the stat index of the context `{}` gave a wrong digest for `{path}` (its content hashes to {actual}); kiln removed the index",
+                            self.path.display()
+                        ),
+                    )
+                    .with_help("kiln hashes the context again; if this repeats, check the disk"));
+                }
+                Err(Diagnostic::build(
+                    "kiln::context::changed",
+                    format!("`{path}` in the context changed during the build"),
+                )
+                .with_help("run the build again once the file stops changing"))
             }
-        })
+            Err(IngestError::Store(e)) => Err(e.into()),
+        }
     }
 
     /// Save what was hashed, so the next build can skip it.
-    pub fn save_index(&self, store: &Store) {
+    pub fn save_index(&self) {
         if let Some(index) = self.index.get() {
             let mut index = index.write().unwrap_or_else(|e| e.into_inner());
-            let _ = index.save(store, &self.stats);
+            let _ = index.save(&self.stats);
         }
     }
 }
@@ -309,10 +345,80 @@ enum Ignore {
     Docker(dockerignore::DockerIgnore),
 }
 
-/// A `.dockerignore`-syntax file named explicitly.
+/// Read an ignore file: a regular file of at most [`MAX_IGNORE_FILE`]
+/// bytes, opened without blocking (a FIFO is refused, not waited on).
+/// `open` opens it (through the context's capability for the context's
+/// own ignore files). `None` when it does not exist. Its content is shown
+/// in no error but the parser's, which quotes only the offending pattern.
+fn read_ignore_file(
+    shown: &Path,
+    open: impl FnOnce() -> io::Result<std::fs::File>,
+) -> Result<Option<String>, Diagnostic> {
+    let refuse = |why: String| {
+        Diagnostic::user(
+            "kiln::context::ignore",
+            format!("cannot use the ignore file `{}`: {why}", shown.display()),
+        )
+        .with_help("an ignore file must be a regular file inside the context (a symlink may point only inside it)")
+    };
+    let file = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside") =>
+        {
+            return Err(refuse(
+                "it is a symlink that leads outside the context".into(),
+            ));
+        }
+        Err(e) => return Err(Diagnostic::io("cannot read the ignore file", shown, &e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Diagnostic::io("cannot read the ignore file", shown, &e))?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if meta.len() > MAX_IGNORE_FILE {
+        return Err(refuse(format!(
+            "it is larger than {}",
+            crate::units::format_size(MAX_IGNORE_FILE)
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IGNORE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Diagnostic::io("cannot read the ignore file", shown, &e))?;
+    if bytes.len() as u64 > MAX_IGNORE_FILE {
+        return Err(refuse(format!(
+            "it is larger than {}",
+            crate::units::format_size(MAX_IGNORE_FILE)
+        )));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| refuse("it is not UTF-8 text".into()))
+}
+
+/// Open a file for reading without following a final symlink and without
+/// blocking on a FIFO.
+fn open_nofollow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+}
+
+/// A `.dockerignore`-syntax file named explicitly (beside a Dockerfile).
 fn docker_ignore_file(file: &Path) -> Result<Ignore, Diagnostic> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Diagnostic::io("cannot read the ignore file", file, &e))?;
+    let text = read_ignore_file(file, || open_nofollow(file))?.ok_or_else(|| {
+        Diagnostic::io(
+            "cannot read the ignore file",
+            file,
+            &io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
     dockerignore::DockerIgnore::parse(&text)
         .map(Ignore::Docker)
         .map_err(|e| {
@@ -324,11 +430,21 @@ fn docker_ignore_file(file: &Path) -> Result<Ignore, Diagnostic> {
         })
 }
 
-/// The context's ignore rules: `.kilnignore`, else `.dockerignore`.
-fn ignore_matcher(root: &Path) -> Result<Option<Ignore>, Diagnostic> {
+/// The context's ignore rules: `.kilnignore`, else `.dockerignore`,
+/// read through the context's capability like every context file.
+fn ignore_matcher(root: &Path, dir: &cap_std::fs::Dir) -> Result<Option<Ignore>, Diagnostic> {
     for name in IGNORE_FILES {
         let file = root.join(name);
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let opened = read_ignore_file(&file, || {
+            let mut o = cap_std::fs::OpenOptions::new();
+            o.read(true);
+            cap_std::fs::OpenOptionsExt::custom_flags(
+                &mut o,
+                rustix::fs::OFlags::NONBLOCK.bits() as i32,
+            );
+            dir.open_with(name, &o).map(|f| f.into_std())
+        })?;
+        let Some(text) = opened else {
             continue;
         };
         let bad = |line: usize, message: String| {

@@ -87,13 +87,24 @@ fn list_dir_inner<'s>(
         if bytes == b"." || bytes == b".." {
             continue;
         }
+        let st = rustix::fs::statat(fd, raw, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("cannot stat", &at(&String::from_utf8_lossy(bytes)), e))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
         let Ok(name) = std::str::from_utf8(bytes) else {
+            // Tree paths are UTF-8. A name that is not may still be ignored:
+            // the ignore rules see it with U+FFFD for the bad bytes.
+            let lossy = String::from_utf8_lossy(bytes);
+            let lossy_path = if rel.is_empty() {
+                lossy.to_string()
+            } else {
+                format!("{rel}/{lossy}")
+            };
+            if (w.skip)(&lossy_path, ft == FileType::Directory) {
+                continue;
+            }
             return Err(Diagnostic::user(
                 "kiln::context::name",
-                format!(
-                    "`{}` has a name that is not UTF-8",
-                    at(&String::from_utf8_lossy(bytes)).display()
-                ),
+                format!("`{}` has a name that is not UTF-8", at(&lossy).display()),
             )
             .with_help("rename the file, or exclude it in `.kilnignore`"));
         };
@@ -102,9 +113,6 @@ fn list_dir_inner<'s>(
         } else {
             format!("{rel}/{name}")
         };
-        let st = rustix::fs::statat(fd, raw, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io("cannot stat", &at(name), e))?;
-        let ft = FileType::from_raw_mode(st.st_mode);
         if (w.skip)(&path, ft == FileType::Directory) {
             continue;
         }
@@ -126,9 +134,19 @@ fn list_dir_inner<'s>(
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(fd, raw, Vec::new())
                     .map_err(|e| io("cannot read the symlink", &at(name), e))?;
-                Kind::Symlink {
-                    target: target.to_string_lossy().into_owned(),
-                }
+                // Kept exactly or refused: two different targets must never
+                // become one.
+                let Ok(target) = target.into_string() else {
+                    return Err(Diagnostic::user(
+                        "kiln::context::link-target",
+                        format!(
+                            "the symlink `{}` points to a path that is not UTF-8",
+                            at(name).display()
+                        ),
+                    )
+                    .with_help("change the link's target, or exclude it in `.kilnignore`"));
+                };
+                Kind::Symlink { target }
             }
             FileType::RegularFile => {
                 stat = Some(FileStat::from_stat(&st));

@@ -248,9 +248,26 @@ impl Diagnostic {
         self
     }
 
-    /// An I/O failure on `path`, classed as an environment error.
+    /// An I/O failure on `path`, classed as an environment error. A full
+    /// disk says so, with the path, and what to do.
     pub fn io(what: &str, path: &Path, err: &std::io::Error) -> Diagnostic {
-        Diagnostic::env("kiln::io", format!("{what} `{}`: {err}", path.display()))
+        let d = Diagnostic::env("kiln::io", io_message(what, path, err));
+        if crate::fsutil::is_disk_full(err) {
+            d.with_help(
+                "free some space on that disk (`kiln gc --max-size SIZE` shrinks the cache), then run the build again; nothing kiln had stored is damaged",
+            )
+        } else {
+            d
+        }
+    }
+}
+
+/// `what `path`: error`, or for a full disk `what `path`: the disk is full (…)`.
+pub fn io_message(what: &str, path: &Path, err: &std::io::Error) -> String {
+    if crate::fsutil::is_disk_full(err) {
+        format!("{what} `{}`: the disk is full ({err})", path.display())
+    } else {
+        format!("{what} `{}`: {err}", path.display())
     }
 }
 

@@ -70,28 +70,34 @@ pub fn context_inputs(picked: &[Picked], kb: &mut KeyBuilder) {
     }
 }
 
-fn store_err(store: &Store, e: std::io::Error) -> Diagnostic {
-    Diagnostic::io("cannot write to the store", store.root(), &e)
-}
-
 fn tree_err(what: &str, span: Span, e: tree::TreeError) -> Diagnostic {
     Diagnostic::build("kiln::step::path", format!("{what}: {e}"))
         .with_label(span, "in this step")
         .with_help("a path in the stage crosses a file where a directory is needed, or replaces a directory")
 }
 
+/// What a builtin step runs with, besides the tree and config it changes.
+pub struct Cx<'a> {
+    pub store: &'a Store,
+    pub graph: &'a Graph,
+    /// Where the step is written, for errors.
+    pub span: Span,
+    /// The most an archive may expand to (`ADD` of a local archive).
+    pub unpack_limit: u64,
+}
+
 /// Run a builtin step on `tree` and `config`.
-#[allow(clippy::too_many_arguments)]
 pub fn apply(
-    store: &Store,
+    cx: &Cx<'_>,
     op: &Op,
     tree: &mut Tree,
     config: &mut ImageConfig,
     prepared: Option<Prepared>,
     source_tree: Option<&Tree>,
-    graph: &Graph,
-    span: Span,
 ) -> Result<(), Diagnostic> {
+    let Cx {
+        store, graph, span, ..
+    } = *cx;
     let workdir = config.workdir().to_string();
     let root_dir = Entry::dir(0o755, 0, 0);
     match op {
@@ -126,7 +132,7 @@ pub fn apply(
                         .par_iter()
                         .try_for_each(|(path, blob)| snap.ingest(store, path, *blob))?;
                     if c.unpack {
-                        unpack_archives(store, picked, span)?
+                        unpack_archives(store, picked, span, cx.unpack_limit)?
                     } else {
                         picked
                     }
@@ -172,7 +178,7 @@ pub fn apply(
                 }
             };
             let body = super::fetch::fetch(url, sha256, span)?;
-            let blob = store.put_blob(&body).map_err(|e| store_err(store, e))?;
+            let blob = store.put_blob(&body)?;
             // Docker gives downloaded files mode 0600.
             let entry = Entry {
                 kind: Kind::File {
@@ -205,9 +211,7 @@ pub fn apply(
                 .resolve(tree::parent(&p), true, Links::Rootfs)
                 .map_err(|e| tree_err("cannot write", span, e))?;
             let at = tree::join(&dir, tree::basename(&p));
-            let blob = store
-                .put_blob(content.as_bytes())
-                .map_err(|e| store_err(store, e))?;
+            let blob = store.put_blob(content.as_bytes())?;
             tree.mkdir_all(&dir, &root_dir)
                 .map_err(|e| tree_err("cannot write", span, e))?;
             let entry = Entry {
@@ -288,6 +292,7 @@ fn unpack_archives(
     store: &Store,
     picked: Vec<Picked>,
     span: Span,
+    limit: u64,
 ) -> Result<Vec<Picked>, Diagnostic> {
     let mut out = Vec::with_capacity(picked.len());
     for p in picked {
@@ -302,16 +307,24 @@ fn unpack_archives(
             out.push(p);
             continue;
         };
-        let bytes = store
-            .read_blob(blob)
-            .map_err(|e| Diagnostic::env("kiln::store::blob", format!("{e}")))?;
-        match super::unpack::unpack(store, &bytes) {
+        match super::unpack::unpack(store, blob, limit) {
             Ok(Some(items)) => out.push(Picked {
                 is_dir: true,
                 items,
                 ..p
             }),
             Ok(None) => out.push(p),
+            Err(super::unpack::UnpackError::Store(e)) => return Err(e.into()),
+            Err(e @ super::unpack::UnpackError::TooLarge(_)) => {
+                return Err(Diagnostic::build(
+                    "kiln::copy::unpack-limit",
+                    format!("cannot extract `{}`: {e}", p.path),
+                )
+                .with_label(span, "extracting this archive")
+                .with_help(
+                    "if the archive is meant to be this large, raise the limit with `kiln build --max-unpack-size SIZE`",
+                ));
+            }
             Err(e) => {
                 return Err(Diagnostic::build(
                     "kiln::copy::unpack",
@@ -400,9 +413,7 @@ fn resolve_owner(
         else {
             return Ok(None);
         };
-        let bytes = store
-            .read_blob(*blob)
-            .map_err(|e| Diagnostic::env("kiln::store::blob", format!("{e}")))?;
+        let bytes = store.read_blob(*blob)?;
         for line in String::from_utf8_lossy(&bytes).lines() {
             let parts: Vec<&str> = line.split(':').collect();
             if parts.first() == Some(&name) && parts.len() > field {

@@ -26,22 +26,21 @@ pub struct Memo {
 }
 
 const FILE: &str = "memo";
-/// Leads the file; bump when `Memo` changes shape.
-const MAGIC: &[u8] = b"KILNMEMO1";
+/// Leads the file; bump when `Memo` changes shape. The file is checksummed:
+/// a damaged memo reads as absent and the build runs normally.
+const MAGIC: &[u8] = b"KILNMEMO2";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
-    let bytes = std::fs::read(store.root().join("records").join(FILE)).ok()?;
-    postcard::from_bytes(bytes.strip_prefix(MAGIC)?).ok()
+    let bytes = crate::store::checked::read(&store.layout().record(FILE), MAGIC)?;
+    postcard::from_bytes(&bytes).ok()
 }
 
 pub fn save(store: &crate::store::Store, memo: &Memo) {
     if let Ok(body) = postcard::to_stdvec(memo) {
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&body);
-        let _ = store.write_atomic(&store.root().join("records").join(FILE), &bytes, 0o644);
+        let _ = crate::store::checked::write(&store.layout().record(FILE), MAGIC, &body);
     }
 }
 
 pub fn forget(store: &crate::store::Store) {
-    let _ = std::fs::remove_file(store.root().join("records").join(FILE));
+    let _ = std::fs::remove_file(store.layout().record(FILE));
 }

@@ -44,6 +44,8 @@ pub struct Options {
     pub memo_key: Option<[u8; 32]>,
     /// Seconds since the epoch that plugins see as the time (`SOURCE_DATE_EPOCH`, or 0).
     pub epoch: u64,
+    /// The most an archive may expand to when extracted.
+    pub unpack_limit: u64,
 }
 
 /// How a stage ended.
@@ -134,8 +136,8 @@ enum Run {
     Damaged,
 }
 
-/// The code of errors about trees the store cannot give back.
-const DAMAGED: &str = "kiln::store::tree";
+/// The code of errors about objects the store cannot give back.
+use crate::store::DAMAGED;
 
 struct Sched {
     waiting: HashMap<StageId, usize>,
@@ -201,10 +203,9 @@ impl<'a> Executor<'a> {
             outcomes: HashMap::new(),
             failures: Vec::new(),
         });
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(self.options.jobs.max(1))
-            .build()
-        {
+        // No more threads than stages that could run.
+        let threads = self.options.jobs.clamp(1, order.len().max(1));
+        match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
             Ok(pool) => pool.scope(|s| {
                 for id in ready {
                     self.spawn(s, id, &sched, &dependants);
@@ -219,7 +220,7 @@ impl<'a> Executor<'a> {
             }
         }
         for snap in self.contexts.iter().filter_map(|c| c.get()).flatten() {
-            snap.save_index(self.store);
+            snap.save_index();
         }
         let sched = sched.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut records =
@@ -481,7 +482,7 @@ impl<'a> Executor<'a> {
             }
             Err(Run::Damaged) => {
                 let d = Diagnostic::env(
-                    "kiln::store::tree",
+                    DAMAGED,
                     format!(
                         "stage `{}`: the cache is damaged and the stage could not be rebuilt",
                         stage.name
@@ -635,10 +636,7 @@ impl<'a> Executor<'a> {
             ));
         }
         let tree = self.materialize(cur, stage, inputs)?;
-        let digest = self
-            .store
-            .put_tree(&tree)
-            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        let digest = self.store.put_tree(&tree)?;
         let state = State {
             tree: digest,
             config: cur.config.clone(),
@@ -648,9 +646,7 @@ impl<'a> Executor<'a> {
                 tree: Some(digest),
                 config: state.config.clone(),
             };
-            self.store
-                .put_action(key, &action)
-                .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+            self.store.put_action(key, &action)?;
         }
         cur.known = Some(digest);
         Ok((state, Some(tree)))
@@ -683,10 +679,7 @@ impl<'a> Executor<'a> {
         if let Some(s) = self.empty.get() {
             return Ok(s.clone());
         }
-        let tree = self
-            .store
-            .put_tree(&Tree::new())
-            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        let tree = self.store.put_tree(&Tree::new())?;
         let state = State {
             tree,
             config: ImageConfig::default(),
@@ -795,23 +788,18 @@ impl<'a> Executor<'a> {
         // stored tree, not one per step.
         // A plugin step's tree is always stored: replaying it would mean
         // running the plugin again.
-        let digest =
-            if !step.op.changes_tree() {
-                cur.known
-            } else if last || matches!(step.op, Op::Wasm(_)) {
-                Some(self.store.put_tree(&tree).map_err(|e| {
-                    Diagnostic::io("cannot write to the store", self.store.root(), &e)
-                })?)
-            } else {
-                None
-            };
+        let digest = if !step.op.changes_tree() {
+            cur.known
+        } else if last || matches!(step.op, Op::Wasm(_)) {
+            Some(self.store.put_tree(&tree)?)
+        } else {
+            None
+        };
         let action = Action {
             tree: digest,
             config: config.clone(),
         };
-        self.store
-            .put_action(key, &action)
-            .map_err(|e| Diagnostic::io("cannot write to the store", self.store.root(), &e))?;
+        self.store.put_action(key, &action)?;
         cur.from = From::Memory(tree);
         cur.pending.clear();
         cur.known = digest;
@@ -869,15 +857,19 @@ impl<'a> Executor<'a> {
             },
             _ => None,
         };
+        let cx = builtin::Cx {
+            store: self.store,
+            graph: self.graph,
+            span: step.span,
+            unpack_limit: self.options.unpack_limit,
+        };
         builtin::apply(
-            self.store,
+            &cx,
             &step.op,
             tree,
             config,
             prepared,
             source_tree.as_deref(),
-            self.graph,
-            step.span,
         )
     }
 
@@ -885,13 +877,12 @@ impl<'a> Executor<'a> {
         self.contexts[id.0 as usize]
             .get_or_init(|| {
                 let ctx = self.graph.context(id);
-                Snapshot::open(
-                    &ctx.path,
-                    &self.exclude,
-                    self.store,
-                    ctx.ignore_file.as_deref(),
-                )
-                .map(Arc::new)
+                let listing = crate::context::Listing {
+                    exclude: &self.exclude,
+                    ignore_file: ctx.ignore_file.as_deref(),
+                    trust_index: !self.options.no_cache,
+                };
+                Snapshot::open(&ctx.path, listing, self.store).map(Arc::new)
             })
             .clone()
     }
@@ -901,10 +892,7 @@ impl<'a> Executor<'a> {
         if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
             return Ok(t.clone());
         }
-        let t = Arc::new(self.store.get_tree(d).map_err(|e| {
-            Diagnostic::env(DAMAGED, format!("{e}"))
-                .with_help("run the build again with `--no-cache`, or clear the state directory")
-        })?);
+        let t = Arc::new(self.store.get_tree(d)?);
         self.trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -22,7 +22,7 @@ impl Executor<'_> {
     fn runtime(&self) -> Result<&Runtime, Diagnostic> {
         let rt = self
             .runtime
-            .get_or_init(|| Runtime::new(&self.store.root().join("wasm-cache"), self.options.jobs));
+            .get_or_init(|| Runtime::new(&self.store.layout().wasm_cache(), self.options.jobs));
         rt.as_ref().map_err(|e| {
             Diagnostic::env(
                 "kiln::wasm::engine",
@@ -231,11 +231,7 @@ impl Executor<'_> {
         if out.stdout.is_empty() && out.stderr.is_empty() {
             return None;
         }
-        let path = self
-            .store
-            .root()
-            .join("logs")
-            .join(format!("{}.log", key.hex()));
+        let path = self.store.layout().log(key);
         let mut bytes = b"--- stdout\n".to_vec();
         bytes.extend_from_slice(&out.stdout);
         bytes.extend_from_slice(b"\n--- stderr\n");

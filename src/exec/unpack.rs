@@ -1,11 +1,22 @@
 //! Extracting tar archives, as Docker's `ADD` does for local sources: a
 //! file that is a tar archive (plain, gzip, bzip2 or xz, recognised by its
 //! content, not its name) becomes the directory it holds.
+//!
+//! Archives are streamed: the archive blob is verified, then decompressed
+//! and read entry by entry, each file going straight into the store. No
+//! entry is ever held in memory whole, and the expanded size is bounded
+//! (`--max-unpack-size`), so a small archive that expands to terabytes
+//! (a "bomb") is stopped with an error instead of filling the disk.
 
-use crate::store::Store;
+use crate::store::digest::BlobDigest;
 use crate::store::tree::{self, Entry, Kind, Links};
+use crate::store::{CopyError, Store, StoreError};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+
+/// The expanded size allowed when none is given.
+pub const DEFAULT_LIMIT: u64 = 8 << 30;
 
 /// Why an archive could not be extracted.
 #[derive(Debug, thiserror::Error)]
@@ -18,41 +29,154 @@ pub enum UnpackError {
     Special(String),
     #[error("the archive hard-links `{0}` to `{1}`, which is not earlier in the archive")]
     BadLink(String, String),
-    #[error("cannot store the archive's files: {0}")]
-    Store(#[from] std::io::Error),
+    #[error("the archive has an entry whose {0} is not UTF-8 (`{1}`)")]
+    NotUtf8(&'static str, String),
+    #[error("the archive expands to more than {} (the limit); it may be an archive bomb", crate::units::format_size(*.0))]
+    TooLarge(u64),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
-/// The compression an archive's first bytes announce.
-fn decompress(bytes: &[u8]) -> Result<Vec<u8>, UnpackError> {
-    let damaged = |e: &dyn std::fmt::Display| UnpackError::Damaged(e.to_string());
-    let mut out = Vec::new();
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| damaged(&e))?;
-    } else if bytes.starts_with(b"BZh") {
-        bzip2::read::MultiBzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| damaged(&e))?;
-    } else if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(bytes), &mut out)
-            .map_err(|e| damaged(&e))?;
-    } else {
-        return Ok(bytes.to_vec());
+/// Counts what passes and fails once more than `limit` bytes did.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if self.count > self.limit {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "limit"));
+        }
+        Ok(n)
     }
-    Ok(out)
 }
 
-/// Whether `bytes` (decompressed) start with a valid tar header.
-fn is_tar(bytes: &[u8]) -> bool {
-    let Some(block) = bytes.get(..512) else {
+/// xz has no streaming reader in lzma-rs: decompress on a thread into a
+/// bounded channel, which this end reads.
+struct XzReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+struct ChannelWriter(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(Ok(buf.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl XzReader {
+    fn new(file: File) -> XzReader {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        std::thread::spawn(move || {
+            let mut input = BufReader::new(file);
+            let mut out = io::BufWriter::with_capacity(64 * 1024, ChannelWriter(tx.clone()));
+            let r = lzma_rs::xz_decompress(&mut input, &mut out)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+                .and_then(|_| io::Write::flush(&mut out));
+            if let Err(e) = r {
+                let _ = tx.send(Err(e));
+            }
+        });
+        XzReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for XzReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn damaged(e: &dyn std::fmt::Display) -> UnpackError {
+    UnpackError::Damaged(e.to_string())
+}
+
+/// The blob's bytes, decompressed if they start like a compressed stream.
+/// Also says whether they were compressed.
+fn open_stream(store: &Store, blob: BlobDigest) -> Result<(Box<dyn Read>, bool), UnpackError> {
+    // Verify the whole archive first: what is extracted must be the bytes
+    // the key was made from.
+    match store.copy_blob(blob, &mut io::sink()) {
+        Ok(_) => {}
+        Err(CopyError::Store(e)) => return Err(e.into()),
+        Err(CopyError::Write(e)) => return Err(damaged(&e)),
+    }
+    let path = store.blob_path(blob);
+    let mut file = File::open(&path).map_err(|e| StoreError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut magic = [0u8; 6];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(damaged(&e)),
+        }
+    }
+    let head = &magic[..got];
+    let file = io::Cursor::new(head.to_vec()).chain(file);
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        (
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
+            true,
+        )
+    } else if head.starts_with(b"BZh") {
+        (
+            Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
+            true,
+        )
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        let file = File::open(&path).map_err(|e| StoreError::Io { path, source: e })?;
+        (Box::new(XzReader::new(file)), true)
+    } else {
+        (Box::new(file), false)
+    })
+}
+
+/// Whether a 512-byte block is a valid tar header.
+fn is_tar(block: &[u8]) -> bool {
+    if block.len() < 512 {
         return false;
-    };
-    let Ok(stored) = tar::Header::from_byte_slice(block).cksum() else {
+    }
+    let Ok(stored) = tar::Header::from_byte_slice(&block[..512]).cksum() else {
         return false;
     };
     // The checksum counts the checksum field itself as eight spaces.
-    let sum: u32 = block
+    let sum: u32 = block[..512]
         .iter()
         .enumerate()
         .map(|(i, b)| {
@@ -66,29 +190,53 @@ fn is_tar(bytes: &[u8]) -> bool {
     sum == stored
 }
 
-/// If `bytes` hold a tar archive, its entries as paths relative to the
+/// If the blob holds a tar archive, its entries as paths relative to the
 /// extraction directory, parents first; `None` if it is not an archive.
-pub fn unpack(store: &Store, bytes: &[u8]) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
-    let compressed = bytes.starts_with(&[0x1f, 0x8b])
-        || bytes.starts_with(b"BZh")
-        || bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]);
-    let data = match decompress(bytes) {
-        Ok(d) => d,
-        // A file that merely starts like a compressed stream is copied as is.
-        Err(_) if compressed => return Ok(None),
-        Err(e) => return Err(e),
+/// At most `limit` bytes of file content are extracted.
+pub fn unpack(
+    store: &Store,
+    blob: BlobDigest,
+    limit: u64,
+) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
+    let (stream, compressed) = open_stream(store, blob)?;
+    // The decompressed stream holds headers besides content: allow it twice
+    // the content limit (and at least a little).
+    let mut stream = Counted {
+        inner: stream,
+        count: 0,
+        limit: limit.saturating_mul(2).max(1 << 20),
     };
-    if !is_tar(&data) {
+    let mut first = vec![0u8; 512];
+    let mut got = 0;
+    while got < first.len() {
+        match stream.read(&mut first[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A file that merely starts like a compressed stream is copied as is.
+            Err(_) if compressed => return Ok(None),
+            Err(e) => return Err(damaged(&e)),
+        }
+    }
+    if !is_tar(&first[..got]) {
         return Ok(None);
     }
     let mut out: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut archive = tar::Archive::new(data.as_slice());
-    let entries = archive
-        .entries()
-        .map_err(|e| UnpackError::Damaged(e.to_string()))?;
+    let mut left = limit;
+    let stream = io::Cursor::new(first).chain(stream);
+    let mut archive = tar::Archive::new(stream);
+    let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
+    let entries = archive.entries().map_err(|e| damaged(&e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| UnpackError::Damaged(e.to_string()))?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) if too_large(&e) => return Err(UnpackError::TooLarge(limit)),
+            Err(e) => return Err(damaged(&e)),
+        };
+        let raw_bytes = entry.path_bytes().into_owned();
+        let raw = String::from_utf8(raw_bytes.clone()).map_err(|_| {
+            UnpackError::NotUtf8("name", String::from_utf8_lossy(&raw_bytes).into_owned())
+        })?;
         let path = tree::components(&raw, Links::Confined)
             .map_err(|_| UnpackError::Escapes(raw.clone()))?
             .join("/");
@@ -100,24 +248,31 @@ pub fn unpack(store: &Store, bytes: &[u8]) -> Result<Option<Vec<(String, Entry)>
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
         let kind = header.entry_type();
+        let link_target = |entry: &tar::Entry<'_, _>| -> Result<String, UnpackError> {
+            let bytes = entry
+                .link_name_bytes()
+                .map(|b| b.into_owned())
+                .unwrap_or_default();
+            String::from_utf8(bytes).map_err(|e| {
+                UnpackError::NotUtf8(
+                    "link target",
+                    String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                )
+            })
+        };
         let e = if kind.is_dir() {
             Entry::dir(mode, uid, gid)
         } else if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
             Entry {
-                kind: Kind::Symlink { target },
+                kind: Kind::Symlink {
+                    target: link_target(&entry)?,
+                },
                 mode: 0o777,
                 uid,
                 gid,
             }
         } else if kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
+            let target = link_target(&entry)?;
             let clean = tree::components(&target, Links::Confined)
                 .map_err(|_| UnpackError::Escapes(target.clone()))?
                 .join("/");
@@ -126,16 +281,16 @@ pub fn unpack(store: &Store, bytes: &[u8]) -> Result<Option<Vec<(String, Entry)>
                 _ => return Err(UnpackError::BadLink(path, target)),
             }
         } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
-            let mut content = Vec::new();
-            entry
-                .read_to_end(&mut content)
-                .map_err(|e| UnpackError::Damaged(e.to_string()))?;
-            let blob = store.put_blob(&content)?;
+            let (blob, size) = match store.put_blob_reader(&mut entry, Some(left)) {
+                Ok(done) => done,
+                Err(StoreError::Io { source, .. }) if too_large(&source) => {
+                    return Err(UnpackError::TooLarge(limit));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            left -= size;
             Entry {
-                kind: Kind::File {
-                    blob,
-                    size: content.len() as u64,
-                },
+                kind: Kind::File { blob, size },
                 mode,
                 uid,
                 gid,
@@ -188,6 +343,11 @@ mod tests {
         b.into_inner().expect("finish")
     }
 
+    fn unpack(s: &Store, bytes: &[u8]) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
+        let blob = s.put_blob(bytes).expect("store");
+        super::unpack(s, blob, DEFAULT_LIMIT)
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(dir.path(), crate::store::Access::Shared).expect("store");
@@ -236,5 +396,55 @@ mod tests {
             Err(UnpackError::Escapes(p)) => assert_eq!(p, "../../etc/evil"),
             other => panic!("expected an escape error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn bombs_stop_at_the_limit_without_holding_entries_in_memory() {
+        let (_d, s) = store();
+        // 64 MiB of zeros, gzipped to a few dozen KiB.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(64 << 20);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "zeros", io::repeat(0).take(64 << 20))
+            .expect("append");
+        let tar = b.into_inner().expect("finish");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gz, &tar).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        assert!(gz.len() < 1 << 20);
+        let blob = s.put_blob(&gz).expect("store");
+        match super::unpack(&s, blob, 16 << 20) {
+            Err(UnpackError::TooLarge(l)) => assert_eq!(l, 16 << 20),
+            other => panic!("expected a size error, got {other:?}"),
+        }
+        // Within the limit it extracts, streamed into the store.
+        let items = super::unpack(&s, blob, 64 << 20)
+            .expect("ok")
+            .expect("archive");
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0].1.kind, Kind::File { size, .. } if size == 64 << 20));
+    }
+
+    #[test]
+    fn xz_archives_stream_and_non_utf8_targets_are_refused() {
+        let (_d, s) = store();
+        let tar = archive();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &tar[..], &mut xz).expect("xz");
+        let items = unpack(&s, &xz).expect("unpack").expect("an archive");
+        assert_eq!(items.len(), 4);
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        l.set_link_name_literal(&b"caf\xe9"[..]).expect("name");
+        b.append_data(&mut l, "link", io::empty()).expect("link");
+        let bytes = b.into_inner().expect("finish");
+        assert!(matches!(
+            unpack(&s, &bytes),
+            Err(UnpackError::NotUtf8("link target", _))
+        ));
     }
 }

@@ -63,11 +63,11 @@ pub fn write(store: &Store, tree: &Tree, subdir: &str, dest: &Path) -> Result<Wr
                     .map_err(|err| io("cannot create", &at, err))?;
             }
             Kind::File { blob, size } => {
-                let mut src = store
-                    .open_blob(*blob)
-                    .map_err(|err| Diagnostic::env("kiln::store::blob", format!("{err}")))?;
                 let mut out = fs::File::create(&at).map_err(|err| io("cannot create", &at, err))?;
-                std::io::copy(&mut src, &mut out).map_err(|err| io("cannot write", &at, err))?;
+                store.copy_blob(*blob, &mut out).map_err(|e| match e {
+                    crate::store::CopyError::Store(e) => Diagnostic::from(e),
+                    crate::store::CopyError::Write(e) => io("cannot write", &at, e),
+                })?;
                 out.set_permissions(fs::Permissions::from_mode(0o644))
                     .map_err(|err| io("cannot write", &at, err))?;
                 out.set_modified(std::time::UNIX_EPOCH + SENTINEL)
@@ -94,7 +94,18 @@ pub fn read_back(
     written: &Written,
 ) -> Result<Tree, Diagnostic> {
     let listed = crate::context::walk::walk(dir, &|_, _| false).map_err(|d| {
-        if d.code == "kiln::context::name" {
+        if d.code == "kiln::context::link-target" {
+            Diagnostic::build(
+                "kiln::wasm::name",
+                format!(
+                    "a plugin left a symlink whose target is not UTF-8 ({})",
+                    d.message
+                ),
+            )
+            .with_help(
+                "kiln trees hold UTF-8 link targets; change the plugin to write UTF-8 targets",
+            )
+        } else if d.code == "kiln::context::name" {
             Diagnostic::build(
                 "kiln::wasm::name",
                 format!(
@@ -145,10 +156,8 @@ pub fn read_back(
                 let blob = match unchanged {
                     Some(b) => b,
                     None => {
-                        let bytes = fs::read(&at).map_err(|e| io("cannot read", &at, e))?;
-                        store
-                            .put_blob(&bytes)
-                            .map_err(|e| io("cannot write to the store", store.root(), e))?
+                        let mut f = fs::File::open(&at).map_err(|e| io("cannot read", &at, e))?;
+                        store.put_blob_reader(&mut f, None)?.0
                     }
                 };
                 let (mode, uid, gid) = keep(0o644);

@@ -1,22 +1,37 @@
 //! Exporters: write a stage's tree out of the build, as a directory or a
 //! deterministic tar archive.
 //!
-//! An export is assembled beside its destination under a temporary name and
-//! then swapped in with one rename (`RENAME_EXCHANGE` when something is
-//! already there), so a reader sees the old export or the new one, never a
-//! mix, and a failed build leaves the old one untouched. Directory exports
-//! hard-link files from the store's link sources instead of copying bytes.
-//! Timestamps are SOURCE_DATE_EPOCH (or 0); owners are those of the tree.
+//! An export happens in two phases, so that a build writes all of its
+//! exports or none: [`stage`] writes the new export beside its destination
+//! under a temp name (announced to the store first, so that a killed build's
+//! leftovers are swept by the next one), and [`Staged::commit`] swaps it in
+//! with one rename (`RENAME_EXCHANGE` when something is already there), so
+//! a reader sees the old export or the new one, never a mix.
+//! [`Staged::discard`] throws a staged export away.
+//!
+//! Every file of a `dir` export is a private copy, verified against its
+//! digest as it is copied: an edit to one exported file never shows in
+//! another export, another file, or the store. An export whose record
+//! shows it untouched since kiln wrote it (same tree and settings, and
+//! every path's `lstat` as recorded) is left alone: a no-op build writes
+//! nothing. Timestamps are SOURCE_DATE_EPOCH (or 0); owners are those of
+//! the tree when kiln runs as root.
+//!
+//! Where an export may go is `dest`'s business.
 
+pub mod dest;
 mod tar;
 
 use crate::diag::Diagnostic;
+use crate::fsutil::remove_any;
 use crate::ir::ExportFormat;
+use crate::store::records::{self, ExportRecord, Stamp};
 use crate::store::tree::{Kind, Tree};
-use crate::store::{Store, StoreError};
+use crate::store::{CopyError, Store, StoreError};
+use rayon::prelude::*;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -29,93 +44,215 @@ pub struct Settings {
     pub set_owner: bool,
 }
 
+impl Settings {
+    /// Everything besides the tree that decides an export's bytes.
+    fn describe(&self, format: ExportFormat) -> String {
+        format!("{format:?} epoch={} owners={}", self.epoch, self.set_owner)
+    }
+}
+
 fn env_err(what: &str, path: &Path, e: &io::Error) -> Diagnostic {
-    Diagnostic::io(what, path, e).with_help("check that the destination's directory is writable")
-}
-
-pub fn store_err(e: StoreError) -> Diagnostic {
-    Diagnostic::env("kiln::store::corrupt", format!("{e}")).with_help(
-        "the cache entry was damaged outside kiln; run the build again with `--no-cache`",
-    )
-}
-
-/// Refuse destinations whose replacement would destroy the user's work:
-/// the filesystem root, or a directory containing one of `protected`.
-pub fn check_destination(dest: &Path, protected: &[PathBuf]) -> Result<(), Diagnostic> {
-    let abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
-    let canon = canonical_prefix(&abs);
-    for p in protected {
-        let pc = canonical_prefix(&std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-        if pc.starts_with(&canon) {
-            return Err(Diagnostic::user(
-                "kiln::export::dangerous",
-                format!(
-                    "refusing to export to `{}`: it contains `{}`",
-                    dest.display(),
-                    p.display()
-                ),
-            )
-            .with_help(
-                "an export replaces its destination whole; pick a new directory such as `dist/`",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The canonical form of the longest existing prefix of `p`, plus the rest.
-fn canonical_prefix(p: &Path) -> PathBuf {
-    let mut existing = p.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(c) = fs::canonicalize(&existing) {
-            let mut out = c;
-            for r in rest.iter().rev() {
-                out.push(r);
-            }
-            return out;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent.to_path_buf();
-            }
-            _ => return p.to_path_buf(),
-        }
+    let d = Diagnostic::io(what, path, e);
+    if d.help.is_some() {
+        d
+    } else {
+        d.with_help("check that the destination's directory is writable")
     }
 }
 
-/// Write `tree` to `dest` in `format`, replacing what was there atomically.
-pub fn export(
-    store: &Store,
-    tree: &Tree,
-    format: ExportFormat,
-    dest: &Path,
-    settings: &Settings,
-) -> Result<(), Diagnostic> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+/// An export to write: what, where (resolved), and how.
+pub struct Job<'a> {
+    pub stage: &'a str,
+    pub tree: &'a Tree,
+    pub tree_digest: crate::store::digest::TreeDigest,
+    pub format: ExportFormat,
+    /// The destination as the user wrote it (for messages).
+    pub shown: &'a Path,
+    /// The destination resolved by [`dest::check`].
+    pub dest: &'a Path,
+    pub settings: &'a Settings,
+}
+
+/// The outcome of [`stage`].
+pub enum Prepared {
+    /// The destination already holds this export, untouched.
+    Intact,
+    /// Written beside the destination; not yet in place.
+    Staged(Box<Staged>),
+}
+
+/// An export written under a temp name beside its destination.
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    shown: PathBuf,
+    record: ExportRecord,
+    tree: Vec<String>,
+}
+
+/// Why staging failed: an ordinary error, or damage in the store (which a
+/// rebuild without the cache repairs).
+pub enum Failed {
+    Error(Diagnostic),
+    Damaged(Diagnostic),
+}
+
+impl From<Diagnostic> for Failed {
+    fn from(d: Diagnostic) -> Failed {
+        Failed::Error(d)
+    }
+}
+
+fn store_failed(e: StoreError) -> Failed {
+    if e.is_damage() {
+        Failed::Damaged(e.diagnostic())
+    } else {
+        Failed::Error(e.diagnostic())
+    }
+}
+
+/// Check the destination and write the export under a temp name (or find
+/// it intact).
+pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
+    let dest_key = job.dest.to_string_lossy().into_owned();
+    let settings = job.settings.describe(job.format);
+    let record = records::load_export(store.layout(), &dest_key);
+    let matches_record = record.as_ref().is_some_and(|r| stamps_hold(job.dest, r));
+    if let Some(r) = &record
+        && matches_record
+        && r.tree == job.tree_digest
+        && r.settings == settings
+    {
+        return Ok(Prepared::Intact);
+    }
+    check_replaceable(store.layout(), job.shown, job.dest)?;
+    let parent = match job.dest.parent() {
+        Some(p) => p.to_path_buf(),
+        None => return Err(Diagnostic::internal("an export destination without a parent").into()),
     };
     fs::create_dir_all(&parent).map_err(|e| env_err("cannot create", &parent, &e))?;
-    let name = dest
+    let name = job
+        .dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    let tmp = parent.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
+    let tmp = parent.join(crate::store::owners::export_temp_name(
+        &name,
+        store.owner().token(),
+    ));
+    store
+        .owner()
+        .announce(&tmp)
+        .map_err(|e| Diagnostic::io("cannot write to the state directory", store.root(), &e))?;
     remove_any(&tmp);
-    let written = match format {
-        ExportFormat::Dir => write_dir(store, tree, &tmp, settings),
-        ExportFormat::Tar => tar::write(store, tree, &tmp, settings),
+    let written = match job.format {
+        ExportFormat::Dir => write_dir(store, job.tree, &tmp, job.settings),
+        ExportFormat::Tar => tar::write(store, job.tree, &tmp, job.settings),
     };
     if let Err(e) = written {
         remove_any(&tmp);
         return Err(e);
     }
-    swap_in(&tmp, dest).map_err(|e| {
-        remove_any(&tmp);
-        env_err("cannot replace", dest, &e)
+    dest::set_marker(&tmp);
+    let paths = match job.format {
+        ExportFormat::Dir => job.tree.entries.keys().cloned().collect(),
+        ExportFormat::Tar => Vec::new(),
+    };
+    Ok(Prepared::Staged(Box::new(Staged {
+        tmp,
+        dest: job.dest.to_path_buf(),
+        shown: job.shown.to_path_buf(),
+        record: ExportRecord {
+            dest: dest_key,
+            stage: job.stage.to_string(),
+            tree: job.tree_digest,
+            at_unix: std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            settings,
+            stamps: Vec::new(),
+        },
+        tree: paths,
+    })))
+}
+
+impl Staged {
+    /// Put the export in place and record what was written.
+    pub fn commit(mut self, store: &Store) -> Result<(), Diagnostic> {
+        swap_in(&self.tmp, &self.dest).map_err(|e| {
+            remove_any(&self.tmp);
+            env_err("cannot replace", &self.shown, &e)
+        })?;
+        // The record is written after the swap: a build killed in between
+        // leaves an unrecorded export, which only costs a rewrite next time.
+        let mut stamps = Vec::with_capacity(self.tree.len() + 1);
+        let root = fs::symlink_metadata(&self.dest).map(|m| Stamp::of(&m));
+        if let Ok(s) = root {
+            stamps.push((String::new(), s));
+            for p in &self.tree {
+                match fs::symlink_metadata(self.dest.join(p)) {
+                    Ok(m) => stamps.push((p.clone(), Stamp::of(&m))),
+                    Err(_) => {
+                        stamps.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        self.record.stamps = stamps;
+        if self.record.stamps.is_empty() {
+            records::forget_export(store, &self.record.dest);
+        } else {
+            let _ = records::save_export(store, &self.record);
+        }
+        Ok(())
+    }
+
+    /// Throw the staged export away.
+    pub fn discard(self) {
+        remove_any(&self.tmp);
+    }
+}
+
+/// Whether kiln may replace what is at `dest` (resolved): see
+/// [`dest::check_replaceable`]; the record in the state dir counts when
+/// it describes the very file or directory there.
+pub fn check_replaceable(
+    layout: &crate::store::layout::Layout,
+    shown: &Path,
+    dest: &Path,
+) -> Result<(), Diagnostic> {
+    let key = dest.to_string_lossy();
+    let record = records::load_export(layout, &key);
+    let recorded = record.as_ref().is_some_and(|r| root_matches(dest, r))
+        || records::legacy_export_recorded(layout, &key);
+    dest::check_replaceable(shown, dest, recorded)
+}
+
+/// Whether the destination itself is the one the record describes.
+fn root_matches(dest: &Path, record: &ExportRecord) -> bool {
+    let Some((_, want)) = record.stamps.first() else {
+        return false;
+    };
+    fs::symlink_metadata(dest).is_ok_and(|m| {
+        let now = Stamp::of(&m);
+        now.dev == want.dev && now.ino == want.ino
     })
+}
+
+/// Whether every path recorded still has the stat recorded: nobody
+/// changed, added (a directory's ctime moves) or removed anything since.
+fn stamps_hold(dest: &Path, record: &ExportRecord) -> bool {
+    !record.stamps.is_empty()
+        && record.stamps.iter().all(|(p, want)| {
+            let at = if p.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(p)
+            };
+            fs::symlink_metadata(at).is_ok_and(|m| Stamp::of(&m) == *want)
+        })
 }
 
 /// Put `tmp` at `dest` in one step; whatever was at `dest` is removed after.
@@ -131,66 +268,28 @@ fn swap_in(tmp: &Path, dest: &Path) -> io::Result<()> {
         rustix::fs::RenameFlags::EXCHANGE,
     ) {
         Ok(()) => {
+            // The old export is now at the temp name (announced): removed
+            // here, or by the next build if this one is killed first.
             remove_any(tmp);
             Ok(())
         }
         Err(_) => {
-            // Filesystems without RENAME_EXCHANGE: a file can still be replaced
-            // atomically; a directory is moved aside first.
-            if fs::symlink_metadata(dest)
-                .map(|m| m.is_dir())
-                .unwrap_or(false)
-            {
-                let aside = dest.with_extension(format!("kiln-old-{}", std::process::id()));
-                fs::rename(dest, &aside)?;
-                let r = fs::rename(tmp, dest);
-                if r.is_err() {
-                    let _ = fs::rename(&aside, dest);
-                } else {
-                    remove_any(&aside);
-                }
-                r
-            } else {
-                fs::rename(tmp, dest)
+            // Filesystems without RENAME_EXCHANGE: a file can still be
+            // replaced atomically; a directory is removed first.
+            if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+                remove_any(dest);
             }
+            fs::rename(tmp, dest)
         }
     }
 }
 
-fn remove_any(p: &Path) {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            make_writable(p);
-            let _ = fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
-}
-
-/// Directories exported read-only must be made writable to be removed.
-fn make_writable(p: &Path) {
-    let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
-fn write_dir(
-    store: &Store,
-    tree: &Tree,
-    root: &Path,
-    settings: &Settings,
-) -> Result<(), Diagnostic> {
+fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Result<(), Failed> {
     let mtime = UNIX_EPOCH + Duration::from_secs(settings.epoch);
     fs::create_dir(root).map_err(|e| env_err("cannot create", root, &e))?;
     let mut dirs = vec![(root.to_path_buf(), 0o755u32, (0u32, 0u32))];
+    let mut files = Vec::new();
+    let mut links = Vec::new();
     for (path, entry) in &tree.entries {
         let at = root.join(path);
         let owner = (entry.uid, entry.gid);
@@ -199,40 +298,57 @@ fn write_dir(
                 fs::create_dir(&at).map_err(|e| env_err("cannot create", &at, &e))?;
                 dirs.push((at, entry.mode, owner));
             }
-            Kind::File { blob, size } => {
-                let src = store
-                    .linkable(
-                        *blob,
-                        *size,
-                        entry.mode,
-                        settings.set_owner.then_some(owner),
-                        settings.epoch,
-                    )
-                    .map_err(store_err)?;
-                if let Err(e) = fs::hard_link(&src, &at) {
-                    // Another filesystem, or a link limit: copy instead.
-                    if e.kind() != io::ErrorKind::CrossesDevices && e.raw_os_error() != Some(31) {
-                        return Err(env_err("cannot write", &at, &e));
-                    }
-                    fs::copy(&src, &at).map_err(|e| env_err("cannot write", &at, &e))?;
-                    fs::set_permissions(&at, fs::Permissions::from_mode(entry.mode))
-                        .map_err(|e| env_err("cannot write", &at, &e))?;
-                    if let Ok(f) = fs::File::options().write(true).open(&at) {
-                        let _ = f.set_modified(mtime);
-                    }
-                    if settings.set_owner {
-                        let _ = std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1));
-                    }
-                }
-            }
-            Kind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &at)
-                    .map_err(|e| env_err("cannot create symlink", &at, &e))?;
-                if settings.set_owner {
-                    let _ = std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1));
-                }
-            }
+            Kind::File { blob, .. } => files.push((at, *blob, entry.mode, owner)),
+            Kind::Symlink { target } => links.push((at, target, owner)),
         }
+    }
+    // Files are independent of each other: copy them on all cores.
+    files
+        .par_iter()
+        .try_for_each(|(at, blob, mode, owner)| -> Result<(), Failed> {
+            let mut f = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(at)
+                .map_err(|e| env_err("cannot write", at, &e))?;
+            store.copy_blob(*blob, &mut f).map_err(|e| match e {
+                CopyError::Write(e) => Failed::Error(env_err("cannot write", at, &e)),
+                CopyError::Store(e) => store_failed(e),
+            })?;
+            if settings.set_owner {
+                std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))
+                    .map_err(|e| env_err("cannot set the owner of", at, &e))?;
+            }
+            // After chown, which clears setuid and setgid bits.
+            f.set_permissions(fs::Permissions::from_mode(*mode))
+                .map_err(|e| env_err("cannot write", at, &e))?;
+            f.set_modified(mtime)
+                .map_err(|e| env_err("cannot write", at, &e))?;
+            Ok(())
+        })?;
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: settings.epoch as i64,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: settings.epoch as i64,
+            tv_nsec: 0,
+        },
+    };
+    for (at, target, owner) in links {
+        std::os::unix::fs::symlink(target, &at)
+            .map_err(|e| env_err("cannot create symlink", &at, &e))?;
+        if settings.set_owner {
+            let _ = std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1));
+        }
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &at,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
     // Directory modes and times last, deepest first: children are in place.
     for (dir, mode, owner) in dirs.iter().rev() {
@@ -241,9 +357,7 @@ fn write_dir(
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
             .map_err(|e| env_err("cannot set mode of", dir, &e))?;
-        if let Ok(f) = fs::File::open(dir) {
-            let _ = f.set_modified(mtime);
-        }
+        let _ = rustix::fs::utimensat(rustix::fs::CWD, dir, &times, rustix::fs::AtFlags::empty());
     }
     Ok(())
 }

@@ -1,53 +1,46 @@
 //! Deterministic tar: entries in path order, every mtime the same, owners
 //! and modes from the tree, no user or group names, no host metadata.
 
-use super::{Settings, store_err};
+use super::{Failed, Settings, store_failed};
 use crate::diag::Diagnostic;
 use crate::store::Store;
-use crate::store::digest::BlobDigest;
 use crate::store::tree::{Kind, Tree};
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
-
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-/// Hashes what passes through and fails at the end if it is not `expected`,
-/// so a damaged blob never ends up in an archive.
-struct Verified<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    expected: BlobDigest,
+/// Write `tree` as a tar archive to `dest` (a new file).
+pub fn write(store: &Store, tree: &Tree, dest: &Path, settings: &Settings) -> Result<(), Failed> {
+    let file = File::create(dest).map_err(|e| err(dest, e))?;
+    let out = write_to(store, tree, BufWriter::new(file), settings, dest)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| Failed::Error(err(dest, e.into_error())))?;
+    file.sync_all().map_err(|e| err(dest, e))?;
+    Ok(())
 }
 
-impl<R: Read> Read for Verified<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            if BlobDigest::from_hash(self.hasher.finalize()) != self.expected {
-                return Err(io::Error::other(format!(
-                    "blob {} in the cache is corrupt",
-                    self.expected
-                )));
-            }
-        } else {
-            self.hasher.update(&buf[..n]);
-        }
-        Ok(n)
+fn err(dest: &Path, e: io::Error) -> Diagnostic {
+    let d = Diagnostic::io("cannot write", dest, &e);
+    if d.help.is_some() {
+        d
+    } else {
+        d.with_help("check free space and that the destination's directory is writable")
     }
 }
 
-pub fn write(
+/// Write `tree` as a tar archive to `out`; `shown` names it in errors.
+/// Every file's bytes are verified as they pass: a damaged blob fails the
+/// archive (and is quarantined).
+pub fn write_to<W: Write>(
     store: &Store,
     tree: &Tree,
-    dest: &Path,
+    out: W,
     settings: &Settings,
-) -> Result<(), Diagnostic> {
-    let err = |e: io::Error| {
-        Diagnostic::io("cannot write", dest, &e)
-            .with_help("check free space and that the destination's directory is writable")
-    };
-    let file = File::create(dest).map_err(err)?;
-    let mut b = ::tar::Builder::new(BufWriter::new(file));
+    shown: &Path,
+) -> Result<W, Failed> {
+    let e = |e: io::Error| Failed::Error(err(shown, e));
+    let mut b = ::tar::Builder::new(out);
     for (path, entry) in &tree.entries {
         let mut h = ::tar::Header::new_gnu();
         h.set_mode(entry.mode);
@@ -59,28 +52,25 @@ pub fn write(
                 h.set_entry_type(::tar::EntryType::Directory);
                 h.set_size(0);
                 b.append_data(&mut h, format!("{path}/"), io::empty())
-                    .map_err(err)?;
+                    .map_err(e)?;
             }
             Kind::File { blob, size } => {
                 h.set_entry_type(::tar::EntryType::Regular);
                 h.set_size(*size);
-                let f = store.open_blob(*blob).map_err(store_err)?;
-                let reader = Verified {
-                    inner: f,
-                    hasher: blake3::Hasher::new(),
-                    expected: *blob,
-                };
-                b.append_data(&mut h, path, reader).map_err(err)?;
+                let mut reader = store.blob_reader(*blob).map_err(store_failed)?;
+                if let Err(io_err) = b.append_data(&mut h, path, &mut reader) {
+                    return Err(match reader.failure() {
+                        Some(store_side) => store_failed(store_side),
+                        None => Failed::Error(err(shown, io_err)),
+                    });
+                }
             }
             Kind::Symlink { target } => {
                 h.set_entry_type(::tar::EntryType::Symlink);
                 h.set_size(0);
-                b.append_link(&mut h, path, target).map_err(err)?;
+                b.append_link(&mut h, path, target).map_err(e)?;
             }
         }
     }
-    let inner = b.into_inner().map_err(err)?;
-    let file = inner.into_inner().map_err(|e| err(e.into_error()))?;
-    file.sync_all().map_err(err)?;
-    Ok(())
+    b.into_inner().map_err(e)
 }

@@ -916,10 +916,10 @@ impl Compiler<'_> {
             let to = self.subst(&e.to);
             let format = match &e.format {
                 None => Some(ExportFormat::Dir),
-                Some(f) => match f.value.as_str() {
-                    "dir" | "local" => Some(ExportFormat::Dir),
-                    "tar" => Some(ExportFormat::Tar),
-                    other => {
+                Some(f) => match ExportFormat::parse(&f.value) {
+                    Some(format) => Some(format),
+                    None => {
+                        let other = f.value.as_str();
                         let help = if other == "oci" {
                             "the `oci` format is not available in this version: export `dir` or `tar`".to_string()
                         } else {

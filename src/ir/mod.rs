@@ -452,6 +452,24 @@ pub enum ExportFormat {
     Tar,
 }
 
+impl ExportFormat {
+    /// A format as the spec (`format=`) and `-o type=` write it.
+    pub fn parse(s: &str) -> Option<ExportFormat> {
+        match s {
+            "dir" | "local" => Some(ExportFormat::Dir),
+            "tar" => Some(ExportFormat::Tar),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Dir => "dir",
+            ExportFormat::Tar => "tar",
+        }
+    }
+}
+
 /// When an export entry is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -73,11 +73,17 @@ pub enum Event {
         stage: String,
         dest: String,
         format: String,
+        /// The destination already held this export, untouched: nothing was written.
+        unchanged: bool,
     },
     ExportSkipped {
         stage: String,
         dest: String,
         because: String,
+    },
+    /// Something the user should know about the build as it goes.
+    Notice {
+        message: String,
     },
     BuildFinished {
         ok: bool,

@@ -68,7 +68,15 @@ pub fn line(event: &Event) -> Option<String> {
             stage,
             dest,
             format,
+            unchanged: false,
         } => format!("exported `{stage}` to {dest} ({format})"),
+        Event::ExportWritten {
+            stage,
+            dest,
+            unchanged: true,
+            ..
+        } => format!("`{stage}` at {dest} is up to date"),
+        Event::Notice { message } => format!("kiln: {message}"),
         Event::ExportSkipped {
             stage,
             dest,

@@ -51,15 +51,23 @@ fn name_of(p: &Path) -> &str {
 /// until the store fits.
 pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     store.clear_tmp();
+    let layout = store.layout();
     let root = store.root();
+    // Derived data, rebuilt when needed: parsed specs, the build memo, the
+    // quarantine, and link sources of older kiln versions.
     let _ = fs::remove_dir_all(root.join("links"));
-    let _ = fs::remove_dir_all(root.join("parse"));
-    fs::create_dir_all(root.join("links"))?;
+    let _ = fs::remove_dir_all(layout.parse());
+    let _ = fs::remove_file(layout.record("memo"));
+    if let Ok(rd) = fs::read_dir(layout.quarantine()) {
+        for e in rd.flatten() {
+            crate::fsutil::remove_any(&e.path());
+        }
+    }
 
-    let blob_files = files(&root.join("blobs"));
-    let tree_files = files(&root.join("trees"));
+    let blob_files = files(&layout.blobs());
+    let tree_files = files(&layout.trees());
     let log = store.action_log();
-    let log_size = fs::metadata(root.join("actions.log"))
+    let log_size = fs::metadata(layout.actions_log())
         .map(|m| m.len())
         .unwrap_or(0);
     let size_of_blob = |d: &BlobDigest| {
@@ -122,7 +130,7 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     };
 
     // Exported trees first: they are what users look at.
-    for rec in records::load_exports(store).values() {
+    for rec in records::load_exports(store) {
         keep(
             rec.tree,
             0,
@@ -134,7 +142,7 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     }
     // Then cache entries, most recently used first.
     let mut rank: HashMap<StepKey, usize> = HashMap::new();
-    for (i, list) in super::used_lists(root).iter().enumerate() {
+    for (i, list) in super::used_lists(layout).iter().enumerate() {
         for k in fs::read(list).unwrap_or_default().chunks_exact(32) {
             let mut key = [0u8; 32];
             key.copy_from_slice(k);
@@ -195,7 +203,7 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         }
     }
     // Plugin output logs go with their steps' cache entries.
-    if let Ok(rd) = fs::read_dir(root.join("logs")) {
+    if let Ok(rd) = fs::read_dir(layout.logs()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let key = name.strip_suffix(".log").and_then(StepKey::parse);
@@ -207,14 +215,14 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     // Compiled plugin modules are recompiled when needed: with a budget to
     // meet, they go first.
     if budget.is_some() {
-        let _ = fs::remove_dir_all(root.join("wasm-cache"));
+        let _ = fs::remove_dir_all(layout.wasm_cache());
     }
-    report.bytes_after = [root.join("blobs"), root.join("trees")]
+    report.bytes_after = [layout.blobs(), layout.trees()]
         .iter()
         .flat_map(|d| files(d))
         .map(|(_, m)| m.len())
         .sum::<u64>()
-        + fs::metadata(root.join("actions.log"))
+        + fs::metadata(layout.actions_log())
             .map(|m| m.len())
             .unwrap_or(0);
     Ok(report)

@@ -1,41 +1,36 @@
 //! The content-addressed store in the state directory.
 //!
-//! Layout (all below the state dir, `.kiln/` by default):
-//!
-//! ```text
-//! lock                  flock: builds share it, `kiln gc` takes it alone
-//! blobs/ab/<blake3>     file contents, read-only, named by their digest
-//! trees/ab/<blake3>     tree manifests (JSON), named by their digest
-//! actions.log           action cache: step key -> resulting state (see `actions`)
-//! links/<blob>-<meta>   link sources for `dir` exports (see `linkable`)
-//! index/<hash>.bin      stat index of a context directory
-//! records/              what the last builds did (`kiln explain`, gc roots)
-//! parse/                lowered spec files, so a no-op build skips KDL parsing
-//! tmp/                  files being written; renamed into place when whole
-//! ```
-//!
-//! Invariants: a file appears under its final name only when complete
-//! (temp file + rename), so a killed build leaves nothing a later build
-//! trusts. Blobs and trees are verified against their digest when read.
-//! Nothing outside this module writes below the state dir, and no stored
-//! blob is ever handed out to be written: exports link to `links/`
-//! copies, checked before reuse.
+//! Where everything lives is [`layout::Layout`]'s to say. Invariants: a
+//! file appears under its final name only when complete (temp file +
+//! rename), so a killed build leaves nothing a later build trusts. Blobs
+//! and trees are verified against their digest whenever their bytes are
+//! read, and an object found damaged is moved to `quarantine/` at once, so
+//! the next write of the same content puts a good copy in its place (see
+//! [`Store::take_repairs`] for how the build reports it). Nothing outside
+//! this module writes below the state dir, and no stored blob is ever
+//! handed out to be written: exports copy bytes out, verifying them.
 
 pub mod actions;
+pub mod checked;
 pub mod digest;
 pub mod gc;
+pub mod layout;
+pub mod owners;
 pub mod records;
 pub mod state;
 pub mod tree;
 
 use crate::diag::Diagnostic;
 use digest::{BlobDigest, StepKey, TreeDigest};
+use layout::Layout;
 use state::Action;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tree::Tree;
 
 /// How a process holds the store.
@@ -47,14 +42,64 @@ pub enum Access {
     Exclusive,
 }
 
+/// The code of every diagnostic about a damaged or missing stored object.
+pub const DAMAGED: &str = "kiln::store::damaged";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} {digest} is missing from the cache")]
     Missing { what: &'static str, digest: String },
-    #[error("{what} {digest} in the cache is corrupt (its content does not match its digest)")]
-    Corrupt { what: &'static str, digest: String },
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    #[error("{what} {digest} in the cache is damaged (its content does not match its digest){}",
+        moved_to.as_ref().map(|p| format!("; kiln moved it to `{}`", p.display())).unwrap_or_default())]
+    Corrupt {
+        what: &'static str,
+        digest: String,
+        moved_to: Option<PathBuf>,
+    },
+    #[error("{}", io_message(path, source))]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_message(path: &Path, e: &io::Error) -> String {
+    crate::diag::io_message("cannot use", path, e)
+}
+
+impl StoreError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether this is damage to the store (a missing or corrupt object),
+    /// which rebuilding without the cache repairs.
+    pub fn is_damage(&self) -> bool {
+        !matches!(self, StoreError::Io { .. })
+    }
+
+    /// The error as the user sees it.
+    pub fn diagnostic(&self) -> Diagnostic {
+        match self {
+            StoreError::Io { path, source } => Diagnostic::io("cannot use", path, source),
+            _ => Diagnostic::env(DAMAGED, self.to_string()).with_help(
+                "kiln rebuilds what needed it without the cache; if this repeats, check the disk",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for Diagnostic {
+    fn from(e: StoreError) -> Diagnostic {
+        e.diagnostic()
+    }
+}
+
+/// Why a blob could not be copied out: the store's side, or the writer's.
+#[derive(Debug)]
+pub enum CopyError {
+    Store(StoreError),
+    Write(io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +107,22 @@ pub enum IngestError {
     #[error("the file changed while it was being read (expected digest {expected}, read {actual})")]
     Changed { expected: String, actual: String },
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Store(#[from] StoreError),
 }
 
 pub struct Store {
-    root: PathBuf,
+    layout: Layout,
     /// Read on first use: a build answered from its memo never needs it.
     actions: std::sync::OnceLock<actions::ActionLog>,
     _lock: File,
+    owner: owners::Owner,
     counter: AtomicU64,
+    /// Verify objects that are already present before trusting them (set
+    /// by `--no-cache` and by a build repairing the store).
+    verify_existing: AtomicBool,
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// What was found damaged and what was done about it, for the build to report.
+    repairs: Mutex<Vec<String>>,
 }
 
 impl Store {
@@ -85,14 +137,15 @@ impl Store {
         access: Access,
         waiting: &dyn Fn(&str),
     ) -> Result<Store, Diagnostic> {
-        for sub in ["blobs", "trees", "links", "index", "records", "tmp"] {
+        let layout = Layout::new(root);
+        for sub in layout::DIRS {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| {
                 Diagnostic::io("cannot create the state directory", &p, &e)
                     .with_help("pick a writable place with `--state-dir DIR` or `KILN_STATE_DIR`")
             })?;
         }
-        let lock_path = root.join("lock");
+        let lock_path = layout.lock();
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -114,28 +167,46 @@ impl Store {
             };
             r.map_err(|e| Diagnostic::io("cannot lock the store", &lock_path, &e))?;
         }
+        let owner = owners::Owner::register(&layout)
+            .map_err(|e| Diagnostic::io("cannot register in", &layout.owners(), &e))?;
+        // What killed processes left behind goes now.
+        owners::sweep(&layout, owner.token());
         Ok(Store {
-            root: root.to_path_buf(),
+            layout,
             actions: std::sync::OnceLock::new(),
             _lock: lock,
+            owner,
             counter: AtomicU64::new(0),
+            verify_existing: AtomicBool::new(false),
+            verified: Mutex::new(HashSet::new()),
+            repairs: Mutex::new(Vec::new()),
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.layout.root()
     }
 
-    fn shard(&self, kind: &str, hex: &str) -> PathBuf {
-        self.root.join(kind).join(&hex[..2]).join(hex)
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// This process's owner token (names its temp files).
+    pub fn owner(&self) -> &owners::Owner {
+        &self.owner
+    }
+
+    /// Verify objects that are already present before relying on them.
+    pub fn set_verify_existing(&self, on: bool) {
+        self.verify_existing.store(on, Ordering::Relaxed);
     }
 
     /// A fresh path in `tmp/` (not created).
     pub fn tmp_path(&self, hint: &str) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{n}-{hint}", std::process::id()))
+        self.layout
+            .tmp()
+            .join(format!("{}-{n}-{hint}", self.owner.token()))
     }
 
     /// Move a finished temp file to its final name.
@@ -168,19 +239,93 @@ impl Store {
     }
 
     pub fn blob_path(&self, d: BlobDigest) -> PathBuf {
-        self.shard("blobs", &d.hex())
+        self.layout.blob(d)
     }
 
+    /// Whether the blob is present (and, when verifying, intact: a damaged
+    /// one is quarantined and reported absent, so it is written again).
     pub fn has_blob(&self, d: BlobDigest) -> bool {
-        self.blob_path(d).exists()
+        if !self.blob_path(d).exists() {
+            return false;
+        }
+        if !self.verify_existing.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&d.0)
+        {
+            return true;
+        }
+        let ok = self.copy_blob(d, &mut io::sink()).is_ok();
+        if ok {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(d.0);
+        }
+        ok
     }
 
-    pub fn put_blob(&self, bytes: &[u8]) -> io::Result<BlobDigest> {
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
         let d = BlobDigest::from_hash(blake3::hash(bytes));
         if !self.has_blob(d) {
-            self.write_atomic(&self.blob_path(d), bytes, 0o444)?;
+            let path = self.blob_path(d);
+            self.write_atomic(&path, bytes, 0o444)
+                .map_err(StoreError::io(&path))?;
         }
         Ok(d)
+    }
+
+    /// Store what a reader yields (streamed: never whole in memory).
+    /// Returns its digest and size. `limit` bounds the size; a longer
+    /// stream fails with [`io::ErrorKind::FileTooLarge`].
+    pub fn put_blob_reader(
+        &self,
+        reader: &mut dyn Read,
+        limit: Option<u64>,
+    ) -> Result<(BlobDigest, u64), StoreError> {
+        let tmp = self.tmp_path("blob");
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(StoreError::io(&tmp)(e)),
+                };
+                size += n as u64;
+                if limit.is_some_and(|l| size > l) {
+                    return Err(StoreError::io(&tmp)(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "the stream is larger than the limit",
+                    )));
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
+            }
+            let d = BlobDigest::from_hash(hasher.finalize());
+            if self.has_blob(d) {
+                let _ = fs::remove_file(&tmp);
+                return Ok((d, size));
+            }
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(StoreError::io(&tmp))?;
+            drop(f);
+            let path = self.blob_path(d);
+            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
+            Ok((d, size))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Copy a file's bytes into the store, hashing as it goes; the result
@@ -191,7 +336,7 @@ impl Store {
         }
         let tmp = self.tmp_path("blob");
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; 256 * 1024];
             loop {
@@ -199,10 +344,10 @@ impl Store {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(IngestError::Io(e)),
+                    Err(e) => return Err(StoreError::io(&tmp)(e).into()),
                 };
                 hasher.update(&buf[..n]);
-                f.write_all(&buf[..n])?;
+                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
             }
             let actual = BlobDigest::from_hash(hasher.finalize());
             if actual != expected {
@@ -211,9 +356,11 @@ impl Store {
                     actual: actual.hex(),
                 });
             }
-            f.set_permissions(fs::Permissions::from_mode(0o444))?;
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(StoreError::io(&tmp))?;
             drop(f);
-            self.commit(&tmp, &self.blob_path(expected))?;
+            let path = self.blob_path(expected);
+            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
             Ok(())
         })();
         if result.is_err() {
@@ -222,47 +369,108 @@ impl Store {
         result
     }
 
-    /// Read a blob whole, verifying it.
-    pub fn read_blob(&self, d: BlobDigest) -> Result<Vec<u8>, StoreError> {
-        let bytes = match fs::read(self.blob_path(d)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    what: "blob",
-                    digest: d.hex(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if BlobDigest::from_hash(blake3::hash(&bytes)) != d {
-            return Err(StoreError::Corrupt {
-                what: "blob",
-                digest: d.hex(),
-            });
-        }
-        Ok(bytes)
+    fn missing(what: &'static str, hex: String) -> StoreError {
+        StoreError::Missing { what, digest: hex }
     }
 
-    pub fn open_blob(&self, d: BlobDigest) -> Result<File, StoreError> {
-        File::open(self.blob_path(d)).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::Missing {
-                what: "blob",
-                digest: d.hex(),
-            },
-            _ => StoreError::Io(e),
+    /// Move a damaged object out of the way and remember it for the report.
+    fn quarantine(&self, what: &'static str, path: &Path, hex: &str) -> StoreError {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let to = self
+            .layout
+            .quarantine()
+            .join(format!("{what}-{hex}-{nanos}"));
+        let moved_to = match fs::rename(path, &to) {
+            Ok(()) => Some(to),
+            // Someone else moved it first, or it cannot be moved: remove it
+            // so that it is written again.
+            Err(_) => {
+                let _ = fs::remove_file(path);
+                None
+            }
+        };
+        let e = StoreError::Corrupt {
+            what,
+            digest: hex.to_string(),
+            moved_to,
+        };
+        self.repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e.to_string());
+        e
+    }
+
+    /// Everything found damaged since the store was opened (and taken
+    /// out of the way), one line each.
+    pub fn take_repairs(&self) -> Vec<String> {
+        std::mem::take(&mut *self.repairs.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Read a blob whole, verifying it.
+    pub fn read_blob(&self, d: BlobDigest) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        match self.copy_blob(d, &mut out) {
+            Ok(_) => Ok(out),
+            Err(CopyError::Store(e)) => Err(e),
+            Err(CopyError::Write(e)) => Err(StoreError::io(&self.blob_path(d))(e)),
+        }
+    }
+
+    /// Copy a blob's bytes to `out`, verifying them: on a mismatch the blob
+    /// is quarantined and an error returned, and what was written to `out`
+    /// must be thrown away. Returns the size.
+    pub fn copy_blob(&self, d: BlobDigest, out: &mut dyn Write) -> Result<u64, CopyError> {
+        let mut r = self.blob_reader(d).map_err(CopyError::Store)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        loop {
+            let k = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Store(r.take_error(e))),
+            };
+            out.write_all(&buf[..k]).map_err(CopyError::Write)?;
+            n += k as u64;
+        }
+        Ok(n)
+    }
+
+    /// A reader of a blob that checks its digest at the end: the final
+    /// `read` fails (and the blob is quarantined) if the bytes were wrong.
+    pub fn blob_reader(&self, d: BlobDigest) -> Result<BlobReader<'_>, StoreError> {
+        let path = self.blob_path(d);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Store::missing("blob", d.hex()),
+            _ => StoreError::io(&path)(e),
+        })?;
+        Ok(BlobReader {
+            store: self,
+            file,
+            hasher: blake3::Hasher::new(),
+            expected: d,
+            failure: None,
+            checked: false,
         })
     }
 
     pub fn tree_path(&self, d: TreeDigest) -> PathBuf {
-        self.shard("trees", &d.hex())
+        self.layout.tree(d)
     }
 
-    pub fn put_tree(&self, tree: &Tree) -> io::Result<TreeDigest> {
+    pub fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
         let bytes = tree.to_bytes();
         let d = TreeDigest::from_hash(blake3::hash(&bytes));
         let path = self.tree_path(d);
-        if !path.exists() {
-            self.write_atomic(&path, &bytes, 0o444)?;
+        let present = path.exists()
+            && (!self.verify_existing.load(Ordering::Relaxed) || self.get_tree(d).is_ok());
+        if !present {
+            self.write_atomic(&path, &bytes, 0o444)
+                .map_err(StoreError::io(&path))?;
         }
         Ok(d)
     }
@@ -273,26 +481,18 @@ impl Store {
 
     /// Load a tree manifest, verifying it against its digest.
     pub fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
-        let bytes = match fs::read(self.tree_path(d)) {
+        let path = self.tree_path(d);
+        let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    what: "tree",
-                    digest: d.hex(),
-                });
+                return Err(Store::missing("tree", d.hex()));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(StoreError::io(&path)(e)),
         };
         if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
-            return Err(StoreError::Corrupt {
-                what: "tree",
-                digest: d.hex(),
-            });
+            return Err(self.quarantine("tree", &path, &d.hex()));
         }
-        serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-            what: "tree",
-            digest: d.hex(),
-        })
+        serde_json::from_slice(&bytes).map_err(|_| self.quarantine("tree", &path, &d.hex()))
     }
 
     /// Look up a step's result. The tree is not checked here (a hit costs
@@ -307,13 +507,15 @@ impl Store {
         self.action_log().forget(key);
     }
 
-    pub fn put_action(&self, key: StepKey, state: &Action) -> io::Result<()> {
-        self.action_log().put(key, state)
+    pub fn put_action(&self, key: StepKey, state: &Action) -> Result<(), StoreError> {
+        self.action_log()
+            .put(key, state)
+            .map_err(StoreError::io(&self.layout.actions_log()))
     }
 
     pub fn action_log(&self) -> &actions::ActionLog {
         self.actions.get_or_init(|| {
-            let path = self.root.join("actions.log");
+            let path = self.layout.actions_log();
             // An unreadable log means every step misses; writing to it then
             // reports the error.
             actions::ActionLog::load(&path).unwrap_or_else(|_| actions::ActionLog::empty(&path))
@@ -323,7 +525,7 @@ impl Store {
     /// Remember which cache entries a build used; `kiln gc` evicts the
     /// entries no recent build used first. The newest 32 lists are kept.
     pub fn record_use(&self, keys: &[StepKey]) -> io::Result<()> {
-        let dir = self.root.join("records").join("used");
+        let dir = self.layout.used();
         fs::create_dir_all(&dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -331,11 +533,11 @@ impl Store {
             .unwrap_or(0);
         let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
         self.write_atomic(
-            &dir.join(format!("{nanos:032}-{}", std::process::id())),
+            &dir.join(format!("{nanos:032}-{}", self.owner.token())),
             &bytes,
             0o644,
         )?;
-        let mut lists = used_lists(&self.root);
+        let mut lists = used_lists(&self.layout);
         while lists.len() > 32 {
             if let Some(old) = lists.pop() {
                 let _ = fs::remove_file(old);
@@ -344,83 +546,78 @@ impl Store {
         Ok(())
     }
 
-    /// A file with the blob's bytes and the given mode, owner and mtime,
-    /// for exports to hard-link. Link sources are private copies, never the
-    /// blob itself, and are recreated when their size, mtime or mode shows
-    /// that someone wrote through a link.
-    pub fn linkable(
-        &self,
-        blob: BlobDigest,
-        size: u64,
-        mode: u32,
-        owner: Option<(u32, u32)>,
-        mtime: u64,
-    ) -> Result<PathBuf, StoreError> {
-        let (uid, gid) = owner.unwrap_or((u32::MAX, u32::MAX));
-        let name = format!("{}-{mode:o}-{uid}-{gid}-{mtime}", blob.hex());
-        let path = self.root.join("links").join(&name[..2]).join(&name);
-        if let Ok(m) = fs::symlink_metadata(&path)
-            && m.len() == size
-            && m.mtime() == mtime as i64
-            && m.mtime_nsec() == 0
-            && m.mode() & 0o7777 == mode
-        {
-            return Ok(path);
-        }
-        let tmp = self.tmp_path("link");
-        let result = (|| -> Result<(), StoreError> {
-            let mut src = self.open_blob(blob)?;
-            let mut dst = File::create(&tmp)?;
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = src.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                dst.write_all(&buf[..n])?;
-            }
-            if BlobDigest::from_hash(hasher.finalize()) != blob {
-                return Err(StoreError::Corrupt {
-                    what: "blob",
-                    digest: blob.hex(),
-                });
-            }
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))?;
-            }
-            dst.set_permissions(fs::Permissions::from_mode(mode))?;
-            dst.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime))?;
-            drop(dst);
-            self.commit(&tmp, &path)?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|_| path)
-    }
-
     /// Remove leftovers of killed builds. Only safe while holding the lock alone.
     pub fn clear_tmp(&self) {
-        let tmp = self.root.join("tmp");
-        if let Ok(rd) = fs::read_dir(&tmp) {
+        if let Ok(rd) = fs::read_dir(self.layout.tmp()) {
             for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    let _ = fs::remove_dir_all(&p);
-                } else {
-                    let _ = fs::remove_file(&p);
-                }
+                crate::fsutil::remove_any(&e.path());
             }
         }
+        owners::sweep_all(&self.layout, self.owner.token());
+    }
+}
+
+/// A blob's bytes, checked against its digest at the end of the stream.
+pub struct BlobReader<'a> {
+    store: &'a Store,
+    file: File,
+    hasher: blake3::Hasher,
+    expected: BlobDigest,
+    failure: Option<StoreError>,
+    checked: bool,
+}
+
+impl BlobReader<'_> {
+    /// The store error behind an `io::Error` this reader returned.
+    pub fn take_error(&mut self, e: io::Error) -> StoreError {
+        self.failure.take().unwrap_or_else(|| StoreError::Io {
+            path: self.store.blob_path(self.expected),
+            source: e,
+        })
+    }
+
+    /// What went wrong on the store's side, if anything did: a consumer
+    /// that failed with no such error failed on its own side.
+    pub fn failure(&mut self) -> Option<StoreError> {
+        self.failure.take()
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.file.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let message = e.to_string();
+                let kind = e.kind();
+                self.failure = Some(StoreError::io(&self.store.blob_path(self.expected))(e));
+                return Err(io::Error::new(kind, message));
+            }
+        };
+        if n == 0 && !buf.is_empty() {
+            if self.checked {
+                return Ok(0);
+            }
+            self.checked = true;
+            if BlobDigest::from_hash(self.hasher.finalize()) != self.expected {
+                let hex = self.expected.hex();
+                let e = self
+                    .store
+                    .quarantine("blob", &self.store.blob_path(self.expected), &hex);
+                let message = e.to_string();
+                self.failure = Some(e);
+                return Err(io::Error::other(message));
+            }
+        } else {
+            self.hasher.update(&buf[..n]);
+        }
+        Ok(n)
     }
 }
 
 /// The lists written by [`Store::record_use`], newest first.
-pub fn used_lists(root: &Path) -> Vec<PathBuf> {
-    let mut lists: Vec<PathBuf> = fs::read_dir(root.join("records").join("used"))
+pub fn used_lists(layout: &Layout) -> Vec<PathBuf> {
+    let mut lists: Vec<PathBuf> = fs::read_dir(layout.used())
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     lists.sort();
@@ -447,6 +644,7 @@ mod tests {
             store.read_blob(d),
             Err(StoreError::Corrupt { .. })
         ));
+        assert!(!store.has_blob(d), "a damaged blob is moved aside");
 
         let mut t = Tree::new();
         t.put("x", tree::Entry::dir(0o755, 0, 0), false).unwrap();
@@ -468,7 +666,7 @@ mod tests {
         assert!(!store.has_blob(expected));
         store.ingest(&mut &b"one"[..], expected).unwrap();
         assert!(store.has_blob(expected));
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
     }
 
     #[test]
@@ -492,15 +690,64 @@ mod tests {
     }
 
     #[test]
-    fn link_sources_are_rebuilt_after_tampering() {
+    fn damaged_blobs_are_quarantined_and_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
         let d = store.put_blob(b"data").unwrap();
-        let p = store.linkable(d, 4, 0o644, None, 0).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"data");
-        fs::write(&p, b"evil!").unwrap();
-        let p2 = store.linkable(d, 4, 0o644, None, 0).unwrap();
-        assert_eq!(fs::read(&p2).unwrap(), b"data");
+        let p = store.blob_path(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"dbta").unwrap();
+        // Copying out notices, moves the blob aside and says so.
+        let mut out = Vec::new();
+        let Err(CopyError::Store(err)) = store.copy_blob(d, &mut out) else {
+            panic!("a damaged blob was copied");
+        };
+        assert!(err.is_damage(), "{err}");
+        assert!(err.to_string().contains("quarantine"), "{err}");
+        assert!(!p.exists());
+        assert_eq!(store.take_repairs().len(), 1);
+        assert_eq!(
+            fs::read_dir(store.layout().quarantine()).unwrap().count(),
+            1
+        );
+        // The next write of the same content heals it.
+        assert_eq!(store.put_blob(b"data").unwrap(), d);
         assert_eq!(store.read_blob(d).unwrap(), b"data");
+    }
+
+    #[test]
+    fn verifying_mode_heals_a_damaged_blob_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let d = store.put_blob(b"data").unwrap();
+        let p = store.blob_path(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"dbta").unwrap();
+        // Without verification an existing blob is trusted; with it, the
+        // damaged copy is replaced.
+        store.set_verify_existing(true);
+        assert_eq!(store.put_blob(b"data").unwrap(), d);
+        assert_eq!(fs::read(&p).unwrap(), b"data");
+    }
+
+    #[test]
+    fn streamed_blobs_respect_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let data = vec![5u8; 100_000];
+        let (d, n) = store
+            .put_blob_reader(&mut &data[..], Some(100_000))
+            .unwrap();
+        assert_eq!(
+            (d, n),
+            (BlobDigest::from_hash(blake3::hash(&data)), 100_000)
+        );
+        let err = store
+            .put_blob_reader(&mut &data[..], Some(99_999))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Io { ref source, .. } if source.kind() == io::ErrorKind::FileTooLarge)
+        );
+        assert_eq!(fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
     }
 }

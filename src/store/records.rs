@@ -1,6 +1,8 @@
 //! Records of past builds, kept in `records/`: the steps of the last build
 //! (for `kiln explain`), the latest run of every step (to compare a miss
-//! against), and what each export destination holds (gc keeps those longest).
+//! against), and what each export destination holds (gc keeps those
+//! longest; a build leaves an export alone when it is intact). Every file
+//! is checksummed ([`super::checked`]): a damaged record reads as absent.
 
 use super::Store;
 use super::digest::TreeDigest;
@@ -28,24 +30,64 @@ pub struct ExplainedStep {
     pub why: Vec<String>,
 }
 
-/// What an export destination holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What an export destination holds, as kiln wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportRecord {
+    /// The destination, absolute and resolved.
+    pub dest: String,
     pub stage: String,
     pub tree: TreeDigest,
     pub at_unix: u64,
+    /// What else decides the bytes written: format, timestamps, owners.
+    pub settings: String,
+    /// Every path written (`""` is the destination itself), with its stat
+    /// just after writing, so a later build can tell an untouched export
+    /// from one someone changed.
+    pub stamps: Vec<(String, Stamp)>,
 }
 
+/// What `lstat` says of a written file: any write, rename, chmod or chown
+/// changes at least its ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        }
+    }
+}
+
+/// Leads every record file; bump when a record changes shape.
+const MAGIC: &[u8] = b"KILNREC2";
+
 fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, name: &str) -> T {
-    std::fs::read(store.root().join("records").join(name))
-        .ok()
+    super::checked::read(&store.layout().record(name), MAGIC)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
 fn write<T: Serialize>(store: &Store, name: &str, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    store.write_atomic(&store.root().join("records").join(name), &bytes, 0o644)
+    super::checked::write(&store.layout().record(name), MAGIC, &bytes)
 }
 
 fn step_id(spec: &str, stage: &str, step: usize) -> String {
@@ -70,9 +112,11 @@ pub fn save_build(
         digest.update(r.key.as_bytes());
     }
     let digest = digest.finalize().to_hex().to_string();
-    let digest_path = store.root().join("records").join("last.digest");
+    let digest_path = store.layout().record("last.digest");
     let all_cached = !no_cache && records.iter().all(|r| r.cached);
-    if all_cached && std::fs::read_to_string(&digest_path).is_ok_and(|d| d == digest) {
+    if all_cached
+        && super::checked::read(&digest_path, MAGIC).is_some_and(|d| d == digest.as_bytes())
+    {
         return Ok(());
     }
     let mut history: BTreeMap<String, StepRecord> = read(store, "steps.json");
@@ -113,7 +157,7 @@ pub fn save_build(
     write(store, "last.json", &last)?;
     // Only a build that ran nothing can be skipped next time.
     let mark = if all_cached { digest } else { String::new() };
-    store.write_atomic(&digest_path, mark.as_bytes(), 0o644)
+    super::checked::write(&digest_path, MAGIC, mark.as_bytes())
 }
 
 pub fn load_last(store: &Store) -> Option<LastBuild> {
@@ -202,14 +246,53 @@ fn describe_input(name: &str) -> String {
     }
 }
 
-pub fn load_exports(store: &Store) -> BTreeMap<String, ExportRecord> {
-    read(store, "exports.json")
+/// Export records live one per destination, named by a hash of it.
+fn export_file(layout: &super::layout::Layout, dest: &str) -> std::path::PathBuf {
+    let name = blake3::hash(dest.as_bytes()).to_hex();
+    layout.record("exports").join(&name[..32])
 }
 
-pub fn save_export(store: &Store, dest: &str, record: ExportRecord) -> std::io::Result<()> {
-    let mut all = load_exports(store);
-    all.insert(dest.to_string(), record);
-    write(store, "exports.json", &all)
+const EXPORT_MAGIC: &[u8] = b"KILNEXP1";
+
+/// What kiln last wrote at `dest` (absolute, resolved), if it is recorded.
+pub fn load_export(layout: &super::layout::Layout, dest: &str) -> Option<ExportRecord> {
+    let bytes = super::checked::read(&export_file(layout, dest), EXPORT_MAGIC)?;
+    let r: ExportRecord = postcard::from_bytes(&bytes).ok()?;
+    (r.dest == dest).then_some(r)
+}
+
+/// Whether kiln 0.1's single `records/exports.json` names `dest`: an
+/// export written before records were kept per destination still counts
+/// as kiln's own.
+pub fn legacy_export_recorded(layout: &super::layout::Layout, dest: &str) -> bool {
+    std::fs::read(layout.record("exports.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&b).ok())
+        .is_some_and(|m| m.contains_key(dest))
+}
+
+/// Every export record (gc keeps their trees first).
+pub fn load_exports(store: &Store) -> Vec<ExportRecord> {
+    let Ok(rd) = std::fs::read_dir(store.layout().record("exports")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| super::checked::read(&e.path(), EXPORT_MAGIC))
+        .filter_map(|b| postcard::from_bytes(&b).ok())
+        .collect()
+}
+
+pub fn save_export(store: &Store, record: &ExportRecord) -> std::io::Result<()> {
+    let bytes = postcard::to_stdvec(record).map_err(std::io::Error::other)?;
+    super::checked::write(
+        &export_file(store.layout(), &record.dest),
+        EXPORT_MAGIC,
+        &bytes,
+    )
+}
+
+pub fn forget_export(store: &Store, dest: &str) {
+    let _ = std::fs::remove_file(export_file(store.layout(), dest));
 }
 
 #[cfg(test)]

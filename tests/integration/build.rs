@@ -538,19 +538,17 @@ fn gc_keeps_what_exports_use() {
     p.build(&[]).ok();
     p.file("a.txt", "A2\n");
     p.build(&["--target", "a"]).ok();
-    let exported: serde_json::Value =
-        serde_json::from_str(&p.read(".kiln/records/exports.json")).unwrap();
-    let tree = exported.as_object().unwrap().values().next().unwrap()["tree"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let tree_path = format!(".kiln/trees/{}/{tree}", &tree[..2]);
-    assert!(p.exists(&tree_path));
+    // The exported file's blob (the first build's), by its content address.
+    let hex = blake3::hash(b"A\n").to_hex().to_string();
+    let blob_path = format!(".kiln/blobs/{}/{hex}", &hex[..2]);
+    assert!(p.exists(&blob_path));
     let r = p.kiln(&["gc", "--max-size", "1"]);
     r.ok();
     assert!(r.stdout.contains("removed"), "{}", r.stdout);
-    // Whatever the budget, the tree the export holds is kept...
-    assert!(p.exists(&tree_path), "gc removed the exported tree");
+    // Whatever the budget, the tree the export holds is kept, with its blobs...
+    assert!(p.exists(&blob_path), "gc removed the exported tree");
+    let trees = walkdir_files(&p.path().join(".kiln/trees"));
+    assert_eq!(trees, 1, "only the exported tree is left");
     // ...while the cache entries went, so the next build runs its steps again.
     let again = p.build(&[]);
     again.ok();
@@ -834,4 +832,17 @@ fn long_and_unicode_paths_survive_both_export_formats() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(names.contains(&deep), "{names:?}");
+}
+
+/// How many files are below `dir`.
+fn walkdir_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            n += walkdir_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
 }

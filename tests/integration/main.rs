@@ -12,3 +12,4 @@ mod graph;
 mod harness;
 mod import;
 mod plugins;
+mod safety;

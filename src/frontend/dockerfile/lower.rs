@@ -65,7 +65,7 @@ pub fn load(
     sources: &Sources,
     build_args: &[(String, String)],
 ) -> Result<Imported, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::frontend::read_spec_file(path).map_err(|e| {
         vec![
             Diagnostic::user(
                 "kiln::dockerfile::read",

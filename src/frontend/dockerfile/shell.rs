@@ -99,11 +99,16 @@ pub fn expand_heredoc(input: &str, env: &dyn Env, escape: char) -> Result<String
     Ok(out)
 }
 
+/// The most that expanding variables may produce in one word (or heredoc).
+pub const MAX_EXPANSION: usize = 4 << 20;
+
 struct Lexer<'a> {
     chars: Vec<char>,
     pos: usize,
     env: &'a dyn Env,
     escape: char,
+    /// Bytes produced by expansions so far.
+    produced: usize,
 }
 
 /// Words being collected: unquoted whitespace ends a word.
@@ -157,6 +162,7 @@ impl<'a> Lexer<'a> {
             pos: 0,
             env,
             escape,
+            produced: 0,
         }
     }
 
@@ -321,7 +327,22 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// Expand one `$…`, counting what expansions produce: a chain of
+    /// variables that doubles at every step (`ARG B=$A$A`, `ARG C=$B$B`, …)
+    /// is stopped at [`MAX_EXPANSION`] instead of exhausting memory.
     fn dollar(&mut self) -> Result<String, ShellError> {
+        let s = self.dollar_inner()?;
+        self.produced += s.len();
+        if self.produced > MAX_EXPANSION {
+            return err(format!(
+                "variables here expand to more than {} bytes",
+                MAX_EXPANSION
+            ));
+        }
+        Ok(s)
+    }
+
+    fn dollar_inner(&mut self) -> Result<String, ShellError> {
         self.next();
         if self.peek() != Some('{') {
             let name = self.name();

@@ -6,6 +6,7 @@
 //! problem it finds, not just the first. Knows nothing of stages' meaning:
 //! name resolution and substitution happen in `ir`.
 
+mod depth;
 pub mod emit;
 mod node;
 
@@ -59,7 +60,39 @@ pub fn load(
     sources: &Sources,
     cache: Option<&dyn ParseCache>,
 ) -> Result<Spec, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+    load_with(
+        path,
+        name,
+        sources,
+        LoadOptions {
+            cache,
+            project_root: None,
+        },
+    )
+}
+
+/// How to read a spec.
+#[derive(Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    /// Lowered files from earlier builds.
+    pub cache: Option<&'a dyn ParseCache>,
+    /// The directory includes must stay in; `None` finds it
+    /// ([`crate::frontend::project_root`]).
+    pub project_root: Option<&'a Path>,
+}
+
+/// [`load`] with options.
+pub fn load_with(
+    path: &Path,
+    name: &str,
+    sources: &Sources,
+    options: LoadOptions<'_>,
+) -> Result<Spec, LoadError> {
+    let LoadOptions {
+        cache,
+        project_root,
+    } = options;
+    let text = crate::frontend::read_spec_file(path).map_err(|e| LoadError {
         partial: None,
         diagnostics: vec![
             Diagnostic::user(
@@ -72,6 +105,10 @@ pub fn load(
         ],
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let project = match project_root {
+        Some(p) => canonical(p),
+        None => crate::frontend::project_root(&canonical(&dir)),
+    };
     let id = sources.add(name.to_string(), canonical(path), text);
     let mut spec = Spec {
         dir: dir.clone(),
@@ -84,6 +121,7 @@ pub fn load(
         diags: Vec::new(),
         stack: Vec::new(),
         cache,
+        project,
     };
     loader.file(id, &dir);
     let diags = loader.diags;
@@ -101,6 +139,7 @@ pub fn parse_str(name: &str, text: &str, sources: &Sources) -> Result<Spec, Load
         diags: Vec::new(),
         stack: vec![PathBuf::from(name)],
         cache: None,
+        project: PathBuf::from("/"),
     };
     loader.document(id, Path::new(""), false);
     let frag = std::mem::take(&mut loader.frag);
@@ -148,6 +187,8 @@ struct Loader<'a> {
     /// Files being loaded, outermost first, to catch include cycles.
     stack: Vec<PathBuf>,
     cache: Option<&'a dyn ParseCache>,
+    /// Includes must lie below this directory (see [`crate::frontend::project_root`]).
+    project: PathBuf,
 }
 
 impl Loader<'_> {
@@ -164,6 +205,12 @@ impl Loader<'_> {
             h.update(b"fragment-v3");
             h.update(&[0]);
             h.update(f.path.as_os_str().as_encoded_bytes());
+            h.update(&[0]);
+            // Paths in a fragment (plugins, contexts, exports) are joined to
+            // the directory the file was read from, as the build names it:
+            // two builds reaching one file by different paths (a monorepo's
+            // root and a package sharing a state dir) get their own entries.
+            h.update(dir.as_os_str().as_encoded_bytes());
             h.update(&[0]);
             h.update(&id.0.to_le_bytes());
             h.update(f.text.as_bytes());
@@ -224,6 +271,17 @@ impl Loader<'_> {
         let Some(file) = self.sources.get(id) else {
             return;
         };
+        if let Some(at) = depth::too_deep(&file.text, depth::MAX_DEPTH) {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::too-deep",
+                    format!("children blocks nest more than {} deep", depth::MAX_DEPTH),
+                )
+                .with_label(Span::new(id, at, 1), "this block is too deep")
+                .with_help("a spec nests a stage's steps one level deep; remove the extra braces"),
+            );
+            return;
+        }
         let doc = match KdlDocument::parse_v2(&file.text) {
             Ok(doc) => doc,
             Err(v2_err) => match KdlDocument::parse(&file.text) {
@@ -429,7 +487,22 @@ impl Loader<'_> {
             // Included twice through different paths (a diamond): read once.
             return;
         }
-        let text = match std::fs::read_to_string(&path) {
+        if !abs.starts_with(&self.project) {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::include",
+                    format!(
+                        "cannot include `{}`: it is outside the project `{}`",
+                        rel.value,
+                        self.project.display()
+                    ),
+                )
+                .with_label(rel.span, "included here")
+                .with_help("a spec includes only files inside its project (the version-control checkout around it, or the directory of the spec built); name a wider project with `--project-root DIR`"),
+            );
+            return;
+        }
+        let text = match crate::frontend::read_spec_file(&path) {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(

@@ -1,0 +1,660 @@
+//! The build as a library call: [`plan`] reads the spec and decides what
+//! to build and where it goes; [`run`] builds it, writes the exports,
+//! records what happened and keys the build memo. The command line only
+//! turns arguments into a [`Request`] and renders the [`Report`].
+//!
+//! A build repairs a damaged store instead of failing on it: when a stage
+//! or an export finds an object missing or corrupt (the store quarantines
+//! it), the build runs once more without the cache and verifying what it
+//! writes, so the damaged objects are written again from their sources.
+//! Exports are written in two phases (all staged, then all swapped in), so
+//! a build that fails writes no `when="success"` export at all.
+
+pub mod load;
+
+use crate::diag::{Diagnostic, Sources};
+use crate::exec::{Executor, Options, Outcome, StageOutcome};
+use crate::export::{self, Settings, dest};
+use crate::ir::{Export, ExportFormat, Graph, StageId, When};
+use crate::progress::{Event, Progress};
+use crate::store::digest::{StateDigest, StepKey};
+use crate::store::{Access, Store, records};
+use load::{Loaded, SpecInput};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// More worker threads than this help no build and cost memory.
+pub const MAX_JOBS: usize = 256;
+
+/// What to build.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub spec: SpecInput,
+    /// `--target`s; replace the export block.
+    pub targets: Vec<String>,
+    /// `-o`s; replace the export block for the one target.
+    pub outputs: Vec<Output>,
+    pub no_cache: bool,
+    /// Stages at once; `None` is the number of CPUs.
+    pub jobs: Option<usize>,
+    pub state_dir: Option<PathBuf>,
+    /// Seconds since the epoch for every timestamp (SOURCE_DATE_EPOCH, or 0).
+    pub epoch: u64,
+    /// The most an archive may expand to.
+    pub unpack_limit: u64,
+}
+
+impl Request {
+    /// SOURCE_DATE_EPOCH, or 0: read here and nowhere else.
+    pub fn epoch_from_env() -> u64 {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// One `-o` value: where to write the target and in what format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub format: ExportFormat,
+    pub dest: PathBuf,
+}
+
+impl Output {
+    /// Parse `DIR`, `type=local,dest=DIR` or `type=tar,dest=FILE`.
+    pub fn parse(s: &str) -> Result<Output, Diagnostic> {
+        let bad = |what: String| {
+            Diagnostic::user("kiln::cli::output", what).with_help(
+                "write `-o DIR`, `-o type=local,dest=DIR` or `-o type=tar,dest=FILE.tar`",
+            )
+        };
+        if s.is_empty() {
+            return Err(Diagnostic::user(
+                "kiln::export::empty",
+                "`-o` was given an empty destination",
+            )
+            .with_help("name a directory, e.g. `-o dist`"));
+        }
+        if !s.contains('=') {
+            return Ok(Output {
+                format: ExportFormat::Dir,
+                dest: PathBuf::from(s),
+            });
+        }
+        let mut format = None;
+        let mut dest = None;
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("cannot read `-o {s}`: `{part}` is not KEY=VALUE")))?;
+            let slot_taken = match key {
+                "type" => format.is_some(),
+                "dest" => dest.is_some(),
+                _ => false,
+            };
+            if slot_taken {
+                return Err(bad(format!("`-o {s}` gives `{key}=` twice")));
+            }
+            match (key, value) {
+                ("type", t) => {
+                    format = Some(ExportFormat::parse(t).ok_or_else(|| {
+                        bad(format!("cannot read `-o {s}`: `{part}` is not understood"))
+                    })?)
+                }
+                ("dest", "") => {
+                    return Err(Diagnostic::user(
+                        "kiln::export::empty",
+                        format!("`-o {s}` has an empty `dest=`"),
+                    )
+                    .with_help("name a directory or file, e.g. `dest=dist`"));
+                }
+                ("dest", d) => dest = Some(PathBuf::from(d)),
+                _ => {
+                    return Err(bad(format!(
+                        "cannot read `-o {s}`: `{part}` is not understood"
+                    )));
+                }
+            }
+        }
+        let dest = dest.ok_or_else(|| {
+            Diagnostic::user("kiln::cli::output", format!("`-o {s}` has no `dest=`"))
+                .with_help("write `-o type=tar,dest=out.tar`")
+        })?;
+        Ok(Output {
+            format: format.unwrap_or(ExportFormat::Dir),
+            dest,
+        })
+    }
+}
+
+/// An export entry with its destination resolved and checked.
+pub struct PlannedExport {
+    pub export: Export,
+    pub resolved: PathBuf,
+}
+
+/// A build ready to run.
+pub struct Plan {
+    pub loaded: Loaded,
+    pub roots: Vec<StageId>,
+    pub exports: Vec<PlannedExport>,
+    pub state_dir: PathBuf,
+    pub spec_path: PathBuf,
+}
+
+/// What a build did.
+pub struct Report {
+    /// Every error, in the order found.
+    pub failures: Vec<Diagnostic>,
+    /// Warnings raised while building (a repaired store, a capped `-j`).
+    pub notices: Vec<Diagnostic>,
+    pub interrupted: bool,
+    /// Each requested stage that was built, with its result.
+    pub results: Vec<(String, StateDigest)>,
+}
+
+/// Look up `--target` names.
+pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnostic> {
+    names
+        .iter()
+        .map(|n| {
+            graph.find_stage(n).ok_or_else(|| {
+                let d = Diagnostic::user("kiln::cli::target", format!("no stage named `{n}`"));
+                match crate::diag::did_you_mean(n, graph.stages.iter().map(|s| s.name.as_str())) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!(
+                        "stages are: {}",
+                        graph
+                            .stages
+                            .iter()
+                            .map(|s| format!("`{}`", s.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Read the spec, pick what to build and check every destination.
+pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
+    let spec_path = req.spec.spec_path();
+    let state_dir = load::state_dir(&req.state_dir, &spec_path);
+    let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
+    let loaded = load::load(&req.spec, sources, Some(&parse_cache))?;
+    let (roots, exports) = pick(&loaded.graph, req).map_err(|d| vec![d])?;
+    let mut protected = dest::Protected::new();
+    protected.add(&loaded.spec.dir, "the project");
+    for f in sources.all() {
+        protected.add(&f.path, format!("the spec file `{}`", f.name));
+    }
+    protected.add(&req.spec.context, "the build context");
+    for c in &loaded.graph.contexts {
+        protected.add(&c.path, format!("the context `{}`", c.path.display()));
+    }
+    protected.state_dir(&state_dir);
+    let mut planned = Vec::new();
+    let mut errors = Vec::new();
+    for e in exports {
+        match dest::check(&e.dest, &protected) {
+            Ok(resolved) => {
+                // Refused now rather than after the build: what is there
+                // is not the build's to replace.
+                let layout = crate::store::layout::Layout::new(&state_dir);
+                if let Err(mut d) = export::check_replaceable(&layout, &e.dest, &resolved) {
+                    if let Some(span) = e.span {
+                        d = d.with_label(span, "this export");
+                    }
+                    errors.push(d);
+                    continue;
+                }
+                if planned
+                    .iter()
+                    .any(|p: &PlannedExport| p.resolved == resolved)
+                {
+                    let mut d = Diagnostic::user(
+                        "kiln::export::twice",
+                        format!("two exports write to `{}`", e.dest.display()),
+                    )
+                    .with_help("give each export its own destination");
+                    if let Some(span) = e.span {
+                        d = d.with_label(span, "the second export here");
+                    }
+                    errors.push(d);
+                    continue;
+                }
+                planned.push(PlannedExport {
+                    export: e,
+                    resolved,
+                })
+            }
+            Err(mut d) => {
+                if let Some(span) = e.span {
+                    d = d.with_label(span, "this export");
+                }
+                errors.push(d);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Plan {
+        loaded,
+        roots,
+        exports: planned,
+        state_dir,
+        spec_path,
+    })
+}
+
+/// What to build and what to write: `-o` and `--target` replace the export block.
+fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Diagnostic> {
+    let chosen = targets(graph, &req.targets)?;
+    let default = || {
+        graph.default_target().ok_or_else(|| {
+            Diagnostic::user("kiln::cli::empty", "the spec defines no stages")
+                .with_help("add a `stage NAME { … }` block")
+        })
+    };
+    if !req.outputs.is_empty() {
+        let target = match chosen.as_slice() {
+            [] => default()?,
+            [one] => *one,
+            _ => {
+                return Err(Diagnostic::user("kiln::cli::output", "`-o` exports one stage, but several `--target`s are given")
+                    .with_help("give one `--target` with `-o`, or use the spec's export block for several stages"));
+            }
+        };
+        let exports = req
+            .outputs
+            .iter()
+            .map(|o| Export {
+                stage: target,
+                dest: o.dest.clone(),
+                format: o.format,
+                when: When::Success,
+                span: None,
+            })
+            .collect();
+        return Ok((vec![target], exports));
+    }
+    if !chosen.is_empty() {
+        return Ok((chosen, Vec::new()));
+    }
+    if !graph.exports.is_empty() {
+        let mut roots: Vec<StageId> = graph.exports.iter().map(|e| e.stage).collect();
+        roots.sort();
+        roots.dedup();
+        return Ok((roots, graph.exports.clone()));
+    }
+    Ok((vec![default()?], Vec::new()))
+}
+
+/// Whether a diagnostic reports damage in the store, which a rebuild
+/// without the cache repairs.
+fn is_damage(d: &Diagnostic) -> bool {
+    d.code == crate::store::DAMAGED
+}
+
+/// Build a plan. `waiting` is told why, when the store is locked.
+pub fn run(
+    plan: Plan,
+    req: &Request,
+    sources: &Sources,
+    progress: &Progress<'_>,
+    cancel: Arc<AtomicBool>,
+    waiting: &dyn Fn(&str),
+) -> Result<Report, Diagnostic> {
+    let Plan {
+        loaded,
+        roots,
+        exports,
+        state_dir,
+        spec_path,
+    } = plan;
+    let graph = &loaded.graph;
+    let store = Store::open_waiting(&state_dir, Access::Shared, waiting)?;
+    let mut notices = Vec::new();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut jobs = req.jobs.unwrap_or(cpus).max(1);
+    if jobs > MAX_JOBS {
+        notices.push(
+            Diagnostic::warning(
+                "kiln::cli::jobs",
+                format!(
+                    "`-j {jobs}` is more than kiln uses; running at most {MAX_JOBS} stages at once"
+                ),
+            )
+            .with_help(format!("this machine has {cpus} CPUs")),
+        );
+        jobs = MAX_JOBS;
+    }
+    let mut exclude = vec![state_dir.clone()];
+    exclude.extend(exports.iter().map(|e| e.resolved.clone()));
+    let settings = Settings {
+        epoch: req.epoch,
+        set_owner: rustix::process::geteuid().is_root(),
+    };
+    let mut options = Options {
+        jobs,
+        no_cache: req.no_cache,
+        memo_key: if req.no_cache {
+            None
+        } else {
+            memo_key(sources, req, &roots, graph)
+        },
+        epoch: req.epoch,
+        unpack_limit: req.unpack_limit,
+    };
+    store.set_verify_existing(req.no_cache);
+    let mut repaired = false;
+    let (outcome, failures) = loop {
+        let executor = Executor::new(
+            graph,
+            &store,
+            progress,
+            options.clone(),
+            cancel.clone(),
+            exclude.clone(),
+        );
+        let outcome = executor.build(&roots);
+        let damaged = outcome.failures.iter().any(is_damage);
+        if damaged && !repaired && !outcome.interrupted {
+            repaired = true;
+            repair(&store, progress, &mut options);
+            continue;
+        }
+        let ok = outcome.failures.is_empty() && !outcome.interrupted;
+        match write_exports(
+            &store, &executor, graph, &outcome, &exports, &settings, progress, ok,
+        ) {
+            Ok(export_failures) => {
+                let mut failures = outcome.failures.clone();
+                failures.extend(export_failures);
+                break (outcome, failures);
+            }
+            Err(_) if !repaired => {
+                repaired = true;
+                repair(&store, progress, &mut options);
+            }
+            Err(damage) => {
+                let mut failures = outcome.failures.clone();
+                failures.extend(damage);
+                break (outcome, failures);
+            }
+        }
+    };
+    let mut failures = failures;
+    let repairs = store.take_repairs();
+    if !repairs.is_empty() {
+        let mut d = Diagnostic::warning(
+            "kiln::store::repaired",
+            "the cache was damaged; kiln moved the damaged objects to `quarantine/` in the state directory and rebuilt what needed them",
+        )
+        .with_help("if this happens again, check the disk; `kiln gc` empties the quarantine");
+        for r in repairs {
+            d = d.with_note(r);
+        }
+        notices.push(d);
+    }
+    let spec_name = std::path::absolute(&spec_path)
+        .unwrap_or(spec_path.clone())
+        .display()
+        .to_string();
+    let used: Vec<StepKey> = outcome
+        .records
+        .iter()
+        .filter_map(|r| StepKey::parse(&r.key))
+        .collect();
+    let recorded = records::save_build(&store, &spec_name, options.no_cache, &outcome.records)
+        .and_then(|_| store.record_use(&used));
+    if let Err(e) = recorded {
+        failures.push(Diagnostic::io(
+            "cannot record the build in",
+            store.root(),
+            &e,
+        ));
+    }
+    progress.emit(Event::BuildFinished {
+        ok: failures.is_empty() && !outcome.interrupted,
+        ms: progress.elapsed_ms(),
+        steps_run: outcome.steps_run,
+        steps_cached: outcome.steps_cached,
+        failures: failures.len(),
+        unchanged: outcome.from_memo,
+    });
+    let mut results = Vec::new();
+    if failures.is_empty() && !outcome.interrupted {
+        for r in &roots {
+            if let Some(StageOutcome::Built(s)) = outcome.stages.get(r) {
+                results.push((graph.stage(*r).name.clone(), s.digest()));
+            }
+        }
+    }
+    let interrupted = outcome.interrupted;
+    // The process ends soon: freeing large structures one by one would
+    // only slow a no-op build down.
+    std::mem::forget(outcome);
+    std::mem::forget(loaded);
+    Ok(Report {
+        failures,
+        notices,
+        interrupted,
+        results,
+    })
+}
+
+/// Set up the second attempt of a build that found damage: nothing from
+/// the cache, everything written verified, no memo.
+fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
+    progress.emit(Event::Notice {
+        message: "the cache is damaged; building again without it".into(),
+    });
+    crate::exec::memo::forget(store);
+    store.set_verify_existing(true);
+    options.no_cache = true;
+    options.memo_key = None;
+}
+
+/// Stage every export that is due, then swap them all in (or, when the
+/// build failed, only the `when="always"` ones). `Err` means an export
+/// found the store damaged: nothing was written, and the caller repairs.
+#[allow(clippy::too_many_arguments)]
+fn write_exports(
+    store: &Store,
+    executor: &Executor<'_>,
+    graph: &Graph,
+    outcome: &Outcome,
+    exports: &[PlannedExport],
+    settings: &Settings,
+    progress: &Progress<'_>,
+    ok: bool,
+) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+    let mut failures = Vec::new();
+    let mut damage = Vec::new();
+    let mut staged: Vec<(&PlannedExport, Box<export::Staged>)> = Vec::new();
+    for p in exports {
+        let e = &p.export;
+        let stage = &graph.stage(e.stage).name;
+        let shown = e.dest.display().to_string();
+        let state = match outcome.stages.get(&e.stage) {
+            Some(StageOutcome::Built(s)) if ok || e.when == When::Always => Some(s),
+            Some(StageOutcome::Failed { last_good: Some(s) })
+                if e.when == When::Always && !outcome.interrupted =>
+            {
+                Some(s)
+            }
+            _ => None,
+        };
+        let Some(state) = state else {
+            let because = if outcome.interrupted {
+                "the build was interrupted"
+            } else {
+                "the build failed"
+            };
+            progress.emit(Event::ExportSkipped {
+                stage: stage.clone(),
+                dest: shown,
+                because: because.into(),
+            });
+            continue;
+        };
+        let tree = match executor.tree(state.tree) {
+            Ok(t) => t,
+            Err(d) if is_damage(&d) => {
+                damage.push(d);
+                continue;
+            }
+            Err(d) => {
+                failures.push(d);
+                continue;
+            }
+        };
+        let job = export::Job {
+            stage,
+            tree: &tree,
+            tree_digest: state.tree,
+            format: e.format,
+            shown: &e.dest,
+            dest: &p.resolved,
+            settings,
+        };
+        match export::stage(store, &job) {
+            Ok(export::Prepared::Intact) => progress.emit(Event::ExportWritten {
+                stage: stage.clone(),
+                dest: shown,
+                format: e.format.name().into(),
+                unchanged: true,
+            }),
+            Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
+            Err(export::Failed::Damaged(d)) => damage.push(d),
+            Err(export::Failed::Error(mut d)) => {
+                if let Some(span) = e.span
+                    && d.labels.is_empty()
+                {
+                    d = d.with_label(span, "this export");
+                }
+                failures.push(d);
+            }
+        }
+    }
+    if !damage.is_empty() {
+        for (_, s) in staged {
+            s.discard();
+        }
+        return Err(damage);
+    }
+    // A build that failed (here or while exporting) writes only the
+    // `when="always"` exports.
+    let all_good = ok && failures.is_empty();
+    for (p, s) in staged {
+        let e = &p.export;
+        let stage = &graph.stage(e.stage).name;
+        if !all_good && e.when != When::Always {
+            s.discard();
+            progress.emit(Event::ExportSkipped {
+                stage: stage.clone(),
+                dest: e.dest.display().to_string(),
+                because: if ok {
+                    "another export failed".into()
+                } else {
+                    "the build failed".into()
+                },
+            });
+            continue;
+        }
+        match s.commit(store) {
+            Ok(()) => progress.emit(Event::ExportWritten {
+                stage: stage.clone(),
+                dest: e.dest.display().to_string(),
+                format: e.format.name().into(),
+                unchanged: false,
+            }),
+            Err(d) => failures.push(d),
+        }
+    }
+    Ok(failures)
+}
+
+/// What identifies a build request for the build memo: kiln's version,
+/// every spec file read, the args, the context directory, the stages asked
+/// for, the time plugins are shown and the plugin modules (by stat; `None`
+/// while one changed less than two seconds ago, as for context files).
+fn memo_key(
+    sources: &Sources,
+    req: &Request,
+    roots: &[StageId],
+    graph: &Graph,
+) -> Option<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let field = |h: &mut blake3::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    for f in sources.all() {
+        field(&mut h, f.path.as_os_str().as_encoded_bytes());
+        field(&mut h, f.text.as_bytes());
+    }
+    for (k, v) in &req.spec.args {
+        field(&mut h, k.as_bytes());
+        field(&mut h, v.as_bytes());
+    }
+    let ctx = std::path::absolute(&req.spec.context).unwrap_or_else(|_| req.spec.context.clone());
+    field(&mut h, ctx.as_os_str().as_encoded_bytes());
+    for r in roots {
+        field(&mut h, graph.stage(*r).name.as_bytes());
+    }
+    field(&mut h, &req.epoch.to_le_bytes());
+    field(&mut h, &req.unpack_limit.to_le_bytes());
+    let now = crate::context::index::now_ns();
+    for p in &graph.plugins {
+        field(&mut h, p.path.as_os_str().as_encoded_bytes());
+        match std::fs::metadata(&p.path) {
+            Ok(m) => {
+                let stat = crate::context::index::FileStat::of(&m);
+                if now - stat.changed_ns() < 2_000_000_000 {
+                    return None;
+                }
+                stat.hash_into(&mut h);
+            }
+            Err(_) => field(&mut h, b"missing"),
+        }
+    }
+    Some(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        let ok = |s: &str| Output::parse(s).unwrap();
+        assert_eq!(
+            ok("out"),
+            Output {
+                format: ExportFormat::Dir,
+                dest: PathBuf::from("out")
+            }
+        );
+        assert_eq!(ok("type=tar,dest=a.tar").format, ExportFormat::Tar);
+        assert_eq!(ok("type=local,dest=d").dest, PathBuf::from("d"));
+        assert!(Output::parse("type=oci,dest=x").is_err());
+        assert!(Output::parse("type=tar").is_err());
+        assert_eq!(Output::parse("").unwrap_err().code, "kiln::export::empty");
+        assert_eq!(
+            Output::parse("type=tar,dest=").unwrap_err().code,
+            "kiln::export::empty"
+        );
+        let twice = Output::parse("type=tar,dest=x,dest=y").unwrap_err();
+        assert!(twice.message.contains("twice"), "{}", twice.message);
+        assert!(Output::parse("type=tar,type=local,dest=x").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! Every path inside the state directory, named in one place.
+//!
+//! ```text
+//! lock                   flock: builds share it, `kiln gc` takes it alone
+//! blobs/ab/<blake3>      file contents, read-only, named by their digest
+//! trees/ab/<blake3>      tree manifests (JSON), named by their digest
+//! actions.log            action cache: step key -> resulting state (see `actions`)
+//! index/<hash>.bin       stat index of a context directory (checksummed)
+//! records/               what the last builds did: `last`, `steps` (explain),
+//!                        `exports` (what each destination holds), `used/`
+//!                        (keys recent builds used, for gc), `memo`
+//! parse/<key>            lowered spec files, so a no-op build skips KDL parsing
+//! logs/<step key>.log    the whole output of plugin steps
+//! wasm-cache/            compiled plugin modules (wasmtime's cache)
+//! owners/<token>         one file per running kiln process, flock'ed while it
+//!                        lives; `<token>.exports` lists its export temp paths
+//! quarantine/            damaged objects moved out of the way, for inspection
+//! tmp/<token>-…          files being written; renamed into place when whole
+//! ```
+//!
+//! Nothing outside `store` builds a path below the state dir by hand.
+
+use super::digest::{BlobDigest, StepKey, TreeDigest};
+use std::path::{Path, PathBuf};
+
+/// The state directory's layout.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+/// Directories created when a store is opened.
+pub const DIRS: &[&str] = &[
+    "blobs",
+    "trees",
+    "index",
+    "records",
+    "tmp",
+    "owners",
+    "quarantine",
+];
+
+impl Layout {
+    pub fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn shard(&self, kind: &str, hex: &str) -> PathBuf {
+        self.root.join(kind).join(&hex[..2]).join(hex)
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    pub fn blob(&self, d: BlobDigest) -> PathBuf {
+        self.shard("blobs", &d.hex())
+    }
+
+    pub fn trees(&self) -> PathBuf {
+        self.root.join("trees")
+    }
+
+    pub fn tree(&self, d: TreeDigest) -> PathBuf {
+        self.shard("trees", &d.hex())
+    }
+
+    pub fn actions_log(&self) -> PathBuf {
+        self.root.join("actions.log")
+    }
+
+    /// The stat index of the context whose canonical root is `context`.
+    pub fn index(&self, context: &Path) -> PathBuf {
+        let name = blake3::hash(context.as_os_str().as_encoded_bytes()).to_hex();
+        self.root.join("index").join(format!("{}.bin", &name[..32]))
+    }
+
+    pub fn records(&self) -> PathBuf {
+        self.root.join("records")
+    }
+
+    /// A record file (`last`, `steps`, `exports`, `memo`, …).
+    pub fn record(&self, name: &str) -> PathBuf {
+        self.records().join(name)
+    }
+
+    /// The lists of keys recent builds used.
+    pub fn used(&self) -> PathBuf {
+        self.records().join("used")
+    }
+
+    pub fn parse(&self) -> PathBuf {
+        self.root.join("parse")
+    }
+
+    pub fn parse_entry(&self, key: &str) -> PathBuf {
+        self.parse().join(key)
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    pub fn log(&self, key: StepKey) -> PathBuf {
+        self.logs().join(format!("{}.log", key.hex()))
+    }
+
+    pub fn wasm_cache(&self) -> PathBuf {
+        self.root.join("wasm-cache")
+    }
+
+    pub fn owners(&self) -> PathBuf {
+        self.root.join("owners")
+    }
+
+    pub fn owner(&self, token: &str) -> PathBuf {
+        self.owners().join(token)
+    }
+
+    /// The export temp paths a process announced before creating them.
+    pub fn owner_exports(&self, token: &str) -> PathBuf {
+        self.owners().join(format!("{token}.exports"))
+    }
+
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
