@@ -12,4 +12,5 @@ mod graph;
 mod harness;
 mod import;
 mod plugins;
+mod reliability;
 mod safety;
