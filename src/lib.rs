@@ -17,6 +17,8 @@ pub mod export;
 pub mod frontend;
 pub mod fsutil;
 pub mod ir;
+pub mod model;
+pub mod plugin;
 pub mod progress;
 pub mod store;
 pub mod units;

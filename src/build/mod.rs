@@ -16,8 +16,8 @@ use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, StageOutcome};
 use crate::export::{self, Settings, dest};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
+use crate::model::digest::{StateDigest, StepKey};
 use crate::progress::{Event, Progress};
-use crate::store::digest::{StateDigest, StepKey};
 use crate::store::{Access, Store, records};
 use load::{Loaded, SpecInput};
 use std::path::PathBuf;
@@ -357,7 +357,7 @@ pub fn run(
     let (outcome, failures) = loop {
         let executor = Executor::new(
             graph,
-            &store,
+            crate::exec::Stores::local(&store),
             progress,
             options.clone(),
             cancel.clone(),

@@ -416,11 +416,11 @@ pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
         ignore_file: None,
         trust_index: true,
     };
-    let snap = crate::context::Snapshot::open(&args.dir, listing, &store)?;
+    let snap = crate::context::Snapshot::open(&args.dir, listing, store.layout())?;
     let mut paths = Vec::new();
     let mut bytes = 0u64;
     for (p, e) in &snap.tree.entries {
-        if let crate::store::tree::Kind::File { size, .. } = e.kind {
+        if let crate::model::tree::Kind::File { size, .. } = e.kind {
             paths.push(p.as_str());
             bytes += size;
         }

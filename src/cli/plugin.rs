@@ -174,7 +174,7 @@ fn inspect(args: &InspectArgs) -> Result<(), Failure> {
         path: args.path.display().to_string(),
         size: bytes.len() as u64,
         blake3: blake3::hash(&bytes).to_hex().to_string(),
-        kind: if crate::exec::wasm::is_component(&bytes) {
+        kind: if crate::plugin::is_component(&bytes) {
             "WASI preview 2 component"
         } else {
             "core module"

@@ -3,8 +3,7 @@
 //! before they were hashed are not recorded (an edit in the same clock
 //! tick would go unnoticed).
 
-use crate::store::Store;
-use crate::store::digest::BlobDigest;
+use crate::model::digest::BlobDigest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -89,10 +88,6 @@ pub fn now_ns() -> i128 {
 
 impl StatIndex {
     /// Where the index of a context lives in the state dir.
-    pub fn file_for(store: &Store, context_root: &Path) -> PathBuf {
-        store.layout().index(context_root)
-    }
-
     pub fn load(file: &Path) -> StatIndex {
         let file = file.to_path_buf();
         let mut index: StatIndex = crate::store::checked::read(&file, MAGIC)
@@ -142,12 +137,11 @@ impl StatIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Access;
 
     #[test]
     fn index_round_trips_and_forgets_deleted_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let layout = crate::store::layout::Layout::new(dir.path());
         let ctx = dir.path().join("ctx");
         let old = FileStat {
             size: 1,
@@ -156,7 +150,7 @@ mod tests {
             ino: 1,
             dev: 1,
         };
-        let mut index = StatIndex::load(&StatIndex::file_for(&store, &ctx));
+        let mut index = StatIndex::load(&layout.index(&ctx));
         index.record("a", old, BlobDigest([1; 32]));
         index.record("b", old, BlobDigest([2; 32]));
         // A file changed a moment ago is not trusted yet.
@@ -167,7 +161,7 @@ mod tests {
         index.record("c", fresh, BlobDigest([3; 32]));
         let present: HashMap<String, FileStat> = [("a".to_string(), old)].into();
         index.save(&present).unwrap();
-        let again = StatIndex::load(&StatIndex::file_for(&store, &ctx));
+        let again = StatIndex::load(&layout.index(&ctx));
         assert_eq!(again.lookup("a", &old), Some(BlobDigest([1; 32])));
         assert_eq!(again.lookup("b", &old), None);
         assert_eq!(again.lookup("c", &fresh), None);

@@ -13,9 +13,10 @@ pub mod index;
 pub mod walk;
 
 use crate::diag::Diagnostic;
-use crate::store::digest::BlobDigest;
-use crate::store::tree::{Kind, Tree};
-use crate::store::{IngestError, Store};
+use crate::model::digest::BlobDigest;
+use crate::model::tree::{Kind, Tree};
+use crate::store::layout::Layout;
+use crate::store::{ContentStore, IngestError};
 use index::{FileStat, StatIndex};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -58,7 +59,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// List a context directory.
-    pub fn open(path: &Path, listing: Listing<'_>, store: &Store) -> Result<Snapshot, Diagnostic> {
+    pub fn open(
+        path: &Path,
+        listing: Listing<'_>,
+        layout: &Layout,
+    ) -> Result<Snapshot, Diagnostic> {
         let Listing {
             exclude,
             ignore_file,
@@ -143,7 +148,7 @@ impl Snapshot {
             tree,
             stats,
             index: std::sync::OnceLock::new(),
-            index_file: StatIndex::file_for(store, &root),
+            index_file: layout.index(&root),
             trust_index,
             hashed: RwLock::new(HashMap::new()),
         })
@@ -266,7 +271,12 @@ impl Snapshot {
 
     /// Copy a context file into the store; it must still have the digest
     /// that went into the step's key.
-    pub fn ingest(&self, store: &Store, path: &str, digest: BlobDigest) -> Result<(), Diagnostic> {
+    pub fn ingest(
+        &self,
+        store: &dyn ContentStore,
+        path: &str,
+        digest: BlobDigest,
+    ) -> Result<(), Diagnostic> {
         if store.has_blob(digest) {
             return Ok(());
         }

@@ -6,8 +6,8 @@
 
 use super::index::FileStat;
 use crate::diag::Diagnostic;
-use crate::store::digest::BlobDigest;
-use crate::store::tree::{Entry, Kind};
+use crate::model::digest::BlobDigest;
+use crate::model::tree::{Entry, Kind};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::os::fd::OwnedFd;
 use std::path::Path;

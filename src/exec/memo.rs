@@ -11,8 +11,8 @@
 //! clock tick of the build cannot hide. Anything else makes a normal build,
 //! which writes a new memo when it succeeds.
 
-use super::StepRecord;
-use crate::store::state::State;
+use crate::model::state::State;
+use crate::store::records::StepRecord;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct Memo {
 const FILE: &str = "memo";
 /// Leads the file; bump when `Memo` changes shape. The file is checksummed:
 /// a damaged memo reads as absent and the build runs normally.
-const MAGIC: &[u8] = b"KILNMEMO2";
+const MAGIC: &[u8] = b"KILNMEMO3";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
     let bytes = crate::store::checked::read(&store.layout().record(FILE), MAGIC)?;

@@ -12,9 +12,9 @@
 
 use crate::context::index::FileStat;
 use crate::diag::Diagnostic;
-use crate::store::Store;
-use crate::store::digest::BlobDigest;
-use crate::store::tree::{Entry, Kind, Tree};
+use crate::model::digest::BlobDigest;
+use crate::model::tree::{Entry, Kind, Tree};
+use crate::store::{ContentStore, Store};
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -36,7 +36,12 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Diagnostic {
 /// Write the entries of `tree` below `subdir` (`""` for all of it) to `dest`,
 /// which must not exist. Directories are left writable; modes and owners
 /// stay in the tree.
-pub fn write(store: &Store, tree: &Tree, subdir: &str, dest: &Path) -> Result<Written, Diagnostic> {
+pub fn write(
+    store: &dyn ContentStore,
+    tree: &Tree,
+    subdir: &str,
+    dest: &Path,
+) -> Result<Written, Diagnostic> {
     if !dest.is_dir() {
         fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
     }
@@ -88,7 +93,7 @@ pub fn write(store: &Store, tree: &Tree, subdir: &str, dest: &Path) -> Result<Wr
 /// (a WASI guest cannot change them); new files get `0644`, new
 /// directories `0755`, owner `0:0`.
 pub fn read_back(
-    store: &Store,
+    store: &dyn ContentStore,
     dir: &Path,
     before: &Tree,
     written: &Written,

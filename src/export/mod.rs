@@ -25,9 +25,9 @@ mod tar;
 use crate::diag::Diagnostic;
 use crate::fsutil::remove_any;
 use crate::ir::ExportFormat;
+use crate::model::tree::{Kind, Tree};
 use crate::store::records::{self, ExportRecord, Stamp};
-use crate::store::tree::{Kind, Tree};
-use crate::store::{CopyError, Store, StoreError};
+use crate::store::{ContentStore, CopyError, Store, StoreError};
 use rayon::prelude::*;
 use std::fs;
 use std::io;
@@ -64,7 +64,7 @@ fn env_err(what: &str, path: &Path, e: &io::Error) -> Diagnostic {
 pub struct Job<'a> {
     pub stage: &'a str,
     pub tree: &'a Tree,
-    pub tree_digest: crate::store::digest::TreeDigest,
+    pub tree_digest: crate::model::digest::TreeDigest,
     pub format: ExportFormat,
     /// The destination as the user wrote it (for messages).
     pub shown: &'a Path,

@@ -3,8 +3,8 @@
 
 use super::{Failed, Settings, store_failed};
 use crate::diag::Diagnostic;
-use crate::store::Store;
-use crate::store::tree::{Kind, Tree};
+use crate::model::tree::{Kind, Tree};
+use crate::store::{ContentStore, Store};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;

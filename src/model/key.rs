@@ -1,36 +1,134 @@
 //! Step keys: blake3 over what a step starts from, its canonical form and
-//! the digest of everything it reads. The inputs are also kept by name, so
-//! `kiln explain` can say which one changed.
+//! the digest of everything it reads. Each input is a [`KeyInput`], kept
+//! with the key so `kiln explain` can pair it with the same input of the
+//! step's previous run and say, in words, which one changed.
 
-use crate::store::digest::StepKey;
+use super::digest::{StateDigest, StepKey, TreeDigest};
 use serde::{Deserialize, Serialize};
 
 /// Bump to invalidate every cached step when the meaning of keys changes.
 const KEY_VERSION: &str = "kiln-step-v2";
 
-/// One named input of a key.
+/// What a step starts from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyInput {
-    pub name: String,
-    pub value: String,
+pub enum Start {
+    /// The empty tree: the first step of a stage `from scratch`.
+    Scratch,
+    /// The result of the stage this one is built on.
+    Stage(StateDigest),
+    /// The step before it in the same stage.
+    Step(StepKey),
 }
 
+/// One input of a step key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyInput {
+    Start(Start),
+    /// The step's canonical form.
+    Step(String),
+    /// A context entry a step reads: a file (`"<blob> <mode>"`), a
+    /// directory (`"dir <mode>"`) or a symlink (`"-> target"`).
+    ContextFile {
+        path: String,
+        value: String,
+    },
+    /// What one source of a copy matched: its name and whether it is a directory.
+    Picked {
+        name: String,
+        is_dir: bool,
+    },
+    /// The tree of a stage the step copies from.
+    StageTree {
+        stage: String,
+        tree: TreeDigest,
+    },
+    /// A plugin's module, by digest.
+    Module {
+        plugin: String,
+        digest: String,
+    },
+    /// A stage mounted read-only at `guest`.
+    Mount {
+        guest: String,
+        stage: String,
+        tree: TreeDigest,
+    },
+    /// The time a program is shown (`SOURCE_DATE_EPOCH`, or 0).
+    Epoch(u64),
+}
+
+impl KeyInput {
+    /// The name and value hashed into the key.
+    fn fields(&self) -> (String, String) {
+        match self {
+            KeyInput::Start(s) => (
+                "start".into(),
+                match s {
+                    Start::Scratch => "scratch".into(),
+                    Start::Stage(d) => format!("stage:{}", d.hex()),
+                    Start::Step(k) => k.hex(),
+                },
+            ),
+            KeyInput::Step(c) => ("step".into(), c.clone()),
+            KeyInput::ContextFile { path, value } => (format!("file:{path}"), value.clone()),
+            KeyInput::Picked { name, is_dir } => ("picked".into(), format!("{name} {is_dir}")),
+            KeyInput::StageTree { stage, tree } => (format!("stage:{stage}"), tree.hex()),
+            KeyInput::Module { plugin, digest } => (format!("module:{plugin}"), digest.clone()),
+            KeyInput::Mount { guest, stage, tree } => (
+                format!("mount:{guest}"),
+                format!("stage:{stage} {}", tree.hex()),
+            ),
+            KeyInput::Epoch(e) => ("epoch".into(), e.to_string()),
+        }
+    }
+
+    /// What identifies the input across runs of a step: two inputs with
+    /// the same id are the same thing, perhaps with another value.
+    pub fn id(&self) -> String {
+        match self {
+            KeyInput::Picked { name, .. } => format!("picked:{name}"),
+            other => other.fields().0,
+        }
+    }
+
+    /// The value compared across runs.
+    pub fn value(&self) -> String {
+        self.fields().1
+    }
+
+    /// How `kiln explain` names the input.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyInput::Start(_) => "what the step starts from".into(),
+            KeyInput::Step(_) => "the step itself".into(),
+            KeyInput::ContextFile { path, .. } => format!("context file `{path}`"),
+            KeyInput::Picked { name, .. } => format!("what the source `{name}` matched"),
+            KeyInput::StageTree { stage, .. } => format!("the tree of stage `{stage}`"),
+            KeyInput::Module { plugin, .. } => format!("the module of plugin `{plugin}`"),
+            KeyInput::Mount { guest, stage, .. } => {
+                format!("the tree of stage `{stage}` mounted at `{guest}`")
+            }
+            KeyInput::Epoch(_) => "the time programs are shown (SOURCE_DATE_EPOCH)".into(),
+        }
+    }
+}
+
+/// Builds a step key from its inputs, in order.
 pub struct KeyBuilder {
     hasher: blake3::Hasher,
     inputs: Vec<KeyInput>,
 }
 
 impl KeyBuilder {
-    /// `start` identifies the state the step starts from; `canonical` is
-    /// the step's canonical form.
-    pub fn new(start: &str, canonical: &str) -> KeyBuilder {
+    /// A key for a step starting from `start`, whose canonical form is `canonical`.
+    pub fn new(start: Start, canonical: &str) -> KeyBuilder {
         let mut k = KeyBuilder {
             hasher: blake3::Hasher::new(),
             inputs: Vec::new(),
         };
         k.field(KEY_VERSION);
-        k.input("start", start);
-        k.input("step", canonical);
+        k.input(KeyInput::Start(start));
+        k.input(KeyInput::Step(canonical.to_string()));
         k
     }
 
@@ -39,13 +137,11 @@ impl KeyBuilder {
         self.hasher.update(s.as_bytes());
     }
 
-    pub fn input(&mut self, name: &str, value: &str) {
-        self.field(name);
-        self.field(value);
-        self.inputs.push(KeyInput {
-            name: name.to_string(),
-            value: value.to_string(),
-        });
+    pub fn input(&mut self, input: KeyInput) {
+        let (name, value) = input.fields();
+        self.field(&name);
+        self.field(&value);
+        self.inputs.push(input);
     }
 
     pub fn finish(self) -> (StepKey, Vec<KeyInput>) {
@@ -57,23 +153,74 @@ impl KeyBuilder {
 mod tests {
     use super::*;
 
+    fn file(path: &str, value: &str) -> KeyInput {
+        KeyInput::ContextFile {
+            path: path.into(),
+            value: value.into(),
+        }
+    }
+
     #[test]
     fn fields_cannot_run_together() {
-        let mut a = KeyBuilder::new("s", "x");
-        a.input("ab", "c");
-        let mut b = KeyBuilder::new("s", "x");
-        b.input("a", "bc");
+        let mut a = KeyBuilder::new(Start::Scratch, "x");
+        a.input(file("ab", "c"));
+        let mut b = KeyBuilder::new(Start::Scratch, "x");
+        b.input(file("a", "bc"));
         assert_ne!(a.finish().0, b.finish().0);
     }
 
     #[test]
     fn same_inputs_same_key() {
         let k = |v: &str| {
-            let mut b = KeyBuilder::new("s", "x");
-            b.input("file:a", v);
+            let mut b = KeyBuilder::new(Start::Scratch, "x");
+            b.input(file("a", v));
             b.finish().0
         };
         assert_eq!(k("1"), k("1"));
         assert_ne!(k("1"), k("2"));
+    }
+
+    #[test]
+    fn keys_are_stable_across_releases() {
+        // A key computed by this version; changing how inputs are hashed
+        // invalidates every cache, so it must be done on purpose (bump
+        // KEY_VERSION).
+        let mut b = KeyBuilder::new(Start::Step(StepKey([1; 32])), "{\"write\":{}}");
+        b.input(file("a.txt", "00 644"));
+        b.input(KeyInput::Epoch(0));
+        assert_eq!(
+            b.finish().0.hex(),
+            "10432093707e943a9384b5c1968d8bef250d728871883b1ff057046479b7b3bd"
+        );
+    }
+
+    #[test]
+    fn every_input_says_what_it_is() {
+        let inputs = [
+            KeyInput::Start(Start::Scratch),
+            KeyInput::Step("x".into()),
+            file("a", "1"),
+            KeyInput::Picked {
+                name: "src".into(),
+                is_dir: true,
+            },
+            KeyInput::StageTree {
+                stage: "b".into(),
+                tree: TreeDigest([0; 32]),
+            },
+            KeyInput::Module {
+                plugin: "p".into(),
+                digest: "d".into(),
+            },
+            KeyInput::Mount {
+                guest: "/m".into(),
+                stage: "b".into(),
+                tree: TreeDigest([0; 32]),
+            },
+            KeyInput::Epoch(5),
+        ];
+        let ids: std::collections::BTreeSet<String> = inputs.iter().map(|i| i.id()).collect();
+        assert_eq!(ids.len(), inputs.len());
+        assert!(inputs.iter().all(|i| !i.describe().is_empty()));
     }
 }

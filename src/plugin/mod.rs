@@ -1,13 +1,20 @@
-//! The plugin runtime: wasmtime with WASI preview 1, one engine per build.
+//! The plugin runtime: wasmtime with WASI preview 1 (and preview 2
+//! `wasi:cli/command` components), one engine per build. The only module
+//! that sees wasmtime.
 //!
 //! A guest sees its stage tree as `/` (read-write), its mounts read-only,
 //! its declared args and env, a wall clock fixed at `SOURCE_DATE_EPOCH`
 //! (or 0), a monotonic clock that advances one millisecond per reading,
 //! and random bytes seeded from the step's key. Nothing else: no host
-//! environment, no network (preview 1 has no sockets), no path outside its
-//! preopens. A time limit (epoch interruption) and a memory limit (a
-//! resource limiter) bound it; its stdout and stderr are captured, each up
-//! to [`OUTPUT_LIMIT`].
+//! environment, no network (preview 1 has no sockets; a preview 2
+//! component is denied TCP, UDP and name lookup explicitly), no path
+//! outside its preopens. A time limit (epoch interruption) and a memory
+//! limit (a resource limiter) bound it; its stdout and stderr are
+//! captured, each up to [`OUTPUT_LIMIT`].
+//!
+//! A module is read once per build: the bytes whose digest keys the step
+//! are the bytes that are compiled and run, so a file changed between the
+//! two can never run under another module's key.
 //!
 //! Compiled modules are kept by wasmtime's own cache in the state
 //! directory, keyed by the module's bytes, wasmtime's version and the
@@ -200,11 +207,23 @@ enum Program {
     Component(wasmtime_wasi::p2::bindings::sync::CommandPre<HostP2>),
 }
 
+/// A plugin's module as read: the bytes that are digested are the bytes
+/// that run.
+pub struct ModuleBytes {
+    /// blake3, lowercase hex.
+    pub digest: String,
+    pub bytes: Vec<u8>,
+}
+
 /// Why a module could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
-    Read(std::io::Error),
-    Pin { expected: String, actual: String },
+    /// The file could not be read (the message names it).
+    Read(String),
+    Pin {
+        expected: String,
+        actual: String,
+    },
     Invalid(String),
 }
 
@@ -280,8 +299,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
     component_linker: wasmtime::component::Linker<HostP2>,
-    /// Module digests by path, read once per build.
-    digests: Mutex<HashMap<PathBuf, Result<String, String>>>,
+    /// Modules by path, read once per build.
+    modules: Mutex<HashMap<PathBuf, Result<Arc<ModuleBytes>, String>>>,
     loaded: Mutex<HashMap<PathBuf, Arc<Loaded>>>,
     stop: Arc<AtomicBool>,
 }
@@ -357,20 +376,25 @@ impl Runtime {
             engine,
             linker,
             component_linker,
-            digests: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             stop,
         })
     }
 
-    /// The blake3 of a plugin's module, read once per build.
-    pub fn digest(&self, plugin: &Plugin) -> Result<String, String> {
-        let mut map = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+    /// A plugin's module as read (once per build) and its blake3.
+    pub fn module(&self, plugin: &Plugin) -> Result<Arc<ModuleBytes>, String> {
+        let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(plugin.path.clone())
             .or_insert_with(|| {
                 std::fs::read(&plugin.path)
-                    .map(|b| blake3::hash(&b).to_hex().to_string())
-                    .map_err(|e| e.to_string())
+                    .map(|bytes| {
+                        Arc::new(ModuleBytes {
+                            digest: blake3::hash(&bytes).to_hex().to_string(),
+                            bytes,
+                        })
+                    })
+                    .map_err(|e| format!("{} ({})", e, plugin.path.display()))
             })
             .clone()
     }
@@ -385,19 +409,19 @@ impl Runtime {
         {
             return Ok(l.clone());
         }
-        let bytes = std::fs::read(&plugin.path).map_err(LoadError::Read)?;
-        let actual = blake3::hash(&bytes).to_hex().to_string();
+        let module = self.module(plugin).map_err(LoadError::Read)?;
+        let (bytes, actual) = (&module.bytes, &module.digest);
         if let Some(expected) = &plugin.blake3
-            && *expected != actual
+            && expected != actual
         {
             return Err(LoadError::Pin {
                 expected: expected.clone(),
-                actual,
+                actual: actual.clone(),
             });
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
         let loaded = if is_component(&bytes) {
-            let component = wasmtime::component::Component::from_binary(&self.engine, &bytes)
+            let component = wasmtime::component::Component::from_binary(&self.engine, bytes)
                 .map_err(invalid)?;
             let pre = self
                 .component_linker
@@ -407,7 +431,7 @@ impl Runtime {
                 wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre).map_err(invalid)?,
             )))
         } else {
-            let module = Module::from_binary(&self.engine, &bytes).map_err(invalid)?;
+            let module = Module::from_binary(&self.engine, bytes).map_err(invalid)?;
             Arc::new(Loaded(Program::Module(
                 self.linker.instantiate_pre(&module).map_err(invalid)?,
             )))
@@ -441,7 +465,12 @@ impl Runtime {
             .insecure_random_seed(u128::from_le_bytes(
                 inv.seed[..16].try_into().unwrap_or([0; 16]),
             ))
-            .allow_blocking_current_thread(true);
+            .allow_blocking_current_thread(true)
+            // Preview 2 components could open sockets: deny every use.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         if let Err(e) = b.preopened_dir(inv.root, "/", FsPerms::ReadWrite) {
             return (
                 output(&stdout, &stderr),

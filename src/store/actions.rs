@@ -9,8 +9,8 @@
 //! postcard-encoded states. `kiln gc` rewrites
 //! the log under the exclusive lock.
 
-use super::digest::StepKey;
-use super::state::Action;
+use crate::model::digest::StepKey;
+use crate::model::state::Action;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -188,8 +188,8 @@ impl ActionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::digest::TreeDigest;
-    use crate::store::state::ImageConfig;
+    use crate::model::digest::TreeDigest;
+    use crate::model::state::ImageConfig;
 
     fn state(n: u8) -> Action {
         Action {

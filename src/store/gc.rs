@@ -7,11 +7,11 @@
 //! deleted, as are the link sources and leftover temp files. Runs with the
 //! store locked exclusively, so no build sees a half-collected store.
 
-use super::Store;
-use super::digest::{BlobDigest, StepKey, TreeDigest};
 use super::records;
-use super::state::Action;
-use super::tree::Kind;
+use super::{ContentStore, Store};
+use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
+use crate::model::state::Action;
+use crate::model::tree::Kind;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -231,9 +231,9 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::state::ImageConfig;
+    use crate::model::tree::{Entry, Tree};
     use crate::store::Access;
-    use crate::store::state::ImageConfig;
-    use crate::store::tree::{Entry, Tree};
 
     fn entry_with(store: &Store, key: u8, content: &[u8]) -> TreeDigest {
         let blob = store.put_blob(content).unwrap();
@@ -253,15 +253,15 @@ mod tests {
         )
         .unwrap();
         let td = store.put_tree(&t).unwrap();
-        store
-            .put_action(
-                StepKey([key; 32]),
-                &Action {
-                    tree: Some(td),
-                    config: ImageConfig::default(),
-                },
-            )
-            .unwrap();
+        crate::store::ActionCache::put(
+            store,
+            StepKey([key; 32]),
+            &Action {
+                tree: Some(td),
+                config: ImageConfig::default(),
+            },
+        )
+        .unwrap();
         td
     }
 

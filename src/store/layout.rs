@@ -20,7 +20,7 @@
 //!
 //! Nothing outside `store` builds a path below the state dir by hand.
 
-use super::digest::{BlobDigest, StepKey, TreeDigest};
+use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
 use std::path::{Path, PathBuf};
 
 /// The state directory's layout.

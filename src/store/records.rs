@@ -5,11 +5,22 @@
 //! is checksummed ([`super::checked`]): a damaged record reads as absent.
 
 use super::Store;
-use super::digest::TreeDigest;
-use crate::exec::StepRecord;
-use crate::exec::key::KeyInput;
+use crate::model::digest::TreeDigest;
+use crate::model::key::{KeyInput, Start};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// What one step of a build did: its key, whether it was cached, and the
+/// inputs its key was made from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub stage: String,
+    pub step: usize,
+    pub text: String,
+    pub key: String,
+    pub cached: bool,
+    pub inputs: Vec<KeyInput>,
+}
 
 /// The last build, as `kiln explain` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -77,7 +88,7 @@ impl Stamp {
 }
 
 /// Leads every record file; bump when a record changes shape.
-const MAGIC: &[u8] = b"KILNREC2";
+const MAGIC: &[u8] = b"KILNREC3";
 
 fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, name: &str) -> T {
     super::checked::read(&store.layout().record(name), MAGIC)
@@ -174,57 +185,77 @@ fn explain(
     let Some(prev) = prev else {
         return vec!["first build of this step".to_string()];
     };
-    let map = |inputs: &[KeyInput]| -> BTreeMap<String, String> {
+    let map = |inputs: &'_ [KeyInput]| -> BTreeMap<String, (String, KeyInput)> {
         inputs
             .iter()
-            .map(|i| (i.name.clone(), i.value.clone()))
+            .map(|i| (i.id(), (i.value(), i.clone())))
             .collect()
     };
     let (old, new) = (map(&prev.inputs), map(&now.inputs));
+    let start = |inputs: &[KeyInput]| {
+        inputs.iter().find_map(|i| match i {
+            KeyInput::Start(s) => Some(s.clone()),
+            _ => None,
+        })
+    };
+    let step = |inputs: &[KeyInput]| {
+        inputs.iter().find_map(|i| match i {
+            KeyInput::Step(s) => Some(s.clone()),
+            _ => None,
+        })
+    };
     let mut why = Vec::new();
-    let old_start = old.get("start").cloned().unwrap_or_default();
-    let new_start = new.get("start").cloned().unwrap_or_default();
+    let (old_start, new_start) = (start(&prev.inputs), start(&now.inputs));
     if old_start != new_start {
-        if let Some((stage, step)) = missed.get(new_start.as_str()) {
+        let upstream = match &new_start {
+            Some(Start::Step(k)) => missed.get(k.hex().as_str()),
+            _ => None,
+        };
+        if let Some((stage, step)) = upstream {
             why.push(format!(
                 "it starts from step {} of `{stage}`, which ran again",
                 step + 1
             ));
-        } else if new_start.starts_with("stage:") || old_start.starts_with("stage:") {
+        } else if matches!(new_start, Some(Start::Stage(_)))
+            || matches!(old_start, Some(Start::Stage(_)))
+        {
             why.push("its base stage produced a different result".to_string());
-        } else if new_start == "scratch" || old_start == "scratch" {
+        } else if matches!(new_start, Some(Start::Scratch))
+            || matches!(old_start, Some(Start::Scratch))
+        {
             why.push("its base changed".to_string());
         } else {
             why.push("the step before it has a different result".to_string());
         }
     }
-    if old.get("step") != new.get("step") {
+    let (old_step, new_step) = (step(&prev.inputs), step(&now.inputs));
+    if old_step != new_step {
         why.push(format!(
             "the step itself changed: was `{}`, now `{}`",
-            old.get("step").map(String::as_str).unwrap_or(""),
-            new.get("step").map(String::as_str).unwrap_or("")
+            old_step.unwrap_or_default(),
+            new_step.unwrap_or_default()
         ));
     }
-    let mut files = Vec::new();
-    for (name, value) in &new {
-        if name == "start" || name == "step" {
+    let ordinary = |i: &KeyInput| !matches!(i, KeyInput::Start(_) | KeyInput::Step(_));
+    let mut changes = Vec::new();
+    for (id, (value, input)) in &new {
+        if !ordinary(input) {
             continue;
         }
-        let label = describe_input(name);
-        match old.get(name) {
-            None => files.push(format!("{label} is new")),
-            Some(v) if v != value => files.push(format!("{label} changed")),
+        match old.get(id) {
+            None => changes.push(format!("{} is new", input.describe())),
+            Some((v, _)) if v != value => changes.push(format!("{} changed", input.describe())),
             _ => {}
         }
     }
-    for name in old.keys() {
-        if name != "start" && name != "step" && !new.contains_key(name) {
-            files.push(format!("{} is gone", describe_input(name)));
+    for (id, (_, input)) in &old {
+        if ordinary(input) && !new.contains_key(id) {
+            changes.push(format!("{} is gone", input.describe()));
         }
     }
     const MAX: usize = 20;
-    let extra = files.len().saturating_sub(MAX);
-    why.extend(files.into_iter().take(MAX));
+    let extra = changes.len().saturating_sub(MAX);
+    why.extend(changes.into_iter().take(MAX));
     if extra > 0 {
         why.push(format!("… and {extra} more inputs changed"));
     }
@@ -232,18 +263,6 @@ fn explain(
         why.push("its inputs are the same as last time, but the result was not in the cache (removed by `kiln gc`, or never stored)".to_string());
     }
     why
-}
-
-fn describe_input(name: &str) -> String {
-    if let Some(f) = name.strip_prefix("file:") {
-        format!("context file `{f}`")
-    } else if let Some(s) = name.strip_prefix("stage:") {
-        format!("the tree of stage `{s}`")
-    } else if name == "picked" {
-        "what the sources matched".to_string()
-    } else {
-        format!("input `{name}`")
-    }
 }
 
 /// Export records live one per destination, named by a hash of it.
@@ -298,21 +317,13 @@ pub fn forget_export(store: &Store, dest: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::digest::StepKey;
 
-    fn rec(key: &str, start: &str, step: &str, files: &[(&str, &str)]) -> StepRecord {
-        let mut inputs = vec![
-            KeyInput {
-                name: "start".into(),
-                value: start.into(),
-            },
-            KeyInput {
-                name: "step".into(),
-                value: step.into(),
-            },
-        ];
+    fn rec(key: &str, start: Start, step: &str, files: &[(&str, &str)]) -> StepRecord {
+        let mut inputs = vec![KeyInput::Start(start), KeyInput::Step(step.into())];
         for (n, v) in files {
-            inputs.push(KeyInput {
-                name: format!("file:{n}"),
+            inputs.push(KeyInput::ContextFile {
+                path: n.to_string(),
                 value: v.to_string(),
             });
         }
@@ -328,8 +339,13 @@ mod tests {
 
     #[test]
     fn names_the_changed_file() {
-        let prev = rec("k1", "scratch", "c", &[("a", "1"), ("b", "2")]);
-        let now = rec("k2", "scratch", "c", &[("a", "1"), ("b", "3"), ("c", "4")]);
+        let prev = rec("k1", Start::Scratch, "c", &[("a", "1"), ("b", "2")]);
+        let now = rec(
+            "k2",
+            Start::Scratch,
+            "c",
+            &[("a", "1"), ("b", "3"), ("c", "4")],
+        );
         let why = explain(Some(&prev), &now, &BTreeMap::new());
         assert_eq!(
             why,
@@ -339,10 +355,12 @@ mod tests {
 
     #[test]
     fn names_the_step_change_and_the_upstream_step() {
-        let prev = rec("k1", "p1", "write a", &[]);
-        let now = rec("k2", "p2", "write b", &[]);
+        let (p1, p2) = (StepKey([1; 32]), StepKey([2; 32]));
+        let prev = rec("k1", Start::Step(p1), "write a", &[]);
+        let now = rec("k2", Start::Step(p2), "write b", &[]);
+        let p2_hex = p2.hex();
         let mut missed = BTreeMap::new();
-        missed.insert("p2", ("build", 2));
+        missed.insert(p2_hex.as_str(), ("build", 2));
         let why = explain(Some(&prev), &now, &missed);
         assert_eq!(why[0], "it starts from step 3 of `build`, which ran again");
         assert!(why[1].starts_with("the step itself changed"));

@@ -9,7 +9,7 @@
 //! - A leading `/` in a source means the source's root.
 
 use crate::diag::{Diagnostic, Span, Spanned};
-use crate::store::tree::{self, Entry, Kind, Links, Tree, TreeError};
+use crate::model::tree::{self, Entry, Kind, Links, Tree, TreeError};
 
 /// What one source pattern picked: a file (or symlink) or a directory's contents.
 #[derive(Clone, Debug)]
@@ -269,7 +269,7 @@ pub fn place(
 mod tests {
     use super::*;
     use crate::diag::SourceId;
-    use crate::store::digest::BlobDigest;
+    use crate::model::digest::BlobDigest;
 
     fn file(n: u8) -> Entry {
         Entry {

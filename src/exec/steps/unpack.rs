@@ -8,11 +8,10 @@
 //! (`--max-unpack-size`), so a small archive that expands to terabytes
 //! (a "bomb") is stopped with an error instead of filling the disk.
 
-use crate::store::digest::BlobDigest;
-use crate::store::tree::{self, Entry, Kind, Links};
-use crate::store::{CopyError, Store, StoreError};
+use crate::model::digest::BlobDigest;
+use crate::model::tree::{self, Entry, Kind, Links};
+use crate::store::{BlobRead, ContentStore, CopyError, StoreError};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 
 /// The expanded size allowed when none is given.
@@ -55,8 +54,8 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// xz has no streaming reader in lzma-rs: decompress on a thread into a
-/// bounded channel, which this end reads.
+/// xz has no streaming reader in lzma-rs: decompress on a (scoped) thread
+/// into a bounded channel, which this end reads.
 struct XzReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
@@ -79,10 +78,13 @@ impl io::Write for ChannelWriter {
 }
 
 impl XzReader {
-    fn new(file: File) -> XzReader {
+    fn new<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        input: Box<dyn BlobRead + 'scope>,
+    ) -> XzReader {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        std::thread::spawn(move || {
-            let mut input = BufReader::new(file);
+        scope.spawn(move || {
+            let mut input = BufReader::new(input);
             let mut out = io::BufWriter::with_capacity(64 * 1024, ChannelWriter(tx.clone()));
             let r = lzma_rs::xz_decompress(&mut input, &mut out)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
@@ -124,46 +126,48 @@ fn damaged(e: &dyn std::fmt::Display) -> UnpackError {
 
 /// The blob's bytes, decompressed if they start like a compressed stream.
 /// Also says whether they were compressed.
-fn open_stream(store: &Store, blob: BlobDigest) -> Result<(Box<dyn Read>, bool), UnpackError> {
+fn open_stream<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    content: &'scope dyn ContentStore,
+    blob: BlobDigest,
+) -> Result<(Box<dyn Read + 'scope>, bool), UnpackError> {
     // Verify the whole archive first: what is extracted must be the bytes
-    // the key was made from.
-    match store.copy_blob(blob, &mut io::sink()) {
+    // the key was made from (the stream is verified again as it is read).
+    match content.copy_blob(blob, &mut io::sink()) {
         Ok(_) => {}
         Err(CopyError::Store(e)) => return Err(e.into()),
         Err(CopyError::Write(e)) => return Err(damaged(&e)),
     }
-    let path = store.blob_path(blob);
-    let mut file = File::open(&path).map_err(|e| StoreError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
     let mut magic = [0u8; 6];
-    let mut got = 0;
-    while got < magic.len() {
-        match file.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(damaged(&e)),
+    let got = {
+        let mut r = content.blob_reader(blob)?;
+        let mut got = 0;
+        while got < magic.len() {
+            match r.read(&mut magic[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(damaged(&e)),
+            }
         }
-    }
+        got
+    };
     let head = &magic[..got];
-    let file = io::Cursor::new(head.to_vec()).chain(file);
+    let raw = content.blob_reader(blob)?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         (
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(raw))),
             true,
         )
     } else if head.starts_with(b"BZh") {
         (
-            Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
+            Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(raw))),
             true,
         )
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        let file = File::open(&path).map_err(|e| StoreError::Io { path, source: e })?;
-        (Box::new(XzReader::new(file)), true)
+        (Box::new(XzReader::new(scope, raw)), true)
     } else {
-        (Box::new(file), false)
+        (Box::new(raw), false)
     })
 }
 
@@ -194,11 +198,20 @@ fn is_tar(block: &[u8]) -> bool {
 /// extraction directory, parents first; `None` if it is not an archive.
 /// At most `limit` bytes of file content are extracted.
 pub fn unpack(
-    store: &Store,
+    content: &dyn ContentStore,
     blob: BlobDigest,
     limit: u64,
 ) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
-    let (stream, compressed) = open_stream(store, blob)?;
+    std::thread::scope(|scope| unpack_in(scope, content, blob, limit))
+}
+
+fn unpack_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope dyn ContentStore,
+    blob: BlobDigest,
+    limit: u64,
+) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
+    let (stream, compressed) = open_stream(scope, store, blob)?;
     // The decompressed stream holds headers besides content: allow it twice
     // the content limit (and at least a little).
     let mut stream = Counted {
@@ -344,9 +357,12 @@ mod tests {
     }
 
     fn unpack(s: &Store, bytes: &[u8]) -> Result<Option<Vec<(String, Entry)>>, UnpackError> {
+        use crate::store::ContentStore;
         let blob = s.put_blob(bytes).expect("store");
         super::unpack(s, blob, DEFAULT_LIMIT)
     }
+
+    use crate::store::Store;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -400,6 +416,7 @@ mod tests {
 
     #[test]
     fn bombs_stop_at_the_limit_without_holding_entries_in_memory() {
+        use crate::store::ContentStore;
         let (_d, s) = store();
         // 64 MiB of zeros, gzipped to a few dozen KiB.
         let mut b = tar::Builder::new(Vec::new());

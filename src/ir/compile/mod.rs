@@ -1,9 +1,12 @@
-//! AST → [`Graph`]: resolution, substitution, validation.
+//! AST → [`Graph`]: resolution, substitution, validation. The steps of a
+//! stage are compiled in `steps.rs`, one function per step kind.
+
+mod steps;
 
 use super::subst::{ArgValues, SubstError, substitute};
 use super::*;
 use crate::diag::{Diagnostic, Diagnostics, Sources, Span, Spanned, did_you_mean};
-use crate::frontend::ast::{self, Spec, StepKind, Str};
+use crate::frontend::ast::{self, Spec, Str};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -37,8 +40,11 @@ pub fn compile(
     let plugins = c.plugins(spec);
     let names = c.stage_names(spec);
     let mut stages = Vec::new();
+    let mut source_map = SourceMap::default();
     for (i, decl) in spec.stages.iter().enumerate() {
-        stages.push(c.stage(StageId(i as u32), decl, &names, &contexts, &plugins));
+        let (stage, locs) = c.stage(StageId(i as u32), decl, &names, &contexts, &plugins);
+        stages.push(stage);
+        source_map.push_stage(locs);
     }
     let exports = c.exports(spec, &names);
     let graph = Graph {
@@ -47,6 +53,7 @@ pub fn compile(
         plugins,
         exports,
         args: c.args.clone(),
+        source_map,
     };
     c.cycles(&graph);
     if c.diags.is_empty() {
@@ -56,11 +63,11 @@ pub fn compile(
     }
 }
 
-struct Compiler<'a> {
-    sources: &'a Sources,
-    diags: Diagnostics,
-    warnings: Diagnostics,
-    args: ArgValues,
+pub(super) struct Compiler<'a> {
+    pub(super) sources: &'a Sources,
+    pub(super) diags: Diagnostics,
+    pub(super) warnings: Diagnostics,
+    pub(super) args: ArgValues,
 }
 
 impl Compiler<'_> {
@@ -102,7 +109,7 @@ impl Compiler<'_> {
     }
 
     /// Substitute `${}` in a spec string; on error, report and return `None`.
-    fn subst(&mut self, s: &Str) -> Option<String> {
+    pub(super) fn subst(&mut self, s: &Str) -> Option<String> {
         match substitute(&s.value, &self.args) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -250,7 +257,7 @@ impl Compiler<'_> {
         names
     }
 
-    fn stage_ref(
+    pub(super) fn stage_ref(
         &mut self,
         name: &Str,
         names: &HashMap<String, StageId>,
@@ -282,7 +289,7 @@ impl Compiler<'_> {
         names: &HashMap<String, StageId>,
         contexts: &[Context],
         plugins: &[Plugin],
-    ) -> Stage {
+    ) -> (Stage, Vec<StepLoc>) {
         let mut deps = Vec::new();
         // `from ${BASE}` picks a stage by arg, as Docker's `FROM ${BASE}` does.
         let from = decl
@@ -306,17 +313,25 @@ impl Compiler<'_> {
             },
         };
         let mut steps = Vec::new();
+        let mut locs = Vec::new();
+        let mut refs = steps::Refs {
+            names,
+            contexts,
+            plugins,
+            deps: &mut deps,
+        };
         for step in &decl.steps {
-            if let Some(op) = self.op(&step.kind, names, contexts, plugins, &mut deps) {
-                steps.push(Step {
+            if let Some((op, parts)) = self.op(&step.kind, &mut refs) {
+                steps.push(Step { op });
+                locs.push(StepLoc {
                     span: step.span,
-                    op,
+                    parts,
                 });
             }
         }
         deps.sort();
         deps.dedup();
-        Stage {
+        let stage = Stage {
             id,
             from_span: decl.from.as_ref().or(decl.image.as_ref()).map(|f| f.span),
             name: decl.name.value.clone(),
@@ -324,10 +339,11 @@ impl Compiler<'_> {
             base,
             steps,
             deps,
-        }
+        };
+        (stage, locs)
     }
 
-    fn strings(&mut self, v: &[Str]) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self, v: &[Str]) -> Option<Vec<String>> {
         let mut out = Vec::with_capacity(v.len());
         let mut ok = true;
         for s in v {
@@ -339,17 +355,7 @@ impl Compiler<'_> {
         ok.then_some(out)
     }
 
-    fn spanned_strings(&mut self, v: &[Str]) -> Option<Vec<Spanned<String>>> {
-        let values = self.strings(v)?;
-        Some(
-            v.iter()
-                .zip(values)
-                .map(|(s, x)| Spanned::new(s.span, x))
-                .collect(),
-        )
-    }
-
-    fn pairs(&mut self, v: &[ast::Pair]) -> Option<Vec<(String, String)>> {
+    pub(super) fn pairs(&mut self, v: &[ast::Pair]) -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         let mut ok = true;
         for (k, val) in v {
@@ -361,7 +367,7 @@ impl Compiler<'_> {
         ok.then_some(out)
     }
 
-    fn mode(&mut self, m: &Option<Str>) -> Result<Option<u32>, ()> {
+    pub(super) fn mode(&mut self, m: &Option<Str>) -> Result<Option<u32>, ()> {
         let Some(m) = m else { return Ok(None) };
         let Some(text) = self.subst(m) else {
             return Err(());
@@ -380,7 +386,7 @@ impl Compiler<'_> {
     }
 
     /// A `context=NAME` reference.
-    fn context_ref(&mut self, c: &Str, contexts: &[Context]) -> Option<ContextId> {
+    pub(super) fn context_ref(&mut self, c: &Str, contexts: &[Context]) -> Option<ContextId> {
         let name = self.subst(c)?;
         if let Some(ctx) = contexts.iter().find(|x| x.name == name && !name.is_empty()) {
             return Some(ctx.id);
@@ -399,7 +405,7 @@ impl Compiler<'_> {
     }
 
     /// Check a substituted value against the words it may be.
-    fn choice(
+    pub(super) fn choice(
         &mut self,
         decl: &Option<Str>,
         value: &Option<Option<String>>,
@@ -424,14 +430,14 @@ impl Compiler<'_> {
     }
 
     /// Substitute an optional string: `Some(None)` when absent, `None` on error.
-    fn opt(&mut self, s: &Option<Str>) -> Option<Option<String>> {
+    pub(super) fn opt(&mut self, s: &Option<Str>) -> Option<Option<String>> {
         match s {
             None => Some(None),
             Some(s) => self.subst(s).map(Some),
         }
     }
 
-    fn non_empty(&mut self, s: &Str, value: &str, what: &str) -> bool {
+    pub(super) fn non_empty(&mut self, s: &Str, value: &str, what: &str) -> bool {
         if value.is_empty() {
             self.diags.push(
                 Diagnostic::user("kiln::spec::empty", format!("{what} is empty"))
@@ -444,455 +450,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn op(
-        &mut self,
-        kind: &StepKind,
-        names: &HashMap<String, StageId>,
-        contexts: &[Context],
-        plugins: &[Plugin],
-        deps: &mut Vec<StageId>,
-    ) -> Option<Op> {
-        Some(match kind {
-            StepKind::Copy {
-                sources,
-                dest,
-                from,
-                context,
-                chmod,
-                chown,
-                exclude,
-                parents,
-                unpack,
-            } => {
-                let srcs = self.spanned_strings(sources);
-                let exclude = self.strings(exclude)?;
-                for (pat, decl) in exclude.iter().zip(exclude_spans(kind)) {
-                    if let Err(e) =
-                        crate::store::tree::glob(crate::store::tree::exclude_pattern(pat))
-                    {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::glob",
-                                format!("bad exclude pattern `{pat}`: {}", e.kind()),
-                            )
-                            .with_label(decl, "not a valid pattern")
-                            .with_help("use `*`, `?`, `[abc]` and `**`"),
-                        );
-                        return None;
-                    }
-                }
-                if *unpack && let Some(f) = from {
-                    self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::unpack",
-                            "`unpack=#true` extracts archives from a context, not from a stage",
-                        )
-                        .with_label(f.span, "from a stage")
-                        .with_help(
-                            "copy the archive from the stage, then extract it with a plugin",
-                        ),
-                    );
-                    return None;
-                }
-                let dest_v = self.subst(dest);
-                let from = match (from, context) {
-                    (Some(f), _) => {
-                        let f_v = Spanned::new(f.span, self.subst(f)?);
-                        let sid = self.stage_ref(&f_v, names, "to copy from")?;
-                        deps.push(sid);
-                        CopyFrom::Stage(sid)
-                    }
-                    (None, Some(c)) => CopyFrom::Context(self.context_ref(c, contexts)?),
-                    (None, None) => CopyFrom::Context(ContextId(0)),
-                };
-                let chmod = self.mode(chmod).ok()?;
-                let chown = match chown {
-                    Some(c) => Some(self.owner(c)?),
-                    None => None,
-                };
-                let (srcs, dest_v) = (srcs?, dest_v?);
-                for s in &srcs {
-                    self.non_empty(
-                        &Spanned::new(s.span, String::new()),
-                        &s.value,
-                        "a copy source",
-                    );
-                }
-                if !self.non_empty(dest, &dest_v, "the copy destination") {
-                    return None;
-                }
-                if srcs.len() > 1 && !dest_v.ends_with('/') {
-                    self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::copy-dest",
-                            "copying several sources needs a directory destination",
-                        )
-                        .with_label(dest.span, "does not end with `/`")
-                        .with_help(format!("write `\"{dest_v}/\"`")),
-                    );
-                    return None;
-                }
-                Op::Copy(Copy {
-                    sources: srcs,
-                    dest: dest_v,
-                    from,
-                    chmod,
-                    chown,
-                    exclude,
-                    parents: *parents,
-                    unpack: *unpack,
-                })
-            }
-            StepKind::Fetch {
-                url,
-                dest,
-                checksum,
-                chmod,
-                chown,
-            } => {
-                let u = self.subst(url);
-                let dest_v = self.subst(dest);
-                let sum = self.opt(checksum);
-                let chmod = self.mode(chmod).ok()?;
-                let chown = match chown {
-                    Some(c) => Some(self.owner(c)?),
-                    None => None,
-                };
-                let (u, dest_v, sum) = (u?, dest_v?, sum?);
-                let lower = u.to_ascii_lowercase();
-                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                    self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::fetch",
-                            format!("`{u}` is not an http(s) URL"),
-                        )
-                        .with_label(url.span, "expected http:// or https://")
-                        .with_help("fetch downloads over HTTP; copy local files with `copy`"),
-                    );
-                    return None;
-                }
-                let hex = match (&sum, checksum) {
-                    (Some(v), Some(decl)) => match v.strip_prefix("sha256:") {
-                        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                            h.to_ascii_lowercase()
-                        }
-                        _ => {
-                            self.diags.push(
-                                Diagnostic::user("kiln::spec::checksum", format!("`{v}` is not a sha256 checksum"))
-                                    .with_label(decl.span, "expected sha256: and 64 hex digits")
-                                    .with_help("write `checksum=\"sha256:…\"`; `sha256sum FILE` prints the digits"),
-                            );
-                            return None;
-                        }
-                    },
-                    _ => {
-                        self.diags.push(
-                            Diagnostic::user("kiln::spec::checksum", "a fetch needs a checksum")
-                                .with_label(url.span, "not pinned")
-                                .with_help("add `checksum=\"sha256:…\"`: the digest keys the cache, so a cached build never touches the network, and a changed download is an error"),
-                        );
-                        return None;
-                    }
-                };
-                if !self.non_empty(dest, &dest_v, "the fetch destination") {
-                    return None;
-                }
-                Op::Fetch {
-                    url: u,
-                    dest: dest_v,
-                    sha256: hex,
-                    chmod,
-                    chown,
-                }
-            }
-            StepKind::Write {
-                path,
-                content,
-                mode,
-            } => {
-                let p = self.subst(path);
-                let c = self.subst(content);
-                let mode = self.mode(mode).ok()?;
-                let (p, c) = (p?, c?);
-                if !self.non_empty(path, &p, "the path") {
-                    return None;
-                }
-                Op::Write {
-                    path: p,
-                    content: c,
-                    mode,
-                }
-            }
-            StepKind::Mkdir { paths, mode } => {
-                let p = self.strings(paths);
-                let mode = self.mode(mode).ok()?;
-                Op::Mkdir { paths: p?, mode }
-            }
-            StepKind::Rm { paths, force } => Op::Rm {
-                paths: self.spanned_strings(paths)?,
-                force: *force,
-            },
-            StepKind::Symlink { target, link } => {
-                let t = self.subst(target);
-                let l = self.subst(link);
-                Op::Symlink {
-                    target: t?,
-                    link: l?,
-                }
-            }
-            StepKind::Env(kv) => {
-                let pairs = self.pairs(kv)?;
-                for ((k, _), (name, _)) in kv.iter().zip(&pairs) {
-                    if name.is_empty() || name.contains('=') {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::env-name",
-                                format!("`{name}` is not an environment variable name"),
-                            )
-                            .with_label(k.span, "bad name")
-                            .with_help("names are non-empty and contain no `=`"),
-                        );
-                        return None;
-                    }
-                }
-                Op::Meta(Meta::Env(pairs))
-            }
-            StepKind::Label(kv) => Op::Meta(Meta::Label(self.pairs(kv)?)),
-            StepKind::Workdir(p) => Op::Meta(Meta::Workdir(self.subst(p)?)),
-            StepKind::User(u) => Op::Meta(Meta::User(self.subst(u)?)),
-            StepKind::Stopsignal(s) => {
-                let v = self.subst(s)?;
-                let name = v.strip_prefix("SIG").unwrap_or(&v);
-                let ok = !name.is_empty()
-                    && (name.bytes().all(|b| b.is_ascii_digit())
-                        || name.bytes().all(|b| {
-                            b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-'
-                        }));
-                if !ok {
-                    self.diags.push(
-                        Diagnostic::user("kiln::spec::signal", format!("`{v}` is not a signal"))
-                            .with_label(s.span, "expected a signal name or number")
-                            .with_help("write a name like `SIGTERM` or a number like `15`"),
-                    );
-                    return None;
-                }
-                Op::Meta(Meta::Stopsignal(v))
-            }
-            StepKind::Entrypoint(a) => Op::Meta(Meta::Entrypoint(self.strings(a)?)),
-            StepKind::Cmd(a) => Op::Meta(Meta::Cmd(self.strings(a)?)),
-            StepKind::Expose(ports) => {
-                let values = self.strings(ports)?;
-                for (s, v) in ports.iter().zip(&values) {
-                    let (port, proto) = v.split_once('/').unwrap_or((v, "tcp"));
-                    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0)
-                        || port.split_once('-').is_some_and(|(a, b)| {
-                            a.parse::<u16>().is_ok() && b.parse::<u16>().is_ok()
-                        });
-                    if !port_ok
-                        || !["tcp", "udp", "sctp"].contains(&proto.to_ascii_lowercase().as_str())
-                    {
-                        self.diags.push(
-                            Diagnostic::user("kiln::spec::port", format!("`{v}` is not a port"))
-                                .with_label(s.span, "expected PORT or PORT/PROTO")
-                                .with_help("write `8080`, `8080/tcp` or `53/udp`"),
-                        );
-                        return None;
-                    }
-                }
-                Op::Meta(Meta::Expose(values))
-            }
-            StepKind::Volume(v) => Op::Meta(Meta::Volume(self.strings(v)?)),
-            StepKind::Wasm(w) => {
-                let plugin = &w.plugin;
-                let args = self.strings(&w.args);
-                let env = self.pairs(&w.env);
-                let Some(p) = plugins.iter().find(|p| p.name == plugin.value) else {
-                    let mut d = Diagnostic::user(
-                        "kiln::spec::unknown-plugin",
-                        format!("unknown plugin `{}`", plugin.value),
-                    )
-                    .with_label(plugin.span, "no plugin of this name");
-                    d = match did_you_mean(&plugin.value, plugins.iter().map(|p| p.name.as_str())) {
-                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                        None => d.with_help(format!(
-                            "declare it with `plugin {} path=\"FILE.wasm\" blake3=\"…\"`",
-                            plugin.value
-                        )),
-                    };
-                    self.diags.push(d);
-                    return None;
-                };
-                let mut mounts = Vec::new();
-                for m in &w.mounts {
-                    let guest = self.subst(&m.guest)?;
-                    if !guest.starts_with('/') || guest == "/" {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::mount",
-                                format!("`{guest}` is not a mount point"),
-                            )
-                            .with_label(m.guest.span, "expected an absolute path below `/`")
-                            .with_help(
-                                "mount at a path such as \"/mnt/src\"; `/` is the stage itself",
-                            ),
-                        );
-                        return None;
-                    }
-                    let from = match (&m.from, &m.context) {
-                        (Some(f), _) => {
-                            let f_v = Spanned::new(f.span, self.subst(f)?);
-                            let sid = self.stage_ref(&f_v, names, "to mount")?;
-                            deps.push(sid);
-                            CopyFrom::Stage(sid)
-                        }
-                        (None, Some(c)) => CopyFrom::Context(self.context_ref(c, contexts)?),
-                        (None, None) => CopyFrom::Context(ContextId(0)),
-                    };
-                    let source = match &m.source {
-                        Some(s) => self.subst(s)?,
-                        None => "/".to_string(),
-                    };
-                    mounts.push(WasmMount {
-                        guest,
-                        from,
-                        source,
-                        span: m.span,
-                    });
-                }
-                let timeout = match &w.timeout {
-                    None => DEFAULT_TIMEOUT,
-                    Some(t) => {
-                        let v = self.subst(t)?;
-                        match crate::units::parse_duration(&v) {
-                            Some(d) if !d.is_zero() => d,
-                            _ => {
-                                self.diags.push(
-                                    Diagnostic::user(
-                                        "kiln::spec::duration",
-                                        format!("`{v}` is not a time limit"),
-                                    )
-                                    .with_label(t.span, "expected a duration above zero")
-                                    .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
-                                );
-                                return None;
-                            }
-                        }
-                    }
-                };
-                let memory = match &w.memory {
-                    None => DEFAULT_MEMORY,
-                    Some(m) => {
-                        let v = self.subst(m)?;
-                        match crate::units::parse_size(&v) {
-                            Some(n) if ((1 << 16)..=(1 << 32)).contains(&n) => n,
-                            _ => {
-                                self.diags.push(
-                                    Diagnostic::user(
-                                        "kiln::spec::memory",
-                                        format!("`{v}` is not a memory limit"),
-                                    )
-                                    .with_label(m.span, "expected a size from 64KiB to 4GiB")
-                                    .with_help("write a size like \"256MiB\" or \"1GiB\""),
-                                );
-                                return None;
-                            }
-                        }
-                    }
-                };
-                Op::Wasm(WasmOp {
-                    plugin: p.id,
-                    args: args?,
-                    env: env?,
-                    mounts,
-                    timeout,
-                    memory,
-                })
-            }
-            StepKind::Run(r) => {
-                let command = self.strings(&r.command);
-                let env = self.pairs(&r.env);
-                let mounts = self.strings(&r.mounts);
-                let network = self.opt(&r.network);
-                let security = self.opt(&r.security);
-                let modes_ok =
-                    self.choice(
-                        &r.network,
-                        &network,
-                        &["default", "none", "host"],
-                        "network",
-                    ) & self.choice(&r.security, &security, &["sandbox", "insecure"], "security");
-                if !modes_ok {
-                    return None;
-                }
-                Op::Run(RunOp {
-                    command: command?,
-                    exec: r.exec,
-                    env: env?,
-                    mounts: mounts?,
-                    network: network?,
-                    security: security?,
-                })
-            }
-            StepKind::Shell(a) => Op::Meta(Meta::Shell(self.strings(a)?)),
-            StepKind::Onbuild(i) => Op::Meta(Meta::Onbuild(self.subst(i)?)),
-            StepKind::Maintainer(m) => Op::Meta(Meta::Maintainer(self.subst(m)?)),
-            StepKind::Healthcheck(h) => {
-                let test = self.strings(&h.test)?;
-                let mut dur = |d: &Option<Str>| -> Result<Option<u64>, ()> {
-                    let Some(d) = d else { return Ok(None) };
-                    let v = self.subst(d).ok_or(())?;
-                    match crate::units::parse_duration(&v) {
-                        Some(t) => Ok(Some(t.as_nanos() as u64)),
-                        None => {
-                            self.diags.push(
-                                Diagnostic::user(
-                                    "kiln::spec::duration",
-                                    format!("`{v}` is not a duration"),
-                                )
-                                .with_label(d.span, "expected a duration")
-                                .with_help("write a duration like \"30s\", \"1m30s\" or \"500ms\""),
-                            );
-                            Err(())
-                        }
-                    }
-                };
-                let interval = dur(&h.interval).ok()?;
-                let timeout = dur(&h.timeout).ok()?;
-                let start_period = dur(&h.start_period).ok()?;
-                let start_interval = dur(&h.start_interval).ok()?;
-                let retries = match &h.retries {
-                    None => None,
-                    Some(r) => {
-                        let v = self.subst(r)?;
-                        match v.parse::<u32>() {
-                            Ok(n) => Some(n),
-                            Err(_) => {
-                                self.diags.push(
-                                    Diagnostic::user(
-                                        "kiln::spec::retries",
-                                        format!("`{v}` is not a retry count"),
-                                    )
-                                    .with_label(r.span, "expected a whole number")
-                                    .with_help("write `retries=3`"),
-                                );
-                                return None;
-                            }
-                        }
-                    }
-                };
-                Op::Meta(Meta::Healthcheck(crate::store::state::Healthcheck {
-                    test,
-                    interval,
-                    timeout,
-                    start_period,
-                    start_interval,
-                    retries,
-                }))
-            }
-        })
-    }
-
-    fn owner(&mut self, s: &Str) -> Option<Owner> {
+    pub(super) fn owner(&mut self, s: &Str) -> Option<Owner> {
         let v = self.subst(s)?;
         let (user, group) = match v.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
@@ -1053,14 +611,6 @@ fn join(dir: &Path, p: &str) -> PathBuf {
         path.to_path_buf()
     } else {
         dir.join(path)
-    }
-}
-
-/// The spans of a copy step's exclude patterns.
-fn exclude_spans(kind: &StepKind) -> Vec<crate::diag::Span> {
-    match kind {
-        StepKind::Copy { exclude, .. } => exclude.iter().map(|e| e.span).collect(),
-        _ => Vec::new(),
     }
 }
 

@@ -1,0 +1,136 @@
+//! What every step of a build runs with: the graph, the content store,
+//! the local state directory (scratch space, logs, stat indexes), the
+//! build's options, progress and cancel flag, and what is opened once per
+//! build — context listings, loaded trees, the plugin runtime.
+
+use super::Options;
+use super::workdir::Scratch;
+use crate::context::{Listing, Snapshot};
+use crate::diag::Diagnostic;
+use crate::ir::{ContextId, Graph};
+use crate::model::digest::{StepKey, TreeDigest};
+use crate::model::tree::Tree;
+use crate::plugin::Runtime;
+use crate::progress::Progress;
+use crate::store::{ContentStore, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub struct Env<'a> {
+    pub graph: &'a Graph,
+    pub content: &'a dyn ContentStore,
+    /// The local state directory: scratch space, logs, stat indexes.
+    pub local: &'a Store,
+    pub progress: &'a Progress<'a>,
+    pub options: Options,
+    pub cancel: Arc<AtomicBool>,
+    /// Paths kept out of every context (the state dir, export targets).
+    exclude: Vec<PathBuf>,
+    contexts: Vec<OnceLock<Result<Arc<Snapshot>, Diagnostic>>>,
+    trees: Mutex<HashMap<TreeDigest, Arc<Tree>>>,
+    /// The plugin runtime, started by the first plugin step.
+    runtime: OnceLock<Result<Runtime, String>>,
+    /// Empty directories plugin steps work in, reused from step to step.
+    pub scratch: Scratch,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(
+        graph: &'a Graph,
+        content: &'a dyn ContentStore,
+        local: &'a Store,
+        progress: &'a Progress<'a>,
+        options: Options,
+        cancel: Arc<AtomicBool>,
+        exclude: Vec<PathBuf>,
+    ) -> Env<'a> {
+        Env {
+            graph,
+            content,
+            local,
+            progress,
+            options,
+            cancel,
+            exclude,
+            contexts: graph.contexts.iter().map(|_| OnceLock::new()).collect(),
+            trees: Mutex::new(HashMap::new()),
+            runtime: OnceLock::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// A context, listed once per build.
+    pub fn context(&self, id: ContextId) -> Result<Arc<Snapshot>, Diagnostic> {
+        self.contexts[id.0 as usize]
+            .get_or_init(|| {
+                let ctx = self.graph.context(id);
+                let listing = Listing {
+                    exclude: &self.exclude,
+                    ignore_file: ctx.ignore_file.as_deref(),
+                    trust_index: !self.options.no_cache,
+                };
+                Snapshot::open(&ctx.path, listing, self.local.layout()).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// The contexts listed so far.
+    pub fn listed(&self) -> impl Iterator<Item = (usize, &Result<Arc<Snapshot>, Diagnostic>)> {
+        self.contexts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.get().map(|s| (i, s)))
+    }
+
+    /// A stored tree, loaded (and verified) once per build.
+    pub fn tree(&self, d: TreeDigest) -> Result<Arc<Tree>, Diagnostic> {
+        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(self.content.get_tree(d)?);
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, t.clone());
+        Ok(t)
+    }
+
+    /// Keep a tree built in this run for the stages and exports that read it.
+    pub fn keep_tree(&self, d: TreeDigest, tree: Tree) {
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, Arc::new(tree));
+    }
+
+    /// The plugin runtime, started on first use.
+    pub fn runtime(&self) -> Result<&Runtime, Diagnostic> {
+        self.runtime
+            .get_or_init(|| Runtime::new(&self.local.layout().wasm_cache(), self.options.jobs))
+            .as_ref()
+            .map_err(|e| {
+                Diagnostic::env(
+                    "kiln::wasm::engine",
+                    format!("cannot start the plugin runtime: {e}"),
+                )
+            })
+    }
+
+    /// Keep a step's whole output in the state directory's `logs/`.
+    pub fn save_log(&self, key: StepKey, stdout: &[u8], stderr: &[u8]) -> Option<PathBuf> {
+        if stdout.is_empty() && stderr.is_empty() {
+            return None;
+        }
+        let path = self.local.layout().log(key);
+        let mut bytes = b"--- stdout\n".to_vec();
+        bytes.extend_from_slice(stdout);
+        bytes.extend_from_slice(b"\n--- stderr\n");
+        bytes.extend_from_slice(stderr);
+        self.local
+            .write_atomic(&path, &bytes, 0o644)
+            .ok()
+            .map(|_| path)
+    }
+}

@@ -1,0 +1,506 @@
+//! Running one stage: its steps in order from its base, each keyed
+//! (start, canonical form, inputs) and restored from the action cache on
+//! a hit, run through its [`StepKind`] on a miss.
+//!
+//! A stage stores one tree, at its end (and after steps that run a
+//! program): the cache entries of the steps between keep only their
+//! config, and when a later step misses, the cached steps since the last
+//! stored tree are replayed in memory to rebuild its input. A stage whose
+//! cached result leads to a missing or damaged object is run again without
+//! the cache.
+
+use super::env::Env;
+use super::steps::{self, StepCx, StepKind, Work};
+use super::{StageOutcome, StepRecord};
+use crate::diag::Diagnostic;
+use crate::ir::{Base, StageId};
+use crate::model::digest::{StepKey, TreeDigest};
+use crate::model::key::{KeyBuilder, Start};
+use crate::model::state::{Action, ImageConfig, State};
+use crate::model::tree::Tree;
+use crate::progress::Event;
+use crate::store::{ActionCache, DAMAGED};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Runs stages; shared by every worker thread of a build.
+pub struct Runner<'a> {
+    pub env: &'a Env<'a>,
+    pub actions: &'a dyn ActionCache,
+    pub records: Mutex<Vec<StepRecord>>,
+    pub steps_run: AtomicUsize,
+    pub steps_cached: AtomicUsize,
+    /// The `scratch` state, stored once per build.
+    empty: OnceLock<State>,
+}
+
+/// Where a stage's tree comes from at the current step.
+enum From {
+    /// Built by a step of this run.
+    Memory(Tree),
+    /// In the store.
+    Stored(TreeDigest),
+}
+
+/// How far a stage's steps have got.
+struct Cursor {
+    config: ImageConfig,
+    /// The digest of the current tree, when it is known.
+    known: Option<TreeDigest>,
+    from: From,
+    /// Cached steps since `from` whose trees were not kept, each with the
+    /// config it started from; replayed when their tree is needed.
+    pending: Vec<(usize, ImageConfig)>,
+    /// What the next step starts from.
+    start: Start,
+    /// The key of the last step.
+    last: Option<StepKey>,
+}
+
+/// Why a stage's steps stopped.
+enum Stop {
+    Interrupted,
+    Failed {
+        diagnostic: Box<Diagnostic>,
+        last_good: Option<Box<State>>,
+    },
+    /// The cache pointed at an object that is missing or damaged.
+    Damaged(Box<Diagnostic>),
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(env: &'a Env<'a>, actions: &'a dyn ActionCache) -> Runner<'a> {
+        Runner {
+            env,
+            actions,
+            records: Mutex::new(Vec::new()),
+            steps_run: AtomicUsize::new(0),
+            steps_cached: AtomicUsize::new(0),
+            empty: OnceLock::new(),
+        }
+    }
+
+    /// Run one stage whose dependencies have all ended.
+    pub fn stage(
+        &self,
+        id: StageId,
+        deps: &HashMap<StageId, StageOutcome>,
+    ) -> (StageOutcome, Option<Diagnostic>) {
+        let env = self.env;
+        let stage = env.graph.stage(id);
+        let mut inputs: HashMap<StageId, State> = HashMap::new();
+        for d in &stage.deps {
+            match deps.get(d) {
+                Some(StageOutcome::Built(s)) => {
+                    inputs.insert(*d, s.clone());
+                }
+                _ => {
+                    let because = format!("`{}` did not build", env.graph.stage(*d).name);
+                    env.progress.emit(Event::StageSkipped {
+                        stage: stage.name.clone(),
+                        because,
+                    });
+                    return (StageOutcome::Skipped, None);
+                }
+            }
+        }
+        if env.cancel.load(Ordering::Relaxed) {
+            env.progress.emit(Event::StageSkipped {
+                stage: stage.name.clone(),
+                because: "interrupted".into(),
+            });
+            return (StageOutcome::Skipped, None);
+        }
+        env.progress.emit(Event::StageStarted {
+            stage: stage.name.clone(),
+        });
+        let t0 = Instant::now();
+        let use_cache = !env.options.no_cache;
+        let mut attempt = self.run_steps(id, &inputs, use_cache);
+        if use_cache && let Err(Stop::Damaged(_)) = attempt {
+            // A cache entry led to an object that is gone or damaged (and now
+            // quarantined): forget what this stage recorded and build it
+            // again without the cache.
+            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let before = records.len();
+            records.retain(|r| r.stage != stage.name);
+            self.steps_cached
+                .fetch_sub(before - records.len(), Ordering::Relaxed);
+            drop(records);
+            attempt = self.run_steps(id, &inputs, false);
+        }
+        let (state, all_cached, work) = match attempt {
+            Ok(done) => done,
+            Err(Stop::Interrupted) => {
+                env.progress.emit(Event::StageSkipped {
+                    stage: stage.name.clone(),
+                    because: "interrupted".into(),
+                });
+                return (StageOutcome::Skipped, None);
+            }
+            Err(Stop::Failed {
+                diagnostic,
+                last_good,
+            }) => {
+                env.progress.emit(Event::StageFailed {
+                    stage: stage.name.clone(),
+                });
+                return (
+                    StageOutcome::Failed {
+                        last_good: last_good.map(|s| *s),
+                    },
+                    Some(*diagnostic),
+                );
+            }
+            Err(Stop::Damaged(d)) => {
+                env.progress.emit(Event::StageFailed {
+                    stage: stage.name.clone(),
+                });
+                let mut d = *d;
+                d.message = format!(
+                    "stage `{}`: {} (and the stage could not be rebuilt without the cache)",
+                    stage.name, d.message
+                );
+                return (StageOutcome::Failed { last_good: None }, Some(d));
+            }
+        };
+        // Keep the result's tree for dependants and exports; the trees of
+        // earlier steps are dropped as the stage goes, bounding memory.
+        if let Some(tree) = work {
+            env.keep_tree(state.tree, tree);
+        }
+        env.progress.emit(Event::StageFinished {
+            stage: stage.name.clone(),
+            state: state.digest().hex(),
+            cached: all_cached,
+            ms: t0.elapsed().as_secs_f64() * 1000.0,
+        });
+        (StageOutcome::Built(state), None)
+    }
+
+    /// Run a stage's steps from its base. Returns the final state, whether
+    /// every step was cached, and the final tree if it is in memory.
+    fn run_steps(
+        &self,
+        id: StageId,
+        inputs: &HashMap<StageId, State>,
+        use_cache: bool,
+    ) -> Result<(State, bool, Option<Tree>), Stop> {
+        let env = self.env;
+        let stage = env.graph.stage(id);
+        let failed = |d: Diagnostic, last_good: Option<State>| Stop::Failed {
+            diagnostic: Box::new(d),
+            last_good: last_good.map(Box::new),
+        };
+        let (base, start) = match &stage.base {
+            Base::Scratch => match self.empty_state() {
+                Ok(s) => (s, Start::Scratch),
+                Err(d) => return Err(failed(d, None)),
+            },
+            Base::Image(reference) => {
+                let d = Diagnostic::build(
+                    "kiln::exec::image-base",
+                    format!("stage `{}` is built on the image `{reference}`, and this version of kiln cannot fetch images", stage.name),
+                )
+                .with_label(stage.from_span.unwrap_or(stage.span), "an image base")
+                .with_help("build on `scratch` or on a stage of this build; stages that do not need this one still build");
+                return Err(failed(d, None));
+            }
+            Base::Stage(b) => {
+                let Some(s) = inputs.get(b).cloned() else {
+                    return Err(failed(
+                        Diagnostic::internal("a stage ran before its base"),
+                        None,
+                    ));
+                };
+                let start = Start::Stage(s.digest());
+                (s, start)
+            }
+        };
+        let mut config = base.config.clone();
+        // `onbuild` triggers are for the stage built on this one, which (as
+        // a Docker import) runs them as its first steps; they are not passed on.
+        if matches!(stage.base, Base::Stage(_)) {
+            config.onbuild.clear();
+        }
+        let mut cur = Cursor {
+            config,
+            known: Some(base.tree),
+            from: From::Stored(base.tree),
+            pending: Vec::new(),
+            start,
+            last: None,
+        };
+        let mut all_cached = true;
+        for i in 0..stage.steps.len() {
+            if env.cancel.load(Ordering::Relaxed) {
+                return Err(Stop::Interrupted);
+            }
+            let cx = StepCx {
+                env,
+                stage,
+                index: i,
+                loc: env.graph.source_map.step(id, i),
+                inputs,
+                key: None,
+            };
+            let last = i + 1 == stage.steps.len();
+            match self.step(&cx, &mut cur, use_cache, last) {
+                Ok(cached) => all_cached &= cached,
+                Err(d) if d.code == DAMAGED && use_cache => return Err(Stop::Damaged(Box::new(d))),
+                Err(mut d) => {
+                    let text = steps::describe(&stage.steps[i].op, env.graph);
+                    if d.labels.is_empty() {
+                        d = d.with_label(cx.span(), "in this step");
+                    }
+                    env.progress.emit(Event::StepFailed {
+                        stage: stage.name.clone(),
+                        step: i,
+                        text,
+                        message: d.message.clone(),
+                    });
+                    d.message = format!("stage `{}`: {}", stage.name, d.message);
+                    // The state before the failing step, if it is at hand.
+                    let last_good = match (&cur.known, cur.pending.is_empty()) {
+                        (Some(t), true) => Some(State {
+                            tree: *t,
+                            config: cur.config.clone(),
+                        }),
+                        _ => self.finish_tree(&mut cur, id, inputs).ok().map(|(s, _)| s),
+                    };
+                    return Err(failed(d, last_good));
+                }
+            }
+        }
+        let (state, tree) = match self.finish_tree(&mut cur, id, inputs) {
+            Ok(done) => done,
+            Err(d) if d.code == DAMAGED && use_cache => return Err(Stop::Damaged(Box::new(d))),
+            Err(d) => return Err(failed(d, None)),
+        };
+        // A result restored from the cache must still have its tree: it is
+        // what dependants and exports read.
+        if tree.is_none() && !env.content.has_tree(state.tree) {
+            let d = Diagnostic::env(
+                DAMAGED,
+                format!("tree {} is missing from the cache", state.tree),
+            );
+            return if use_cache {
+                Err(Stop::Damaged(Box::new(d)))
+            } else {
+                Err(failed(d, None))
+            };
+        }
+        Ok((state, all_cached, tree))
+    }
+
+    /// The stage's final state, storing its tree if no step did. A final
+    /// step whose cache entry lacked the tree gets an entry that has it.
+    fn finish_tree(
+        &self,
+        cur: &mut Cursor,
+        id: StageId,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<(State, Option<Tree>), Diagnostic> {
+        if let (Some(t), true) = (cur.known, cur.pending.is_empty()) {
+            let tree = match std::mem::replace(&mut cur.from, From::Stored(t)) {
+                From::Memory(tree) => Some(tree),
+                From::Stored(_) => None,
+            };
+            return Ok((
+                State {
+                    tree: t,
+                    config: cur.config.clone(),
+                },
+                tree,
+            ));
+        }
+        let tree = self.materialize(cur, id, inputs)?;
+        let digest = self.env.content.put_tree(&tree)?;
+        let state = State {
+            tree: digest,
+            config: cur.config.clone(),
+        };
+        if let Some(key) = cur.last {
+            let action = Action {
+                tree: Some(digest),
+                config: state.config.clone(),
+            };
+            self.actions.put(key, &action)?;
+        }
+        cur.known = Some(digest);
+        Ok((state, Some(tree)))
+    }
+
+    /// The current tree of a stage in memory: the last one built, or the
+    /// last one stored, with the cached steps since replayed on it.
+    fn materialize(
+        &self,
+        cur: &mut Cursor,
+        id: StageId,
+        inputs: &HashMap<StageId, State>,
+    ) -> Result<Tree, Diagnostic> {
+        let env = self.env;
+        let stage = env.graph.stage(id);
+        let mut tree = match std::mem::replace(
+            &mut cur.from,
+            From::Stored(cur.known.unwrap_or(TreeDigest([0; 32]))),
+        ) {
+            From::Memory(t) => t,
+            From::Stored(d) => (*env.tree(d)?).clone(),
+        };
+        for (j, mut config) in std::mem::take(&mut cur.pending) {
+            // A replayed step is one that was cached with this very key: it
+            // gives the tree it gave then.
+            let cx = StepCx {
+                env,
+                stage,
+                index: j,
+                loc: env.graph.source_map.step(id, j),
+                inputs,
+                key: None,
+            };
+            let kind = steps::kind(&stage.steps[j].op);
+            let prepared = kind.prepare(&cx, None)?;
+            kind.run(
+                &cx,
+                Work {
+                    tree: &mut tree,
+                    config: &mut config,
+                },
+                prepared,
+            )?;
+        }
+        Ok(tree)
+    }
+
+    fn empty_state(&self) -> Result<State, Diagnostic> {
+        if let Some(s) = self.empty.get() {
+            return Ok(s.clone());
+        }
+        let tree = self.env.content.put_tree(&Tree::new())?;
+        let state = State {
+            tree,
+            config: ImageConfig::default(),
+        };
+        Ok(self.empty.get_or_init(|| state).clone())
+    }
+
+    /// Run or restore one step, moving the cursor past it. Returns whether
+    /// it was cached.
+    fn step(
+        &self,
+        cx: &StepCx<'_>,
+        cur: &mut Cursor,
+        use_cache: bool,
+        last: bool,
+    ) -> Result<bool, Diagnostic> {
+        let env = self.env;
+        let stage = cx.stage.name.as_str();
+        let index = cx.index;
+        let op = &cx.stage.steps[index].op;
+        let kind: &dyn StepKind = steps::kind(op);
+        let text = kind.describe(env.graph);
+        let mut kb = KeyBuilder::new(cur.start.clone(), &steps::canonical(op, env.graph));
+        let prepared = kind.prepare(cx, Some(&mut kb))?;
+        let (key, key_inputs) = kb.finish();
+        let record = |cached: bool| StepRecord {
+            stage: stage.to_string(),
+            step: index,
+            text: text.clone(),
+            key: key.hex(),
+            cached,
+            inputs: key_inputs.clone(),
+        };
+        if use_cache && let Some(hit) = self.actions.get(key) {
+            self.steps_cached.fetch_add(1, Ordering::Relaxed);
+            self.records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record(true));
+            env.progress.emit(Event::StepCached {
+                stage: stage.into(),
+                step: index,
+                text: text.clone(),
+                key: key.hex(),
+            });
+            match hit.tree {
+                Some(t) => {
+                    cur.from = From::Stored(t);
+                    cur.pending.clear();
+                    cur.known = Some(t);
+                }
+                None => {
+                    // The tree after this step was not kept: remember how to redo it.
+                    cur.pending.push((
+                        index,
+                        std::mem::replace(&mut cur.config, hit.config.clone()),
+                    ));
+                    cur.known = None;
+                }
+            }
+            cur.config = hit.config;
+            cur.start = Start::Step(key);
+            cur.last = Some(key);
+            return Ok(true);
+        }
+        env.progress.emit(Event::StepStarted {
+            stage: stage.into(),
+            step: index,
+            text: text.clone(),
+            key: key.hex(),
+        });
+        let t0 = Instant::now();
+        let mut tree = self.materialize(cur, cx.stage.id, cx.inputs)?;
+        let mut config = cur.config.clone();
+        let run_cx = StepCx {
+            key: Some(key),
+            ..*cx
+        };
+        kind.run(
+            &run_cx,
+            Work {
+                tree: &mut tree,
+                config: &mut config,
+            },
+            prepared,
+        )?;
+        // Trees are stored at the end of a stage only: the steps between
+        // keep their config and are replayed from the last stored tree if a
+        // later step needs their tree. So a stage of many steps costs one
+        // stored tree, not one per step. A step that runs a program always
+        // stores its tree: replaying it would mean running it again.
+        let digest = if !kind.changes_tree() {
+            cur.known
+        } else if last || kind.stores_tree() {
+            Some(env.content.put_tree(&tree)?)
+        } else {
+            None
+        };
+        let action = Action {
+            tree: digest,
+            config: config.clone(),
+        };
+        self.actions.put(key, &action)?;
+        cur.from = From::Memory(tree);
+        cur.pending.clear();
+        cur.known = digest;
+        cur.config = config;
+        cur.start = Start::Step(key);
+        cur.last = Some(key);
+        self.steps_run.fetch_add(1, Ordering::Relaxed);
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record(false));
+        env.progress.emit(Event::StepFinished {
+            stage: stage.into(),
+            step: index,
+            text,
+            key: key.hex(),
+            ms: t0.elapsed().as_secs_f64() * 1000.0,
+        });
+        Ok(false)
+    }
+}

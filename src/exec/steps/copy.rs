@@ -1,0 +1,262 @@
+//! `copy`: entries from a context or another stage, by Docker's COPY
+//! rules (`copy_rules`), extracting archives for `ADD` (`unpack`).
+//! Keyed by every context entry it reads (path, digest, mode) and what
+//! each source matched, or by the tree of the stage it copies from.
+
+use super::copy_rules::{self, Overrides, Picked};
+use super::{Prepared, StepCx, StepKind, Work, quote, resolve_owner};
+use crate::context::Snapshot;
+use crate::diag::{Diagnostic, Span, Spanned};
+use crate::ir::{ContextId, Copy, CopyFrom, Graph};
+use crate::model::digest::BlobDigest;
+use crate::model::key::{KeyBuilder, KeyInput};
+use crate::model::tree::{self, Kind, Links};
+use crate::store::ContentStore;
+use rayon::prelude::*;
+use serde_json::json;
+
+impl StepKind for Copy {
+    fn canonical(&self, graph: &Graph) -> serde_json::Value {
+        json!({
+            "copy": {
+                "sources": self.sources,
+                "dest": self.dest,
+                "from": from_json(self.from, graph),
+                "chmod": self.chmod,
+                "chown": self.chown,
+                "exclude": self.exclude,
+                "parents": self.parents,
+                "unpack": self.unpack,
+            }
+        })
+    }
+
+    fn describe(&self, graph: &Graph) -> String {
+        let from = match self.from {
+            CopyFrom::Context(ContextId(0)) => String::new(),
+            CopyFrom::Context(id) => format!(" context={}", graph.context(id).name),
+            CopyFrom::Stage(id) => format!(" from={}", graph.stage(id).name),
+        };
+        format!("copy {} {:?}{from}", quote(&self.sources), self.dest)
+    }
+
+    fn prepare(
+        &self,
+        cx: &StepCx<'_>,
+        key: Option<&mut KeyBuilder>,
+    ) -> Result<Prepared, Diagnostic> {
+        match self.from {
+            CopyFrom::Context(ctx) => {
+                let snap = cx.env.context(ctx)?;
+                let picked = pick_from_context(&snap, &patterns(self, cx), &self.exclude)?;
+                if let Some(key) = key {
+                    context_inputs(&picked, key);
+                }
+                Ok(Prepared::Picked(snap, picked))
+            }
+            CopyFrom::Stage(src) => {
+                if let Some(key) = key {
+                    key.input(KeyInput::StageTree {
+                        stage: cx.graph().stage(src).name.clone(),
+                        tree: cx.input(src)?.tree,
+                    });
+                }
+                Ok(Prepared::Nothing)
+            }
+        }
+    }
+
+    fn run(&self, cx: &StepCx<'_>, work: Work<'_>, prepared: Prepared) -> Result<(), Diagnostic> {
+        let span = cx.span();
+        let owner = match &self.chown {
+            Some(o) => Some(resolve_owner(cx.content(), work.tree, o, span)?),
+            None => None,
+        };
+        let ov = Overrides {
+            chmod: self.chmod,
+            owner,
+        };
+        let picked = match (prepared, self.from) {
+            (Prepared::Picked(snap, picked), _) => {
+                ingest(cx.content(), &snap, &picked)?;
+                if self.unpack {
+                    unpack_archives(cx.content(), picked, span, cx.env.options.unpack_limit)?
+                } else {
+                    picked
+                }
+            }
+            (Prepared::Nothing, CopyFrom::Stage(src)) => {
+                let source = cx.input_tree(src)?;
+                let name = format!("stage `{}`", cx.graph().stage(src).name);
+                let mut picked =
+                    copy_rules::pick(&source, &patterns(self, cx), Links::Rootfs, &name)?;
+                copy_rules::exclude(&mut picked, &self.exclude)?;
+                picked
+            }
+            (Prepared::Nothing, CopyFrom::Context(_)) => {
+                return Err(Diagnostic::internal("a context copy ran unprepared"));
+            }
+        };
+        let workdir = work.config.workdir().to_string();
+        copy_rules::place(
+            work.tree,
+            &picked,
+            &self.dest,
+            &workdir,
+            ov,
+            self.parents,
+            span,
+        )
+    }
+}
+
+fn from_json(from: CopyFrom, graph: &Graph) -> serde_json::Value {
+    match from {
+        CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
+        CopyFrom::Stage(_) => json!("stage"),
+    }
+}
+
+/// The sources with their locations, for "matched nothing" errors.
+fn patterns(c: &Copy, cx: &StepCx<'_>) -> Vec<Spanned<String>> {
+    c.sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Spanned::new(cx.loc.part(i), s.clone()))
+        .collect()
+}
+
+/// Match sources in a context and fill in the digests of the files picked.
+pub fn pick_from_context(
+    snap: &Snapshot,
+    patterns: &[Spanned<String>],
+    exclude: &[String],
+) -> Result<Vec<Picked>, Diagnostic> {
+    let mut picked = copy_rules::pick(&snap.tree, patterns, Links::Confined, "the context")?;
+    copy_rules::exclude(&mut picked, exclude)?;
+    let paths: Vec<String> = files(&picked).map(|(p, _)| p).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let digests = snap.digests(&refs)?;
+    let mut it = digests.into_iter();
+    for p in &mut picked {
+        for (_, e) in &mut p.items {
+            if let Kind::File { blob, .. } = &mut e.kind
+                && let Some(d) = it.next()
+            {
+                *blob = d;
+            }
+        }
+    }
+    Ok(picked)
+}
+
+/// Every file picked, by its path in the source, with its digest.
+fn files(picked: &[Picked]) -> impl Iterator<Item = (String, BlobDigest)> + '_ {
+    picked.iter().flat_map(|p| {
+        p.items.iter().filter_map(move |(rel, e)| match e.kind {
+            Kind::File { blob, .. } => Some((
+                if rel.is_empty() {
+                    p.path.clone()
+                } else {
+                    tree::join(&p.path, rel)
+                },
+                blob,
+            )),
+            _ => None,
+        })
+    })
+}
+
+/// Copy the context files picked into the store (each must still have the
+/// digest its key was made from).
+pub fn ingest(
+    content: &dyn ContentStore,
+    snap: &Snapshot,
+    picked: &[Picked],
+) -> Result<(), Diagnostic> {
+    let files: Vec<(String, BlobDigest)> = files(picked).collect();
+    files
+        .par_iter()
+        .try_for_each(|(path, blob)| snap.ingest(content, path, *blob))
+}
+
+/// Every context entry a copy reads, as key inputs.
+pub fn context_inputs(picked: &[Picked], key: &mut KeyBuilder) {
+    for p in picked {
+        for (rel, e) in &p.items {
+            let path = if rel.is_empty() {
+                p.path.clone()
+            } else {
+                tree::join(&p.path, rel)
+            };
+            let value = match &e.kind {
+                Kind::File { blob, .. } => format!("{} {:o}", blob.hex(), e.mode),
+                Kind::Dir => format!("dir {:o}", e.mode),
+                Kind::Symlink { target } => format!("-> {target}"),
+            };
+            key.input(KeyInput::ContextFile {
+                path: if path.is_empty() { ".".into() } else { path },
+                value,
+            });
+        }
+        key.input(KeyInput::Picked {
+            name: p.name.clone(),
+            is_dir: p.is_dir,
+        });
+    }
+}
+
+/// Docker's `ADD` of local files: a source file that is a tar archive
+/// becomes the directory it holds; other files are copied as they are.
+fn unpack_archives(
+    content: &dyn ContentStore,
+    picked: Vec<Picked>,
+    span: Span,
+    limit: u64,
+) -> Result<Vec<Picked>, Diagnostic> {
+    use super::unpack::{UnpackError, unpack};
+    let mut out = Vec::with_capacity(picked.len());
+    for p in picked {
+        let blob = match p.items.first() {
+            Some((_, e)) if !p.is_dir => match e.kind {
+                Kind::File { blob, .. } => Some(blob),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(blob) = blob else {
+            out.push(p);
+            continue;
+        };
+        match unpack(content, blob, limit) {
+            Ok(Some(items)) => out.push(Picked {
+                is_dir: true,
+                items,
+                ..p
+            }),
+            Ok(None) => out.push(p),
+            Err(UnpackError::Store(e)) => return Err(e.into()),
+            Err(e @ UnpackError::TooLarge(_)) => {
+                return Err(Diagnostic::build(
+                    "kiln::copy::unpack-limit",
+                    format!("cannot extract `{}`: {e}", p.path),
+                )
+                .with_label(span, "extracting this archive")
+                .with_help(
+                    "if the archive is meant to be this large, raise the limit with `kiln build --max-unpack-size SIZE`",
+                ));
+            }
+            Err(e) => {
+                return Err(Diagnostic::build(
+                    "kiln::copy::unpack",
+                    format!("cannot extract `{}`: {e}", p.path),
+                )
+                .with_label(span, "extracting this archive")
+                .with_help(
+                    "repair the archive, or copy it without extracting (`copy` instead of `ADD`)",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,77 @@
+//! `fetch`: a file over HTTP(S), pinned by its sha256. Keyed by the pin
+//! alone (it is in the canonical form), so a cached build never touches
+//! the network; a download that does not match is an error.
+
+use super::copy_rules::{self, Overrides, Picked};
+use super::{StepCx, StepKind, Work, resolve_owner};
+use crate::diag::Diagnostic;
+use crate::ir::{Fetch, Graph};
+use crate::model::tree::{self, Entry, Kind};
+use serde_json::json;
+
+impl StepKind for Fetch {
+    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+        json!({"fetch": {
+            "url": self.url, "dest": self.dest, "sha256": self.sha256,
+            "chmod": self.chmod, "chown": self.chown,
+        }})
+    }
+
+    fn describe(&self, _graph: &Graph) -> String {
+        format!("fetch {}", self.url)
+    }
+
+    fn run(
+        &self,
+        cx: &StepCx<'_>,
+        work: Work<'_>,
+        _prepared: super::Prepared,
+    ) -> Result<(), Diagnostic> {
+        let span = cx.span();
+        let owner = match &self.chown {
+            Some(o) => Some(resolve_owner(cx.content(), work.tree, o, span)?),
+            None => None,
+        };
+        let name = super::download::file_name(&self.url);
+        let into_dir = self.dest.ends_with('/');
+        let name = match (name, into_dir) {
+            (Some(n), _) => n,
+            (None, false) => tree::basename(&self.dest).to_string(),
+            (None, true) => {
+                return Err(Diagnostic::user(
+                    "kiln::fetch::name",
+                    format!(
+                        "`{}` has no file name to copy into `{}`",
+                        self.url, self.dest
+                    ),
+                )
+                .with_label(span, "destination is a directory")
+                .with_help("give the destination a file name"));
+            }
+        };
+        let body = super::download::fetch(&self.url, &self.sha256, span)?;
+        let blob = cx.content().put_blob(&body)?;
+        // Docker gives downloaded files mode 0600.
+        let entry = Entry {
+            kind: Kind::File {
+                blob,
+                size: body.len() as u64,
+            },
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        };
+        let picked = [Picked {
+            name,
+            path: self.url.clone(),
+            is_dir: false,
+            items: vec![(String::new(), entry)],
+        }];
+        let ov = Overrides {
+            chmod: self.chmod,
+            owner,
+        };
+        let workdir = work.config.workdir().to_string();
+        copy_rules::place(work.tree, &picked, &self.dest, &workdir, ov, false, span)
+    }
+}

@@ -1,0 +1,285 @@
+//! Step kinds: one module per kind, each owning its canonical form (what
+//! keys it), the inputs it adds to its key, how it is described, and how
+//! it runs. The stage runner knows none of them: it calls [`StepKind`]
+//! through [`kind`]. A new step kind is a new module here, a new variant
+//! of `ir::Op`, and its compile function in `ir/compile/steps.rs`.
+
+mod copy;
+pub mod copy_rules;
+pub mod download;
+mod fetch;
+mod meta;
+mod mkdir;
+mod rm;
+mod run;
+mod symlink;
+pub mod unpack;
+pub mod wasm;
+mod write;
+
+use super::env::Env;
+use crate::context::Snapshot;
+use crate::diag::{Diagnostic, Span};
+use crate::ir::{Graph, Op, Owner, Stage, StageId, StepLoc};
+use crate::model::digest::StepKey;
+use crate::model::key::KeyBuilder;
+use crate::model::state::{ImageConfig, State};
+use crate::model::tree::{Entry, Kind, Tree};
+use crate::store::ContentStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the stage runner asks of a step kind.
+pub trait StepKind: Sync {
+    /// Everything that decides the step's result except the inputs it
+    /// reads (whose digests [`StepKind::prepare`] adds to the key). Stable
+    /// across releases of one cache format; built from the op's data alone,
+    /// which holds no locations.
+    fn canonical(&self, graph: &Graph) -> serde_json::Value;
+
+    /// A short human description, for progress and `explain`.
+    fn describe(&self, graph: &Graph) -> String;
+
+    /// Whether the step can change the tree (metadata steps change only
+    /// the config).
+    fn changes_tree(&self) -> bool {
+        true
+    }
+
+    /// Whether the tree after the step must be stored: true for steps
+    /// that run a program, since replaying them would mean running it again.
+    fn stores_tree(&self) -> bool {
+        false
+    }
+
+    /// Read what the step reads; add its digests to `key` when one is
+    /// given (a replay needs no key). What is returned goes to `run`.
+    fn prepare(
+        &self,
+        _cx: &StepCx<'_>,
+        _key: Option<&mut KeyBuilder>,
+    ) -> Result<Prepared, Diagnostic> {
+        Ok(Prepared::Nothing)
+    }
+
+    /// Apply the step to the stage's tree and config.
+    fn run(&self, cx: &StepCx<'_>, work: Work<'_>, prepared: Prepared) -> Result<(), Diagnostic>;
+}
+
+/// The step kind of an op.
+pub fn kind(op: &Op) -> &dyn StepKind {
+    match op {
+        Op::Copy(c) => c,
+        Op::Fetch(f) => f,
+        Op::Write(w) => w,
+        Op::Mkdir(m) => m,
+        Op::Rm(r) => r,
+        Op::Symlink(s) => s,
+        Op::Meta(m) => m,
+        Op::Wasm(w) => w,
+        Op::Run(r) => r,
+    }
+}
+
+/// An op's canonical form, as text.
+pub fn canonical(op: &Op, graph: &Graph) -> String {
+    kind(op).canonical(graph).to_string()
+}
+
+pub fn describe(op: &Op, graph: &Graph) -> String {
+    kind(op).describe(graph)
+}
+
+/// Where a step runs: the build's services, its stage and place, the
+/// results of the stages it reads, and (once known) its key.
+pub struct StepCx<'a> {
+    pub env: &'a Env<'a>,
+    pub stage: &'a Stage,
+    pub index: usize,
+    pub loc: &'a StepLoc,
+    /// The results of the stages this one depends on.
+    pub inputs: &'a HashMap<StageId, State>,
+    /// The step's key; `None` while it is being computed.
+    pub key: Option<StepKey>,
+}
+
+impl StepCx<'_> {
+    pub fn span(&self) -> Span {
+        self.loc.span
+    }
+
+    pub fn graph(&self) -> &Graph {
+        self.env.graph
+    }
+
+    pub fn content(&self) -> &dyn ContentStore {
+        self.env.content
+    }
+
+    /// The result of a stage this step reads.
+    pub fn input(&self, id: StageId) -> Result<&State, Diagnostic> {
+        self.inputs.get(&id).ok_or_else(|| {
+            Diagnostic::internal(format!(
+                "stage `{}` was read before it was built",
+                self.graph().stage(id).name
+            ))
+        })
+    }
+
+    /// The tree of a stage this step reads.
+    pub fn input_tree(&self, id: StageId) -> Result<Arc<Tree>, Diagnostic> {
+        let state = self.input(id)?;
+        self.env.tree(state.tree)
+    }
+}
+
+/// What a step changes.
+pub struct Work<'a> {
+    pub tree: &'a mut Tree,
+    pub config: &'a mut ImageConfig,
+}
+
+/// Work a step did while computing its key, reused when it runs.
+pub enum Prepared {
+    Nothing,
+    /// A context copy's matched files, with their digests.
+    Picked(Arc<Snapshot>, Vec<copy_rules::Picked>),
+}
+
+fn tree_err(what: &str, span: Span, e: crate::model::tree::TreeError) -> Diagnostic {
+    Diagnostic::build("kiln::step::path", format!("{what}: {e}"))
+        .with_label(span, "in this step")
+        .with_help(
+            "a path in the stage crosses a file where a directory is needed, or replaces a directory",
+        )
+}
+
+/// Numeric ids, or names looked up in the stage's `/etc/passwd` and `/etc/group`.
+fn resolve_owner(
+    content: &dyn ContentStore,
+    tree: &Tree,
+    owner: &Owner,
+    span: Span,
+) -> Result<(u32, u32), Diagnostic> {
+    let lookup = |file: &str, name: &str, field: usize| -> Result<Option<(u32, u32)>, Diagnostic> {
+        let Some(Entry {
+            kind: Kind::File { blob, .. },
+            ..
+        }) = tree.get(file)
+        else {
+            return Ok(None);
+        };
+        let bytes = content.read_blob(*blob)?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let parts: Vec<&str> = line.split(':').collect();
+            if parts.first() == Some(&name) && parts.len() > field {
+                let id = parts[2].parse().ok();
+                let gid = parts.get(3).and_then(|g| g.parse().ok());
+                if let Some(id) = id {
+                    return Ok(Some((id, gid.unwrap_or(id))));
+                }
+            }
+        }
+        Ok(None)
+    };
+    let unknown = |what: &str, name: &str, file: &str| {
+        Diagnostic::build("kiln::copy::owner", format!("unknown {what} `{name}`"))
+            .with_label(span, format!("not in the stage's /{file}"))
+            .with_help("use numeric ids (`1000:1000`), or add the name to the stage first")
+    };
+    let (uid, primary_gid) = match owner.user.parse::<u32>() {
+        Ok(id) => (id, id),
+        Err(_) => lookup("etc/passwd", &owner.user, 3)?
+            .ok_or_else(|| unknown("user", &owner.user, "etc/passwd"))?,
+    };
+    let gid = match &owner.group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => {
+                lookup("etc/group", g, 2)?
+                    .ok_or_else(|| unknown("group", g, "etc/group"))?
+                    .0
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Quote each word as the spec would.
+fn quote(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Graph {
+    /// A stable text dump of the graph (for golden tests and debugging):
+    /// every stage with its base, dependencies and steps (described, and in
+    /// the canonical form their kind keys them by), every context, plugin
+    /// and export. Paths are shown relative to `base_dir` when below it.
+    pub fn dump(&self, base_dir: &std::path::Path) -> String {
+        use crate::ir::Base;
+        use std::fmt::Write;
+        let rel = |p: &std::path::Path| match p.strip_prefix(base_dir) {
+            Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+            Ok(r) => r.display().to_string(),
+            Err(_) => p.display().to_string(),
+        };
+        let mut out = String::new();
+        for (k, v) in &self.args {
+            let _ = writeln!(out, "arg {k} = {v:?}");
+        }
+        for c in &self.contexts {
+            let name = if c.name.is_empty() {
+                "(default)"
+            } else {
+                &c.name
+            };
+            let _ = writeln!(out, "context {name} = {}", rel(&c.path));
+        }
+        for p in &self.plugins {
+            let _ = writeln!(
+                out,
+                "plugin {} = {} pin {:?}",
+                p.name,
+                rel(&p.path),
+                p.blake3
+            );
+        }
+        for s in &self.stages {
+            let base = match &s.base {
+                Base::Scratch => "scratch".to_string(),
+                Base::Stage(b) => self.stage(*b).name.clone(),
+                Base::Image(r) => format!("image {r:?}"),
+            };
+            let deps: Vec<&str> = s
+                .deps
+                .iter()
+                .map(|d| self.stage(*d).name.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "stage {} from {base} needs [{}]",
+                s.name,
+                deps.join(", ")
+            );
+            for (i, step) in s.steps.iter().enumerate() {
+                let _ = writeln!(out, "  {}. {}", i + 1, describe(&step.op, self));
+                let _ = writeln!(out, "     {}", canonical(&step.op, self));
+            }
+        }
+        for e in &self.exports {
+            let _ = writeln!(
+                out,
+                "export {} to {} as {:?} when {:?}",
+                self.stage(e.stage).name,
+                rel(&e.dest),
+                e.format,
+                e.when
+            );
+        }
+        out
+    }
+}

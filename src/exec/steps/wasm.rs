@@ -1,0 +1,354 @@
+//! `wasm PLUGIN ARG…`: a WebAssembly program run over the stage's tree on
+//! disk (`workdir`), through the plugin runtime (`crate::plugin`). Keyed by
+//! the module's digest (its bytes are read once and stored, so the bytes
+//! keyed are the bytes run), its args and env, its mounts (by digest) and
+//! the time it is shown. Its tree is always stored: replaying it would
+//! mean running it again.
+
+use super::copy::{context_inputs, ingest, pick_from_context};
+use super::{Prepared, StepCx, StepKind, Work, quote};
+use crate::diag::{Diagnostic, Span, Spanned};
+use crate::exec::workdir::{self, TempDir};
+use crate::ir::{CopyFrom, Graph, Plugin, WasmMount, WasmOp};
+use crate::model::key::{KeyBuilder, KeyInput};
+use crate::model::tree::{self, Links, Tree};
+use crate::plugin::{self, Failure, Invocation, LoadError};
+use crate::progress::Event;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// How many lines of output a failure shows.
+const TAIL_LINES: usize = 20;
+
+impl StepKind for WasmOp {
+    fn canonical(&self, graph: &Graph) -> serde_json::Value {
+        json!({"wasm": {
+            "plugin": graph.plugins[self.plugin.0 as usize].name,
+            "args": self.args,
+            "env": self.env,
+            "mounts": self.mounts.iter().map(|m| json!({
+                "guest": m.guest,
+                "from": match m.from {
+                    CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
+                    CopyFrom::Stage(_) => json!("stage"),
+                },
+                "source": m.source,
+            })).collect::<Vec<_>>(),
+            "timeout_ms": self.timeout.as_millis() as u64,
+            "memory": self.memory,
+        }})
+    }
+
+    fn describe(&self, graph: &Graph) -> String {
+        format!(
+            "wasm {} {}",
+            graph.plugins[self.plugin.0 as usize].name,
+            quote(&self.args)
+        )
+    }
+
+    fn stores_tree(&self) -> bool {
+        true
+    }
+
+    /// The module (stored in the content store), the time it is shown,
+    /// and every mounted file.
+    fn prepare(
+        &self,
+        cx: &StepCx<'_>,
+        key: Option<&mut KeyBuilder>,
+    ) -> Result<Prepared, Diagnostic> {
+        let Some(key) = key else {
+            return Ok(Prepared::Nothing);
+        };
+        let p = plugin_of(self, cx);
+        let module = cx.env.runtime()?.module(p).map_err(|e| {
+            Diagnostic::user(
+                "kiln::wasm::module",
+                format!("cannot read the module of plugin `{}`: {e}", p.name),
+            )
+            .with_label(p.span, "declared here")
+            .with_label(cx.span(), "used here")
+            .with_help("build the plugin, or fix its `path=` (relative to the spec file)")
+        })?;
+        cx.content().put_blob(&module.bytes)?;
+        key.input(KeyInput::Module {
+            plugin: p.name.clone(),
+            digest: module.digest.clone(),
+        });
+        key.input(KeyInput::Epoch(cx.env.options.epoch));
+        for (i, m) in self.mounts.iter().enumerate() {
+            match m.from {
+                CopyFrom::Stage(src) => key.input(KeyInput::Mount {
+                    guest: m.guest.clone(),
+                    stage: cx.graph().stage(src).name.clone(),
+                    tree: cx.input(src)?.tree,
+                }),
+                CopyFrom::Context(ctx) => {
+                    let snap = cx.env.context(ctx)?;
+                    let picked = pick_mount(&snap, m, cx.loc.part(i))?;
+                    context_inputs(&picked, key);
+                }
+            }
+        }
+        Ok(Prepared::Nothing)
+    }
+
+    fn run(&self, cx: &StepCx<'_>, work: Work<'_>, _prepared: Prepared) -> Result<(), Diagnostic> {
+        let env = cx.env;
+        let key = cx
+            .key
+            .ok_or_else(|| Diagnostic::internal("a plugin step ran without its key"))?;
+        // The stage tree in a reused scratch directory, emptied and kept
+        // for the next run whatever happens; mounts, which are rarer, in a
+        // directory of their own.
+        let root = env.scratch.take(env.local)?;
+        let result = (|| -> Result<Tree, Diagnostic> {
+            let p = plugin_of(self, cx);
+            let rt = env.runtime()?;
+            let module = rt.load(p).map_err(|e| load_error(e, p, cx.span()))?;
+            let written = workdir::write(env.content, work.tree, "", &root)?;
+            let mounts_dir = (!self.mounts.is_empty()).then(|| TempDir::new(env.local, "mounts"));
+            let mut mounts: Vec<(PathBuf, String)> = Vec::new();
+            for (i, m) in self.mounts.iter().enumerate() {
+                let (t, sub) = mount_tree(cx, m, cx.loc.part(i))?;
+                let Some(dir) = &mounts_dir else { break };
+                let host = dir.0.join(format!("mount-{i}"));
+                workdir::write(env.content, &t, &sub, &host)?;
+                mounts.push((host, m.guest.clone()));
+            }
+            // The working directory, for programs (and the SDK) that honour `PWD`.
+            let mut vars = self.env.clone();
+            if !vars.iter().any(|(k, _)| k == "PWD") {
+                vars.push(("PWD".into(), work.config.workdir().to_string()));
+            }
+            let inv = Invocation {
+                name: &p.name,
+                args: &self.args,
+                env: &vars,
+                root: &root,
+                mounts: &mounts,
+                timeout: self.timeout,
+                memory: self.memory,
+                seed: key.0,
+                epoch: env.options.epoch,
+                cancel: env.cancel.clone(),
+            };
+            let (output, result) = rt.run(&module, &inv);
+            let log = env.save_log(key, &output.stdout, &output.stderr);
+            if !output.stdout.is_empty() || !output.stderr.is_empty() {
+                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&output.stderr));
+                env.progress.emit(Event::StepOutput {
+                    stage: cx.stage.name.clone(),
+                    step: cx.index,
+                    text: shown(&text),
+                });
+            }
+            if let Err(f) = result {
+                return Err(failure(f, p, cx.span(), &output, log));
+            }
+            workdir::read_back(env.content, &root, work.tree, &written).map_err(|d| {
+                if d.labels.is_empty() {
+                    d.with_label(cx.span(), format!("plugin `{}`", p.name))
+                } else {
+                    d
+                }
+            })
+        })();
+        env.scratch.give_back(root);
+        *work.tree = result?;
+        Ok(())
+    }
+}
+
+fn plugin_of<'a>(w: &WasmOp, cx: &StepCx<'a>) -> &'a Plugin {
+    &cx.env.graph.plugins[w.plugin.0 as usize]
+}
+
+/// The context entries a mount shows.
+fn pick_mount(
+    snap: &crate::context::Snapshot,
+    m: &WasmMount,
+    span: Span,
+) -> Result<Vec<super::copy_rules::Picked>, Diagnostic> {
+    pick_from_context(snap, &[Spanned::new(span, m.source.clone())], &[])
+}
+
+/// A mount's files as a tree and the directory in it to show.
+fn mount_tree(cx: &StepCx<'_>, m: &WasmMount, span: Span) -> Result<(Tree, String), Diagnostic> {
+    match m.from {
+        CopyFrom::Stage(src) => {
+            let t = cx.input_tree(src)?;
+            let dir = tree::components(&m.source, Links::Rootfs)
+                .map(|c| c.join("/"))
+                .unwrap_or_default();
+            let dir = t.resolve(&dir, true, Links::Rootfs).map_err(|e| {
+                Diagnostic::build(
+                    "kiln::wasm::mount",
+                    format!("cannot mount `{}`: {e}", m.source),
+                )
+                .with_label(span, "this mount")
+                .with_help("mount a directory of the stage")
+            })?;
+            if !dir.is_empty() && !t.is_dir(&dir) {
+                return Err(Diagnostic::build(
+                    "kiln::wasm::mount",
+                    format!(
+                        "`{}` is not a directory in stage `{}`",
+                        m.source,
+                        cx.graph().stage(src).name
+                    ),
+                )
+                .with_label(span, "this mount")
+                .with_help("mount a directory; a plugin reads files inside it"));
+            }
+            Ok(((*t).clone(), dir))
+        }
+        CopyFrom::Context(ctx) => {
+            let snap = cx.env.context(ctx)?;
+            let picked = pick_mount(&snap, m, span)?;
+            ingest(cx.content(), &snap, &picked)?;
+            let mut out = Tree::new();
+            for p in picked {
+                if !p.is_dir {
+                    return Err(Diagnostic::build(
+                        "kiln::wasm::mount",
+                        format!("`{}` is not a directory in the context", m.source),
+                    )
+                    .with_label(span, "this mount")
+                    .with_help("mount a directory; a plugin reads files inside it"));
+                }
+                for (rel, e) in p.items {
+                    out.entries.insert(rel, e);
+                }
+            }
+            Ok((out, String::new()))
+        }
+    }
+}
+
+/// What the progress display shows of a step's output: its last 50 lines,
+/// each cut at 300 characters.
+fn shown(text: &str) -> String {
+    tail(text, 50)
+        .lines()
+        .map(|l| match l.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn load_error(e: LoadError, p: &Plugin, used: Span) -> Diagnostic {
+    let d = match e {
+        LoadError::Read(err) => Diagnostic::user(
+            "kiln::wasm::module",
+            format!("cannot read the module of plugin `{}`: {err}", p.name),
+        )
+        .with_help("build the plugin, or fix its `path=` (relative to the spec file)"),
+        LoadError::Pin { expected, actual } => Diagnostic::user(
+            "kiln::wasm::pin",
+            format!(
+                "the module of plugin `{}` does not match its pin: pinned blake3 {expected}, the file has {actual}",
+                p.name
+            ),
+        )
+        .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
+        LoadError::Invalid(msg) => Diagnostic::user(
+            "kiln::wasm::module",
+            format!("plugin `{}` is not a WASI program kiln can run: {msg}", p.name),
+        )
+        .with_help("plugins are WASI preview 1 modules (`cargo build --target wasm32-wasip1`, or `clang --target=wasm32-wasi`) or preview 2 `wasi:cli/command` components"),
+    };
+    d.with_label(p.span, "declared here")
+        .with_label(used, "used here")
+}
+
+fn failure(
+    f: Failure,
+    p: &Plugin,
+    span: Span,
+    out: &plugin::Output,
+    log: Option<PathBuf>,
+) -> Diagnostic {
+    let name = &p.name;
+    let (code, message, help) = match f {
+        Failure::Exit(code) => (
+            "kiln::wasm::exit",
+            format!("plugin `{name}` exited with status {code}"),
+            "its output is below".to_string(),
+        ),
+        Failure::Timeout(t) => (
+            "kiln::wasm::timeout",
+            format!(
+                "plugin `{name}` ran longer than its time limit of {}",
+                crate::units::format_duration(t)
+            ),
+            "raise the limit with `timeout=` on the step if the work is expected to take this long"
+                .into(),
+        ),
+        Failure::Memory(m) => (
+            "kiln::wasm::memory",
+            format!(
+                "plugin `{name}` needed more than its memory limit of {}",
+                crate::units::format_size(m)
+            ),
+            "raise the limit with `memory=` on the step (up to 4GiB)".into(),
+        ),
+        Failure::Output(stream) => (
+            "kiln::wasm::output",
+            format!(
+                "plugin `{name}` wrote more than {} to {stream}",
+                crate::units::format_size(plugin::OUTPUT_LIMIT as u64)
+            ),
+            "a plugin's output goes to the build log; write large results to files instead".into(),
+        ),
+        Failure::Trap { message, frames } => {
+            let mut m = format!("plugin `{name}` trapped: {message}");
+            if !frames.is_empty() {
+                m.push_str("\nwasm backtrace:");
+                for (i, f) in frames.iter().enumerate() {
+                    m.push_str(&format!("\n  {i}: {f}"));
+                }
+            }
+            (
+                "kiln::wasm::trap",
+                m,
+                "a trap is a bug in the plugin (or its input)".into(),
+            )
+        }
+        Failure::Interrupted => (
+            "kiln::wasm::interrupted",
+            format!("plugin `{name}` was stopped: the build was interrupted"),
+            "run the build again; the steps that finished are cached".into(),
+        ),
+        Failure::Setup(msg) => (
+            "kiln::wasm::setup",
+            format!("cannot set up plugin `{name}`: {msg}"),
+            "check the mounts of the step".into(),
+        ),
+    };
+    let mut d = Diagnostic::build(code, message)
+        .with_label(span, format!("plugin `{name}`"))
+        .with_help(help);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !text.trim().is_empty() {
+        d = d.with_note(format!(
+            "last lines of its output:\n{}",
+            tail(text.trim_end(), TAIL_LINES)
+        ));
+    }
+    if let Some(l) = log {
+        d = d.with_note(format!("whole output: {}", l.display()));
+    }
+    d
+}

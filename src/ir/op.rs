@@ -1,0 +1,508 @@
+//! What a step does, after substitution: plain data, one type per step
+//! kind. No type here holds a [`crate::diag::Span`]: locations live in the
+//! graph's [`super::SourceMap`], so no location can reach a cache key,
+//! by construction. How each kind is keyed, described and run is
+//! `exec::steps`' business.
+
+use super::{ContextId, PluginId, StageId};
+use crate::model::state::Healthcheck;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Op {
+    Copy(Copy),
+    Fetch(Fetch),
+    Write(Write),
+    Mkdir(Mkdir),
+    Rm(Rm),
+    Symlink(Symlink),
+    Meta(Meta),
+    Wasm(WasmOp),
+    Run(RunOp),
+}
+
+/// Where a copy or a mount reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CopyFrom {
+    Context(ContextId),
+    Stage(StageId),
+}
+
+/// `chown=`: numeric ids, or names looked up in the stage's `/etc/passwd` and `/etc/group`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Copy {
+    /// Source paths or globs (their locations: the step's parts, in order).
+    pub sources: Vec<String>,
+    pub dest: String,
+    pub from: CopyFrom,
+    pub chmod: Option<u32>,
+    pub chown: Option<Owner>,
+    /// Patterns of entries left out, matched against source paths.
+    pub exclude: Vec<String>,
+    /// Keep each source's parent directories below the destination.
+    pub parents: bool,
+    /// Extract sources that are tar archives.
+    pub unpack: bool,
+}
+
+/// A remote file, pinned by its sha256.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fetch {
+    pub url: String,
+    pub dest: String,
+    pub sha256: String,
+    pub chmod: Option<u32>,
+    pub chown: Option<Owner>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Write {
+    pub path: String,
+    pub content: String,
+    pub mode: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Mkdir {
+    pub paths: Vec<String>,
+    pub mode: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Rm {
+    /// Paths (their locations: the step's parts, in order).
+    pub paths: Vec<String>,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Symlink {
+    pub target: String,
+    pub link: String,
+}
+
+/// Image metadata steps: they change the stage's config, not its tree
+/// (`workdir` also creates its directory).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Meta {
+    Env(Vec<(String, String)>),
+    Workdir(String),
+    User(String),
+    Label(Vec<(String, String)>),
+    Entrypoint(Vec<String>),
+    Cmd(Vec<String>),
+    Expose(Vec<String>),
+    Volume(Vec<String>),
+    Stopsignal(String),
+    Shell(Vec<String>),
+    Healthcheck(Healthcheck),
+    Onbuild(String),
+    Maintainer(String),
+}
+
+/// A plugin step after substitution.
+#[derive(Clone, Debug, Serialize)]
+pub struct WasmOp {
+    pub plugin: PluginId,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Read-only mounts (their locations: the step's parts, in order).
+    pub mounts: Vec<WasmMount>,
+    pub timeout: std::time::Duration,
+    /// Bytes of linear memory the guest may use.
+    pub memory: u64,
+}
+
+/// A read-only directory a plugin sees at `guest`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WasmMount {
+    pub guest: String,
+    pub from: CopyFrom,
+    /// The directory in the stage or context, `/` for all of it.
+    pub source: String,
+}
+
+/// A `run` step after substitution.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOp {
+    pub command: Vec<String>,
+    /// Exec form: `command` is the program and its arguments; otherwise
+    /// its one element is a script for the stage's shell.
+    pub exec: bool,
+    pub env: Vec<(String, String)>,
+    /// Mounts (their locations: the step's parts, in order).
+    pub mounts: Vec<RunMount>,
+    pub network: Network,
+    pub security: Security,
+}
+
+/// The network a `run` step sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Not said: Docker's default (a network) for an imported `RUN`.
+    Default,
+    /// No network: only a loopback device.
+    None,
+    /// The host's network.
+    Host,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Option<Network> {
+        match s {
+            "default" => Some(Network::Default),
+            "none" => Some(Network::None),
+            "host" => Some(Network::Host),
+            _ => None,
+        }
+    }
+}
+
+/// `security=`: Docker's `RUN --security`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    Sandbox,
+    Insecure,
+}
+
+impl Security {
+    pub fn parse(s: &str) -> Option<Security> {
+        match s {
+            "sandbox" => Some(Security::Sandbox),
+            "insecure" => Some(Security::Insecure),
+            _ => None,
+        }
+    }
+}
+
+/// One mount of a `run` step (Docker's `RUN --mount`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunMount {
+    /// Where the command sees it (absolute).
+    pub target: String,
+    pub kind: MountKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A directory of a stage or context; writes are thrown away unless `rw`.
+    Bind {
+        from: CopyFrom,
+        source: String,
+        rw: bool,
+    },
+    /// A directory kept in the state dir across builds, by `id`; never in
+    /// the tree or the key.
+    Cache {
+        id: String,
+        sharing: Sharing,
+        readonly: bool,
+        /// What a new cache starts with.
+        from: Option<CopyFrom>,
+        source: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// An empty in-memory directory.
+    Tmpfs { size: Option<u64> },
+    /// A secret given on the command line (`--secret id=…`), as a file or
+    /// an environment variable; never in a key, a tree, a log or an export.
+    Secret {
+        id: String,
+        required: bool,
+        env: Option<String>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// The SSH agent socket given on the command line (`--ssh`).
+    Ssh {
+        id: String,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// How builds at the same time share a cache mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// A `--mount` specification as written (`type=cache,target=/x,…`), its
+/// keys and values split and checked, stage and context names not yet
+/// resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    pub kind: MountType,
+    pub target: Option<String>,
+    /// `from=`: a stage (or, with `context=`, a named context).
+    pub from: Option<String>,
+    pub context: Option<String>,
+    pub source: Option<String>,
+    pub id: Option<String>,
+    pub rw: bool,
+    pub readonly: bool,
+    pub required: bool,
+    pub sharing: Sharing,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub env: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountType {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+impl MountSpec {
+    /// Parse Docker's `--mount` syntax. The error says what is wrong and
+    /// how to write it.
+    pub fn parse(text: &str) -> Result<MountSpec, (String, String)> {
+        let mut kind = None;
+        let mut m = MountSpec {
+            kind: MountType::Bind,
+            target: None,
+            from: None,
+            context: None,
+            source: None,
+            id: None,
+            rw: false,
+            readonly: false,
+            required: false,
+            sharing: Sharing::Shared,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            env: None,
+        };
+        let flag = |v: Option<&str>, key: &str| -> Result<bool, (String, String)> {
+            match v {
+                None | Some("true") | Some("1") => Ok(true),
+                Some("false") | Some("0") => Ok(false),
+                Some(other) => Err((
+                    format!("`{key}={other}` is not true or false"),
+                    format!("write `{key}` or `{key}=false`"),
+                )),
+            }
+        };
+        let number = |v: &str, key: &str| -> Result<u32, (String, String)> {
+            v.parse().map_err(|_| {
+                (
+                    format!("`{key}={v}` is not a number"),
+                    format!("write `{key}=1000`"),
+                )
+            })
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = match part.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
+                None => (part.to_ascii_lowercase(), None),
+            };
+            let need = |v: Option<&str>| -> Result<String, (String, String)> {
+                v.map(str::to_string).ok_or_else(|| {
+                    (
+                        format!("`{key}` needs a value"),
+                        format!("write `{key}=VALUE`"),
+                    )
+                })
+            };
+            match key.as_str() {
+                "type" => {
+                    let t = need(value)?;
+                    kind = Some(match t.as_str() {
+                        "bind" => MountType::Bind,
+                        "cache" => MountType::Cache,
+                        "tmpfs" => MountType::Tmpfs,
+                        "secret" => MountType::Secret,
+                        "ssh" => MountType::Ssh,
+                        other => {
+                            return Err((
+                                format!("`{other}` is not a mount type"),
+                                "mount types are bind, cache, tmpfs, secret and ssh".into(),
+                            ));
+                        }
+                    })
+                }
+                "target" | "dst" | "destination" => m.target = Some(need(value)?),
+                "source" | "src" => m.source = Some(need(value)?),
+                "from" => m.from = Some(need(value)?),
+                "context" => m.context = Some(need(value)?),
+                "id" => m.id = Some(need(value)?),
+                "env" => m.env = Some(need(value)?),
+                "rw" | "readwrite" => m.rw = flag(value, &key)?,
+                "ro" | "readonly" => m.readonly = flag(value, &key)?,
+                "required" => m.required = flag(value, &key)?,
+                "sharing" => {
+                    m.sharing = match need(value)?.as_str() {
+                        "shared" => Sharing::Shared,
+                        "private" => Sharing::Private,
+                        "locked" => Sharing::Locked,
+                        other => {
+                            return Err((
+                                format!("`sharing={other}` is not a sharing mode"),
+                                "write `sharing=shared`, `private` or `locked`".into(),
+                            ));
+                        }
+                    }
+                }
+                "mode" => {
+                    let v = need(value)?;
+                    m.mode = Some(
+                        u32::from_str_radix(&v, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o7777)
+                            .ok_or_else(|| {
+                                (
+                                    format!("`mode={v}` is not an octal mode"),
+                                    "write `mode=0755`".to_string(),
+                                )
+                            })?,
+                    )
+                }
+                "uid" => m.uid = Some(number(&need(value)?, "uid")?),
+                "gid" => m.gid = Some(number(&need(value)?, "gid")?),
+                "size" | "tmpfs-size" => {
+                    let v = need(value)?;
+                    m.size = Some(crate::units::parse_size(&v).ok_or_else(|| {
+                        (
+                            format!("`size={v}` is not a size"),
+                            "write `size=64MiB`".to_string(),
+                        )
+                    })?)
+                }
+                other => {
+                    return Err((
+                        format!("`{other}` is not a mount option"),
+                        "options are type, target, source, from, id, sharing, mode, uid, gid, rw, readonly, required, size and env".into(),
+                    ));
+                }
+            }
+        }
+        m.kind = kind.unwrap_or(MountType::Bind);
+        let ty = match m.kind {
+            MountType::Bind => "bind",
+            MountType::Cache => "cache",
+            MountType::Tmpfs => "tmpfs",
+            MountType::Secret => "secret",
+            MountType::Ssh => "ssh",
+        };
+        let refuse = |opt: &str| {
+            Err((
+                format!("a {ty} mount takes no `{opt}`"),
+                format!("remove `{opt}`"),
+            ))
+        };
+        match m.kind {
+            MountType::Bind | MountType::Cache | MountType::Tmpfs => {
+                if m.target.is_none() {
+                    return Err((
+                        format!("a {ty} mount needs a `target`"),
+                        format!("write `type={ty},target=/path`"),
+                    ));
+                }
+            }
+            MountType::Secret | MountType::Ssh => {
+                if m.from.is_some() {
+                    return refuse("from");
+                }
+                if m.rw {
+                    return refuse("rw");
+                }
+            }
+        }
+        if m.kind == MountType::Tmpfs && (m.from.is_some() || m.source.is_some()) {
+            return refuse(if m.from.is_some() { "from" } else { "source" });
+        }
+        if m.kind != MountType::Tmpfs && m.size.is_some() {
+            return refuse("size");
+        }
+        if m.kind != MountType::Secret && m.env.is_some() {
+            return refuse("env");
+        }
+        if m.kind != MountType::Cache && m.sharing != Sharing::Shared {
+            return refuse("sharing");
+        }
+        if let Some(t) = &m.target
+            && !t.starts_with('/')
+        {
+            return Err((
+                format!("the mount target `{t}` is not absolute"),
+                "write the target as an absolute path, such as `/root/.cache`".into(),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_mount_specs_parse() {
+        let m = MountSpec::parse("type=cache,target=/root/.cache,sharing=locked,id=x").unwrap();
+        assert_eq!(m.kind, MountType::Cache);
+        assert_eq!(m.target.as_deref(), Some("/root/.cache"));
+        assert_eq!(m.sharing, Sharing::Locked);
+        let m = MountSpec::parse("type=bind,from=build,source=/out,target=/in,rw").unwrap();
+        assert!(m.rw);
+        assert_eq!(m.from.as_deref(), Some("build"));
+        let m = MountSpec::parse("type=secret,id=token,required").unwrap();
+        assert!(m.required && m.target.is_none());
+        assert_eq!(
+            MountSpec::parse("target=/x").unwrap().kind,
+            MountType::Bind,
+            "bind is the default"
+        );
+        let m = MountSpec::parse("type=tmpfs,target=/tmp,size=64MiB").unwrap();
+        assert_eq!(m.size, Some(64 << 20));
+    }
+
+    #[test]
+    fn bad_mount_specs_say_what_is_wrong() {
+        for (spec, says) in [
+            ("type=volume,target=/x", "not a mount type"),
+            ("type=cache", "needs a `target`"),
+            ("type=cache,target=x", "not absolute"),
+            (
+                "type=cache,target=/x,sharing=sometimes",
+                "not a sharing mode",
+            ),
+            ("type=cache,target=/x,mode=999", "not an octal mode"),
+            ("type=cache,target=/x,uid=me", "not a number"),
+            ("type=bind,target=/x,colour=red", "not a mount option"),
+            ("type=secret,id=a,from=b", "takes no `from`"),
+            ("type=tmpfs,target=/x,source=/y", "takes no `source`"),
+            ("type=bind,target=/x,sharing=locked", "takes no `sharing`"),
+            ("type=bind,target=/x,rw=maybe", "not true or false"),
+        ] {
+            let (msg, help) = MountSpec::parse(spec).unwrap_err();
+            assert!(msg.contains(says), "{spec}: {msg}");
+            assert!(!help.is_empty());
+        }
+    }
+}

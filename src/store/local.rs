@@ -1,0 +1,626 @@
+//! The store in a local state directory: blobs and trees as files,
+//! actions in an append-only log, verification on every read, quarantine
+//! for what is found damaged.
+
+use super::layout::{self, Layout};
+use super::{
+    Access, ActionCache, BlobRead, ContentStore, IngestError, StoreError, actions, owners,
+};
+use crate::diag::Diagnostic;
+use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
+use crate::model::state::Action;
+use crate::model::tree::Tree;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub struct Store {
+    layout: Layout,
+    /// Read on first use: a build answered from its memo never needs it.
+    actions: std::sync::OnceLock<actions::ActionLog>,
+    _lock: File,
+    owner: owners::Owner,
+    counter: AtomicU64,
+    /// Verify objects that are already present before trusting them (set
+    /// by `--no-cache` and by a build repairing the store).
+    verify_existing: AtomicBool,
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// What was found damaged and what was done about it, for the build to report.
+    repairs: Mutex<Vec<String>>,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `root` and take its lock.
+    pub fn open(root: &Path, access: Access) -> Result<Store, Diagnostic> {
+        Store::open_waiting(root, access, &|_| {})
+    }
+
+    /// Like [`Store::open`]; `waiting` is told why, if the lock is busy.
+    pub fn open_waiting(
+        root: &Path,
+        access: Access,
+        waiting: &dyn Fn(&str),
+    ) -> Result<Store, Diagnostic> {
+        let layout = Layout::new(root);
+        for sub in layout::DIRS {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|e| {
+                Diagnostic::io("cannot create the state directory", &p, &e)
+                    .with_help("pick a writable place with `--state-dir DIR` or `KILN_STATE_DIR`")
+            })?;
+        }
+        let lock_path = layout.lock();
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Diagnostic::io("cannot open the store lock", &lock_path, &e))?;
+        let locked = match access {
+            Access::Shared => lock.try_lock_shared(),
+            Access::Exclusive => lock.try_lock(),
+        };
+        if locked.is_err() {
+            waiting(match access {
+                Access::Shared => "`kiln gc` is running",
+                Access::Exclusive => "a build is running",
+            });
+            let r = match access {
+                Access::Shared => lock.lock_shared(),
+                Access::Exclusive => lock.lock(),
+            };
+            r.map_err(|e| Diagnostic::io("cannot lock the store", &lock_path, &e))?;
+        }
+        let owner = owners::Owner::register(&layout)
+            .map_err(|e| Diagnostic::io("cannot register in", &layout.owners(), &e))?;
+        // What killed processes left behind goes now.
+        owners::sweep(&layout, owner.token());
+        Ok(Store {
+            layout,
+            actions: std::sync::OnceLock::new(),
+            _lock: lock,
+            owner,
+            counter: AtomicU64::new(0),
+            verify_existing: AtomicBool::new(false),
+            verified: Mutex::new(HashSet::new()),
+            repairs: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// This process's owner token (names its temp files).
+    pub fn owner(&self) -> &owners::Owner {
+        &self.owner
+    }
+
+    /// Verify objects that are already present before relying on them.
+    pub fn set_verify_existing(&self, on: bool) {
+        self.verify_existing.store(on, Ordering::Relaxed);
+    }
+
+    /// A fresh path in `tmp/` (not created).
+    pub fn tmp_path(&self, hint: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.layout
+            .tmp()
+            .join(format!("{}-{n}-{hint}", self.owner.token()))
+    }
+
+    /// Move a finished temp file to its final name.
+    fn commit(&self, tmp: &Path, dest: &Path) -> io::Result<()> {
+        match fs::rename(tmp, dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(p) = dest.parent() {
+                    fs::create_dir_all(p)?;
+                }
+                fs::rename(tmp, dest)
+            }
+            r => r,
+        }
+    }
+
+    /// Write `bytes` to `dest` atomically.
+    pub fn write_atomic(&self, dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+        let tmp = self.tmp_path("w");
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            drop(f);
+            self.commit(&tmp, dest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn blob_path(&self, d: BlobDigest) -> PathBuf {
+        self.layout.blob(d)
+    }
+
+    fn missing(what: &'static str, hex: String) -> StoreError {
+        StoreError::Missing { what, digest: hex }
+    }
+
+    /// Move a damaged object out of the way and remember it for the report.
+    fn quarantine(&self, what: &'static str, path: &Path, hex: &str) -> StoreError {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let to = self
+            .layout
+            .quarantine()
+            .join(format!("{what}-{hex}-{nanos}"));
+        let moved_to = match fs::rename(path, &to) {
+            Ok(()) => Some(to),
+            // Someone else moved it first, or it cannot be moved: remove it
+            // so that it is written again.
+            Err(_) => {
+                let _ = fs::remove_file(path);
+                None
+            }
+        };
+        let e = StoreError::Corrupt {
+            what,
+            digest: hex.to_string(),
+            moved_to,
+        };
+        self.repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e.to_string());
+        e
+    }
+
+    /// Everything found damaged since the store was opened (and taken
+    /// out of the way), one line each.
+    pub fn take_repairs(&self) -> Vec<String> {
+        std::mem::take(&mut *self.repairs.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn tree_path(&self, d: TreeDigest) -> PathBuf {
+        self.layout.tree(d)
+    }
+
+    pub fn action_log(&self) -> &actions::ActionLog {
+        self.actions.get_or_init(|| {
+            let path = self.layout.actions_log();
+            // An unreadable log means every step misses; writing to it then
+            // reports the error.
+            actions::ActionLog::load(&path).unwrap_or_else(|_| actions::ActionLog::empty(&path))
+        })
+    }
+
+    /// Remember which cache entries a build used; `kiln gc` evicts the
+    /// entries no recent build used first. The newest 32 lists are kept.
+    pub fn record_use(&self, keys: &[StepKey]) -> io::Result<()> {
+        let dir = self.layout.used();
+        fs::create_dir_all(&dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
+        self.write_atomic(
+            &dir.join(format!("{nanos:032}-{}", self.owner.token())),
+            &bytes,
+            0o644,
+        )?;
+        let mut lists = used_lists(&self.layout);
+        while lists.len() > 32 {
+            if let Some(old) = lists.pop() {
+                let _ = fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove leftovers of killed builds. Only safe while holding the lock alone.
+    pub fn clear_tmp(&self) {
+        if let Ok(rd) = fs::read_dir(self.layout.tmp()) {
+            for e in rd.flatten() {
+                crate::fsutil::remove_any(&e.path());
+            }
+        }
+        owners::sweep_all(&self.layout, self.owner.token());
+    }
+}
+
+impl ContentStore for Store {
+    /// Whether the blob is present (and, when verifying, intact: a damaged
+    /// one is quarantined and reported absent, so it is written again).
+    fn has_blob(&self, d: BlobDigest) -> bool {
+        if !self.blob_path(d).exists() {
+            return false;
+        }
+        if !self.verify_existing.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&d.0)
+        {
+            return true;
+        }
+        let ok = self.copy_blob(d, &mut io::sink()).is_ok();
+        if ok {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(d.0);
+        }
+        ok
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
+        let d = BlobDigest::from_hash(blake3::hash(bytes));
+        if !self.has_blob(d) {
+            let path = self.blob_path(d);
+            self.write_atomic(&path, bytes, 0o444)
+                .map_err(StoreError::io(&path))?;
+        }
+        Ok(d)
+    }
+
+    /// Store what a reader yields (streamed: never whole in memory).
+    /// Returns its digest and size. `limit` bounds the size; a longer
+    /// stream fails with [`io::ErrorKind::FileTooLarge`].
+    fn put_blob_reader(
+        &self,
+        reader: &mut dyn Read,
+        limit: Option<u64>,
+    ) -> Result<(BlobDigest, u64), StoreError> {
+        let tmp = self.tmp_path("blob");
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(StoreError::io(&tmp)(e)),
+                };
+                size += n as u64;
+                if limit.is_some_and(|l| size > l) {
+                    return Err(StoreError::io(&tmp)(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "the stream is larger than the limit",
+                    )));
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
+            }
+            let d = BlobDigest::from_hash(hasher.finalize());
+            if self.has_blob(d) {
+                let _ = fs::remove_file(&tmp);
+                return Ok((d, size));
+            }
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(StoreError::io(&tmp))?;
+            drop(f);
+            let path = self.blob_path(d);
+            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
+            Ok((d, size))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Copy a file's bytes into the store, hashing as it goes; the result
+    /// must match `expected` (the digest the cache key was made from).
+    fn ingest(&self, reader: &mut dyn Read, expected: BlobDigest) -> Result<(), IngestError> {
+        if self.has_blob(expected) {
+            return Ok(());
+        }
+        let tmp = self.tmp_path("blob");
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(StoreError::io(&tmp)(e).into()),
+                };
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
+            }
+            let actual = BlobDigest::from_hash(hasher.finalize());
+            if actual != expected {
+                return Err(IngestError::Changed {
+                    expected: expected.hex(),
+                    actual: actual.hex(),
+                });
+            }
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(StoreError::io(&tmp))?;
+            drop(f);
+            let path = self.blob_path(expected);
+            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// A reader of a blob that checks its digest at the end: the final
+    /// `read` fails (and the blob is quarantined) if the bytes were wrong.
+    fn blob_reader(&self, d: BlobDigest) -> Result<Box<dyn BlobRead + '_>, StoreError> {
+        let path = self.blob_path(d);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Store::missing("blob", d.hex()),
+            _ => StoreError::io(&path)(e),
+        })?;
+        Ok(Box::new(BlobReader {
+            store: self,
+            file,
+            hasher: blake3::Hasher::new(),
+            expected: d,
+            failure: None,
+            checked: false,
+        }))
+    }
+
+    fn has_tree(&self, d: TreeDigest) -> bool {
+        self.tree_path(d).exists()
+    }
+
+    fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        let bytes = tree.to_bytes();
+        let d = TreeDigest::from_hash(blake3::hash(&bytes));
+        let path = self.tree_path(d);
+        let present = path.exists()
+            && (!self.verify_existing.load(Ordering::Relaxed) || self.get_tree(d).is_ok());
+        if !present {
+            self.write_atomic(&path, &bytes, 0o444)
+                .map_err(StoreError::io(&path))?;
+        }
+        Ok(d)
+    }
+
+    /// Load a tree manifest, verifying it against its digest.
+    fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
+        let path = self.tree_path(d);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Store::missing("tree", d.hex()));
+            }
+            Err(e) => return Err(StoreError::io(&path)(e)),
+        };
+        if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
+            return Err(self.quarantine("tree", &path, &d.hex()));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| self.quarantine("tree", &path, &d.hex()))
+    }
+}
+
+impl ActionCache for Store {
+    /// A hit costs no IO: the log is read once per build. The tree is not
+    /// checked here: trees leave the store only with their entries (`kiln
+    /// gc`), and a tree damaged or removed by hand is found when it is read.
+    fn get(&self, key: StepKey) -> Option<Action> {
+        self.action_log().get(key)
+    }
+
+    fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError> {
+        self.action_log()
+            .put(key, action)
+            .map_err(StoreError::io(&self.layout.actions_log()))
+    }
+
+    fn forget(&self, key: StepKey) {
+        self.action_log().forget(key);
+    }
+}
+
+/// A blob's bytes, checked against its digest at the end of the stream.
+pub struct BlobReader<'a> {
+    store: &'a Store,
+    file: File,
+    hasher: blake3::Hasher,
+    expected: BlobDigest,
+    failure: Option<StoreError>,
+    checked: bool,
+}
+
+impl BlobRead for BlobReader<'_> {
+    fn failure(&mut self) -> Option<StoreError> {
+        self.failure.take()
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.file.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let message = e.to_string();
+                let kind = e.kind();
+                self.failure = Some(StoreError::io(&self.store.blob_path(self.expected))(e));
+                return Err(io::Error::new(kind, message));
+            }
+        };
+        if n == 0 && !buf.is_empty() {
+            if self.checked {
+                return Ok(0);
+            }
+            self.checked = true;
+            if BlobDigest::from_hash(self.hasher.finalize()) != self.expected {
+                let hex = self.expected.hex();
+                let e = self
+                    .store
+                    .quarantine("blob", &self.store.blob_path(self.expected), &hex);
+                let message = e.to_string();
+                self.failure = Some(e);
+                return Err(io::Error::other(message));
+            }
+        } else {
+            self.hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The lists written by [`Store::record_use`], newest first.
+pub fn used_lists(layout: &Layout) -> Vec<PathBuf> {
+    let mut lists: Vec<PathBuf> = fs::read_dir(layout.used())
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    lists.sort();
+    lists.reverse();
+    lists
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::ImageConfig;
+    use crate::model::tree;
+    use crate::store::CopyError;
+
+    #[test]
+    fn blobs_and_trees_round_trip_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let d = store.put_blob(b"hello").unwrap();
+        assert_eq!(store.read_blob(d).unwrap(), b"hello");
+        // Corrupt it behind the store's back: reading must notice.
+        let p = store.blob_path(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"jello").unwrap();
+        assert!(matches!(
+            store.read_blob(d),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!store.has_blob(d), "a damaged blob is moved aside");
+
+        let mut t = Tree::new();
+        t.put("x", tree::Entry::dir(0o755, 0, 0), false).unwrap();
+        let td = store.put_tree(&t).unwrap();
+        assert_eq!(store.get_tree(td).unwrap(), t);
+        assert!(matches!(
+            store.get_tree(TreeDigest([7; 32])),
+            Err(StoreError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn ingest_refuses_changed_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let expected = BlobDigest::from_hash(blake3::hash(b"one"));
+        let err = store.ingest(&mut &b"two"[..], expected).unwrap_err();
+        assert!(matches!(err, IngestError::Changed { .. }));
+        assert!(!store.has_blob(expected));
+        store.ingest(&mut &b"one"[..], expected).unwrap();
+        assert!(store.has_blob(expected));
+        assert_eq!(fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn actions_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StepKey([3; 32]);
+        let state = {
+            let store = Store::open(dir.path(), Access::Shared).unwrap();
+            let td = store.put_tree(&Tree::new()).unwrap();
+            let state = Action {
+                tree: Some(td),
+                config: ImageConfig::default(),
+            };
+            ActionCache::put(&store, key, &state).unwrap();
+            state
+        };
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        assert_eq!(ActionCache::get(&store, key), Some(state));
+        ActionCache::forget(&store, key);
+        assert_eq!(ActionCache::get(&store, key), None);
+    }
+
+    #[test]
+    fn damaged_blobs_are_quarantined_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let d = store.put_blob(b"data").unwrap();
+        let p = store.blob_path(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"dbta").unwrap();
+        // Copying out notices, moves the blob aside and says so.
+        let mut out = Vec::new();
+        let Err(CopyError::Store(err)) = store.copy_blob(d, &mut out) else {
+            panic!("a damaged blob was copied");
+        };
+        assert!(err.is_damage(), "{err}");
+        assert!(err.to_string().contains("quarantine"), "{err}");
+        assert!(!p.exists());
+        assert_eq!(store.take_repairs().len(), 1);
+        assert_eq!(
+            fs::read_dir(store.layout().quarantine()).unwrap().count(),
+            1
+        );
+        // The next write of the same content heals it.
+        assert_eq!(store.put_blob(b"data").unwrap(), d);
+        assert_eq!(store.read_blob(d).unwrap(), b"data");
+    }
+
+    #[test]
+    fn verifying_mode_heals_a_damaged_blob_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let d = store.put_blob(b"data").unwrap();
+        let p = store.blob_path(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"dbta").unwrap();
+        // Without verification an existing blob is trusted; with it, the
+        // damaged copy is replaced.
+        store.set_verify_existing(true);
+        assert_eq!(store.put_blob(b"data").unwrap(), d);
+        assert_eq!(fs::read(&p).unwrap(), b"data");
+    }
+
+    #[test]
+    fn streamed_blobs_respect_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let data = vec![5u8; 100_000];
+        let (d, n) = store
+            .put_blob_reader(&mut &data[..], Some(100_000))
+            .unwrap();
+        assert_eq!(
+            (d, n),
+            (BlobDigest::from_hash(blake3::hash(&data)), 100_000)
+        );
+        let err = store
+            .put_blob_reader(&mut &data[..], Some(99_999))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Io { ref source, .. } if source.kind() == io::ErrorKind::FileTooLarge)
+        );
+        assert_eq!(fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
+    }
+}
