@@ -371,9 +371,15 @@ pub fn run(
             continue;
         }
         let ok = outcome.failures.is_empty() && !outcome.interrupted;
-        match write_exports(
-            &store, &executor, graph, &outcome, &exports, &settings, progress, ok,
-        ) {
+        let phase = ExportPhase {
+            store: &store,
+            executor: &executor,
+            graph,
+            outcome: &outcome,
+            settings: &settings,
+            progress,
+        };
+        match phase.write(&exports, ok) {
             Ok(export_failures) => {
                 let mut failures = outcome.failures.clone();
                 failures.extend(export_failures);
@@ -462,124 +468,138 @@ fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
     options.memo_key = None;
 }
 
-/// Stage every export that is due, then swap them all in (or, when the
-/// build failed, only the `when="always"` ones). `Err` means an export
-/// found the store damaged: nothing was written, and the caller repairs.
-#[allow(clippy::too_many_arguments)]
-fn write_exports(
-    store: &Store,
-    executor: &Executor<'_>,
-    graph: &Graph,
-    outcome: &Outcome,
-    exports: &[PlannedExport],
-    settings: &Settings,
-    progress: &Progress<'_>,
-    ok: bool,
-) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
-    let mut failures = Vec::new();
-    let mut damage = Vec::new();
-    let mut staged: Vec<(&PlannedExport, Box<export::Staged>)> = Vec::new();
-    for p in exports {
-        let e = &p.export;
-        let stage = &graph.stage(e.stage).name;
-        let shown = e.dest.display().to_string();
-        let state = match outcome.stages.get(&e.stage) {
-            Some(StageOutcome::Built(s)) if ok || e.when == When::Always => Some(s),
-            Some(StageOutcome::Failed { last_good: Some(s) })
-                if e.when == When::Always && !outcome.interrupted =>
-            {
-                Some(s)
-            }
-            _ => None,
-        };
-        let Some(state) = state else {
-            let because = if outcome.interrupted {
-                "the build was interrupted"
-            } else {
-                "the build failed"
-            };
-            progress.emit(Event::ExportSkipped {
-                stage: stage.clone(),
-                dest: shown,
-                because: because.into(),
-            });
-            continue;
-        };
-        let tree = match executor.tree(state.tree) {
-            Ok(t) => t,
-            Err(d) if is_damage(&d) => {
-                damage.push(d);
-                continue;
-            }
-            Err(d) => {
-                failures.push(d);
-                continue;
-            }
-        };
-        let job = export::Job {
-            stage,
-            tree: &tree,
-            tree_digest: state.tree,
-            format: e.format,
-            shown: &e.dest,
-            dest: &p.resolved,
+/// What the export phase of a build works with.
+struct ExportPhase<'a> {
+    store: &'a Store,
+    executor: &'a Executor<'a>,
+    graph: &'a Graph,
+    outcome: &'a Outcome,
+    settings: &'a Settings,
+    progress: &'a Progress<'a>,
+}
+
+impl ExportPhase<'_> {
+    /// Stage every export that is due, then swap them all in (or, when the
+    /// build failed, only the `when="always"` ones). `Err` means an export
+    /// found the store damaged: nothing was written, and the caller repairs.
+    fn write(
+        &self,
+        exports: &[PlannedExport],
+        ok: bool,
+    ) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+        let ExportPhase {
+            store,
+            executor,
+            graph,
+            outcome,
             settings,
-        };
-        match export::stage(store, &job) {
-            Ok(export::Prepared::Intact) => progress.emit(Event::ExportWritten {
-                stage: stage.clone(),
-                dest: shown,
-                format: e.format.name().into(),
-                unchanged: true,
-            }),
-            Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
-            Err(export::Failed::Damaged(d)) => damage.push(d),
-            Err(export::Failed::Error(mut d)) => {
-                if let Some(span) = e.span
-                    && d.labels.is_empty()
+            progress,
+        } = *self;
+        let mut failures = Vec::new();
+        let mut damage = Vec::new();
+        let mut staged: Vec<(&PlannedExport, Box<export::Staged>)> = Vec::new();
+        for p in exports {
+            let e = &p.export;
+            let stage = &graph.stage(e.stage).name;
+            let shown = e.dest.display().to_string();
+            let state = match outcome.stages.get(&e.stage) {
+                Some(StageOutcome::Built(s)) if ok || e.when == When::Always => Some(s),
+                Some(StageOutcome::Failed { last_good: Some(s) })
+                    if e.when == When::Always && !outcome.interrupted =>
                 {
-                    d = d.with_label(span, "this export");
+                    Some(s)
                 }
-                failures.push(d);
+                _ => None,
+            };
+            let Some(state) = state else {
+                let because = if outcome.interrupted {
+                    "the build was interrupted"
+                } else {
+                    "the build failed"
+                };
+                progress.emit(Event::ExportSkipped {
+                    stage: stage.clone(),
+                    dest: shown,
+                    because: because.into(),
+                });
+                continue;
+            };
+            let tree = match executor.tree(state.tree) {
+                Ok(t) => t,
+                Err(d) if is_damage(&d) => {
+                    damage.push(d);
+                    continue;
+                }
+                Err(d) => {
+                    failures.push(d);
+                    continue;
+                }
+            };
+            let job = export::Job {
+                stage,
+                tree: &tree,
+                tree_digest: state.tree,
+                format: e.format,
+                shown: &e.dest,
+                dest: &p.resolved,
+                settings,
+            };
+            match export::stage(store, &job) {
+                Ok(export::Prepared::Intact) => progress.emit(Event::ExportWritten {
+                    stage: stage.clone(),
+                    dest: shown,
+                    format: e.format.name().into(),
+                    unchanged: true,
+                }),
+                Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
+                Err(export::Failed::Damaged(d)) => damage.push(d),
+                Err(export::Failed::Error(mut d)) => {
+                    if let Some(span) = e.span
+                        && d.labels.is_empty()
+                    {
+                        d = d.with_label(span, "this export");
+                    }
+                    failures.push(d);
+                }
             }
         }
-    }
-    if !damage.is_empty() {
-        for (_, s) in staged {
-            s.discard();
+        if !damage.is_empty() {
+            for (_, s) in staged {
+                s.discard();
+            }
+            return Err(damage);
         }
-        return Err(damage);
-    }
-    // A build that failed (here or while exporting) writes only the
-    // `when="always"` exports.
-    let all_good = ok && failures.is_empty();
-    for (p, s) in staged {
-        let e = &p.export;
-        let stage = &graph.stage(e.stage).name;
-        if !all_good && e.when != When::Always {
-            s.discard();
-            progress.emit(Event::ExportSkipped {
-                stage: stage.clone(),
-                dest: e.dest.display().to_string(),
-                because: if ok {
-                    "another export failed".into()
-                } else {
-                    "the build failed".into()
-                },
-            });
-            continue;
+        // A build that failed (here or while exporting) writes only the
+        // `when="always"` exports.
+        let all_good = ok && failures.is_empty();
+        for (p, s) in staged {
+            let e = &p.export;
+            let stage = &graph.stage(e.stage).name;
+            if !all_good && e.when != When::Always {
+                s.discard();
+                progress.emit(Event::ExportSkipped {
+                    stage: stage.clone(),
+                    dest: e.dest.display().to_string(),
+                    because: if ok {
+                        "another export failed".into()
+                    } else {
+                        "the build failed".into()
+                    },
+                });
+                continue;
+            }
+            match s.commit(store) {
+                Ok(()) => progress.emit(Event::ExportWritten {
+                    stage: stage.clone(),
+                    dest: e.dest.display().to_string(),
+                    format: e.format.name().into(),
+                    unchanged: false,
+                }),
+                Err(d) => failures.push(d),
+            }
         }
-        match s.commit(store) {
-            Ok(()) => progress.emit(Event::ExportWritten {
-                stage: stage.clone(),
-                dest: e.dest.display().to_string(),
-                format: e.format.name().into(),
-                unchanged: false,
-            }),
-            Err(d) => failures.push(d),
-        }
+        Ok(failures)
     }
-    Ok(failures)
 }
 
 /// What identifies a build request for the build memo: kiln's version,

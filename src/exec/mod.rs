@@ -292,3 +292,6 @@ impl<'a> Executor<'a> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

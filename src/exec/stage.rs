@@ -15,6 +15,7 @@ use super::{StageOutcome, StepRecord};
 use crate::diag::Diagnostic;
 use crate::ir::{Base, StageId};
 use crate::model::digest::{StepKey, TreeDigest};
+
 use crate::model::key::{KeyBuilder, Start};
 use crate::model::state::{Action, ImageConfig, State};
 use crate::model::tree::Tree;
@@ -36,27 +37,30 @@ pub struct Runner<'a> {
     empty: OnceLock<State>,
 }
 
-/// Where a stage's tree comes from at the current step.
-enum From {
-    /// Built by a step of this run.
-    Memory(Tree),
-    /// In the store.
-    Stored(TreeDigest),
-}
-
-/// How far a stage's steps have got.
+/// How far a stage's steps have got. The current tree is `stored` with
+/// the steps of `since` applied; `memory` may hold it, or a tree part of
+/// the way there, so that it need not be rebuilt.
 struct Cursor {
     config: ImageConfig,
-    /// The digest of the current tree, when it is known.
-    known: Option<TreeDigest>,
-    from: From,
-    /// Cached steps since `from` whose trees were not kept, each with the
-    /// config it started from; replayed when their tree is needed.
-    pending: Vec<(usize, ImageConfig)>,
+    /// The last tree known to be in the store.
+    stored: TreeDigest,
+    /// The steps since `stored` (run or cached, none of which keeps its
+    /// tree), each with the config it started from. Replaying them on
+    /// `stored` gives the current tree.
+    since: Vec<(usize, ImageConfig)>,
+    /// A tree in memory and how many steps of `since` it includes.
+    memory: Option<(Tree, usize)>,
     /// What the next step starts from.
     start: Start,
     /// The key of the last step.
     last: Option<StepKey>,
+}
+
+impl Cursor {
+    /// The digest of the current tree, when it is in the store.
+    fn known(&self) -> Option<TreeDigest> {
+        self.since.is_empty().then_some(self.stored)
+    }
 }
 
 /// Why a stage's steps stopped.
@@ -227,9 +231,9 @@ impl<'a> Runner<'a> {
         }
         let mut cur = Cursor {
             config,
-            known: Some(base.tree),
-            from: From::Stored(base.tree),
-            pending: Vec::new(),
+            stored: base.tree,
+            since: Vec::new(),
+            memory: None,
             start,
             last: None,
         };
@@ -262,14 +266,10 @@ impl<'a> Runner<'a> {
                         message: d.message.clone(),
                     });
                     d.message = format!("stage `{}`: {}", stage.name, d.message);
-                    // The state before the failing step, if it is at hand.
-                    let last_good = match (&cur.known, cur.pending.is_empty()) {
-                        (Some(t), true) => Some(State {
-                            tree: *t,
-                            config: cur.config.clone(),
-                        }),
-                        _ => self.finish_tree(&mut cur, id, inputs).ok().map(|(s, _)| s),
-                    };
+                    // The state before the failing step (for `when="always"`
+                    // exports): rebuilt from the last stored tree if the
+                    // failing step took the one in memory.
+                    let last_good = self.finish_tree(&mut cur, id, inputs).ok().map(|(s, _)| s);
                     return Err(failed(d, last_good));
                 }
             }
@@ -295,7 +295,7 @@ impl<'a> Runner<'a> {
         Ok((state, all_cached, tree))
     }
 
-    /// The stage's final state, storing its tree if no step did. A final
+    /// The stage's current state, storing its tree if no step did. A last
     /// step whose cache entry lacked the tree gets an entry that has it.
     fn finish_tree(
         &self,
@@ -303,11 +303,8 @@ impl<'a> Runner<'a> {
         id: StageId,
         inputs: &HashMap<StageId, State>,
     ) -> Result<(State, Option<Tree>), Diagnostic> {
-        if let (Some(t), true) = (cur.known, cur.pending.is_empty()) {
-            let tree = match std::mem::replace(&mut cur.from, From::Stored(t)) {
-                From::Memory(tree) => Some(tree),
-                From::Stored(_) => None,
-            };
+        if let Some(t) = cur.known() {
+            let tree = cur.memory.take().map(|(tree, _)| tree);
             return Ok((
                 State {
                     tree: t,
@@ -329,12 +326,15 @@ impl<'a> Runner<'a> {
             };
             self.actions.put(key, &action)?;
         }
-        cur.known = Some(digest);
+        cur.stored = digest;
+        cur.since.clear();
         Ok((state, Some(tree)))
     }
 
-    /// The current tree of a stage in memory: the last one built, or the
-    /// last one stored, with the cached steps since replayed on it.
+    /// The current tree of a stage, in memory: the one kept there, or the
+    /// last one stored, with the steps since replayed on it. The cursor
+    /// keeps its place: a step that fails after taking the tree leaves the
+    /// steps before it replayable.
     fn materialize(
         &self,
         cur: &mut Cursor,
@@ -343,26 +343,25 @@ impl<'a> Runner<'a> {
     ) -> Result<Tree, Diagnostic> {
         let env = self.env;
         let stage = env.graph.stage(id);
-        let mut tree = match std::mem::replace(
-            &mut cur.from,
-            From::Stored(cur.known.unwrap_or(TreeDigest([0; 32]))),
-        ) {
-            From::Memory(t) => t,
-            From::Stored(d) => (*env.tree(d)?).clone(),
+        let (mut tree, done) = match cur.memory.take() {
+            Some(kept) => kept,
+            None => ((*env.tree(cur.stored)?).clone(), 0),
         };
-        for (j, mut config) in std::mem::take(&mut cur.pending) {
-            // A replayed step is one that was cached with this very key: it
-            // gives the tree it gave then.
+        for (j, config) in &cur.since[done..] {
+            // A replayed step is one that ran or was cached with this very
+            // key (and keeps no tree: it runs no program): it gives the
+            // tree it gave then.
             let cx = StepCx {
                 env,
                 stage,
-                index: j,
-                loc: env.graph.source_map.step(id, j),
+                index: *j,
+                loc: env.graph.source_map.step(id, *j),
                 inputs,
                 key: None,
             };
-            let kind = steps::kind(&stage.steps[j].op);
+            let kind = steps::kind(&stage.steps[*j].op);
             let prepared = kind.prepare(&cx, None)?;
+            let mut config = config.clone();
             kind.run(
                 &cx,
                 Work {
@@ -427,18 +426,12 @@ impl<'a> Runner<'a> {
             });
             match hit.tree {
                 Some(t) => {
-                    cur.from = From::Stored(t);
-                    cur.pending.clear();
-                    cur.known = Some(t);
+                    cur.stored = t;
+                    cur.since.clear();
+                    cur.memory = None;
                 }
-                None => {
-                    // The tree after this step was not kept: remember how to redo it.
-                    cur.pending.push((
-                        index,
-                        std::mem::replace(&mut cur.config, hit.config.clone()),
-                    ));
-                    cur.known = None;
-                }
+                // The tree after this step was not kept: remember how to redo it.
+                None => cur.since.push((index, cur.config.clone())),
             }
             cur.config = hit.config;
             cur.start = Start::Step(key);
@@ -471,8 +464,9 @@ impl<'a> Runner<'a> {
         // later step needs their tree. So a stage of many steps costs one
         // stored tree, not one per step. A step that runs a program always
         // stores its tree: replaying it would mean running it again.
+        let before = std::mem::replace(&mut cur.config, config.clone());
         let digest = if !kind.changes_tree() {
-            cur.known
+            cur.known()
         } else if last || kind.stores_tree() {
             Some(env.content.put_tree(&tree)?)
         } else {
@@ -483,10 +477,14 @@ impl<'a> Runner<'a> {
             config: config.clone(),
         };
         self.actions.put(key, &action)?;
-        cur.from = From::Memory(tree);
-        cur.pending.clear();
-        cur.known = digest;
-        cur.config = config;
+        match digest {
+            Some(d) => {
+                cur.stored = d;
+                cur.since.clear();
+            }
+            None => cur.since.push((index, before)),
+        }
+        cur.memory = Some((tree, cur.since.len()));
         cur.start = Start::Step(key);
         cur.last = Some(key);
         self.steps_run.fetch_add(1, Ordering::Relaxed);

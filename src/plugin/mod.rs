@@ -420,7 +420,7 @@ impl Runtime {
             });
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
-        let loaded = if is_component(&bytes) {
+        let loaded = if is_component(bytes) {
             let component = wasmtime::component::Component::from_binary(&self.engine, bytes)
                 .map_err(invalid)?;
             let pre = self
