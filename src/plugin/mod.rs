@@ -587,3 +587,43 @@ impl Runtime {
 pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dist(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("plugins/dist")
+            .join(format!("{name}.wasm"));
+        std::fs::read(p).unwrap()
+    }
+
+    #[test]
+    fn the_bytes_keyed_are_the_bytes_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.wasm");
+        std::fs::write(&path, dist("noop")).unwrap();
+        let rt = Runtime::new(&dir.path().join("cache"), 1).unwrap();
+        let mut plugin = Plugin {
+            id: crate::ir::PluginId(0),
+            name: "p".into(),
+            path: path.clone(),
+            blake3: None,
+            span: crate::diag::Span::new(crate::diag::SourceId(0), 0, 0),
+        };
+        // The key is made from the module as first read...
+        let keyed = rt.module(&plugin).unwrap().digest.clone();
+        // ...the file is replaced before the step runs...
+        std::fs::write(&path, dist("count")).unwrap();
+        // ...and what loads is still the module keyed: its pin holds.
+        plugin.blake3 = Some(keyed.clone());
+        assert!(rt.load(&plugin).is_ok());
+        assert_eq!(rt.module(&plugin).unwrap().digest, keyed);
+        assert_eq!(
+            rt.module(&plugin).unwrap().bytes,
+            dist("noop"),
+            "the module was read twice"
+        );
+    }
+}

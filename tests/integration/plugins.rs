@@ -515,3 +515,29 @@ fn mounts_show_other_stages_read_only_and_a_missing_module_is_located() {
     );
     assert!(r.stderr.contains("kiln.kdl:2:"), "{}", r.stderr);
 }
+
+#[test]
+fn preview2_components_get_no_network() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\n{}stage s {{\n    wasm probe \"127.0.0.1:{port}\" \"localhost:{port}\"\n}}\n",
+        decl("probe", "netprobe-p2")
+    ));
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    r.code(1);
+    assert!(
+        r.stderr.contains("cannot connect to 127.0.0.1"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("cannot connect to localhost"),
+        "{}",
+        r.stderr
+    );
+    // Nothing ever reached the listener.
+    assert!(listener.accept().is_err(), "a plugin connected to the host");
+}
