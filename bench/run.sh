@@ -127,8 +127,8 @@ sleep 3
 xjson=$root/bench/results/export-1000.json
 ( cd "$x" && "$kiln" build --progress plain >/dev/null 2>&1 && ninja -j 2 >/dev/null 2>&1 && \
   hyperfine --style basic --warmup 2 --runs 20 --export-json "$xjson" \
-    -n kiln-noop "$kiln build --progress plain -j 2" \
-    -n ninja-noop "ninja -j 2 >/dev/null" \
+    --prepare "true" -n kiln-noop "$kiln build --progress plain -j 2" \
+    --prepare "true" -n ninja-noop "ninja -j 2 >/dev/null" \
     --prepare "rm -rf dist" -n kiln-export "$kiln build --progress plain -j 2" \
     --prepare "rm -rf $work/copy-dst" -n cp-r "cp -r dist $work/copy-dst" >/dev/null 2>&1 )
 

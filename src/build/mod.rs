@@ -13,8 +13,9 @@
 pub mod load;
 
 use crate::diag::{Diagnostic, Sources};
-use crate::exec::{Executor, Options, Outcome, StageOutcome};
+use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
 use crate::export::{self, Settings, dest};
+use crate::image::set::{ImageSet, LockMode};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
 use crate::model::digest::{StateDigest, StepKey};
 use crate::progress::{Event, Progress};
@@ -43,6 +44,17 @@ pub struct Request {
     pub epoch: u64,
     /// The most an archive may expand to.
     pub unpack_limit: u64,
+    /// `--platform`: the platform of the images stages are built on
+    /// (`None`: this machine's).
+    pub platform: Option<String>,
+    /// `--insecure-registry`: registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// How `kiln.lock` is used.
+    pub lock: LockMode,
+    /// `--secret`s for `run` steps, by id.
+    pub secrets: crate::exec::Secrets,
+    /// `--ssh` agent sockets, by id.
+    pub ssh: std::collections::HashMap<String, PathBuf>,
 }
 
 impl Request {
@@ -318,6 +330,17 @@ pub fn run(
     } = plan;
     let graph = &loaded.graph;
     let store = Store::open_waiting(&state_dir, Access::Shared, waiting)?;
+    let images = match resolve_images(graph, &roots, &spec_path, req, sources, &store) {
+        Ok(set) => set,
+        Err(failures) => {
+            return Ok(Report {
+                failures,
+                notices: Vec::new(),
+                interrupted: false,
+                results: Vec::new(),
+            });
+        }
+    };
     let mut notices = Vec::new();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -351,18 +374,21 @@ pub fn run(
         },
         epoch: req.epoch,
         unpack_limit: req.unpack_limit,
+        secrets: req.secrets.clone(),
+        ssh: Arc::new(req.ssh.clone()),
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
     let (outcome, failures) = loop {
-        let executor = Executor::new(
+        let executor = Executor::new(Setup {
             graph,
-            crate::exec::Stores::local(&store),
+            stores: crate::exec::Stores::local(&store),
             progress,
-            options.clone(),
-            cancel.clone(),
-            exclude.clone(),
-        );
+            options: options.clone(),
+            cancel: cancel.clone(),
+            exclude: exclude.clone(),
+            images: &images,
+        });
         let outcome = executor.build(&roots);
         let damaged = outcome.failures.iter().any(is_damage);
         if damaged && !repaired && !outcome.interrupted {
@@ -413,11 +439,12 @@ pub fn run(
         .unwrap_or(spec_path.clone())
         .display()
         .to_string();
-    let used: Vec<StepKey> = outcome
+    let mut used: Vec<StepKey> = outcome
         .records
         .iter()
         .filter_map(|r| StepKey::parse(&r.key))
         .collect();
+    used.extend(images.used_keys());
     let recorded = records::save_build(&store, &spec_name, options.no_cache, &outcome.records)
         .and_then(|_| store.record_use(&used));
     if let Err(e) = recorded {
@@ -454,6 +481,86 @@ pub fn run(
         interrupted,
         results,
     })
+}
+
+/// Resolve the images the roots' stages are built on, through `kiln.lock`
+/// (written when something new was resolved). Errors point at the stages.
+pub fn resolve_images(
+    graph: &Graph,
+    roots: &[StageId],
+    spec_path: &std::path::Path,
+    req: &Request,
+    sources: &Sources,
+    store: &Store,
+) -> Result<ImageSet, Vec<Diagnostic>> {
+    use crate::image::platform::Platform;
+    let platform = match &req.platform {
+        None => Platform::host(),
+        Some(p) => Platform::parse(p).ok_or_else(|| {
+            vec![
+                Diagnostic::user("kiln::cli::platform", format!("`{p}` is not a platform"))
+                    .with_help("write `--platform linux/amd64` (OS/ARCH[/VARIANT])"),
+            ]
+        })?,
+    };
+    let access = crate::image::Access {
+        insecure: req.insecure_registries.clone(),
+    };
+    let mut needed: Vec<(String, &std::path::Path, crate::diag::Span)> = Vec::new();
+    for id in graph.ancestors(roots) {
+        let s = graph.stage(id);
+        if let crate::ir::Base::Image(i) = &s.base {
+            needed.push((i.reference.clone(), &i.dir, s.from_span.unwrap_or(s.span)));
+        }
+    }
+    if needed.is_empty() {
+        return Ok(ImageSet::empty(platform, access));
+    }
+    let lock_path = crate::image::lock::path_for(spec_path);
+    let mut lock = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
+    let refs: Vec<(String, &std::path::Path)> =
+        needed.iter().map(|(r, d, _)| (r.clone(), *d)).collect();
+    let blobs = crate::store::oci::OciBlobs::new(store.layout());
+    match ImageSet::resolve(&refs, &mut lock, &req.lock, platform, access, &blobs) {
+        Ok((set, changed)) => {
+            if changed {
+                let name = spec_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                crate::image::lock::write(&lock_path, &lock, &name).map_err(|e| {
+                    vec![Diagnostic::io("cannot write the lock file", &lock_path, &e)]
+                })?;
+            }
+            Ok(set)
+        }
+        Err(failures) => Err(failures
+            .into_iter()
+            .map(|(reference, why)| {
+                let span = needed
+                    .iter()
+                    .find(|(r, _, _)| *r == reference)
+                    .map(|(_, _, s)| *s);
+                let locked = req.lock == LockMode::Locked;
+                let mut d = Diagnostic::env(
+                    "kiln::image::resolve",
+                    format!("cannot resolve the image `{reference}`: {why}"),
+                )
+                .with_help(if locked {
+                    "run a build without `--locked` (or `kiln lock`) to resolve it and write the lock file"
+                } else {
+                    "check the reference and that its registry or file can be reached"
+                });
+                if locked {
+                    d.class = crate::diag::Class::User;
+                }
+                if let Some(s) = span {
+                    d = d.with_label(s, "built on this image");
+                }
+                d
+            })
+            .collect()),
+    }
 }
 
 /// Set up the second attempt of a build that found damage: nothing from

@@ -6,7 +6,7 @@ use crate::build::{self, Output, Request};
 use crate::diag::{Diagnostic, Sources};
 use crate::progress::{self, Progress};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,9 +32,89 @@ pub struct BuildArgs {
     /// Where the cache lives [default: .kiln beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The most an archive may expand to when `ADD` extracts it
+    /// The most an archive (or an image layer) may expand to when extracted
     #[arg(long, value_name = "SIZE", default_value = "8GiB")]
     pub max_unpack_size: String,
+    /// The platform of the images stages are built on [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Speak to this registry over plain HTTP (repeatable; loopback registries always may)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Use only what kiln.lock records: fail if an image is not locked (for CI)
+    #[arg(long)]
+    pub locked: bool,
+    /// A secret for `run` steps' `type=secret` mounts: `id=NAME,src=FILE` or `id=NAME,env=VAR` (repeatable)
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
+    pub secrets: Vec<String>,
+    /// An SSH agent for `type=ssh` mounts: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (repeatable)
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    pub ssh: Vec<String>,
+}
+
+/// `--secret id=NAME,src=FILE` (or `env=VAR`, Docker's forms) read now.
+fn secrets(given: &[String]) -> Result<crate::exec::Secrets, Diagnostic> {
+    let bad = |s: &str, why: &str| {
+        Diagnostic::user("kiln::cli::secret", format!("`--secret {s}`: {why}"))
+            .with_help("write `--secret id=NAME,src=FILE` or `--secret id=NAME,env=VAR`")
+    };
+    let mut out = std::collections::HashMap::new();
+    for s in given {
+        let (mut id, mut src, mut env) = (None, None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(v.to_string()),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", "file" | "env")) => {}
+                _ => return Err(bad(s, &format!("`{part}` is not understood"))),
+            }
+        }
+        let id = id
+            .or_else(|| env.clone())
+            .or_else(|| {
+                src.as_deref()
+                    .and_then(|p| Path::new(p).file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .ok_or_else(|| bad(s, "it has no `id=`"))?;
+        let value = match (&src, &env) {
+            (Some(path), _) => std::fs::read(path)
+                .map_err(|e| Diagnostic::io("cannot read the secret", Path::new(path), &e))?,
+            (None, Some(var)) => std::env::var_os(var)
+                .ok_or_else(|| bad(s, &format!("the environment has no `{var}`")))?
+                .into_encoded_bytes(),
+            (None, None) => std::env::var_os(&id)
+                .ok_or_else(|| bad(s, "give `src=FILE` or `env=VAR`"))?
+                .into_encoded_bytes(),
+        };
+        out.insert(id, value);
+    }
+    Ok(crate::exec::Secrets(std::sync::Arc::new(out)))
+}
+
+/// `--ssh default` ($SSH_AUTH_SOCK) or `--ssh ID=SOCKET`.
+fn ssh(given: &[String]) -> Result<std::collections::HashMap<String, PathBuf>, Diagnostic> {
+    let mut out = std::collections::HashMap::new();
+    for s in given {
+        let (id, socket) = match s.split_once('=') {
+            Some((id, sock)) => (id.to_string(), PathBuf::from(sock)),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                    Diagnostic::user(
+                        "kiln::cli::ssh",
+                        format!("`--ssh {s}`: `SSH_AUTH_SOCK` is not set"),
+                    )
+                    .with_help(
+                        "start an agent (`eval $(ssh-agent)`), or write `--ssh default=SOCKET`",
+                    )
+                })?;
+                (s.to_string(), PathBuf::from(sock))
+            }
+        };
+        out.insert(id, socket);
+    }
+    Ok(out)
 }
 
 fn cancel_flag() -> Arc<AtomicBool> {
@@ -73,6 +153,15 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         state_dir: args.state_dir.clone(),
         epoch: Request::epoch_from_env(),
         unpack_limit,
+        platform: args.platform.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        lock: if args.locked {
+            crate::image::set::LockMode::Locked
+        } else {
+            crate::image::set::LockMode::Normal
+        },
+        secrets: secrets(&args.secrets)?,
+        ssh: ssh(&args.ssh)?,
     })
 }
 

@@ -207,7 +207,7 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                 let base = match &s.base {
                     Base::Scratch => "scratch".to_string(),
                     Base::Stage(b) => graph.stage(*b).name.clone(),
-                    Base::Image(r) => format!("image {r:?}"),
+                    Base::Image(i) => format!("image {:?}", i.reference),
                 };
                 let mark = if exported.contains(id) {
                     " (exported)"

@@ -7,12 +7,14 @@ use super::Options;
 use super::workdir::Scratch;
 use crate::context::{Listing, Snapshot};
 use crate::diag::Diagnostic;
+use crate::image::set::ImageSet;
 use crate::ir::{ContextId, Graph};
 use crate::model::digest::{StepKey, TreeDigest};
+use crate::model::state::State;
 use crate::model::tree::Tree;
 use crate::plugin::Runtime;
 use crate::progress::Progress;
-use crate::store::{ContentStore, Store};
+use crate::store::{ActionCache, ContentStore, Store};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -21,6 +23,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct Env<'a> {
     pub graph: &'a Graph,
     pub content: &'a dyn ContentStore,
+    pub actions: &'a dyn ActionCache,
+    pub images: &'a ImageSet,
     /// The local state directory: scratch space, logs, stat indexes.
     pub local: &'a Store,
     pub progress: &'a Progress<'a>,
@@ -37,19 +41,22 @@ pub struct Env<'a> {
 }
 
 impl<'a> Env<'a> {
-    pub fn new(
-        graph: &'a Graph,
-        content: &'a dyn ContentStore,
-        local: &'a Store,
-        progress: &'a Progress<'a>,
-        options: Options,
-        cancel: Arc<AtomicBool>,
-        exclude: Vec<PathBuf>,
-    ) -> Env<'a> {
+    pub fn new(setup: super::Setup<'a>) -> Env<'a> {
+        let super::Setup {
+            graph,
+            stores,
+            progress,
+            options,
+            cancel,
+            exclude,
+            images,
+        } = setup;
         Env {
             graph,
-            content,
-            local,
+            content: stores.content,
+            actions: stores.actions,
+            images,
+            local: stores.local,
             progress,
             options,
             cancel,
@@ -103,6 +110,19 @@ impl<'a> Env<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(d, Arc::new(tree));
+    }
+
+    /// The state of the image a stage is built on: its tree (unpacked once
+    /// per build at most, and cached by digest) and its config.
+    pub fn image_state(&self, reference: &str) -> Result<State, String> {
+        let blobs = crate::store::oci::OciBlobs::new(self.local.layout());
+        let u = crate::image::Unpack {
+            content: self.content,
+            actions: self.actions,
+            blobs: &blobs,
+            limit: self.options.unpack_limit,
+        };
+        self.images.state(reference, &u)
     }
 
     /// The plugin runtime, started on first use.

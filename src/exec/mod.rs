@@ -21,6 +21,7 @@ pub mod steps;
 pub mod workdir;
 
 use crate::diag::Diagnostic;
+use crate::image::set::ImageSet;
 use crate::ir::{Graph, StageId};
 use crate::model::state::State;
 use crate::progress::{Event, Progress};
@@ -44,6 +45,29 @@ pub struct Options {
     pub epoch: u64,
     /// The most an archive may expand to when extracted.
     pub unpack_limit: u64,
+    /// Secrets for `run` steps' secret mounts (`--secret`).
+    pub secrets: Secrets,
+    /// SSH agent sockets for `run` steps' ssh mounts (`--ssh`), by id.
+    pub ssh: Arc<HashMap<String, PathBuf>>,
+}
+
+/// Secrets given on the command line (`--secret id=…`), by id. Never
+/// keyed, stored, logged or exported; never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct Secrets(pub Arc<HashMap<String, Vec<u8>>>);
+
+impl Secrets {
+    pub fn get(&self, id: &str) -> Option<&Vec<u8>> {
+        self.0.get(id)
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<&String> = self.0.keys().collect();
+        ids.sort();
+        write!(f, "Secrets({ids:?})")
+    }
 }
 
 /// How a stage ended.
@@ -90,31 +114,31 @@ impl<'a> Stores<'a> {
     }
 }
 
+/// What a build's executor works with.
+pub struct Setup<'a> {
+    pub graph: &'a Graph,
+    pub stores: Stores<'a>,
+    pub progress: &'a Progress<'a>,
+    pub options: Options,
+    /// Set on Ctrl-C: stages not started are skipped, running plugins stop.
+    pub cancel: Arc<AtomicBool>,
+    /// Paths kept out of every context (the state dir, export targets).
+    pub exclude: Vec<PathBuf>,
+    /// The images stages are built on, resolved.
+    pub images: &'a ImageSet,
+}
+
 pub struct Executor<'a> {
     env: Env<'a>,
     actions: &'a dyn ActionCache,
 }
 
 impl<'a> Executor<'a> {
-    pub fn new(
-        graph: &'a Graph,
-        stores: Stores<'a>,
-        progress: &'a Progress<'a>,
-        options: Options,
-        cancel: Arc<AtomicBool>,
-        exclude: Vec<PathBuf>,
-    ) -> Executor<'a> {
+    pub fn new(setup: Setup<'a>) -> Executor<'a> {
+        let actions = setup.stores.actions;
         Executor {
-            env: Env::new(
-                graph,
-                stores.content,
-                stores.local,
-                progress,
-                options,
-                cancel,
-                exclude,
-            ),
-            actions: stores.actions,
+            env: Env::new(setup),
+            actions,
         }
     }
 

@@ -203,14 +203,37 @@ impl<'a> Runner<'a> {
                 Ok(s) => (s, Start::Scratch),
                 Err(d) => return Err(failed(d, None)),
             },
-            Base::Image(reference) => {
-                let d = Diagnostic::build(
-                    "kiln::exec::image-base",
-                    format!("stage `{}` is built on the image `{reference}`, and this version of kiln cannot fetch images", stage.name),
-                )
-                .with_label(stage.from_span.unwrap_or(stage.span), "an image base")
-                .with_help("build on `scratch` or on a stage of this build; stages that do not need this one still build");
-                return Err(failed(d, None));
+            Base::Image(image) => {
+                let Some(digest) = env.images.digest(&image.reference).cloned() else {
+                    return Err(failed(
+                        Diagnostic::internal(format!(
+                            "the image `{}` was not resolved before the build",
+                            image.reference
+                        )),
+                        None,
+                    ));
+                };
+                match env.image_state(&image.reference) {
+                    Ok(s) => (
+                        s,
+                        Start::Image {
+                            reference: image.reference.clone(),
+                            digest,
+                        },
+                    ),
+                    Err(e) => {
+                        let d = Diagnostic::env(
+                            "kiln::image::unpack",
+                            format!(
+                                "stage `{}`: cannot use the image `{}`: {e}",
+                                stage.name, image.reference
+                            ),
+                        )
+                        .with_label(stage.from_span.unwrap_or(stage.span), "built on this image")
+                        .with_help("check the image, the network and the disk; a damaged image in the store is fetched again on the next build");
+                        return Err(failed(d, None));
+                    }
+                }
             }
             Base::Stage(b) => {
                 let Some(s) = inputs.get(b).cloned() else {
@@ -249,6 +272,7 @@ impl<'a> Runner<'a> {
                 loc: env.graph.source_map.step(id, i),
                 inputs,
                 key: None,
+                stored: Some(cur.stored),
             };
             let last = i + 1 == stage.steps.len();
             match self.step(&cx, &mut cur, use_cache, last) {
@@ -358,6 +382,7 @@ impl<'a> Runner<'a> {
                 loc: env.graph.source_map.step(id, *j),
                 inputs,
                 key: None,
+                stored: None,
             };
             let kind = steps::kind(&stage.steps[*j].op);
             let prepared = kind.prepare(&cx, None)?;

@@ -55,17 +55,21 @@ impl World {
             memo_key: None,
             epoch: 0,
             unpack_limit: 1 << 20,
+            secrets: Default::default(),
+            ssh: Default::default(),
         };
         let roots: Vec<StageId> = graph.stages.iter().map(|s| s.id).collect();
+        let images = ImageSet::empty(crate::image::platform::Platform::host(), Default::default());
         let outcome = {
-            let ex = Executor::new(
-                &graph,
+            let ex = Executor::new(Setup {
+                graph: &graph,
                 stores,
-                &progress,
+                progress: &progress,
                 options,
-                Arc::new(AtomicBool::new(cancel)),
-                Vec::new(),
-            );
+                cancel: Arc::new(AtomicBool::new(cancel)),
+                exclude: Vec::new(),
+                images: &images,
+            });
             ex.build(&roots)
         };
         let events = collect.0.into_inner().unwrap();

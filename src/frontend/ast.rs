@@ -147,6 +147,14 @@ pub struct RunDecl {
     pub mounts: Vec<Str>,
     pub network: Option<Str>,
     pub security: Option<Str>,
+    /// `timeout=`: how long the command may run.
+    pub timeout: Option<Str>,
+    /// `sandbox="image"|"host"`: the stage's tree as `/` (the default), or
+    /// the host's root read-only with the stage's tree at its workdir.
+    pub sandbox: Option<Str>,
+    /// `host-inputs PATH…` children: host files whose digests join the key
+    /// of a `sandbox="host"` step.
+    pub host_inputs: Vec<Str>,
 }
 
 /// `wasm PLUGIN ARG… [timeout=D] [memory=SIZE] { env …; mount … }`.

@@ -101,7 +101,17 @@ pub enum Base {
     Scratch,
     Stage(StageId),
     /// An OCI image by reference (`from image="…"`).
-    Image(String),
+    Image(ImageBase),
+}
+
+/// An image a stage is built on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageBase {
+    /// The reference as written (after substitution): what `kiln.lock` keys.
+    pub reference: String,
+    /// The directory of the spec file that names it: local image paths
+    /// (`oci-layout://img`) are relative to it.
+    pub dir: PathBuf,
 }
 
 /// A step of a stage: what it does. Where it was written is in the

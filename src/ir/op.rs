@@ -141,17 +141,41 @@ pub struct RunOp {
     pub mounts: Vec<RunMount>,
     pub network: Network,
     pub security: Security,
+    /// How long the command may run (`None`: as long as it takes).
+    pub timeout: Option<std::time::Duration>,
+    pub sandbox: Sandbox,
+    /// Host files whose digests join the key (for `sandbox="host"`).
+    pub host_inputs: Vec<String>,
 }
 
 /// The network a `run` step sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// Not said: Docker's default (a network) for an imported `RUN`.
+    /// Docker's default (`network="default"`, what an imported `RUN` says):
+    /// the host's network.
     Default,
-    /// No network: only a loopback device.
+    /// No network, only a loopback device: a spec's `run` unless it says.
     None,
     /// The host's network.
+    Host,
+}
+
+impl Network {
+    /// Whether the command can reach the network (and so is not hermetic).
+    pub fn reaches_out(self) -> bool {
+        !matches!(self, Network::None)
+    }
+}
+
+/// What a `run` step sees as its file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    /// The stage's tree as `/`.
+    Image,
+    /// The host's root, read-only, with the stage's tree (writable) at the
+    /// stage's working directory: for host toolchains. Not hermetic.
     Host,
 }
 

@@ -80,6 +80,69 @@ digest_type!(
     StateDigest
 );
 
+/// A sha256 digest, as OCI images and registries address content
+/// (`sha256:<hex>`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256(String);
+
+impl Sha256 {
+    /// Parse `sha256:<64 hex digits>`.
+    pub fn parse(s: &str) -> Option<Sha256> {
+        let hex = s.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Sha256(hex.to_ascii_lowercase()))
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sha256 {
+        use sha2::Digest;
+        Sha256::from_bytes(&sha2::Sha256::digest(bytes))
+    }
+
+    /// From the 32 bytes a hasher produced.
+    pub fn from_bytes(bytes: &[u8]) -> Sha256 {
+        Sha256(hex(bytes))
+    }
+
+    /// The 64 hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+impl TryFrom<String> for Sha256 {
+    type Error = String;
+    fn try_from(s: String) -> Result<Sha256, String> {
+        Sha256::parse(&s).ok_or_else(|| format!("`{s}` is not a sha256 digest"))
+    }
+}
+
+impl From<Sha256> for String {
+    fn from(d: Sha256) -> String {
+        d.to_string()
+    }
+}
+
+/// A digest with the size of what it names, as registries and the Remote
+/// Execution API want content described.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sized<D> {
+    pub digest: D,
+    pub size: u64,
+}
+
+/// Lowercase hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +161,19 @@ mod tests {
         assert_eq!(bin.len(), 32);
         assert_eq!(postcard::from_bytes::<BlobDigest>(&bin).unwrap(), d);
         assert!(BlobDigest::parse("xyz").is_none());
+    }
+
+    #[test]
+    fn sha256_digests() {
+        let d = Sha256::of(b"abc");
+        assert_eq!(
+            d.to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Sha256::parse(&d.to_string()), Some(d.clone()));
+        assert_eq!(Sha256::parse("sha256:XYZ"), None);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Sha256>("\"md5:1\"").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! with the key so `kiln explain` can pair it with the same input of the
 //! step's previous run and say, in words, which one changed.
 
-use super::digest::{StateDigest, StepKey, TreeDigest};
+use super::digest::{Sha256, StateDigest, StepKey, TreeDigest};
 use serde::{Deserialize, Serialize};
 
 /// Bump to invalidate every cached step when the meaning of keys changes.
@@ -18,6 +18,9 @@ pub enum Start {
     Stage(StateDigest),
     /// The step before it in the same stage.
     Step(StepKey),
+    /// An image, by the digest its reference resolved to (the reference is
+    /// kept to name it; only the digest is keyed).
+    Image { reference: String, digest: Sha256 },
 }
 
 /// One input of a step key.
@@ -55,6 +58,11 @@ pub enum KeyInput {
     },
     /// The time a program is shown (`SOURCE_DATE_EPOCH`, or 0).
     Epoch(u64),
+    /// A host file a `sandbox="host"` step names (`host-inputs`), by digest.
+    HostFile {
+        path: String,
+        digest: String,
+    },
 }
 
 impl KeyInput {
@@ -67,6 +75,7 @@ impl KeyInput {
                     Start::Scratch => "scratch".into(),
                     Start::Stage(d) => format!("stage:{}", d.hex()),
                     Start::Step(k) => k.hex(),
+                    Start::Image { digest, .. } => format!("image:{digest}"),
                 },
             ),
             KeyInput::Step(c) => ("step".into(), c.clone()),
@@ -79,6 +88,7 @@ impl KeyInput {
                 format!("stage:{stage} {}", tree.hex()),
             ),
             KeyInput::Epoch(e) => ("epoch".into(), e.to_string()),
+            KeyInput::HostFile { path, digest } => (format!("host:{path}"), digest.clone()),
         }
     }
 
@@ -109,6 +119,7 @@ impl KeyInput {
                 format!("the tree of stage `{stage}` mounted at `{guest}`")
             }
             KeyInput::Epoch(_) => "the time programs are shown (SOURCE_DATE_EPOCH)".into(),
+            KeyInput::HostFile { path, .. } => format!("the host file `{path}`"),
         }
     }
 }
@@ -218,6 +229,10 @@ mod tests {
                 tree: TreeDigest([0; 32]),
             },
             KeyInput::Epoch(5),
+            KeyInput::HostFile {
+                path: "/usr/bin/gcc".into(),
+                digest: "d".into(),
+            },
         ];
         let ids: std::collections::BTreeSet<String> = inputs.iter().map(|i| i.id()).collect();
         assert_eq!(ids.len(), inputs.len());

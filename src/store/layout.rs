@@ -12,6 +12,11 @@
 //! parse/<key>            lowered spec files, so a no-op build skips KDL parsing
 //! logs/<step key>.log    the whole output of plugin steps
 //! wasm-cache/            compiled plugin modules (wasmtime's cache)
+//! images/                an OCI image layout: blobs of pulled and tagged
+//!                        images (`blobs/sha256/`), `index.json` naming them
+//! rootfs/                stage trees on disk for `run` steps: layer
+//!                        directories stacked by overlayfs, by tree digest
+//! cache/<id>/            `run` cache mounts (`type=cache`)
 //! owners/<token>         one file per running kiln process, flock'ed while it
 //!                        lives; `<token>.exports` lists its export temp paths
 //! quarantine/            damaged objects moved out of the way, for inspection
@@ -138,5 +143,25 @@ impl Layout {
 
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// The local image store: an OCI image layout.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// A blob of the image store, by its sha256 (hex).
+    pub fn image_blob(&self, sha256_hex: &str) -> PathBuf {
+        self.images().join("blobs").join("sha256").join(sha256_hex)
+    }
+
+    /// Layer directories and the stacks that give trees, for `run` steps.
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+
+    /// Where `run` cache mounts are kept.
+    pub fn cache_mounts(&self) -> PathBuf {
+        self.root.join("cache")
     }
 }

@@ -16,6 +16,7 @@ pub mod gc;
 pub mod layout;
 mod local;
 pub mod memory;
+pub mod oci;
 pub mod owners;
 pub mod records;
 

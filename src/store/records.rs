@@ -211,7 +211,18 @@ fn explain(
             Some(Start::Step(k)) => missed.get(k.hex().as_str()),
             _ => None,
         };
-        if let Some((stage, step)) = upstream {
+        if let (
+            Some(Start::Image {
+                reference,
+                digest: new,
+            }),
+            Some(Start::Image { digest: old, .. }),
+        ) = (&new_start, &old_start)
+        {
+            why.push(format!(
+                "its base image `{reference}` changed: was {old}, now {new}"
+            ));
+        } else if let Some((stage, step)) = upstream {
             why.push(format!(
                 "it starts from step {} of `{stage}`, which ran again",
                 step + 1
@@ -350,6 +361,23 @@ mod tests {
         assert_eq!(
             why,
             vec!["context file `b` changed", "context file `c` is new"]
+        );
+    }
+
+    #[test]
+    fn names_a_changed_base_image() {
+        use crate::model::digest::Sha256;
+        let start = |d: &[u8]| Start::Image {
+            reference: "debian:bookworm".into(),
+            digest: Sha256::of(d),
+        };
+        let prev = rec("k1", start(b"old"), "run", &[]);
+        let now = rec("k2", start(b"new"), "run", &[]);
+        let why = explain(Some(&prev), &now, &BTreeMap::new());
+        assert_eq!(why.len(), 1);
+        assert!(
+            why[0].starts_with("its base image `debian:bookworm` changed: was sha256:"),
+            "{why:?}"
         );
     }
 

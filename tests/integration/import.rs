@@ -209,20 +209,25 @@ fn run_and_image_bases_fail_located_only_when_needed() {
     let p = Project::new();
     p.file(
         "Dockerfile",
-        "FROM alpine:3.20 AS tools\nRUN apk add make\n\nFROM scratch AS ok\nCOPY a.txt /\n\nFROM scratch AS needs-run\nRUN echo hi\n",
+        "FROM localhost:1/tools:3.20 AS tools\nRUN apk add make\n\nFROM scratch AS ok\nCOPY a.txt /\n\nFROM scratch AS needs-run\nRUN echo hi\n",
     )
     .file("a.txt", "a\n");
-    // The stages that do not need an image or RUN build.
+    // The stages that do not need the image or a shell build.
     p.kiln(&["build", "--target", "ok", "-o", "out"]).ok();
     assert_eq!(p.read("out/a.txt"), "a\n");
+    // A RUN in a stage from scratch has no shell to run: said before any
+    // sandbox work, at the RUN.
     let r = p.kiln(&["build", "--target", "needs-run"]);
-    r.code(1);
+    r.code(2);
     assert!(r.stderr.contains("Dockerfile:8:1"), "{}", r.stderr);
-    assert!(r.stderr.contains("`run` steps"), "{}", r.stderr);
+    assert!(r.stderr.contains("no shell `/bin/sh`"), "{}", r.stderr);
+    assert!(r.stderr.contains("no programs at all"), "{}", r.stderr);
+    // An image that cannot be reached fails at its FROM, naming it.
     let r = p.kiln(&["build", "--target", "tools"]);
-    r.code(1);
+    r.code(3);
     assert!(r.stderr.contains("Dockerfile:1:1"), "{}", r.stderr);
-    assert!(r.stderr.contains("alpine:3.20"), "{}", r.stderr);
+    assert!(r.stderr.contains("localhost:1/tools:3.20"), "{}", r.stderr);
+    assert!(!p.path().join("kiln.lock").exists());
 }
 
 #[test]

@@ -101,6 +101,10 @@ pub struct StepCx<'a> {
     pub inputs: &'a HashMap<StageId, State>,
     /// The step's key; `None` while it is being computed.
     pub key: Option<StepKey>,
+    /// The last tree of the stage known to be in the store: the current
+    /// tree is it with the steps since applied. (A `run` step writes only
+    /// the difference to disk when the stored tree is on disk already.)
+    pub stored: Option<crate::model::digest::TreeDigest>,
 }
 
 impl StepCx<'_> {
@@ -252,7 +256,7 @@ impl Graph {
             let base = match &s.base {
                 Base::Scratch => "scratch".to_string(),
                 Base::Stage(b) => self.stage(*b).name.clone(),
-                Base::Image(r) => format!("image {r:?}"),
+                Base::Image(i) => format!("image {:?}", i.reference),
             };
             let deps: Vec<&str> = s
                 .deps

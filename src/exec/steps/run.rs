@@ -1,11 +1,37 @@
-//! `run`: a command in a sandbox over the stage's tree (Docker's `RUN`).
-//! Its canonical form holds the command, its environment, mounts, network
-//! and security settings, all typed.
+//! `run`: a command in a sandbox over the stage's tree (Docker's `RUN`),
+//! through [`crate::sandbox`]. Keyed by its canonical form (command,
+//! environment, mounts, network and security settings, all typed), the
+//! trees of the stages it mounts, the context files it mounts, and for
+//! `sandbox="host"` the host files it names; never by a cache mount or a
+//! secret. Its tree is always stored: replaying it would mean running it
+//! again.
+//!
+//! The command runs on the stage's tree as overlayfs layers (written out
+//! once per tree, then only differences), and only what the upper
+//! directory holds — what the command changed — is read back.
 
+use super::copy::{context_inputs, ingest, pick_from_context};
 use super::{Prepared, StepCx, StepKind, Work, quote};
-use crate::diag::Diagnostic;
-use crate::ir::{Graph, RunOp};
+use crate::diag::{Diagnostic, Spanned};
+use crate::exec::workdir;
+use crate::ir::{CopyFrom, Graph, MountKind, RunMount, RunOp, Sandbox, Sharing};
+use crate::model::key::{KeyBuilder, KeyInput};
+use crate::model::state::ImageConfig;
+use crate::model::tree::{self, Entry, Kind, Links, Tree};
+use crate::progress::Event;
+use crate::sandbox::rootfs::Rootfs;
+use crate::sandbox::{self, Bind, Overlay, SandboxError, Stream};
 use serde_json::json;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Docker's `PATH` when the image sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How much of a command's output the log keeps.
+const LOG_LIMIT: usize = 64 << 20;
+/// How many lines of output a failure shows.
+const TAIL_LINES: usize = 20;
 
 impl StepKind for RunOp {
     fn canonical(&self, _graph: &Graph) -> serde_json::Value {
@@ -20,12 +46,768 @@ impl StepKind for RunOp {
         true
     }
 
-    fn run(&self, cx: &StepCx<'_>, _work: Work<'_>, _prepared: Prepared) -> Result<(), Diagnostic> {
-        Err(Diagnostic::build(
-            "kiln::exec::unsupported",
-            "`run` steps cannot run in this version of kiln",
-        )
-        .with_label(cx.span(), "a `run` step")
-        .with_help("remove the step, or build the stage with a kiln that runs sandboxed commands"))
+    fn prepare(
+        &self,
+        cx: &StepCx<'_>,
+        key: Option<&mut KeyBuilder>,
+    ) -> Result<Prepared, Diagnostic> {
+        let Some(key) = key else {
+            return Ok(Prepared::Nothing);
+        };
+        for (i, m) in self.mounts.iter().enumerate() {
+            let from = match &m.kind {
+                MountKind::Bind { from, .. } => Some(*from),
+                // What seeds a cache is not keyed: a cache never is.
+                _ => None,
+            };
+            match from {
+                Some(CopyFrom::Stage(src)) => key.input(KeyInput::Mount {
+                    guest: m.target.clone(),
+                    stage: cx.graph().stage(src).name.clone(),
+                    tree: cx.input(src)?.tree,
+                }),
+                Some(CopyFrom::Context(ctx)) => {
+                    let snap = cx.env.context(ctx)?;
+                    let source = bind_source(m);
+                    let picked = pick_from_context(
+                        &snap,
+                        &[Spanned::new(cx.loc.part(i), source.to_string())],
+                        &[],
+                    )?;
+                    context_inputs(&picked, key);
+                }
+                None => {}
+            }
+        }
+        for h in &self.host_inputs {
+            let digest = host_digest(h).map_err(|e| {
+                Diagnostic::user(
+                    "kiln::run::host-input",
+                    format!("cannot read the host input `{h}`: {e}"),
+                )
+                .with_label(cx.span(), "this step")
+                .with_help("name host files that exist, by their absolute paths")
+            })?;
+            key.input(KeyInput::HostFile {
+                path: h.clone(),
+                digest,
+            });
+        }
+        Ok(Prepared::Nothing)
     }
+
+    fn run(&self, cx: &StepCx<'_>, work: Work<'_>, _prepared: Prepared) -> Result<(), Diagnostic> {
+        let env = cx.env;
+        let key = cx
+            .key
+            .ok_or_else(|| Diagnostic::internal("a run step ran without its key"))?;
+        let fail = |e: SandboxError| error(cx, e, None, "");
+        let user = resolve_user(cx, work.tree, work.config)?;
+        let mut spec = self.spec(cx, work.config, &user)?;
+        if self.sandbox == Sandbox::Image {
+            self.check_program(cx, work.tree, &spec)?;
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Err(Diagnostic::env(
+                "kiln::run::root",
+                "`run` steps need root: kiln mounts the stage's tree with overlayfs and keeps the owners the command gives files",
+            )
+            .with_label(cx.span(), "this step")
+            .with_help("run kiln as root (in CI, or with sudo)"));
+        }
+        let rootfs = Rootfs {
+            layout: env.local.layout(),
+            content: env.content,
+            epoch: env.options.epoch,
+        };
+        // The tree on disk: its own stack, or the difference from the last
+        // stored tree of the stage, or all of it.
+        let digest = work.tree.digest();
+        let base = match cx.stored {
+            Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
+            _ => None,
+        };
+        let stack = rootfs
+            .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
+            .map_err(fail)?;
+        let dir = rootfs.new_layer_dir().map_err(fail)?;
+        let scratch = ScratchDir(dir.clone());
+        let mut overlay = Overlay::mount(&stack, &dir.join("o")).map_err(fail)?;
+        let mut scaffold = BTreeSet::new();
+        let mut keep_alive = Vec::new();
+        let host = self.sandbox == Sandbox::Host;
+        // Mount points the command needs, made in the tree as kiln's own
+        // scaffolding (left out of the result unless the command uses them).
+        let (root, at) = if host {
+            (overlay.merged.clone(), work.config.workdir().to_string())
+        } else {
+            (overlay.merged.clone(), "/".to_string())
+        };
+        let in_tree = |dest: &str| -> Option<String> {
+            let rel = if host {
+                let w = at.trim_end_matches('/');
+                dest.strip_prefix(w).map(|r| r.trim_start_matches('/'))
+            } else {
+                Some(dest.trim_start_matches('/'))
+            };
+            rel.map(|r| {
+                tree::components(r, Links::Rootfs)
+                    .unwrap_or_default()
+                    .join("/")
+            })
+        };
+        if !host {
+            for d in ["proc", "dev"] {
+                scaffold_dir(&root, d, &mut scaffold).map_err(fail)?;
+            }
+            // The working directory exists for the command, as BuildKit
+            // makes it (and it stays, as there).
+            let mut kept = BTreeSet::new();
+            scaffold_dir(
+                &root,
+                work.config.workdir().trim_start_matches('/'),
+                &mut kept,
+            )
+            .map_err(fail)?;
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            if let Some(b) = self.mount(cx, m, i, &dir, &mut keep_alive)? {
+                if let Some(rel) = in_tree(&b.dest) {
+                    if b.src.is_dir() {
+                        scaffold_dir(&root, &rel, &mut scaffold).map_err(fail)?;
+                    } else {
+                        scaffold_file(&root, &rel, &mut scaffold).map_err(fail)?;
+                    }
+                }
+                if let MountKind::Ssh { .. } = m.kind {
+                    spec.env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+                    spec.env.push(("SSH_AUTH_SOCK".into(), b.dest.clone()));
+                }
+                spec.binds.push(b);
+            } else if let MountKind::Tmpfs { size } = m.kind {
+                if let Some(rel) = in_tree(&m.target) {
+                    scaffold_dir(&root, &rel, &mut scaffold).map_err(fail)?;
+                }
+                spec.tmpfs.push((m.target.clone(), size));
+            } else if let MountKind::Secret {
+                env: Some(var), id, ..
+            } = &m.kind
+                && let Some(value) = env.options.secrets.get(id)
+            {
+                spec.env.retain(|(k, _)| k != var);
+                spec.env
+                    .push((var.clone(), String::from_utf8_lossy(value).into_owned()));
+            }
+        }
+        // With a network, names resolve as on the host.
+        if self.network.reaches_out() && !host {
+            for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                if Path::new(f).is_file() {
+                    let rel = f.trim_start_matches('/');
+                    if work.tree.get(rel).is_none() {
+                        scaffold_file(&root, rel, &mut scaffold).map_err(fail)?;
+                    }
+                    spec.binds.push(Bind {
+                        src: PathBuf::from(f),
+                        dest: f.to_string(),
+                        writable: false,
+                    });
+                }
+            }
+        }
+        let mut log: Vec<u8> = Vec::new();
+        let mut pending = String::new();
+        let mut last_emit = std::time::Instant::now();
+        let stage_name = cx.stage.name.clone();
+        let index = cx.index;
+        let emit = |text: &str| {
+            if !text.is_empty() {
+                env.progress.emit(Event::StepOutput {
+                    stage: stage_name.clone(),
+                    step: index,
+                    text: text.trim_end().to_string(),
+                });
+            }
+        };
+        let run_root = if host { &root } else { &overlay.merged };
+        let result = sandbox::run(run_root, &spec, &env.cancel, &mut |_s: Stream, bytes| {
+            if log.len() < LOG_LIMIT {
+                log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
+            }
+            pending.push_str(&String::from_utf8_lossy(bytes));
+            if last_emit.elapsed().as_millis() >= 100
+                && let Some(cut) = pending.rfind('\n')
+            {
+                let lines: String = pending.drain(..=cut).collect();
+                emit(&lines);
+                last_emit = std::time::Instant::now();
+            }
+        });
+        emit(&pending);
+        overlay.unmount().map_err(fail)?;
+        drop(keep_alive);
+        let saved = env.save_log(key, &log, &[]);
+        if let Err(e) = result {
+            return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
+        }
+        let mut after = work.tree.clone();
+        sandbox::upper::apply(env.content, &overlay.upper, &mut after, &scaffold).map_err(fail)?;
+        // The upper directory becomes the layer of the new tree, so the
+        // next command on it writes nothing out.
+        let new_digest = after.digest();
+        if new_digest != digest {
+            for s in scaffold.iter().rev() {
+                let p = overlay.upper.join(s);
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    let _ = fs::remove_dir(&p);
+                } else {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+            let layer = dir.join("upper-layer");
+            if fs::rename(&overlay.upper, &layer).is_ok()
+                && let Ok(placed) = rootfs.place(&layer)
+            {
+                let _ = rootfs.adopt(new_digest, placed, &stack);
+            }
+        }
+        drop(scratch);
+        *work.tree = after;
+        Ok(())
+    }
+}
+
+impl RunOp {
+    /// The command line, environment, user and settings of the sandbox.
+    fn spec(
+        &self,
+        cx: &StepCx<'_>,
+        config: &ImageConfig,
+        user: &User,
+    ) -> Result<sandbox::Spec, Diagnostic> {
+        let argv = if self.exec {
+            self.command.clone()
+        } else {
+            let mut a = config
+                .shell
+                .clone()
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            a.extend(self.command.iter().cloned());
+            a
+        };
+        if argv.is_empty() {
+            return Err(Diagnostic::user("kiln::run::empty", "the command is empty")
+                .with_label(cx.span(), "this step")
+                .with_help("give the step a command"));
+        }
+        let mut env: Vec<(String, String)> = config.env.clone();
+        for (k, v) in &self.env {
+            env.retain(|(n, _)| n != k);
+            env.push((k.clone(), v.clone()));
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            env.push(("HOME".into(), user.home.clone()));
+        }
+        Ok(sandbox::Spec {
+            argv,
+            env,
+            cwd: config.workdir().to_string(),
+            user: (user.uid, user.gid, user.groups.clone()),
+            network: self.network.reaches_out(),
+            host_root: self.sandbox == Sandbox::Host,
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
+            timeout: self.timeout,
+        })
+    }
+
+    /// Fail before any sandbox work when the program is not in the tree
+    /// (`/bin/sh` in a stage from scratch is the common case), naming it.
+    fn check_program(
+        &self,
+        cx: &StepCx<'_>,
+        tree: &Tree,
+        spec: &sandbox::Spec,
+    ) -> Result<(), Diagnostic> {
+        let program = &spec.argv[0];
+        let path = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        if program_in_tree(tree, program, path, &spec.cwd) {
+            return Ok(());
+        }
+        let what = if self.exec { "program" } else { "shell" };
+        let help = if tree.get("bin").is_none() && tree.get("usr").is_none() {
+            "the stage has no programs at all: build it on an image (`from image=\"…\"`), or copy the program in before this step".to_string()
+        } else if program.contains('/') {
+            format!("check the path, or install `{program}` in an earlier step")
+        } else {
+            format!(
+                "`{program}` is looked up in PATH ({path}); give its full path or install it in an earlier step"
+            )
+        };
+        Err(Diagnostic::user(
+            "kiln::run::no-program",
+            format!("the stage has no {what} `{program}` to run this command"),
+        )
+        .with_label(cx.span(), "this command")
+        .with_help(help))
+    }
+
+    /// Prepare one mount; `None` for mounts that are not binds.
+    fn mount(
+        &self,
+        cx: &StepCx<'_>,
+        m: &RunMount,
+        i: usize,
+        dir: &Path,
+        keep_alive: &mut Vec<Box<dyn std::any::Any>>,
+    ) -> Result<Option<Bind>, Diagnostic> {
+        let env = cx.env;
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            Diagnostic::io(what, p, &e).with_label(cx.loc.part(i), "this mount")
+        };
+        match &m.kind {
+            MountKind::Bind { from, source, rw } => {
+                let host = dir.join(format!("bind-{i}"));
+                self.materialize(cx, *from, source, &host, i)?;
+                Ok(Some(Bind {
+                    src: host,
+                    dest: m.target.clone(),
+                    writable: *rw,
+                }))
+            }
+            MountKind::Cache {
+                id,
+                sharing,
+                readonly,
+                from,
+                source,
+                mode,
+                uid,
+                gid,
+            } => {
+                let caches = env.local.layout().cache_mounts();
+                let name: String = id
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let name = format!("{name}-{}", &blake3::hash(id.as_bytes()).to_hex()[..12]);
+                fs::create_dir_all(&caches).map_err(|e| io("cannot create", &caches, e))?;
+                let lock_path = caches.join(format!("{name}.lock"));
+                let lock = fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| io("cannot open", &lock_path, e))?;
+                let mut data = caches.join(&name);
+                match sharing {
+                    Sharing::Shared => {
+                        let _ = lock.lock_shared();
+                    }
+                    Sharing::Locked => {
+                        lock.lock().map_err(|e| io("cannot lock", &lock_path, e))?;
+                    }
+                    Sharing::Private => {
+                        if lock.try_lock().is_err() {
+                            // In use: this step gets a cache of its own.
+                            data = dir.join(format!("cache-{i}"));
+                        }
+                    }
+                }
+                keep_alive.push(Box::new(lock));
+                if !data.exists() {
+                    let fresh = data.with_extension("new");
+                    let _ = fs::remove_dir_all(&fresh);
+                    match from {
+                        Some(f) => self.materialize(cx, *f, source, &fresh, i)?,
+                        None => fs::create_dir_all(&fresh)
+                            .map_err(|e| io("cannot create", &fresh, e))?,
+                    }
+                    let _ = std::os::unix::fs::chown(&fresh, Some(*uid), Some(*gid));
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = fs::set_permissions(&fresh, fs::Permissions::from_mode(*mode));
+                    fs::rename(&fresh, &data).map_err(|e| io("cannot create", &data, e))?;
+                }
+                Ok(Some(Bind {
+                    src: data,
+                    dest: m.target.clone(),
+                    writable: !readonly,
+                }))
+            }
+            MountKind::Tmpfs { .. } => Ok(None),
+            MountKind::Secret {
+                id,
+                required,
+                env: var,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(value) = env.options.secrets.get(id) else {
+                    if *required {
+                        return Err(Diagnostic::user(
+                            "kiln::run::secret",
+                            format!("the secret `{id}` is required but was not given"),
+                        )
+                        .with_label(cx.loc.part(i), "this mount")
+                        .with_help(format!(
+                            "give it with `kiln build --secret id={id},src=FILE` (or `env=VAR`)"
+                        )));
+                    }
+                    return Ok(None);
+                };
+                if var.is_some() {
+                    return Ok(None);
+                }
+                // In memory (never in the state directory), removed after.
+                let file = SecretFile::write(value, *mode, *uid, *gid).map_err(|e| {
+                    Diagnostic::env(
+                        "kiln::run::secret",
+                        format!("cannot hold the secret `{id}`: {e}"),
+                    )
+                    .with_label(cx.loc.part(i), "this mount")
+                })?;
+                let src = file.0.clone();
+                keep_alive.push(Box::new(file));
+                Ok(Some(Bind {
+                    src,
+                    dest: m.target.clone(),
+                    writable: false,
+                }))
+            }
+            MountKind::Ssh { id, required, .. } => match env.options.ssh.get(id) {
+                Some(socket) => Ok(Some(Bind {
+                    src: socket.clone(),
+                    dest: m.target.clone(),
+                    writable: true,
+                })),
+                None if *required => Err(Diagnostic::user(
+                    "kiln::run::ssh",
+                    format!("the SSH agent `{id}` is required but was not given"),
+                )
+                .with_label(cx.loc.part(i), "this mount")
+                .with_help("give it with `kiln build --ssh default` (forwards $SSH_AUTH_SOCK)")),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Write a stage's or context's directory `source` to `dest`.
+    fn materialize(
+        &self,
+        cx: &StepCx<'_>,
+        from: CopyFrom,
+        source: &str,
+        dest: &Path,
+        i: usize,
+    ) -> Result<(), Diagnostic> {
+        let span = cx.loc.part(i);
+        let (t, sub) = match from {
+            CopyFrom::Stage(src) => {
+                let t = cx.input_tree(src)?;
+                let dir = tree::components(source, Links::Rootfs)
+                    .map(|c| c.join("/"))
+                    .unwrap_or_default();
+                let dir = t.resolve(&dir, true, Links::Rootfs).map_err(|e| {
+                    Diagnostic::build("kiln::run::mount", format!("cannot mount `{source}`: {e}"))
+                        .with_label(span, "this mount")
+                })?;
+                if !dir.is_empty() && !t.is_dir(&dir) {
+                    return Err(Diagnostic::build(
+                        "kiln::run::mount",
+                        format!(
+                            "`{source}` is not a directory in stage `{}`",
+                            cx.graph().stage(src).name
+                        ),
+                    )
+                    .with_label(span, "this mount")
+                    .with_help("mount a directory"));
+                }
+                ((*t).clone(), dir)
+            }
+            CopyFrom::Context(ctx) => {
+                let snap = cx.env.context(ctx)?;
+                let picked =
+                    pick_from_context(&snap, &[Spanned::new(span, source.to_string())], &[])?;
+                ingest(cx.content(), &snap, &picked)?;
+                let mut out = Tree::new();
+                for p in picked {
+                    if p.is_dir {
+                        for (rel, e) in p.items {
+                            out.entries.insert(rel, e);
+                        }
+                    } else if let Some((_, e)) = p.items.into_iter().next() {
+                        out.entries.insert(p.name, e);
+                    }
+                }
+                (out, String::new())
+            }
+        };
+        workdir::write(cx.content(), &t, &sub, dest)?;
+        Ok(())
+    }
+}
+
+/// The source directory of a bind mount (`/` when not said).
+/// Whether `program` names a file of the tree, as `execvp` would find it:
+/// a path with a slash from the working directory, a bare name in PATH.
+fn program_in_tree(tree: &Tree, program: &str, path: &str, cwd: &str) -> bool {
+    let is_file = |p: &str| {
+        tree.resolve(p, true, Links::Rootfs)
+            .ok()
+            .and_then(|r| tree.get(&r).map(|e| !e.is_dir()))
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        return is_file(&tree::normalize(program, cwd));
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| is_file(&tree::normalize(&tree::join(d, program), cwd)))
+}
+
+fn bind_source(m: &RunMount) -> &str {
+    match &m.kind {
+        MountKind::Bind { source, .. } | MountKind::Cache { source, .. } => source,
+        _ => "/",
+    }
+}
+
+/// The blake3 of a host file.
+fn host_digest(path: &str) -> std::io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    Ok(crate::context::hash_reader(&mut f)?.hex())
+}
+
+/// Who a command runs as.
+struct User {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    home: String,
+}
+
+/// The stage's `user` (a name or number, with a group or not), looked up
+/// in the tree's `/etc/passwd` and `/etc/group` as Docker does.
+fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<User, Diagnostic> {
+    let spec = config.user.clone().unwrap_or_else(|| "root".into());
+    let (name, group) = match spec.split_once(':') {
+        Some((u, g)) => (u.to_string(), Some(g.to_string())),
+        None => (spec.clone(), None),
+    };
+    let read = |file: &str| -> Result<String, Diagnostic> {
+        match tree.get(file) {
+            Some(Entry {
+                kind: Kind::File { blob, .. },
+                ..
+            }) => Ok(String::from_utf8_lossy(&cx.content().read_blob(*blob)?).into_owned()),
+            _ => Ok(String::new()),
+        }
+    };
+    let passwd = read("etc/passwd")?;
+    let groups_file = read("etc/group")?;
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let matches = f.first() == Some(&name.as_str()) || f.get(2) == Some(&name.as_str());
+        (matches && f.len() >= 4).then(|| {
+            (
+                f[0].to_string(),
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+                f.get(5).map(|h| h.to_string()),
+            )
+        })
+    });
+    let unknown = |what: &str, n: &str| {
+        Diagnostic::build("kiln::run::user", format!("unknown {what} `{n}`"))
+            .with_label(cx.span(), format!("runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"))
+            .with_help("add the user to the stage first (`useradd`), or give numeric ids (`user \"1000:1000\"`)")
+    };
+    let (uid, primary, home, login) = match (&entry, name.parse::<u32>()) {
+        (Some((login, Some(uid), gid, home)), _) => {
+            (*uid, gid.unwrap_or(0), home.clone(), Some(login.clone()))
+        }
+        (_, Ok(uid)) => (uid, 0, None, None),
+        // No `user` said: root, whatever /etc/passwd holds (as Docker).
+        _ if config.user.is_none() => (0, 0, None, None),
+        _ => return Err(unknown("user", &name)),
+    };
+    let gid = match &group {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => groups_file
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.first() == Some(&g.as_str()))
+                        .then(|| f.get(2).and_then(|x| x.parse().ok()))
+                        .flatten()
+                })
+                .ok_or_else(|| unknown("group", g))?,
+        },
+    };
+    let mut groups = vec![gid];
+    if let (Some(login), None) = (&login, &group) {
+        for l in groups_file.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.get(3).is_some_and(|m| m.split(',').any(|x| x == login))
+                && let Some(g) = f.get(2).and_then(|x| x.parse::<u32>().ok())
+                && !groups.contains(&g)
+            {
+                groups.push(g);
+            }
+        }
+    }
+    let home = home
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| if uid == 0 { "/root".into() } else { "/".into() });
+    Ok(User {
+        uid,
+        gid,
+        groups,
+        home,
+    })
+}
+
+/// Make `rel` (and missing parents) a directory in the tree on disk,
+/// remembering what was made.
+fn scaffold_dir(root: &Path, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
+    let mut here = String::new();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        here = tree::join(&here, part);
+        let p = root.join(&here);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(SandboxError::Setup(format!(
+                    "cannot mount at `/{here}`: it is not a directory in the stage"
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&p).map_err(|e| {
+                    SandboxError::Setup(crate::diag::io_message("cannot create", &p, &e))
+                })?;
+                made.insert(here.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make `rel` an (empty) file in the tree on disk, for a file to be mounted on.
+fn scaffold_file(root: &Path, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
+    scaffold_dir(root, tree::parent(rel), made)?;
+    let p = root.join(rel);
+    if fs::symlink_metadata(&p).is_err() {
+        fs::File::create(&p)
+            .map_err(|e| SandboxError::Setup(crate::diag::io_message("cannot create", &p, &e)))?;
+        made.insert(rel.to_string());
+    }
+    Ok(())
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        crate::fsutil::remove_any(&self.0);
+    }
+}
+
+/// A secret's bytes in a file in memory (`/dev/shm`), removed when dropped.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn write(value: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<SecretFile> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let nonce = blake3::hash(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+        )
+        .to_hex()[..16]
+            .to_string();
+        let path = dir.join(format!("kiln-secret-{nonce}"));
+        let mut f = fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let file = SecretFile(path);
+        f.write_all(value)?;
+        let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        Ok(file)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A failed run as a diagnostic, with the output's last lines.
+fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -> Diagnostic {
+    let (code, help) = match &e {
+        SandboxError::Exit(_) | SandboxError::Signal(_) => (
+            "kiln::run::exit",
+            "its output is below".to_string(),
+        ),
+        SandboxError::Timeout(_) => (
+            "kiln::run::timeout",
+            "raise the limit with `timeout=` on the step if the work is expected to take this long"
+                .to_string(),
+        ),
+        SandboxError::Interrupted => (
+            "kiln::run::interrupted",
+            "run the build again; the steps that finished are cached".to_string(),
+        ),
+        SandboxError::Changes(_) => (
+            "kiln::run::changes",
+            "remove what the command leaves behind before it ends".to_string(),
+        ),
+        SandboxError::Store(s) => return s.diagnostic(),
+        SandboxError::Setup(_) | SandboxError::Io(_) => (
+            "kiln::run::sandbox",
+            "kiln runs commands with bubblewrap over overlayfs, as root: check that `bwrap` is installed".to_string(),
+        ),
+    };
+    let mut d = if matches!(e, SandboxError::Setup(_) | SandboxError::Io(_)) {
+        Diagnostic::env(code, e.to_string())
+    } else {
+        Diagnostic::build(code, e.to_string())
+    };
+    d = d.with_label(cx.span(), "this command").with_help(help);
+    let tail: Vec<&str> = output.trim_end().lines().collect();
+    if !tail.is_empty() {
+        d = d.with_note(format!(
+            "last lines of its output:\n{}",
+            tail[tail.len().saturating_sub(TAIL_LINES)..].join("\n")
+        ));
+    }
+    if let Some(l) = log {
+        d = d.with_note(format!("whole output: {}", l.display()));
+    }
+    d
 }

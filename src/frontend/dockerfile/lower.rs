@@ -112,6 +112,7 @@ pub fn lower_text(
         notes: Vec::new(),
         errors: Vec::new(),
         image_stages: Vec::new(),
+        noted_network: false,
     };
     l.directives();
     l.names = stage_names(&sources);
@@ -233,6 +234,8 @@ struct Lowerer<'a> {
     errors: Vec<Diagnostic>,
     /// Stages standing for images that `COPY --from` names: (name, image, span).
     image_stages: Vec<(String, String, Span)>,
+    /// Whether the note on `RUN`'s network was given.
+    noted_network: bool,
 }
 
 /// What one stage has seen so far, for the instructions after.
@@ -321,19 +324,14 @@ impl Lowerer<'_> {
             st.shell = self.final_shell(b);
         } else {
             decl.image = Some(self.s(line, &src.base));
-            self.note(
-                line,
-                format!("stage `{}` is built on the image `{}`, which this version of kiln cannot fetch", decl.name.value, src.base),
-                "building this stage (or a stage that needs it) fails until images can be fetched; stages that do not need it build",
-            );
         }
         if let Some(p) = &src.platform {
             self.note(
                 line,
                 format!(
-                    "`--platform={p}` is not carried over: kiln builds for the platform it runs on"
+                    "`--platform={p}` is not carried over: kiln builds for one platform"
                 ),
-                "stages built from scratch do not depend on the platform",
+                "images are picked for the machine's platform, or for the one `kiln build --platform` names",
             );
         }
         for (line, inst) in &src.items {
@@ -582,6 +580,19 @@ impl Lowerer<'_> {
                 _ => {}
             }
         }
+        // Docker's RUN reaches the network unless told not to; the spec says
+        // so, since a spec's own `run` has none by default.
+        if network.is_none() {
+            if !self.noted_network {
+                self.noted_network = true;
+                self.note(
+                    line,
+                    "`RUN` keeps Docker's default network (`network=\"default\"`): its commands can reach the network, so they are not hermetic".to_string(),
+                    "add `--network=none` to a `RUN` that needs no network (a spec's `run` has none unless it says `network=`)",
+                );
+            }
+            network = Some(self.s(line, "default"));
+        }
         RunDecl {
             command,
             exec,
@@ -589,6 +600,9 @@ impl Lowerer<'_> {
             mounts,
             network,
             security,
+            timeout: None,
+            sandbox: None,
+            host_inputs: Vec::new(),
         }
     }
 
@@ -787,11 +801,6 @@ impl Lowerer<'_> {
         while self.names.contains(&name) {
             name.push('_');
         }
-        self.note(
-            line,
-            format!("`--from={image}` copies from an image, which this version of kiln cannot fetch"),
-            "building this stage fails until images can be fetched; stages that do not need it build",
-        );
         self.image_stages
             .push((name.clone(), image.to_string(), self.span(line)));
         name

@@ -275,12 +275,17 @@ fn run(out: &mut String, r: &RunDecl) {
     if r.exec {
         out.push_str(" exec=#true");
     }
-    for (k, v) in [("network", &r.network), ("security", &r.security)] {
+    for (k, v) in [
+        ("network", &r.network),
+        ("security", &r.security),
+        ("timeout", &r.timeout),
+        ("sandbox", &r.sandbox),
+    ] {
         if let Some(v) = v {
             let _ = write!(out, " {k}={}", string(&v.value, i2));
         }
     }
-    if r.env.is_empty() && r.mounts.is_empty() {
+    if r.env.is_empty() && r.mounts.is_empty() && r.host_inputs.is_empty() {
         return;
     }
     out.push_str(" {\n");
@@ -294,6 +299,9 @@ fn run(out: &mut String, r: &RunDecl) {
     }
     for m in &r.mounts {
         let _ = writeln!(out, "{i2}{i2}mount {}", string(&m.value, "        "));
+    }
+    for h in &r.host_inputs {
+        let _ = writeln!(out, "{i2}{i2}host-inputs {}", string(&h.value, "        "));
     }
     let _ = write!(out, "{i2}}}");
 }

@@ -844,9 +844,9 @@ impl Loader<'_> {
                 })
             }
             "run" => {
-                let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] { env NAME=VALUE…; mount SPEC… }";
+                let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] [timeout=DURATION] [sandbox=image|host] { env NAME=VALUE…; mount SPEC…; host-inputs PATH… }";
                 n.arity(1, None, usage, d);
-                n.allow_props(&["exec", "network", "security"], d);
+                n.allow_props(&["exec", "network", "security", "timeout", "sandbox"], d);
                 let command = n.str_args(d);
                 let exec = n.bool_prop("exec", d).unwrap_or(false);
                 if !exec && command.len() > 1 {
@@ -861,14 +861,22 @@ impl Loader<'_> {
                 }
                 let mut env = Vec::new();
                 let mut mounts = Vec::new();
-                for c in n.children(&["env", "mount"], d) {
-                    if c.node.name().value() == "env" {
-                        env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d));
-                    } else {
-                        c.arity(1, None, "mount \"type=…,target=…\"…", d);
-                        c.no_props(d);
-                        c.no_children(d);
-                        mounts.extend(c.str_args(d));
+                let mut host_inputs = Vec::new();
+                for c in n.children(&["env", "mount", "host-inputs"], d) {
+                    match c.node.name().value() {
+                        "env" => env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d)),
+                        "mount" => {
+                            c.arity(1, None, "mount \"type=…,target=…\"…", d);
+                            c.no_props(d);
+                            c.no_children(d);
+                            mounts.extend(c.str_args(d));
+                        }
+                        _ => {
+                            c.arity(1, None, "host-inputs \"/usr/bin/gcc\"…", d);
+                            c.no_props(d);
+                            c.no_children(d);
+                            host_inputs.extend(c.str_args(d));
+                        }
                     }
                 }
                 StepKind::Run(RunDecl {
@@ -878,6 +886,9 @@ impl Loader<'_> {
                     mounts,
                     network: n.str_prop("network", d),
                     security: n.str_prop("security", d),
+                    timeout: n.str_prop("timeout", d),
+                    sandbox: n.str_prop("sandbox", d),
+                    host_inputs,
                 })
             }
             other => {

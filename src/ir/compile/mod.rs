@@ -300,8 +300,16 @@ impl Compiler<'_> {
             .image
             .as_ref()
             .and_then(|i| self.subst(i).map(|v| Spanned::new(i.span, v)));
+        let spec_dir = self
+            .sources
+            .get(decl.span.source)
+            .and_then(|f| f.path.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
         let base = match &from {
-            None if image.is_some() => Base::Image(image.map(|i| i.value).unwrap_or_default()),
+            None if image.is_some() => Base::Image(ImageBase {
+                reference: image.map(|i| i.value).unwrap_or_default(),
+                dir: spec_dir,
+            }),
             None => Base::Scratch,
             Some(f) if f.value == "scratch" => Base::Scratch,
             Some(f) => match self.stage_ref(f, names, "to build on") {

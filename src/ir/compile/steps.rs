@@ -480,13 +480,36 @@ impl Compiler<'_> {
         let env = self.pairs(&r.env);
         let network = self.opt(&r.network);
         let security = self.opt(&r.security);
+        let sandbox = self.opt(&r.sandbox);
+        let host_inputs = self.strings(&r.host_inputs);
         let modes_ok =
             self.choice(
                 &r.network,
                 &network,
                 &["default", "none", "host"],
                 "network",
-            ) & self.choice(&r.security, &security, &["sandbox", "insecure"], "security");
+            ) & self.choice(&r.security, &security, &["sandbox", "insecure"], "security")
+                & self.choice(&r.sandbox, &sandbox, &["image", "host"], "sandbox");
+        let timeout = match &r.timeout {
+            None => None,
+            Some(t) => {
+                let v = self.subst(t)?;
+                match crate::units::parse_duration(&v) {
+                    Some(d) if !d.is_zero() => Some(d),
+                    _ => {
+                        self.diags.push(
+                            Diagnostic::user(
+                                "kiln::spec::duration",
+                                format!("`{v}` is not a time limit"),
+                            )
+                            .with_label(t.span, "expected a duration above zero")
+                            .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
         let mut mounts = Vec::new();
         let mut ok = true;
         for m in &r.mounts {
@@ -498,14 +521,42 @@ impl Compiler<'_> {
         if !modes_ok || !ok {
             return None;
         }
+        // A spec's `run` is hermetic unless it says otherwise.
         let network = network?
             .as_deref()
             .and_then(Network::parse)
-            .unwrap_or(Network::Default);
+            .unwrap_or(Network::None);
         let security = security?
             .as_deref()
             .and_then(Security::parse)
             .unwrap_or(Security::Sandbox);
+        let sandbox = match sandbox?.as_deref() {
+            Some("host") => Sandbox::Host,
+            _ => Sandbox::Image,
+        };
+        let host_inputs = host_inputs?;
+        if let Some(bad) = host_inputs.iter().position(|h| !h.starts_with('/')) {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::host-input",
+                    format!("`{}` is not an absolute host path", host_inputs[bad]),
+                )
+                .with_label(r.host_inputs[bad].span, "expected an absolute path")
+                .with_help("name host files by their absolute paths, such as \"/usr/bin/gcc\""),
+            );
+            return None;
+        }
+        if !host_inputs.is_empty() && sandbox != Sandbox::Host {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::host-input",
+                    "`host-inputs` are for steps that see the host",
+                )
+                .with_label(r.host_inputs[0].span, "host files")
+                .with_help("add `sandbox=\"host\"` to the step, or remove `host-inputs`"),
+            );
+            return None;
+        }
         Some((
             Op::Run(RunOp {
                 command: command?,
@@ -514,6 +565,9 @@ impl Compiler<'_> {
                 mounts,
                 network,
                 security,
+                timeout,
+                sandbox,
+                host_inputs,
             }),
             r.mounts.iter().map(|m| m.span).collect(),
         ))

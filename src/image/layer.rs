@@ -1,0 +1,412 @@
+//! Applying an image layer (a tar, gzip- or zstd-compressed or not) to a
+//! tree, as container runtimes do: entries in order, `.wh.NAME` removing
+//! `NAME` from the layers below, `.wh..wh..opq` hiding everything below
+//! its directory in the layers below, hard links to earlier entries, modes
+//! and owners kept. File contents stream into the content store.
+//!
+//! Nothing is extracted to disk, so nothing can be written outside the
+//! root; still, a layer that tries — an absolute path, `..`, a path
+//! through a symlink (the symlink-then-file trick), a device node or a
+//! FIFO — is refused, naming the entry.
+
+use crate::model::tree::{self, Entry, Kind, Tree};
+use crate::store::{ContentStore, StoreError};
+use std::io::{self, BufReader, Read};
+
+/// Why a layer cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("the entry `{entry}` {why}")]
+    Hostile { entry: String, why: &'static str },
+    #[error("the layer is damaged: {0}")]
+    Damaged(String),
+    #[error("the layer expands to more than {}", crate::units::format_size(*.0))]
+    TooLarge(u64),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The bytes of a layer, decompressed by what its first bytes announce.
+pub fn decompress<'a>(mut raw: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match raw.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = io::Cursor::new(magic[..got].to_vec()).chain(raw);
+    Ok(if magic[..got].starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(head)))
+    } else if magic[..got] == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::new(head)?)
+    } else {
+        Box::new(head)
+    })
+}
+
+/// One entry of a layer, read before the layer is applied.
+enum Item {
+    Put(String, Entry),
+    /// A hard link to a path in this layer or below.
+    Link(String, String),
+}
+
+/// Apply the (uncompressed) layer `tar` to `tree`. At most `limit` bytes of
+/// file content are taken.
+pub fn apply(
+    content: &dyn ContentStore,
+    tree: &mut Tree,
+    tar: impl Read,
+    limit: u64,
+) -> Result<(), LayerError> {
+    let damaged = |e: &dyn std::fmt::Display| LayerError::Damaged(e.to_string());
+    let mut archive = tar::Archive::new(tar);
+    let mut items = Vec::new();
+    let mut whiteouts = Vec::new();
+    let mut opaque = Vec::new();
+    let mut left = limit;
+    for entry in archive.entries().map_err(|e| damaged(&e))? {
+        let mut entry = entry.map_err(|e| damaged(&e))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8(raw.clone()).map_err(|_| LayerError::Hostile {
+            entry: String::from_utf8_lossy(&raw).into_owned(),
+            why: "has a name that is not UTF-8",
+        })?;
+        let hostile = |why| LayerError::Hostile {
+            entry: name.clone(),
+            why,
+        };
+        let trimmed = name.trim_start_matches("./");
+        if trimmed.starts_with('/') {
+            return Err(hostile("is an absolute path"));
+        }
+        let mut parts = Vec::new();
+        for part in trimmed.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(hostile("climbs out of the root with `..`")),
+                p => parts.push(p),
+            }
+        }
+        let path = parts.join("/");
+        if path.is_empty() {
+            continue;
+        }
+        let base = tree::basename(&path);
+        let dir = tree::parent(&path).to_string();
+        if base == ".wh..wh..opq" {
+            opaque.push(dir);
+            continue;
+        }
+        if let Some(hidden) = base.strip_prefix(".wh.") {
+            whiteouts.push(tree::join(&dir, hidden));
+            continue;
+        }
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let kind = header.entry_type();
+        let target = || -> Result<String, LayerError> {
+            let bytes = entry
+                .link_name_bytes()
+                .map(|b| b.into_owned())
+                .unwrap_or_default();
+            String::from_utf8(bytes).map_err(|_| LayerError::Hostile {
+                entry: name.clone(),
+                why: "links to a path that is not UTF-8",
+            })
+        };
+        let item = if kind.is_dir() {
+            Item::Put(path, Entry::dir(mode, uid, gid))
+        } else if kind.is_symlink() {
+            Item::Put(
+                path,
+                Entry {
+                    kind: Kind::Symlink { target: target()? },
+                    mode: 0o777,
+                    uid,
+                    gid,
+                },
+            )
+        } else if kind.is_hard_link() {
+            let t = target()?;
+            let t = t.trim_start_matches("./").trim_start_matches('/');
+            let mut clean = Vec::new();
+            for part in t.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => return Err(hostile("hard-links to a path outside the root")),
+                    p => clean.push(p),
+                }
+            }
+            Item::Link(path, clean.join("/"))
+        } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+            let (blob, size) = match content.put_blob_reader(&mut entry, Some(left)) {
+                Ok(done) => done,
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::FileTooLarge =>
+                {
+                    return Err(LayerError::TooLarge(limit));
+                }
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::InvalidData =>
+                {
+                    return Err(damaged(&source));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            left -= size;
+            Item::Put(
+                path,
+                Entry {
+                    kind: Kind::File { blob, size },
+                    mode,
+                    uid,
+                    gid,
+                },
+            )
+        } else if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            continue;
+        } else if kind.is_character_special() || kind.is_block_special() {
+            return Err(hostile("is a device node, which kiln does not create"));
+        } else if kind.is_fifo() {
+            return Err(hostile("is a FIFO, which kiln does not create"));
+        } else {
+            return Err(hostile("has an entry type kiln does not know"));
+        };
+        items.push(item);
+    }
+    // Whiteouts and opaque directories hide what the layers below hold,
+    // never what this layer adds: apply them first.
+    for dir in &opaque {
+        let below: Vec<String> = tree.descendants(dir).map(|(p, _)| p.clone()).collect();
+        for p in below {
+            tree.entries.remove(&p);
+        }
+    }
+    for w in &whiteouts {
+        tree.remove_all(w);
+    }
+    for item in items {
+        let (path, entry) = match item {
+            Item::Put(p, e) => (p, e),
+            // A hard link is the same file: it has the target's mode and owner.
+            Item::Link(p, target) => match tree.get(&target) {
+                Some(
+                    e @ Entry {
+                        kind: Kind::File { .. },
+                        ..
+                    },
+                ) => (p, e.clone()),
+                _ => {
+                    return Err(LayerError::Hostile {
+                        entry: p,
+                        why: "hard-links to a file that is not in the image",
+                    });
+                }
+            },
+        };
+        // Parents must be directories, never symlinks: a path through a
+        // symlink would be written wherever the link points.
+        let mut here = String::new();
+        for part in tree::parent(&path).split('/').filter(|p| !p.is_empty()) {
+            here = tree::join(&here, part);
+            match tree.get(&here) {
+                Some(e) if e.is_dir() => {}
+                Some(Entry {
+                    kind: Kind::Symlink { .. },
+                    ..
+                }) => {
+                    return Err(LayerError::Hostile {
+                        entry: path,
+                        why: "is written through a symlink",
+                    });
+                }
+                Some(_) => {
+                    // A file where a directory is needed: the later entry
+                    // wins, as tar does.
+                    tree.entries.insert(here.clone(), Entry::dir(0o755, 0, 0));
+                }
+                None => {
+                    tree.entries.insert(here.clone(), Entry::dir(0o755, 0, 0));
+                }
+            }
+        }
+        if !entry.is_dir() {
+            // A later entry for the same path replaces the earlier one (and
+            // what was below it).
+            tree.remove_all(&path);
+        }
+        tree.entries.insert(path, entry);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// A layer from (path, kind, data): kind `f` file, `d` dir, `l` symlink
+    /// (data = target), `h` hard link (data = target), `c` char device.
+    fn layer(entries: &[(&str, char, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            match kind {
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    h.set_path(path).unwrap();
+                    h.set_cksum();
+                    b.append(&h, data.as_bytes()).unwrap();
+                }
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    h.set_path(path).unwrap();
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                'l' | 'h' => {
+                    h.set_entry_type(if *kind == 'l' {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    });
+                    h.set_size(0);
+                    h.set_path(path).unwrap();
+                    h.set_link_name(data).unwrap();
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                'c' => {
+                    h.set_entry_type(tar::EntryType::Char);
+                    h.set_size(0);
+                    h.set_path(path).unwrap();
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Write a raw (unchecked) name into a header: the tar crate refuses `..`.
+    fn raw_layer(name: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn paths(t: &Tree) -> Vec<&str> {
+        t.entries.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn layers_stack_with_whiteouts_and_opaque_directories() {
+        let m = MemoryStore::new();
+        let mut t = Tree::new();
+        let base = layer(&[
+            ("etc/", 'd', ""),
+            ("etc/a", 'f', "a"),
+            ("etc/b", 'f', "b"),
+            ("var/", 'd', ""),
+            ("var/cache/", 'd', ""),
+            ("var/cache/x", 'f', "x"),
+            ("bin/sh", 'f', "sh"),
+            ("bin/ash", 'h', "bin/sh"),
+        ]);
+        apply(&m, &mut t, &base[..], 1 << 20).unwrap();
+        let top = layer(&[
+            ("etc/.wh.a", 'f', ""),
+            ("var/cache/.wh..wh..opq", 'f', ""),
+            ("var/cache/y", 'f', "y"),
+            ("etc/c", 'f', "c"),
+        ]);
+        apply(&m, &mut t, &top[..], 1 << 20).unwrap();
+        assert_eq!(
+            paths(&t),
+            [
+                "bin",
+                "bin/ash",
+                "bin/sh",
+                "etc",
+                "etc/b",
+                "etc/c",
+                "var",
+                "var/cache",
+                "var/cache/y"
+            ]
+        );
+        assert_eq!(
+            t.get("bin/ash").unwrap().kind,
+            t.get("bin/sh").unwrap().kind
+        );
+    }
+
+    #[test]
+    fn hostile_layers_are_refused() {
+        let m = MemoryStore::new();
+        for (bytes, says) in [
+            (raw_layer(b"../../etc/passwd"), "climbs out"),
+            (raw_layer(b"/etc/passwd"), "absolute"),
+            (
+                layer(&[("etc", 'l', "/host-etc"), ("etc/passwd", 'f', "evil")]),
+                "through a symlink",
+            ),
+            (layer(&[("dev/null", 'c', "")]), "device node"),
+            (layer(&[("x", 'h', "nowhere")]), "not in the image"),
+        ] {
+            let mut t = Tree::new();
+            let err = apply(&m, &mut t, &bytes[..], 1 << 20).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn compressed_layers_are_recognised() {
+        let plain = layer(&[("f", 'f', "hello")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 3).unwrap();
+        for bytes in [plain.clone(), gz, zst] {
+            let m = MemoryStore::new();
+            let mut t = Tree::new();
+            let r = decompress(Box::new(io::Cursor::new(bytes))).unwrap();
+            apply(&m, &mut t, r, 1 << 20).unwrap();
+            assert_eq!(paths(&t), ["f"]);
+        }
+    }
+
+    #[test]
+    fn the_expanded_size_is_bounded() {
+        let m = MemoryStore::new();
+        let mut t = Tree::new();
+        let big = layer(&[("f", 'f', &"x".repeat(1000))]);
+        assert!(matches!(
+            apply(&m, &mut t, &big[..], 999),
+            Err(LayerError::TooLarge(999))
+        ));
+    }
+}

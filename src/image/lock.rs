@@ -1,0 +1,185 @@
+//! `kiln.lock`: what each image reference (and, as they come, each git
+//! source and unpinned URL) resolved to, beside the spec, so that a later
+//! build uses the same bytes without asking the network, and `explain`
+//! can name a base image that changed.
+//!
+//! ```kdl
+//! // What kiln.kdl's image references resolved to. Written by kiln;
+//! // `kiln lock --update` resolves them again.
+//! lock 1
+//! image "debian:bookworm" platform="linux/amd64" digest="sha256:…"
+//! ```
+//!
+//! The lock of `kiln.kdl` is `kiln.lock`; of any other spec file `NAME`,
+//! `NAME.lock` (`Dockerfile.lock`).
+
+use crate::diag::{Diagnostic, Sources, Span};
+use crate::model::digest::Sha256;
+use kdl::{KdlDocument, KdlEntry, KdlNode};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The lock file of a spec file.
+pub fn path_for(spec: &Path) -> PathBuf {
+    let name = spec
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "kiln.kdl".into());
+    let lock = match name.strip_suffix(".kdl") {
+        Some(stem) => format!("{stem}.lock"),
+        None => format!("{name}.lock"),
+    };
+    spec.with_file_name(lock)
+}
+
+/// What a lock file holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// (reference as written, platform) → manifest digest.
+    pub images: BTreeMap<(String, String), Sha256>,
+}
+
+impl Lock {
+    pub fn image(&self, reference: &str, platform: &str) -> Option<&Sha256> {
+        self.images
+            .get(&(reference.to_string(), platform.to_string()))
+    }
+
+    /// The file's text.
+    pub fn to_text(&self, spec_name: &str) -> String {
+        let mut doc = KdlDocument::new();
+        let mut version = KdlNode::new("lock");
+        version.push(KdlEntry::new(1));
+        doc.nodes_mut().push(version);
+        for ((reference, platform), digest) in &self.images {
+            let mut n = KdlNode::new("image");
+            n.push(KdlEntry::new(reference.clone()));
+            n.push(KdlEntry::new_prop("platform", platform.clone()));
+            n.push(KdlEntry::new_prop("digest", digest.to_string()));
+            doc.nodes_mut().push(n);
+        }
+        doc.autoformat();
+        format!(
+            "// What the image references of {spec_name} resolved to. Written by kiln;\n// `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
+        )
+    }
+}
+
+/// Read a lock file; `None` when there is none. Errors point into it.
+pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnostic>> {
+    let text = match crate::frontend::read_spec_file(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(vec![Diagnostic::io("cannot read the lock file", path, &e)]);
+        }
+    };
+    let shown = crate::frontend::kdl::display_path(path);
+    let id = sources.add(shown, path.to_path_buf(), text.clone());
+    let doc: KdlDocument = match text.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(vec![
+                Diagnostic::user(
+                    "kiln::lock::syntax",
+                    format!("the lock file is not KDL: {e}"),
+                )
+                .with_label(Span::new(id, 0, 0), "in this file")
+                .with_help("delete the lock file and build again to write a new one"),
+            ]);
+        }
+    };
+    let mut lock = Lock::default();
+    let mut errors = Vec::new();
+    let at = |n: &KdlNode| {
+        let s = n.span();
+        Span::new(id, s.offset(), s.len())
+    };
+    let bad = |n: &KdlNode, what: String| {
+        Diagnostic::user("kiln::lock::entry", what)
+            .with_label(at(n), "in this entry")
+            .with_help("fix the entry, or delete it and build again to resolve it afresh")
+    };
+    for n in doc.nodes() {
+        match n.name().value() {
+            "lock" => {}
+            "image" => {
+                let reference = n
+                    .entries()
+                    .iter()
+                    .find(|e| e.name().is_none())
+                    .and_then(|e| e.value().as_string());
+                let prop = |k: &str| n.get(k).and_then(|v| v.as_string());
+                match (
+                    reference,
+                    prop("platform"),
+                    prop("digest").and_then(Sha256::parse),
+                ) {
+                    (Some(r), Some(p), Some(d)) => {
+                        lock.images.insert((r.to_string(), p.to_string()), d);
+                    }
+                    _ => errors.push(bad(
+                        n,
+                        "an image entry needs a reference, `platform=` and a `digest=\"sha256:…\"`"
+                            .into(),
+                    )),
+                }
+            }
+            other => errors.push(bad(n, format!("`{other}` is not a lock entry"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Some(lock))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Write a lock file atomically.
+pub fn write(path: &Path, lock: &Lock, spec_name: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, lock.to_text(spec_name))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(&dir.path().join("kiln.kdl"));
+        assert_eq!(path.file_name().unwrap(), "kiln.lock");
+        assert_eq!(
+            path_for(Path::new("x/Dockerfile")),
+            Path::new("x/Dockerfile.lock")
+        );
+        let sources = Sources::new();
+        assert_eq!(read(&path, &sources).unwrap(), None);
+        let mut lock = Lock::default();
+        lock.images.insert(
+            ("debian:bookworm".into(), "linux/amd64".into()),
+            Sha256::of(b"m"),
+        );
+        write(&path, &lock, "kiln.kdl").unwrap();
+        assert_eq!(read(&path, &sources).unwrap(), Some(lock.clone()));
+        assert_eq!(
+            lock.image("debian:bookworm", "linux/amd64"),
+            Some(&Sha256::of(b"m"))
+        );
+        std::fs::write(&path, "lock 1\nimage \"x\" digest=\"md5:1\"\nflavour 2\n").unwrap();
+        let errs = read(&path, &sources).unwrap_err();
+        assert_eq!(errs.len(), 2);
+    }
+}

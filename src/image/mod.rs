@@ -1,0 +1,424 @@
+//! Images in: a base image (`from image="…"`, Dockerfile `FROM`) resolved
+//! to the digest of its manifest for this platform, its blobs verified
+//! into the local image store, and its layers applied into a tree.
+//!
+//! Where an image comes from is a [`Source`]: a registry
+//! ([`registry`]), a local OCI layout or an archive ([`local`]). A
+//! reference resolves once (its digest goes into `kiln.lock`, [`lock`]);
+//! after that everything is addressed by digest, so a locked build needs
+//! no network once the store has the image. The tree of an image is
+//! cached by its manifest digest, and every prefix of its layers by the
+//! layers' digests (as Docker's chain ids), so a second build using the
+//! image, or another image on the same base, does no layer work.
+
+pub mod config;
+pub mod layer;
+pub mod local;
+pub mod lock;
+pub mod platform;
+pub mod reference;
+pub mod registry;
+pub mod set;
+
+use crate::model::digest::{Sha256, StepKey};
+use crate::model::state::{Action, ImageConfig, State};
+use crate::model::tree::Tree;
+use crate::store::oci::OciBlobs;
+use crate::store::{ActionCache, ContentStore, StoreError};
+use platform::Platform;
+use reference::ImageRef;
+use serde_json::Value;
+use std::io::Read;
+
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Why an image could not be had. Messages name what is wrong; the caller
+/// adds the spec location and the image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Network(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Platform(String),
+    #[error("layer {digest}: {error}")]
+    Layer {
+        digest: Sha256,
+        error: layer::LayerError,
+    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A place images come from.
+pub trait Source {
+    /// The manifest or index the reference names, and its digest.
+    fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError>;
+    /// A manifest (or index) by digest.
+    fn manifest(&mut self, d: &Sha256) -> Result<Vec<u8>, ImageError>;
+    /// Copy a blob into the store, verified against its digest.
+    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError>;
+}
+
+/// What to open a source with.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Registries that may be spoken to over plain HTTP (besides loopback).
+    pub insecure: Vec<String>,
+}
+
+/// Open the source a reference names.
+pub fn open(r: &ImageRef, access: &Access) -> Result<Box<dyn Source>, ImageError> {
+    match r {
+        ImageRef::Registry(reg) => Ok(Box::new(registry::Registry::new(reg, access)?)),
+        ImageRef::Layout { dir, tag, digest } => Ok(Box::new(local::Layout::open(
+            dir,
+            tag.clone(),
+            digest.clone(),
+        )?)),
+        ImageRef::OciArchive { file, tag } => {
+            Ok(Box::new(local::Archive::open_oci(file, tag.clone())?))
+        }
+        ImageRef::DockerArchive { file, name } => {
+            Ok(Box::new(local::Archive::open_docker(file, name.clone())?))
+        }
+    }
+}
+
+/// One layer of an image manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDesc {
+    pub digest: Sha256,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// An image, by its manifest.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The manifest's digest: the image's identity in keys and the lock.
+    pub digest: Sha256,
+    pub config_digest: Sha256,
+    pub config: ImageConfig,
+    pub platform: Platform,
+    pub layers: Vec<LayerDesc>,
+}
+
+fn json(bytes: &[u8], what: &str) -> Result<Value, ImageError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ImageError::Invalid(format!("{what} is not JSON: {e}")))
+}
+
+/// Whether a manifest document is an index (a list of per-platform manifests).
+fn is_index(v: &Value) -> bool {
+    match v.get("mediaType").and_then(Value::as_str) {
+        Some(t) => t == MEDIA_INDEX || t == DOCKER_LIST,
+        None => v.get("manifests").is_some() && v.get("layers").is_none(),
+    }
+}
+
+/// The digest of the manifest for `platform`: the reference's own when it
+/// names a manifest, the matching entry's when it names an index.
+/// Manifests read are kept in the store.
+pub fn resolve(
+    source: &mut dyn Source,
+    platform: &Platform,
+    blobs: &OciBlobs,
+) -> Result<Sha256, ImageError> {
+    let (bytes, digest) = source.top()?;
+    blobs.put_bytes(&bytes)?;
+    pick(source, &bytes, digest, platform, blobs, 0)
+}
+
+fn pick(
+    source: &mut dyn Source,
+    bytes: &[u8],
+    digest: Sha256,
+    platform: &Platform,
+    blobs: &OciBlobs,
+    depth: usize,
+) -> Result<Sha256, ImageError> {
+    let v = json(bytes, "the image manifest")?;
+    if !is_index(&v) {
+        return Ok(digest);
+    }
+    if depth > 4 {
+        return Err(ImageError::Invalid("image indexes nest too deep".into()));
+    }
+    let entries = v
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ImageError::Invalid("the image index lists no manifests".into()))?;
+    let mut seen = Vec::new();
+    for e in entries {
+        let p = e.get("platform");
+        let field = |k: &str| {
+            p.and_then(|p| p.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (os, arch) = (field("os"), field("architecture"));
+        let variant = p
+            .and_then(|p| p.get("variant"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let Some(d) = e
+            .get("digest")
+            .and_then(Value::as_str)
+            .and_then(Sha256::parse)
+        else {
+            continue;
+        };
+        if os.is_empty() && arch.is_empty() {
+            // An entry without a platform (attestations, or a single image).
+            if entries.len() == 1 {
+                let inner = source.manifest(&d)?;
+                blobs.put_bytes(&inner)?;
+                return pick(source, &inner, d, platform, blobs, depth + 1);
+            }
+            continue;
+        }
+        if platform.matches(&os, &arch, variant.as_deref()) {
+            let inner = source.manifest(&d)?;
+            blobs.put_bytes(&inner)?;
+            return pick(source, &inner, d, platform, blobs, depth + 1);
+        }
+        seen.push(match variant {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        });
+    }
+    Err(ImageError::Platform(format!(
+        "the image has no {platform} variant (it has {})",
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )))
+}
+
+/// Read an image by its manifest digest, fetching the manifest and config
+/// from `source` when the store lacks them.
+pub fn load(
+    digest: &Sha256,
+    mut source: Option<&mut (dyn Source + '_)>,
+    blobs: &OciBlobs,
+) -> Result<Image, ImageError> {
+    let manifest = match blobs.read(digest) {
+        Ok(b) => b,
+        Err(_) => {
+            let Some(s) = source.as_deref_mut() else {
+                return Err(ImageError::NotFound(format!(
+                    "the manifest {digest} is not in the image store"
+                )));
+            };
+            let b = s.manifest(digest)?;
+            if Sha256::of(&b) != *digest {
+                return Err(ImageError::Invalid(format!(
+                    "the manifest received does not have the digest {digest}"
+                )));
+            }
+            blobs.put_bytes(&b)?;
+            b
+        }
+    };
+    let v = json(&manifest, "the image manifest")?;
+    if is_index(&v) {
+        return Err(ImageError::Invalid(format!(
+            "{digest} is an image index, not a manifest"
+        )));
+    }
+    let desc = |d: &Value, what: &str| -> Result<(Sha256, u64, String), ImageError> {
+        let digest = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .and_then(Sha256::parse)
+            .ok_or_else(|| {
+                ImageError::Invalid(format!("the manifest's {what} has no sha256 digest"))
+            })?;
+        let size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let media = d
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Ok((digest, size, media))
+    };
+    let (config_digest, _, _) = desc(
+        v.get("config")
+            .ok_or_else(|| ImageError::Invalid("the manifest has no config".into()))?,
+        "config",
+    )?;
+    let mut layers = Vec::new();
+    for l in v
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ImageError::Invalid("the manifest lists no layers".into()))?
+    {
+        let (digest, size, media_type) = desc(l, "layer")?;
+        if media_type.contains("nondistributable") || media_type.contains("foreign") {
+            return Err(ImageError::Invalid(format!(
+                "layer {digest} is a foreign layer, which kiln does not fetch"
+            )));
+        }
+        layers.push(LayerDesc {
+            digest,
+            size,
+            media_type,
+        });
+    }
+    if !blobs.has(&config_digest) {
+        let Some(s) = source else {
+            return Err(ImageError::NotFound(format!(
+                "the config {config_digest} is not in the image store"
+            )));
+        };
+        s.fetch_blob(&config_digest, blobs)?;
+    }
+    let config_bytes = blobs.read(&config_digest)?;
+    let (config, p) = config::parse(&config_bytes).map_err(ImageError::Invalid)?;
+    Ok(Image {
+        digest: digest.clone(),
+        config_digest,
+        config,
+        platform: Platform {
+            os: p.os,
+            architecture: p.architecture,
+            variant: p.variant,
+        },
+        layers,
+    })
+}
+
+/// The action-cache key of an image's whole tree.
+pub fn rootfs_key(digest: &Sha256) -> StepKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-image-rootfs-v1\0");
+    h.update(digest.to_string().as_bytes());
+    StepKey::from_hash(h.finalize())
+}
+
+/// The action-cache key of the tree of an image's first layers.
+fn chain_key(layers: &[LayerDesc]) -> StepKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-image-chain-v1\0");
+    for l in layers {
+        h.update(l.digest.to_string().as_bytes());
+        h.update(b"\0");
+    }
+    StepKey::from_hash(h.finalize())
+}
+
+/// Where an image's tree is built.
+pub struct Unpack<'a> {
+    pub content: &'a dyn ContentStore,
+    pub actions: &'a dyn ActionCache,
+    pub blobs: &'a OciBlobs,
+    /// The most a layer may expand to.
+    pub limit: u64,
+}
+
+/// The state of an image, if its tree is cached (no layer work at all).
+pub fn cached(u: &Unpack<'_>, digest: &Sha256) -> Option<State> {
+    let a = u.actions.get(rootfs_key(digest))?;
+    let tree = a.tree?;
+    u.content.has_tree(tree).then_some(State {
+        tree,
+        config: a.config,
+    })
+}
+
+/// Build an image's tree from its layers, starting from the longest prefix
+/// already unpacked, fetching layers from `source` as needed. Returns the
+/// state and the cache keys used (to keep them from `kiln gc`).
+pub fn unpack(
+    u: &Unpack<'_>,
+    image: &Image,
+    mut source: Option<&mut (dyn Source + '_)>,
+) -> Result<(State, Vec<StepKey>), ImageError> {
+    let mut keys = Vec::new();
+    let mut start = 0;
+    let mut tree = Tree::new();
+    for i in (1..=image.layers.len()).rev() {
+        let key = chain_key(&image.layers[..i]);
+        if let Some(Action { tree: Some(t), .. }) = u.actions.get(key)
+            && let Ok(found) = u.content.get_tree(t)
+        {
+            tree = found;
+            start = i;
+            keys.push(key);
+            break;
+        }
+    }
+    for i in start..image.layers.len() {
+        let l = &image.layers[i];
+        if !u.blobs.has(&l.digest) {
+            let Some(s) = source.as_deref_mut() else {
+                return Err(ImageError::NotFound(format!(
+                    "layer {} is not in the image store",
+                    l.digest
+                )));
+            };
+            s.fetch_blob(&l.digest, u.blobs)?;
+        }
+        let raw = u.blobs.open(&l.digest)?;
+        let layer_err = |error| ImageError::Layer {
+            digest: l.digest.clone(),
+            error,
+        };
+        let reader = layer::decompress(Box::new(raw))
+            .map_err(|e| layer_err(layer::LayerError::Damaged(e.to_string())))?;
+        layer::apply(u.content, &mut tree, reader, u.limit).map_err(layer_err)?;
+        let t = u.content.put_tree(&tree)?;
+        let key = chain_key(&image.layers[..=i]);
+        u.actions.put(
+            key,
+            &Action {
+                tree: Some(t),
+                config: ImageConfig::default(),
+            },
+        )?;
+        keys.push(key);
+    }
+    let tree = u.content.put_tree(&tree)?;
+    let state = State {
+        tree,
+        config: image.config.clone(),
+    };
+    let key = rootfs_key(&image.digest);
+    u.actions.put(
+        key,
+        &Action {
+            tree: Some(tree),
+            config: state.config.clone(),
+        },
+    )?;
+    keys.push(key);
+    Ok((state, keys))
+}
+
+/// Read a blob whole from a reader, up to a size that a manifest or config
+/// never reaches.
+pub(crate) fn read_small(r: &mut dyn Read, what: &str) -> Result<Vec<u8>, ImageError> {
+    const MAX: u64 = 16 << 20;
+    let mut out = Vec::new();
+    r.take(MAX + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ImageError::Invalid(format!("cannot read {what}: {e}")))?;
+    if out.len() as u64 > MAX {
+        return Err(ImageError::Invalid(format!("{what} is larger than 16 MiB")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,207 @@
+//! Images from a registry, through `oci-client`: anonymous or basic
+//! authentication, bearer-token challenges, and credentials from the
+//! Docker config file (`~/.docker/config.json`, or `$DOCKER_CONFIG`).
+//! Plain HTTP only for registries on the loopback interface and those
+//! named with `--insecure-registry`. Blobs are streamed into the store and
+//! verified against their digests there.
+
+use super::reference::RegistryRef;
+use super::{
+    Access, DOCKER_LIST, DOCKER_MANIFEST, ImageError, MEDIA_INDEX, MEDIA_MANIFEST, Source,
+};
+use crate::model::digest::Sha256;
+use crate::store::oci::OciBlobs;
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::io::{self, Read};
+use std::time::Duration;
+
+const ACCEPTED: &[&str] = &[MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+
+pub struct Registry {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    reference: Reference,
+    auth: RegistryAuth,
+    shown: String,
+}
+
+/// Credentials for a registry from the Docker config file, if it has any.
+fn credentials(registry: &str) -> RegistryAuth {
+    let server = if registry == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    match docker_credential::get_credential(server) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
+            RegistryAuth::Basic(u, p)
+        }
+        Ok(docker_credential::DockerCredential::IdentityToken(t)) => RegistryAuth::Bearer(t),
+        Err(_) => RegistryAuth::Anonymous,
+    }
+}
+
+impl Registry {
+    pub fn new(r: &RegistryRef, access: &Access) -> Result<Registry, ImageError> {
+        let mut plain_http: Vec<String> = access.insecure.clone();
+        if r.is_loopback() {
+            plain_http.push(r.registry.clone());
+        }
+        let config = ClientConfig {
+            protocol: if plain_http.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(plain_http)
+            },
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ImageError::Network(format!("cannot start the network runtime: {e}")))?;
+        let reference = match (&r.digest, &r.tag) {
+            (Some(d), _) => {
+                Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone())
+            }
+            (None, Some(t)) => {
+                Reference::with_tag(r.registry.clone(), r.repository.clone(), t.clone())
+            }
+            (None, None) => {
+                Reference::with_tag(r.registry.clone(), r.repository.clone(), "latest".into())
+            }
+        };
+        Ok(Registry {
+            client: Client::new(config),
+            rt,
+            reference,
+            auth: credentials(&r.registry),
+            shown: r.to_string(),
+        })
+    }
+
+    fn err(&self, what: &str, e: impl std::error::Error) -> ImageError {
+        // The client's errors wrap the cause (connection refused, a TLS
+        // failure) that a user needs to see.
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let t = s.to_string();
+            if !text.contains(&t) {
+                text.push_str(": ");
+                text.push_str(&t);
+            }
+            source = s.source();
+        }
+        if text.contains("not found") || text.contains("MANIFEST_UNKNOWN") || text.contains("404") {
+            ImageError::NotFound(format!("{what} `{}`: {text}", self.shown))
+        } else {
+            ImageError::Network(format!("{what} `{}`: {text}", self.shown))
+        }
+    }
+
+    fn at_digest(&self, d: &Sha256) -> Reference {
+        Reference::with_digest(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            d.to_string(),
+        )
+    }
+}
+
+impl Source for Registry {
+    fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError> {
+        let (bytes, digest) = self
+            .rt
+            .block_on(
+                self.client
+                    .pull_manifest_raw(&self.reference, &self.auth, ACCEPTED),
+            )
+            .map_err(|e| self.err("cannot fetch the manifest of", e))?;
+        let computed = Sha256::of(&bytes);
+        // The registry's digest header, when it sends one, must agree.
+        if let Some(d) = Sha256::parse(&digest)
+            && d != computed
+        {
+            return Err(ImageError::Invalid(format!(
+                "the registry sent a manifest for `{}` whose bytes do not match its digest {d}",
+                self.shown
+            )));
+        }
+        Ok((bytes.to_vec(), computed))
+    }
+
+    fn manifest(&mut self, d: &Sha256) -> Result<Vec<u8>, ImageError> {
+        let r = self.at_digest(d);
+        let (bytes, _) = self
+            .rt
+            .block_on(self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED))
+            .map_err(|e| self.err("cannot fetch a manifest of", e))?;
+        if Sha256::of(&bytes) != *d {
+            return Err(ImageError::Invalid(format!(
+                "the registry sent a manifest of `{}` that does not match its digest {d}",
+                self.shown
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError> {
+        let digest = d.to_string();
+        self.rt.block_on(
+            self.client
+                .store_auth_if_needed(self.reference.resolve_registry(), &self.auth),
+        );
+        let stream = self
+            .rt
+            .block_on(
+                self.client
+                    .pull_blob_stream(&self.reference, digest.as_str()),
+            )
+            .map_err(|e| self.err("cannot fetch a blob of", e))?;
+        let mut reader = StreamReader {
+            rt: &self.rt,
+            stream: stream.stream,
+            chunk: bytes::Bytes::new(),
+        };
+        blobs.put(&mut reader, Some(d)).map_err(|e| match e {
+            crate::store::StoreError::Io { source, .. }
+                if source.kind() != io::ErrorKind::StorageFull =>
+            {
+                ImageError::Network(format!(
+                    "cannot fetch blob {d} of `{}`: {source}",
+                    self.shown
+                ))
+            }
+            other => ImageError::Store(other),
+        })?;
+        Ok(())
+    }
+}
+
+/// A blob stream read synchronously, chunk by chunk.
+struct StreamReader<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, io::Error>>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for StreamReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        Ok(n)
+    }
+}

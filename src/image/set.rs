@@ -1,0 +1,185 @@
+//! The images of one build: every reference its stages are built on,
+//! resolved to a digest before any step runs (from `kiln.lock`, or by
+//! asking the source), and their trees, unpacked once per build at most.
+
+use super::lock::Lock;
+use super::platform::Platform;
+use super::reference::{self, ImageRef};
+use super::{Access, ImageError, Unpack};
+use crate::model::digest::{Sha256, StepKey};
+use crate::model::state::State;
+use crate::store::oci::OciBlobs;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How the lock file is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LockMode {
+    /// Use what is locked; resolve and lock what is not.
+    #[default]
+    Normal,
+    /// Use only what is locked; anything missing is an error (for CI).
+    Locked,
+    /// Resolve again: every reference, or those named.
+    Update(Vec<String>),
+}
+
+struct Entry {
+    image_ref: ImageRef,
+    digest: Sha256,
+    state: OnceLock<Result<State, String>>,
+}
+
+/// The resolved images of a build.
+pub struct ImageSet {
+    pub platform: Platform,
+    access: Access,
+    entries: HashMap<String, Arc<Entry>>,
+    used: Mutex<Vec<StepKey>>,
+}
+
+/// Why resolving failed: the reference and what went wrong.
+pub type Failure = (String, String);
+
+impl ImageSet {
+    pub fn empty(platform: Platform, access: Access) -> ImageSet {
+        ImageSet {
+            platform,
+            access,
+            entries: HashMap::new(),
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Resolve every `(reference, spec directory)`, updating `lock`.
+    /// Returns the set and whether the lock changed.
+    pub fn resolve(
+        refs: &[(String, &Path)],
+        lock: &mut Lock,
+        mode: &LockMode,
+        platform: Platform,
+        access: Access,
+        blobs: &OciBlobs,
+    ) -> Result<(ImageSet, bool), Vec<Failure>> {
+        let mut set = ImageSet::empty(platform, access);
+        let mut failures = Vec::new();
+        let mut changed = false;
+        let plat = set.platform.to_string();
+        for (written, dir) in refs {
+            if set.entries.contains_key(written) {
+                continue;
+            }
+            let image_ref = match reference::parse(written, dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push((written.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let renew = match mode {
+                LockMode::Update(names) => names.is_empty() || names.contains(written),
+                _ => false,
+            };
+            let locked = if renew {
+                None
+            } else {
+                lock.image(written, &plat).cloned()
+            };
+            let digest = match (locked, mode) {
+                (Some(d), _) => d,
+                (None, LockMode::Locked) => {
+                    failures.push((
+                        written.clone(),
+                        "it is not in the lock file, and `--locked` forbids resolving it"
+                            .to_string(),
+                    ));
+                    continue;
+                }
+                (None, _) => {
+                    let resolved = super::open(&image_ref, &set.access).and_then(|mut source| {
+                        super::resolve(source.as_mut(), &set.platform, blobs)
+                    });
+                    match resolved {
+                        Ok(d) => {
+                            let before = lock
+                                .images
+                                .insert((written.clone(), plat.clone()), d.clone());
+                            changed |= before.as_ref() != Some(&d);
+                            d
+                        }
+                        Err(e) => {
+                            failures.push((written.clone(), e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            set.entries.insert(
+                written.clone(),
+                Arc::new(Entry {
+                    image_ref,
+                    digest,
+                    state: OnceLock::new(),
+                }),
+            );
+        }
+        if failures.is_empty() {
+            Ok((set, changed))
+        } else {
+            Err(failures)
+        }
+    }
+
+    /// The digest a reference resolved to.
+    pub fn digest(&self, reference: &str) -> Option<&Sha256> {
+        self.entries.get(reference).map(|e| &e.digest)
+    }
+
+    /// The state (tree and config) of an image: cached by its digest, or
+    /// built from its layers (fetched from its source if the store lacks
+    /// them), once per build.
+    pub fn state(&self, reference: &str, u: &Unpack<'_>) -> Result<State, String> {
+        let Some(entry) = self.entries.get(reference).cloned() else {
+            return Err(format!("`{reference}` was not resolved"));
+        };
+        entry
+            .state
+            .get_or_init(|| self.build_state(&entry, u).map_err(|e| e.to_string()))
+            .clone()
+    }
+
+    fn build_state(&self, entry: &Entry, u: &Unpack<'_>) -> Result<State, ImageError> {
+        if let Some(s) = super::cached(u, &entry.digest) {
+            self.used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(super::rootfs_key(&entry.digest));
+            return Ok(s);
+        }
+        // The source is opened only when the store lacks something.
+        let mut source: Option<Box<dyn super::Source>> = None;
+        let image = match super::load(&entry.digest, None, u.blobs) {
+            Ok(i) => i,
+            Err(_) => {
+                let s = source.insert(super::open(&entry.image_ref, &self.access)?);
+                super::load(&entry.digest, Some(s.as_mut()), u.blobs)?
+            }
+        };
+        let all_here = image.layers.iter().all(|l| u.blobs.has(&l.digest));
+        if !all_here && source.is_none() {
+            source = Some(super::open(&entry.image_ref, &self.access)?);
+        }
+        let (state, keys) = super::unpack(u, &image, source.as_deref_mut())?;
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys);
+        Ok(state)
+    }
+
+    /// The cache keys of image trees this build used (kept by `kiln gc`).
+    pub fn used_keys(&self) -> Vec<StepKey> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

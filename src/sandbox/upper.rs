@@ -1,0 +1,186 @@
+//! Reading what a command changed: overlayfs's upper directory holds
+//! exactly the changes (a removed path is a 0/0 character device, a
+//! directory replaced whole carries `trusted.overlay.opaque=y`), so only
+//! what changed is read and hashed.
+
+use super::SandboxError;
+use crate::model::tree::{self, Entry, Kind, Tree};
+use crate::store::ContentStore;
+use rustix::fs::{AtFlags, FileType, OFlags};
+use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// Apply the changes in `upper` to `tree`. Paths in `scaffolding` (mount
+/// points kiln created for the command) are left out when the command
+/// left them empty and they were not in the tree before.
+pub fn apply(
+    content: &dyn ContentStore,
+    upper: &Path,
+    tree: &mut Tree,
+    scaffolding: &BTreeSet<String>,
+) -> Result<(), SandboxError> {
+    let before = tree.clone();
+    let fd = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| SandboxError::Io(crate::diag::io_message("cannot read", upper, &e.into())))?;
+    let mut dropped = Vec::new();
+    walk(
+        content,
+        upper,
+        &fd,
+        "",
+        tree,
+        &before,
+        scaffolding,
+        &mut dropped,
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    content: &dyn ContentStore,
+    upper: &Path,
+    dir: &OwnedFd,
+    rel: &str,
+    tree: &mut Tree,
+    before: &Tree,
+    scaffolding: &BTreeSet<String>,
+    dropped: &mut Vec<String>,
+) -> Result<bool, SandboxError> {
+    let io = |what: &str, p: &str, e: rustix::io::Errno| {
+        SandboxError::Io(crate::diag::io_message(what, &upper.join(p), &e.into()))
+    };
+    let mut names = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(dir).map_err(|e| io("cannot list", rel, e))?;
+    while let Some(item) = d.read() {
+        let item = item.map_err(|e| io("cannot list", rel, e))?;
+        let name = item.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(name.to_vec());
+    }
+    names.sort();
+    let mut kept_any = false;
+    for raw in names {
+        let Ok(name) = String::from_utf8(raw.clone()) else {
+            return Err(SandboxError::Changes(format!(
+                "the command left `/{}` whose name is not UTF-8",
+                tree::join(rel, &String::from_utf8_lossy(&raw))
+            )));
+        };
+        let path = tree::join(rel, &name);
+        let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("cannot stat", &path, e))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let mode = st.st_mode & 0o7777;
+        let (uid, gid) = (st.st_uid, st.st_gid);
+        match ft {
+            FileType::CharacterDevice if st.st_rdev == 0 => {
+                // A whiteout: the path was removed.
+                tree.remove_all(&path);
+                kept_any = true;
+            }
+            FileType::Directory => {
+                let sub = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| io("cannot open", &path, e))?;
+                let mut buf = [0u8; 4];
+                let opaque = rustix::fs::fgetxattr(&sub, "trusted.overlay.opaque", &mut buf)
+                    .is_ok_and(|n| buf[..n] == *b"y");
+                if opaque || before.get(&path).is_some_and(|e| !e.is_dir()) {
+                    // Replaced whole: what was below it is gone.
+                    tree.remove_all(&path);
+                }
+                tree.entries
+                    .insert(path.clone(), Entry::dir(mode, uid, gid));
+                let kept = walk(
+                    content,
+                    upper,
+                    &sub,
+                    &path,
+                    tree,
+                    before,
+                    scaffolding,
+                    dropped,
+                )?;
+                let scaffold = scaffolding.contains(&path) && before.get(&path).is_none();
+                if scaffold && !kept {
+                    tree.entries.remove(&path);
+                    dropped.push(path);
+                } else {
+                    kept_any = true;
+                }
+            }
+            FileType::RegularFile => {
+                if scaffolding.contains(&path) && before.get(&path).is_none() && st.st_size == 0 {
+                    dropped.push(path);
+                    continue;
+                }
+                let f = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| io("cannot open", &path, e))?;
+                let mut file = std::fs::File::from(f);
+                let (blob, size) = content.put_blob_reader(&mut file, None)?;
+                tree.remove_all(&path);
+                tree.entries.insert(
+                    path,
+                    Entry {
+                        kind: Kind::File { blob, size },
+                        mode,
+                        uid,
+                        gid,
+                    },
+                );
+                kept_any = true;
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, &name, Vec::new())
+                    .map_err(|e| io("cannot read the link", &path, e))?;
+                let Ok(target) = target.into_string() else {
+                    return Err(SandboxError::Changes(format!(
+                        "the command left the symlink `/{path}`, whose target is not UTF-8"
+                    )));
+                };
+                tree.remove_all(&path);
+                tree.entries.insert(
+                    path,
+                    Entry {
+                        kind: Kind::Symlink { target },
+                        mode: 0o777,
+                        uid,
+                        gid,
+                    },
+                );
+                kept_any = true;
+            }
+            // A socket left behind by a daemon is not part of a file system
+            // image (Docker's exports drop them too).
+            FileType::Socket => {}
+            FileType::Fifo => {
+                return Err(SandboxError::Changes(format!(
+                    "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
+                )));
+            }
+            _ => {
+                return Err(SandboxError::Changes(format!(
+                    "the command left the device node `/{path}`, which a kiln tree cannot hold"
+                )));
+            }
+        }
+    }
+    Ok(kept_any)
+}
