@@ -35,6 +35,25 @@ pub fn format_size(b: u64) -> String {
     }
 }
 
+/// A size rounded for people: `1.1 MiB`, `137 MiB`, `512 bytes`.
+pub fn approx_size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} bytes");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.1} {}", UNITS[unit])
+    } else {
+        format!("{v:.0} {}", UNITS[unit])
+    }
+}
+
 /// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     if s == "0" {
@@ -126,5 +145,13 @@ mod tests {
         assert_eq!(parse_duration("10x"), None);
         assert_eq!(format_size(64 << 20), "64 MiB");
         assert_eq!(format_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn approximate_sizes_round_for_people() {
+        assert_eq!(approx_size(512), "512 bytes");
+        assert_eq!(approx_size(1_088_148), "1.0 MiB");
+        assert_eq!(approx_size(143_276_794), "137 MiB");
+        assert_eq!(approx_size(3 << 30), "3.0 GiB");
     }
 }

@@ -341,6 +341,13 @@ pub fn run(
             });
         }
     };
+    for (reference, digest, how) in images.resolved() {
+        progress.emit(Event::ImageResolved {
+            reference,
+            digest: digest.to_string(),
+            how: how.as_str().to_string(),
+        });
+    }
     let mut notices = Vec::new();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -370,7 +377,7 @@ pub fn run(
         memo_key: if req.no_cache {
             None
         } else {
-            memo_key(sources, req, &roots, graph)
+            memo_key(sources, req, &roots, graph, &images)
         },
         epoch: req.epoch,
         unpack_limit: req.unpack_limit,
@@ -718,6 +725,7 @@ fn memo_key(
     req: &Request,
     roots: &[StageId],
     graph: &Graph,
+    images: &ImageSet,
 ) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     let field = |h: &mut blake3::Hasher, b: &[u8]| {
@@ -740,10 +748,26 @@ fn memo_key(
     }
     field(&mut h, &req.epoch.to_le_bytes());
     field(&mut h, &req.unpack_limit.to_le_bytes());
+    // A local image rebuilt under the same tag resolves to a new digest.
+    for (reference, digest, _) in images.resolved() {
+        field(&mut h, reference.as_bytes());
+        field(&mut h, digest.to_string().as_bytes());
+    }
+    field(&mut h, req.platform.as_deref().unwrap_or("").as_bytes());
     let now = crate::context::index::now_ns();
-    for p in &graph.plugins {
-        field(&mut h, p.path.as_os_str().as_encoded_bytes());
-        match std::fs::metadata(&p.path) {
+    // Host files a `run` step names as its inputs count like plugins.
+    let host_inputs = graph
+        .stages
+        .iter()
+        .flat_map(|s| &s.steps)
+        .flat_map(|st| match &st.op {
+            crate::ir::Op::Run(r) => r.host_inputs.iter().map(std::path::PathBuf::from).collect(),
+            _ => Vec::new(),
+        });
+    let plugins = graph.plugins.iter().map(|p| p.path.clone());
+    for path in plugins.chain(host_inputs) {
+        field(&mut h, path.as_os_str().as_encoded_bytes());
+        match std::fs::metadata(&path) {
             Ok(m) => {
                 let stat = crate::context::index::FileStat::of(&m);
                 if now - stat.changed_ns() < 2_000_000_000 {

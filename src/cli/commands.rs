@@ -310,12 +310,18 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         if s.cached {
             if args.all {
                 outln!("  cached  {} [{}] {}", s.stage, s.step + 1, s.text);
+                if let Some(n) = &s.non_hermetic {
+                    outln!("            not hermetic: {n}");
+                }
             }
             continue;
         }
         outln!("  ran     {} [{}] {}", s.stage, s.step + 1, s.text);
         for w in &s.why {
             outln!("            because {w}");
+        }
+        if let Some(n) = &s.non_hermetic {
+            outln!("            not hermetic: {n}; its key does not cover what it read there");
         }
     }
     Ok(())

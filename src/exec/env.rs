@@ -122,7 +122,19 @@ impl<'a> Env<'a> {
             blobs: &blobs,
             limit: self.options.unpack_limit,
         };
-        self.images.state(reference, &u)
+        let started = std::time::Instant::now();
+        let done = |digest: &crate::model::digest::Sha256, w: &crate::image::Work| {
+            self.progress.emit(crate::progress::Event::ImageUnpacked {
+                reference: reference.to_string(),
+                digest: digest.to_string(),
+                applied: w.applied,
+                reused: w.reused,
+                fetched: w.fetched,
+                fetched_bytes: w.fetched_bytes,
+                ms: started.elapsed().as_secs_f64() * 1000.0,
+            });
+        };
+        self.images.state(reference, &u, &done)
     }
 
     /// The plugin runtime, started on first use.

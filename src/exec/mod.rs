@@ -60,6 +60,42 @@ impl Secrets {
     pub fn get(&self, id: &str) -> Option<&Vec<u8>> {
         self.0.get(id)
     }
+
+    /// `text` with every secret's value (without a final newline) replaced
+    /// by `***`, so that a command printing a secret does not put it in the
+    /// progress output or the logs. Values under 4 bytes are left alone:
+    /// masking them would garble output and hide nothing.
+    pub fn redact(&self, text: &[u8]) -> Vec<u8> {
+        let mut out = text.to_vec();
+        // A secret of several lines (a key file) is masked whole and line
+        // by line, since output reaches the progress display in lines.
+        let mut needles: Vec<&[u8]> = Vec::new();
+        for value in self.0.values() {
+            let v = value.strip_suffix(b"\n").unwrap_or(value);
+            let v = v.strip_suffix(b"\r").unwrap_or(v);
+            if v.len() >= 4 {
+                needles.push(v);
+            }
+            if v.contains(&b'\n') {
+                needles.extend(v.split(|b| *b == b'\n').filter(|l| l.len() >= 8));
+            }
+        }
+        for v in needles {
+            let mut masked = Vec::with_capacity(out.len());
+            let mut i = 0;
+            while i < out.len() {
+                if out[i..].starts_with(v) {
+                    masked.extend_from_slice(b"***");
+                    i += v.len();
+                } else {
+                    masked.push(out[i]);
+                    i += 1;
+                }
+            }
+            out = masked;
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -241,6 +277,7 @@ impl<'a> Executor<'a> {
                     step: r.step,
                     text: r.text.clone(),
                     key: r.key.clone(),
+                    non_hermetic: r.non_hermetic.clone(),
                 });
             }
             self.env.progress.emit(Event::StageFinished {
@@ -303,6 +340,7 @@ impl<'a> Executor<'a> {
                 key: r.key.clone(),
                 cached: true,
                 inputs: Vec::new(),
+                non_hermetic: r.non_hermetic.clone(),
             })
             .collect();
         memo::save(

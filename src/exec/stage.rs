@@ -436,6 +436,7 @@ impl<'a> Runner<'a> {
             key: key.hex(),
             cached,
             inputs: key_inputs.clone(),
+            non_hermetic: kind.non_hermetic().map(str::to_string),
         };
         if use_cache && let Some(hit) = self.actions.get(key) {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +449,7 @@ impl<'a> Runner<'a> {
                 step: index,
                 text: text.clone(),
                 key: key.hex(),
+                non_hermetic: kind.non_hermetic().map(str::to_string),
             });
             match hit.tree {
                 Some(t) => {
@@ -523,6 +525,7 @@ impl<'a> Runner<'a> {
             text,
             key: key.hex(),
             ms: t0.elapsed().as_secs_f64() * 1000.0,
+            non_hermetic: kind.non_hermetic().map(str::to_string),
         });
         Ok(false)
     }

@@ -212,3 +212,21 @@ stage app {
     let lib = t.get("opt/lib").unwrap();
     assert_eq!((lib.uid, lib.gid), (1000, 1000));
 }
+
+#[test]
+fn secrets_are_masked_in_output_whole_and_line_by_line() {
+    let mut m = std::collections::HashMap::new();
+    m.insert("token".to_string(), b"hunter2-token\n".to_vec());
+    m.insert(
+        "key".to_string(),
+        b"-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\n-----END KEY-----\n".to_vec(),
+    );
+    m.insert("tiny".to_string(), b"ab".to_vec());
+    let s = super::Secrets(std::sync::Arc::new(m));
+    assert_eq!(
+        s.redact(b"the token is hunter2-token."),
+        b"the token is ***."
+    );
+    assert_eq!(s.redact(b"line: AAAABBBBCCCCDDDD\n"), b"line: ***\n");
+    assert_eq!(s.redact(b"ab stays"), b"ab stays");
+}

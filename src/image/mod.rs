@@ -340,14 +340,27 @@ pub fn cached(u: &Unpack<'_>, digest: &Sha256) -> Option<State> {
     })
 }
 
+/// What making an image's tree took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Layers applied now.
+    pub applied: usize,
+    /// Layers whose result was already unpacked (a cached prefix).
+    pub reused: usize,
+    /// Layers fetched from the source, and their compressed bytes.
+    pub fetched: usize,
+    pub fetched_bytes: u64,
+}
+
 /// Build an image's tree from its layers, starting from the longest prefix
 /// already unpacked, fetching layers from `source` as needed. Returns the
-/// state and the cache keys used (to keep them from `kiln gc`).
+/// state, the cache keys used (to keep them from `kiln gc`) and the work done.
 pub fn unpack(
     u: &Unpack<'_>,
     image: &Image,
     mut source: Option<&mut (dyn Source + '_)>,
-) -> Result<(State, Vec<StepKey>), ImageError> {
+) -> Result<(State, Vec<StepKey>, Work), ImageError> {
+    let mut work = Work::default();
     let mut keys = Vec::new();
     let mut start = 0;
     let mut tree = Tree::new();
@@ -358,6 +371,7 @@ pub fn unpack(
         {
             tree = found;
             start = i;
+            work.reused = i;
             keys.push(key);
             break;
         }
@@ -372,7 +386,10 @@ pub fn unpack(
                 )));
             };
             s.fetch_blob(&l.digest, u.blobs)?;
+            work.fetched += 1;
+            work.fetched_bytes += l.size;
         }
+        work.applied += 1;
         let raw = u.blobs.open(&l.digest)?;
         let layer_err = |error| ImageError::Layer {
             digest: l.digest.clone(),
@@ -406,7 +423,7 @@ pub fn unpack(
         },
     )?;
     keys.push(key);
-    Ok((state, keys))
+    Ok((state, keys, work))
 }
 
 /// Read a blob whole from a reader, up to a size that a manifest or config

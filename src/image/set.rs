@@ -5,7 +5,7 @@
 use super::lock::Lock;
 use super::platform::Platform;
 use super::reference::{self, ImageRef};
-use super::{Access, ImageError, Unpack};
+use super::{Access, ImageError, Unpack, Work};
 use crate::model::digest::{Sha256, StepKey};
 use crate::model::state::State;
 use crate::store::oci::OciBlobs;
@@ -25,9 +25,31 @@ pub enum LockMode {
     Update(Vec<String>),
 }
 
+/// Where a reference's digest came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// The lock file.
+    Locked,
+    /// The registry, now (and written to the lock file).
+    Resolved,
+    /// A layout or archive on this machine, read now (never locked).
+    Local,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Locked => "locked",
+            How::Resolved => "resolved",
+            How::Local => "local",
+        }
+    }
+}
+
 struct Entry {
     image_ref: ImageRef,
     digest: Sha256,
+    how: How,
     state: OnceLock<Result<State, String>>,
 }
 
@@ -77,18 +99,24 @@ impl ImageSet {
                     continue;
                 }
             };
-            let renew = match mode {
-                LockMode::Update(names) => names.is_empty() || names.contains(written),
-                _ => false,
-            };
+            // Images on this machine (layouts, archives) are read afresh
+            // each build: cheap, and a rebuilt local image is used at once.
+            // Their digest still goes into every key. Registry references
+            // are locked.
+            let local = !matches!(image_ref, ImageRef::Registry(_));
+            let renew = local
+                || match mode {
+                    LockMode::Update(names) => names.is_empty() || names.contains(written),
+                    _ => false,
+                };
             let locked = if renew {
                 None
             } else {
                 lock.image(written, &plat).cloned()
             };
-            let digest = match (locked, mode) {
-                (Some(d), _) => d,
-                (None, LockMode::Locked) => {
+            let (digest, how) = match (locked, mode) {
+                (Some(d), _) => (d, How::Locked),
+                (None, LockMode::Locked) if !local => {
                     failures.push((
                         written.clone(),
                         "it is not in the lock file, and `--locked` forbids resolving it"
@@ -101,12 +129,13 @@ impl ImageSet {
                         super::resolve(source.as_mut(), &set.platform, blobs)
                     });
                     match resolved {
+                        Ok(d) if local => (d, How::Local),
                         Ok(d) => {
                             let before = lock
                                 .images
                                 .insert((written.clone(), plat.clone()), d.clone());
                             changed |= before.as_ref() != Some(&d);
-                            d
+                            (d, How::Resolved)
                         }
                         Err(e) => {
                             failures.push((written.clone(), e.to_string()));
@@ -120,6 +149,7 @@ impl ImageSet {
                 Arc::new(Entry {
                     image_ref,
                     digest,
+                    how,
                     state: OnceLock::new(),
                 }),
             );
@@ -131,6 +161,17 @@ impl ImageSet {
         }
     }
 
+    /// Every reference, the digest it resolved to and how, in order.
+    pub fn resolved(&self) -> Vec<(String, Sha256, How)> {
+        let mut out: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(r, e)| (r.clone(), e.digest.clone(), e.how))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The digest a reference resolved to.
     pub fn digest(&self, reference: &str) -> Option<&Sha256> {
         self.entries.get(reference).map(|e| &e.digest)
@@ -138,24 +179,39 @@ impl ImageSet {
 
     /// The state (tree and config) of an image: cached by its digest, or
     /// built from its layers (fetched from its source if the store lacks
-    /// them), once per build.
-    pub fn state(&self, reference: &str, u: &Unpack<'_>) -> Result<State, String> {
+    /// them), once per build. `done` hears of the work when there was some.
+    pub fn state(
+        &self,
+        reference: &str,
+        u: &Unpack<'_>,
+        done: &dyn Fn(&Sha256, &Work),
+    ) -> Result<State, String> {
         let Some(entry) = self.entries.get(reference).cloned() else {
             return Err(format!("`{reference}` was not resolved"));
         };
         entry
             .state
-            .get_or_init(|| self.build_state(&entry, u).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let (state, work) = self.build_state(&entry, u).map_err(|e| e.to_string())?;
+                if let Some(w) = work {
+                    done(&entry.digest, &w);
+                }
+                Ok(state)
+            })
             .clone()
     }
 
-    fn build_state(&self, entry: &Entry, u: &Unpack<'_>) -> Result<State, ImageError> {
+    fn build_state(
+        &self,
+        entry: &Entry,
+        u: &Unpack<'_>,
+    ) -> Result<(State, Option<Work>), ImageError> {
         if let Some(s) = super::cached(u, &entry.digest) {
             self.used
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(super::rootfs_key(&entry.digest));
-            return Ok(s);
+            return Ok((s, None));
         }
         // The source is opened only when the store lacks something.
         let mut source: Option<Box<dyn super::Source>> = None;
@@ -170,12 +226,12 @@ impl ImageSet {
         if !all_here && source.is_none() {
             source = Some(super::open(&entry.image_ref, &self.access)?);
         }
-        let (state, keys) = super::unpack(u, &image, source.as_deref_mut())?;
+        let (state, keys, work) = super::unpack(u, &image, source.as_deref_mut())?;
         self.used
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(keys);
-        Ok(state)
+        Ok((state, Some(work)))
     }
 
     /// The cache keys of image trees this build used (kept by `kiln gc`).

@@ -36,6 +36,9 @@ pub enum Event {
         step: usize,
         text: String,
         key: String,
+        /// Why the step is not hermetic (network, host files), if it is not.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        non_hermetic: Option<String>,
     },
     StepFinished {
         stage: String,
@@ -43,6 +46,8 @@ pub enum Event {
         text: String,
         key: String,
         ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        non_hermetic: Option<String>,
     },
     /// What a plugin step printed (the last lines; the whole output is in the log).
     StepOutput {
@@ -80,6 +85,23 @@ pub enum Event {
         stage: String,
         dest: String,
         because: String,
+    },
+    /// An image reference resolved to a manifest digest: from the lock
+    /// file (`how` = "locked"), or by asking its source ("resolved").
+    ImageResolved {
+        reference: String,
+        digest: String,
+        how: String,
+    },
+    /// An image's tree was made from its layers (not reused whole).
+    ImageUnpacked {
+        reference: String,
+        digest: String,
+        applied: usize,
+        reused: usize,
+        fetched: usize,
+        fetched_bytes: u64,
+        ms: f64,
     },
     /// Something the user should know about the build as it goes.
     Notice {

@@ -31,15 +31,29 @@ pub fn line(event: &Event) -> Option<String> {
         ),
         Event::StageStarted { .. } | Event::StepStarted { .. } => return None,
         Event::StepCached {
-            stage, step, text, ..
-        } => format!("#{stage} [{}] CACHED {text}", step + 1),
+            stage,
+            step,
+            text,
+            non_hermetic,
+            ..
+        } => format!(
+            "#{stage} [{}] CACHED {text}{}",
+            step + 1,
+            mark(non_hermetic.as_deref())
+        ),
         Event::StepFinished {
             stage,
             step,
             text,
             ms,
+            non_hermetic,
             ..
-        } => format!("#{stage} [{}] {text} ({})", step + 1, human_ms(*ms)),
+        } => format!(
+            "#{stage} [{}] {text} ({}){}",
+            step + 1,
+            human_ms(*ms),
+            mark(non_hermetic.as_deref())
+        ),
         Event::StepOutput { stage, step, text } => text
             .lines()
             .map(|l| format!("#{stage} [{}] | {l}", step + 1))
@@ -77,6 +91,39 @@ pub fn line(event: &Event) -> Option<String> {
             ..
         } => format!("`{stage}` at {dest} is up to date"),
         Event::Notice { message } => format!("kiln: {message}"),
+        Event::ImageResolved {
+            reference,
+            digest,
+            how,
+        } => format!(
+            "image {reference}: {how} {}",
+            &digest[..19.min(digest.len())]
+        ),
+        Event::ImageUnpacked {
+            reference,
+            applied,
+            reused,
+            fetched,
+            fetched_bytes,
+            ms,
+            ..
+        } => {
+            let mut parts = vec![format!("{applied} layer{} applied", plural(*applied))];
+            if *reused > 0 {
+                parts.push(format!("{reused} reused"));
+            }
+            if *fetched > 0 {
+                parts.push(format!(
+                    "{fetched} fetched ({})",
+                    crate::units::approx_size(*fetched_bytes)
+                ));
+            }
+            format!(
+                "image {reference}: {} ({})",
+                parts.join(", "),
+                human_ms(*ms)
+            )
+        }
         Event::ExportSkipped {
             stage,
             dest,
@@ -112,6 +159,12 @@ pub fn line(event: &Event) -> Option<String> {
             }
         }
     })
+}
+
+/// The mark of a step that is not hermetic.
+fn mark(why: Option<&str>) -> String {
+    why.map(|w| format!(" [not hermetic: {w}]"))
+        .unwrap_or_default()
 }
 
 fn plural(n: usize) -> &'static str {

@@ -17,6 +17,7 @@ pub mod rootfs;
 pub mod upper;
 
 use crate::store::StoreError;
+use command_fds::{CommandFdExt, FdMapping};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -189,6 +190,60 @@ const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// The descriptors bwrap reports its child on and waits on for the user
+/// namespace's maps, when the command runs as a user other than root.
+const INFO_FD: i32 = 3;
+const BLOCK_FD: i32 = 4;
+
+/// Map the user namespace bwrap made for the command one to one onto the
+/// host's ids, then let bwrap go on. bwrap reports its child's pid as JSON
+/// on the info pipe and waits on the block pipe until the maps are written
+/// (which takes `CAP_SETUID` here, that the user's bwrap lacks).
+fn map_user_namespace(
+    info: std::os::fd::OwnedFd,
+    block: std::os::fd::OwnedFd,
+) -> Result<(), SandboxError> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        SandboxError::Setup(format!("cannot set up the user namespace: {what}: {e}"))
+    };
+    let mut text = Vec::new();
+    let mut info = std::fs::File::from(info);
+    let mut buf = [0u8; 512];
+    let pid = loop {
+        let n = info
+            .read(&mut buf)
+            .map_err(|e| setup("reading bwrap's report", &e))?;
+        if n == 0 {
+            return Err(SandboxError::Setup(
+                "bubblewrap stopped before making the user namespace".into(),
+            ));
+        }
+        text.extend_from_slice(&buf[..n]);
+        if text.len() > 64 * 1024 {
+            return Err(SandboxError::Setup(
+                "bubblewrap's report is too long".into(),
+            ));
+        }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
+            match v.get("child-pid").and_then(serde_json::Value::as_u64) {
+                Some(p) => break p,
+                None => {
+                    return Err(SandboxError::Setup(
+                        "bubblewrap did not report its child".into(),
+                    ));
+                }
+            }
+        }
+    };
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 4294967295\n")
+            .map_err(|e| setup(&format!("writing {map}"), &e))?;
+    }
+    let mut block = std::fs::File::from(block);
+    std::io::Write::write_all(&mut block, b"1").map_err(|e| setup("waking bubblewrap", &e))?;
+    Ok(())
+}
+
 /// Whether bubblewrap is installed.
 pub fn bwrap_available() -> bool {
     Command::new("bwrap")
@@ -206,9 +261,11 @@ fn command(root: &Path, spec: &Spec) -> Command {
     let mut c = if as_root {
         Command::new("bwrap")
     } else {
-        // bwrap drops to the user by running as the user: its user
-        // namespace then maps the user to itself, so what it creates is
-        // owned by it, and files of other users stay theirs.
+        // bwrap drops to the user by running as the user, in a user
+        // namespace that kiln maps to the host's ids one to one (see
+        // `map_user_namespace`): what the command creates is owned by the
+        // user, files of other users stay theirs and show as theirs, and
+        // the supplementary groups are the user's.
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"));
@@ -243,30 +300,33 @@ fn command(root: &Path, spec: &Spec) -> Command {
             c.args(["--cap-add", cap]);
         }
     } else {
-        c.arg("--unshare-all");
-        if spec.network {
-            c.arg("--share-net");
+        c.args([
+            "--unshare-user",
+            "--info-fd",
+            &INFO_FD.to_string(),
+            "--userns-block-fd",
+            &BLOCK_FD.to_string(),
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]);
+        if !spec.network {
+            c.arg("--unshare-net");
         }
     }
     c.args(["--hostname", "kiln"]);
     if spec.host_root {
-        // The host's system, read-only, entry by entry (so the tree can be
-        // mounted at a working directory the host does not have), with
-        // the tree at the working directory.
-        let top = spec
-            .cwd
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        // The host's system, read-only, entry by entry (so that the
+        // working directory, which the host does not have, can be made
+        // beside them), with the tree's working directory at its place.
         let mut names: Vec<std::ffi::OsString> = std::fs::read_dir("/")
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
         names.sort();
         for name in names {
             let n = name.to_string_lossy();
-            if matches!(n.as_ref(), "proc" | "dev" | "sys" | "tmp" | "run") || n == top {
+            if matches!(n.as_ref(), "proc" | "dev" | "sys" | "tmp" | "run") {
                 continue;
             }
             let host = Path::new("/").join(&name);
@@ -321,13 +381,46 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
     out: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<(), SandboxError> {
-    let mut child = command(root, spec).spawn().map_err(|e| {
+    let mut c = command(root, spec);
+    let as_user = spec.user.0 != 0;
+    let pipes = if as_user {
+        let info = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| SandboxError::Setup(format!("cannot make a pipe: {e}")))?;
+        let block = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| SandboxError::Setup(format!("cannot make a pipe: {e}")))?;
+        let (info_r, info_w) = info;
+        let (block_r, block_w) = block;
+        c.fd_mappings(vec![
+            FdMapping {
+                parent_fd: info_w,
+                child_fd: INFO_FD,
+            },
+            FdMapping {
+                parent_fd: block_r,
+                child_fd: BLOCK_FD,
+            },
+        ])
+        .map_err(|e| SandboxError::Setup(format!("cannot pass descriptors to bubblewrap: {e}")))?;
+        Some((info_r, block_w))
+    } else {
+        None
+    };
+    let mut child = c.spawn().map_err(|e| {
         SandboxError::Setup(if e.kind() == std::io::ErrorKind::NotFound {
             "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap` (and `util-linux` for `setpriv`)".to_string()
         } else {
             format!("cannot start bubblewrap: {e}")
         })
     })?;
+    // The command holds the child's ends of the pipes until dropped.
+    drop(c);
+    if let Some((info_r, block_w)) = pipes {
+        if let Err(e) = map_user_namespace(info_r, block_w) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
     let mut readers = Vec::new();
     for (stream, pipe) in [

@@ -20,6 +20,9 @@ pub struct StepRecord {
     pub key: String,
     pub cached: bool,
     pub inputs: Vec<KeyInput>,
+    /// Why the step is not hermetic, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_hermetic: Option<String>,
 }
 
 /// The last build, as `kiln explain` shows it.
@@ -39,6 +42,9 @@ pub struct ExplainedStep {
     pub cached: bool,
     /// For a miss: why, one reason per line.
     pub why: Vec<String>,
+    /// Why the step is not hermetic, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_hermetic: Option<String>,
 }
 
 /// What an export destination holds, as kiln wrote it.
@@ -158,6 +164,7 @@ pub fn save_build(
             key: r.key.clone(),
             cached: r.cached,
             why,
+            non_hermetic: r.non_hermetic.clone(),
         });
         // A record without inputs (from the build memo) has nothing to add.
         if !r.inputs.is_empty() {
@@ -345,6 +352,7 @@ mod tests {
             key: key.into(),
             cached: false,
             inputs,
+            non_hermetic: None,
         }
     }
 

@@ -52,6 +52,12 @@ pub trait StepKind: Sync {
         false
     }
 
+    /// Why the step's result may depend on more than its key: the
+    /// network, or the host's files. `None` for a hermetic step.
+    fn non_hermetic(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Read what the step reads; add its digests to `key` when one is
     /// given (a replay needs no key). What is returned goes to `run`.
     fn prepare(

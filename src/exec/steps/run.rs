@@ -42,6 +42,16 @@ impl StepKind for RunOp {
         format!("run {}", quote(&self.command))
     }
 
+    fn non_hermetic(&self) -> Option<&'static str> {
+        if self.sandbox == Sandbox::Host {
+            Some("it saw the host's files")
+        } else if self.network.reaches_out() {
+            Some("it could reach the network")
+        } else {
+            None
+        }
+    }
+
     fn stores_tree(&self) -> bool {
         true
     }
@@ -104,8 +114,9 @@ impl StepKind for RunOp {
         let fail = |e: SandboxError| error(cx, e, None, "");
         let user = resolve_user(cx, work.tree, work.config)?;
         let mut spec = self.spec(cx, work.config, &user)?;
-        if self.sandbox == Sandbox::Image {
-            self.check_program(cx, work.tree, &spec)?;
+        match self.sandbox {
+            Sandbox::Image => self.check_program(cx, work.tree, &spec)?,
+            Sandbox::Host => check_host_workdir(cx, &spec.cwd)?,
         }
         if !rustix::process::geteuid().is_root() {
             return Err(Diagnostic::env(
@@ -136,40 +147,29 @@ impl StepKind for RunOp {
         let mut scaffold = BTreeSet::new();
         let mut keep_alive = Vec::new();
         let host = self.sandbox == Sandbox::Host;
+        let root = overlay.merged.clone();
+        let workdir = work.config.workdir().to_string();
         // Mount points the command needs, made in the tree as kiln's own
-        // scaffolding (left out of the result unless the command uses them).
-        let (root, at) = if host {
-            (overlay.merged.clone(), work.config.workdir().to_string())
-        } else {
-            (overlay.merged.clone(), "/".to_string())
-        };
+        // scaffolding (left out of the result unless the command uses
+        // them). With `sandbox="host"` only the working directory of the
+        // tree is shown (at its own path), so only mounts below it are.
         let in_tree = |dest: &str| -> Option<String> {
-            let rel = if host {
-                let w = at.trim_end_matches('/');
-                dest.strip_prefix(w).map(|r| r.trim_start_matches('/'))
-            } else {
-                Some(dest.trim_start_matches('/'))
-            };
-            rel.map(|r| {
-                tree::components(r, Links::Rootfs)
-                    .unwrap_or_default()
-                    .join("/")
-            })
+            let rel = tree::components(dest.trim_start_matches('/'), Links::Rootfs)
+                .unwrap_or_default()
+                .join("/");
+            let w = workdir.trim_matches('/');
+            let below = rel == w || rel.starts_with(&format!("{w}/"));
+            (!host || below).then_some(rel)
         };
         if !host {
             for d in ["proc", "dev"] {
                 scaffold_dir(&root, d, &mut scaffold).map_err(fail)?;
             }
-            // The working directory exists for the command, as BuildKit
-            // makes it (and it stays, as there).
-            let mut kept = BTreeSet::new();
-            scaffold_dir(
-                &root,
-                work.config.workdir().trim_start_matches('/'),
-                &mut kept,
-            )
-            .map_err(fail)?;
         }
+        // The working directory exists for the command, as BuildKit makes
+        // it (and it stays, as there).
+        let mut kept = BTreeSet::new();
+        scaffold_dir(&root, workdir.trim_start_matches('/'), &mut kept).map_err(fail)?;
         for (i, m) in self.mounts.iter().enumerate() {
             if let Some(b) = self.mount(cx, m, i, &dir, &mut keep_alive)? {
                 if let Some(rel) = in_tree(&b.dest) {
@@ -220,17 +220,23 @@ impl StepKind for RunOp {
         let mut last_emit = std::time::Instant::now();
         let stage_name = cx.stage.name.clone();
         let index = cx.index;
+        let secrets = &env.options.secrets;
         let emit = |text: &str| {
             if !text.is_empty() {
+                let text = secrets.redact(text.as_bytes());
                 env.progress.emit(Event::StepOutput {
                     stage: stage_name.clone(),
                     step: index,
-                    text: text.trim_end().to_string(),
+                    text: String::from_utf8_lossy(&text).trim_end().to_string(),
                 });
             }
         };
-        let run_root = if host { &root } else { &overlay.merged };
-        let result = sandbox::run(run_root, &spec, &env.cancel, &mut |_s: Stream, bytes| {
+        let run_root = if host {
+            root.join(workdir.trim_start_matches('/'))
+        } else {
+            root.clone()
+        };
+        let result = sandbox::run(&run_root, &spec, &env.cancel, &mut |_s: Stream, bytes| {
             if log.len() < LOG_LIMIT {
                 log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
             }
@@ -246,6 +252,7 @@ impl StepKind for RunOp {
         emit(&pending);
         overlay.unmount().map_err(fail)?;
         drop(keep_alive);
+        let log = secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
@@ -468,6 +475,13 @@ impl RunOp {
                             "give it with `kiln build --secret id={id},src=FILE` (or `env=VAR`)"
                         )));
                     }
+                    env.progress.emit(Event::Notice {
+                        message: format!(
+                            "#{} [{}]: the secret `{id}` was not given, so the command runs without it (`--secret id={id},src=FILE` gives it)",
+                            cx.stage.name,
+                            cx.index + 1
+                        ),
+                    });
                     return Ok(None);
                 };
                 if var.is_some() {
@@ -563,6 +577,28 @@ impl RunOp {
 }
 
 /// The source directory of a bind mount (`/` when not said).
+/// With `sandbox="host"` the stage's working directory is shown at its
+/// own path over the host's system, so it must be a directory the host's
+/// root does not have (`/work`, not `/` or `/usr/src`).
+fn check_host_workdir(cx: &StepCx<'_>, cwd: &str) -> Result<(), Diagnostic> {
+    let top = cwd.trim_start_matches('/').split('/').next().unwrap_or("");
+    let taken = top.is_empty() || Path::new("/").join(top).symlink_metadata().is_ok();
+    if !taken {
+        return Ok(());
+    }
+    let shown = if top.is_empty() {
+        "the stage's working directory is `/`".to_string()
+    } else {
+        format!("the working directory `{cwd}` is under the host's `/{top}`")
+    };
+    Err(Diagnostic::user(
+        "kiln::run::host-workdir",
+        format!("a `sandbox=\"host\"` step shows the host's system with the stage's working directory over it, but {shown}"),
+    )
+    .with_label(cx.span(), "this step")
+    .with_help("set a `workdir` whose first component the host does not have, such as `/work` or `/build`"))
+}
+
 /// Whether `program` names a file of the tree, as `execvp` would find it:
 /// a path with a slash from the working directory, a bare name in PATH.
 fn program_in_tree(tree: &Tree, program: &str, path: &str, cwd: &str) -> bool {
