@@ -414,12 +414,12 @@ pub fn run(
     })?;
     // The command holds the child's ends of the pipes until dropped.
     drop(c);
-    if let Some((info_r, block_w)) = pipes {
-        if let Err(e) = map_user_namespace(info_r, block_w) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
+    if let Some((info_r, block_w)) = pipes
+        && let Err(e) = map_user_namespace(info_r, block_w)
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
     let mut readers = Vec::new();
