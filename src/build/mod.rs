@@ -17,7 +17,7 @@ use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
 use crate::export::{self, Settings, dest};
 use crate::image::set::{ImageSet, LockMode};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
-use crate::model::digest::{StateDigest, StepKey};
+use crate::model::digest::{Sha256, StateDigest, StepKey};
 use crate::progress::{Event, Progress};
 use crate::store::{Access, Store, records};
 use load::{Loaded, SpecInput};
@@ -500,6 +500,91 @@ pub fn resolve_images(
     sources: &Sources,
     store: &Store,
 ) -> Result<ImageSet, Vec<Diagnostic>> {
+    resolve_images_pruning(graph, roots, spec_path, req, sources, store, false)
+}
+
+/// What `kiln lock` did: each reference of the spec, its platform, the
+/// digest before (if locked) and after.
+pub struct LockReport {
+    pub lock_path: PathBuf,
+    pub entries: Vec<(String, String, Option<Sha256>, Sha256)>,
+    /// Entries dropped because no stage names them any more.
+    pub dropped: Vec<(String, String)>,
+}
+
+/// `kiln lock`: resolve the images of every stage (again, for those
+/// `mode` names), write the lock file, and drop what no stage uses.
+pub fn lock(req: &Request, sources: &Sources) -> Result<LockReport, Vec<Diagnostic>> {
+    let spec_path = req.spec.spec_path();
+    let state_dir = load::state_dir(&req.state_dir, &spec_path);
+    let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
+    let loaded = load::load(&req.spec, sources, Some(&parse_cache))?;
+    let graph = &loaded.graph;
+    let lock_path = crate::image::lock::path_for(&spec_path);
+    let before = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
+    if let LockMode::Update(names) = &req.lock {
+        let known: Vec<&str> = graph
+            .stages
+            .iter()
+            .filter_map(|s| match &s.base {
+                crate::ir::Base::Image(i) => Some(i.reference.as_str()),
+                _ => None,
+            })
+            .collect();
+        let unknown: Vec<Diagnostic> = names
+            .iter()
+            .filter(|n| !known.contains(&n.as_str()))
+            .map(|n| {
+                Diagnostic::user(
+                    "kiln::lock::unknown",
+                    format!("no stage is built on the image `{n}`"),
+                )
+                .with_help(if known.is_empty() {
+                    "this spec uses no images".to_string()
+                } else {
+                    format!("the spec's images: {}", known.join(", "))
+                })
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
+    }
+    let store = Store::open_waiting(&state_dir, Access::Shared, &|_| {}).map_err(|d| vec![d])?;
+    let roots: Vec<StageId> = graph.stages.iter().map(|s| s.id).collect();
+    let set = resolve_images_pruning(graph, &roots, &spec_path, req, sources, &store, true)?;
+    let after = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
+    let platform = set.platform.to_string();
+    let entries = set
+        .resolved()
+        .into_iter()
+        .map(|(r, d, _)| {
+            let old = before.image(&r, &platform).cloned();
+            (r, platform.clone(), old, d)
+        })
+        .collect();
+    let dropped = before
+        .images
+        .keys()
+        .filter(|k| !after.images.contains_key(*k))
+        .cloned()
+        .collect();
+    Ok(LockReport {
+        lock_path,
+        entries,
+        dropped,
+    })
+}
+
+fn resolve_images_pruning(
+    graph: &Graph,
+    roots: &[StageId],
+    spec_path: &std::path::Path,
+    req: &Request,
+    sources: &Sources,
+    store: &Store,
+    prune: bool,
+) -> Result<ImageSet, Vec<Diagnostic>> {
     use crate::image::platform::Platform;
     let platform = match &req.platform {
         None => Platform::host(),
@@ -520,17 +605,24 @@ pub fn resolve_images(
             needed.push((i.reference.clone(), &i.dir, s.from_span.unwrap_or(s.span)));
         }
     }
-    if needed.is_empty() {
+    let lock_path = crate::image::lock::path_for(spec_path);
+    if needed.is_empty() && !(prune && lock_path.exists()) {
         return Ok(ImageSet::empty(platform, access));
     }
-    let lock_path = crate::image::lock::path_for(spec_path);
     let mut lock = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
+    let mut pruned = false;
+    if prune {
+        let count = lock.images.len();
+        lock.images
+            .retain(|(r, _), _| needed.iter().any(|(n, _, _)| n == r));
+        pruned = lock.images.len() != count;
+    }
     let refs: Vec<(String, &std::path::Path)> =
         needed.iter().map(|(r, d, _)| (r.clone(), *d)).collect();
     let blobs = crate::store::oci::OciBlobs::new(store.layout());
     match ImageSet::resolve(&refs, &mut lock, &req.lock, platform, access, &blobs) {
         Ok((set, changed)) => {
-            if changed {
+            if changed || pruned {
                 let name = spec_path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -543,22 +635,23 @@ pub fn resolve_images(
         }
         Err(failures) => Err(failures
             .into_iter()
-            .map(|(reference, why)| {
+            .map(|f| {
+                use crate::image::set::FailureKind;
                 let span = needed
                     .iter()
-                    .find(|(r, _, _)| *r == reference)
+                    .find(|(r, _, _)| *r == f.reference)
                     .map(|(_, _, s)| *s);
-                let locked = req.lock == LockMode::Locked;
                 let mut d = Diagnostic::env(
                     "kiln::image::resolve",
-                    format!("cannot resolve the image `{reference}`: {why}"),
+                    format!("cannot resolve the image `{}`: {}", f.reference, f.why),
                 )
-                .with_help(if locked {
-                    "run a build without `--locked` (or `kiln lock`) to resolve it and write the lock file"
-                } else {
-                    "check the reference and that its registry or file can be reached"
+                .with_help(match f.kind {
+                    FailureKind::NotLocked => "run a build without `--locked` (or `kiln lock`) to resolve it and write the lock file",
+                    FailureKind::Platform => "build for one of the image's platforms with `--platform OS/ARCH`, or use an image made for this one",
+                    FailureKind::Reference => "write a registry reference (`registry.example/ns/app:tag`, `app@sha256:…`) or a local one (`oci-layout://DIR:TAG`, `oci:DIR:TAG`, `oci-archive:FILE`, `docker-archive:FILE`)",
+                    FailureKind::Source => "check the reference and that its registry or file can be reached",
                 });
-                if locked {
+                if matches!(f.kind, FailureKind::NotLocked | FailureKind::Reference) {
                     d.class = crate::diag::Class::User;
                 }
                 if let Some(s) = span {

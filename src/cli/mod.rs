@@ -8,6 +8,7 @@
 
 mod build;
 mod commands;
+mod lock;
 mod plugin;
 
 use crate::diag::{Class, Diagnostic, RenderOptions, Sources, render};
@@ -41,6 +42,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Print the stage graph (text, or Graphviz with `--format dot`)
     Graph(commands::GraphArgs),
+    /// Resolve the images stages are built on and write kiln.lock (`--update` resolves again)
+    Lock(lock::LockArgs),
     /// Show, for each step of the last build, whether it was cached and why it ran
     Explain(commands::ExplainArgs),
     /// Remove cache entries no longer needed, down to a size budget
@@ -197,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Build(a) => build::run(&a, &sources),
         Command::Check(a) => commands::check(&a, &sources),
         Command::Import(a) => commands::import(&a, &sources),
+        Command::Lock(a) => lock::run(&a, &sources),
         Command::Plugin(c) => plugin::run(&c, &sources),
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),

@@ -230,7 +230,7 @@ impl<'a> Runner<'a> {
                             ),
                         )
                         .with_label(stage.from_span.unwrap_or(stage.span), "built on this image")
-                        .with_help("check the image, the network and the disk; a damaged image in the store is fetched again on the next build");
+                        .with_help("a layer that is refused (a path out of the root, a device node) means the image is broken or hostile: use another; otherwise check the network and the disk (a damaged blob in the store is fetched again)");
                         return Err(failed(d, None));
                     }
                 }

@@ -59,9 +59,13 @@ impl Lock {
             doc.nodes_mut().push(n);
         }
         doc.autoformat();
-        format!(
+        let mut text = format!(
             "// What the image references of {spec_name} resolved to. Written by kiln;\n// `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
-        )
+        );
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
     }
 }
 

@@ -97,7 +97,24 @@ impl Registry {
             }
             source = s.source();
         }
-        if text.contains("not found") || text.contains("MANIFEST_UNKNOWN") || text.contains("404") {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("not authorized")
+            || lower.contains("unauthorized")
+            || lower.contains("401")
+            || lower.contains("denied")
+        {
+            let creds = if self.auth == RegistryAuth::Anonymous {
+                "none were found"
+            } else {
+                "those found were refused"
+            };
+            return ImageError::Network(format!(
+                "{what} `{}`: {text}; the registry wants credentials and {creds} (kiln reads the Docker config file, `~/.docker/config.json` or `$DOCKER_CONFIG/config.json`, as `docker login` writes it)",
+                self.shown
+            ));
+        }
+        if lower.contains("not found") || text.contains("MANIFEST_UNKNOWN") || text.contains("404")
+        {
             ImageError::NotFound(format!("{what} `{}`: {text}", self.shown))
         } else {
             ImageError::Network(format!("{what} `{}`: {text}", self.shown))

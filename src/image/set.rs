@@ -62,7 +62,25 @@ pub struct ImageSet {
 }
 
 /// Why resolving failed: the reference and what went wrong.
-pub type Failure = (String, String);
+#[derive(Debug)]
+pub struct Failure {
+    pub reference: String,
+    pub why: String,
+    pub kind: FailureKind,
+}
+
+/// What kind of help a failure needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The reference is not one kiln can read.
+    Reference,
+    /// Not in the lock file, under `--locked`.
+    NotLocked,
+    /// The image has no variant for the platform.
+    Platform,
+    /// The registry or file could not be reached, or said no.
+    Source,
+}
 
 impl ImageSet {
     pub fn empty(platform: Platform, access: Access) -> ImageSet {
@@ -95,7 +113,11 @@ impl ImageSet {
             let image_ref = match reference::parse(written, dir) {
                 Ok(r) => r,
                 Err(e) => {
-                    failures.push((written.clone(), e.to_string()));
+                    failures.push(Failure {
+                        reference: written.clone(),
+                        why: e.to_string(),
+                        kind: FailureKind::Reference,
+                    });
                     continue;
                 }
             };
@@ -117,11 +139,12 @@ impl ImageSet {
             let (digest, how) = match (locked, mode) {
                 (Some(d), _) => (d, How::Locked),
                 (None, LockMode::Locked) if !local => {
-                    failures.push((
-                        written.clone(),
-                        "it is not in the lock file, and `--locked` forbids resolving it"
+                    failures.push(Failure {
+                        reference: written.clone(),
+                        why: "it is not in the lock file, and `--locked` forbids resolving it"
                             .to_string(),
-                    ));
+                        kind: FailureKind::NotLocked,
+                    });
                     continue;
                 }
                 (None, _) => {
@@ -138,7 +161,15 @@ impl ImageSet {
                             (d, How::Resolved)
                         }
                         Err(e) => {
-                            failures.push((written.clone(), e.to_string()));
+                            let kind = match e {
+                                ImageError::Platform(_) => FailureKind::Platform,
+                                _ => FailureKind::Source,
+                            };
+                            failures.push(Failure {
+                                reference: written.clone(),
+                                why: e.to_string(),
+                                kind,
+                            });
                             continue;
                         }
                     }

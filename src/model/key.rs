@@ -7,7 +7,7 @@ use super::digest::{Sha256, StateDigest, StepKey, TreeDigest};
 use serde::{Deserialize, Serialize};
 
 /// Bump to invalidate every cached step when the meaning of keys changes.
-const KEY_VERSION: &str = "kiln-step-v2";
+const KEY_VERSION: &str = "kiln-step-v3";
 
 /// What a step starts from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

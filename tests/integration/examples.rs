@@ -26,8 +26,24 @@ fn every_example_builds() {
         let plugins = tmp.path().join("plugins/dist");
         std::fs::create_dir_all(&plugins).unwrap();
         copy_dir(&root.join("../plugins/dist"), &plugins);
+        // An example on images builds on the test images (`ci.args`).
+        let mut args: Vec<String> = vec!["build".into(), "--progress".into(), "plain".into()];
+        if let Ok(ci) = std::fs::read_to_string(dir.join("ci.args")) {
+            if !crate::images_helper::sandbox_ready() {
+                continue;
+            }
+            let Some(images) = crate::images_helper::all_images() else {
+                continue;
+            };
+            let images = images.display().to_string();
+            for line in ci.lines().filter(|l| !l.trim().is_empty()) {
+                args.push("--arg".into());
+                args.push(line.replace("${KILN_TEST_IMAGES}", &images));
+            }
+            args.extend(["-o".into(), "out".into()]);
+        }
         let out = std::process::Command::new(kiln_bin())
-            .args(["build", "--progress", "plain"])
+            .args(&args)
             .current_dir(&copy)
             .output()
             .unwrap();
@@ -38,6 +54,21 @@ fn every_example_builds() {
             String::from_utf8_lossy(&out.stderr)
         );
         built += 1;
+        // The toolchain example's binary, built in Debian, runs anywhere.
+        if dir.ends_with("toolchain") {
+            let run = std::process::Command::new(copy.join("out/app"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&run.stdout),
+                "hello from a static binary built in a toolchain image\n"
+            );
+            assert_eq!(
+                std::fs::read_to_string(copy.join("out/greeting.txt")).unwrap(),
+                "hello from a static binary built in a toolchain image\n"
+            );
+            assert!(!copy.join("out/usr/bin/gcc").exists());
+        }
     }
     assert!(built >= 5, "only {built} examples found");
 }

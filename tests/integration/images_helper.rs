@@ -78,12 +78,10 @@ pub fn busybox_layout() -> Option<PathBuf> {
     busybox_dir().map(|d| d.join("busybox"))
 }
 
-/// `oci:DIR/debian:12`: Debian bookworm (minbase) with gcc.
-pub fn debian() -> Option<String> {
+/// The directory of the test images with all of them made (Debian too).
+pub fn all_images() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| make(None))
-        .clone()
-        .map(|d| format!("oci:{}/debian:12", d.display()))
+    DIR.get_or_init(|| make(None)).clone()
 }
 
 /// Every process whose command line is exactly `argv` (to prove none

@@ -10,6 +10,7 @@ mod fetch;
 mod golden;
 mod graph;
 mod harness;
+mod images;
 mod images_helper;
 mod import;
 mod plugins;

@@ -587,3 +587,40 @@ export {{
     let explain = p.kiln(&["explain"]);
     assert!(explain.stdout.contains("tool.sh"), "{}", explain.stdout);
 }
+
+#[test]
+fn dockerfile_heredoc_runs_and_the_import_builds_the_same() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let p = Project::new();
+    p.file(
+        "Dockerfile",
+        &format!(
+            "FROM {image}\nARG N=3\nRUN <<EOF\nset -e\necho \"heredoc $((N + 1))\" > /h\nEOF\nRUN cat <<A > /a && cat <<B > /b\nfirst\nA\nsecond\nB\n"
+        ),
+    );
+    p.kiln(&["build", "-o", "direct", "--progress", "plain"])
+        .ok();
+    assert_eq!(p.read("direct/h"), "heredoc 4\n");
+    assert_eq!(p.read("direct/a"), "first\n");
+    assert_eq!(p.read("direct/b"), "second\n");
+    p.kiln(&["import", "-o", "kiln.kdl"]).ok();
+    let r = p.kiln(&[
+        "build",
+        "-f",
+        "kiln.kdl",
+        "-t",
+        "stage-0",
+        "-o",
+        "imported",
+        "--progress",
+        "plain",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("build finished"), "{}", r.stderr);
+    assert_eq!(p.read("imported/h"), "heredoc 4\n");
+}

@@ -57,7 +57,22 @@ impl StepKind for Meta {
                 let resolved = tree
                     .resolve(&dir, true, Links::Rootfs)
                     .map_err(|e| tree_err("cannot set workdir", span, e))?;
-                tree.mkdir_all(&resolved, &Entry::dir(0o755, 0, 0))
+                // Made by the stage's user, as BuildKit makes it, so that
+                // `user "app"` then `workdir "/home/app/src"` can write there.
+                let owner = match super::users::resolve(cx.content(), tree, config.user.as_deref())
+                {
+                    Ok(u) => (u.uid, u.gid),
+                    Err(super::users::Error::Store(d)) => return Err(d),
+                    Err(super::users::Error::Unknown { what, name }) => {
+                        return Err(Diagnostic::build(
+                            "kiln::workdir::user",
+                            format!("unknown {what} `{name}`: the working directory cannot be made for it"),
+                        )
+                        .with_label(span, "this workdir")
+                        .with_help("add the user to the stage before `workdir` (`useradd`), or give numeric ids"));
+                    }
+                };
+                tree.mkdir_all(&resolved, &Entry::dir(0o755, owner.0, owner.1))
                     .map_err(|e| tree_err("cannot set workdir", span, e))?;
                 config.workdir = Some(dir);
             }

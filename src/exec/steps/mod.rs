@@ -14,6 +14,7 @@ mod rm;
 mod run;
 mod symlink;
 pub mod unpack;
+pub mod users;
 pub mod wasm;
 mod write;
 

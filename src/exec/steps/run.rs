@@ -11,13 +11,14 @@
 //! directory holds — what the command changed — is read back.
 
 use super::copy::{context_inputs, ingest, pick_from_context};
+use super::users::{self, User};
 use super::{Prepared, StepCx, StepKind, Work, quote};
 use crate::diag::{Diagnostic, Spanned};
 use crate::exec::workdir;
 use crate::ir::{CopyFrom, Graph, MountKind, RunMount, RunOp, Sandbox, Sharing};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::state::ImageConfig;
-use crate::model::tree::{self, Entry, Kind, Links, Tree};
+use crate::model::tree::{self, Links, Tree};
 use crate::progress::Event;
 use crate::sandbox::rootfs::Rootfs;
 use crate::sandbox::{self, Bind, Overlay, SandboxError, Stream};
@@ -114,6 +115,20 @@ impl StepKind for RunOp {
         let fail = |e: SandboxError| error(cx, e, None, "");
         let user = resolve_user(cx, work.tree, work.config)?;
         let mut spec = self.spec(cx, work.config, &user)?;
+        let platform = &env.images.platform;
+        if !platform.runs_here() {
+            return Err(Diagnostic::user(
+                "kiln::run::platform",
+                format!(
+                    "this build is for {platform}, whose programs do not run on this {} machine",
+                    crate::image::platform::Platform::host()
+                ),
+            )
+            .with_label(cx.span(), "this command")
+            .with_help(
+                "build for this machine's platform (leave out `--platform`); kiln runs no emulator",
+            ));
+        }
         match self.sandbox {
             Sandbox::Image => self.check_program(cx, work.tree, &spec)?,
             Sandbox::Host => check_host_workdir(cx, &spec.cwd)?,
@@ -383,7 +398,7 @@ impl RunOp {
         match &m.kind {
             MountKind::Bind { from, source, rw } => {
                 let host = dir.join(format!("bind-{i}"));
-                self.materialize(cx, *from, source, &host, i)?;
+                let host = self.materialize(cx, *from, source, &host, i, true)?;
                 Ok(Some(Bind {
                     src: host,
                     dest: m.target.clone(),
@@ -440,7 +455,9 @@ impl RunOp {
                     let fresh = data.with_extension("new");
                     let _ = fs::remove_dir_all(&fresh);
                     match from {
-                        Some(f) => self.materialize(cx, *f, source, &fresh, i)?,
+                        Some(f) => {
+                            self.materialize(cx, *f, source, &fresh, i, false)?;
+                        }
                         None => fs::create_dir_all(&fresh)
                             .map_err(|e| io("cannot create", &fresh, e))?,
                     }
@@ -521,6 +538,8 @@ impl RunOp {
     }
 
     /// Write a stage's or context's directory `source` to `dest`.
+    /// Write a stage's or context's directory (or, when `files` allows,
+    /// single file) for a mount under `dest`; returns the path to bind.
     fn materialize(
         &self,
         cx: &StepCx<'_>,
@@ -528,8 +547,21 @@ impl RunOp {
         source: &str,
         dest: &Path,
         i: usize,
-    ) -> Result<(), Diagnostic> {
+        files: bool,
+    ) -> Result<PathBuf, Diagnostic> {
         let span = cx.loc.part(i);
+        // A single file is written as `FILE` in `dest`, and bound alone.
+        let single = |entry: tree::Entry| -> Result<PathBuf, Diagnostic> {
+            let mut t = Tree::new();
+            t.entries.insert("FILE".to_string(), entry);
+            workdir::write(cx.content(), &t, "", dest)?;
+            Ok(dest.join("FILE"))
+        };
+        let not_dir = |what: String| {
+            Diagnostic::build("kiln::run::mount", format!("{what} is not a directory"))
+                .with_label(span, "this mount")
+                .with_help("a cache mount starts from a directory")
+        };
         let (t, sub) = match from {
             CopyFrom::Stage(src) => {
                 let t = cx.input_tree(src)?;
@@ -541,15 +573,17 @@ impl RunOp {
                         .with_label(span, "this mount")
                 })?;
                 if !dir.is_empty() && !t.is_dir(&dir) {
-                    return Err(Diagnostic::build(
-                        "kiln::run::mount",
-                        format!(
-                            "`{source}` is not a directory in stage `{}`",
-                            cx.graph().stage(src).name
-                        ),
-                    )
-                    .with_label(span, "this mount")
-                    .with_help("mount a directory"));
+                    let name = &cx.graph().stage(src).name;
+                    return match t.get(&dir) {
+                        Some(e) if files => single(e.clone()),
+                        Some(_) => Err(not_dir(format!("`{source}` in stage `{name}`"))),
+                        None => Err(Diagnostic::build(
+                            "kiln::run::mount",
+                            format!("stage `{name}` has no `{source}`"),
+                        )
+                        .with_label(span, "this mount")
+                        .with_help("mount a path the stage has")),
+                    };
                 }
                 ((*t).clone(), dir)
             }
@@ -565,14 +599,17 @@ impl RunOp {
                             out.entries.insert(rel, e);
                         }
                     } else if let Some((_, e)) = p.items.into_iter().next() {
-                        out.entries.insert(p.name, e);
+                        if !files {
+                            return Err(not_dir(format!("`{source}` in the context")));
+                        }
+                        return single(e);
                     }
                 }
                 (out, String::new())
             }
         };
         workdir::write(cx.content(), &t, &sub, dest)?;
-        Ok(())
+        Ok(dest.to_path_buf())
     }
 }
 
@@ -630,93 +667,16 @@ fn host_digest(path: &str) -> std::io::Result<String> {
 }
 
 /// Who a command runs as.
-struct User {
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    home: String,
-}
-
-/// The stage's `user` (a name or number, with a group or not), looked up
-/// in the tree's `/etc/passwd` and `/etc/group` as Docker does.
+/// The stage's user, looked up in the tree, or a located error.
 fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<User, Diagnostic> {
-    let spec = config.user.clone().unwrap_or_else(|| "root".into());
-    let (name, group) = match spec.split_once(':') {
-        Some((u, g)) => (u.to_string(), Some(g.to_string())),
-        None => (spec.clone(), None),
-    };
-    let read = |file: &str| -> Result<String, Diagnostic> {
-        match tree.get(file) {
-            Some(Entry {
-                kind: Kind::File { blob, .. },
-                ..
-            }) => Ok(String::from_utf8_lossy(&cx.content().read_blob(*blob)?).into_owned()),
-            _ => Ok(String::new()),
+    users::resolve(cx.content(), tree, config.user.as_deref()).map_err(|e| match e {
+        users::Error::Store(d) => d,
+        users::Error::Unknown { what, name } => {
+            let spec = config.user.clone().unwrap_or_default();
+            Diagnostic::build("kiln::run::user", format!("unknown {what} `{name}`"))
+                .with_label(cx.span(), format!("runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"))
+                .with_help("add the user to the stage first (`useradd`), or give numeric ids (`user \"1000:1000\"`)")
         }
-    };
-    let passwd = read("etc/passwd")?;
-    let groups_file = read("etc/group")?;
-    let entry = passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        let matches = f.first() == Some(&name.as_str()) || f.get(2) == Some(&name.as_str());
-        (matches && f.len() >= 4).then(|| {
-            (
-                f[0].to_string(),
-                f[2].parse::<u32>().ok(),
-                f[3].parse::<u32>().ok(),
-                f.get(5).map(|h| h.to_string()),
-            )
-        })
-    });
-    let unknown = |what: &str, n: &str| {
-        Diagnostic::build("kiln::run::user", format!("unknown {what} `{n}`"))
-            .with_label(cx.span(), format!("runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"))
-            .with_help("add the user to the stage first (`useradd`), or give numeric ids (`user \"1000:1000\"`)")
-    };
-    let (uid, primary, home, login) = match (&entry, name.parse::<u32>()) {
-        (Some((login, Some(uid), gid, home)), _) => {
-            (*uid, gid.unwrap_or(0), home.clone(), Some(login.clone()))
-        }
-        (_, Ok(uid)) => (uid, 0, None, None),
-        // No `user` said: root, whatever /etc/passwd holds (as Docker).
-        _ if config.user.is_none() => (0, 0, None, None),
-        _ => return Err(unknown("user", &name)),
-    };
-    let gid = match &group {
-        None => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(id) => id,
-            Err(_) => groups_file
-                .lines()
-                .find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.first() == Some(&g.as_str()))
-                        .then(|| f.get(2).and_then(|x| x.parse().ok()))
-                        .flatten()
-                })
-                .ok_or_else(|| unknown("group", g))?,
-        },
-    };
-    let mut groups = vec![gid];
-    if let (Some(login), None) = (&login, &group) {
-        for l in groups_file.lines() {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.get(3).is_some_and(|m| m.split(',').any(|x| x == login))
-                && let Some(g) = f.get(2).and_then(|x| x.parse::<u32>().ok())
-                && !groups.contains(&g)
-            {
-                groups.push(g);
-            }
-        }
-    }
-    let home = home
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| if uid == 0 { "/root".into() } else { "/".into() });
-    Ok(User {
-        uid,
-        gid,
-        groups,
-        home,
     })
 }
 

@@ -1,0 +1,63 @@
+//! `kiln lock`: resolve the images every stage is built on and write
+//! `kiln.lock`, or resolve them again with `--update`.
+
+use super::outln;
+use super::{Failure, SpecArgs};
+use crate::build::{self, Request};
+use crate::diag::Sources;
+use crate::image::set::LockMode;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Resolve again: every image, or the references named (repeatable)
+    #[arg(long, num_args = 0.., value_name = "REF")]
+    pub update: Option<Vec<String>>,
+    /// Where the cache lives [default: .kiln beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The platform to lock images for [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Speak to this registry over plain HTTP (repeatable; loopback registries always may)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+}
+
+pub fn run(args: &LockArgs, sources: &Sources) -> Result<(), Failure> {
+    let req = Request {
+        spec: args.spec.input()?,
+        state_dir: args.state_dir.clone(),
+        platform: args.platform.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        lock: match &args.update {
+            Some(names) => LockMode::Update(names.clone()),
+            None => LockMode::Normal,
+        },
+        ..Request::default()
+    };
+    let report = build::lock(&req, sources).map_err(|diagnostics| Failure {
+        code: super::exit_code(&diagnostics),
+        diagnostics,
+    })?;
+    for (reference, platform, before, after) in &report.entries {
+        let what = match before {
+            None => "locked".to_string(),
+            Some(b) if b == after => "unchanged".to_string(),
+            Some(b) => format!("updated from {b}"),
+        };
+        outln!("{reference} ({platform}) {after}: {what}");
+    }
+    for (reference, platform) in &report.dropped {
+        outln!("{reference} ({platform}): dropped, no stage uses it");
+    }
+    if report.entries.is_empty() && report.dropped.is_empty() {
+        outln!("no stage is built on an image from a registry; nothing to lock");
+    } else {
+        outln!("wrote {}", report.lock_path.display());
+    }
+    Ok(())
+}
