@@ -302,13 +302,7 @@ pub fn load(
     })
 }
 
-/// The action-cache key of an image's whole tree.
-pub fn rootfs_key(digest: &Sha256) -> StepKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"kiln-image-rootfs-v1\0");
-    h.update(digest.to_string().as_bytes());
-    StepKey::from_hash(h.finalize())
-}
+pub use crate::model::key::image_rootfs_key as rootfs_key;
 
 /// The action-cache key of the tree of an image's first layers.
 fn chain_key(layers: &[LayerDesc]) -> StepKey {

@@ -201,7 +201,7 @@ mod tests {
         b.input(KeyInput::Epoch(0));
         assert_eq!(
             b.finish().0.hex(),
-            "10432093707e943a9384b5c1968d8bef250d728871883b1ff057046479b7b3bd"
+            "a15429c70b84c05950cb0a9b97d27f7074fd2048c5d110287c3af03c2ac4ef5d"
         );
     }
 
@@ -238,4 +238,13 @@ mod tests {
         assert_eq!(ids.len(), inputs.len());
         assert!(inputs.iter().all(|i| !i.describe().is_empty()));
     }
+}
+
+/// The action-cache key of an image's whole tree, by its manifest digest
+/// (what `kiln gc` keeps an image's blobs for).
+pub fn image_rootfs_key(digest: &super::digest::Sha256) -> StepKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-image-rootfs-v1\0");
+    h.update(digest.to_string().as_bytes());
+    StepKey::from_hash(h.finalize())
 }

@@ -68,7 +68,10 @@ impl Rootfs<'_> {
             .map(|n| format!("{}\n", n.to_string_lossy()))
             .collect();
         let path = self.stack_file(d);
-        let tmp = dir.join(format!(".{}.{}", d.hex(), std::process::id()));
+        // Unique per writer: two stages of one build may record one tree.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{}.{n}", d.hex(), std::process::id()));
         fs::write(&tmp, text)
             .and_then(|_| fs::rename(&tmp, &path))
             .map_err(|e| io_err("cannot write", &path, e))

@@ -23,6 +23,146 @@ pub struct Report {
     pub actions_removed: usize,
     pub trees_removed: usize,
     pub blobs_removed: usize,
+    /// Image blobs (layers, manifests, configs) removed.
+    pub images_removed: usize,
+    /// `run` cache mounts removed.
+    pub cache_mounts_removed: usize,
+}
+
+/// Cache mounts unused this long are removed by every collection; with a
+/// size budget, all of them are.
+const CACHE_MOUNT_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Image blobs are kept for the images whose tree is kept (so a locked
+/// build can unpack them again offline): their manifests, configs and
+/// layers, and the indexes that list them. The rest are removed.
+fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
+    use crate::model::digest::Sha256;
+    let dir = store.layout().images().join("blobs").join("sha256");
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let blobs: Vec<(String, PathBuf, u64)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let len = e.metadata().ok()?.len();
+            Some((name, e.path(), len))
+        })
+        .collect();
+    let json = |path: &Path, len: u64| -> Option<serde_json::Value> {
+        // Manifests, configs and indexes are small; layers are not read.
+        if len > 4 << 20 {
+            return None;
+        }
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    };
+    let digests_in = |v: &serde_json::Value, field: &str| -> Vec<String> {
+        v.get(field)
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.get("digest")?.as_str())
+                    .filter_map(|d| d.strip_prefix("sha256:").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut indexes = Vec::new();
+    for (name, path, len) in &blobs {
+        let Some(v) = json(path, *len) else { continue };
+        if v.get("layers").is_some() {
+            let kept = Sha256::parse(&format!("sha256:{name}"))
+                .is_some_and(|d| kept_keys.contains(&crate::model::key::image_rootfs_key(&d)));
+            if kept {
+                keep.insert(name.clone());
+                keep.extend(digests_in(&v, "layers"));
+                if let Some(c) = v
+                    .get("config")
+                    .and_then(|c| c.get("digest"))
+                    .and_then(|d| d.as_str())
+                    .and_then(|d| d.strip_prefix("sha256:"))
+                {
+                    keep.insert(c.to_string());
+                }
+            }
+        } else if v.get("manifests").is_some() {
+            indexes.push((name.clone(), digests_in(&v, "manifests")));
+        }
+    }
+    for (name, children) in indexes {
+        if children.iter().any(|c| keep.contains(c)) {
+            keep.insert(name);
+        }
+    }
+    let mut removed = 0;
+    for (name, path, _) in blobs {
+        if !keep.contains(&name) && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Trees on disk for `run` steps (`rootfs/t/<tree>` lists a tree's layers
+/// in `rootfs/l/`) are kept for kept trees; with a budget, all go (they
+/// are written again when a step needs them).
+fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDigest>, all: bool) {
+    let root = layout.rootfs();
+    if all {
+        let _ = fs::remove_dir_all(&root);
+        return;
+    }
+    let mut used: HashSet<String> = HashSet::new();
+    if let Ok(rd) = fs::read_dir(root.join("t")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kept = TreeDigest::parse(&name).is_some_and(|d| kept_trees.contains(&d));
+            if kept {
+                for l in fs::read_to_string(e.path()).unwrap_or_default().lines() {
+                    used.insert(l.to_string());
+                }
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("l")) {
+        for e in rd.flatten() {
+            if !used.contains(&*e.file_name().to_string_lossy()) {
+                crate::fsutil::remove_any(&e.path());
+            }
+        }
+    }
+}
+
+/// `run` cache mounts (`cache/<name>`, each with a `.lock` touched when
+/// used).
+fn collect_cache_mounts(layout: &super::layout::Layout, all: bool) -> usize {
+    let dir = layout.cache_mounts();
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "lock") || !path.is_dir() {
+            continue;
+        }
+        let lock = path.with_extension("lock");
+        let idle = fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > CACHE_MOUNT_IDLE);
+        if all || idle {
+            crate::fsutil::remove_any(&path);
+            let _ = fs::remove_file(&lock);
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn files(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
@@ -217,6 +357,9 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     if budget.is_some() {
         let _ = fs::remove_dir_all(layout.wasm_cache());
     }
+    report.images_removed = collect_images(store, &kept_keys);
+    collect_rootfs(layout, &kept_trees, budget.is_some());
+    report.cache_mounts_removed = collect_cache_mounts(layout, budget.is_some());
     report.bytes_after = [layout.blobs(), layout.trees()]
         .iter()
         .flat_map(|d| files(d))

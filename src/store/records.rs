@@ -20,8 +20,9 @@ pub struct StepRecord {
     pub key: String,
     pub cached: bool,
     pub inputs: Vec<KeyInput>,
-    /// Why the step is not hermetic, if it is not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the step is not hermetic, if it is not. (Always written: the
+    /// build memo's encoding is not self-describing.)
+    #[serde(default)]
     pub non_hermetic: Option<String>,
 }
 

@@ -624,3 +624,48 @@ fn dockerfile_heredoc_runs_and_the_import_builds_the_same() {
     assert!(r.stderr.contains("build finished"), "{}", r.stderr);
     assert_eq!(p.read("imported/h"), "heredoc 4\n");
 }
+
+fn count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
+}
+
+#[test]
+fn gc_trims_image_blobs_trees_on_disk_and_cache_mounts() {
+    let Some(p) = project(
+        r#"kiln 1
+stage app {
+    from image="IMAGE"
+    run "echo x > /cache/x; echo built > /built" {
+        mount "type=cache,target=/cache"
+    }
+}
+export {
+    app to="out"
+}
+"#,
+    ) else {
+        return;
+    };
+    p.build(&[]).ok();
+    let state = p.path().join(".kiln");
+    let blobs = state.join("images/blobs/sha256");
+    assert!(count(&blobs) >= 3, "manifest, config and layer are stored");
+    assert!(count(&state.join("rootfs/l")) >= 1);
+    assert!(count(&state.join("cache")) >= 1);
+    // Without a budget: what the kept entries use stays.
+    p.kiln(&["gc"]).ok();
+    assert!(count(&blobs) >= 3);
+    assert!(count(&state.join("rootfs/l")) >= 1);
+    assert!(count(&state.join("cache")) >= 1);
+    // With a budget, the derived trees on disk and the cache mounts go
+    // first, and image blobs go with the image trees evicted.
+    let r = p.kiln(&["gc", "--max-size", "1"]);
+    r.ok();
+    assert!(!state.join("rootfs").exists());
+    assert_eq!(count(&state.join("cache")), 0);
+    assert_eq!(count(&blobs), 0, "{}", r.stdout);
+    // And the next build has all it needs again.
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    p.build(&["--no-cache"]).ok();
+    assert_eq!(p.read("out/built"), "built\n");
+}

@@ -435,6 +435,8 @@ impl RunOp {
                     .write(true)
                     .open(&lock_path)
                     .map_err(|e| io("cannot open", &lock_path, e))?;
+                // Used now: `kiln gc` removes cache mounts long unused.
+                let _ = lock.set_modified(std::time::SystemTime::now());
                 let mut data = caches.join(&name);
                 match sharing {
                     Sharing::Shared => {
