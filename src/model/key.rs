@@ -160,6 +160,15 @@ impl KeyBuilder {
     }
 }
 
+/// The action-cache key of an image's whole tree, by its manifest digest
+/// (what `kiln gc` keeps an image's blobs for).
+pub fn image_rootfs_key(digest: &super::digest::Sha256) -> StepKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-image-rootfs-v1\0");
+    h.update(digest.to_string().as_bytes());
+    StepKey::from_hash(h.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,13 +247,4 @@ mod tests {
         assert_eq!(ids.len(), inputs.len());
         assert!(inputs.iter().all(|i| !i.describe().is_empty()));
     }
-}
-
-/// The action-cache key of an image's whole tree, by its manifest digest
-/// (what `kiln gc` keeps an image's blobs for).
-pub fn image_rootfs_key(digest: &super::digest::Sha256) -> StepKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"kiln-image-rootfs-v1\0");
-    h.update(digest.to_string().as_bytes());
-    StepKey::from_hash(h.finalize())
 }
