@@ -104,6 +104,15 @@ impl<'a> Env<'a> {
         Ok(t)
     }
 
+    /// A stored tree to change: a copy of the one kept in this run, or read
+    /// from the store (and not kept, so it is decoded once and not copied).
+    pub fn tree_owned(&self, d: TreeDigest) -> Result<Tree, Diagnostic> {
+        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
+            return Ok((**t).clone());
+        }
+        Ok(self.content.get_tree(d)?)
+    }
+
     /// Keep a tree built in this run for the stages and exports that read it.
     pub fn keep_tree(&self, d: TreeDigest, tree: Tree) {
         self.trees

@@ -273,6 +273,7 @@ impl<'a> Runner<'a> {
                 inputs,
                 key: None,
                 stored: Some(cur.stored),
+                current: cur.known(),
             };
             let last = i + 1 == stage.steps.len();
             match self.step(&cx, &mut cur, use_cache, last) {
@@ -369,7 +370,7 @@ impl<'a> Runner<'a> {
         let stage = env.graph.stage(id);
         let (mut tree, done) = match cur.memory.take() {
             Some(kept) => kept,
-            None => ((*env.tree(cur.stored)?).clone(), 0),
+            None => (env.tree_owned(cur.stored)?, 0),
         };
         for (j, config) in &cur.since[done..] {
             // A replayed step is one that ran or was cached with this very
@@ -383,6 +384,7 @@ impl<'a> Runner<'a> {
                 inputs,
                 key: None,
                 stored: None,
+                current: None,
             };
             let kind = steps::kind(&stage.steps[*j].op);
             let prepared = kind.prepare(&cx, None)?;
@@ -392,6 +394,7 @@ impl<'a> Runner<'a> {
                 Work {
                     tree: &mut tree,
                     config: &mut config,
+                    stored: &mut None,
                 },
                 prepared,
             )?;
@@ -478,11 +481,13 @@ impl<'a> Runner<'a> {
             key: Some(key),
             ..*cx
         };
+        let mut stored_by_step = None;
         kind.run(
             &run_cx,
             Work {
                 tree: &mut tree,
                 config: &mut config,
+                stored: &mut stored_by_step,
             },
             prepared,
         )?;
@@ -494,6 +499,8 @@ impl<'a> Runner<'a> {
         let before = std::mem::replace(&mut cur.config, config.clone());
         let digest = if !kind.changes_tree() {
             cur.known()
+        } else if stored_by_step.is_some() {
+            stored_by_step
         } else if last || kind.stores_tree() {
             Some(env.content.put_tree(&tree)?)
         } else {

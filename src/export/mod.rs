@@ -257,31 +257,41 @@ fn stamps_hold(dest: &Path, record: &ExportRecord) -> bool {
 
 /// Put `tmp` at `dest` in one step; whatever was at `dest` is removed after.
 fn swap_in(tmp: &Path, dest: &Path) -> io::Result<()> {
-    if fs::symlink_metadata(dest).is_err() {
-        return fs::rename(tmp, dest);
-    }
-    match rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        tmp,
-        rustix::fs::CWD,
-        dest,
-        rustix::fs::RenameFlags::EXCHANGE,
-    ) {
-        Ok(()) => {
-            // The old export is now at the temp name (announced): removed
-            // here, or by the next build if this one is killed first.
-            remove_any(tmp);
-            Ok(())
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    // Another build may put its export in place at any moment: each try is
+    // one atomic step (put in place if nothing is there, else exchange).
+    for _ in 0..8 {
+        match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => return fallback(tmp, dest),
+            Err(e) => return Err(e.into()),
         }
-        Err(_) => {
-            // Filesystems without RENAME_EXCHANGE: a file can still be
-            // replaced atomically; a directory is removed first.
-            if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
-                remove_any(dest);
+        match renameat_with(CWD, tmp, CWD, dest, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // The old export is now at the temp name (announced):
+                // removed here, or by the next build if this one is killed.
+                remove_any(tmp);
+                return Ok(());
             }
-            fs::rename(tmp, dest)
+            // Gone again in between: try again.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => return fallback(tmp, dest),
+            Err(e) => return Err(e.into()),
         }
     }
+    Err(io::Error::other(
+        "the destination kept changing while it was replaced",
+    ))
+}
+
+/// Filesystems without `RENAME_EXCHANGE`: a file can still be replaced
+/// atomically; a directory is removed first.
+fn fallback(tmp: &Path, dest: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+        remove_any(dest);
+    }
+    fs::rename(tmp, dest)
 }
 
 fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Result<(), Failed> {

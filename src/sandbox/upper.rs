@@ -13,14 +13,13 @@ use std::path::Path;
 
 /// Apply the changes in `upper` to `tree`. Paths in `scaffolding` (mount
 /// points kiln created for the command) are left out when the command
-/// left them empty and they were not in the tree before.
+/// left them empty (they were not in the tree: kiln made them).
 pub fn apply(
     content: &dyn ContentStore,
     upper: &Path,
     tree: &mut Tree,
     scaffolding: &BTreeSet<String>,
 ) -> Result<(), SandboxError> {
-    let before = tree.clone();
     let fd = rustix::fs::open(
         upper,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -28,16 +27,7 @@ pub fn apply(
     )
     .map_err(|e| SandboxError::Io(crate::diag::io_message("cannot read", upper, &e.into())))?;
     let mut dropped = Vec::new();
-    walk(
-        content,
-        upper,
-        &fd,
-        "",
-        tree,
-        &before,
-        scaffolding,
-        &mut dropped,
-    )?;
+    walk(content, upper, &fd, "", tree, scaffolding, &mut dropped)?;
     Ok(())
 }
 
@@ -48,7 +38,6 @@ fn walk(
     dir: &OwnedFd,
     rel: &str,
     tree: &mut Tree,
-    before: &Tree,
     scaffolding: &BTreeSet<String>,
     dropped: &mut Vec<String>,
 ) -> Result<bool, SandboxError> {
@@ -97,23 +86,17 @@ fn walk(
                 let mut buf = [0u8; 4];
                 let opaque = rustix::fs::fgetxattr(&sub, "trusted.overlay.opaque", &mut buf)
                     .is_ok_and(|n| buf[..n] == *b"y");
-                if opaque || before.get(&path).is_some_and(|e| !e.is_dir()) {
+                // (`tree` still holds what was at `path` before: a path is
+                // changed only when it is reached, parents first.)
+                if opaque || tree.get(&path).is_some_and(|e| !e.is_dir()) {
                     // Replaced whole: what was below it is gone.
                     tree.remove_all(&path);
                 }
                 tree.entries
                     .insert(path.clone(), Entry::dir(mode, uid, gid));
-                let kept = walk(
-                    content,
-                    upper,
-                    &sub,
-                    &path,
-                    tree,
-                    before,
-                    scaffolding,
-                    dropped,
-                )?;
-                let scaffold = scaffolding.contains(&path) && before.get(&path).is_none();
+                let kept = walk(content, upper, &sub, &path, tree, scaffolding, dropped)?;
+                // Scaffolding is only what kiln made: nothing was there.
+                let scaffold = scaffolding.contains(&path);
                 if scaffold && !kept {
                     tree.entries.remove(&path);
                     dropped.push(path);
@@ -122,7 +105,7 @@ fn walk(
                 }
             }
             FileType::RegularFile => {
-                if scaffolding.contains(&path) && before.get(&path).is_none() && st.st_size == 0 {
+                if scaffolding.contains(&path) && st.st_size == 0 {
                     dropped.push(path);
                     continue;
                 }

@@ -415,7 +415,7 @@ impl ContentStore for Store {
         if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
             return Err(self.quarantine("tree", &path, &d.hex()));
         }
-        serde_json::from_slice(&bytes).map_err(|_| self.quarantine("tree", &path, &d.hex()))
+        Tree::from_bytes(&bytes).ok_or_else(|| self.quarantine("tree", &path, &d.hex()))
     }
 }
 

@@ -112,6 +112,9 @@ pub struct StepCx<'a> {
     /// tree is it with the steps since applied. (A `run` step writes only
     /// the difference to disk when the stored tree is on disk already.)
     pub stored: Option<crate::model::digest::TreeDigest>,
+    /// The digest of the tree the step starts on, when it is known without
+    /// encoding the tree (it is the stored one).
+    pub current: Option<crate::model::digest::TreeDigest>,
 }
 
 impl StepCx<'_> {
@@ -148,6 +151,8 @@ impl StepCx<'_> {
 pub struct Work<'a> {
     pub tree: &'a mut Tree,
     pub config: &'a mut ImageConfig,
+    /// Set by a step that stored `tree` itself (so it is not encoded twice).
+    pub stored: &'a mut Option<crate::model::digest::TreeDigest>,
 }
 
 /// Work a step did while computing its key, reused when it runs.

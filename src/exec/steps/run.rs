@@ -148,7 +148,7 @@ impl StepKind for RunOp {
         };
         // The tree on disk: its own stack, or the difference from the last
         // stored tree of the stage, or all of it.
-        let digest = work.tree.digest();
+        let digest = cx.current.unwrap_or_else(|| work.tree.digest());
         let base = match cx.stored {
             Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
             _ => None,
@@ -272,11 +272,11 @@ impl StepKind for RunOp {
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
         }
-        let mut after = work.tree.clone();
-        sandbox::upper::apply(env.content, &overlay.upper, &mut after, &scaffold).map_err(fail)?;
-        // The upper directory becomes the layer of the new tree, so the
-        // next command on it writes nothing out.
-        let new_digest = after.digest();
+        sandbox::upper::apply(env.content, &overlay.upper, work.tree, &scaffold).map_err(fail)?;
+        // Stored now, encoded once; the upper directory becomes the layer
+        // of the new tree, so the next command on it writes nothing out.
+        let new_digest = env.content.put_tree(work.tree)?;
+        *work.stored = Some(new_digest);
         if new_digest != digest {
             for s in scaffold.iter().rev() {
                 let p = overlay.upper.join(s);
@@ -294,7 +294,6 @@ impl StepKind for RunOp {
             }
         }
         drop(scratch);
-        *work.tree = after;
         Ok(())
     }
 }
