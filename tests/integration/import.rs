@@ -287,3 +287,25 @@ fn a_dockerfile_s_own_ignore_file_wins_over_the_context_s() {
         r.stderr
     );
 }
+
+#[test]
+fn copy_parents_keeps_paths_from_a_pivot() {
+    let p = Project::new();
+    p.file(
+        "Dockerfile",
+        "FROM scratch\nCOPY --parents ./app/./lib/*.txt ./app/./docs /out/\nCOPY --parents app/lib/one.txt /full/\n",
+    )
+    .file("app/lib/one.txt", "1\n")
+    .file("app/lib/two.txt", "2\n")
+    .file("app/docs/readme", "r\n");
+    p.kiln(&["build", "-o", "out-dir"]).ok();
+    assert_eq!(p.read("out-dir/out/lib/one.txt"), "1\n");
+    assert_eq!(p.read("out-dir/out/lib/two.txt"), "2\n");
+    assert_eq!(p.read("out-dir/out/docs/readme"), "r\n");
+    assert!(!p.exists("out-dir/out/app"));
+    assert_eq!(p.read("out-dir/full/app/lib/one.txt"), "1\n");
+    // The import carries the pivot over, and builds the same.
+    let r = p.kiln(&["import"]);
+    r.ok();
+    assert!(r.stdout.contains("\"./app/./lib/*.txt\""), "{}", r.stdout);
+}

@@ -22,6 +22,9 @@ pub struct Picked {
     /// For a file: `("", entry)`. For a directory: every entry below it,
     /// relative to it, in order.
     pub items: Vec<(String, Entry)>,
+    /// With `parents`, the leading part of `path` that is not kept: what
+    /// came before a `/./` in the source (BuildKit's pivot), or nothing.
+    pub pivot: String,
 }
 
 fn is_glob(p: &str) -> bool {
@@ -53,6 +56,13 @@ pub fn pick(
 ) -> Result<Vec<Picked>, Diagnostic> {
     let mut out = Vec::new();
     for pat in patterns {
+        // `a/b/./c/*.txt`: with `parents`, paths are kept from `c` on.
+        let pivot = match pat.value.split_once("/./") {
+            Some((before, _)) => tree::components(before, links)
+                .map_err(|e| tree_error(e, pat.span, source))?
+                .join("/"),
+            None => String::new(),
+        };
         let clean = tree::components(&pat.value, links)
             .map_err(|e| tree_error(e, pat.span, source))?
             .join("/");
@@ -122,6 +132,7 @@ pub fn pick(
                 path: resolved,
                 is_dir,
                 items,
+                pivot: pivot.clone(),
             });
         }
     }
@@ -234,9 +245,14 @@ pub fn place(
         ov.owner.map_or(0, |o| o.1),
     );
     for p in picked {
-        // `--parents`: each source keeps its path below the destination.
+        // `--parents`: each source keeps its path below the destination
+        // (from its pivot on, when it has one).
+        let kept = match p.path.strip_prefix(&p.pivot) {
+            Some(rest) if !p.pivot.is_empty() => rest.trim_start_matches('/'),
+            _ => p.path.as_str(),
+        };
         let base = if parents && p.is_dir {
-            tree::join(&target, &p.path)
+            tree::join(&target, kept)
         } else {
             target.clone()
         };
@@ -248,7 +264,7 @@ pub fn place(
             }
         } else {
             let at = if parents {
-                tree::join(&target, &p.path)
+                tree::join(&target, kept)
             } else if into_dir {
                 tree::join(&target, &p.name)
             } else {
@@ -450,5 +466,44 @@ mod tests {
                 "o/src/sub/c.h"
             ]
         );
+    }
+
+    #[test]
+    fn a_pivot_keeps_paths_from_where_it_stands() {
+        let picked = pick(
+            &ctx(),
+            &[sp("src/./*.c"), sp("./src/./sub"), sp("src/sub/./c.h")],
+            Links::Confined,
+            "ctx",
+        )
+        .unwrap();
+        let mut out = Tree::new();
+        let span = Span::new(SourceId(0), 0, 1);
+        place(
+            &mut out,
+            &picked,
+            "/o/",
+            "/",
+            Overrides::default(),
+            true,
+            span,
+        )
+        .unwrap();
+        let got: Vec<&str> = out.entries.keys().map(String::as_str).collect();
+        assert_eq!(got, ["o", "o/a.c", "o/b.c", "o/c.h", "o/sub", "o/sub/c.h"]);
+        // Without `parents`, a `/./` is only a path component.
+        let picked = pick(&ctx(), &[sp("src/./a.c")], Links::Confined, "ctx").unwrap();
+        let mut out = Tree::new();
+        place(
+            &mut out,
+            &picked,
+            "/o/",
+            "/",
+            Overrides::default(),
+            false,
+            span,
+        )
+        .unwrap();
+        assert!(out.get("o/a.c").is_some());
     }
 }

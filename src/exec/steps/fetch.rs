@@ -66,6 +66,7 @@ impl StepKind for Fetch {
             path: self.url.clone(),
             is_dir: false,
             items: vec![(String::new(), entry)],
+            pivot: String::new(),
         }];
         let ov = Overrides {
             chmod: self.chmod,

@@ -632,15 +632,6 @@ impl Lowerer<'_> {
             .map(|(_, v)| self.s(line, v))
             .collect();
         let parents = flag("parents").is_some_and(|v| v != "false");
-        if parents && c.sources.iter().any(|s| s.contains("/./")) {
-            self.error(
-                line,
-                format!("`{what} --parents` with a `/./` pivot is not supported by kiln"),
-                "a pivot in a source",
-                "drop the `/./` and copy from the directory below it, or use `WORKDIR` and relative sources",
-            );
-            return Vec::new();
-        }
         if flag("link").is_some_and(|v| v != "false") {
             self.note(
                 line,
