@@ -11,13 +11,14 @@
 //! a build that fails writes no `when="success"` export at all.
 
 pub mod load;
+pub mod pins;
 
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
 use crate::export::{self, Settings, dest};
 use crate::image::set::{ImageSet, LockMode};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
-use crate::model::digest::{Sha256, StateDigest, StepKey};
+use crate::model::digest::{StateDigest, StepKey};
 use crate::progress::{Event, Progress};
 use crate::store::{Access, Store, records};
 use load::{Loaded, SpecInput};
@@ -330,8 +331,10 @@ pub fn run(
     } = plan;
     let graph = &loaded.graph;
     let store = Store::open_waiting(&state_dir, Access::Shared, waiting)?;
-    let images = match resolve_images(graph, &roots, &spec_path, req, sources, &store) {
-        Ok(set) => set,
+    let pinned = match pins::resolve(
+        graph, &roots, &spec_path, req, sources, &store, progress, false,
+    ) {
+        Ok(p) => p,
         Err(failures) => {
             return Ok(Report {
                 failures,
@@ -341,6 +344,7 @@ pub fn run(
             });
         }
     };
+    let pins::Pinned { images, urls } = pinned;
     for (reference, digest, how) in images.resolved() {
         progress.emit(Event::ImageResolved {
             reference,
@@ -377,12 +381,13 @@ pub fn run(
         memo_key: if req.no_cache {
             None
         } else {
-            memo_key(sources, req, &roots, graph, &images)
+            memo_key(sources, req, &roots, graph, &images, &urls)
         },
         epoch: req.epoch,
         unpack_limit: req.unpack_limit,
         secrets: req.secrets.clone(),
         ssh: Arc::new(req.ssh.clone()),
+        pins: Arc::new(urls),
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
@@ -488,179 +493,6 @@ pub fn run(
         interrupted,
         results,
     })
-}
-
-/// Resolve the images the roots' stages are built on, through `kiln.lock`
-/// (written when something new was resolved). Errors point at the stages.
-pub fn resolve_images(
-    graph: &Graph,
-    roots: &[StageId],
-    spec_path: &std::path::Path,
-    req: &Request,
-    sources: &Sources,
-    store: &Store,
-) -> Result<ImageSet, Vec<Diagnostic>> {
-    resolve_images_pruning(graph, roots, spec_path, req, sources, store, false)
-}
-
-/// What `kiln lock` did: each reference of the spec, its platform, the
-/// digest before (if locked) and after.
-pub struct LockReport {
-    pub lock_path: PathBuf,
-    pub entries: Vec<(String, String, Option<Sha256>, Sha256)>,
-    /// Entries dropped because no stage names them any more.
-    pub dropped: Vec<(String, String)>,
-}
-
-/// `kiln lock`: resolve the images of every stage (again, for those
-/// `mode` names), write the lock file, and drop what no stage uses.
-pub fn lock(req: &Request, sources: &Sources) -> Result<LockReport, Vec<Diagnostic>> {
-    let spec_path = req.spec.spec_path();
-    let state_dir = load::state_dir(&req.state_dir, &spec_path);
-    let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
-    let loaded = load::load(&req.spec, sources, Some(&parse_cache))?;
-    let graph = &loaded.graph;
-    let lock_path = crate::image::lock::path_for(&spec_path);
-    let before = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
-    if let LockMode::Update(names) = &req.lock {
-        let known: Vec<&str> = graph
-            .stages
-            .iter()
-            .filter_map(|s| match &s.base {
-                crate::ir::Base::Image(i) => Some(i.reference.as_str()),
-                _ => None,
-            })
-            .collect();
-        let unknown: Vec<Diagnostic> = names
-            .iter()
-            .filter(|n| !known.contains(&n.as_str()))
-            .map(|n| {
-                Diagnostic::user(
-                    "kiln::lock::unknown",
-                    format!("no stage is built on the image `{n}`"),
-                )
-                .with_help(if known.is_empty() {
-                    "this spec uses no images".to_string()
-                } else {
-                    format!("the spec's images: {}", known.join(", "))
-                })
-            })
-            .collect();
-        if !unknown.is_empty() {
-            return Err(unknown);
-        }
-    }
-    let store = Store::open_waiting(&state_dir, Access::Shared, &|_| {}).map_err(|d| vec![d])?;
-    let roots: Vec<StageId> = graph.stages.iter().map(|s| s.id).collect();
-    let set = resolve_images_pruning(graph, &roots, &spec_path, req, sources, &store, true)?;
-    let after = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
-    let platform = set.platform.to_string();
-    let entries = set
-        .resolved()
-        .into_iter()
-        .map(|(r, d, _)| {
-            let old = before.image(&r, &platform).cloned();
-            (r, platform.clone(), old, d)
-        })
-        .collect();
-    let dropped = before
-        .images
-        .keys()
-        .filter(|k| !after.images.contains_key(*k))
-        .cloned()
-        .collect();
-    Ok(LockReport {
-        lock_path,
-        entries,
-        dropped,
-    })
-}
-
-fn resolve_images_pruning(
-    graph: &Graph,
-    roots: &[StageId],
-    spec_path: &std::path::Path,
-    req: &Request,
-    sources: &Sources,
-    store: &Store,
-    prune: bool,
-) -> Result<ImageSet, Vec<Diagnostic>> {
-    use crate::image::platform::Platform;
-    let platform = match &req.platform {
-        None => Platform::host(),
-        Some(p) => Platform::parse(p).ok_or_else(|| {
-            vec![
-                Diagnostic::user("kiln::cli::platform", format!("`{p}` is not a platform"))
-                    .with_help("write `--platform linux/amd64` (OS/ARCH[/VARIANT])"),
-            ]
-        })?,
-    };
-    let access = crate::image::Access {
-        insecure: req.insecure_registries.clone(),
-    };
-    let mut needed: Vec<(String, &std::path::Path, crate::diag::Span)> = Vec::new();
-    for id in graph.ancestors(roots) {
-        let s = graph.stage(id);
-        if let crate::ir::Base::Image(i) = &s.base {
-            needed.push((i.reference.clone(), &i.dir, s.from_span.unwrap_or(s.span)));
-        }
-    }
-    let lock_path = crate::image::lock::path_for(spec_path);
-    if needed.is_empty() && !(prune && lock_path.exists()) {
-        return Ok(ImageSet::empty(platform, access));
-    }
-    let mut lock = crate::image::lock::read(&lock_path, sources)?.unwrap_or_default();
-    let mut pruned = false;
-    if prune {
-        let count = lock.images.len();
-        lock.images
-            .retain(|(r, _), _| needed.iter().any(|(n, _, _)| n == r));
-        pruned = lock.images.len() != count;
-    }
-    let refs: Vec<(String, &std::path::Path)> =
-        needed.iter().map(|(r, d, _)| (r.clone(), *d)).collect();
-    let blobs = crate::store::oci::OciBlobs::new(store.layout());
-    match ImageSet::resolve(&refs, &mut lock, &req.lock, platform, access, &blobs) {
-        Ok((set, changed)) => {
-            if changed || pruned {
-                let name = spec_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                crate::image::lock::write(&lock_path, &lock, &name).map_err(|e| {
-                    vec![Diagnostic::io("cannot write the lock file", &lock_path, &e)]
-                })?;
-            }
-            Ok(set)
-        }
-        Err(failures) => Err(failures
-            .into_iter()
-            .map(|f| {
-                use crate::image::set::FailureKind;
-                let span = needed
-                    .iter()
-                    .find(|(r, _, _)| *r == f.reference)
-                    .map(|(_, _, s)| *s);
-                let mut d = Diagnostic::env(
-                    "kiln::image::resolve",
-                    format!("cannot resolve the image `{}`: {}", f.reference, f.why),
-                )
-                .with_help(match f.kind {
-                    FailureKind::NotLocked => "run a build without `--locked` (or `kiln lock`) to resolve it and write the lock file",
-                    FailureKind::Platform => "build for one of the image's platforms with `--platform OS/ARCH`, or use an image made for this one",
-                    FailureKind::Reference => "write a registry reference (`registry.example/ns/app:tag`, `app@sha256:…`) or a local one (`oci-layout://DIR:TAG`, `oci:DIR:TAG`, `oci-archive:FILE`, `docker-archive:FILE`)",
-                    FailureKind::Source => "check the reference and that its registry or file can be reached",
-                });
-                if matches!(f.kind, FailureKind::NotLocked | FailureKind::Reference) {
-                    d.class = crate::diag::Class::User;
-                }
-                if let Some(s) = span {
-                    d = d.with_label(s, "built on this image");
-                }
-                d
-            })
-            .collect()),
-    }
 }
 
 /// Set up the second attempt of a build that found damage: nothing from
@@ -819,6 +651,7 @@ fn memo_key(
     roots: &[StageId],
     graph: &Graph,
     images: &ImageSet,
+    pins: &crate::exec::Pins,
 ) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     let field = |h: &mut blake3::Hasher, b: &[u8]| {
@@ -841,10 +674,17 @@ fn memo_key(
     }
     field(&mut h, &req.epoch.to_le_bytes());
     field(&mut h, &req.unpack_limit.to_le_bytes());
-    // A local image rebuilt under the same tag resolves to a new digest.
+    // A local image rebuilt under the same tag resolves to a new digest;
+    // a download pinned again has a new sha256.
     for (reference, digest, _) in images.resolved() {
         field(&mut h, reference.as_bytes());
         field(&mut h, digest.to_string().as_bytes());
+    }
+    let mut urls: Vec<_> = pins.urls.iter().collect();
+    urls.sort_by(|a, b| a.0.cmp(b.0));
+    for (url, pin) in urls {
+        field(&mut h, url.as_bytes());
+        field(&mut h, pin.sha256.as_bytes());
     }
     field(&mut h, req.platform.as_deref().unwrap_or("").as_bytes());
     let now = crate::context::index::now_ns();

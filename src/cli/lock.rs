@@ -1,5 +1,6 @@
-//! `kiln lock`: resolve the images every stage is built on and write
-//! `kiln.lock`, or resolve them again with `--update`.
+//! `kiln lock`: resolve the images every stage is built on and pin the
+//! downloads the spec gives no checksum, in `kiln.lock`; `--update`
+//! resolves them again.
 
 use super::outln;
 use super::{Failure, SpecArgs};
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 pub struct LockArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Resolve again: every image, or the references named (repeatable)
+    /// Resolve again: every image and unpinned download, or those named (repeatable)
     #[arg(long, num_args = 0.., value_name = "REF")]
     pub update: Option<Vec<String>>,
     /// Where the cache lives [default: .kiln beside the spec]
@@ -39,23 +40,29 @@ pub fn run(args: &LockArgs, sources: &Sources) -> Result<(), Failure> {
         },
         ..Request::default()
     };
-    let report = build::lock(&req, sources).map_err(|diagnostics| Failure {
+    let reporter = crate::progress::reporter(crate::progress::Mode::Plain);
+    let progress = crate::progress::Progress::new(reporter.as_ref());
+    let report = build::pins::lock(&req, sources, &progress);
+    progress.finish();
+    let report = report.map_err(|diagnostics| Failure {
         code: super::exit_code(&diagnostics),
         diagnostics,
     })?;
-    for (reference, platform, before, after) in &report.entries {
-        let what = match before {
+    for line in &report.entries {
+        let what = match &line.before {
             None => "locked".to_string(),
-            Some(b) if b == after => "unchanged".to_string(),
+            Some(b) if *b == line.after => "unchanged".to_string(),
             Some(b) => format!("updated from {b}"),
         };
-        outln!("{reference} ({platform}) {after}: {what}");
+        outln!("{} {}: {what}", line.what, line.after);
     }
-    for (reference, platform) in &report.dropped {
-        outln!("{reference} ({platform}): dropped, no stage uses it");
+    for what in &report.dropped {
+        outln!("{what}: dropped, no stage uses it");
     }
     if report.entries.is_empty() && report.dropped.is_empty() {
-        outln!("no stage is built on an image from a registry; nothing to lock");
+        outln!(
+            "no stage is built on a registry image or fetches without a checksum; nothing to lock"
+        );
     } else {
         outln!("wrote {}", report.lock_path.display());
     }

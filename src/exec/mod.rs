@@ -49,6 +49,25 @@ pub struct Options {
     pub secrets: Secrets,
     /// SSH agent sockets for `run` steps' ssh mounts (`--ssh`), by id.
     pub ssh: Arc<HashMap<String, PathBuf>>,
+    /// What the lock file pins for sources the spec does not.
+    pub pins: Arc<Pins>,
+}
+
+/// Sources the spec does not pin, pinned for this build (from the lock
+/// file, or on first use).
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
+    /// Downloads without a checksum, by URL.
+    pub urls: HashMap<String, UrlPin>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UrlPin {
+    /// Lowercase hex.
+    pub sha256: String,
+    /// The download and its size, when it was fetched during this build
+    /// and stored.
+    pub blob: Option<(crate::model::digest::BlobDigest, u64)>,
 }
 
 /// Secrets given on the command line (`--secret id=…`), by id. Never

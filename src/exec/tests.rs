@@ -53,6 +53,7 @@ impl World {
             jobs: 2,
             no_cache: false,
             memo_key: None,
+            pins: Default::default(),
             epoch: 0,
             unpack_limit: 1 << 20,
             secrets: Default::default(),

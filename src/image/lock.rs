@@ -37,6 +37,9 @@ pub fn path_for(spec: &Path) -> PathBuf {
 pub struct Lock {
     /// (reference as written, platform) → manifest digest.
     pub images: BTreeMap<(String, String), Sha256>,
+    /// A download without a checksum in the spec → its sha256, pinned on
+    /// first use.
+    pub urls: BTreeMap<String, Sha256>,
 }
 
 impl Lock {
@@ -58,9 +61,15 @@ impl Lock {
             n.push(KdlEntry::new_prop("digest", digest.to_string()));
             doc.nodes_mut().push(n);
         }
+        for (url, digest) in &self.urls {
+            let mut n = KdlNode::new("url");
+            n.push(KdlEntry::new(url.clone()));
+            n.push(KdlEntry::new_prop("digest", digest.to_string()));
+            doc.nodes_mut().push(n);
+        }
         doc.autoformat();
         let mut text = format!(
-            "// What the image references of {spec_name} resolved to. Written by kiln;\n// `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
+            "// What the images and unpinned downloads of {spec_name} resolved to.\n// Written by kiln; `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
         );
         if !text.ends_with('\n') {
             text.push('\n');
@@ -126,6 +135,26 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                         n,
                         "an image entry needs a reference, `platform=` and a `digest=\"sha256:…\"`"
                             .into(),
+                    )),
+                }
+            }
+            "url" => {
+                let url = n
+                    .entries()
+                    .iter()
+                    .find(|e| e.name().is_none())
+                    .and_then(|e| e.value().as_string());
+                let digest = n
+                    .get("digest")
+                    .and_then(|v| v.as_string())
+                    .and_then(Sha256::parse);
+                match (url, digest) {
+                    (Some(u), Some(d)) => {
+                        lock.urls.insert(u.to_string(), d);
+                    }
+                    _ => errors.push(bad(
+                        n,
+                        "a url entry needs the URL and a `digest=\"sha256:…\"`".into(),
                     )),
                 }
             }

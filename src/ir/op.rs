@@ -51,12 +51,13 @@ pub struct Copy {
     pub unpack: bool,
 }
 
-/// A remote file, pinned by its sha256.
+/// A remote file, pinned by its sha256: in the spec, or (`None`) in the
+/// lock file on first use.
 #[derive(Clone, Debug, Serialize)]
 pub struct Fetch {
     pub url: String,
     pub dest: String,
-    pub sha256: String,
+    pub sha256: Option<String>,
     pub chmod: Option<u32>,
     pub chown: Option<Owner>,
 }

@@ -63,6 +63,12 @@ pub enum KeyInput {
         path: String,
         digest: String,
     },
+    /// What the lock file pins a source the spec does not pin to (a
+    /// download's sha256).
+    Pinned {
+        source: String,
+        digest: String,
+    },
 }
 
 impl KeyInput {
@@ -89,6 +95,7 @@ impl KeyInput {
             ),
             KeyInput::Epoch(e) => ("epoch".into(), e.to_string()),
             KeyInput::HostFile { path, digest } => (format!("host:{path}"), digest.clone()),
+            KeyInput::Pinned { source, digest } => (format!("pin:{source}"), digest.clone()),
         }
     }
 
@@ -120,6 +127,9 @@ impl KeyInput {
             }
             KeyInput::Epoch(_) => "the time programs are shown (SOURCE_DATE_EPOCH)".into(),
             KeyInput::HostFile { path, .. } => format!("the host file `{path}`"),
+            KeyInput::Pinned { source, .. } => {
+                format!("what the lock file pins `{source}` to")
+            }
         }
     }
 }

@@ -5,11 +5,20 @@
 use crate::harness::Project;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Serve `body` to every GET; returns the base URL and the request count.
 fn serve(body: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let (url, count, _) = serve_changing(body);
+    (url, count)
+}
+
+/// Serve a body that can be changed (a server whose file moves); returns
+/// the base URL, the request count and the body.
+fn serve_changing(body: &[u8]) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
+    let shared = Arc::new(Mutex::new(body.to_vec()));
+    let body = shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -26,6 +35,7 @@ fn serve(body: &'static [u8]) -> (String, Arc<AtomicUsize>) {
                 }
             }
             c.fetch_add(1, Ordering::SeqCst);
+            let body = body.lock().unwrap().clone();
             let missing = String::from_utf8_lossy(&req).starts_with("GET /missing");
             let head = if missing {
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -38,11 +48,11 @@ fn serve(body: &'static [u8]) -> (String, Arc<AtomicUsize>) {
             };
             let _ = s.write_all(head.as_bytes());
             if !missing {
-                let _ = s.write_all(body);
+                let _ = s.write_all(&body);
             }
         }
     });
-    (url, count)
+    (url, count, shared)
 }
 
 const BODY: &[u8] = b"downloaded\n";
@@ -95,16 +105,8 @@ fn a_changed_download_fails_naming_both_digests() {
 }
 
 #[test]
-fn unpinned_fetches_and_http_errors_are_reported() {
+fn http_errors_are_reported() {
     let p = Project::new();
-    p.spec("kiln 1\nstage s {\n    fetch \"https://example.com/x\" \"/x\"\n}\n");
-    let r = p.kiln(&["check"]);
-    r.code(2);
-    assert!(
-        r.stderr.contains("a fetch needs a checksum"),
-        "{}",
-        r.stderr
-    );
     let (url, _) = serve(BODY);
     p.spec(&format!(
         "kiln 1\nstage s {{\n    fetch \"{url}/missing\" \"/x\" checksum=\"{SUM}\"\n}}\n"
@@ -112,6 +114,79 @@ fn unpinned_fetches_and_http_errors_are_reported() {
     let r = p.kiln(&["build", "--progress", "plain"]);
     r.code(3);
     assert!(r.stderr.contains("404"), "{}", r.stderr);
+}
+
+#[test]
+fn an_unpinned_fetch_is_pinned_on_first_use_in_the_lock_file() {
+    let (url, count, body) = serve_changing(BODY);
+    let p = Project::new();
+    let file = format!("{url}/dl/tool.txt");
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    fetch \"{file}\" \"/opt/\"\n}}\nexport {{\n    s to=\"out\"\n}}\n"
+    ));
+    // `--locked` refuses to pin it.
+    let r = p.kiln(&["build", "--locked"]);
+    r.code(2);
+    assert!(r.stderr.contains("kiln.kdl:3:5"), "{}", r.stderr);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    // The first build fetches once (pinning and the step share it), says
+    // so, and writes the lock.
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    r.ok();
+    assert!(r.stderr.contains("pinned on first use"), "{}", r.stderr);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(p.read("out/opt/tool.txt"), "downloaded\n");
+    let lock = p.read("kiln.lock");
+    assert!(lock.contains(&file) && lock.contains(SUM), "{lock}");
+    // Later builds use the lock: cached, offline.
+    let r = p.build(&["--locked"]);
+    r.ok();
+    assert!(r.ran().is_empty());
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // The server's file changes: a build that fetches again fails, showing
+    // both digests, and writes nothing.
+    *body.lock().unwrap() = b"changed\n".to_vec();
+    let r = p.kiln(&["build", "--no-cache"]);
+    r.code(1);
+    assert!(
+        r.stderr.contains(SUM.trim_start_matches("sha256:")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--update"), "{}", r.stderr);
+    assert_eq!(p.read("out/opt/tool.txt"), "downloaded\n");
+    assert_eq!(p.read("kiln.lock"), lock);
+    // `kiln lock --update URL` pins the new file; the next build takes it
+    // and `explain` says why the step ran.
+    let l = p.kiln(&["lock", "--update", &file]);
+    l.ok();
+    assert!(l.stdout.contains("updated from"), "{}", l.stdout);
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(p.read("out/opt/tool.txt"), "changed\n");
+    let explain = p.kiln(&["explain"]);
+    assert!(
+        explain.stdout.contains("what the lock file pins"),
+        "{}",
+        explain.stdout
+    );
+}
+
+#[test]
+fn dockerfile_add_without_a_checksum_is_pinned_on_first_use() {
+    let (url, count) = serve(BODY);
+    let p = Project::new();
+    p.file(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}/dl/file.bin /downloads/\n"),
+    );
+    let r = p.kiln(&["import"]);
+    r.ok();
+    assert!(r.stderr.contains("has no checksum"), "{}", r.stderr);
+    p.kiln(&["build", "-o", "out"]).ok();
+    assert_eq!(p.read("out/downloads/file.bin"), "downloaded\n");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(p.read("Dockerfile.lock").contains(SUM));
 }
 
 #[test]

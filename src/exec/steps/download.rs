@@ -10,8 +10,9 @@ use std::time::Duration;
 /// Largest download kept in memory.
 const MAX_SIZE: u64 = 4 << 30;
 
-/// Download `url`, and check it against `sha256` (lowercase hex).
-pub fn fetch(url: &str, sha256: &str, span: Span) -> Result<Vec<u8>, Diagnostic> {
+/// Download `url`, and check it against `sha256` (lowercase hex) when
+/// given.
+pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Diagnostic> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_body(Some(Duration::from_secs(300)))
@@ -47,13 +48,15 @@ pub fn fetch(url: &str, sha256: &str, span: Span) -> Result<Vec<u8>, Diagnostic>
         )));
     }
     let got = hex(&Sha256::digest(&body));
-    if got != sha256 {
+    if let Some(sha256) = sha256
+        && got != sha256
+    {
         return Err(Diagnostic::build(
             "kiln::fetch::checksum",
             format!("`{url}` does not match its checksum: expected sha256:{sha256}, got sha256:{got}"),
         )
         .with_label(span, "pinned here")
-        .with_help("the file changed at its source; check it, then update `checksum=` if the new file is right"));
+        .with_help("the file changed at its source: check it; if the new file is right, update `checksum=` (or, for a download the lock file pins, run `kiln lock --update URL`)"));
     }
     Ok(body)
 }

@@ -1,11 +1,13 @@
-//! `fetch`: a file over HTTP(S), pinned by its sha256. Keyed by the pin
-//! alone (it is in the canonical form), so a cached build never touches
-//! the network; a download that does not match is an error.
+//! `fetch`: a file over HTTP(S), pinned by its sha256: in the spec (in
+//! the canonical form), or by the lock file on first use (a key input).
+//! Keyed by the pin, so a cached build never touches the network; a
+//! download that does not match is an error that shows both digests.
 
 use super::copy_rules::{self, Overrides, Picked};
 use super::{StepCx, StepKind, Work, resolve_owner};
 use crate::diag::Diagnostic;
 use crate::ir::{Fetch, Graph};
+use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Entry, Kind};
 use serde_json::json;
 
@@ -19,6 +21,22 @@ impl StepKind for Fetch {
 
     fn describe(&self, _graph: &Graph) -> String {
         format!("fetch {}", self.url)
+    }
+
+    fn prepare(
+        &self,
+        cx: &StepCx<'_>,
+        key: Option<&mut KeyBuilder>,
+    ) -> Result<super::Prepared, Diagnostic> {
+        if self.sha256.is_none()
+            && let Some(key) = key
+        {
+            key.input(KeyInput::Pinned {
+                source: self.url.clone(),
+                digest: format!("sha256:{}", self.pin(cx)?.sha256),
+            });
+        }
+        Ok(super::Prepared::Nothing)
     }
 
     fn run(
@@ -49,14 +67,26 @@ impl StepKind for Fetch {
                 .with_help("give the destination a file name"));
             }
         };
-        let body = super::download::fetch(&self.url, &self.sha256, span)?;
-        let blob = cx.content().put_blob(&body)?;
+        let (blob, size) = match &self.sha256 {
+            Some(sum) => {
+                let body = super::download::fetch(&self.url, Some(sum), span)?;
+                (cx.content().put_blob(&body)?, body.len() as u64)
+            }
+            None => {
+                let pin = self.pin(cx)?;
+                // Fetched while pinning, in this build: no second download.
+                match pin.blob {
+                    Some((b, size)) if cx.content().has_blob(b) => (b, size),
+                    _ => {
+                        let body = super::download::fetch(&self.url, Some(&pin.sha256), span)?;
+                        (cx.content().put_blob(&body)?, body.len() as u64)
+                    }
+                }
+            }
+        };
         // Docker gives downloaded files mode 0600.
         let entry = Entry {
-            kind: Kind::File {
-                blob,
-                size: body.len() as u64,
-            },
+            kind: Kind::File { blob, size },
             mode: 0o600,
             uid: 0,
             gid: 0,
@@ -74,5 +104,20 @@ impl StepKind for Fetch {
         };
         let workdir = work.config.workdir().to_string();
         copy_rules::place(work.tree, &picked, &self.dest, &workdir, ov, false, span)
+    }
+}
+
+impl Fetch {
+    /// What the lock file pins this download to (resolved before the build).
+    fn pin(&self, cx: &StepCx<'_>) -> Result<crate::exec::UrlPin, Diagnostic> {
+        cx.env
+            .options
+            .pins
+            .urls
+            .get(&self.url)
+            .cloned()
+            .ok_or_else(|| {
+                Diagnostic::internal(format!("`{}` was not pinned before the build", self.url))
+            })
     }
 }

@@ -710,12 +710,20 @@ impl Lowerer<'_> {
                         "several sources",
                         "split it into one `ADD --checksum=… URL DEST` per URL",
                     ),
-                    None => self.error(
-                        line,
-                        format!("`ADD {src}` fetches from the network without a checksum"),
-                        "an unpinned remote source",
-                        "pin it: `ADD --checksum=sha256:… URL DEST` (kiln then fetches it once and caches it by its digest), or download it into the build context and `COPY` it",
-                    ),
+                    None => {
+                        self.note(
+                            line,
+                            format!("`ADD {src}` has no checksum: the first build pins what it fetches in the lock file, and later builds check against it"),
+                            "pin it in the Dockerfile with `ADD --checksum=sha256:… URL DEST` to fix it for every checkout",
+                        );
+                        out.push(StepKind::Fetch {
+                            url: self.s(line, src),
+                            dest: self.s(line, &c.dest),
+                            checksum: None,
+                            chmod: chmod.clone(),
+                            chown: chown.clone(),
+                        });
+                    }
                 }
             } else if add && is_git(src) {
                 self.error(

@@ -207,7 +207,7 @@ impl Compiler<'_> {
         let hex = match (&sum, checksum) {
             (Some(v), Some(decl)) => match v.strip_prefix("sha256:") {
                 Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    h.to_ascii_lowercase()
+                    Some(h.to_ascii_lowercase())
                 }
                 _ => {
                     self.diags.push(
@@ -223,14 +223,8 @@ impl Compiler<'_> {
                     return None;
                 }
             },
-            _ => {
-                self.diags.push(
-                    Diagnostic::user("kiln::spec::checksum", "a fetch needs a checksum")
-                        .with_label(url.span, "not pinned")
-                        .with_help("add `checksum=\"sha256:…\"`: the digest keys the cache, so a cached build never touches the network, and a changed download is an error"),
-                );
-                return None;
-            }
+            // Pinned on first use, in the lock file.
+            _ => None,
         };
         if !self.non_empty(dest, &dest_v, "the fetch destination") {
             return None;

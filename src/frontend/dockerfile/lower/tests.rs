@@ -160,10 +160,15 @@ fn unknown_mount_types_are_errors() {
 }
 
 #[test]
-fn parents_pivots_are_refused_not_ignored() {
-    let sources = Sources::new();
-    let text = "FROM scratch\nCOPY --parents ./a/./b/c.txt /d/\n";
-    let id = sources.add("Dockerfile".into(), "Dockerfile".into(), text.into());
-    let e = lower_text(text, id, Path::new(""), &[]).unwrap_err();
-    assert!(e[0].message.contains("pivot"), "{}", e[0].message);
+fn parents_pivots_are_carried_over() {
+    let i = lower("FROM scratch\nCOPY --parents ./a/./b/c.txt /d/\n", &[]);
+    match &i.spec.stages[0].steps[0].kind {
+        StepKind::Copy {
+            sources, parents, ..
+        } => {
+            assert_eq!(sources[0].value, "./a/./b/c.txt");
+            assert!(*parents);
+        }
+        other => panic!("{other:?}"),
+    }
 }
