@@ -16,6 +16,7 @@ pub mod exec;
 pub mod export;
 pub mod frontend;
 pub mod fsutil;
+pub mod git;
 pub mod image;
 pub mod ir;
 pub mod model;

@@ -1,6 +1,6 @@
 //! What moves, pinned before any step runs: the images stages are built
-//! on (manifest digests) and the downloads a spec gives no checksum
-//! (sha256 on first use), through the lock file beside the spec. A build
+//! on (manifest digests), the downloads a spec gives no checksum (sha256
+//! on first use) and the git refs it checks out (commits on first use), through the lock file beside the spec. A build
 //! reads the lock, resolves what it lacks (unless `--locked`), and writes
 //! the lock back when something was added; `kiln lock` does the same for
 //! every stage and drops what no stage uses.
@@ -27,12 +27,15 @@ pub struct Pinned {
 struct Needs<'g> {
     images: Vec<(String, &'g Path, Span)>,
     urls: Vec<(String, Span)>,
+    /// Git sources named by a ref, not a commit: (URL, ref).
+    gits: Vec<((String, String), Span)>,
 }
 
 fn needs<'g>(graph: &'g Graph, roots: &[StageId]) -> Needs<'g> {
     let mut n = Needs {
         images: Vec::new(),
         urls: Vec::new(),
+        gits: Vec::new(),
     };
     for id in graph.ancestors(roots) {
         let s = graph.stage(id);
@@ -47,6 +50,14 @@ fn needs<'g>(graph: &'g Graph, roots: &[StageId]) -> Needs<'g> {
             {
                 n.urls
                     .push((f.url.clone(), graph.source_map.step(id, i).span));
+            }
+            if let Op::Git(g) = &step.op
+                && !crate::git::is_commit(&g.reference)
+            {
+                let k = (g.url.clone(), g.reference.clone());
+                if !n.gits.iter().any(|(x, _)| *x == k) {
+                    n.gits.push((k, graph.source_map.step(id, i).span));
+                }
             }
         }
     }
@@ -85,7 +96,11 @@ pub fn resolve(
     };
     let needs = needs(graph, roots);
     let lock_path = lock::path_for(spec_path);
-    if needs.images.is_empty() && needs.urls.is_empty() && !(prune && lock_path.exists()) {
+    if needs.images.is_empty()
+        && needs.urls.is_empty()
+        && needs.gits.is_empty()
+        && !(prune && lock_path.exists())
+    {
         return Ok(Pinned {
             images: ImageSet::empty(platform, access),
             urls: Pins::default(),
@@ -94,12 +109,14 @@ pub fn resolve(
     let mut lock = lock::read(&lock_path, sources)?.unwrap_or_default();
     let mut changed = false;
     if prune {
-        let (images, urls) = (lock.images.len(), lock.urls.len());
+        let before = (lock.images.len(), lock.urls.len(), lock.gits.len());
         lock.images
             .retain(|(r, _), _| needs.images.iter().any(|(n, _, _)| n == r));
         lock.urls
             .retain(|u, _| needs.urls.iter().any(|(n, _)| n == u));
-        changed |= lock.images.len() != images || lock.urls.len() != urls;
+        lock.gits
+            .retain(|k, _| needs.gits.iter().any(|(n, _)| n == k));
+        changed |= (lock.images.len(), lock.urls.len(), lock.gits.len()) != before;
     }
     let refs: Vec<(String, &Path)> = needs
         .images
@@ -134,7 +151,26 @@ pub fn resolve(
         &mut changed,
     );
     let urls = match urls {
-        Ok(u) => Some(u),
+        Ok(mut u) => {
+            let gits = pin_gits(
+                &needs.gits,
+                &mut lock,
+                &req.lock,
+                store,
+                progress,
+                &mut changed,
+            );
+            match gits {
+                Ok(g) => {
+                    u.gits = g;
+                    Some(u)
+                }
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            }
+        }
         Err(e) => {
             errors.extend(e);
             None
@@ -262,6 +298,89 @@ fn pin_urls(
     }
 }
 
+/// Git refs: the lock's commit, or the ref's commit now (fetched into
+/// the state directory, said in a notice).
+fn pin_gits(
+    gits: &[((String, String), Span)],
+    lock: &mut Lock,
+    mode: &LockMode,
+    store: &Store,
+    progress: &Progress<'_>,
+    changed: &mut bool,
+) -> Result<std::collections::HashMap<(String, String), String>, Vec<Diagnostic>> {
+    let mut pins = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    let root = store.layout().git();
+    for ((url, reference), span) in gits {
+        let renew = match mode {
+            LockMode::Update(names) => {
+                names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| n == url || *n == format!("{url}#{reference}"))
+            }
+            _ => false,
+        };
+        let key = (url.clone(), reference.clone());
+        if let Some(c) = (!renew).then(|| lock.gits.get(&key).cloned()).flatten() {
+            pins.insert(key, c);
+            continue;
+        }
+        if *mode == LockMode::Locked {
+            errors.push(
+                Diagnostic::user(
+                    "kiln::git::unlocked",
+                    format!("`{url}` at `{reference}` is not in the lock file, and `--locked` forbids pinning it"),
+                )
+                .with_label(*span, "a git ref, not a commit")
+                .with_help("run a build without `--locked` (or `kiln lock`) to pin it, or name a full commit id in `ref=`"),
+            );
+            continue;
+        }
+        let fetched = crate::git::Repo::open(&root, url).and_then(|repo| {
+            repo.fetch(&std::sync::atomic::AtomicBool::new(false))?;
+            repo.resolve(reference).ok_or(crate::git::GitError::NoRef {
+                url: url.clone(),
+                reference: reference.clone(),
+            })
+        });
+        let commit = match fetched {
+            Ok(c) => c,
+            Err(e) => {
+                let help = match e {
+                    crate::git::GitError::NoRef { .. } => {
+                        "name a branch or tag the repository has, `HEAD`, or a full commit id"
+                    }
+                    _ => {
+                        "check the URL, the network and credentials (a `USER@HOST:PATH` URL uses ssh and its keys)"
+                    }
+                };
+                errors.push(
+                    Diagnostic::env("kiln::git::resolve", e.to_string())
+                        .with_label(*span, "this git source")
+                        .with_help(help),
+                );
+                continue;
+            }
+        };
+        let before = lock.gits.insert(key.clone(), commit.clone());
+        *changed = true;
+        progress.emit(Event::Notice {
+            message: match before {
+                Some(old) if old != commit => format!("`{url}` at `{reference}` is pinned again: {commit} (was {old}), in the lock file"),
+                Some(_) => format!("`{url}` at `{reference}` fetched again: still {commit}"),
+                None => format!("`{url}` at `{reference}` pinned on first use: {commit}, in the lock file; `kiln lock --update {url}` moves it"),
+            },
+        });
+        pins.insert(key, commit);
+    }
+    if errors.is_empty() {
+        Ok(pins)
+    } else {
+        Err(errors)
+    }
+}
+
 /// One line of what `kiln lock` did.
 pub struct LockLine {
     /// `IMAGE (PLATFORM)` or `URL`.
@@ -300,14 +419,20 @@ pub fn lock(
             .iter()
             .map(|(r, _, _)| r.as_str())
             .chain(n.urls.iter().map(|(u, _)| u.as_str()))
+            .chain(n.gits.iter().map(|((u, _), _)| u.as_str()))
+            .collect();
+        let git_refs: Vec<String> = n
+            .gits
+            .iter()
+            .map(|((u, r), _)| format!("{u}#{r}"))
             .collect();
         let unknown: Vec<Diagnostic> = names
             .iter()
-            .filter(|x| !known.contains(&x.as_str()))
+            .filter(|x| !known.contains(&x.as_str()) && !git_refs.contains(x))
             .map(|x| {
                 Diagnostic::user(
                     "kiln::lock::unknown",
-                    format!("no stage is built on the image `{x}` or fetches it unpinned"),
+                    format!("no stage is built on the image `{x}`, fetches it unpinned or checks it out by a git ref"),
                 )
                 .with_help(if known.is_empty() {
                     "this spec has nothing to lock".to_string()
@@ -344,6 +469,14 @@ pub fn lock(
             after: format!("sha256:{}", pin.sha256),
         });
     }
+    let gits: BTreeMap<_, _> = pinned.urls.gits.iter().collect();
+    for ((url, reference), commit) in gits {
+        entries.push(LockLine {
+            what: format!("{url}#{reference}"),
+            before: before.gits.get(&(url.clone(), reference.clone())).cloned(),
+            after: commit.clone(),
+        });
+    }
     let mut dropped: Vec<String> = before
         .images
         .keys()
@@ -356,6 +489,13 @@ pub fn lock(
             .keys()
             .filter(|u| !after.urls.contains_key(*u))
             .cloned(),
+    );
+    dropped.extend(
+        before
+            .gits
+            .keys()
+            .filter(|k| !after.gits.contains_key(*k))
+            .map(|(u, r)| format!("{u}#{r}")),
     );
     Ok(LockReport {
         lock_path,

@@ -366,12 +366,13 @@ pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
         r.blobs_removed,
         if r.blobs_removed == 1 { "" } else { "s" },
     );
-    if r.images_removed > 0 || r.cache_mounts_removed > 0 {
+    if r.images_removed > 0 || r.cache_mounts_removed > 0 || r.git_repos_removed > 0 {
         outln!(
-            "images: removed {} blob{}; run cache mounts: removed {}",
+            "images: removed {} blob{}; run cache mounts: removed {}; git repositories: removed {}",
             r.images_removed,
             if r.images_removed == 1 { "" } else { "s" },
-            r.cache_mounts_removed
+            r.cache_mounts_removed,
+            r.git_repos_removed
         );
     }
     Ok(())

@@ -59,6 +59,8 @@ pub struct Options {
 pub struct Pins {
     /// Downloads without a checksum, by URL.
     pub urls: HashMap<String, UrlPin>,
+    /// Git refs, by (URL, ref): the commit (lowercase hex).
+    pub gits: HashMap<(String, String), String>,
 }
 
 #[derive(Clone, Debug)]

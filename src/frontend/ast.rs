@@ -95,6 +95,17 @@ pub enum StepKind {
         chmod: Option<Str>,
         chown: Option<Str>,
     },
+    /// `git URL DEST [ref=REF] [subdir=DIR] [keep-git-dir=#true]`: a
+    /// repository's tree at a commit.
+    Git {
+        url: Str,
+        dest: Str,
+        reference: Option<Str>,
+        subdir: Option<Str>,
+        keep_git_dir: bool,
+        chmod: Option<Str>,
+        chown: Option<Str>,
+    },
     Write {
         path: Str,
         content: Str,
@@ -196,6 +207,7 @@ impl StepKind {
         match self {
             StepKind::Copy { .. } => "copy",
             StepKind::Fetch { .. } => "fetch",
+            StepKind::Git { .. } => "git",
             StepKind::Write { .. } => "write",
             StepKind::Mkdir { .. } => "mkdir",
             StepKind::Rm { .. } => "rm",

@@ -1,5 +1,5 @@
-//! `kiln.lock`: what each image reference (and, as they come, each git
-//! source and unpinned URL) resolved to, beside the spec, so that a later
+//! `kiln.lock`: what each image reference, git ref and unpinned URL
+//! resolved to, beside the spec, so that a later
 //! build uses the same bytes without asking the network, and `explain`
 //! can name a base image that changed.
 //!
@@ -40,6 +40,8 @@ pub struct Lock {
     /// A download without a checksum in the spec → its sha256, pinned on
     /// first use.
     pub urls: BTreeMap<String, Sha256>,
+    /// A git source's (URL, ref) → the commit it named when first built.
+    pub gits: BTreeMap<(String, String), String>,
 }
 
 impl Lock {
@@ -67,9 +69,16 @@ impl Lock {
             n.push(KdlEntry::new_prop("digest", digest.to_string()));
             doc.nodes_mut().push(n);
         }
+        for ((url, reference), commit) in &self.gits {
+            let mut n = KdlNode::new("git");
+            n.push(KdlEntry::new(url.clone()));
+            n.push(KdlEntry::new_prop("ref", reference.clone()));
+            n.push(KdlEntry::new_prop("commit", commit.clone()));
+            doc.nodes_mut().push(n);
+        }
         doc.autoformat();
         let mut text = format!(
-            "// What the images and unpinned downloads of {spec_name} resolved to.\n// Written by kiln; `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
+            "// What the images, unpinned downloads and git refs of {spec_name} resolved to.\n// Written by kiln; `kiln lock --update` resolves them again. Keep it with the spec.\n{doc}"
         );
         if !text.ends_with('\n') {
             text.push('\n');
@@ -158,6 +167,26 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     )),
                 }
             }
+            "git" => {
+                let url = n
+                    .entries()
+                    .iter()
+                    .find(|e| e.name().is_none())
+                    .and_then(|e| e.value().as_string());
+                let prop = |k: &str| n.get(k).and_then(|v| v.as_string());
+                match (url, prop("ref"), prop("commit")) {
+                    (Some(u), Some(r), Some(c))
+                        if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        lock.gits
+                            .insert((u.to_string(), r.to_string()), c.to_ascii_lowercase());
+                    }
+                    _ => errors.push(bad(
+                        n,
+                        "a git entry needs the URL, `ref=` and a `commit=` of 40 hex digits".into(),
+                    )),
+                }
+            }
             other => errors.push(bad(n, format!("`{other}` is not a lock entry"))),
         }
     }
@@ -205,14 +234,24 @@ mod tests {
             ("debian:bookworm".into(), "linux/amd64".into()),
             Sha256::of(b"m"),
         );
+        lock.urls
+            .insert("https://example.com/f".into(), Sha256::of(b"f"));
+        lock.gits.insert(
+            ("https://example.com/r.git".into(), "main".into()),
+            "1098e05e93c787431dd85695ea5905a4bf7fba0c".into(),
+        );
         write(&path, &lock, "kiln.kdl").unwrap();
         assert_eq!(read(&path, &sources).unwrap(), Some(lock.clone()));
         assert_eq!(
             lock.image("debian:bookworm", "linux/amd64"),
             Some(&Sha256::of(b"m"))
         );
-        std::fs::write(&path, "lock 1\nimage \"x\" digest=\"md5:1\"\nflavour 2\n").unwrap();
+        std::fs::write(
+            &path,
+            "lock 1\nimage \"x\" digest=\"md5:1\"\nflavour 2\ngit \"u\" ref=\"main\" commit=\"abc\"\n",
+        )
+        .unwrap();
         let errs = read(&path, &sources).unwrap_err();
-        assert_eq!(errs.len(), 2);
+        assert_eq!(errs.len(), 3);
     }
 }

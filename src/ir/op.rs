@@ -12,6 +12,7 @@ use serde::Serialize;
 pub enum Op {
     Copy(Copy),
     Fetch(Fetch),
+    Git(Git),
     Write(Write),
     Mkdir(Mkdir),
     Rm(Rm),
@@ -58,6 +59,22 @@ pub struct Fetch {
     pub url: String,
     pub dest: String,
     pub sha256: Option<String>,
+    pub chmod: Option<u32>,
+    pub chown: Option<Owner>,
+}
+
+/// A git repository's tree at a commit: named by a full commit id, or
+/// by a ref pinned in the lock file on first use.
+#[derive(Clone, Debug, Serialize)]
+pub struct Git {
+    pub url: String,
+    /// A branch, a tag, `HEAD`, a full ref name or a commit id.
+    pub reference: String,
+    /// Only this directory of the repository.
+    pub subdir: Option<String>,
+    pub dest: String,
+    /// Also a `.git` directory, with the commit checked out.
+    pub keep_git_dir: bool,
     pub chmod: Option<u32>,
     pub chown: Option<Owner>,
 }

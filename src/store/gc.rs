@@ -27,9 +27,12 @@ pub struct Report {
     pub images_removed: usize,
     /// `run` cache mounts removed.
     pub cache_mounts_removed: usize,
+    /// Local repositories of git sources removed (fetched again when a
+    /// build needs a commit they had).
+    pub git_repos_removed: usize,
 }
 
-/// Cache mounts unused this long are removed by every collection; with a
+/// Cache mounts and git repositories unused this long are removed by every collection; with a
 /// size budget, all of them are.
 const CACHE_MOUNT_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
@@ -137,11 +140,10 @@ fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDiges
     }
 }
 
-/// `run` cache mounts (`cache/<name>`, each with a `.lock` touched when
-/// used).
-fn collect_cache_mounts(layout: &super::layout::Layout, all: bool) -> usize {
-    let dir = layout.cache_mounts();
-    let Ok(rd) = fs::read_dir(&dir) else {
+/// Directories kept beside a `.lock` touched when used: `run` cache
+/// mounts (`cache/<name>`) and git repositories (`git/<hash>.git`).
+fn collect_idle(dir: &Path, all: bool) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
@@ -359,7 +361,8 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     }
     report.images_removed = collect_images(store, &kept_keys);
     collect_rootfs(layout, &kept_trees, budget.is_some());
-    report.cache_mounts_removed = collect_cache_mounts(layout, budget.is_some());
+    report.cache_mounts_removed = collect_idle(&layout.cache_mounts(), budget.is_some());
+    report.git_repos_removed = collect_idle(&layout.git(), budget.is_some());
     report.bytes_after = [layout.blobs(), layout.trees()]
         .iter()
         .flat_map(|d| files(d))

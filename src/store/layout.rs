@@ -164,4 +164,10 @@ impl Layout {
     pub fn cache_mounts(&self) -> PathBuf {
         self.root.join("cache")
     }
+
+    /// Bare repositories of git sources, one per URL (each with a `.lock`
+    /// touched when used).
+    pub fn git(&self) -> PathBuf {
+        self.root.join("git")
+    }
 }

@@ -263,6 +263,10 @@ fn explain(
         }
         match old.get(id) {
             None => changes.push(format!("{} is new", input.describe())),
+            // A pin names what it was and is (a digest, a commit).
+            Some((v, _)) if v != value && matches!(input, KeyInput::Pinned { .. }) => changes.push(
+                format!("{} changed: was `{v}`, now `{value}`", input.describe()),
+            ),
             Some((v, _)) if v != value => changes.push(format!("{} changed", input.describe())),
             _ => {}
         }

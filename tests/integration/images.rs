@@ -1,6 +1,7 @@
 //! Base images: every local form (OCI layouts, OCI and docker archives),
 //! a registry on loopback (Debian's `docker-registry`, pushed to with
-//! `skopeo`), with basic auth from the Docker config file; `kiln.lock`,
+//! `skopeo`), with basic auth and bearer tokens from the Docker config
+//! file; `kiln.lock`,
 //! `--locked`, `kiln lock --update`, offline builds and `explain`; image
 //! indexes and `--platform`; the image config inherited; hostile layers.
 
@@ -374,6 +375,175 @@ fn registry_credentials_come_from_the_docker_config() {
         }
     }
     assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+/// A registry that wants a bearer token, as Docker Hub, GHCR and most
+/// hosted registries do: a proxy in front of an open `docker-registry`
+/// that answers `/v2/…` without `Authorization: Bearer TOKEN` with a 401
+/// and a `WWW-Authenticate: Bearer realm=…/token` challenge, and hands out
+/// the token at `/token` for basic credentials only. Returns its address
+/// and how many tokens it gave.
+fn token_proxy(
+    upstream: String,
+    user_pass: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let basic = format!("Basic {}", base64(user_pass));
+    let tokens = std::sync::Arc::new(AtomicUsize::new(0));
+    let (h, t) = (host.clone(), tokens.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (host, basic, upstream, tokens) =
+                (h.clone(), basic.clone(), upstream.clone(), t.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut r = BufReader::new(stream.try_clone()?);
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                let mut head = Vec::new();
+                loop {
+                    let mut l = String::new();
+                    r.read_line(&mut l)?;
+                    if l.trim_end().is_empty() {
+                        break;
+                    }
+                    head.push(l.trim_end().to_string());
+                }
+                let get = |k: &str| {
+                    head.iter()
+                        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(k)))
+                        .map(|(_, v)| v.trim().to_string())
+                        .unwrap_or_default()
+                };
+                let mut body = vec![0; get("content-length").parse().unwrap_or(0)];
+                r.read_exact(&mut body)?;
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut w = stream;
+                let reply = |w: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
+                    write!(
+                        w,
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                if path.starts_with("/token") {
+                    if get("authorization") == basic {
+                        tokens.fetch_add(1, Ordering::SeqCst);
+                        return reply(
+                            &mut w,
+                            "200 OK",
+                            "",
+                            r#"{"token":"tok-kiln","access_token":"tok-kiln","expires_in":300}"#,
+                        );
+                    }
+                    return reply(
+                        &mut w,
+                        "401 Unauthorized",
+                        "",
+                        r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                    );
+                }
+                if get("authorization") != "Bearer tok-kiln" {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"kiln-test\",scope=\"repository:private/busybox:pull\"\r\nDocker-Distribution-API-Version: registry/2.0\r\n"
+                    );
+                    return reply(
+                        &mut w,
+                        "401 Unauthorized",
+                        &challenge,
+                        r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                    );
+                }
+                // Authorized: forward, one request per connection.
+                let mut up = std::net::TcpStream::connect(&upstream)?;
+                write!(up, "{}\r\nHost: {upstream}\r\n", line.trim_end())?;
+                for l in &head {
+                    let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    if !["host", "authorization", "connection"].contains(&name.as_str()) {
+                        write!(up, "{l}\r\n")?;
+                    }
+                }
+                write!(up, "Connection: close\r\n\r\n")?;
+                up.write_all(&body)?;
+                let mut answer = Vec::new();
+                up.read_to_end(&mut answer)?;
+                let split = answer
+                    .windows(4)
+                    .position(|x| x == b"\r\n\r\n")
+                    .unwrap_or(answer.len());
+                let text = String::from_utf8_lossy(&answer[..split]).into_owned();
+                let mut lines = text.split("\r\n");
+                write!(
+                    w,
+                    "{}\r\n",
+                    lines.next().unwrap_or("HTTP/1.1 502 Bad Gateway")
+                )?;
+                for l in lines.filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
+                    write!(w, "{l}\r\n")?;
+                }
+                write!(w, "Connection: close\r\n")?;
+                // The blank line that ends the head, then the body.
+                w.write_all(&answer[(split + 2).min(answer.len())..])?;
+                w.flush()
+            });
+        }
+    });
+    (host, tokens)
+}
+
+#[test]
+fn registries_that_want_a_bearer_token_get_one_from_the_docker_config_credentials() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    reg.push(&image, "private/busybox:1", None);
+    let (proxy, tokens) = token_proxy(reg.host(), "kiln:kiln-test-pass");
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage app {{\n    from image=\"{proxy}/private/busybox:1\"\n}}\nexport {{\n    app to=\"out\"\n}}\n"
+    ));
+    let docker = tempfile::tempdir().unwrap();
+    let build = |config: &str| {
+        std::fs::write(docker.path().join("config.json"), config).unwrap();
+        Command::new(kiln_bin())
+            .args(["build", "--progress", "plain"])
+            .current_dir(p.path())
+            .env_remove("KILN_STATE_DIR")
+            .env("DOCKER_CONFIG", docker.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    // Wrong credentials: no token, and an error that says where they come from.
+    let wrong = format!(
+        r#"{{"auths":{{"{proxy}":{{"auth":"{}"}}}}}}"#,
+        base64("kiln:wrong")
+    );
+    let out = build(&wrong);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config.json"), "{stderr}");
+    assert_eq!(tokens.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let right = format!(
+        r#"{{"auths":{{"{proxy}":{{"auth":"{}"}}}}}}"#,
+        base64("kiln:kiln-test-pass")
+    );
+    let out = build(&right);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(p.exists("out/bin/busybox"));
+    assert!(tokens.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
 /// Standard base64, as the Docker config file holds credentials.

@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod examples;
 mod fetch;
+mod git;
 mod golden;
 mod graph;
 mod harness;

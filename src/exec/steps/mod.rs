@@ -8,6 +8,7 @@ mod copy;
 pub mod copy_rules;
 pub mod download;
 mod fetch;
+mod git;
 mod meta;
 mod mkdir;
 mod rm;
@@ -78,6 +79,7 @@ pub fn kind(op: &Op) -> &dyn StepKind {
     match op {
         Op::Copy(c) => c,
         Op::Fetch(f) => f,
+        Op::Git(g) => g,
         Op::Write(w) => w,
         Op::Mkdir(m) => m,
         Op::Rm(r) => r,

@@ -726,12 +726,33 @@ impl Lowerer<'_> {
                     }
                 }
             } else if add && is_git(src) {
-                self.error(
-                    line,
-                    format!("`ADD {src}` clones a git repository, which kiln does not do during a build"),
-                    "a git source",
-                    "check the repository out into a build context (`context NAME path=…`) and copy from it",
-                );
+                let (url, reference, subdir, keep) = git_source(src);
+                if flag("checksum").is_some() {
+                    self.error(
+                        line,
+                        format!("`ADD --checksum` pins a download; `{src}` is a git source"),
+                        "a git source",
+                        "pin the commit in the source instead: `URL#COMMIT` (40 hex digits)",
+                    );
+                    continue;
+                }
+                let keep = keep || flag("keep-git-dir").is_some_and(|v| v != "false");
+                if reference.as_ref().is_none_or(|r| !is_commit(r)) {
+                    self.note(
+                        line,
+                        format!("`ADD {src}` names a git ref: the first build pins its commit in the lock file, and later builds use that commit"),
+                        "`kiln lock --update URL` moves it; a commit in the source (`URL#COMMIT`) pins it for every checkout",
+                    );
+                }
+                out.push(StepKind::Git {
+                    url: self.s(line, &url),
+                    dest: self.s(line, &c.dest),
+                    reference: reference.map(|r| self.s(line, &r)),
+                    subdir: subdir.map(|d| self.s(line, &d)),
+                    keep_git_dir: keep,
+                    chmod: chmod.clone(),
+                    chown: chown.clone(),
+                });
             } else {
                 files.push(self.s(line, src));
             }
@@ -824,7 +845,49 @@ fn is_git(s: &str) -> bool {
     l.starts_with("git@")
         || l.starts_with("git://")
         || l.starts_with("ssh://")
-        || (is_url(&l) && (l.ends_with(".git") || l.contains(".git#")))
+        || (is_url(&l) && (l.ends_with(".git") || l.contains(".git#") || l.contains(".git?")))
+}
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A git source as Docker writes it: `URL#REF:SUBDIR` (BuildKit's
+/// fragment) or `URL?ref=REF&subdir=DIR&keep-git-dir=1` (its query form).
+/// The URL, the ref, the subdirectory and keep-git-dir.
+fn git_source(s: &str) -> (String, Option<String>, Option<String>, bool) {
+    let (base, fragment) = match s.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (s, None),
+    };
+    let (mut url, query) = match base.split_once('?') {
+        Some((u, q)) => (u.to_string(), Some(q)),
+        None => (base.to_string(), None),
+    };
+    let (mut reference, mut subdir, mut keep) = (None, None, false);
+    if let Some(f) = fragment.filter(|f| !f.is_empty()) {
+        match f.split_once(':') {
+            Some((r, d)) => {
+                reference = (!r.is_empty()).then(|| r.to_string());
+                subdir = (!d.is_empty()).then(|| d.to_string());
+            }
+            None => reference = Some(f.to_string()),
+        }
+    }
+    let mut rest = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ref" | "tag" | "branch" | "commit", v)) => reference = Some(v.to_string()),
+            Some(("subdir", v)) => subdir = Some(v.to_string()),
+            Some(("keep-git-dir", v)) => keep = matches!(v, "1" | "true"),
+            _ => rest.push(pair),
+        }
+    }
+    if !rest.is_empty() {
+        url.push('?');
+        url.push_str(&rest.join("&"));
+    }
+    (url, reference, subdir, keep)
 }
 
 /// `ONBUILD RUN x` → `RUN x`: the trigger as Docker records it.

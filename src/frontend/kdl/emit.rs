@@ -175,6 +175,25 @@ fn step_body(out: &mut String, kind: &StepKind) {
             prop(out, "chmod", chmod);
             prop(out, "chown", chown);
         }
+        StepKind::Git {
+            url,
+            dest,
+            reference,
+            subdir,
+            keep_git_dir,
+            chmod,
+            chown,
+        } => {
+            args(out, std::slice::from_ref(url));
+            args(out, std::slice::from_ref(dest));
+            prop(out, "ref", reference);
+            prop(out, "subdir", subdir);
+            if *keep_git_dir {
+                out.push_str(" keep-git-dir=#true");
+            }
+            prop(out, "chmod", chmod);
+            prop(out, "chown", chown);
+        }
         StepKind::Write {
             path,
             content,

@@ -30,6 +30,7 @@ pub const STEP_NODES: &[&str] = &[
     "from",
     "copy",
     "fetch",
+    "git",
     "write",
     "mkdir",
     "rm",
@@ -681,6 +682,23 @@ impl Loader<'_> {
                         url,
                         dest,
                         checksum: n.str_prop("checksum", d),
+                        chmod: n.mode_prop("chmod", d),
+                        chown: n.str_prop("chown", d),
+                    },
+                    _ => return,
+                }
+            }
+            "git" => {
+                let usage = "git URL DEST [ref=REF] [subdir=DIR] [keep-git-dir=#true] [chmod=MODE] [chown=USER:GROUP]";
+                n.arity(2, Some(2), usage, d);
+                n.allow_props(&["ref", "subdir", "keep-git-dir", "chmod", "chown"], d);
+                match (n.str_arg(0, d), n.str_arg(1, d)) {
+                    (Some(url), Some(dest)) => StepKind::Git {
+                        url,
+                        dest,
+                        reference: n.str_prop("ref", d),
+                        subdir: n.str_prop("subdir", d),
+                        keep_git_dir: n.bool_prop("keep-git-dir", d).unwrap_or(false),
                         chmod: n.mode_prop("chmod", d),
                         chown: n.str_prop("chown", d),
                     },

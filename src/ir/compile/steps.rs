@@ -18,6 +18,11 @@ pub(super) struct Refs<'a> {
 
 type Compiled = Option<(Op, Vec<Span>)>;
 
+/// Where a git ref was written: its own `ref=`, or the URL.
+fn reference_span(reference: Option<&Str>, url: &Str) -> Span {
+    reference.map_or(url.span, |r| r.span)
+}
+
 fn plain(op: Op) -> Compiled {
     Some((op, Vec::new()))
 }
@@ -33,6 +38,7 @@ impl Compiler<'_> {
                 chmod,
                 chown,
             } => self.fetch(url, dest, checksum, chmod, chown),
+            StepKind::Git { .. } => self.git(kind),
             StepKind::Write {
                 path,
                 content,
@@ -233,6 +239,106 @@ impl Compiler<'_> {
             url: u,
             dest: dest_v,
             sha256: hex,
+            chmod,
+            chown,
+        }))
+    }
+
+    fn git(&mut self, kind: &StepKind) -> Compiled {
+        let StepKind::Git {
+            url,
+            dest,
+            reference: ref_decl,
+            subdir,
+            keep_git_dir,
+            chmod,
+            chown,
+        } = kind
+        else {
+            return None;
+        };
+        let u = self.subst(url);
+        let dest_v = self.subst(dest);
+        let r = self.opt(ref_decl);
+        let sub = self.opt(subdir);
+        let chmod = self.mode(chmod).ok()?;
+        let chown = match chown {
+            Some(c) => Some(self.owner(c)?),
+            None => None,
+        };
+        let (u, dest_v, r, sub) = (u?, dest_v?, r?, sub?);
+        let lower = u.to_ascii_lowercase();
+        let scp_like = !lower.contains("://")
+            && u.split_once(':')
+                .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+        if !(["https://", "http://", "git://", "ssh://", "file://"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+            || scp_like)
+        {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::git-url",
+                    format!("`{u}` is not a git URL kiln can fetch"),
+                )
+                .with_label(
+                    url.span,
+                    "expected https://, http://, ssh://, git://, file:// or USER@HOST:PATH",
+                )
+                .with_help("copy a repository already on disk from a context with `copy`"),
+            );
+            return None;
+        }
+        let reference = r.unwrap_or_else(|| "HEAD".to_string());
+        let bad_ref = reference.is_empty()
+            || reference.starts_with('-')
+            || reference.contains("..")
+            || reference
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+        if bad_ref {
+            let at = reference_span(ref_decl.as_ref(), url);
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::git-ref",
+                    format!("`{reference}` is not a git ref"),
+                )
+                .with_label(at, "expected a branch, a tag, HEAD, refs/… or a commit id")
+                .with_help(
+                    "name a branch (`ref=\"main\"`), a tag (`ref=\"v1.2.0\"`) or a full commit id",
+                ),
+            );
+            return None;
+        }
+        let subdir = match (sub, subdir) {
+            (Some(v), Some(decl)) => {
+                let t = v.trim_matches('/').to_string();
+                if t.split('/').any(|c| c == "..") {
+                    self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::git-subdir",
+                            format!("`{v}` leaves the repository"),
+                        )
+                        .with_label(decl.span, "a path inside the repository is needed")
+                        .with_help(
+                            "write the directory relative to the repository's root, without `..`",
+                        ),
+                    );
+                    return None;
+                }
+                (!t.is_empty() && t != ".").then_some(t)
+            }
+            _ => None,
+        };
+        if !self.non_empty(dest, &dest_v, "the git destination") {
+            return None;
+        }
+        plain(Op::Git(Git {
+            url: u,
+            reference,
+            subdir,
+            dest: dest_v,
+            keep_git_dir: *keep_git_dir,
             chmod,
             chown,
         }))

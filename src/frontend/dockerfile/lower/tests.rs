@@ -172,3 +172,68 @@ fn parents_pivots_are_carried_over() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn docker_forms_of_git_sources() {
+    let p = |s: &str| git_source(s);
+    assert_eq!(
+        p("https://github.com/o/r.git#v1.2.3"),
+        (
+            "https://github.com/o/r.git".into(),
+            Some("v1.2.3".into()),
+            None,
+            false
+        )
+    );
+    assert_eq!(
+        p("https://github.com/o/r.git#main:docs"),
+        (
+            "https://github.com/o/r.git".into(),
+            Some("main".into()),
+            Some("docs".into()),
+            false
+        )
+    );
+    assert_eq!(
+        p("https://github.com/o/r.git?ref=v2&keep-git-dir=1&subdir=x"),
+        (
+            "https://github.com/o/r.git".into(),
+            Some("v2".into()),
+            Some("x".into()),
+            true
+        )
+    );
+    assert_eq!(
+        p("git@github.com:o/r.git"),
+        ("git@github.com:o/r.git".into(), None, None, false)
+    );
+    assert!(is_git("https://example.com/r.git?ref=main"));
+    assert!(!is_git("https://example.com/r.tar.gz"));
+}
+
+#[test]
+fn add_git_becomes_a_git_step() {
+    let i = lower(
+        "FROM scratch\nADD --keep-git-dir=true --chmod=0755 https://example.com/r.git#v1:src /app/\n",
+        &[],
+    );
+    match &i.spec.stages[0].steps[0].kind {
+        StepKind::Git {
+            url,
+            dest,
+            reference,
+            subdir,
+            keep_git_dir,
+            chmod,
+            ..
+        } => {
+            assert_eq!(url.value, "https://example.com/r.git");
+            assert_eq!(dest.value, "/app/");
+            assert_eq!(reference.as_ref().unwrap().value, "v1");
+            assert_eq!(subdir.as_ref().unwrap().value, "src");
+            assert!(*keep_git_dir);
+            assert_eq!(chmod.as_ref().unwrap().value, "0755");
+        }
+        other => panic!("{other:?}"),
+    }
+}
