@@ -73,14 +73,20 @@ impl Request {
 pub struct Output {
     pub format: ExportFormat,
     pub dest: PathBuf,
+    /// An image's name (`name=`).
+    pub tag: Option<String>,
+    pub compression: crate::ir::Compression,
 }
 
 impl Output {
-    /// Parse `DIR`, `type=local,dest=DIR` or `type=tar,dest=FILE`.
+    /// Parse `DIR`, or `KEY=VALUE,…` as buildx writes it: `type=local|tar`
+    /// with `dest=`; `type=oci` (an OCI archive, or a layout directory
+    /// with `tar=false`) and `type=docker` (a `docker load` archive), with
+    /// `dest=`, `name=` and `compression=`.
     pub fn parse(s: &str) -> Result<Output, Diagnostic> {
         let bad = |what: String| {
             Diagnostic::user("kiln::cli::output", what).with_help(
-                "write `-o DIR`, `-o type=local,dest=DIR` or `-o type=tar,dest=FILE.tar`",
+                "write `-o DIR`, `-o type=local,dest=DIR`, `-o type=tar,dest=FILE.tar`, `-o type=oci,dest=FILE.tar[,name=NAME:TAG]` (`tar=false` for a layout directory) or `-o type=docker,dest=FILE.tar,name=NAME:TAG`",
             )
         };
         if s.is_empty() {
@@ -94,50 +100,84 @@ impl Output {
             return Ok(Output {
                 format: ExportFormat::Dir,
                 dest: PathBuf::from(s),
+                tag: None,
+                compression: Default::default(),
             });
         }
-        let mut format = None;
-        let mut dest = None;
+        let mut fields: Vec<(&str, &str)> = Vec::new();
         for part in s.split(',') {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| bad(format!("cannot read `-o {s}`: `{part}` is not KEY=VALUE")))?;
-            let slot_taken = match key {
-                "type" => format.is_some(),
-                "dest" => dest.is_some(),
-                _ => false,
-            };
-            if slot_taken {
+            if fields.iter().any(|(k, _)| *k == key) {
                 return Err(bad(format!("`-o {s}` gives `{key}=` twice")));
             }
-            match (key, value) {
-                ("type", t) => {
-                    format = Some(ExportFormat::parse(t).ok_or_else(|| {
-                        bad(format!("cannot read `-o {s}`: `{part}` is not understood"))
-                    })?)
-                }
-                ("dest", "") => {
-                    return Err(Diagnostic::user(
-                        "kiln::export::empty",
-                        format!("`-o {s}` has an empty `dest=`"),
-                    )
-                    .with_help("name a directory or file, e.g. `dest=dist`"));
-                }
-                ("dest", d) => dest = Some(PathBuf::from(d)),
-                _ => {
-                    return Err(bad(format!(
-                        "cannot read `-o {s}`: `{part}` is not understood"
-                    )));
-                }
+            if !["type", "dest", "name", "tar", "compression"].contains(&key) {
+                return Err(bad(format!(
+                    "cannot read `-o {s}`: `{part}` is not understood"
+                )));
             }
+            fields.push((key, value));
         }
-        let dest = dest.ok_or_else(|| {
-            Diagnostic::user("kiln::cli::output", format!("`-o {s}` has no `dest=`"))
-                .with_help("write `-o type=tar,dest=out.tar`")
-        })?;
+        let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let format = match (get("type"), get("tar")) {
+            (None | Some("local"), None) => ExportFormat::Dir,
+            (Some("tar"), None) => ExportFormat::Tar,
+            (Some("oci"), None | Some("true")) => ExportFormat::OciArchive,
+            (Some("oci"), Some("false")) => ExportFormat::Oci,
+            (Some("docker"), None | Some("true")) => ExportFormat::DockerArchive,
+            (Some(t), None) => {
+                return Err(bad(format!(
+                    "cannot read `-o {s}`: `type={t}` is not understood"
+                )));
+            }
+            (_, Some(t)) => {
+                return Err(bad(format!(
+                    "cannot read `-o {s}`: `tar={t}` applies to `type=oci` (true or false)"
+                )));
+            }
+        };
+        let dest = match get("dest") {
+            Some("") => {
+                return Err(Diagnostic::user(
+                    "kiln::export::empty",
+                    format!("`-o {s}` has an empty `dest=`"),
+                )
+                .with_help("name a directory or file, e.g. `dest=dist`"));
+            }
+            Some(d) => PathBuf::from(d),
+            None => {
+                return Err(Diagnostic::user(
+                    "kiln::cli::output",
+                    format!("`-o {s}` has no `dest=`"),
+                )
+                .with_help("write `-o type=tar,dest=out.tar`"));
+            }
+        };
+        if !format.is_image() && (get("name").is_some() || get("compression").is_some()) {
+            return Err(bad(format!(
+                "`-o {s}`: `name=` and `compression=` apply to images (`type=oci`, `type=docker`)"
+            )));
+        }
+        let tag = match get("name") {
+            Some(n) if !crate::ir::valid_tag(n) => {
+                return Err(bad(format!("`-o {s}`: `{n}` is not an image name")));
+            }
+            n => n.map(str::to_string),
+        };
+        let compression = match get("compression") {
+            None => Default::default(),
+            Some(c) => crate::ir::Compression::parse(c).ok_or_else(|| {
+                bad(format!(
+                    "`-o {s}`: compression `{c}` is not `gzip`, `zstd` or `none`"
+                ))
+            })?,
+        };
         Ok(Output {
-            format: format.unwrap_or(ExportFormat::Dir),
+            format,
             dest,
+            tag,
+            compression,
         })
     }
 }
@@ -290,6 +330,8 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
                 dest: o.dest.clone(),
                 format: o.format,
                 when: When::Success,
+                tag: o.tag.clone(),
+                compression: o.compression,
                 span: None,
             })
             .collect();
@@ -416,6 +458,7 @@ pub fn run(
             outcome: &outcome,
             settings: &settings,
             progress,
+            images: &images,
         };
         match phase.write(&exports, ok) {
             Ok(export_failures) => {
@@ -515,9 +558,82 @@ struct ExportPhase<'a> {
     outcome: &'a Outcome,
     settings: &'a Settings,
     progress: &'a Progress<'a>,
+    images: &'a ImageSet,
 }
 
 impl ExportPhase<'_> {
+    /// What an image export of `e` is made of besides the stage's tree:
+    /// the base image's layers, the stage's config, the platform, the
+    /// name, and what made the stage's own layer.
+    fn image_spec(
+        &self,
+        e: &Export,
+        state: &crate::model::state::State,
+    ) -> Result<export::image::ImageSpec, Diagnostic> {
+        use export::image::{Base, ImageSpec, Layer};
+        let graph = self.graph;
+        let base = match self.executor.base_image(e.stage)? {
+            None => None,
+            Some((_, base_state, l)) => Some(Base {
+                tree: self.executor.tree(base_state.tree)?,
+                tree_digest: base_state.tree,
+                layers: l
+                    .layers
+                    .iter()
+                    .zip(&l.diff_ids)
+                    .map(|(d, diff_id)| Layer {
+                        digest: d.digest.clone(),
+                        size: d.size,
+                        media_type: d.media_type.clone(),
+                        diff_id: diff_id.clone(),
+                    })
+                    .collect(),
+                history: l.history,
+            }),
+        };
+        // The steps of the stage and the stages below it, down to the
+        // image (or scratch).
+        let mut chain = vec![e.stage];
+        while let crate::ir::Base::Stage(s) = graph.stage(*chain.last().unwrap_or(&e.stage)).base {
+            if chain.contains(&s) {
+                break;
+            }
+            chain.push(s);
+        }
+        let mut steps = Vec::new();
+        for id in chain.iter().rev() {
+            for step in &graph.stage(*id).steps {
+                steps.push(crate::exec::steps::describe(&step.op, graph));
+            }
+        }
+        let mut created_by = format!("kiln: {}", steps.join("; "));
+        if created_by.len() > 4096 {
+            let mut cut = 4093;
+            while !created_by.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            created_by.truncate(cut);
+            created_by.push_str("...");
+        }
+        let platform = &self.images.platform;
+        let name = &graph.stage(e.stage).name;
+        let tag = e.tag.clone().or_else(|| {
+            // `docker load` names what it loads: the stage, by default.
+            let n = format!("{}:latest", name.to_ascii_lowercase());
+            (e.format == ExportFormat::DockerArchive && crate::ir::valid_tag(&n)).then_some(n)
+        });
+        Ok(ImageSpec {
+            base,
+            config: state.config.clone(),
+            os: platform.os.clone(),
+            architecture: platform.architecture.clone(),
+            variant: platform.variant.clone(),
+            tag,
+            compression: e.compression,
+            created_by,
+        })
+    }
+
     /// Stage every export that is due, then swap them all in (or, when the
     /// build failed, only the `when="always"` ones). `Err` means an export
     /// found the store damaged: nothing was written, and the caller repairs.
@@ -533,6 +649,7 @@ impl ExportPhase<'_> {
             outcome,
             settings,
             progress,
+            ..
         } = *self;
         let mut failures = Vec::new();
         let mut damage = Vec::new();
@@ -574,6 +691,26 @@ impl ExportPhase<'_> {
                     continue;
                 }
             };
+            let image = if e.format.is_image() {
+                match self.image_spec(e, state) {
+                    Ok(i) => Some(i),
+                    Err(d) if is_damage(&d) => {
+                        damage.push(d);
+                        continue;
+                    }
+                    Err(mut d) => {
+                        if let Some(span) = e.span
+                            && d.labels.is_empty()
+                        {
+                            d = d.with_label(span, "this export");
+                        }
+                        failures.push(d);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let job = export::Job {
                 stage,
                 tree: &tree,
@@ -582,6 +719,7 @@ impl ExportPhase<'_> {
                 shown: &e.dest,
                 dest: &p.resolved,
                 settings,
+                image: image.as_ref(),
             };
             match export::stage(store, &job) {
                 Ok(export::Prepared::Intact) => progress.emit(Event::ExportWritten {
@@ -725,12 +863,22 @@ mod tests {
             ok("out"),
             Output {
                 format: ExportFormat::Dir,
-                dest: PathBuf::from("out")
+                dest: PathBuf::from("out"),
+                tag: None,
+                compression: Default::default(),
             }
         );
         assert_eq!(ok("type=tar,dest=a.tar").format, ExportFormat::Tar);
         assert_eq!(ok("type=local,dest=d").dest, PathBuf::from("d"));
-        assert!(Output::parse("type=oci,dest=x").is_err());
+        assert_eq!(ok("type=oci,dest=x").format, ExportFormat::OciArchive);
+        assert_eq!(ok("type=oci,dest=x,tar=false").format, ExportFormat::Oci);
+        let d = ok("type=docker,dest=x.tar,name=app:1,compression=zstd");
+        assert_eq!(d.format, ExportFormat::DockerArchive);
+        assert_eq!(d.tag.as_deref(), Some("app:1"));
+        assert_eq!(d.compression, crate::ir::Compression::Zstd);
+        assert!(Output::parse("type=tar,dest=x,name=app").is_err());
+        assert!(Output::parse("type=oci,dest=x,name=App").is_err());
+        assert!(Output::parse("type=image,dest=x").is_err());
         assert!(Output::parse("type=tar").is_err());
         assert_eq!(Output::parse("").unwrap_err().code, "kiln::export::empty");
         assert_eq!(

@@ -254,6 +254,38 @@ impl<'a> Executor<'a> {
         self.env.tree(d)
     }
 
+    /// The image at the bottom of a stage's `from` chain, if any: its
+    /// reference, its state (tree and config) and its layers, every blob
+    /// in the store, for an image export that keeps them.
+    pub fn base_image(
+        &self,
+        stage: StageId,
+    ) -> Result<Option<(String, State, crate::image::set::BaseLayers)>, Diagnostic> {
+        let mut id = stage;
+        // A chain of stages cannot loop (the graph has no cycles), and is
+        // no longer than the graph.
+        for _ in 0..=self.env.graph.stages.len() {
+            match &self.env.graph.stage(id).base {
+                crate::ir::Base::Scratch => return Ok(None),
+                crate::ir::Base::Stage(s) => id = *s,
+                crate::ir::Base::Image(i) => {
+                    let fail = |why: String| {
+                        Diagnostic::env(
+                            "kiln::export::base",
+                            format!("cannot read the image `{}` to build on: {why}", i.reference),
+                        )
+                        .with_help("check that the image's registry or file can be reached; its layers go into the image exported")
+                    };
+                    let state = self.env.image_state(&i.reference).map_err(fail)?;
+                    let blobs = crate::store::oci::OciBlobs::new(self.env.local.layout());
+                    let layers = self.env.images.layers(&i.reference, &blobs).map_err(fail)?;
+                    return Ok(Some((i.reference.clone(), state, layers)));
+                }
+            }
+        }
+        Err(Diagnostic::internal("a stage's `from` chain does not end"))
+    }
+
     /// Finish at once if the last successful build had the same request
     /// and saw the same contexts.
     fn answer_from_memo(&self, key: [u8; 32], roots: &[StageId]) -> Option<Outcome> {

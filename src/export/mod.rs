@@ -20,6 +20,7 @@
 //! Where an export may go is `dest`'s business.
 
 pub mod dest;
+pub mod image;
 mod tar;
 
 use crate::diag::Diagnostic;
@@ -71,6 +72,8 @@ pub struct Job<'a> {
     /// The destination resolved by [`dest::check`].
     pub dest: &'a Path,
     pub settings: &'a Settings,
+    /// For image formats: the rest of the image.
+    pub image: Option<&'a image::ImageSpec>,
 }
 
 /// The outcome of [`stage`].
@@ -115,7 +118,11 @@ fn store_failed(e: StoreError) -> Failed {
 /// it intact).
 pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
     let dest_key = job.dest.to_string_lossy().into_owned();
-    let settings = job.settings.describe(job.format);
+    let mut settings = job.settings.describe(job.format);
+    if let Some(i) = job.image {
+        settings.push(' ');
+        settings.push_str(&i.describe());
+    }
     let record = records::load_export(store.layout(), &dest_key);
     let matches_record = record.as_ref().is_some_and(|r| stamps_hold(job.dest, r));
     if let Some(r) = &record
@@ -146,18 +153,21 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
         .map_err(|e| Diagnostic::io("cannot write to the state directory", store.root(), &e))?;
     remove_any(&tmp);
     let written = match job.format {
-        ExportFormat::Dir => write_dir(store, job.tree, &tmp, job.settings),
-        ExportFormat::Tar => tar::write(store, job.tree, &tmp, job.settings),
+        ExportFormat::Dir => write_dir(store, job.tree, &tmp, job.settings)
+            .map(|_| job.tree.entries.keys().cloned().collect()),
+        ExportFormat::Tar => tar::write(store, job.tree, &tmp, job.settings).map(|_| Vec::new()),
+        ExportFormat::Oci | ExportFormat::OciArchive | ExportFormat::DockerArchive => {
+            write_image(store, job, &tmp)
+        }
     };
-    if let Err(e) = written {
-        remove_any(&tmp);
-        return Err(e);
-    }
+    let paths = match written {
+        Ok(p) => p,
+        Err(e) => {
+            remove_any(&tmp);
+            return Err(e);
+        }
+    };
     dest::set_marker(&tmp);
-    let paths = match job.format {
-        ExportFormat::Dir => job.tree.entries.keys().cloned().collect(),
-        ExportFormat::Tar => Vec::new(),
-    };
     Ok(Prepared::Staged(Box::new(Staged {
         tmp,
         dest: job.dest.to_path_buf(),
@@ -175,6 +185,23 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
         },
         tree: paths,
     })))
+}
+
+/// An image export: the image made (layers from the cache when there),
+/// then written as a layout directory (returning its files) or an archive.
+fn write_image(store: &Store, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, Failed> {
+    let Some(spec) = job.image else {
+        return Err(Diagnostic::internal("an image export without its image settings").into());
+    };
+    let built = image::build(store, job.tree, job.tree_digest, spec, job.settings)?;
+    let docker = job.format == ExportFormat::DockerArchive;
+    let files = image::layout_files(&built, spec, docker);
+    let blobs = crate::store::oci::OciBlobs::new(store.layout());
+    if job.format == ExportFormat::Oci {
+        image::write_layout(&blobs, &files, tmp, job.settings)
+    } else {
+        image::write_archive(&blobs, &files, tmp, job.settings).map(|_| Vec::new())
+    }
 }
 
 impl Staged {

@@ -240,6 +240,7 @@ pub struct ExportDecl {
     pub format: Option<Str>,
     pub when: Option<Str>,
     pub tag: Option<Str>,
+    pub compression: Option<Str>,
     /// Directory of the file that declared it; `to` is relative to it.
     pub dir: PathBuf,
 }

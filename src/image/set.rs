@@ -61,6 +61,14 @@ pub struct ImageSet {
     used: Mutex<Vec<StepKey>>,
 }
 
+/// What an image built on another keeps of it.
+pub struct BaseLayers {
+    pub layers: Vec<super::LayerDesc>,
+    /// The layers' uncompressed digests, in order.
+    pub diff_ids: Vec<Sha256>,
+    pub history: Vec<serde_json::Value>,
+}
+
 /// Why resolving failed: the reference and what went wrong.
 #[derive(Debug)]
 pub struct Failure {
@@ -263,6 +271,68 @@ impl ImageSet {
             .unwrap_or_else(|e| e.into_inner())
             .extend(keys);
         Ok((state, Some(work)))
+    }
+
+    /// An image's layers as its manifest lists them, every blob in the
+    /// store (fetched from the source when missing), with the config's
+    /// `diff_ids` and `history`: what an image built on it keeps.
+    pub fn layers(&self, reference: &str, blobs: &OciBlobs) -> Result<BaseLayers, String> {
+        let Some(entry) = self.entries.get(reference).cloned() else {
+            return Err(format!("`{reference}` was not resolved"));
+        };
+        let mut source: Option<Box<dyn super::Source>> = None;
+        let image = match super::load(&entry.digest, None, blobs) {
+            Ok(i) => i,
+            Err(_) => {
+                let s = source.insert(
+                    super::open(&entry.image_ref, &self.access).map_err(|e| e.to_string())?,
+                );
+                super::load(&entry.digest, Some(s.as_mut()), blobs).map_err(|e| e.to_string())?
+            }
+        };
+        for l in &image.layers {
+            if !blobs.has(&l.digest) {
+                if source.is_none() {
+                    source = Some(
+                        super::open(&entry.image_ref, &self.access).map_err(|e| e.to_string())?,
+                    );
+                }
+                if let Some(s) = source.as_mut() {
+                    s.fetch_blob(&l.digest, blobs).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        let config = blobs
+            .read(&image.config_digest)
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| format!("the config of `{reference}` is not JSON: {e}"))?;
+        let diff_ids: Vec<Sha256> = v
+            .pointer("/rootfs/diff_ids")
+            .and_then(|d| d.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().and_then(Sha256::parse))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if diff_ids.len() != image.layers.len() {
+            return Err(format!(
+                "the config of `{reference}` lists {} diff_ids for {} layers",
+                diff_ids.len(),
+                image.layers.len()
+            ));
+        }
+        let history = v
+            .get("history")
+            .and_then(|h| h.as_array())
+            .cloned()
+            .unwrap_or_default();
+        Ok(BaseLayers {
+            layers: image.layers,
+            diff_ids,
+            history,
+        })
     }
 
     /// The cache keys of image trees this build used (kept by `kiln gc`).

@@ -8,7 +8,7 @@ mod compile;
 mod op;
 pub mod subst;
 
-pub use compile::{CompileOptions, compile};
+pub use compile::{CompileOptions, compile, valid_tag};
 pub use op::*;
 
 use crate::diag::Span;
@@ -182,6 +182,12 @@ pub struct Plugin {
 pub enum ExportFormat {
     Dir,
     Tar,
+    /// An OCI image layout directory.
+    Oci,
+    /// An OCI image layout as one tar.
+    OciArchive,
+    /// What `docker load` reads (an OCI layout with `manifest.json`).
+    DockerArchive,
 }
 
 impl ExportFormat {
@@ -190,6 +196,9 @@ impl ExportFormat {
         match s {
             "dir" | "local" => Some(ExportFormat::Dir),
             "tar" => Some(ExportFormat::Tar),
+            "oci" => Some(ExportFormat::Oci),
+            "oci-archive" => Some(ExportFormat::OciArchive),
+            "docker-archive" | "docker" => Some(ExportFormat::DockerArchive),
             _ => None,
         }
     }
@@ -198,6 +207,45 @@ impl ExportFormat {
         match self {
             ExportFormat::Dir => "dir",
             ExportFormat::Tar => "tar",
+            ExportFormat::Oci => "oci",
+            ExportFormat::OciArchive => "oci-archive",
+            ExportFormat::DockerArchive => "docker-archive",
+        }
+    }
+
+    /// Whether the export is an image (a config, a manifest, layers).
+    pub fn is_image(self) -> bool {
+        matches!(
+            self,
+            ExportFormat::Oci | ExportFormat::OciArchive | ExportFormat::DockerArchive
+        )
+    }
+}
+
+/// How an image export's own layer is compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Option<Compression> {
+        match s {
+            "gzip" => Some(Compression::Gzip),
+            "zstd" => Some(Compression::Zstd),
+            "none" | "uncompressed" => Some(Compression::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
         }
     }
 }
@@ -218,6 +266,10 @@ pub struct Export {
     pub dest: PathBuf,
     pub format: ExportFormat,
     pub when: When,
+    /// An image's name (`NAME[:TAG]`), for image formats.
+    pub tag: Option<String>,
+    /// An image's own layer's compression.
+    pub compression: Compression,
     /// The export entry in the spec; `None` for `-o` on the command line.
     pub span: Option<Span>,
 }

@@ -140,6 +140,25 @@ fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDiges
     }
 }
 
+/// The cache of layers made for image exports (`layers/<key>.json`)
+/// names blobs of the image store: entries whose blob is gone go too.
+fn collect_layer_cache(layout: &super::layout::Layout) {
+    let Ok(rd) = fs::read_dir(layout.root().join("layers")) else {
+        return;
+    };
+    let blobs = super::oci::OciBlobs::new(layout);
+    for e in rd.flatten() {
+        let digest = fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("digest")?.as_str().map(str::to_string))
+            .and_then(|d| crate::model::digest::Sha256::parse(&d));
+        if digest.is_none_or(|d| !blobs.has(&d)) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Directories kept beside a `.lock` touched when used: `run` cache
 /// mounts (`cache/<name>`) and git repositories (`git/<hash>.git`).
 fn collect_idle(dir: &Path, all: bool) -> usize {
@@ -360,6 +379,7 @@ pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
         let _ = fs::remove_dir_all(layout.wasm_cache());
     }
     report.images_removed = collect_images(store, &kept_keys);
+    collect_layer_cache(layout);
     collect_rootfs(layout, &kept_trees, budget.is_some());
     report.cache_mounts_removed = collect_idle(&layout.cache_mounts(), budget.is_some());
     report.git_repos_removed = collect_idle(&layout.git(), budget.is_some());

@@ -83,6 +83,29 @@ impl OciBlobs {
         result
     }
 
+    /// A new temp file beside the blobs, for a blob being made; give it to
+    /// [`OciBlobs::adopt`] once its digest is known.
+    pub fn temp_file(&self) -> Result<(PathBuf, File), StoreError> {
+        let dir = self.layout.images().join("blobs").join("sha256");
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        self.ensure_layout()?;
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), unique()));
+        let f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        Ok((tmp, f))
+    }
+
+    /// Put a temp file made by [`OciBlobs::temp_file`], whose sha256 the
+    /// caller computed as it wrote it, in place as the blob `d`.
+    pub fn adopt(&self, tmp: &Path, d: &Sha256) -> Result<(), StoreError> {
+        let path = self.path(d);
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o444))
+            .and_then(|_| fs::rename(tmp, &path))
+            .map_err(|e| {
+                let _ = fs::remove_file(tmp);
+                StoreError::io(&path)(e)
+            })
+    }
+
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Sha256, StoreError> {
         let d = Sha256::of(bytes);
         if !self.has(&d) {

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Everything below `root`: path → kind, mode and contents or target.
-fn listing(root: &Path) -> BTreeMap<String, String> {
+pub fn listing(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for e in walkdir(root) {
         let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
@@ -39,7 +39,7 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn walkdir(root: &Path) -> Vec<PathBuf> {
+pub fn walkdir(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

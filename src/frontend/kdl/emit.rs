@@ -74,7 +74,12 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
                 ident(&e.stage.value),
                 string(&e.to.value, INDENT)
             );
-            for (k, v) in [("format", &e.format), ("when", &e.when), ("tag", &e.tag)] {
+            for (k, v) in [
+                ("format", &e.format),
+                ("when", &e.when),
+                ("tag", &e.tag),
+                ("compression", &e.compression),
+            ] {
                 if let Some(v) = v {
                     let _ = write!(out, " {k}={}", string(&v.value, INDENT));
                 }

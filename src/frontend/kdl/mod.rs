@@ -538,7 +538,10 @@ impl Loader<'_> {
         for child in children.nodes() {
             let c = Node::new(child, n.source, self.sources);
             c.arity(0, Some(0), usage, &mut self.diags);
-            c.allow_props(&["to", "format", "when", "tag"], &mut self.diags);
+            c.allow_props(
+                &["to", "format", "when", "tag", "compression"],
+                &mut self.diags,
+            );
             c.no_children(&mut self.diags);
             let stage = c.name();
             let Some(to) = c.required_str_prop("to", usage, &mut self.diags) else {
@@ -551,6 +554,7 @@ impl Loader<'_> {
                 format: c.str_prop("format", &mut self.diags),
                 when: c.str_prop("when", &mut self.diags),
                 tag: c.str_prop("tag", &mut self.diags),
+                compression: c.str_prop("compression", &mut self.diags),
                 dir: dir.to_path_buf(),
             });
         }

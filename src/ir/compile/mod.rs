@@ -486,11 +486,7 @@ impl Compiler<'_> {
                     Some(format) => Some(format),
                     None => {
                         let other = f.value.as_str();
-                        let help = if other == "oci" {
-                            "the `oci` format is not available in this version: export `dir` or `tar`".to_string()
-                        } else {
-                            "formats are `dir` and `tar`".to_string()
-                        };
+                        let help = "formats are `dir`, `tar`, `oci` (an OCI image layout), `oci-archive` (the same as one tar) and `docker-archive` (for `docker load`)".to_string();
                         self.diags.push(
                             Diagnostic::user(
                                 "kiln::spec::export-format",
@@ -523,17 +519,67 @@ impl Compiler<'_> {
                     }
                 },
             };
-            if let Some(tag) = &e.tag {
-                self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-tag",
-                        "`tag=` applies to `oci` exports, which this version cannot write",
-                    )
-                    .with_label(tag.span, "not used by `dir` or `tar`")
-                    .with_help("remove `tag=`"),
-                );
-            }
-            if let (Some(stage), Some(to), Some(format), Some(when)) = (stage, to, format, when) {
+            let is_image = format.is_some_and(ExportFormat::is_image);
+            let tag = match &e.tag {
+                Some(t) if !is_image && format.is_some() => {
+                    self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::export-tag",
+                            "`tag=` names an image; this export is not one",
+                        )
+                        .with_label(t.span, "not used by `dir` or `tar`")
+                        .with_help("export an image (`format=\"oci\"`, `\"oci-archive\"` or `\"docker-archive\"`), or remove `tag=`"),
+                    );
+                    None
+                }
+                Some(t) => match self.subst(t) {
+                    Some(v) if valid_tag(&v) => Some(Some(v)),
+                    Some(v) => {
+                        self.diags.push(
+                            Diagnostic::user(
+                                "kiln::spec::export-tag",
+                                format!("`{v}` is not an image name"),
+                            )
+                            .with_label(t.span, "expected NAME[:TAG]")
+                            .with_help("write a name as Docker does: lower-case `registry/path/name:tag`, e.g. `app:1.0`"),
+                        );
+                        None
+                    }
+                    None => None,
+                },
+                None => Some(None),
+            };
+            let compression = match &e.compression {
+                None => Some(Compression::Gzip),
+                Some(c) if !is_image && format.is_some() => {
+                    self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::export-compression",
+                            "`compression=` applies to image exports",
+                        )
+                        .with_label(c.span, "not used by `dir` or `tar`")
+                        .with_help("remove `compression=`"),
+                    );
+                    None
+                }
+                Some(c) => match Compression::parse(&c.value) {
+                    Some(v) => Some(v),
+                    None => {
+                        self.diags.push(
+                            Diagnostic::user(
+                                "kiln::spec::export-compression",
+                                format!("unknown compression `{}`", c.value),
+                            )
+                            .with_label(c.span, "not a compression")
+                            .with_help("write `compression=\"gzip\"` (the default), `\"zstd\"` or `\"none\"`"),
+                        );
+                        None
+                    }
+                },
+            };
+            if let (Some(stage), Some(to), Some(format), Some(when), Some(tag), Some(compression)) =
+                (stage, to, format, when, tag, compression)
+            {
                 if !self.non_empty(&e.to, &to, "the export destination") {
                     continue;
                 }
@@ -542,6 +588,8 @@ impl Compiler<'_> {
                     dest: join(&e.dir, &to),
                     format,
                     when,
+                    tag,
+                    compression,
                     span: Some(e.span),
                 });
             }
@@ -626,3 +674,32 @@ fn join(dir: &Path, p: &str) -> PathBuf {
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// How much memory a plugin step may use when the spec does not say.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
+
+/// Whether `s` is an image name as Docker reads one: `[HOST[:PORT]/]PATH[:TAG]`,
+/// lower-case path components, a tag of at most 128 word characters.
+pub fn valid_tag(s: &str) -> bool {
+    let (name, tag) = match s.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (s, None),
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    });
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // A first part with a dot, a colon or `localhost` is a registry host.
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        parts.remove(0);
+    }
+    tag_ok
+        && !name.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+        })
+}

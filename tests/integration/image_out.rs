@@ -1,0 +1,410 @@
+//! Images out: stages exported as OCI layouts, OCI archives and `docker
+//! load` archives, judged by real clients (skopeo, umoci) and by kiln
+//! building on them; base layers kept byte for byte; whiteouts; the same
+//! bytes from two checkouts under different environments.
+
+use crate::harness::{Project, kiln_bin};
+use crate::images::listing;
+use crate::images_helper::{busybox, busybox_layout, tool};
+use std::path::Path;
+use std::process::Command;
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> serde_json::Value {
+    json(
+        &layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+}
+
+/// The manifest an OCI layout's index names first.
+fn manifest(layout: &Path) -> serde_json::Value {
+    let index = json(&layout.join("index.json"));
+    blob(layout, index["manifests"][0]["digest"].as_str().unwrap())
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `umoci unpack` of `layout:tag`: the image's root filesystem.
+fn unpacked(layout: &Path, tag: &str, into: &Path) -> std::path::PathBuf {
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            into.to_str().unwrap(),
+        ],
+    );
+    into.join("rootfs")
+}
+
+const SCRATCH: &str = r##"kiln 1
+stage app {
+    mkdir "/etc" "/srv/data"
+    write "/etc/app.conf" "port = 80\n"
+    write "/srv/run.sh" "#!/bin/sh\necho served\n" mode="0755"
+    symlink "run.sh" "/srv/start"
+    env PATH="/bin:/usr/bin" MODE="prod"
+    workdir "/srv"
+    user "1000:1000"
+    label "org.example.team" "kiln"
+    expose "8080/tcp"
+    entrypoint "/srv/run.sh"
+    cmd "--quiet"
+}
+export {
+    app to="app-oci" format="oci" tag="app:1.0"
+    app to="app.tar" format="oci-archive" tag="app:1.0"
+    app to="app-docker.tar" format="docker-archive" tag="example.com/app:1.0"
+    app to="app-dir"
+}
+"##;
+
+#[test]
+fn a_scratch_stage_is_an_image_clients_accept() {
+    if !tool("skopeo") || !tool("umoci") || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let p = Project::new();
+    p.spec(SCRATCH);
+    p.build(&[]).ok();
+    let layout = p.path().join("app-oci");
+    let m = manifest(&layout);
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1);
+    let config = blob(&layout, m["config"]["digest"].as_str().unwrap());
+    let c = &config["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/srv/run.sh"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["--quiet"]));
+    assert_eq!(c["WorkingDir"], "/srv");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(
+        c["Env"],
+        serde_json::json!(["PATH=/bin:/usr/bin", "MODE=prod"])
+    );
+    assert_eq!(c["Labels"]["org.example.team"], "kiln");
+    assert!(c["ExposedPorts"].get("8080/tcp").is_some());
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+
+    // skopeo reads all three and agrees on the image.
+    let inspect = |what: &str| -> serde_json::Value {
+        serde_json::from_str(&run("skopeo", &["inspect", what])).unwrap()
+    };
+    let oci = inspect(&format!("oci:{}:1.0", layout.display()));
+    let archive = inspect(&format!(
+        "oci-archive:{}:1.0",
+        p.path().join("app.tar").display()
+    ));
+    let docker = inspect(&format!(
+        "docker-archive:{}",
+        p.path().join("app-docker.tar").display()
+    ));
+    assert_eq!(oci["Layers"], archive["Layers"]);
+    assert_eq!(oci["Digest"], archive["Digest"]);
+    // A docker archive's layers are named by their uncompressed digests.
+    assert_eq!(docker["Layers"], config["rootfs"]["diff_ids"]);
+    // The archive names the image (skopeo finds it by its name).
+    let named = inspect(&format!(
+        "docker-archive:{}:example.com/app:1.0",
+        p.path().join("app-docker.tar").display()
+    ));
+    assert_eq!(named["Digest"], docker["Digest"]);
+    // skopeo copies it (every blob checks out).
+    let copy = tempfile::tempdir().unwrap();
+    run(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:1.0", layout.display()),
+            &format!("oci:{}:x", copy.path().join("c").display()),
+        ],
+    );
+    // umoci's root filesystem is the `dir` export, file for file.
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = unpacked(&layout, "1.0", &bundle.path().join("b"));
+    assert_eq!(listing(&rootfs), listing(&p.path().join("app-dir")));
+
+    // kiln builds on the image it made, and gets the same tree.
+    let q = Project::new();
+    q.spec(&format!(
+        "kiln 1\nstage again {{\n    from image=\"oci-layout://{}:1.0\"\n}}\nexport {{\n    again to=\"out\"\n}}\n",
+        layout.display()
+    ));
+    q.build(&[]).ok();
+    assert_eq!(
+        listing(&q.path().join("out")),
+        listing(&p.path().join("app-dir"))
+    );
+}
+
+#[test]
+fn the_same_spec_gives_the_same_image_anywhere() {
+    let digests: Vec<(String, Vec<u8>)> = ["0022", "0077"]
+        .iter()
+        .map(|umask| {
+            let p = Project::new();
+            p.spec(SCRATCH);
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("umask {umask}; exec \"$0\" build --progress plain"))
+                .arg(kiln_bin())
+                .current_dir(p.path())
+                .env_remove("KILN_STATE_DIR")
+                .env_remove("SOURCE_DATE_EPOCH")
+                .env(
+                    "TZ",
+                    if *umask == "0022" {
+                        "UTC"
+                    } else {
+                        "Asia/Tokyo"
+                    },
+                )
+                .env("LC_ALL", if *umask == "0022" { "C" } else { "C.UTF-8" })
+                .env("USER", if *umask == "0022" { "a" } else { "b" })
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let index = json(&p.path().join("app-oci/index.json"));
+            (
+                index["manifests"][0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                std::fs::read(p.path().join("app-docker.tar")).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(digests[0].0, digests[1].0);
+    assert!(digests[0].1 == digests[1].1, "the docker archives differ");
+}
+
+#[test]
+fn an_image_built_on_an_image_keeps_its_layers_and_whites_out_removals() {
+    if !tool("umoci") || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let (Some(image), Some(base_layout)) = (busybox(), busybox_layout()) else {
+        return;
+    };
+    let p = Project::new();
+    p.spec(&format!(
+        r#"kiln 1
+stage app {{
+    from image="{image}"
+    write "/etc/motd" "hello\n"
+    rm "/etc/group"
+    env "GREETING" "hi"
+}}
+export {{
+    app to="img" format="oci" tag="img:1"
+    app to="zst" format="oci" tag="img:1" compression="zstd"
+    app to="dir"
+}}
+"#
+    ));
+    p.build(&[]).ok();
+    let base = {
+        let index = json(&base_layout.join("index.json"));
+        let d = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1")
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        blob(&base_layout, &d)
+    };
+    let layout = p.path().join("img");
+    let m = manifest(&layout);
+    let base_layers = base["layers"].as_array().unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), base_layers.len() + 1);
+    // The base's layers, byte for byte: same digests, same media types.
+    assert_eq!(&layers[..base_layers.len()], &base_layers[..]);
+    assert_eq!(
+        layers.last().unwrap()["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let zst = manifest(&p.path().join("zst"));
+    let zst_layers = zst["layers"].as_array().unwrap();
+    assert_eq!(&zst_layers[..base_layers.len()], &base_layers[..]);
+    assert_eq!(
+        zst_layers.last().unwrap()["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    // kiln reads the zstd layer back to the same tree.
+    let q = Project::new();
+    q.spec(&format!(
+        "kiln 1\nstage again {{\n    from image=\"oci-layout://{}:1\"\n}}\nexport {{\n    again to=\"out\"\n}}\n",
+        p.path().join("zst").display()
+    ));
+    q.build(&[]).ok();
+    assert_eq!(
+        listing(&q.path().join("out")),
+        listing(&p.path().join("dir"))
+    );
+    let config = blob(&layout, m["config"]["digest"].as_str().unwrap());
+    let env = config["config"]["Env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "GREETING=hi"), "{env:?}");
+    // The base's history, then kiln's entry.
+    let history = config["history"].as_array().unwrap();
+    assert!(
+        history.last().unwrap()["created_by"]
+            .as_str()
+            .unwrap()
+            .contains("write")
+    );
+    // Unpacked, the removal holds and the tree is the `dir` export.
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = unpacked(&layout, "1", &bundle.path().join("b"));
+    assert!(!rootfs.join("etc/group").exists());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(listing(&rootfs), listing(&p.path().join("dir")));
+}
+
+#[test]
+fn a_changed_tag_reuses_the_layer_and_bad_settings_are_located() {
+    let p = Project::new();
+    p.spec(SCRATCH);
+    p.build(&[]).ok();
+    let layout = p.path().join("app-oci");
+    let m = manifest(&layout);
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let cached = std::fs::read_dir(p.path().join(".kiln/layers"))
+        .unwrap()
+        .count();
+    // Another name: the layer is not made again.
+    p.spec(&SCRATCH.replace("tag=\"app:1.0\"", "tag=\"app:2.0\""));
+    p.build(&[]).ok();
+    let m2 = manifest(&layout);
+    assert_eq!(m2["layers"][0]["digest"], layer.as_str());
+    assert_eq!(
+        std::fs::read_dir(p.path().join(".kiln/layers"))
+            .unwrap()
+            .count(),
+        cached
+    );
+    let index = json(&layout.join("index.json"));
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "2.0"
+    );
+    // Errors name the place.
+    p.spec("kiln 1\nstage a {\n    write \"/x\" \"1\"\n}\nexport {\n    a to=\"d\" tag=\"a:1\"\n    a to=\"i\" format=\"oci\" tag=\"Bad Name\"\n    a to=\"j\" format=\"oci\" compression=\"lz4\"\n}\n");
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(r.stderr.contains("kiln.kdl:6:18"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`Bad Name` is not an image name"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("unknown compression `lz4`"),
+        "{}",
+        r.stderr
+    );
+    // `-o` as buildx writes it.
+    p.spec("kiln 1\nstage a {\n    write \"/x\" \"1\"\n}\n");
+    p.kiln(&["build", "-o", "type=oci,dest=a.tar,name=a:1"])
+        .ok();
+    p.kiln(&["build", "-o", "type=oci,dest=a-layout,tar=false"])
+        .ok();
+    assert!(p.exists("a-layout/index.json"));
+    p.kiln(&["build", "-o", "type=docker,dest=d.tar"]).ok();
+    let r = p.kiln(&["build", "-o", "type=image,dest=x"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("type=image"), "{}", r.stderr);
+}
+
+#[test]
+fn buildah_runs_the_exported_image_s_entrypoint() {
+    if !tool("buildah") || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let p = Project::new();
+    p.spec(&format!(
+        r##"kiln 1
+stage app {{
+    from image="{image}"
+    write "/hello.sh" "#!/bin/sh\necho hello from kiln \"$@\"\n" mode="0755"
+    entrypoint "/hello.sh"
+    cmd "and its cmd"
+}}
+export {{
+    app to="img" format="oci" tag="app:1"
+}}
+"##
+    ));
+    p.build(&[]).ok();
+    let store = tempfile::tempdir().unwrap();
+    let buildah = |args: &[&str]| {
+        let out = Command::new("buildah")
+            .args(["--storage-driver", "vfs", "--root"])
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // buildah names the image after its path, which must be lower-case.
+    let lower = std::env::temp_dir().join(format!("kiln-image-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&lower);
+    run(
+        "cp",
+        &[
+            "-r",
+            p.path().join("img").to_str().unwrap(),
+            lower.to_str().unwrap(),
+        ],
+    );
+    let image = format!("oci:{}:1", lower.display());
+    let ctr = buildah(&["from", "--quiet", &image]);
+    let config: serde_json::Value =
+        serde_json::from_str(&buildah(&["inspect", "--type", "container", &ctr])).unwrap();
+    let oci = &config["OCIv1"]["config"];
+    let mut argv: Vec<String> = Vec::new();
+    for part in ["Entrypoint", "Cmd"] {
+        for a in oci[part].as_array().unwrap() {
+            argv.push(a.as_str().unwrap().to_string());
+        }
+    }
+    let mut args = vec!["run", "--isolation", "chroot", &ctr, "--"];
+    args.extend(argv.iter().map(String::as_str));
+    let said = buildah(&args);
+    buildah(&["rm", &ctr]);
+    let _ = std::fs::remove_dir_all(&lower);
+    assert_eq!(said, "hello from kiln and its cmd");
+}
