@@ -15,7 +15,7 @@ pub mod pins;
 
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
-use crate::export::{self, Settings, dest};
+use crate::export::{self, Failed, Settings, dest};
 use crate::image::set::{ImageSet, LockMode};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
 use crate::model::digest::{StateDigest, StepKey};
@@ -112,7 +112,7 @@ impl Output {
             if fields.iter().any(|(k, _)| *k == key) {
                 return Err(bad(format!("`-o {s}` gives `{key}=` twice")));
             }
-            if !["type", "dest", "name", "tar", "compression"].contains(&key) {
+            if !["type", "dest", "name", "tar", "compression", "push"].contains(&key) {
                 return Err(bad(format!(
                     "cannot read `-o {s}`: `{part}` is not understood"
                 )));
@@ -120,6 +120,47 @@ impl Output {
             fields.push((key, value));
         }
         let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        // A push: `type=registry,name=REF` or `type=image,name=REF,push=true`.
+        let push = match (get("type"), get("push")) {
+            (Some("registry"), None | Some("true")) => true,
+            (Some("image"), Some("true")) => true,
+            (Some("image"), _) => {
+                return Err(bad(format!(
+                    "`-o {s}`: kiln pushes images (`push=true`) and writes them to files (`type=oci`, `type=docker`); it keeps no image store of its own"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(bad(format!("`-o {s}`: `push=` applies to `type=image`")));
+            }
+            _ => false,
+        };
+        if push {
+            let name = get("name").ok_or_else(|| {
+                bad(format!(
+                    "`-o {s}` pushes, but names no image: add `name=REGISTRY/NAME:TAG`"
+                ))
+            })?;
+            if !crate::ir::valid_tag(name) {
+                return Err(bad(format!("`-o {s}`: `{name}` is not an image name")));
+            }
+            if get("dest").is_some() || get("tar").is_some() {
+                return Err(bad(format!("`-o {s}`: a push has no `dest=` or `tar=`")));
+            }
+            let compression = match get("compression") {
+                None => Default::default(),
+                Some(c) => crate::ir::Compression::parse(c).ok_or_else(|| {
+                    bad(format!(
+                        "`-o {s}`: compression `{c}` is not `gzip`, `zstd` or `none`"
+                    ))
+                })?,
+            };
+            return Ok(Output {
+                format: ExportFormat::Push,
+                dest: PathBuf::new(),
+                tag: Some(name.to_string()),
+                compression,
+            });
+        }
         let format = match (get("type"), get("tar")) {
             (None | Some("local"), None) => ExportFormat::Dir,
             (Some("tar"), None) => ExportFormat::Tar,
@@ -252,6 +293,14 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let mut planned = Vec::new();
     let mut errors = Vec::new();
     for e in exports {
+        if e.format == ExportFormat::Push {
+            // A registry, not a path: nothing on this machine to protect.
+            planned.push(PlannedExport {
+                resolved: PathBuf::new(),
+                export: e,
+            });
+            continue;
+        }
         match dest::check(&e.dest, &protected) {
             Ok(resolved) => {
                 // Refused now rather than after the build: what is there
@@ -562,6 +611,32 @@ struct ExportPhase<'a> {
 }
 
 impl ExportPhase<'_> {
+    /// Make the image and push it: its manifest digest and what went up.
+    fn push(
+        &self,
+        tree: &crate::model::tree::Tree,
+        tree_digest: crate::model::digest::TreeDigest,
+        spec: &export::image::ImageSpec,
+        reference: &str,
+    ) -> Result<(crate::model::digest::Sha256, crate::image::registry::Pushed), Failed> {
+        let built = export::image::build(self.store, tree, tree_digest, spec, self.settings)?;
+        let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
+        let mut list: Vec<(crate::model::digest::Sha256, u64)> = built
+            .layers
+            .iter()
+            .map(|l| (l.digest.clone(), l.size))
+            .collect();
+        list.push((built.config_digest.clone(), built.config.len() as u64));
+        let pushed = crate::image::push(reference, self.images.access(), &blobs, &built.manifest, &list)
+            .map_err(|e| {
+                Failed::Error(
+                    Diagnostic::env("kiln::export::push", format!("cannot push to `{reference}`: {e}"))
+                        .with_help("check that the registry can be reached and that the Docker config file has credentials that may push there"),
+                )
+            })?;
+        Ok((built.manifest_digest, pushed))
+    }
+
     /// What an image export of `e` is made of besides the stage's tree:
     /// the base image's layers, the stage's config, the platform, the
     /// name, and what made the stage's own layer.
@@ -654,6 +729,9 @@ impl ExportPhase<'_> {
         let mut failures = Vec::new();
         let mut damage = Vec::new();
         let mut staged: Vec<(&PlannedExport, Box<export::Staged>)> = Vec::new();
+        // Pushes go last, once the files are in place: a push cannot be
+        // taken back.
+        let mut pushes = Vec::new();
         for p in exports {
             let e = &p.export;
             let stage = &graph.stage(e.stage).name;
@@ -711,6 +789,12 @@ impl ExportPhase<'_> {
             } else {
                 None
             };
+            if e.format == ExportFormat::Push {
+                if let Some(spec) = image {
+                    pushes.push((p, tree, state.tree, spec));
+                }
+                continue;
+            }
             let job = export::Job {
                 stage,
                 tree: &tree,
@@ -746,6 +830,7 @@ impl ExportPhase<'_> {
             }
             return Err(damage);
         }
+        let staged_ok = ok && failures.is_empty();
         // A build that failed (here or while exporting) writes only the
         // `when="always"` exports.
         let all_good = ok && failures.is_empty();
@@ -773,6 +858,45 @@ impl ExportPhase<'_> {
                     unchanged: false,
                 }),
                 Err(d) => failures.push(d),
+            }
+        }
+        for (p, tree, tree_digest, spec) in pushes {
+            let e = &p.export;
+            let stage = &graph.stage(e.stage).name;
+            let reference = e.tag.clone().unwrap_or_default();
+            if !(staged_ok && failures.is_empty()) && e.when != When::Always {
+                progress.emit(Event::ExportSkipped {
+                    stage: stage.clone(),
+                    dest: reference,
+                    because: if ok {
+                        "another export failed".into()
+                    } else {
+                        "the build failed".into()
+                    },
+                });
+                continue;
+            }
+            match self.push(&tree, tree_digest, &spec, &reference) {
+                Ok(pushed) => progress.emit(Event::ImagePushed {
+                    stage: stage.clone(),
+                    reference,
+                    digest: pushed.0.to_string(),
+                    uploaded: pushed.1.uploaded,
+                    uploaded_bytes: pushed.1.uploaded_bytes,
+                    present: pushed.1.present,
+                }),
+                Err(Failed::Damaged(d)) => {
+                    damage.push(d);
+                    return Err(damage);
+                }
+                Err(Failed::Error(mut d)) => {
+                    if let Some(span) = e.span
+                        && d.labels.is_empty()
+                    {
+                        d = d.with_label(span, "this push");
+                    }
+                    failures.push(d);
+                }
             }
         }
         Ok(failures)
@@ -879,6 +1003,15 @@ mod tests {
         assert!(Output::parse("type=tar,dest=x,name=app").is_err());
         assert!(Output::parse("type=oci,dest=x,name=App").is_err());
         assert!(Output::parse("type=image,dest=x").is_err());
+        let push = ok("type=image,name=localhost:5000/a:1,push=true");
+        assert_eq!(push.format, ExportFormat::Push);
+        assert_eq!(push.tag.as_deref(), Some("localhost:5000/a:1"));
+        assert_eq!(
+            ok("type=registry,name=localhost:5000/a:1").format,
+            ExportFormat::Push
+        );
+        assert!(Output::parse("type=registry").is_err());
+        assert!(Output::parse("type=registry,name=r/a:1,dest=x").is_err());
         assert!(Output::parse("type=tar").is_err());
         assert_eq!(Output::parse("").unwrap_err().code, "kiln::export::empty");
         assert_eq!(

@@ -236,7 +236,10 @@ impl StepKind {
 pub struct ExportDecl {
     pub span: Span,
     pub stage: Str,
-    pub to: Str,
+    /// Where the export goes: a path (`to=`), or a registry (`image=`).
+    pub to: Option<Str>,
+    /// A registry reference to push the stage's image to.
+    pub image: Option<Str>,
     pub format: Option<Str>,
     pub when: Option<Str>,
     pub tag: Option<Str>,

@@ -302,6 +302,20 @@ pub fn load(
     })
 }
 
+/// Push an image to a registry reference (`registry/name:tag`): the
+/// blobs it lacks, from the image store, then the manifest.
+pub fn push(
+    reference: &str,
+    access: &Access,
+    blobs: &OciBlobs,
+    manifest: &[u8],
+    blob_list: &[(Sha256, u64)],
+) -> Result<registry::Pushed, ImageError> {
+    let r = reference::parse_registry(reference)
+        .map_err(|e| ImageError::Invalid(format!("`{reference}`: {e}")))?;
+    registry::Registry::new(&r, access)?.push(blobs, manifest, MEDIA_MANIFEST, blob_list)
+}
+
 pub use crate::model::key::image_rootfs_key as rootfs_key;
 
 /// The action-cache key of the tree of an image's first layers.

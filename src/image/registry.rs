@@ -130,6 +130,94 @@ impl Registry {
     }
 }
 
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Blobs uploaded, and their bytes.
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    /// Blobs the registry had already.
+    pub present: usize,
+}
+
+impl Registry {
+    /// Push an image to the reference's tag: every blob (layers, config)
+    /// the registry lacks, streamed from the image store, then the
+    /// manifest, byte for byte (so its digest is the one kiln made).
+    pub fn push(
+        &self,
+        blobs: &OciBlobs,
+        manifest: &[u8],
+        media_type: &str,
+        blob_list: &[(Sha256, u64)],
+    ) -> Result<Pushed, ImageError> {
+        self.rt.block_on(
+            self.client
+                .store_auth_if_needed(self.reference.resolve_registry(), &self.auth),
+        );
+        let mut pushed = Pushed::default();
+        let mut seen = std::collections::HashSet::new();
+        for (digest, size) in blob_list {
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
+            let d = digest.to_string();
+            let present = self
+                .rt
+                .block_on(self.client.blob_exists(&self.reference, &d))
+                .map_err(|e| self.err("cannot push to", e))?;
+            if present {
+                pushed.present += 1;
+                continue;
+            }
+            let file = blobs.open(digest).map_err(ImageError::Store)?;
+            let stream = futures_util::stream::unfold(Some(file), |state| async move {
+                let mut f = state?;
+                let mut buf = vec![0u8; 4 << 20];
+                let mut filled = 0;
+                // Fill the chunk (the registry gets fewer, larger requests).
+                while filled < buf.len() {
+                    match f.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            return Some((
+                                Err(oci_client::errors::OciDistributionError::IoError(e)),
+                                None,
+                            ));
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return None;
+                }
+                buf.truncate(filled);
+                Some((Ok(bytes::Bytes::from(buf)), Some(f)))
+            });
+            self.rt
+                .block_on(
+                    self.client
+                        .push_blob_stream(&self.reference, stream, &d, Some(*size)),
+                )
+                .map_err(|e| self.err("cannot push a blob to", e))?;
+            pushed.uploaded += 1;
+            pushed.uploaded_bytes += size;
+        }
+        let content_type = media_type
+            .parse()
+            .map_err(|_| ImageError::Invalid(format!("`{media_type}` is not a media type")))?;
+        self.rt
+            .block_on(self.client.push_manifest_raw(
+                &self.reference,
+                manifest.to_vec(),
+                content_type,
+            ))
+            .map_err(|e| self.err("cannot push the manifest to", e))?;
+        Ok(pushed)
+    }
+}
+
 impl Source for Registry {
     fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError> {
         let (bytes, digest) = self

@@ -211,6 +211,11 @@ impl ImageSet {
         out
     }
 
+    /// How registries are reached (plain HTTP for some).
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
     /// The digest a reference resolved to.
     pub fn digest(&self, reference: &str) -> Option<&Sha256> {
         self.entries.get(reference).map(|e| &e.digest)

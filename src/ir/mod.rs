@@ -188,6 +188,8 @@ pub enum ExportFormat {
     OciArchive,
     /// What `docker load` reads (an OCI layout with `manifest.json`).
     DockerArchive,
+    /// Pushed to a registry (the export's `tag` is the reference).
+    Push,
 }
 
 impl ExportFormat {
@@ -210,6 +212,7 @@ impl ExportFormat {
             ExportFormat::Oci => "oci",
             ExportFormat::OciArchive => "oci-archive",
             ExportFormat::DockerArchive => "docker-archive",
+            ExportFormat::Push => "registry",
         }
     }
 
@@ -217,7 +220,10 @@ impl ExportFormat {
     pub fn is_image(self) -> bool {
         matches!(
             self,
-            ExportFormat::Oci | ExportFormat::OciArchive | ExportFormat::DockerArchive
+            ExportFormat::Oci
+                | ExportFormat::OciArchive
+                | ExportFormat::DockerArchive
+                | ExportFormat::Push
         )
     }
 }

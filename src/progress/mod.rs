@@ -103,6 +103,17 @@ pub enum Event {
         fetched_bytes: u64,
         ms: f64,
     },
+    /// A stage's image was pushed to a registry.
+    ImagePushed {
+        stage: String,
+        reference: String,
+        /// The manifest's digest.
+        digest: String,
+        /// Blobs uploaded, their bytes, and blobs the registry had.
+        uploaded: usize,
+        uploaded_bytes: u64,
+        present: usize,
+    },
     /// Something the user should know about the build as it goes.
     Notice {
         message: String,

@@ -91,6 +91,19 @@ pub fn line(event: &Event) -> Option<String> {
             ..
         } => format!("`{stage}` at {dest} is up to date"),
         Event::Notice { message } => format!("kiln: {message}"),
+        Event::ImagePushed {
+            stage,
+            reference,
+            digest,
+            uploaded,
+            uploaded_bytes,
+            present,
+        } => format!(
+            "pushed `{stage}` to {reference} ({}): {uploaded} blob{} uploaded ({}), {present} already there",
+            &digest[..19.min(digest.len())],
+            plural(*uploaded),
+            crate::units::approx_size(*uploaded_bytes)
+        ),
         Event::ImageResolved {
             reference,
             digest,

@@ -408,3 +408,73 @@ export {{
     let _ = std::fs::remove_dir_all(&lower);
     assert_eq!(said, "hello from kiln and its cmd");
 }
+
+#[test]
+fn a_pushed_image_is_what_the_registry_serves_and_a_second_push_uploads_no_blob() {
+    if !tool("skopeo") || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let Some(reg) = crate::images::Registry::start(None) else {
+        return;
+    };
+    let p = Project::new();
+    let spec = |tag: &str| {
+        format!(
+            "kiln 1\nstage app {{\n    from image=\"{image}\"\n    write \"/etc/motd\" \"pushed\\n\"\n}}\nexport {{\n    app image=\"{}/team/app:{tag}\"\n    app to=\"dir\"\n}}\n",
+            reg.host()
+        )
+    };
+    p.spec(&spec("1"));
+    let r = p.build(&[]);
+    r.ok();
+    let pushed = r.events_of("image_pushed");
+    assert_eq!(pushed.len(), 1, "{}", r.stderr);
+    let digest = pushed[0]["digest"].as_str().unwrap().to_string();
+    let first_uploaded = pushed[0]["uploaded"].as_u64().unwrap();
+    assert!(first_uploaded >= 3, "{}", pushed[0]); // base layer(s), kiln's layer, config
+    let inspect: serde_json::Value = serde_json::from_str(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/team/app:1", reg.host()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+
+    // Another tag of the same image: every blob is there already.
+    p.spec(&spec("2"));
+    let r = p.build(&[]);
+    r.ok();
+    let pushed = r.events_of("image_pushed");
+    assert_eq!(pushed[0]["uploaded"], 0, "{}", pushed[0]);
+    assert_eq!(pushed[0]["present"].as_u64().unwrap(), first_uploaded);
+    assert_eq!(pushed[0]["digest"], digest.as_str());
+
+    // kiln builds on what it pushed.
+    let q = Project::new();
+    q.spec(&format!(
+        "kiln 1\nstage again {{\n    from image=\"{}/team/app:2\"\n}}\nexport {{\n    again to=\"out\"\n}}\n",
+        reg.host()
+    ));
+    q.build(&[]).ok();
+    assert_eq!(
+        listing(&q.path().join("out")),
+        listing(&p.path().join("dir"))
+    );
+
+    // An unreachable registry fails the push, naming it, after the files.
+    p.spec(&spec("3").replace(&reg.host(), "127.0.0.1:9"));
+    let r = p.build(&[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("cannot push to `127.0.0.1:9/team/app:3`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("kiln.kdl:7:5"), "{}", r.stderr);
+}

@@ -126,7 +126,7 @@ fn every_local_form_gives_the_same_tree() {
 }
 
 /// A registry on loopback (Debian's docker-registry), stopped on drop.
-struct Registry {
+pub struct Registry {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
@@ -134,7 +134,7 @@ struct Registry {
 
 impl Registry {
     /// Start one; with `htpasswd`, it asks for basic auth.
-    fn start(htpasswd: Option<&str>) -> Option<Registry> {
+    pub fn start(htpasswd: Option<&str>) -> Option<Registry> {
         if !tool("skopeo") {
             return None;
         }
@@ -193,7 +193,7 @@ impl Registry {
         Some(r)
     }
 
-    fn host(&self) -> String {
+    pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 

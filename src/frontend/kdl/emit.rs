@@ -68,12 +68,12 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
     if !spec.exports.is_empty() {
         out.push_str("\nexport {\n");
         for e in &spec.exports {
-            let _ = write!(
-                out,
-                "{INDENT}{} to={}",
-                ident(&e.stage.value),
-                string(&e.to.value, INDENT)
-            );
+            let _ = write!(out, "{INDENT}{}", ident(&e.stage.value));
+            for (k, v) in [("to", &e.to), ("image", &e.image)] {
+                if let Some(v) = v {
+                    let _ = write!(out, " {k}={}", string(&v.value, INDENT));
+                }
+            }
             for (k, v) in [
                 ("format", &e.format),
                 ("when", &e.when),

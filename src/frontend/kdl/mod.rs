@@ -534,23 +534,44 @@ impl Loader<'_> {
         let Some(children) = n.node.children() else {
             return;
         };
-        let usage = "STAGE to=\"PATH\" format=dir|tar when=success|always";
+        let usage = "STAGE to=\"PATH\" [format=dir|tar|oci|oci-archive|docker-archive] [when=success|always], or STAGE image=\"REGISTRY/NAME:TAG\"";
         for child in children.nodes() {
             let c = Node::new(child, n.source, self.sources);
             c.arity(0, Some(0), usage, &mut self.diags);
             c.allow_props(
-                &["to", "format", "when", "tag", "compression"],
+                &["to", "image", "format", "when", "tag", "compression"],
                 &mut self.diags,
             );
             c.no_children(&mut self.diags);
             let stage = c.name();
-            let Some(to) = c.required_str_prop("to", usage, &mut self.diags) else {
-                continue;
+            let image = c.str_prop("image", &mut self.diags);
+            let to = if image.is_some() {
+                c.str_prop("to", &mut self.diags)
+            } else {
+                match c.required_str_prop("to", usage, &mut self.diags) {
+                    Some(t) => Some(t),
+                    None => continue,
+                }
             };
+            if let (Some(t), Some(i)) = (&to, &image) {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::export-image",
+                        "an export entry goes to a path (`to=`) or a registry (`image=`), not both",
+                    )
+                    .with_label(t.span, "a path")
+                    .with_label(i.span, "a registry")
+                    .with_help(
+                        "write two entries for the same stage: one with `to=`, one with `image=`",
+                    ),
+                );
+                continue;
+            }
             self.frag.decls.exports.push(ExportDecl {
                 span: c.span(),
                 stage,
                 to,
+                image,
                 format: c.str_prop("format", &mut self.diags),
                 when: c.str_prop("when", &mut self.diags),
                 tag: c.str_prop("tag", &mut self.diags),

@@ -8,7 +8,7 @@ use super::*;
 use crate::diag::{Diagnostic, Diagnostics, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ast::{self, Spec, Str};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What the command line adds to a spec.
 #[derive(Clone, Debug, Default)]
@@ -479,7 +479,14 @@ impl Compiler<'_> {
         let mut out = Vec::new();
         for e in &spec.exports {
             let stage = self.stage_ref(&e.stage, names, "to export");
-            let to = self.subst(&e.to);
+            if let Some(image) = &e.image {
+                if let Some(push) = self.push_export(e, image, stage) {
+                    out.push(push);
+                }
+                continue;
+            }
+            let Some(to_decl) = &e.to else { continue };
+            let to = self.subst(to_decl);
             let format = match &e.format {
                 None => Some(ExportFormat::Dir),
                 Some(f) => match ExportFormat::parse(&f.value) {
@@ -580,7 +587,7 @@ impl Compiler<'_> {
             if let (Some(stage), Some(to), Some(format), Some(when), Some(tag), Some(compression)) =
                 (stage, to, format, when, tag, compression)
             {
-                if !self.non_empty(&e.to, &to, "the export destination") {
+                if !self.non_empty(to_decl, &to, "the export destination") {
                     continue;
                 }
                 out.push(Export {
@@ -595,6 +602,88 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// `STAGE image="REF"`: the stage's image pushed to a registry.
+    fn push_export(
+        &mut self,
+        e: &ast::ExportDecl,
+        image: &Str,
+        stage: Option<StageId>,
+    ) -> Option<Export> {
+        for (prop, what) in [(&e.format, "format"), (&e.tag, "tag")] {
+            if let Some(p) = prop {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::export-image",
+                        format!("`{what}=` does not apply to a push: `image=` names the image and where it goes"),
+                    )
+                    .with_label(p.span, "not used by a push")
+                    .with_help(format!("remove `{what}=`, or export to a file with `to=` in another entry")),
+                );
+                return None;
+            }
+        }
+        let reference = self.subst(image)?;
+        if !valid_tag(&reference) || reference.contains('@') {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::export-image",
+                    format!("`{reference}` is not an image reference to push to"),
+                )
+                .with_label(image.span, "expected REGISTRY/NAME[:TAG]")
+                .with_help(
+                    "write a registry, a lower-case name and a tag, e.g. `localhost:5000/app:1.0`",
+                ),
+            );
+            return None;
+        }
+        let when = match e.when.as_ref().map(|w| w.value.as_str()) {
+            None | Some("success") => When::Success,
+            Some("always") => When::Always,
+            Some(other) => {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::export-when",
+                        format!("unknown `when` value `{other}`"),
+                    )
+                    .with_label(
+                        e.when.as_ref().map_or(e.span, |w| w.span),
+                        "not a condition",
+                    )
+                    .with_help("write `when=\"success\"` (the default) or `when=\"always\"`"),
+                );
+                return None;
+            }
+        };
+        let compression = match &e.compression {
+            None => Compression::Gzip,
+            Some(c) => {
+                match Compression::parse(&c.value) {
+                    Some(v) => v,
+                    None => {
+                        self.diags.push(
+                        Diagnostic::user(
+                            "kiln::spec::export-compression",
+                            format!("unknown compression `{}`", c.value),
+                        )
+                        .with_label(c.span, "not a compression")
+                        .with_help("write `compression=\"gzip\"` (the default), `\"zstd\"` or `\"none\"`"),
+                    );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Export {
+            stage: stage?,
+            dest: PathBuf::new(),
+            format: ExportFormat::Push,
+            when,
+            tag: Some(reference),
+            compression,
+            span: Some(e.span),
+        })
     }
 
     fn cycles(&mut self, graph: &Graph) {
