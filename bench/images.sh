@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Images and `run` steps, side by side with the peers (not tests; nothing
 # here asserts). Needs root, and the tools scripts/test installs, plus
-# hyperfine.
+# hyperfine and pigz.
 #
-#   bench/images.sh [run|dockerfile|pull]...     default: all three
+#   bench/images.sh [run|dockerfile|pull|export]...     default: all four
 #
 # run         kiln's cost for one `run` step (the command is `true`) over a
 #             base image of 10,000 files and over busybox, against a bare
@@ -14,15 +14,19 @@
 # pull        first use of the Debian image from a registry on loopback:
 #             kiln (pull and unpack into its store) against `skopeo copy`
 #             + `umoci unpack`.
+# export      an OCI image export of a 1 GiB, 10,000-file stage (gzip and
+#             zstd) against `tar c | pigz | sha256sum` of the same tree,
+#             and the same export again with nothing changed.
 #
-# Results go to bench/results/images.md; bench/RESULTS.md has the summary.
+# Each section's results go to bench/results/images-SECTION.md, and all of
+# them to bench/results/images.md; bench/RESULTS.md has the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-sections=("${@:-run dockerfile pull}")
+sections=("${@:-run dockerfile pull export}")
 read -r -a sections <<<"${sections[*]}"
 [ "$(id -u)" = 0 ] || { echo "bench/images.sh needs root (overlayfs, bwrap as root)"; exit 1; }
-for tool in hyperfine bwrap umoci skopeo buildah docker-registry python3; do
+for tool in hyperfine bwrap umoci skopeo buildah docker-registry python3 pigz; do
     command -v "$tool" >/dev/null || { echo "bench needs $tool"; exit 1; }
 done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/kiln-target}
@@ -31,8 +35,7 @@ kiln=$CARGO_TARGET_DIR/release/kiln
 images=$(scripts/test-images)
 work=$root/bench/work/images
 mkdir -p "$work" "$root/bench/results"
-out=$root/bench/results/images.md
-echo "# Images and run steps ($(date -u +%Y-%m-%d), $(nproc) cores)" >"$out"
+results=$root/bench/results
 
 mean_ms() { python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][0]['mean']*1000, 1))" "$1"; }
 
@@ -167,7 +170,88 @@ EOF
     } >>"$out"
 }
 
+export_section() {
+    local dir=$work/export
+    if [ ! -d "$dir/p/data" ]; then
+        rm -rf "$dir" && mkdir -p "$dir/p/data"
+        # 1 GiB in 10,000 files: 100 of 8 MiB and 9,900 of 20 KiB, half
+        # text-like (compressible), half random.
+        python3 - "$dir/p/data" <<'PY'
+import os, random, sys
+d = sys.argv[1]
+rng = random.Random(7)
+letters = "abcdefghijklmnopqrstuvwxyz"
+words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+def text(n):
+    out, size = [], 0
+    while size < n:
+        w = rng.choice(words) + (" " if rng.random() < 0.9 else "\n")
+        out.append(w)
+        size += len(w)
+    return "".join(out)[:n].encode()
+os.makedirs(f"{d}/big", exist_ok=True)
+for i in range(100):
+    data = text(8 << 20) if i % 2 else rng.randbytes(8 << 20)
+    open(f"{d}/big/f{i}", "wb").write(data)
+for i in range(9900):
+    sub = f"{d}/small/d{i // 100}"
+    os.makedirs(sub, exist_ok=True)
+    data = text(20 << 10) if i % 2 else rng.randbytes(20 << 10)
+    open(f"{sub}/f{i}", "wb").write(data)
+PY
+    fi
+    local p=$dir/p
+    for c in gzip zstd; do
+        cat >"$p/kiln-$c.kdl" <<EOF
+kiln 1
+stage s {
+    copy "data/" "/data/"
+}
+export {
+    s to="img-$c" format="oci" compression="$c"
+}
+EOF
+    done
+    # The stage is built once; what is measured is the export.
+    "$kiln" build -f "$p/kiln-gzip.kdl" "$p" --progress plain >/dev/null 2>&1
+    for c in gzip zstd; do
+        hyperfine --runs 3 --export-json "$dir/kiln-$c.json" \
+            --prepare "rm -rf $p/img-$c $p/.kiln/layers; sync" \
+            "$kiln build -f $p/kiln-$c.kdl $p --progress plain" >/dev/null
+    done
+    hyperfine --runs 3 --export-json "$dir/again.json" \
+        --prepare "rm -rf $p/img-gzip; sync" \
+        "$kiln build -f $p/kiln-gzip.kdl $p --progress plain" >/dev/null
+    hyperfine --runs 3 --export-json "$dir/peer.json" \
+        "tar -C $p -c data | pigz | sha256sum" >/dev/null
+    local g z a t
+    g=$(mean_ms "$dir/kiln-gzip.json")
+    z=$(mean_ms "$dir/kiln-zstd.json")
+    a=$(mean_ms "$dir/again.json")
+    t=$(mean_ms "$dir/peer.json")
+    {
+        echo "## OCI image export of a 1 GiB, 10,000-file stage"
+        echo
+        echo "| export | time | ratio |"
+        echo "| --- | --- | --- |"
+        echo "| tar c, pigz, sha256sum of the same files | $t ms | 1.00× |"
+        echo "| kiln, gzip layer | $g ms | $(python3 -c "print(f'{$g/$t:.2f}×')") |"
+        echo "| kiln, zstd layer | $z ms | $(python3 -c "print(f'{$z/$t:.2f}×')") |"
+        echo "| kiln, the same export again (layer cached) | $a ms | $(python3 -c "print(f'{$g/$a:.0f}× faster than the first')") |"
+        echo
+    } >>"$out"
+}
+
 for s in "${sections[@]}"; do
+    out=$results/images-$s.md
+    : >"$out"
     "${s}_section"
 done
-cat "$out"
+{
+    echo "# Images and run steps ($(date -u +%Y-%m-%d), $(nproc) cores)"
+    echo
+    for s in run dockerfile pull export; do
+        if [ -f "$results/images-$s.md" ]; then cat "$results/images-$s.md"; fi
+    done
+} >"$results/images.md"
+cat "$results/images.md"

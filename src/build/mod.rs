@@ -37,6 +37,8 @@ pub struct Request {
     pub targets: Vec<String>,
     /// `-o`s; replace the export block for the one target.
     pub outputs: Vec<Output>,
+    /// `-t NAME`: the target's image, named in the local image store.
+    pub tags: Vec<String>,
     pub no_cache: bool,
     /// Stages at once; `None` is the number of CPUs.
     pub jobs: Option<usize>,
@@ -247,6 +249,10 @@ pub struct Report {
     pub interrupted: bool,
     /// Each requested stage that was built, with its result.
     pub results: Vec<(String, StateDigest)>,
+    /// The same, with the result's tree and config.
+    pub states: Vec<(String, crate::model::state::State)>,
+    /// Every step of the build: its key, whether it was cached.
+    pub records: Vec<records::StepRecord>,
 }
 
 /// Look up `--target` names.
@@ -293,7 +299,7 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let mut planned = Vec::new();
     let mut errors = Vec::new();
     for e in exports {
-        if e.format == ExportFormat::Push {
+        if matches!(e.format, ExportFormat::Push | ExportFormat::Tagged) {
             // A registry, not a path: nothing on this machine to protect.
             planned.push(PlannedExport {
                 resolved: PathBuf::new(),
@@ -355,6 +361,49 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
 
 /// What to build and what to write: `-o` and `--target` replace the export block.
 fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Diagnostic> {
+    let (mut roots, mut exports) = pick_exports(graph, req)?;
+    if req.tags.is_empty() {
+        return Ok((roots, exports));
+    }
+    // `-t NAME`: the target's image into the local image store, as
+    // `docker build -t` does.
+    let target = match targets(graph, &req.targets)?.as_slice() {
+        [] => graph.default_target().ok_or_else(|| {
+            Diagnostic::user("kiln::cli::empty", "the spec defines no stages")
+                .with_help("add a `stage NAME { … }` block")
+        })?,
+        [one] => *one,
+        _ => {
+            return Err(Diagnostic::user(
+                "kiln::cli::tag",
+                "`-t` names the image of one stage, but several `--target`s are given",
+            )
+            .with_help("give one `--target` with `-t`"));
+        }
+    };
+    for t in &req.tags {
+        if !crate::ir::valid_tag(t) || t.contains('@') {
+            return Err(Diagnostic::user("kiln::cli::tag", format!("`{t}` is not an image name"))
+                .with_help("write a name as Docker does: lower-case `[registry/]name[:tag]`, e.g. `-t app:1.0`"));
+        }
+        exports.push(Export {
+            stage: target,
+            dest: PathBuf::new(),
+            format: ExportFormat::Tagged,
+            when: When::Success,
+            tag: Some(crate::store::oci::normalize_tag(t)),
+            compression: Default::default(),
+            span: None,
+        });
+    }
+    if !roots.contains(&target) {
+        roots.push(target);
+        roots.sort();
+    }
+    Ok((roots, exports))
+}
+
+fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Diagnostic> {
     let chosen = targets(graph, &req.targets)?;
     let default = || {
         graph.default_target().ok_or_else(|| {
@@ -432,6 +481,8 @@ pub fn run(
                 notices: Vec::new(),
                 interrupted: false,
                 results: Vec::new(),
+                states: Vec::new(),
+                records: Vec::new(),
             });
         }
     };
@@ -567,13 +618,16 @@ pub fn run(
         unchanged: outcome.from_memo,
     });
     let mut results = Vec::new();
+    let mut states = Vec::new();
     if failures.is_empty() && !outcome.interrupted {
         for r in &roots {
             if let Some(StageOutcome::Built(s)) = outcome.stages.get(r) {
                 results.push((graph.stage(*r).name.clone(), s.digest()));
+                states.push((graph.stage(*r).name.clone(), s.clone()));
             }
         }
     }
+    let records = outcome.records.clone();
     let interrupted = outcome.interrupted;
     // The process ends soon: freeing large structures one by one would
     // only slow a no-op build down.
@@ -584,6 +638,8 @@ pub fn run(
         notices,
         interrupted,
         results,
+        states,
+        records,
     })
 }
 
@@ -611,6 +667,22 @@ struct ExportPhase<'a> {
 }
 
 impl ExportPhase<'_> {
+    /// Make the image and name it in the local image store.
+    fn tag(
+        &self,
+        tree: &crate::model::tree::Tree,
+        tree_digest: crate::model::digest::TreeDigest,
+        spec: &export::image::ImageSpec,
+        name: &str,
+    ) -> Result<crate::model::digest::Sha256, Failed> {
+        let built = export::image::build(self.store, tree, tree_digest, spec, self.settings)?;
+        let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
+        blobs
+            .set_tag(name, &built.manifest_digest, built.manifest.len() as u64)
+            .map_err(|e| Failed::Error(e.diagnostic()))?;
+        Ok(built.manifest_digest)
+    }
+
     /// Make the image and push it: its manifest digest and what went up.
     fn push(
         &self,
@@ -789,7 +861,7 @@ impl ExportPhase<'_> {
             } else {
                 None
             };
-            if e.format == ExportFormat::Push {
+            if matches!(e.format, ExportFormat::Push | ExportFormat::Tagged) {
                 if let Some(spec) = image {
                     pushes.push((p, tree, state.tree, spec));
                 }
@@ -874,6 +946,21 @@ impl ExportPhase<'_> {
                         "the build failed".into()
                     },
                 });
+                continue;
+            }
+            if e.format == ExportFormat::Tagged {
+                match self.tag(&tree, tree_digest, &spec, &reference) {
+                    Ok(digest) => progress.emit(Event::ImageTagged {
+                        stage: stage.clone(),
+                        name: reference,
+                        digest: digest.to_string(),
+                    }),
+                    Err(Failed::Damaged(d)) => {
+                        damage.push(d);
+                        return Err(damage);
+                    }
+                    Err(Failed::Error(d)) => failures.push(d),
+                }
                 continue;
             }
             match self.push(&tree, tree_digest, &spec, &reference) {

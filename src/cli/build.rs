@@ -15,11 +15,14 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
     /// Build this stage (repeatable); replaces the export block
-    #[arg(long = "target", short = 't', value_name = "STAGE")]
+    #[arg(long = "target", value_name = "STAGE")]
     pub targets: Vec<String>,
-    /// Export the target: `type=local,dest=DIR`, `type=tar,dest=FILE`, or just `DIR` (repeatable)
+    /// Export the target: `DIR`, `type=local,dest=DIR`, `type=tar,dest=FILE`, `type=oci,dest=FILE[,tar=false]`, `type=docker,dest=FILE`, `type=image,name=REF,push=true` (repeatable)
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// Name the target's image in the local image store (repeatable): `kiln images` lists it, `from image="NAME"` builds on it
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
     /// Run every step and hash every context file, ignoring the cache (results are still stored)
     #[arg(long)]
     pub no_cache: bool,
@@ -117,7 +120,7 @@ fn ssh(given: &[String]) -> Result<std::collections::HashMap<String, PathBuf>, D
     Ok(out)
 }
 
-fn cancel_flag() -> Arc<AtomicBool> {
+pub(super) fn cancel_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let _ = ctrlc::set_handler(move || {
@@ -148,6 +151,7 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         spec: args.spec.input()?,
         targets: args.targets.clone(),
         outputs,
+        tags: args.tags.clone(),
         no_cache: args.no_cache,
         jobs: args.jobs,
         state_dir: args.state_dir.clone(),

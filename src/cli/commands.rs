@@ -162,7 +162,7 @@ pub struct GraphArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub format: GraphFormat,
     /// Show only these stages and what they need
-    #[arg(long = "target", short = 't', value_name = "STAGE")]
+    #[arg(long = "target", value_name = "STAGE")]
     pub targets: Vec<String>,
 }
 
@@ -337,6 +337,101 @@ pub struct GcArgs {
     /// Shrink the cache to at most this size (`500M`, `2G`); exported results are kept longest
     #[arg(long, value_name = "SIZE")]
     pub max_size: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Where the cache lives [default: .kiln beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `kiln images`: every name, its manifest digest and its size.
+pub fn images(args: &ImagesArgs) -> Result<(), Failure> {
+    let state = state_dir(&args.state_dir, &args.spec.spec_path());
+    let blobs = crate::store::oci::OciBlobs::new(&crate::store::layout::Layout::new(&state));
+    let tags = blobs.tags();
+    if tags.is_empty() {
+        outln!("no images: `kiln build -t NAME` names one");
+        return Ok(());
+    }
+    let width = tags.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    outln!("{:width$}  {:19}  SIZE", "NAME", "DIGEST");
+    for t in tags {
+        // The size: the config and layers the manifest lists.
+        let size: u64 = blobs
+            .read(&t.manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|m| {
+                m.get("config")
+                    .into_iter()
+                    .chain(m["layers"].as_array().into_iter().flatten())
+                    .filter_map(|d| d.get("size")?.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let d = t.manifest.to_string();
+        outln!(
+            "{:width$}  {}  {}",
+            t.name,
+            &d[..19.min(d.len())],
+            human_bytes(size)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// The names to remove (`NAME[:TAG]`; `:latest` when no tag is given)
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// The spec file whose state directory holds the images [default: ./kiln.kdl, else ./Dockerfile]
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Where the cache lives [default: .kiln beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `kiln rmi NAME…`: remove names from the local image store.
+pub fn rmi(args: &RmiArgs) -> Result<(), Failure> {
+    let spec = crate::build::load::SpecInput {
+        context: PathBuf::from("."),
+        file: args.file.clone(),
+        ..Default::default()
+    }
+    .spec_path();
+    let state = state_dir(&args.state_dir, &spec);
+    let blobs = crate::store::oci::OciBlobs::new(&crate::store::layout::Layout::new(&state));
+    let mut missing = Vec::new();
+    for name in &args.names {
+        match blobs.remove_tag(name) {
+            Ok(true) => outln!("removed {}", crate::store::oci::normalize_tag(name)),
+            Ok(false) => missing.push(name.clone()),
+            Err(e) => return Err(e.diagnostic().into()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<String> = blobs.tags().into_iter().map(|t| t.name).collect();
+    Err(missing
+        .into_iter()
+        .map(|m| {
+            Diagnostic::user("kiln::rmi::unknown", format!("no image is named `{m}`")).with_help(
+                if known.is_empty() {
+                    "the local image store is empty".to_string()
+                } else {
+                    format!("images: {}", known.join(", "))
+                },
+            )
+        })
+        .collect::<Vec<_>>()
+        .into())
 }
 
 pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {

@@ -10,6 +10,7 @@ mod build;
 mod commands;
 mod lock;
 mod plugin;
+mod verify;
 
 use crate::diag::{Class, Diagnostic, RenderOptions, Sources, render};
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +49,12 @@ enum Command {
     Explain(commands::ExplainArgs),
     /// Remove cache entries no longer needed, down to a size budget
     Gc(commands::GcArgs),
+    /// Build every export again from nothing in a fresh state directory and compare (exit 1 on a difference)
+    Verify(verify::VerifyArgs),
+    /// List the images named with `kiln build -t` (the local image store, in the state directory)
+    Images(commands::ImagesArgs),
+    /// Remove names from the local image store (`kiln gc` then drops what nothing uses)
+    Rmi(commands::RmiArgs),
     /// Hash a context directory as a build would (uses and updates the stat index)
     HashContext(commands::HashArgs),
 }
@@ -205,6 +212,9 @@ pub fn main() -> ExitCode {
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),
+        Command::Images(a) => commands::images(&a),
+        Command::Verify(a) => verify::run(&a, &sources),
+        Command::Rmi(a) => commands::rmi(&a),
         Command::HashContext(a) => commands::hash_context(&a),
     };
     match result {

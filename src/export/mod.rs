@@ -159,7 +159,9 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
         ExportFormat::Oci | ExportFormat::OciArchive | ExportFormat::DockerArchive => {
             write_image(store, job, &tmp)
         }
-        ExportFormat::Push => Err(Diagnostic::internal("a push is not a file export").into()),
+        ExportFormat::Push | ExportFormat::Tagged => {
+            Err(Diagnostic::internal("a push or a tag is not a file export").into())
+        }
     };
     let paths = match written {
         Ok(p) => p,

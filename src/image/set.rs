@@ -119,6 +119,13 @@ impl ImageSet {
                 continue;
             }
             let image_ref = match reference::parse(written, dir) {
+                // A name in the local image store (`kiln build -t`) comes
+                // first, as in Docker.
+                Ok(ImageRef::Registry(_)) if blobs.tag(written).is_some() => ImageRef::Layout {
+                    dir: blobs.root(),
+                    tag: Some(crate::store::oci::normalize_tag(written)),
+                    digest: None,
+                },
                 Ok(r) => r,
                 Err(e) => {
                     failures.push(Failure {

@@ -190,6 +190,8 @@ pub enum ExportFormat {
     DockerArchive,
     /// Pushed to a registry (the export's `tag` is the reference).
     Push,
+    /// Named in the local image store (`-t`; the export's `tag`).
+    Tagged,
 }
 
 impl ExportFormat {
@@ -213,6 +215,7 @@ impl ExportFormat {
             ExportFormat::OciArchive => "oci-archive",
             ExportFormat::DockerArchive => "docker-archive",
             ExportFormat::Push => "registry",
+            ExportFormat::Tagged => "image",
         }
     }
 
@@ -224,6 +227,7 @@ impl ExportFormat {
                 | ExportFormat::OciArchive
                 | ExportFormat::DockerArchive
                 | ExportFormat::Push
+                | ExportFormat::Tagged
         )
     }
 }

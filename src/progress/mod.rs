@@ -103,6 +103,12 @@ pub enum Event {
         fetched_bytes: u64,
         ms: f64,
     },
+    /// A stage's image was named in the local image store (`-t`).
+    ImageTagged {
+        stage: String,
+        name: String,
+        digest: String,
+    },
     /// A stage's image was pushed to a registry.
     ImagePushed {
         stage: String,

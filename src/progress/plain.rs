@@ -91,6 +91,14 @@ pub fn line(event: &Event) -> Option<String> {
             ..
         } => format!("`{stage}` at {dest} is up to date"),
         Event::Notice { message } => format!("kiln: {message}"),
+        Event::ImageTagged {
+            stage,
+            name,
+            digest,
+        } => format!(
+            "tagged `{stage}` as {name} ({})",
+            &digest[..19.min(digest.len())]
+        ),
         Event::ImagePushed {
             stage,
             reference,

@@ -37,8 +37,9 @@ pub struct Report {
 const CACHE_MOUNT_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Image blobs are kept for the images whose tree is kept (so a locked
-/// build can unpack them again offline): their manifests, configs and
-/// layers, and the indexes that list them. The rest are removed.
+/// build can unpack them again offline) and for the images named in the
+/// local image store: their manifests, configs and layers, and the
+/// indexes that list them. The rest are removed.
 fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
     use crate::model::digest::Sha256;
     let dir = store.layout().images().join("blobs").join("sha256");
@@ -71,7 +72,12 @@ fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
             })
             .unwrap_or_default()
     };
-    let mut keep: HashSet<String> = HashSet::new();
+    // Images named in the local image store (`kiln build -t`) are roots.
+    let mut keep: HashSet<String> = super::oci::OciBlobs::new(store.layout())
+        .tagged_blobs()
+        .into_iter()
+        .map(|d| d.hex().to_string())
+        .collect();
     let mut indexes = Vec::new();
     for (name, path, len) in &blobs {
         let Some(v) = json(path, *len) else { continue };

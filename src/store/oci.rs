@@ -25,6 +25,11 @@ impl OciBlobs {
         }
     }
 
+    /// The image store's directory: an OCI layout.
+    pub fn root(&self) -> PathBuf {
+        self.layout.images()
+    }
+
     pub fn path(&self, d: &Sha256) -> PathBuf {
         self.layout.image_blob(d.hex())
     }
@@ -164,6 +169,175 @@ impl OciBlobs {
             )?;
         }
         Ok(())
+    }
+}
+
+/// `app` → `app:latest`; a name with a tag (or a digest) is kept.
+pub fn normalize_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A name in the local image store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub name: String,
+    pub manifest: Sha256,
+}
+
+impl OciBlobs {
+    fn index_path(&self) -> PathBuf {
+        self.layout.images().join("index.json")
+    }
+
+    /// Hold the image store's index for an update.
+    fn lock_index(&self) -> Result<File, StoreError> {
+        let path = self.layout.images().join("index.lock");
+        fs::create_dir_all(self.layout.images()).map_err(StoreError::io(&path))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        f.lock().map_err(StoreError::io(&path))?;
+        Ok(f)
+    }
+
+    fn read_index(&self) -> serde_json::Value {
+        fs::read(self.index_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|v: &serde_json::Value| v.get("manifests").is_some_and(|m| m.is_array()))
+            .unwrap_or_else(|| {
+                serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": [],
+                })
+            })
+    }
+
+    /// The names in the local image store, sorted.
+    pub fn tags(&self) -> Vec<Tag> {
+        let index = self.read_index();
+        let mut out: Vec<Tag> = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some(Tag {
+                    name: m.get("annotations")?.get(REF_NAME)?.as_str()?.to_string(),
+                    manifest: Sha256::parse(m.get("digest")?.as_str()?)?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The manifest a name has in the local image store.
+    pub fn tag(&self, name: &str) -> Option<Sha256> {
+        let name = normalize_tag(name);
+        self.tags()
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(|t| t.manifest)
+    }
+
+    /// Name a manifest (in the store) in the local image store, replacing
+    /// what the name had.
+    pub fn set_tag(&self, name: &str, manifest: &Sha256, size: u64) -> Result<(), StoreError> {
+        self.ensure_layout()?;
+        let _lock = self.lock_index()?;
+        let name = normalize_tag(name);
+        let mut index = self.read_index();
+        if let Some(list) = index["manifests"].as_array_mut() {
+            list.retain(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|v| v.as_str())
+                    != Some(name.as_str())
+            });
+            list.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.to_string(),
+                "size": size,
+                "annotations": { REF_NAME: name },
+            }));
+            list.sort_by(|a, b| {
+                let n = |v: &serde_json::Value| {
+                    v.pointer("/annotations/org.opencontainers.image.ref.name")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                n(a).cmp(&n(b))
+            });
+        }
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| StoreError::io(&self.index_path())(io::Error::other(e)))?;
+        write_atomic(&self.index_path(), &bytes)
+    }
+
+    /// Remove a name from the local image store; whether it was there.
+    /// (`kiln gc` then drops the blobs nothing else keeps.)
+    pub fn remove_tag(&self, name: &str) -> Result<bool, StoreError> {
+        let _lock = self.lock_index()?;
+        let name = normalize_tag(name);
+        let mut index = self.read_index();
+        let mut removed = false;
+        if let Some(list) = index["manifests"].as_array_mut() {
+            let before = list.len();
+            list.retain(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|v| v.as_str())
+                    != Some(name.as_str())
+            });
+            removed = list.len() != before;
+        }
+        if removed {
+            let bytes = serde_json::to_vec_pretty(&index)
+                .map_err(|e| StoreError::io(&self.index_path())(io::Error::other(e)))?;
+            write_atomic(&self.index_path(), &bytes)?;
+        }
+        Ok(removed)
+    }
+
+    /// Every blob a tagged image needs: its manifest, config and layers
+    /// (what `kiln gc` keeps for the local image store).
+    pub fn tagged_blobs(&self) -> std::collections::HashSet<Sha256> {
+        let mut keep = std::collections::HashSet::new();
+        for t in self.tags() {
+            keep.insert(t.manifest.clone());
+            let Ok(bytes) = self.read(&t.manifest) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let descs = v.get("config").into_iter().chain(
+                v.get("layers")
+                    .and_then(|l| l.as_array())
+                    .into_iter()
+                    .flatten(),
+            );
+            for d in descs {
+                if let Some(d) = d
+                    .get("digest")
+                    .and_then(|d| d.as_str())
+                    .and_then(Sha256::parse)
+                {
+                    keep.insert(d);
+                }
+            }
+        }
+        keep
     }
 }
 

@@ -17,15 +17,6 @@ fn every_example_builds() {
         if !dir.join("kiln.kdl").exists() && !dir.join("Dockerfile").exists() {
             continue;
         }
-        // Build a copy, so the examples folder stays clean; the committed
-        // plugin modules sit where the examples expect them.
-        let tmp = tempfile::tempdir().unwrap();
-        let copy = tmp.path().join("examples").join(dir.file_name().unwrap());
-        std::fs::create_dir_all(&copy).unwrap();
-        copy_dir(&dir, &copy);
-        let plugins = tmp.path().join("plugins/dist");
-        std::fs::create_dir_all(&plugins).unwrap();
-        copy_dir(&root.join("../plugins/dist"), &plugins);
         // An example on images builds on the test images (`ci.args`).
         let mut args: Vec<String> = vec!["build".into(), "--progress".into(), "plain".into()];
         if let Ok(ci) = std::fs::read_to_string(dir.join("ci.args")) {
@@ -40,19 +31,59 @@ fn every_example_builds() {
                 args.push("--arg".into());
                 args.push(line.replace("${KILN_TEST_IMAGES}", &images));
             }
+            // Also as an image, whose bytes must not depend on the machine.
             args.extend(["-o".into(), "out".into()]);
+            args.extend(["-o".into(), "type=oci,dest=image.tar".into()]);
         }
-        let out = std::process::Command::new(kiln_bin())
-            .args(&args)
-            .current_dir(&copy)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "example {} failed:\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
+        // Built twice, in two checkouts, under another umask, time zone,
+        // locale and user: the results (and images) must be the same.
+        let mut results = Vec::new();
+        let mut kept = Vec::new();
+        for (umask, tz, lang, user) in [("0022", "UTC", "C", "a"), ("0077", "Asia/Tokyo", "C.UTF-8", "b")] {
+            // Build a copy, so the examples folder stays clean; the
+            // committed plugin modules sit where the examples expect them.
+            let tmp = tempfile::tempdir().unwrap();
+            let copy = tmp.path().join("examples").join(dir.file_name().unwrap());
+            std::fs::create_dir_all(&copy).unwrap();
+            copy_dir(&dir, &copy);
+            let plugins = tmp.path().join("plugins/dist");
+            std::fs::create_dir_all(&plugins).unwrap();
+            copy_dir(&root.join("../plugins/dist"), &plugins);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("umask {umask}; exec \"$@\""))
+                .arg("sh")
+                .arg(kiln_bin())
+                .args(&args)
+                .current_dir(&copy)
+                .env_remove("KILN_STATE_DIR")
+                .env_remove("SOURCE_DATE_EPOCH")
+                .env("TZ", tz)
+                .env("LC_ALL", lang)
+                .env("USER", user)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "example {} failed:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let image = std::fs::read(copy.join("image.tar")).ok();
+            results.push((String::from_utf8_lossy(&out.stdout).into_owned(), image));
+            kept.push((tmp, copy));
+        }
+        assert_eq!(
+            results[0].0, results[1].0,
+            "example {} gave other results in another checkout",
+            dir.display()
         );
+        assert!(
+            results[0].1 == results[1].1,
+            "example {} gave another image in another checkout",
+            dir.display()
+        );
+        let copy = kept[0].1.clone();
         built += 1;
         // The toolchain example's binary, built in Debian, runs anywhere.
         if dir.ends_with("toolchain") {

@@ -478,3 +478,98 @@ fn a_pushed_image_is_what_the_registry_serves_and_a_second_push_uploads_no_blob(
     );
     assert!(r.stderr.contains("kiln.kdl:7:5"), "{}", r.stderr);
 }
+
+#[test]
+fn a_tagged_image_is_listed_built_on_kept_by_gc_and_removed() {
+    let p = Project::new();
+    p.spec(SCRATCH);
+    let r = p.kiln(&[
+        "build",
+        "--progress",
+        "json",
+        "--target",
+        "app",
+        "-t",
+        "app:1",
+    ]);
+    r.ok();
+    let tagged = r.events_of("image_tagged");
+    assert_eq!(tagged.len(), 1, "{}", r.stderr);
+    assert_eq!(tagged[0]["name"], "app:1");
+    let r = p.kiln(&["images"]);
+    r.ok();
+    assert!(r.stdout.contains("app:1"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&tagged[0]["digest"].as_str().unwrap()[..19]),
+        "{}",
+        r.stdout
+    );
+    // Another spec beside it builds on the name, before any registry.
+    p.file(
+        "other.kdl",
+        "kiln 1\nstage more {\n    from image=\"app:1\"\n    write \"/srv/extra\" \"x\"\n}\nexport {\n    more to=\"more\"\n}\n",
+    );
+    let r = p.kiln(&["build", "-f", "other.kdl", "--progress", "json"]);
+    r.ok();
+    let resolved = r.events_of("image_resolved");
+    assert_eq!(resolved[0]["how"], "local", "{}", r.stderr);
+    assert_eq!(p.read("more/etc/app.conf"), "port = 80\n");
+    assert_eq!(p.read("more/srv/extra"), "x");
+    // gc keeps what a name needs: a build without the cache still works.
+    p.kiln(&["gc", "--max-size", "1"]).ok();
+    p.kiln(&["build", "-f", "other.kdl", "--no-cache"]).ok();
+    // A name removed is gone; removing it again is an error.
+    p.kiln(&["rmi", "app:1"]).ok();
+    assert!(p.kiln(&["images"]).stdout.contains("no images"));
+    let r = p.kiln(&["rmi", "app:1"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("no image is named `app:1`"),
+        "{}",
+        r.stderr
+    );
+    // Names are checked.
+    let r = p.kiln(&["build", "--target", "app", "-t", "Not A Name"]);
+    r.code(2);
+    assert!(r.stderr.contains("is not an image name"), "{}", r.stderr);
+}
+
+#[test]
+fn verify_rebuilds_from_nothing_and_names_the_step_that_is_not_reproducible() {
+    let p = Project::new();
+    p.spec(SCRATCH);
+    p.build(&[]).ok();
+    let r = p.kiln(&["verify"]);
+    r.ok();
+    assert!(r.stdout.contains("reproducible"), "{}", r.stdout);
+    assert!(r.stdout.contains("app: same"), "{}", r.stdout);
+    // Nothing was exported by verify: the exports are as the build left them.
+    assert!(p.exists("app-oci/index.json"));
+
+    let Some(image) = busybox() else {
+        return;
+    };
+    if !crate::images_helper::sandbox_ready() {
+        return;
+    }
+    p.spec(&format!(
+        "kiln 1\nstage clock {{\n    from image=\"{image}\"\n    write \"/fixed\" \"same\"\n    run \"cat /proc/sys/kernel/random/uuid > /stamp\"\n    write \"/after\" \"x\"\n}}\nexport {{\n    clock to=\"out\"\n}}\n"
+    ));
+    p.build(&[]).ok();
+    let r = p.kiln(&["verify"]);
+    r.code(1);
+    assert!(r.stdout.contains("clock: DIFFERENT"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("first difference: /stamp: content differs"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("made by step 2 of `clock`: run"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("not reproducible"), "{}", r.stderr);
+}

@@ -613,7 +613,7 @@ fn dockerfile_heredoc_runs_and_the_import_builds_the_same() {
         "build",
         "-f",
         "kiln.kdl",
-        "-t",
+        "--target",
         "stage-0",
         "-o",
         "imported",
