@@ -169,7 +169,16 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
     })
 }
 
+/// A build's files get the same modes whatever umask kiln was started
+/// with: what `run` steps create (as under Docker, whose runtimes use
+/// 022), and the state directory. Set before any thread starts; exports
+/// and the files kiln writes for the user set their modes themselves.
+pub(super) fn fixed_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+}
+
 pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
+    fixed_umask();
     let req = request(args)?;
     let plan = build::plan(&req, sources)?;
     let reporter = progress::reporter(args.progress);

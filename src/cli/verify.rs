@@ -73,6 +73,7 @@ fn build_once(
 }
 
 pub fn run(args: &VerifyArgs, sources: &Sources) -> Result<(), Failure> {
+    super::build::fixed_umask();
     let spec = args.spec.input()?;
     // The stages to verify: the exported ones, or the targets.
     let mut targets = args.targets.clone();

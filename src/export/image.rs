@@ -692,6 +692,15 @@ pub fn write_layout(
         fs::create_dir(&p).map_err(|e| io_failed("cannot create", &p, e))?;
         written.push(d.to_string());
     }
+    // The same modes whatever the umask.
+    for d in [
+        root.to_path_buf(),
+        root.join("blobs"),
+        root.join("blobs/sha256"),
+    ] {
+        fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| io_failed("cannot create", &d, e))?;
+    }
     for (path, content) in files {
         let at = root.join(path);
         let mut f = File::create(&at).map_err(|e| io_failed("cannot write", &at, e))?;

@@ -39,7 +39,10 @@ fn every_example_builds() {
         // locale and user: the results (and images) must be the same.
         let mut results = Vec::new();
         let mut kept = Vec::new();
-        for (umask, tz, lang, user) in [("0022", "UTC", "C", "a"), ("0077", "Asia/Tokyo", "C.UTF-8", "b")] {
+        for (umask, tz, lang, user) in [
+            ("0022", "UTC", "C", "a"),
+            ("0077", "Asia/Tokyo", "C.UTF-8", "b"),
+        ] {
             // Build a copy, so the examples folder stays clean; the
             // committed plugin modules sit where the examples expect them.
             let tmp = tempfile::tempdir().unwrap();
@@ -74,7 +77,8 @@ fn every_example_builds() {
             kept.push((tmp, copy));
         }
         assert_eq!(
-            results[0].0, results[1].0,
+            results[0].0,
+            results[1].0,
             "example {} gave other results in another checkout",
             dir.display()
         );
