@@ -222,12 +222,15 @@ EOF
     hyperfine --runs 3 --export-json "$dir/again.json" \
         --prepare "rm -rf $p/img-gzip; sync" \
         "$kiln build -f $p/kiln-gzip.kdl $p --progress plain" >/dev/null
+    hyperfine --warmup 1 --runs 10 --export-json "$dir/intact.json" \
+        "$kiln build -f $p/kiln-gzip.kdl $p --progress plain" >/dev/null
     hyperfine --runs 3 --export-json "$dir/peer.json" \
         "tar -C $p -c data | pigz | sha256sum" >/dev/null
-    local g z a t
+    local g z a i t
     g=$(mean_ms "$dir/kiln-gzip.json")
     z=$(mean_ms "$dir/kiln-zstd.json")
     a=$(mean_ms "$dir/again.json")
+    i=$(mean_ms "$dir/intact.json")
     t=$(mean_ms "$dir/peer.json")
     {
         echo "## OCI image export of a 1 GiB, 10,000-file stage"
@@ -237,7 +240,8 @@ EOF
         echo "| tar c, pigz, sha256sum of the same files | $t ms | 1.00× |"
         echo "| kiln, gzip layer | $g ms | $(python3 -c "print(f'{$g/$t:.2f}×')") |"
         echo "| kiln, zstd layer | $z ms | $(python3 -c "print(f'{$z/$t:.2f}×')") |"
-        echo "| kiln, the same export again (layer cached) | $a ms | $(python3 -c "print(f'{$g/$a:.0f}× faster than the first')") |"
+        echo "| kiln, the same image to a new destination (layer cached, 1 GiB written) | $a ms | $(python3 -c "print(f'{$g/$a:.0f}× faster than the first')") |"
+        echo "| kiln, the same export again, destination intact | $i ms | $(python3 -c "print(f'{$g/$i:.0f}× faster than the first')") |"
         echo
     } >>"$out"
 }

@@ -12,6 +12,7 @@
 
 pub mod load;
 pub mod pins;
+pub mod provenance;
 
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
@@ -319,6 +320,30 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
                     errors.push(d);
                     continue;
                 }
+                if e.provenance {
+                    let statement = provenance::path_for(&e.dest);
+                    let refused = match dest::check(&statement, &protected) {
+                        Err(d) => Some(d),
+                        Ok(at) if !provenance::replaceable(&at) => Some(
+                            Diagnostic::user(
+                                "kiln::export::exists",
+                                format!(
+                                    "`{}` holds something kiln did not write; the export's provenance would replace it",
+                                    statement.display()
+                                ),
+                            )
+                            .with_help("move it away, or export somewhere else"),
+                        ),
+                        Ok(_) => None,
+                    };
+                    if let Some(mut d) = refused {
+                        if let Some(span) = e.span {
+                            d = d.with_label(span, "this export");
+                        }
+                        errors.push(d);
+                        continue;
+                    }
+                }
                 if planned
                     .iter()
                     .any(|p: &PlannedExport| p.resolved == resolved)
@@ -393,6 +418,7 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
             when: When::Success,
             tag: Some(crate::store::oci::normalize_tag(t)),
             compression: Default::default(),
+            provenance: false,
             span: None,
         });
     }
@@ -430,6 +456,7 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
                 when: When::Success,
                 tag: o.tag.clone(),
                 compression: o.compression,
+                provenance: false,
                 span: None,
             })
             .collect();
@@ -559,6 +586,7 @@ pub fn run(
             settings: &settings,
             progress,
             images: &images,
+            sources,
         };
         match phase.write(&exports, ok) {
             Ok(export_failures) => {
@@ -664,9 +692,41 @@ struct ExportPhase<'a> {
     settings: &'a Settings,
     progress: &'a Progress<'a>,
     images: &'a ImageSet,
+    sources: &'a Sources,
 }
 
 impl ExportPhase<'_> {
+    /// Write the statement of an export just put in place.
+    fn write_provenance(&self, p: &PlannedExport) -> Result<(), Diagnostic> {
+        let e = &p.export;
+        let Some(StageOutcome::Built(state)) = self.outcome.stages.get(&e.stage) else {
+            return Ok(());
+        };
+        let subject = provenance::subject(e, &p.resolved, &state.tree.hex())?;
+        let statement = provenance::statement(
+            self.graph,
+            e,
+            &subject,
+            &self.outcome.records,
+            self.sources,
+            self.settings.epoch,
+        );
+        let path = provenance::path_for(&p.resolved);
+        let bytes = serde_json::to_vec_pretty(&statement)
+            .map_err(|e| Diagnostic::internal(format!("provenance: {e}")))?;
+        // A no-op build writes nothing.
+        if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|err| {
+                let _ = std::fs::remove_file(&tmp);
+                Diagnostic::io("cannot write the provenance", &path, &err)
+            })
+    }
+
     /// Make the image and name it in the local image store.
     fn tag(
         &self,
@@ -878,12 +938,19 @@ impl ExportPhase<'_> {
                 image: image.as_ref(),
             };
             match export::stage(store, &job) {
-                Ok(export::Prepared::Intact) => progress.emit(Event::ExportWritten {
-                    stage: stage.clone(),
-                    dest: shown,
-                    format: e.format.name().into(),
-                    unchanged: true,
-                }),
+                Ok(export::Prepared::Intact) => {
+                    progress.emit(Event::ExportWritten {
+                        stage: stage.clone(),
+                        dest: shown,
+                        format: e.format.name().into(),
+                        unchanged: true,
+                    });
+                    if e.provenance
+                        && let Err(d) = self.write_provenance(p)
+                    {
+                        failures.push(d);
+                    }
+                }
                 Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
                 Err(export::Failed::Damaged(d)) => damage.push(d),
                 Err(export::Failed::Error(mut d)) => {
@@ -923,12 +990,19 @@ impl ExportPhase<'_> {
                 continue;
             }
             match s.commit(store) {
-                Ok(()) => progress.emit(Event::ExportWritten {
-                    stage: stage.clone(),
-                    dest: e.dest.display().to_string(),
-                    format: e.format.name().into(),
-                    unchanged: false,
-                }),
+                Ok(()) => {
+                    progress.emit(Event::ExportWritten {
+                        stage: stage.clone(),
+                        dest: e.dest.display().to_string(),
+                        format: e.format.name().into(),
+                        unchanged: false,
+                    });
+                    if e.provenance
+                        && let Err(d) = self.write_provenance(p)
+                    {
+                        failures.push(d);
+                    }
+                }
                 Err(d) => failures.push(d),
             }
         }

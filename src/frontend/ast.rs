@@ -244,6 +244,8 @@ pub struct ExportDecl {
     pub when: Option<Str>,
     pub tag: Option<Str>,
     pub compression: Option<Str>,
+    /// `provenance=#true`: an in-toto statement beside the export.
+    pub provenance: bool,
     /// Directory of the file that declared it; `to` is relative to it.
     pub dir: PathBuf,
 }

@@ -280,6 +280,8 @@ pub struct Export {
     pub tag: Option<String>,
     /// An image's own layer's compression.
     pub compression: Compression,
+    /// Write an in-toto provenance statement beside the export.
+    pub provenance: bool,
     /// The export entry in the spec; `None` for `-o` on the command line.
     pub span: Option<Span>,
 }

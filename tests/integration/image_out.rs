@@ -573,3 +573,59 @@ fn verify_rebuilds_from_nothing_and_names_the_step_that_is_not_reproducible() {
     );
     assert!(r.stderr.contains("not reproducible"), "{}", r.stderr);
 }
+
+#[test]
+fn provenance_names_every_material_with_its_digest() {
+    let p = Project::new();
+    p.file("src/main.c", "int main(void) { return 0; }\n");
+    p.spec(
+        "kiln 1\narg VERSION default=\"1.0\"\nstage app {\n    copy \"src/main.c\" \"/src/\"\n    write \"/version\" \"${VERSION}\"\n}\nexport {\n    app to=\"app.tar\" format=\"oci-archive\" provenance=#true\n    app to=\"tree\" provenance=#true\n}\n",
+    );
+    p.build(&[]).ok();
+    let statement: serde_json::Value =
+        serde_json::from_str(&p.read("app.tar.provenance.json")).unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    // The subject is the archive, by the sha256 of its bytes.
+    let tar = std::fs::read(p.path().join("app.tar")).unwrap();
+    let sum = {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(&tar);
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(statement["subject"][0]["name"], "app.tar");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], sum.as_str());
+    let def = &statement["predicate"]["buildDefinition"];
+    assert_eq!(def["externalParameters"]["args"]["VERSION"], "1.0");
+    let deps = def["resolvedDependencies"].as_array().unwrap();
+    let uris: Vec<&str> = deps.iter().map(|d| d["uri"].as_str().unwrap()).collect();
+    assert!(uris.contains(&"context:src/main.c"), "{uris:?}");
+    assert!(uris.contains(&"file:kiln.kdl"), "{uris:?}");
+    let main = deps
+        .iter()
+        .find(|d| d["uri"] == "context:src/main.c")
+        .unwrap();
+    assert_eq!(
+        main["digest"]["blake3"],
+        blake3::hash(b"int main(void) { return 0; }\n")
+            .to_hex()
+            .as_str()
+    );
+    assert!(p.exists("tree.provenance.json"));
+    // A no-op build leaves it alone; a file kiln did not write is refused.
+    let before = std::fs::metadata(p.path().join("app.tar.provenance.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    p.build(&[]).ok();
+    let after = std::fs::metadata(p.path().join("app.tar.provenance.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after);
+    std::fs::write(p.path().join("tree.provenance.json"), "mine").unwrap();
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(r.stderr.contains("did not write"), "{}", r.stderr);
+    assert_eq!(p.read("tree.provenance.json"), "mine");
+}

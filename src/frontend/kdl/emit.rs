@@ -84,6 +84,9 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
                     let _ = write!(out, " {k}={}", string(&v.value, INDENT));
                 }
             }
+            if e.provenance {
+                out.push_str(" provenance=#true");
+            }
             out.push('\n');
         }
         out.push_str("}\n");

@@ -539,7 +539,15 @@ impl Loader<'_> {
             let c = Node::new(child, n.source, self.sources);
             c.arity(0, Some(0), usage, &mut self.diags);
             c.allow_props(
-                &["to", "image", "format", "when", "tag", "compression"],
+                &[
+                    "to",
+                    "image",
+                    "format",
+                    "when",
+                    "tag",
+                    "compression",
+                    "provenance",
+                ],
                 &mut self.diags,
             );
             c.no_children(&mut self.diags);
@@ -576,6 +584,7 @@ impl Loader<'_> {
                 when: c.str_prop("when", &mut self.diags),
                 tag: c.str_prop("tag", &mut self.diags),
                 compression: c.str_prop("compression", &mut self.diags),
+                provenance: c.bool_prop("provenance", &mut self.diags).unwrap_or(false),
                 dir: dir.to_path_buf(),
             });
         }

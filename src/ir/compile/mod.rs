@@ -597,6 +597,7 @@ impl Compiler<'_> {
                     when,
                     tag,
                     compression,
+                    provenance: e.provenance,
                     span: Some(e.span),
                 });
             }
@@ -675,10 +676,22 @@ impl Compiler<'_> {
                 }
             }
         };
+        if e.provenance {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::export-image",
+                    "`provenance=` applies to exports to files; a pushed image gets none yet",
+                )
+                .with_label(e.span, "a push")
+                .with_help("export the stage to a file too (`to=`), with `provenance=#true`"),
+            );
+            return None;
+        }
         Some(Export {
             stage: stage?,
             dest: PathBuf::new(),
             format: ExportFormat::Push,
+            provenance: false,
             when,
             tag: Some(reference),
             compression,
