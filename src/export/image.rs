@@ -452,8 +452,84 @@ fn hashing<W>(inner: W) -> Hashing<W> {
     }
 }
 
+/// gzip on every core: the stream is cut into chunks of a fixed size,
+/// each compressed on its own (in parallel) into a gzip member, written
+/// in order. A gzip file may hold several members (RFC 1952); Docker,
+/// containerd, umoci and kiln read them as one stream. The bytes depend
+/// on the data alone, not on the number of cores.
+struct ParallelGzip<W: Write> {
+    inner: W,
+    chunk: Vec<u8>,
+    full: Vec<Vec<u8>>,
+}
+
+const GZIP_CHUNK: usize = 4 << 20;
+
+impl<W: Write> ParallelGzip<W> {
+    fn new(inner: W) -> ParallelGzip<W> {
+        ParallelGzip {
+            inner,
+            chunk: Vec::with_capacity(GZIP_CHUNK),
+            full: Vec::new(),
+        }
+    }
+
+    /// Compress the full chunks (in parallel) and write them out.
+    fn drain(&mut self) -> io::Result<()> {
+        use rayon::prelude::*;
+        let members: Vec<io::Result<Vec<u8>>> = self
+            .full
+            .par_iter()
+            .map(|data| {
+                let mut e = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(
+                        Vec::with_capacity(data.len() / 2),
+                        flate2::Compression::default(),
+                    );
+                e.write_all(data)?;
+                e.finish()
+            })
+            .collect();
+        self.full.clear();
+        for m in members {
+            self.inner.write_all(&m?)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.chunk.is_empty() || self.full.is_empty() {
+            let last = std::mem::take(&mut self.chunk);
+            self.full.push(last);
+        }
+        self.drain()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(GZIP_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == GZIP_CHUNK {
+            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(GZIP_CHUNK));
+            self.full.push(full);
+            // Enough to keep every core busy.
+            if self.full.len() >= 2 * rayon::current_num_threads().max(1) {
+                self.drain()?;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 enum Compressor<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::Encoder<'static, W>),
     None(W),
 }
@@ -479,12 +555,7 @@ impl<W: Write> Compressor<W> {
     fn new(c: Compression, w: W) -> io::Result<Compressor<W>> {
         Ok(match c {
             // No time, no name, fixed level: the same bytes every time.
-            Compression::Gzip => Compressor::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(w, flate2::Compression::default()),
-            ),
+            Compression::Gzip => Compressor::Gzip(ParallelGzip::new(w)),
             Compression::Zstd => Compressor::Zstd(zstd::Encoder::new(w, 3)?),
             Compression::None => Compressor::None(w),
         })
@@ -792,6 +863,35 @@ pub fn write_archive(
 mod tests {
     use super::*;
     use crate::model::tree::Entry;
+
+    #[test]
+    fn parallel_gzip_is_one_stream_to_a_reader_and_the_same_bytes_every_time() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..(GZIP_CHUNK * 5 + 123))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let write = |data: &[u8]| {
+            let mut w = ParallelGzip::new(Vec::new());
+            for part in data.chunks(100_000) {
+                w.write_all(part).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let gz = write(&data);
+        assert_eq!(gz, write(&data));
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
+        // An empty stream is still a gzip file.
+        let empty = write(&[]);
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&empty[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back.is_empty());
+    }
 
     #[test]
     fn times_are_rfc3339() {
