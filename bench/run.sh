@@ -12,7 +12,8 @@
 #    and warm (nothing changed).
 # 3. Peak memory of a cold and a no-op build at 1000 stages.
 #
-# Results go to bench/results/*.md; bench/RESULTS.md is the summary.
+# Results go to bench/results/*.md (this run's tables: results/run.md);
+# bench/RESULTS.md is the summary, kept by hand from them.
 # Cold runs start after `sync`, so neither tool pays for the previous
 # run's deleted files being written back (seconds on this disk).
 set -euo pipefail
@@ -170,7 +171,7 @@ for _ in range(3):
 print(f"{out[0]:.1f} {out[2]:.1f}")
 PY
 )
-python3 - "$hjson" "$size" "$mem" "$summary" "$xjson" >"$root/bench/RESULTS.md" <<'PY'
+python3 - "$hjson" "$size" "$mem" "$summary" "$xjson" >"$root/bench/results/run.md" <<'PY'
 import json, sys, datetime
 r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
 xr = {x["command"]: x["mean"] for x in json.load(open(sys.argv[5]))["results"]}
@@ -224,4 +225,4 @@ print("""
   every later edge; kiln reruns the changed stage and the next one, whose
   result is then the same as before, so the rest stay cached.""")
 PY
-cat "$root/bench/RESULTS.md"
+cat "$root/bench/results/run.md"
