@@ -327,6 +327,7 @@ fn pin_gits(
             continue;
         }
         if *mode == LockMode::Locked {
+            let url = crate::git::without_credentials(url);
             errors.push(
                 Diagnostic::user(
                     "kiln::git::unlocked",
@@ -340,7 +341,7 @@ fn pin_gits(
         let fetched = crate::git::Repo::open(&root, url).and_then(|repo| {
             repo.fetch(&std::sync::atomic::AtomicBool::new(false))?;
             repo.resolve(reference).ok_or(crate::git::GitError::NoRef {
-                url: url.clone(),
+                url: crate::git::without_credentials(url),
                 reference: reference.clone(),
             })
         });
@@ -365,6 +366,7 @@ fn pin_gits(
         };
         let before = lock.gits.insert(key.clone(), commit.clone());
         *changed = true;
+        let url = &crate::git::without_credentials(url);
         progress.emit(Event::Notice {
             message: match before {
                 Some(old) if old != commit => format!("`{url}` at `{reference}` is pinned again: {commit} (was {old}), in the lock file"),

@@ -71,7 +71,7 @@ impl Repo {
     /// if need be.
     pub fn open(root: &Path, url: &str) -> Result<Repo, GitError> {
         let local = |e: &dyn std::fmt::Display| GitError::Local {
-            url: url.to_string(),
+            url: without_credentials(url),
             why: e.to_string(),
         };
         let dir = &dir_for(root, url);
@@ -112,7 +112,7 @@ impl Repo {
     /// Fetch every branch and tag, and `HEAD` (as `refs/kiln/HEAD`).
     pub fn fetch(&self, cancel: &AtomicBool) -> Result<(), GitError> {
         let fail = |e: &dyn std::error::Error| GitError::Fetch {
-            url: self.url.clone(),
+            url: without_credentials(&self.url),
             why: chain(e),
         };
         self.lock.lock().map_err(|e| fail(&e))?;
@@ -187,7 +187,7 @@ impl Repo {
 
     fn commit(&self, commit: &str) -> Result<gix::Commit<'_>, GitError> {
         let missing = || GitError::NoCommit {
-            url: self.url.clone(),
+            url: without_credentials(&self.url),
             commit: commit.to_string(),
         };
         let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|_| missing())?;
@@ -201,7 +201,7 @@ impl Repo {
         subdir: Option<&str>,
     ) -> Result<Vec<(String, Item)>, GitError> {
         let local = |e: &dyn std::fmt::Display| GitError::Local {
-            url: self.url.clone(),
+            url: without_credentials(&self.url),
             why: e.to_string(),
         };
         let mut tree = self.commit(commit)?.tree().map_err(|e| local(&e))?;
@@ -263,7 +263,7 @@ impl Repo {
     /// The commit and every tree and blob it reaches.
     fn objects(&self, commit: &str) -> Result<Vec<Object>, GitError> {
         let local = |e: &dyn std::fmt::Display| GitError::Local {
-            url: self.url.clone(),
+            url: without_credentials(&self.url),
             why: e.to_string(),
         };
         let c = self.commit(commit)?;
@@ -309,7 +309,7 @@ impl Repo {
     ) -> Result<Vec<(String, DotGitItem)>, GitError> {
         use std::io::Write;
         let local = |e: &dyn std::fmt::Display| GitError::Local {
-            url: self.url.clone(),
+            url: without_credentials(&self.url),
             why: e.to_string(),
         };
         let mut out: Vec<(String, DotGitItem)> = Vec::new();
@@ -320,7 +320,7 @@ impl Repo {
             "config",
             format!(
                 "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n[remote \"origin\"]\n\turl = {}\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n",
-                self.url
+                without_credentials(&self.url)
             )
             .into_bytes(),
         );
@@ -372,6 +372,27 @@ impl Repo {
     }
 }
 
+/// A URL without the user and password it may carry
+/// (`https://user:token@host/r.git` → `https://host/r.git`), for what
+/// goes into a tree: a credential in the spec must not ship in an image.
+pub fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    // Over HTTP the user part is often a token; over ssh it is the login
+    // (`git@`), which is no secret unless a password follows it.
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if http || rest[..at].contains(':') {
+        format!("{scheme}://{}", &rest[at + 1..])
+    } else {
+        url.to_string()
+    }
+}
+
 /// An error with its causes, as one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -390,6 +411,34 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_stay_out_of_trees() {
+        assert_eq!(
+            without_credentials("https://bot:s3cret@example.com/o/r.git"),
+            "https://example.com/o/r.git"
+        );
+        assert_eq!(
+            without_credentials("https://example.com/o/r.git"),
+            "https://example.com/o/r.git"
+        );
+        assert_eq!(
+            without_credentials("git@github.com:o/r.git"),
+            "git@github.com:o/r.git"
+        );
+        assert_eq!(
+            without_credentials("ssh://git@example.com/o/r.git"),
+            "ssh://git@example.com/o/r.git"
+        );
+        assert_eq!(
+            without_credentials("ssh://git:pw@example.com/o/r.git"),
+            "ssh://example.com/o/r.git"
+        );
+        assert_eq!(
+            without_credentials("https://TOKEN@example.com/o/r.git"),
+            "https://example.com/o/r.git"
+        );
+    }
 
     #[test]
     fn commit_ids() {

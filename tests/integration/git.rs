@@ -382,3 +382,23 @@ fn dockerfile_add_of_a_git_source() {
     assert_eq!(p.read("out/docs/guide.txt"), "read me\n");
     assert!(p.read("Dockerfile.lock").contains(&remote.head()));
 }
+
+#[test]
+fn credentials_in_a_git_url_stay_out_of_kiln_s_messages() {
+    let remote = Remote::new();
+    let with_creds = remote.url.replace("http://", "http://bot:s3cret@");
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    git \"{with_creds}\" \"/src\" ref=\"main\"\n}}\n"
+    ));
+    // gix will not send a password over plain HTTP; the error names the
+    // repository without it (only the quoted spec line shows it).
+    let r = p.kiln(&["build", "--progress", "plain"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(&format!("cannot fetch `{}`", remote.url)),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("s3cret").count(), 1, "{}", r.stderr);
+}

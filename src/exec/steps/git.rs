@@ -84,7 +84,10 @@ impl StepKind for Git {
         let repo = Repo::open(&root, &self.url).map_err(failed)?;
         if !repo.has(&commit) {
             cx.env.progress.emit(Event::Notice {
-                message: format!("fetching {} for the commit {commit}", self.url),
+                message: format!(
+                    "fetching {} for the commit {commit}",
+                    git::without_credentials(&self.url)
+                ),
             });
             repo.fetch(&AtomicBool::new(false)).map_err(failed)?;
         }
@@ -144,7 +147,7 @@ impl StepKind for Git {
             cx.env.progress.emit(Event::Notice {
                 message: format!(
                     "{}: the submodules {} are left empty; fetch each with a `git` step of its own",
-                    self.url,
+                    git::without_credentials(&self.url),
                     submodules.join(", ")
                 ),
             });
