@@ -539,7 +539,19 @@ pub fn run(
         jobs = MAX_JOBS;
     }
     let mut exclude = vec![state_dir.clone()];
-    exclude.extend(exports.iter().map(|e| e.resolved.clone()));
+    exclude.extend(
+        exports
+            .iter()
+            .filter(|e| !e.resolved.as_os_str().is_empty())
+            .map(|e| e.resolved.clone()),
+    );
+    // Provenance statements beside exports are outputs too.
+    exclude.extend(
+        exports
+            .iter()
+            .filter(|e| e.export.provenance)
+            .map(|e| provenance::path_for(&e.resolved)),
+    );
     let settings = Settings {
         epoch: req.epoch,
         set_owner: rustix::process::geteuid().is_root(),
@@ -560,6 +572,10 @@ pub fn run(
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
+    let spec_name = std::path::absolute(&spec_path)
+        .unwrap_or(spec_path.clone())
+        .display()
+        .to_string();
     let (outcome, failures) = loop {
         let executor = Executor::new(Setup {
             graph,
@@ -587,6 +603,7 @@ pub fn run(
             progress,
             images: &images,
             sources,
+            spec_name: &spec_name,
         };
         match phase.write(&exports, ok) {
             Ok(export_failures) => {
@@ -618,10 +635,6 @@ pub fn run(
         }
         notices.push(d);
     }
-    let spec_name = std::path::absolute(&spec_path)
-        .unwrap_or(spec_path.clone())
-        .display()
-        .to_string();
     let mut used: Vec<StepKey> = outcome
         .records
         .iter()
@@ -693,6 +706,8 @@ struct ExportPhase<'a> {
     progress: &'a Progress<'a>,
     images: &'a ImageSet,
     sources: &'a Sources,
+    /// The spec as the build records name it.
+    spec_name: &'a str,
 }
 
 impl ExportPhase<'_> {
@@ -703,11 +718,14 @@ impl ExportPhase<'_> {
             return Ok(());
         };
         let subject = provenance::subject(e, &p.resolved, &state.tree.hex())?;
+        // A build answered from the memo keeps its steps without their
+        // inputs: they come from the records of the run that made them.
+        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
         let statement = provenance::statement(
             self.graph,
             e,
             &subject,
-            &self.outcome.records,
+            &steps,
             self.sources,
             self.settings.epoch,
         );

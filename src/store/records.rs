@@ -108,6 +108,29 @@ fn write<T: Serialize>(store: &Store, name: &str, value: &T) -> std::io::Result<
     super::checked::write(&store.layout().record(name), MAGIC, &bytes)
 }
 
+/// `records` with their inputs: those that lack them (a build answered
+/// from the memo keeps none) get them from the last run of the same step
+/// under the same key, if there is one.
+pub fn with_inputs(store: &Store, spec: &str, records: &[StepRecord]) -> Vec<StepRecord> {
+    if records.iter().all(|r| !r.inputs.is_empty()) {
+        return records.to_vec();
+    }
+    let history: BTreeMap<String, StepRecord> = read(store, "steps.json");
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.inputs.is_empty()
+                && let Some(h) = history.get(&step_id(spec, &r.stage, r.step))
+                && h.key == r.key
+            {
+                r.inputs = h.inputs.clone();
+            }
+            r
+        })
+        .collect()
+}
+
 fn step_id(spec: &str, stage: &str, step: usize) -> String {
     format!("{spec}\u{1f}{stage}\u{1f}{step}")
 }

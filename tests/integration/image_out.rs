@@ -629,3 +629,23 @@ fn provenance_names_every_material_with_its_digest() {
     assert!(r.stderr.contains("did not write"), "{}", r.stderr);
     assert_eq!(p.read("tree.provenance.json"), "mine");
 }
+
+#[test]
+fn provenance_written_by_a_build_answered_from_the_memo_has_every_material() {
+    let p = Project::new();
+    p.file("src/main.c", "int main(void) { return 1; }\n");
+    p.spec("kiln 1\nstage app {\n    copy \"src/main.c\" \"/src/\"\n}\nexport {\n    app to=\"tree\" provenance=#true\n}\n");
+    p.build(&[]).ok();
+    let first = p.read("tree.provenance.json");
+    // Old enough for their stat to vouch for them: the next build is
+    // answered from the memo, whose steps keep no inputs.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    p.build(&[]).ok();
+    std::fs::remove_file(p.path().join("tree.provenance.json")).unwrap();
+    let r = p.build(&[]);
+    r.ok();
+    let finished = r.events_of("build_finished");
+    assert_eq!(finished[0]["unchanged"], true, "{}", r.stderr);
+    assert_eq!(p.read("tree.provenance.json"), first);
+    assert!(first.contains("context:src/main.c"), "{first}");
+}
