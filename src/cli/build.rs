@@ -53,6 +53,42 @@ pub struct BuildArgs {
     /// An SSH agent for `type=ssh` mounts: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (repeatable)
     #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
     pub ssh: Vec<String>,
+    /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
+    #[arg(long, hide = true)]
+    pub load: bool,
+    /// Docker's `--network`: refused (kiln sets the network per `run` step); see the message
+    #[arg(long, hide = true, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Docker's `--iidfile`: refused (name the image with `-t`); see the message
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+}
+
+/// Docker flags kiln takes the words of but not the meaning: each refused
+/// with what to write instead.
+fn docker_flags(args: &BuildArgs) -> Result<(), Diagnostic> {
+    if args.load {
+        return Err(Diagnostic::user(
+            "kiln::cli::docker-flag",
+            "`--load` loads into a Docker daemon, and kiln does not talk to one",
+        )
+        .with_help("write a `docker load` archive with `-o type=docker,dest=image.tar,name=NAME:TAG` and run `docker load -i image.tar`, or keep the image in kiln's own store with `-t NAME`"));
+    }
+    if let Some(n) = &args.network {
+        return Err(Diagnostic::user(
+            "kiln::cli::docker-flag",
+            format!("`--network {n}` sets the network of every RUN; kiln sets it per step"),
+        )
+        .with_help("write `network=\"host\"` on a spec's `run` (the default is none), or `RUN --network=host` in the Dockerfile (Docker's default, network on, is kept for imported RUNs)"));
+    }
+    if let Some(f) = &args.iidfile {
+        return Err(Diagnostic::user(
+            "kiln::cli::docker-flag",
+            format!("`--iidfile {}` writes the ID of an image docker keeps; kiln names images instead", f.display()),
+        )
+        .with_help("use `-t NAME` (`kiln images` shows its digest), or export the image (`-o type=oci,dest=image.tar`) and read its digest from `image_tagged`/`export_written` events with `--progress json`"));
+    }
+    Ok(())
 }
 
 /// `--secret id=NAME,src=FILE` (or `env=VAR`, Docker's forms) read now.
@@ -179,6 +215,7 @@ pub(super) fn fixed_umask() {
 
 pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     fixed_umask();
+    docker_flags(args)?;
     let req = request(args)?;
     let plan = build::plan(&req, sources)?;
     let reporter = progress::reporter(args.progress);

@@ -195,6 +195,8 @@ pub enum Mode {
     Auto,
     Tty,
     Plain,
+    /// One JSON object per event (`rawjson`, BuildKit's name, is the same).
+    #[value(alias = "rawjson")]
     Json,
 }
 

@@ -239,3 +239,31 @@ fn an_unusable_state_dir_is_an_environment_error() {
         r.stderr
     );
 }
+
+#[test]
+fn docker_build_flags_are_taken_or_refused_with_a_reason() {
+    let p = Project::new();
+    p.spec(SPEC);
+    // `-t` names an image, as in `docker build -t`.
+    let r = p.kiln(&["build", "-t", "myimage", "--progress=rawjson"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("\"event\":\"image_tagged\""),
+        "{}",
+        r.stderr
+    );
+    assert!(p.kiln(&["images"]).stdout.contains("myimage:latest"));
+    for (flag, says) in [
+        (vec!["--load"], "docker load"),
+        (vec!["--network", "host"], "per step"),
+        (vec!["--iidfile", "id.txt"], "-t NAME"),
+    ] {
+        let mut args = vec!["build"];
+        args.extend(flag.iter().copied());
+        let r = p.kiln(&args);
+        r.code(2);
+        assert!(r.stderr.contains(says), "{flag:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("unexpected argument"), "{}", r.stderr);
+    }
+    assert!(!p.exists("id.txt"));
+}
