@@ -99,6 +99,15 @@ impl Output {
             )
             .with_help("name a directory, e.g. `-o dist`"));
         }
+        if s == "-" {
+            // As `docker build -o -`: a tar on standard output.
+            return Ok(Output {
+                format: ExportFormat::Tar,
+                dest: PathBuf::from("-"),
+                tag: None,
+                compression: Default::default(),
+            });
+        }
         if !s.contains('=') {
             return Ok(Output {
                 format: ExportFormat::Dir,
@@ -300,7 +309,7 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let mut planned = Vec::new();
     let mut errors = Vec::new();
     for e in exports {
-        if matches!(e.format, ExportFormat::Push | ExportFormat::Tagged) {
+        if matches!(e.format, ExportFormat::Push | ExportFormat::Tagged) || is_stdout(&e) {
             // A registry, not a path: nothing on this machine to protect.
             planned.push(PlannedExport {
                 resolved: PathBuf::new(),
@@ -472,6 +481,11 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
         return Ok((roots, graph.exports.clone()));
     }
     Ok((vec![default()?], Vec::new()))
+}
+
+/// `-o -` (or `dest=-`): a tar on standard output.
+pub fn is_stdout(e: &Export) -> bool {
+    e.dest.as_os_str() == "-" && e.format == ExportFormat::Tar && e.span.is_none()
 }
 
 /// Whether a diagnostic reports damage in the store, which a rebuild
@@ -882,6 +896,7 @@ impl ExportPhase<'_> {
         // Pushes go last, once the files are in place: a push cannot be
         // taken back.
         let mut pushes = Vec::new();
+        let mut stdout = Vec::new();
         for p in exports {
             let e = &p.export;
             let stage = &graph.stage(e.stage).name;
@@ -939,6 +954,10 @@ impl ExportPhase<'_> {
             } else {
                 None
             };
+            if is_stdout(e) {
+                stdout.push((p, tree));
+                continue;
+            }
             if matches!(e.format, ExportFormat::Push | ExportFormat::Tagged) {
                 if let Some(spec) = image {
                     pushes.push((p, tree, state.tree, spec));
@@ -1022,6 +1041,41 @@ impl ExportPhase<'_> {
                     }
                 }
                 Err(d) => failures.push(d),
+            }
+        }
+        for (p, tree) in stdout {
+            let e = &p.export;
+            let stage = &graph.stage(e.stage).name;
+            if !(staged_ok && failures.is_empty()) {
+                progress.emit(Event::ExportSkipped {
+                    stage: stage.clone(),
+                    dest: "-".into(),
+                    because: "the build failed".into(),
+                });
+                continue;
+            }
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = export::tar_to(store, &tree, out, settings).and_then(|mut w| {
+                std::io::Write::flush(&mut w).map_err(|err| {
+                    Failed::Error(Diagnostic::io(
+                        "cannot write",
+                        std::path::Path::new("standard output"),
+                        &err,
+                    ))
+                })
+            });
+            match written {
+                Ok(()) => progress.emit(Event::ExportWritten {
+                    stage: stage.clone(),
+                    dest: "-".into(),
+                    format: "tar".into(),
+                    unchanged: false,
+                }),
+                Err(Failed::Damaged(d)) => {
+                    damage.push(d);
+                    return Err(damage);
+                }
+                Err(Failed::Error(d)) => failures.push(d),
             }
         }
         for (p, tree, tree_digest, spec) in pushes {

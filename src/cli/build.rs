@@ -260,8 +260,15 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
             code,
         });
     }
-    for (stage, digest) in &report.results {
-        outln!("{stage}\t{}", digest.hex());
+    // With `-o -`, standard output is the tar and nothing else.
+    let tar_on_stdout = req
+        .outputs
+        .iter()
+        .any(|o| o.dest.as_os_str() == "-" && o.format == crate::ir::ExportFormat::Tar);
+    if !tar_on_stdout {
+        for (stage, digest) in &report.results {
+            outln!("{stage}\t{}", digest.hex());
+        }
     }
     Ok(())
 }

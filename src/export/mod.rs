@@ -23,6 +23,16 @@ pub mod dest;
 pub mod image;
 mod tar;
 
+/// Write `tree` as a deterministic tar to `out` (`-o -`: standard output).
+pub fn tar_to<W: io::Write>(
+    store: &Store,
+    tree: &Tree,
+    out: W,
+    settings: &Settings,
+) -> Result<W, Failed> {
+    tar::write_to(store, tree, out, settings, Path::new("-"))
+}
+
 use crate::diag::Diagnostic;
 use crate::fsutil::remove_any;
 use crate::ir::ExportFormat;

@@ -267,3 +267,31 @@ fn docker_build_flags_are_taken_or_refused_with_a_reason() {
     }
     assert!(!p.exists("id.txt"));
 }
+
+#[test]
+fn dash_output_writes_a_tar_to_standard_output() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n    write \"/hello.txt\" \"hi\\n\"\n}\n");
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "-o", "-", "--progress", "plain"])
+        .current_dir(p.path())
+        .env_remove("KILN_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!p.exists("-"), "a directory named `-` was made");
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["hello.txt"]);
+    // The same bytes as a tar export to a file.
+    p.kiln(&["build", "-o", "type=tar,dest=s.tar"]).ok();
+    assert!(std::fs::read(p.path().join("s.tar")).unwrap() == out.stdout);
+}
