@@ -43,7 +43,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     use crate::frontend::dockerfile::lower;
     use crate::frontend::kdl::emit;
     let spec_args = SpecArgs {
-        context: PathBuf::from("."),
+        context: Some(PathBuf::from(".")),
         file: None,
         args: args.args.clone(),
         project_root: None,

@@ -62,9 +62,8 @@ enum Command {
 /// Where the spec and context are.
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
-    /// The build context: the directory `copy` reads from
-    #[arg(default_value = ".")]
-    pub context: PathBuf,
+    /// The build context: the directory `copy` reads from [default: the directory of the `-f` file, else .]
+    pub context: Option<PathBuf>,
     /// The spec file: KDL, or a Dockerfile [default: CONTEXT/kiln.kdl, else CONTEXT/Dockerfile]
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
@@ -77,9 +76,22 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
+    /// The context: as given; else the directory of the spec file named
+    /// with `-f` (as for `kiln.kdl`, so `kiln build -f app/Dockerfile`
+    /// from anywhere reads `app/`); else the working directory.
+    pub fn context(&self) -> PathBuf {
+        if let Some(c) = &self.context {
+            return c.clone();
+        }
+        match self.file.as_deref().and_then(std::path::Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
     pub fn spec_path(&self) -> PathBuf {
         crate::build::load::SpecInput {
-            context: self.context.clone(),
+            context: self.context(),
             file: self.file.clone(),
             ..Default::default()
         }
@@ -88,8 +100,17 @@ impl SpecArgs {
 
     /// The spec input these arguments name.
     pub fn input(&self) -> Result<crate::build::load::SpecInput, Diagnostic> {
+        let context = self.context();
+        // The file system's root is no context: walking it reads /proc.
+        if std::fs::canonicalize(&context).is_ok_and(|c| c == std::path::Path::new("/")) {
+            return Err(Diagnostic::user(
+                "kiln::cli::context",
+                format!("`{}` is the file system's root, which cannot be a build context", context.display()),
+            )
+            .with_help("name the project's directory: `kiln build DIR`, or `-f DIR/kiln.kdl` (its directory is the context)"));
+        }
         Ok(crate::build::load::SpecInput {
-            context: self.context.clone(),
+            context,
             file: self.file.clone(),
             args: self.arg_pairs()?,
             project_root: self.project_root.clone(),

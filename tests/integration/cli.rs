@@ -295,3 +295,34 @@ fn dash_output_writes_a_tar_to_standard_output() {
     p.kiln(&["build", "-o", "type=tar,dest=s.tar"]).ok();
     assert!(std::fs::read(p.path().join("s.tar")).unwrap() == out.stdout);
 }
+
+#[test]
+fn the_context_defaults_to_the_spec_s_directory_and_is_never_the_root() {
+    let p = Project::new();
+    p.file("app/Dockerfile", "FROM scratch\nCOPY hello.txt /\n")
+        .file("app/hello.txt", "from app\n");
+    // From the project's parent directory: the context is `app/`.
+    let out = std::process::Command::new(crate::harness::kiln_bin())
+        .args(["build", "-f"])
+        .arg(p.path().join("app/Dockerfile"))
+        .arg("-o")
+        .arg(p.path().join("out"))
+        .current_dir("/")
+        .env_remove("KILN_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.read("out/hello.txt"), "from app\n");
+    // The file system's root is refused at once, not walked.
+    let r = p.kiln(&["build", "/"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("cannot be a build context"),
+        "{}",
+        r.stderr
+    );
+}

@@ -275,7 +275,8 @@ fn a_dockerfile_s_own_ignore_file_wins_over_the_context_s() {
         .file(".dockerignore", "public.txt\n")
         .file("secret.txt", "s\n")
         .file("public.txt", "p\n");
-    p.kiln(&["build", "-f", "docker/app.Dockerfile", "-o", "out"])
+    // The context given, as `docker build -f docker/app.Dockerfile .`.
+    p.kiln(&["build", "-f", "docker/app.Dockerfile", "-o", "out", "."])
         .ok();
     assert!(!p.exists("out/ctx/secret.txt"));
     assert!(p.exists("out/ctx/public.txt"));
