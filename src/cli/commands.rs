@@ -187,6 +187,13 @@ fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'st
             out.push((src, "copy"));
         }
     }
+    // Every other stage the scheduler waits for is read through a mount
+    // (`wasm … { mount … from=STAGE }`, `run` bind and cache mounts).
+    for d in &s.deps {
+        if !out.iter().any(|(x, _)| x == d) {
+            out.push((*d, "mount"));
+        }
+    }
     out
 }
 
@@ -221,8 +228,12 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                     if s.steps.len() == 1 { "" } else { "s" }
                 ));
                 for (dep, kind) in edges(&graph, *id) {
-                    if kind == "copy" {
-                        out.push_str(&format!("  copies from {}\n", graph.stage(dep).name));
+                    match kind {
+                        "copy" => {
+                            out.push_str(&format!("  copies from {}\n", graph.stage(dep).name))
+                        }
+                        "mount" => out.push_str(&format!("  mounts {}\n", graph.stage(dep).name)),
+                        _ => {}
                     }
                 }
             }
@@ -247,10 +258,10 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
             }
             for id in &ids {
                 for (dep, kind) in edges(&graph, *id) {
-                    let style = if kind == "copy" {
-                        " [style=dashed, label=\"copy\"]"
-                    } else {
-                        ""
+                    let style = match kind {
+                        "copy" => " [style=dashed, label=\"copy\"]",
+                        "mount" => " [style=dotted, label=\"mount\"]",
+                        _ => "",
                     };
                     out.push_str(&format!(
                         "  \"{}\" -> \"{}\"{style};\n",

@@ -326,3 +326,22 @@ fn the_context_defaults_to_the_spec_s_directory_and_is_never_the_root() {
         r.stderr
     );
 }
+
+#[test]
+fn graph_draws_edges_from_mounts() {
+    let p = Project::new();
+    p.spec(
+        "kiln 1\nstage tools {\n    write \"/bin/t\" \"x\"\n}\nstage app {\n    run \"true\" {\n        mount \"type=bind,from=tools,target=/t\"\n    }\n}\n",
+    );
+    let r = p.kiln(&["graph"]);
+    r.ok();
+    assert!(r.stdout.contains("  mounts tools"), "{}", r.stdout);
+    let r = p.kiln(&["graph", "--format", "dot"]);
+    r.ok();
+    assert!(
+        r.stdout
+            .contains("\"tools\" -> \"app\" [style=dotted, label=\"mount\"];"),
+        "{}",
+        r.stdout
+    );
+}
