@@ -506,26 +506,7 @@ impl Compiler<'_> {
                     }
                 },
             };
-            let when = match &e.when {
-                None => Some(When::Success),
-                Some(w) => match w.value.as_str() {
-                    "success" => Some(When::Success),
-                    "always" => Some(When::Always),
-                    other => {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::export-when",
-                                format!("unknown `when` value `{other}`"),
-                            )
-                            .with_label(w.span, "not a condition")
-                            .with_help(
-                                "write `when=\"success\"` (the default) or `when=\"always\"`",
-                            ),
-                        );
-                        None
-                    }
-                },
-            };
+            let when = self.export_when(e);
             let is_image = format.is_some_and(ExportFormat::is_image);
             let tag = match &e.tag {
                 Some(t) if !is_image && format.is_some() => {
@@ -557,7 +538,6 @@ impl Compiler<'_> {
                 None => Some(None),
             };
             let compression = match &e.compression {
-                None => Some(Compression::Gzip),
                 Some(c) if !is_image && format.is_some() => {
                     self.diags.push(
                         Diagnostic::user(
@@ -569,20 +549,7 @@ impl Compiler<'_> {
                     );
                     None
                 }
-                Some(c) => match Compression::parse(&c.value) {
-                    Some(v) => Some(v),
-                    None => {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::export-compression",
-                                format!("unknown compression `{}`", c.value),
-                            )
-                            .with_label(c.span, "not a compression")
-                            .with_help("write `compression=\"gzip\"` (the default), `\"zstd\"` or `\"none\"`"),
-                        );
-                        None
-                    }
-                },
+                _ => self.export_compression(e),
             };
             if let (Some(stage), Some(to), Some(format), Some(when), Some(tag), Some(compression)) =
                 (stage, to, format, when, tag, compression)
@@ -603,6 +570,44 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// An export entry's `when=`.
+    fn export_when(&mut self, e: &ast::ExportDecl) -> Option<When> {
+        match e.when.as_ref().map(|w| (w.value.as_str(), w.span)) {
+            None | Some(("success", _)) => Some(When::Success),
+            Some(("always", _)) => Some(When::Always),
+            Some((other, span)) => {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::export-when",
+                        format!("unknown `when` value `{other}`"),
+                    )
+                    .with_label(span, "not a condition")
+                    .with_help("write `when=\"success\"` (the default) or `when=\"always\"`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An image export's `compression=` (gzip by default).
+    fn export_compression(&mut self, e: &ast::ExportDecl) -> Option<Compression> {
+        let Some(c) = &e.compression else {
+            return Some(Compression::Gzip);
+        };
+        let parsed = Compression::parse(&c.value);
+        if parsed.is_none() {
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::export-compression",
+                    format!("unknown compression `{}`", c.value),
+                )
+                .with_label(c.span, "not a compression")
+                .with_help("write `compression=\"gzip\"` (the default), `\"zstd\"` or `\"none\"`"),
+            );
+        }
+        parsed
     }
 
     /// `STAGE image="REF"`: the stage's image pushed to a registry.
@@ -639,43 +644,8 @@ impl Compiler<'_> {
             );
             return None;
         }
-        let when = match e.when.as_ref().map(|w| w.value.as_str()) {
-            None | Some("success") => When::Success,
-            Some("always") => When::Always,
-            Some(other) => {
-                self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-when",
-                        format!("unknown `when` value `{other}`"),
-                    )
-                    .with_label(
-                        e.when.as_ref().map_or(e.span, |w| w.span),
-                        "not a condition",
-                    )
-                    .with_help("write `when=\"success\"` (the default) or `when=\"always\"`"),
-                );
-                return None;
-            }
-        };
-        let compression = match &e.compression {
-            None => Compression::Gzip,
-            Some(c) => {
-                match Compression::parse(&c.value) {
-                    Some(v) => v,
-                    None => {
-                        self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::export-compression",
-                            format!("unknown compression `{}`", c.value),
-                        )
-                        .with_label(c.span, "not a compression")
-                        .with_help("write `compression=\"gzip\"` (the default), `\"zstd\"` or `\"none\"`"),
-                    );
-                        return None;
-                    }
-                }
-            }
-        };
+        let when = self.export_when(e)?;
+        let compression = self.export_compression(e)?;
         if e.provenance {
             self.diags.push(
                 Diagnostic::user(

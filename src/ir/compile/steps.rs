@@ -417,6 +417,22 @@ impl Compiler<'_> {
         })
     }
 
+    /// A step's `timeout=`: a duration above zero.
+    fn time_limit(&mut self, t: &Str) -> Option<std::time::Duration> {
+        let v = self.subst(t)?;
+        match crate::units::parse_duration(&v) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.diags.push(
+                    Diagnostic::user("kiln::spec::duration", format!("`{v}` is not a time limit"))
+                        .with_label(t.span, "expected a duration above zero")
+                        .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
+                );
+                None
+            }
+        }
+    }
+
     fn healthcheck(
         &mut self,
         h: &ast::HealthcheckDecl,
@@ -524,23 +540,7 @@ impl Compiler<'_> {
         }
         let timeout = match &w.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(t) => {
-                let v = self.subst(t)?;
-                match crate::units::parse_duration(&v) {
-                    Some(d) if !d.is_zero() => d,
-                    _ => {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::duration",
-                                format!("`{v}` is not a time limit"),
-                            )
-                            .with_label(t.span, "expected a duration above zero")
-                            .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
-                        );
-                        return None;
-                    }
-                }
-            }
+            Some(t) => self.time_limit(t)?,
         };
         let memory = match &w.memory {
             None => DEFAULT_MEMORY,
@@ -592,23 +592,7 @@ impl Compiler<'_> {
                 & self.choice(&r.sandbox, &sandbox, &["image", "host"], "sandbox");
         let timeout = match &r.timeout {
             None => None,
-            Some(t) => {
-                let v = self.subst(t)?;
-                match crate::units::parse_duration(&v) {
-                    Some(d) if !d.is_zero() => Some(d),
-                    _ => {
-                        self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::duration",
-                                format!("`{v}` is not a time limit"),
-                            )
-                            .with_label(t.span, "expected a duration above zero")
-                            .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
-                        );
-                        return None;
-                    }
-                }
-            }
+            Some(t) => Some(self.time_limit(t)?),
         };
         let mut mounts = Vec::new();
         let mut ok = true;
