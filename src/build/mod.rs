@@ -863,7 +863,7 @@ impl ExportPhase<'_> {
         });
         Ok(ImageSpec {
             base,
-            config: state.config.clone(),
+            config: (*state.config).clone(),
             os: platform.os.clone(),
             architecture: platform.architecture.clone(),
             variant: platform.variant.clone(),
@@ -871,6 +871,27 @@ impl ExportPhase<'_> {
             compression: e.compression,
             created_by,
         })
+    }
+
+    /// Report an export found intact (and write its provenance beside it).
+    fn unchanged(
+        &self,
+        p: &PlannedExport,
+        stage: &str,
+        shown: String,
+        failures: &mut Vec<Diagnostic>,
+    ) {
+        self.progress.emit(Event::ExportWritten {
+            stage: stage.to_string(),
+            dest: shown,
+            format: p.export.format.name().into(),
+            unchanged: true,
+        });
+        if p.export.provenance
+            && let Err(d) = self.write_provenance(p)
+        {
+            failures.push(d);
+        }
     }
 
     /// Stage every export that is due, then swap them all in (or, when the
@@ -923,6 +944,15 @@ impl ExportPhase<'_> {
                 });
                 continue;
             };
+            // A file export found as recorded, untouched, is done: its
+            // tree need not even be loaded.
+            if !e.format.is_image()
+                && !is_stdout(e)
+                && export::intact(store, &p.resolved, state.tree, settings, e.format)
+            {
+                self.unchanged(p, stage, shown, &mut failures);
+                continue;
+            }
             let tree = match executor.tree(state.tree) {
                 Ok(t) => t,
                 Err(d) if is_damage(&d) => {
@@ -975,19 +1005,7 @@ impl ExportPhase<'_> {
                 image: image.as_ref(),
             };
             match export::stage(store, &job) {
-                Ok(export::Prepared::Intact) => {
-                    progress.emit(Event::ExportWritten {
-                        stage: stage.clone(),
-                        dest: shown,
-                        format: e.format.name().into(),
-                        unchanged: true,
-                    });
-                    if e.provenance
-                        && let Err(d) = self.write_provenance(p)
-                    {
-                        failures.push(d);
-                    }
-                }
+                Ok(export::Prepared::Intact) => self.unchanged(p, stage, shown, &mut failures),
                 Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
                 Err(export::Failed::Damaged(d)) => damage.push(d),
                 Err(export::Failed::Error(mut d)) => {

@@ -1,5 +1,7 @@
-//! Listing a context directory: every entry below the root, on all cores,
-//! without following a single symlink. Each directory is opened relative
+//! Listing a context directory: every entry below the root, on all cores
+//! once the tree fans out (a small context is listed on the calling thread:
+//! starting the thread pool would cost more than the listing), without
+//! following a single symlink. Each directory is opened relative
 //! to its parent's descriptor (`O_NOFOLLOW`) and each entry is stat'ed
 //! relative to its directory, so no path is resolved twice and nothing
 //! outside the root is ever looked at.
@@ -45,7 +47,27 @@ pub fn walk(root: &Path, skip: &Skip<'_>) -> Result<Vec<Listed>, Diagnostic> {
         found: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
     };
-    rayon::scope(|s| list_dir(s, fd, String::new(), &w));
+    // Depth first on this thread while at most a few directories wait;
+    // past that, the waiting ones go to the thread pool, which lists
+    // everything below them in parallel.
+    let mut waiting = vec![(fd, String::new())];
+    while let Some((fd, rel)) = waiting.pop() {
+        let mut found = |sub: OwnedFd, sub_rel: String| waiting.push((sub, sub_rel));
+        if let Err(e) = list_dir_inner(&fd, &rel, &w, &mut found) {
+            w.errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+        }
+        if waiting.len() > SERIAL_FANOUT {
+            break;
+        }
+    }
+    if !waiting.is_empty() {
+        rayon::scope(|s| {
+            for (fd, rel) in waiting {
+                let w = &w;
+                s.spawn(move |s| list_dir(s, fd, rel, w));
+            }
+        });
+    }
     if let Some(e) = w
         .errors
         .into_inner()
@@ -58,17 +80,22 @@ pub fn walk(root: &Path, skip: &Skip<'_>) -> Result<Vec<Listed>, Diagnostic> {
     Ok(w.found.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Directories waiting to be listed beyond which the walk goes parallel.
+const SERIAL_FANOUT: usize = 4;
+
 fn list_dir<'s>(s: &rayon::Scope<'s>, fd: OwnedFd, rel: String, w: &'s Walk<'s>) {
-    if let Err(e) = list_dir_inner(s, &fd, &rel, w) {
+    let mut found = |sub: OwnedFd, sub_rel: String| s.spawn(move |s| list_dir(s, sub, sub_rel, w));
+    if let Err(e) = list_dir_inner(&fd, &rel, w, &mut found) {
         w.errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
     }
 }
 
-fn list_dir_inner<'s>(
-    s: &rayon::Scope<'s>,
+/// List one directory; each subdirectory found, opened, goes to `subdir`.
+fn list_dir_inner(
     fd: &OwnedFd,
     rel: &str,
-    w: &'s Walk<'s>,
+    w: &Walk<'_>,
+    subdir: &mut dyn FnMut(OwnedFd, String),
 ) -> Result<(), Diagnostic> {
     let at = |name: &str| w.context.join(rel).join(name);
     let io = |what: &str, p: &Path, e: rustix::io::Errno| {
@@ -127,8 +154,7 @@ fn list_dir_inner<'s>(
                     Mode::empty(),
                 )
                 .map_err(|e| io("cannot open", &at(name), e))?;
-                let sub_rel = path.clone();
-                s.spawn(move |s| list_dir(s, sub, sub_rel, w));
+                subdir(sub, path.clone());
                 Kind::Dir
             }
             FileType::Symlink => {

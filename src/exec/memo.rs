@@ -11,6 +11,7 @@
 //! clock tick of the build cannot hide. Anything else makes a normal build,
 //! which writes a new memo when it succeeds.
 
+use crate::model::digest::StateDigest;
 use crate::model::state::State;
 use crate::store::records::StepRecord;
 use serde::{Deserialize, Serialize};
@@ -20,15 +21,16 @@ pub struct Memo {
     pub key: [u8; 32],
     /// Each context the build listed: its id and fingerprint.
     pub contexts: Vec<(u32, [u8; 32])>,
-    /// Every stage built, in the order it finished: id and result.
-    pub stages: Vec<(u32, State)>,
+    /// Every stage built, in the order it finished: id, result and the
+    /// result's digest (computed once, when the memo is written).
+    pub stages: Vec<(u32, State, StateDigest)>,
     pub records: Vec<StepRecord>,
 }
 
 const FILE: &str = "memo";
 /// Leads the file; bump when `Memo` changes shape. The file is checksummed:
 /// a damaged memo reads as absent and the build runs normally.
-const MAGIC: &[u8] = b"KILNMEMO3";
+const MAGIC: &[u8] = b"KILNMEMO4";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
     let bytes = crate::store::checked::read(&store.layout().record(FILE), MAGIC)?;

@@ -302,7 +302,7 @@ impl<'a> Executor<'a> {
                 return None;
             }
         }
-        let states: HashMap<u32, &State> = memo.stages.iter().map(|(id, s)| (*id, s)).collect();
+        let states: HashMap<u32, &State> = memo.stages.iter().map(|(id, s, _)| (*id, s)).collect();
         for r in roots {
             if !self.env.content.has_tree(states.get(&r.0)?.tree) {
                 return None;
@@ -311,7 +311,7 @@ impl<'a> Executor<'a> {
         if memo
             .stages
             .iter()
-            .any(|(id, _)| *id as usize >= self.env.graph.stages.len())
+            .any(|(id, _, _)| *id as usize >= self.env.graph.stages.len())
         {
             return None;
         }
@@ -319,7 +319,7 @@ impl<'a> Executor<'a> {
         for r in &memo.records {
             by_stage.entry(r.stage.as_str()).or_default().push(r);
         }
-        for (id, state) in &memo.stages {
+        for (id, _, digest) in &memo.stages {
             let name = &self.env.graph.stage(StageId(*id)).name;
             self.env.progress.emit(Event::StageStarted {
                 stage: name.clone(),
@@ -335,7 +335,7 @@ impl<'a> Executor<'a> {
             }
             self.env.progress.emit(Event::StageFinished {
                 stage: name.clone(),
-                state: state.digest().hex(),
+                state: digest.hex(),
                 cached: true,
                 ms: 0.0,
             });
@@ -345,7 +345,7 @@ impl<'a> Executor<'a> {
             stages: memo
                 .stages
                 .into_iter()
-                .map(|(id, s)| (StageId(id), StageOutcome::Built(s)))
+                .map(|(id, s, _)| (StageId(id), StageOutcome::Built(s)))
                 .collect(),
             failures: Vec::new(),
             records: memo.records,
@@ -378,7 +378,7 @@ impl<'a> Executor<'a> {
         let stages = order
             .iter()
             .filter_map(|id| match outcomes.get(id) {
-                Some(StageOutcome::Built(s)) => Some((id.0, s.clone())),
+                Some(StageOutcome::Built(s)) => Some((id.0, s.clone(), s.digest())),
                 _ => None,
             })
             .collect();

@@ -246,7 +246,7 @@ impl<'a> Runner<'a> {
                 (s, start)
             }
         };
-        let mut config = base.config.clone();
+        let mut config = (*base.config).clone();
         // `onbuild` triggers are for the stage built on this one, which (as
         // a Docker import) runs them as its first steps; they are not passed on.
         if matches!(stage.base, Base::Stage(_)) {
@@ -333,7 +333,7 @@ impl<'a> Runner<'a> {
             return Ok((
                 State {
                     tree: t,
-                    config: cur.config.clone(),
+                    config: Box::new(cur.config.clone()),
                 },
                 tree,
             ));
@@ -342,12 +342,12 @@ impl<'a> Runner<'a> {
         let digest = self.env.content.put_tree(&tree)?;
         let state = State {
             tree: digest,
-            config: cur.config.clone(),
+            config: Box::new(cur.config.clone()),
         };
         if let Some(key) = cur.last {
             let action = Action {
                 tree: Some(digest),
-                config: state.config.clone(),
+                config: (*state.config).clone(),
             };
             self.actions.put(key, &action)?;
         }
@@ -409,7 +409,7 @@ impl<'a> Runner<'a> {
         let tree = self.env.content.put_tree(&Tree::new())?;
         let state = State {
             tree,
-            config: ImageConfig::default(),
+            config: Box::default(),
         };
         Ok(self.empty.get_or_init(|| state).clone())
     }

@@ -227,13 +227,13 @@ impl Staged {
         // The record is written after the swap: a build killed in between
         // leaves an unrecorded export, which only costs a rewrite next time.
         let mut stamps = Vec::with_capacity(self.tree.len() + 1);
-        let root = fs::symlink_metadata(&self.dest).map(|m| Stamp::of(&m));
-        if let Ok(s) = root {
+        let stamper = Stamper::new(&self.dest);
+        if let Some(s) = stamper.stamp("") {
             stamps.push((String::new(), s));
             for p in &self.tree {
-                match fs::symlink_metadata(self.dest.join(p)) {
-                    Ok(m) => stamps.push((p.clone(), Stamp::of(&m))),
-                    Err(_) => {
+                match stamper.stamp(p) {
+                    Some(s) => stamps.push((p.clone(), s)),
+                    None => {
                         stamps.clear();
                         break;
                     }
@@ -275,24 +275,68 @@ fn root_matches(dest: &Path, record: &ExportRecord) -> bool {
     let Some((_, want)) = record.stamps.first() else {
         return false;
     };
-    fs::symlink_metadata(dest).is_ok_and(|m| {
-        let now = Stamp::of(&m);
-        now.dev == want.dev && now.ino == want.ino
-    })
+    Stamper::new(dest)
+        .stamp("")
+        .is_some_and(|now| now.dev == want.dev && now.ino == want.ino)
 }
 
 /// Whether every path recorded still has the stat recorded: nobody
 /// changed, added (a directory's ctime moves) or removed anything since.
 fn stamps_hold(dest: &Path, record: &ExportRecord) -> bool {
+    let stamper = Stamper::new(dest);
     !record.stamps.is_empty()
-        && record.stamps.iter().all(|(p, want)| {
-            let at = if p.is_empty() {
-                dest.to_path_buf()
-            } else {
-                dest.join(p)
-            };
-            fs::symlink_metadata(at).is_ok_and(|m| Stamp::of(&m) == *want)
-        })
+        && record
+            .stamps
+            .iter()
+            .all(|(p, want)| stamper.stamp(p).is_some_and(|now| now == *want))
+}
+
+/// Whether the export at `dest` is the one recorded for this tree and
+/// these settings, untouched since: then it is not written again. (File
+/// exports only: an image's settings name its base, found with the tree.)
+pub fn intact(
+    store: &Store,
+    dest: &Path,
+    tree: crate::model::digest::TreeDigest,
+    settings: &Settings,
+    format: ExportFormat,
+) -> bool {
+    let record = records::load_export(store.layout(), &dest.to_string_lossy());
+    record.is_some_and(|r| {
+        r.tree == tree && r.settings == settings.describe(format) && stamps_hold(dest, &r)
+    })
+}
+
+/// Stats the entries of an export where it lies: relative to the
+/// destination directory's descriptor (no path is walked again for each
+/// of a thousand files), or the destination itself when it is a file.
+/// Symlinks are never followed at the destination.
+struct Stamper<'a> {
+    dest: &'a Path,
+    dir: Option<std::os::fd::OwnedFd>,
+}
+
+impl<'a> Stamper<'a> {
+    fn new(dest: &'a Path) -> Stamper<'a> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Stamper {
+            dest,
+            dir: rustix::fs::open(dest, flags, Mode::empty()).ok(),
+        }
+    }
+
+    /// The stamp of `path` below the destination (`""`: the destination).
+    fn stamp(&self, path: &str) -> Option<Stamp> {
+        use rustix::fs::AtFlags;
+        let st = match (&self.dir, path.is_empty()) {
+            (Some(fd), true) => rustix::fs::fstat(fd),
+            (Some(fd), false) => rustix::fs::statat(fd, path, AtFlags::SYMLINK_NOFOLLOW),
+            (None, true) => rustix::fs::lstat(self.dest),
+            (None, false) => return None,
+        };
+        st.ok().map(|st| Stamp::of_stat(&st))
+    }
 }
 
 /// Put `tmp` at `dest` in one step; whatever was at `dest` is removed after.

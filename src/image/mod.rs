@@ -344,7 +344,7 @@ pub fn cached(u: &Unpack<'_>, digest: &Sha256) -> Option<State> {
     let tree = a.tree?;
     u.content.has_tree(tree).then_some(State {
         tree,
-        config: a.config,
+        config: Box::new(a.config),
     })
 }
 
@@ -420,14 +420,14 @@ pub fn unpack(
     let tree = u.content.put_tree(&tree)?;
     let state = State {
         tree,
-        config: image.config.clone(),
+        config: Box::new(image.config.clone()),
     };
     let key = rootfs_key(&image.digest);
     u.actions.put(
         key,
         &Action {
             tree: Some(tree),
-            config: state.config.clone(),
+            config: (*state.config).clone(),
         },
     )?;
     keys.push(key);

@@ -15,15 +15,18 @@ macro_rules! digest_type {
             }
 
             pub fn hex(&self) -> String {
-                blake3::Hash::from_bytes(self.0).to_hex().to_string()
+                hex(&self.0)
             }
 
             pub fn short(&self) -> String {
                 self.hex()[..12].to_string()
             }
 
+            /// From 64 hex digits (either case).
             pub fn parse(s: &str) -> Option<Self> {
-                blake3::Hash::from_hex(s).ok().map(Self::from_hash)
+                let mut bytes = [0u8; 32];
+                (s.len() == 64 && faster_hex::hex_decode(s.as_bytes(), &mut bytes).is_ok())
+                    .then_some($name(bytes))
             }
         }
 
@@ -140,7 +143,7 @@ pub struct Sized<D> {
 
 /// Lowercase hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    faster_hex::hex_string(bytes)
 }
 
 #[cfg(test)]
@@ -161,6 +164,13 @@ mod tests {
         assert_eq!(bin.len(), 32);
         assert_eq!(postcard::from_bytes::<BlobDigest>(&bin).unwrap(), d);
         assert!(BlobDigest::parse("xyz").is_none());
+        assert_eq!(BlobDigest::parse(&d.hex().to_uppercase()), Some(d));
+        assert!(BlobDigest::parse(&d.hex()[..62]).is_none());
+        assert!(BlobDigest::parse(&format!("{}00", d.hex())).is_none());
+        let mut bad = d.hex();
+        bad.replace_range(10..11, "g");
+        assert!(BlobDigest::parse(&bad).is_none());
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
     }
 
     #[test]

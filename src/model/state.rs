@@ -56,7 +56,7 @@ impl ImageConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub tree: TreeDigest,
-    pub config: ImageConfig,
+    pub config: Box<ImageConfig>,
 }
 
 impl State {
@@ -98,7 +98,7 @@ mod tests {
         let tree = TreeDigest([1; 32]);
         let a = State {
             tree,
-            config: ImageConfig::default(),
+            config: Box::default(),
         };
         let mut b = a.clone();
         b.config.user = Some("app".into());

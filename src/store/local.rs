@@ -214,12 +214,21 @@ impl Store {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
+        let mut lists = used_lists(&self.layout);
+        // The same keys as the newest list (a build that changed nothing):
+        // the ranking gc reads from the lists would not change.
+        if lists.first().is_some_and(|newest| {
+            fs::metadata(newest).is_ok_and(|m| m.len() == bytes.len() as u64)
+                && fs::read(newest).is_ok_and(|b| b == bytes)
+        }) {
+            return Ok(());
+        }
         self.write_atomic(
             &dir.join(format!("{nanos:032}-{}", self.owner.token())),
             &bytes,
             0o644,
         )?;
-        let mut lists = used_lists(&self.layout);
+        lists = used_lists(&self.layout);
         while lists.len() > 32 {
             if let Some(old) = lists.pop() {
                 let _ = fs::remove_file(old);
@@ -502,6 +511,25 @@ mod tests {
     use crate::model::state::ImageConfig;
     use crate::model::tree;
     use crate::store::CopyError;
+
+    #[test]
+    fn a_use_list_equal_to_the_newest_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let (a, b) = (StepKey([1; 32]), StepKey([2; 32]));
+        store.record_use(&[a, b]).unwrap();
+        store.record_use(&[a, b]).unwrap();
+        assert_eq!(used_lists(store.layout()).len(), 1);
+        store.record_use(&[b, a]).unwrap();
+        store.record_use(&[a]).unwrap();
+        store.record_use(&[a, b]).unwrap();
+        let lists = used_lists(store.layout());
+        assert_eq!(lists.len(), 4);
+        assert_eq!(
+            fs::read(&lists[0]).unwrap(),
+            [[1u8; 32], [2u8; 32]].concat()
+        );
+    }
 
     #[test]
     fn blobs_and_trees_round_trip_and_verify() {

@@ -189,6 +189,26 @@ fn a_no_op_build_writes_no_export() {
     assert!(!p.exists("dist/a/x/intruder"));
 }
 
+#[test]
+fn an_export_replaced_by_a_symlink_to_a_copy_is_not_taken_as_intact() {
+    let p = project();
+    p.build(&[]).ok();
+    // The same files, moved aside and linked back: every stamp below the
+    // link would still hold if the link were followed.
+    std::fs::rename(p.path().join("dist/a"), p.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink("../moved", p.path().join("dist/a")).unwrap();
+    let r = p.build(&[]);
+    assert!(
+        r.events_of("export_written")
+            .iter()
+            .all(|e| e["dest"] != "./dist/a" || e["unchanged"] == false),
+        "{}",
+        r.stderr
+    );
+    // Whatever kiln did with the link, what it pointed to is untouched.
+    assert_eq!(p.read("moved/x/a"), "hi\n");
+}
+
 /// Mount a small tmpfs at `dir` (root only); `None` where that cannot be done.
 fn small_disk(dir: &Path) -> Option<SmallDisk> {
     if !rustix::process::geteuid().is_root() {

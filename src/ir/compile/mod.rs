@@ -39,7 +39,7 @@ pub fn compile(
     let contexts = c.contexts(spec, options);
     let plugins = c.plugins(spec);
     let names = c.stage_names(spec);
-    let mut stages = Vec::new();
+    let mut stages = Vec::with_capacity(spec.stages.len());
     let mut source_map = SourceMap::default();
     for (i, decl) in spec.stages.iter().enumerate() {
         let (stage, locs) = c.stage(StageId(i as u32), decl, &names, &contexts, &plugins);
@@ -320,8 +320,8 @@ impl Compiler<'_> {
                 None => Base::Scratch,
             },
         };
-        let mut steps = Vec::new();
-        let mut locs = Vec::new();
+        let mut steps = Vec::with_capacity(decl.steps.len());
+        let mut locs = Vec::with_capacity(decl.steps.len());
         let mut refs = steps::Refs {
             names,
             contexts,
