@@ -11,8 +11,11 @@
 //! killed on timeout, on Ctrl-C, and when kiln dies.
 //!
 //! [`rootfs`] keeps trees on disk as stacked layers; [`upper`] reads back
-//! what a command changed.
+//! what a command changed. Without root, [`copy`] stands in for both: the
+//! tree is written out as a private directory, the command runs as root of
+//! a user namespace of its own, and the changes are found by comparison.
 
+pub mod copy;
 pub mod rootfs;
 pub mod upper;
 
@@ -163,6 +166,9 @@ pub struct Spec {
     /// `(dest, size)` of empty in-memory directories.
     pub tmpfs: Vec<(String, Option<u64>)>,
     pub timeout: Option<Duration>,
+    /// Run as root of a user namespace of the command's own (mapped to the
+    /// user running kiln): how a command runs when kiln is not root.
+    pub userns: bool,
 }
 
 /// Which stream output came from.
@@ -286,6 +292,9 @@ fn command(root: &Path, spec: &Spec) -> Command {
     };
     c.args(["--die-with-parent", "--new-session"]);
     if as_root {
+        if spec.userns {
+            c.args(["--unshare-user", "--uid", "0", "--gid", "0"]);
+        }
         c.args([
             "--unshare-ipc",
             "--unshare-pid",

@@ -151,6 +151,12 @@ impl Rootfs<'_> {
     }
 
     /// Write into `dir` what turns `old` into `new` when stacked on it.
+    /// Write all of `tree` into the empty directory `dir` (a private copy
+    /// for a command run without root, which cannot mount an overlay).
+    pub fn write_whole(&self, dir: &Path, tree: &Tree) -> Result<(), SandboxError> {
+        self.write_diff(dir, &Tree::new(), tree)
+    }
+
     fn write_diff(&self, dir: &Path, old: &Tree, new: &Tree) -> Result<(), SandboxError> {
         let root = nix_root();
         let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();

@@ -669,3 +669,117 @@ export {
     p.build(&["--no-cache"]).ok();
     assert_eq!(p.read("out/built"), "built\n");
 }
+
+/// Give the project to `nobody` and run kiln there as `nobody` (65534),
+/// with a home of its own in the project.
+fn kiln_as_nobody(p: &Project, args: &[&str]) -> crate::harness::Run {
+    fn chown_all(p: &std::path::Path) {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+        if p.symlink_metadata().unwrap().is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                chown_all(&e.unwrap().path());
+            }
+        }
+    }
+    std::fs::create_dir_all(p.path().join("home")).unwrap();
+    chown_all(p.path());
+    // The temporary directory's parents are root's, and searchable.
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(kiln_bin())
+        .args(args)
+        .current_dir(p.path())
+        .env("HOME", p.path().join("home"))
+        .env_remove("KILN_STATE_DIR")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run kiln as nobody")
+        .into()
+}
+
+const WITHOUT_ROOT: &str = r#"kiln 1
+stage app {
+    from image="IMAGE"
+    run "echo hi > /greeting && mkdir -p /a/b && rm /bin/vi && rm -rf /var && ln -s greeting /link && echo more >> /etc/passwd && chmod 600 /etc/group && id -u > /uid && chown 1000:50 /etc/shadow 2>/dev/null; true"
+    run "echo 1 >> /cache/seen && cp /cache/seen /seen && touch /scratch/x" {
+        mount "type=cache,target=/cache,id=counter"
+        mount "type=tmpfs,target=/scratch"
+    }
+}
+export {
+    app to="out"
+}
+"#;
+
+#[test]
+fn without_root_a_command_runs_on_a_copy_and_makes_the_same_tree() {
+    let (Some(as_root), Some(rootless)) = (project(WITHOUT_ROOT), project(WITHOUT_ROOT)) else {
+        return;
+    };
+    let digest = |r: &crate::harness::Run| {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("app\t"))
+            .map(String::from)
+            .unwrap_or_else(|| panic!("no result in {}", r.stdout))
+    };
+    let r = as_root.build(&[]);
+    r.ok();
+    let want = digest(&r);
+    let r = kiln_as_nobody(&rootless, &["build", "--progress", "json"]);
+    r.ok();
+    // Owners included: what existed keeps its owner, a new path is root's,
+    // and the command's `chown` to another user fails without root.
+    assert_eq!(digest(&r), want, "{}", r.stderr);
+    // The log says how the command ran.
+    let notices = r.events_of("notice");
+    assert!(
+        notices.iter().any(|n| n["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("private copy of the stage's tree"))),
+        "{notices:?}"
+    );
+    assert_eq!(rootless.read("out/greeting"), "hi\n");
+    assert_eq!(rootless.read("out/uid"), "0\n", "the command runs as root");
+    assert!(rootless.path().join("out/a/b").is_dir());
+    assert!(!rootless.exists("out/bin/vi") && !rootless.exists("out/var"));
+    assert!(rootless.read("out/etc/passwd").ends_with("more\n"));
+    let group = std::fs::symlink_metadata(rootless.path().join("out/etc/group")).unwrap();
+    assert_eq!(group.permissions().mode() & 0o7777, 0o600);
+    assert!(!rootless.exists("out/proc") && !rootless.exists("out/dev"));
+    assert_eq!(rootless.read("out/seen"), "1\n");
+    assert!(!rootless.exists("out/cache") && !rootless.exists("out/scratch"));
+    // Cached like any other step.
+    let again = kiln_as_nobody(&rootless, &["build", "--progress", "json"]);
+    again.ok();
+    assert!(again.ran().is_empty(), "{:?}", again.ran());
+}
+
+#[test]
+fn without_root_another_user_is_refused_with_the_reason() {
+    let Some(p) = project(
+        r#"kiln 1
+stage app {
+    from image="IMAGE"
+    user "app"
+    run "touch /tmp/x"
+}
+"#,
+    ) else {
+        return;
+    };
+    let r = kiln_as_nobody(&p, &["build"]);
+    r.code(3);
+    assert!(
+        r.stderr.contains("kiln::run::user-without-root"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("user 1000 needs kiln to run as root"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("run \"touch /tmp/x\""), "{}", r.stderr);
+}

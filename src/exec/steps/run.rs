@@ -133,14 +133,22 @@ impl StepKind for RunOp {
             Sandbox::Image => self.check_program(cx, work.tree, &spec)?,
             Sandbox::Host => check_host_workdir(cx, &spec.cwd)?,
         }
-        if !rustix::process::geteuid().is_root() {
+        // Without root: no overlay (the tree is copied) and no owners but
+        // the user's own, which the command sees as root.
+        let privileged = rustix::process::geteuid().is_root();
+        if !privileged && spec.user.0 != 0 {
             return Err(Diagnostic::env(
-                "kiln::run::root",
-                "`run` steps need root: kiln mounts the stage's tree with overlayfs and keeps the owners the command gives files",
+                "kiln::run::user-without-root",
+                format!(
+                    "running a command as user {} needs kiln to run as root",
+                    spec.user.0
+                ),
             )
             .with_label(cx.span(), "this step")
-            .with_help("run kiln as root (in CI, or with sudo)"));
+            .with_note("without root, kiln can only map its own user into the sandbox, as root")
+            .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"));
         }
+        spec.userns = !privileged;
         let rootfs = Rootfs {
             layout: env.local.layout(),
             content: env.content,
@@ -153,16 +161,37 @@ impl StepKind for RunOp {
             Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
             _ => None,
         };
-        let stack = rootfs
-            .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
-            .map_err(fail)?;
         let dir = rootfs.new_layer_dir().map_err(fail)?;
         let scratch = ScratchDir(dir.clone());
-        let mut overlay = Overlay::mount(&stack, &dir.join("o")).map_err(fail)?;
+        let (stack, mut on_disk) = if privileged {
+            let stack = rootfs
+                .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
+                .map_err(fail)?;
+            let overlay = Overlay::mount(&stack, &dir.join("o")).map_err(fail)?;
+            (stack, OnDisk::Overlay(overlay))
+        } else {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                env.progress.emit(Event::Notice {
+                    message: "not running as root: `run` steps run on a private copy of the stage's tree (no overlayfs), as root of a user namespace of their own; owners cannot change".into(),
+                });
+            }
+            let copy = dir.join("root");
+            fs::create_dir(&copy).map_err(|e| {
+                fail(SandboxError::Io(crate::diag::io_message(
+                    "cannot create",
+                    &copy,
+                    &e,
+                )))
+            })?;
+            rootfs.write_whole(&copy, work.tree).map_err(fail)?;
+            let marks = sandbox::copy::mark(&copy).map_err(fail)?;
+            (Vec::new(), OnDisk::Copy(copy, marks))
+        };
         let mut scaffold = BTreeSet::new();
         let mut keep_alive = Vec::new();
         let host = self.sandbox == Sandbox::Host;
-        let root = overlay.merged.clone();
+        let root = on_disk.root().to_path_buf();
         let workdir = work.config.workdir().to_string();
         // Mount points the command needs, made in the tree as kiln's own
         // scaffolding (left out of the result unless the command uses
@@ -265,19 +294,31 @@ impl StepKind for RunOp {
             }
         });
         emit(&pending);
-        overlay.unmount().map_err(fail)?;
+        if let OnDisk::Overlay(o) = &mut on_disk {
+            o.unmount().map_err(fail)?;
+        }
         drop(keep_alive);
         let log = secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
         }
-        sandbox::upper::apply(env.content, &overlay.upper, work.tree, &scaffold).map_err(fail)?;
+        match &on_disk {
+            OnDisk::Overlay(o) => {
+                sandbox::upper::apply(env.content, &o.upper, work.tree, &scaffold)
+            }
+            OnDisk::Copy(copy, marks) => {
+                sandbox::copy::apply(env.content, copy, marks, work.tree, &scaffold)
+            }
+        }
+        .map_err(fail)?;
         // Stored now, encoded once; the upper directory becomes the layer
         // of the new tree, so the next command on it writes nothing out.
         let new_digest = env.content.put_tree(work.tree)?;
         *work.stored = Some(new_digest);
-        if new_digest != digest {
+        if new_digest != digest
+            && let OnDisk::Overlay(overlay) = &on_disk
+        {
             for s in scaffold.iter().rev() {
                 let p = overlay.upper.join(s);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
@@ -342,6 +383,7 @@ impl RunOp {
             binds: Vec::new(),
             tmpfs: Vec::new(),
             timeout: self.timeout,
+            userns: false,
         })
     }
 
@@ -716,6 +758,22 @@ fn scaffold_file(root: &Path, rel: &str, made: &mut BTreeSet<String>) -> Result<
         made.insert(rel.to_string());
     }
     Ok(())
+}
+
+/// The stage's tree on disk for a command: an overlay of its layers
+/// (root), or a private copy with what it held noted (without root).
+enum OnDisk {
+    Overlay(Overlay),
+    Copy(PathBuf, sandbox::copy::Marks),
+}
+
+impl OnDisk {
+    fn root(&self) -> &Path {
+        match self {
+            OnDisk::Overlay(o) => &o.merged,
+            OnDisk::Copy(p, _) => p,
+        }
+    }
 }
 
 /// A directory removed when dropped.

@@ -1,0 +1,362 @@
+//! Running a command without root: the stage's tree is written out whole
+//! as a private directory (mounting an overlay needs root), and what the
+//! command changed is found by comparing that directory with what was
+//! written: every entry's inode, size, mode, mtime and ctime (any write,
+//! chmod, rename or link moves the ctime), so only changed files are read
+//! and hashed.
+//!
+//! Without root, kiln cannot give files other owners: the command runs as
+//! root in a user namespace of its own (mapped to the user running kiln),
+//! and an entry it writes keeps the owner the tree had at that path, or
+//! root (0:0) where the path is new.
+
+use super::SandboxError;
+use crate::model::tree::{self, Entry, Kind, Tree};
+use crate::store::ContentStore;
+use rustix::fs::{AtFlags, FileType, OFlags};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// What `lstat` said of an entry when the directory was written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    ino: u64,
+    mode: u32,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Mark {
+    fn of(st: &rustix::fs::Stat) -> Mark {
+        Mark {
+            ino: st.st_ino,
+            mode: st.st_mode,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// Every entry below a directory as it was before the command ran.
+pub struct Marks(HashMap<String, Mark>);
+
+fn open_dir(root: &Path) -> Result<OwnedFd, SandboxError> {
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| SandboxError::Io(crate::diag::io_message("cannot read", root, &e.into())))
+}
+
+fn open_sub(dir: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+}
+
+/// The names in a directory, sorted, as UTF-8 (a tree cannot hold others).
+fn names(root: &Path, dir: &OwnedFd, rel: &str) -> Result<Vec<String>, SandboxError> {
+    let io = |e: rustix::io::Errno| {
+        SandboxError::Io(crate::diag::io_message(
+            "cannot list",
+            &root.join(rel),
+            &e.into(),
+        ))
+    };
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(dir).map_err(io)?;
+    while let Some(item) = d.read() {
+        let item = item.map_err(io)?;
+        let raw = item.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        match std::str::from_utf8(raw) {
+            Ok(n) => out.push(n.to_string()),
+            Err(_) => {
+                return Err(SandboxError::Changes(format!(
+                    "the command left `/{}` whose name is not UTF-8",
+                    tree::join(rel, &String::from_utf8_lossy(raw))
+                )));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Note every entry below `root` (written from the tree, before the command).
+pub fn mark(root: &Path) -> Result<Marks, SandboxError> {
+    fn walk(
+        root: &Path,
+        dir: &OwnedFd,
+        rel: &str,
+        out: &mut HashMap<String, Mark>,
+    ) -> Result<(), SandboxError> {
+        for name in names(root, dir, rel)? {
+            let path = tree::join(rel, &name);
+            let io = |e: rustix::io::Errno| {
+                SandboxError::Io(crate::diag::io_message(
+                    "cannot stat",
+                    &root.join(&path),
+                    &e.into(),
+                ))
+            };
+            let st =
+                rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+            out.insert(path.clone(), Mark::of(&st));
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                let sub = open_sub(dir, &name).map_err(io)?;
+                walk(root, &sub, &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = HashMap::new();
+    walk(root, &open_dir(root)?, "", &mut out)?;
+    Ok(Marks(out))
+}
+
+/// Apply what the command changed below `root` to `tree`. Paths in
+/// `scaffolding` (mount points kiln made for the command) are left out
+/// when the command left them empty.
+pub fn apply(
+    content: &dyn ContentStore,
+    root: &Path,
+    before: &Marks,
+    tree: &mut Tree,
+    scaffolding: &BTreeSet<String>,
+) -> Result<(), SandboxError> {
+    let mut seen = HashSet::new();
+    let mut w = Walk {
+        content,
+        root,
+        before,
+        scaffolding,
+        seen: &mut seen,
+    };
+    w.walk(&open_dir(root)?, "", tree)?;
+    let mut gone: Vec<&String> = before.0.keys().filter(|p| !seen.contains(*p)).collect();
+    gone.sort();
+    for p in gone {
+        tree.remove_all(p);
+    }
+    Ok(())
+}
+
+struct Walk<'a> {
+    content: &'a dyn ContentStore,
+    root: &'a Path,
+    before: &'a Marks,
+    scaffolding: &'a BTreeSet<String>,
+    seen: &'a mut HashSet<String>,
+}
+
+impl Walk<'_> {
+    /// Returns whether anything at or below `rel` was added or changed.
+    fn walk(&mut self, dir: &OwnedFd, rel: &str, tree: &mut Tree) -> Result<bool, SandboxError> {
+        let mut changed_any = false;
+        for name in names(self.root, dir, rel)? {
+            let path = tree::join(rel, &name);
+            let io = |what: &str, e: rustix::io::Errno| {
+                SandboxError::Io(crate::diag::io_message(
+                    what,
+                    &self.root.join(&path),
+                    &e.into(),
+                ))
+            };
+            let st = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io("cannot stat", e))?;
+            self.seen.insert(path.clone());
+            let was = self.before.0.get(&path);
+            let unchanged = was == Some(&Mark::of(&st));
+            let ft = FileType::from_raw_mode(st.st_mode);
+            let mode = st.st_mode & 0o7777;
+            // Owners cannot change without root: what was there keeps its
+            // owner, a new path is root's.
+            let (uid, gid) = tree
+                .get(&path)
+                .filter(|_| was.is_some())
+                .map(|e| (e.uid, e.gid))
+                .unwrap_or((0, 0));
+            let scaffold = was.is_none() && self.scaffolding.contains(&path);
+            match ft {
+                FileType::Directory => {
+                    let sub = open_sub(dir, &name).map_err(|e| io("cannot open", e))?;
+                    if !unchanged {
+                        if tree.get(&path).is_some_and(|e| !e.is_dir()) {
+                            tree.remove_all(&path);
+                        }
+                        tree.entries
+                            .insert(path.clone(), Entry::dir(mode, uid, gid));
+                    }
+                    let below = self.walk(&sub, &path, tree)?;
+                    if scaffold && !below {
+                        tree.entries.remove(&path);
+                    } else if below || !unchanged {
+                        changed_any = true;
+                    }
+                }
+                _ if unchanged => {}
+                FileType::RegularFile => {
+                    if scaffold && st.st_size == 0 {
+                        continue;
+                    }
+                    let f = rustix::fs::openat(
+                        dir,
+                        name.as_str(),
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| io("cannot open", e))?;
+                    let mut file = std::fs::File::from(f);
+                    let (blob, size) = self.content.put_blob_reader(&mut file, None)?;
+                    tree.remove_all(&path);
+                    tree.entries.insert(
+                        path,
+                        Entry {
+                            kind: Kind::File { blob, size },
+                            mode,
+                            uid,
+                            gid,
+                        },
+                    );
+                    changed_any = true;
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
+                        .map_err(|e| io("cannot read the link", e))?;
+                    let Ok(target) = target.into_string() else {
+                        return Err(SandboxError::Changes(format!(
+                            "the command left the symlink `/{path}`, whose target is not UTF-8"
+                        )));
+                    };
+                    tree.remove_all(&path);
+                    tree.entries.insert(
+                        path,
+                        Entry {
+                            kind: Kind::Symlink { target },
+                            mode: 0o777,
+                            uid,
+                            gid,
+                        },
+                    );
+                    changed_any = true;
+                }
+                // A socket left behind by a daemon is not part of a file
+                // system image (Docker's exports drop them too).
+                FileType::Socket => {
+                    tree.remove_all(&path);
+                }
+                FileType::Fifo => {
+                    return Err(SandboxError::Changes(format!(
+                        "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
+                    )));
+                }
+                _ => {
+                    return Err(SandboxError::Changes(format!(
+                        "the command left the device node `/{path}`, which a kiln tree cannot hold"
+                    )));
+                }
+            }
+        }
+        Ok(changed_any)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(store: &MemoryStore, bytes: &[u8], uid: u32) -> Entry {
+        Entry {
+            kind: Kind::File {
+                blob: store.put_blob(bytes).unwrap(),
+                size: bytes.len() as u64,
+            },
+            mode: 0o644,
+            uid,
+            gid: uid,
+        }
+    }
+
+    #[test]
+    fn changes_found_by_comparison_keep_owners_and_drop_empty_scaffolding() {
+        let store = MemoryStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut tree = Tree::new();
+        for (path, bytes, uid) in [
+            ("same", &b"same"[..], 7),
+            ("edited", b"old", 1000),
+            ("gone", b"x", 0),
+            ("d/inner", b"y", 0),
+        ] {
+            tree.entries.insert(path.into(), file(&store, bytes, uid));
+            fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+            fs::write(root.join(path), bytes).unwrap();
+            fs::set_permissions(root.join(path), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        tree.entries.insert("d".into(), Entry::dir(0o755, 5, 5));
+        let before = mark(root).unwrap();
+        // What a command does, and the mount points kiln made for it.
+        fs::write(root.join("edited"), b"new").unwrap();
+        fs::remove_file(root.join("gone")).unwrap();
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d"), b"now a file").unwrap();
+        fs::write(root.join("new"), b"n").unwrap();
+        fs::create_dir_all(root.join("mnt/empty")).unwrap();
+        fs::create_dir_all(root.join("used")).unwrap();
+        fs::write(root.join("used/out"), b"o").unwrap();
+        std::os::unix::fs::symlink("same", root.join("link")).unwrap();
+        let scaffolding: BTreeSet<String> = ["mnt", "mnt/empty", "used"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        apply(&store, root, &before, &mut tree, &scaffolding).unwrap();
+
+        let owner = |p: &str| tree.get(p).map(|e| (e.uid, e.gid));
+        assert_eq!(tree.get("same"), Some(&file(&store, b"same", 7)));
+        assert_eq!(tree.get("edited"), Some(&file(&store, b"new", 1000)));
+        assert!(tree.get("gone").is_none() && tree.get("d/inner").is_none());
+        // `d` was a directory: a file there now is a new kind of entry,
+        // but the same path, so it keeps the owner it had.
+        assert_eq!(owner("d"), Some((5, 5)));
+        assert!(!tree.is_dir("d"));
+        assert_eq!(owner("new"), Some((0, 0)));
+        assert!(tree.get("mnt").is_none() && tree.get("mnt/empty").is_none());
+        assert!(tree.is_dir("used") && tree.get("used/out").is_some());
+        assert!(matches!(
+            tree.get("link").map(|e| &e.kind),
+            Some(Kind::Symlink { target }) if target == "same"
+        ));
+    }
+
+    #[test]
+    fn a_fifo_left_behind_is_an_error() {
+        let store = MemoryStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let before = mark(dir.path()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let mut tree = Tree::new();
+        let err = apply(&store, dir.path(), &before, &mut tree, &BTreeSet::new()).unwrap_err();
+        assert!(err.to_string().contains("FIFO `/fifo`"), "{err}");
+    }
+}
