@@ -21,8 +21,10 @@ use crate::image::set::{ImageSet, LockMode};
 use crate::ir::{Export, ExportFormat, Graph, StageId, When};
 use crate::model::digest::{StateDigest, StepKey};
 use crate::progress::{Event, Progress};
+use crate::store::records::StepRecord;
 use crate::store::{Access, Store, records};
 use load::{Loaded, SpecInput};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -428,6 +430,7 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
             tag: Some(crate::store::oci::normalize_tag(t)),
             compression: Default::default(),
             provenance: false,
+            squash: false,
             span: None,
         });
     }
@@ -466,6 +469,7 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
                 tag: o.tag.clone(),
                 compression: o.compression,
                 provenance: false,
+                squash: false,
                 span: None,
             })
             .collect();
@@ -839,21 +843,44 @@ impl ExportPhase<'_> {
             }
             chain.push(s);
         }
-        let mut steps = Vec::new();
+        // A layer for each tree stored on the way (after every step that
+        // runs a program, at the end of each stage), with the steps that
+        // made it; a stage's other steps are replayed, not stored, so
+        // their changes go into the next layer.
+        let records: HashMap<(&str, usize), &StepRecord> = self
+            .outcome
+            .records
+            .iter()
+            .map(|r| ((r.stage.as_str(), r.step), r))
+            .collect();
+        let mut own = Vec::new();
+        let mut texts = Vec::new();
+        let mut last = base.as_ref().map(|b| b.tree_digest);
         for id in chain.iter().rev() {
-            for step in &graph.stage(*id).steps {
-                steps.push(crate::exec::steps::describe(&step.op, graph));
+            let stage = graph.stage(*id);
+            for (i, step) in stage.steps.iter().enumerate() {
+                texts.push(crate::exec::steps::describe(&step.op, graph));
+                let stored = records
+                    .get(&(stage.name.as_str(), i))
+                    .and_then(|r| StepKey::parse(&r.key))
+                    .and_then(|k| self.executor.stored_tree(k));
+                if !e.squash
+                    && let Some(t) = stored
+                    && Some(t) != last
+                {
+                    own.push(export::image::Segment::new(t, &texts));
+                    texts.clear();
+                    last = Some(t);
+                }
             }
         }
-        let mut created_by = format!("kiln: {}", steps.join("; "));
-        if created_by.len() > 4096 {
-            let mut cut = 4093;
-            while !created_by.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            created_by.truncate(cut);
-            created_by.push_str("...");
+        // (With `squash=#true`, nothing was pushed: one layer of it all.)
+        if Some(state.tree) != last {
+            own.push(export::image::Segment::new(state.tree, &texts));
+            texts.clear();
         }
+        // Steps after the last layer that only changed the config.
+        let tail = (!texts.is_empty()).then(|| export::image::Segment::new(state.tree, &texts));
         let platform = &self.images.platform;
         let name = &graph.stage(e.stage).name;
         let tag = e.tag.clone().or_else(|| {
@@ -869,7 +896,8 @@ impl ExportPhase<'_> {
             variant: platform.variant.clone(),
             tag,
             compression: e.compression,
-            created_by,
+            own,
+            tail,
         })
     }
 

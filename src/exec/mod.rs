@@ -246,6 +246,15 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The tree a step's cache entry stored, if it stored one (a step
+    /// that runs a program, or the last of a stage).
+    pub fn stored_tree(
+        &self,
+        key: crate::model::digest::StepKey,
+    ) -> Option<crate::model::digest::TreeDigest> {
+        self.actions.get(key).and_then(|a| a.tree)
+    }
+
     /// A stored tree, loaded once per build.
     pub fn tree(
         &self,

@@ -69,15 +69,42 @@ pub struct ImageSpec {
     /// `NAME:TAG` (or just a tag, for an OCI layout's ref name).
     pub tag: Option<String>,
     pub compression: Compression,
-    /// What made the stage's layer, for the config's history: the steps.
+    /// The image's own layers, bottom first: each the change from the
+    /// tree below it (the base's, or the previous one) to its tree.
+    pub own: Vec<Segment>,
+    /// Steps after the last layer that changed only the config: a history
+    /// entry without a layer.
+    pub tail: Option<Segment>,
+}
+
+/// One layer the stage's steps made: the tree it leads to, and the steps,
+/// for the config's `history`.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub tree: TreeDigest,
     pub created_by: String,
+}
+
+impl Segment {
+    pub fn new(tree: TreeDigest, steps: &[String]) -> Segment {
+        let mut created_by = format!("kiln: {}", steps.join("; "));
+        if created_by.len() > 4096 {
+            let mut cut = 4093;
+            while !created_by.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            created_by.truncate(cut);
+            created_by.push_str("...");
+        }
+        Segment { tree, created_by }
+    }
 }
 
 impl ImageSpec {
     /// Everything besides the tree that decides the image's bytes.
     pub fn describe(&self) -> String {
         format!(
-            "base={} os={} arch={} variant={:?} tag={:?} compression={} config={} by={}",
+            "base={} os={} arch={} variant={:?} tag={:?} compression={} config={} layers={} then={}",
             self.base
                 .as_ref()
                 .map(|b| b
@@ -93,7 +120,15 @@ impl ImageSpec {
             self.tag,
             self.compression.name(),
             serde_json::to_string(&self.config).unwrap_or_default(),
-            self.created_by,
+            self.own
+                .iter()
+                .map(|l| format!("{}:{}", l.tree, l.created_by))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.tail
+                .as_ref()
+                .map(|t| t.created_by.as_str())
+                .unwrap_or(""),
         )
     }
 }
@@ -126,24 +161,45 @@ pub fn build(
         .as_ref()
         .map(|b| b.layers.clone())
         .unwrap_or_default();
-    let own = own_layer(store, &blobs, tree, tree_digest, spec, settings)?;
     let mut history: Vec<Value> = spec
         .base
         .as_ref()
         .map(|b| b.history.clone())
         .unwrap_or_default();
     let created = rfc3339(settings.epoch);
-    if let Some(l) = own {
-        layers.push(l);
+    // Trees are loaded only for layers not in the cache.
+    let load = |d: Option<TreeDigest>| -> Result<std::borrow::Cow<'_, Tree>, Failed> {
+        use std::borrow::Cow;
+        match d {
+            None => Ok(Cow::Owned(Tree::default())),
+            Some(d) if d == tree_digest => Ok(Cow::Borrowed(tree)),
+            Some(d) => match &spec.base {
+                Some(b) if b.tree_digest == d => Ok(Cow::Borrowed(&*b.tree)),
+                _ => store.get_tree(d).map(Cow::Owned).map_err(store_failed),
+            },
+        }
+    };
+    let mut below = spec.base.as_ref().map(|b| b.tree_digest);
+    for seg in &spec.own {
+        layers.push(own_layer(
+            store,
+            &blobs,
+            (below, seg.tree),
+            &load,
+            spec.compression,
+            settings,
+        )?);
         history.push(json!({
             "created": created,
-            "created_by": spec.created_by,
+            "created_by": seg.created_by,
             "comment": "kiln",
         }));
-    } else {
+        below = Some(seg.tree);
+    }
+    if let Some(t) = &spec.tail {
         history.push(json!({
             "created": created,
-            "created_by": spec.created_by,
+            "created_by": t.created_by,
             "comment": "kiln",
             "empty_layer": true,
         }));
@@ -309,30 +365,21 @@ fn layer_cache_path(store: &Store, key: &str) -> PathBuf {
         .join(format!("{key}.json"))
 }
 
-/// The stage's own layer: what changed from the base tree (or all of the
-/// tree on scratch). `None` when nothing changed on a base image.
-fn own_layer(
+/// A layer from the tree `from` (none: empty) to the tree `to`, from the
+/// cache of layers when it was made before.
+fn own_layer<'t>(
     store: &Store,
     blobs: &OciBlobs,
-    tree: &Tree,
-    tree_digest: TreeDigest,
-    spec: &ImageSpec,
+    (from, to): (Option<TreeDigest>, TreeDigest),
+    load: &dyn Fn(Option<TreeDigest>) -> Result<std::borrow::Cow<'t, Tree>, Failed>,
+    compression: Compression,
     settings: &Settings,
-) -> Result<Option<Layer>, Failed> {
-    let empty = Tree::default();
-    let (base_tree, base_digest) = match &spec.base {
-        Some(b) => {
-            if b.tree_digest == tree_digest {
-                return Ok(None);
-            }
-            (&*b.tree, b.tree_digest.to_string())
-        }
-        None => (&empty, String::new()),
-    };
+) -> Result<Layer, Failed> {
     let key = blake3::hash(
         format!(
-            "kiln-layer-v1\0{base_digest}\0{tree_digest}\0{}\0{}\0{}",
-            spec.compression.name(),
+            "kiln-layer-v1\0{}\0{to}\0{}\0{}\0{}",
+            from.map(|d| d.to_string()).unwrap_or_default(),
+            compression.name(),
             settings.epoch,
             settings.set_owner
         )
@@ -346,10 +393,11 @@ fn own_layer(
         .and_then(|b| serde_json::from_slice::<Layer>(&b).ok())
         && blobs.has(&l.digest)
     {
-        return Ok(Some(l));
+        return Ok(l);
     }
-    let items = diff(base_tree, tree);
-    let layer = write_layer(store, blobs, &items, spec.compression, settings)?;
+    let (below, above) = (load(from)?, load(Some(to))?);
+    let items = diff(&below, &above);
+    let layer = write_layer(store, blobs, &items, compression, settings)?;
     if let Some(dir) = cache.parent() {
         let _ = fs::create_dir_all(dir);
         let tmp = cache.with_extension(format!("tmp-{}", std::process::id()));
@@ -359,7 +407,7 @@ fn own_layer(
             let _ = fs::rename(&tmp, &cache);
         }
     }
-    Ok(Some(layer))
+    Ok(layer)
 }
 
 /// One entry of a layer: a path of the new tree, or a whiteout.

@@ -246,6 +246,8 @@ pub struct ExportDecl {
     pub compression: Option<Str>,
     /// `provenance=#true`: an in-toto statement beside the export.
     pub provenance: bool,
+    /// `squash=#true`: an image's own changes in one layer.
+    pub squash: bool,
     /// Directory of the file that declared it; `to` is relative to it.
     pub dir: PathBuf,
 }

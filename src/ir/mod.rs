@@ -282,6 +282,8 @@ pub struct Export {
     pub compression: Compression,
     /// Write an in-toto provenance statement beside the export.
     pub provenance: bool,
+    /// An image's own changes in one layer, not one per stored tree.
+    pub squash: bool,
     /// The export entry in the spec; `None` for `-o` on the command line.
     pub span: Option<Span>,
 }

@@ -649,3 +649,99 @@ fn provenance_written_by_a_build_answered_from_the_memo_has_every_material() {
     assert_eq!(p.read("tree.provenance.json"), first);
     assert!(first.contains("context:src/main.c"), "{first}");
 }
+
+#[test]
+fn an_image_has_a_layer_per_command_and_squash_makes_one() {
+    if !tool("umoci") || !crate::images_helper::sandbox_ready() {
+        return;
+    }
+    let (Some(image), Some(base_layout)) = (busybox(), busybox_layout()) else {
+        return;
+    };
+    let spec = |second: &str| {
+        format!(
+            r#"kiln 1
+stage app {{
+    from image="{image}"
+    run "echo one > /one"
+    write "/two" "2\n"
+    run "{second}"
+    env "DONE" "yes"
+}}
+export {{
+    app to="img" format="oci" tag="img:1"
+    app to="flat" format="oci" tag="img:1" squash=#true
+    app to="dir"
+}}
+"#
+        )
+    };
+    let p = Project::new();
+    p.spec(&spec("echo three > /three"));
+    p.build(&[]).ok();
+    let base = manifest(&base_layout)["layers"].as_array().unwrap().len();
+    let m = manifest(&p.path().join("img"));
+    let layers = m["layers"].as_array().unwrap().clone();
+    // One layer per command; the `write` between them goes into the next.
+    assert_eq!(layers.len(), base + 2, "{m}");
+    let config = blob(
+        &p.path().join("img"),
+        m["config"]["digest"].as_str().unwrap(),
+    );
+    let history = config["history"].as_array().unwrap();
+    let own: Vec<&serde_json::Value> = history.iter().filter(|h| h["comment"] == "kiln").collect();
+    assert_eq!(own.len(), 3, "{history:?}");
+    assert!(own[0]["created_by"].as_str().unwrap().contains("echo one"));
+    assert!(own[1]["created_by"].as_str().unwrap().contains("/two"));
+    assert!(
+        own[1]["created_by"]
+            .as_str()
+            .unwrap()
+            .contains("echo three")
+    );
+    assert_eq!(own[2]["empty_layer"], true, "the `env` step makes no layer");
+    let layered = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(layered, layers.len(), "one history entry per layer");
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        layers.len()
+    );
+    // Squashed: the same files in one layer of the stage's own.
+    let flat = manifest(&p.path().join("flat"));
+    assert_eq!(flat["layers"].as_array().unwrap().len(), base + 1);
+    let (a, b) = (Project::new(), Project::new());
+    let files = |layout: &str, into: &Project| {
+        let root = unpacked(&p.path().join(layout), "1", &into.path().join("b"));
+        let mut names: Vec<String> = ["one", "two", "three"]
+            .iter()
+            .map(|n| std::fs::read_to_string(root.join(n)).unwrap())
+            .collect();
+        names.push(root.join("bin/sh").exists().to_string());
+        names
+    };
+    let contents = files("img", &a);
+    assert_eq!(contents, files("flat", &b));
+    assert_eq!(contents, ["one\n", "2\n", "three\n", "true"]);
+    // A changed last command changes only the last layer: a registry
+    // already has the others.
+    p.spec(&spec("echo 3 > /three"));
+    p.build(&[]).ok();
+    let again = manifest(&p.path().join("img"));
+    let again = again["layers"].as_array().unwrap();
+    assert_eq!(again[..base + 1], layers[..base + 1]);
+    assert_ne!(again[base + 1], layers[base + 1]);
+}
+
+#[test]
+fn squash_on_a_file_export_is_located() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage app {\n    write \"/a\" \"a\"\n}\nexport {\n    app to=\"out\" squash=#true\n}\n");
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("kiln::spec::export-squash"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("kiln.kdl:6:5"), "{}", r.stderr);
+}

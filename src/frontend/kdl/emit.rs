@@ -87,6 +87,9 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
             if e.provenance {
                 out.push_str(" provenance=#true");
             }
+            if e.squash {
+                out.push_str(" squash=#true");
+            }
             out.push('\n');
         }
         out.push_str("}\n");

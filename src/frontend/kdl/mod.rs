@@ -547,6 +547,7 @@ impl Loader<'_> {
                     "tag",
                     "compression",
                     "provenance",
+                    "squash",
                 ],
                 &mut self.diags,
             );
@@ -585,6 +586,7 @@ impl Loader<'_> {
                 tag: c.str_prop("tag", &mut self.diags),
                 compression: c.str_prop("compression", &mut self.diags),
                 provenance: c.bool_prop("provenance", &mut self.diags).unwrap_or(false),
+                squash: c.bool_prop("squash", &mut self.diags).unwrap_or(false),
                 dir: dir.to_path_buf(),
             });
         }

@@ -537,6 +537,17 @@ impl Compiler<'_> {
                 },
                 None => Some(None),
             };
+            if e.squash && !is_image && format.is_some() {
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::export-squash",
+                        "`squash=` applies to image exports: a directory or tar has no layers",
+                    )
+                    .with_label(e.span, "this export")
+                    .with_help("remove `squash=#true`"),
+                );
+                continue;
+            }
             let compression = match &e.compression {
                 Some(c) if !is_image && format.is_some() => {
                     self.diags.push(
@@ -565,6 +576,7 @@ impl Compiler<'_> {
                     tag,
                     compression,
                     provenance: e.provenance,
+                    squash: e.squash,
                     span: Some(e.span),
                 });
             }
@@ -662,6 +674,7 @@ impl Compiler<'_> {
             dest: PathBuf::new(),
             format: ExportFormat::Push,
             provenance: false,
+            squash: e.squash,
             when,
             tag: Some(reference),
             compression,
