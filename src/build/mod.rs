@@ -763,6 +763,57 @@ impl ExportPhase<'_> {
             })
     }
 
+    /// Attach the statement of a pushed image to it in the registry.
+    fn attach_provenance(
+        &self,
+        e: &Export,
+        reference: &str,
+        manifest: &crate::model::digest::Sha256,
+        size: u64,
+    ) -> Result<(), Diagnostic> {
+        let subject = provenance::Subject {
+            name: reference.to_string(),
+            digest: std::collections::BTreeMap::from([(
+                "sha256".to_string(),
+                manifest.hex().to_string(),
+            )]),
+        };
+        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
+        let statement = provenance::statement(
+            self.graph,
+            e,
+            &subject,
+            &steps,
+            self.sources,
+            self.settings.epoch,
+        );
+        let bytes = serde_json::to_vec(&statement)
+            .map_err(|e| Diagnostic::internal(format!("provenance: {e}")))?;
+        let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
+        crate::image::attach_statement(
+            reference,
+            self.images.access(),
+            &blobs,
+            (manifest, size),
+            &bytes,
+            provenance::SLSA,
+        )
+        .map(|_| ())
+        .map_err(|err| {
+            let mut d = Diagnostic::env(
+                "kiln::export::push",
+                format!("pushed `{reference}`, but cannot attach its provenance: {err}"),
+            )
+            .with_help(
+                "check that the registry accepts OCI 1.1 artifact manifests (with `subject`)",
+            );
+            if let Some(span) = e.span {
+                d = d.with_label(span, "this push");
+            }
+            d
+        })
+    }
+
     /// Make the image and name it in the local image store.
     fn tag(
         &self,
@@ -786,7 +837,14 @@ impl ExportPhase<'_> {
         tree_digest: crate::model::digest::TreeDigest,
         spec: &export::image::ImageSpec,
         reference: &str,
-    ) -> Result<(crate::model::digest::Sha256, crate::image::registry::Pushed), Failed> {
+    ) -> Result<
+        (
+            crate::model::digest::Sha256,
+            crate::image::registry::Pushed,
+            u64,
+        ),
+        Failed,
+    > {
         let built = export::image::build(self.store, tree, tree_digest, spec, self.settings)?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         let mut list: Vec<(crate::model::digest::Sha256, u64)> = built
@@ -802,7 +860,7 @@ impl ExportPhase<'_> {
                         .with_help("check that the registry can be reached and that the Docker config file has credentials that may push there"),
                 )
             })?;
-        Ok((built.manifest_digest, pushed))
+        Ok((built.manifest_digest, pushed, built.manifest.len() as u64))
     }
 
     /// What an image export of `e` is made of besides the stage's tree:
@@ -1156,14 +1214,24 @@ impl ExportPhase<'_> {
                 continue;
             }
             match self.push(&tree, tree_digest, &spec, &reference) {
-                Ok(pushed) => progress.emit(Event::ImagePushed {
-                    stage: stage.clone(),
-                    reference,
-                    digest: pushed.0.to_string(),
-                    uploaded: pushed.1.uploaded,
-                    uploaded_bytes: pushed.1.uploaded_bytes,
-                    present: pushed.1.present,
-                }),
+                Ok(pushed) => {
+                    let attached = if e.provenance {
+                        self.attach_provenance(e, &reference, &pushed.0, pushed.2)
+                    } else {
+                        Ok(())
+                    };
+                    progress.emit(Event::ImagePushed {
+                        stage: stage.clone(),
+                        reference,
+                        digest: pushed.0.to_string(),
+                        uploaded: pushed.1.uploaded,
+                        uploaded_bytes: pushed.1.uploaded_bytes,
+                        present: pushed.1.present,
+                    });
+                    if let Err(d) = attached {
+                        failures.push(d);
+                    }
+                }
                 Err(Failed::Damaged(d)) => {
                     damage.push(d);
                     return Err(damage);

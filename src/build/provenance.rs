@@ -4,7 +4,9 @@
 //! material the build read, with its digest, as kiln's keys know them:
 //! base images (manifest sha256), context files (blake3), plugin modules
 //! (blake3), pinned downloads and git commits, host files, and the spec
-//! files. The same build gives the same bytes (no times, sorted).
+//! files. The same build gives the same bytes (no times, sorted). On a
+//! push, the statement is attached to the pushed image instead (an OCI
+//! 1.1 referrer, whose subject is the image's manifest).
 
 use crate::diag::{Diagnostic, Sources};
 use crate::ir::{Export, ExportFormat, Graph};
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const STATEMENT: &str = "https://in-toto.io/Statement/v1";
-const SLSA: &str = "https://slsa.dev/provenance/v1";
+pub const SLSA: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "urn:kiln:build:v1";
 
 /// Where an export's statement goes.

@@ -316,6 +316,27 @@ pub fn push(
     registry::Registry::new(&r, access)?.push(blobs, manifest, MEDIA_MANIFEST, blob_list)
 }
 
+/// Attach an in-toto statement to an image pushed to `reference` (its
+/// manifest's digest and size): see [`registry::Registry::attach`].
+pub fn attach_statement(
+    reference: &str,
+    access: &Access,
+    blobs: &OciBlobs,
+    subject: (&Sha256, u64),
+    statement: &[u8],
+    predicate_type: &str,
+) -> Result<Sha256, ImageError> {
+    let r = reference::parse_registry(reference)
+        .map_err(|e| ImageError::Invalid(format!("`{reference}`: {e}")))?;
+    registry::Registry::new(&r, access)?.attach(
+        blobs,
+        subject,
+        "application/vnd.in-toto+json",
+        serde_json::json!({ "in-toto.io/predicate-type": predicate_type }),
+        statement,
+    )
+}
+
 pub use crate::model::key::image_rootfs_key as rootfs_key;
 
 /// The action-cache key of the tree of an image's first layers.

@@ -151,6 +151,125 @@ impl Registry {
         media_type: &str,
         blob_list: &[(Sha256, u64)],
     ) -> Result<Pushed, ImageError> {
+        let pushed = self.push_blobs(blobs, blob_list)?;
+        let content_type = media_type
+            .parse()
+            .map_err(|_| ImageError::Invalid(format!("`{media_type}` is not a media type")))?;
+        self.rt
+            .block_on(self.client.push_manifest_raw(
+                &self.reference,
+                manifest.to_vec(),
+                content_type,
+            ))
+            .map_err(|e| self.err("cannot push the manifest to", e))?;
+        Ok(pushed)
+    }
+
+    /// Attach a document to a pushed manifest as an OCI 1.1 referrer (an
+    /// artifact manifest whose `subject` is the image), and list it under
+    /// the referrers tag `sha256-HEX` too, for registries without the
+    /// referrers API (what `oras attach` and BuildKit's attestations do).
+    /// Returns the artifact manifest's digest.
+    pub fn attach(
+        &self,
+        blobs: &OciBlobs,
+        subject: (&Sha256, u64),
+        artifact_type: &str,
+        annotations: serde_json::Value,
+        payload: &[u8],
+    ) -> Result<Sha256, ImageError> {
+        let store = |b: &[u8]| blobs.put_bytes(b).map_err(ImageError::Store);
+        let payload_digest = store(payload)?;
+        let empty = store(b"{}")?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": super::MEDIA_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty.to_string(),
+                "size": 2,
+            },
+            "layers": [{
+                "mediaType": artifact_type,
+                "digest": payload_digest.to_string(),
+                "size": payload.len(),
+                "annotations": annotations,
+            }],
+            "subject": {
+                "mediaType": super::MEDIA_MANIFEST,
+                "digest": subject.0.to_string(),
+                "size": subject.1,
+            },
+        });
+        let bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| ImageError::Invalid(format!("the artifact manifest: {e}")))?;
+        let digest = Sha256::of(&bytes);
+        self.push_blobs(blobs, &[(empty, 2), (payload_digest, payload.len() as u64)])?;
+        let media = |m: &str| {
+            m.parse()
+                .map_err(|_| ImageError::Invalid(format!("`{m}` is not a media type")))
+        };
+        self.rt
+            .block_on(self.client.push_manifest_raw(
+                &self.at_digest(&digest),
+                bytes.clone(),
+                media(super::MEDIA_MANIFEST)?,
+            ))
+            .map_err(|e| self.err("cannot push the attached document to", e))?;
+        // The referrers tag: an index of every artifact about the image.
+        let tag = Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            format!("sha256-{}", subject.0.hex()),
+        );
+        let mut index = self
+            .rt
+            .block_on(
+                self.client
+                    .pull_manifest_raw(&tag, &self.auth, &[super::MEDIA_INDEX]),
+            )
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|v| v["manifests"].is_array())
+            .unwrap_or_else(|| {
+                serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": super::MEDIA_INDEX,
+                    "manifests": [],
+                })
+            });
+        let listed = index["manifests"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
+        if !listed {
+            if let Some(m) = index["manifests"].as_array_mut() {
+                m.push(serde_json::json!({
+                    "mediaType": super::MEDIA_MANIFEST,
+                    "artifactType": artifact_type,
+                    "digest": digest.to_string(),
+                    "size": bytes.len(),
+                }));
+            }
+            let index = serde_json::to_vec(&index)
+                .map_err(|e| ImageError::Invalid(format!("the referrers index: {e}")))?;
+            self.rt
+                .block_on(
+                    self.client
+                        .push_manifest_raw(&tag, index, media(super::MEDIA_INDEX)?),
+                )
+                .map_err(|e| self.err("cannot list the attached document in", e))?;
+        }
+        Ok(digest)
+    }
+
+    /// Upload every blob of the list the registry lacks, streamed from the
+    /// image store.
+    fn push_blobs(
+        &self,
+        blobs: &OciBlobs,
+        blob_list: &[(Sha256, u64)],
+    ) -> Result<Pushed, ImageError> {
         self.rt.block_on(
             self.client
                 .store_auth_if_needed(self.reference.resolve_registry(), &self.auth),
@@ -204,16 +323,6 @@ impl Registry {
             pushed.uploaded += 1;
             pushed.uploaded_bytes += size;
         }
-        let content_type = media_type
-            .parse()
-            .map_err(|_| ImageError::Invalid(format!("`{media_type}` is not a media type")))?;
-        self.rt
-            .block_on(self.client.push_manifest_raw(
-                &self.reference,
-                manifest.to_vec(),
-                content_type,
-            ))
-            .map_err(|e| self.err("cannot push the manifest to", e))?;
         Ok(pushed)
     }
 }

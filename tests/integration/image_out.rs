@@ -745,3 +745,103 @@ fn squash_on_a_file_export_is_located() {
     );
     assert!(r.stderr.contains("kiln.kdl:6:5"), "{}", r.stderr);
 }
+
+/// GET a path of a loopback registry (plain HTTP): the body.
+fn registry_get(host: &str, path: &str, accept: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..at]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{path}: {head}"
+    );
+    out[at + 4..].to_vec()
+}
+
+#[test]
+fn a_pushed_image_carries_its_provenance_as_a_referrer() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let Some(reg) = crate::images::Registry::start(None) else {
+        return;
+    };
+    let p = Project::new();
+    p.file("ctx/motd", "pushed\n");
+    p.spec(&format!(
+        "kiln 1\nstage app {{\n    from image=\"{image}\"\n    copy \"ctx/motd\" \"/etc/motd\"\n}}\nexport {{\n    app image=\"{}/team/app:1\" provenance=#true\n}}\n",
+        reg.host()
+    ));
+    let r = p.build(&[]);
+    r.ok();
+    let digest = r.events_of("image_pushed")[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let json = |b: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+    // Found by the referrers tag schema (the registry has no referrers API).
+    let index = json(registry_get(
+        &reg.host(),
+        &format!(
+            "/v2/team/app/manifests/sha256-{}",
+            digest.trim_start_matches("sha256:")
+        ),
+        "application/vnd.oci.image.index.v1+json",
+    ));
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{index}");
+    assert_eq!(listed[0]["artifactType"], "application/vnd.in-toto+json");
+    let artifact = json(registry_get(
+        &reg.host(),
+        &format!(
+            "/v2/team/app/manifests/{}",
+            listed[0]["digest"].as_str().unwrap()
+        ),
+        "application/vnd.oci.image.manifest.v1+json",
+    ));
+    assert_eq!(artifact["subject"]["digest"], digest.as_str());
+    let statement = json(registry_get(
+        &reg.host(),
+        &format!(
+            "/v2/team/app/blobs/{}",
+            artifact["layers"][0]["digest"].as_str().unwrap()
+        ),
+        "*/*",
+    ));
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    assert_eq!(
+        statement["subject"][0]["name"],
+        format!("{}/team/app:1", reg.host())
+    );
+    let materials = statement.to_string();
+    assert!(
+        materials.contains("motd"),
+        "the context file is a material: {statement}"
+    );
+    // Pushed again unchanged: still one statement listed.
+    p.build(&[]).ok();
+    let index = json(registry_get(
+        &reg.host(),
+        &format!(
+            "/v2/team/app/manifests/sha256-{}",
+            digest.trim_start_matches("sha256:")
+        ),
+        "application/vnd.oci.image.index.v1+json",
+    ));
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1, "{index}");
+}

@@ -658,22 +658,11 @@ impl Compiler<'_> {
         }
         let when = self.export_when(e)?;
         let compression = self.export_compression(e)?;
-        if e.provenance {
-            self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::export-image",
-                    "`provenance=` applies to exports to files; a pushed image gets none yet",
-                )
-                .with_label(e.span, "a push")
-                .with_help("export the stage to a file too (`to=`), with `provenance=#true`"),
-            );
-            return None;
-        }
         Some(Export {
             stage: stage?,
             dest: PathBuf::new(),
             format: ExportFormat::Push,
-            provenance: false,
+            provenance: e.provenance,
             squash: e.squash,
             when,
             tag: Some(reference),
