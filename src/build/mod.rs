@@ -1018,15 +1018,38 @@ impl ExportPhase<'_> {
                 _ => None,
             };
             let Some(state) = state else {
-                let because = if outcome.interrupted {
-                    "the build was interrupted"
+                let mut because = if outcome.interrupted {
+                    "the build was interrupted".to_string()
                 } else {
-                    "the build failed"
+                    "the build failed".to_string()
                 };
+                // An always-export of a stage that has nothing to show
+                // (skipped after a dependency failed, or failed before
+                // its first tree) must not show the previous run's result
+                // as this one's: kiln's previous export there goes.
+                if e.when == When::Always
+                    && !outcome.interrupted
+                    && !p.resolved.as_os_str().is_empty()
+                    && !is_stdout(e)
+                    && std::fs::symlink_metadata(&p.resolved).is_ok()
+                {
+                    match export::remove_previous(store, &e.dest, &p.resolved) {
+                        Ok(()) => {
+                            because.push_str(
+                                " before the stage could be built; the previous export there was removed",
+                            );
+                            let statement = provenance::path_for(&p.resolved);
+                            if e.provenance && provenance::replaceable(&statement) {
+                                let _ = std::fs::remove_file(statement);
+                            }
+                        }
+                        Err(d) => failures.push(d),
+                    }
+                }
                 progress.emit(Event::ExportSkipped {
                     stage: stage.clone(),
                     dest: shown,
-                    because: because.into(),
+                    because,
                 });
                 continue;
             };

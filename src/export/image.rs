@@ -839,7 +839,21 @@ pub fn write_layout(
 
 fn copy_blob(blobs: &OciBlobs, d: &Sha256, out: &mut dyn Write, at: &Path) -> Result<(), Failed> {
     let mut r = blobs.open(d).map_err(store_failed)?;
-    io::copy(&mut r, out).map_err(|e| {
+    // Large reads and writes: layers are big, and every byte is hashed
+    // on the way (a damaged blob never reaches an export).
+    let mut buf = vec![0u8; 1 << 20];
+    let copied = (|| -> io::Result<()> {
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            out.write_all(&buf[..n])?;
+        }
+    })();
+    copied.map_err(|e| {
         if e.kind() == io::ErrorKind::InvalidData {
             Failed::Damaged(
                 Diagnostic::env("kiln::store::damaged", e.to_string()).with_help(

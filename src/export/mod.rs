@@ -255,6 +255,23 @@ impl Staged {
     }
 }
 
+/// Remove kiln's previous export at `dest` (resolved; shown as `shown`),
+/// and its record: refused, as a replacement would be, when what is
+/// there is not kiln's.
+pub fn remove_previous(store: &Store, shown: &Path, dest: &Path) -> Result<(), Diagnostic> {
+    check_replaceable(store.layout(), shown, dest)?;
+    remove_any(dest);
+    records::forget_export(store, &dest.to_string_lossy());
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(Diagnostic::env(
+            "kiln::export::remove",
+            format!("cannot remove the previous export at `{}`", shown.display()),
+        )
+        .with_help("check the permissions of the destination"));
+    }
+    Ok(())
+}
+
 /// Whether kiln may replace what is at `dest` (resolved): see
 /// [`dest::check_replaceable`]; the record in the state dir counts when
 /// it describes the very file or directory there.

@@ -846,3 +846,47 @@ fn walkdir_files(dir: &std::path::Path) -> usize {
     }
     n
 }
+
+#[test]
+fn an_always_export_of_a_stage_that_could_not_build_never_shows_the_last_run() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+stage tests {
+    write "/r/summary.txt" "ran\n"
+    copy "artifact" "/"
+}
+stage report {
+    copy "/r/" "/" from=tests
+}
+export {
+    report to="report" when="always"
+}
+"#,
+    );
+    p.file("artifact", "a");
+    p.build(&[]).ok();
+    assert_eq!(p.read("report/summary.txt"), "ran\n");
+    // `tests` fails: `report` cannot be built, and yesterday's report
+    // must not pass for today's.
+    std::fs::remove_file(p.path().join("artifact")).unwrap();
+    let r = p.build(&[]);
+    r.code(1);
+    assert!(!p.exists("report"), "the previous report is still there");
+    let skipped = r.events_of("export_skipped");
+    assert_eq!(skipped.len(), 1, "{}", r.stderr);
+    assert!(
+        skipped[0]["because"]
+            .as_str()
+            .unwrap()
+            .contains("the previous export there was removed"),
+        "{}",
+        skipped[0]
+    );
+    // What kiln did not write is not removed.
+    std::fs::create_dir(p.path().join("report")).unwrap();
+    p.file("report/mine.txt", "mine");
+    let r = p.build(&[]);
+    assert_ne!(r.code, 0);
+    assert_eq!(p.read("report/mine.txt"), "mine");
+}

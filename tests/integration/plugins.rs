@@ -541,3 +541,58 @@ fn preview2_components_get_no_network() {
     // Nothing ever reached the listener.
     assert!(listener.accept().is_err(), "a plugin connected to the host");
 }
+
+#[test]
+fn a_state_dir_shared_by_a_monorepo_s_specs_keeps_each_one_s_plugin_paths() {
+    // One plugin declaration, included from two depths; one state dir.
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join(".git")).unwrap();
+    std::fs::create_dir_all(p.path().join("tools")).unwrap();
+    std::fs::copy(dist("template"), p.path().join("tools/tool.wasm")).unwrap();
+    p.file("tools/plugins.kdl", "plugin tool path=\"tool.wasm\"\n");
+    let stage = |name: &str| {
+        format!(
+            "stage {name} {{\n    write \"/a\" \"{name}\\n\"\n    wasm tool \"/a\" \"/b\"\n}}\n"
+        )
+    };
+    p.file(
+        "pkg/kiln.kdl",
+        &format!(
+            "kiln 1\ninclude \"../tools/plugins.kdl\"\n{}export {{\n    pkg to=\"out\"\n}}\n",
+            stage("pkg")
+        ),
+    );
+    p.spec(&format!(
+        "kiln 1\ninclude \"tools/plugins.kdl\"\n{}export {{\n    root to=\"out\"\n}}\n",
+        stage("root")
+    ));
+    let state = tempfile::tempdir().unwrap();
+    let build = |dir: &Path| {
+        let out = std::process::Command::new(crate::harness::kiln_bin())
+            .args(["build", "--progress", "plain"])
+            .current_dir(dir)
+            .env("KILN_STATE_DIR", state.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "in {}:\n{stderr}", dir.display());
+    };
+    // Each order, twice: every build reads the others' cached parses.
+    for _ in 0..2 {
+        build(&p.path().join("pkg"));
+        build(p.path());
+    }
+    assert_eq!(p.read("pkg/out/a"), "pkg\n");
+    assert_eq!(p.read("out/a"), "root\n");
+    assert!(p.exists("pkg/out/b") && p.exists("out/b"));
+    // A module that cannot be read is named with its path.
+    std::fs::remove_file(p.path().join("tools/tool.wasm")).unwrap();
+    p.file(
+        "tools/plugins.kdl",
+        "plugin tool path=\"tool.wasm\"\n// changed\n",
+    );
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(r.stderr.contains("tools/tool.wasm"), "{}", r.stderr);
+}

@@ -783,3 +783,33 @@ stage app {
     );
     assert!(r.stderr.contains("run \"touch /tmp/x\""), "{}", r.stderr);
 }
+
+#[test]
+fn a_test_report_is_exported_with_the_exit_status_when_the_tests_fail() {
+    // The recipe of the language reference: the test step records its
+    // status instead of failing, a later stage fails the build on it.
+    let Some(p) = project(
+        r#"kiln 1
+stage tests {
+    from image="IMAGE"
+    run "mkdir -p /report && (echo '1 passed, 1 failed' > /report/summary.txt; exit 1); echo $? > /report/status"
+}
+stage check {
+    from tests
+    run "exit $(cat /report/status)"
+}
+export {
+    tests to="report" when="always"
+    check to="out"
+}
+"#,
+    ) else {
+        return;
+    };
+    let r = p.build(&[]);
+    r.code(1);
+    assert!(r.stderr.contains("exited with status 1"), "{}", r.stderr);
+    assert_eq!(p.read("report/report/summary.txt"), "1 passed, 1 failed\n");
+    assert_eq!(p.read("report/report/status"), "1\n");
+    assert!(!p.exists("out"));
+}
