@@ -461,24 +461,45 @@ pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
     let store = Store::open_waiting(&state, Access::Exclusive, &super::waiting)?;
     let r = gc::collect(&store, budget)
         .map_err(|e| Diagnostic::io("cannot collect garbage in", &state, &e))?;
+    let total = |i: usize| -> u64 { r.parts.iter().map(|p| if i == 0 { p.1 } else { p.2 }).sum() };
     outln!(
-        "cache: {} → {}; removed {} cache entr{}, {} tree{}, {} blob{}",
-        human_bytes(r.bytes_before),
-        human_bytes(r.bytes_after),
+        "state directory: {} → {}",
+        human_bytes(total(0)),
+        human_bytes(total(1))
+    );
+    // Every part that holds anything, so nothing goes unaccounted.
+    for (part, before, after) in &r.parts {
+        if *before == 0 && *after == 0 {
+            continue;
+        }
+        outln!(
+            "  {part}: {} → {}",
+            human_bytes(*before),
+            human_bytes(*after)
+        );
+    }
+    outln!(
+        "removed {} cache entr{}, {} tree{}, {} blob{}, {} image blob{}, {} run cache mount{}, {} git repositor{}",
         r.actions_removed,
         if r.actions_removed == 1 { "y" } else { "ies" },
         r.trees_removed,
         if r.trees_removed == 1 { "" } else { "s" },
         r.blobs_removed,
         if r.blobs_removed == 1 { "" } else { "s" },
+        r.images_removed,
+        if r.images_removed == 1 { "" } else { "s" },
+        r.cache_mounts_removed,
+        if r.cache_mounts_removed == 1 { "" } else { "s" },
+        r.git_repos_removed,
+        if r.git_repos_removed == 1 { "y" } else { "ies" },
     );
-    if r.images_removed > 0 || r.cache_mounts_removed > 0 || r.git_repos_removed > 0 {
+    if let Some(b) = budget
+        && r.bytes_after > b
+    {
         outln!(
-            "images: removed {} blob{}; run cache mounts: removed {}; git repositories: removed {}",
-            r.images_removed,
-            if r.images_removed == 1 { "" } else { "s" },
-            r.cache_mounts_removed,
-            r.git_repos_removed
+            "the cache is {} over its budget of {}: what exports hold is kept whatever the budget",
+            human_bytes(r.bytes_after - b),
+            human_bytes(b)
         );
     }
     Ok(())

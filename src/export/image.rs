@@ -358,11 +358,7 @@ pub fn rfc3339(secs: u64) -> String {
 
 /// The cache of layers made, by the trees they come from.
 fn layer_cache_path(store: &Store, key: &str) -> PathBuf {
-    store
-        .layout()
-        .root()
-        .join("layers")
-        .join(format!("{key}.json"))
+    store.layout().layer_cache().join(format!("{key}.json"))
 }
 
 /// A layer from the tree `from` (none: empty) to the tree `to`, from the

@@ -18,8 +18,13 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The cache proper (blobs, trees, the action log): what the budget
+    /// bounds.
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Every part of the state directory, by what it holds: bytes before
+    /// and after (see [`super::layout::Layout::part_of`]).
+    pub parts: Vec<(&'static str, u64, u64)>,
     pub actions_removed: usize,
     pub trees_removed: usize,
     pub blobs_removed: usize,
@@ -149,7 +154,7 @@ fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDiges
 /// The cache of layers made for image exports (`layers/<key>.json`)
 /// names blobs of the image store: entries whose blob is gone go too.
 fn collect_layer_cache(layout: &super::layout::Layout) {
-    let Ok(rd) = fs::read_dir(layout.root().join("layers")) else {
+    let Ok(rd) = fs::read_dir(layout.layer_cache()) else {
         return;
     };
     let blobs = super::oci::OciBlobs::new(layout);
@@ -217,6 +222,45 @@ fn name_of(p: &Path) -> &str {
 /// Collect garbage. With `budget`, also evict least recently used entries
 /// until the store fits.
 pub fn collect(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
+    let before = usage(store.root());
+    let mut report = collect_inner(store, budget)?;
+    let after = usage(store.root());
+    let mut parts: Vec<&'static str> = before.keys().chain(after.keys()).copied().collect();
+    parts.sort();
+    parts.dedup();
+    report.parts = parts
+        .into_iter()
+        .map(|p| {
+            let get = |m: &HashMap<&'static str, u64>| m.get(p).copied().unwrap_or(0);
+            (p, get(&before), get(&after))
+        })
+        .collect();
+    Ok(report)
+}
+
+/// Bytes of the files below the state directory, by part.
+fn usage(root: &Path) -> HashMap<&'static str, u64> {
+    fn size(p: &Path) -> u64 {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| size(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    let mut out = HashMap::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            *out.entry(super::layout::Layout::part_of(&name))
+                .or_insert(0) += size(&e.path());
+        }
+    }
+    out
+}
+
+fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     store.clear_tmp();
     let layout = store.layout();
     let root = store.root();

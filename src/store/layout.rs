@@ -17,6 +17,8 @@
 //! rootfs/                stage trees on disk for `run` steps: layer
 //!                        directories stacked by overlayfs, by tree digest
 //! cache/<id>/            `run` cache mounts (`type=cache`)
+//! git/                   bare repositories of git sources, one per URL
+//! layers/<key>.json      image layers made for exports, by the trees they join
 //! owners/<token>         one file per running kiln process, flock'ed while it
 //!                        lives; `<token>.exports` lists its export temp paths
 //! quarantine/            damaged objects moved out of the way, for inspection
@@ -156,6 +158,27 @@ impl Layout {
     }
 
     /// Layer directories and the stacks that give trees, for `run` steps.
+    pub fn layer_cache(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    /// What each top-level entry of the state directory holds, for `kiln
+    /// gc`'s accounting (everything else is records and indexes).
+    pub fn part_of(name: &str) -> &'static str {
+        match name {
+            "blobs" | "trees" | "actions.log" => "cache",
+            "logs" => "step logs",
+            "images" => "images",
+            "wasm-cache" => "compiled plugin modules",
+            "rootfs" => "trees on disk for run steps",
+            "layers" => "image layer cache",
+            "cache" => "run cache mounts",
+            "git" => "git repositories",
+            "quarantine" => "quarantine",
+            _ => "records and indexes",
+        }
+    }
+
     pub fn rootfs(&self) -> PathBuf {
         self.root.join("rootfs")
     }

@@ -596,3 +596,64 @@ fn a_state_dir_shared_by_a_monorepo_s_specs_keeps_each_one_s_plugin_paths() {
     r.code(2);
     assert!(r.stderr.contains("tools/tool.wasm"), "{}", r.stderr);
 }
+
+#[test]
+fn gc_accounts_for_the_whole_state_dir_and_a_build_after_it_is_right() {
+    let p = Project::new();
+    std::fs::copy(dist("template"), p.path().join("tool.wasm")).unwrap();
+    p.spec(
+        "kiln 1\nplugin tool path=\"tool.wasm\"\nstage s {\n    write \"/a\" \"x\\n\"\n    wasm tool \"/a\" \"/b\"\n}\nexport {\n    s to=\"out\"\n    s to=\"out.tar\" format=\"tar\"\n}\n",
+    );
+    p.build(&[]).ok();
+    let exported = || {
+        (
+            p.read("out/b"),
+            std::fs::read(p.path().join("out.tar")).unwrap(),
+        )
+    };
+    let want = exported();
+    let size = |dir: &str| -> u64 {
+        fn walk(p: &Path) -> u64 {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| walk(&e.path()))
+                    .sum(),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            }
+        }
+        walk(&p.path().join(dir))
+    };
+    let modules = size(".kiln/wasm-cache");
+    assert!(modules > 100_000, "compiled modules: {modules} bytes");
+    let r = p.kiln(&["gc", "--max-size", "0"]);
+    r.ok();
+    // The whole state directory is counted, compiled modules included,
+    // and what went is reported.
+    let first = r.stdout.lines().next().unwrap();
+    assert!(first.starts_with("state directory: "), "{}", r.stdout);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("compiled plugin modules:"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(line.ends_with("→ 0 B"), "{line}");
+    assert!(!p.exists(".kiln/wasm-cache"));
+    // Right from what is left: the exports' trees were kept.
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(exported(), want);
+    // With the exports gone too, everything is built again, the same.
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    std::fs::remove_file(p.path().join("out.tar")).unwrap();
+    p.kiln(&["gc", "--max-size", "0"]).ok();
+    let r = p.build(&[]);
+    r.ok();
+    assert!(
+        !r.ran().is_empty(),
+        "nothing ran after the cache was emptied"
+    );
+    assert_eq!(exported(), want);
+}
