@@ -12,6 +12,7 @@
 
 pub mod load;
 pub mod pins;
+pub mod preflight;
 pub mod provenance;
 
 use crate::diag::{Diagnostic, Sources};
@@ -293,10 +294,24 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
 
 /// Read the spec, pick what to build and check every destination.
 pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
+    let state_dir = load::state_dir(&req.state_dir, &req.spec.spec_path());
+    let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
+    plan_with(req, sources, Some(&parse_cache))
+}
+
+/// [`plan`] without reading or writing the state directory (`kiln check`).
+pub fn plan_only(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
+    plan_with(req, sources, None)
+}
+
+fn plan_with(
+    req: &Request,
+    sources: &Sources,
+    parse_cache: Option<&dyn crate::frontend::ParseCache>,
+) -> Result<Plan, Vec<Diagnostic>> {
     let spec_path = req.spec.spec_path();
     let state_dir = load::state_dir(&req.state_dir, &spec_path);
-    let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
-    let loaded = load::load(&req.spec, sources, Some(&parse_cache))?;
+    let loaded = load::load(&req.spec, sources, parse_cache)?;
     let (roots, exports) = pick(&loaded.graph, req).map_err(|d| vec![d])?;
     let mut protected = dest::Protected::new();
     protected.add(&loaded.spec.dir, "the project");

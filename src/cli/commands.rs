@@ -140,8 +140,23 @@ fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
 }
 
 pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
-    let (_, graph, warnings) = load(args, sources)?;
-    print_warnings(&warnings, sources);
+    // Planned as a build would be (export destinations checked too), then
+    // everything the build would refuse that can be seen without building.
+    let req = crate::build::Request {
+        spec: args.input()?,
+        ..Default::default()
+    };
+    let plan = crate::build::plan_only(&req, sources)?;
+    let graph = plan.loaded.graph;
+    print_warnings(&plan.loaded.warnings, sources);
+    let refused = crate::build::preflight::check(&graph);
+    if !refused.is_empty() {
+        let code = super::exit_code(&refused);
+        return Err(Failure {
+            diagnostics: refused,
+            code,
+        });
+    }
     let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
     outln!(
         "ok: {} stage{}, {steps} step{}, {} export{}",

@@ -345,3 +345,54 @@ fn graph_draws_edges_from_mounts() {
         r.stdout
     );
 }
+
+#[test]
+fn check_reports_what_a_build_would_refuse_without_building() {
+    let p = Project::new();
+    p.spec(
+        r#"kiln 1
+context assets path="no-such-dir"
+plugin tool path="missing.wasm"
+stage a {
+    from image="oci:no-such-layout:1"
+    copy "x" "/" context="assets"
+    wasm tool "in" "out"
+}
+stage b {
+    write "/f" "f"
+}
+export {
+    b to="."
+}
+"#,
+    );
+    let r = p.kiln(&["check"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    // The export that would replace the project is refused first, as a
+    // build refuses it before starting.
+    assert!(r.stderr.contains("kiln.kdl:13:5"), "{}", r.stderr);
+    // With a writable destination, every other refusal at once, located.
+    p.spec(
+        &std::fs::read_to_string(p.path().join("kiln.kdl"))
+            .unwrap()
+            .replace("b to=\".\"", "b to=\"out\""),
+    );
+    let r = p.kiln(&["check"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for (what, at) in [
+        ("the context `", "kiln.kdl:2:9"),
+        ("cannot read the module of plugin `tool`", "kiln.kdl:3:8"),
+        (
+            "cannot use the image `oci:no-such-layout:1`",
+            "kiln.kdl:5:16",
+        ),
+    ] {
+        assert!(r.stderr.contains(what), "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(at), "{at}: {}", r.stderr);
+    }
+    assert!(!p.exists(".kiln/blobs/00"), "check builds nothing");
+    // Fixed, it is ok.
+    std::fs::create_dir(p.path().join("no-such-dir")).unwrap();
+    p.spec("kiln 1\nstage b {\n    write \"/f\" \"f\"\n}\nexport {\n    b to=\"out\"\n}\n");
+    p.kiln(&["check"]).ok();
+}

@@ -103,11 +103,25 @@ fn every_example_in_the_spec_reference_parses() {
                     .env("NO_COLOR", "1")
                     .output()
                     .unwrap();
+                // An example stands alone: only what it names outside
+                // itself (a plugin module, a context directory, a local
+                // image) may be missing where it is checked.
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let codes: Vec<&str> = stderr
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("kiln::") && !l.contains(' '))
+                    .collect();
+                let elsewhere = [
+                    "kiln::wasm::module",
+                    "kiln::context::missing",
+                    "kiln::image::resolve",
+                ];
                 assert!(
-                    out.status.success(),
-                    "example in {} does not check:\n{block}\n{}",
+                    out.status.success()
+                        || (!codes.is_empty() && codes.iter().all(|c| elsewhere.contains(c))),
+                    "example in {} does not check:\n{block}\n{stderr}",
                     e.path().display(),
-                    String::from_utf8_lossy(&out.stderr)
                 );
                 checked += 1;
             } else if in_block {

@@ -1,0 +1,166 @@
+//! What `kiln check` can tell, without building, that a build would
+//! refuse: a context that is not a directory, a plugin module that cannot
+//! be read or does not match its pin, a local base image that is not
+//! there, and `run` steps this machine cannot run (no bubblewrap; a user
+//! other than root when kiln is not root). Export destinations a build
+//! would not write are refused by [`super::plan`] itself. Nothing is
+//! fetched, and nothing runs.
+
+use crate::diag::Diagnostic;
+use crate::ir::{Base, Graph, Meta, Op};
+
+/// Every refusal found, located.
+pub fn check(graph: &Graph) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    contexts(graph, &mut out);
+    plugins(graph, &mut out);
+    images(graph, &mut out);
+    runs(graph, &mut out);
+    out
+}
+
+fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
+    for c in &graph.contexts {
+        // Only contexts some step reads matter to a build.
+        let used = graph.stages.iter().any(|s| {
+            s.steps.iter().any(|st| match &st.op {
+                Op::Copy(cp) => cp.from == crate::ir::CopyFrom::Context(c.id),
+                _ => false,
+            })
+        });
+        if !used || c.path.is_dir() {
+            continue;
+        }
+        let mut d = Diagnostic::user(
+            "kiln::context::missing",
+            format!("the context `{}` is not a directory", c.path.display()),
+        )
+        .with_help("point `path=` at an existing directory (relative to the spec file)");
+        if let Some(span) = c.span {
+            d = d.with_label(span, "declared here");
+        }
+        out.push(d);
+    }
+}
+
+fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
+    for p in &graph.plugins {
+        let used = graph.stages.iter().any(|s| {
+            s.steps
+                .iter()
+                .any(|st| matches!(&st.op, Op::Wasm(w) if w.plugin == p.id))
+        });
+        if !used {
+            continue;
+        }
+        match std::fs::read(&p.path) {
+            Err(e) => out.push(
+                Diagnostic::user(
+                    "kiln::wasm::module",
+                    format!(
+                        "cannot read the module of plugin `{}` (`{}`): {e}",
+                        p.name,
+                        p.path.display()
+                    ),
+                )
+                .with_label(p.span, "declared here")
+                .with_help("build the plugin, or fix its `path=` (relative to the spec file)"),
+            ),
+            Ok(bytes) => {
+                if let Some(pin) = &p.blake3 {
+                    let actual = blake3::hash(&bytes).to_hex().to_string();
+                    if !pin.eq_ignore_ascii_case(&actual) {
+                        out.push(
+                            Diagnostic::user(
+                                "kiln::wasm::pin",
+                                format!(
+                                    "the module of plugin `{}` does not match its pin: pinned blake3 {pin}, the file has {actual}",
+                                    p.name
+                                ),
+                            )
+                            .with_label(p.span, "pinned here")
+                            .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn images(graph: &Graph, out: &mut Vec<Diagnostic>) {
+    use crate::image::reference::{ImageRef, parse};
+    for s in &graph.stages {
+        let Base::Image(i) = &s.base else { continue };
+        let label = s.from_span.unwrap_or(s.span);
+        let missing = match parse(&i.reference, &i.dir) {
+            Err(e) => Some(e.to_string()),
+            Ok(ImageRef::Registry(_)) => None,
+            Ok(ImageRef::Layout { dir, .. }) => (!dir.join("index.json").is_file()).then(|| {
+                format!(
+                    "`{}` is not an OCI image layout (no index.json)",
+                    dir.display()
+                )
+            }),
+            Ok(ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }) => {
+                (!file.is_file()).then(|| format!("`{}` is not a file", file.display()))
+            }
+        };
+        if let Some(why) = missing {
+            out.push(
+                Diagnostic::user(
+                    "kiln::image::resolve",
+                    format!("cannot use the image `{}`: {why}", i.reference),
+                )
+                .with_label(label, "built on this image")
+                .with_help(
+                    "check the reference; a local image's path is relative to the spec file",
+                ),
+            );
+        }
+    }
+}
+
+fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
+    let root = rustix::process::geteuid().is_root();
+    let mut bwrap: Option<bool> = None;
+    for s in &graph.stages {
+        // The user a `user` step of this stage set (an image's own user
+        // is not known without fetching it).
+        let mut user: Option<&str> = None;
+        for (i, st) in s.steps.iter().enumerate() {
+            match &st.op {
+                Op::Meta(Meta::User(u)) => user = Some(u),
+                Op::Run(_) => {
+                    let span = graph.source_map.step(s.id, i).span;
+                    if !*bwrap.get_or_insert_with(crate::sandbox::bwrap_available) {
+                        out.push(
+                            Diagnostic::env(
+                                "kiln::run::sandbox",
+                                "`run` steps need bubblewrap (`bwrap`), which is not installed",
+                            )
+                            .with_label(span, "this step")
+                            .with_help("install Debian's `bubblewrap`"),
+                        );
+                        return;
+                    }
+                    let name = user.map(|u| u.split(':').next().unwrap_or(u));
+                    if !root && name.is_some_and(|n| n != "root" && n != "0") {
+                        out.push(
+                            Diagnostic::env(
+                                "kiln::run::user-without-root",
+                                format!(
+                                    "running a command as user `{}` needs kiln to run as root",
+                                    user.unwrap_or_default()
+                                ),
+                            )
+                            .with_label(span, "this step")
+                            .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
