@@ -156,6 +156,9 @@ pub fn render(diag: &Diagnostic, sources: &Sources, options: RenderOptions) -> S
     };
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_width(options.width)
+        // Paths (logs, destinations) stay whole on one line, so they can
+        // be copied.
+        .with_break_words(false)
         .with_links(false);
     let mut out = String::new();
     if handler

@@ -560,19 +560,21 @@ impl Runtime {
         let frames = e
             .downcast_ref::<wasmtime::WasmBacktrace>()
             .map(|bt| {
-                bt.frames()
-                    .iter()
-                    .map(|f| {
-                        let name = f
-                            .func_name()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| format!("function #{}", f.func_index()));
-                        match f.module_offset() {
-                            Some(o) => format!("{name} (module offset {o:#x})"),
-                            None => name,
-                        }
-                    })
-                    .collect()
+                trim_frames(
+                    bt.frames()
+                        .iter()
+                        .map(|f| {
+                            let name = f
+                                .func_name()
+                                .map(|n| format!("{:#}", rustc_demangle::demangle(n)))
+                                .unwrap_or_else(|| format!("function #{}", f.func_index()));
+                            match f.module_offset() {
+                                Some(o) => format!("{name} (module offset {o:#x})"),
+                                None => name,
+                            }
+                        })
+                        .collect(),
+                )
             })
             .unwrap_or_default();
         let message = match e.downcast_ref::<Trap>() {
@@ -583,6 +585,43 @@ impl Runtime {
     }
 }
 
+/// Frames worth reading in a guest's backtrace: Rust names demangled
+/// (without their hashes, by the caller), the panic and abort machinery
+/// above the plugin's own code left out, and at most
+/// [`BACKTRACE_FRAMES`] shown.
+fn trim_frames(frames: Vec<String>) -> Vec<String> {
+    const MACHINERY: &[&str] = &[
+        "std::panicking::",
+        "core::panicking::",
+        "std::panic::",
+        "std::sys::",
+        "std::process::abort",
+        "std::rt::",
+        "__rust_start_panic",
+        "__rust_abort",
+        "__rustc::",
+        "rust_panic",
+        "rust_begin_unwind",
+        "panic_abort::",
+        "abort",
+        "__wasi_proc_exit",
+    ];
+    let is_machinery = |f: &str| MACHINERY.iter().any(|m| f.starts_with(m));
+    // The innermost frames are the panic's own: skip them up to the
+    // first frame of the plugin (all of them, if nothing else is left).
+    let first = frames.iter().position(|f| !is_machinery(f)).unwrap_or(0);
+    let mut out: Vec<String> = frames[first..].to_vec();
+    if out.len() > BACKTRACE_FRAMES {
+        let more = out.len() - BACKTRACE_FRAMES;
+        out.truncate(BACKTRACE_FRAMES);
+        out.push(format!("… {more} more"));
+    }
+    out
+}
+
+/// The most backtrace frames an error shows.
+const BACKTRACE_FRAMES: usize = 16;
+
 /// A WASI preview 2 component (rather than a core module), by its header.
 pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
@@ -590,6 +629,27 @@ pub fn is_component(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guest_backtraces_are_demangled_and_start_at_the_plugin_s_code() {
+        let names = [
+            "_ZN4core9panicking9panic_fmt17h0123456789abcdefE",
+            "_ZN3std9panicking20rust_panic_with_hook17h0123456789abcdefE",
+            "_ZN6plugin5parse17h0123456789abcdefE",
+            "_ZN6plugin4main17h0123456789abcdefE",
+            "_start",
+        ];
+        let frames: Vec<String> = names
+            .iter()
+            .map(|n| format!("{:#}", rustc_demangle::demangle(n)))
+            .collect();
+        let shown = trim_frames(frames);
+        assert_eq!(shown, ["plugin::parse", "plugin::main", "_start"]);
+        let many: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let shown = trim_frames(many);
+        assert_eq!(shown.len(), BACKTRACE_FRAMES + 1);
+        assert_eq!(shown.last().map(String::as_str), Some("… 24 more"));
+    }
+
     use super::*;
 
     fn dist(name: &str) -> Vec<u8> {

@@ -146,7 +146,12 @@ impl StepKind for WasmOp {
                 });
             }
             if let Err(f) = result {
-                return Err(failure(f, p, cx.span(), &output, log));
+                let mut d = failure(f, p, cx.span(), &output, log);
+                let at: Vec<&str> = self.mounts.iter().map(|m| m.guest.as_str()).collect();
+                if let Some(note) = read_only_note(&at, &output) {
+                    d = d.with_note(note);
+                }
+                return Err(d);
             }
             workdir::read_back(env.content, &root, work.tree, &written).map_err(|d| {
                 if d.labels.is_empty() {
@@ -242,6 +247,26 @@ fn shown(text: &str) -> String {
 }
 
 /// The last `n` lines of `text`.
+/// When a failed plugin with mounts said it could not write, that its
+/// mounts are read-only (the guest's own message cannot say so).
+fn read_only_note(mounts: &[&str], out: &plugin::Output) -> Option<String> {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .to_ascii_lowercase();
+    let refused = ["read-only", "permission denied", "not permitted"]
+        .iter()
+        .any(|w| text.contains(w));
+    (!mounts.is_empty() && refused).then(|| {
+        format!(
+            "the step's mounts ({}) are read-only: a plugin writes its results into the stage's tree",
+            mounts.join(", ")
+        )
+    })
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -351,4 +376,24 @@ fn failure(
         d = d.with_note(format!("whole output: {}", l.display()));
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(stderr: &str) -> plugin::Output {
+        plugin::Output {
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_refused_write_with_mounts_says_they_are_read_only() {
+        let note = read_only_note(&["/assets"], &out("open /assets/x: Read-only file system"));
+        assert!(note.is_some_and(|n| n.contains("(/assets) are read-only")));
+        assert!(read_only_note(&[], &out("Permission denied")).is_none());
+        assert!(read_only_note(&["/assets"], &out("no such file")).is_none());
+    }
 }
