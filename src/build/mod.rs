@@ -916,10 +916,12 @@ impl ExportPhase<'_> {
             }
             chain.push(s);
         }
-        // A layer for each tree stored on the way (after every step that
-        // runs a program, at the end of each stage), with the steps that
-        // made it; a stage's other steps are replayed, not stored, so
-        // their changes go into the next layer.
+        // A layer after every step that runs a program (or fetches a git
+        // tree) and at the end of each stage, with the steps that made it:
+        // the trees there are always stored. The places come from the
+        // spec alone, never from what the cache happens to hold, so the
+        // same spec makes the same layers in any state directory. Other
+        // steps' changes go into the next layer.
         let records: HashMap<(&str, usize), &StepRecord> = self
             .outcome
             .records
@@ -933,8 +935,11 @@ impl ExportPhase<'_> {
             let stage = graph.stage(*id);
             for (i, step) in stage.steps.iter().enumerate() {
                 texts.push(crate::exec::steps::describe(&step.op, graph));
+                let boundary =
+                    crate::exec::steps::kind(&step.op).stores_tree() || i + 1 == stage.steps.len();
                 let stored = records
                     .get(&(stage.name.as_str(), i))
+                    .filter(|_| boundary)
                     .and_then(|r| StepKey::parse(&r.key))
                     .and_then(|k| self.executor.stored_tree(k));
                 if !e.squash

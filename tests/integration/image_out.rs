@@ -845,3 +845,28 @@ fn a_pushed_image_carries_its_provenance_as_a_referrer() {
     ));
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1, "{index}");
 }
+
+#[test]
+fn an_image_s_layers_do_not_depend_on_what_the_cache_held() {
+    let Some(image) = busybox() else {
+        return;
+    };
+    let spec = |extra: &str| {
+        format!(
+            "kiln 1\nstage app {{\n    from image=\"{image}\"\n    write \"/a\" \"1\"\n{extra}}}\nexport {{\n    app to=\"img\" format=\"oci\" tag=\"app:1\"\n}}\n"
+        )
+    };
+    // The first `write` was the stage's last step (its tree stored) in an
+    // earlier build here; a fresh state dir never stored it.
+    let reused = Project::new();
+    reused.spec(&spec(""));
+    reused.build(&[]).ok();
+    reused.spec(&spec("    write \"/b\" \"2\"\n"));
+    reused.build(&[]).ok();
+    let fresh = Project::new();
+    fresh.spec(&spec("    write \"/b\" \"2\"\n"));
+    fresh.build(&[]).ok();
+    let digest =
+        |p: &Project| json(&p.path().join("img/index.json"))["manifests"][0]["digest"].clone();
+    assert_eq!(digest(&reused), digest(&fresh));
+}
