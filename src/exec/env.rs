@@ -149,7 +149,11 @@ impl<'a> Env<'a> {
     /// The plugin runtime, started on first use.
     pub fn runtime(&self) -> Result<&Runtime, Diagnostic> {
         self.runtime
-            .get_or_init(|| Runtime::new(&self.local.layout().wasm_cache(), self.options.jobs))
+            .get_or_init(|| {
+                let dir = crate::plugin::machine_cache_dir()
+                    .unwrap_or_else(|| self.local.layout().wasm_cache());
+                Runtime::new(&dir, self.options.jobs)
+            })
             .as_ref()
             .map_err(|e| {
                 Diagnostic::env(

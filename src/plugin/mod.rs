@@ -216,7 +216,7 @@ pub struct ModuleBytes {
 }
 
 /// Why a module could not be loaded.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum LoadError {
     /// The file could not be read (the message names it).
     Read(String),
@@ -301,7 +301,9 @@ pub struct Runtime {
     component_linker: wasmtime::component::Linker<HostP2>,
     /// Modules by path, read once per build.
     modules: Mutex<HashMap<PathBuf, Result<Arc<ModuleBytes>, String>>>,
-    loaded: Mutex<HashMap<PathBuf, Arc<Loaded>>>,
+    /// Compiled modules by path: one cell each, so steps that need the
+    /// same module at the same moment wait for one compilation.
+    loaded: Mutex<HashMap<PathBuf, Arc<std::sync::OnceLock<Result<Arc<Loaded>, LoadError>>>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -309,6 +311,104 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Where compiled modules are kept for every build on this machine:
+/// `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/wasm`, else
+/// `~/.cache/kiln/wasm` (wasmtime's cache, keyed by the module's bytes,
+/// wasmtime's version and the compiler's settings, and trimmed by it).
+/// `None` when none can be made: the state directory keeps them then.
+pub fn machine_cache_dir() -> Option<PathBuf> {
+    let from_env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = from_env("KILN_CACHE_DIR")
+        .or_else(|| from_env("XDG_CACHE_HOME").map(|d| d.join("kiln").join("wasm")))
+        .or_else(|| from_env("HOME").map(|h| h.join(".cache").join("kiln").join("wasm")))?;
+    if !dir.is_absolute() {
+        return None;
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    // Writable by this user (a shared HOME may not be).
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").ok()?;
+    let _ = std::fs::remove_file(probe);
+    Some(dir)
+}
+
+/// The most table elements a module may ask for.
+pub const TABLE_ELEMENTS: usize = 1 << 20;
+
+/// What kiln refuses in a core module before compiling it (which takes
+/// minutes for a large one): no `_start` (a reactor, not a command),
+/// imports other than WASI preview 1, or a table beyond kiln's limit.
+pub fn inspect(bytes: &[u8]) -> Result<(), String> {
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    let mut start = false;
+    let mut table = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            wasmparser::Payload::ImportSection(s) => {
+                for imp in s.into_imports() {
+                    let imp = imp.map_err(|e| e.to_string())?;
+                    if imp.module != "wasi_snapshot_preview1" {
+                        imports.push(format!("{}::{}", imp.module, imp.name));
+                    }
+                }
+            }
+            wasmparser::Payload::TableSection(s) => {
+                for t in s {
+                    let t = t.map_err(|e| e.to_string())?;
+                    table = table.max(t.ty.initial);
+                }
+            }
+            wasmparser::Payload::ExportSection(s) => {
+                for exp in s {
+                    let exp = exp.map_err(|e| e.to_string())?;
+                    start |=
+                        exp.name == "_start" && matches!(exp.kind, wasmparser::ExternalKind::Func);
+                    exports.push(exp.name.to_string());
+                }
+            }
+            // Function bodies are not looked at.
+            wasmparser::Payload::CodeSectionStart { .. } => {}
+            _ => {}
+        }
+    }
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
+        let more = v.len().saturating_sub(shown.len());
+        if more > 0 {
+            format!("{}, and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    };
+    if !imports.is_empty() {
+        return Err(format!(
+            "it imports what kiln does not provide ({}); a plugin may import only WASI preview 1 (`wasi_snapshot_preview1`)",
+            list(&imports)
+        ));
+    }
+    if !start {
+        return Err(format!(
+            "it has no `_start`: it is a library (a WASI reactor), not a program kiln can run (it exports {})",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                list(&exports)
+            }
+        ));
+    }
+    if table > TABLE_ELEMENTS as u64 {
+        return Err(format!(
+            "it needs a table of {table} elements, more than the {TABLE_ELEMENTS} kiln allows"
+        ));
+    }
+    Ok(())
 }
 
 /// The engine's configuration. With `pool`, instances come from a pooling
@@ -328,6 +428,9 @@ fn config(cache_dir: &Path, pool: bool, slots: u32) -> wasmtime::Result<wasmtime
             .total_stacks(slots * 2)
             .max_memories_per_module(1)
             .max_memory_size(4 << 30)
+            // Address space only, until used: real programs (CPython's
+            // reactor has a table of 47,157 functions) fit.
+            .table_elements(TABLE_ELEMENTS)
             .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10);
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(p))
@@ -401,14 +504,17 @@ impl Runtime {
 
     /// Load (compile, or fetch from the cache) a plugin's module, checking its pin.
     pub fn load(&self, plugin: &Plugin) -> Result<Arc<Loaded>, LoadError> {
-        if let Some(l) = self
+        let cell = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&plugin.path)
-        {
-            return Ok(l.clone());
-        }
+            .entry(plugin.path.clone())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| self.compile(plugin)).clone()
+    }
+
+    fn compile(&self, plugin: &Plugin) -> Result<Arc<Loaded>, LoadError> {
         let module = self.module(plugin).map_err(LoadError::Read)?;
         let (bytes, actual) = (&module.bytes, &module.digest);
         if let Some(expected) = &plugin.blake3
@@ -431,15 +537,12 @@ impl Runtime {
                 wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre).map_err(invalid)?,
             )))
         } else {
+            inspect(bytes).map_err(LoadError::Invalid)?;
             let module = Module::from_binary(&self.engine, bytes).map_err(invalid)?;
             Arc::new(Loaded(Program::Module(
                 self.linker.instantiate_pre(&module).map_err(invalid)?,
             )))
         };
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(plugin.path.clone(), loaded.clone());
         Ok(loaded)
     }
 
@@ -629,6 +732,34 @@ pub fn is_component(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn modules_kiln_cannot_run_are_refused_before_compiling() {
+        let module = |text: &str| wat::parse_str(text).unwrap();
+        let command = module(
+            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+                (func (export "_start")))"#,
+        );
+        assert_eq!(inspect(&command), Ok(()));
+        let reactor = module(r#"(module (func (export "_initialize")) (func (export "PyRun")))"#);
+        let err = inspect(&reactor).unwrap_err();
+        assert!(
+            err.contains("no `_start`") && err.contains("_initialize, PyRun"),
+            "{err}"
+        );
+        let foreign =
+            module(r#"(module (import "env" "js_eval" (func)) (func (export "_start")))"#);
+        let err = inspect(&foreign).unwrap_err();
+        assert!(err.contains("env::js_eval"), "{err}");
+        let big = module(&format!(
+            r#"(module (table {} funcref) (func (export "_start")))"#,
+            TABLE_ELEMENTS + 1
+        ));
+        assert!(inspect(&big).unwrap_err().contains("table of"));
+        // CPython's table fits.
+        let cpython = module(r#"(module (table 47157 funcref) (func (export "_start")))"#);
+        assert_eq!(inspect(&cpython), Ok(()));
+    }
+
     #[test]
     fn guest_backtraces_are_demangled_and_start_at_the_plugin_s_code() {
         let names = [

@@ -604,7 +604,22 @@ fn gc_accounts_for_the_whole_state_dir_and_a_build_after_it_is_right() {
     p.spec(
         "kiln 1\nplugin tool path=\"tool.wasm\"\nstage s {\n    write \"/a\" \"x\\n\"\n    wasm tool \"/a\" \"/b\"\n}\nexport {\n    s to=\"out\"\n    s to=\"out.tar\" format=\"tar\"\n}\n",
     );
-    p.build(&[]).ok();
+    // No cache directory for the machine (no home): compiled modules are
+    // kept in the state directory, which gc must then account for.
+    let kiln = |args: &[&str]| -> crate::harness::Run {
+        std::process::Command::new(crate::harness::kiln_bin())
+            .args(args)
+            .current_dir(p.path())
+            .env_remove("HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("KILN_CACHE_DIR")
+            .env_remove("KILN_STATE_DIR")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+            .into()
+    };
+    kiln(&["build", "--progress", "json"]).ok();
     let exported = || {
         (
             p.read("out/b"),
@@ -628,7 +643,7 @@ fn gc_accounts_for_the_whole_state_dir_and_a_build_after_it_is_right() {
     };
     let modules = size(".kiln/wasm-cache");
     assert!(modules > 100_000, "compiled modules: {modules} bytes");
-    let r = p.kiln(&["gc", "--max-size", "0"]);
+    let r = kiln(&["gc", "--max-size", "0"]);
     r.ok();
     // The whole state directory is counted, compiled modules included,
     // and what went is reported.
@@ -642,18 +657,92 @@ fn gc_accounts_for_the_whole_state_dir_and_a_build_after_it_is_right() {
     assert!(line.ends_with("→ 0 B"), "{line}");
     assert!(!p.exists(".kiln/wasm-cache"));
     // Right from what is left: the exports' trees were kept.
-    let r = p.build(&[]);
-    r.ok();
+    kiln(&["build", "--progress", "json"]).ok();
     assert_eq!(exported(), want);
     // With the exports gone too, everything is built again, the same.
     std::fs::remove_dir_all(p.path().join("out")).unwrap();
     std::fs::remove_file(p.path().join("out.tar")).unwrap();
-    p.kiln(&["gc", "--max-size", "0"]).ok();
-    let r = p.build(&[]);
+    kiln(&["gc", "--max-size", "0"]).ok();
+    let r = kiln(&["build", "--progress", "json"]);
     r.ok();
     assert!(
         !r.ran().is_empty(),
         "nothing ran after the cache was emptied"
     );
     assert_eq!(exported(), want);
+}
+
+#[test]
+fn compiled_modules_are_kept_once_per_machine() {
+    let cache = tempfile::tempdir().unwrap();
+    let build = |p: &Project| -> crate::harness::Run {
+        std::process::Command::new(crate::harness::kiln_bin())
+            .args(["build", "--progress", "json"])
+            .current_dir(p.path())
+            .env("KILN_CACHE_DIR", cache.path())
+            .env_remove("KILN_STATE_DIR")
+            .output()
+            .unwrap()
+            .into()
+    };
+    let spec = "kiln 1\nplugin tool path=\"tool.wasm\"\nstage s {\n    write \"/a\" \"x\\n\"\n    wasm tool \"/a\" \"/b\"\n}\n";
+    let (a, b) = (Project::new(), Project::new());
+    for p in [&a, &b] {
+        std::fs::copy(dist("template"), p.path().join("tool.wasm")).unwrap();
+        p.spec(spec);
+    }
+    build(&a).ok();
+    // Compiled modules (wasmtime also keeps usage statistics beside them).
+    let files = || {
+        fn count(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.path() {
+                            d if d.is_dir() => count(&d),
+                            f if f.extension().is_some_and(|x| x == "stats") => 0,
+                            _ => 1,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&cache.path().join("modules"))
+    };
+    let after_first = files();
+    assert!(after_first > 0, "nothing compiled into the machine's cache");
+    // Another project, another state dir: the module is not compiled again.
+    build(&b).ok();
+    assert_eq!(files(), after_first);
+    assert!(!a.exists(".kiln/wasm-cache") && !b.exists(".kiln/wasm-cache"));
+}
+
+#[test]
+fn a_program_with_a_large_table_runs_and_a_reactor_is_refused_at_once() {
+    let p = Project::new();
+    // As CPython's WASI build: a table of 47,157 functions.
+    let big = wat::parse_str(
+        r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (table 47157 funcref)
+            (memory (export "memory") 1)
+            (func (export "_start") (call $exit (i32.const 0))))"#,
+    )
+    .unwrap();
+    std::fs::write(p.path().join("big.wasm"), big).unwrap();
+    let reactor = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_initialize")) (func (export "Py_Initialize")))"#,
+    )
+    .unwrap();
+    std::fs::write(p.path().join("reactor.wasm"), reactor).unwrap();
+    p.spec("kiln 1\nplugin big path=\"big.wasm\"\nplugin lib path=\"reactor.wasm\"\nstage s {\n    write \"/a\" \"x\"\n    wasm big\n}\nstage r {\n    wasm lib\n}\n");
+    p.build(&["--target", "s"]).ok();
+    let r = p.build(&["--target", "r"]);
+    r.code(2);
+    assert!(r.stderr.contains("has no `_start`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("_initialize, Py_Initialize"),
+        "{}",
+        r.stderr
+    );
 }
