@@ -295,6 +295,9 @@ fn watch<T>(store: &mut Store<T>, timeout: Duration, cancel: Arc<AtomicBool>) {
     });
 }
 
+/// A module's compilation: done once, awaited by every step that needs it.
+type Compiling = std::sync::OnceLock<Result<Arc<Loaded>, LoadError>>;
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
@@ -303,7 +306,7 @@ pub struct Runtime {
     modules: Mutex<HashMap<PathBuf, Result<Arc<ModuleBytes>, String>>>,
     /// Compiled modules by path: one cell each, so steps that need the
     /// same module at the same moment wait for one compilation.
-    loaded: Mutex<HashMap<PathBuf, Arc<std::sync::OnceLock<Result<Arc<Loaded>, LoadError>>>>>,
+    loaded: Mutex<HashMap<PathBuf, Arc<Compiling>>>,
     stop: Arc<AtomicBool>,
 }
 
