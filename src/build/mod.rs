@@ -751,17 +751,7 @@ impl ExportPhase<'_> {
             return Ok(());
         };
         let subject = provenance::subject(e, &p.resolved, &state.tree.hex())?;
-        // A build answered from the memo keeps its steps without their
-        // inputs: they come from the records of the run that made them.
-        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
-        let statement = provenance::statement(
-            self.graph,
-            e,
-            &subject,
-            &steps,
-            self.sources,
-            self.settings.epoch,
-        );
+        let statement = self.statement(e, &subject);
         let path = provenance::path_for(&p.resolved);
         let bytes = serde_json::to_vec_pretty(&statement)
             .map_err(|e| Diagnostic::internal(format!("provenance: {e}")))?;
@@ -776,6 +766,21 @@ impl ExportPhase<'_> {
                 let _ = std::fs::remove_file(&tmp);
                 Diagnostic::io("cannot write the provenance", &path, &err)
             })
+    }
+
+    /// The provenance statement of an export whose subject is `subject`.
+    fn statement(&self, e: &Export, subject: &provenance::Subject) -> serde_json::Value {
+        // A build answered from the memo keeps its steps without their
+        // inputs: they come from the records of the run that made them.
+        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
+        provenance::statement(
+            self.graph,
+            e,
+            subject,
+            &steps,
+            self.sources,
+            self.settings.epoch,
+        )
     }
 
     /// Attach the statement of a pushed image to it in the registry.
@@ -793,16 +798,7 @@ impl ExportPhase<'_> {
                 manifest.hex().to_string(),
             )]),
         };
-        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
-        let statement = provenance::statement(
-            self.graph,
-            e,
-            &subject,
-            &steps,
-            self.sources,
-            self.settings.epoch,
-        );
-        let bytes = serde_json::to_vec(&statement)
+        let bytes = serde_json::to_vec(&self.statement(e, &subject))
             .map_err(|e| Diagnostic::internal(format!("provenance: {e}")))?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         crate::image::attach_statement(

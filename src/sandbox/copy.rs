@@ -11,7 +11,7 @@
 //! root (0:0) where the path is new.
 
 use super::SandboxError;
-use crate::model::tree::{self, Entry, Kind, Tree};
+use crate::model::tree::{self, Entry, Tree};
 use crate::store::ContentStore;
 use rustix::fs::{AtFlags, FileType, OFlags};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -205,65 +205,18 @@ impl Walk<'_> {
                     }
                 }
                 _ if unchanged => {}
-                FileType::RegularFile => {
-                    if scaffold && st.st_size == 0 {
+                _ => {
+                    if ft == FileType::RegularFile && scaffold && st.st_size == 0 {
                         continue;
                     }
-                    let f = rustix::fs::openat(
-                        dir,
-                        name.as_str(),
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        rustix::fs::Mode::empty(),
-                    )
-                    .map_err(|e| io("cannot open", e))?;
-                    let mut file = std::fs::File::from(f);
-                    let (blob, size) = self.content.put_blob_reader(&mut file, None)?;
+                    let at = self.root.join(&path);
                     tree.remove_all(&path);
-                    tree.entries.insert(
-                        path,
-                        Entry {
-                            kind: Kind::File { blob, size },
-                            mode,
-                            uid,
-                            gid,
-                        },
-                    );
-                    changed_any = true;
-                }
-                FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
-                        .map_err(|e| io("cannot read the link", e))?;
-                    let Ok(target) = target.into_string() else {
-                        return Err(SandboxError::Changes(format!(
-                            "the command left the symlink `/{path}`, whose target is not UTF-8"
-                        )));
-                    };
-                    tree.remove_all(&path);
-                    tree.entries.insert(
-                        path,
-                        Entry {
-                            kind: Kind::Symlink { target },
-                            mode: 0o777,
-                            uid,
-                            gid,
-                        },
-                    );
-                    changed_any = true;
-                }
-                // A socket left behind by a daemon is not part of a file
-                // system image (Docker's exports drop them too).
-                FileType::Socket => {
-                    tree.remove_all(&path);
-                }
-                FileType::Fifo => {
-                    return Err(SandboxError::Changes(format!(
-                        "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
-                    )));
-                }
-                _ => {
-                    return Err(SandboxError::Changes(format!(
-                        "the command left the device node `/{path}`, which a kiln tree cannot hold"
-                    )));
+                    if let Some(e) =
+                        super::leaf(self.content, dir, &name, &path, &st, (uid, gid), &at)?
+                    {
+                        tree.entries.insert(path, e);
+                        changed_any = true;
+                    }
                 }
             }
         }
@@ -274,6 +227,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::tree::Kind;
     use crate::store::memory::MemoryStore;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;

@@ -51,6 +51,70 @@ pub enum SandboxError {
     Interrupted,
 }
 
+/// The tree entry for what a command left at `path` (a file, read into
+/// the store, or a symlink), found as `name` in `dir`; `None` for a
+/// socket (a daemon's leftover, which images do not hold either). A FIFO
+/// or a device node is an error: a tree cannot hold one.
+pub(crate) fn leaf(
+    content: &dyn crate::store::ContentStore,
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    path: &str,
+    st: &rustix::fs::Stat,
+    (uid, gid): (u32, u32),
+    at: &Path,
+) -> Result<Option<crate::model::tree::Entry>, SandboxError> {
+    use crate::model::tree::{Entry, Kind};
+    use rustix::fs::{FileType, OFlags};
+    let io = |what: &str, e: rustix::io::Errno| {
+        SandboxError::Io(crate::diag::io_message(what, at, &e.into()))
+    };
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {
+            let f = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| io("cannot open", e))?;
+            let (blob, size) = content.put_blob_reader(&mut std::fs::File::from(f), None)?;
+            Kind::File { blob, size }
+        }
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                .map_err(|e| io("cannot read the link", e))?;
+            let Ok(target) = target.into_string() else {
+                return Err(SandboxError::Changes(format!(
+                    "the command left the symlink `/{path}`, whose target is not UTF-8"
+                )));
+            };
+            Kind::Symlink { target }
+        }
+        FileType::Socket => return Ok(None),
+        FileType::Fifo => {
+            return Err(SandboxError::Changes(format!(
+                "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
+            )));
+        }
+        _ => {
+            return Err(SandboxError::Changes(format!(
+                "the command left the device node `/{path}`, which a kiln tree cannot hold"
+            )));
+        }
+    };
+    let mode = match kind {
+        Kind::Symlink { .. } => 0o777,
+        _ => st.st_mode & 0o7777,
+    };
+    Ok(Some(Entry {
+        kind,
+        mode,
+        uid,
+        gid,
+    }))
+}
+
 /// An overlay mount of a layer stack, with a fresh upper directory.
 /// Unmounted when dropped.
 pub struct Overlay {

@@ -4,7 +4,7 @@
 //! what changed is read and hashed.
 
 use super::SandboxError;
-use crate::model::tree::{self, Entry, Kind, Tree};
+use crate::model::tree::{self, Entry, Tree};
 use crate::store::ContentStore;
 use rustix::fs::{AtFlags, FileType, OFlags};
 use std::collections::BTreeSet;
@@ -104,64 +104,17 @@ fn walk(
                     kept_any = true;
                 }
             }
-            FileType::RegularFile => {
-                if scaffolding.contains(&path) && st.st_size == 0 {
+            _ => {
+                if ft == FileType::RegularFile && scaffolding.contains(&path) && st.st_size == 0 {
                     dropped.push(path);
                     continue;
                 }
-                let f = rustix::fs::openat(
-                    dir,
-                    &name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .map_err(|e| io("cannot open", &path, e))?;
-                let mut file = std::fs::File::from(f);
-                let (blob, size) = content.put_blob_reader(&mut file, None)?;
+                let at = upper.join(&path);
                 tree.remove_all(&path);
-                tree.entries.insert(
-                    path,
-                    Entry {
-                        kind: Kind::File { blob, size },
-                        mode,
-                        uid,
-                        gid,
-                    },
-                );
-                kept_any = true;
-            }
-            FileType::Symlink => {
-                let target = rustix::fs::readlinkat(dir, &name, Vec::new())
-                    .map_err(|e| io("cannot read the link", &path, e))?;
-                let Ok(target) = target.into_string() else {
-                    return Err(SandboxError::Changes(format!(
-                        "the command left the symlink `/{path}`, whose target is not UTF-8"
-                    )));
-                };
-                tree.remove_all(&path);
-                tree.entries.insert(
-                    path,
-                    Entry {
-                        kind: Kind::Symlink { target },
-                        mode: 0o777,
-                        uid,
-                        gid,
-                    },
-                );
-                kept_any = true;
-            }
-            // A socket left behind by a daemon is not part of a file system
-            // image (Docker's exports drop them too).
-            FileType::Socket => {}
-            FileType::Fifo => {
-                return Err(SandboxError::Changes(format!(
-                    "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
-                )));
-            }
-            _ => {
-                return Err(SandboxError::Changes(format!(
-                    "the command left the device node `/{path}`, which a kiln tree cannot hold"
-                )));
+                if let Some(e) = super::leaf(content, dir, &name, &path, &st, (uid, gid), &at)? {
+                    tree.entries.insert(path, e);
+                    kept_any = true;
+                }
             }
         }
     }
