@@ -912,12 +912,11 @@ impl ExportPhase<'_> {
             }
             chain.push(s);
         }
-        // A layer after every step that runs a program (or fetches a git
-        // tree) and at the end of each stage, with the steps that made it:
-        // the trees there are always stored. The places come from the
-        // spec alone, never from what the cache happens to hold, so the
-        // same spec makes the same layers in any state directory. Other
-        // steps' changes go into the next layer.
+        // A layer for every step that changed the tree (Docker's model),
+        // with the history naming the steps since the layer below. The
+        // trees come from the steps themselves (replayed where the cache
+        // kept none), never from what the cache happened to store, so
+        // the same spec makes the same layers in any state directory.
         let records: HashMap<(&str, usize), &StepRecord> = self
             .outcome
             .records
@@ -929,22 +928,29 @@ impl ExportPhase<'_> {
         let mut last = base.as_ref().map(|b| b.tree_digest);
         for id in chain.iter().rev() {
             let stage = graph.stage(*id);
+            let trees: HashMap<usize, crate::model::digest::TreeDigest> = if e.squash {
+                HashMap::new()
+            } else {
+                let keys: Vec<Option<StepKey>> = (0..stage.steps.len())
+                    .map(|i| {
+                        records
+                            .get(&(stage.name.as_str(), i))
+                            .and_then(|r| StepKey::parse(&r.key))
+                    })
+                    .collect();
+                self.executor
+                    .step_trees(*id, &keys, &self.outcome.stages)?
+                    .into_iter()
+                    .collect()
+            };
             for (i, step) in stage.steps.iter().enumerate() {
                 texts.push(crate::exec::steps::describe(&step.op, graph));
-                let boundary =
-                    crate::exec::steps::kind(&step.op).stores_tree() || i + 1 == stage.steps.len();
-                let stored = records
-                    .get(&(stage.name.as_str(), i))
-                    .filter(|_| boundary)
-                    .and_then(|r| StepKey::parse(&r.key))
-                    .and_then(|k| self.executor.stored_tree(k));
-                if !e.squash
-                    && let Some(t) = stored
-                    && Some(t) != last
+                if let Some(t) = trees.get(&i)
+                    && Some(*t) != last
                 {
-                    own.push(export::image::Segment::new(t, &texts));
+                    own.push(export::image::Segment::new(*t, &texts));
                     texts.clear();
-                    last = Some(t);
+                    last = Some(*t);
                 }
             }
         }

@@ -246,13 +246,116 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// The tree a step's cache entry stored, if it stored one (a step
-    /// that runs a program, or the last of a stage).
-    pub fn stored_tree(
+    /// The tree after each step of `stage` that changed it, with the
+    /// step's index, in order. `keys` are the steps' keys (from this
+    /// build's records). Trees the cache stored are taken as they are; the
+    /// others (builtin steps between commands, replayed rather than
+    /// stored) are replayed once from the tree before them, then stored,
+    /// and their cache entries say so, so the replay is not done again.
+    pub fn step_trees(
         &self,
-        key: crate::model::digest::StepKey,
-    ) -> Option<crate::model::digest::TreeDigest> {
-        self.actions.get(key).and_then(|a| a.tree)
+        stage: StageId,
+        keys: &[Option<crate::model::digest::StepKey>],
+        outcomes: &HashMap<StageId, StageOutcome>,
+    ) -> Result<Vec<(usize, crate::model::digest::TreeDigest)>, Diagnostic> {
+        use crate::model::state::Action;
+        use crate::model::tree::Tree;
+        let env = &self.env;
+        let st = env.graph.stage(stage);
+        let missing = |what: &str| {
+            Diagnostic::internal(format!(
+                "stage `{}`: {what}; build again with `--no-cache`",
+                st.name
+            ))
+        };
+        let inputs: HashMap<StageId, State> = st
+            .deps
+            .iter()
+            .filter_map(|d| match outcomes.get(d) {
+                Some(StageOutcome::Built(s)) => Some((*d, s.clone())),
+                _ => None,
+            })
+            .collect();
+        let base = match &st.base {
+            crate::ir::Base::Scratch => State {
+                tree: env.content.put_tree(&Tree::new())?,
+                config: Box::default(),
+            },
+            crate::ir::Base::Stage(s) => inputs
+                .get(s)
+                .cloned()
+                .ok_or_else(|| missing("the stage it is built on has no result"))?,
+            crate::ir::Base::Image(i) => env
+                .image_state(&i.reference)
+                .map_err(|e| missing(&format!("its image cannot be read: {e}")))?,
+        };
+        let mut current = base.tree;
+        let mut config = *base.config;
+        if matches!(st.base, crate::ir::Base::Stage(_)) {
+            config.onbuild.clear();
+        }
+        let mut tree: Option<Tree> = None;
+        let mut out = Vec::new();
+        for (i, step) in st.steps.iter().enumerate() {
+            let key = keys
+                .get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| missing("a step has no record in this build"))?;
+            let action = self
+                .actions
+                .get(key)
+                .ok_or_else(|| missing("a step's cache entry is gone"))?;
+            let kind = steps::kind(&step.op);
+            if let Some(t) = action.tree {
+                if t != current {
+                    out.push((i, t));
+                    current = t;
+                    tree = None;
+                }
+            } else if kind.changes_tree() {
+                let mut t = match tree.take() {
+                    Some(t) => t,
+                    None => env.tree_owned(current)?,
+                };
+                let cx = steps::StepCx {
+                    env,
+                    stage: st,
+                    index: i,
+                    loc: env.graph.source_map.step(stage, i),
+                    inputs: &inputs,
+                    key: None,
+                    stored: None,
+                    current: None,
+                };
+                let prepared = kind.prepare(&cx, None)?;
+                let mut c = config.clone();
+                kind.run(
+                    &cx,
+                    steps::Work {
+                        tree: &mut t,
+                        config: &mut c,
+                        stored: &mut None,
+                    },
+                    prepared,
+                )?;
+                let d = env.content.put_tree(&t)?;
+                let _ = self.actions.put(
+                    key,
+                    &Action {
+                        tree: Some(d),
+                        config: action.config.clone(),
+                    },
+                );
+                if d != current {
+                    out.push((i, d));
+                    current = d;
+                }
+                tree = Some(t);
+            }
+            config = action.config;
+        }
+        Ok(out)
     }
 
     /// A stored tree, loaded once per build.

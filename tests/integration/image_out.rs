@@ -83,7 +83,8 @@ fn a_scratch_stage_is_an_image_clients_accept() {
     p.build(&[]).ok();
     let layout = p.path().join("app-oci");
     let m = manifest(&layout);
-    assert_eq!(m["layers"].as_array().unwrap().len(), 1);
+    // A layer per step that changed the tree: mkdir, two writes, symlink.
+    assert_eq!(m["layers"].as_array().unwrap().len(), 4);
     let config = blob(&layout, m["config"]["digest"].as_str().unwrap());
     let c = &config["config"];
     assert_eq!(c["Entrypoint"], serde_json::json!(["/srv/run.sh"]));
@@ -97,7 +98,7 @@ fn a_scratch_stage_is_an_image_clients_accept() {
     assert_eq!(c["Labels"]["org.example.team"], "kiln");
     assert!(c["ExposedPorts"].get("8080/tcp").is_some());
     assert_eq!(config["created"], "1970-01-01T00:00:00Z");
-    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 
     // skopeo reads all three and agrees on the image.
     let inspect = |what: &str| -> serde_json::Value {
@@ -237,7 +238,8 @@ export {{
     let m = manifest(&layout);
     let base_layers = base["layers"].as_array().unwrap();
     let layers = m["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), base_layers.len() + 1);
+    // The write and the removal, a layer each; `env` makes none.
+    assert_eq!(layers.len(), base_layers.len() + 2);
     // The base's layers, byte for byte: same digests, same media types.
     assert_eq!(&layers[..base_layers.len()], &base_layers[..]);
     assert_eq!(
@@ -265,14 +267,14 @@ export {{
     let config = blob(&layout, m["config"]["digest"].as_str().unwrap());
     let env = config["config"]["Env"].as_array().unwrap();
     assert!(env.iter().any(|e| e == "GREETING=hi"), "{env:?}");
-    // The base's history, then kiln's entry.
+    // The base's history, then kiln's entries: a layer for the write, one
+    // for the removal, none for `env`.
     let history = config["history"].as_array().unwrap();
-    assert!(
-        history.last().unwrap()["created_by"]
-            .as_str()
-            .unwrap()
-            .contains("write")
-    );
+    let own: Vec<&serde_json::Value> = history.iter().filter(|h| h["comment"] == "kiln").collect();
+    assert_eq!(own.len(), 3, "{history:?}");
+    assert!(own[0]["created_by"].as_str().unwrap().contains("write"));
+    assert!(own[1]["created_by"].as_str().unwrap().contains("rm"));
+    assert_eq!(own[2]["empty_layer"], true);
     // Unpacked, the removal holds and the tree is the `dir` export.
     let bundle = tempfile::tempdir().unwrap();
     let rootfs = unpacked(&layout, "1", &bundle.path().join("b"));
@@ -651,7 +653,7 @@ fn provenance_written_by_a_build_answered_from_the_memo_has_every_material() {
 }
 
 #[test]
-fn an_image_has_a_layer_per_command_and_squash_makes_one() {
+fn an_image_has_a_layer_per_step_and_squash_makes_one() {
     if !tool("umoci") || !crate::images_helper::sandbox_ready() {
         return;
     }
@@ -682,24 +684,24 @@ export {{
     let base = manifest(&base_layout)["layers"].as_array().unwrap().len();
     let m = manifest(&p.path().join("img"));
     let layers = m["layers"].as_array().unwrap().clone();
-    // One layer per command; the `write` between them goes into the next.
-    assert_eq!(layers.len(), base + 2, "{m}");
+    // One layer per step that changed the tree, as Docker makes them.
+    assert_eq!(layers.len(), base + 3, "{m}");
     let config = blob(
         &p.path().join("img"),
         m["config"]["digest"].as_str().unwrap(),
     );
     let history = config["history"].as_array().unwrap();
     let own: Vec<&serde_json::Value> = history.iter().filter(|h| h["comment"] == "kiln").collect();
-    assert_eq!(own.len(), 3, "{history:?}");
+    assert_eq!(own.len(), 4, "{history:?}");
     assert!(own[0]["created_by"].as_str().unwrap().contains("echo one"));
     assert!(own[1]["created_by"].as_str().unwrap().contains("/two"));
     assert!(
-        own[1]["created_by"]
+        own[2]["created_by"]
             .as_str()
             .unwrap()
             .contains("echo three")
     );
-    assert_eq!(own[2]["empty_layer"], true, "the `env` step makes no layer");
+    assert_eq!(own[3]["empty_layer"], true, "the `env` step makes no layer");
     let layered = history.iter().filter(|h| h["empty_layer"] != true).count();
     assert_eq!(layered, layers.len(), "one history entry per layer");
     assert_eq!(
@@ -728,8 +730,8 @@ export {{
     p.build(&[]).ok();
     let again = manifest(&p.path().join("img"));
     let again = again["layers"].as_array().unwrap();
-    assert_eq!(again[..base + 1], layers[..base + 1]);
-    assert_ne!(again[base + 1], layers[base + 1]);
+    assert_eq!(again[..base + 2], layers[..base + 2]);
+    assert_ne!(again[base + 2], layers[base + 2]);
 }
 
 #[test]
