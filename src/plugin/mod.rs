@@ -488,6 +488,15 @@ impl Runtime {
         })
     }
 
+    /// Whether the plugin's module is compiled (or failed to) in this build.
+    pub fn is_loaded(&self, plugin: &Plugin) -> bool {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&plugin.path)
+            .is_some_and(|c| c.get().is_some())
+    }
+
     /// A plugin's module as read (once per build) and its blake3.
     pub fn module(&self, plugin: &Plugin) -> Result<Arc<ModuleBytes>, String> {
         let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());

@@ -106,7 +106,33 @@ impl StepKind for WasmOp {
         let result = (|| -> Result<Tree, Diagnostic> {
             let p = plugin_of(self, cx);
             let rt = env.runtime()?;
-            let module = rt.load(p).map_err(|e| load_error(e, p, cx.span()))?;
+            let module = if rt.is_loaded(p) {
+                rt.load(p)
+            } else {
+                // A large module takes minutes to compile the first time:
+                // say so if it takes more than a moment.
+                let (done, waiting) = std::sync::mpsc::channel::<()>();
+                std::thread::scope(|s| {
+                    s.spawn(move || {
+                        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                            waiting.recv_timeout(std::time::Duration::from_secs(2))
+                        {
+                            let size = rt.module(p).map(|m| m.bytes.len() as u64).unwrap_or(0);
+                            env.progress.emit(Event::Notice {
+                                message: format!(
+                                    "compiling plugin `{}` ({}); it is compiled once for this machine",
+                                    p.name,
+                                    crate::units::approx_size(size)
+                                ),
+                            });
+                        }
+                    });
+                    let loaded = rt.load(p);
+                    drop(done);
+                    loaded
+                })
+            }
+            .map_err(|e| load_error(e, p, cx.span()))?;
             let written = workdir::write(env.content, work.tree, "", &root)?;
             let mounts_dir = (!self.mounts.is_empty()).then(|| TempDir::new(env.local, "mounts"));
             let mut mounts: Vec<(PathBuf, String)> = Vec::new();
