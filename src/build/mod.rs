@@ -1351,7 +1351,13 @@ fn memo_key(
             crate::ir::Op::Run(r) => r.host_inputs.iter().map(std::path::PathBuf::from).collect(),
             _ => Vec::new(),
         });
-    let plugins = graph.plugins.iter().map(|p| p.path.clone());
+    // (A plugin a stage builds is that stage's result, which the memo's
+    // contexts and spec text already decide.)
+    let plugins = graph
+        .plugins
+        .iter()
+        .filter(|p| p.from.is_none())
+        .map(|p| p.path.clone());
     for path in plugins.chain(host_inputs) {
         field(&mut h, path.as_os_str().as_encoded_bytes());
         match std::fs::metadata(&path) {

@@ -44,7 +44,8 @@ fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
 }
 
 fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
-    for p in &graph.plugins {
+    // (A plugin a stage builds is not there before the build.)
+    for p in graph.plugins.iter().filter(|p| p.from.is_none()) {
         let used = graph.stages.iter().any(|s| {
             s.steps
                 .iter()

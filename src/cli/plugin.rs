@@ -54,7 +54,12 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
     let mut report = Vec::new();
     let mut errors = Vec::new();
     for decl in &spec.plugins {
-        let Some(p) = graph.plugins.iter().find(|p| p.name == decl.name.value) else {
+        // A plugin a stage builds is pinned by that stage's result.
+        let Some(p) = graph
+            .plugins
+            .iter()
+            .find(|p| p.name == decl.name.value && p.from.is_none())
+        else {
             continue;
         };
         let bytes = match std::fs::read(&p.path) {

@@ -49,6 +49,9 @@ pub struct PluginDecl {
     pub name: Str,
     pub path: Str,
     pub blake3: Option<Str>,
+    /// `from=STAGE`: `path` is in that stage's result, not on the host.
+    #[serde(default)]
+    pub from: Option<Str>,
     pub dir: PathBuf,
 }
 

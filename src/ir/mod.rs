@@ -172,8 +172,12 @@ pub struct Context {
 pub struct Plugin {
     pub id: PluginId,
     pub name: String,
+    /// The module on the host; with `from`, its absolute path in that
+    /// stage's result.
     pub path: PathBuf,
     pub blake3: Option<String>,
+    /// The stage whose result holds the module.
+    pub from: Option<StageId>,
     pub span: Span,
 }
 

@@ -295,6 +295,18 @@ fn watch<T>(store: &mut Store<T>, timeout: Duration, cancel: Arc<AtomicBool>) {
     });
 }
 
+/// How a plugin's module bytes are read (from the host, or from the
+/// stage that builds it); the error names where.
+pub type Read<'a> = dyn Fn() -> Result<Vec<u8>, String> + 'a;
+
+/// Where a plugin's module is, as the runtime's maps key it.
+fn module_key(plugin: &Plugin) -> PathBuf {
+    match plugin.from {
+        Some(s) => PathBuf::from(format!("stage {} {}", s.0, plugin.path.display())),
+        None => plugin.path.clone(),
+    }
+}
+
 /// A module's compilation: done once, awaited by every step that needs it.
 type Compiling = std::sync::OnceLock<Result<Arc<Loaded>, LoadError>>;
 
@@ -493,41 +505,39 @@ impl Runtime {
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&plugin.path)
+            .get(&module_key(plugin))
             .is_some_and(|c| c.get().is_some())
     }
 
-    /// A plugin's module as read (once per build) and its blake3.
-    pub fn module(&self, plugin: &Plugin) -> Result<Arc<ModuleBytes>, String> {
+    /// A plugin's module as read (once per build, by `read`) and its blake3.
+    pub fn module(&self, plugin: &Plugin, read: &Read<'_>) -> Result<Arc<ModuleBytes>, String> {
         let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(plugin.path.clone())
+        map.entry(module_key(plugin))
             .or_insert_with(|| {
-                std::fs::read(&plugin.path)
-                    .map(|bytes| {
-                        Arc::new(ModuleBytes {
-                            digest: blake3::hash(&bytes).to_hex().to_string(),
-                            bytes,
-                        })
+                read().map(|bytes| {
+                    Arc::new(ModuleBytes {
+                        digest: blake3::hash(&bytes).to_hex().to_string(),
+                        bytes,
                     })
-                    .map_err(|e| format!("{} ({})", e, plugin.path.display()))
+                })
             })
             .clone()
     }
 
     /// Load (compile, or fetch from the cache) a plugin's module, checking its pin.
-    pub fn load(&self, plugin: &Plugin) -> Result<Arc<Loaded>, LoadError> {
+    pub fn load(&self, plugin: &Plugin, read: &Read<'_>) -> Result<Arc<Loaded>, LoadError> {
         let cell = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(plugin.path.clone())
+            .entry(module_key(plugin))
             .or_default()
             .clone();
-        cell.get_or_init(|| self.compile(plugin)).clone()
+        cell.get_or_init(|| self.compile(plugin, read)).clone()
     }
 
-    fn compile(&self, plugin: &Plugin) -> Result<Arc<Loaded>, LoadError> {
-        let module = self.module(plugin).map_err(LoadError::Read)?;
+    fn compile(&self, plugin: &Plugin, read: &Read<'_>) -> Result<Arc<Loaded>, LoadError> {
+        let module = self.module(plugin, read).map_err(LoadError::Read)?;
         let (bytes, actual) = (&module.bytes, &module.digest);
         if let Some(expected) = &plugin.blake3
             && expected != actual
@@ -813,18 +823,20 @@ mod tests {
             name: "p".into(),
             path: path.clone(),
             blake3: None,
+            from: None,
             span: crate::diag::Span::new(crate::diag::SourceId(0), 0, 0),
         };
+        let read = || std::fs::read(&path).map_err(|e| e.to_string());
         // The key is made from the module as first read...
-        let keyed = rt.module(&plugin).unwrap().digest.clone();
+        let keyed = rt.module(&plugin, &read).unwrap().digest.clone();
         // ...the file is replaced before the step runs...
         std::fs::write(&path, dist("count")).unwrap();
         // ...and what loads is still the module keyed: its pin holds.
         plugin.blake3 = Some(keyed.clone());
-        assert!(rt.load(&plugin).is_ok());
-        assert_eq!(rt.module(&plugin).unwrap().digest, keyed);
+        assert!(rt.load(&plugin, &read).is_ok());
+        assert_eq!(rt.module(&plugin, &read).unwrap().digest, keyed);
         assert_eq!(
-            rt.module(&plugin).unwrap().bytes,
+            rt.module(&plugin, &read).unwrap().bytes,
             dist("noop"),
             "the module was read twice"
         );

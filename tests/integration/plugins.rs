@@ -746,3 +746,58 @@ fn a_program_with_a_large_table_runs_and_a_reactor_is_refused_at_once() {
         r.stderr
     );
 }
+
+#[test]
+fn a_plugin_built_by_a_stage_runs_and_its_changes_rerun_the_step() {
+    let p = Project::new();
+    std::fs::copy(dist("template"), p.path().join("tool.wasm")).unwrap();
+    p.spec(
+        r#"kiln 1
+plugin tool from="tools" path="/bin/tool.wasm"
+stage tools {
+    copy "tool.wasm" "/bin/tool.wasm"
+}
+stage s {
+    write "/a" "x\n"
+    wasm tool "/a" "/b"
+}
+export {
+    s to="out"
+}
+"#,
+    );
+    let r = p.build(&[]);
+    r.ok();
+    assert!(p.exists("out/b"), "{}", r.stderr);
+    // The plugin's stage is an edge of the graph.
+    let g = p.kiln(&["graph"]);
+    g.ok();
+    assert!(g.stdout.contains("tools"), "{}", g.stdout);
+    let again = p.build(&[]);
+    again.ok();
+    assert!(again.ran().is_empty(), "{:?}", again.ran());
+    // Another module from the stage: the step's key changes.
+    let mut bytes = std::fs::read(dist("template")).unwrap();
+    bytes.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
+    std::fs::write(p.path().join("tool.wasm"), bytes).unwrap();
+    let changed = p.build(&[]);
+    changed.ok();
+    assert!(
+        changed.ran().iter().any(|(stage, _)| stage == "s"),
+        "{:?}",
+        changed.ran()
+    );
+    // A stage without the file, and a plugin from the stage that uses it.
+    p.spec("kiln 1\nplugin tool from=\"tools\" path=\"/nope.wasm\"\nstage tools {\n    write \"/x\" \"x\"\n}\nstage s {\n    wasm tool\n}\n");
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("stage `tools` has no `/nope.wasm`"),
+        "{}",
+        r.stderr
+    );
+    p.spec("kiln 1\nplugin tool from=\"s\" path=\"/t.wasm\"\nstage s {\n    wasm tool\n}\n");
+    let r = p.kiln(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("kiln::spec::cycle"), "{}", r.stderr);
+}

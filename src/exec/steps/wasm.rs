@@ -62,7 +62,8 @@ impl StepKind for WasmOp {
             return Ok(Prepared::Nothing);
         };
         let p = plugin_of(self, cx);
-        let module = cx.env.runtime()?.module(p).map_err(|e| {
+        let read = module_reader(cx, p);
+        let module = cx.env.runtime()?.module(p, &read).map_err(|e| {
             Diagnostic::user(
                 "kiln::wasm::module",
                 format!("cannot read the module of plugin `{}`: {e}", p.name),
@@ -106,18 +107,21 @@ impl StepKind for WasmOp {
         let result = (|| -> Result<Tree, Diagnostic> {
             let p = plugin_of(self, cx);
             let rt = env.runtime()?;
+            let read = module_reader(cx, p);
             let module = if rt.is_loaded(p) {
-                rt.load(p)
+                rt.load(p, &read)
             } else {
                 // A large module takes minutes to compile the first time:
                 // say so if it takes more than a moment.
                 let (done, waiting) = std::sync::mpsc::channel::<()>();
                 std::thread::scope(|s| {
+                    let read = &read;
                     s.spawn(move || {
                         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                             waiting.recv_timeout(std::time::Duration::from_secs(2))
                         {
-                            let size = rt.module(p).map(|m| m.bytes.len() as u64).unwrap_or(0);
+                            let size =
+                                rt.module(p, read).map(|m| m.bytes.len() as u64).unwrap_or(0);
                             env.progress.emit(Event::Notice {
                                 message: format!(
                                     "compiling plugin `{}` ({}); it is compiled once for this machine",
@@ -127,7 +131,7 @@ impl StepKind for WasmOp {
                             });
                         }
                     });
-                    let loaded = rt.load(p);
+                    let loaded = rt.load(p, read);
                     drop(done);
                     loaded
                 })
@@ -273,6 +277,37 @@ fn shown(text: &str) -> String {
 }
 
 /// The last `n` lines of `text`.
+/// How the step reads its plugin's module: the file on the host, or the
+/// file in the result of the stage that builds it.
+fn module_reader<'a>(
+    cx: &'a StepCx<'a>,
+    p: &'a Plugin,
+) -> impl Fn() -> Result<Vec<u8>, String> + 'a {
+    move || match p.from {
+        None => std::fs::read(&p.path).map_err(|e| format!("{e} ({})", p.path.display())),
+        Some(s) => {
+            let stage = &cx.graph().stage(s).name;
+            let tree = cx.input_tree(s).map_err(|d| d.message)?;
+            let path = p.path.to_string_lossy();
+            let rel = tree
+                .resolve(
+                    path.trim_start_matches('/'),
+                    true,
+                    crate::model::tree::Links::Rootfs,
+                )
+                .map_err(|e| format!("`{path}` in stage `{stage}`: {e}"))?;
+            match tree.get(&rel).map(|e| &e.kind) {
+                Some(crate::model::tree::Kind::File { blob, .. }) => cx
+                    .content()
+                    .read_blob(*blob)
+                    .map_err(|e| format!("`{path}` in stage `{stage}`: {e}")),
+                Some(_) => Err(format!("`{path}` in stage `{stage}` is not a file")),
+                None => Err(format!("stage `{stage}` has no `{path}`")),
+            }
+        }
+    }
+}
+
 /// When a failed plugin with mounts said it could not write, that its
 /// mounts are read-only (the guest's own message cannot say so).
 fn read_only_note(mounts: &[&str], out: &plugin::Output) -> Option<String> {

@@ -56,6 +56,9 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
         if let Some(b) = &p.blake3 {
             let _ = write!(out, " blake3={}", string(&b.value, ""));
         }
+        if let Some(f) = &p.from {
+            let _ = write!(out, " from={}", string(&f.value, ""));
+        }
         out.push('\n');
     }
     for (i, s) in spec.stages.iter().enumerate() {

@@ -203,7 +203,7 @@ impl Loader<'_> {
             let mut h = blake3::Hasher::new();
             h.update(env!("CARGO_PKG_VERSION").as_bytes());
             // Bump when `Fragment` changes shape: old entries then miss.
-            h.update(b"fragment-v3");
+            h.update(b"fragment-v4");
             h.update(&[0]);
             h.update(f.path.as_os_str().as_encoded_bytes());
             h.update(&[0]);
@@ -442,9 +442,10 @@ impl Loader<'_> {
     }
 
     fn plugin(&mut self, n: &Node, dir: &Path) {
-        let usage = "plugin NAME path=\"FILE.wasm\" blake3=\"HEX\"";
+        let usage =
+            "plugin NAME path=\"FILE.wasm\" blake3=\"HEX\" (or from=STAGE path=\"/IN/STAGE.wasm\")";
         n.arity(1, Some(1), usage, &mut self.diags);
-        n.allow_props(&["path", "blake3"], &mut self.diags);
+        n.allow_props(&["path", "blake3", "from"], &mut self.diags);
         n.no_children(&mut self.diags);
         let name = n.str_arg(0, &mut self.diags);
         let path = n.required_str_prop("path", usage, &mut self.diags);
@@ -465,6 +466,7 @@ impl Loader<'_> {
                 name,
                 path,
                 blake3,
+                from: n.str_prop("from", &mut self.diags),
                 dir: dir.to_path_buf(),
             });
         }

@@ -37,8 +37,8 @@ pub fn compile(
     };
     c.args(spec, options);
     let contexts = c.contexts(spec, options);
-    let plugins = c.plugins(spec);
     let names = c.stage_names(spec);
+    let plugins = c.plugins(spec, &names);
     let mut stages = Vec::with_capacity(spec.stages.len());
     let mut source_map = SourceMap::default();
     for (i, decl) in spec.stages.iter().enumerate() {
@@ -197,7 +197,7 @@ impl Compiler<'_> {
         out
     }
 
-    fn plugins(&mut self, spec: &Spec) -> Vec<Plugin> {
+    fn plugins(&mut self, spec: &Spec, names: &HashMap<String, StageId>) -> Vec<Plugin> {
         let mut out: Vec<Plugin> = Vec::new();
         for decl in &spec.plugins {
             if let Some(prev) = out.iter().find(|p| p.name == decl.name.value) {
@@ -215,6 +215,33 @@ impl Compiler<'_> {
             let Some(path) = self.subst(&decl.path) else {
                 continue;
             };
+            // A plugin a stage builds: its bytes are that stage's result,
+            // pinned by it.
+            let from = match &decl.from {
+                Some(f) => {
+                    let Some(f_v) = self.subst(f) else { continue };
+                    match self.stage_ref(
+                        &Spanned::new(f.span, f_v),
+                        names,
+                        "to take the plugin from",
+                    ) {
+                        Some(s) => Some(s),
+                        None => continue,
+                    }
+                }
+                None => None,
+            };
+            if let Some(s) = from {
+                out.push(Plugin {
+                    id: PluginId(out.len() as u32),
+                    name: decl.name.value.clone(),
+                    path: PathBuf::from(format!("/{}", path.trim_start_matches('/'))),
+                    blake3: decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase()),
+                    from: Some(s),
+                    span: decl.name.span,
+                });
+                continue;
+            }
             if decl.blake3.is_none() {
                 self.warnings.push(
                     Diagnostic::warning(
@@ -230,6 +257,7 @@ impl Compiler<'_> {
                 name: decl.name.value.clone(),
                 path: join(&decl.dir, &path),
                 blake3: decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase()),
+                from: None,
                 span: decl.name.span,
             });
         }

@@ -511,6 +511,10 @@ impl Compiler<'_> {
             return None;
         };
         let plugin_id = p.id;
+        // A plugin a stage builds: the step waits for that stage.
+        if let Some(s) = p.from {
+            refs.deps.push(s);
+        }
         let mut mounts = Vec::new();
         let mut spans = Vec::new();
         for m in &w.mounts {
