@@ -944,6 +944,11 @@ impl ExportPhase<'_> {
                     .collect()
             };
             for (i, step) in stage.steps.iter().enumerate() {
+                // A failed stage (exported with `when="always"`) ends at
+                // the step that failed: the steps after it did not run.
+                if !records.contains_key(&(stage.name.as_str(), i)) {
+                    break;
+                }
                 texts.push(crate::exec::steps::describe(&step.op, graph));
                 if let Some(t) = trees.get(&i)
                     && Some(*t) != last

@@ -248,7 +248,8 @@ impl<'a> Executor<'a> {
 
     /// The tree after each step of `stage` that changed it, with the
     /// step's index, in order. `keys` are the steps' keys (from this
-    /// build's records). Trees the cache stored are taken as they are; the
+    /// build's records); the steps up to the first without one (a failed
+    /// stage's, for a `when="always"` export) are looked at. Trees the cache stored are taken as they are; the
     /// others (builtin steps between commands, replayed rather than
     /// stored) are replayed once from the tree before them, then stored,
     /// and their cache entries say so, so the replay is not done again.
@@ -297,11 +298,9 @@ impl<'a> Executor<'a> {
         let mut tree: Option<Tree> = None;
         let mut out = Vec::new();
         for (i, step) in st.steps.iter().enumerate() {
-            let key = keys
-                .get(i)
-                .copied()
-                .flatten()
-                .ok_or_else(|| missing("a step has no record in this build"))?;
+            let Some(key) = keys.get(i).copied().flatten() else {
+                break;
+            };
             let action = self
                 .actions
                 .get(key)

@@ -872,3 +872,23 @@ fn an_image_s_layers_do_not_depend_on_what_the_cache_held() {
         |p: &Project| json(&p.path().join("img/index.json"))["manifests"][0]["digest"].clone();
     assert_eq!(digest(&reused), digest(&fresh));
 }
+
+#[test]
+fn an_always_image_export_of_a_failed_stage_has_the_layers_of_the_steps_that_ran() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage app {\n    write \"/a\" \"1\"\n    write \"/b\" \"2\"\n    copy \"missing\" \"/\"\n}\nexport {\n    app to=\"img\" format=\"oci\" when=\"always\"\n}\n");
+    let r = p.build(&[]);
+    r.code(1);
+    assert!(r.stderr.contains("missing"), "{}", r.stderr);
+    let layout = p.path().join("img");
+    let m = manifest(&layout);
+    assert_eq!(m["layers"].as_array().unwrap().len(), 2, "{m}");
+    let config = blob(&layout, m["config"]["digest"].as_str().unwrap());
+    let steps: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["kiln: write \"/a\"", "kiln: write \"/b\""]);
+}
