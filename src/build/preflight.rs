@@ -21,10 +21,18 @@ pub fn check(graph: &Graph) -> Vec<Diagnostic> {
 
 fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
     for c in &graph.contexts {
-        // Only contexts some step reads matter to a build.
+        // Only contexts some step reads (a copy, or a mount) matter to a
+        // build.
+        let this = crate::ir::CopyFrom::Context(c.id);
         let used = graph.stages.iter().any(|s| {
             s.steps.iter().any(|st| match &st.op {
-                Op::Copy(cp) => cp.from == crate::ir::CopyFrom::Context(c.id),
+                Op::Copy(cp) => cp.from == this,
+                Op::Wasm(w) => w.mounts.iter().any(|m| m.from == this),
+                Op::Run(r) => r.mounts.iter().any(|m| match &m.kind {
+                    crate::ir::MountKind::Bind { from, .. } => *from == this,
+                    crate::ir::MountKind::Cache { from, .. } => *from == Some(this),
+                    _ => false,
+                }),
                 _ => false,
             })
         });

@@ -389,7 +389,6 @@ pub fn inspect(bytes: &[u8]) -> Result<(), String> {
                 }
             }
             // Function bodies are not looked at.
-            wasmparser::Payload::CodeSectionStart { .. } => {}
             _ => {}
         }
     }

@@ -11,7 +11,8 @@
 //!                        (keys recent builds used, for gc), `memo`
 //! parse/<key>            lowered spec files, so a no-op build skips KDL parsing
 //! logs/<step key>.log    the whole output of plugin steps
-//! wasm-cache/            compiled plugin modules (wasmtime's cache)
+//! wasm-cache/            compiled plugin modules, when the machine has no cache
+//!                        directory for them (see `plugin::machine_cache_dir`)
 //! images/                an OCI image layout: blobs of pulled and tagged
 //!                        images (`blobs/sha256/`), `index.json` naming them
 //! rootfs/                stage trees on disk for `run` steps: layer

@@ -154,16 +154,16 @@ impl StepKind for RunOp {
             content: env.content,
             epoch: env.options.epoch,
         };
-        // The tree on disk: its own stack, or the difference from the last
-        // stored tree of the stage, or all of it.
         let digest = cx.current.unwrap_or_else(|| work.tree.digest());
-        let base = match cx.stored {
-            Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
-            _ => None,
-        };
         let dir = rootfs.new_layer_dir().map_err(fail)?;
         let scratch = ScratchDir(dir.clone());
         let (stack, mut on_disk) = if privileged {
+            // The tree on disk: its own stack, or the difference from the
+            // last stored tree of the stage, or all of it.
+            let base = match cx.stored {
+                Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
+                _ => None,
+            };
             let stack = rootfs
                 .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
                 .map_err(fail)?;
