@@ -26,7 +26,7 @@ use crate::store::records::StepRecord;
 use crate::store::{Access, Store, records};
 use load::{Loaded, SpecInput};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -1357,12 +1357,12 @@ fn memo_key(
             _ => Vec::new(),
         });
     // (A plugin a stage builds is that stage's result, which the memo's
-    // contexts and spec text already decide.)
+    // contexts and spec text already decide; a downloaded one is its pin,
+    // in the spec text.)
     let plugins = graph
         .plugins
         .iter()
-        .filter(|p| p.from.is_none())
-        .map(|p| p.path.clone());
+        .filter_map(|p| p.host_path().map(Path::to_path_buf));
     for path in plugins.chain(host_inputs) {
         field(&mut h, path.as_os_str().as_encoded_bytes());
         match std::fs::metadata(&path) {

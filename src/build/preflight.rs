@@ -7,7 +7,7 @@
 //! fetched, and nothing runs.
 
 use crate::diag::Diagnostic;
-use crate::ir::{Base, Graph, Meta, Op};
+use crate::ir::{Base, Graph, Meta, Op, PluginSource};
 
 /// Every refusal found, located.
 pub fn check(graph: &Graph) -> Vec<Diagnostic> {
@@ -52,8 +52,7 @@ fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
 }
 
 fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
-    // (A plugin a stage builds is not there before the build.)
-    for p in graph.plugins.iter().filter(|p| p.from.is_none()) {
+    for p in &graph.plugins {
         let used = graph.stages.iter().any(|s| {
             s.steps
                 .iter()
@@ -62,14 +61,34 @@ fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
         if !used {
             continue;
         }
-        match std::fs::read(&p.path) {
+        let path = match &p.source {
+            PluginSource::Host(path) => path,
+            // A download a build would refuse: not pinned (nothing is
+            // fetched here).
+            PluginSource::Url(url) => {
+                if p.blake3.is_none() {
+                    out.push(
+                        Diagnostic::user(
+                            "kiln::wasm::unpinned",
+                            format!("plugin `{}` downloads `{url}`, which is not pinned", p.name),
+                        )
+                        .with_label(p.span, "declared here")
+                        .with_help("run `kiln plugin pin`: it downloads the module once and writes its blake3"),
+                    );
+                }
+                continue;
+            }
+            // (A plugin a stage builds is not there before the build.)
+            PluginSource::Stage { .. } => continue,
+        };
+        match std::fs::read(path) {
             Err(e) => out.push(
                 Diagnostic::user(
                     "kiln::wasm::module",
                     format!(
                         "cannot read the module of plugin `{}` (`{}`): {e}",
                         p.name,
-                        p.path.display()
+                        path.display()
                     ),
                 )
                 .with_label(p.span, "declared here")

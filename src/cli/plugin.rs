@@ -4,6 +4,7 @@ use super::commands::load;
 use super::outln;
 use super::{Failure, SpecArgs};
 use crate::diag::{Diagnostic, Sources};
+use crate::ir::PluginSource;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,27 +59,50 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
         let Some(p) = graph
             .plugins
             .iter()
-            .find(|p| p.name == decl.name.value && p.from.is_none())
+            .find(|p| p.name == decl.name.value && p.from_stage().is_none())
         else {
             continue;
         };
-        let bytes = match std::fs::read(&p.path) {
-            Ok(b) => b,
-            Err(e) => {
-                errors.push(
-                    Diagnostic::user(
-                        "kiln::wasm::module",
-                        format!(
-                            "cannot read the module of plugin `{}` ({}): {e}",
-                            p.name,
-                            p.path.display()
-                        ),
-                    )
-                    .with_label(decl.path.span, "this path")
-                    .with_help("build the plugin first; paths are relative to the spec file"),
-                );
+        let bytes = match &p.source {
+            PluginSource::Host(path) => match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(
+                        Diagnostic::user(
+                            "kiln::wasm::module",
+                            format!(
+                                "cannot read the module of plugin `{}` ({}): {e}",
+                                p.name,
+                                path.display()
+                            ),
+                        )
+                        .with_label(decl.path.as_ref().map_or(decl.span, |p| p.span), "this path")
+                        .with_help("build the plugin first; paths are relative to the spec file"),
+                    );
+                    continue;
+                }
+            },
+            // A pinned download is checked against its pin by every build
+            // that fetches it; an unpinned one is downloaded here once to
+            // learn its digest.
+            PluginSource::Url(_) if decl.blake3.is_some() => {
+                report.push(format!(
+                    "{}: already pinned (a build checks the download against it)",
+                    p.name
+                ));
                 continue;
             }
+            PluginSource::Url(url) => {
+                let span = decl.url.as_ref().map_or(decl.span, |u| u.span);
+                match crate::exec::steps::download::fetch(url, None, span) {
+                    Ok(b) => b,
+                    Err(d) => {
+                        errors.push(d);
+                        continue;
+                    }
+                }
+            }
+            PluginSource::Stage { .. } => continue,
         };
         let hex = blake3::hash(&bytes).to_hex().to_string();
         let file = decl.span.source;

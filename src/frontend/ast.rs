@@ -42,12 +42,17 @@ pub struct ContextDecl {
     pub dir: PathBuf,
 }
 
-/// `plugin NAME path="…" blake3="…"`.
+/// `plugin NAME path="…" blake3="…"` (or `url="…"`, or `from=STAGE
+/// path="…"`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PluginDecl {
     pub span: Span,
     pub name: Str,
-    pub path: Str,
+    /// The module on the host (or, with `from`, in that stage's result).
+    pub path: Option<Str>,
+    /// `url=`: the module is downloaded once into the store.
+    #[serde(default)]
+    pub url: Option<Str>,
     pub blake3: Option<Str>,
     /// `from=STAGE`: `path` is in that stage's result, not on the host.
     #[serde(default)]

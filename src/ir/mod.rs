@@ -14,7 +14,7 @@ pub use op::*;
 use crate::diag::Span;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct StageId(pub u32);
@@ -172,13 +172,38 @@ pub struct Context {
 pub struct Plugin {
     pub id: PluginId,
     pub name: String,
-    /// The module on the host; with `from`, its absolute path in that
-    /// stage's result.
-    pub path: PathBuf,
+    pub source: PluginSource,
     pub blake3: Option<String>,
-    /// The stage whose result holds the module.
-    pub from: Option<StageId>,
     pub span: Span,
+}
+
+/// Where a plugin's module comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A file on the host.
+    Host(PathBuf),
+    /// A file (an absolute path) in the result of a stage that builds it.
+    Stage { stage: StageId, path: String },
+    /// Downloaded once into the content store, by its pin.
+    Url(String),
+}
+
+impl Plugin {
+    /// The stage whose result holds the module, if a stage builds it.
+    pub fn from_stage(&self) -> Option<StageId> {
+        match self.source {
+            PluginSource::Stage { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// The module's file on the host, if it is one.
+    pub fn host_path(&self) -> Option<&Path> {
+        match &self.source {
+            PluginSource::Host(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

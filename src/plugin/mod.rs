@@ -20,7 +20,7 @@
 //! directory, keyed by the module's bytes, wasmtime's version and the
 //! engine configuration, so a warm step costs an instantiation.
 
-use crate::ir::Plugin;
+use crate::ir::{Plugin, PluginSource};
 use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -301,9 +301,10 @@ pub type Read<'a> = dyn Fn() -> Result<Vec<u8>, String> + 'a;
 
 /// Where a plugin's module is, as the runtime's maps key it.
 fn module_key(plugin: &Plugin) -> PathBuf {
-    match plugin.from {
-        Some(s) => PathBuf::from(format!("stage {} {}", s.0, plugin.path.display())),
-        None => plugin.path.clone(),
+    match &plugin.source {
+        PluginSource::Stage { stage, path } => PathBuf::from(format!("stage {} {path}", stage.0)),
+        PluginSource::Url(url) => PathBuf::from(format!("url {url}")),
+        PluginSource::Host(path) => path.clone(),
     }
 }
 
@@ -820,9 +821,8 @@ mod tests {
         let mut plugin = Plugin {
             id: crate::ir::PluginId(0),
             name: "p".into(),
-            path: path.clone(),
+            source: PluginSource::Host(path.clone()),
             blake3: None,
-            from: None,
             span: crate::diag::Span::new(crate::diag::SourceId(0), 0, 0),
         };
         let read = || std::fs::read(&path).map_err(|e| e.to_string());

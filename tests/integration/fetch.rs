@@ -16,7 +16,7 @@ fn serve(body: &'static [u8]) -> (String, Arc<AtomicUsize>) {
 
 /// Serve a body that can be changed (a server whose file moves); returns
 /// the base URL, the request count and the body.
-fn serve_changing(body: &[u8]) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
+pub(crate) fn serve_changing(body: &[u8]) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
     let shared = Arc::new(Mutex::new(body.to_vec()));
     let body = shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

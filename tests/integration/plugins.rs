@@ -801,3 +801,69 @@ export {
     r.code(2);
     assert!(r.stderr.contains("kiln::spec::cycle"), "{}", r.stderr);
 }
+
+#[test]
+fn a_plugin_from_a_url_is_pinned_downloaded_once_and_checked() {
+    let module = std::fs::read(dist("template")).unwrap();
+    let (base, requests, served) = crate::fetch::serve_changing(&module);
+    let p = Project::new();
+    let spec = |pin: &str| {
+        format!(
+            "kiln 1\nplugin tpl url=\"{base}/tpl.wasm\"{pin}\nstage s {{\n    write \"/a\" \"x\\n\"\n    wasm tpl \"/a\" \"/b\"\n}}\nexport {{\n    s to=\"out\"\n}}\n"
+        )
+    };
+    // Unpinned: check and build refuse it without downloading anything.
+    p.spec(&spec(""));
+    let r = p.kiln(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("kiln::wasm::unpinned"), "{}", r.stderr);
+    let r = p.build(&[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("kiln plugin pin"), "{}", r.stderr);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // `kiln plugin pin` downloads it once and writes its blake3.
+    let r = p.kiln(&["plugin", "pin"]);
+    r.ok();
+    assert!(r.stdout.contains("tpl: pinned"), "{}", r.stdout);
+    assert!(
+        p.read("kiln.kdl")
+            .contains(&format!("blake3=\"{}\"", pin("template"))),
+        "{}",
+        p.read("kiln.kdl")
+    );
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(p.kiln(&["plugin", "pin"]).stdout.contains("already pinned"));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The first build downloads it into the store...
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/b"), "x\n");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // ...and a build that runs the step again reads it from there.
+    let text = p.read("kiln.kdl").replace("\"x\\n\"", "\"y\\n\"");
+    p.spec(&text);
+    let r = p.build(&[]);
+    r.ok();
+    assert!(!r.ran().is_empty());
+    assert_eq!(p.read("out/b"), "y\n");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The file at the URL changes: a fresh state dir downloads it and
+    // refuses it, and the export is left as it was.
+    let mut other = module.clone();
+    other.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
+    *served.lock().unwrap() = other;
+    std::fs::remove_dir_all(p.path().join(".kiln")).unwrap();
+    let r = p.build(&[]);
+    r.code(2);
+    assert!(r.stderr.contains("does not match its pin"), "{}", r.stderr);
+    assert!(r.stderr.contains("kiln::wasm::download"), "{}", r.stderr);
+    assert_eq!(p.read("out/b"), "y\n");
+    // One module per plugin, and no download for a plugin a stage builds.
+    p.spec(&format!(
+        "kiln 1\nplugin tpl path=\"t.wasm\" url=\"{base}/t.wasm\"\nplugin u url=\"{base}/u.wasm\" from=\"s\"\nplugin v url=\"file:///t.wasm\"\nstage s {{\n    write \"/a\" \"x\"\n}}\n"
+    ));
+    let r = p.kiln(&["check"]);
+    r.code(2);
+    for code in ["a plugin has one module", "not downloaded", "is not an http(s) URL"] {
+        assert!(r.stderr.contains(code), "{code}: {}", r.stderr);
+    }
+}

@@ -258,13 +258,14 @@ impl Graph {
             let _ = writeln!(out, "context {name} = {}", rel(&c.path));
         }
         for p in &self.plugins {
-            let _ = writeln!(
-                out,
-                "plugin {} = {} pin {:?}",
-                p.name,
-                rel(&p.path),
-                p.blake3
-            );
+            let source = match &p.source {
+                crate::ir::PluginSource::Host(path) => rel(path),
+                crate::ir::PluginSource::Stage { stage, path } => {
+                    format!("{path} in {}", self.stage(*stage).name)
+                }
+                crate::ir::PluginSource::Url(url) => url.clone(),
+            };
+            let _ = writeln!(out, "plugin {} = {source} pin {:?}", p.name, p.blake3);
         }
         for s in &self.stages {
             let base = match &s.base {

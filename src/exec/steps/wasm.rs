@@ -9,7 +9,7 @@ use super::copy::{context_inputs, ingest, pick_from_context};
 use super::{Prepared, StepCx, StepKind, Work, quote};
 use crate::diag::{Diagnostic, Span, Spanned};
 use crate::exec::workdir::{self, TempDir};
-use crate::ir::{CopyFrom, Graph, Plugin, WasmMount, WasmOp};
+use crate::ir::{CopyFrom, Graph, Plugin, PluginSource, WasmMount, WasmOp};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Links, Tree};
 use crate::plugin::{self, Failure, Invocation, LoadError};
@@ -62,20 +62,24 @@ impl StepKind for WasmOp {
             return Ok(Prepared::Nothing);
         };
         let p = plugin_of(self, cx);
-        let read = module_reader(cx, p);
-        let module = cx.env.runtime()?.module(p, &read).map_err(|e| {
-            Diagnostic::user(
-                "kiln::wasm::module",
-                format!("cannot read the module of plugin `{}`: {e}", p.name),
-            )
-            .with_label(p.span, "declared here")
-            .with_label(cx.span(), "used here")
-            .with_help("build the plugin, or fix its `path=` (relative to the spec file)")
-        })?;
-        cx.content().put_blob(&module.bytes)?;
+        let digest = match (&p.source, &p.blake3) {
+            // A pinned download is keyed by its pin: a cached step never
+            // fetches it, and a run checks what it fetched against the pin.
+            (PluginSource::Url(_), Some(pin)) => pin.clone(),
+            _ => {
+                let read = module_reader(cx, p);
+                let module = cx
+                    .env
+                    .runtime()?
+                    .module(p, &read)
+                    .map_err(|e| unreadable(p, cx.span(), &e))?;
+                cx.content().put_blob(&module.bytes)?;
+                module.digest.clone()
+            }
+        };
         key.input(KeyInput::Module {
             plugin: p.name.clone(),
-            digest: module.digest.clone(),
+            digest,
         });
         key.input(KeyInput::Epoch(cx.env.options.epoch));
         for (i, m) in self.mounts.iter().enumerate() {
@@ -201,6 +205,32 @@ fn plugin_of<'a>(w: &WasmOp, cx: &StepCx<'a>) -> &'a Plugin {
     &cx.env.graph.plugins[w.plugin.0 as usize]
 }
 
+/// A module that could not be read (or downloaded), with what to do.
+fn unreadable(p: &Plugin, used: Span, why: &str) -> Diagnostic {
+    let (code, help) = match &p.source {
+        PluginSource::Host(_) => (
+            "kiln::wasm::module",
+            "build the plugin, or fix its `path=` (relative to the spec file)",
+        ),
+        PluginSource::Stage { .. } => (
+            "kiln::wasm::module",
+            "make the stage write the module at `path=` (an absolute path in its result)",
+        ),
+        PluginSource::Url(_) if p.blake3.is_none() => (
+            "kiln::wasm::unpinned",
+            "run `kiln plugin pin`: it downloads the module once and writes its blake3",
+        ),
+        PluginSource::Url(_) => (
+            "kiln::wasm::download",
+            "check the URL and the network; once downloaded, the module is kept in the store by its pin",
+        ),
+    };
+    Diagnostic::user(code, format!("cannot read the module of plugin `{}`: {why}", p.name))
+        .with_label(p.span, "declared here")
+        .with_label(used, "used here")
+        .with_help(help)
+}
+
 /// The context entries a mount shows.
 fn pick_mount(
     snap: &crate::context::Snapshot,
@@ -277,35 +307,56 @@ fn shown(text: &str) -> String {
 }
 
 /// The last `n` lines of `text`.
-/// How the step reads its plugin's module: the file on the host, or the
-/// file in the result of the stage that builds it.
+/// How the step reads its plugin's module: the file on the host, the file
+/// in the result of the stage that builds it, or the download its pin
+/// names (from the content store once it is there).
 fn module_reader<'a>(
     cx: &'a StepCx<'a>,
     p: &'a Plugin,
 ) -> impl Fn() -> Result<Vec<u8>, String> + 'a {
-    move || match p.from {
-        None => std::fs::read(&p.path).map_err(|e| format!("{e} ({})", p.path.display())),
-        Some(s) => {
-            let stage = &cx.graph().stage(s).name;
-            let tree = cx.input_tree(s).map_err(|d| d.message)?;
-            let path = p.path.to_string_lossy();
+    move || match &p.source {
+        PluginSource::Host(path) => {
+            std::fs::read(path).map_err(|e| format!("{e} ({})", path.display()))
+        }
+        PluginSource::Stage { stage, path } => {
+            let stage_name = &cx.graph().stage(*stage).name;
+            let tree = cx.input_tree(*stage).map_err(|d| d.message)?;
             let rel = tree
-                .resolve(
-                    path.trim_start_matches('/'),
-                    true,
-                    crate::model::tree::Links::Rootfs,
-                )
-                .map_err(|e| format!("`{path}` in stage `{stage}`: {e}"))?;
+                .resolve(path.trim_start_matches('/'), true, Links::Rootfs)
+                .map_err(|e| format!("`{path}` in stage `{stage_name}`: {e}"))?;
             match tree.get(&rel).map(|e| &e.kind) {
-                Some(crate::model::tree::Kind::File { blob, .. }) => cx
+                Some(tree::Kind::File { blob, .. }) => cx
                     .content()
                     .read_blob(*blob)
-                    .map_err(|e| format!("`{path}` in stage `{stage}`: {e}")),
-                Some(_) => Err(format!("`{path}` in stage `{stage}` is not a file")),
-                None => Err(format!("stage `{stage}` has no `{path}`")),
+                    .map_err(|e| format!("`{path}` in stage `{stage_name}`: {e}")),
+                Some(_) => Err(format!("`{path}` in stage `{stage_name}` is not a file")),
+                None => Err(format!("stage `{stage_name}` has no `{path}`")),
             }
         }
+        PluginSource::Url(url) => downloaded(cx, p, url),
     }
+}
+
+/// A downloaded module: from the store when its pin is there, else
+/// fetched, checked against the pin and stored, so it is fetched once.
+fn downloaded(cx: &StepCx<'_>, p: &Plugin, url: &str) -> Result<Vec<u8>, String> {
+    let pin = p.blake3.as_deref().ok_or_else(|| {
+        format!("`{url}` is not pinned: run `kiln plugin pin` to download it once and write its blake3")
+    })?;
+    let blob = crate::model::digest::BlobDigest::parse(pin)
+        .ok_or_else(|| format!("the pin of `{url}` is not a blake3 digest"))?;
+    if cx.content().has_blob(blob) {
+        return cx.content().read_blob(blob).map_err(|e| e.to_string());
+    }
+    let body = super::download::fetch(url, None, p.span).map_err(|d| d.message)?;
+    let got = blake3::hash(&body).to_hex();
+    if got.as_str() != pin {
+        return Err(format!(
+            "`{url}` does not match its pin: expected blake3 {pin}, downloaded {got}"
+        ));
+    }
+    cx.content().put_blob(&body).map_err(|e| e.to_string())?;
+    Ok(body)
 }
 
 /// When a failed plugin with mounts said it could not write, that its
@@ -335,11 +386,7 @@ fn tail(text: &str, n: usize) -> String {
 
 fn load_error(e: LoadError, p: &Plugin, used: Span) -> Diagnostic {
     let d = match e {
-        LoadError::Read(err) => Diagnostic::user(
-            "kiln::wasm::module",
-            format!("cannot read the module of plugin `{}`: {err}", p.name),
-        )
-        .with_help("build the plugin, or fix its `path=` (relative to the spec file)"),
+        LoadError::Read(err) => return unreadable(p, used, &err),
         LoadError::Pin { expected, actual } => Diagnostic::user(
             "kiln::wasm::pin",
             format!(

@@ -47,12 +47,12 @@ pub fn write(spec: &Spec, comments: &Comments) -> String {
         out.push('\n');
     }
     for p in &spec.plugins {
-        let _ = write!(
-            out,
-            "plugin {} path={}",
-            ident(&p.name.value),
-            string(&p.path.value, "")
-        );
+        let _ = write!(out, "plugin {}", ident(&p.name.value));
+        for (k, v) in [("path", &p.path), ("url", &p.url)] {
+            if let Some(v) = v {
+                let _ = write!(out, " {k}={}", string(&v.value, ""));
+            }
+        }
         if let Some(b) = &p.blake3 {
             let _ = write!(out, " blake3={}", string(&b.value, ""));
         }

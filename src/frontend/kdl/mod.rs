@@ -203,7 +203,7 @@ impl Loader<'_> {
             let mut h = blake3::Hasher::new();
             h.update(env!("CARGO_PKG_VERSION").as_bytes());
             // Bump when `Fragment` changes shape: old entries then miss.
-            h.update(b"fragment-v4");
+            h.update(b"fragment-v5");
             h.update(&[0]);
             h.update(f.path.as_os_str().as_encoded_bytes());
             h.update(&[0]);
@@ -442,14 +442,64 @@ impl Loader<'_> {
     }
 
     fn plugin(&mut self, n: &Node, dir: &Path) {
-        let usage =
-            "plugin NAME path=\"FILE.wasm\" blake3=\"HEX\" (or from=STAGE path=\"/IN/STAGE.wasm\")";
+        let usage = "plugin NAME path=\"FILE.wasm\" blake3=\"HEX\" (or url=\"https://…\" blake3=\"HEX\", or from=STAGE path=\"/IN/STAGE.wasm\")";
         n.arity(1, Some(1), usage, &mut self.diags);
-        n.allow_props(&["path", "blake3", "from"], &mut self.diags);
+        n.allow_props(&["path", "url", "blake3", "from"], &mut self.diags);
         n.no_children(&mut self.diags);
         let name = n.str_arg(0, &mut self.diags);
-        let path = n.required_str_prop("path", usage, &mut self.diags);
+        let path = n.str_prop("path", &mut self.diags);
+        let url = n.str_prop("url", &mut self.diags);
+        let from = n.str_prop("from", &mut self.diags);
         let blake3 = n.str_prop("blake3", &mut self.diags);
+        let mut ok = true;
+        match (&path, &url) {
+            (Some(_), Some(u)) => {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::user(
+                        "kiln::spec::plugin-source",
+                        "a plugin has one module: `path=` or `url=`, not both",
+                    )
+                    .with_label(n.prop_value_span("url").unwrap_or(u.span), "second source")
+                    .with_help("keep `url=` for a module downloaded once into the store, or `path=` for a file"),
+                );
+            }
+            (None, None)
+                if n.prop_value_span("path").is_none() && n.prop_value_span("url").is_none() =>
+            {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::user("kiln::spec::missing-property", "`plugin` needs `path=` or `url=`")
+                        .with_label(n.span(), "no module named here")
+                        .with_help(format!("usage: `{usage}`")),
+                );
+            }
+            _ => {}
+        }
+        if let (Some(u), Some(_)) = (&url, &from) {
+            ok = false;
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::plugin-source",
+                    "a plugin built by a stage is read from its result, not downloaded",
+                )
+                .with_label(n.prop_value_span("url").unwrap_or(u.span), "`url=` with `from=`")
+                .with_help("use `from=STAGE path=\"/IN/STAGE.wasm\"`, or drop `from=` to download the module"),
+            );
+        }
+        if let Some(u) = &url
+            && !(u.value.starts_with("https://") || u.value.starts_with("http://"))
+        {
+            ok = false;
+            self.diags.push(
+                Diagnostic::user(
+                    "kiln::spec::plugin-url",
+                    format!("`{}` is not an http(s) URL", u.value),
+                )
+                .with_label(n.prop_value_span("url").unwrap_or(u.span), "not http:// or https://")
+                .with_help("a file on this machine is named with `path=`"),
+            );
+        }
         if let Some(pin) = &blake3
             && (pin.value.len() != 64 || !pin.value.bytes().all(|b| b.is_ascii_hexdigit()))
         {
@@ -459,14 +509,18 @@ impl Loader<'_> {
                     .with_help("run `b3sum FILE.wasm` and paste the digest, or remove `blake3=` and run `kiln plugin pin`"),
             );
         }
-        if let (Some(name), Some(path)) = (name, path) {
+        if let Some(name) = name
+            && ok
+            && (path.is_some() || url.is_some())
+        {
             check_name(&name, "plugin", &mut self.diags);
             self.frag.decls.plugins.push(PluginDecl {
                 span: n.span(),
                 name,
                 path,
+                url,
                 blake3,
-                from: n.str_prop("from", &mut self.diags),
+                from,
                 dir: dir.to_path_buf(),
             });
         }

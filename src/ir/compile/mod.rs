@@ -212,52 +212,60 @@ impl Compiler<'_> {
                 );
                 continue;
             }
-            let Some(path) = self.subst(&decl.path) else {
-                continue;
-            };
-            // A plugin a stage builds: its bytes are that stage's result,
-            // pinned by it.
-            let from = match &decl.from {
-                Some(f) => {
-                    let Some(f_v) = self.subst(f) else { continue };
-                    match self.stage_ref(
-                        &Spanned::new(f.span, f_v),
-                        names,
-                        "to take the plugin from",
-                    ) {
-                        Some(s) => Some(s),
-                        None => continue,
+            let blake3 = decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase());
+            let source = if let Some(url) = &decl.url {
+                let Some(url) = self.subst(url) else { continue };
+                if blake3.is_none() {
+                    self.warnings.push(
+                        Diagnostic::warning(
+                            "kiln::spec::unpinned",
+                            format!("plugin `{}` downloads a module that is not pinned", decl.name.value),
+                        )
+                        .with_label(decl.span, "no blake3=")
+                        .with_help("run `kiln plugin pin`: it downloads the module once and writes its blake3; a build refuses to run an unpinned download"),
+                    );
+                }
+                PluginSource::Url(url)
+            } else {
+                let Some(path) = decl.path.as_ref() else { continue };
+                let Some(path) = self.subst(path) else { continue };
+                match &decl.from {
+                    // A plugin a stage builds: its bytes are that stage's
+                    // result, pinned by it.
+                    Some(f) => {
+                        let Some(f_v) = self.subst(f) else { continue };
+                        let Some(stage) = self.stage_ref(
+                            &Spanned::new(f.span, f_v),
+                            names,
+                            "to take the plugin from",
+                        ) else {
+                            continue;
+                        };
+                        PluginSource::Stage {
+                            stage,
+                            path: format!("/{}", path.trim_start_matches('/')),
+                        }
+                    }
+                    None => {
+                        if blake3.is_none() {
+                            self.warnings.push(
+                                Diagnostic::warning(
+                                    "kiln::spec::unpinned",
+                                    format!("plugin `{}` is not pinned", decl.name.value),
+                                )
+                                .with_label(decl.span, "no blake3=")
+                                .with_help("run `kiln plugin pin` to pin the module by its content; a changed module is then an error, not a surprise"),
+                            );
+                        }
+                        PluginSource::Host(join(&decl.dir, &path))
                     }
                 }
-                None => None,
             };
-            if let Some(s) = from {
-                out.push(Plugin {
-                    id: PluginId(out.len() as u32),
-                    name: decl.name.value.clone(),
-                    path: PathBuf::from(format!("/{}", path.trim_start_matches('/'))),
-                    blake3: decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase()),
-                    from: Some(s),
-                    span: decl.name.span,
-                });
-                continue;
-            }
-            if decl.blake3.is_none() {
-                self.warnings.push(
-                    Diagnostic::warning(
-                        "kiln::spec::unpinned",
-                        format!("plugin `{}` is not pinned", decl.name.value),
-                    )
-                    .with_label(decl.span, "no blake3=")
-                    .with_help("run `kiln plugin pin` to pin the module by its content; a changed module is then an error, not a surprise"),
-                );
-            }
             out.push(Plugin {
                 id: PluginId(out.len() as u32),
                 name: decl.name.value.clone(),
-                path: join(&decl.dir, &path),
-                blake3: decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase()),
-                from: None,
+                source,
+                blake3,
                 span: decl.name.span,
             });
         }

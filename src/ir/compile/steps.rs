@@ -512,7 +512,7 @@ impl Compiler<'_> {
         };
         let plugin_id = p.id;
         // A plugin a stage builds: the step waits for that stage.
-        if let Some(s) = p.from {
+        if let Some(s) = p.from_stage() {
             refs.deps.push(s);
         }
         let mut mounts = Vec::new();
