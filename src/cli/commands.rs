@@ -10,7 +10,7 @@ use crate::frontend::kdl::display_path;
 use crate::ir::{Base, CopyFrom, Graph, Op, compile};
 use crate::store::{Access, Store, gc, records};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Read and compile a spec; warnings are returned for the caller to show.
 pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
@@ -37,6 +37,60 @@ pub struct ImportArgs {
     pub quiet: bool,
 }
 
+/// The export a Docker build of the default target makes, written out:
+/// an image (an OCI layout beside the spec) when the stage is built on an
+/// image, its files (`out/`) when it is built from `scratch` (Docker's
+/// `-o out`).
+fn default_export(imported: &mut crate::frontend::dockerfile::lower::Imported, path: &Path) {
+    use crate::frontend::ast::ExportDecl;
+    let stages = &imported.spec.stages;
+    let Some(target) = stages.get(imported.default_target) else {
+        return;
+    };
+    // Follow `from` to the first stage: built on an image, or on scratch.
+    let mut on_image = false;
+    let mut at = target;
+    for _ in 0..stages.len() {
+        if at.image.is_some() {
+            on_image = true;
+            break;
+        }
+        match at
+            .from
+            .as_ref()
+            .and_then(|f| stages.iter().find(|s| s.name.value == f.value))
+        {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    let span = target.span;
+    let name = target.name.value.clone();
+    let s = |v: String| crate::diag::Spanned::new(span, v);
+    let (to, format, tag) = if on_image {
+        (
+            format!("{name}.oci"),
+            Some(s("oci".into())),
+            Some(s(format!("{name}:latest"))),
+        )
+    } else {
+        ("out".to_string(), None, None)
+    };
+    imported.spec.exports.push(ExportDecl {
+        span,
+        stage: s(name),
+        to: Some(s(to)),
+        image: None,
+        format,
+        when: None,
+        tag,
+        compression: None,
+        provenance: false,
+        squash: false,
+        dir: path.parent().map(PathBuf::from).unwrap_or_default(),
+    });
+}
+
 /// `kiln import`: the Dockerfile as a KDL spec, with notes on anything
 /// kiln cannot carry over exactly.
 pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
@@ -51,7 +105,8 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     let build_args = spec_args.arg_pairs()?;
     let path = &args.dockerfile;
     let shown = display_path(path);
-    let imported = lower::load(path, &shown, sources, &build_args)?;
+    let mut imported = lower::load(path, &shown, sources, &build_args)?;
+    default_export(&mut imported, path);
     // What is written must compile; a failure here is a kiln bug, not the user's.
     let options = crate::ir::CompileOptions {
         args: Vec::new(),
@@ -65,15 +120,13 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| shown.clone())
     )];
-    if build_args.is_empty() {
-        header.push(
-            "Dockerfile ARGs have their defaults here; re-import with --build-arg to change them."
-                .into(),
-        );
-    } else {
+    if !imported.spec.args.is_empty() {
+        header.push("Dockerfile ARGs are `arg`s: `kiln build --arg NAME=VALUE` sets them.".into());
+    }
+    if !build_args.is_empty() {
         let given: Vec<String> = build_args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         header.push(format!(
-            "Dockerfile ARGs were expanded with --build-arg {}.",
+            "Imported with --build-arg {} (their values are the defaults here).",
             given.join(" ")
         ));
     }

@@ -76,7 +76,10 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
                                 path.display()
                             ),
                         )
-                        .with_label(decl.path.as_ref().map_or(decl.span, |p| p.span), "this path")
+                        .with_label(
+                            decl.path.as_ref().map_or(decl.span, |p| p.span),
+                            "this path",
+                        )
                         .with_help("build the plugin first; paths are relative to the spec file"),
                     );
                     continue;

@@ -863,7 +863,11 @@ fn a_plugin_from_a_url_is_pinned_downloaded_once_and_checked() {
     ));
     let r = p.kiln(&["check"]);
     r.code(2);
-    for code in ["a plugin has one module", "not downloaded", "is not an http(s) URL"] {
+    for code in [
+        "a plugin has one module",
+        "not downloaded",
+        "is not an http(s) URL",
+    ] {
         assert!(r.stderr.contains(code), "{code}: {}", r.stderr);
     }
 }

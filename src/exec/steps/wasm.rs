@@ -225,10 +225,13 @@ fn unreadable(p: &Plugin, used: Span, why: &str) -> Diagnostic {
             "check the URL and the network; once downloaded, the module is kept in the store by its pin",
         ),
     };
-    Diagnostic::user(code, format!("cannot read the module of plugin `{}`: {why}", p.name))
-        .with_label(p.span, "declared here")
-        .with_label(used, "used here")
-        .with_help(help)
+    Diagnostic::user(
+        code,
+        format!("cannot read the module of plugin `{}`: {why}", p.name),
+    )
+    .with_label(p.span, "declared here")
+    .with_label(used, "used here")
+    .with_help(help)
 }
 
 /// The context entries a mount shows.
@@ -341,7 +344,9 @@ fn module_reader<'a>(
 /// fetched, checked against the pin and stored, so it is fetched once.
 fn downloaded(cx: &StepCx<'_>, p: &Plugin, url: &str) -> Result<Vec<u8>, String> {
     let pin = p.blake3.as_deref().ok_or_else(|| {
-        format!("`{url}` is not pinned: run `kiln plugin pin` to download it once and write its blake3")
+        format!(
+            "`{url}` is not pinned: run `kiln plugin pin` to download it once and write its blake3"
+        )
     })?;
     let blob = crate::model::digest::BlobDigest::parse(pin)
         .ok_or_else(|| format!("the pin of `{url}` is not a blake3 digest"))?;

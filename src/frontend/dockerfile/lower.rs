@@ -11,12 +11,15 @@
 
 use super::instructions::{Command, CopyInst, Healthcheck, Inst};
 use super::parse::{Dockerfile, Heredoc, Instruction, ParseError, parse};
+use super::scope::Scope;
 use super::scope::{StageSource, stages};
-use super::shell::expand_heredoc;
+use super::shell::{REF_CLOSE, REF_OPEN, expand_heredoc};
 use crate::diag::{Diagnostic, SourceId, Sources, Span, Spanned};
 use crate::frontend::ast::{
     HealthcheckDecl, Pair, RunDecl, Spec, StageDecl, StepDecl, StepKind, Str,
 };
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// A Dockerfile lowered to a spec.
@@ -26,19 +29,31 @@ pub struct Imported {
     /// For each stage of `spec`, the Dockerfile line it comes from and the
     /// line's text (for `kiln import`'s comments).
     pub origins: Vec<(usize, String)>,
-    /// What the import could not carry over exactly, located; shown by
-    /// `kiln import`, and by `kiln build` only when it matters.
+    /// What the import could not carry over exactly, located (in the
+    /// Dockerfile's order); shown by `kiln import`, and by `kiln build`
+    /// only when it matters.
     pub notes: Vec<Diagnostic>,
+    /// The index in `spec.stages` of the default target: the Dockerfile's
+    /// last stage.
+    pub default_target: usize,
 }
 
-/// Escape a string so kiln's `${…}` substitution gives it back unchanged.
+/// Escape a string so kiln's `${…}` substitution gives it back unchanged,
+/// except for references to kept args (see [`REF_OPEN`]), which are
+/// written as the `${NAME}` (`${NAME:-…}`, `${NAME:+…}`) they stand for.
 pub fn escape_subst(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        out.push(c);
-        if c == '$' && matches!(chars.peek(), Some('$') | Some('{')) {
-            out.push('$');
+        match c {
+            REF_OPEN => out.push_str("${"),
+            REF_CLOSE => out.push('}'),
+            _ => {
+                out.push(c);
+                if c == '$' && matches!(chars.peek(), Some('$' | '{' | &REF_OPEN)) {
+                    out.push('$');
+                }
+            }
         }
     }
     out
@@ -96,7 +111,13 @@ pub fn lower_text(
         ]
     };
     let d = parse(text).map_err(located)?;
-    let (globals, sources) = stages(&d, build_args).map_err(located)?;
+    // A Dockerfile (or build arg) holding the characters references are
+    // made of keeps no args: its text could be mistaken for them.
+    let keep_args = !text.contains([REF_OPEN, REF_CLOSE])
+        && !build_args
+            .iter()
+            .any(|(k, v)| k.contains([REF_OPEN, REF_CLOSE]) || v.contains([REF_OPEN, REF_CLOSE]));
+    let (globals, sources) = stages(&d, build_args, keep_args).map_err(located)?;
     let mut l = Lowerer {
         d: &d,
         text,
@@ -113,8 +134,12 @@ pub fn lower_text(
         errors: Vec::new(),
         image_stages: Vec::new(),
         noted_network: false,
+        kept: globals.kept.clone(),
+        baked: RefCell::new(BTreeSet::new()),
+        noted_baked: Vec::new(),
     };
     l.directives();
+    l.args(&globals);
     l.names = stage_names(&sources);
     for (i, s) in sources.iter().enumerate() {
         l.stage(i, s);
@@ -154,10 +179,15 @@ pub fn lower_text(
     if !l.errors.is_empty() {
         return Err(l.errors);
     }
+    // In the Dockerfile's order (a stable sort: notes on one line keep
+    // theirs); notes without a place first.
+    l.notes
+        .sort_by_key(|n| n.labels.first().map(|lb| lb.span.start));
     Ok(Imported {
         spec: l.spec,
         origins: l.origins,
         notes: l.notes,
+        default_target: sources.len() - 1,
     })
 }
 
@@ -236,6 +266,12 @@ struct Lowerer<'a> {
     image_stages: Vec<(String, String, Span)>,
     /// Whether the note on `RUN`'s network was given.
     noted_network: bool,
+    /// The `ARG`s the spec keeps as `arg`s, with their values at import.
+    kept: Vec<(String, Option<String>)>,
+    /// Kept args used by value in the instruction being lowered.
+    baked: RefCell<BTreeSet<String>>,
+    /// (line, name) of the notes on args used by value.
+    noted_baked: Vec<(usize, String)>,
 }
 
 /// What one stage has seen so far, for the instructions after.
@@ -274,6 +310,87 @@ impl Lowerer<'_> {
                 .with_label(self.span(line), label.to_string())
                 .with_help(help.to_string()),
         );
+    }
+
+    /// The kept `ARG`s as `arg`s (their values at import as defaults), and
+    /// notes on those written as values.
+    fn args(&mut self, globals: &super::scope::Globals) {
+        for (name, value) in &globals.kept {
+            let line = self
+                .d
+                .instructions
+                .iter()
+                .find(|i| {
+                    matches!(super::instructions::check(i), Ok(Inst::Arg(ds)) if ds.iter().any(|(n, _)| n == name))
+                })
+                .map_or(1, |i| i.start_line);
+            let span = self.span(line);
+            self.spec.args.push(crate::frontend::ast::ArgDecl {
+                span,
+                name: Spanned::new(span, name.clone()),
+                default: value.as_ref().map(|v| Spanned::new(span, v.clone())),
+            });
+        }
+        for (line, name, why) in &globals.fixed {
+            self.note(
+                *line,
+                format!("`ARG {name}` is written into the spec as its value: {why}"),
+                "`kiln build --arg` cannot change it; re-import with `--build-arg` to change it",
+            );
+        }
+        for (line, name) in &globals.baked {
+            self.note_baked(*line, name);
+        }
+    }
+
+    /// A kept arg used by its value at `line` (in a form kiln's `${…}`
+    /// cannot write, or where the import needs the value).
+    fn note_baked(&mut self, line: usize, name: &str) {
+        if self
+            .noted_baked
+            .iter()
+            .any(|(l, n)| *l == line && n == name)
+        {
+            return;
+        }
+        self.noted_baked.push((line, name.to_string()));
+        let value = self
+            .kept
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.note(
+            line,
+            format!("`{name}` is used here by its value at import (`{value}`): the spec cannot refer to an arg here (a `%`, `#`, `/` or `?` operator, a stage name, a path or a flag)"),
+            "`kiln build --arg` does not change this line; re-import with `--build-arg` to change it",
+        );
+    }
+
+    /// Expand with `vars`: references to kept args stay references
+    /// (`symbolic`, for text the spec substitutes), or are replaced by
+    /// their values (text the import inspects).
+    fn expand_with(
+        &mut self,
+        line: usize,
+        vars: &[(String, String)],
+        symbolic: bool,
+        expand: impl FnOnce(&Scope<'_>) -> Result<String, super::shell::ShellError>,
+    ) -> Result<String, super::shell::ShellError> {
+        let kept = std::mem::take(&mut self.kept);
+        let scope = Scope {
+            vars,
+            kept: &kept,
+            symbolic,
+            baked: &self.baked,
+        };
+        let result = expand(&scope);
+        self.kept = kept;
+        let names = std::mem::take(&mut *self.baked.borrow_mut());
+        for name in names {
+            self.note_baked(line, &name);
+        }
+        result
     }
 
     fn directives(&mut self) {
@@ -323,7 +440,19 @@ impl Lowerer<'_> {
             st.env = self.sources[b].env.clone();
             st.shell = self.final_shell(b);
         } else {
-            decl.image = Some(self.s(line, &src.base));
+            decl.image = Some(self.s(line, &src.image));
+        }
+        if src.image != src.base && decl.image.is_none() {
+            // A stage chosen by an arg stays the stage chosen at import.
+            let names: Vec<String> = self
+                .kept
+                .iter()
+                .filter(|(k, _)| src.image.contains(&super::scope::reference(k)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for name in names {
+                self.note_baked(line, &name);
+            }
         }
         if let Some(p) = &src.platform {
             self.note(
@@ -545,7 +674,10 @@ impl Lowerer<'_> {
         let mut mounts = Vec::new();
         let (mut network, mut security) = (None, None);
         for (k, v) in flags {
-            let v = match super::shell::process_word(v, &vars, self.d.directives.escape) {
+            let escape = self.d.directives.escape;
+            let v = match self.expand_with(line, &vars, false, |sc| {
+                super::shell::process_word(v, sc, escape)
+            }) {
                 Ok(v) => v,
                 Err(e) => {
                     self.error(
@@ -665,7 +797,10 @@ impl Lowerer<'_> {
                 if h.expand {
                     let mut vars = st.env.clone();
                     vars.extend(st.args.iter().cloned());
-                    match expand_heredoc(&body, &vars, self.d.directives.escape) {
+                    let escape = self.d.directives.escape;
+                    match self
+                        .expand_with(line, &vars, true, |sc| expand_heredoc(&body, sc, escape))
+                    {
                         Ok(b) => body = b,
                         Err(e) => {
                             self.error(

@@ -14,7 +14,9 @@
 
 use super::instructions::{CopyInst, Inst, check};
 use super::parse::{Dockerfile, ParseError};
-use super::shell::{process_word, process_words};
+use super::shell::{Env, REF_CLOSE, REF_OPEN, process_word, process_words, resolve_refs};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 /// One `FROM` and the instructions up to the next, with words expanded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct StageSource {
     pub index: usize,
     /// The base, expanded: `scratch`, an earlier stage's name or index, or an image.
     pub base: String,
+    /// The base as the spec writes an image reference: with references to
+    /// kept args.
+    pub image: String,
     pub platform: Option<String>,
     pub line: usize,
     pub items: Vec<(usize, Inst)>,
@@ -55,19 +60,173 @@ pub fn platform_args() -> Vec<(String, String)> {
     out
 }
 
-/// What a Dockerfile declares before its first stage.
+/// What a Dockerfile declares before its first stage, and what the spec
+/// keeps of its `ARG`s.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Globals {
     pub args: Vec<(String, Option<String>)>,
+    /// The `ARG`s the spec keeps as `arg`s, in the order first declared,
+    /// with their values at import (the build arg, or the default).
+    pub kept: Vec<(String, Option<String>)>,
+    /// `ARG`s written as values, at their first declaration: their defaults
+    /// differ between declarations, or refer to other variables.
+    pub fixed: Vec<(usize, String, &'static str)>,
+    /// Where a kept arg was used by its value at import: (line, name).
+    pub baked: Vec<(usize, String)>,
 }
 
-fn expand(
-    word: &str,
-    env: &[(String, String)],
-    escape: char,
-    line: usize,
-) -> Result<String, ParseError> {
-    process_word(word, &env, escape).map_err(|e| ParseError {
+/// The variables a word is expanded with: references to kept args stay
+/// references (`symbolic`), or are replaced by their values at import.
+pub struct Scope<'a> {
+    pub vars: &'a [(String, String)],
+    pub kept: &'a [(String, Option<String>)],
+    pub symbolic: bool,
+    /// Kept args used by value.
+    pub baked: &'a RefCell<BTreeSet<String>>,
+}
+
+impl Scope<'_> {
+    fn kept_value(&self, name: &str) -> Option<String> {
+        self.kept
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    /// Text with its references replaced by their values at import.
+    pub fn text(&self, value: &str) -> String {
+        resolve_refs(value, &|name| {
+            self.baked.borrow_mut().insert(name.to_string());
+            self.kept_value(name)
+        })
+    }
+}
+
+/// A reference to the kept arg `name`, as an expansion produces it.
+pub fn reference(name: &str) -> String {
+    format!("{REF_OPEN}{name}{REF_CLOSE}")
+}
+
+impl Env for Scope<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        let v = Env::get(self.vars, name)?;
+        if self.symbolic || !v.contains(REF_OPEN) {
+            return Some(v);
+        }
+        self.resolve(Some(v))
+    }
+
+    fn resolve(&self, value: Option<String>) -> Option<String> {
+        let v = value?;
+        // A reference to an unset arg is unset, not empty.
+        if let Some(name) = v
+            .strip_prefix(REF_OPEN)
+            .and_then(|r| r.strip_suffix(REF_CLOSE))
+            .filter(|n| !n.contains([REF_OPEN, ':']))
+        {
+            self.baked.borrow_mut().insert(name.to_string());
+            return self.kept_value(name);
+        }
+        Some(self.text(&v))
+    }
+
+    fn is_reference(&self, name: &str, value: &str) -> bool {
+        self.symbolic && value == reference(name)
+    }
+
+    fn baked(&self, name: &str) {
+        if self.kept.iter().any(|(k, _)| k == name) {
+            self.baked.borrow_mut().insert(name.to_string());
+        }
+    }
+}
+
+/// The kept args with their values, and the others with where and why.
+type KeptArgs = (
+    Vec<(String, Option<String>)>,
+    Vec<(usize, String, &'static str)>,
+);
+
+/// Which `ARG`s the spec keeps as `arg`s: every declaration of the name
+/// gives it the same default (a stage's `ARG NAME` without one takes the
+/// global's), and no default refers to a variable, so one `arg` with one
+/// default means what every declaration means. BuildKit's platform args
+/// stay values. Returns the kept names with their values at import, and
+/// the others with the line of their first declaration.
+fn kept_args(
+    d: &Dockerfile,
+    build_arg: &dyn Fn(&str) -> Option<String>,
+) -> Result<KeptArgs, ParseError> {
+    let platform: Vec<String> = platform_args().into_iter().map(|(k, _)| k).collect();
+    // (name, first line, effective defaults, refers to a variable)
+    let mut seen: Vec<(String, usize, Vec<Option<String>>, bool)> = Vec::new();
+    let mut globals: Vec<(String, Option<String>)> = Vec::new();
+    let mut in_stage = false;
+    for inst in &d.instructions {
+        match check(inst)? {
+            Inst::From { .. } => in_stage = true,
+            Inst::Arg(decls) => {
+                for (name, default) in decls {
+                    let dynamic = default
+                        .as_deref()
+                        .is_some_and(|v| v.contains('$') || v.contains(d.directives.escape));
+                    let default = match default {
+                        Some(v) => Some(expand(
+                            &v,
+                            &Vec::new(),
+                            d.directives.escape,
+                            inst.start_line,
+                        )?),
+                        None => None,
+                    };
+                    let effective = match (&default, in_stage) {
+                        (Some(v), _) => Some(v.clone()),
+                        (None, true) => globals
+                            .iter()
+                            .rev()
+                            .find(|(k, _)| *k == name)
+                            .and_then(|(_, v)| v.clone()),
+                        (None, false) => None,
+                    };
+                    if !in_stage {
+                        globals.push((name.clone(), default));
+                    }
+                    match seen.iter_mut().find(|(k, ..)| *k == name) {
+                        Some(entry) => {
+                            entry.2.push(effective);
+                            entry.3 |= dynamic;
+                        }
+                        None => seen.push((name, inst.start_line, vec![effective], dynamic)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut kept = Vec::new();
+    let mut fixed = Vec::new();
+    for (name, line, defaults, dynamic) in seen {
+        if platform.contains(&name) {
+            continue;
+        }
+        let why = if dynamic {
+            "its default refers to other variables"
+        } else if !defaults.windows(2).all(|w| w[0] == w[1]) {
+            "its declarations give it different defaults (one `arg` has one)"
+        } else if !crate::frontend::kdl::valid_name(&name) {
+            "its name is not a valid arg name"
+        } else {
+            let value = build_arg(&name).or_else(|| defaults.into_iter().next().flatten());
+            kept.push((name, value));
+            continue;
+        };
+        fixed.push((line, name, why));
+    }
+    Ok((kept, fixed))
+}
+
+fn expand(word: &str, env: &dyn Env, escape: char, line: usize) -> Result<String, ParseError> {
+    process_word(word, env, escape).map_err(|e| ParseError {
         message: e.message,
         line,
     })
@@ -75,20 +234,57 @@ fn expand(
 
 fn expand_words(
     word: &str,
-    env: &[(String, String)],
+    env: &dyn Env,
     escape: char,
     line: usize,
 ) -> Result<Vec<String>, ParseError> {
-    process_words(word, &env, escape).map_err(|e| ParseError {
+    process_words(word, env, escape).map_err(|e| ParseError {
         message: e.message,
         line,
     })
 }
 
-/// Split a Dockerfile into stages with their words expanded.
+/// How one instruction's words are expanded: `value` keeps references to
+/// kept args (for what the spec writes as a string it substitutes), `fixed`
+/// uses their values at import (names, flags, paths the import inspects).
+struct Words<'a> {
+    vars: Vec<(String, String)>,
+    kept: &'a [(String, Option<String>)],
+    baked: &'a RefCell<BTreeSet<String>>,
+    escape: char,
+    line: usize,
+}
+
+impl Words<'_> {
+    fn scope(&self, symbolic: bool) -> Scope<'_> {
+        Scope {
+            vars: &self.vars,
+            kept: self.kept,
+            symbolic,
+            baked: self.baked,
+        }
+    }
+
+    fn value(&self, w: &str) -> Result<String, ParseError> {
+        expand(w, &self.scope(true), self.escape, self.line)
+    }
+
+    fn fixed(&self, w: &str) -> Result<String, ParseError> {
+        expand(w, &self.scope(false), self.escape, self.line)
+    }
+
+    fn fixed_words(&self, w: &str) -> Result<Vec<String>, ParseError> {
+        expand_words(w, &self.scope(false), self.escape, self.line)
+    }
+}
+
+/// Split a Dockerfile into stages with their words expanded. With
+/// `keep_args`, `ARG`s the spec can keep as `arg`s stay references in the
+/// words the spec substitutes (see [`Globals::kept`]).
 pub fn stages(
     d: &Dockerfile,
     build_args: &[(String, String)],
+    keep_args: bool,
 ) -> Result<(Globals, Vec<StageSource>), ParseError> {
     let escape = d.directives.escape;
     let build_arg = |name: &str| {
@@ -99,20 +295,35 @@ pub fn stages(
             .map(|(_, v)| v.clone())
     };
     let mut globals = Globals::default();
+    if keep_args {
+        (globals.kept, globals.fixed) = kept_args(d, &build_arg)?;
+    }
+    let kept = globals.kept.clone();
+    let is_kept = |name: &str| kept.iter().any(|(k, _)| k == name);
+    let baked = RefCell::new(BTreeSet::new());
     // Global args with their values, as `FROM` lines see them.
     let mut meta: Vec<(String, String)> = platform_args();
     let mut out: Vec<StageSource> = Vec::new();
     for inst in &d.instructions {
         let line = inst.start_line;
         let typed = check(inst)?;
+        let words = |vars: Vec<(String, String)>| Words {
+            vars,
+            kept: &kept,
+            baked: &baked,
+            escape,
+            line,
+        };
         match typed {
             Inst::Arg(decls) if out.is_empty() => {
                 for (name, default) in decls {
                     let default = match default {
-                        Some(v) => Some(expand(&v, &meta, escape, line)?),
+                        Some(v) => Some(words(meta.clone()).value(&v)?),
                         None => None,
                     };
-                    if let Some(v) = build_arg(&name).or_else(|| default.clone()) {
+                    if is_kept(&name) {
+                        meta.push((name.clone(), reference(&name)));
+                    } else if let Some(v) = build_arg(&name).or_else(|| default.clone()) {
                         meta.push((name.clone(), v));
                     }
                     globals.args.push((name, default));
@@ -123,7 +334,9 @@ pub fn stages(
                 name,
                 platform,
             } => {
-                let base = expand(&image, &meta, escape, line)?;
+                let w = words(meta.clone());
+                let base = w.fixed(&image)?;
+                let image = w.value(&image)?;
                 if base.is_empty() {
                     return Err(ParseError {
                         message: format!("base name ({image}) should not be blank"),
@@ -131,7 +344,7 @@ pub fn stages(
                     });
                 }
                 let platform = match platform {
-                    Some(p) => Some(expand(&p, &meta, escape, line)?),
+                    Some(p) => Some(w.fixed(&p)?),
                     None => None,
                 };
                 // A stage built on an earlier one starts with its
@@ -157,6 +370,7 @@ pub fn stages(
                     name,
                     index: out.len(),
                     base,
+                    image,
                     platform,
                     line,
                     items: Vec::new(),
@@ -164,7 +378,7 @@ pub fn stages(
                     env,
                 };
                 for t in triggers {
-                    let item = expand_inst(t, &mut stage, &meta, &build_arg, escape, line)?;
+                    let item = expand_inst(t, &mut stage, &meta, &build_arg, &is_kept, &words)?;
                     stage.items.push((line, item));
                 }
                 out.push(stage);
@@ -176,8 +390,13 @@ pub fn stages(
                 let Some(stage) = out.last_mut() else {
                     continue;
                 };
-                let item = expand_inst(other, stage, &meta, &build_arg, escape, line)?;
+                let item = expand_inst(other, stage, &meta, &build_arg, &is_kept, &words)?;
                 stage.items.push((line, item));
+            }
+        }
+        for name in std::mem::take(&mut *baked.borrow_mut()) {
+            if !globals.baked.contains(&(line, name.clone())) {
+                globals.baked.push((line, name));
             }
         }
     }
@@ -190,22 +409,21 @@ pub fn stages(
     Ok((globals, out))
 }
 
-fn expand_inst(
+fn expand_inst<'a>(
     inst: Inst,
     stage: &mut StageSource,
     meta: &[(String, String)],
     build_arg: &dyn Fn(&str) -> Option<String>,
-    escape: char,
-    line: usize,
+    is_kept: &dyn Fn(&str) -> bool,
+    words: &dyn Fn(Vec<(String, String)>) -> Words<'a>,
 ) -> Result<Inst, ParseError> {
-    let env = stage.vars.clone();
-    let one = |w: &str| expand(w, &env, escape, line);
+    let w = words(stage.vars.clone());
     Ok(match inst {
         Inst::Arg(decls) => {
             let mut out = Vec::new();
             for (name, default) in decls {
                 let default = match default {
-                    Some(v) => Some(one(&v)?),
+                    Some(v) => Some(w.value(&v)?),
                     None => None,
                 };
                 let global = meta
@@ -213,7 +431,11 @@ fn expand_inst(
                     .rev()
                     .find(|(k, _)| *k == name)
                     .map(|(_, v)| v.clone());
-                let value = build_arg(&name).or(default.clone()).or(global);
+                let value = if is_kept(&name) {
+                    Some(reference(&name))
+                } else {
+                    build_arg(&name).or(default.clone()).or(global)
+                };
                 // An ARG is visible like an ENV, but never overrides one.
                 if let Some(v) = &value
                     && !stage.env.iter().any(|(k, _)| *k == name)
@@ -228,9 +450,9 @@ fn expand_inst(
         Inst::Env(pairs) => {
             let mut out = Vec::new();
             for (k, v) in pairs {
-                let k = one(&k)?;
+                let k = w.fixed(&k)?;
                 // Every word sees the environment from before the instruction.
-                let v = expand(&v, &env, escape, line)?;
+                let v = w.value(&v)?;
                 stage.env.retain(|(n, _)| *n != k);
                 stage.env.push((k.clone(), v.clone()));
                 stage.vars.retain(|(n, _)| *n != k);
@@ -242,36 +464,31 @@ fn expand_inst(
         Inst::Label(pairs) => {
             let mut out = Vec::new();
             for (k, v) in pairs {
-                out.push((one(&k)?, one(&v)?));
+                out.push((w.fixed(&k)?, w.value(&v)?));
             }
             Inst::Label(out)
         }
-        Inst::Workdir(p) => Inst::Workdir(one(&p)?),
-        Inst::User(u) => Inst::User(one(&u)?),
-        Inst::Stopsignal(s) => Inst::Stopsignal(one(&s)?),
+        Inst::Workdir(p) => Inst::Workdir(w.value(&p)?),
+        Inst::User(u) => Inst::User(w.value(&u)?),
+        Inst::Stopsignal(s) => Inst::Stopsignal(w.fixed(&s)?),
         Inst::Expose(ports) => {
             let mut out = Vec::new();
             for p in ports {
-                out.extend(expand_words(&p, &env, escape, line)?);
+                out.extend(w.fixed_words(&p)?);
             }
             Inst::Expose(out)
         }
-        Inst::Volume(v) => Inst::Volume(v.iter().map(|p| one(p)).collect::<Result<_, _>>()?),
-        Inst::Copy(c) => Inst::Copy(expand_copy(c, &env, escape, line)?),
-        Inst::Add(c) => Inst::Add(expand_copy(c, &env, escape, line)?),
+        Inst::Volume(v) => Inst::Volume(v.iter().map(|p| w.fixed(p)).collect::<Result<_, _>>()?),
+        Inst::Copy(c) => Inst::Copy(expand_copy(c, &w)?),
+        Inst::Add(c) => Inst::Add(expand_copy(c, &w)?),
         other => other,
     })
 }
 
-fn expand_copy(
-    c: CopyInst,
-    env: &[(String, String)],
-    escape: char,
-    line: usize,
-) -> Result<CopyInst, ParseError> {
-    let heredoc_word = |w: &str| {
+fn expand_copy(c: CopyInst, w: &Words<'_>) -> Result<CopyInst, ParseError> {
+    let heredoc_word = |word: &str| {
         c.heredocs.iter().any(|h| {
-            w.trim_start_matches(|ch: char| ch.is_ascii_digit())
+            word.trim_start_matches(|ch: char| ch.is_ascii_digit())
                 .trim_start_matches("<<")
                 .trim_start_matches('-')
                 .trim_matches(['\'', '"'])
@@ -284,13 +501,13 @@ fn expand_copy(
         sources.push(if heredoc_word(s) {
             s.clone()
         } else {
-            expand(s, env, escape, line)?
+            w.fixed(s)?
         });
     }
     let mut flags = Vec::new();
     for (k, v) in &c.flags {
         let v = if matches!(k.as_str(), "from" | "chown" | "chmod") {
-            expand(v, env, escape, line)?
+            w.fixed(v)?
         } else {
             v.clone()
         };
@@ -298,7 +515,7 @@ fn expand_copy(
     }
     Ok(CopyInst {
         sources,
-        dest: expand(&c.dest, env, escape, line)?,
+        dest: w.fixed(&c.dest)?,
         flags,
         heredocs: c.heredocs,
     })
@@ -314,7 +531,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        stages(&parse(text).unwrap(), &args).unwrap()
+        stages(&parse(text).unwrap(), &args, false).unwrap()
     }
 
     #[test]
@@ -368,14 +585,14 @@ mod tests {
     #[test]
     fn errors_carry_lines() {
         let d = parse("ARG A\nRUN x\n").unwrap();
-        assert_eq!(stages(&d, &[]).unwrap_err().line, 2);
+        assert_eq!(stages(&d, &[], false).unwrap_err().line, 2);
         let d = parse("FROM scratch\nENV A=\"${B:?needs B}\"\n").unwrap();
-        let e = stages(&d, &[]).unwrap_err();
+        let e = stages(&d, &[], false).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("needs B"), "{}", e.message);
         let d = parse("ARG X\nFROM $X\n").unwrap();
         assert!(
-            stages(&d, &[])
+            stages(&d, &[], false)
                 .unwrap_err()
                 .message
                 .contains("should not be blank")
@@ -435,5 +652,83 @@ mod tests {
         );
         // Triggers are not passed on to grandchildren.
         assert!(s[2].items.is_empty());
+    }
+
+    fn kept(text: &str, args: &[(&str, &str)]) -> (Globals, Vec<StageSource>) {
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        stages(&parse(text).unwrap(), &args, true).unwrap()
+    }
+
+    #[test]
+    fn args_the_spec_can_keep_stay_references() {
+        let r = |n: &str| reference(n);
+        let (g, s) = kept(
+            "ARG V=1.2\nARG B=scratch\nFROM $B\nARG V\nENV A=$V C=${V:-x} D=${V%.*} E=v${V}\nWORKDIR /$A\n",
+            &[("V", "3.4")],
+        );
+        assert_eq!(
+            g.kept,
+            vec![
+                ("V".to_string(), Some("3.4".to_string())),
+                ("B".to_string(), Some("scratch".to_string()))
+            ]
+        );
+        assert_eq!(s[0].base, "scratch");
+        assert_eq!(s[0].image, r("B"));
+        assert_eq!(
+            s[0].items[1].1,
+            Inst::Env(vec![
+                ("A".into(), r("V")),
+                ("C".into(), format!("{REF_OPEN}V:-x{REF_CLOSE}")),
+                ("D".into(), "3".into()),
+                ("E".into(), format!("v{}", r("V"))),
+            ])
+        );
+        assert_eq!(s[0].items[2].1, Inst::Workdir(format!("/{}", r("V"))));
+        // `%` and the stage name used values: both are reported.
+        assert!(g.baked.contains(&(5, "V".to_string())), "{:?}", g.baked);
+        assert!(g.baked.contains(&(3, "B".to_string())), "{:?}", g.baked);
+    }
+
+    #[test]
+    fn args_whose_declarations_disagree_or_refer_to_variables_are_values() {
+        let (g, s) = kept(
+            "ARG G=1\nARG H=${G}x\nFROM scratch\nARG G=2\nARG H\nENV A=$G B=$H\n",
+            &[],
+        );
+        assert!(g.kept.is_empty(), "{:?}", g.kept);
+        assert_eq!(g.fixed.len(), 2);
+        assert_eq!(
+            s[0].items[2].1,
+            Inst::Env(vec![("A".into(), "2".into()), ("B".into(), "1x".into())])
+        );
+        // A stage `ARG` without a default where another stage has one: an
+        // unset arg in one, a value in the other.
+        let (g, _) = kept("FROM scratch\nARG X\nFROM scratch\nARG X=1\n", &[]);
+        assert!(g.kept.is_empty());
+    }
+
+    #[test]
+    fn references_resolve_like_kiln_substitution() {
+        let v = |n: &str| match n {
+            "A" => Some("a".to_string()),
+            "E" => Some(String::new()),
+            _ => None,
+        };
+        let t = format!(
+            "{REF_OPEN}A{REF_CLOSE}-{REF_OPEN}E:-d{REF_OPEN}A{REF_CLOSE}{REF_CLOSE}-{REF_OPEN}U:+x{REF_CLOSE}."
+        );
+        assert_eq!(resolve_refs(&t, &v), "a-da-.");
+        assert_eq!(
+            crate::frontend::dockerfile::lower::escape_subst(&format!("$$ ${{ ${}", r_ref("A"))),
+            "$$$ $${ $$${A}"
+        );
+    }
+
+    fn r_ref(n: &str) -> String {
+        reference(n)
     }
 }

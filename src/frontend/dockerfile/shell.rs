@@ -37,8 +37,74 @@ fn err<T>(message: impl Into<String>) -> Result<T, ShellError> {
 }
 
 /// Where variables come from: the value of a name, if it is set.
+///
+/// A value may hold references to build args that the spec keeps as
+/// `arg`s (see [`REF_OPEN`]); an expansion copies them as they are, and a
+/// modifier that the spec's `${…}` cannot write works on the value the
+/// reference has at import ([`Env::resolve`]), which it reports
+/// ([`Env::baked`]).
 pub trait Env {
     fn get(&self, name: &str) -> Option<String>;
+    /// A value with every reference replaced by its value at import
+    /// (`None` for a reference to an arg that is unset).
+    fn resolve(&self, value: Option<String>) -> Option<String> {
+        value
+    }
+    /// Whether `value` is exactly a reference to the arg `name`.
+    fn is_reference(&self, _name: &str, _value: &str) -> bool {
+        false
+    }
+    /// The variable `name` was used by its value at import.
+    fn baked(&self, _name: &str) {}
+}
+
+/// Start and end of a reference to a kept build arg inside an expanded
+/// value: `REF_OPEN NAME REF_CLOSE`, or `REF_OPEN NAME:-WORD REF_CLOSE`
+/// (`:+` likewise), written out as `${NAME…}`. Private-use characters, so
+/// no Dockerfile text is mistaken for one (a Dockerfile holding them keeps
+/// no args).
+pub const REF_OPEN: char = '\u{E000}';
+pub const REF_CLOSE: char = '\u{E001}';
+
+/// `value` with its references replaced by what `args` gives them (an
+/// unset arg as empty).
+pub fn resolve_refs(value: &str, args: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find(REF_OPEN) {
+        out.push_str(&rest[..i]);
+        let body_start = i + REF_OPEN.len_utf8();
+        let mut depth = 1;
+        let mut end = rest.len();
+        for (j, c) in rest[body_start..].char_indices() {
+            match c {
+                REF_OPEN => depth += 1,
+                REF_CLOSE => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = body_start + j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let body = &rest[body_start..end];
+        let (name, op, word) = match body.find(':') {
+            Some(c) => (&body[..c], &body[c..c + 2], &body[c + 2..]),
+            None => (body, "", ""),
+        };
+        let value = args(name).unwrap_or_default();
+        match op {
+            ":-" if value.is_empty() => out.push_str(&resolve_refs(word, args)),
+            ":+" if !value.is_empty() => out.push_str(&resolve_refs(word, args)),
+            ":+" => {}
+            _ => out.push_str(&value),
+        }
+        rest = rest.get(end + REF_CLOSE.len_utf8()..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `NAME=VALUE` pairs; a later pair of the same name wins.
@@ -317,6 +383,15 @@ impl<'a> Lexer<'a> {
         self.env.get(name)
     }
 
+    /// A pattern as text to match: its references by their values.
+    fn concrete(&self, text: String) -> String {
+        if text.contains(REF_OPEN) {
+            self.env.resolve(Some(text)).unwrap_or_default()
+        } else {
+            text
+        }
+    }
+
     /// The word after a modifier, up to the closing `}`.
     fn word(&mut self) -> Result<String, ShellError> {
         let at_end = |lx: &Lexer| lx.pos >= lx.chars.len();
@@ -362,6 +437,39 @@ impl<'a> Lexer<'a> {
             ));
         }
         let value = self.lookup(&name);
+        // A reference to a kept arg stays one where the spec can write the
+        // same (`${NAME}`, `${NAME:-…}`, `${NAME:+…}`); elsewhere the value
+        // at import is used.
+        if op == ':' && matches!(self.peek(), Some('-' | '+')) {
+            let reference = value
+                .as_deref()
+                .is_some_and(|v| self.env.is_reference(&name, v));
+            if reference {
+                let Some(sign) = self.next() else {
+                    return err("syntax error: missing '}'");
+                };
+                let word = self.word()?;
+                if !word.contains(['{', '}']) {
+                    return Ok(format!("{REF_OPEN}{name}:{sign}{word}{REF_CLOSE}"));
+                }
+                self.env.baked(&name);
+                let value = self.env.resolve(value).unwrap_or_default();
+                let word = self.env.resolve(Some(word)).unwrap_or_default();
+                return Ok(match (sign, value.is_empty()) {
+                    ('-', true) => word,
+                    ('-', false) => value,
+                    (_, true) => String::new(),
+                    (_, false) => word,
+                });
+            }
+        }
+        let value = match value {
+            Some(v) if op != '}' && v.contains(REF_OPEN) => {
+                self.env.baked(&name);
+                self.env.resolve(Some(v))
+            }
+            other => other,
+        };
         match op {
             '}' => Ok(value.unwrap_or_default()),
             '?' => {
@@ -424,6 +532,7 @@ impl<'a> Lexer<'a> {
                     self.next();
                 }
                 let pattern = self.word()?;
+                let pattern = self.concrete(pattern);
                 let v = value.unwrap_or_default();
                 Ok(if op == '#' {
                     remove_prefix(&v, &pattern, longest)
@@ -437,6 +546,7 @@ impl<'a> Lexer<'a> {
                     self.next();
                 }
                 let pattern = self.pattern_until_slash()?;
+                let pattern = self.concrete(pattern);
                 let replacement = self.word()?;
                 Ok(substitute(
                     &value.unwrap_or_default(),

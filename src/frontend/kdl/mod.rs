@@ -469,9 +469,12 @@ impl Loader<'_> {
             {
                 ok = false;
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::missing-property", "`plugin` needs `path=` or `url=`")
-                        .with_label(n.span(), "no module named here")
-                        .with_help(format!("usage: `{usage}`")),
+                    Diagnostic::user(
+                        "kiln::spec::missing-property",
+                        "`plugin` needs `path=` or `url=`",
+                    )
+                    .with_label(n.span(), "no module named here")
+                    .with_help(format!("usage: `{usage}`")),
                 );
             }
             _ => {}
@@ -496,7 +499,10 @@ impl Loader<'_> {
                     "kiln::spec::plugin-url",
                     format!("`{}` is not an http(s) URL", u.value),
                 )
-                .with_label(n.prop_value_span("url").unwrap_or(u.span), "not http:// or https://")
+                .with_label(
+                    n.prop_value_span("url").unwrap_or(u.span),
+                    "not http:// or https://",
+                )
                 .with_help("a file on this machine is named with `path=`"),
             );
         }
@@ -1035,15 +1041,18 @@ fn one_string(n: &Node, usage: &str, d: &mut Diagnostics) -> Option<Spanned<Stri
     n.str_arg(0, d)
 }
 
-/// Stage, arg, context and plugin names: letters, digits, `-`, `_`, `.`.
-fn check_name(name: &Spanned<String>, what: &str, d: &mut Diagnostics) {
-    let ok = !name.value.is_empty()
+/// Whether a stage, arg, context or plugin name is valid: letters,
+/// digits, `-`, `_`, `.`, not starting with `-` or `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name
-            .value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !name.value.starts_with(['-', '.']);
-    if !ok {
+        && !name.starts_with(['-', '.'])
+}
+
+fn check_name(name: &Spanned<String>, what: &str, d: &mut Diagnostics) {
+    if !valid_name(&name.value) {
         d.push(
             Diagnostic::user("kiln::spec::bad-name", format!("`{}` is not a valid {what} name", name.value))
                 .with_label(name.span, "invalid name")

@@ -227,8 +227,12 @@ impl Compiler<'_> {
                 }
                 PluginSource::Url(url)
             } else {
-                let Some(path) = decl.path.as_ref() else { continue };
-                let Some(path) = self.subst(path) else { continue };
+                let Some(path) = decl.path.as_ref() else {
+                    continue;
+                };
+                let Some(path) = self.subst(path) else {
+                    continue;
+                };
                 match &decl.from {
                     // A plugin a stage builds: its bytes are that stage's
                     // result, pinned by it.

@@ -107,7 +107,10 @@ fn run_gets_the_args_in_scope_but_not_those_env_hides() {
         .iter()
         .map(|(k, v)| (k.value.as_str(), v.value.as_str()))
         .collect();
-    assert_eq!(env, [("A", "9")]);
+    // The arg stays one, its default the build arg given.
+    assert_eq!(env, [("A", "${A}")]);
+    assert_eq!(i.spec.args.len(), 2);
+    assert_eq!(i.spec.args[0].default.as_ref().unwrap().value, "9");
 }
 
 #[test]
