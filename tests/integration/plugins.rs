@@ -871,3 +871,47 @@ fn a_plugin_from_a_url_is_pinned_downloaded_once_and_checked() {
         assert!(r.stderr.contains(code), "{code}: {}", r.stderr);
     }
 }
+
+#[test]
+fn a_single_file_can_be_mounted() {
+    let p = Project::new();
+    p.file("local.txt", "from the context\n");
+    p.spec(&format!(
+        "kiln 1\n{}stage data {{\n    write \"/etc/app.toml\" \"v=1\\n\"\n    write \"/etc/other\" \"x\"\n}}\n\
+         stage s {{\n    wasm tpl \"/mnt/app.toml\" \"/app.out\" {{\n        mount \"/mnt/app.toml\" from=data source=\"/etc/app.toml\"\n        mount \"/mnt/local.txt\" source=\"local.txt\"\n    }}\n    wasm tpl \"/mnt/local.txt\" \"/local.out\" {{\n        mount \"/mnt/local.txt\" source=\"local.txt\"\n    }}\n}}\n\
+         export {{\n    s to=\"out\"\n}}\n",
+        decl("tpl", "template")
+    ));
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(p.read("out/app.out"), "v=1\n");
+    assert_eq!(p.read("out/local.out"), "from the context\n");
+    // Mounts are not part of the result.
+    assert!(!p.exists("out/mnt"));
+    // A change to the mounted file reruns the step that mounts it.
+    p.file("local.txt", "changed\n");
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(p.read("out/local.out"), "changed\n");
+    // A file right under `/`, and a file where a directory is mounted,
+    // are refused where they are written.
+    for (mount, message) in [
+        (
+            "mount \"/app.toml\" from=data source=\"/etc/app.toml\"",
+            "the stage itself",
+        ),
+        (
+            "mount \"/etc\" from=data source=\"/etc\"\n        mount \"/etc/x.txt\" source=\"local.txt\"",
+            "is both a directory mount and where a file is mounted",
+        ),
+    ] {
+        p.spec(&format!(
+            "kiln 1\n{}stage data {{\n    write \"/etc/app.toml\" \"v=1\\n\"\n}}\nstage s {{\n    wasm tpl \"/a\" \"/b\" {{\n        {mount}\n    }}\n}}\n",
+            decl("tpl", "template")
+        ));
+        let r = p.kiln(&["build", "--progress", "plain"]);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains(message), "{message}: {}", r.stderr);
+        assert!(r.stderr.contains("kiln.kdl:"), "{}", r.stderr);
+    }
+}

@@ -144,12 +144,56 @@ impl StepKind for WasmOp {
             let written = workdir::write(env.content, work.tree, "", &root)?;
             let mounts_dir = (!self.mounts.is_empty()).then(|| TempDir::new(env.local, "mounts"));
             let mut mounts: Vec<(PathBuf, String)> = Vec::new();
+            // File mounts by the directory that shows them: (guest
+            // directory, its files, the first mount's index).
+            let mut file_dirs: Vec<(String, Tree, usize)> = Vec::new();
             for (i, m) in self.mounts.iter().enumerate() {
-                let (t, sub) = mount_tree(cx, m, cx.loc.part(i))?;
                 let Some(dir) = &mounts_dir else { break };
-                let host = dir.0.join(format!("mount-{i}"));
-                workdir::write(env.content, &t, &sub, &host)?;
-                mounts.push((host, m.guest.clone()));
+                let guest = m.guest.trim_end_matches('/');
+                match mount_tree(cx, m, cx.loc.part(i))? {
+                    Shown::Dir(t, sub) => {
+                        let host = dir.0.join(format!("mount-{i}"));
+                        workdir::write(env.content, &t, &sub, &host)?;
+                        mounts.push((host, guest.to_string()));
+                    }
+                    // WASI shows directories: a file is shown alone in a
+                    // directory of its own at the mount's parent.
+                    Shown::File(entry) => {
+                        let (parent, name) = guest.rsplit_once('/').unwrap_or(("", guest));
+                        if parent.is_empty() {
+                            return Err(file_mount_error(
+                                cx.loc.part(i),
+                                format!(
+                                    "`{guest}` mounts a file right under `/`: a file mount is shown in a directory of its own, and `/` is the stage itself"
+                                ),
+                                "mount the file in a directory below `/`, such as \"/mnt/config.toml\"",
+                            ));
+                        }
+                        match file_dirs.iter_mut().find(|(g, ..)| g == parent) {
+                            Some((_, t, _)) => {
+                                t.entries.insert(name.to_string(), entry);
+                            }
+                            None => {
+                                let mut t = Tree::new();
+                                t.entries.insert(name.to_string(), entry);
+                                file_dirs.push((parent.to_string(), t, i));
+                            }
+                        }
+                    }
+                }
+            }
+            for (guest, t, i) in file_dirs {
+                let Some(dir) = &mounts_dir else { break };
+                if mounts.iter().any(|(_, g)| *g == guest) {
+                    return Err(file_mount_error(
+                        cx.loc.part(i),
+                        format!("`{guest}` is both a directory mount and where a file is mounted"),
+                        "mount the file elsewhere, or put it in the mounted directory",
+                    ));
+                }
+                let host = dir.0.join(format!("files-{i}"));
+                workdir::write(env.content, &t, "", &host)?;
+                mounts.push((host, guest));
             }
             // The working directory, for programs (and the SDK) that honour `PWD`.
             let mut vars = self.env.clone();
@@ -243,55 +287,82 @@ fn pick_mount(
     pick_from_context(snap, &[Spanned::new(span, m.source.clone())], &[])
 }
 
-/// A mount's files as a tree and the directory in it to show.
-fn mount_tree(cx: &StepCx<'_>, m: &WasmMount, span: Span) -> Result<(Tree, String), Diagnostic> {
+/// What a mount shows: a directory (a tree and the directory in it), or
+/// one file.
+enum Shown {
+    Dir(Tree, String),
+    File(tree::Entry),
+}
+
+fn file_mount_error(span: Span, message: String, help: &str) -> Diagnostic {
+    Diagnostic::build("kiln::wasm::mount", message)
+        .with_label(span, "this mount")
+        .with_help(help.to_string())
+}
+
+/// A mount's files: a directory, or a single file.
+fn mount_tree(cx: &StepCx<'_>, m: &WasmMount, span: Span) -> Result<Shown, Diagnostic> {
+    let not_shown = |what: String| {
+        Diagnostic::build("kiln::wasm::mount", what)
+            .with_label(span, "this mount")
+            .with_help("mount a directory or a regular file (symbolic links are followed inside the stage)")
+    };
     match m.from {
         CopyFrom::Stage(src) => {
             let t = cx.input_tree(src)?;
             let dir = tree::components(&m.source, Links::Rootfs)
                 .map(|c| c.join("/"))
                 .unwrap_or_default();
-            let dir = t.resolve(&dir, true, Links::Rootfs).map_err(|e| {
-                Diagnostic::build(
-                    "kiln::wasm::mount",
-                    format!("cannot mount `{}`: {e}", m.source),
-                )
-                .with_label(span, "this mount")
-                .with_help("mount a directory of the stage")
-            })?;
-            if !dir.is_empty() && !t.is_dir(&dir) {
-                return Err(Diagnostic::build(
-                    "kiln::wasm::mount",
-                    format!(
-                        "`{}` is not a directory in stage `{}`",
-                        m.source,
-                        cx.graph().stage(src).name
-                    ),
-                )
-                .with_label(span, "this mount")
-                .with_help("mount a directory; a plugin reads files inside it"));
+            let dir = t
+                .resolve(&dir, true, Links::Rootfs)
+                .map_err(|e| not_shown(format!("cannot mount `{}`: {e}", m.source)))?;
+            if dir.is_empty() || t.is_dir(&dir) {
+                return Ok(Shown::Dir((*t).clone(), dir));
             }
-            Ok(((*t).clone(), dir))
+            match t.get(&dir) {
+                Some(e) if matches!(e.kind, tree::Kind::File { .. }) => Ok(Shown::File(e.clone())),
+                Some(_) => Err(not_shown(format!(
+                    "`{}` in stage `{}` is neither a directory nor a regular file",
+                    m.source,
+                    cx.graph().stage(src).name
+                ))),
+                None => Err(not_shown(format!(
+                    "stage `{}` has no `{}`",
+                    cx.graph().stage(src).name,
+                    m.source
+                ))),
+            }
         }
         CopyFrom::Context(ctx) => {
             let snap = cx.env.context(ctx)?;
             let picked = pick_mount(&snap, m, span)?;
             ingest(cx.content(), &snap, &picked)?;
+            if let [p] = picked.as_slice()
+                && !p.is_dir
+            {
+                return match p.items.as_slice() {
+                    [(_, e)] if matches!(e.kind, tree::Kind::File { .. }) => {
+                        Ok(Shown::File(e.clone()))
+                    }
+                    _ => Err(not_shown(format!(
+                        "`{}` in the context is neither a directory nor a regular file",
+                        m.source
+                    ))),
+                };
+            }
             let mut out = Tree::new();
             for p in picked {
                 if !p.is_dir {
-                    return Err(Diagnostic::build(
-                        "kiln::wasm::mount",
-                        format!("`{}` is not a directory in the context", m.source),
-                    )
-                    .with_label(span, "this mount")
-                    .with_help("mount a directory; a plugin reads files inside it"));
+                    return Err(not_shown(format!(
+                        "`{}` is not one directory or one file in the context",
+                        m.source
+                    )));
                 }
                 for (rel, e) in p.items {
                     out.entries.insert(rel, e);
                 }
             }
-            Ok((out, String::new()))
+            Ok(Shown::Dir(out, String::new()))
         }
     }
 }
