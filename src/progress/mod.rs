@@ -49,6 +49,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         non_hermetic: Option<String>,
     },
+    /// What a running step is doing for a while (a plugin compiling):
+    /// the terminal shows it on the stage's spinner line.
+    StepWaiting {
+        stage: String,
+        step: usize,
+        text: String,
+    },
     /// What a plugin step printed (the last lines; the whole output is in the log).
     StepOutput {
         stage: String,

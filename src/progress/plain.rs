@@ -54,6 +54,7 @@ pub fn line(event: &Event) -> Option<String> {
             human_ms(*ms),
             mark(non_hermetic.as_deref())
         ),
+        Event::StepWaiting { stage, step, text } => format!("#{stage} [{}] {text}…", step + 1),
         Event::StepOutput { stage, step, text } => text
             .lines()
             .map(|l| format!("#{stage} [{}] | {l}", step + 1))

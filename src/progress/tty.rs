@@ -73,6 +73,10 @@ impl Reporter for Tty {
                 self.bar(stage)
                     .set_message(format!("[{}] {text}", step + 1));
             }
+            Event::StepWaiting { stage, step, text } => {
+                self.bar(stage)
+                    .set_message(format!("[{}] {text}…", step + 1));
+            }
             Event::StepCached {
                 stage, step, text, ..
             } => {

@@ -126,9 +126,11 @@ impl StepKind for WasmOp {
                         {
                             let size =
                                 rt.module(p, read).map(|m| m.bytes.len() as u64).unwrap_or(0);
-                            env.progress.emit(Event::Notice {
-                                message: format!(
-                                    "compiling plugin `{}` ({}); it is compiled once for this machine",
+                            env.progress.emit(Event::StepWaiting {
+                                stage: cx.stage.name.clone(),
+                                step: cx.index,
+                                text: format!(
+                                    "compiling plugin `{}` ({}), once for this machine",
                                     p.name,
                                     crate::units::approx_size(size)
                                 ),
