@@ -737,6 +737,33 @@ fn a_program_with_a_large_table_runs_and_a_reactor_is_refused_at_once() {
     std::fs::write(p.path().join("reactor.wasm"), reactor).unwrap();
     p.spec("kiln 1\nplugin big path=\"big.wasm\"\nplugin lib path=\"reactor.wasm\"\nstage s {\n    write \"/a\" \"x\"\n    wasm big\n}\nstage r {\n    wasm lib\n}\n");
     p.build(&["--target", "s"]).ok();
+    // Modules the pool cannot hold (a table past its slots, two memories)
+    // run on an engine that allocates on demand.
+    for (name, wat) in [
+        (
+            "huge",
+            "(table 1048577 funcref) (memory (export \"memory\") 1)",
+        ),
+        ("two", "(memory (export \"memory\") 1) (memory 1)"),
+    ] {
+        let bytes = wat::parse_str(format!(
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                {wat}
+                (func (export "_start") (call $exit (i32.const 0))))"#
+        ))
+        .unwrap();
+        std::fs::write(p.path().join(format!("{name}.wasm")), bytes).unwrap();
+    }
+    p.spec("kiln 1\nplugin huge path=\"huge.wasm\"\nplugin two path=\"two.wasm\"\nstage s {\n    write \"/a\" \"x\"\n    wasm huge\n    wasm two\n}\n");
+    let r = p.build(&[]);
+    r.ok();
+    let ran = r.ran();
+    assert!(
+        ran.contains(&("s".to_string(), 1)) && ran.contains(&("s".to_string(), 2)),
+        "{ran:?}"
+    );
+    p.spec("kiln 1\nplugin big path=\"big.wasm\"\nplugin lib path=\"reactor.wasm\"\nstage s {\n    write \"/a\" \"x\"\n    wasm big\n}\nstage r {\n    wasm lib\n}\n");
     let r = p.build(&["--target", "r"]);
     r.code(2);
     assert!(r.stderr.contains("has no `_start`"), "{}", r.stderr);

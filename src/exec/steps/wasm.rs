@@ -124,8 +124,10 @@ impl StepKind for WasmOp {
                         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                             waiting.recv_timeout(std::time::Duration::from_secs(2))
                         {
-                            let size =
-                                rt.module(p, read).map(|m| m.bytes.len() as u64).unwrap_or(0);
+                            let size = rt
+                                .module(p, read)
+                                .map(|m| m.bytes.len() as u64)
+                                .unwrap_or(0);
                             env.progress.emit(Event::StepWaiting {
                                 stage: cx.stage.name.clone(),
                                 step: cx.index,
