@@ -251,6 +251,9 @@ pub struct Plan {
     pub exports: Vec<PlannedExport>,
     pub state_dir: PathBuf,
     pub spec_path: PathBuf,
+    /// The build memo and the contexts it lists, read on another thread
+    /// while the spec was compiled.
+    pub prefetch: crate::exec::memo::Prefetch,
 }
 
 /// What a build did.
@@ -295,8 +298,17 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
 /// Read the spec, pick what to build and check every destination.
 pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let state_dir = load::state_dir(&req.state_dir, &req.spec.spec_path());
+    // A no-op build mostly reads the memo and lists the context: done on
+    // another core while this one reads and compiles the spec.
+    let prefetch = if req.no_cache {
+        crate::exec::memo::Prefetch::none()
+    } else {
+        crate::exec::memo::prefetch(&state_dir)
+    };
     let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
-    plan_with(req, sources, Some(&parse_cache))
+    let mut plan = plan_with(req, sources, Some(&parse_cache))?;
+    plan.prefetch = prefetch;
+    Ok(plan)
 }
 
 /// [`plan`] without reading or writing the state directory (`kiln check`).
@@ -407,6 +419,7 @@ fn plan_with(
         exports: planned,
         state_dir,
         spec_path,
+        prefetch: crate::exec::memo::Prefetch::none(),
     })
 }
 
@@ -528,7 +541,9 @@ pub fn run(
         exports,
         state_dir,
         spec_path,
+        prefetch,
     } = plan;
+    let mut prefetch = Some(prefetch);
     let graph = &loaded.graph;
     let store = Store::open_waiting(&state_dir, Access::Shared, waiting)?;
     let pinned = match pins::resolve(
@@ -618,6 +633,7 @@ pub fn run(
             cancel: cancel.clone(),
             exclude: exclude.clone(),
             images: &images,
+            prefetched: prefetch.take().map(|p| p.join()).unwrap_or_default(),
         });
         let outcome = executor.build(&roots);
         let damaged = outcome.failures.iter().any(is_damage);

@@ -33,6 +33,9 @@ pub struct Env<'a> {
     /// Paths kept out of every context (the state dir, export targets).
     exclude: Vec<PathBuf>,
     contexts: Vec<OnceLock<Result<Arc<Snapshot>, Diagnostic>>>,
+    /// The memo and listings read while the spec was compiled, taken by
+    /// the first use that matches.
+    prefetched: Mutex<super::memo::Prefetched>,
     trees: Mutex<HashMap<TreeDigest, Arc<Tree>>>,
     /// The plugin runtime, started by the first plugin step.
     runtime: OnceLock<Result<Runtime, String>>,
@@ -50,6 +53,7 @@ impl<'a> Env<'a> {
             cancel,
             exclude,
             images,
+            prefetched,
         } = setup;
         Env {
             graph,
@@ -62,6 +66,7 @@ impl<'a> Env<'a> {
             cancel,
             exclude,
             contexts: graph.contexts.iter().map(|_| OnceLock::new()).collect(),
+            prefetched: Mutex::new(prefetched),
             trees: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
             scratch: Scratch::default(),
@@ -73,6 +78,14 @@ impl<'a> Env<'a> {
         self.contexts[id.0 as usize]
             .get_or_init(|| {
                 let ctx = self.graph.context(id);
+                // Listed already, the same way, while the spec was compiled.
+                if !self.options.no_cache {
+                    let key = self.listing_key(id);
+                    let mut pre = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(i) = pre.snapshots.iter().position(|(k, _)| *k == key) {
+                        return Ok(Arc::new(pre.snapshots.swap_remove(i).1));
+                    }
+                }
                 let listing = Listing {
                     exclude: &self.exclude,
                     ignore_file: ctx.ignore_file.as_deref(),
@@ -81,6 +94,25 @@ impl<'a> Env<'a> {
                 Snapshot::open(&ctx.path, listing, self.local.layout()).map(Arc::new)
             })
             .clone()
+    }
+
+    /// How context `id` is listed in this build.
+    pub fn listing_key(&self, id: ContextId) -> super::memo::ListingKey {
+        let ctx = self.graph.context(id);
+        super::memo::ListingKey {
+            path: ctx.path.clone(),
+            exclude: self.exclude.clone(),
+            ignore_file: ctx.ignore_file.clone(),
+        }
+    }
+
+    /// The memo read while the spec was compiled (once).
+    pub fn prefetched_memo(&self) -> Option<super::memo::Memo> {
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .memo
+            .take()
     }
 
     /// The contexts listed so far.

@@ -10,30 +10,70 @@
 //! context file changed in the last two seconds, so an edit within one
 //! clock tick of the build cannot hide. Anything else makes a normal build,
 //! which writes a new memo when it succeeds.
+//!
+//! The memo also says how each context was listed, so [`prefetch`] can
+//! read it and list those contexts on another thread while the spec is
+//! read and compiled; the executor uses a prefetched listing only when the
+//! build asks for the same one (same directory, exclusions and ignore
+//! file).
 
+use crate::context::{Listing, Snapshot};
 use crate::model::digest::StateDigest;
 use crate::model::state::State;
+use crate::store::layout::Layout;
 use crate::store::records::StepRecord;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Deserialize)]
 pub struct Memo {
     pub key: [u8; 32],
-    /// Each context the build listed: its id and fingerprint.
-    pub contexts: Vec<(u32, [u8; 32])>,
+    /// Each context the build listed: how, and its fingerprint.
+    pub contexts: Vec<MemoContext>,
     /// Every stage built, in the order it finished: id, result and the
     /// result's digest (computed once, when the memo is written).
     pub stages: Vec<(u32, State, StateDigest)>,
     pub records: Vec<StepRecord>,
 }
 
+/// A context as the memo's build listed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoContext {
+    pub id: u32,
+    pub fingerprint: [u8; 32],
+    pub listed: ListingKey,
+}
+
+/// What a listing depends on besides the directory's contents (the stat
+/// index is always trusted when a memo is kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingKey {
+    pub path: PathBuf,
+    pub exclude: Vec<PathBuf>,
+    pub ignore_file: Option<PathBuf>,
+}
+
+impl ListingKey {
+    pub fn listing(&self) -> Listing<'_> {
+        Listing {
+            exclude: &self.exclude,
+            ignore_file: self.ignore_file.as_deref(),
+            trust_index: true,
+        }
+    }
+}
+
 const FILE: &str = "memo";
 /// Leads the file; bump when `Memo` changes shape. The file is checksummed:
 /// a damaged memo reads as absent and the build runs normally.
-const MAGIC: &[u8] = b"KILNMEMO4";
+const MAGIC: &[u8] = b"KILNMEMO5";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
-    let bytes = crate::store::checked::read(&store.layout().record(FILE), MAGIC)?;
+    load_from(store.layout())
+}
+
+fn load_from(layout: &Layout) -> Option<Memo> {
+    let bytes = crate::store::checked::read(&layout.record(FILE), MAGIC)?;
     postcard::from_bytes(&bytes).ok()
 }
 
@@ -45,4 +85,53 @@ pub fn save(store: &crate::store::Store, memo: &Memo) {
 
 pub fn forget(store: &crate::store::Store) {
     let _ = std::fs::remove_file(store.layout().record(FILE));
+}
+
+/// The memo and the contexts it lists, read on another thread.
+pub struct Prefetch(Option<std::thread::JoinHandle<Prefetched>>);
+
+#[derive(Default)]
+pub struct Prefetched {
+    pub memo: Option<Memo>,
+    /// Contexts listed as the memo's build listed them.
+    pub snapshots: Vec<(ListingKey, Snapshot)>,
+}
+
+/// Start reading the memo of the state directory `state_dir` and listing
+/// its contexts. Reading needs no lock: the memo is replaced whole and
+/// checksummed, and a listing only reads the context.
+pub fn prefetch(state_dir: &Path) -> Prefetch {
+    let layout = Layout::new(state_dir);
+    let spawned = std::thread::Builder::new()
+        .name("kiln-prefetch".into())
+        .spawn(move || {
+            let Some(memo) = load_from(&layout) else {
+                return Prefetched::default();
+            };
+            let snapshots = memo
+                .contexts
+                .iter()
+                .filter_map(|c| {
+                    let snap = Snapshot::open(&c.listed.path, c.listed.listing(), &layout).ok()?;
+                    Some((c.listed.clone(), snap))
+                })
+                .collect();
+            Prefetched {
+                memo: Some(memo),
+                snapshots,
+            }
+        });
+    Prefetch(spawned.ok())
+}
+
+impl Prefetch {
+    /// Nothing prefetched (`--no-cache`, `kiln check`).
+    pub fn none() -> Prefetch {
+        Prefetch(None)
+    }
+
+    /// What was read, once the thread is done.
+    pub fn join(self) -> Prefetched {
+        self.0.and_then(|h| h.join().ok()).unwrap_or_default()
+    }
 }

@@ -183,6 +183,8 @@ pub struct Setup<'a> {
     pub exclude: Vec<PathBuf>,
     /// The images stages are built on, resolved.
     pub images: &'a ImageSet,
+    /// The memo and context listings read while the spec was compiled.
+    pub prefetched: memo::Prefetched,
 }
 
 pub struct Executor<'a> {
@@ -400,16 +402,19 @@ impl<'a> Executor<'a> {
     /// Finish at once if the last successful build had the same request
     /// and saw the same contexts.
     fn answer_from_memo(&self, key: [u8; 32], roots: &[StageId]) -> Option<Outcome> {
-        let memo = memo::load(self.env.local)?;
+        let memo = match self.env.prefetched_memo() {
+            Some(m) => m,
+            None => memo::load(self.env.local)?,
+        };
         if memo.key != key {
             return None;
         }
-        for (id, fingerprint) in &memo.contexts {
-            if *id as usize >= self.env.graph.contexts.len() {
+        for c in &memo.contexts {
+            if c.id as usize >= self.env.graph.contexts.len() {
                 return None;
             }
-            let snap = self.env.context(crate::ir::ContextId(*id)).ok()?;
-            if snap.fingerprint()? != *fingerprint {
+            let snap = self.env.context(crate::ir::ContextId(c.id)).ok()?;
+            if snap.fingerprint()? != c.fingerprint {
                 return None;
             }
         }
@@ -480,7 +485,11 @@ impl<'a> Executor<'a> {
         for (i, c) in self.env.listed() {
             match c {
                 Ok(snap) => match snap.fingerprint() {
-                    Some(f) => contexts.push((i as u32, f)),
+                    Some(f) => contexts.push(memo::MemoContext {
+                        id: i as u32,
+                        fingerprint: f,
+                        listed: self.env.listing_key(crate::ir::ContextId(i as u32)),
+                    }),
                     None => return memo::forget(self.env.local),
                 },
                 Err(_) => return memo::forget(self.env.local),

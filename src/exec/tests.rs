@@ -70,6 +70,7 @@ impl World {
                 cancel: Arc::new(AtomicBool::new(cancel)),
                 exclude: Vec::new(),
                 images: &images,
+                prefetched: Default::default(),
             });
             ex.build(&roots)
         };

@@ -774,6 +774,29 @@ export {
 }
 
 #[test]
+fn a_context_listed_ahead_is_used_only_when_the_build_lists_it_the_same_way() {
+    // The memo's context is listed while the spec compiles, with the
+    // exclusions of the memo's build; a build that excludes other paths
+    // (another export destination) must list it again.
+    let p = Project::new();
+    p.spec("kiln 1\nstage a {\n    copy \".\" \"/ctx/\"\n}\nexport {\n    a to=\"first\"\n}\n")
+        .file("src/one.txt", "one");
+    p.build(&[]).ok();
+    age_files();
+    p.build(&[]).ok();
+    let r = p.build(&[]);
+    assert!(unchanged(&r));
+    // `first/` is excluded from the context while it is an export...
+    assert!(!p.exists("first/ctx/first"));
+    // ...and part of it when the build exports elsewhere.
+    let r = p.build(&["-o", "second"]);
+    r.ok();
+    assert!(!unchanged(&r));
+    assert_eq!(p.read("second/ctx/first/ctx/src/one.txt"), "one");
+    assert!(!p.exists("second/ctx/second"));
+}
+
+#[test]
 fn the_memo_is_not_trusted_when_the_store_lost_the_result() {
     let p = two_stages();
     p.build(&[]).ok();
