@@ -18,10 +18,9 @@
 //! file).
 
 use crate::context::{Listing, Snapshot};
-use crate::model::digest::StateDigest;
+use crate::model::digest::{StateDigest, StepKey};
 use crate::model::state::State;
 use crate::store::layout::Layout;
-use crate::store::records::StepRecord;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +32,19 @@ pub struct Memo {
     /// Every stage built, in the order it finished: id, result and the
     /// result's digest (computed once, when the memo is written).
     pub stages: Vec<(u32, State, StateDigest)>,
-    pub records: Vec<StepRecord>,
+    /// Every step, cached: what a build answered from the memo reports.
+    pub steps: Vec<MemoStep>,
+}
+
+/// A step of the memo's build, compact (no names or hex to decode: a
+/// no-op reads a thousand of them).
+#[derive(Serialize, Deserialize)]
+pub struct MemoStep {
+    pub stage: u32,
+    pub step: u32,
+    pub key: StepKey,
+    pub text: String,
+    pub non_hermetic: Option<String>,
 }
 
 /// A context as the memo's build listed it.
@@ -66,7 +77,7 @@ impl ListingKey {
 const FILE: &str = "memo";
 /// Leads the file; bump when `Memo` changes shape. The file is checksummed:
 /// a damaged memo reads as absent and the build runs normally.
-const MAGIC: &[u8] = b"KILNMEMO5";
+const MAGIC: &[u8] = b"KILNMEMO6";
 
 pub fn load(store: &crate::store::Store) -> Option<Memo> {
     load_from(store.layout())

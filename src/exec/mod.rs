@@ -23,6 +23,7 @@ pub mod workdir;
 use crate::diag::Diagnostic;
 use crate::image::set::ImageSet;
 use crate::ir::{Graph, StageId};
+use crate::model::digest::StepKey;
 use crate::model::state::State;
 use crate::progress::{Event, Progress};
 use crate::store::{ActionCache, ContentStore, Store};
@@ -431,22 +432,44 @@ impl<'a> Executor<'a> {
         {
             return None;
         }
-        let mut by_stage: HashMap<&str, Vec<&StepRecord>> = HashMap::new();
-        for r in &memo.records {
-            by_stage.entry(r.stage.as_str()).or_default().push(r);
+        if memo
+            .steps
+            .iter()
+            .any(|s| s.stage as usize >= self.env.graph.stages.len())
+        {
+            return None;
         }
+        let mut by_stage: Vec<Vec<memo::MemoStep>> = Vec::new();
+        by_stage.resize_with(self.env.graph.stages.len(), Vec::new);
+        let steps_cached = memo.steps.len();
+        for s in memo.steps {
+            by_stage[s.stage as usize].push(s);
+        }
+        let mut records = Vec::with_capacity(steps_cached);
         for (id, _, digest) in &memo.stages {
             let name = &self.env.graph.stage(StageId(*id)).name;
             self.env.progress.emit(Event::StageStarted {
                 stage: name.clone(),
             });
-            for r in by_stage.get(name.as_str()).into_iter().flatten() {
+            for s in std::mem::take(&mut by_stage[*id as usize]) {
+                let key = s.key.hex();
                 self.env.progress.emit(Event::StepCached {
                     stage: name.clone(),
-                    step: r.step,
-                    text: r.text.clone(),
-                    key: r.key.clone(),
-                    non_hermetic: r.non_hermetic.clone(),
+                    step: s.step as usize,
+                    text: s.text.clone(),
+                    key: key.clone(),
+                    non_hermetic: s.non_hermetic.clone(),
+                });
+                // Without their inputs: a build answered from the memo ran
+                // nothing, so it has nothing new to tell `kiln explain`.
+                records.push(StepRecord {
+                    stage: name.clone(),
+                    step: s.step as usize,
+                    text: s.text,
+                    key,
+                    cached: true,
+                    inputs: Vec::new(),
+                    non_hermetic: s.non_hermetic,
                 });
             }
             self.env.progress.emit(Event::StageFinished {
@@ -456,7 +479,7 @@ impl<'a> Executor<'a> {
                 ms: 0.0,
             });
         }
-        let steps_cached = memo.records.len();
+        records.sort_by(|a, b| (&a.stage, a.step).cmp(&(&b.stage, b.step)));
         Some(Outcome {
             stages: memo
                 .stages
@@ -464,7 +487,7 @@ impl<'a> Executor<'a> {
                 .map(|(id, s, _)| (StageId(id), StageOutcome::Built(s)))
                 .collect(),
             failures: Vec::new(),
-            records: memo.records,
+            records,
             steps_run: 0,
             steps_cached,
             interrupted: false,
@@ -502,27 +525,34 @@ impl<'a> Executor<'a> {
                 _ => None,
             })
             .collect();
-        // Without their inputs: a build answered from the memo ran nothing,
-        // so it has nothing new to tell `kiln explain`.
-        let records = records
+        let ids: HashMap<&str, u32> = self
+            .env
+            .graph
+            .stages
             .iter()
-            .map(|r| StepRecord {
-                stage: r.stage.clone(),
-                step: r.step,
-                text: r.text.clone(),
-                key: r.key.clone(),
-                cached: true,
-                inputs: Vec::new(),
-                non_hermetic: r.non_hermetic.clone(),
-            })
+            .map(|s| (s.name.as_str(), s.id.0))
             .collect();
+        let mut steps = Vec::with_capacity(records.len());
+        for r in records {
+            let (Some(stage), Some(key)) = (ids.get(r.stage.as_str()), StepKey::parse(&r.key))
+            else {
+                return memo::forget(self.env.local);
+            };
+            steps.push(memo::MemoStep {
+                stage: *stage,
+                step: r.step as u32,
+                key,
+                text: r.text.clone(),
+                non_hermetic: r.non_hermetic.clone(),
+            });
+        }
         memo::save(
             self.env.local,
             &memo::Memo {
                 key,
                 contexts,
                 stages,
-                records,
+                steps,
             },
         );
     }
