@@ -57,11 +57,13 @@ hyperfine --style basic --warmup 1 --runs 10 --export-json "$root/bench/results/
     -n "busy-j2" "$kiln build -f busy.kdl --no-cache -j 2 --progress plain --state-dir $state $targets" \
     -n "native-spawns" "bash -c 'for i in \$(seq $n); do /bin/true; done'"
 # One step: the module compiled afresh (empty module cache) or not.
-$kiln build -f one.kdl --progress plain --state-dir "$work/warm" >/dev/null 2>&1
+# Compiled modules are kept per machine (KILN_CACHE_DIR), so each case
+# gets a cache directory of its own.
+KILN_CACHE_DIR=$work/warm-cache $kiln build -f one.kdl --progress plain --state-dir "$work/warm" >/dev/null 2>&1
 hyperfine --style basic --runs 10 --export-json "$root/bench/results/plugins-compile.json" \
-    --prepare "rm -rf $work/cold" \
-    -n "one-step-cold-compile" "$kiln build -f one.kdl --no-cache --progress plain --state-dir $work/cold" \
-    -n "one-step-warm" "$kiln build -f one.kdl --no-cache --progress plain --state-dir $work/warm"
+    --prepare "rm -rf $work/cold $work/cold-cache" \
+    -n "one-step-cold-compile" "env KILN_CACHE_DIR=$work/cold-cache $kiln build -f one.kdl --no-cache --progress plain --state-dir $work/cold" \
+    -n "one-step-warm" "env KILN_CACHE_DIR=$work/warm-cache $kiln build -f one.kdl --no-cache --progress plain --state-dir $work/warm"
 cd "$root"
 
 python3 - "$root/bench/results" "$n" <<'PY'

@@ -218,6 +218,9 @@ pub struct ModuleBytes {
     /// blake3, lowercase hex.
     pub digest: String,
     pub bytes: Vec<u8>,
+    /// Whether the bytes were put in the content store in this build (once:
+    /// storing hashes them again).
+    pub stored: AtomicBool,
 }
 
 /// Why a module could not be loaded.
@@ -557,6 +560,7 @@ impl Runtime {
             .or_insert_with(|| {
                 read().map(|bytes| {
                     Arc::new(ModuleBytes {
+                        stored: AtomicBool::new(false),
                         digest: blake3::hash(&bytes).to_hex().to_string(),
                         bytes,
                     })

@@ -458,6 +458,10 @@ pub struct BlobReader<'a> {
 }
 
 impl BlobRead for BlobReader<'_> {
+    fn size_hint(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.len())
+    }
+
     fn failure(&mut self) -> Option<StoreError> {
         self.failure.take()
     }

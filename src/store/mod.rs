@@ -131,7 +131,12 @@ pub trait ContentStore: Sync {
     /// is returned and what was written to `out` must be thrown away.
     fn copy_blob(&self, d: BlobDigest, out: &mut dyn Write) -> Result<u64, CopyError> {
         let mut r = self.blob_reader(d).map_err(CopyError::Store)?;
-        let mut buf = vec![0u8; 256 * 1024];
+        // A buffer the blob's size (up to 256 KiB): most blobs are small,
+        // and zeroing a large buffer per blob costs more than reading them.
+        let cap = r.size_hint().map_or(256 * 1024, |n| {
+            (n as usize).saturating_add(1).clamp(4096, 256 * 1024)
+        });
+        let mut buf = vec![0u8; cap];
         let mut n = 0u64;
         loop {
             let k = match r.read(&mut buf) {
@@ -171,6 +176,10 @@ pub trait BlobRead: Read + Send {
     /// What went wrong on the store's side, if anything did: a consumer
     /// that failed with no such error failed on its own side.
     fn failure(&mut self) -> Option<StoreError>;
+    /// The blob's size, when known before reading it.
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Step key → what the step produced. The local action log is one; a

@@ -73,7 +73,13 @@ impl StepKind for WasmOp {
                     .runtime()?
                     .module(p, &read)
                     .map_err(|e| unreadable(p, cx.span(), &e))?;
-                cx.content().put_blob(&module.bytes)?;
+                // Stored once per build: storing hashes the bytes again.
+                if !module.stored.load(std::sync::atomic::Ordering::Acquire) {
+                    cx.content().put_blob(&module.bytes)?;
+                    module
+                        .stored
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 module.digest.clone()
             }
         };
