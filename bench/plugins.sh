@@ -4,7 +4,7 @@
 #   bench/plugins.sh [STEPS]      default: 1000
 #
 # 1. Per-step overhead: STEPS stages of one `wasm noop` step (a module that
-#    does nothing), against the same stages with one `write` step, built
+#    does nothing), against the same stages with one `env` step, built
 #    with --no-cache (every step runs; compiled modules stay cached) at -j 1.
 #    The difference per step is what a warm plugin step costs kiln. Beside
 #    it: a native fork+exec of /bin/true, and one step whose module is
@@ -38,7 +38,9 @@ for i in range(n):
     w.append(f'stage s{i} {{\n    wasm noop\n}}')
     # About a millisecond of guest work each.
     busy.append(f'stage s{i} {{\n    wasm noop "1000000"\n}}')
-    b.append(f'stage s{i} {{\n    write "/f" "{i}"\n}}')
+    # A builtin step that changes only the config: like `wasm noop`, it
+    # leaves the tree as it is, so the difference is the plugin's cost.
+    b.append(f'stage s{i} {{\n    env I "{i}"\n}}')
 open(f"{d}/wasm.kdl", "w").write("\n".join(w) + "\n")
 open(f"{d}/busy.kdl", "w").write("\n".join(busy) + "\n")
 open(f"{d}/builtin.kdl", "w").write("\n".join(b) + "\n")
