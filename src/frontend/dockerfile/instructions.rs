@@ -52,6 +52,10 @@ pub struct CopyInst {
     /// Flags by name (`from`, `chown`, `chmod`, `link`, `exclude`, …), in order.
     pub flags: Vec<(String, String)>,
     pub heredocs: Vec<Heredoc>,
+    /// Once expanded: the sources and the destination as the spec writes
+    /// them, with references to kept args (`sources` and `dest` hold their
+    /// values at import, for the import's own decisions).
+    pub refs: Option<(Vec<String>, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +257,7 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
                 dest,
                 flags: f,
                 heredocs: inst.heredocs.clone(),
+                refs: None,
             };
             if kw == "copy" {
                 Inst::Copy(c)

@@ -117,11 +117,54 @@ pub fn lower_text(
         && !build_args
             .iter()
             .any(|(k, v)| k.contains([REF_OPEN, REF_CLOSE]) || v.contains([REF_OPEN, REF_CLOSE]));
-    let (globals, sources) = stages(&d, build_args, keep_args).map_err(located)?;
+    // An arg used by its value somewhere (where the spec cannot refer to
+    // it) is written as a value everywhere: one `--arg` must never change
+    // some of its uses and not others. Lowered again without it.
+    let mut demoted: Vec<(usize, String)> = Vec::new();
+    loop {
+        let (imported, baked) =
+            lower_with(&d, text, &lines, id, dir, build_args, keep_args, &demoted)?;
+        let new: Vec<(usize, String)> = baked
+            .into_iter()
+            .filter(|(_, n)| !demoted.iter().any(|(_, d)| d == n))
+            .collect();
+        if new.is_empty() {
+            return imported;
+        }
+        for (line, name) in new {
+            if !demoted.iter().any(|(_, d)| *d == name) {
+                demoted.push((line, name));
+            }
+        }
+    }
+}
+
+/// One lowering, with the args in `demoted` written as values; also
+/// returns the kept args it had to use by value: (line, name).
+#[allow(clippy::too_many_arguments)]
+fn lower_with(
+    d: &Dockerfile,
+    text: &str,
+    lines: &LineIndex<'_>,
+    id: SourceId,
+    dir: &Path,
+    build_args: &[(String, String)],
+    keep_args: bool,
+    demoted: &[(usize, String)],
+) -> Result<(Result<Imported, Vec<Diagnostic>>, Vec<(usize, String)>), Vec<Diagnostic>> {
+    let located = |e: ParseError| {
+        vec![
+            Diagnostic::user("kiln::dockerfile::syntax", e.message.clone())
+                .with_label(lines.span(e.line), "here")
+                .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
+        ]
+    };
+    let (globals, sources) = stages(d, build_args, keep_args, demoted).map_err(located)?;
+    let mut baked = globals.baked.clone();
     let mut l = Lowerer {
-        d: &d,
+        d,
         text,
-        lines: &lines,
+        lines,
         sources: &sources,
         names: Vec::new(),
         spec: Spec {
@@ -176,19 +219,21 @@ pub fn lower_text(
             );
         }
     }
+    baked.extend(l.noted_baked.iter().cloned());
     if !l.errors.is_empty() {
-        return Err(l.errors);
+        return Ok((Err(l.errors), baked));
     }
     // In the Dockerfile's order (a stable sort: notes on one line keep
     // theirs); notes without a place first.
     l.notes
         .sort_by_key(|n| n.labels.first().map(|lb| lb.span.start));
-    Ok(Imported {
+    let imported = Imported {
         spec: l.spec,
         origins: l.origins,
         notes: l.notes,
         default_target: sources.len() - 1,
-    })
+    };
+    Ok((Ok(imported), baked))
 }
 
 /// Line numbers to byte ranges.
@@ -338,33 +383,26 @@ impl Lowerer<'_> {
                 "`kiln build --arg` cannot change it; re-import with `--build-arg` to change it",
             );
         }
-        for (line, name) in &globals.baked {
-            self.note_baked(*line, name);
-        }
     }
 
     /// A kept arg used by its value at `line` (in a form kiln's `${…}`
-    /// cannot write, or where the import needs the value).
+    /// cannot write, or where the import needs the value): the lowering
+    /// is done again with it written as a value everywhere.
     fn note_baked(&mut self, line: usize, name: &str) {
-        if self
-            .noted_baked
-            .iter()
-            .any(|(l, n)| *l == line && n == name)
-        {
-            return;
+        if !self.noted_baked.iter().any(|(_, n)| n == name) {
+            self.noted_baked.push((line, name.to_string()));
         }
-        self.noted_baked.push((line, name.to_string()));
-        let value = self
-            .kept
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .unwrap_or_default();
-        self.note(
-            line,
-            format!("`{name}` is used here by its value at import (`{value}`): the spec cannot refer to an arg here (a `%`, `#`, `/` or `?` operator, a stage name, a path or a flag)"),
-            "`kiln build --arg` does not change this line; re-import with `--build-arg` to change it",
-        );
+    }
+
+    /// Text with its references to kept args replaced by their values at
+    /// import, for a decision the import makes (not a use by value).
+    fn value_of(&self, text: &str) -> String {
+        super::shell::resolve_refs(text, &|name| {
+            self.kept
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        })
     }
 
     /// Expand with `vars`: references to kept args stay references
@@ -675,7 +713,9 @@ impl Lowerer<'_> {
         let (mut network, mut security) = (None, None);
         for (k, v) in flags {
             let escape = self.d.directives.escape;
-            let v = match self.expand_with(line, &vars, false, |sc| {
+            // With references to kept args as the spec writes it; the
+            // import decides on the values.
+            let v_ref = match self.expand_with(line, &vars, true, |sc| {
                 super::shell::process_word(v, sc, escape)
             }) {
                 Ok(v) => v,
@@ -689,6 +729,7 @@ impl Lowerer<'_> {
                     continue;
                 }
             };
+            let v = self.value_of(&v_ref);
             match k.as_str() {
                 "mount" => {
                     let kind = v
@@ -704,11 +745,34 @@ impl Lowerer<'_> {
                         );
                         continue;
                     }
-                    let v = self.mount_from(line, &v, index);
-                    mounts.push(self.s(line, &v));
+                    let resolved = self.mount_from(line, &v, index);
+                    // Every option keeps its references but `from=`, a
+                    // stage the import resolves.
+                    let parts: Vec<&str> = resolved.split(',').collect();
+                    let refs: Vec<&str> = v_ref.split(',').collect();
+                    let mount = if parts.len() == refs.len() {
+                        let mut kept = Vec::new();
+                        for (p, r) in parts.iter().zip(&refs) {
+                            if p.starts_with("from=") {
+                                for name in super::scope::referenced(r) {
+                                    self.note_baked(line, &name);
+                                }
+                                kept.push(p.to_string());
+                            } else {
+                                kept.push(r.to_string());
+                            }
+                        }
+                        kept.join(",")
+                    } else {
+                        for name in super::scope::referenced(&v_ref) {
+                            self.note_baked(line, &name);
+                        }
+                        resolved
+                    };
+                    mounts.push(self.s(line, &mount));
                 }
-                "network" => network = Some(self.s(line, &v)),
-                "security" => security = Some(self.s(line, &v)),
+                "network" => network = Some(self.s(line, &v_ref)),
+                "security" => security = Some(self.s(line, &v_ref)),
                 _ => {}
             }
         }
@@ -785,7 +849,13 @@ impl Lowerer<'_> {
         let heredoc = |w: &str| c.heredocs.iter().find(|h| is_marker(w, &h.name));
         let mut files = Vec::new();
         let several = c.sources.len() > 1;
-        for src in &c.sources {
+        // As the spec writes them: with references to kept args.
+        let (src_refs, dest_ref) = match &c.refs {
+            Some((s, d)) => (s.clone(), d.clone()),
+            None => (c.sources.clone(), c.dest.clone()),
+        };
+        for (i, src) in c.sources.iter().enumerate() {
+            let src_ref = src_refs.get(i).unwrap_or(src);
             if let Some(h) = heredoc(src) {
                 let mut body = h.body.clone();
                 if h.chomp {
@@ -814,9 +884,9 @@ impl Lowerer<'_> {
                     }
                 }
                 let dest = if c.dest.ends_with('/') || several {
-                    format!("{}/{}", c.dest.trim_end_matches('/'), h.name)
+                    format!("{}/{}", dest_ref.trim_end_matches('/'), h.name)
                 } else {
-                    c.dest.clone()
+                    dest_ref.clone()
                 };
                 out.push(StepKind::Write {
                     path: self.s(line, &dest),
@@ -830,11 +900,17 @@ impl Lowerer<'_> {
                         "kiln's `write` creates files owned by root; use numeric ownership in a later step if it matters",
                     );
                 }
+            } else if add && (is_url(src) || is_git(src)) && src_ref != src {
+                // A download chosen by an arg: the import decides what it
+                // is from its value, so the arg is written as a value.
+                for name in super::scope::referenced(src_ref) {
+                    self.note_baked(line, &name);
+                }
             } else if add && is_url(src) && !is_git(src) {
                 match flag("checksum") {
                     Some(sum) if !several => out.push(StepKind::Fetch {
                         url: self.s(line, src),
-                        dest: self.s(line, &c.dest),
+                        dest: self.s(line, &dest_ref),
                         checksum: Some(self.s(line, &sum)),
                         chmod: chmod.clone(),
                         chown: chown.clone(),
@@ -853,7 +929,7 @@ impl Lowerer<'_> {
                         );
                         out.push(StepKind::Fetch {
                             url: self.s(line, src),
-                            dest: self.s(line, &c.dest),
+                            dest: self.s(line, &dest_ref),
                             checksum: None,
                             chmod: chmod.clone(),
                             chown: chown.clone(),
@@ -881,7 +957,7 @@ impl Lowerer<'_> {
                 }
                 out.push(StepKind::Git {
                     url: self.s(line, &url),
-                    dest: self.s(line, &c.dest),
+                    dest: self.s(line, &dest_ref),
                     reference: reference.map(|r| self.s(line, &r)),
                     subdir: subdir.map(|d| self.s(line, &d)),
                     keep_git_dir: keep,
@@ -889,7 +965,7 @@ impl Lowerer<'_> {
                     chown: chown.clone(),
                 });
             } else {
-                files.push(self.s(line, src));
+                files.push(self.s(line, src_ref));
             }
         }
         if add && flag("checksum").is_some() && !c.sources.iter().any(|s| is_url(s) || is_git(s)) {
@@ -911,7 +987,7 @@ impl Lowerer<'_> {
                 );
                 return out;
             } else {
-                self.s(line, &c.dest)
+                self.s(line, &dest_ref)
             };
             out.insert(
                 0,

@@ -102,6 +102,20 @@ impl Scope<'_> {
     }
 }
 
+/// The kept args `text` refers to.
+pub fn referenced(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices(REF_OPEN) {
+        let rest = &text[i + REF_OPEN.len_utf8()..];
+        let end = rest.find([':', REF_OPEN, REF_CLOSE]).unwrap_or(rest.len());
+        let name = rest[..end].to_string();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// A reference to the kept arg `name`, as an expansion produces it.
 pub fn reference(name: &str) -> String {
     format!("{REF_OPEN}{name}{REF_CLOSE}")
@@ -140,6 +154,9 @@ impl Env for Scope<'_> {
         }
     }
 }
+
+/// Why an arg is written as a value when one of its uses needs its value.
+pub const USED_BY_VALUE: &str = "it is used here where the spec cannot refer to an arg (a `%`, `#`, `/` or `?` operator, a stage name, a path or a flag), and one `--arg` must change every use of it or none";
 
 /// The kept args with their values, and the others with where and why.
 type KeptArgs = (
@@ -273,6 +290,19 @@ impl Words<'_> {
         expand(w, &self.scope(false), self.escape, self.line)
     }
 
+    /// The value at import, for a decision the import makes while the
+    /// spec writes the reference ([`Words::value`]): not a use by value.
+    fn peek(&self, w: &str) -> Result<String, ParseError> {
+        let ignored = RefCell::new(BTreeSet::new());
+        let scope = Scope {
+            vars: &self.vars,
+            kept: self.kept,
+            symbolic: false,
+            baked: &ignored,
+        };
+        expand(w, &scope, self.escape, self.line)
+    }
+
     fn fixed_words(&self, w: &str) -> Result<Vec<String>, ParseError> {
         expand_words(w, &self.scope(false), self.escape, self.line)
     }
@@ -285,6 +315,7 @@ pub fn stages(
     d: &Dockerfile,
     build_args: &[(String, String)],
     keep_args: bool,
+    demoted: &[(usize, String)],
 ) -> Result<(Globals, Vec<StageSource>), ParseError> {
     let escape = d.directives.escape;
     let build_arg = |name: &str| {
@@ -297,6 +328,13 @@ pub fn stages(
     let mut globals = Globals::default();
     if keep_args {
         (globals.kept, globals.fixed) = kept_args(d, &build_arg)?;
+        // Used by value somewhere: a value everywhere.
+        for (line, name) in demoted {
+            if let Some(i) = globals.kept.iter().position(|(k, _)| k == name) {
+                globals.kept.remove(i);
+                globals.fixed.push((*line, name.clone(), USED_BY_VALUE));
+            }
+        }
     }
     let kept = globals.kept.clone();
     let is_kept = |name: &str| kept.iter().any(|(k, _)| k == name);
@@ -335,7 +373,9 @@ pub fn stages(
                 platform,
             } => {
                 let w = words(meta.clone());
-                let base = w.fixed(&image)?;
+                // The base decides (a stage or an image) on its value; an
+                // image keeps its references (`image`).
+                let base = w.peek(&image)?;
                 let image = w.value(&image)?;
                 if base.is_empty() {
                     return Err(ParseError {
@@ -344,7 +384,7 @@ pub fn stages(
                     });
                 }
                 let platform = match platform {
-                    Some(p) => Some(w.fixed(&p)?),
+                    Some(p) => Some(w.peek(&p)?),
                     None => None,
                 };
                 // A stage built on an earlier one starts with its
@@ -495,29 +535,36 @@ fn expand_copy(c: CopyInst, w: &Words<'_>) -> Result<CopyInst, ParseError> {
                 == h.name
         })
     };
+    // Paths keep references to kept args (kiln substitutes them); the
+    // import decides on their values (a URL or a file, a directory).
     let mut sources = Vec::new();
+    let mut refs = Vec::new();
     for s in &c.sources {
         // Heredoc markers name inline files; they are not paths to expand.
-        sources.push(if heredoc_word(s) {
-            s.clone()
+        if heredoc_word(s) {
+            sources.push(s.clone());
+            refs.push(s.clone());
         } else {
-            w.fixed(s)?
-        });
+            sources.push(w.peek(s)?);
+            refs.push(w.value(s)?);
+        }
     }
     let mut flags = Vec::new();
     for (k, v) in &c.flags {
-        let v = if matches!(k.as_str(), "from" | "chown" | "chmod") {
-            w.fixed(v)?
-        } else {
-            v.clone()
+        let v = match k.as_str() {
+            // A stage name: the import resolves it.
+            "from" => w.fixed(v)?,
+            "chown" | "chmod" => w.value(v)?,
+            _ => v.clone(),
         };
         flags.push((k.clone(), v));
     }
     Ok(CopyInst {
         sources,
-        dest: w.fixed(&c.dest)?,
+        dest: w.peek(&c.dest)?,
         flags,
         heredocs: c.heredocs,
+        refs: Some((refs, w.value(&c.dest)?)),
     })
 }
 
@@ -531,7 +578,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        stages(&parse(text).unwrap(), &args, false).unwrap()
+        stages(&parse(text).unwrap(), &args, false, &[]).unwrap()
     }
 
     #[test]
@@ -585,14 +632,14 @@ mod tests {
     #[test]
     fn errors_carry_lines() {
         let d = parse("ARG A\nRUN x\n").unwrap();
-        assert_eq!(stages(&d, &[], false).unwrap_err().line, 2);
+        assert_eq!(stages(&d, &[], false, &[]).unwrap_err().line, 2);
         let d = parse("FROM scratch\nENV A=\"${B:?needs B}\"\n").unwrap();
-        let e = stages(&d, &[], false).unwrap_err();
+        let e = stages(&d, &[], false, &[]).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("needs B"), "{}", e.message);
         let d = parse("ARG X\nFROM $X\n").unwrap();
         assert!(
-            stages(&d, &[], false)
+            stages(&d, &[], false, &[])
                 .unwrap_err()
                 .message
                 .contains("should not be blank")
@@ -659,7 +706,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        stages(&parse(text).unwrap(), &args, true).unwrap()
+        stages(&parse(text).unwrap(), &args, true, &[]).unwrap()
     }
 
     #[test]
@@ -688,9 +735,10 @@ mod tests {
             ])
         );
         assert_eq!(s[0].items[2].1, Inst::Workdir(format!("/{}", r("V"))));
-        // `%` and the stage name used values: both are reported.
-        assert!(g.baked.contains(&(5, "V".to_string())), "{:?}", g.baked);
-        assert!(g.baked.contains(&(3, "B".to_string())), "{:?}", g.baked);
+        // `%` used the value: reported (the lowering then writes `V` as a
+        // value everywhere). The base is a stage or an image by its value;
+        // the lowering decides which.
+        assert_eq!(g.baked, vec![(5, "V".to_string())]);
     }
 
     #[test]

@@ -240,3 +240,25 @@ fn add_git_becomes_a_git_step() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn an_arg_used_by_value_anywhere_is_a_value_everywhere() {
+    let i = lower(
+        "ARG V=1.2\nARG W=x\nFROM scratch\nARG V\nARG W\nENV A=$V B=${V%.*} C=$W\nWORKDIR /$W\n",
+        &[],
+    );
+    let names: Vec<&str> = i.spec.args.iter().map(|a| a.name.value.as_str()).collect();
+    assert_eq!(names, ["W"]);
+    let StepKind::Env(env) = &i.spec.stages[0].steps[0].kind else {
+        panic!("not an env");
+    };
+    let values: Vec<&str> = env.iter().map(|(_, v)| v.value.as_str()).collect();
+    assert_eq!(values, ["1.2", "1", "${W}"]);
+    assert!(
+        i.notes.iter().any(|n| n
+            .message
+            .contains("`ARG V` is written into the spec as its value")),
+        "{:?}",
+        i.notes
+    );
+}
