@@ -122,8 +122,16 @@ pub fn lower_text(
     // some of its uses and not others. Lowered again without it.
     let mut demoted: Vec<(usize, String)> = Vec::new();
     loop {
-        let (imported, baked) =
-            lower_with(&d, text, &lines, id, dir, build_args, keep_args, &demoted)?;
+        let input = Input {
+            d: &d,
+            text,
+            lines: &lines,
+            id,
+            dir,
+            build_args,
+            keep_args,
+        };
+        let Lowered { imported, baked } = lower_with(&input, &demoted)?;
         let new: Vec<(usize, String)> = baked
             .into_iter()
             .filter(|(_, n)| !demoted.iter().any(|(_, d)| d == n))
@@ -139,19 +147,35 @@ pub fn lower_text(
     }
 }
 
-/// One lowering, with the args in `demoted` written as values; also
-/// returns the kept args it had to use by value: (line, name).
-#[allow(clippy::too_many_arguments)]
-fn lower_with(
-    d: &Dockerfile,
-    text: &str,
-    lines: &LineIndex<'_>,
+/// What one lowering reads.
+struct Input<'a> {
+    d: &'a Dockerfile,
+    text: &'a str,
+    lines: &'a LineIndex<'a>,
     id: SourceId,
-    dir: &Path,
-    build_args: &[(String, String)],
+    dir: &'a Path,
+    build_args: &'a [(String, String)],
     keep_args: bool,
-    demoted: &[(usize, String)],
-) -> Result<(Result<Imported, Vec<Diagnostic>>, Vec<(usize, String)>), Vec<Diagnostic>> {
+}
+
+/// One lowering's result, and the kept args it had to use by value:
+/// (line, name).
+struct Lowered {
+    imported: Result<Imported, Vec<Diagnostic>>,
+    baked: Vec<(usize, String)>,
+}
+
+/// One lowering, with the args in `demoted` written as values.
+fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered, Vec<Diagnostic>> {
+    let Input {
+        d,
+        text,
+        lines,
+        id,
+        dir,
+        build_args,
+        keep_args,
+    } = *input;
     let located = |e: ParseError| {
         vec![
             Diagnostic::user("kiln::dockerfile::syntax", e.message.clone())
@@ -221,7 +245,10 @@ fn lower_with(
     }
     baked.extend(l.noted_baked.iter().cloned());
     if !l.errors.is_empty() {
-        return Ok((Err(l.errors), baked));
+        return Ok(Lowered {
+            imported: Err(l.errors),
+            baked,
+        });
     }
     // In the Dockerfile's order (a stable sort: notes on one line keep
     // theirs); notes without a place first.
@@ -233,7 +260,10 @@ fn lower_with(
         notes: l.notes,
         default_target: sources.len() - 1,
     };
-    Ok((Ok(imported), baked))
+    Ok(Lowered {
+        imported: Ok(imported),
+        baked,
+    })
 }
 
 /// Line numbers to byte ranges.
