@@ -213,17 +213,21 @@ impl Compiler<'_> {
                 continue;
             }
             let blake3 = decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase());
+            let unpinned = |what: &str, help: &str| {
+                Diagnostic::warning(
+                    "kiln::spec::unpinned",
+                    format!("plugin `{}` {what}", decl.name.value),
+                )
+                .with_label(decl.span, "no blake3=")
+                .with_help(help.to_string())
+            };
             let source = if let Some(url) = &decl.url {
                 let Some(url) = self.subst(url) else { continue };
                 if blake3.is_none() {
-                    self.warnings.push(
-                        Diagnostic::warning(
-                            "kiln::spec::unpinned",
-                            format!("plugin `{}` downloads a module that is not pinned", decl.name.value),
-                        )
-                        .with_label(decl.span, "no blake3=")
-                        .with_help("run `kiln plugin pin`: it downloads the module once and writes its blake3; a build refuses to run an unpinned download"),
-                    );
+                    self.warnings.push(unpinned(
+                        "downloads a module that is not pinned",
+                        "run `kiln plugin pin`: it downloads the module once and writes its blake3; a build refuses to run an unpinned download",
+                    ));
                 }
                 PluginSource::Url(url)
             } else {
@@ -252,14 +256,10 @@ impl Compiler<'_> {
                     }
                     None => {
                         if blake3.is_none() {
-                            self.warnings.push(
-                                Diagnostic::warning(
-                                    "kiln::spec::unpinned",
-                                    format!("plugin `{}` is not pinned", decl.name.value),
-                                )
-                                .with_label(decl.span, "no blake3=")
-                                .with_help("run `kiln plugin pin` to pin the module by its content; a changed module is then an error, not a surprise"),
-                            );
+                            self.warnings.push(unpinned(
+                                "is not pinned",
+                                "run `kiln plugin pin` to pin the module by its content; a changed module is then an error, not a surprise",
+                            ));
                         }
                         PluginSource::Host(join(&decl.dir, &path))
                     }
