@@ -11,7 +11,13 @@
 //! out whole again.
 //!
 //! `rootfs/l/<id>/` are layers (never changed once in place);
-//! `rootfs/t/<tree digest>` lists a tree's stack.
+//! `rootfs/t/<tree digest>` lists a tree's stack; `rootfs/s/<id>` seals a
+//! layer: a digest of what stat says of every entry in it (type, mode,
+//! owner, size, mtime, ctime, inode), written when the layer is put in
+//! place. A stack is used only when each of its layers still matches its
+//! seal (checked once per layer per process): a layer edited or damaged on
+//! disk (changing a file changes its ctime) makes the tree be written out
+//! again instead of running commands on files the tree does not hold.
 
 use super::SandboxError;
 use crate::model::digest::TreeDigest;
@@ -48,7 +54,14 @@ impl Rootfs<'_> {
         self.layout.rootfs().join("t").join(d.hex())
     }
 
-    /// The recorded stack of a tree, if all its layers are in place.
+    fn seal_file(&self, layer: &Path) -> Option<PathBuf> {
+        Some(self.layout.rootfs().join("s").join(layer.file_name()?))
+    }
+
+    /// The recorded stack of a tree, if all its layers are in place and
+    /// match their seals. A stack that does not is forgotten (its tree is
+    /// then written out again); its layers stay for gc, as another build
+    /// may have them mounted.
     pub fn stack_of(&self, d: TreeDigest) -> Option<Vec<PathBuf>> {
         let text = fs::read_to_string(self.stack_file(d)).ok()?;
         let stack: Vec<PathBuf> = text
@@ -56,7 +69,45 @@ impl Rootfs<'_> {
             .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(|id| self.layers_dir().join(id))
             .collect();
-        (!stack.is_empty() && stack.iter().all(|p| p.is_dir())).then_some(stack)
+        if stack.is_empty() || !stack.iter().all(|p| p.is_dir()) {
+            return None;
+        }
+        if !stack.iter().all(|p| self.sealed(p)) {
+            let _ = fs::remove_file(self.stack_file(d));
+            return None;
+        }
+        Some(stack)
+    }
+
+    /// Seal a layer in place (see the module doc).
+    fn seal(&self, layer: &Path) -> Result<(), SandboxError> {
+        let Some(path) = self.seal_file(layer) else {
+            return Ok(());
+        };
+        let digest = seal_of(layer).map_err(|e| io_err("cannot read the layer", layer, e))?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
+        }
+        fs::write(&path, blake3::Hash::from(digest).to_hex().as_bytes())
+            .map_err(|e| io_err("cannot write", &path, e))?;
+        verified().insert(layer.to_path_buf());
+        Ok(())
+    }
+
+    /// Whether a layer matches its seal (once per process).
+    fn sealed(&self, layer: &Path) -> bool {
+        if verified().contains(layer) {
+            return true;
+        }
+        let recorded = self
+            .seal_file(layer)
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|t| blake3::Hash::from_hex(t.trim()).ok());
+        let ok = recorded.is_some_and(|r| seal_of(layer).is_ok_and(|s| blake3::Hash::from(s) == r));
+        if ok {
+            verified().insert(layer.to_path_buf());
+        }
+        ok
     }
 
     fn record(&self, d: TreeDigest, stack: &[PathBuf]) -> Result<(), SandboxError> {
@@ -103,6 +154,8 @@ impl Rootfs<'_> {
             .unwrap_or_else(new_id);
         let to = self.layers_dir().join(name);
         fs::rename(made, &to).map_err(|e| io_err("cannot place the layer", &to, e))?;
+        // Sealed once in place: the move changed the directory's ctime.
+        self.seal(&to)?;
         Ok(to)
     }
 
@@ -260,6 +313,57 @@ impl Rootfs<'_> {
     }
 }
 
+/// Layers found to match their seals in this process.
+fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// What stat says of every entry below `dir` (itself included), in path
+/// order, as one digest.
+pub fn seal_of(dir: &Path) -> std::io::Result<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    fn visit(dir: &Path, rel: &str, h: &mut blake3::Hasher) -> std::io::Result<()> {
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let m = fs::symlink_metadata(&path)?;
+            let rel = format!("{rel}/{}", name.to_string_lossy());
+            h.update(rel.as_bytes());
+            h.update(&[0]);
+            for v in [
+                u64::from(m.mode()),
+                u64::from(m.uid()),
+                u64::from(m.gid()),
+                m.size(),
+                m.mtime() as u64,
+                m.mtime_nsec() as u64,
+                m.ctime() as u64,
+                m.ctime_nsec() as u64,
+                m.ino(),
+                m.rdev(),
+            ] {
+                h.update(&v.to_le_bytes());
+            }
+            if m.is_dir() {
+                visit(&path, &rel, h)?;
+            }
+        }
+        Ok(())
+    }
+    let mut h = blake3::Hasher::new();
+    let m = fs::symlink_metadata(dir)?;
+    h.update(&u64::from(m.mode()).to_le_bytes());
+    visit(dir, "", &mut h)?;
+    Ok(*h.finalize().as_bytes())
+}
+
 fn nix_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -276,4 +380,54 @@ fn new_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     h.update(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     h.finalize().to_hex()[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tree::Kind;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn a_layer_changed_on_disk_is_not_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = MemoryStore::new();
+        let rootfs = Rootfs {
+            layout: &layout,
+            content: &store,
+            epoch: 0,
+        };
+        let mut tree = Tree::new();
+        tree.entries.insert(
+            "etc/conf".into(),
+            Entry {
+                kind: Kind::File {
+                    blob: store.put_blob(b"right\n").unwrap(),
+                    size: 6,
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        tree.entries.insert("etc".into(), Entry::dir(0o755, 0, 0));
+        let d = TreeDigest([7; 32]);
+        let stack = rootfs.stack(d, &tree, None).unwrap();
+        assert_eq!(rootfs.stack_of(d), Some(stack.clone()));
+        // Edited in place (same size), as damage or a stray tool would.
+        fs::write(stack[0].join("etc/conf"), b"wrong\n").unwrap();
+        verified().clear();
+        assert_eq!(rootfs.stack_of(d), None);
+        // The tree is written out again, and that stack is sound.
+        let again = rootfs.stack(d, &tree, None).unwrap();
+        assert_ne!(again, stack);
+        assert_eq!(fs::read(again[0].join("etc/conf")).unwrap(), b"right\n");
+        verified().clear();
+        assert_eq!(rootfs.stack_of(d), Some(again));
+        // A layer without a seal (from an older kiln) is not trusted.
+        fs::remove_dir_all(dir.path().join("rootfs/s")).unwrap();
+        verified().clear();
+        assert_eq!(rootfs.stack_of(d), None);
+    }
 }

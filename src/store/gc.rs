@@ -120,7 +120,8 @@ fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
 }
 
 /// Trees on disk for `run` steps (`rootfs/t/<tree>` lists a tree's layers
-/// in `rootfs/l/`) are kept for kept trees; with a budget, all go (they
+/// in `rootfs/l/`, sealed in `rootfs/s/`) are kept for kept trees; with a
+/// budget, all go (they
 /// are written again when a step needs them).
 fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDigest>, all: bool) {
     let root = layout.rootfs();
@@ -142,10 +143,13 @@ fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDiges
             }
         }
     }
-    if let Ok(rd) = fs::read_dir(root.join("l")) {
-        for e in rd.flatten() {
-            if !used.contains(&*e.file_name().to_string_lossy()) {
-                crate::fsutil::remove_any(&e.path());
+    // Layers (`l/<id>`) and their seals (`s/<id>`).
+    for part in ["l", "s"] {
+        if let Ok(rd) = fs::read_dir(root.join(part)) {
+            for e in rd.flatten() {
+                if !used.contains(&*e.file_name().to_string_lossy()) {
+                    crate::fsutil::remove_any(&e.path());
+                }
             }
         }
     }

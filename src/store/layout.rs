@@ -17,6 +17,7 @@
 //!                        images (`blobs/sha256/`), `index.json` naming them
 //! rootfs/                stage trees on disk for `run` steps: layer
 //!                        directories stacked by overlayfs, by tree digest
+//!                        (`l/`), their seals (`s/`), the stacks (`t/`)
 //! cache/<id>/            `run` cache mounts (`type=cache`)
 //! git/                   bare repositories of git sources, one per URL
 //! layers/<key>.json      image layers made for exports, by the trees they join
