@@ -194,6 +194,23 @@ impl Repo {
         self.repo.find_commit(id).map_err(|_| missing())
     }
 
+    /// The file at `path` (from the repository's root) in `commit`, if it
+    /// has one.
+    pub fn file_at(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        let local = |e: &dyn std::fmt::Display| GitError::Local {
+            url: without_credentials(&self.url),
+            why: e.to_string(),
+        };
+        let tree = self.commit(commit)?.tree().map_err(|e| local(&e))?;
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(|e| local(&e))? else {
+            return Ok(None);
+        };
+        if !entry.mode().is_blob() {
+            return Ok(None);
+        }
+        Ok(Some(entry.object().map_err(|e| local(&e))?.detach().data))
+    }
+
     /// Every path of `commit` (below `subdir`, relative to it), sorted.
     pub fn checkout(
         &self,
@@ -393,6 +410,79 @@ pub fn without_credentials(url: &str) -> String {
     }
 }
 
+/// The submodules a `.gitmodules` file declares: (path, URL), relative
+/// URLs (`../lib.git`, `./lib`) resolved against `base`, the URL of the
+/// repository that has the file, as git does. A path must stay inside the
+/// checkout, and a URL must be remote (`https://`, `http://`, `ssh://`,
+/// `git://` or `user@host:path`): a repository cannot make kiln read the
+/// machine's own files.
+pub fn submodules(gitmodules: &[u8], base: &str) -> Result<Vec<(String, String)>, String> {
+    let text =
+        std::str::from_utf8(gitmodules).map_err(|_| "`.gitmodules` is not UTF-8".to_string())?;
+    let config: gix::config::File = text
+        .parse()
+        .map_err(|e: gix::config::parse::Error| format!("cannot read `.gitmodules`: {e}"))?;
+    let mut out = Vec::new();
+    for section in config.sections_by_name("submodule").into_iter().flatten() {
+        let name = section
+            .header()
+            .subsection_name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let (Some(path), Some(url)) = (section.value("path"), section.value("url")) else {
+            return Err(format!("the submodule `{name}` has no `path` or no `url`"));
+        };
+        let path = path.to_string().trim_matches('/').to_string();
+        if path.is_empty()
+            || path.starts_with('/')
+            || path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(format!(
+                "the submodule `{name}` has the path `{path}`, which leaves the checkout"
+            ));
+        }
+        let url = url.to_string();
+        let url = if url.starts_with("../") || url.starts_with("./") {
+            relative_url(base, &url)
+        } else {
+            url
+        };
+        let remote = ["https://", "http://", "ssh://", "git://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+            || (!url.contains("://") && url.split_once(':').is_some_and(|(h, _)| h.contains('@')));
+        if !remote {
+            return Err(format!(
+                "the submodule `{name}` has the URL `{url}`, which is not a remote repository"
+            ));
+        }
+        out.push((path, url));
+    }
+    Ok(out)
+}
+
+/// `rel` (`../x`, `./x`) against the URL `base`, as git resolves a
+/// submodule's relative URL against its superproject's.
+fn relative_url(base: &str, rel: &str) -> String {
+    let mut base = base.trim_end_matches('/').to_string();
+    let mut rest = rel;
+    loop {
+        if let Some(r) = rest.strip_prefix("./") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("../") {
+            rest = r;
+            if let Some(i) = base.rfind('/').filter(|i| !base[..*i].ends_with('/')) {
+                base.truncate(i);
+            }
+        } else {
+            break;
+        }
+    }
+    format!("{base}/{rest}")
+}
+
 /// An error with its causes, as one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -438,6 +528,40 @@ mod tests {
             without_credentials("https://TOKEN@example.com/o/r.git"),
             "https://example.com/o/r.git"
         );
+    }
+
+    #[test]
+    fn submodules_resolve_relative_urls_and_stay_inside() {
+        let modules = b"[submodule \"lib\"]\n\tpath = vendor/lib\n\turl = ../lib.git\n[submodule \"x\"]\n\tpath = x\n\turl = https://example.com/x.git\n";
+        assert_eq!(
+            submodules(modules, "https://example.com/o/app.git").unwrap(),
+            [
+                (
+                    "vendor/lib".to_string(),
+                    "https://example.com/o/lib.git".to_string()
+                ),
+                ("x".to_string(), "https://example.com/x.git".to_string())
+            ]
+        );
+        assert_eq!(
+            relative_url("https://h/a/b.git", "./sub"),
+            "https://h/a/b.git/sub"
+        );
+        assert_eq!(
+            relative_url("https://h/a/b.git", "../../c.git"),
+            "https://h/c.git"
+        );
+        for bad in [
+            "[submodule \"a\"]\npath = ../out\nurl = https://h/a.git\n",
+            "[submodule \"a\"]\npath = a\nurl = /etc\n",
+            "[submodule \"a\"]\npath = a\nurl = file:///etc\n",
+            "[submodule \"a\"]\npath = a\n",
+        ] {
+            assert!(
+                submodules(bad.as_bytes(), "https://h/r.git").is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -402,3 +402,93 @@ fn credentials_in_a_git_url_stay_out_of_kiln_s_messages() {
     );
     assert_eq!(r.stderr.matches("s3cret").count(), 1, "{}", r.stderr);
 }
+
+#[test]
+fn submodules_are_checked_out_at_the_commits_the_superproject_records() {
+    let remote = Remote::new();
+    let top = remote.work.parent().unwrap().to_path_buf();
+    let srv = top.join("srv");
+    // A library served beside the application, as `../lib.git`.
+    let lib = top.join("libwork");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("lib.txt"), "lib v1\n").unwrap();
+    git(&lib, &["add", "-A"]);
+    git(&lib, &["commit", "-q", "-m", "lib one"]);
+    let lib_bare = srv.join("lib.git");
+    git(
+        &top,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            lib.to_str().unwrap(),
+            lib_bare.to_str().unwrap(),
+        ],
+    );
+    git(
+        &lib,
+        &["remote", "add", "origin", lib_bare.to_str().unwrap()],
+    );
+    git(
+        &remote.work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            lib_bare.to_str().unwrap(),
+            "vendor/lib",
+        ],
+    );
+    git(
+        &remote.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.url",
+            "../lib.git",
+        ],
+    );
+    git(&remote.work, &["add", "-A"]);
+    git(&remote.work, &["commit", "-q", "-m", "with lib"]);
+    git(&remote.work, &["push", "-q", "origin", "main"]);
+    // The library moves on; the application still records v1.
+    std::fs::write(lib.join("lib.txt"), "lib v2\n").unwrap();
+    git(&lib, &["commit", "-q", "-am", "lib two"]);
+    git(&lib, &["push", "-q", "origin", "main"]);
+
+    let p = Project::new();
+    p.spec(&spec(&remote.url, " ref=\"main\"", ""));
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/src/vendor/lib/lib.txt"), "lib v1\n");
+    assert_eq!(p.read("out/src/README"), "version 1\n");
+    // Cached: nothing is fetched again.
+    let before = remote.requests.load(Ordering::SeqCst);
+    let r = p.build(&[]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{:?}", r.ran());
+    assert_eq!(remote.requests.load(Ordering::SeqCst), before);
+
+    // A submodule URL that names this machine's files is refused.
+    git(
+        &remote.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.url",
+            "file:///etc",
+        ],
+    );
+    git(&remote.work, &["commit", "-q", "-am", "local url"]);
+    git(&remote.work, &["push", "-q", "origin", "main"]);
+    let p = Project::new();
+    p.spec(&spec(&remote.url, " ref=\"main\"", ""));
+    let r = p.build(&[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("kiln::git::submodule"), "{}", r.stderr);
+    assert!(r.stderr.contains("not a remote repository"), "{}", r.stderr);
+}

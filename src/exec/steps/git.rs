@@ -81,46 +81,23 @@ impl StepKind for Git {
                 .with_help(help)
         };
         let root = cx.env.local.layout().git();
-        let repo = Repo::open(&root, &self.url).map_err(failed)?;
-        if !repo.has(&commit) {
-            cx.env.progress.emit(Event::Notice {
-                message: format!(
-                    "fetching {} for the commit {commit}",
-                    git::without_credentials(&self.url)
-                ),
-            });
-            repo.fetch(&AtomicBool::new(false)).map_err(failed)?;
-        }
-        let items = repo
-            .checkout(&commit, self.subdir.as_deref())
-            .map_err(failed)?;
-        let mut entries = Vec::with_capacity(items.len());
-        let mut submodules = Vec::new();
-        for (path, item) in items {
-            let entry = match item {
-                Item::Dir => Entry::dir(0o755, 0, 0),
-                Item::Submodule(_) => {
-                    submodules.push(path.clone());
-                    Entry::dir(0o755, 0, 0)
-                }
-                Item::Symlink(target) => Entry {
-                    kind: Kind::Symlink { target },
-                    mode: 0o777,
-                    uid: 0,
-                    gid: 0,
-                },
-                Item::File { data, executable } => Entry {
-                    kind: Kind::File {
-                        blob: cx.content().put_blob(&data)?,
-                        size: data.len() as u64,
-                    },
-                    mode: if executable { 0o755 } else { 0o644 },
-                    uid: 0,
-                    gid: 0,
-                },
-            };
-            entries.push((path, entry));
-        }
+        let repo = fetched(cx, &root, &self.url, &commit).map_err(failed)?;
+        let mut checkouts = Checkouts {
+            cx,
+            root: &root,
+            entries: Vec::new(),
+        };
+        checkouts
+            .add(&repo, &self.url, &commit, self.subdir.as_deref(), "", 0)
+            .map_err(|e| match e {
+            Nested::Git(e) => failed(e),
+            Nested::Module(why) => Diagnostic::build("kiln::git::submodule", why)
+                .with_label(span, "in this git step")
+                .with_help("fix the repository's `.gitmodules`, or check out a commit whose submodules can be fetched"),
+            Nested::Store(d) => d,
+        })?;
+        let mut entries = checkouts.entries;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         if self.keep_git_dir {
             let dot_git = repo
                 .dot_git(&commit, self.subdir.is_none())
@@ -143,15 +120,6 @@ impl StepKind for Git {
             }
             entries.sort_by(|a, b| a.0.cmp(&b.0));
         }
-        if !submodules.is_empty() {
-            cx.env.progress.emit(Event::Notice {
-                message: format!(
-                    "{}: the submodules {} are left empty; fetch each with a `git` step of its own",
-                    git::without_credentials(&self.url),
-                    submodules.join(", ")
-                ),
-            });
-        }
         let picked = [Picked {
             name: String::new(),
             path: self.url.clone(),
@@ -165,6 +133,141 @@ impl StepKind for Git {
         };
         let workdir = work.config.workdir().to_string();
         copy_rules::place(work.tree, &picked, &self.dest, &workdir, ov, false, span)
+    }
+}
+
+/// Submodules inside submodules are followed this deep.
+const MAX_NESTING: usize = 8;
+
+/// Why a checkout with its submodules failed.
+enum Nested {
+    Git(git::GitError),
+    /// A `.gitmodules` kiln will not follow.
+    Module(String),
+    Store(Diagnostic),
+}
+
+impl From<git::GitError> for Nested {
+    fn from(e: git::GitError) -> Nested {
+        Nested::Git(e)
+    }
+}
+
+/// The local repository of `url`, fetched if it lacks `commit`.
+fn fetched(
+    cx: &StepCx<'_>,
+    root: &std::path::Path,
+    url: &str,
+    commit: &str,
+) -> Result<Repo, git::GitError> {
+    let repo = Repo::open(root, url)?;
+    if !repo.has(commit) {
+        cx.env.progress.emit(Event::Notice {
+            message: format!(
+                "fetching {} for the commit {commit}",
+                git::without_credentials(url)
+            ),
+        });
+        repo.fetch(&AtomicBool::new(false))?;
+    }
+    Ok(repo)
+}
+
+/// A checkout's entries, submodules included.
+struct Checkouts<'a, 'b> {
+    cx: &'a StepCx<'b>,
+    /// Where the local repositories are (`STATE/git`).
+    root: &'a std::path::Path,
+    entries: Vec<(String, Entry)>,
+}
+
+impl Checkouts<'_, '_> {
+    /// Add `commit` of `repo` (below `subdir`) to the entries under `prefix`,
+    /// with its submodules checked out at the commits it records for them
+    /// (fetched from the URLs its `.gitmodules` gives, as `git clone
+    /// --recurse-submodules` does). The superproject's commit pins them all,
+    /// so the step's key stays the one commit.
+    fn add(
+        &mut self,
+        repo: &Repo,
+        url: &str,
+        commit: &str,
+        subdir: Option<&str>,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<(), Nested> {
+        let cx = self.cx;
+        let at = |path: &str| {
+            if prefix.is_empty() {
+                path.to_string()
+            } else {
+                format!("{prefix}/{path}")
+            }
+        };
+        let mut modules: Vec<(String, String)> = Vec::new();
+        for (path, item) in repo.checkout(commit, subdir)? {
+            let entry = match item {
+                Item::Dir => Entry::dir(0o755, 0, 0),
+                Item::Submodule(sub_commit) => {
+                    modules.push((path.clone(), sub_commit));
+                    Entry::dir(0o755, 0, 0)
+                }
+                Item::Symlink(target) => Entry {
+                    kind: Kind::Symlink { target },
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                },
+                Item::File { data, executable } => Entry {
+                    kind: Kind::File {
+                        blob: cx
+                            .content()
+                            .put_blob(&data)
+                            .map_err(|e| Nested::Store(e.into()))?,
+                        size: data.len() as u64,
+                    },
+                    mode: if executable { 0o755 } else { 0o644 },
+                    uid: 0,
+                    gid: 0,
+                },
+            };
+            self.entries.push((at(&path), entry));
+        }
+        if modules.is_empty() {
+            return Ok(());
+        }
+        if depth >= MAX_NESTING {
+            return Err(Nested::Module(format!(
+                "{}: submodules nest more than {MAX_NESTING} deep",
+                git::without_credentials(url)
+            )));
+        }
+        // `.gitmodules` names paths from the repository's root.
+        let declared = match repo.file_at(commit, ".gitmodules")? {
+            Some(bytes) => git::submodules(&bytes, url).map_err(|why| {
+                Nested::Module(format!("{}: {why}", git::without_credentials(url)))
+            })?,
+            None => Vec::new(),
+        };
+        let from_root = |path: &str| match subdir
+            .map(|s| s.trim_matches('/'))
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => format!("{s}/{path}"),
+            None => path.to_string(),
+        };
+        for (path, sub_commit) in modules {
+            let full = from_root(&path);
+            let Some((_, sub_url)) = declared.iter().find(|(p, _)| *p == full) else {
+                return Err(Nested::Module(format!(
+                    "{}: the submodule at `{full}` is not in `.gitmodules`",
+                    git::without_credentials(url)
+                )));
+            };
+            let sub_repo = fetched(cx, self.root, sub_url, &sub_commit)?;
+            self.add(&sub_repo, sub_url, &sub_commit, None, &at(&path), depth + 1)?;
+        }
+        Ok(())
     }
 }
 
