@@ -98,7 +98,22 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
             PluginSource::Url(url) => {
                 let span = decl.url.as_ref().map_or(decl.span, |u| u.span);
                 match crate::exec::steps::download::fetch(url, None, span) {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        // Kept in the store the build reads (its pin is
+                        // its blake3), so the build does not download it
+                        // again.
+                        let state_dir = crate::build::load::state_dir(
+                            &std::env::var_os("KILN_STATE_DIR").map(PathBuf::from),
+                            &args.input()?.spec_path(),
+                        );
+                        if let Ok(store) =
+                            crate::store::Store::open(&state_dir, crate::store::Access::Shared)
+                        {
+                            use crate::store::ContentStore;
+                            let _ = store.put_blob(&b);
+                        }
+                        b
+                    }
                     Err(d) => {
                         errors.push(d);
                         continue;

@@ -861,20 +861,20 @@ fn a_plugin_from_a_url_is_pinned_downloaded_once_and_checked() {
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(p.kiln(&["plugin", "pin"]).stdout.contains("already pinned"));
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // The first build downloads it into the store...
+    // It is in the store already: the build does not download it again,
+    // nor does a build that runs the step again.
     p.build(&[]).ok();
     assert_eq!(p.read("out/b"), "x\n");
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
-    // ...and a build that runs the step again reads it from there.
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     let text = p.read("kiln.kdl").replace("\"x\\n\"", "\"y\\n\"");
     p.spec(&text);
     let r = p.build(&[]);
     r.ok();
     assert!(!r.ran().is_empty());
     assert_eq!(p.read("out/b"), "y\n");
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The file at the URL changes: a fresh state dir downloads it and
-    // refuses it, and the export is left as it was.
+    // refuses it (nothing stored), and the export is left as it was.
     let mut other = module.clone();
     other.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
     *served.lock().unwrap() = other;
@@ -884,6 +884,9 @@ fn a_plugin_from_a_url_is_pinned_downloaded_once_and_checked() {
     assert!(r.stderr.contains("does not match its pin"), "{}", r.stderr);
     assert!(r.stderr.contains("kiln::wasm::download"), "{}", r.stderr);
     assert_eq!(p.read("out/b"), "y\n");
+    let n = requests.load(std::sync::atomic::Ordering::SeqCst);
+    p.build(&[]).code(2);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), n + 1);
     // One module per plugin, and no download for a plugin a stage builds.
     p.spec(&format!(
         "kiln 1\nplugin tpl path=\"t.wasm\" url=\"{base}/t.wasm\"\nplugin u url=\"{base}/u.wasm\" from=\"s\"\nplugin v url=\"file:///t.wasm\"\nstage s {{\n    write \"/a\" \"x\"\n}}\n"
