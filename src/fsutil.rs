@@ -39,3 +39,38 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
             || code == rustix::io::Errno::DQUOT.raw_os_error()
     ) || e.kind() == std::io::ErrorKind::StorageFull
 }
+
+/// Set a path's access and modification times to `epoch` (seconds),
+/// without following a final symlink.
+pub fn set_epoch_times(path: &Path, epoch: u64) -> std::io::Result<()> {
+    let at = rustix::fs::Timespec {
+        tv_sec: epoch as i64,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: at,
+        last_modification: at,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// [`set_epoch_times`] for `dir` and everything below it.
+pub fn set_epoch_times_below(dir: &Path, epoch: u64) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            set_epoch_times_below(&entry.path(), epoch)?;
+        } else {
+            set_epoch_times(&entry.path(), epoch)?;
+        }
+    }
+    // Last: setting a child's times leaves its directory's alone, but be
+    // plain about the order.
+    set_epoch_times(dir, epoch)
+}

@@ -282,6 +282,7 @@ impl Rootfs<'_> {
                     if root {
                         let _ = std::os::unix::fs::lchown(&at, Some(e.uid), Some(e.gid));
                     }
+                    let _ = crate::fsutil::set_epoch_times(&at, self.epoch);
                 }
             }
         }
@@ -300,15 +301,19 @@ impl Rootfs<'_> {
             .map_err(|err| io_err("cannot write a whiteout", &at, err.into()))?;
         }
         // Directories last, deepest first: their children are in place.
+        // Their times are the epoch too: a command finds the same times
+        // however its tree came to be on disk.
         for (at, e) in dirs.iter().rev() {
             if root {
                 let _ = std::os::unix::fs::chown(at, Some(e.uid), Some(e.gid));
             }
             fs::set_permissions(at, fs::Permissions::from_mode(e.mode))
                 .map_err(|err| io_err("cannot set the mode of", at, err))?;
+            let _ = crate::fsutil::set_epoch_times(at, self.epoch);
         }
         // The layer's own root is the tree's root directory.
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+        let _ = crate::fsutil::set_epoch_times(dir, self.epoch);
         Ok(())
     }
 }

@@ -813,3 +813,33 @@ export {
     assert_eq!(p.read("report/report/status"), "1\n");
     assert!(!p.exists("out"));
 }
+
+#[test]
+fn a_command_sees_the_same_times_whatever_the_cache_held() {
+    // What a command finds on disk must not depend on whether the step
+    // before it ran in this build (its upper directory reused) or came
+    // from the cache (its tree written out): every time is the epoch.
+    let spec = |n: u32| {
+        format!(
+            "kiln 1\nstage s {{\n    from image=\"IMAGE\"\n    run \"mkdir -p /d/e /out && echo x > /d/f && ln -s f /d/l\"\n    run \"stat -c '%n %Y' / /d /d/e /d/f > /out/times; busybox stat -c '%n %Y' /d/l >> /out/times # {n}\"\n}}\nexport {{\n    s to=\"out\"\n}}\n"
+        )
+    };
+    let Some(p) = project(&spec(1)) else {
+        return;
+    };
+    p.build(&[]).ok();
+    let ran_after = p.read("out/out/times");
+    // The first step from the cache, its tree written out afresh.
+    std::fs::remove_dir_all(p.path().join(".kiln/rootfs")).unwrap();
+    p.spec(
+        &std::fs::read_to_string(p.path().join("kiln.kdl"))
+            .unwrap()
+            .replace("# 1", "# 2"),
+    );
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(r.ran().len(), 1, "{:?}", r.ran());
+    let written_out = p.read("out/out/times");
+    assert_eq!(ran_after, written_out);
+    assert!(ran_after.lines().all(|l| l.ends_with(" 0")), "{ran_after}");
+}

@@ -259,6 +259,14 @@ impl StepKind for RunOp {
                 }
             }
         }
+        // Making the scaffolding changed its directories' times: back to
+        // the epoch, as the tree's own, so a command finds the same times
+        // however its tree came to be on disk.
+        for rel in scaffold.iter().chain(kept.iter()) {
+            let _ = crate::fsutil::set_epoch_times(&root.join(rel), env.options.epoch);
+            let _ =
+                crate::fsutil::set_epoch_times(&root.join(tree::parent(rel)), env.options.epoch);
+        }
         let mut log: Vec<u8> = Vec::new();
         let mut pending = String::new();
         let mut last_emit = std::time::Instant::now();
@@ -328,7 +336,11 @@ impl StepKind for RunOp {
                 }
             }
             let layer = dir.join("upper-layer");
+            // What the next command finds must not depend on whether this
+            // one ran in this build: its changes get the epoch's times, as
+            // a tree written out from the store does.
             if fs::rename(&overlay.upper, &layer).is_ok()
+                && crate::fsutil::set_epoch_times_below(&layer, env.options.epoch).is_ok()
                 && let Ok(placed) = rootfs.place(&layer)
             {
                 let _ = rootfs.adopt(new_digest, placed, &stack);
