@@ -442,19 +442,23 @@ fn submodules_are_checked_out_at_the_commits_the_superproject_records() {
             "vendor/lib",
         ],
     );
-    git(
-        &remote.work,
-        &[
-            "config",
-            "-f",
-            ".gitmodules",
-            "submodule.vendor/lib.url",
-            "../lib.git",
-        ],
-    );
-    git(&remote.work, &["add", "-A"]);
-    git(&remote.work, &["commit", "-q", "-m", "with lib"]);
-    git(&remote.work, &["push", "-q", "origin", "main"]);
+    // The submodule's URL as `.gitmodules` gives it, committed and pushed.
+    let point_at = |url: &str, message: &str| {
+        git(
+            &remote.work,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                "submodule.vendor/lib.url",
+                url,
+            ],
+        );
+        git(&remote.work, &["add", "-A"]);
+        git(&remote.work, &["commit", "-q", "-m", message]);
+        git(&remote.work, &["push", "-q", "origin", "main"]);
+    };
+    point_at("../lib.git", "with lib");
     // The library moves on; the application still records v1.
     std::fs::write(lib.join("lib.txt"), "lib v2\n").unwrap();
     git(&lib, &["commit", "-q", "-am", "lib two"]);
@@ -473,18 +477,7 @@ fn submodules_are_checked_out_at_the_commits_the_superproject_records() {
     assert_eq!(remote.requests.load(Ordering::SeqCst), before);
 
     // A submodule URL that names this machine's files is refused.
-    git(
-        &remote.work,
-        &[
-            "config",
-            "-f",
-            ".gitmodules",
-            "submodule.vendor/lib.url",
-            "file:///etc",
-        ],
-    );
-    git(&remote.work, &["commit", "-q", "-am", "local url"]);
-    git(&remote.work, &["push", "-q", "origin", "main"]);
+    point_at("file:///etc", "local url");
     let p = Project::new();
     p.spec(&spec(&remote.url, " ref=\"main\"", ""));
     let r = p.build(&[]);
