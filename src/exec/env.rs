@@ -41,6 +41,45 @@ pub struct Env<'a> {
     runtime: OnceLock<Result<Runtime, String>>,
     /// Empty directories plugin steps work in, reused from step to step.
     pub scratch: Scratch,
+    /// Private copies of trees a `run` step without root may start from.
+    pub copies: Copies,
+}
+
+/// Private copies of trees (made by `run` steps without root, settled to
+/// be exactly their trees) that a later `run` step on the same tree starts
+/// from instead of writing the tree out again: (tree, a directory holding
+/// `root/`). At most [`Copies::KEPT`] are kept; the rest, and all of them
+/// when the build ends, are removed.
+#[derive(Default)]
+pub struct Copies(Mutex<Vec<(TreeDigest, PathBuf)>>);
+
+impl Copies {
+    const KEPT: usize = 4;
+
+    pub fn put(&self, tree: TreeDigest, dir: PathBuf) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() >= Self::KEPT {
+            let (_, old) = held.remove(0);
+            crate::fsutil::remove_any(&old);
+        }
+        held.push((tree, dir));
+    }
+
+    /// The copy of `tree`, if one is kept: the caller owns it now.
+    pub fn take(&self, tree: TreeDigest) -> Option<PathBuf> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let i = held.iter().position(|(d, _)| *d == tree)?;
+        Some(held.remove(i).1)
+    }
+}
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        let held = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, dir) in held.drain(..) {
+            crate::fsutil::remove_any(&dir);
+        }
+    }
 }
 
 impl<'a> Env<'a> {
@@ -70,6 +109,7 @@ impl<'a> Env<'a> {
             trees: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
             scratch: Scratch::default(),
+            copies: Copies::default(),
         }
     }
 

@@ -92,6 +92,84 @@ fn names(root: &Path, dir: &OwnedFd, rel: &str) -> Result<Vec<String>, SandboxEr
     Ok(out)
 }
 
+/// Make the private copy below `root`, after a command ran and its
+/// changes were applied to `tree`, exactly what writing `tree` out afresh
+/// would give the next command, or say it cannot be: scaffolding the tree
+/// does not hold is removed, and then every entry must be the tree's
+/// (same paths, kinds, modes, sizes, symlink targets; no file with a second
+/// link, no special file the tree cannot hold), and every time becomes
+/// `epoch`. Then the next `run` on `tree` can start from it instead of
+/// writing the whole tree out again.
+pub fn settle(
+    root: &Path,
+    tree: &Tree,
+    scaffolding: &BTreeSet<String>,
+    epoch: u64,
+) -> Result<bool, SandboxError> {
+    for s in scaffolding.iter().rev() {
+        if tree.get(s).is_none() {
+            let p = root.join(s);
+            let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+    fn walk(
+        root: &Path,
+        dir: &OwnedFd,
+        rel: &str,
+        tree: &Tree,
+        seen: &mut usize,
+    ) -> Result<bool, SandboxError> {
+        for name in names(root, dir, rel)? {
+            let path = tree::join(rel, &name);
+            let io = |e: rustix::io::Errno| {
+                SandboxError::Io(crate::diag::io_message(
+                    "cannot stat",
+                    &root.join(&path),
+                    &e.into(),
+                ))
+            };
+            let st =
+                rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+            let Some(e) = tree.get(&path) else {
+                return Ok(false);
+            };
+            *seen += 1;
+            let mode = st.st_mode & 0o7777;
+            let same = match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
+                (tree::Kind::File { size, .. }, FileType::RegularFile) => {
+                    st.st_size as u64 == *size && mode == e.mode && st.st_nlink == 1
+                }
+                (tree::Kind::Dir, FileType::Directory) => mode == e.mode,
+                (tree::Kind::Symlink { target }, FileType::Symlink) => {
+                    rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
+                        .map_err(io)?
+                        .to_str()
+                        .is_ok_and(|t| t == target)
+                }
+                _ => false,
+            };
+            if !same {
+                return Ok(false);
+            }
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                let sub = open_sub(dir, &name).map_err(io)?;
+                if !walk(root, &sub, &path, tree, seen)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+    let mut seen = 0;
+    if !walk(root, &open_dir(root)?, "", tree, &mut seen)? || seen != tree.entries.len() {
+        return Ok(false);
+    }
+    crate::fsutil::set_epoch_times_below(root, epoch).map_err(|e| {
+        SandboxError::Io(crate::diag::io_message("cannot set the times of", root, &e))
+    })?;
+    Ok(true)
+}
+
 /// Note every entry below `root` (written from the tree, before the command).
 pub fn mark(root: &Path) -> Result<Marks, SandboxError> {
     fn walk(
@@ -312,5 +390,62 @@ mod tests {
         let mut tree = Tree::new();
         let err = apply(&store, dir.path(), &before, &mut tree, &BTreeSet::new()).unwrap_err();
         assert!(err.to_string().contains("FIFO `/fifo`"), "{err}");
+    }
+
+    #[test]
+    fn a_copy_settles_into_its_tree_only_when_it_is_exactly_that_tree() {
+        use std::os::unix::fs::MetadataExt;
+        let store = MemoryStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::set_permissions(root.join("d"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.join("d/f"), b"data").unwrap();
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink("d/f", root.join("l")).unwrap();
+        fs::create_dir_all(root.join("mnt/point")).unwrap();
+        let mut tree = Tree::new();
+        tree.entries.insert("d".into(), Entry::dir(0o755, 0, 0));
+        tree.entries.insert("d/f".into(), file(&store, b"data", 0));
+        tree.entries.insert(
+            "l".into(),
+            Entry {
+                kind: Kind::Symlink {
+                    target: "d/f".into(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        let scaffolding: BTreeSet<String> =
+            ["mnt", "mnt/point"].into_iter().map(String::from).collect();
+        assert!(settle(root, &tree, &scaffolding, 7).unwrap());
+        // The scaffolding is gone and every time is the epoch.
+        assert!(!root.join("mnt").exists());
+        for p in ["d", "d/f"] {
+            assert_eq!(
+                fs::symlink_metadata(root.join(p)).unwrap().mtime(),
+                7,
+                "{p}"
+            );
+        }
+        // A second link to a file: the next command could change both.
+        fs::hard_link(root.join("d/f"), root.join("d/g")).unwrap();
+        tree.entries.insert("d/g".into(), file(&store, b"data", 0));
+        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        fs::remove_file(root.join("d/g")).unwrap();
+        tree.entries.remove("d/g");
+        assert!(settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        // Something the tree does not hold, or a mode it does not say.
+        fs::write(root.join("extra"), b"x").unwrap();
+        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        fs::remove_file(root.join("extra")).unwrap();
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
+        // Something the tree holds and the copy lacks.
+        tree.entries.insert("gone".into(), file(&store, b"g", 0));
+        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
     }
 }

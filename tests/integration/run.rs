@@ -706,6 +706,8 @@ stage app {
         mount "type=cache,target=/cache,id=counter"
         mount "type=tmpfs,target=/scratch"
     }
+    run "ln /greeting /hard"
+    run "echo more >> /hard && cat /greeting > /after"
 }
 export {
     app to="out"
@@ -749,6 +751,11 @@ fn without_root_a_command_runs_on_a_copy_and_makes_the_same_tree() {
     assert_eq!(group.permissions().mode() & 0o7777, 0o600);
     assert!(!rootless.exists("out/proc") && !rootless.exists("out/dev"));
     assert_eq!(rootless.read("out/seen"), "1\n");
+    // Consecutive commands start from the previous one's copy only when it
+    // is exactly its tree: a hard link is two files in the tree, so the
+    // next command finds two.
+    assert_eq!(rootless.read("out/after"), "hi\n");
+    assert_eq!(rootless.read("out/hard"), "hi\nmore\n");
     assert!(!rootless.exists("out/cache") && !rootless.exists("out/scratch"));
     // Cached like any other step.
     let again = kiln_as_nobody(&rootless, &["build", "--progress", "json"]);

@@ -177,14 +177,23 @@ impl StepKind for RunOp {
                 });
             }
             let copy = dir.join("root");
-            fs::create_dir(&copy).map_err(|e| {
-                fail(SandboxError::Io(crate::diag::io_message(
-                    "cannot create",
-                    &copy,
-                    &e,
-                )))
-            })?;
-            rootfs.write_whole(&copy, work.tree).map_err(fail)?;
+            // The previous command's copy when it is this tree (settled to
+            // be exactly it), else the tree written out.
+            let reused = env.copies.take(digest).is_some_and(|held| {
+                let moved = fs::rename(held.join("root"), &copy).is_ok();
+                crate::fsutil::remove_any(&held);
+                moved
+            });
+            if !reused {
+                fs::create_dir(&copy).map_err(|e| {
+                    fail(SandboxError::Io(crate::diag::io_message(
+                        "cannot create",
+                        &copy,
+                        &e,
+                    )))
+                })?;
+                rootfs.write_whole(&copy, work.tree).map_err(fail)?;
+            }
             let marks = sandbox::copy::mark(&copy).map_err(fail)?;
             (Vec::new(), OnDisk::Copy(copy, marks))
         };
@@ -324,6 +333,18 @@ impl StepKind for RunOp {
         // of the new tree, so the next command on it writes nothing out.
         let new_digest = env.content.put_tree(work.tree)?;
         *work.stored = Some(new_digest);
+        // Without root: the copy, settled to be exactly the new tree, is
+        // where a next command on that tree starts.
+        if let OnDisk::Copy(copy, _) = &on_disk
+            && sandbox::copy::settle(copy, work.tree, &scaffold, env.options.epoch).unwrap_or(false)
+            && let Ok(hold) = rootfs.new_layer_dir()
+        {
+            if fs::rename(copy, hold.join("root")).is_ok() {
+                env.copies.put(new_digest, hold);
+            } else {
+                crate::fsutil::remove_any(&hold);
+            }
+        }
         if new_digest != digest
             && let OnDisk::Overlay(overlay) = &on_disk
         {
