@@ -112,12 +112,56 @@ pub fn settle(
             let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
         }
     }
+    let mut seen = 0;
+    let same = each(root, &mut |dir, name, path, st| {
+        let Some(e) = tree.get(path) else {
+            return Ok(false);
+        };
+        seen += 1;
+        let mode = st.st_mode & 0o7777;
+        Ok(match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
+            (tree::Kind::File { size, .. }, FileType::RegularFile) => {
+                st.st_size as u64 == *size && mode == e.mode && st.st_nlink == 1
+            }
+            (tree::Kind::Dir, FileType::Directory) => mode == e.mode,
+            (tree::Kind::Symlink { target }, FileType::Symlink) => {
+                rustix::fs::readlinkat(dir, name, Vec::new())
+                    .ok()
+                    .is_some_and(|t| t.to_str().is_ok_and(|t| t == target))
+            }
+            _ => false,
+        })
+    })?;
+    if !same || seen != tree.entries.len() {
+        return Ok(false);
+    }
+    crate::fsutil::set_epoch_times_below(root, epoch).map_err(|e| {
+        SandboxError::Io(crate::diag::io_message("cannot set the times of", root, &e))
+    })?;
+    Ok(true)
+}
+
+/// Note every entry below `root` (written from the tree, before the command).
+pub fn mark(root: &Path) -> Result<Marks, SandboxError> {
+    let mut out = HashMap::new();
+    each(root, &mut |_, _, path, st| {
+        out.insert(path.to_string(), Mark::of(st));
+        Ok(true)
+    })?;
+    Ok(Marks(out))
+}
+
+/// Visit every entry below `root` in path order, with its directory, name,
+/// path and `lstat`, until `f` says no (then `false`).
+type Visit<'a> =
+    dyn FnMut(&OwnedFd, &str, &str, &rustix::fs::Stat) -> Result<bool, SandboxError> + 'a;
+
+fn each(root: &Path, f: &mut Visit<'_>) -> Result<bool, SandboxError> {
     fn walk(
         root: &Path,
         dir: &OwnedFd,
         rel: &str,
-        tree: &Tree,
-        seen: &mut usize,
+        f: &mut Visit<'_>,
     ) -> Result<bool, SandboxError> {
         for name in names(root, dir, rel)? {
             let path = tree::join(rel, &name);
@@ -130,76 +174,19 @@ pub fn settle(
             };
             let st =
                 rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
-            let Some(e) = tree.get(&path) else {
-                return Ok(false);
-            };
-            *seen += 1;
-            let mode = st.st_mode & 0o7777;
-            let same = match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
-                (tree::Kind::File { size, .. }, FileType::RegularFile) => {
-                    st.st_size as u64 == *size && mode == e.mode && st.st_nlink == 1
-                }
-                (tree::Kind::Dir, FileType::Directory) => mode == e.mode,
-                (tree::Kind::Symlink { target }, FileType::Symlink) => {
-                    rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
-                        .map_err(io)?
-                        .to_str()
-                        .is_ok_and(|t| t == target)
-                }
-                _ => false,
-            };
-            if !same {
+            if !f(dir, &name, &path, &st)? {
                 return Ok(false);
             }
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 let sub = open_sub(dir, &name).map_err(io)?;
-                if !walk(root, &sub, &path, tree, seen)? {
+                if !walk(root, &sub, &path, f)? {
                     return Ok(false);
                 }
             }
         }
         Ok(true)
     }
-    let mut seen = 0;
-    if !walk(root, &open_dir(root)?, "", tree, &mut seen)? || seen != tree.entries.len() {
-        return Ok(false);
-    }
-    crate::fsutil::set_epoch_times_below(root, epoch).map_err(|e| {
-        SandboxError::Io(crate::diag::io_message("cannot set the times of", root, &e))
-    })?;
-    Ok(true)
-}
-
-/// Note every entry below `root` (written from the tree, before the command).
-pub fn mark(root: &Path) -> Result<Marks, SandboxError> {
-    fn walk(
-        root: &Path,
-        dir: &OwnedFd,
-        rel: &str,
-        out: &mut HashMap<String, Mark>,
-    ) -> Result<(), SandboxError> {
-        for name in names(root, dir, rel)? {
-            let path = tree::join(rel, &name);
-            let io = |e: rustix::io::Errno| {
-                SandboxError::Io(crate::diag::io_message(
-                    "cannot stat",
-                    &root.join(&path),
-                    &e.into(),
-                ))
-            };
-            let st =
-                rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
-            out.insert(path.clone(), Mark::of(&st));
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let sub = open_sub(dir, &name).map_err(io)?;
-                walk(root, &sub, &path, out)?;
-            }
-        }
-        Ok(())
-    }
-    let mut out = HashMap::new();
-    walk(root, &open_dir(root)?, "", &mut out)?;
-    Ok(Marks(out))
+    walk(root, &open_dir(root)?, "", f)
 }
 
 /// Apply what the command changed below `root` to `tree`. Paths in
