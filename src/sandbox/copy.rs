@@ -113,11 +113,16 @@ pub fn settle(
         }
     }
     let mut seen = 0;
+    let mut attrs = vec![0u8; 1024];
     let same = each(root, &mut |dir, name, path, st| {
         let Some(e) = tree.get(path) else {
             return Ok(false);
         };
         seen += 1;
+        // Extended attributes the command set (a tree holds none).
+        if has_attributes(&root.join(path), &mut attrs) {
+            return Ok(false);
+        }
         let mode = st.st_mode & 0o7777;
         Ok(match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
             (tree::Kind::File { size, .. }, FileType::RegularFile) => {
@@ -139,6 +144,19 @@ pub fn settle(
         SandboxError::Io(crate::diag::io_message("cannot set the times of", root, &e))
     })?;
     Ok(true)
+}
+
+/// Whether `path` has extended attributes beyond the SELinux label the
+/// system gives every file (`buf` holds the names; too many to list
+/// counts as having some).
+fn has_attributes(path: &Path, buf: &mut [u8]) -> bool {
+    match rustix::fs::llistxattr(path, &mut buf[..]) {
+        Ok(n) => buf[..n]
+            .split(|b| *b == 0)
+            .any(|name| !name.is_empty() && name != b"security.selinux"),
+        Err(rustix::io::Errno::NOTSUP) => false,
+        Err(_) => true,
+    }
 }
 
 /// Note every entry below `root` (written from the tree, before the command).
@@ -431,6 +449,20 @@ mod tests {
         fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap();
         assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
         fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
+        // An extended attribute the command set (where the file system
+        // has them).
+        if rustix::fs::lsetxattr(
+            root.join("d/f"),
+            "user.kiln-test",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
+        {
+            assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+            rustix::fs::lremovexattr(root.join("d/f"), "user.kiln-test").unwrap();
+            assert!(settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        }
         // Something the tree holds and the copy lacks.
         tree.entries.insert("gone".into(), file(&store, b"g", 0));
         assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
