@@ -438,28 +438,13 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
                 .map_err(|e| env_err("cannot write", at, &e))?;
             Ok(())
         })?;
-    let times = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: settings.epoch as i64,
-            tv_nsec: 0,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: settings.epoch as i64,
-            tv_nsec: 0,
-        },
-    };
     for (at, target, owner) in links {
         std::os::unix::fs::symlink(target, &at)
             .map_err(|e| env_err("cannot create symlink", &at, &e))?;
         if settings.set_owner {
             let _ = std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1));
         }
-        let _ = rustix::fs::utimensat(
-            rustix::fs::CWD,
-            &at,
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        );
+        let _ = crate::fsutil::set_epoch_times(&at, settings.epoch);
     }
     // Directory modes and times last, deepest first: children are in place.
     for (dir, mode, owner) in dirs.iter().rev() {
@@ -468,7 +453,7 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
             .map_err(|e| env_err("cannot set mode of", dir, &e))?;
-        let _ = rustix::fs::utimensat(rustix::fs::CWD, dir, &times, rustix::fs::AtFlags::empty());
+        let _ = crate::fsutil::set_epoch_times(dir, settings.epoch);
     }
     Ok(())
 }

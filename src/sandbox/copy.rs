@@ -99,9 +99,13 @@ fn names(root: &Path, dir: &OwnedFd, rel: &str) -> Result<Vec<String>, SandboxEr
 /// (same paths, kinds, modes, sizes, symlink targets; no file with a second
 /// link, no special file the tree cannot hold), and every time becomes
 /// `epoch`. Then the next `run` on `tree` can start from it instead of
-/// writing the whole tree out again.
+/// writing the whole tree out again. An entry the command did not touch
+/// (its mark in `before` holds: setting an attribute or a time moves the
+/// ctime) was already the tree's, with no attributes and the epoch's
+/// times, so only touched entries cost more than their stat.
 pub fn settle(
     root: &Path,
+    before: &Marks,
     tree: &Tree,
     scaffolding: &BTreeSet<String>,
     epoch: u64,
@@ -114,14 +118,18 @@ pub fn settle(
     }
     let mut seen = 0;
     let mut attrs = vec![0u8; 1024];
+    let mut touched: Vec<String> = Vec::new();
     let same = each(root, &mut |dir, name, path, st| {
         let Some(e) = tree.get(path) else {
             return Ok(false);
         };
         seen += 1;
-        // Extended attributes the command set (a tree holds none).
-        if has_attributes(&root.join(path), &mut attrs) {
-            return Ok(false);
+        if before.0.get(path) != Some(&Mark::of(st)) {
+            // Extended attributes the command set (a tree holds none).
+            if has_attributes(&root.join(path), &mut attrs) {
+                return Ok(false);
+            }
+            touched.push(path.to_string());
         }
         let mode = st.st_mode & 0o7777;
         Ok(match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
@@ -140,9 +148,19 @@ pub fn settle(
     if !same || seen != tree.entries.len() {
         return Ok(false);
     }
-    crate::fsutil::set_epoch_times_below(root, epoch).map_err(|e| {
-        SandboxError::Io(crate::diag::io_message("cannot set the times of", root, &e))
-    })?;
+    for path in touched
+        .iter()
+        .map(|p| root.join(p))
+        .chain([root.to_path_buf()])
+    {
+        crate::fsutil::set_epoch_times(&path, epoch).map_err(|e| {
+            SandboxError::Io(crate::diag::io_message(
+                "cannot set the times of",
+                &path,
+                &e,
+            ))
+        })?;
+    }
     Ok(true)
 }
 
@@ -403,6 +421,8 @@ mod tests {
         let store = MemoryStore::new();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        // Every entry counts as one the command touched.
+        let untouched = Marks(HashMap::new());
         fs::create_dir_all(root.join("d")).unwrap();
         fs::set_permissions(root.join("d"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(root.join("d/f"), b"data").unwrap();
@@ -425,7 +445,7 @@ mod tests {
         );
         let scaffolding: BTreeSet<String> =
             ["mnt", "mnt/point"].into_iter().map(String::from).collect();
-        assert!(settle(root, &tree, &scaffolding, 7).unwrap());
+        assert!(settle(root, &untouched, &tree, &scaffolding, 7).unwrap());
         // The scaffolding is gone and every time is the epoch.
         assert!(!root.join("mnt").exists());
         for p in ["d", "d/f"] {
@@ -438,19 +458,21 @@ mod tests {
         // A second link to a file: the next command could change both.
         fs::hard_link(root.join("d/f"), root.join("d/g")).unwrap();
         tree.entries.insert("d/g".into(), file(&store, b"data", 0));
-        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
         fs::remove_file(root.join("d/g")).unwrap();
         tree.entries.remove("d/g");
-        assert!(settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        assert!(settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
         // Something the tree does not hold, or a mode it does not say.
         fs::write(root.join("extra"), b"x").unwrap();
-        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
         fs::remove_file(root.join("extra")).unwrap();
         fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
         fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
         // An extended attribute the command set (where the file system
-        // has them).
+        // has them), seen also when the copy was marked before the
+        // command: setting it moves the file's ctime.
+        let marked = mark(root).unwrap();
         if rustix::fs::lsetxattr(
             root.join("d/f"),
             "user.kiln-test",
@@ -459,12 +481,13 @@ mod tests {
         )
         .is_ok()
         {
-            assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+            assert!(!settle(root, &marked, &tree, &BTreeSet::new(), 7).unwrap());
+            assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
             rustix::fs::lremovexattr(root.join("d/f"), "user.kiln-test").unwrap();
-            assert!(settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+            assert!(settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
         }
         // Something the tree holds and the copy lacks.
         tree.entries.insert("gone".into(), file(&store, b"g", 0));
-        assert!(!settle(root, &tree, &BTreeSet::new(), 7).unwrap());
+        assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
     }
 }

@@ -335,8 +335,9 @@ impl StepKind for RunOp {
         *work.stored = Some(new_digest);
         // Without root: the copy, settled to be exactly the new tree, is
         // where a next command on that tree starts.
-        if let OnDisk::Copy(copy, _) = &on_disk
-            && sandbox::copy::settle(copy, work.tree, &scaffold, env.options.epoch).unwrap_or(false)
+        if let OnDisk::Copy(copy, marks) = &on_disk
+            && sandbox::copy::settle(copy, marks, work.tree, &scaffold, env.options.epoch)
+                .unwrap_or(false)
             && let Ok(hold) = rootfs.new_layer_dir()
         {
             if fs::rename(copy, hold.join("root")).is_ok() {
