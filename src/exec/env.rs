@@ -54,7 +54,8 @@ pub struct Env<'a> {
 pub struct Copies(Mutex<Vec<(TreeDigest, PathBuf)>>);
 
 impl Copies {
-    const KEPT: usize = 4;
+    // Each is a whole tree on disk: few, as a stage needs only its last.
+    const KEPT: usize = 2;
 
     pub fn put(&self, tree: TreeDigest, dir: PathBuf) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
