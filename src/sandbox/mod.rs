@@ -1,27 +1,42 @@
-//! Running commands in a sandbox: bubblewrap over an overlayfs view of a
-//! stage's tree. The only module that runs programs of the build.
+//! Running commands in a sandbox: bubblewrap over a stage's tree. The
+//! only module that runs programs of the build.
 //!
 //! A command sees the stage's tree as `/` (writable: writes go to a fresh
 //! overlay upper directory, so the tree's layers never change), a fresh
-//! `/proc`, a minimal `/dev`, its own PID, IPC, UTS and mount namespaces,
-//! no network unless it asks, no host environment, only the mounts it
-//! declares. As `root` it keeps Docker's default capabilities; as another
-//! user it runs as that user (through `setpriv`) in a user namespace of
-//! its own, so files it makes are owned by it. The whole process tree is
-//! killed on timeout, on Ctrl-C, and when kiln dies.
+//! `/proc` whose kernel knobs (`/proc/sys`, `sysrq-trigger`, `irq`, `bus`,
+//! `fs`) are read-only and whose revealing files are masked as runc masks
+//! them, a minimal `/dev`, no `/sys`, its own user, PID, IPC, UTS, cgroup
+//! and mount namespaces, no network unless it asks, no host environment,
+//! only the mounts it declares, no descriptor but its standard streams,
+//! `no_new_privs`, and Docker's default seccomp profile ([`seccomp`]).
+//!
+//! As root, kiln never gives a command the host's root: the command's ids
+//! are an unprivileged range of the host's ([`ids`]), bubblewrap starts as
+//! that range's root, and the stage's overlay is mounted in a mount
+//! namespace of the sandbox's own, so it goes away with the sandbox
+//! ([`child`]). As `root` of the sandbox a command keeps Docker's default
+//! capabilities (over its own namespaces only); as another user it has
+//! none. The whole process tree is killed on timeout, on Ctrl-C, and when
+//! kiln dies.
 //!
 //! [`rootfs`] keeps trees on disk as stacked layers; [`upper`] reads back
 //! what a command changed. Without root, [`copy`] stands in for both: the
 //! tree is written out as a private directory, the command runs as root of
 //! a user namespace of its own, and the changes are found by comparison.
 
+mod child;
 pub mod copy;
+pub mod forward;
+pub mod ids;
 pub mod rootfs;
+mod seccomp;
 pub mod upper;
 
+pub use ids::Ids;
+
 use crate::store::StoreError;
-use command_fds::{CommandFdExt, FdMapping};
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -115,95 +130,6 @@ pub(crate) fn leaf(
     }))
 }
 
-/// An overlay mount of a layer stack, with a fresh upper directory.
-/// Unmounted when dropped.
-pub struct Overlay {
-    pub merged: PathBuf,
-    pub upper: PathBuf,
-    work: PathBuf,
-    mounted: bool,
-}
-
-/// Escape a path for overlayfs's option string.
-fn escape(p: &Path) -> String {
-    let mut out = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, ':' | ',' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-impl Overlay {
-    /// Mount `lowers` (top first) with a new upper directory, all below
-    /// `dir` (which must exist and be empty, on the same filesystem as
-    /// where the upper directory will be kept).
-    pub fn mount(lowers: &[PathBuf], dir: &Path) -> Result<Overlay, SandboxError> {
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            SandboxError::Setup(crate::diag::io_message(what, p, &e))
-        };
-        let (merged, upper, work) = (dir.join("merged"), dir.join("upper"), dir.join("work"));
-        for d in [&merged, &upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| io("cannot create", d, e))?;
-        }
-        let lower: Vec<String> = lowers.iter().map(|l| escape(l)).collect();
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-            lower.join(":"),
-            escape(&upper),
-            escape(&work)
-        );
-        let data = std::ffi::CString::new(options)
-            .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?;
-        rustix::mount::mount(
-            "overlay",
-            &merged,
-            "overlay",
-            rustix::mount::MountFlags::empty(),
-            data.as_c_str(),
-        )
-        .map_err(|e| {
-            SandboxError::Setup(format!(
-                "cannot mount the stage's tree (overlayfs, {} layers): {}",
-                lowers.len(),
-                std::io::Error::from(e)
-            ))
-        })?;
-        Ok(Overlay {
-            merged,
-            upper,
-            work,
-            mounted: true,
-        })
-    }
-
-    /// Unmount (the upper directory stays, holding the changes).
-    pub fn unmount(&mut self) -> Result<(), SandboxError> {
-        if self.mounted {
-            rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH).map_err(
-                |e| {
-                    SandboxError::Setup(format!(
-                        "cannot unmount `{}`: {}",
-                        self.merged.display(),
-                        std::io::Error::from(e)
-                    ))
-                },
-            )?;
-            self.mounted = false;
-            let _ = std::fs::remove_dir_all(&self.work);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = self.unmount();
-    }
-}
-
 /// A directory (or file) the command sees at `dest`.
 #[derive(Clone, Debug)]
 pub struct Bind {
@@ -212,27 +138,42 @@ pub struct Bind {
     pub writable: bool,
 }
 
+/// Where the stage's tree is for the command.
+#[derive(Clone, Debug)]
+pub enum Root {
+    /// Layers stacked by overlayfs (top first), the command's changes
+    /// going to `upper` (as root). Mounted at `merged` in the sandbox's own
+    /// mount namespace only.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        merged: PathBuf,
+    },
+    /// A directory holding the tree (without root).
+    Dir(PathBuf),
+}
+
 /// How to run one command.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Spec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     /// The working directory, absolute.
     pub cwd: String,
-    /// `(uid, gid, supplementary groups)`; root when `(0, 0, …)`.
+    /// `(uid, gid, supplementary groups)` in the sandbox; root when `(0, 0, …)`.
     pub user: (u32, u32, Vec<u32>),
     /// Whether the command may reach the network.
     pub network: bool,
-    /// Show the host's root (read-only) with the tree at `cwd`, instead of
-    /// the tree as `/`.
+    /// Show the host's root (read-only) with the tree's working directory
+    /// at `cwd`, instead of the tree as `/`.
     pub host_root: bool,
     pub binds: Vec<Bind>,
     /// `(dest, size)` of empty in-memory directories.
     pub tmpfs: Vec<(String, Option<u64>)>,
     pub timeout: Option<Duration>,
-    /// Run as root of a user namespace of the command's own (mapped to the
-    /// user running kiln): how a command runs when kiln is not root.
-    pub userns: bool,
+    /// How the sandbox's ids are the host's.
+    pub ids: Ids,
 }
 
 /// Which stream output came from.
@@ -242,7 +183,8 @@ pub enum Stream {
     Stderr,
 }
 
-/// Docker's default capabilities for a container's root.
+/// Docker's default capabilities for a container's root (over the
+/// sandbox's own namespaces: its root is not the host's).
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -260,18 +202,34 @@ const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// The descriptors bwrap reports its child on and waits on for the user
-/// namespace's maps, when the command runs as a user other than root.
-const INFO_FD: i32 = 3;
-const BLOCK_FD: i32 = 4;
+/// Kernel knobs under `/proc` a command may read but not write (runc's
+/// read-only paths).
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// What runc masks under `/proc`: files behind `/dev/null`, directories
+/// behind an empty read-only tmpfs.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
 
-/// Map the user namespace bwrap made for the command one to one onto the
-/// host's ids, then let bwrap go on. bwrap reports its child's pid as JSON
-/// on the info pipe and waits on the block pipe until the maps are written
-/// (which takes `CAP_SETUID` here, that the user's bwrap lacks).
+/// Map the user namespace bwrap made for the command (its child's pid
+/// comes as JSON on `info`) to the host's unprivileged range, then let
+/// bwrap go on: one byte on `block` for its own wait, one for its
+/// child's (bwrap closes the descriptor only where it waits as
+/// `--block-fd`, so it is given as both, and nothing of it reaches the
+/// command).
 fn map_user_namespace(
-    info: std::os::fd::OwnedFd,
-    block: std::os::fd::OwnedFd,
+    info: OwnedFd,
+    block: OwnedFd,
+    (uid_map, gid_map): &(String, String),
 ) -> Result<(), SandboxError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         SandboxError::Setup(format!("cannot set up the user namespace: {what}: {e}"))
@@ -305,12 +263,12 @@ fn map_user_namespace(
             }
         }
     };
-    for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 4294967295\n")
+    for (map, line) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        std::fs::write(format!("/proc/{pid}/{map}"), line)
             .map_err(|e| setup(&format!("writing {map}"), &e))?;
     }
     let mut block = std::fs::File::from(block);
-    std::io::Write::write_all(&mut block, b"1").map_err(|e| setup("waking bubblewrap", &e))?;
+    std::io::Write::write_all(&mut block, b"11").map_err(|e| setup("waking bubblewrap", &e))?;
     Ok(())
 }
 
@@ -324,71 +282,162 @@ pub fn bwrap_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+fn setup_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Setup(format!("{what}: {e}"))
+}
+
+/// A seccomp program as a descriptor bubblewrap reads.
+fn program_fd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
+    let fd = rustix::fs::memfd_create("kiln-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| setup_err("cannot hold the seccomp filter", e))?;
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, bytes)
+        .and_then(|_| std::io::Seek::rewind(&mut f))
+        .map_err(|e| setup_err("cannot hold the seccomp filter", e))?;
+    Ok(f.into())
+}
+
+/// A command line and what its child does before `exec`, with the
+/// descriptors that must stay open until it is spawned.
+struct Prepared {
+    command: Command,
+    /// Kept open until the child has them.
+    handed: Vec<OwnedFd>,
+    /// The read end of bwrap's report and the write end of its wait, with
+    /// the maps to write (as root).
+    userns: Option<(OwnedFd, OwnedFd, (String, String))>,
+    /// The read end of the child's failure report.
+    report: OwnedFd,
+}
+
+/// The descriptors handed on to bubblewrap, numbered from 3 in order.
+#[derive(Default)]
+struct Handing {
+    fds: Vec<std::os::fd::RawFd>,
+    kept: Vec<OwnedFd>,
+}
+
+impl Handing {
+    /// Hand on `fd`; returns the number bubblewrap knows it by.
+    fn fd(&mut self, fd: OwnedFd) -> i32 {
+        self.fds.push(fd.as_raw_fd());
+        self.kept.push(fd);
+        2 + self.fds.len() as i32
+    }
+}
+
+/// Where bubblewrap finds what the sandbox shows: as root, the child binds
+/// each path at `/tmp/kiln-N` (see [`child`]); without root, the paths
+/// themselves.
+struct Shown {
+    staged: bool,
+    paths: Vec<PathBuf>,
+}
+
+impl Shown {
+    /// The path bubblewrap is given for `path`.
+    fn show(&mut self, path: PathBuf) -> PathBuf {
+        if self.staged {
+            self.paths.push(path);
+            PathBuf::from(child::staged(self.paths.len() - 1))
+        } else {
+            path
+        }
+    }
+}
+
+fn cstring(p: &Path) -> Result<std::ffi::CString, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::Setup(format!("`{}` holds a NUL byte", p.display())))
+}
+
 /// The command line that runs `spec` over `root`.
-fn command(root: &Path, spec: &Spec) -> Command {
+fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
+    let programs = seccomp::programs().map_err(SandboxError::Setup)?;
     let (uid, gid, groups) = &spec.user;
     let as_root = *uid == 0;
-    let mut c = if as_root {
-        Command::new("bwrap")
-    } else {
-        // bwrap drops to the user by running as the user, in a user
-        // namespace that kiln maps to the host's ids one to one (see
-        // `map_user_namespace`): what the command creates is owned by the
-        // user, files of other users stay theirs and show as theirs, and
-        // the supplementary groups are the user's.
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"));
-        if groups.is_empty() {
-            c.arg("--clear-groups");
-        } else {
-            c.arg(format!(
-                "--groups={}",
-                groups
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
-        }
-        c.arg("--").arg("bwrap");
-        c
+    let mut h = Handing::default();
+    let mut shown = Shown {
+        staged: spec.ids.owns_files(),
+        paths: Vec::new(),
     };
+    let mut c = Command::new("bwrap");
     c.args(["--die-with-parent", "--new-session"]);
-    if as_root {
-        if spec.userns {
+    let maps = spec.ids.maps();
+    let userns = match &maps {
+        Some(maps) => {
+            let pipe = || {
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| setup_err("cannot make a pipe", e))
+            };
+            let (info_r, info_w) = pipe()?;
+            let (block_r, block_w) = pipe()?;
+            let info = h.fd(info_w);
+            let block = h.fd(block_r);
+            c.args(["--unshare-user", "--info-fd", &info.to_string()]);
+            c.args(["--userns-block-fd", &block.to_string()]);
+            c.args(["--block-fd", &block.to_string()]);
+            Some((info_r, block_w, maps.clone()))
+        }
+        None => {
             c.args(["--unshare-user", "--uid", "0", "--gid", "0"]);
+            None
         }
-        c.args([
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-        ]);
-        if !spec.network {
-            c.arg("--unshare-net");
-        }
-        c.args(["--cap-drop", "ALL"]);
+    };
+    c.args([
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]);
+    if !spec.network {
+        c.arg("--unshare-net");
+    }
+    c.args(["--cap-drop", "ALL"]);
+    if as_root {
         for cap in CAPS {
             c.args(["--cap-add", cap]);
         }
-    } else {
-        c.args([
-            "--unshare-user",
-            "--info-fd",
-            &INFO_FD.to_string(),
-            "--userns-block-fd",
-            &BLOCK_FD.to_string(),
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-        ]);
-        if !spec.network {
-            c.arg("--unshare-net");
-        }
     }
     c.args(["--hostname", "kiln"]);
+    // The tree (or, with the host's system, the tree's working directory).
+    let below = |base: &Path| {
+        if spec.host_root {
+            base.join(spec.cwd.trim_start_matches('/'))
+        } else {
+            base.to_path_buf()
+        }
+    };
+    let mut overlay = None;
+    let tree = match root {
+        Root::Dir(dir) => shown.show(below(dir)),
+        Root::Overlay {
+            lowers,
+            upper,
+            work,
+            merged,
+        } => {
+            if !shown.staged {
+                return Err(SandboxError::Setup(
+                    "an overlay needs root: without root the tree is a copy".into(),
+                ));
+            }
+            let lower: Vec<String> = lowers.iter().map(|l| escape(l)).collect();
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+                lower.join(":"),
+                escape(upper),
+                escape(work)
+            );
+            overlay = Some((
+                cstring(merged)?,
+                std::ffi::CString::new(options)
+                    .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?,
+            ));
+            shown.show(below(merged))
+        }
+    };
     if spec.host_root {
         // The host's system, read-only, entry by entry (so that the
         // working directory, which the host does not have, can be made
@@ -415,15 +464,36 @@ fn command(root: &Path, spec: &Spec) -> Command {
                 _ => {}
             }
         }
-        c.arg("--bind").arg(root).arg(&spec.cwd);
+        c.arg("--bind").arg(&tree).arg(&spec.cwd);
         c.args(["--tmpfs", "/tmp"]);
     } else {
-        c.arg("--bind").arg(root).arg("/");
+        c.arg("--bind").arg(&tree).arg("/");
     }
-    c.args(["--proc", "/proc", "--dev", "/dev"]);
+    c.args(["--proc", "/proc"]);
+    let proc = Path::new("/proc");
+    for name in PROC_READ_ONLY {
+        let p = proc.join(name);
+        if p.exists() {
+            c.arg("--ro-bind").arg(&p).arg(&p);
+        }
+    }
+    for name in PROC_MASKED {
+        let p = proc.join(name);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                c.arg("--tmpfs").arg(&p).arg("--remount-ro").arg(&p);
+            }
+            Ok(_) => {
+                c.arg("--ro-bind").arg("/dev/null").arg(&p);
+            }
+            Err(_) => {}
+        }
+    }
+    c.args(["--dev", "/dev"]);
     for b in &spec.binds {
+        let src = shown.show(b.src.clone());
         c.arg(if b.writable { "--bind" } else { "--ro-bind" })
-            .arg(&b.src)
+            .arg(src)
             .arg(&b.dest);
     }
     for (dest, size) in &spec.tmpfs {
@@ -431,6 +501,10 @@ fn command(root: &Path, spec: &Spec) -> Command {
             c.arg("--size").arg(s.to_string());
         }
         c.arg("--tmpfs").arg(dest);
+    }
+    for p in programs {
+        let fd = h.fd(program_fd(p)?);
+        c.arg("--add-seccomp-fd").arg(fd.to_string());
     }
     c.arg("--clearenv");
     for (k, v) in &spec.env {
@@ -442,53 +516,119 @@ fn command(root: &Path, spec: &Spec) -> Command {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_clear();
-    c
+        .env_clear()
+        // bwrap is found where the system keeps it, whatever kiln's caller
+        // set PATH to.
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    let become_ids = match spec.ids {
+        Ids::Mapped { .. } => {
+            let host_uid = spec.ids.host_uid(*uid).map_err(|e| unmapped("user", &e))?;
+            let host_gid = spec.ids.host_gid(*gid).map_err(|e| unmapped("group", &e))?;
+            let host_groups = groups
+                .iter()
+                .map(|g| spec.ids.host_gid(*g).map_err(|e| unmapped("group", &e)))
+                .collect::<Result<Vec<u32>, _>>()?;
+            Some((host_uid, host_gid, host_groups))
+        }
+        Ids::Own => None,
+    };
+    let stage = if shown.staged {
+        let paths = shown
+            .paths
+            .iter()
+            .map(|p| cstring(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let places = (0..paths.len())
+            .map(|i| cstring(Path::new(&child::staged(i))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(child::Stage {
+            overlay,
+            paths,
+            places,
+        })
+    } else {
+        None
+    };
+    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| setup_err("cannot make a pipe", e))?;
+    child::install(
+        &mut c,
+        child::Launch {
+            stage,
+            fds: h.fds,
+            become_ids,
+            report: report_w.as_raw_fd(),
+        },
+    );
+    h.kept.push(report_w);
+    Ok(Prepared {
+        command: c,
+        handed: h.kept,
+        userns,
+        report: report_r,
+    })
 }
 
-/// Run `spec` over the tree mounted at `root`, passing output to `out` as
-/// it comes. Stops (killing every process) on timeout or when `cancel` is set.
+fn unmapped(what: &str, e: &ids::Unmapped) -> SandboxError {
+    SandboxError::Setup(format!("the command's {what}: {e}"))
+}
+
+/// Escape a path for overlayfs's option string.
+fn escape(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, ':' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Run `spec` over the tree at `root`, passing output to `out` as it
+/// comes. Stops (killing every process) on timeout or when `cancel` is set.
 pub fn run(
-    root: &Path,
+    root: &Root,
     spec: &Spec,
     cancel: &Arc<AtomicBool>,
     out: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<(), SandboxError> {
-    let mut c = command(root, spec);
-    let as_user = spec.user.0 != 0;
-    let pipes = if as_user {
-        let info = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| SandboxError::Setup(format!("cannot make a pipe: {e}")))?;
-        let block = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| SandboxError::Setup(format!("cannot make a pipe: {e}")))?;
-        let (info_r, info_w) = info;
-        let (block_r, block_w) = block;
-        c.fd_mappings(vec![
-            FdMapping {
-                parent_fd: info_w,
-                child_fd: INFO_FD,
-            },
-            FdMapping {
-                parent_fd: block_r,
-                child_fd: BLOCK_FD,
-            },
-        ])
-        .map_err(|e| SandboxError::Setup(format!("cannot pass descriptors to bubblewrap: {e}")))?;
-        Some((info_r, block_w))
-    } else {
-        None
+    let Prepared {
+        mut command,
+        handed,
+        userns,
+        report,
+    } = prepare(root, spec)?;
+    let spawned = command.spawn();
+    // The child has its copies (or failed): ours close now.
+    drop(command);
+    drop(handed);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let mut step = [0u8; 1];
+            let what = match rustix::io::read(&report, &mut step) {
+                Ok(1) => child::STEPS
+                    .get(step[0] as usize)
+                    .copied()
+                    .unwrap_or("starting"),
+                _ => "",
+            };
+            return Err(SandboxError::Setup(if !what.is_empty() {
+                format!("cannot start the sandbox ({what}): {e}")
+            } else if e.kind() == std::io::ErrorKind::NotFound {
+                "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap`".to_string()
+            } else {
+                format!("cannot start bubblewrap: {e}")
+            }));
+        }
     };
-    let mut child = c.spawn().map_err(|e| {
-        SandboxError::Setup(if e.kind() == std::io::ErrorKind::NotFound {
-            "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap` (and `util-linux` for `setpriv`)".to_string()
-        } else {
-            format!("cannot start bubblewrap: {e}")
-        })
-    })?;
-    // The command holds the child's ends of the pipes until dropped.
-    drop(c);
-    if let Some((info_r, block_w)) = pipes
-        && let Err(e) = map_user_namespace(info_r, block_w)
+    drop(report);
+    if let Some((info_r, block_w, maps)) = userns
+        && let Err(e) = map_user_namespace(info_r, block_w, &maps)
     {
         let _ = child.kill();
         let _ = child.wait();

@@ -10,6 +10,9 @@
 //! O(changes), not O(image). Stacks deeper than [`MAX_DEPTH`] are written
 //! out whole again.
 //!
+//! Files on disk have the tree's owners moved into the sandbox's id range
+//! ([`super::ids`]), so they are kept per mapping, below the state dir's
+//! `sandbox/` (which only its owner can enter):
 //! `rootfs/l/<id>/` are layers (never changed once in place);
 //! `rootfs/t/<tree digest>` lists a tree's stack; `rootfs/s/<id>` seals a
 //! layer: a digest of what stat says of every entry in it (type, mode,
@@ -19,7 +22,7 @@
 //! disk (changing a file changes its ctime) makes the tree be written out
 //! again instead of running commands on files the tree does not hold.
 
-use super::SandboxError;
+use super::{Ids, SandboxError};
 use crate::model::digest::TreeDigest;
 use crate::model::tree::{Entry, Kind, Tree};
 use crate::store::ContentStore;
@@ -39,6 +42,8 @@ pub struct Rootfs<'a> {
     pub content: &'a dyn ContentStore,
     /// The mtime every written file and directory gets.
     pub epoch: u64,
+    /// How owners are written.
+    pub ids: Ids,
 }
 
 fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
@@ -46,16 +51,20 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
 }
 
 impl Rootfs<'_> {
+    fn dir(&self) -> PathBuf {
+        self.layout.rootfs(&self.ids.tag())
+    }
+
     fn layers_dir(&self) -> PathBuf {
-        self.layout.rootfs().join("l")
+        self.dir().join("l")
     }
 
     fn stack_file(&self, d: TreeDigest) -> PathBuf {
-        self.layout.rootfs().join("t").join(d.hex())
+        self.dir().join("t").join(d.hex())
     }
 
     fn seal_file(&self, layer: &Path) -> Option<PathBuf> {
-        Some(self.layout.rootfs().join("s").join(layer.file_name()?))
+        Some(self.dir().join("s").join(layer.file_name()?))
     }
 
     /// The recorded stack of a tree, if all its layers are in place and
@@ -111,7 +120,7 @@ impl Rootfs<'_> {
     }
 
     fn record(&self, d: TreeDigest, stack: &[PathBuf]) -> Result<(), SandboxError> {
-        let dir = self.layout.rootfs().join("t");
+        let dir = self.dir().join("t");
         fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
         let text: String = stack
             .iter()
@@ -131,7 +140,11 @@ impl Rootfs<'_> {
     /// A new, empty directory to become a layer.
     pub fn new_layer_dir(&self) -> Result<PathBuf, SandboxError> {
         let dir = self.layers_dir();
-        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        if !dir.is_dir() {
+            self.layout
+                .private_dir(&dir)
+                .map_err(|e| io_err("cannot create", &dir, e))?;
+        }
         for _ in 0..16 {
             let id = new_id();
             let p = dir.join(format!(".new-{id}"));
@@ -210,9 +223,47 @@ impl Rootfs<'_> {
         self.write_diff(dir, &Tree::new(), tree)
     }
 
+    /// Write the entries below `sub` of `tree` into the empty directory
+    /// `dir`, which becomes `sub` (modes, owners and times as a layer's).
+    pub fn write_subtree(&self, dir: &Path, tree: &Tree, sub: &str) -> Result<(), SandboxError> {
+        if sub.is_empty() {
+            return self.write_whole(dir, tree);
+        }
+        let mut part = Tree::new();
+        let prefix = format!("{sub}/");
+        for (path, e) in tree.descendants(sub) {
+            if let Some(rel) = path.strip_prefix(&prefix) {
+                part.entries.insert(rel.to_string(), e.clone());
+            }
+        }
+        self.write_diff(dir, &Tree::new(), &part)?;
+        if let Some(e) = tree.get(sub) {
+            self.own(dir, e.uid, e.gid, sub)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(e.mode))
+                .map_err(|err| io_err("cannot set the mode of", dir, err))?;
+        }
+        Ok(())
+    }
+
+    /// Give `at` the tree's owner `uid:gid` (moved into the sandbox's
+    /// range), when files get owners; `path` names it in an error.
+    pub fn own(&self, at: &Path, uid: u32, gid: u32, path: &str) -> Result<(), SandboxError> {
+        if !self.ids.owns_files() {
+            return Ok(());
+        }
+        let unmapped = |e: super::ids::Unmapped| {
+            SandboxError::Changes(format!(
+                "`/{path}` is owned by {uid}:{gid}, which a sandbox cannot hold: the owner's {e}"
+            ))
+        };
+        let host_uid = self.ids.host_uid(uid).map_err(unmapped)?;
+        let host_gid = self.ids.host_gid(gid).map_err(unmapped)?;
+        std::os::unix::fs::lchown(at, Some(host_uid), Some(host_gid))
+            .map_err(|e| io_err("cannot set the owner of", at, e))
+    }
+
     fn write_diff(&self, dir: &Path, old: &Tree, new: &Tree) -> Result<(), SandboxError> {
-        let root = nix_root();
-        let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();
+        let mut dirs: Vec<(PathBuf, &Entry, &str)> = Vec::new();
         // Parents of changed entries must be in the layer too, with the
         // new tree's metadata.
         let mut needed: BTreeSet<&str> = BTreeSet::new();
@@ -256,7 +307,7 @@ impl Rootfs<'_> {
             match &e.kind {
                 Kind::Dir => {
                     fs::create_dir_all(&at).map_err(|err| io_err("cannot create", &at, err))?;
-                    dirs.push((at, e));
+                    dirs.push((at, e, *path));
                 }
                 Kind::File { blob, .. } => {
                     let mut f =
@@ -267,9 +318,7 @@ impl Rootfs<'_> {
                             crate::store::CopyError::Store(s) => SandboxError::Store(s),
                             crate::store::CopyError::Write(w) => io_err("cannot write", &at, w),
                         })?;
-                    if root {
-                        let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
-                    }
+                    self.own(&at, e.uid, e.gid, path)?;
                     f.set_permissions(fs::Permissions::from_mode(e.mode))
                         .map_err(|err| io_err("cannot write", &at, err))?;
                     let _ = f.set_modified(
@@ -279,9 +328,7 @@ impl Rootfs<'_> {
                 Kind::Symlink { target } => {
                     std::os::unix::fs::symlink(target, &at)
                         .map_err(|err| io_err("cannot create", &at, err))?;
-                    if root {
-                        let _ = std::os::unix::fs::lchown(&at, Some(e.uid), Some(e.gid));
-                    }
+                    self.own(&at, e.uid, e.gid, path)?;
                     let _ = crate::fsutil::set_epoch_times(&at, self.epoch);
                 }
             }
@@ -303,15 +350,14 @@ impl Rootfs<'_> {
         // Directories last, deepest first: their children are in place.
         // Their times are the epoch too: a command finds the same times
         // however its tree came to be on disk.
-        for (at, e) in dirs.iter().rev() {
-            if root {
-                let _ = std::os::unix::fs::chown(at, Some(e.uid), Some(e.gid));
-            }
+        for (at, e, path) in dirs.iter().rev() {
+            self.own(at, e.uid, e.gid, path)?;
             fs::set_permissions(at, fs::Permissions::from_mode(e.mode))
                 .map_err(|err| io_err("cannot set the mode of", at, err))?;
             let _ = crate::fsutil::set_epoch_times(at, self.epoch);
         }
         // The layer's own root is the tree's root directory.
+        self.own(dir, 0, 0, "")?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
         let _ = crate::fsutil::set_epoch_times(dir, self.epoch);
         Ok(())
@@ -369,10 +415,6 @@ pub fn seal_of(dir: &Path) -> std::io::Result<[u8; 32]> {
     Ok(*h.finalize().as_bytes())
 }
 
-fn nix_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 fn new_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -402,6 +444,7 @@ mod tests {
             layout: &layout,
             content: &store,
             epoch: 0,
+            ids: Ids::Own,
         };
         let mut tree = Tree::new();
         tree.entries.insert(
@@ -431,7 +474,7 @@ mod tests {
         verified().clear();
         assert_eq!(rootfs.stack_of(d), Some(again));
         // A layer without a seal (from an older kiln) is not trusted.
-        fs::remove_dir_all(dir.path().join("rootfs/s")).unwrap();
+        fs::remove_dir_all(layout.rootfs(&Ids::Own.tag()).join("s")).unwrap();
         verified().clear();
         assert_eq!(rootfs.stack_of(d), None);
     }

@@ -3,7 +3,7 @@
 //! directory replaced whole carries `trusted.overlay.opaque=y`), so only
 //! what changed is read and hashed.
 
-use super::SandboxError;
+use super::{Ids, SandboxError};
 use crate::model::tree::{self, Entry, Tree};
 use crate::store::ContentStore;
 use rustix::fs::{AtFlags, FileType, OFlags};
@@ -13,12 +13,14 @@ use std::path::Path;
 
 /// Apply the changes in `upper` to `tree`. Paths in `scaffolding` (mount
 /// points kiln created for the command) are left out when the command
-/// left them empty (they were not in the tree: kiln made them).
+/// left them empty (they were not in the tree: kiln made them). Owners
+/// are moved back out of the sandbox's id range (`ids`).
 pub fn apply(
     content: &dyn ContentStore,
     upper: &Path,
     tree: &mut Tree,
     scaffolding: &BTreeSet<String>,
+    ids: Ids,
 ) -> Result<(), SandboxError> {
     let fd = rustix::fs::open(
         upper,
@@ -27,20 +29,32 @@ pub fn apply(
     )
     .map_err(|e| SandboxError::Io(crate::diag::io_message("cannot read", upper, &e.into())))?;
     let mut dropped = Vec::new();
-    walk(content, upper, &fd, "", tree, scaffolding, &mut dropped)?;
+    let cx = Walk {
+        content,
+        upper,
+        scaffolding,
+        ids,
+    };
+    walk(&cx, &fd, "", tree, &mut dropped)?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every directory of the walk shares.
+struct Walk<'a> {
+    content: &'a dyn ContentStore,
+    upper: &'a Path,
+    scaffolding: &'a BTreeSet<String>,
+    ids: Ids,
+}
+
 fn walk(
-    content: &dyn ContentStore,
-    upper: &Path,
+    cx: &Walk<'_>,
     dir: &OwnedFd,
     rel: &str,
     tree: &mut Tree,
-    scaffolding: &BTreeSet<String>,
     dropped: &mut Vec<String>,
 ) -> Result<bool, SandboxError> {
+    let (content, upper, scaffolding) = (cx.content, cx.upper, cx.scaffolding);
     let io = |what: &str, p: &str, e: rustix::io::Errno| {
         SandboxError::Io(crate::diag::io_message(what, &upper.join(p), &e.into()))
     };
@@ -68,7 +82,21 @@ fn walk(
             .map_err(|e| io("cannot stat", &path, e))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         let mode = st.st_mode & 0o7777;
-        let (uid, gid) = (st.st_uid, st.st_gid);
+        // A whiteout (made by overlayfs itself, with its mounter's ids)
+        // has no owner to read back; everything else was made by the
+        // command, or copied up from the tree, within the sandbox's ids.
+        let whiteout = ft == FileType::CharacterDevice && st.st_rdev == 0;
+        let owner = cx.ids.guest(st.st_uid, st.st_gid);
+        let (uid, gid) = match owner {
+            Some(o) => o,
+            None if whiteout => (0, 0),
+            None => {
+                return Err(SandboxError::Changes(format!(
+                    "`/{path}` has the host owner {}:{}, outside the sandbox's ids: it was not made by the command",
+                    st.st_uid, st.st_gid
+                )));
+            }
+        };
         match ft {
             FileType::CharacterDevice if st.st_rdev == 0 => {
                 // A whiteout: the path was removed.
@@ -94,7 +122,7 @@ fn walk(
                 }
                 tree.entries
                     .insert(path.clone(), Entry::dir(mode, uid, gid));
-                let kept = walk(content, upper, &sub, &path, tree, scaffolding, dropped)?;
+                let kept = walk(cx, &sub, &path, tree, dropped)?;
                 // Scaffolding is only what kiln made: nothing was there.
                 let scaffold = scaffolding.contains(&path);
                 if scaffold && !kept {

@@ -123,8 +123,8 @@ fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
 /// in `rootfs/l/`, sealed in `rootfs/s/`) are kept for kept trees; with a
 /// budget, all go (they
 /// are written again when a step needs them).
-fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDigest>, all: bool) {
-    let root = layout.rootfs();
+fn collect_rootfs(root: &Path, kept_trees: &HashSet<TreeDigest>, all: bool) {
+    let root = root.to_path_buf();
     if all {
         let _ = fs::remove_dir_all(&root);
         return;
@@ -155,6 +155,59 @@ fn collect_rootfs(layout: &super::layout::Layout, kept_trees: &HashSet<TreeDiges
     }
 }
 
+/// The id mappings with something kept for `run` steps (`sandbox/ids-…`).
+fn sandbox_mappings(layout: &super::layout::Layout) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(layout.sandbox()) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ids-"))
+        .collect()
+}
+
+/// Unmount (lazily) whatever is mounted below `dir`: overlays an older
+/// kiln mounted in the host's namespace and did not live to unmount.
+/// kiln now mounts only inside its sandboxes, so none are made any more.
+pub fn unmount_below(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Deepest first, so that nested mounts go before their parents.
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.starts_with(&dir) && *p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it (`\040` for a space…).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 /// The cache of layers made for image exports (`layers/<key>.json`)
 /// names blobs of the image store: entries whose blob is gone go too.
 fn collect_layer_cache(layout: &super::layout::Layout) {
@@ -163,9 +216,14 @@ fn collect_layer_cache(layout: &super::layout::Layout) {
     };
     let blobs = super::oci::OciBlobs::new(layout);
     for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let magic = super::checked::layer_record_magic(name.trim_end_matches(".json"));
         let digest = fs::read(e.path())
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|b| {
+                super::checked::decode(&magic, &b)
+                    .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+            })
             .and_then(|v| v.get("digest")?.as_str().map(str::to_string))
             .and_then(|d| crate::model::digest::Sha256::parse(&d));
         if digest.is_none_or(|d| !blobs.has(&d)) {
@@ -434,8 +492,18 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     }
     report.images_removed = collect_images(store, &kept_keys);
     collect_layer_cache(layout);
-    collect_rootfs(layout, &kept_trees, budget.is_some());
-    report.cache_mounts_removed = collect_idle(&layout.cache_mounts(), budget.is_some());
+    // What `run` steps keep, per id mapping; what kiln kept before in the
+    // open goes whole (an overlay a killed build of it left mounted first).
+    for ids in sandbox_mappings(layout) {
+        collect_rootfs(&layout.rootfs(&ids), &kept_trees, budget.is_some());
+        report.cache_mounts_removed += collect_idle(&layout.cache_mounts(&ids), budget.is_some());
+    }
+    for old in layout.old_sandbox() {
+        if old.exists() {
+            unmount_below(&old);
+            crate::fsutil::remove_any(&old);
+        }
+    }
     report.git_repos_removed = collect_idle(&layout.git(), budget.is_some());
     report.bytes_after = [layout.blobs(), layout.trees()]
         .iter()

@@ -15,10 +15,15 @@
 //!                        directory for them (see `plugin::machine_cache_dir`)
 //! images/                an OCI image layout: blobs of pulled and tagged
 //!                        images (`blobs/sha256/`), `index.json` naming them
-//! rootfs/                stage trees on disk for `run` steps: layer
+//! sandbox/               only its owner may enter (files below have the
+//!                        owners commands gave them), per id mapping
+//!                        (`ids-…`, see `sandbox::ids`):
+//!   ids-…/rootfs/        stage trees on disk for `run` steps: layer
 //!                        directories stacked by overlayfs, by tree digest
 //!                        (`l/`), their seals (`s/`), the stacks (`t/`)
-//! cache/<id>/            `run` cache mounts (`type=cache`)
+//!   ids-…/cache/<id>/    `run` cache mounts (`type=cache`)
+//! rootfs/, cache/        the same, from kiln before 2026-12: never used,
+//!                        closed to others on open, removed by `kiln gc`
 //! git/                   bare repositories of git sources, one per URL
 //! layers/<key>.json      image layers made for exports, by the trees they join
 //! owners/<token>         one file per running kiln process, flock'ed while it
@@ -172,22 +177,54 @@ impl Layout {
             "logs" => "step logs",
             "images" => "images",
             "wasm-cache" => "compiled plugin modules",
-            "rootfs" => "trees on disk for run steps",
+            "sandbox" => "trees on disk and cache mounts for run steps",
+            "rootfs" | "cache" => "old trees on disk and cache mounts",
             "layers" => "image layer cache",
-            "cache" => "run cache mounts",
             "git" => "git repositories",
             "quarantine" => "quarantine",
             _ => "records and indexes",
         }
     }
 
-    pub fn rootfs(&self) -> PathBuf {
-        self.root.join("rootfs")
+    /// What `run` steps keep on disk (trees, cache mounts), per id mapping
+    /// (`ids`): only the state dir's owner may enter it.
+    pub fn sandbox(&self) -> PathBuf {
+        self.root.join("sandbox")
     }
 
-    /// Where `run` cache mounts are kept.
-    pub fn cache_mounts(&self) -> PathBuf {
-        self.root.join("cache")
+    /// Trees on disk for `run` steps under the id mapping `ids`.
+    pub fn rootfs(&self, ids: &str) -> PathBuf {
+        self.sandbox().join(ids).join("rootfs")
+    }
+
+    /// Where `run` cache mounts are kept under the id mapping `ids`.
+    pub fn cache_mounts(&self, ids: &str) -> PathBuf {
+        self.sandbox().join(ids).join("cache")
+    }
+
+    /// What kiln before 2026-12 kept for `run` steps, unconfined: never
+    /// used again, and removed by `kiln gc`.
+    pub fn old_sandbox(&self) -> [PathBuf; 2] {
+        [self.root.join("rootfs"), self.root.join("cache")]
+    }
+
+    /// Create `dir` (and its parents) below [`Layout::sandbox`], which is
+    /// made enterable by its owner alone (so nothing a command leaves there
+    /// is usable by another user, setuid files included).
+    pub fn private_dir(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let top = self.sandbox();
+        if !top.is_dir() {
+            match std::fs::create_dir(&top) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if std::fs::symlink_metadata(&top)?.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o700))?;
+        }
+        std::fs::create_dir_all(dir)
     }
 
     /// Bare repositories of git sources, one per URL (each with a `.lock`

@@ -79,6 +79,19 @@ impl Store {
             .map_err(|e| Diagnostic::io("cannot register in", &layout.owners(), &e))?;
         // What killed processes left behind goes now.
         owners::sweep(&layout, owner.token());
+        // Trees and cache mounts an older kiln kept where any user could
+        // reach them (setuid files included), and overlays it left mounted:
+        // closed and unmounted now, removed by `kiln gc`.
+        for old in layout.old_sandbox() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = fs::symlink_metadata(&old)
+                && m.is_dir()
+                && m.permissions().mode() & 0o077 != 0
+            {
+                super::gc::unmount_below(&old);
+                let _ = fs::set_permissions(&old, fs::Permissions::from_mode(0o700));
+            }
+        }
         Ok(Store {
             layout,
             actions: std::sync::OnceLock::new(),

@@ -11,6 +11,7 @@ mod git;
 mod golden;
 mod graph;
 mod harness;
+mod hostile;
 mod image_out;
 mod images;
 mod images_helper;

@@ -625,6 +625,17 @@ fn dockerfile_heredoc_runs_and_the_import_builds_the_same() {
     assert_eq!(p.read("imported/h"), "heredoc 4\n");
 }
 
+/// What `run` steps keep on disk, under the one id mapping of this machine.
+pub(crate) fn sandbox_ids(state: &std::path::Path) -> std::path::PathBuf {
+    let mut found: Vec<_> = std::fs::read_dir(state.join("sandbox"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
 fn count(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
 }
@@ -650,19 +661,20 @@ export {
     let state = p.path().join(".kiln");
     let blobs = state.join("images/blobs/sha256");
     assert!(count(&blobs) >= 3, "manifest, config and layer are stored");
-    assert!(count(&state.join("rootfs/l")) >= 1);
-    assert!(count(&state.join("cache")) >= 1);
+    let ids = sandbox_ids(&state);
+    assert!(count(&ids.join("rootfs/l")) >= 1);
+    assert!(count(&ids.join("cache")) >= 1);
     // Without a budget: what the kept entries use stays.
     p.kiln(&["gc"]).ok();
     assert!(count(&blobs) >= 3);
-    assert!(count(&state.join("rootfs/l")) >= 1);
-    assert!(count(&state.join("cache")) >= 1);
+    assert!(count(&ids.join("rootfs/l")) >= 1);
+    assert!(count(&ids.join("cache")) >= 1);
     // With a budget, the derived trees on disk and the cache mounts go
     // first, and image blobs go with the image trees evicted.
     let r = p.kiln(&["gc", "--max-size", "1"]);
     r.ok();
-    assert!(!state.join("rootfs").exists());
-    assert_eq!(count(&state.join("cache")), 0);
+    assert!(!ids.join("rootfs").exists());
+    assert_eq!(count(&ids.join("cache")), 0);
     assert_eq!(count(&blobs), 0, "{}", r.stdout);
     // And the next build has all it needs again.
     std::fs::remove_dir_all(p.path().join("out")).unwrap();
@@ -672,7 +684,7 @@ export {
 
 /// Give the project to `nobody` and run kiln there as `nobody` (65534),
 /// with a home of its own in the project.
-fn kiln_as_nobody(p: &Project, args: &[&str]) -> crate::harness::Run {
+pub(crate) fn kiln_as_nobody(p: &Project, args: &[&str]) -> crate::harness::Run {
     fn chown_all(p: &std::path::Path) {
         std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
         if p.symlink_metadata().unwrap().is_dir() {
@@ -837,7 +849,7 @@ fn a_command_sees_the_same_times_whatever_the_cache_held() {
     p.build(&[]).ok();
     let ran_after = p.read("out/out/times");
     // The first step from the cache, its tree written out afresh.
-    std::fs::remove_dir_all(p.path().join(".kiln/rootfs")).unwrap();
+    std::fs::remove_dir_all(sandbox_ids(&p.path().join(".kiln")).join("rootfs")).unwrap();
     p.spec(
         &std::fs::read_to_string(p.path().join("kiln.kdl"))
             .unwrap()

@@ -14,17 +14,17 @@ use super::copy::{context_inputs, ingest, pick_from_context};
 use super::users::{self, User};
 use super::{Prepared, StepCx, StepKind, Work, quote};
 use crate::diag::{Diagnostic, Spanned};
-use crate::exec::workdir;
 use crate::ir::{CopyFrom, Graph, MountKind, RunMount, RunOp, Sandbox, Sharing};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::state::ImageConfig;
 use crate::model::tree::{self, Links, Tree};
 use crate::progress::Event;
 use crate::sandbox::rootfs::Rootfs;
-use crate::sandbox::{self, Bind, Overlay, SandboxError, Stream};
+use crate::sandbox::{self, Bind, SandboxError, Stream, forward};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Docker's `PATH` when the image sets none.
@@ -65,6 +65,9 @@ impl StepKind for RunOp {
         let Some(key) = key else {
             return Ok(Prepared::Nothing);
         };
+        // The command sees the epoch: as every file's time, and as
+        // SOURCE_DATE_EPOCH in its environment.
+        key.input(KeyInput::Epoch(cx.env.options.epoch));
         for (i, m) in self.mounts.iter().enumerate() {
             let from = match &m.kind {
                 MountKind::Bind { from, .. } => Some(*from),
@@ -148,18 +151,19 @@ impl StepKind for RunOp {
             .with_note("without root, kiln can only map its own user into the sandbox, as root")
             .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"));
         }
-        spec.userns = !privileged;
         let rootfs = Rootfs {
             layout: env.local.layout(),
             content: env.content,
             epoch: env.options.epoch,
+            ids: spec.ids,
         };
         let digest = cx.current.unwrap_or_else(|| work.tree.digest());
         let dir = rootfs.new_layer_dir().map_err(fail)?;
         let scratch = ScratchDir(dir.clone());
-        let (stack, mut on_disk) = if privileged {
+        let (stack, on_disk) = if privileged {
             // The tree on disk: its own stack, or the difference from the
-            // last stored tree of the stage, or all of it.
+            // last stored tree of the stage, or all of it. The sandbox
+            // mounts it in a namespace of its own; kiln never does.
             let base = match cx.stored {
                 Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
                 _ => None,
@@ -167,8 +171,28 @@ impl StepKind for RunOp {
             let stack = rootfs
                 .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
                 .map_err(fail)?;
-            let overlay = Overlay::mount(&stack, &dir.join("o")).map_err(fail)?;
-            (stack, OnDisk::Overlay(overlay))
+            let o = dir.join("o");
+            let (upper, work_dir, merged) = (o.join("upper"), o.join("work"), o.join("merged"));
+            for d in [&upper, &work_dir, &merged] {
+                fs::create_dir_all(d).map_err(|e| {
+                    fail(SandboxError::Io(crate::diag::io_message(
+                        "cannot create",
+                        d,
+                        &e,
+                    )))
+                })?;
+            }
+            // The upper directory is the tree's root: its owner and mode
+            // are the root's, as a layer's are.
+            rootfs.own(&upper, 0, 0, "").map_err(fail)?;
+            let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(0o755));
+            let root = sandbox::Root::Overlay {
+                lowers: stack.clone(),
+                upper,
+                work: work_dir,
+                merged,
+            };
+            (stack, root)
         } else {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -194,13 +218,28 @@ impl StepKind for RunOp {
                 })?;
                 rootfs.write_whole(&copy, work.tree).map_err(fail)?;
             }
-            let marks = sandbox::copy::mark(&copy).map_err(fail)?;
-            (Vec::new(), OnDisk::Copy(copy, marks))
+            (Vec::new(), sandbox::Root::Dir(copy))
+        };
+        let marks = match &on_disk {
+            sandbox::Root::Dir(copy) => Some(sandbox::copy::mark(copy).map_err(fail)?),
+            sandbox::Root::Overlay { .. } => None,
+        };
+        // Mount points and the working directory are made where the
+        // command's changes go (the copy, or the upper directory, with the
+        // tree's own directories on the way).
+        let made_in = Scaffold {
+            root: match &on_disk {
+                sandbox::Root::Dir(copy) => copy.clone(),
+                sandbox::Root::Overlay { upper, .. } => upper.clone(),
+            },
+            layered: matches!(on_disk, sandbox::Root::Overlay { .. }),
+            tree: &*work.tree,
+            rootfs: &rootfs,
+            copied: Default::default(),
         };
         let mut scaffold = BTreeSet::new();
         let mut keep_alive = Vec::new();
         let host = self.sandbox == Sandbox::Host;
-        let root = on_disk.root().to_path_buf();
         let workdir = work.config.workdir().to_string();
         // Mount points the command needs, made in the tree as kiln's own
         // scaffolding (left out of the result unless the command uses
@@ -216,20 +255,45 @@ impl StepKind for RunOp {
         };
         if !host {
             for d in ["proc", "dev"] {
-                scaffold_dir(&root, d, &mut scaffold).map_err(fail)?;
+                made_in.dir(d, &mut scaffold).map_err(fail)?;
             }
         }
         // The working directory exists for the command, as BuildKit makes
         // it (and it stays, as there).
         let mut kept = BTreeSet::new();
-        scaffold_dir(&root, workdir.trim_start_matches('/'), &mut kept).map_err(fail)?;
+        made_in
+            .dir(workdir.trim_start_matches('/'), &mut kept)
+            .map_err(fail)?;
+        // Targets are joined to the working directory (BuildKit's rule for
+        // a relative or absent one); none may be the root itself.
+        let mut targets = Vec::with_capacity(self.mounts.len());
         for (i, m) in self.mounts.iter().enumerate() {
-            if let Some(b) = self.mount(cx, m, i, &dir, &mut keep_alive)? {
+            if matches!(m.kind, MountKind::Secret { env: Some(_), .. }) && m.target.is_empty() {
+                targets.push(String::new());
+                continue;
+            }
+            let t = tree::normalize(&m.target, &workdir);
+            if t.is_empty() {
+                return Err(Diagnostic::user(
+                    "kiln::run::mount",
+                    format!(
+                        "the mount target `{}` is the root (the working directory is `{workdir}`)",
+                        m.target
+                    ),
+                )
+                .with_label(cx.loc.part(i), "this mount")
+                .with_help("mount below the root: give an absolute target such as `/src`, or set a working directory first"));
+            }
+            targets.push(format!("/{t}"));
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            let target = targets[i].as_str();
+            if let Some(b) = self.mount(cx, m, target, i, &dir, &rootfs, &mut keep_alive)? {
                 if let Some(rel) = in_tree(&b.dest) {
                     if b.src.is_dir() {
-                        scaffold_dir(&root, &rel, &mut scaffold).map_err(fail)?;
+                        made_in.dir(&rel, &mut scaffold).map_err(fail)?;
                     } else {
-                        scaffold_file(&root, &rel, &mut scaffold).map_err(fail)?;
+                        made_in.file(&rel, &mut scaffold).map_err(fail)?;
                     }
                 }
                 if let MountKind::Ssh { .. } = m.kind {
@@ -238,10 +302,10 @@ impl StepKind for RunOp {
                 }
                 spec.binds.push(b);
             } else if let MountKind::Tmpfs { size } = m.kind {
-                if let Some(rel) = in_tree(&m.target) {
-                    scaffold_dir(&root, &rel, &mut scaffold).map_err(fail)?;
+                if let Some(rel) = in_tree(target) {
+                    made_in.dir(&rel, &mut scaffold).map_err(fail)?;
                 }
-                spec.tmpfs.push((m.target.clone(), size));
+                spec.tmpfs.push((target.to_string(), size));
             } else if let MountKind::Secret {
                 env: Some(var), id, ..
             } = &m.kind
@@ -258,7 +322,7 @@ impl StepKind for RunOp {
                 if Path::new(f).is_file() {
                     let rel = f.trim_start_matches('/');
                     if work.tree.get(rel).is_none() {
-                        scaffold_file(&root, rel, &mut scaffold).map_err(fail)?;
+                        made_in.file(rel, &mut scaffold).map_err(fail)?;
                     }
                     spec.binds.push(Bind {
                         src: PathBuf::from(f),
@@ -272,9 +336,14 @@ impl StepKind for RunOp {
         // the epoch, as the tree's own, so a command finds the same times
         // however its tree came to be on disk.
         for rel in scaffold.iter().chain(kept.iter()) {
-            let _ = crate::fsutil::set_epoch_times(&root.join(rel), env.options.epoch);
-            let _ =
-                crate::fsutil::set_epoch_times(&root.join(tree::parent(rel)), env.options.epoch);
+            let _ = crate::fsutil::set_epoch_times(&made_in.root.join(rel), env.options.epoch);
+            let _ = crate::fsutil::set_epoch_times(
+                &made_in.root.join(tree::parent(rel)),
+                env.options.epoch,
+            );
+        }
+        for rel in made_in.copied.borrow().iter() {
+            let _ = crate::fsutil::set_epoch_times(&made_in.root.join(rel), env.options.epoch);
         }
         let mut log: Vec<u8> = Vec::new();
         let mut pending = String::new();
@@ -292,12 +361,7 @@ impl StepKind for RunOp {
                 });
             }
         };
-        let run_root = if host {
-            root.join(workdir.trim_start_matches('/'))
-        } else {
-            root.clone()
-        };
-        let result = sandbox::run(&run_root, &spec, &env.cancel, &mut |_s: Stream, bytes| {
+        let result = sandbox::run(&on_disk, &spec, &env.cancel, &mut |_s: Stream, bytes| {
             if log.len() < LOG_LIMIT {
                 log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
             }
@@ -311,21 +375,21 @@ impl StepKind for RunOp {
             }
         });
         emit(&pending);
-        if let OnDisk::Overlay(o) = &mut on_disk {
-            o.unmount().map_err(fail)?;
-        }
         drop(keep_alive);
         let log = secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
         }
-        match &on_disk {
-            OnDisk::Overlay(o) => {
-                sandbox::upper::apply(env.content, &o.upper, work.tree, &scaffold)
+        match (&on_disk, &marks) {
+            (sandbox::Root::Overlay { upper, .. }, _) => {
+                sandbox::upper::apply(env.content, upper, work.tree, &scaffold, spec.ids)
             }
-            OnDisk::Copy(copy, marks) => {
+            (sandbox::Root::Dir(copy), Some(marks)) => {
                 sandbox::copy::apply(env.content, copy, marks, work.tree, &scaffold)
+            }
+            (sandbox::Root::Dir(_), None) => {
+                Err(SandboxError::Io("the copy's marks are missing".into()))
             }
         }
         .map_err(fail)?;
@@ -335,7 +399,7 @@ impl StepKind for RunOp {
         *work.stored = Some(new_digest);
         // Without root: the copy, settled to be exactly the new tree, is
         // where a next command on that tree starts.
-        if let OnDisk::Copy(copy, marks) = &on_disk
+        if let (sandbox::Root::Dir(copy), Some(marks)) = (&on_disk, &marks)
             && sandbox::copy::settle(copy, marks, work.tree, &scaffold, env.options.epoch)
                 .unwrap_or(false)
             && let Ok(hold) = rootfs.new_layer_dir()
@@ -347,10 +411,10 @@ impl StepKind for RunOp {
             }
         }
         if new_digest != digest
-            && let OnDisk::Overlay(overlay) = &on_disk
+            && let sandbox::Root::Overlay { upper, .. } = &on_disk
         {
             for s in scaffold.iter().rev() {
-                let p = overlay.upper.join(s);
+                let p = upper.join(s);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     let _ = fs::remove_dir(&p);
                 } else {
@@ -361,7 +425,7 @@ impl StepKind for RunOp {
             // What the next command finds must not depend on whether this
             // one ran in this build: its changes get the epoch's times, as
             // a tree written out from the store does.
-            if fs::rename(&overlay.upper, &layer).is_ok()
+            if fs::rename(upper, &layer).is_ok()
                 && crate::fsutil::set_epoch_times_below(&layer, env.options.epoch).is_ok()
                 && let Ok(placed) = rootfs.place(&layer)
             {
@@ -407,6 +471,11 @@ impl RunOp {
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), user.home.clone()));
         }
+        // As BuildKit passes it (an `ENV` of the same name wins).
+        let epoch = cx.env.options.epoch;
+        if epoch != 0 && !env.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH") {
+            env.push(("SOURCE_DATE_EPOCH".into(), epoch.to_string()));
+        }
         Ok(sandbox::Spec {
             argv,
             env,
@@ -417,7 +486,7 @@ impl RunOp {
             binds: Vec::new(),
             tmpfs: Vec::new(),
             timeout: self.timeout,
-            userns: false,
+            ids: sandbox::Ids::of_this_process(),
         })
     }
 
@@ -458,12 +527,15 @@ impl RunOp {
     }
 
     /// Prepare one mount; `None` for mounts that are not binds.
+    #[allow(clippy::too_many_arguments)]
     fn mount(
         &self,
         cx: &StepCx<'_>,
         m: &RunMount,
+        target: &str,
         i: usize,
         dir: &Path,
+        rootfs: &Rootfs<'_>,
         keep_alive: &mut Vec<Box<dyn std::any::Any>>,
     ) -> Result<Option<Bind>, Diagnostic> {
         let env = cx.env;
@@ -473,10 +545,10 @@ impl RunOp {
         match &m.kind {
             MountKind::Bind { from, source, rw } => {
                 let host = dir.join(format!("bind-{i}"));
-                let host = self.materialize(cx, *from, source, &host, i, true)?;
+                let host = self.materialize(cx, *from, source, &host, i, true, rootfs)?;
                 Ok(Some(Bind {
                     src: host,
-                    dest: m.target.clone(),
+                    dest: target.to_string(),
                     writable: *rw,
                 }))
             }
@@ -490,7 +562,7 @@ impl RunOp {
                 uid,
                 gid,
             } => {
-                let caches = env.local.layout().cache_mounts();
+                let caches = env.local.layout().cache_mounts(&rootfs.ids.tag());
                 let name: String = id
                     .chars()
                     .map(|c| {
@@ -502,7 +574,12 @@ impl RunOp {
                     })
                     .collect();
                 let name = format!("{name}-{}", &blake3::hash(id.as_bytes()).to_hex()[..12]);
-                fs::create_dir_all(&caches).map_err(|e| io("cannot create", &caches, e))?;
+                if !caches.is_dir() {
+                    env.local
+                        .layout()
+                        .private_dir(&caches)
+                        .map_err(|e| io("cannot create", &caches, e))?;
+                }
                 let lock_path = caches.join(format!("{name}.lock"));
                 let lock = fs::File::options()
                     .create(true)
@@ -533,19 +610,21 @@ impl RunOp {
                     let _ = fs::remove_dir_all(&fresh);
                     match from {
                         Some(f) => {
-                            self.materialize(cx, *f, source, &fresh, i, false)?;
+                            self.materialize(cx, *f, source, &fresh, i, false, rootfs)?;
                         }
                         None => fs::create_dir_all(&fresh)
                             .map_err(|e| io("cannot create", &fresh, e))?,
                     }
-                    let _ = std::os::unix::fs::chown(&fresh, Some(*uid), Some(*gid));
+                    rootfs
+                        .own(&fresh, *uid, *gid, target)
+                        .map_err(|e| error(cx, e, None, ""))?;
                     use std::os::unix::fs::PermissionsExt;
                     let _ = fs::set_permissions(&fresh, fs::Permissions::from_mode(*mode));
                     fs::rename(&fresh, &data).map_err(|e| io("cannot create", &data, e))?;
                 }
                 Ok(Some(Bind {
                     src: data,
-                    dest: m.target.clone(),
+                    dest: target.to_string(),
                     writable: !readonly,
                 }))
             }
@@ -582,7 +661,15 @@ impl RunOp {
                     return Ok(None);
                 }
                 // In memory (never in the state directory), removed after.
-                let file = SecretFile::write(value, *mode, *uid, *gid).map_err(|e| {
+                let owner = rootfs
+                    .ids
+                    .host_uid(*uid)
+                    .and_then(|u| Ok((u, rootfs.ids.host_gid(*gid)?)))
+                    .map_err(|e| {
+                        Diagnostic::user("kiln::run::secret", format!("the secret's owner: {e}"))
+                            .with_label(cx.loc.part(i), "this mount")
+                    })?;
+                let file = SecretFile::write(value, *mode, owner).map_err(|e| {
                     Diagnostic::env(
                         "kiln::run::secret",
                         format!("cannot hold the secret `{id}`: {e}"),
@@ -593,14 +680,48 @@ impl RunOp {
                 keep_alive.push(Box::new(file));
                 Ok(Some(Bind {
                     src,
-                    dest: m.target.clone(),
+                    dest: target.to_string(),
                     writable: false,
                 }))
             }
-            MountKind::Ssh { id, required, .. } => match env.options.ssh.get(id) {
+            MountKind::Ssh {
+                id,
+                required,
+                uid,
+                gid,
+                mode,
+            } => match env.options.ssh.get(id) {
+                // The agent's socket is the user's: the sandbox's ids
+                // cannot open it, so it is reached through a socket of
+                // the sandbox's that kiln forwards.
+                Some(socket) if rootfs.ids.owns_files() => {
+                    let path = dir.join(format!("ssh-{i}.sock"));
+                    let owner = rootfs
+                        .ids
+                        .host_uid(*uid)
+                        .and_then(|u| Ok((u, rootfs.ids.host_gid(*gid)?)))
+                        .map_err(|e| {
+                            Diagnostic::user("kiln::run::ssh", format!("the socket's owner: {e}"))
+                                .with_label(cx.loc.part(i), "this mount")
+                        })?;
+                    let proxy =
+                        forward::Forward::start(&path, socket, owner, *mode).map_err(|e| {
+                            Diagnostic::env(
+                                "kiln::run::ssh",
+                                format!("cannot forward the SSH agent `{id}`: {e}"),
+                            )
+                            .with_label(cx.loc.part(i), "this mount")
+                        })?;
+                    keep_alive.push(Box::new(proxy));
+                    Ok(Some(Bind {
+                        src: path,
+                        dest: target.to_string(),
+                        writable: true,
+                    }))
+                }
                 Some(socket) => Ok(Some(Bind {
                     src: socket.clone(),
-                    dest: m.target.clone(),
+                    dest: target.to_string(),
                     writable: true,
                 })),
                 None if *required => Err(Diagnostic::user(
@@ -614,9 +735,10 @@ impl RunOp {
         }
     }
 
-    /// Write a stage's or context's directory `source` to `dest`.
     /// Write a stage's or context's directory (or, when `files` allows,
-    /// single file) for a mount under `dest`; returns the path to bind.
+    /// single file) for a mount under `dest`, with the tree's modes and
+    /// owners; returns the path to bind.
+    #[allow(clippy::too_many_arguments)]
     fn materialize(
         &self,
         cx: &StepCx<'_>,
@@ -625,13 +747,16 @@ impl RunOp {
         dest: &Path,
         i: usize,
         files: bool,
+        rootfs: &Rootfs<'_>,
     ) -> Result<PathBuf, Diagnostic> {
         let span = cx.loc.part(i);
+        let written = |e: SandboxError| error(cx, e, None, "");
         // A single file is written as `FILE` in `dest`, and bound alone.
         let single = |entry: tree::Entry| -> Result<PathBuf, Diagnostic> {
             let mut t = Tree::new();
             t.entries.insert("FILE".to_string(), entry);
-            workdir::write(cx.content(), &t, "", dest)?;
+            fs::create_dir_all(dest).map_err(|e| Diagnostic::io("cannot create", dest, &e))?;
+            rootfs.write_whole(dest, &t).map_err(written)?;
             Ok(dest.join("FILE"))
         };
         let not_dir = |what: String| {
@@ -685,7 +810,8 @@ impl RunOp {
                 (out, String::new())
             }
         };
-        workdir::write(cx.content(), &t, &sub, dest)?;
+        fs::create_dir_all(dest).map_err(|e| Diagnostic::io("cannot create", dest, &e))?;
+        rootfs.write_subtree(dest, &t, &sub).map_err(written)?;
         Ok(dest.to_path_buf())
     }
 }
@@ -757,56 +883,95 @@ fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<Us
     })
 }
 
-/// Make `rel` (and missing parents) a directory in the tree on disk,
-/// remembering what was made.
-fn scaffold_dir(root: &Path, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
-    let mut here = String::new();
-    for part in rel.split('/').filter(|p| !p.is_empty()) {
-        here = tree::join(&here, part);
-        let p = root.join(&here);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(SandboxError::Setup(format!(
+/// Where mount points and the working directory are made for a command:
+/// in the private copy itself, or in the overlay's upper directory, where
+/// the tree's directories on the way are made with the tree's owner and
+/// mode first (as overlayfs copies them up), so the command sees them
+/// unchanged.
+struct Scaffold<'a> {
+    root: PathBuf,
+    layered: bool,
+    tree: &'a Tree,
+    rootfs: &'a Rootfs<'a>,
+    /// The tree's directories made in the upper directory.
+    copied: std::cell::RefCell<Vec<String>>,
+}
+
+impl Scaffold<'_> {
+    /// Make `rel` (and missing parents) a directory, remembering in `made`
+    /// what the tree did not have.
+    fn dir(&self, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
+        let mut here = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            here = tree::join(&here, part);
+            let p = self.root.join(&here);
+            let not_dir = || {
+                SandboxError::Setup(format!(
                     "cannot mount at `/{here}`: it is not a directory in the stage"
-                )));
+                ))
+            };
+            let create = |p: &Path| {
+                fs::create_dir(p).map_err(|e| {
+                    SandboxError::Setup(crate::diag::io_message("cannot create", p, &e))
+                })
+            };
+            if self.layered {
+                if made.contains(&here) || fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
+                match self.tree.get(&here) {
+                    Some(e) if e.is_dir() => {
+                        create(&p)?;
+                        self.rootfs.own(&p, e.uid, e.gid, &here)?;
+                        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).map_err(
+                            |err| {
+                                SandboxError::Setup(crate::diag::io_message(
+                                    "cannot set the mode of",
+                                    &p,
+                                    &err,
+                                ))
+                            },
+                        )?;
+                        self.copied.borrow_mut().push(here.clone());
+                    }
+                    Some(_) => return Err(not_dir()),
+                    None => {
+                        create(&p)?;
+                        self.rootfs.own(&p, 0, 0, &here)?;
+                        made.insert(here.clone());
+                    }
+                }
+                continue;
             }
-            Err(_) => {
-                fs::create_dir(&p).map_err(|e| {
-                    SandboxError::Setup(crate::diag::io_message("cannot create", &p, &e))
-                })?;
-                made.insert(here.clone());
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(not_dir()),
+                Err(_) => {
+                    create(&p)?;
+                    made.insert(here.clone());
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Make `rel` an (empty) file in the tree on disk, for a file to be mounted on.
-fn scaffold_file(root: &Path, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
-    scaffold_dir(root, tree::parent(rel), made)?;
-    let p = root.join(rel);
-    if fs::symlink_metadata(&p).is_err() {
-        fs::File::create(&p)
-            .map_err(|e| SandboxError::Setup(crate::diag::io_message("cannot create", &p, &e)))?;
-        made.insert(rel.to_string());
-    }
-    Ok(())
-}
-
-/// The stage's tree on disk for a command: an overlay of its layers
-/// (root), or a private copy with what it held noted (without root).
-enum OnDisk {
-    Overlay(Overlay),
-    Copy(PathBuf, sandbox::copy::Marks),
-}
-
-impl OnDisk {
-    fn root(&self) -> &Path {
-        match self {
-            OnDisk::Overlay(o) => &o.merged,
-            OnDisk::Copy(p, _) => p,
+    /// Make `rel` an (empty) file, for a file to be mounted on.
+    fn file(&self, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
+        self.dir(tree::parent(rel), made)?;
+        let p = self.root.join(rel);
+        let exists = if self.layered {
+            self.tree.get(rel).is_some() || made.contains(rel)
+        } else {
+            fs::symlink_metadata(&p).is_ok()
+        };
+        if !exists {
+            fs::File::create(&p).map_err(|e| {
+                SandboxError::Setup(crate::diag::io_message("cannot create", &p, &e))
+            })?;
+            self.rootfs.own(&p, 0, 0, rel)?;
+            made.insert(rel.to_string());
         }
+        Ok(())
     }
 }
 
@@ -823,7 +988,7 @@ impl Drop for ScratchDir {
 struct SecretFile(PathBuf);
 
 impl SecretFile {
-    fn write(value: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<SecretFile> {
+    fn write(value: &[u8], mode: u32, (uid, gid): (u32, u32)) -> std::io::Result<SecretFile> {
         use std::io::Write;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = if Path::new("/dev/shm").is_dir() {

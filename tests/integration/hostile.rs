@@ -1,0 +1,299 @@
+//! Hostile `run` steps: what a downloaded spec or Dockerfile tries against
+//! the machine that builds it. A probe program (`tests/reliability/
+//! hostile-probe.c`) is compiled and run by a step on the Debian test
+//! image, as root (the sandbox's root, an unprivileged range of the
+//! host's) and without root, with descriptors planted in kiln's caller;
+//! cache mounts are given setuid files and device nodes; a build is killed
+//! in the middle of a command. Nothing may reach the host.
+
+use crate::harness::{Project, kiln_bin};
+use crate::images_helper::{all_images, busybox, sandbox_ready};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+const PROBE: &str = include_str!("../reliability/hostile-probe.c");
+
+/// The probe's lines, checked: every attempt held, what builds need works.
+#[track_caller]
+fn check_probe(out: &str) {
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("probe ")).collect();
+    let bad: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("ESCAPED") || l.contains("FAILED"))
+        .collect();
+    assert!(bad.is_empty(), "the sandbox let these through:\n{}", out);
+    let held = lines.iter().filter(|l| l.ends_with(" held")).count();
+    assert!(held >= 35, "only {held} attempts were made:\n{out}");
+    for works in ["threads", "fork", "clone3-falls-back"] {
+        assert!(
+            lines.contains(&format!("probe {works} works").as_str()),
+            "{works} must keep working:\n{out}"
+        );
+    }
+    assert!(out.contains("probe done: 0 escaped"), "{out}");
+}
+
+/// A project that compiles and runs the probe on the Debian image.
+fn probe_project() -> Option<Project> {
+    if !sandbox_ready() {
+        return None;
+    }
+    let images = all_images()?;
+    let p = Project::new();
+    p.file("ctx/probe.c", PROBE);
+    p.spec(&format!(
+        r#"kiln 1
+arg CANARY default="0"
+context src path="ctx"
+stage probe {{
+    from image="oci:{}/debian:12"
+    copy "probe.c" "/src/" context=src
+    run "gcc -O1 -o /usr/local/bin/probe /src/probe.c -lpthread"
+    run "probe ${{CANARY}} > /probe.out 2>&1; echo exit $? >> /probe.out"
+}}
+export {{
+    probe to="out"
+}}
+"#,
+        images.display()
+    ));
+    Some(p)
+}
+
+/// A host process the probe must not reach.
+struct Canary(std::process::Child);
+
+impl Canary {
+    fn start() -> Canary {
+        let c = Canary(
+            Command::new("bash")
+                .args(["-c", "exec -a kiln-canary sleep 600"])
+                .spawn()
+                .expect("start the canary"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !canary_alive(&c) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the canary did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        c
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_probe_finds_no_way_out_as_root() {
+    let Some(p) = probe_project() else { return };
+    let canary = Canary::start();
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    // Descriptors kiln's caller leaves open (a directory of the host's,
+    // a file) must not reach the command.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"exec 78</ 10</etc/hostname 251>/dev/null; exec "$0" "$@""#)
+        .arg(kiln_bin())
+        .args(["build", "--progress", "plain", "--arg"])
+        .arg(format!("CANARY={}", canary.0.id()))
+        .current_dir(p.path())
+        .env_remove("KILN_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = p.read("out/probe.out");
+    check_probe(&report);
+    assert!(report.contains("probe host-process held"), "{report}");
+    assert!(report.contains("exit 0"), "{report}");
+    // Nothing of the host changed.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        core_pattern
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        hostname
+    );
+    assert!(canary_alive(&canary));
+}
+
+fn canary_alive(c: &Canary) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", c.0.id()))
+        .is_ok_and(|b| b.starts_with(b"kiln-canary"))
+}
+
+#[test]
+fn the_probe_finds_no_way_out_without_root() {
+    let Some(p) = probe_project() else { return };
+    // The image layouts are the test images', readable by all.
+    let r = crate::run::kiln_as_nobody(&p, &["build", "--progress", "plain"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    check_probe(&p.read("out/probe.out"));
+}
+
+#[test]
+fn proc_knobs_are_read_only_and_masked_on_busybox() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(image) = busybox() else { return };
+    let p = Project::new();
+    p.spec(&format!(
+        r#"kiln 1
+stage s {{
+    from image="{image}"
+    run "for f in /proc/sys/kernel/core_pattern /proc/sys/vm/drop_caches /proc/sysrq-trigger /proc/sys/kernel/hostname; do if (echo x > $f) 2>/dev/null; then echo wrote $f; fi; done > /result; wc -c < /proc/kcore >> /result 2>/dev/null; grep -c '' /proc/self/mountinfo > /mounts"
+}}
+export {{
+    s to="out"
+}}
+"#
+    ));
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    p.build(&[]).ok();
+    let result = p.read("out/result");
+    assert!(!result.contains("wrote"), "{result}");
+    if std::path::Path::new("/proc/kcore").exists() {
+        assert_eq!(result.trim(), "0", "/proc/kcore reads as nothing: {result}");
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        core_pattern
+    );
+}
+
+#[test]
+fn cache_mounts_keep_nothing_usable_on_the_host() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(image) = busybox() else { return };
+    let p = Project::new();
+    p.spec(&format!(
+        r#"kiln 1
+stage s {{
+    from image="{image}"
+    run "cp /bin/busybox /c/sh && chmod 4755 /c/sh && ls -ln /c/sh > /setuid; mknod /c/vda b 254 0 2>/dev/null && chmod 666 /c/vda; ls /c > /listed" {{
+        mount "type=cache,target=/c,id=hostile"
+    }}
+}}
+export {{
+    s to="out"
+}}
+"#
+    ));
+    p.build(&[]).ok();
+    // Inside, the command was root and made its file setuid; no device.
+    assert!(
+        p.read("out/setuid").starts_with("-rwsr-xr-x"),
+        "{}",
+        p.read("out/setuid")
+    );
+    assert_eq!(p.read("out/listed"), "sh\n");
+    // On the host: below a directory only root enters, owned by an
+    // unprivileged id, and unreachable for other users.
+    let sandbox = p.path().join(".kiln/sandbox");
+    let mode = std::fs::metadata(&sandbox).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the sandbox directory is root's alone");
+    let found: Vec<_> = walk(&crate::run::sandbox_ids(&p.path().join(".kiln")).join("cache"))
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "sh" || n == "vda"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let sh = std::fs::symlink_metadata(&found[0]).unwrap();
+    assert!(
+        sh.mode() & 0o4000 != 0,
+        "the setuid bit is kept in the cache"
+    );
+    assert!(
+        sh.uid() >= 65536,
+        "owned by the sandbox's range, not a host account: {}",
+        sh.uid()
+    );
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&found[0])
+        .args(["id", "-u"])
+        .output()
+        .unwrap();
+    assert!(!as_nobody.status.success(), "another user reached the file");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_build_killed_during_a_command_leaves_nothing_mounted() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(image) = busybox() else { return };
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    from image=\"{image}\"\n    run \"sleep 91; echo slept > /slept\"\n}}\n"
+    ));
+    let mut child = Command::new(kiln_bin())
+        .args(["build", "--progress", "plain"])
+        .current_dir(p.path())
+        .env_remove("KILN_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while crate::images_helper::processes(&["sleep", "91"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The sandbox dies with kiln, and its overlay with the sandbox.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !crate::images_helper::processes(&["sleep", "91"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived kiln"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let root = p.path().canonicalize().unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "a mount was left below the project:\n{mounts}"
+    );
+    // And the next build runs the command again, to the end.
+    std::fs::write(
+        p.path().join("kiln.kdl"),
+        format!("kiln 1\nstage s {{\n    from image=\"{image}\"\n    run \"echo done > /done\"\n}}\nexport {{\n    s to=\"out\"\n}}\n"),
+    )
+    .unwrap();
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/done"), "done\n");
+}
