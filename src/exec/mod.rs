@@ -392,7 +392,11 @@ impl<'a> Executor<'a> {
                     };
                     let state = self.env.image_state(&i.reference).map_err(fail)?;
                     let blobs = crate::store::oci::OciBlobs::new(self.env.local.layout());
-                    let layers = self.env.images.layers(&i.reference, &blobs).map_err(fail)?;
+                    let layers = self
+                        .env
+                        .images
+                        .layers(&i.reference, &blobs, self.env.actions)
+                        .map_err(fail)?;
                     return Ok(Some((i.reference.clone(), state, layers)));
                 }
             }

@@ -384,10 +384,14 @@ fn own_layer<'t>(
     .to_hex()
     .to_string();
     let cache = layer_cache_path(store, &key);
-    if let Some(l) = fs::read(&cache)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Layer>(&b).ok())
-        && blobs.has(&l.digest)
+    // A record vouches for itself and names its key: a damaged record, or
+    // one moved from another key's name, reads as absent (and the layer
+    // is made again), as does one whose blob is gone or of another size.
+    let magic = crate::store::checked::layer_record_magic(&key);
+    if let Some(l) = fs::read(&cache).ok().and_then(|b| {
+        crate::store::checked::decode(&magic, &b)
+            .and_then(|body| serde_json::from_slice::<Layer>(body).ok())
+    }) && blobs.size(&l.digest) == Some(l.size)
     {
         return Ok(l);
     }
@@ -398,7 +402,7 @@ fn own_layer<'t>(
         let _ = fs::create_dir_all(dir);
         let tmp = cache.with_extension(format!("tmp-{}", std::process::id()));
         if let Ok(bytes) = serde_json::to_vec(&layer)
-            && fs::write(&tmp, bytes).is_ok()
+            && fs::write(&tmp, crate::store::checked::encode(&magic, &bytes)).is_ok()
         {
             let _ = fs::rename(&tmp, &cache);
         }

@@ -28,16 +28,49 @@ impl Files {
     fn open(&self, rel: &str) -> Result<Box<dyn Read>, ImageError> {
         match self {
             Files::Dir(dir) => {
+                // Only a regular file is read: a blob that is a symlink (to
+                // `/dev/zero`, say), a FIFO or a device is refused, unopened.
                 let p = dir.join(rel);
-                File::open(&p)
-                    .map(|f| Box::new(f) as Box<dyn Read>)
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::NotFound {
-                            ImageError::NotFound(format!("`{}` does not exist", p.display()))
-                        } else {
-                            ImageError::Invalid(format!("cannot read `{}`: {e}", p.display()))
-                        }
-                    })
+                let f = rustix::fs::open(
+                    &p,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::NONBLOCK
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| {
+                    if e == rustix::io::Errno::NOENT {
+                        ImageError::NotFound(format!("`{}` does not exist", p.display()))
+                    } else if e == rustix::io::Errno::LOOP {
+                        ImageError::Invalid(format!(
+                            "`{}` is a symlink: an image layout holds regular files",
+                            p.display()
+                        ))
+                    } else {
+                        ImageError::Invalid(format!(
+                            "cannot read `{}`: {}",
+                            p.display(),
+                            io::Error::from(e)
+                        ))
+                    }
+                })?;
+                let st = rustix::fs::fstat(&f).map_err(|e| {
+                    ImageError::Invalid(format!(
+                        "cannot read `{}`: {}",
+                        p.display(),
+                        io::Error::from(e)
+                    ))
+                })?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    != rustix::fs::FileType::RegularFile
+                {
+                    return Err(ImageError::Invalid(format!(
+                        "`{}` is not a regular file: an image layout holds regular files",
+                        p.display()
+                    )));
+                }
+                Ok(Box::new(File::from(f)))
             }
             Files::Tar { file, entries } => {
                 let rel = rel.trim_start_matches("./");
@@ -69,10 +102,11 @@ impl Files {
         format!("blobs/sha256/{}", d.hex())
     }
 
-    /// A blob of the layout, copied into the store (verified there).
-    fn fetch(&self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError> {
-        let mut r = self.open(&Files::blob_path(d))?;
-        blobs.put(&mut r, Some(d))?;
+    /// A blob of the layout, copied into the store (verified there,
+    /// reading no further than its declared `size`).
+    fn fetch(&self, d: &Sha256, size: u64, blobs: &OciBlobs) -> Result<(), ImageError> {
+        let r = self.open(&Files::blob_path(d))?;
+        blobs.put(&mut r.take(size.saturating_add(1)), Some(d), Some(size))?;
         Ok(())
     }
 
@@ -220,8 +254,8 @@ impl Source for Layout {
         self.files.read(&Files::blob_path(d), "the manifest")
     }
 
-    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError> {
-        self.files.fetch(d, blobs)
+    fn fetch_blob(&mut self, d: &Sha256, size: u64, blobs: &OciBlobs) -> Result<(), ImageError> {
+        self.files.fetch(d, size, blobs)
     }
 }
 
@@ -415,17 +449,17 @@ impl Source for Archive {
         }
     }
 
-    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError> {
+    fn fetch_blob(&mut self, d: &Sha256, size: u64, blobs: &OciBlobs) -> Result<(), ImageError> {
         match &self.docker {
             Some(img) => {
                 let p = img.paths.get(d).ok_or_else(|| {
                     ImageError::NotFound(format!("`{}` has no blob {d}", self.name))
                 })?;
-                let mut r = self.files.open(p)?;
-                blobs.put(&mut r, Some(d))?;
+                let r = self.files.open(p)?;
+                blobs.put(&mut r.take(size.saturating_add(1)), Some(d), Some(size))?;
                 Ok(())
             }
-            None => self.files.fetch(d, blobs),
+            None => self.files.fetch(d, size, blobs),
         }
     }
 }

@@ -66,8 +66,9 @@ pub trait Source {
     fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError>;
     /// A manifest (or index) by digest.
     fn manifest(&mut self, d: &Sha256) -> Result<Vec<u8>, ImageError>;
-    /// Copy a blob into the store, verified against its digest.
-    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError>;
+    /// Copy a blob into the store, verified against its digest and the
+    /// `size` its descriptor declares (reading stops past it).
+    fn fetch_blob(&mut self, d: &Sha256, size: u64, blobs: &OciBlobs) -> Result<(), ImageError>;
 }
 
 /// What to open a source with.
@@ -101,6 +102,9 @@ pub struct LayerDesc {
     pub digest: Sha256,
     pub size: u64,
     pub media_type: String,
+    /// The sha256 of the layer's uncompressed bytes, as the config lists
+    /// it: checked against the bytes when the layer is unpacked.
+    pub diff_id: Sha256,
 }
 
 /// An image, by its manifest.
@@ -248,7 +252,9 @@ pub fn load(
             .ok_or_else(|| {
                 ImageError::Invalid(format!("the manifest's {what} has no sha256 digest"))
             })?;
-        let size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let size = d.get("size").and_then(Value::as_u64).ok_or_else(|| {
+            ImageError::Invalid(format!("the manifest's {what} {digest} declares no size"))
+        })?;
         let media = d
             .get("mediaType")
             .and_then(Value::as_str)
@@ -256,12 +262,19 @@ pub fn load(
             .to_string();
         Ok((digest, size, media))
     };
-    let (config_digest, _, _) = desc(
+    let (config_digest, config_size, _) = desc(
         v.get("config")
             .ok_or_else(|| ImageError::Invalid("the manifest has no config".into()))?,
         "config",
     )?;
-    let mut layers = Vec::new();
+    if config_size > crate::store::oci::MAX_DOCUMENT {
+        return Err(ImageError::Invalid(format!(
+            "the manifest declares a config of {config_size} bytes: kiln reads configs up to {}",
+            crate::units::format_size(crate::store::oci::MAX_DOCUMENT)
+        )));
+    }
+    let mut descs = Vec::new();
+    let layers = &mut descs;
     for l in v
         .get("layers")
         .and_then(Value::as_array)
@@ -273,11 +286,16 @@ pub fn load(
                 "layer {digest} is a foreign layer, which kiln does not fetch"
             )));
         }
-        layers.push(LayerDesc {
-            digest,
-            size,
-            media_type,
-        });
+        // A blob already stored (for another image) must be the size this
+        // manifest declares: the declared size is what exports write.
+        if let Some(stored) = blobs.size(&digest)
+            && stored != size
+        {
+            return Err(ImageError::Invalid(format!(
+                "the manifest declares layer {digest} as {size} bytes, but its bytes are {stored}"
+            )));
+        }
+        layers.push((digest, size, media_type));
     }
     if !blobs.has(&config_digest) {
         let Some(s) = source else {
@@ -285,10 +303,41 @@ pub fn load(
                 "the config {config_digest} is not in the image store"
             )));
         };
-        s.fetch_blob(&config_digest, blobs)?;
+        s.fetch_blob(&config_digest, config_size, blobs)?;
     }
     let config_bytes = blobs.read(&config_digest)?;
     let (config, p) = config::parse(&config_bytes).map_err(ImageError::Invalid)?;
+    let diff_ids: Vec<Sha256> = json(&config_bytes, "the image config")?
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| d.as_str().and_then(Sha256::parse))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or(Some(Vec::new()))
+        .ok_or_else(|| {
+            ImageError::Invalid(
+                "the image config lists a diff_id that is not a sha256 digest".into(),
+            )
+        })?;
+    if diff_ids.len() != descs.len() {
+        return Err(ImageError::Invalid(format!(
+            "the image config lists {} diff_ids for the manifest's {} layers",
+            diff_ids.len(),
+            descs.len()
+        )));
+    }
+    let layers = descs
+        .into_iter()
+        .zip(diff_ids)
+        .map(|((digest, size, media_type), diff_id)| LayerDesc {
+            digest,
+            size,
+            media_type,
+            diff_id,
+        })
+        .collect();
     Ok(Image {
         digest: digest.clone(),
         config_digest,
@@ -339,15 +388,100 @@ pub fn attach_statement(
 
 pub use crate::model::key::image_rootfs_key as rootfs_key;
 
-/// The action-cache key of the tree of an image's first layers.
+/// The action-cache key of the tree of an image's first layers: by their
+/// digests and diff_ids, entered only once the bytes matched both.
 fn chain_key(layers: &[LayerDesc]) -> StepKey {
     let mut h = blake3::Hasher::new();
-    h.update(b"kiln-image-chain-v1\0");
+    h.update(b"kiln-image-chain-v2\0");
     for l in layers {
         h.update(l.digest.to_string().as_bytes());
         h.update(b"\0");
+        h.update(l.diff_id.to_string().as_bytes());
+        h.update(b"\0");
     }
     StepKey::from_hash(h.finalize())
+}
+
+/// The action-cache entry saying a layer's uncompressed bytes hash to its
+/// diff_id (checked once, when it was unpacked or exported).
+pub fn verified_key(l: &LayerDesc) -> StepKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-layer-diff-id-v1\0");
+    h.update(l.digest.to_string().as_bytes());
+    h.update(b"\0");
+    h.update(l.diff_id.to_string().as_bytes());
+    StepKey::from_hash(h.finalize())
+}
+
+/// Check a stored layer's uncompressed bytes against its diff_id, unless
+/// that was done before (recorded in `actions`).
+pub fn verify_layer(
+    l: &LayerDesc,
+    blobs: &OciBlobs,
+    actions: &dyn ActionCache,
+) -> Result<(), ImageError> {
+    if actions.get(verified_key(l)).is_some() {
+        return Ok(());
+    }
+    let raw = blobs.open(&l.digest)?;
+    let mut reader = layer::decompress(Box::new(raw)).map_err(|e| ImageError::Layer {
+        digest: l.digest.clone(),
+        error: layer::LayerError::Damaged(e.to_string()),
+    })?;
+    let mut hashing = Hashing::new(&mut reader);
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| ImageError::Layer {
+        digest: l.digest.clone(),
+        error: layer::LayerError::Damaged(e.to_string()),
+    })?;
+    check_diff_id(l, hashing.finish())?;
+    actions.put(
+        verified_key(l),
+        &Action {
+            tree: None,
+            config: ImageConfig::default(),
+        },
+    )?;
+    Ok(())
+}
+
+fn check_diff_id(l: &LayerDesc, got: Sha256) -> Result<(), ImageError> {
+    if got != l.diff_id {
+        return Err(ImageError::Invalid(format!(
+            "layer {}: its uncompressed bytes hash to {got}, but the image config says {} (a forged or damaged image)",
+            l.digest, l.diff_id
+        )));
+    }
+    Ok(())
+}
+
+/// A reader that hashes (sha256) what is read through it.
+struct Hashing<'a> {
+    inner: &'a mut dyn Read,
+    hasher: sha2::Sha256,
+}
+
+impl<'a> Hashing<'a> {
+    fn new(inner: &'a mut dyn Read) -> Hashing<'a> {
+        Hashing {
+            inner,
+            hasher: sha2::Digest::new(),
+        }
+    }
+
+    /// Read what is left (a tar ends with padding its reader may leave),
+    /// and the digest of everything.
+    fn finish(mut self) -> Sha256 {
+        let _ = std::io::copy(&mut self, &mut std::io::sink());
+        Sha256::from_bytes(&sha2::Digest::finalize(self.hasher))
+    }
+}
+
+impl Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Where an image's tree is built.
@@ -414,7 +548,7 @@ pub fn unpack(
                     l.digest
                 )));
             };
-            s.fetch_blob(&l.digest, u.blobs)?;
+            s.fetch_blob(&l.digest, l.size, u.blobs)?;
             work.fetched += 1;
             work.fetched_bytes += l.size;
         }
@@ -424,9 +558,19 @@ pub fn unpack(
             digest: l.digest.clone(),
             error,
         };
-        let reader = layer::decompress(Box::new(raw))
+        let mut reader = layer::decompress(Box::new(raw))
             .map_err(|e| layer_err(layer::LayerError::Damaged(e.to_string())))?;
-        layer::apply(u.content, &mut tree, reader, u.limit).map_err(layer_err)?;
+        // The tree is made from the bytes whose sha256 the config names.
+        let mut hashing = Hashing::new(&mut reader);
+        layer::apply(u.content, &mut tree, &mut hashing, u.limit).map_err(layer_err)?;
+        check_diff_id(l, hashing.finish())?;
+        u.actions.put(
+            verified_key(l),
+            &Action {
+                tree: None,
+                config: ImageConfig::default(),
+            },
+        )?;
         let t = u.content.put_tree(&tree)?;
         let key = chain_key(&image.layers[..=i]);
         u.actions.put(
@@ -458,13 +602,16 @@ pub fn unpack(
 /// Read a blob whole from a reader, up to a size that a manifest or config
 /// never reaches.
 pub(crate) fn read_small(r: &mut dyn Read, what: &str) -> Result<Vec<u8>, ImageError> {
-    const MAX: u64 = 16 << 20;
+    use crate::store::oci::MAX_DOCUMENT;
     let mut out = Vec::new();
-    r.take(MAX + 1)
+    r.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut out)
         .map_err(|e| ImageError::Invalid(format!("cannot read {what}: {e}")))?;
-    if out.len() as u64 > MAX {
-        return Err(ImageError::Invalid(format!("{what} is larger than 16 MiB")));
+    if out.len() as u64 > MAX_DOCUMENT {
+        return Err(ImageError::Invalid(format!(
+            "{what} is larger than {} (kiln reads no more)",
+            crate::units::format_size(MAX_DOCUMENT)
+        )));
     }
     Ok(out)
 }

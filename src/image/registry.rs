@@ -3,18 +3,21 @@
 //! Docker config file (`~/.docker/config.json`, or `$DOCKER_CONFIG`).
 //! Plain HTTP only for registries on the loopback interface and those
 //! named with `--insecure-registry`. Blobs are streamed into the store and
-//! verified against their digests there.
+//! verified against their digests there, and reading stops at the size
+//! their descriptors declare. Manifests and indexes are fetched here (with
+//! the client's token) and read up to [`MAX_DOCUMENT`] bytes, never whole
+//! whatever their size.
 
 use super::reference::RegistryRef;
 use super::{
     Access, DOCKER_LIST, DOCKER_MANIFEST, ImageError, MEDIA_INDEX, MEDIA_MANIFEST, Source,
 };
 use crate::model::digest::Sha256;
-use crate::store::oci::OciBlobs;
+use crate::store::oci::{MAX_DOCUMENT, OciBlobs};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -26,6 +29,10 @@ pub struct Registry {
     reference: Reference,
     auth: RegistryAuth,
     shown: String,
+    /// Whether the registry is spoken to over plain HTTP.
+    plain: bool,
+    /// The `Authorization` header for pulls, once asked for.
+    pull_auth: Option<Option<String>>,
 }
 
 /// Credentials for a registry from the Docker config file, if it has any.
@@ -50,6 +57,7 @@ impl Registry {
         if r.is_loopback() {
             plain_http.push(r.registry.clone());
         }
+        let plain = plain_http.contains(&r.registry);
         let config = ClientConfig {
             protocol: if plain_http.is_empty() {
                 ClientProtocol::Https
@@ -81,7 +89,115 @@ impl Registry {
             reference,
             auth: credentials(&r.registry),
             shown: r.to_string(),
+            plain,
+            pull_auth: None,
         })
+    }
+
+    /// The `Authorization` header for pulls: the registry's bearer token
+    /// (the client runs the challenge), or the basic credentials.
+    fn pull_header(&mut self, fresh: bool) -> Result<Option<String>, ImageError> {
+        if !fresh && let Some(h) = &self.pull_auth {
+            return Ok(h.clone());
+        }
+        let token = self
+            .rt
+            .block_on(
+                self.client
+                    .auth(&self.reference, &self.auth, RegistryOperation::Pull),
+            )
+            .map_err(|e| self.err("cannot authenticate to", e))?;
+        let header = match (token, &self.auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => {
+                use base64::Engine;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
+            }
+            (None, _) => None,
+        };
+        self.pull_auth = Some(header.clone());
+        Ok(header)
+    }
+
+    /// A manifest or index (`reference` is a tag or a digest), read up to
+    /// [`MAX_DOCUMENT`] bytes, and the digest the registry says it has.
+    fn get_manifest(&mut self, reference: &str) -> Result<(Vec<u8>, Option<String>), ImageError> {
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{reference}",
+            if self.plain { "http" } else { "https" },
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_body(Some(Duration::from_secs(300)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut fresh = false;
+        loop {
+            let mut req = agent.get(&url).header("Accept", ACCEPTED.join(", "));
+            if let Some(h) = self.pull_header(fresh)? {
+                req = req.header("Authorization", h);
+            }
+            let resp = req.call().map_err(|e| {
+                ImageError::Network(format!(
+                    "cannot fetch the manifest of `{}`: {e}",
+                    self.shown
+                ))
+            })?;
+            let status = resp.status().as_u16();
+            if status == 401 && !fresh {
+                // The token expired, or a scope was missing: ask once more.
+                fresh = true;
+                continue;
+            }
+            if status == 404 {
+                return Err(ImageError::NotFound(format!(
+                    "the registry has no manifest `{reference}` for `{}`",
+                    self.shown
+                )));
+            }
+            if status == 401 || status == 403 {
+                return Err(self.err(
+                    "cannot fetch the manifest of",
+                    io::Error::other(format!("the registry answered {status} (unauthorized)")),
+                ));
+            }
+            if !(200..300).contains(&status) {
+                return Err(ImageError::Network(format!(
+                    "fetching the manifest of `{}` answered {status}",
+                    self.shown
+                )));
+            }
+            let digest = resp
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let mut body = Vec::new();
+            resp.into_body()
+                .into_reader()
+                .take(MAX_DOCUMENT + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| {
+                    ImageError::Network(format!(
+                        "cannot read the manifest of `{}`: {e}",
+                        self.shown
+                    ))
+                })?;
+            if body.len() as u64 > MAX_DOCUMENT {
+                return Err(ImageError::Invalid(format!(
+                    "the registry sent a manifest of `{}` larger than {}: kiln reads no more",
+                    self.shown,
+                    crate::units::format_size(MAX_DOCUMENT)
+                )));
+            }
+            return Ok((body, digest));
+        }
     }
 
     fn err(&self, what: &str, e: impl std::error::Error) -> ImageError {
@@ -329,16 +445,17 @@ impl Registry {
 
 impl Source for Registry {
     fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError> {
-        let (bytes, digest) = self
-            .rt
-            .block_on(
-                self.client
-                    .pull_manifest_raw(&self.reference, &self.auth, ACCEPTED),
-            )
-            .map_err(|e| self.err("cannot fetch the manifest of", e))?;
+        let at = self
+            .reference
+            .digest()
+            .or(self.reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let (bytes, digest) = self.get_manifest(&at)?;
         let computed = Sha256::of(&bytes);
-        // The registry's digest header, when it sends one, must agree.
-        if let Some(d) = Sha256::parse(&digest)
+        // The registry's digest header, when it sends one, must agree, and
+        // a reference by digest must get that digest.
+        if let Some(d) = digest.as_deref().and_then(Sha256::parse)
             && d != computed
         {
             return Err(ImageError::Invalid(format!(
@@ -346,25 +463,29 @@ impl Source for Registry {
                 self.shown
             )));
         }
-        Ok((bytes.to_vec(), computed))
+        if let Some(d) = self.reference.digest().and_then(Sha256::parse)
+            && d != computed
+        {
+            return Err(ImageError::Invalid(format!(
+                "the registry sent a manifest for `{}` that does not match its digest {d}",
+                self.shown
+            )));
+        }
+        Ok((bytes, computed))
     }
 
     fn manifest(&mut self, d: &Sha256) -> Result<Vec<u8>, ImageError> {
-        let r = self.at_digest(d);
-        let (bytes, _) = self
-            .rt
-            .block_on(self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED))
-            .map_err(|e| self.err("cannot fetch a manifest of", e))?;
+        let (bytes, _) = self.get_manifest(&d.to_string())?;
         if Sha256::of(&bytes) != *d {
             return Err(ImageError::Invalid(format!(
                 "the registry sent a manifest of `{}` that does not match its digest {d}",
                 self.shown
             )));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
-    fn fetch_blob(&mut self, d: &Sha256, blobs: &OciBlobs) -> Result<(), ImageError> {
+    fn fetch_blob(&mut self, d: &Sha256, size: u64, blobs: &OciBlobs) -> Result<(), ImageError> {
         let digest = d.to_string();
         self.rt.block_on(
             self.client
@@ -377,22 +498,27 @@ impl Source for Registry {
                     .pull_blob_stream(&self.reference, digest.as_str()),
             )
             .map_err(|e| self.err("cannot fetch a blob of", e))?;
-        let mut reader = StreamReader {
+        let reader = StreamReader {
             rt: &self.rt,
             stream: stream.stream,
             chunk: bytes::Bytes::new(),
         };
-        blobs.put(&mut reader, Some(d)).map_err(|e| match e {
-            crate::store::StoreError::Io { source, .. }
-                if source.kind() != io::ErrorKind::StorageFull =>
-            {
-                ImageError::Network(format!(
-                    "cannot fetch blob {d} of `{}`: {source}",
-                    self.shown
-                ))
-            }
-            other => ImageError::Store(other),
-        })?;
+        // Past the declared size, reading stops: a registry cannot send
+        // more than the manifest says.
+        let mut reader = reader.take(size.saturating_add(1));
+        blobs
+            .put(&mut reader, Some(d), Some(size))
+            .map_err(|e| match e {
+                crate::store::StoreError::Io { source, .. }
+                    if source.kind() != io::ErrorKind::StorageFull =>
+                {
+                    ImageError::Network(format!(
+                        "cannot fetch blob {d} of `{}`: {source}",
+                        self.shown
+                    ))
+                }
+                other => ImageError::Store(other),
+            })?;
         Ok(())
     }
 }

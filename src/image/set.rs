@@ -288,7 +288,12 @@ impl ImageSet {
     /// An image's layers as its manifest lists them, every blob in the
     /// store (fetched from the source when missing), with the config's
     /// `diff_ids` and `history`: what an image built on it keeps.
-    pub fn layers(&self, reference: &str, blobs: &OciBlobs) -> Result<BaseLayers, String> {
+    pub fn layers(
+        &self,
+        reference: &str,
+        blobs: &OciBlobs,
+        actions: &dyn crate::store::ActionCache,
+    ) -> Result<BaseLayers, String> {
         let Some(entry) = self.entries.get(reference).cloned() else {
             return Err(format!("`{reference}` was not resolved"));
         };
@@ -310,31 +315,22 @@ impl ImageSet {
                     );
                 }
                 if let Some(s) = source.as_mut() {
-                    s.fetch_blob(&l.digest, blobs).map_err(|e| e.to_string())?;
+                    s.fetch_blob(&l.digest, l.size, blobs)
+                        .map_err(|e| e.to_string())?;
                 }
             }
+        }
+        // What goes into an export is checked against the bytes first:
+        // each layer's size (when fetched, or found stored) and diff_id.
+        for l in &image.layers {
+            super::verify_layer(l, blobs, actions).map_err(|e| e.to_string())?;
         }
         let config = blobs
             .read(&image.config_digest)
             .map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_slice(&config)
             .map_err(|e| format!("the config of `{reference}` is not JSON: {e}"))?;
-        let diff_ids: Vec<Sha256> = v
-            .pointer("/rootfs/diff_ids")
-            .and_then(|d| d.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().and_then(Sha256::parse))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if diff_ids.len() != image.layers.len() {
-            return Err(format!(
-                "the config of `{reference}` lists {} diff_ids for {} layers",
-                diff_ids.len(),
-                image.layers.len()
-            ));
-        }
+        let diff_ids: Vec<Sha256> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
         let history = v
             .get("history")
             .and_then(|h| h.as_array())

@@ -174,7 +174,7 @@ impl KeyBuilder {
 /// (what `kiln gc` keeps an image's blobs for).
 pub fn image_rootfs_key(digest: &super::digest::Sha256) -> StepKey {
     let mut h = blake3::Hasher::new();
-    h.update(b"kiln-image-rootfs-v1\0");
+    h.update(b"kiln-image-rootfs-v2\0");
     h.update(digest.to_string().as_bytes());
     StepKey::from_hash(h.finalize())
 }

@@ -15,6 +15,12 @@ use std::path::Path;
 
 const HASH: usize = 32;
 
+/// The magic of a record of the image layer cache (`layers/<key>.json`):
+/// it names its key, so a record under another key's name reads as absent.
+pub fn layer_record_magic(key: &str) -> Vec<u8> {
+    format!("KILNLAYER2 {key}\n").into_bytes()
+}
+
 /// Encode `body` under `magic`.
 pub fn encode(magic: &[u8], body: &[u8]) -> Vec<u8> {
     let mut h = blake3::Hasher::new();

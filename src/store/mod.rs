@@ -54,6 +54,11 @@ pub enum StoreError {
     },
     #[error("{}", io_message(path, source))]
     Io { path: PathBuf, source: io::Error },
+    /// Bytes offered to the store that are not what they claim to be (a
+    /// blob of another digest or size than its descriptor's): refused, and
+    /// nothing stored. Not damage: the store is sound.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_message(path: &Path, e: &io::Error) -> String {
@@ -71,13 +76,15 @@ impl StoreError {
     /// Whether this is damage to the store (a missing or corrupt object),
     /// which rebuilding without the cache repairs.
     pub fn is_damage(&self) -> bool {
-        !matches!(self, StoreError::Io { .. })
+        !matches!(self, StoreError::Io { .. } | StoreError::Refused(_))
     }
 
     /// The error as the user sees it.
     pub fn diagnostic(&self) -> Diagnostic {
         match self {
             StoreError::Io { path, source } => Diagnostic::io("cannot use", path, source),
+            StoreError::Refused(why) => Diagnostic::build("kiln::image::refused", why.clone())
+                .with_help("the image's source sent bytes that do not match what its manifest says: check the source, or pin another image"),
             _ => Diagnostic::env(DAMAGED, self.to_string()).with_help(
                 "kiln rebuilds what needed it without the cache; if this repeats, check the disk",
             ),

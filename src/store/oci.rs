@@ -14,6 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The image store's blob directory.
+/// The largest manifest, index or config kiln reads (containerd's limit).
+pub const MAX_DOCUMENT: u64 = 4 << 20;
+
 pub struct OciBlobs {
     layout: Layout,
 }
@@ -34,16 +37,25 @@ impl OciBlobs {
         self.layout.image_blob(d.hex())
     }
 
+    /// The size of a stored blob (`None` when absent).
+    pub fn size(&self, d: &Sha256) -> Option<u64> {
+        fs::metadata(self.path(d)).ok().map(|m| m.len())
+    }
+
     pub fn has(&self, d: &Sha256) -> bool {
         self.path(d).exists()
     }
 
     /// Store what `reader` yields; it must hash to `expected` when given.
     /// Returns the digest and size.
+    /// Store what `reader` gives, checked against `expected` (its digest)
+    /// and `size` (the size its descriptor declares: reading stops past
+    /// it, so a source that sends more cannot fill the disk).
     pub fn put(
         &self,
         reader: &mut dyn Read,
         expected: Option<&Sha256>,
+        size: Option<u64>,
     ) -> Result<(Sha256, u64), StoreError> {
         let dir = self.layout.images().join("blobs").join("sha256");
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
@@ -53,7 +65,7 @@ impl OciBlobs {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
             let mut h = Sha256Hasher::new();
             let mut buf = vec![0u8; 256 * 1024];
-            let mut size = 0u64;
+            let mut got_size = 0u64;
             loop {
                 let n = match reader.read(&mut buf) {
                     Ok(0) => break,
@@ -63,24 +75,38 @@ impl OciBlobs {
                 };
                 h.update(&buf[..n]);
                 f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
-                size += n as u64;
+                got_size += n as u64;
+                if let Some(declared) = size
+                    && got_size > declared
+                {
+                    return Err(StoreError::Refused(format!(
+                        "blob {}: more bytes came than the {declared} its descriptor declares",
+                        expected.map(Sha256::to_string).unwrap_or_default()
+                    )));
+                }
+            }
+            if let Some(declared) = size
+                && got_size != declared
+            {
+                return Err(StoreError::Refused(format!(
+                    "blob {}: {got_size} bytes came, its descriptor declares {declared}",
+                    expected.map(Sha256::to_string).unwrap_or_default()
+                )));
             }
             let got = Sha256::from_bytes(&h.finalize());
             if let Some(want) = expected
                 && *want != got
             {
-                return Err(StoreError::Corrupt {
-                    what: "image blob",
-                    digest: format!("{want} (the bytes received hash to {got})"),
-                    moved_to: None,
-                });
+                return Err(StoreError::Refused(format!(
+                    "blob {want}: the bytes received hash to {got}"
+                )));
             }
             f.set_permissions(fs::Permissions::from_mode(0o444))
                 .map_err(StoreError::io(&tmp))?;
             drop(f);
             let path = self.path(&got);
             fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
-            Ok((got, size))
+            Ok((got, got_size))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -114,7 +140,7 @@ impl OciBlobs {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Sha256, StoreError> {
         let d = Sha256::of(bytes);
         if !self.has(&d) {
-            self.put(&mut &bytes[..], Some(&d))?;
+            self.put(&mut &bytes[..], Some(&d), Some(bytes.len() as u64))?;
         }
         Ok(d)
     }
@@ -139,10 +165,17 @@ impl OciBlobs {
         })
     }
 
-    /// Read a (small) blob whole, verified.
+    /// Read a document (a manifest, an index, a config) whole, verified;
+    /// one larger than [`MAX_DOCUMENT`] is refused, not read.
     pub fn read(&self, d: &Sha256) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();
         let mut r = self.open(d)?;
+        if r.file.metadata().map(|m| m.len()).unwrap_or(0) > MAX_DOCUMENT {
+            return Err(StoreError::Refused(format!(
+                "{d} is larger than {} and is not read as a manifest, index or config",
+                crate::units::format_size(MAX_DOCUMENT)
+            )));
+        }
         r.read_to_end(&mut out).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => StoreError::Corrupt {
                 what: "image blob",
@@ -403,7 +436,7 @@ mod tests {
         assert_eq!(blobs.read(&d).unwrap(), b"layer");
         assert!(dir.path().join("images/oci-layout").exists());
         let wrong = Sha256::of(b"other");
-        assert!(blobs.put(&mut &b"layer"[..], Some(&wrong)).is_err());
+        assert!(blobs.put(&mut &b"layer"[..], Some(&wrong), None).is_err());
         let p = blobs.path(&d);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&p, b"LAYER").unwrap();
