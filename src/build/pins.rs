@@ -112,10 +112,18 @@ pub fn resolve(
         let before = (lock.images.len(), lock.urls.len(), lock.gits.len());
         lock.images
             .retain(|(r, _), _| needs.images.iter().any(|(n, _, _)| n == r));
-        lock.urls
-            .retain(|u, _| needs.urls.iter().any(|(n, _)| n == u));
-        lock.gits
-            .retain(|k, _| needs.gits.iter().any(|(n, _)| n == k));
+        lock.urls.retain(|u, _| {
+            needs
+                .urls
+                .iter()
+                .any(|(n, _)| crate::model::url::without_credentials(n) == *u)
+        });
+        lock.gits.retain(|k, _| {
+            needs
+                .gits
+                .iter()
+                .any(|((u, r), _)| crate::git::without_credentials(u) == k.0 && *r == k.1)
+        });
         changed |= (lock.images.len(), lock.urls.len(), lock.gits.len()) != before;
     }
     let refs: Vec<(String, &Path)> = needs
@@ -233,11 +241,20 @@ fn pin_urls(
     let mut pins = Pins::default();
     let mut errors = Vec::new();
     for (url, span) in urls {
+        // The lock file names a download without its credentials: a
+        // committed lock file holds no token, and a rotated one keeps the
+        // pin.
+        let named = crate::model::url::without_credentials(url);
         let renew = match mode {
-            LockMode::Update(names) => names.is_empty() || names.contains(url),
+            LockMode::Update(names) => {
+                names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| crate::model::url::without_credentials(n) == named)
+            }
             _ => false,
         };
-        let locked = (!renew).then(|| lock.urls.get(url).cloned()).flatten();
+        let locked = (!renew).then(|| lock.urls.get(&named).cloned()).flatten();
         if let Some(d) = locked {
             pins.urls.insert(
                 url.clone(),
@@ -252,7 +269,7 @@ fn pin_urls(
             errors.push(
                 Diagnostic::user(
                     "kiln::fetch::unlocked",
-                    format!("`{url}` has no checksum and is not in the lock file, and `--locked` forbids pinning it"),
+                    format!("`{named}` has no checksum and is not in the lock file, and `--locked` forbids pinning it"),
                 )
                 .with_label(*span, "an unpinned download")
                 .with_help("run a build without `--locked` (or `kiln lock`) to pin it, or give the step a `checksum=`"),
@@ -274,13 +291,13 @@ fn pin_urls(
                 continue;
             }
         };
-        let before = lock.urls.insert(url.clone(), sha.clone());
+        let before = lock.urls.insert(named.clone(), sha.clone());
         *changed = true;
         progress.emit(Event::Notice {
             message: match before {
-                Some(old) if old != sha => format!("`{url}` is pinned again: {sha} (was {old}), in the lock file"),
-                Some(_) => format!("`{url}` fetched again: still {sha}"),
-                None => format!("`{url}` pinned on first use: {sha}, in the lock file; later builds check against it"),
+                Some(old) if old != sha => format!("`{named}` is pinned again: {sha} (was {old}), in the lock file"),
+                Some(_) => format!("`{named}` fetched again: still {sha}"),
+                None => format!("`{named}` pinned on first use: {sha}, in the lock file; later builds check against it"),
             },
         });
         pins.urls.insert(
@@ -312,17 +329,24 @@ fn pin_gits(
     let mut errors = Vec::new();
     let root = store.layout().git();
     for ((url, reference), span) in gits {
+        // The lock file names a repository without credentials.
+        let named = crate::git::without_credentials(url);
         let renew = match mode {
             LockMode::Update(names) => {
                 names.is_empty()
-                    || names
-                        .iter()
-                        .any(|n| n == url || *n == format!("{url}#{reference}"))
+                    || names.iter().any(|n| {
+                        let n = crate::git::without_credentials(n);
+                        n == named || n == format!("{named}#{reference}")
+                    })
             }
             _ => false,
         };
         let key = (url.clone(), reference.clone());
-        if let Some(c) = (!renew).then(|| lock.gits.get(&key).cloned()).flatten() {
+        let locked_key = (named.clone(), reference.clone());
+        if let Some(c) = (!renew)
+            .then(|| lock.gits.get(&locked_key).cloned())
+            .flatten()
+        {
             pins.insert(key, c);
             continue;
         }
@@ -364,7 +388,7 @@ fn pin_gits(
                 continue;
             }
         };
-        let before = lock.gits.insert(key.clone(), commit.clone());
+        let before = lock.gits.insert(locked_key, commit.clone());
         *changed = true;
         let url = &crate::git::without_credentials(url);
         progress.emit(Event::Notice {

@@ -173,10 +173,15 @@ pub fn statement(
             }
         }
     }
+    // No credentials in a statement: URLs lose theirs (records of older
+    // builds may hold them), and an arg that carries one is not shown.
     let resolved: Vec<Value> = deps
         .into_iter()
-        .map(|(uri, digest)| json!({"uri": uri, "digest": digest}))
+        .map(|(uri, digest)| {
+            json!({"uri": crate::model::url::without_credentials(&uri), "digest": digest})
+        })
         .collect();
+    let args = redacted_args(graph);
     json!({
         "_type": STATEMENT,
         "subject": [{"name": subject.name, "digest": subject.digest}],
@@ -187,7 +192,7 @@ pub fn statement(
                 "externalParameters": {
                     "stage": graph.stage(export.stage).name,
                     "format": export.format.name(),
-                    "args": graph.args,
+                    "args": args,
                 },
                 "internalParameters": {
                     "SOURCE_DATE_EPOCH": epoch,
@@ -203,4 +208,33 @@ pub fn statement(
             },
         },
     })
+}
+
+/// The build's args, with any value that holds the credentials of a URL
+/// the build fetches (a password given with `--arg`) shown as `***`.
+fn redacted_args(graph: &Graph) -> std::collections::BTreeMap<String, Option<String>> {
+    let mut secrets: Vec<String> = Vec::new();
+    for stage in &graph.stages {
+        for step in &stage.steps {
+            let url = match &step.op {
+                crate::ir::Op::Fetch(f) => &f.url,
+                crate::ir::Op::Git(g) => &g.url,
+                _ => continue,
+            };
+            secrets.extend(crate::model::url::credentials(url));
+        }
+    }
+    graph
+        .args
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_ref().map(|v| {
+                let hides = secrets
+                    .iter()
+                    .any(|s| s == v || (s.len() >= 4 && v.contains(s.as_str())));
+                if hides { "***".to_string() } else { v.clone() }
+            });
+            (k.clone(), v)
+        })
+        .collect()
 }

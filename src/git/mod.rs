@@ -389,26 +389,7 @@ impl Repo {
     }
 }
 
-/// A URL without the user and password it may carry
-/// (`https://user:token@host/r.git` → `https://host/r.git`), for what
-/// goes into a tree: a credential in the spec must not ship in an image.
-pub fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    // Over HTTP the user part is often a token; over ssh it is the login
-    // (`git@`), which is no secret unless a password follows it.
-    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
-    if http || rest[..at].contains(':') {
-        format!("{scheme}://{}", &rest[at + 1..])
-    } else {
-        url.to_string()
-    }
-}
+pub use crate::model::url::without_credentials;
 
 /// The submodules a `.gitmodules` file declares: (path, URL), relative
 /// URLs (`../lib.git`, `./lib`) resolved against `base`, the URL of the

@@ -8,3 +8,4 @@ pub mod digest;
 pub mod key;
 pub mod state;
 pub mod tree;
+pub mod url;

@@ -13,6 +13,17 @@ const MAX_SIZE: u64 = 4 << 30;
 /// Download `url`, and check it against `sha256` (lowercase hex) when
 /// given.
 pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Diagnostic> {
+    // Messages name the URL without its credentials, and never repeat
+    // them from an error's text.
+    let secrets = crate::model::url::credentials(url);
+    let redact = |text: String| {
+        secrets
+            .iter()
+            .fold(text, |t, s| t.replace(s.as_str(), "***"))
+    };
+    let shown = crate::model::url::without_credentials(url);
+    let url_for_request = url;
+    let url = shown.as_str();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_body(Some(Duration::from_secs(300)))
@@ -27,9 +38,9 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
             )
     };
     let response = agent
-        .get(url)
+        .get(url_for_request)
         .call()
-        .map_err(|e| network(format!("cannot fetch `{url}`: {e}")))?;
+        .map_err(|e| network(redact(format!("cannot fetch `{url}`: {e}"))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(network(format!("fetching `{url}` answered {status}")));
@@ -40,7 +51,7 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
         .into_reader()
         .take(MAX_SIZE + 1)
         .read_to_end(&mut body)
-        .map_err(|e| network(format!("cannot read `{url}`: {e}")))?;
+        .map_err(|e| network(redact(format!("cannot read `{url}`: {e}"))))?;
     if body.len() as u64 > MAX_SIZE {
         return Err(network(format!(
             "`{url}` is larger than {} GiB",

@@ -9,18 +9,20 @@ use crate::diag::Diagnostic;
 use crate::ir::{Fetch, Graph};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Entry, Kind};
+use crate::model::url::without_credentials;
 use serde_json::json;
 
 impl StepKind for Fetch {
     fn canonical(&self, _graph: &Graph) -> serde_json::Value {
         json!({"fetch": {
-            "url": self.url, "dest": self.dest, "sha256": self.sha256,
+            // Without credentials: a rotated token fetches the same file.
+            "url": without_credentials(&self.url), "dest": self.dest, "sha256": self.sha256,
             "chmod": self.chmod, "chown": self.chown,
         }})
     }
 
     fn describe(&self, _graph: &Graph) -> String {
-        format!("fetch {}", self.url)
+        format!("fetch {}", without_credentials(&self.url))
     }
 
     fn prepare(
@@ -32,7 +34,7 @@ impl StepKind for Fetch {
             && let Some(key) = key
         {
             key.input(KeyInput::Pinned {
-                source: self.url.clone(),
+                source: without_credentials(&self.url),
                 digest: format!("sha256:{}", self.pin(cx)?.sha256),
             });
         }
@@ -60,7 +62,8 @@ impl StepKind for Fetch {
                     "kiln::fetch::name",
                     format!(
                         "`{}` has no file name to copy into `{}`",
-                        self.url, self.dest
+                        without_credentials(&self.url),
+                        self.dest
                     ),
                 )
                 .with_label(span, "destination is a directory")
@@ -117,7 +120,10 @@ impl Fetch {
             .get(&self.url)
             .cloned()
             .ok_or_else(|| {
-                Diagnostic::internal(format!("`{}` was not pinned before the build", self.url))
+                Diagnostic::internal(format!(
+                    "`{}` was not pinned before the build",
+                    without_credentials(&self.url)
+                ))
             })
     }
 }

@@ -19,16 +19,18 @@ use std::sync::atomic::AtomicBool;
 impl StepKind for Git {
     fn canonical(&self, _graph: &Graph) -> serde_json::Value {
         json!({"git": {
-            "url": self.url, "ref": self.reference, "subdir": self.subdir,
+            // Without credentials: a rotated token checks out the same tree.
+            "url": git::without_credentials(&self.url), "ref": self.reference, "subdir": self.subdir,
             "dest": self.dest, "keep_git_dir": self.keep_git_dir,
             "chmod": self.chmod, "chown": self.chown,
         }})
     }
 
     fn describe(&self, _graph: &Graph) -> String {
+        let url = git::without_credentials(&self.url);
         match &self.subdir {
-            Some(s) => format!("git {}#{}:{s}", self.url, self.reference),
-            None => format!("git {}#{}", self.url, self.reference),
+            Some(s) => format!("git {url}#{}:{s}", self.reference),
+            None => format!("git {url}#{}", self.reference),
         }
     }
 
@@ -47,7 +49,7 @@ impl StepKind for Git {
             && let Some(key) = key
         {
             key.input(KeyInput::Pinned {
-                source: format!("{}#{}", self.url, self.reference),
+                source: format!("{}#{}", git::without_credentials(&self.url), self.reference),
                 digest: format!("git:{}", self.commit(cx)?),
             });
         }
@@ -122,7 +124,7 @@ impl StepKind for Git {
         }
         let picked = [Picked {
             name: String::new(),
-            path: self.url.clone(),
+            path: git::without_credentials(&self.url),
             is_dir: true,
             items: entries,
             pivot: String::new(),
@@ -287,7 +289,8 @@ impl Git {
             .ok_or_else(|| {
                 Diagnostic::internal(format!(
                     "`{}#{}` was not pinned before the build",
-                    self.url, self.reference
+                    git::without_credentials(&self.url),
+                    self.reference
                 ))
             })
     }
