@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// Parse a size like `500M`, `2G`, `1024`, `10KiB`.
+/// Parse a size like `500M`, `2G`, `1024`, `10KiB`, `1.5G`; `None` for
+/// anything else, and for sizes past 2^64 bytes (never clamped).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s
@@ -19,7 +20,13 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return None,
     };
-    Some((n * mult as f64) as u64)
+    if !num.contains('.') {
+        return num.parse::<u64>().ok()?.checked_mul(mult);
+    }
+    let bytes = n * mult as f64;
+    // 2^64 itself does not fit.
+    (bytes.is_finite() && (0.0..18_446_744_073_709_551_616.0).contains(&bytes))
+        .then_some(bytes as u64)
 }
 
 /// A size in the largest binary unit that divides it: `64 MiB`, `1 GiB`.
@@ -54,7 +61,8 @@ pub fn approx_size(b: u64) -> String {
     }
 }
 
-/// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`.
+/// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`; `None` for anything
+/// else, and past Go's limit (2^63 nanoseconds, about 292 years).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
@@ -82,7 +90,10 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         total += value * unit;
         rest = &rest[u..];
     }
-    Some(Duration::from_secs_f64(total))
+    if !(total.is_finite() && total <= i64::MAX as f64 / 1e9) {
+        return None;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// A duration as Go prints it (`30s`, `1m30s`, `500ms`), which Docker reads back.
@@ -127,6 +138,14 @@ mod tests {
         assert_eq!(parse_size("3 G"), Some(3 << 30));
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("5 parsecs"), None);
+        // Past 2^64 bytes: an error, never the largest number.
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(parse_size("18446744073709551616"), None);
+        assert_eq!(parse_size("99999999999.5T"), None);
+        assert_eq!(
+            parse_size("16777215.9T"),
+            Some((16_777_215.9 * (1u64 << 40) as f64) as u64)
+        );
     }
 
     #[test]
@@ -143,6 +162,14 @@ mod tests {
             assert_eq!(format_duration(parse_duration(s).unwrap()), s);
         }
         assert_eq!(parse_duration("10x"), None);
+        // Past Go's limit: an error, not a panic.
+        assert_eq!(parse_duration("99999999999999999999999h"), None);
+        assert_eq!(
+            parse_duration("2562047h"),
+            Some(Duration::from_secs(2_562_047 * 3600))
+        );
+        assert_eq!(parse_duration("2562048h"), None);
+        assert_eq!(parse_duration("1e400s"), None);
         assert_eq!(format_size(64 << 20), "64 MiB");
         assert_eq!(format_size(1000), "1000 bytes");
     }

@@ -69,7 +69,7 @@ pub fn state_dir(given: &Option<PathBuf>, spec_path: &Path) -> PathBuf {
 /// and the file is parsed again.
 pub struct DirParseCache(pub crate::store::layout::Layout);
 
-const PARSE_MAGIC: &[u8] = b"KILNPARSE2";
+const PARSE_MAGIC: &[u8] = b"KILNPARSE3";
 
 impl crate::frontend::ParseCache for DirParseCache {
     fn get(&self, key: &str) -> Option<Vec<u8>> {

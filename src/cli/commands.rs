@@ -318,10 +318,11 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                     ""
                 };
                 out.push_str(&format!(
-                    "  \"{}\" [label=\"{}\\n{} steps\"{style}];\n",
+                    "  \"{}\" [label=\"{}\\n{} step{}\"{style}];\n",
                     s.name,
                     s.name,
-                    s.steps.len()
+                    s.steps.len(),
+                    if s.steps.len() == 1 { "" } else { "s" }
                 ));
             }
             for id in &ids {

@@ -199,11 +199,12 @@ pub fn apply(
     for item in items {
         let (path, entry) = match item {
             Item::Put(p, e) => (p, e),
-            // A hard link is the same file: it has the target's mode and owner.
+            // A hard link is the same file (or symlink: tar links to
+            // whatever entry it named): it has the target's mode and owner.
             Item::Link(p, target) => match tree.get(&target) {
                 Some(
                     e @ Entry {
-                        kind: Kind::File { .. },
+                        kind: Kind::File { .. } | Kind::Symlink { .. },
                         ..
                     },
                 ) => (p, e.clone()),
@@ -361,6 +362,20 @@ mod tests {
         assert_eq!(
             t.get("bin/ash").unwrap().kind,
             t.get("bin/sh").unwrap().kind
+        );
+    }
+
+    #[test]
+    fn a_hard_link_to_a_symlink_is_the_same_symlink() {
+        let m = MemoryStore::new();
+        let mut t = Tree::new();
+        let bytes = layer(&[("lib", 'l', "usr/lib"), ("lib64", 'h', "lib")]);
+        apply(&m, &mut t, &bytes[..], 1 << 20).unwrap();
+        assert_eq!(
+            t.get("lib64").unwrap().kind,
+            Kind::Symlink {
+                target: "usr/lib".into()
+            }
         );
     }
 

@@ -122,9 +122,48 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
             .with_label(at(n), "in this entry")
             .with_help("fix the entry, or delete it and build again to resolve it afresh")
     };
+    // Where each entry came from, to point at both of two that disagree.
+    let mut seen: BTreeMap<(&'static str, String, String), (Span, String)> = BTreeMap::new();
+    let mut conflict = |kind: &'static str, key: (String, String), value: String, n: &KdlNode| {
+        match seen.get(&(kind, key.0.clone(), key.1.clone())) {
+            Some((first, v)) if *v != value => Some(
+                Diagnostic::user(
+                    "kiln::lock::conflict",
+                    format!("the lock file pins `{}` twice, differently", key.0),
+                )
+                .with_label(at(n), "this entry")
+                .with_label(*first, "disagrees with this one")
+                .with_help("keep the right entry and delete the other, or delete both and build again to resolve it afresh"),
+            ),
+            Some(_) => None,
+            None => {
+                seen.insert((kind, key.0, key.1), (at(n), value));
+                None
+            }
+        }
+    };
+    let mut header = None;
     for n in doc.nodes() {
         match n.name().value() {
-            "lock" => {}
+            "lock" => {
+                let version = match n.entries() {
+                    [e] if e.name().is_none() => e.value().as_integer(),
+                    _ => None,
+                };
+                if header.is_some() {
+                    errors.push(bad(n, "the lock file has two `lock` headers".into()));
+                } else if version != Some(1) {
+                    errors.push(
+                        Diagnostic::user(
+                            "kiln::lock::version",
+                            "this kiln reads lock files of version 1 (`lock 1`)",
+                        )
+                        .with_label(at(n), "an unknown version")
+                        .with_help("use the kiln that wrote it, or delete the lock file and build again to write a new one"),
+                    );
+                }
+                header = Some(at(n));
+            }
             "image" => {
                 let reference = n
                     .entries()
@@ -138,7 +177,13 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     prop("digest").and_then(Sha256::parse),
                 ) {
                     (Some(r), Some(p), Some(d)) => {
-                        lock.images.insert((r.to_string(), p.to_string()), d);
+                        let key = (r.to_string(), p.to_string());
+                        match conflict("image", key.clone(), d.to_string(), n) {
+                            Some(e) => errors.push(e),
+                            None => {
+                                lock.images.insert(key, d);
+                            }
+                        }
                     }
                     _ => errors.push(bad(
                         n,
@@ -159,7 +204,12 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     .and_then(Sha256::parse);
                 match (url, digest) {
                     (Some(u), Some(d)) => {
-                        lock.urls.insert(u.to_string(), d);
+                        match conflict("url", (u.to_string(), String::new()), d.to_string(), n) {
+                            Some(e) => errors.push(e),
+                            None => {
+                                lock.urls.insert(u.to_string(), d);
+                            }
+                        }
                     }
                     _ => errors.push(bad(
                         n,
@@ -178,8 +228,13 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     (Some(u), Some(r), Some(c))
                         if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) =>
                     {
-                        lock.gits
-                            .insert((u.to_string(), r.to_string()), c.to_ascii_lowercase());
+                        let key = (u.to_string(), r.to_string());
+                        match conflict("git", key.clone(), c.to_ascii_lowercase(), n) {
+                            Some(e) => errors.push(e),
+                            None => {
+                                lock.gits.insert(key, c.to_ascii_lowercase());
+                            }
+                        }
                     }
                     _ => errors.push(bad(
                         n,
@@ -189,6 +244,16 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
             }
             other => errors.push(bad(n, format!("`{other}` is not a lock entry"))),
         }
+    }
+    if header.is_none() && errors.is_empty() {
+        errors.push(
+            Diagnostic::user(
+                "kiln::lock::version",
+                "the lock file has no `lock 1` header",
+            )
+            .with_label(Span::new(id, 0, 0), "in this file")
+            .with_help("kiln writes `lock 1` first: delete the lock file and build again to write a new one"),
+        );
     }
     if errors.is_empty() {
         Ok(Some(lock))
@@ -253,5 +318,36 @@ mod tests {
         .unwrap();
         let errs = read(&path, &sources).unwrap_err();
         assert_eq!(errs.len(), 3);
+    }
+
+    #[test]
+    fn conflicting_entries_and_unknown_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.lock");
+        let sources = Sources::new();
+        let a = Sha256::of(b"a");
+        let b = Sha256::of(b"b");
+        for (text, code) in [
+            (format!("lock 1\nurl \"http://h/f\" digest=\"{a}\"\nurl \"http://h/f\" digest=\"{b}\"\n"), "kiln::lock::conflict"),
+            (format!("lock 1\nimage \"x\" platform=\"linux/amd64\" digest=\"{a}\"\nimage \"x\" platform=\"linux/amd64\" digest=\"{b}\"\n"), "kiln::lock::conflict"),
+            ("lock 1\ngit \"u\" ref=\"main\" commit=\"1098e05e93c787431dd85695ea5905a4bf7fba0c\"\ngit \"u\" ref=\"main\" commit=\"2098e05e93c787431dd85695ea5905a4bf7fba0c\"\n".to_string(), "kiln::lock::conflict"),
+            ("lock 2\n".to_string(), "kiln::lock::version"),
+            ("lock \"1\"\n".to_string(), "kiln::lock::version"),
+            (format!("url \"http://h/f\" digest=\"{a}\"\n"), "kiln::lock::version"),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let errs = read(&path, &sources).unwrap_err();
+            assert_eq!(errs.len(), 1, "{text}");
+            assert_eq!(errs[0].code, code, "{text}");
+        }
+        // The same entry twice says nothing new: accepted.
+        std::fs::write(
+            &path,
+            format!(
+                "lock 1\nurl \"http://h/f\" digest=\"{a}\"\nurl \"http://h/f\" digest=\"{a}\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(read(&path, &sources).unwrap().unwrap().urls.len(), 1);
     }
 }

@@ -11,21 +11,43 @@ use std::collections::BTreeMap;
 /// Why a substitution failed, with the byte offset in the input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubstError {
-    Unknown { name: String, offset: usize },
-    Unterminated { offset: usize },
-    BadName { text: String, offset: usize },
+    Unknown {
+        name: String,
+        offset: usize,
+    },
+    Unterminated {
+        offset: usize,
+    },
+    BadName {
+        text: String,
+        offset: usize,
+    },
+    /// Defaults and alternatives nested deeper than [`MAX_DEPTH`].
+    TooDeep {
+        offset: usize,
+    },
 }
+
+/// How deep defaults and alternatives may nest (`${A:-${B:-…}}`): far past
+/// any real use, and short of what would exhaust the stack.
+pub const MAX_DEPTH: usize = 32;
 
 /// Declared args: `None` is declared without a value.
 pub type ArgValues = BTreeMap<String, Option<String>>;
 
 pub fn substitute(input: &str, args: &ArgValues) -> Result<String, SubstError> {
     let mut out = String::with_capacity(input.len());
-    expand(input, 0, args, &mut out)?;
+    expand(input, 0, args, &mut out, 0)?;
     Ok(out)
 }
 
-fn expand(input: &str, base: usize, args: &ArgValues, out: &mut String) -> Result<(), SubstError> {
+fn expand(
+    input: &str,
+    base: usize,
+    args: &ArgValues,
+    out: &mut String,
+    depth: usize,
+) -> Result<(), SubstError> {
     let bytes = input.as_bytes();
     let mut i = 0;
     while i < input.len() {
@@ -42,6 +64,11 @@ fn expand(input: &str, base: usize, args: &ArgValues, out: &mut String) -> Resul
             }
             Some(b'{') => {
                 let start = i;
+                if depth >= MAX_DEPTH {
+                    return Err(SubstError::TooDeep {
+                        offset: base + start,
+                    });
+                }
                 let close = matching_brace(input, i + 1).ok_or(SubstError::Unterminated {
                     offset: base + start,
                 })?;
@@ -75,8 +102,8 @@ fn expand(input: &str, base: usize, args: &ArgValues, out: &mut String) -> Resul
                 let set = value.is_some_and(|v| !v.is_empty());
                 let word_base = body_base + name.len() + 2;
                 match (op, word) {
-                    (":-", Some(w)) if !set => expand(w, word_base, args, out)?,
-                    (":+", Some(w)) if set => expand(w, word_base, args, out)?,
+                    (":-", Some(w)) if !set => expand(w, word_base, args, out, depth + 1)?,
+                    (":+", Some(w)) if set => expand(w, word_base, args, out, depth + 1)?,
                     (":+", _) => {}
                     _ => out.push_str(value.unwrap_or("")),
                 }
@@ -169,6 +196,18 @@ mod tests {
             substitute("${A B}", &args()),
             Err(SubstError::BadName { .. })
         ));
+        // Nesting is bounded (50,000 levels overflowed the stack).
+        let deep = format!("{}x{}", "${UNSET:-".repeat(50_000), "}".repeat(50_000));
+        assert!(matches!(
+            substitute(&deep, &args()),
+            Err(SubstError::TooDeep { .. })
+        ));
+        let ok = format!(
+            "{}x{}",
+            "${UNSET:-".repeat(MAX_DEPTH),
+            "}".repeat(MAX_DEPTH)
+        );
+        assert_eq!(substitute(&ok, &args()).as_deref(), Ok("x"));
         assert_eq!(
             substitute("${UNSET:-${NOPE}}", &args()),
             Err(SubstError::Unknown {

@@ -211,7 +211,11 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
     for (i, s) in sources.iter().enumerate() {
         l.stage(i, s);
     }
-    // Stages made for `COPY --from=IMAGE` go last, so indexes stay Docker's.
+    // Stages made for `COPY --from=IMAGE` go last, so indexes stay Docker's;
+    // the default target stays the Dockerfile's last stage.
+    if !l.image_stages.is_empty() {
+        l.spec.default_stage = Some(sources.len() - 1);
+    }
     for (name, image, span) in std::mem::take(&mut l.image_stages) {
         let line = lines.line_of(span);
         l.origins.push((line, lines.text(line).to_string()));

@@ -534,11 +534,11 @@ impl<'a> Lexer<'a> {
                 let pattern = self.word()?;
                 let pattern = self.concrete(pattern);
                 let v = value.unwrap_or_default();
-                Ok(if op == '#' {
+                if op == '#' {
                     remove_prefix(&v, &pattern, longest)
                 } else {
                     remove_suffix(&v, &pattern, longest)
-                })
+                }
             }
             '/' => {
                 let all = self.peek() == Some('/');
@@ -548,12 +548,7 @@ impl<'a> Lexer<'a> {
                 let pattern = self.pattern_until_slash()?;
                 let pattern = self.concrete(pattern);
                 let replacement = self.word()?;
-                Ok(substitute(
-                    &value.unwrap_or_default(),
-                    &pattern,
-                    &replacement,
-                    all,
-                ))
+                substitute(&value.unwrap_or_default(), &pattern, &replacement, all)
             }
             other => err(format!("unsupported modifier ({other}) in substitution")),
         }
@@ -588,85 +583,212 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// Does the shell pattern (`*`, `?`, `[…]`, `\x`) match all of `s`?
-fn pattern_matches(pattern: &[char], s: &[char]) -> bool {
-    let Some((&p0, rest)) = pattern.split_first() else {
-        return s.is_empty();
-    };
-    match p0 {
-        '*' => (0..=s.len()).any(|i| pattern_matches(rest, &s[i..])),
-        '?' => !s.is_empty() && pattern_matches(rest, &s[1..]),
-        '[' => {
-            let Some(close) = rest.iter().skip(1).position(|&c| c == ']').map(|i| i + 1) else {
-                return s.first() == Some(&'[') && pattern_matches(rest, &s[1..]);
-            };
-            let Some(&c) = s.first() else { return false };
-            let class = &rest[..close];
-            let (negate, class) = match class.first() {
-                Some('!') | Some('^') => (true, &class[1..]),
-                _ => (false, class),
-            };
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == '-' {
-                    hit |= class[i] <= c && c <= class[i + 2];
-                    i += 3;
-                } else {
-                    hit |= class[i] == c;
-                    i += 1;
+/// One element of a shell pattern.
+#[derive(Debug, PartialEq)]
+enum Atom {
+    /// `*`: any run of characters.
+    Star,
+    /// `?`: one character.
+    Any,
+    /// `[…]`: one character of a class (`!` or `^` first negates it).
+    Class {
+        negate: bool,
+        items: Vec<(char, char)>,
+    },
+    /// Itself (also `\x`).
+    Lit(char),
+}
+
+impl Atom {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Atom::Star | Atom::Any => true,
+            Atom::Class { negate, items } => {
+                items.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate
+            }
+            Atom::Lit(l) => *l == c,
+        }
+    }
+}
+
+/// A shell pattern (`*`, `?`, `[…]`, `\x`) as atoms.
+fn atoms(pattern: &[char]) -> Vec<Atom> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            '*' => {
+                // `**` is `*`.
+                if out.last() != Some(&Atom::Star) {
+                    out.push(Atom::Star);
                 }
             }
-            hit != negate && pattern_matches(&rest[close + 1..], &s[1..])
+            '?' => out.push(Atom::Any),
+            '[' => {
+                let close = pattern[i + 1..]
+                    .iter()
+                    .skip(1)
+                    .position(|&c| c == ']')
+                    .map(|j| i + 2 + j);
+                let Some(close) = close else {
+                    out.push(Atom::Lit('['));
+                    i += 1;
+                    continue;
+                };
+                let mut class = &pattern[i + 1..close];
+                let negate = matches!(class.first(), Some('!') | Some('^'));
+                if negate {
+                    class = &class[1..];
+                }
+                let mut items = Vec::new();
+                let mut j = 0;
+                while j < class.len() {
+                    if j + 2 < class.len() && class[j + 1] == '-' {
+                        items.push((class[j], class[j + 2]));
+                        j += 3;
+                    } else {
+                        items.push((class[j], class[j]));
+                        j += 1;
+                    }
+                }
+                out.push(Atom::Class { negate, items });
+                i = close;
+            }
+            '\\' if i + 1 < pattern.len() => {
+                i += 1;
+                out.push(Atom::Lit(pattern[i]));
+            }
+            c => out.push(Atom::Lit(c)),
         }
-        '\\' if !rest.is_empty() => {
-            s.first() == Some(&rest[0]) && pattern_matches(&rest[1..], &s[1..])
-        }
-        c => s.first() == Some(&c) && pattern_matches(rest, &s[1..]),
+        i += 1;
     }
+    out
 }
 
-fn remove_prefix(v: &str, pattern: &str, longest: bool) -> String {
-    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
-    let mut cuts: Box<dyn Iterator<Item = usize>> = if longest {
-        Box::new((0..=s.len()).rev())
-    } else {
-        Box::new(0..=s.len())
+/// For each `i` in `0..=s.len()`, whether the pattern matches `s[..i]`:
+/// the pattern run as an automaton over `s`, so the time is the product
+/// of the lengths, never exponential.
+fn prefix_matches(atoms: &[Atom], s: &[char]) -> Vec<bool> {
+    let m = atoms.len();
+    let close = |active: &mut Vec<bool>| {
+        for p in 0..m {
+            if active[p] && atoms[p] == Atom::Star {
+                active[p + 1] = true;
+            }
+        }
     };
-    match cuts.find(|&i| pattern_matches(&p, &s[..i])) {
+    let mut active = vec![false; m + 1];
+    active[0] = true;
+    close(&mut active);
+    let mut out = Vec::with_capacity(s.len() + 1);
+    out.push(active[m]);
+    let mut next = vec![false; m + 1];
+    for &c in s {
+        next.iter_mut().for_each(|n| *n = false);
+        let mut any = false;
+        for p in 0..m {
+            if !active[p] {
+                continue;
+            }
+            if atoms[p] == Atom::Star {
+                next[p] = true;
+                any = true;
+            } else if atoms[p].matches(c) {
+                next[p + 1] = true;
+                any = true;
+            }
+        }
+        std::mem::swap(&mut active, &mut next);
+        close(&mut active);
+        out.push(active[m]);
+        if !any {
+            // Nothing can match any longer prefix.
+            out.resize(s.len() + 1, false);
+            break;
+        }
+    }
+    out
+}
+
+/// The pattern read backwards, to match suffixes as prefixes of the
+/// reversed text.
+fn reversed(mut atoms: Vec<Atom>) -> Vec<Atom> {
+    atoms.reverse();
+    atoms
+}
+
+/// Does the shell pattern match all of `s`?
+#[cfg(test)]
+fn pattern_matches(pattern: &[char], s: &[char]) -> bool {
+    prefix_matches(&atoms(pattern), s)[s.len()]
+}
+
+/// How many steps of the pattern automaton one expansion may take: far
+/// past what real values need, short of a stall.
+const MATCH_BUDGET: u128 = 1 << 28;
+
+fn within_budget(steps: u128) -> Result<(), ShellError> {
+    if steps > MATCH_BUDGET {
+        return err(
+            "the value and the pattern are too long to match (a pattern removal or replacement over several megabytes)",
+        );
+    }
+    Ok(())
+}
+
+fn remove_prefix(v: &str, pattern: &str, longest: bool) -> Result<String, ShellError> {
+    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
+    within_budget(s.len() as u128 * (p.len() as u128 + 1))?;
+    let hits = prefix_matches(&atoms(&p), &s);
+    let cut = if longest {
+        hits.iter().rposition(|h| *h)
+    } else {
+        hits.iter().position(|h| *h)
+    };
+    Ok(match cut {
         Some(i) => s[i..].iter().collect(),
         None => v.to_string(),
-    }
+    })
 }
 
-fn remove_suffix(v: &str, pattern: &str, longest: bool) -> String {
+fn remove_suffix(v: &str, pattern: &str, longest: bool) -> Result<String, ShellError> {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
-    let mut cuts: Box<dyn Iterator<Item = usize>> = if longest {
-        Box::new(0..=s.len())
+    within_budget(s.len() as u128 * (p.len() as u128 + 1))?;
+    let back: Vec<char> = s.iter().rev().copied().collect();
+    // hits[k]: the pattern matches the last k characters.
+    let hits = prefix_matches(&reversed(atoms(&p)), &back);
+    let k = if longest {
+        hits.iter().rposition(|h| *h)
     } else {
-        Box::new((0..=s.len()).rev())
+        hits.iter().position(|h| *h)
     };
-    match cuts.find(|&i| pattern_matches(&p, &s[i..])) {
-        Some(i) => s[..i].iter().collect(),
+    Ok(match k {
+        Some(k) => s[..s.len() - k].iter().collect(),
         None => v.to_string(),
-    }
+    })
 }
 
 /// `${VAR/pattern/replacement}`: the first (or every) longest match replaced.
-fn substitute(v: &str, pattern: &str, replacement: &str, all: bool) -> String {
+fn substitute(v: &str, pattern: &str, replacement: &str, all: bool) -> Result<String, ShellError> {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
     if p.is_empty() {
-        return v.to_string();
+        return Ok(v.to_string());
     }
+    // Every start may run the automaton to the end.
+    let n = s.len() as u128;
+    within_budget(n * (n + 1) / 2 * (p.len() as u128 + 1))?;
+    let atoms = atoms(&p);
     let mut out = String::new();
     let mut i = 0;
     let mut replaced = false;
     while i < s.len() {
         if (!replaced || all)
-            && let Some(end) = (i + 1..=s.len())
-                .rev()
-                .find(|&e| pattern_matches(&p, &s[i..e]))
+            && let Some(len) = prefix_matches(&atoms, &s[i..])
+                .iter()
+                .rposition(|h| *h)
+                .filter(|len| *len > 0)
         {
+            let end = i + len;
             out.push_str(replacement);
             i = end;
             replaced = true;
@@ -675,12 +797,56 @@ fn substitute(v: &str, pattern: &str, replacement: &str, all: bool) -> String {
         out.push(s[i]);
         i += 1;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_as_the_shell_does() {
+        let m = |p: &str, s: &str| {
+            pattern_matches(
+                &p.chars().collect::<Vec<_>>(),
+                &s.chars().collect::<Vec<_>>(),
+            )
+        };
+        for (p, s, want) in [
+            ("*", "", true),
+            ("*", "abc", true),
+            ("a*c", "abbbc", true),
+            ("a*c", "abbbd", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("[a-c]x", "bx", true),
+            ("[!a-c]x", "bx", false),
+            ("[^a-c]x", "dx", true),
+            ("[x", "[x", true),
+            ("\\*", "*", true),
+            ("\\*", "a", false),
+            ("a**b", "ab", true),
+            ("*.tar.gz", "file.tar.gz", true),
+            ("", "", true),
+            ("", "a", false),
+        ] {
+            assert_eq!(m(p, s), want, "{p:?} against {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_that_backtracks_is_matched_in_linear_time() {
+        // Exponential with a backtracking matcher: over 20 s before.
+        let v = "a".repeat(59);
+        let env = vec![("V".to_string(), v)];
+        let got = process_word("${V#*a*a*a*a*a*a*ab}", &env, '\\').unwrap();
+        assert_eq!(got, "a".repeat(59));
+        let got = process_word("${V//*a*a*a*a*a*a*ab/x}", &env, '\\').unwrap();
+        assert_eq!(got, "a".repeat(59));
+        // What could stall anyway is refused.
+        let long = vec![("V".to_string(), "a".repeat(200_000))];
+        assert!(process_word("${V//*b/x}", &long, '\\').is_err());
+    }
 
     fn env() -> Vec<(String, String)> {
         vec![

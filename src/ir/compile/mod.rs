@@ -54,6 +54,10 @@ pub fn compile(
         exports,
         args: c.args.clone(),
         source_map,
+        default: spec
+            .default_stage
+            .filter(|i| *i < spec.stages.len())
+            .map(|i| StageId(i as u32)),
     };
     c.cycles(&graph);
     if c.diags.is_empty() {
@@ -136,6 +140,15 @@ impl Compiler<'_> {
                         "unterminated `${`".to_string(),
                         "no closing `}`".to_string(),
                         "close it with `}`, or write `$$` for a literal `$`".to_string(),
+                    ),
+                    SubstError::TooDeep { .. } => (
+                        "${".to_string(),
+                        format!(
+                            "substitutions nested more than {} deep",
+                            crate::ir::subst::MAX_DEPTH
+                        ),
+                        "nested too deep".to_string(),
+                        "nest defaults (`${A:-${B}}`) a few levels at most; declare an `arg` with the value instead".to_string(),
                     ),
                     SubstError::BadName { text, .. } => (
                         format!("${{{text}"),
