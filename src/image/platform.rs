@@ -52,8 +52,11 @@ impl Platform {
         if self.os != os || self.architecture != normalize_arch(architecture) {
             return false;
         }
+        // containerd's defaults: arm64 is v8, and arm without a variant
+        // is v7 (never "any arm").
         let norm = |v: Option<&str>| match (self.architecture.as_str(), v) {
             ("arm64", None) => Some("v8".to_string()),
+            ("arm", None) => Some("v7".to_string()),
             (_, v) => v.map(str::to_string),
         };
         match (norm(self.variant.as_deref()), norm(variant)) {
@@ -106,6 +109,12 @@ mod tests {
         let v7 = Platform::parse("linux/arm/v7").unwrap();
         assert!(!v7.matches("linux", "arm", Some("v6")));
         assert_eq!(v7.to_string(), "linux/arm/v7");
+        // `linux/arm` means v7, as in containerd: never any arm entry.
+        let arm = Platform::parse("linux/arm").unwrap();
+        assert!(arm.matches("linux", "arm", Some("v7")));
+        assert!(arm.matches("linux", "arm", None));
+        assert!(!arm.matches("linux", "arm", Some("v6")));
+        assert!(!arm.matches("linux", "arm", Some("v5")));
         assert!(Platform::parse("linux").is_none());
         assert!(Platform::parse("a/b/c/d").is_none());
         assert!(Platform::host().runs_here());

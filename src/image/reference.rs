@@ -217,57 +217,32 @@ pub fn parse_registry(text: &str) -> Result<RegistryRef, BadReference> {
     if text.chars().any(|c| c.is_whitespace()) {
         return Err(bad("it contains whitespace"));
     }
-    let (rest, digest) = match text.split_once('@') {
-        Some((r, d)) => (r, Some(check_digest(d, text)?)),
-        None => (text, None),
+    // Docker's grammar and normalisation (`index.docker.io` is
+    // `docker.io`, `busybox` is `docker.io/library/busybox:latest`), as
+    // the distribution project's reference package has them.
+    let parsed = oci_client::Reference::try_from(text).map_err(|e| {
+        bad(&match e {
+            oci_client::ParseError::NameTooLong => {
+                "a name is at most 255 characters".to_string()
+            }
+            oci_client::ParseError::ReferenceInvalidFormat => {
+                "a name is lowercase letters, digits and separators (`.`, `_`, `__`, `-`) between them, in `/`-separated parts, then `:TAG` or `@sha256:…`".to_string()
+            }
+            other => other.to_string(),
+        })
+    })?;
+    let digest = match parsed.digest() {
+        Some(d) => Some(check_digest(d, text)?),
+        None => None,
     };
-    let last = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last..].find(':') {
-        Some(i) => (&rest[..last + i], Some(rest[last + i + 1..].to_string())),
-        None => (rest, None),
-    };
-    if let Some(t) = &tag {
-        let ok = !t.is_empty()
-            && t.len() <= 128
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-            && !t.starts_with(['.', '-']);
-        if !ok {
-            return Err(bad(&format!("`{t}` is not a tag")));
-        }
-    }
-    let (registry, repository) = match name.split_once('/') {
-        Some((first, path))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (first.to_string(), path.to_string())
-        }
-        _ => ("docker.io".to_string(), name.to_string()),
-    };
-    let repository = if registry == "docker.io" && !repository.contains('/') {
-        format!("library/{repository}")
-    } else {
-        repository
-    };
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            })
-            && p.as_bytes()[0].is_ascii_alphanumeric()
-    };
-    if !repository.split('/').all(part_ok) {
-        return Err(bad(
-            "a name is lowercase letters, digits and `.`, `_`, `-`, in `/`-separated parts",
-        ));
-    }
-    let tag = match (&tag, &digest) {
+    let tag = match (parsed.tag(), &digest) {
+        (Some(t), _) => Some(t.to_string()),
         (None, None) => Some("latest".to_string()),
-        _ => tag,
+        (None, Some(_)) => None,
     };
     Ok(RegistryRef {
-        registry,
-        repository,
+        registry: parsed.registry().to_string(),
+        repository: parsed.repository().to_string(),
         tag,
         digest,
     })
@@ -304,9 +279,46 @@ mod tests {
 
     #[test]
     fn bad_references_say_why() {
-        for s in ["", "Busybox", "a b", "x:", "x@sha256:12", "x:-bad"] {
+        let long = format!("ns/{}", "a".repeat(255));
+        for s in [
+            "",
+            "Busybox",
+            "a b",
+            "x:",
+            "x@sha256:12",
+            "x:-bad",
+            // Names Docker refuses.
+            "a..b",
+            "ns/app_",
+            "a___b",
+            "-a",
+            long.as_str(),
+        ] {
             assert!(parse_registry(s).is_err(), "{s}");
         }
+        // And what it accepts.
+        for s in [
+            "a__b",
+            "a_b",
+            "a-b.c",
+            "ns/a--b",
+            "localhost/x",
+            "127.0.0.1:5000/a/b:t",
+        ] {
+            assert!(parse_registry(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn docker_hub_s_old_name_is_docker_io() {
+        assert_eq!(
+            reg("index.docker.io/busybox").to_string(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            reg("index.docker.io/library/busybox:1").to_string(),
+            "docker.io/library/busybox:1"
+        );
     }
 
     #[test]

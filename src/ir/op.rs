@@ -459,14 +459,8 @@ impl MountSpec {
             ))
         };
         match m.kind {
-            MountType::Bind | MountType::Cache | MountType::Tmpfs => {
-                if m.target.is_none() {
-                    return Err((
-                        format!("a {ty} mount needs a `target`"),
-                        format!("write `type={ty},target=/path`"),
-                    ));
-                }
-            }
+            // Without a target, the working directory (BuildKit's rule).
+            MountType::Bind | MountType::Cache | MountType::Tmpfs => {}
             MountType::Secret | MountType::Ssh => {
                 if m.from.is_some() {
                     return refuse("from");
@@ -488,12 +482,15 @@ impl MountSpec {
         if m.kind != MountType::Cache && m.sharing != Sharing::Shared {
             return refuse("sharing");
         }
+        // A relative target is joined to the working directory when the
+        // command runs (BuildKit's rule); only the root itself is refused.
         if let Some(t) = &m.target
-            && !t.starts_with('/')
+            && t.starts_with('/')
+            && crate::model::tree::normalize(t, "/").is_empty()
         {
             return Err((
-                format!("the mount target `{t}` is not absolute"),
-                "write the target as an absolute path, such as `/root/.cache`".into(),
+                format!("the mount target `{t}` is the root: a mount cannot cover the stage's tree"),
+                "mount below the root, such as `/src` (a relative target is below the working directory)".into(),
             ));
         }
         Ok(m)
@@ -522,14 +519,23 @@ mod tests {
         );
         let m = MountSpec::parse("type=tmpfs,target=/tmp,size=64MiB").unwrap();
         assert_eq!(m.size, Some(64 << 20));
+        // Relative and absent targets are the working directory's (BuildKit).
+        for spec in [
+            "target=.",
+            "type=bind,target=github.com/x",
+            "from=build",
+            "type=cache",
+        ] {
+            MountSpec::parse(spec).unwrap();
+        }
     }
 
     #[test]
     fn bad_mount_specs_say_what_is_wrong() {
         for (spec, says) in [
             ("type=volume,target=/x", "not a mount type"),
-            ("type=cache", "needs a `target`"),
-            ("type=cache,target=x", "not absolute"),
+            ("type=cache,target=/", "is the root"),
+            ("type=bind,target=/a/..", "is the root"),
             (
                 "type=cache,target=/x,sharing=sometimes",
                 "not a sharing mode",

@@ -1,5 +1,5 @@
 //! Extracting tar archives, as Docker's `ADD` does for local sources: a
-//! file that is a tar archive (plain, gzip, bzip2 or xz, recognised by its
+//! file that is a tar archive (plain, gzip, bzip2, xz or zstd, recognised by its
 //! content, not its name) becomes the directory it holds.
 //!
 //! Archives are streamed: the archive blob is verified, then decompressed
@@ -166,6 +166,9 @@ fn open_stream<'scope>(
         )
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         (Box::new(XzReader::new(scope, raw)), true)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let z = zstd::stream::read::Decoder::new(raw).map_err(|e| damaged(&e))?;
+        (Box::new(z), true)
     } else {
         (Box::new(raw), false)
     })
@@ -441,6 +444,15 @@ mod tests {
             .expect("archive");
         assert_eq!(items.len(), 1);
         assert!(matches!(items[0].1.kind, Kind::File { size, .. } if size == 64 << 20));
+    }
+
+    #[test]
+    fn zstd_archives_extract() {
+        let (_d, s) = store();
+        let tar = archive();
+        let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
+        let items = unpack(&s, &zst).expect("unpack").expect("an archive");
+        assert_eq!(items.len(), 4);
     }
 
     #[test]

@@ -746,7 +746,8 @@ impl Compiler<'_> {
             (MountKind::Secret { id, env: None, .. }, None) => format!("/run/secrets/{id}"),
             (MountKind::Secret { .. }, None) => String::new(),
             (MountKind::Ssh { id, .. }, None) => format!("/run/buildkit/ssh_agent.{id}"),
-            (_, None) => String::new(),
+            // The working directory, when the command runs.
+            (_, None) => ".".to_string(),
         };
         Some(RunMount { target, kind })
     }
