@@ -566,7 +566,7 @@ fn base64(text: &str) -> String {
     out
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()
@@ -575,7 +575,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Write a blob into a layout; returns its digest and size.
-fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+pub(crate) fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
     let hex = sha256_hex(bytes);
     let dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&dir).unwrap();
@@ -584,7 +584,7 @@ fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 }
 
 /// A gzipped layer of `(path, contents)` files.
-fn layer(files: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn layer(files: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, body) in files {
         let mut h = tar::Header::new_ustar();
@@ -605,7 +605,7 @@ fn layer(files: &[(&str, &str)]) -> Vec<u8> {
 
 /// A manifest over `layers` with a config for `arch`; returns its
 /// descriptor JSON (digest, size, media type).
-fn manifest(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
+pub(crate) fn manifest(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
     let mut diff_ids = Vec::new();
     let mut descs = Vec::new();
     for l in layers {
@@ -639,7 +639,7 @@ fn manifest(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value 
 }
 
 /// Write `index.json` naming `desc` as `tag`.
-fn tag(layout: &Path, tag: &str, mut desc: serde_json::Value) {
+pub(crate) fn tag(layout: &Path, tag: &str, mut desc: serde_json::Value) {
     desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
     std::fs::write(
         layout.join("oci-layout"),
@@ -650,7 +650,7 @@ fn tag(layout: &Path, tag: &str, mut desc: serde_json::Value) {
     std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
 }
 
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -1,6 +1,7 @@
 //! Integration tests: the real `kiln` binary on real specs in temp dirs.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+mod bounded;
 mod build;
 mod buildah;
 mod cli;

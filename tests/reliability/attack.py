@@ -21,9 +21,16 @@ Phases (each prints its figures; the run fails if any bar is missed):
               host files, ignore files leading outside the context and
               archive bombs: each refused, nothing outside the state
               directory changed, no secret printed, no hang.
+  hostile-run `run` steps that try to get out of the sandbox (as root, on
+              the test images): kernel knobs, mounts, namespaces, devices
+              and setuid files in cache mounts, descriptors planted in
+              kiln's caller, a host process, and a compiled probe of every
+              system call Docker's profile refuses. Each attempt must be
+              held, and nothing of the host may change: its kernel knobs,
+              hostname, mounts, /tmp and a canary process.
 
 The bars: 0 wrong exports, 0 mixed exports, 0 failed concurrent builds,
-0 unsafe outcomes. `--quick` runs few rounds (the integration tests run it);
+0 unsafe outcomes, 0 escapes. `--quick` runs few rounds (the integration tests run it);
 the figures in tests/reliability/RESULTS.md come from a full run.
 """
 
@@ -529,6 +536,142 @@ def phase_hostile(kiln, work, stats):
     return unsafe == 0
 
 
+# Shell attacks on the busybox image: each prints `ESCAPED` if it got
+# through. Every one is made so that, done on the host, it would change
+# nothing lasting (a knob written with its own value, a mount of nothing).
+SHELL_ATTACKS = [
+    ("core-pattern", "cat /proc/sys/kernel/core_pattern > /tmp/v; cat /tmp/v > /proc/sys/kernel/core_pattern"),
+    ("sysrq", ": > /proc/sysrq-trigger"),
+    ("drop-caches", "echo 1 > /proc/sys/vm/drop_caches"),
+    ("proc-hostname", "cat /proc/sys/kernel/hostname > /tmp/h; cat /tmp/h > /proc/sys/kernel/hostname"),
+    ("mount-tmpfs", "mkdir -p /m && mount -t tmpfs none /m"),
+    ("mount-proc", "mkdir -p /m && mount -t proc proc /m"),
+    ("mount-sysfs", "mkdir -p /m && mount -t sysfs sysfs /m"),
+    ("umount-proc", "umount -l /proc"),
+    ("unshare-user", "unshare -r true"),
+    ("unshare-mount", "unshare -m true"),
+    ("nsenter-init", "nsenter -t 1 -m -u -i -n -p true"),
+    ("mknod-disk", "mknod /vda b 254 0 && head -c 1 /vda"),
+    ("mknod-mem", "mknod /mem c 1 1 && head -c 1 /mem"),
+    ("host-root-map", "grep -q '^ *0 *0 ' /proc/self/uid_map"),
+    ("descriptors", "ls /proc/self/fd | grep -qvE '^(0|1|2|3)$'"),
+    ("kcore", "test -s /proc/kcore && head -c 1 /proc/kcore | grep -q ."),
+    ("sys-write", "echo x > /sys/kernel/uevent_helper"),
+    ("hostname", "hostname owned-by-kiln-test && hostname | grep -q owned"),
+    ("ptrace-canary", "ls /proc | grep -qx \"$CANARY\""),
+]
+
+
+def host_marks():
+    """What a step must never change on the host."""
+    def read(p):
+        try:
+            with open(p) as f:
+                return f.read()
+        except OSError as e:
+            return f"<{e}>"
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted(l.split(" ")[4] for l in f)
+    return {
+        "core_pattern": read("/proc/sys/kernel/core_pattern"),
+        "hostname": read("/proc/sys/kernel/hostname"),
+        "mounts": mounts,
+        "tmp": sorted(os.listdir("/tmp")),
+    }
+
+
+def phase_hostile_run(kiln, work, stats, images):
+    """Hostile `run` steps; returns whether none got out."""
+    if os.geteuid() != 0 or shutil.which("bwrap") is None or not images:
+        print("  hostile-run: skipped (needs root, bubblewrap and the test images)")
+        stats["hostile-run"] = {"skipped": "needs root, bubblewrap and the test images"}
+        return os.environ.get("CI") != "true"
+    busybox = f"oci:{images}/busybox:1"
+    debian = f"oci:{images}/debian:12"
+    canary = subprocess.Popen(["bash", "-c", "exec -a kiln-canary sleep 3600"])
+    tried = held = escaped = changed = 0
+    root = os.path.join(work, "hostile-run")
+    os.makedirs(os.path.join(root, "ctx"), exist_ok=True)
+    probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile-probe.c")
+    shutil.copy(probe, os.path.join(root, "ctx", "probe.c"))
+    steps = []
+    for name, attack in SHELL_ATTACKS:
+        script = f"if ( {attack} ) >/dev/null 2>&1; then echo '{name} ESCAPED'; else echo '{name} held'; fi >> /report"
+        steps.append(f'    run #"{script}"# {{\n        env CANARY="{canary.pid}"\n    }}')
+    # Setuid files and devices left in a cache mount.
+    steps.append('    run "cp /bin/busybox /c/sh; chmod 4755 /c/sh; mknod /c/vda b 254 0 2>/dev/null; chmod 666 /c/vda 2>/dev/null; true" {\n        mount "type=cache,target=/c,id=hostile-run"\n    }')
+    spec = "kiln 1\ncontext src path=\"ctx\"\nstage shell {\n    from image=\"%s\"\n%s\n}\n" % (busybox, "\n".join(steps))
+    spec += (
+        "stage probe {\n"
+        f"    from image=\"{debian}\"\n"
+        "    copy \"probe.c\" \"/src/\" context=src\n"
+        "    run \"gcc -O1 -o /usr/local/bin/probe /src/probe.c -lpthread\"\n"
+        f"    run \"probe {canary.pid} > /report 2>&1\"\n"
+        "}\n"
+        "export {\n    shell to=\"out/shell\"\n    probe to=\"out/probe\"\n}\n"
+    )
+    with open(os.path.join(root, "kiln.kdl"), "w") as f:
+        f.write(spec)
+    before = host_marks()
+    env = dict(os.environ)
+    env.pop("KILN_STATE_DIR", None)
+    # Descriptors kiln's caller leaves open must not reach a step.
+    r = subprocess.run(
+        ["bash", "-c", 'exec 78</ 10</etc/hostname; exec "$0" "$@"', kiln, "build", "--progress", "plain"],
+        cwd=root, capture_output=True, env=env, timeout=1800,
+    )
+    after = host_marks()
+    alive = canary.poll() is None
+    canary.kill()
+    canary.wait()
+    if r.returncode != 0:
+        raise Failure("hostile-run build failed:\n" + r.stderr.decode(errors="replace")[-3000:])
+    for report in ["out/shell/report", "out/probe/report"]:
+        with open(os.path.join(root, report)) as f:
+            for line in f:
+                line = line.strip()
+                if line.endswith(" held"):
+                    tried += 1
+                    held += 1
+                elif "ESCAPED" in line or "FAILED" in line:
+                    tried += 1
+                    escaped += 1
+                    print(f"  hostile-run: {line}")
+    for k in before:
+        if before[k] != after[k]:
+            changed += 1
+            print(f"  hostile-run: the host's {k} changed")
+    if not alive:
+        changed += 1
+        print("  hostile-run: the canary died")
+    # The cache mount: nothing usable by another user, no device.
+    cache_files = []
+    for dirpath, _, files in os.walk(os.path.join(root, ".kiln", "sandbox")):
+        if "/cache/" in dirpath + "/":
+            cache_files += [os.path.join(dirpath, f) for f in files]
+    tried += 2
+    sandbox_mode = os.stat(os.path.join(root, ".kiln", "sandbox")).st_mode & 0o777
+    setuid_root = [f for f in cache_files if os.lstat(f).st_uid == 0 and os.lstat(f).st_mode & 0o4000]
+    devices = [f for f in cache_files if not os.path.isfile(f) and not os.path.islink(f)]
+    if sandbox_mode != 0o700 or setuid_root:
+        escaped += 1
+        print(f"  hostile-run: cache mounts reachable ({oct(sandbox_mode)}) or setuid-root files: {setuid_root}")
+    else:
+        held += 1
+    if devices:
+        escaped += 1
+        print(f"  hostile-run: device nodes left in a cache mount: {devices}")
+    else:
+        held += 1
+    stats["hostile-run"] = {
+        "hostile attempts": tried,
+        "held": held,
+        "got out": escaped,
+        "host changes": changed,
+    }
+    return escaped == 0 and changed == 0 and tried >= 60
+
+
 def report(stats, path, args):
     lines = ["# Reliability results", "",
              f"Produced by `tests/reliability/attack.py --rounds {args.rounds}` on "
@@ -563,6 +706,17 @@ def report(stats, path, args):
                   "| what | count |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in stats["hostile"].items()]
         lines.append("")
+    if "hostile-run" in stats:
+        lines += ["## Hostile `run` steps", "",
+                  "As root, on the busybox and Debian test images: shell attacks (kernel knobs, "
+                  "mounts, namespaces, device nodes, the host's ids, planted descriptors, a host "
+                  "process), setuid files and devices left in a cache mount, and a compiled probe "
+                  "(`hostile-probe.c`) of every system call Docker's seccomp profile refuses. "
+                  "*Held*: the sandbox stopped it. *Host changes*: the host's kernel knobs, "
+                  "hostname, mounts, /tmp or a canary process changed.", "",
+                  "| what | count |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in stats["hostile-run"].items()]
+        lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -573,7 +727,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--results")
-    ap.add_argument("--phases", default="kill,damage,concurrent,hostile")
+    ap.add_argument("--phases", default="kill,damage,concurrent,hostile,hostile-run")
+    ap.add_argument("--images", default=os.environ.get("KILN_TEST_IMAGES", "/var/cache/kiln-test-images"))
     args = ap.parse_args()
     if args.quick:
         args.rounds = 4
@@ -594,6 +749,10 @@ def main():
         if "hostile" in phases:
             ok &= phase_hostile(kiln, work, stats)
             print("hostile:", stats["hostile"])
+        if "hostile-run" in phases:
+            images = args.images if os.path.isdir(os.path.join(args.images, "debian")) else None
+            ok &= phase_hostile_run(kiln, work, stats, images)
+            print("hostile-run:", stats["hostile-run"])
     if args.results:
         report(stats, args.results, args)
     print("all bars met" if ok else "SOME BARS MISSED")

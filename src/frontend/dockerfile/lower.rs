@@ -204,7 +204,14 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
         kept: globals.kept.clone(),
         baked: RefCell::new(BTreeSet::new()),
         noted_baked: Vec::new(),
+        shells: Vec::with_capacity(sources.len()),
+        by_name: std::collections::HashMap::new(),
     };
+    for (i, s) in sources.iter().enumerate() {
+        if let Some(n) = &s.name {
+            l.by_name.entry(n.clone()).or_insert(i);
+        }
+    }
     l.directives();
     l.args(&globals);
     l.names = stage_names(&sources);
@@ -351,6 +358,11 @@ struct Lowerer<'a> {
     baked: RefCell<BTreeSet<String>>,
     /// (line, name) of the notes on args used by value.
     noted_baked: Vec<(usize, String)>,
+    /// The shell each stage lowered so far ends with (what `FROM stage`
+    /// starts with), by index.
+    shells: Vec<Vec<String>>,
+    /// The first stage of each (lower-cased) name, by name.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 /// What one stage has seen so far, for the instructions after.
@@ -484,9 +496,10 @@ impl Lowerer<'_> {
     /// earlier stage (by name or number), or `None` for an image.
     fn stage_ref(&self, reference: &str, before: usize) -> Option<usize> {
         let lower = reference.to_ascii_lowercase();
-        self.sources[..before]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+        self.by_name
+            .get(&lower)
+            .copied()
+            .filter(|i| *i < before)
             .or_else(|| reference.parse::<usize>().ok().filter(|i| *i < before))
     }
 
@@ -510,7 +523,7 @@ impl Lowerer<'_> {
         } else if let Some(b) = self.stage_ref(&src.base, index) {
             decl.from = Some(self.s(line, &self.names[b]));
             st.env = self.sources[b].env.clone();
-            st.shell = self.final_shell(b);
+            st.shell = self.shells[b].clone();
         } else {
             decl.image = Some(self.s(line, &src.image));
         }
@@ -539,21 +552,7 @@ impl Lowerer<'_> {
             self.inst(*line, inst, index, &mut st, &mut decl.steps);
         }
         self.spec.stages.push(decl);
-    }
-
-    /// The shell a stage ends with (what `FROM stage` starts with).
-    fn final_shell(&self, index: usize) -> Vec<String> {
-        let mut shell = vec!["/bin/sh".to_string(), "-c".to_string()];
-        let s = &self.sources[index];
-        if let Some(b) = self.stage_ref(&s.base, index) {
-            shell = self.final_shell(b);
-        }
-        for (_, inst) in &s.items {
-            if let Inst::Shell(sh) = inst {
-                shell = sh.clone();
-            }
-        }
-        shell
+        self.shells.push(st.shell);
     }
 
     fn strs(&self, line: usize, values: &[String]) -> Vec<Str> {

@@ -342,6 +342,8 @@ pub fn stages(
     // Global args with their values, as `FROM` lines see them.
     let mut meta: Vec<(String, String)> = platform_args();
     let mut out: Vec<StageSource> = Vec::new();
+    // The first stage of each name, so a `FROM` finds its base at once.
+    let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for inst in &d.instructions {
         let line = inst.start_line;
         let typed = check(inst)?;
@@ -390,10 +392,12 @@ pub fn stages(
                 // A stage built on an earlier one starts with its
                 // environment, and runs its `ONBUILD` triggers first (as if
                 // the earlier stage were an image; they are not passed on).
-                let parent = out.iter().find(|s| {
-                    s.name.as_deref() == Some(base.to_ascii_lowercase().as_str())
-                        || s.index.to_string() == base
-                });
+                let lower = base.to_ascii_lowercase();
+                let parent = by_name
+                    .get(&lower)
+                    .copied()
+                    .or_else(|| base.parse::<usize>().ok())
+                    .and_then(|i| out.get(i));
                 let env = parent.map(|s| s.env.clone()).unwrap_or_default();
                 let triggers: Vec<Inst> = parent
                     .map(|s| {
@@ -420,6 +424,9 @@ pub fn stages(
                 for t in triggers {
                     let item = expand_inst(t, &mut stage, &meta, &build_arg, &is_kept, &words)?;
                     stage.items.push((line, item));
+                }
+                if let Some(n) = &stage.name {
+                    by_name.entry(n.clone()).or_insert(stage.index);
                 }
                 out.push(stage);
             }
