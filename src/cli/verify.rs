@@ -217,6 +217,9 @@ fn how_differs(x: &Entry, y: &Entry) -> String {
         Kind::File { .. } => "a file",
         Kind::Dir => "a directory",
         Kind::Symlink { .. } => "a symlink",
+        Kind::Device { block: true, .. } => "a block device",
+        Kind::Device { block: false, .. } => "a character device",
+        Kind::Fifo => "a FIFO",
     };
     match (&x.kind, &y.kind) {
         (Kind::File { blob: b1, size: s1 }, Kind::File { blob: b2, size: s2 }) if b1 != b2 => {
@@ -229,6 +232,14 @@ fn how_differs(x: &Entry, y: &Entry) -> String {
         (Kind::Symlink { target: t1 }, Kind::Symlink { target: t2 }) if t1 != t2 => {
             format!("symlink target differs (`{t1}` / `{t2}`)")
         }
+        (
+            Kind::Device {
+                major: a, minor: b, ..
+            },
+            Kind::Device {
+                major: c, minor: d, ..
+            },
+        ) if (a, b) != (c, d) => format!("device number differs ({a}:{b} / {c}:{d})"),
         (k1, k2) if std::mem::discriminant(k1) != std::mem::discriminant(k2) => {
             format!("{} / {}", kind(x), kind(y))
         }

@@ -191,6 +191,18 @@ impl Snapshot {
                     h.update(target.as_bytes());
                     h.update(&[0]);
                 }
+                Kind::Device {
+                    block,
+                    major,
+                    minor,
+                } => {
+                    h.update(if *block { b"b" } else { b"c" });
+                    h.update(&major.to_le_bytes());
+                    h.update(&minor.to_le_bytes());
+                }
+                Kind::Fifo => {
+                    h.update(b"p");
+                }
             }
         }
         Some(*h.finalize().as_bytes())

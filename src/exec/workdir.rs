@@ -60,6 +60,9 @@ pub fn write(
         let rel = &path[strip..];
         let at = dest.join(rel);
         match &e.kind {
+            // A device or FIFO is nothing a plugin can use: it is not
+            // written, and stays in the tree while its directory does.
+            Kind::Device { .. } | Kind::Fifo => {}
             Kind::Dir => {
                 fs::create_dir_all(&at).map_err(|err| io("cannot create", &at, err))?;
             }
@@ -137,6 +140,8 @@ pub fn read_back(
             }
         };
         let entry = match found.entry.kind {
+            // The listing skips them; none are made by a plugin.
+            Kind::Device { .. } | Kind::Fifo => continue,
             Kind::Dir => {
                 let (mode, uid, gid) = keep(0o755);
                 Entry::dir(mode, uid, gid)
@@ -175,6 +180,17 @@ pub fn read_back(
             }
         };
         tree.entries.insert(path, entry);
+    }
+    // Devices and FIFOs were not written out: they stay where their
+    // directory still is.
+    for (path, e) in &before.entries {
+        if matches!(e.kind, Kind::Device { .. } | Kind::Fifo)
+            && !tree.entries.contains_key(path)
+            && (crate::model::tree::parent(path).is_empty()
+                || tree.is_dir(crate::model::tree::parent(path)))
+        {
+            tree.entries.insert(path.clone(), e.clone());
+        }
     }
     Ok(tree)
 }

@@ -672,6 +672,10 @@ fn write_layer(
                             h.set_size(0);
                             b.append_link(&mut h, path, target).map_err(fail)?;
                         }
+                        Kind::Device { .. } | Kind::Fifo => {
+                            super::tar::special_header(&mut h, &entry.kind).map_err(fail)?;
+                            b.append_data(&mut h, path, io::empty()).map_err(fail)?;
+                        }
                     }
                 }
             }

@@ -163,8 +163,15 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
         .map_err(|e| Diagnostic::io("cannot write to the state directory", store.root(), &e))?;
     remove_any(&tmp);
     let written = match job.format {
-        ExportFormat::Dir => write_dir(store, job.tree, &tmp, job.settings)
-            .map(|_| job.tree.entries.keys().cloned().collect()),
+        // What a `dir` export holds (device nodes are left out).
+        ExportFormat::Dir => write_dir(store, job.tree, &tmp, job.settings).map(|_| {
+            job.tree
+                .entries
+                .iter()
+                .filter(|(_, e)| !matches!(e.kind, Kind::Device { .. }))
+                .map(|(p, _)| p.clone())
+                .collect()
+        }),
         ExportFormat::Tar => tar::write(store, job.tree, &tmp, job.settings).map(|_| Vec::new()),
         ExportFormat::Oci | ExportFormat::OciArchive | ExportFormat::DockerArchive => {
             write_image(store, job, &tmp)
@@ -401,10 +408,15 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
     let mut dirs = vec![(root.to_path_buf(), 0o755u32, (0u32, 0u32))];
     let mut files = Vec::new();
     let mut links = Vec::new();
+    let mut fifos = Vec::new();
     for (path, entry) in &tree.entries {
         let at = root.join(path);
         let owner = (entry.uid, entry.gid);
         match &entry.kind {
+            // A device node is never made outside the store: a `dir`
+            // export leaves it out (tar and image exports keep it).
+            Kind::Device { .. } => {}
+            Kind::Fifo => fifos.push((at, entry.mode, owner)),
             Kind::Dir => {
                 fs::create_dir(&at).map_err(|e| env_err("cannot create", &at, &e))?;
                 dirs.push((at, entry.mode, owner));
@@ -438,6 +450,22 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
                 .map_err(|e| env_err("cannot write", at, &e))?;
             Ok(())
         })?;
+    for (at, mode, owner) in fifos {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &at,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .map_err(|e| env_err("cannot create", &at, &e.into()))?;
+        if settings.set_owner {
+            let _ = std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1));
+        }
+        fs::set_permissions(&at, fs::Permissions::from_mode(mode))
+            .map_err(|e| env_err("cannot write", &at, &e))?;
+        let _ = crate::fsutil::set_epoch_times(&at, settings.epoch);
+    }
     for (at, target, owner) in links {
         std::os::unix::fs::symlink(target, &at)
             .map_err(|e| env_err("cannot create symlink", &at, &e))?;

@@ -70,7 +70,34 @@ pub fn write_to<W: Write>(
                 h.set_size(0);
                 b.append_link(&mut h, path, target).map_err(e)?;
             }
+            Kind::Device { .. } | Kind::Fifo => {
+                special_header(&mut h, &entry.kind).map_err(e)?;
+                b.append_data(&mut h, path, io::empty()).map_err(e)?;
+            }
         }
     }
     b.into_inner().map_err(e)
+}
+
+/// Make `h` the header of a device node or FIFO (no data), as an image
+/// layer holds one.
+pub(super) fn special_header(h: &mut ::tar::Header, kind: &Kind) -> io::Result<()> {
+    h.set_size(0);
+    match kind {
+        Kind::Device {
+            block,
+            major,
+            minor,
+        } => {
+            h.set_entry_type(if *block {
+                ::tar::EntryType::Block
+            } else {
+                ::tar::EntryType::Char
+            });
+            h.set_device_major(*major)?;
+            h.set_device_minor(*minor)?;
+        }
+        _ => h.set_entry_type(::tar::EntryType::Fifo),
+    }
+    Ok(())
 }

@@ -177,9 +177,32 @@ pub fn apply(
         {
             continue;
         } else if kind.is_character_special() || kind.is_block_special() {
-            return Err(hostile("is a device node, which kiln does not create"));
+            // Kept as an entry (images made from a root file system have
+            // `/dev/console` and the like); never made where a step runs.
+            let number = |n: std::io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+            Item::Put(
+                path,
+                Entry {
+                    kind: Kind::Device {
+                        block: kind.is_block_special(),
+                        major: number(header.device_major()),
+                        minor: number(header.device_minor()),
+                    },
+                    mode,
+                    uid,
+                    gid,
+                },
+            )
         } else if kind.is_fifo() {
-            return Err(hostile("is a FIFO, which kiln does not create"));
+            Item::Put(
+                path,
+                Entry {
+                    kind: Kind::Fifo,
+                    mode,
+                    uid,
+                    gid,
+                },
+            )
         } else {
             return Err(hostile("has an entry type kiln does not know"));
         };
@@ -366,6 +389,18 @@ mod tests {
     }
 
     #[test]
+    fn device_nodes_are_kept_as_entries() {
+        let m = MemoryStore::new();
+        let mut t = Tree::new();
+        let bytes = layer(&[("dev/", 'd', ""), ("dev/console", 'c', "")]);
+        apply(&m, &mut t, &bytes[..], 1 << 20).unwrap();
+        assert!(matches!(
+            t.get("dev/console").map(|e| &e.kind),
+            Some(Kind::Device { block: false, .. })
+        ));
+    }
+
+    #[test]
     fn a_hard_link_to_a_symlink_is_the_same_symlink() {
         let m = MemoryStore::new();
         let mut t = Tree::new();
@@ -389,7 +424,6 @@ mod tests {
                 layer(&[("etc", 'l', "/host-etc"), ("etc/passwd", 'f', "evil")]),
                 "through a symlink",
             ),
-            (layer(&[("dev/null", 'c', "")]), "device node"),
             (layer(&[("x", 'h', "nowhere")]), "not in the image"),
         ] {
             let mut t = Tree::new();

@@ -15,9 +15,25 @@ use std::ops::Bound;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Kind {
-    File { blob: BlobDigest, size: u64 },
+    File {
+        blob: BlobDigest,
+        size: u64,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
+    /// A character or block device, as an image's layer holds it (Debian
+    /// roots made by mmdebstrap have `/dev/console`, say). Kept in trees
+    /// and written to layers and tars as it is; never made where a step
+    /// could use it (a `run` step gets bubblewrap's own `/dev`).
+    Device {
+        block: bool,
+        major: u32,
+        minor: u32,
+    },
+    /// A named pipe, likewise kept.
+    Fifo,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +180,10 @@ enum WireKind<'a> {
     File(BlobDigest, u64),
     Dir,
     Symlink(#[serde(borrow)] Cow<'a, str>),
+    // New kinds go last: postcard numbers variants by their place, and
+    // the digests of stored trees must not change.
+    Device(bool, u32, u32),
+    Fifo,
 }
 
 impl Tree {
@@ -184,6 +204,12 @@ impl Tree {
                     Kind::File { blob, size } => WireKind::File(*blob, *size),
                     Kind::Dir => WireKind::Dir,
                     Kind::Symlink { target } => WireKind::Symlink(Cow::Borrowed(target)),
+                    Kind::Device {
+                        block,
+                        major,
+                        minor,
+                    } => WireKind::Device(*block, *major, *minor),
+                    Kind::Fifo => WireKind::Fifo,
                 },
                 mode: e.mode,
                 uid: e.uid,
@@ -217,6 +243,12 @@ impl Tree {
                     WireKind::Symlink(t) => Kind::Symlink {
                         target: t.into_owned(),
                     },
+                    WireKind::Device(block, major, minor) => Kind::Device {
+                        block,
+                        major,
+                        minor,
+                    },
+                    WireKind::Fifo => Kind::Fifo,
                 };
                 let e = Entry {
                     kind,

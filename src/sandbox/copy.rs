@@ -137,6 +137,7 @@ pub fn settle(
                 st.st_size as u64 == *size && mode == e.mode && st.st_nlink == 1
             }
             (tree::Kind::Dir, FileType::Directory) => mode == e.mode,
+            (tree::Kind::Fifo, FileType::Fifo) => mode == e.mode,
             (tree::Kind::Symlink { target }, FileType::Symlink) => {
                 rustix::fs::readlinkat(dir, name, Vec::new())
                     .ok()
@@ -398,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fifo_left_behind_is_an_error() {
+    fn a_fifo_left_behind_is_kept() {
         let store = MemoryStore::new();
         let dir = tempfile::tempdir().unwrap();
         let before = mark(dir.path()).unwrap();
@@ -411,8 +412,8 @@ mod tests {
         )
         .unwrap();
         let mut tree = Tree::new();
-        let err = apply(&store, dir.path(), &before, &mut tree, &BTreeSet::new()).unwrap_err();
-        assert!(err.to_string().contains("FIFO `/fifo`"), "{err}");
+        apply(&store, dir.path(), &before, &mut tree, &BTreeSet::new()).unwrap();
+        assert_eq!(tree.get("fifo").map(|e| &e.kind), Some(&Kind::Fifo));
     }
 
     #[test]

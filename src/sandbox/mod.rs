@@ -67,9 +67,9 @@ pub enum SandboxError {
 }
 
 /// The tree entry for what a command left at `path` (a file, read into
-/// the store, or a symlink), found as `name` in `dir`; `None` for a
-/// socket (a daemon's leftover, which images do not hold either). A FIFO
-/// or a device node is an error: a tree cannot hold one.
+/// the store, a symlink or a FIFO), found as `name` in `dir`; `None` for a
+/// socket (a daemon's leftover, which images do not hold either). A device
+/// node is an error: no command can make one, and kiln takes none back.
 pub(crate) fn leaf(
     content: &dyn crate::store::ContentStore,
     dir: &std::os::fd::OwnedFd,
@@ -107,11 +107,7 @@ pub(crate) fn leaf(
             Kind::Symlink { target }
         }
         FileType::Socket => return Ok(None),
-        FileType::Fifo => {
-            return Err(SandboxError::Changes(format!(
-                "the command left the FIFO `/{path}`, which a kiln tree cannot hold"
-            )));
-        }
+        FileType::Fifo => Kind::Fifo,
         _ => {
             return Err(SandboxError::Changes(format!(
                 "the command left the device node `/{path}`, which a kiln tree cannot hold"

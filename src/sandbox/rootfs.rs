@@ -14,7 +14,8 @@
 //! ([`super::ids`]), so they are kept per mapping, below the state dir's
 //! `sandbox/` (which only its owner can enter):
 //! `rootfs/l/<id>/` are layers (never changed once in place);
-//! `rootfs/t/<tree digest>` lists a tree's stack; `rootfs/s/<id>` seals a
+//! `rootfs/t/<tree digest>.<epoch>` lists a tree's stack (every time on
+//! disk is the epoch, `SOURCE_DATE_EPOCH`); `rootfs/s/<id>` seals a
 //! layer: a digest of what stat says of every entry in it (type, mode,
 //! owner, size, mtime, ctime, inode), written when the layer is put in
 //! place. A stack is used only when each of its layers still matches its
@@ -59,8 +60,12 @@ impl Rootfs<'_> {
         self.dir().join("l")
     }
 
+    /// A tree's stack, for this epoch: every time on disk is the epoch,
+    /// so a stack written under another one is another stack.
     fn stack_file(&self, d: TreeDigest) -> PathBuf {
-        self.dir().join("t").join(d.hex())
+        self.dir()
+            .join("t")
+            .join(format!("{}.{}", d.hex(), self.epoch))
     }
 
     fn seal_file(&self, layer: &Path) -> Option<PathBuf> {
@@ -305,6 +310,22 @@ impl Rootfs<'_> {
             let Some(e) = new.get(path) else { continue };
             let at = dir.join(path);
             match &e.kind {
+                // A device node is never made where a command could use it
+                // (the command gets bubblewrap's own `/dev`): it stays in
+                // the tree while its directory does.
+                Kind::Device { .. } => {}
+                Kind::Fifo => {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        &at,
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(e.mode & 0o777),
+                        0,
+                    )
+                    .map_err(|err| io_err("cannot create", &at, err.into()))?;
+                    self.own(&at, e.uid, e.gid, path)?;
+                    let _ = crate::fsutil::set_epoch_times(&at, self.epoch);
+                }
                 Kind::Dir => {
                     fs::create_dir_all(&at).map_err(|err| io_err("cannot create", &at, err))?;
                     dirs.push((at, e, *path));

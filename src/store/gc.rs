@@ -133,7 +133,9 @@ fn collect_rootfs(root: &Path, kept_trees: &HashSet<TreeDigest>, all: bool) {
     if let Ok(rd) = fs::read_dir(root.join("t")) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let kept = TreeDigest::parse(&name).is_some_and(|d| kept_trees.contains(&d));
+            // `<tree digest>.<epoch>`
+            let digest = name.split('.').next().unwrap_or("");
+            let kept = TreeDigest::parse(digest).is_some_and(|d| kept_trees.contains(&d));
             if kept {
                 for l in fs::read_to_string(e.path()).unwrap_or_default().lines() {
                     used.insert(l.to_string());

@@ -193,6 +193,16 @@ pub fn context_inputs(picked: &[Picked], key: &mut KeyBuilder) {
                 Kind::File { blob, .. } => format!("{} {:o}", blob.hex(), e.mode),
                 Kind::Dir => format!("dir {:o}", e.mode),
                 Kind::Symlink { target } => format!("-> {target}"),
+                Kind::Device {
+                    block,
+                    major,
+                    minor,
+                } => format!(
+                    "{} {major}:{minor} {:o}",
+                    if *block { "block" } else { "char" },
+                    e.mode
+                ),
+                Kind::Fifo => format!("fifo {:o}", e.mode),
             };
             key.input(KeyInput::ContextFile {
                 path: if path.is_empty() { ".".into() } else { path },
