@@ -107,7 +107,9 @@ pub fn resolve(
         });
     }
     let mut lock = lock::read(&lock_path, sources)?.unwrap_or_default();
-    let mut changed = false;
+    // A lock file that named URLs with their credentials is written again
+    // without them.
+    let mut changed = lock.scrubbed;
     if prune {
         let before = (lock.images.len(), lock.urls.len(), lock.gits.len());
         lock.images

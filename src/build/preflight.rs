@@ -151,7 +151,7 @@ fn images(graph: &Graph, out: &mut Vec<Diagnostic>) {
 
 fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
     let root = rustix::process::geteuid().is_root();
-    let mut bwrap: Option<bool> = None;
+    let mut bwrap: Option<Result<(), String>> = None;
     for s in &graph.stages {
         // The user a `user` step of this stage set (an image's own user
         // is not known without fetching it).
@@ -161,14 +161,14 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
                 Op::Meta(Meta::User(u)) => user = Some(u),
                 Op::Run(_) => {
                     let span = graph.source_map.step(s.id, i).span;
-                    if !*bwrap.get_or_insert_with(crate::sandbox::bwrap_available) {
+                    if let Err(why) = bwrap.get_or_insert_with(crate::sandbox::check_bwrap) {
                         out.push(
                             Diagnostic::env(
                                 "kiln::run::sandbox",
-                                "`run` steps need bubblewrap (`bwrap`), which is not installed",
+                                format!("`run` steps cannot run here: {why}"),
                             )
                             .with_label(span, "this step")
-                            .with_help("install Debian's `bubblewrap`"),
+                            .with_help("install Debian's `bubblewrap` (0.5 or later)"),
                         );
                         return;
                     }

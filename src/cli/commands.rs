@@ -48,6 +48,8 @@ fn default_export(imported: &mut crate::frontend::dockerfile::lower::Imported, p
         return;
     };
     // Follow `from` to the first stage: built on an image, or on scratch.
+    let by_name: std::collections::HashMap<&str, &crate::frontend::ast::StageDecl> =
+        stages.iter().map(|s| (s.name.value.as_str(), s)).collect();
     let mut on_image = false;
     let mut at = target;
     for _ in 0..stages.len() {
@@ -58,7 +60,7 @@ fn default_export(imported: &mut crate::frontend::dockerfile::lower::Imported, p
         match at
             .from
             .as_ref()
-            .and_then(|f| stages.iter().find(|s| s.name.value == f.value))
+            .and_then(|f| by_name.get(f.value.as_str()).copied())
         {
             Some(parent) => at = parent,
             None => break,

@@ -217,8 +217,14 @@ fn how_differs(x: &Entry, y: &Entry) -> String {
         Kind::File { .. } => "a file",
         Kind::Dir => "a directory",
         Kind::Symlink { .. } => "a symlink",
-        Kind::Device { block: true, .. } => "a block device",
-        Kind::Device { block: false, .. } => "a character device",
+        Kind::Device {
+            class: crate::model::tree::DeviceClass::Block,
+            ..
+        } => "a block device",
+        Kind::Device {
+            class: crate::model::tree::DeviceClass::Char,
+            ..
+        } => "a character device",
         Kind::Fifo => "a FIFO",
     };
     match (&x.kind, &y.kind) {

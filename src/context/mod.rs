@@ -192,11 +192,14 @@ impl Snapshot {
                     h.update(&[0]);
                 }
                 Kind::Device {
-                    block,
+                    class,
                     major,
                     minor,
                 } => {
-                    h.update(if *block { b"b" } else { b"c" });
+                    h.update(match class {
+                        crate::model::tree::DeviceClass::Block => b"b",
+                        crate::model::tree::DeviceClass::Char => b"c",
+                    });
                     h.update(&major.to_le_bytes());
                     h.update(&minor.to_le_bytes());
                 }

@@ -451,14 +451,7 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
             Ok(())
         })?;
     for (at, mode, owner) in fifos {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &at,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .map_err(|e| env_err("cannot create", &at, &e.into()))?;
+        crate::fsutil::make_fifo(&at, 0o600).map_err(|e| env_err("cannot create", &at, &e))?;
         if settings.set_owner {
             let _ = std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1));
         }

@@ -3,7 +3,7 @@
 
 use super::{Failed, Settings, store_failed};
 use crate::diag::Diagnostic;
-use crate::model::tree::{Kind, Tree};
+use crate::model::tree::{DeviceClass, Kind, Tree};
 use crate::store::{ContentStore, Store};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -85,19 +85,21 @@ pub(super) fn special_header(h: &mut ::tar::Header, kind: &Kind) -> io::Result<(
     h.set_size(0);
     match kind {
         Kind::Device {
-            block,
+            class,
             major,
             minor,
         } => {
-            h.set_entry_type(if *block {
-                ::tar::EntryType::Block
-            } else {
-                ::tar::EntryType::Char
+            h.set_entry_type(match class {
+                DeviceClass::Block => ::tar::EntryType::Block,
+                DeviceClass::Char => ::tar::EntryType::Char,
             });
             h.set_device_major(*major)?;
             h.set_device_minor(*minor)?;
         }
-        _ => h.set_entry_type(::tar::EntryType::Fifo),
+        Kind::Fifo => h.set_entry_type(::tar::EntryType::Fifo),
+        Kind::File { .. } | Kind::Dir | Kind::Symlink { .. } => {
+            return Err(io::Error::other("not a device node or FIFO"));
+        }
     }
     Ok(())
 }

@@ -20,11 +20,6 @@ pub struct Spec {
     pub plugins: Vec<PluginDecl>,
     pub stages: Vec<StageDecl>,
     pub exports: Vec<ExportDecl>,
-    /// The stage built when nothing is asked for, when it is not the last
-    /// one declared (a Dockerfile's last stage, before the stages made for
-    /// its `COPY --from=IMAGE`s).
-    #[serde(default)]
-    pub default_stage: Option<usize>,
     /// Warnings found while reading (a KDL v1 file, say).
     #[serde(skip)]
     pub warnings: Vec<crate::diag::Diagnostic>,

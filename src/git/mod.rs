@@ -111,9 +111,13 @@ impl Repo {
 
     /// Fetch every branch and tag, and `HEAD` (as `refs/kiln/HEAD`).
     pub fn fetch(&self, cancel: &AtomicBool) -> Result<(), GitError> {
+        // gix's messages may quote the URL: its credentials are masked.
+        let secrets = crate::model::url::credentials(&self.url);
         let fail = |e: &dyn std::error::Error| GitError::Fetch {
             url: without_credentials(&self.url),
-            why: chain(e),
+            why: secrets
+                .iter()
+                .fold(chain(e), |t, s| t.replace(s.as_str(), "***")),
         };
         self.lock.lock().map_err(|e| fail(&e))?;
         let result = self.fetch_locked(cancel, &fail);

@@ -35,7 +35,10 @@ pub fn parse(bytes: &[u8]) -> Result<(ImageConfig, ConfigPlatform), String> {
             None => out.set_env(&kv, ""),
         }
     }
-    out.workdir = str_field(c, "WorkingDir")?.filter(|w| !w.is_empty());
+    // Normalized: an image cannot lead paths out of the tree with `..`.
+    out.workdir = str_field(c, "WorkingDir")?
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("/{}", crate::model::tree::normalize(&w, "/")));
     out.user = str_field(c, "User")?.filter(|u| !u.is_empty());
     out.entrypoint = strings(c, "Entrypoint")?;
     out.cmd = strings(c, "Cmd")?;

@@ -184,7 +184,11 @@ pub fn apply(
                 path,
                 Entry {
                     kind: Kind::Device {
-                        block: kind.is_block_special(),
+                        class: if kind.is_block_special() {
+                            crate::model::tree::DeviceClass::Block
+                        } else {
+                            crate::model::tree::DeviceClass::Char
+                        },
                         major: number(header.device_major()),
                         minor: number(header.device_minor()),
                     },
@@ -396,7 +400,10 @@ mod tests {
         apply(&m, &mut t, &bytes[..], 1 << 20).unwrap();
         assert!(matches!(
             t.get("dev/console").map(|e| &e.kind),
-            Some(Kind::Device { block: false, .. })
+            Some(Kind::Device {
+                class: crate::model::tree::DeviceClass::Char,
+                ..
+            })
         ));
     }
 

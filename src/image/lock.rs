@@ -42,6 +42,9 @@ pub struct Lock {
     pub urls: BTreeMap<String, Sha256>,
     /// A git source's (URL, ref) → the commit it named when first built.
     pub gits: BTreeMap<(String, String), String>,
+    /// The file named URLs with their credentials (written by an older
+    /// kiln): it is written again without them.
+    pub scrubbed: bool,
 }
 
 impl Lock {
@@ -204,10 +207,11 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     .and_then(Sha256::parse);
                 match (url, digest) {
                     (Some(u), Some(d)) => {
-                        match conflict("url", (u.to_string(), String::new()), d.to_string(), n) {
+                        let u = crate::model::url::without_credentials(u);
+                        match conflict("url", (u.clone(), String::new()), d.to_string(), n) {
                             Some(e) => errors.push(e),
                             None => {
-                                lock.urls.insert(u.to_string(), d);
+                                lock.urls.insert(u, d);
                             }
                         }
                     }
@@ -228,7 +232,7 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     (Some(u), Some(r), Some(c))
                         if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) =>
                     {
-                        let key = (u.to_string(), r.to_string());
+                        let key = (crate::model::url::without_credentials(u), r.to_string());
                         match conflict("git", key.clone(), c.to_ascii_lowercase(), n) {
                             Some(e) => errors.push(e),
                             None => {
@@ -255,6 +259,14 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
             .with_help("kiln writes `lock 1` first: delete the lock file and build again to write a new one"),
         );
     }
+    lock.scrubbed = doc.nodes().iter().any(|n| {
+        matches!(n.name().value(), "url" | "git")
+            && n.entries()
+                .iter()
+                .find(|e| e.name().is_none())
+                .and_then(|e| e.value().as_string())
+                .is_some_and(|u| crate::model::url::without_credentials(u) != u)
+    });
     if errors.is_empty() {
         Ok(Some(lock))
     } else {
@@ -340,6 +352,15 @@ mod tests {
             assert_eq!(errs.len(), 1, "{text}");
             assert_eq!(errs[0].code, code, "{text}");
         }
+        // Credentials written by an older kiln are dropped from the key.
+        std::fs::write(
+            &path,
+            format!("lock 1\nurl \"http://bob:pw@h/f\" digest=\"{a}\"\n"),
+        )
+        .unwrap();
+        let read_back = read(&path, &sources).unwrap().unwrap();
+        assert!(read_back.scrubbed);
+        assert!(read_back.urls.contains_key("http://h/f"));
         // The same entry twice says nothing new: accepted.
         std::fs::write(
             &path,

@@ -220,17 +220,9 @@ pub fn parse_registry(text: &str) -> Result<RegistryRef, BadReference> {
     // Docker's grammar and normalisation (`index.docker.io` is
     // `docker.io`, `busybox` is `docker.io/library/busybox:latest`), as
     // the distribution project's reference package has them.
-    let parsed = oci_client::Reference::try_from(text).map_err(|e| {
-        bad(&match e {
-            oci_client::ParseError::NameTooLong => {
-                "a name is at most 255 characters".to_string()
-            }
-            oci_client::ParseError::ReferenceInvalidFormat => {
-                "a name is lowercase letters, digits and separators (`.`, `_`, `__`, `-`) between them, in `/`-separated parts, then `:TAG` or `@sha256:…`".to_string()
-            }
-            other => other.to_string(),
-        })
-    })?;
+    let normal = crate::model::name::canonical(text).map_err(|e| bad(&e))?;
+    let parsed =
+        oci_client::Reference::try_from(normal.as_str()).map_err(|e| bad(&e.to_string()))?;
     let digest = match parsed.digest() {
         Some(d) => Some(check_digest(d, text)?),
         None => None,

@@ -33,6 +33,8 @@ pub struct Registry {
     plain: bool,
     /// The `Authorization` header for pulls, once asked for.
     pull_auth: Option<Option<String>>,
+    /// The client manifests are fetched with (bounded reads).
+    agent: ureq::Agent,
 }
 
 /// Credentials for a registry from the Docker config file, if it has any.
@@ -91,6 +93,12 @@ impl Registry {
             shown: r.to_string(),
             plain,
             pull_auth: None,
+            agent: ureq::Agent::config_builder()
+                .timeout_connect(Some(Duration::from_secs(30)))
+                .timeout_recv_body(Some(Duration::from_secs(300)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
         })
     }
 
@@ -131,15 +139,9 @@ impl Registry {
             self.reference.resolve_registry(),
             self.reference.repository()
         );
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_body(Some(Duration::from_secs(300)))
-            .http_status_as_error(false)
-            .build()
-            .into();
         let mut fresh = false;
         loop {
-            let mut req = agent.get(&url).header("Accept", ACCEPTED.join(", "));
+            let mut req = self.agent.get(&url).header("Accept", ACCEPTED.join(", "));
             if let Some(h) = self.pull_header(fresh)? {
                 req = req.header("Authorization", h);
             }

@@ -53,6 +53,20 @@ struct Entry {
     state: OnceLock<Result<State, String>>,
 }
 
+/// The name in the local image store that `written` means, if any: the
+/// same name in Docker's normal form (`index.docker.io/app:1` is `app:1`).
+fn local_name(blobs: &OciBlobs, written: &str) -> Option<String> {
+    if blobs.tag(written).is_some() {
+        return Some(crate::store::oci::normalize_tag(written));
+    }
+    let want = crate::model::name::canonical(written).ok()?;
+    blobs
+        .tags()
+        .into_iter()
+        .map(|t| t.name)
+        .find(|n| crate::model::name::canonical(n).is_ok_and(|c| c == want))
+}
+
 /// The resolved images of a build.
 pub struct ImageSet {
     pub platform: Platform,
@@ -121,11 +135,13 @@ impl ImageSet {
             let image_ref = match reference::parse(written, dir) {
                 // A name in the local image store (`kiln build -t`) comes
                 // first, as in Docker.
-                Ok(ImageRef::Registry(_)) if blobs.tag(written).is_some() => ImageRef::Layout {
-                    dir: blobs.root(),
-                    tag: Some(crate::store::oci::normalize_tag(written)),
-                    digest: None,
-                },
+                Ok(ImageRef::Registry(_)) if local_name(blobs, written).is_some() => {
+                    ImageRef::Layout {
+                        dir: blobs.root(),
+                        tag: local_name(blobs, written),
+                        digest: None,
+                    }
+                }
                 Ok(r) => r,
                 Err(e) => {
                     failures.push(Failure {

@@ -37,8 +37,6 @@ pub struct Graph {
     pub args: BTreeMap<String, Option<String>>,
     /// Where each step was written.
     pub source_map: SourceMap,
-    /// The stage built when nothing is asked for.
-    pub default: Option<StageId>,
 }
 
 impl Graph {
@@ -57,11 +55,11 @@ impl Graph {
         &self.contexts[id.0 as usize]
     }
 
-    /// The stage built when nothing is asked for: the last one declared,
-    /// unless the spec says otherwise (a Dockerfile's last stage).
+    /// The stage built when nothing is asked for: the last one declared
+    /// (a Dockerfile's last stage: the stages its `COPY --from=IMAGE`s
+    /// make come first).
     pub fn default_target(&self) -> Option<StageId> {
-        self.default
-            .or_else(|| self.stages.len().checked_sub(1).map(|i| StageId(i as u32)))
+        self.stages.len().checked_sub(1).map(|i| StageId(i as u32))
     }
 
     /// `roots` and every stage they depend on, in dependency order

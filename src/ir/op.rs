@@ -246,6 +246,7 @@ pub enum MountKind {
     /// A directory kept in the state dir across builds, by `id`; never in
     /// the tree or the key.
     Cache {
+        /// Empty when not given: the target, as the command sees it.
         id: String,
         sharing: Sharing,
         readonly: bool,

@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod key;
+pub mod name;
 pub mod state;
 pub mod tree;
 pub mod url;

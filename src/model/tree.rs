@@ -28,12 +28,20 @@ pub enum Kind {
     /// and written to layers and tars as it is; never made where a step
     /// could use it (a `run` step gets bubblewrap's own `/dev`).
     Device {
-        block: bool,
+        class: DeviceClass,
         major: u32,
         minor: u32,
     },
     /// A named pipe, likewise kept.
     Fifo,
+}
+
+/// Which kind of device node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Char,
+    Block,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,10 +213,10 @@ impl Tree {
                     Kind::Dir => WireKind::Dir,
                     Kind::Symlink { target } => WireKind::Symlink(Cow::Borrowed(target)),
                     Kind::Device {
-                        block,
+                        class,
                         major,
                         minor,
-                    } => WireKind::Device(*block, *major, *minor),
+                    } => WireKind::Device(*class == DeviceClass::Block, *major, *minor),
                     Kind::Fifo => WireKind::Fifo,
                 },
                 mode: e.mode,
@@ -244,7 +252,11 @@ impl Tree {
                         target: t.into_owned(),
                     },
                     WireKind::Device(block, major, minor) => Kind::Device {
-                        block,
+                        class: if block {
+                            DeviceClass::Block
+                        } else {
+                            DeviceClass::Char
+                        },
                         major,
                         minor,
                     },

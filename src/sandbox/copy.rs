@@ -110,10 +110,11 @@ pub fn settle(
     scaffolding: &BTreeSet<String>,
     epoch: u64,
 ) -> Result<bool, SandboxError> {
+    // Never by path: the command may have put a symlink where kiln made
+    // a directory.
     for s in scaffolding.iter().rev() {
         if tree.get(s).is_none() {
-            let p = root.join(s);
-            let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
+            let _ = crate::fsutil::remove_below(root, s);
         }
     }
     let mut seen = 0;
@@ -146,7 +147,13 @@ pub fn settle(
             _ => false,
         })
     })?;
-    if !same || seen != tree.entries.len() {
+    // Device nodes of the tree are never on disk.
+    let on_disk = tree
+        .entries
+        .values()
+        .filter(|e| !matches!(e.kind, tree::Kind::Device { .. }))
+        .count();
+    if !same || seen != on_disk {
         return Ok(false);
     }
     for path in touched
@@ -235,6 +242,7 @@ pub fn apply(
     before: &Marks,
     tree: &mut Tree,
     scaffolding: &BTreeSet<String>,
+    ids: super::Ids,
 ) -> Result<(), SandboxError> {
     let mut seen = HashSet::new();
     let mut w = Walk {
@@ -243,6 +251,7 @@ pub fn apply(
         before,
         scaffolding,
         seen: &mut seen,
+        ids,
     };
     w.walk(&open_dir(root)?, "", tree)?;
     let mut gone: Vec<&String> = before.0.keys().filter(|p| !seen.contains(*p)).collect();
@@ -259,6 +268,9 @@ struct Walk<'a> {
     before: &'a Marks,
     scaffolding: &'a BTreeSet<String>,
     seen: &'a mut HashSet<String>,
+    /// How owners on disk are the tree's (as the root of a container,
+    /// the copy has real owners; as a user, none).
+    ids: super::Ids,
 }
 
 impl Walk<'_> {
@@ -281,13 +293,22 @@ impl Walk<'_> {
             let unchanged = was == Some(&Mark::of(&st));
             let ft = FileType::from_raw_mode(st.st_mode);
             let mode = st.st_mode & 0o7777;
-            // Owners cannot change without root: what was there keeps its
-            // owner, a new path is root's.
-            let (uid, gid) = tree
-                .get(&path)
-                .filter(|_| was.is_some())
-                .map(|e| (e.uid, e.gid))
-                .unwrap_or((0, 0));
+            // With owners on disk, they are read back; as a user, owners
+            // cannot change: what was there keeps its owner, a new path is
+            // root's.
+            let (uid, gid) = if self.ids.owns_files() {
+                self.ids.guest(st.st_uid, st.st_gid).ok_or_else(|| {
+                    SandboxError::Changes(format!(
+                        "`/{path}` has the owner {}:{}, outside the sandbox's ids",
+                        st.st_uid, st.st_gid
+                    ))
+                })?
+            } else {
+                tree.get(&path)
+                    .filter(|_| was.is_some())
+                    .map(|e| (e.uid, e.gid))
+                    .unwrap_or((0, 0))
+            };
             let scaffold = was.is_none() && self.scaffolding.contains(&path);
             match ft {
                 FileType::Directory => {
@@ -379,7 +400,15 @@ mod tests {
             .into_iter()
             .map(String::from)
             .collect();
-        apply(&store, root, &before, &mut tree, &scaffolding).unwrap();
+        apply(
+            &store,
+            root,
+            &before,
+            &mut tree,
+            &scaffolding,
+            crate::sandbox::Ids::Own,
+        )
+        .unwrap();
 
         let owner = |p: &str| tree.get(p).map(|e| (e.uid, e.gid));
         assert_eq!(tree.get("same"), Some(&file(&store, b"same", 7)));
@@ -412,7 +441,15 @@ mod tests {
         )
         .unwrap();
         let mut tree = Tree::new();
-        apply(&store, dir.path(), &before, &mut tree, &BTreeSet::new()).unwrap();
+        apply(
+            &store,
+            dir.path(),
+            &before,
+            &mut tree,
+            &BTreeSet::new(),
+            crate::sandbox::Ids::Own,
+        )
+        .unwrap();
         assert_eq!(tree.get("fifo").map(|e| &e.kind), Some(&Kind::Fifo));
     }
 
@@ -463,6 +500,22 @@ mod tests {
         fs::remove_file(root.join("d/g")).unwrap();
         tree.entries.remove("d/g");
         assert!(settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
+        // A device node of the tree is never on disk: still exactly the tree.
+        tree.entries.insert(
+            "d/console".into(),
+            Entry {
+                kind: Kind::Device {
+                    class: tree::DeviceClass::Char,
+                    major: 5,
+                    minor: 1,
+                },
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        assert!(settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
+        tree.entries.remove("d/console");
         // Something the tree does not hold, or a mode it does not say.
         fs::write(root.join("extra"), b"x").unwrap();
         assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());

@@ -11,7 +11,11 @@
 //! The range is `kiln`'s entry in `/etc/subuid` and `/etc/subgid` when
 //! both have one (at least 65536 ids), else [`DEFAULT_BASE`]: systemd's
 //! unused range above the container ranges (`0x70000000`), up to its
-//! foreign-image range (`0x7FFE0000`).
+//! foreign-image range (`0x7FFE0000`). When kiln is the root of a
+//! container (its own ids are a part of the host's, `/proc/self/uid_map`
+//! says), the range is one it has beyond its first 65536 ids, or, when it
+//! has no more, its own ids one to one: that root is already not the
+//! host's.
 //!
 //! Without root, kiln can only map its own user: a command runs as root of
 //! a user namespace of its own and every file is the user's.
@@ -70,21 +74,13 @@ impl Ids {
             return Ids::Own;
         }
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        match (
+        let (uid_map, gid_map) = (read("/proc/self/uid_map"), read("/proc/self/gid_map"));
+        choose(
+            &parse_map(&uid_map),
+            &parse_map(&gid_map),
             configured(&read("/etc/subuid")),
             configured(&read("/etc/subgid")),
-        ) {
-            (Some((ub, uc)), Some((gb, gc))) => Ids::Mapped {
-                uid_base: ub,
-                gid_base: gb,
-                count: uc.min(gc),
-            },
-            _ => Ids::Mapped {
-                uid_base: DEFAULT_BASE,
-                gid_base: DEFAULT_BASE,
-                count: DEFAULT_COUNT,
-            },
-        }
+        )
     }
 
     /// The host's uid for the tree's `uid`.
@@ -105,6 +101,11 @@ impl Ids {
             } => shift(gid_base, count, gid),
             Ids::Own => Ok(gid),
         }
+    }
+
+    /// The host's `(uid, gid)` for the tree's.
+    pub fn host_owner(&self, uid: u32, gid: u32) -> Result<(u32, u32), Unmapped> {
+        Ok((self.host_uid(uid)?, self.host_gid(gid)?))
     }
 
     /// The tree's `(uid, gid)` for a host file's owner; `None` when the
@@ -158,6 +159,74 @@ impl Ids {
     }
 }
 
+/// The lines of a `uid_map`/`gid_map`: (first id inside, first outside, count).
+fn parse_map(text: &str) -> Vec<(u32, u32, u32)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse::<u32>().ok());
+            Some((f.next()??, f.next()??, f.next()??))
+        })
+        .collect()
+}
+
+/// The range of this namespace's ids the sandbox's `0..count` become.
+///
+/// On a machine (this process maps every id), kiln's configured range or
+/// the default one. Inside a container whose root kiln is (its ids are a
+/// part of the host's), the largest run of ids it has beyond its first
+/// 65536, when that holds another 65536; else the container's own ids one
+/// to one: its root is already not the host's.
+fn choose(
+    uids: &[(u32, u32, u32)],
+    gids: &[(u32, u32, u32)],
+    sub_uid: Option<(u32, u32)>,
+    sub_gid: Option<(u32, u32)>,
+) -> Ids {
+    let whole =
+        |m: &[(u32, u32, u32)]| m.iter().any(|&(i, o, c)| i == 0 && o == 0 && c == u32::MAX);
+    if whole(uids) && whole(gids) {
+        return match (sub_uid, sub_gid) {
+            (Some((ub, uc)), Some((gb, gc))) => Ids::Mapped {
+                uid_base: ub,
+                gid_base: gb,
+                count: uc.min(gc),
+            },
+            _ => Ids::Mapped {
+                uid_base: DEFAULT_BASE,
+                gid_base: DEFAULT_BASE,
+                count: DEFAULT_COUNT,
+            },
+        };
+    }
+    // The longest run of ids at or above 65536, capped at the default count.
+    let beyond = |m: &[(u32, u32, u32)]| -> Option<(u32, u32)> {
+        m.iter()
+            .filter_map(|&(inside, _, count)| {
+                let end = inside.checked_add(count)?;
+                let start = inside.max(MIN_COUNT);
+                (end > start).then_some((start, (end - start).min(DEFAULT_COUNT)))
+            })
+            .max_by_key(|&(_, c)| c)
+    };
+    let run_of_zero = |m: &[(u32, u32, u32)]| {
+        m.iter()
+            .find(|&&(inside, _, _)| inside == 0)
+            .map_or(1, |&(_, _, count)| count)
+    };
+    match (beyond(uids), beyond(gids)) {
+        (Some((ub, uc)), Some((gb, gc))) if uc.min(gc) >= MIN_COUNT => Ids::Mapped {
+            uid_base: ub,
+            gid_base: gb,
+            count: uc.min(gc),
+        },
+        _ => Ids::Mapped {
+            uid_base: 0,
+            gid_base: 0,
+            count: run_of_zero(uids).min(run_of_zero(gids)),
+        },
+    }
+}
+
 fn shift(base: u32, count: u32, id: u32) -> Result<u32, Unmapped> {
     if id < count {
         Ok(base + id)
@@ -200,6 +269,48 @@ mod tests {
         ] {
             assert_eq!(configured(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_range_fits_the_namespace_kiln_runs_in() {
+        let all = [(0, 0, u32::MAX)];
+        assert_eq!(
+            choose(&all, &all, None, None),
+            Ids::Mapped {
+                uid_base: DEFAULT_BASE,
+                gid_base: DEFAULT_BASE,
+                count: DEFAULT_COUNT
+            }
+        );
+        assert_eq!(
+            choose(&all, &all, Some((100000, 65536)), Some((200000, 70000))),
+            Ids::Mapped {
+                uid_base: 100000,
+                gid_base: 200000,
+                count: 65536
+            }
+        );
+        // Root of a rootless container: 65536 ids, none to spare.
+        let small = [(0, 200000, 65536)];
+        assert_eq!(
+            choose(&small, &small, None, None),
+            Ids::Mapped {
+                uid_base: 0,
+                gid_base: 0,
+                count: 65536
+            }
+        );
+        // A container with more ids: a range beyond its first 65536.
+        let big = [(0, 100000, 1), (1, 300000, 1_000_000)];
+        assert_eq!(
+            choose(&big, &big, None, None),
+            Ids::Mapped {
+                uid_base: 65536,
+                gid_base: 65536,
+                count: 1_000_001 - 65536
+            }
+        );
+        assert_eq!(parse_map("         0          0 4294967295\n"), all);
     }
 
     #[test]

@@ -268,28 +268,68 @@ fn map_user_namespace(
     Ok(())
 }
 
-/// Whether bubblewrap is installed.
-pub fn bwrap_available() -> bool {
-    Command::new("bwrap")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Whether a command's tree can be an overlay: kiln is root of the
+/// machine (the root of a container, whose ids are a part of the host's,
+/// cannot mount overlayfs with the attributes kiln reads back).
+pub fn overlay_possible() -> bool {
+    static POSSIBLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POSSIBLE.get_or_init(|| {
+        rustix::process::geteuid().is_root()
+            && std::fs::read_to_string("/proc/self/uid_map")
+                .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+    })
+}
+
+/// Whether bubblewrap is installed and has what kiln uses (checked once):
+/// `--add-seccomp-fd` and `--userns-block-fd` came with bubblewrap 0.5.
+pub fn check_bwrap() -> Result<(), String> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let out = Command::new("bwrap")
+                .arg("--help")
+                .env_clear()
+                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap`"
+                            .to_string()
+                    } else {
+                        format!("cannot run bubblewrap: {e}")
+                    }
+                })?;
+            let help = String::from_utf8_lossy(&out.stdout);
+            let missing: Vec<&str> = ["--add-seccomp-fd", "--userns-block-fd", "--info-fd"]
+                .into_iter()
+                .filter(|o| !help.contains(o))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the installed bubblewrap has no {}: kiln needs bubblewrap 0.5 or later (Debian 12 has 0.8)",
+                    missing.join(", ")
+                ))
+            }
+        })
+        .clone()
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Setup(format!("{what}: {e}"))
 }
 
-/// A seccomp program as a descriptor bubblewrap reads.
+/// Bytes bubblewrap reads from a descriptor (a seccomp program, its
+/// arguments), in memory.
 fn program_fd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
-    let fd = rustix::fs::memfd_create("kiln-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| setup_err("cannot hold the seccomp filter", e))?;
+    let fd = rustix::fs::memfd_create("kiln-sandbox", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| setup_err("cannot hold what bubblewrap reads", e))?;
     let mut f = std::fs::File::from(fd);
     std::io::Write::write_all(&mut f, bytes)
         .and_then(|_| std::io::Seek::rewind(&mut f))
-        .map_err(|e| setup_err("cannot hold the seccomp filter", e))?;
+        .map_err(|e| setup_err("cannot hold what bubblewrap reads", e))?;
     Ok(f.into())
 }
 
@@ -350,6 +390,7 @@ fn cstring(p: &Path) -> Result<std::ffi::CString, SandboxError> {
 
 /// The command line that runs `spec` over `root`.
 fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
+    check_bwrap().map_err(SandboxError::Setup)?;
     let programs = seccomp::programs().map_err(SandboxError::Setup)?;
     let (uid, gid, groups) = &spec.user;
     let as_root = *uid == 0;
@@ -507,7 +548,24 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
         c.arg("--setenv").arg(k).arg(v);
     }
     c.arg("--chdir").arg(&spec.cwd);
-    c.arg("--");
+    // Every option (environment values, secrets given as variables,
+    // paths) goes to bubblewrap through a descriptor, not its command line,
+    // which every user of the machine can read in /proc. (The command
+    // itself is on it, as under Docker.)
+    let mut listed = Vec::new();
+    for a in c.get_args() {
+        use std::os::unix::ffi::OsStrExt;
+        if a.as_bytes().contains(&0) {
+            return Err(SandboxError::Setup(
+                "an argument or environment value holds a NUL byte".into(),
+            ));
+        }
+        listed.extend_from_slice(a.as_bytes());
+        listed.push(0);
+    }
+    let args_fd = h.fd(program_fd(&listed)?);
+    let mut c = Command::new("bwrap");
+    c.arg("--args").arg(args_fd.to_string()).arg("--");
     c.args(&spec.argv);
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())

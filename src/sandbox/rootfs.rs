@@ -261,8 +261,7 @@ impl Rootfs<'_> {
                 "`/{path}` is owned by {uid}:{gid}, which a sandbox cannot hold: the owner's {e}"
             ))
         };
-        let host_uid = self.ids.host_uid(uid).map_err(unmapped)?;
-        let host_gid = self.ids.host_gid(gid).map_err(unmapped)?;
+        let (host_uid, host_gid) = self.ids.host_owner(uid, gid).map_err(unmapped)?;
         std::os::unix::fs::lchown(at, Some(host_uid), Some(host_gid))
             .map_err(|e| io_err("cannot set the owner of", at, e))
     }
@@ -315,14 +314,8 @@ impl Rootfs<'_> {
                 // the tree while its directory does.
                 Kind::Device { .. } => {}
                 Kind::Fifo => {
-                    rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        &at,
-                        rustix::fs::FileType::Fifo,
-                        rustix::fs::Mode::from_raw_mode(e.mode & 0o777),
-                        0,
-                    )
-                    .map_err(|err| io_err("cannot create", &at, err.into()))?;
+                    crate::fsutil::make_fifo(&at, e.mode)
+                        .map_err(|err| io_err("cannot create", &at, err))?;
                     self.own(&at, e.uid, e.gid, path)?;
                     let _ = crate::fsutil::set_epoch_times(&at, self.epoch);
                 }

@@ -168,48 +168,6 @@ fn sandbox_mappings(layout: &super::layout::Layout) -> Vec<String> {
         .collect()
 }
 
-/// Unmount (lazily) whatever is mounted below `dir`: overlays an older
-/// kiln mounted in the host's namespace and did not live to unmount.
-/// kiln now mounts only inside its sandboxes, so none are made any more.
-pub fn unmount_below(dir: &Path) {
-    let Ok(dir) = dir.canonicalize() else { return };
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    // Deepest first, so that nested mounts go before their parents.
-    let mut points: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|p| p.starts_with(&dir) && *p != dir)
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
-/// A mount point as `/proc/self/mountinfo` writes it (`\040` for a space…).
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
 /// The cache of layers made for image exports (`layers/<key>.json`)
 /// names blobs of the image store: entries whose blob is gone go too.
 fn collect_layer_cache(layout: &super::layout::Layout) {
@@ -502,7 +460,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     }
     for old in layout.old_sandbox() {
         if old.exists() {
-            unmount_below(&old);
+            crate::fsutil::unmount_below(&old);
             crate::fsutil::remove_any(&old);
         }
     }

@@ -88,7 +88,7 @@ impl Store {
                 && m.is_dir()
                 && m.permissions().mode() & 0o077 != 0
             {
-                super::gc::unmount_below(&old);
+                crate::fsutil::unmount_below(&old);
                 let _ = fs::set_permissions(&old, fs::Permissions::from_mode(0o700));
             }
         }

@@ -13,10 +13,10 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The image store's blob directory.
 /// The largest manifest, index or config kiln reads (containerd's limit).
 pub const MAX_DOCUMENT: u64 = 4 << 20;
 
+/// The image store's blob directory.
 pub struct OciBlobs {
     layout: Layout,
 }
@@ -46,11 +46,10 @@ impl OciBlobs {
         self.path(d).exists()
     }
 
-    /// Store what `reader` yields; it must hash to `expected` when given.
-    /// Returns the digest and size.
     /// Store what `reader` gives, checked against `expected` (its digest)
     /// and `size` (the size its descriptor declares: reading stops past
-    /// it, so a source that sends more cannot fill the disk).
+    /// it, so a source that sends more cannot fill the disk). Returns the
+    /// digest and size.
     pub fn put(
         &self,
         reader: &mut dyn Read,

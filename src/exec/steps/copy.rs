@@ -194,14 +194,10 @@ pub fn context_inputs(picked: &[Picked], key: &mut KeyBuilder) {
                 Kind::Dir => format!("dir {:o}", e.mode),
                 Kind::Symlink { target } => format!("-> {target}"),
                 Kind::Device {
-                    block,
+                    class,
                     major,
                     minor,
-                } => format!(
-                    "{} {major}:{minor} {:o}",
-                    if *block { "block" } else { "char" },
-                    e.mode
-                ),
+                } => format!("{class:?} {major}:{minor} {:o}", e.mode),
                 Kind::Fifo => format!("fifo {:o}", e.mode),
             };
             key.input(KeyInput::ContextFile {

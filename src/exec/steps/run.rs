@@ -136,10 +136,11 @@ impl StepKind for RunOp {
             Sandbox::Image => self.check_program(cx, work.tree, &spec)?,
             Sandbox::Host => check_host_workdir(cx, &spec.cwd)?,
         }
-        // Without root: no overlay (the tree is copied) and no owners but
-        // the user's own, which the command sees as root.
-        let privileged = rustix::process::geteuid().is_root();
-        if !privileged && spec.user.0 != 0 {
+        // Without root (or as the root of a container, which cannot mount
+        // overlayfs): the tree is copied. Without root, no owners but the
+        // user's own, which the command sees as root.
+        let privileged = sandbox::overlay_possible();
+        if !spec.ids.owns_files() && spec.user.0 != 0 {
             return Err(Diagnostic::env(
                 "kiln::run::user-without-root",
                 format!(
@@ -197,7 +198,11 @@ impl StepKind for RunOp {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 env.progress.emit(Event::Notice {
-                    message: "not running as root: `run` steps run on a private copy of the stage's tree (no overlayfs), as root of a user namespace of their own; owners cannot change".into(),
+                    message: if spec.ids.owns_files() {
+                        "running as the root of a container (no overlayfs): `run` steps run on a private copy of the stage's tree".into()
+                    } else {
+                        "not running as root: `run` steps run on a private copy of the stage's tree (no overlayfs), as root of a user namespace of their own; owners cannot change".into()
+                    },
                 });
             }
             let copy = dir.join("root");
@@ -240,7 +245,8 @@ impl StepKind for RunOp {
         let mut scaffold = BTreeSet::new();
         let mut keep_alive = Vec::new();
         let host = self.sandbox == Sandbox::Host;
-        let workdir = work.config.workdir().to_string();
+        // Normalized again: no `..` leads a path out of the tree.
+        let workdir = format!("/{}", tree::normalize(work.config.workdir(), "/"));
         // Mount points the command needs, made in the tree as kiln's own
         // scaffolding (left out of the result unless the command uses
         // them). With `sandbox="host"` only the working directory of the
@@ -386,7 +392,7 @@ impl StepKind for RunOp {
                 sandbox::upper::apply(env.content, upper, work.tree, &scaffold, spec.ids)
             }
             (sandbox::Root::Dir(copy), Some(marks)) => {
-                sandbox::copy::apply(env.content, copy, marks, work.tree, &scaffold)
+                sandbox::copy::apply(env.content, copy, marks, work.tree, &scaffold, spec.ids)
             }
             (sandbox::Root::Dir(_), None) => {
                 Err(SandboxError::Io("the copy's marks are missing".into()))
@@ -413,13 +419,10 @@ impl StepKind for RunOp {
         if new_digest != digest
             && let sandbox::Root::Overlay { upper, .. } = &on_disk
         {
+            // Never by path: the command may have put a symlink where
+            // kiln made a directory.
             for s in scaffold.iter().rev() {
-                let p = upper.join(s);
-                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    let _ = fs::remove_dir(&p);
-                } else {
-                    let _ = fs::remove_file(&p);
-                }
+                let _ = crate::fsutil::remove_below(upper, s);
             }
             let layer = dir.join("upper-layer");
             // What the next command finds must not depend on whether this
@@ -479,7 +482,7 @@ impl RunOp {
         Ok(sandbox::Spec {
             argv,
             env,
-            cwd: config.workdir().to_string(),
+            cwd: format!("/{}", tree::normalize(config.workdir(), "/")),
             user: (user.uid, user.gid, user.groups.clone()),
             network: self.network.reaches_out(),
             host_root: self.sandbox == Sandbox::Host,
@@ -563,6 +566,8 @@ impl RunOp {
                 gid,
             } => {
                 let caches = env.local.layout().cache_mounts(&rootfs.ids.tag());
+                // Without an id, the cache is its target's.
+                let id = if id.is_empty() { target } else { id.as_str() };
                 let name: String = id
                     .chars()
                     .map(|c| {
@@ -661,14 +666,10 @@ impl RunOp {
                     return Ok(None);
                 }
                 // In memory (never in the state directory), removed after.
-                let owner = rootfs
-                    .ids
-                    .host_uid(*uid)
-                    .and_then(|u| Ok((u, rootfs.ids.host_gid(*gid)?)))
-                    .map_err(|e| {
-                        Diagnostic::user("kiln::run::secret", format!("the secret's owner: {e}"))
-                            .with_label(cx.loc.part(i), "this mount")
-                    })?;
+                let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
+                    Diagnostic::user("kiln::run::secret", format!("the secret's owner: {e}"))
+                        .with_label(cx.loc.part(i), "this mount")
+                })?;
                 let file = SecretFile::write(value, *mode, owner).map_err(|e| {
                     Diagnostic::env(
                         "kiln::run::secret",
@@ -676,7 +677,7 @@ impl RunOp {
                     )
                     .with_label(cx.loc.part(i), "this mount")
                 })?;
-                let src = file.0.clone();
+                let src = file.file.clone();
                 keep_alive.push(Box::new(file));
                 Ok(Some(Bind {
                     src,
@@ -696,14 +697,10 @@ impl RunOp {
                 // the sandbox's that kiln forwards.
                 Some(socket) if rootfs.ids.owns_files() => {
                     let path = dir.join(format!("ssh-{i}.sock"));
-                    let owner = rootfs
-                        .ids
-                        .host_uid(*uid)
-                        .and_then(|u| Ok((u, rootfs.ids.host_gid(*gid)?)))
-                        .map_err(|e| {
-                            Diagnostic::user("kiln::run::ssh", format!("the socket's owner: {e}"))
-                                .with_label(cx.loc.part(i), "this mount")
-                        })?;
+                    let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
+                        Diagnostic::user("kiln::run::ssh", format!("the socket's owner: {e}"))
+                            .with_label(cx.loc.part(i), "this mount")
+                    })?;
                     let proxy =
                         forward::Forward::start(&path, socket, owner, *mode).map_err(|e| {
                             Diagnostic::env(
@@ -902,7 +899,9 @@ impl Scaffold<'_> {
     /// what the tree did not have.
     fn dir(&self, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
         let mut here = String::new();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
+        // Components as the tree has them: `..` never climbs out of `root`.
+        let parts = tree::components(rel, Links::Rootfs).unwrap_or_default();
+        for part in &parts {
             here = tree::join(&here, part);
             let p = self.root.join(&here);
             let not_dir = || {
@@ -984,46 +983,68 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A secret's bytes in a file in memory (`/dev/shm`), removed when dropped.
-struct SecretFile(PathBuf);
+/// A secret's bytes in a file in memory (`/dev/shm`), in a directory of
+/// its own that only kiln's user may enter (whatever `mode=` the file
+/// has, no other user of the machine can reach it); removed when dropped.
+struct SecretFile {
+    dir: PathBuf,
+    file: PathBuf,
+}
 
 impl SecretFile {
     fn write(value: &[u8], mode: u32, (uid, gid): (u32, u32)) -> std::io::Result<SecretFile> {
         use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let dir = if Path::new("/dev/shm").is_dir() {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nonce = blake3::hash(
-            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+            format!(
+                "{:?}{}{}",
+                std::time::SystemTime::now(),
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+            .as_bytes(),
         )
         .to_hex()[..16]
             .to_string();
-        let path = dir.join(format!("kiln-secret-{nonce}"));
+        let dir = base.join(format!("kiln-secret-{nonce}"));
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let secret = SecretFile {
+            file: dir.join("secret"),
+            dir,
+        };
         let mut f = fs::File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
-        let file = SecretFile(path);
+            .open(&secret.file)?;
         f.write_all(value)?;
         let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        Ok(file)
+        Ok(secret)
     }
 }
 
 impl Drop for SecretFile {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        let _ = fs::remove_file(&self.file);
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 
 /// A failed run as a diagnostic, with the output's last lines.
 fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -> Diagnostic {
     let (code, help) = match &e {
+        // bubblewrap exits with 128 + the signal that killed the command.
+        SandboxError::Exit(code) if *code == 128 + libc::SIGSYS => (
+            "kiln::run::exit",
+            "the command was killed by SIGSYS: the sandbox's seccomp filter (Docker's default profile) stopped a system call it refuses, or a 32-bit program, which the filter does not let run".to_string(),
+        ),
         SandboxError::Exit(_) | SandboxError::Signal(_) => (
             "kiln::run::exit",
             "its output is below".to_string(),
@@ -1044,7 +1065,7 @@ fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -
         SandboxError::Store(s) => return s.diagnostic(),
         SandboxError::Setup(_) | SandboxError::Io(_) => (
             "kiln::run::sandbox",
-            "kiln runs commands with bubblewrap over overlayfs, as root: check that `bwrap` is installed".to_string(),
+            "kiln runs commands with bubblewrap (0.5 or later) in user namespaces (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`), over overlayfs as root: check that they are available".to_string(),
         ),
     };
     let mut d = if matches!(e, SandboxError::Setup(_) | SandboxError::Io(_)) {

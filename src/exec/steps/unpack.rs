@@ -24,7 +24,7 @@ pub enum UnpackError {
     Damaged(String),
     #[error("the archive entry `{0}` leads outside the destination")]
     Escapes(String),
-    #[error("the archive entry `{0}` is a device or fifo, which kiln does not create")]
+    #[error("the archive entry `{0}` is of a kind tar archives of files do not hold")]
     Special(String),
     #[error("the archive hard-links `{0}` to `{1}`, which is not earlier in the archive")]
     BadLink(String, String),
@@ -293,7 +293,7 @@ fn unpack_in<'scope>(
                 .map_err(|_| UnpackError::Escapes(target.clone()))?
                 .join("/");
             match out.get(&clean) {
-                Some(e) if matches!(e.kind, Kind::File { .. }) => e.clone(),
+                Some(e) if matches!(e.kind, Kind::File { .. } | Kind::Symlink { .. }) => e.clone(),
                 _ => return Err(UnpackError::BadLink(path, target)),
             }
         } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
@@ -317,6 +317,31 @@ fn unpack_in<'scope>(
             || kind.is_gnu_longlink()
         {
             continue;
+        } else if kind.is_character_special() || kind.is_block_special() {
+            // Kept as an entry (a root file system's `/dev/console`), as
+            // an image layer's are; never made on disk.
+            let number = |n: io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+            Entry {
+                kind: Kind::Device {
+                    class: if kind.is_block_special() {
+                        crate::model::tree::DeviceClass::Block
+                    } else {
+                        crate::model::tree::DeviceClass::Char
+                    },
+                    major: number(header.device_major()),
+                    minor: number(header.device_minor()),
+                },
+                mode,
+                uid,
+                gid,
+            }
+        } else if kind.is_fifo() {
+            Entry {
+                kind: Kind::Fifo,
+                mode,
+                uid,
+                gid,
+            }
         } else {
             return Err(UnpackError::Special(path));
         };

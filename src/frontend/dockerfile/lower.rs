@@ -218,21 +218,24 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
     for (i, s) in sources.iter().enumerate() {
         l.stage(i, s);
     }
-    // Stages made for `COPY --from=IMAGE` go last, so indexes stay Docker's;
-    // the default target stays the Dockerfile's last stage.
-    if !l.image_stages.is_empty() {
-        l.spec.default_stage = Some(sources.len() - 1);
-    }
-    for (name, image, span) in std::mem::take(&mut l.image_stages) {
+    // Stages made for `COPY --from=IMAGE` go first, so the Dockerfile's
+    // last stage stays the last one, the default target (references by
+    // index were resolved to names already).
+    let made = std::mem::take(&mut l.image_stages);
+    let count = made.len();
+    for (i, (name, image, span)) in made.into_iter().enumerate() {
         let line = lines.line_of(span);
-        l.origins.push((line, lines.text(line).to_string()));
-        l.spec.stages.push(StageDecl {
-            span,
-            name: Spanned::new(span, name),
-            from: None,
-            image: Some(Spanned::new(span, escape_subst(&image))),
-            steps: Vec::new(),
-        });
+        l.origins.insert(i, (line, lines.text(line).to_string()));
+        l.spec.stages.insert(
+            i,
+            StageDecl {
+                span,
+                name: Spanned::new(span, name),
+                from: None,
+                image: Some(Spanned::new(span, escape_subst(&image))),
+                steps: Vec::new(),
+            },
+        );
     }
     // Build args nothing declares are reported, as Docker warns of them.
     let mut declared: Vec<&str> = globals.args.iter().map(|(n, _)| n.as_str()).collect();
@@ -269,7 +272,7 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
         spec: l.spec,
         origins: l.origins,
         notes: l.notes,
-        default_target: sources.len() - 1,
+        default_target: count + sources.len() - 1,
     };
     Ok(Lowered {
         imported: Ok(imported),

@@ -168,6 +168,10 @@ pub fn expand_heredoc(input: &str, env: &dyn Env, escape: char) -> Result<String
 /// The most that expanding variables may produce in one word (or heredoc).
 pub const MAX_EXPANSION: usize = 4 << 20;
 
+/// How deep `${…}` may nest (`${A:-${B:-…}}`), as in spec strings: far
+/// past real use, short of exhausting the stack.
+pub const MAX_NESTING: usize = 32;
+
 struct Lexer<'a> {
     chars: Vec<char>,
     pos: usize,
@@ -175,6 +179,8 @@ struct Lexer<'a> {
     escape: char,
     /// Bytes produced by expansions so far.
     produced: usize,
+    /// `${…}` being expanded around the current position.
+    depth: usize,
 }
 
 /// Words being collected: unquoted whitespace ends a word.
@@ -229,6 +235,7 @@ impl<'a> Lexer<'a> {
             env,
             escape,
             produced: 0,
+            depth: 0,
         }
     }
 
@@ -406,7 +413,13 @@ impl<'a> Lexer<'a> {
     /// variables that doubles at every step (`ARG B=$A$A`, `ARG C=$B$B`, …)
     /// is stopped at [`MAX_EXPANSION`] instead of exhausting memory.
     fn dollar(&mut self) -> Result<String, ShellError> {
-        let s = self.dollar_inner()?;
+        if self.depth >= MAX_NESTING {
+            return err(format!("substitutions nested more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
+        let s = self.dollar_inner();
+        self.depth -= 1;
+        let s = s?;
         self.produced += s.len();
         if self.produced > MAX_EXPANSION {
             return err(format!(
@@ -665,12 +678,37 @@ fn atoms(pattern: &[char]) -> Vec<Atom> {
     out
 }
 
-/// For each `i` in `0..=s.len()`, whether the pattern matches `s[..i]`:
-/// the pattern run as an automaton over `s`, so the time is the product
-/// of the lengths, never exponential.
-fn prefix_matches(atoms: &[Atom], s: &[char]) -> Vec<bool> {
+/// Which match at the start of a text a pattern operation wants.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Shortest,
+    Longest,
+}
+
+/// How many automaton steps (positions of the pattern, per character of
+/// the text) one expansion may take: far past what real values need,
+/// short of a stall.
+const MATCH_BUDGET: u64 = 1 << 28;
+
+fn too_long() -> ShellError {
+    ShellError {
+        message: "the value and the pattern are too long to match (a pattern removal or replacement that would take hundreds of millions of steps)".into(),
+    }
+}
+
+/// The length of the shortest or longest prefix of `s` the pattern
+/// matches. The pattern runs as an automaton over `s` (the set of pattern
+/// positions reached), never backtracking: each character costs the
+/// pattern's length, taken from `budget`, and the run stops as soon as the
+/// answer is known (the shortest match, or no position left).
+fn match_prefix(
+    atoms: &[Atom],
+    s: &[char],
+    pick: Pick,
+    budget: &mut u64,
+) -> Result<Option<usize>, ShellError> {
     let m = atoms.len();
-    let close = |active: &mut Vec<bool>| {
+    let close = |active: &mut [bool]| {
         for p in 0..m {
             if active[p] && atoms[p] == Atom::Star {
                 active[p + 1] = true;
@@ -680,11 +718,14 @@ fn prefix_matches(atoms: &[Atom], s: &[char]) -> Vec<bool> {
     let mut active = vec![false; m + 1];
     active[0] = true;
     close(&mut active);
-    let mut out = Vec::with_capacity(s.len() + 1);
-    out.push(active[m]);
+    let mut found = active[m].then_some(0);
+    if found.is_some() && pick == Pick::Shortest {
+        return Ok(found);
+    }
     let mut next = vec![false; m + 1];
-    for &c in s {
-        next.iter_mut().for_each(|n| *n = false);
+    for (i, &c) in s.iter().enumerate() {
+        *budget = budget.checked_sub(m as u64 + 1).ok_or_else(too_long)?;
+        next.fill(false);
         let mut any = false;
         for p in 0..m {
             if !active[p] {
@@ -698,54 +739,37 @@ fn prefix_matches(atoms: &[Atom], s: &[char]) -> Vec<bool> {
                 any = true;
             }
         }
-        std::mem::swap(&mut active, &mut next);
-        close(&mut active);
-        out.push(active[m]);
         if !any {
-            // Nothing can match any longer prefix.
-            out.resize(s.len() + 1, false);
             break;
         }
+        std::mem::swap(&mut active, &mut next);
+        close(&mut active);
+        if active[m] {
+            found = Some(i + 1);
+            if pick == Pick::Shortest {
+                break;
+            }
+        }
     }
-    out
-}
-
-/// The pattern read backwards, to match suffixes as prefixes of the
-/// reversed text.
-fn reversed(mut atoms: Vec<Atom>) -> Vec<Atom> {
-    atoms.reverse();
-    atoms
+    Ok(found)
 }
 
 /// Does the shell pattern match all of `s`?
 #[cfg(test)]
 fn pattern_matches(pattern: &[char], s: &[char]) -> bool {
-    prefix_matches(&atoms(pattern), s)[s.len()]
-}
-
-/// How many steps of the pattern automaton one expansion may take: far
-/// past what real values need, short of a stall.
-const MATCH_BUDGET: u128 = 1 << 28;
-
-fn within_budget(steps: u128) -> Result<(), ShellError> {
-    if steps > MATCH_BUDGET {
-        return err(
-            "the value and the pattern are too long to match (a pattern removal or replacement over several megabytes)",
-        );
-    }
-    Ok(())
+    let mut budget = MATCH_BUDGET;
+    match_prefix(&atoms(pattern), s, Pick::Longest, &mut budget).ok() == Some(Some(s.len()))
 }
 
 fn remove_prefix(v: &str, pattern: &str, longest: bool) -> Result<String, ShellError> {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
-    within_budget(s.len() as u128 * (p.len() as u128 + 1))?;
-    let hits = prefix_matches(&atoms(&p), &s);
-    let cut = if longest {
-        hits.iter().rposition(|h| *h)
+    let pick = if longest {
+        Pick::Longest
     } else {
-        hits.iter().position(|h| *h)
+        Pick::Shortest
     };
-    Ok(match cut {
+    let mut budget = MATCH_BUDGET;
+    Ok(match match_prefix(&atoms(&p), &s, pick, &mut budget)? {
         Some(i) => s[i..].iter().collect(),
         None => v.to_string(),
     })
@@ -753,16 +777,17 @@ fn remove_prefix(v: &str, pattern: &str, longest: bool) -> Result<String, ShellE
 
 fn remove_suffix(v: &str, pattern: &str, longest: bool) -> Result<String, ShellError> {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), v.chars().collect());
-    within_budget(s.len() as u128 * (p.len() as u128 + 1))?;
+    // A suffix of `s` is a prefix of `s` reversed, for the pattern reversed.
     let back: Vec<char> = s.iter().rev().copied().collect();
-    // hits[k]: the pattern matches the last k characters.
-    let hits = prefix_matches(&reversed(atoms(&p)), &back);
-    let k = if longest {
-        hits.iter().rposition(|h| *h)
+    let mut reversed = atoms(&p);
+    reversed.reverse();
+    let pick = if longest {
+        Pick::Longest
     } else {
-        hits.iter().position(|h| *h)
+        Pick::Shortest
     };
-    Ok(match k {
+    let mut budget = MATCH_BUDGET;
+    Ok(match match_prefix(&reversed, &back, pick, &mut budget)? {
         Some(k) => s[..s.len() - k].iter().collect(),
         None => v.to_string(),
     })
@@ -774,25 +799,35 @@ fn substitute(v: &str, pattern: &str, replacement: &str, all: bool) -> Result<St
     if p.is_empty() {
         return Ok(v.to_string());
     }
-    // Every start may run the automaton to the end.
-    let n = s.len() as u128;
-    within_budget(n * (n + 1) / 2 * (p.len() as u128 + 1))?;
     let atoms = atoms(&p);
+    // A pattern of plain characters is a substring search.
+    if atoms.iter().all(|a| matches!(a, Atom::Lit(_))) {
+        let needle: String = atoms
+            .iter()
+            .map(|a| match a {
+                Atom::Lit(c) => *c,
+                _ => '\0',
+            })
+            .collect();
+        return Ok(if all {
+            v.replace(&needle, replacement)
+        } else {
+            v.replacen(&needle, replacement, 1)
+        });
+    }
+    let mut budget = MATCH_BUDGET;
     let mut out = String::new();
     let mut i = 0;
     let mut replaced = false;
     while i < s.len() {
-        if (!replaced || all)
-            && let Some(len) = prefix_matches(&atoms, &s[i..])
-                .iter()
-                .rposition(|h| *h)
-                .filter(|len| *len > 0)
-        {
-            let end = i + len;
-            out.push_str(replacement);
-            i = end;
-            replaced = true;
-            continue;
+        if !replaced || all {
+            let len = match_prefix(&atoms, &s[i..], Pick::Longest, &mut budget)?;
+            if let Some(len) = len.filter(|len| *len > 0) {
+                out.push_str(replacement);
+                i += len;
+                replaced = true;
+                continue;
+            }
         }
         out.push(s[i]);
         i += 1;
@@ -835,6 +870,20 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_bounded() {
+        let env: Vec<(String, String)> = Vec::new();
+        let deep = format!("{}v{}", "${X:-".repeat(1500), "}".repeat(1500));
+        let e = process_word(&deep, &env, '\\').unwrap_err();
+        assert!(e.to_string().contains("nested more than"), "{e}");
+        let ok = format!(
+            "{}v{}",
+            "${X:-".repeat(MAX_NESTING),
+            "}".repeat(MAX_NESTING)
+        );
+        assert_eq!(process_word(&ok, &env, '\\').unwrap(), "v");
+    }
+
+    #[test]
     fn a_pattern_that_backtracks_is_matched_in_linear_time() {
         // Exponential with a backtracking matcher: over 20 s before.
         let v = "a".repeat(59);
@@ -843,7 +892,14 @@ mod tests {
         assert_eq!(got, "a".repeat(59));
         let got = process_word("${V//*a*a*a*a*a*a*ab/x}", &env, '\\').unwrap();
         assert_eq!(got, "a".repeat(59));
-        // What could stall anyway is refused.
+        // Long values with plain patterns cost what the search costs...
+        let long = vec![("V".to_string(), "a,".repeat(100_000))];
+        let got = process_word("${V//,/_}", &long, '\\').unwrap();
+        assert_eq!(got.len(), 200_000);
+        assert!(!got.contains(','));
+        let got = process_word("${V%%,*}", &long, '\\').unwrap();
+        assert_eq!(got, "a");
+        // ...and what could stall is refused.
         let long = vec![("V".to_string(), "a".repeat(200_000))];
         assert!(process_word("${V//*b/x}", &long, '\\').is_err());
     }

@@ -54,10 +54,6 @@ pub fn compile(
         exports,
         args: c.args.clone(),
         source_map,
-        default: spec
-            .default_stage
-            .filter(|i| *i < spec.stages.len())
-            .map(|i| StageId(i as u32)),
     };
     c.cycles(&graph);
     if c.diags.is_empty() {
@@ -802,31 +798,9 @@ pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How much memory a plugin step may use when the spec does not say.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 
-/// Whether `s` is an image name as Docker reads one: `[HOST[:PORT]/]PATH[:TAG]`,
-/// lower-case path components, a tag of at most 128 word characters.
+/// Whether `s` is an image name as Docker reads one (the distribution
+/// grammar, see `model::name`): `[HOST[:PORT]/]PATH[:TAG]`, lower-case
+/// path components, a tag of at most 128 word characters.
 pub fn valid_tag(s: &str) -> bool {
-    let (name, tag) = match s.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n, Some(t)),
-        _ => (s, None),
-    };
-    let tag_ok = tag.is_none_or(|t| {
-        !t.is_empty()
-            && t.len() <= 128
-            && !t.starts_with(['.', '-'])
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    });
-    let mut parts: Vec<&str> = name.split('/').collect();
-    // A first part with a dot, a colon or `localhost` is a registry host.
-    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
-        parts.remove(0);
-    }
-    tag_ok
-        && !name.is_empty()
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
-        })
+    crate::model::name::canonical(s).is_ok()
 }

@@ -694,11 +694,9 @@ impl Compiler<'_> {
                 rw: spec.rw,
             },
             MountType::Cache => MountKind::Cache {
-                id: spec
-                    .id
-                    .clone()
-                    .or_else(|| spec.target.clone())
-                    .unwrap_or_default(),
+                // Without an id: the target, joined to the working
+                // directory when the command runs (BuildKit's default).
+                id: spec.id.clone().unwrap_or_default(),
                 sharing: spec.sharing,
                 readonly: spec.readonly,
                 from,
