@@ -298,6 +298,9 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
 /// Read the spec, pick what to build and check every destination.
 pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let state_dir = load::state_dir(&req.state_dir, &req.spec.spec_path());
+    // Nothing is read from or written to a state directory another user
+    // could change, not even the parse cache.
+    crate::store::check_state_dir(&state_dir).map_err(|d| vec![d])?;
     // A no-op build mostly reads the memo and lists the context: done on
     // another core while this one reads and compiles the spec.
     let prefetch = if req.no_cache {

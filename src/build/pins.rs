@@ -434,6 +434,7 @@ pub fn lock(
 ) -> Result<LockReport, Vec<Diagnostic>> {
     let spec_path = req.spec.spec_path();
     let state_dir = load::state_dir(&req.state_dir, &spec_path);
+    crate::store::check_state_dir(&state_dir).map_err(|d| vec![d])?;
     let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
     let loaded = load::load(&req.spec, sources, Some(&parse_cache))?;
     let graph = &loaded.graph;

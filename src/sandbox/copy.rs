@@ -243,6 +243,7 @@ pub fn apply(
     tree: &mut Tree,
     scaffolding: &BTreeSet<String>,
     ids: super::Ids,
+    limit: u64,
 ) -> Result<(), SandboxError> {
     let mut seen = HashSet::new();
     let mut w = Walk {
@@ -252,6 +253,7 @@ pub fn apply(
         scaffolding,
         seen: &mut seen,
         ids,
+        left: std::cell::Cell::new(limit),
     };
     w.walk(&open_dir(root)?, "", tree)?;
     let mut gone: Vec<&String> = before.0.keys().filter(|p| !seen.contains(*p)).collect();
@@ -271,6 +273,8 @@ struct Walk<'a> {
     /// How owners on disk are the tree's (as the root of a container,
     /// the copy has real owners; as a user, none).
     ids: super::Ids,
+    /// What the files read back may still add up to.
+    left: std::cell::Cell<u64>,
 }
 
 impl Walk<'_> {
@@ -334,9 +338,16 @@ impl Walk<'_> {
                     }
                     let at = self.root.join(&path);
                     tree.remove_all(&path);
-                    if let Some(e) =
-                        super::leaf(self.content, dir, &name, &path, &st, (uid, gid), &at)?
-                    {
+                    if let Some(e) = super::leaf(
+                        self.content,
+                        dir,
+                        &name,
+                        &path,
+                        &st,
+                        (uid, gid),
+                        &at,
+                        &self.left,
+                    )? {
                         tree.entries.insert(path, e);
                         changed_any = true;
                     }
@@ -407,6 +418,7 @@ mod tests {
             &mut tree,
             &scaffolding,
             crate::sandbox::Ids::Own,
+            u64::MAX,
         )
         .unwrap();
 
@@ -448,6 +460,7 @@ mod tests {
             &mut tree,
             &BTreeSet::new(),
             crate::sandbox::Ids::Own,
+            u64::MAX,
         )
         .unwrap();
         assert_eq!(tree.get("fifo").map(|e| &e.kind), Some(&Kind::Fifo));

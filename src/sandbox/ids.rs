@@ -204,7 +204,7 @@ fn choose(
             .filter_map(|&(inside, _, count)| {
                 let end = inside.checked_add(count)?;
                 let start = inside.max(MIN_COUNT);
-                (end > start).then_some((start, (end - start).min(DEFAULT_COUNT)))
+                (end > start).then(|| (start, (end - start).min(DEFAULT_COUNT)))
             })
             .max_by_key(|&(_, c)| c)
     };

@@ -70,6 +70,11 @@ pub enum SandboxError {
 /// the store, a symlink or a FIFO), found as `name` in `dir`; `None` for a
 /// socket (a daemon's leftover, which images do not hold either). A device
 /// node is an error: no command can make one, and kiln takes none back.
+///
+/// `left` is what the files a command leaves may still add up to (`kiln
+/// build --max-unpack-size`): a sparse file of terabytes is refused before
+/// it is read, not written into the store.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn leaf(
     content: &dyn crate::store::ContentStore,
     dir: &std::os::fd::OwnedFd,
@@ -78,6 +83,7 @@ pub(crate) fn leaf(
     st: &rustix::fs::Stat,
     (uid, gid): (u32, u32),
     at: &Path,
+    left: &std::cell::Cell<u64>,
 ) -> Result<Option<crate::model::tree::Entry>, SandboxError> {
     use crate::model::tree::{Entry, Kind};
     use rustix::fs::{FileType, OFlags};
@@ -86,6 +92,16 @@ pub(crate) fn leaf(
     };
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => {
+            let too_much = || {
+                SandboxError::Changes(format!(
+                    "the command's files add up to more than {} (at `/{path}`, {}): raise `--max-unpack-size` if that is expected",
+                    crate::units::approx_size(left.get()),
+                    crate::units::approx_size(st.st_size as u64)
+                ))
+            };
+            if st.st_size as u64 > left.get() {
+                return Err(too_much());
+            }
             let f = rustix::fs::openat(
                 dir,
                 name,
@@ -93,7 +109,17 @@ pub(crate) fn leaf(
                 rustix::fs::Mode::empty(),
             )
             .map_err(|e| io("cannot open", e))?;
-            let (blob, size) = content.put_blob_reader(&mut std::fs::File::from(f), None)?;
+            let (blob, size) = content
+                .put_blob_reader(&mut std::fs::File::from(f), Some(left.get()))
+                .map_err(|e| match e {
+                    StoreError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::FileTooLarge =>
+                    {
+                        too_much()
+                    }
+                    other => other.into(),
+                })?;
+            left.set(left.get() - size);
             Kind::File { blob, size }
         }
         FileType::Symlink => {
@@ -688,7 +714,9 @@ pub fn run(
         let _ = child.wait();
         return Err(e);
     }
-    let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    // Bounded: a command that prints faster than kiln shows waits on its
+    // pipe, instead of growing kiln's memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Stream, Vec<u8>)>(16);
     let mut readers = Vec::new();
     for (stream, pipe) in [
         (

@@ -21,6 +21,7 @@ pub fn apply(
     tree: &mut Tree,
     scaffolding: &BTreeSet<String>,
     ids: Ids,
+    limit: u64,
 ) -> Result<(), SandboxError> {
     let fd = rustix::fs::open(
         upper,
@@ -34,6 +35,7 @@ pub fn apply(
         upper,
         scaffolding,
         ids,
+        left: std::cell::Cell::new(limit),
     };
     walk(&cx, &fd, "", tree, &mut dropped)?;
     Ok(())
@@ -45,6 +47,8 @@ struct Walk<'a> {
     upper: &'a Path,
     scaffolding: &'a BTreeSet<String>,
     ids: Ids,
+    /// What the files read back may still add up to.
+    left: std::cell::Cell<u64>,
 }
 
 fn walk(
@@ -139,7 +143,9 @@ fn walk(
                 }
                 let at = upper.join(&path);
                 tree.remove_all(&path);
-                if let Some(e) = super::leaf(content, dir, &name, &path, &st, (uid, gid), &at)? {
+                if let Some(e) =
+                    super::leaf(content, dir, &name, &path, &st, (uid, gid), &at, &cx.left)?
+                {
                     tree.entries.insert(path, e);
                     kept_any = true;
                 }

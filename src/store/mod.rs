@@ -20,7 +20,7 @@ pub mod oci;
 pub mod owners;
 pub mod records;
 
-pub use local::{BlobReader, Store, used_lists};
+pub use local::{BlobReader, Store, check_owner as check_state_dir, used_lists};
 
 use crate::diag::Diagnostic;
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};

@@ -297,3 +297,185 @@ fn a_build_killed_during_a_command_leaves_nothing_mounted() {
     p.build(&[]).ok();
     assert_eq!(p.read("out/done"), "done\n");
 }
+
+/// A project on the busybox image with `body` as its stages.
+fn busybox_project(body: &str) -> Option<Project> {
+    if !sandbox_ready() {
+        return None;
+    }
+    let image = busybox()?;
+    let p = Project::new();
+    p.spec(&format!("kiln 1\n{}", body.replace("IMAGE", &image)));
+    Some(p)
+}
+
+#[test]
+fn mount_points_are_removed_without_following_a_link_the_command_made() {
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(victim.path().join("etc")).unwrap();
+    std::fs::write(victim.path().join("etc/victimfile"), "keep me\n").unwrap();
+    let Some(p) = busybox_project(&format!(
+        "stage s {{\n    from image=\"IMAGE\"\n    run \"mv /a /z && ln -s {} /a\" {{\n        mount \"type=tmpfs,target=/a/etc/victimfile\"\n    }}\n}}\n",
+        victim.path().display()
+    )) else {
+        return;
+    };
+    p.build(&[]).ok();
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("etc/victimfile")).unwrap(),
+        "keep me\n",
+        "kiln removed a host file through the command's link"
+    );
+}
+
+#[test]
+fn an_image_s_working_directory_cannot_lead_out_of_the_tree() {
+    if !sandbox_ready() {
+        return;
+    }
+    let outside = tempfile::tempdir().unwrap();
+    let climb = format!(
+        "/kw/{}{}",
+        "../".repeat(30),
+        outside.path().join("made/by/kiln").display()
+    );
+    let Some((_keep, image)) = crate::images::variant(&["--config.workingdir", &climb]) else {
+        return;
+    };
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    from image=\"{image}\"\n    run \"pwd > /pwd\"\n}}\nexport {{\n    s to=\"out\"\n}}\n"
+    ));
+    let _ = p.build(&[]);
+    assert!(
+        !outside.path().join("made").exists(),
+        "kiln made directories outside the tree"
+    );
+}
+
+#[test]
+fn secrets_and_arguments_are_not_on_any_command_line() {
+    let Some(p) = busybox_project(
+        "stage s {\n    from image=\"IMAGE\"\n    run \"sleep 3\" {\n        mount \"type=secret,id=tok,env=TOKEN\"\n        mount \"type=secret,id=file,mode=0444\"\n    }\n}\n",
+    ) else {
+        return;
+    };
+    let secret = "kiln-cmdline-secret-5521";
+    std::fs::write(p.path().join("tok"), secret).unwrap();
+    std::fs::write(p.path().join("file"), secret).unwrap();
+    let mut child = Command::new(kiln_bin())
+        .args([
+            "build",
+            "--secret",
+            "id=tok,src=tok",
+            "--secret",
+            "id=file,src=file",
+        ])
+        .current_dir(p.path())
+        .env_remove("KILN_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut saw_step = false;
+    let mut leaked = Vec::new();
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if cmd.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                leaked.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+            }
+            saw_step |= cmd.starts_with(b"sleep\x003");
+        }
+        // The secret file lies where only kiln's user may enter.
+        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("kiln-secret-") {
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o700, "{:?}", e.path());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(saw_step, "the step was never seen running");
+    assert!(leaked.is_empty(), "on a command line: {leaked:?}");
+}
+
+#[test]
+fn mount_targets_below_proc_dev_or_another_mount_are_refused() {
+    for (target, extra, says) in [
+        (
+            "/proc/self/root/oldroot/var/tmp/kiln-x",
+            "",
+            "below `/proc`",
+        ),
+        ("/dev/fd/kiln-x", "", "below `/dev`"),
+        (
+            "/c/l/kiln-x",
+            "        mount \"type=cache,target=/c\"\n",
+            "below another mount",
+        ),
+    ] {
+        let Some(p) = busybox_project(&format!(
+            "stage s {{\n    from image=\"IMAGE\"\n    run \"true\" {{\n{extra}        mount \"type=tmpfs,target={target}\"\n    }}\n}}\n"
+        )) else {
+            return;
+        };
+        let r = p.kiln(&["build"]);
+        assert_eq!(r.code, 2, "{target}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{target}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("kiln.kdl:5") || r.stderr.contains("kiln.kdl:6"),
+            "located: {}",
+            r.stderr
+        );
+    }
+    assert!(!std::path::Path::new("/var/tmp/kiln-x").exists());
+}
+
+#[test]
+fn what_a_command_leaves_is_bounded() {
+    let Some(p) = busybox_project(
+        "stage s {\n    from image=\"IMAGE\"\n    run \"truncate -s 20000000000 /big\"\n}\n",
+    ) else {
+        return;
+    };
+    let r = p.kiln(&["build", "--max-unpack-size", "1GiB"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("add up to more than"), "{}", r.stderr);
+    let used: u64 = walk(&p.path().join(".kiln"))
+        .iter()
+        .filter_map(|f| f.symlink_metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum();
+    assert!(used < 100 << 20, "{used} bytes stored");
+}
+
+#[test]
+fn a_state_directory_another_user_controls_is_refused() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n    write \"/f\" \"x\"\n}\n");
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // The project is another user's: its `.kiln` could be made to lead
+    // anywhere.
+    std::os::unix::fs::chown(p.path(), Some(65534), Some(65534)).unwrap();
+    let r = p.kiln(&["build"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("kiln::state::owner"), "{}", r.stderr);
+    assert!(!p.exists(".kiln"));
+    // A state directory of kiln's own user is made for that user alone.
+    std::os::unix::fs::chown(p.path(), Some(0), Some(0)).unwrap();
+    p.kiln(&["build"]).ok();
+    let mode = std::fs::metadata(p.path().join(".kiln"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -217,7 +217,7 @@ impl Drop for Registry {
 }
 
 /// A copy of the busybox layout with a config changed by `umoci config`.
-fn variant(args: &[&str]) -> Option<(tempfile::TempDir, String)> {
+pub(crate) fn variant(args: &[&str]) -> Option<(tempfile::TempDir, String)> {
     if !tool("umoci") {
         return None;
     }

@@ -290,7 +290,41 @@ impl StepKind for RunOp {
                 .with_label(cx.loc.part(i), "this mount")
                 .with_help("mount below the root: give an absolute target such as `/src`, or set a working directory first"));
             }
+            // bubblewrap makes the sandbox's `/proc` and `/dev` (with
+            // links into `/proc`), and resolves a target while the host's
+            // root is still at hand: no target below them (but `/dev/shm`),
+            // and none below another mount, whose content the tree does not
+            // show (a link there could lead anywhere).
+            let first = t.split('/').next().unwrap_or("");
+            if first == "proc" || (first == "dev" && t != "dev/shm") {
+                return Err(Diagnostic::user(
+                    "kiln::run::mount",
+                    format!(
+                        "the mount target `{}` is below `/{first}`, which the sandbox makes",
+                        m.target
+                    ),
+                )
+                .with_label(cx.loc.part(i), "this mount")
+                .with_help("mount on a directory of the stage's own tree"));
+            }
             targets.push(format!("/{t}"));
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if let Some(j) = targets.iter().position(|o| {
+                !o.is_empty() && !t.is_empty() && t != o && t.starts_with(&format!("{o}/"))
+            }) {
+                return Err(Diagnostic::user(
+                    "kiln::run::mount",
+                    format!(
+                        "the mount target `{t}` is below another mount, `{}`",
+                        targets[j]
+                    ),
+                )
+                .with_label(cx.loc.part(i), "this mount")
+                .with_help(
+                    "mount on a directory of the stage's own tree, not below another mount",
+                ));
+            }
         }
         for (i, m) in self.mounts.iter().enumerate() {
             let target = targets[i].as_str();
@@ -367,20 +401,41 @@ impl StepKind for RunOp {
                 });
             }
         };
+        // What is shown and kept is bounded (a command printing without
+        // end costs kiln no more than the limit), and lines are cut where
+        // they end, or every 64 KiB for output without newlines.
+        let mut shown = 0usize;
+        let mut cut_off = false;
         let result = sandbox::run(&on_disk, &spec, &env.cancel, &mut |_s: Stream, bytes| {
             if log.len() < LOG_LIMIT {
                 log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
             }
+            if shown >= LOG_LIMIT {
+                if !cut_off {
+                    cut_off = true;
+                    emit("(the rest of the output is not shown: more than 64 MiB)");
+                }
+                return;
+            }
             pending.push_str(&String::from_utf8_lossy(bytes));
-            if last_emit.elapsed().as_millis() >= 100
-                && let Some(cut) = pending.rfind('\n')
-            {
-                let lines: String = pending.drain(..=cut).collect();
-                emit(&lines);
-                last_emit = std::time::Instant::now();
+            let full = pending.len() > 64 << 10;
+            if full || last_emit.elapsed().as_millis() >= 100 {
+                let cut = match pending.rfind('\n') {
+                    Some(c) => Some(c + 1),
+                    None if full => Some(pending.len()),
+                    None => None,
+                };
+                if let Some(cut) = cut {
+                    let lines: String = pending.drain(..cut).collect();
+                    shown += lines.len();
+                    emit(&lines);
+                    last_emit = std::time::Instant::now();
+                }
             }
         });
-        emit(&pending);
+        if !cut_off {
+            emit(&pending);
+        }
         drop(keep_alive);
         let log = secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
@@ -388,12 +443,23 @@ impl StepKind for RunOp {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
         }
         match (&on_disk, &marks) {
-            (sandbox::Root::Overlay { upper, .. }, _) => {
-                sandbox::upper::apply(env.content, upper, work.tree, &scaffold, spec.ids)
-            }
-            (sandbox::Root::Dir(copy), Some(marks)) => {
-                sandbox::copy::apply(env.content, copy, marks, work.tree, &scaffold, spec.ids)
-            }
+            (sandbox::Root::Overlay { upper, .. }, _) => sandbox::upper::apply(
+                env.content,
+                upper,
+                work.tree,
+                &scaffold,
+                spec.ids,
+                env.options.unpack_limit,
+            ),
+            (sandbox::Root::Dir(copy), Some(marks)) => sandbox::copy::apply(
+                env.content,
+                copy,
+                marks,
+                work.tree,
+                &scaffold,
+                spec.ids,
+                env.options.unpack_limit,
+            ),
             (sandbox::Root::Dir(_), None) => {
                 Err(SandboxError::Io("the copy's marks are missing".into()))
             }

@@ -57,11 +57,14 @@ fn a_later_stage_name_is_an_image() {
         "FROM scratch\nCOPY --from=later /a /a\nFROM scratch AS later\n",
         &[],
     );
-    let StepKind::Copy { from, .. } = &i.spec.stages[0].steps[0].kind else {
+    // The image stage comes first, so the Dockerfile's last stage stays
+    // the import's last (its default target).
+    assert_eq!(i.spec.stages.len(), 3);
+    assert_eq!(i.spec.stages[0].name.value, "image-0");
+    let StepKind::Copy { from, .. } = &i.spec.stages[1].steps[0].kind else {
         panic!("not a copy");
     };
     assert_eq!(from.as_ref().map(|f| f.value.as_str()), Some("image-0"));
-    assert_eq!(i.spec.stages.len(), 3);
 }
 
 #[test]
