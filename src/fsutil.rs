@@ -2,7 +2,6 @@
 //! exporters.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Remove a file, symlink or directory tree, if it exists. Directories
@@ -10,8 +9,7 @@ use std::path::{Path, PathBuf};
 pub fn remove_any(p: &Path) {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => {
-            make_writable(p);
-            let _ = fs::remove_dir_all(p);
+            let _ = remove_tree(p);
         }
         Ok(_) => {
             let _ = fs::remove_file(p);
@@ -20,16 +18,199 @@ pub fn remove_any(p: &Path) {
     }
 }
 
-/// Give `p` and every directory below it owner rwx, so it can be emptied.
-fn make_writable(p: &Path) {
-    let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                make_writable(&e.path());
+/// Remove the directory `dir` and everything below it, however deep, in
+/// constant stack and with two descriptors open: every subdirectory is
+/// first moved up into `dir` itself (so none is ever more than one level
+/// down), read-only ones made writable on the way. No symlink is
+/// followed: entries are reached through their directory's descriptor.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = rustix::fs::open(dir, flags, Mode::empty())?;
+    let _ = rustix::fs::fchmod(&top, Mode::from_raw_mode(0o700));
+    let mut fresh = 0u64;
+    loop {
+        // Names at the top: files go now, directories are emptied below.
+        let mut subdirs = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(&top)?;
+        while let Some(item) = listing.read() {
+            let item = item?;
+            let name = item.file_name().to_owned();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let st = rustix::fs::statat(&top, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                subdirs.push(name);
+            } else {
+                rustix::fs::unlinkat(&top, name.as_c_str(), AtFlags::empty())?;
             }
         }
+        if subdirs.is_empty() {
+            break;
+        }
+        for name in subdirs {
+            let sub = rustix::fs::openat(&top, name.as_c_str(), flags, Mode::empty())?;
+            let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
+            let mut below = rustix::fs::Dir::read_from(&sub)?;
+            let mut names = Vec::new();
+            while let Some(item) = below.read() {
+                let item = item?;
+                let n = item.file_name().to_owned();
+                if n.to_bytes() != b"." && n.to_bytes() != b".." {
+                    names.push(n);
+                }
+            }
+            for n in names {
+                let st = rustix::fs::statat(&sub, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    // Up into the top, under a name of its own.
+                    loop {
+                        fresh += 1;
+                        let to = format!(".kiln-rm-{fresh}");
+                        match rustix::fs::renameat_with(
+                            &sub,
+                            n.as_c_str(),
+                            &top,
+                            to.as_str(),
+                            rustix::fs::RenameFlags::NOREPLACE,
+                        ) {
+                            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+                                continue;
+                            }
+                            r => break r?,
+                        }
+                    }
+                } else {
+                    rustix::fs::unlinkat(&sub, n.as_c_str(), AtFlags::empty())?;
+                }
+            }
+            rustix::fs::unlinkat(&top, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        }
     }
+    drop(top);
+    fs::remove_dir(dir)
+}
+
+/// Why a path cannot be trusted: the path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// Check that no other user can change where `path` leads, and return it
+/// resolved (symlinks followed; components that do not exist yet kept as
+/// written). Every existing directory on the way must be kiln's user's or
+/// root's and, when every user may write it, sticky (as `/tmp`); every
+/// symlink on the way must be kiln's user's or root's, and is followed
+/// from the directory it is in. So a directory (a state directory, an
+/// export's parent) reached this way is one that only kiln's user and
+/// root can redirect, whatever is later done by path, as OpenSSH checks
+/// the directories above a key file.
+pub fn trusted_path(path: &Path) -> Result<PathBuf, Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let me = rustix::process::geteuid().as_raw();
+    let whose = if me == 0 {
+        "root's".to_string()
+    } else {
+        format!("uid {me}'s or root's")
+    };
+    let untrusted = |p: &Path, why: String| Untrusted {
+        path: p.to_path_buf(),
+        why,
+    };
+    let start = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| untrusted(path, format!("the working directory cannot be read: {e}")))?
+            .join(path)
+    };
+    let mut pending: Vec<std::ffi::OsString> = start
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    pending.reverse();
+    let mut done = PathBuf::from("/");
+    let check_dir = |p: &Path, m: &fs::Metadata| -> Result<(), Untrusted> {
+        if m.uid() != me && m.uid() != 0 {
+            return Err(untrusted(
+                p,
+                format!("it belongs to uid {}, not {whose}", m.uid()),
+            ));
+        }
+        if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 {
+            return Err(untrusted(p, "every user may write it".into()));
+        }
+        Ok(())
+    };
+    check_dir(
+        &done,
+        &fs::metadata("/").map_err(|e| untrusted(&done, e.to_string()))?,
+    )?;
+    let mut hops = 0;
+    let mut missing = false;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            // Physical: `done` holds no symlink; a directory yet to be
+            // made is a plain one.
+            done.pop();
+            continue;
+        }
+        let next = done.join(&part);
+        if missing {
+            done = next;
+            continue;
+        }
+        let m = match fs::symlink_metadata(&next) {
+            Ok(m) => m,
+            // Not there (or not reachable: a file on the way, no search
+            // permission): what follows is made by kiln, or fails there.
+            Err(_) => {
+                missing = true;
+                done = next;
+                continue;
+            }
+        };
+        if m.file_type().is_symlink() {
+            if m.uid() != me && m.uid() != 0 {
+                return Err(untrusted(
+                    &next,
+                    format!("it is a symlink of uid {}, not {whose}", m.uid()),
+                ));
+            }
+            hops += 1;
+            if hops > 40 {
+                return Err(untrusted(&next, "too many symlinks".into()));
+            }
+            let target = fs::read_link(&next).map_err(|e| untrusted(&next, e.to_string()))?;
+            if target.is_absolute() {
+                done = PathBuf::from("/");
+            }
+            let mut parts: Vec<std::ffi::OsString> = target
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_os_string()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                })
+                .collect();
+            parts.reverse();
+            pending.extend(parts);
+            continue;
+        }
+        if m.is_dir() {
+            check_dir(&next, &m)?;
+        }
+        done = next;
+    }
+    Ok(done)
 }
 
 /// Whether an I/O error means the disk (or the user's quota) is full.
@@ -182,5 +363,68 @@ mod tests {
         remove_below(&root, "z").unwrap();
         remove_below(&root, "a").unwrap();
         assert!(outside.exists() && !root.join("a").exists());
+    }
+
+    #[test]
+    fn a_tree_of_any_depth_is_removed_without_following_links() {
+        use rustix::fs::{Mode, OFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let top = dir.path().join("top");
+        fs::create_dir(&top).unwrap();
+        // 3000 levels, deeper than any path the kernel takes whole, with a
+        // read-only directory, a link out and a file on the way.
+        let mut fd =
+            rustix::fs::open(&top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for i in 0..3000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            if i == 10 {
+                rustix::fs::symlinkat(&outside, &fd, "link").unwrap();
+                fs::write(
+                    format!("/proc/self/fd/{}/file", {
+                        use std::os::fd::AsRawFd;
+                        fd.as_raw_fd()
+                    }),
+                    b"y",
+                )
+                .unwrap();
+            }
+            fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
+            if i == 20 {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o555)).unwrap();
+            }
+        }
+        drop(fd);
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert!(outside.join("keep").exists());
+    }
+
+    #[test]
+    fn a_path_is_trusted_only_when_no_other_user_can_change_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        let mine = base.join("mine");
+        fs::create_dir(&mine).unwrap();
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o755)).unwrap();
+        // Symlinks are followed; what does not exist yet is kept.
+        std::os::unix::fs::symlink("mine", base.join("link")).unwrap();
+        assert_eq!(
+            trusted_path(&base.join("link/new/../state")).unwrap(),
+            mine.join("state")
+        );
+        // Writable by every user, not sticky: anyone could swap `state`.
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let u = trusted_path(&open.join("state")).unwrap_err();
+        assert_eq!(u.path, open);
+        // Sticky (as /tmp): only the owner of `state` could.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(trusted_path(&open.join("state")).is_ok());
     }
 }

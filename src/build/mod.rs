@@ -62,6 +62,9 @@ pub struct Request {
     pub secrets: crate::exec::Secrets,
     /// `--ssh` agent sockets, by id.
     pub ssh: std::collections::HashMap<String, PathBuf>,
+    /// `--allow-export-outside`: the spec's exports may write outside
+    /// the spec's directory.
+    pub allow_export_outside: bool,
 }
 
 impl Request {
@@ -349,7 +352,17 @@ fn plan_with(
             });
             continue;
         }
-        match dest::check(&e.dest, &protected) {
+        let checked = dest::check(&e.dest, &protected).and_then(|resolved| {
+            // What a spec exports stays in its project: a spec from
+            // anywhere may not write `/root/.ssh` or `~/.config/autostart`.
+            // The command line's `-o` may go anywhere.
+            if e.span.is_some() && !req.allow_export_outside {
+                dest::check_inside(&e.dest, &resolved, &loaded.spec.dir)?;
+            }
+            dest::check_trusted(&e.dest, &resolved)?;
+            Ok(resolved)
+        });
+        match checked {
             Ok(resolved) => {
                 // Refused now rather than after the build: what is there
                 // is not the build's to replace.

@@ -26,6 +26,9 @@ pub struct BuildArgs {
     /// Run every step and hash every context file, ignoring the cache (results are still stored)
     #[arg(long)]
     pub no_cache: bool,
+    /// Let the spec's export block write outside the spec's directory (read it first: a spec from anywhere could name `/root/.ssh`)
+    #[arg(long)]
+    pub allow_export_outside: bool,
     /// How many stages run at once [default: number of CPUs; at most 256]
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
@@ -202,6 +205,7 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         },
         secrets: secrets(&args.secrets)?,
         ssh: ssh(&args.ssh)?,
+        allow_export_outside: args.allow_export_outside,
     })
 }
 

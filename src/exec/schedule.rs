@@ -59,7 +59,13 @@ where
         deps: &deps,
         run: &run,
     };
-    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+    // Stacks of 64 MiB (address space, used only as touched): walks of
+    // what commands leave recurse once per directory level.
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(64 << 20)
+        .build()
+    {
         Ok(pool) => pool.scope(|s| {
             for id in ready {
                 ctx.spawn(s, id);

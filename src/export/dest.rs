@@ -119,6 +119,61 @@ pub fn check(dest: &Path, protected: &Protected) -> Result<PathBuf, Diagnostic> 
     Ok(resolved)
 }
 
+/// Refuse a spec's export that would land outside its project (the
+/// spec's directory, resolved).
+pub fn check_inside(dest: &Path, resolved: &Path, project: &Path) -> Result<(), Diagnostic> {
+    let project = resolve_lexically(project)
+        .map(|p| fs::canonicalize(&p).unwrap_or(p))
+        .unwrap_or_else(|_| project.to_path_buf());
+    if resolved.starts_with(&project) {
+        return Ok(());
+    }
+    Err(Diagnostic::user(
+        "kiln::export::outside",
+        format!(
+            "refusing to export to `{}` (`{}`): it is outside the project `{}`",
+            dest.display(),
+            resolved.display(),
+            project.display()
+        ),
+    )
+    .with_note("a spec's exports stay below its directory, so a spec from anywhere cannot write elsewhere on this machine")
+    .with_help("export below the project (such as `dist/`); to write elsewhere, give the destination on the command line (`kiln build --target STAGE -o DEST`), or pass `--allow-export-outside` after reading the export block"))
+}
+
+/// Refuse a destination whose directories another user could change
+/// while kiln builds (and so redirect the export): every existing
+/// directory above it must be kiln's user's or root's, and not writable
+/// by every user unless sticky (`fsutil::trusted_path`).
+pub fn check_trusted(dest: &Path, resolved: &Path) -> Result<(), Diagnostic> {
+    let Some(parent) = resolved.parent() else {
+        return Ok(());
+    };
+    match crate::fsutil::trusted_path(parent) {
+        Ok(p) if p == parent => Ok(()),
+        Ok(p) => Err(Diagnostic::user(
+            "kiln::export::untrusted",
+            format!(
+                "refusing to export to `{}`: its directory changed while it was checked (now `{}`)",
+                dest.display(),
+                p.display()
+            ),
+        )
+        .with_help("build again; if it happens again, another program is moving the destination's directories")),
+        Err(u) => Err(Diagnostic::user(
+            "kiln::export::untrusted",
+            format!(
+                "refusing to export to `{}`: `{}` cannot be trusted ({})",
+                dest.display(),
+                u.path.display(),
+                u.why
+            ),
+        )
+        .with_note("another user could move or replace it while kiln builds, and so make kiln write where they choose")
+        .with_help("export into a directory of your own (as the user who owns the project), or build as that user")),
+    }
+}
+
 /// Whether what is at `resolved` may be replaced: nothing, an empty
 /// directory, or an export kiln wrote (`recorded`: the state dir's record
 /// matches it; otherwise the marker attribute decides).

@@ -222,6 +222,7 @@ fn each(root: &Path, f: &mut Visit<'_>) -> Result<bool, SandboxError> {
                 return Ok(false);
             }
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                super::too_deep(&path)?;
                 let sub = open_sub(dir, &name).map_err(io)?;
                 if !walk(root, &sub, &path, f)? {
                     return Ok(false);
@@ -316,6 +317,7 @@ impl Walk<'_> {
             let scaffold = was.is_none() && self.scaffolding.contains(&path);
             match ft {
                 FileType::Directory => {
+                    super::too_deep(&path)?;
                     let sub = open_sub(dir, &name).map_err(|e| io("cannot open", e))?;
                     if !unchanged {
                         if tree.get(&path).is_some_and(|e| !e.is_dir()) {

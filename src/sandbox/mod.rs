@@ -43,6 +43,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How deep a command may nest directories in what it leaves (paths
+/// deeper cannot be written out or exported by most tools either).
+pub const MAX_DEPTH: usize = 512;
+
+/// The error for a directory deeper than [`MAX_DEPTH`], if `path` is.
+pub(crate) fn too_deep(path: &str) -> Result<(), SandboxError> {
+    if path.bytes().filter(|b| *b == b'/').count() + 1 > MAX_DEPTH {
+        let shown: String = path.chars().take(120).collect();
+        return Err(SandboxError::Changes(format!(
+            "the command left directories nested more than {MAX_DEPTH} deep (`/{shown}…`)"
+        )));
+    }
+    Ok(())
+}
+
 /// Why a command could not run, or did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -348,14 +363,23 @@ fn setup_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
 }
 
 /// Bytes bubblewrap reads from a descriptor (a seccomp program, its
-/// arguments), in memory.
+/// arguments), in memory, sealed: nothing can change them once written.
 fn program_fd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
-    let fd = rustix::fs::memfd_create("kiln-sandbox", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| setup_err("cannot hold what bubblewrap reads", e))?;
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "kiln-sandbox",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| setup_err("cannot hold what bubblewrap reads", e))?;
     let mut f = std::fs::File::from(fd);
     std::io::Write::write_all(&mut f, bytes)
         .and_then(|_| std::io::Seek::rewind(&mut f))
         .map_err(|e| setup_err("cannot hold what bubblewrap reads", e))?;
+    rustix::fs::fcntl_add_seals(
+        &f,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )
+    .map_err(|e| setup_err("cannot seal what bubblewrap reads", e))?;
     Ok(f.into())
 }
 

@@ -108,6 +108,7 @@ fn walk(
                 kept_any = true;
             }
             FileType::Directory => {
+                super::too_deep(&path)?;
                 let sub = rustix::fs::openat(
                     dir,
                     &name,

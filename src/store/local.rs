@@ -33,70 +33,35 @@ pub struct Store {
     repairs: Mutex<Vec<String>>,
 }
 
-/// Refuse a state directory another user could change under kiln: it, and
-/// the directory it is in, must be this user's (or a sticky directory such
-/// as `/tmp`), as git refuses a repository another user owns. Otherwise
-/// that user could put symlinks where kiln writes (its blobs, its logs),
-/// and kiln, as root say, would write through them. A new state directory
-/// is made for its user alone (0700); one only its user may enter stays so.
+/// Refuse a state directory another user could change under kiln: the
+/// directories on the way to it (and it) must be this user's or root's,
+/// and not writable by every user unless sticky (as `/tmp`); a symlink on
+/// the way must be this user's or root's (`fsutil::trusted_path`), as git
+/// refuses a repository another user owns. Otherwise that user could put
+/// symlinks where kiln writes (its blobs, its logs), or swap the path
+/// while kiln builds, and kiln, as root say, would write through them. A
+/// new state directory is made for its user alone (0700); an existing one
+/// is left as it is.
 pub fn check_owner(root: &Path) -> Result<(), Diagnostic> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let me = rustix::process::geteuid().as_raw();
-    let refuse = |p: &Path, why: String| {
+    let resolved = crate::fsutil::trusted_path(root).map_err(|u| {
         Diagnostic::user(
             "kiln::state::owner",
-            format!("kiln will not use the state directory `{}`: {why}", root.display()),
+            format!(
+                "kiln will not use the state directory `{}`: `{}` cannot be trusted ({})",
+                root.display(),
+                u.path.display(),
+                u.why
+            ),
         )
-        .with_note(format!("`{}` could be changed by another user, who could then make kiln write where they choose", p.display()))
+        .with_note("another user could change it, and so make kiln read or write where they choose")
         .with_help("build as the user who owns the project, or give a state directory of your own with `--state-dir DIR` (or `KILN_STATE_DIR`)")
-    };
-    let unsafe_dir = |p: &Path, m: &fs::Metadata| -> Option<String> {
-        if m.uid() != me && m.uid() != 0 {
-            return Some(format!(
-                "`{}` belongs to uid {}, not to uid {me}",
-                p.display(),
-                m.uid()
-            ));
-        }
-        let sticky = m.mode() & 0o1000 != 0;
-        if m.mode() & 0o002 != 0 && !sticky {
-            return Some(format!("`{}` can be written by every user", p.display()));
-        }
-        None
-    };
-    match fs::symlink_metadata(root) {
-        Ok(m) if m.file_type().is_symlink() => {
-            // A link the user made on purpose is theirs to answer for;
-            // where it leads is checked below, as any state directory.
-            let target = fs::canonicalize(root)
-                .map_err(|e| Diagnostic::io("cannot use the state directory", root, &e))?;
-            return check_owner(&target);
-        }
-        Ok(m) => {
-            if let Some(why) = unsafe_dir(root, &m).filter(|_| m.uid() != me) {
-                return Err(refuse(root, why));
-            }
-            if m.uid() == me && m.permissions().mode() & 0o077 != 0 {
-                let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
-            }
-        }
-        Err(_) => {}
-    }
-    let parent = root
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let Ok(m) = fs::metadata(parent)
-        && let Some(why) = unsafe_dir(parent, &m)
-    {
-        return Err(refuse(parent, why));
-    }
-    if fs::symlink_metadata(root).is_err() {
+    })?;
+    if fs::symlink_metadata(&resolved).is_err() {
         use std::os::unix::fs::DirBuilderExt;
         let _ = fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(root);
+            .create(&resolved);
     }
     Ok(())
 }

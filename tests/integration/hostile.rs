@@ -479,3 +479,168 @@ fn a_state_directory_another_user_controls_is_refused() {
         & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn a_symlink_at_a_file_mount_target_is_refused_not_followed() {
+    // A link the previous step left where a file is to be mounted would be
+    // followed by bubblewrap from the host's root.
+    let name = format!("kiln-link-target-{}", std::process::id());
+    let host = std::path::Path::new("/dev/shm").join(&name);
+    let Some(p) = busybox_project(&format!(
+        "stage s {{\n    from image=\"IMAGE\"\n    run \"ln -s /oldroot/dev/shm/{name} /victim; ln -s ../oldroot/dev/shm/{name} /victim2\"\n    run \"true\" {{\n        mount \"type=secret,id=x,target=/victim\"\n    }}\n}}\nstage t {{\n    from s\n    run \"true\" {{\n        mount \"type=secret,id=x,target=/victim2\"\n    }}\n}}\n"
+    )) else {
+        return;
+    };
+    std::fs::write(p.path().join("x"), "v").unwrap();
+    for target in ["s", "t"] {
+        let r = p.kiln(&["build", "--target", target, "--secret", "id=x,src=x"]);
+        assert_ne!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("it is a symlink in the stage"),
+            "{}",
+            r.stderr
+        );
+        assert!(!host.exists(), "bubblewrap made a host file through a link");
+    }
+}
+
+#[test]
+fn resolv_conf_as_a_symlink_is_followed_inside_the_tree() {
+    let Some(p) = busybox_project(
+        "stage s {\n    from image=\"IMAGE\"\n    run \"mkdir -p /run/resolve && rm -f /etc/resolv.conf && ln -s ../run/resolve/stub.conf /etc/resolv.conf\"\n    run \"cat /etc/resolv.conf > /seen\" network=\"host\"\n}\nexport {\n    s to=\"out\"\n}\n",
+    ) else {
+        return;
+    };
+    if !std::path::Path::new("/etc/resolv.conf").is_file() {
+        return;
+    }
+    p.build(&[]).ok();
+    assert_eq!(
+        p.read("out/seen"),
+        std::fs::read_to_string("/etc/resolv.conf").unwrap()
+    );
+    // The mount point is scaffolding: not part of the result.
+    assert!(!p.exists("out/run/resolve/stub.conf"));
+}
+
+#[test]
+fn what_a_command_leaves_at_a_mount_point_stays_in_its_layer() {
+    let Some(p) = busybox_project(
+        "stage s {\n    from image=\"IMAGE\"\n    run \"mv /a /c && echo data > /a\" {\n        mount \"type=tmpfs,target=/a/b\"\n    }\n}\nstage t {\n    from s\n    run \"cat /a > /seen\"\n}\nexport {\n    s to=\"out\"\n    t to=\"out-t\"\n}\n",
+    ) else {
+        return;
+    };
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/a"), "data\n");
+    // The next command finds what the tree holds.
+    assert_eq!(p.read("out-t/seen"), "data\n");
+}
+
+#[test]
+fn directories_nested_without_end_are_refused_not_a_crash() {
+    let Some(p) = busybox_project(
+        "stage s {\n    from image=\"IMAGE\"\n    run \"mkdir /deep && cd /deep && i=0; while [ $i -lt 1600 ]; do mkdir d && cd d; i=$((i+1)); done\"\n}\n",
+    ) else {
+        return;
+    };
+    let r = p.kiln(&["build"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("nested more than 512 deep"),
+        "{}",
+        r.stderr
+    );
+    // Nothing of the step is left behind.
+    let left: Vec<_> = walk(&p.path().join(".kiln"))
+        .into_iter()
+        .filter(|f| f.components().count() > 600)
+        .collect();
+    assert!(left.is_empty(), "left {} deep paths", left.len());
+}
+
+#[test]
+fn a_spec_exports_only_inside_its_project() {
+    let outside = tempfile::tempdir().unwrap();
+    let dest = outside.path().join("dot-ssh");
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    write \"/authorized_keys\" \"ssh-ed25519 AAAA attacker\"\n}}\nexport {{\n    s to=\"{}\"\n}}\n",
+        dest.display()
+    ));
+    let r = p.kiln(&["build"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("kiln::export::outside"), "{}", r.stderr);
+    assert!(r.stderr.contains("kiln.kdl:6"), "located: {}", r.stderr);
+    assert!(!dest.exists());
+    // A link inside the project leads out just the same.
+    std::os::unix::fs::symlink(outside.path(), p.path().join("out")).unwrap();
+    p.spec("kiln 1\nstage s {\n    write \"/f\" \"x\"\n}\nexport {\n    s to=\"out/x\"\n}\n");
+    let r = p.kiln(&["build"]);
+    assert!(r.stderr.contains("kiln::export::outside"), "{}", r.stderr);
+    assert!(!outside.path().join("x").exists());
+    // The command line may say otherwise.
+    p.kiln(&["build", "--allow-export-outside"]).ok();
+    assert_eq!(p.read("out/x/f"), "x");
+    let elsewhere = outside.path().join("by-o");
+    p.kiln(&["build", "-o", elsewhere.to_str().unwrap()]).ok();
+    assert!(elsewhere.join("f").exists());
+}
+
+#[test]
+fn an_export_in_a_directory_another_user_controls_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n    write \"/f\" \"x\"\n}\nexport {\n    s to=\"theirs/out\"\n}\n");
+    std::fs::create_dir(p.path().join("theirs")).unwrap();
+    std::os::unix::fs::chown(p.path().join("theirs"), Some(65534), Some(65534)).unwrap();
+    let r = p.kiln(&["build"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("kiln::export::untrusted"), "{}", r.stderr);
+    assert!(!p.exists("theirs/out"));
+}
+
+#[test]
+fn a_state_directory_reached_through_another_user_s_link_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n    write \"/f\" \"x\"\n}\n");
+    // A sticky, world-writable directory, as /tmp, holding another user's
+    // link to a directory of root's: the link could be swapped mid-build.
+    let sticky = p.path().join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let real = p.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = sticky.join("state");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        &link,
+        Some(rustix::process::Uid::from_raw(65534)),
+        Some(rustix::process::Gid::from_raw(65534)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let r = p.kiln(&["build", "--state-dir", link.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("kiln::state::owner"), "{}", r.stderr);
+    assert!(r.stderr.contains("65534"), "{}", r.stderr);
+    // Nothing was made or changed where it leads.
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+    assert_eq!(
+        real.metadata().unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    // An existing directory of the user's own keeps its mode.
+    let r = p.kiln(&["build", "--state-dir", real.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        real.metadata().unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+}

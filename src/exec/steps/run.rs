@@ -356,20 +356,35 @@ impl StepKind for RunOp {
                     .push((var.clone(), String::from_utf8_lossy(value).into_owned()));
             }
         }
-        // With a network, names resolve as on the host.
+        // With a network, names resolve as on the host. A symlink there
+        // (`/etc/resolv.conf` to systemd's stub, say) is followed inside
+        // the tree, as a container runtime does; where it leads must be
+        // the tree's own (not below `/proc`, `/dev` or a mount).
         if self.network.reaches_out() && !host {
             for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                if Path::new(f).is_file() {
-                    let rel = f.trim_start_matches('/');
-                    if work.tree.get(rel).is_none() {
-                        made_in.file(rel, &mut scaffold).map_err(fail)?;
-                    }
-                    spec.binds.push(Bind {
-                        src: PathBuf::from(f),
-                        dest: f.to_string(),
-                        writable: false,
-                    });
+                if !Path::new(f).is_file() {
+                    continue;
                 }
+                let Ok(rel) = work
+                    .tree
+                    .resolve(f.trim_start_matches('/'), true, Links::Rootfs)
+                else {
+                    continue;
+                };
+                let first = rel.split('/').next().unwrap_or("");
+                let below_mount = targets.iter().any(|t| {
+                    let t = t.trim_start_matches('/');
+                    rel == t || rel.starts_with(&format!("{t}/"))
+                });
+                if first == "proc" || first == "dev" || below_mount || rel.is_empty() {
+                    continue;
+                }
+                made_in.file(&rel, &mut scaffold).map_err(fail)?;
+                spec.binds.push(Bind {
+                    src: PathBuf::from(f),
+                    dest: format!("/{rel}"),
+                    writable: false,
+                });
             }
         }
         // Making the scaffolding changed its directories' times: back to
@@ -487,8 +502,12 @@ impl StepKind for RunOp {
         {
             // Never by path: the command may have put a symlink where
             // kiln made a directory.
+            // What the command left at a scaffold path (a file where kiln
+            // made a directory) is the tree's and stays in the layer.
             for s in scaffold.iter().rev() {
-                let _ = crate::fsutil::remove_below(upper, s);
+                if work.tree.get(s).is_none() {
+                    let _ = crate::fsutil::remove_below(upper, s);
+                }
             }
             let layer = dir.join("upper-layer");
             // What the next command finds must not depend on whether this
@@ -1020,14 +1039,35 @@ impl Scaffold<'_> {
         Ok(())
     }
 
-    /// Make `rel` an (empty) file, for a file to be mounted on.
+    /// Make `rel` an (empty) file, for a file to be mounted on. What is
+    /// there already must be a file: bubblewrap would follow a symlink
+    /// while the host's root is still at hand.
     fn file(&self, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
         self.dir(tree::parent(rel), made)?;
         let p = self.root.join(rel);
+        let not_file = |what: &str| {
+            SandboxError::Setup(format!(
+                "cannot mount a file at `/{rel}`: it is {what} in the stage"
+            ))
+        };
         let exists = if self.layered {
-            self.tree.get(rel).is_some() || made.contains(rel)
+            match self.tree.get(rel) {
+                Some(e) if matches!(e.kind, tree::Kind::File { .. }) => true,
+                Some(e) if matches!(e.kind, tree::Kind::Symlink { .. }) => {
+                    return Err(not_file("a symlink"));
+                }
+                Some(e) if e.is_dir() => return Err(not_file("a directory")),
+                Some(_) => return Err(not_file("not a regular file")),
+                None => made.contains(rel),
+            }
         } else {
-            fs::symlink_metadata(&p).is_ok()
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => true,
+                Ok(m) if m.file_type().is_symlink() => return Err(not_file("a symlink")),
+                Ok(m) if m.is_dir() => return Err(not_file("a directory")),
+                Ok(_) => return Err(not_file("not a regular file")),
+                Err(_) => false,
+            }
         };
         if !exists {
             fs::File::create(&p).map_err(|e| {
