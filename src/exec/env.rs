@@ -41,46 +41,10 @@ pub struct Env<'a> {
     runtime: OnceLock<Result<Runtime, String>>,
     /// Empty directories plugin steps work in, reused from step to step.
     pub scratch: Scratch,
-    /// Private copies of trees a `run` step without root may start from.
-    pub copies: Copies,
-}
-
-/// Private copies of trees (made by `run` steps without root, settled to
-/// be exactly their trees) that a later `run` step on the same tree starts
-/// from instead of writing the tree out again: (tree, a directory holding
-/// `root/`). At most [`Copies::KEPT`] are kept; the rest, and all of them
-/// when the build ends, are removed.
-#[derive(Default)]
-pub struct Copies(Mutex<Vec<(TreeDigest, PathBuf)>>);
-
-impl Copies {
-    // Each is a whole tree on disk: few, as a stage needs only its last.
-    const KEPT: usize = 2;
-
-    pub fn put(&self, tree: TreeDigest, dir: PathBuf) {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if held.len() >= Self::KEPT {
-            let (_, old) = held.remove(0);
-            crate::fsutil::remove_any(&old);
-        }
-        held.push((tree, dir));
-    }
-
-    /// The copy of `tree`, if one is kept: the caller owns it now.
-    pub fn take(&self, tree: TreeDigest) -> Option<PathBuf> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let i = held.iter().position(|(d, _)| *d == tree)?;
-        Some(held.remove(i).1)
-    }
-}
-
-impl Drop for Copies {
-    fn drop(&mut self) {
-        let held = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (_, dir) in held.drain(..) {
-            crate::fsutil::remove_any(&dir);
-        }
-    }
+    /// Which stored tree each stored tree of this build was made from
+    /// (a stage's trees, step after step, from its base's): the lineage a
+    /// `run` step's tree on disk is layered on.
+    parents: Mutex<HashMap<TreeDigest, TreeDigest>>,
 }
 
 impl<'a> Env<'a> {
@@ -110,8 +74,34 @@ impl<'a> Env<'a> {
             trees: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
             scratch: Scratch::default(),
-            copies: Copies::default(),
+            parents: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Record that the stored tree `child` was made from `parent`.
+    pub fn derived(&self, child: TreeDigest, parent: TreeDigest) {
+        if child != parent {
+            self.parents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(child)
+                .or_insert(parent);
+        }
+    }
+
+    /// `from` and the trees it was made from, nearest first.
+    pub fn lineage(&self, from: TreeDigest) -> Vec<TreeDigest> {
+        let parents = self.parents.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = vec![from];
+        let mut at = from;
+        while let Some(&p) = parents.get(&at) {
+            if out.contains(&p) || out.len() >= 256 {
+                break;
+            }
+            out.push(p);
+            at = p;
+        }
+        out
     }
 
     /// A context, listed once per build.

@@ -351,6 +351,7 @@ impl<'a> Runner<'a> {
             };
             self.actions.put(key, &action)?;
         }
+        self.env.derived(digest, cur.stored);
         cur.stored = digest;
         cur.since.clear();
         Ok((state, Some(tree)))
@@ -456,6 +457,7 @@ impl<'a> Runner<'a> {
             });
             match hit.tree {
                 Some(t) => {
+                    env.derived(t, cur.stored);
                     cur.stored = t;
                     cur.since.clear();
                     cur.memory = None;
@@ -513,6 +515,7 @@ impl<'a> Runner<'a> {
         self.actions.put(key, &action)?;
         match digest {
             Some(d) => {
+                env.derived(d, cur.stored);
                 cur.stored = d;
                 cur.since.clear();
             }

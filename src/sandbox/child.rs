@@ -30,6 +30,8 @@ pub fn staged(n: usize) -> String {
 pub struct Stage {
     /// The overlay: where to mount it, and overlayfs's options.
     pub overlay: Option<(CString, CString)>,
+    /// The directory the overlay's lower layers are named relative to.
+    pub overlay_dir: Option<CString>,
     /// Paths to show, bound at [`staged`]`(N)` in this order (the tree
     /// first: the merged overlay, a directory below it, or a directory).
     pub paths: Vec<CString>,
@@ -144,6 +146,18 @@ fn mount_stage(stage: &Stage, report: RawFd, opened: &mut [RawFd]) -> std::io::R
         {
             return fail(report, 2, errno());
         }
+        // The working directory is kiln's again after the mount: the
+        // paths below may be relative to it.
+        let mut back = -1;
+        if let Some(dir) = &stage.overlay_dir {
+            back = libc::open(
+                c".".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if back < 0 || libc::chdir(dir.as_ptr()) != 0 {
+                return fail(report, 3, errno());
+            }
+        }
         if let Some((merged, options)) = &stage.overlay
             && libc::mount(
                 c"overlay".as_ptr(),
@@ -154,6 +168,12 @@ fn mount_stage(stage: &Stage, report: RawFd, opened: &mut [RawFd]) -> std::io::R
             ) != 0
         {
             return fail(report, 3, errno());
+        }
+        if back >= 0 {
+            if libc::fchdir(back) != 0 {
+                return fail(report, 3, errno());
+            }
+            libc::close(back);
         }
         // Opened before `/tmp` is covered: a state directory may be there.
         for (i, p) in stage.paths.iter().enumerate() {

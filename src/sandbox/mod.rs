@@ -497,6 +497,7 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
         }
     };
     let mut overlay = None;
+    let mut overlay_dir = None;
     let tree = match root {
         Root::Dir(dir) => shown.show(below(dir)),
         Root::Overlay {
@@ -510,15 +511,35 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
                     "an overlay needs root: without root the tree is a copy".into(),
                 ));
             }
-            let lower: Vec<String> = lowers.iter().map(|l| escape(l)).collect();
+            // Layers of one directory are named relative to it (the
+            // child mounts from there): the options fit one page.
+            let common = lowers
+                .first()
+                .and_then(|l| l.parent())
+                .filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
+            let lower: Vec<String> = match common {
+                Some(_) => lowers
+                    .iter()
+                    .map(|l| escape(Path::new(l.file_name().unwrap_or_default())))
+                    .collect(),
+                None => lowers.iter().map(|l| escape(l)).collect(),
+            };
+            // The child mounts from the layers' directory: every other
+            // path absolute.
+            let absolute = |p: &Path| {
+                std::path::absolute(p).map_err(|e| setup_err("cannot resolve a layer path", e))
+            };
+            overlay_dir = common
+                .map(|c| absolute(c).and_then(|c| cstring(&c)))
+                .transpose()?;
             let options = format!(
                 "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
                 lower.join(":"),
-                escape(upper),
-                escape(work)
+                escape(&absolute(upper)?),
+                escape(&absolute(work)?)
             );
             overlay = Some((
-                cstring(merged)?,
+                cstring(&absolute(merged)?)?,
                 std::ffi::CString::new(options)
                     .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?,
             ));
@@ -650,6 +671,7 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
             .collect::<Result<Vec<_>, _>>()?;
         Some(child::Stage {
             overlay,
+            overlay_dir,
             paths,
             places,
         })

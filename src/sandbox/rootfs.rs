@@ -1,14 +1,16 @@
 //! Stage trees on disk for `run` steps, as stacks of overlayfs layers.
 //!
 //! A tree is given by a stack of layer directories (top first) whose
-//! overlay is that tree. The first tree a stage runs a command on is
-//! written out whole, once per tree digest; after that, every tree is a
-//! layer on a tree that has a stack: the upper directory of the `run`
-//! step that made it (moved into place, so nothing is copied), or the
-//! difference builtin steps made (only what changed: files, directories,
-//! symlinks, and whiteouts for what was removed). So a step costs
-//! O(changes), not O(image). Stacks deeper than [`MAX_DEPTH`] are written
-//! out whole again.
+//! overlay is that tree. Only the root of a tree's lineage (the trees it
+//! was made from: its stage's stored trees, its base stage's, the base
+//! image's) is ever written out whole, once per tree digest; every other
+//! tree is a layer on a tree of its lineage that has a stack: the upper
+//! directory of the `run` step that made it (moved into place, so nothing
+//! is copied), or the difference builtin steps made (only what changed:
+//! files, directories, symlinks, and whiteouts for what was removed). So
+//! a step costs O(changes), not O(image): an edit before a `gcc` step
+//! writes the edited file. Stacks deeper than [`MAX_DEPTH`] are made
+//! again on a shallower tree of the lineage.
 //!
 //! Files on disk have the tree's owners moved into the sandbox's id range
 //! ([`super::ids`]), so they are kept per mapping, below the state dir's
@@ -33,9 +35,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Stacks deeper than this are written out whole (the kernel bounds the
-/// length of overlayfs's options).
-pub const MAX_DEPTH: usize = 48;
+/// The deepest stack a command runs on. Layers are named relative to
+/// their directory in overlayfs's options (17 bytes each, in one page),
+/// and the kernel takes up to 500; past this, a tree is layered on a
+/// shallower tree of its lineage (see `bench/RESULTS.md` for how lookups
+/// cost with depth).
+pub const MAX_DEPTH: usize = 64;
+
+/// How many trees back a lineage is searched for a stack.
+const MAX_LINEAGE: usize = 64;
 
 /// Where layers live and how trees are written.
 pub struct Rootfs<'a> {
@@ -177,35 +185,91 @@ impl Rootfs<'_> {
         Ok(to)
     }
 
-    /// The stack for `tree` (digest `d`): recorded, or a layer of its
-    /// differences from `base` (a tree with a stack), or the tree written
-    /// out whole.
-    pub fn stack(
+    /// The stack for `tree` (digest `d`): the recorded one, or a layer of
+    /// its differences from the nearest tree of `lineage` (the trees it
+    /// was made from, nearest first) that has a stack. Trees of the
+    /// lineage on the way that have none get one first, the farthest
+    /// written out whole: so the root of a lineage (a base image) is
+    /// written once, and every later tree costs what it changed. A stack
+    /// is never deeper than [`MAX_DEPTH`]: a deeper one is made again on a
+    /// shallower tree of the lineage. `load` gives a lineage tree.
+    pub fn stack_on(
         &self,
         d: TreeDigest,
         tree: &Tree,
-        base: Option<(TreeDigest, &Tree)>,
+        lineage: &[TreeDigest],
+        load: &dyn Fn(TreeDigest) -> Option<std::sync::Arc<Tree>>,
     ) -> Result<Vec<PathBuf>, SandboxError> {
-        if let Some(s) = self.stack_of(d) {
+        if let Some(s) = self.stack_of(d).filter(|s| s.len() <= MAX_DEPTH) {
             return Ok(s);
         }
-        let under = base.and_then(|(bd, bt)| self.stack_of(bd).map(|s| (s, bt)));
+        // One writer per tree, across threads and builds: the others wait
+        // and take its stack.
+        let _lock = self.lock(d)?;
+        if let Some(s) = self.stack_of(d).filter(|s| s.len() <= MAX_DEPTH) {
+            return Ok(s);
+        }
+        // The lineage trees without a stack, nearest first, up to the
+        // first one with a stack shallow enough to build on.
+        let mut pending: Vec<(TreeDigest, std::sync::Arc<Tree>)> = Vec::new();
+        let mut under: Option<(Vec<PathBuf>, std::sync::Arc<Tree>)> = None;
+        for &a in lineage.iter().filter(|a| **a != d).take(MAX_LINEAGE) {
+            let Some(t) = load(a) else { break };
+            match self.stack_of(a) {
+                Some(s) if s.len() < MAX_DEPTH => {
+                    under = Some((s, t));
+                    break;
+                }
+                // Too deep to build on: a farther tree is shallower.
+                Some(_) => {}
+                None => pending.push((a, t)),
+            }
+        }
+        for (a, t) in pending.into_iter().rev() {
+            let s = self.layer_on(a, &t, under.as_ref())?;
+            under = Some((s, t));
+        }
+        self.layer_on(d, tree, under.as_ref())
+    }
+
+    /// Make and record the stack of `tree` (digest `d`): its differences
+    /// from `under` as one layer on `under`'s stack, or all of it.
+    fn layer_on(
+        &self,
+        d: TreeDigest,
+        tree: &Tree,
+        under: Option<&(Vec<PathBuf>, std::sync::Arc<Tree>)>,
+    ) -> Result<Vec<PathBuf>, SandboxError> {
+        let layer = self.new_layer_dir()?;
         let stack = match under {
-            Some((mut under, base_tree)) if under.len() < MAX_DEPTH => {
-                let layer = self.new_layer_dir()?;
-                self.write_diff(&layer, base_tree, tree)?;
-                let placed = self.place(&layer)?;
-                under.insert(0, placed);
-                under
+            Some((stack, base)) if stack.len() < MAX_DEPTH => {
+                self.write_diff(&layer, base, tree)?;
+                let mut s = vec![self.place(&layer)?];
+                s.extend(stack.iter().cloned());
+                s
             }
             _ => {
-                let layer = self.new_layer_dir()?;
                 self.write_diff(&layer, &Tree::new(), tree)?;
                 vec![self.place(&layer)?]
             }
         };
         self.record(d, &stack)?;
         Ok(stack)
+    }
+
+    /// An exclusive lock on making `d`'s stack (released when dropped).
+    fn lock(&self, d: TreeDigest) -> Result<fs::File, SandboxError> {
+        let dir = self.dir().join("t");
+        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let path = dir.join(format!("{}.lock", d.hex()));
+        let f = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("cannot open", &path, e))?;
+        f.lock().map_err(|e| io_err("cannot lock", &path, e))?;
+        Ok(f)
     }
 
     /// Record that `tree` (digest `d`) is `layer` (an upper directory, in
@@ -267,6 +331,20 @@ impl Rootfs<'_> {
     }
 
     fn write_diff(&self, dir: &Path, old: &Tree, new: &Tree) -> Result<(), SandboxError> {
+        self.write_changes(dir, old, new, true)
+    }
+
+    /// Write into `dir` what `new` has that `old` does not (every changed
+    /// or new entry, with its parents), and, with `whiteouts`, a whiteout
+    /// for what `new` removed (a layer's way); without, `dir` is a copy of
+    /// `old` whose removed entries are gone already.
+    fn write_changes(
+        &self,
+        dir: &Path,
+        old: &Tree,
+        new: &Tree,
+        whiteouts_too: bool,
+    ) -> Result<(), SandboxError> {
         let mut dirs: Vec<(PathBuf, &Entry, &str)> = Vec::new();
         // Parents of changed entries must be in the layer too, with the
         // new tree's metadata.
@@ -347,7 +425,7 @@ impl Rootfs<'_> {
                 }
             }
         }
-        for w in whiteouts {
+        for w in whiteouts.into_iter().filter(|_| whiteouts_too) {
             let at = dir.join(w);
             if let Some(p) = at.parent() {
                 fs::create_dir_all(p).map_err(|err| io_err("cannot create", p, err))?;
@@ -376,6 +454,211 @@ impl Rootfs<'_> {
         let _ = crate::fsutil::set_epoch_times(dir, self.epoch);
         Ok(())
     }
+}
+
+impl Rootfs<'_> {
+    fn copies_dir(&self) -> PathBuf {
+        self.dir().join("copies")
+    }
+
+    /// Without root: put at `into` (which must not exist) a private copy
+    /// of `tree` (digest `d`) made from one a previous command left
+    /// (`keep_copy`), brought up to date by writing only what differs
+    /// (computed from the two trees); `false` when none could be had (the
+    /// tree is then written out whole). A kept copy is used only while it
+    /// matches its seal, as layers are; `load` gives its tree.
+    pub fn take_copy(
+        &self,
+        into: &Path,
+        d: TreeDigest,
+        tree: &Tree,
+        load: &dyn Fn(TreeDigest) -> Option<std::sync::Arc<Tree>>,
+    ) -> bool {
+        let Ok(rd) = fs::read_dir(self.copies_dir()) else {
+            return false;
+        };
+        let mut kept: Vec<(bool, std::time::SystemTime, PathBuf, CopyRecord)> = rd
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let record = CopyRecord::read(&e.path())?;
+                let at = e.metadata().and_then(|m| m.modified()).ok()?;
+                Some((record.tree != d, at, e.path(), record))
+            })
+            .collect();
+        // This very tree first, then the newest.
+        kept.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let Some(parent) = into.parent() else {
+            return false;
+        };
+        for (_, _, path, record) in kept {
+            let held = parent.join(format!(".held-{}", new_id()));
+            if fs::rename(&path, &held).is_err() {
+                continue; // another build took it
+            }
+            let root = held.join("root");
+            let usable = record.epoch == self.epoch
+                && (copy_verified(&path, &record.seal)
+                    || seal_of(&root).is_ok_and(|s| s == record.seal));
+            let brought = usable
+                && if record.tree == d {
+                    fs::rename(&root, into).is_ok()
+                } else {
+                    load(record.tree).is_some_and(|from| {
+                        self.bring(&root, &from, tree).is_ok() && fs::rename(&root, into).is_ok()
+                    })
+                };
+            let _ = crate::fsutil::remove_tree(&held);
+            if brought {
+                return true;
+            }
+            if into.exists() {
+                let _ = crate::fsutil::remove_tree(into);
+            }
+        }
+        false
+    }
+
+    /// Keep the private copy at `root`, exactly `tree` `d` with the
+    /// epoch's times (`copy::settle` said so), for a later command
+    /// (`take_copy`), in this build or a later one; at most
+    /// [`COPIES_KEPT`] are kept, the oldest removed.
+    pub fn keep_copy(&self, root: &Path, d: TreeDigest) -> Result<(), SandboxError> {
+        let dir = self.copies_dir();
+        if !dir.is_dir() {
+            self.layout
+                .private_dir(&dir)
+                .map_err(|e| io_err("cannot create", &dir, e))?;
+        }
+        let seal = seal_of(root).map_err(|e| io_err("cannot read", root, e))?;
+        let id = new_id();
+        let making = dir.join(format!(".new-{id}"));
+        fs::create_dir(&making).map_err(|e| io_err("cannot create", &making, e))?;
+        let record = CopyRecord {
+            tree: d,
+            epoch: self.epoch,
+            seal,
+        };
+        let done = fs::rename(root, making.join("root"))
+            .and_then(|_| fs::write(making.join("record"), record.text()))
+            .and_then(|_| fs::rename(&making, dir.join(&id)));
+        if let Err(e) = done {
+            let _ = crate::fsutil::remove_tree(&making);
+            return Err(io_err("cannot keep the copy in", &dir, e));
+        }
+        copies_verified().insert(dir.join(&id), seal);
+        // The oldest beyond the few kept go.
+        let mut all: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter_map(|e| Some((e.metadata().and_then(|m| m.modified()).ok()?, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.sort();
+        while all.len() > COPIES_KEPT {
+            let (_, old) = all.remove(0);
+            let gone = dir.join(format!(".gone-{}", new_id()));
+            if fs::rename(&old, &gone).is_ok() {
+                let _ = crate::fsutil::remove_tree(&gone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turn the copy at `root`, exactly `from`, into exactly `to`: what
+    /// `to` removed or changed in kind goes, then what differs is written
+    /// (with parents, owners, modes and the epoch's times).
+    fn bring(&self, root: &Path, from: &Tree, to: &Tree) -> Result<(), SandboxError> {
+        let mut gone: Vec<&str> = Vec::new();
+        for (path, e) in &from.entries {
+            if matches!(e.kind, Kind::Device { .. }) {
+                continue; // never on disk
+            }
+            let keep = match (to.get(path), &e.kind) {
+                (Some(n), _) if n == e => true,
+                (Some(n), Kind::Dir) => n.is_dir(),
+                (Some(n), Kind::File { .. }) => matches!(n.kind, Kind::File { .. }),
+                _ => false,
+            };
+            let covered = gone
+                .last()
+                .is_some_and(|g| path.starts_with(&format!("{g}/")));
+            if !keep && !covered {
+                gone.push(path);
+            }
+        }
+        for path in &gone {
+            // Parents are the tree's directories (the copy is the tree):
+            // removed below a descriptor all the same.
+            let at = root.join(path);
+            let r = match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => crate::fsutil::remove_tree(&at),
+                Ok(_) => crate::fsutil::remove_below(root, path),
+                Err(_) => Ok(()),
+            };
+            r.map_err(|e| io_err("cannot remove", &at, e))?;
+        }
+        // Files that stay files but changed are written again whole.
+        let mut kept_from = from.clone();
+        for path in &gone {
+            kept_from.remove_all(path);
+        }
+        self.write_changes(root, &kept_from, to, false)?;
+        for path in &gone {
+            let parent = root.join(crate::model::tree::parent(path));
+            let _ = crate::fsutil::set_epoch_times(&parent, self.epoch);
+        }
+        Ok(())
+    }
+}
+
+/// How many private copies are kept for commands without root: each is
+/// a whole tree on disk.
+pub const COPIES_KEPT: usize = 2;
+
+/// What a kept copy is: `<tree digest> <epoch> <seal>`.
+struct CopyRecord {
+    tree: TreeDigest,
+    epoch: u64,
+    seal: [u8; 32],
+}
+
+impl CopyRecord {
+    fn text(&self) -> String {
+        format!(
+            "{} {} {}\n",
+            self.tree.hex(),
+            self.epoch,
+            blake3::Hash::from(self.seal).to_hex()
+        )
+    }
+
+    fn read(dir: &Path) -> Option<CopyRecord> {
+        let text = fs::read_to_string(dir.join("record")).ok()?;
+        let mut parts = text.split_whitespace();
+        Some(CopyRecord {
+            tree: TreeDigest::parse(parts.next()?)?,
+            epoch: parts.next()?.parse().ok()?,
+            seal: *blake3::Hash::from_hex(parts.next()?).ok()?.as_bytes(),
+        })
+    }
+}
+
+/// Copies this process kept, with their seals: taken again without a walk.
+fn copies_verified() -> std::sync::MutexGuard<'static, std::collections::HashMap<PathBuf, [u8; 32]>>
+{
+    static MAP: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, [u8; 32]>>,
+    > = std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn copy_verified(path: &Path, seal: &[u8; 32]) -> bool {
+    copies_verified().remove(path).is_some_and(|s| s == *seal)
 }
 
 /// Layers found to match their seals in this process.
@@ -475,14 +758,14 @@ mod tests {
         );
         tree.entries.insert("etc".into(), Entry::dir(0o755, 0, 0));
         let d = TreeDigest([7; 32]);
-        let stack = rootfs.stack(d, &tree, None).unwrap();
+        let stack = rootfs.stack_on(d, &tree, &[], &|_| None).unwrap();
         assert_eq!(rootfs.stack_of(d), Some(stack.clone()));
         // Edited in place (same size), as damage or a stray tool would.
         fs::write(stack[0].join("etc/conf"), b"wrong\n").unwrap();
         verified().clear();
         assert_eq!(rootfs.stack_of(d), None);
         // The tree is written out again, and that stack is sound.
-        let again = rootfs.stack(d, &tree, None).unwrap();
+        let again = rootfs.stack_on(d, &tree, &[], &|_| None).unwrap();
         assert_ne!(again, stack);
         assert_eq!(fs::read(again[0].join("etc/conf")).unwrap(), b"right\n");
         verified().clear();

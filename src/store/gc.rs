@@ -120,28 +120,44 @@ fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
 }
 
 /// Trees on disk for `run` steps (`rootfs/t/<tree>` lists a tree's layers
-/// in `rootfs/l/`, sealed in `rootfs/s/`) are kept for kept trees; with a
-/// budget, all go (they
-/// are written again when a step needs them).
-fn collect_rootfs(root: &Path, kept_trees: &HashSet<TreeDigest>, all: bool) {
-    let root = root.to_path_buf();
-    if all {
-        let _ = fs::remove_dir_all(&root);
-        return;
-    }
+/// in `rootfs/l/`, sealed in `rootfs/s/`; `rootfs/copies/<id>` are
+/// private copies of trees, each with a `record` naming its tree) are kept
+/// for the trees in `keep`; everything else goes, as do the lock files of
+/// trees without a stack and what a killed build left half made.
+fn collect_rootfs(root: &Path, keep: &HashSet<TreeDigest>) {
+    let kept = |name: &str| {
+        // `<tree digest>.<epoch>` or `<tree digest>.lock`
+        let digest = name.split('.').next().unwrap_or("");
+        TreeDigest::parse(digest).is_some_and(|d| keep.contains(&d))
+    };
     let mut used: HashSet<String> = HashSet::new();
     if let Ok(rd) = fs::read_dir(root.join("t")) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            // `<tree digest>.<epoch>`
-            let digest = name.split('.').next().unwrap_or("");
-            let kept = TreeDigest::parse(digest).is_some_and(|d| kept_trees.contains(&d));
-            if kept {
+            if name.ends_with(".lock") {
+                continue;
+            }
+            if kept(&name) {
                 for l in fs::read_to_string(e.path()).unwrap_or_default().lines() {
                     used.insert(l.to_string());
                 }
             } else {
                 let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    // Locks of trees that have no stack any more (no build holds one:
+    // gc runs with the store locked).
+    if let Ok(rd) = fs::read_dir(root.join("t")) {
+        let names: HashSet<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            if let Some(d) = name.strip_suffix(".lock")
+                && !names.iter().any(|n| n != name && n.starts_with(d))
+            {
+                let _ = fs::remove_file(root.join("t").join(name));
             }
         }
     }
@@ -152,6 +168,15 @@ fn collect_rootfs(root: &Path, kept_trees: &HashSet<TreeDigest>, all: bool) {
                 if !used.contains(&*e.file_name().to_string_lossy()) {
                     crate::fsutil::remove_any(&e.path());
                 }
+            }
+        }
+    }
+    // Private copies: the record names the tree.
+    if let Ok(rd) = fs::read_dir(root.join("copies")) {
+        for e in rd.flatten() {
+            let record = fs::read_to_string(e.path().join("record")).unwrap_or_default();
+            if !kept(record.split_whitespace().next().unwrap_or("")) {
+                crate::fsutil::remove_any(&e.path());
             }
         }
     }
@@ -452,10 +477,37 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     }
     report.images_removed = collect_images(store, &kept_keys);
     collect_layer_cache(layout);
-    // What `run` steps keep, per id mapping; what kiln kept before in the
-    // open goes whole (an overlay a killed build of it left mounted first).
+    // What `run` steps keep on disk, per id mapping: the trees kept; with
+    // a budget, only those the newest build used, so that build's next
+    // run writes no tree out again while the rest is bounded by one
+    // build's working set. What kiln kept before in the open goes whole
+    // (an overlay a killed build of it left mounted first).
+    let on_disk: HashSet<TreeDigest> = match budget {
+        None => kept_trees.clone(),
+        Some(_) => {
+            let newest: HashSet<StepKey> = super::used_lists(layout)
+                .first()
+                .map(|list| {
+                    fs::read(list)
+                        .unwrap_or_default()
+                        .chunks_exact(32)
+                        .map(|k| {
+                            let mut key = [0u8; 32];
+                            key.copy_from_slice(k);
+                            StepKey(key)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            entries
+                .iter()
+                .filter(|(_, k, _, _)| newest.contains(k) && kept_keys.contains(k))
+                .filter_map(|(_, _, a, _)| a.as_ref()?.tree)
+                .collect()
+        }
+    };
     for ids in sandbox_mappings(layout) {
-        collect_rootfs(&layout.rootfs(&ids), &kept_trees, budget.is_some());
+        collect_rootfs(&layout.rootfs(&ids), &on_disk);
         report.cache_mounts_removed += collect_idle(&layout.cache_mounts(&ids), budget.is_some());
     }
     for old in layout.old_sandbox() {

@@ -17,6 +17,7 @@ mod image_out;
 mod images;
 mod images_helper;
 mod import;
+mod layers;
 mod outputs;
 mod plugins;
 mod reliability;

@@ -163,14 +163,12 @@ impl StepKind for RunOp {
         let scratch = ScratchDir(dir.clone());
         let (stack, on_disk) = if privileged {
             // The tree on disk: its own stack, or the difference from the
-            // last stored tree of the stage, or all of it. The sandbox
-            // mounts it in a namespace of its own; kiln never does.
-            let base = match cx.stored {
-                Some(d) if d != digest => env.tree(d).ok().map(|t| (d, t)),
-                _ => None,
-            };
+            // nearest tree of its lineage that has one (the stage's last
+            // stored tree, its base's, the image's). The sandbox mounts it
+            // in a namespace of its own; kiln never does.
+            let lineage = cx.stored.map(|d| env.lineage(d)).unwrap_or_default();
             let stack = rootfs
-                .stack(digest, work.tree, base.as_ref().map(|(d, t)| (*d, &**t)))
+                .stack_on(digest, work.tree, &lineage, &|d| env.tree(d).ok())
                 .map_err(fail)?;
             let o = dir.join("o");
             let (upper, work_dir, merged) = (o.join("upper"), o.join("work"), o.join("merged"));
@@ -206,13 +204,10 @@ impl StepKind for RunOp {
                 });
             }
             let copy = dir.join("root");
-            // The previous command's copy when it is this tree (settled to
-            // be exactly it), else the tree written out.
-            let reused = env.copies.take(digest).is_some_and(|held| {
-                let moved = fs::rename(held.join("root"), &copy).is_ok();
-                crate::fsutil::remove_any(&held);
-                moved
-            });
+            // A copy a previous command left (settled to be exactly its
+            // tree), brought to this tree by writing what differs; else
+            // the tree written out.
+            let reused = rootfs.take_copy(&copy, digest, work.tree, &|d| env.tree(d).ok());
             if !reused {
                 fs::create_dir(&copy).map_err(|e| {
                     fail(SandboxError::Io(crate::diag::io_message(
@@ -489,13 +484,9 @@ impl StepKind for RunOp {
         if let (sandbox::Root::Dir(copy), Some(marks)) = (&on_disk, &marks)
             && sandbox::copy::settle(copy, marks, work.tree, &scaffold, env.options.epoch)
                 .unwrap_or(false)
-            && let Ok(hold) = rootfs.new_layer_dir()
         {
-            if fs::rename(copy, hold.join("root")).is_ok() {
-                env.copies.put(new_digest, hold);
-            } else {
-                crate::fsutil::remove_any(&hold);
-            }
+            // Best effort: a copy not kept is written out again next time.
+            let _ = rootfs.keep_copy(copy, new_digest);
         }
         if new_digest != digest
             && let sandbox::Root::Overlay { upper, .. } = &on_disk

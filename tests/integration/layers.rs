@@ -1,0 +1,180 @@
+//! A step costs what it changes: an edit before a command writes the
+//! edit, not the base image again, as root (overlay layers) and without
+//! root (a private copy brought up to date), and the trees are the ones
+//! a fresh build makes.
+
+use crate::harness::Project;
+use crate::images_helper::{busybox, sandbox_ready};
+use crate::run::kiln_as_nobody;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const EDIT_LOOP: &str = r#"kiln 1
+stage tool {
+    from image="IMAGE"
+    mkdir "/tool"
+}
+stage s {
+    from tool
+    workdir "/src"
+    copy "a.c" "./"
+    run "cat a.c a.c > a.o"
+}
+export {
+    s to="out"
+}
+"#;
+
+fn project(body: &str) -> Option<Project> {
+    if !sandbox_ready() {
+        return None;
+    }
+    let image = busybox()?;
+    let p = Project::new();
+    p.spec(&body.replace("IMAGE", &image));
+    Some(p)
+}
+
+/// Every file below `dir`: its path, identity (inode and change time:
+/// moved files keep both, written ones do not) and size.
+fn files(dir: &Path) -> Vec<(PathBuf, (u64, i64, i64), u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if m.is_file() {
+                out.push((e.path(), (m.ino(), m.ctime(), m.ctime_nsec()), m.len()));
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of the files below `state`'s trees on disk (`rootfs`
+/// layers, private copies) written since `before`.
+fn written_since(state: &Path, before: &BTreeSet<(u64, i64, i64)>) -> u64 {
+    files(&state.join("sandbox"))
+        .into_iter()
+        .filter(|(_, id, _)| !before.contains(id))
+        .filter(|(p, _, _)| {
+            let s = p.to_string_lossy();
+            s.contains("/rootfs/l/") || s.contains("/copies/")
+        })
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+fn snapshot(state: &Path) -> BTreeSet<(u64, i64, i64)> {
+    files(&state.join("sandbox"))
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect()
+}
+
+/// The tree digest of stage `s` a build printed.
+fn digest(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("s\t"))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no result in {stdout}"))
+}
+
+type Kiln<'a> = &'a dyn Fn(&Project, &[&str]) -> crate::harness::Run;
+
+/// Build, then (after `gc --max-size`, when given) edit `a.c` three times:
+/// each edit writes the edit, not the image (after a gc that removed the
+/// image's tree on disk, the first edit may write it once), and builds
+/// the tree a fresh project builds. `gc` is the budget and whether the
+/// image's tree on disk must survive it.
+fn edit_loop(kiln: Kiln, gc: Option<(&str, bool)>) {
+    let Some(p) = project(EDIT_LOOP) else {
+        return;
+    };
+    let fresh = project(EDIT_LOOP).unwrap();
+    let build = |p: &Project| kiln(p, &["build", "--progress", "json"]);
+    let state = p.path().join(".kiln");
+    p.file("a.c", "int main() { return 0; }\n");
+    build(&p).ok();
+    let image_bytes: u64 = files(&state.join("sandbox"))
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum();
+    assert!(
+        image_bytes > 500_000,
+        "the image was written once: {image_bytes}"
+    );
+    let mut may_write_image = false;
+    if let Some((budget, image_stays)) = gc {
+        kiln(&p, &["gc", "--max-size", budget]).ok();
+        let left: u64 = files(&state.join("sandbox"))
+            .iter()
+            .map(|(_, _, n)| n)
+            .sum();
+        // (Trees builtin steps made go; they are a few bytes here.)
+        may_write_image = left + 4096 < image_bytes;
+        assert!(
+            !image_stays || !may_write_image,
+            "gc to {budget} removed trees on disk the newest build used ({left} of {image_bytes} bytes left)"
+        );
+    }
+    for i in 1..=3 {
+        let before = snapshot(&state);
+        let text = format!("int main() {{ return {i}; }}\n");
+        p.file("a.c", &text);
+        let r = build(&p);
+        r.ok();
+        let written = written_since(&state, &before);
+        // The edit (a.c), the command's output (a.o) and directories:
+        // nothing of the image, but once after a gc that removed it.
+        let allowed = if may_write_image {
+            image_bytes + 4096
+        } else {
+            4096
+        };
+        may_write_image = false;
+        assert!(
+            written < allowed,
+            "edit {i} wrote {written} bytes of trees on disk (the image is {image_bytes})"
+        );
+        assert_eq!(p.read("out/src/a.o"), text.repeat(2));
+        // The same tree as a fresh build of the same files.
+        fresh.file("a.c", &text);
+        let again = build(&fresh);
+        again.ok();
+        assert_eq!(digest(&r.stdout), digest(&again.stdout), "edit {i}");
+    }
+}
+
+fn as_root(p: &Project, args: &[&str]) -> crate::harness::Run {
+    p.kiln(args)
+}
+
+#[test]
+fn an_edit_before_a_command_writes_the_edit_not_the_image() {
+    edit_loop(&as_root, None);
+}
+
+#[test]
+fn without_root_an_edit_before_a_command_writes_the_edit_not_the_image() {
+    edit_loop(&kiln_as_nobody, None);
+}
+
+#[test]
+fn after_gc_to_a_budget_edits_cost_the_edit_again() {
+    // A budget the cache fits in keeps the newest build's trees on disk.
+    edit_loop(&as_root, Some(("1G", true)));
+    // One nothing fits in: the image is written once, then edits are
+    // thin again.
+    edit_loop(&as_root, Some(("1", false)));
+    edit_loop(&kiln_as_nobody, Some(("1", false)));
+}
