@@ -402,6 +402,9 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         for w in &s.why {
             outln!("            because {w}");
         }
+        if s.same_result {
+            outln!("            ran, same result: later steps kept");
+        }
         if let Some(n) = &s.non_hermetic {
             outln!("            not hermetic: {n}; its key does not cover what it read there");
         }

@@ -338,6 +338,7 @@ mod tests {
             cached: false,
             inputs: Vec::new(),
             non_hermetic: None,
+            result: None,
         };
         let a = vec![rec(0, "k0"), rec(1, "k1"), rec(2, "k2")];
         let b = a.clone();

@@ -474,6 +474,7 @@ impl<'a> Executor<'a> {
                     cached: true,
                     inputs: Vec::new(),
                     non_hermetic: s.non_hermetic,
+                    result: None,
                 });
             }
             self.env.progress.emit(Event::StageFinished {

@@ -14,7 +14,7 @@ use super::steps::{self, StepCx, StepKind, Work};
 use super::{StageOutcome, StepRecord};
 use crate::diag::Diagnostic;
 use crate::ir::{Base, StageId};
-use crate::model::digest::{StepKey, TreeDigest};
+use crate::model::digest::{StateDigest, StepKey, TreeDigest};
 
 use crate::model::key::{KeyBuilder, Start};
 use crate::model::state::{Action, ImageConfig, State};
@@ -60,6 +60,29 @@ impl Cursor {
     /// The digest of the current tree, when it is in the store.
     fn known(&self) -> Option<TreeDigest> {
         self.since.is_empty().then_some(self.stored)
+    }
+
+    /// Move past the step keyed `key`: the next step starts from the state
+    /// it left when its tree is stored (so a step that ran again and made
+    /// the same tree and config leaves the next keys as they were), else
+    /// from its key. Returns that state's digest, when there is one.
+    fn advance(&mut self, key: StepKey) -> Option<StateDigest> {
+        self.last = Some(key);
+        match self.known() {
+            Some(tree) => {
+                let d = State {
+                    tree,
+                    config: Box::new(self.config.clone()),
+                }
+                .digest();
+                self.start = Start::State(d);
+                Some(d)
+            }
+            None => {
+                self.start = Start::Step(key);
+                None
+            }
+        }
     }
 }
 
@@ -433,7 +456,7 @@ impl<'a> Runner<'a> {
         let mut kb = KeyBuilder::new(cur.start.clone(), &steps::canonical(op, env.graph));
         let prepared = kind.prepare(cx, Some(&mut kb))?;
         let (key, key_inputs) = kb.finish();
-        let record = |cached: bool| StepRecord {
+        let record = |cached: bool, result: Option<StateDigest>| StepRecord {
             stage: stage.to_string(),
             step: index,
             text: text.clone(),
@@ -441,13 +464,10 @@ impl<'a> Runner<'a> {
             cached,
             inputs: key_inputs.clone(),
             non_hermetic: kind.non_hermetic().map(str::to_string),
+            result: result.map(|d| d.hex()),
         };
         if use_cache && let Some(hit) = self.actions.get(key) {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
-            self.records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(record(true));
             env.progress.emit(Event::StepCached {
                 stage: stage.into(),
                 step: index,
@@ -466,8 +486,11 @@ impl<'a> Runner<'a> {
                 None => cur.since.push((index, cur.config.clone())),
             }
             cur.config = hit.config;
-            cur.start = Start::Step(key);
-            cur.last = Some(key);
+            let result = cur.advance(key);
+            self.records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record(true, result));
             return Ok(true);
         }
         env.progress.emit(Event::StepStarted {
@@ -522,13 +545,12 @@ impl<'a> Runner<'a> {
             None => cur.since.push((index, before)),
         }
         cur.memory = Some((tree, cur.since.len()));
-        cur.start = Start::Step(key);
-        cur.last = Some(key);
+        let result = cur.advance(key);
         self.steps_run.fetch_add(1, Ordering::Relaxed);
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(record(false));
+            .push(record(false, result));
         env.progress.emit(Event::StepFinished {
             stage: stage.into(),
             step: index,

@@ -7,7 +7,7 @@ use super::digest::{Sha256, StateDigest, StepKey, TreeDigest};
 use serde::{Deserialize, Serialize};
 
 /// Bump to invalidate every cached step when the meaning of keys changes.
-const KEY_VERSION: &str = "kiln-step-v3";
+const KEY_VERSION: &str = "kiln-step-v4";
 
 /// What a step starts from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,8 +16,14 @@ pub enum Start {
     Scratch,
     /// The result of the stage this one is built on.
     Stage(StateDigest),
-    /// The step before it in the same stage.
+    /// The step before it in the same stage, when that step's tree is not
+    /// stored (a builtin step between two stored trees: its key stands
+    /// for the tree, which is made again from the stored one when needed).
     Step(StepKey),
+    /// The tree and config the step before it left, when the tree is
+    /// stored: a step that ran again and made the same tree leaves the
+    /// keys of the steps after it as they were (early cutoff).
+    State(StateDigest),
     /// An image, by the digest its reference resolved to (the reference is
     /// kept to name it; only the digest is keyed).
     Image { reference: String, digest: Sha256 },
@@ -40,10 +46,12 @@ pub enum KeyInput {
         name: String,
         is_dir: bool,
     },
-    /// The tree of a stage the step copies from.
-    StageTree {
+    /// What a copy takes from another stage: a digest of the entries its
+    /// sources matched (paths, kinds, modes, owners, contents), so a
+    /// change elsewhere in that stage leaves the copy's key as it was.
+    Selected {
         stage: String,
-        tree: TreeDigest,
+        digest: String,
     },
     /// A plugin's module, by digest.
     Module {
@@ -81,13 +89,14 @@ impl KeyInput {
                     Start::Scratch => "scratch".into(),
                     Start::Stage(d) => format!("stage:{}", d.hex()),
                     Start::Step(k) => k.hex(),
+                    Start::State(d) => format!("state:{}", d.hex()),
                     Start::Image { digest, .. } => format!("image:{digest}"),
                 },
             ),
             KeyInput::Step(c) => ("step".into(), c.clone()),
             KeyInput::ContextFile { path, value } => (format!("file:{path}"), value.clone()),
             KeyInput::Picked { name, is_dir } => ("picked".into(), format!("{name} {is_dir}")),
-            KeyInput::StageTree { stage, tree } => (format!("stage:{stage}"), tree.hex()),
+            KeyInput::Selected { stage, digest } => (format!("stage:{stage}"), digest.clone()),
             KeyInput::Module { plugin, digest } => (format!("module:{plugin}"), digest.clone()),
             KeyInput::Mount { guest, stage, tree } => (
                 format!("mount:{guest}"),
@@ -120,7 +129,7 @@ impl KeyInput {
             KeyInput::Step(_) => "the step itself".into(),
             KeyInput::ContextFile { path, .. } => format!("context file `{path}`"),
             KeyInput::Picked { name, .. } => format!("what the source `{name}` matched"),
-            KeyInput::StageTree { stage, .. } => format!("the tree of stage `{stage}`"),
+            KeyInput::Selected { stage, .. } => format!("what it copies from stage `{stage}`"),
             KeyInput::Module { plugin, .. } => format!("the module of plugin `{plugin}`"),
             KeyInput::Mount { guest, stage, .. } => {
                 format!("the tree of stage `{stage}` mounted at `{guest}`")
@@ -220,7 +229,7 @@ mod tests {
         b.input(KeyInput::Epoch(0));
         assert_eq!(
             b.finish().0.hex(),
-            "a15429c70b84c05950cb0a9b97d27f7074fd2048c5d110287c3af03c2ac4ef5d"
+            "8fb4997bb6ab68e23658d995b957a6e48202f4ced00c070e119d7b0514e66742"
         );
     }
 
@@ -234,9 +243,9 @@ mod tests {
                 name: "src".into(),
                 is_dir: true,
             },
-            KeyInput::StageTree {
+            KeyInput::Selected {
                 stage: "b".into(),
-                tree: TreeDigest([0; 32]),
+                digest: "d".into(),
             },
             KeyInput::Module {
                 plugin: "p".into(),

@@ -24,6 +24,11 @@ pub struct StepRecord {
     /// build memo's encoding is not self-describing.)
     #[serde(default)]
     pub non_hermetic: Option<String>,
+    /// The digest of the state (tree and config) the step left, when its
+    /// tree was stored: a step that ran again and left the same state cut
+    /// the build off there.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 /// The last build, as `kiln explain` shows it.
@@ -46,6 +51,10 @@ pub struct ExplainedStep {
     /// Why the step is not hermetic, if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_hermetic: Option<String>,
+    /// It ran, and left the same tree and config as its previous run: the
+    /// steps after it kept their keys (early cutoff).
+    #[serde(default)]
+    pub same_result: bool,
 }
 
 /// What an export destination holds, as kiln wrote it.
@@ -165,21 +174,28 @@ pub fn save_build(
         no_cache,
         steps: Vec::new(),
     };
-    // Keys of steps that missed in this build, to point at the first cause.
+    // Keys of steps that missed in this build, and the states they left,
+    // to point at the first cause.
     let missed: BTreeMap<&str, (&str, usize)> = records
         .iter()
         .filter(|r| !r.cached)
-        .map(|r| (r.key.as_str(), (r.stage.as_str(), r.step)))
+        .flat_map(|r| {
+            let at = (r.stage.as_str(), r.step);
+            std::iter::once((r.key.as_str(), at)).chain(r.result.as_deref().map(|d| (d, at)))
+        })
         .collect();
     for r in records {
         let id = step_id(spec, &r.stage, r.step);
+        let prev = history.get(&id);
         let why = if r.cached {
             Vec::new()
         } else if no_cache {
             vec!["`--no-cache` was given".to_string()]
         } else {
-            explain(history.get(&id), r, &missed)
+            explain(prev, r, &missed)
         };
+        let same_result =
+            !r.cached && r.result.is_some() && prev.is_some_and(|p| p.result == r.result);
         last.steps.push(ExplainedStep {
             stage: r.stage.clone(),
             step: r.step,
@@ -188,6 +204,7 @@ pub fn save_build(
             cached: r.cached,
             why,
             non_hermetic: r.non_hermetic.clone(),
+            same_result,
         });
         // A record without inputs (from the build memo) has nothing to add.
         if !r.inputs.is_empty() {
@@ -239,6 +256,7 @@ fn explain(
     if old_start != new_start {
         let upstream = match &new_start {
             Some(Start::Step(k)) => missed.get(k.hex().as_str()),
+            Some(Start::State(d)) => missed.get(d.hex().as_str()),
             _ => None,
         };
         if let (
@@ -380,6 +398,7 @@ mod tests {
             cached: false,
             inputs,
             non_hermetic: None,
+            result: None,
         }
     }
 
@@ -414,6 +433,19 @@ mod tests {
             why[0].starts_with("its base image `debian:bookworm` changed: was sha256:"),
             "{why:?}"
         );
+    }
+
+    #[test]
+    fn names_the_step_that_left_another_state() {
+        use crate::model::digest::StateDigest;
+        let (s1, s2) = (StateDigest([1; 32]), StateDigest([2; 32]));
+        let prev = rec("k1", Start::State(s1), "run", &[]);
+        let now = rec("k2", Start::State(s2), "run", &[]);
+        let s2_hex = s2.hex();
+        let mut missed = BTreeMap::new();
+        missed.insert(s2_hex.as_str(), ("build", 0));
+        let why = explain(Some(&prev), &now, &missed);
+        assert_eq!(why, vec!["it starts from step 1 of `build`, which ran again"]);
     }
 
     #[test]

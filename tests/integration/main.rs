@@ -6,6 +6,7 @@ mod build;
 mod buildah;
 mod cli;
 mod conformance;
+mod cutoff;
 mod examples;
 mod fetch;
 mod git;

@@ -1,7 +1,8 @@
 //! `copy`: entries from a context or another stage, by Docker's COPY
 //! rules (`copy_rules`), extracting archives for `ADD` (`unpack`).
 //! Keyed by every context entry it reads (path, digest, mode) and what
-//! each source matched, or by the tree of the stage it copies from.
+//! each source matched, or by what its sources matched in the stage it
+//! copies from (a change elsewhere in that stage leaves the key as it was).
 
 use super::copy_rules::{self, Overrides, Picked};
 use super::{Prepared, StepCx, StepKind, Work, quote, resolve_owner};
@@ -55,13 +56,22 @@ impl StepKind for Copy {
                 Ok(Prepared::Picked(snap, picked))
             }
             CopyFrom::Stage(src) => {
+                let source = cx.input_tree(src)?;
+                let stage = cx.graph().stage(src).name.clone();
+                let mut picked = copy_rules::pick(
+                    &source,
+                    &patterns(self, cx),
+                    Links::Rootfs,
+                    &format!("stage `{stage}`"),
+                )?;
+                copy_rules::exclude(&mut picked, &self.exclude)?;
                 if let Some(key) = key {
-                    key.input(KeyInput::StageTree {
-                        stage: cx.graph().stage(src).name.clone(),
-                        tree: cx.input(src)?.tree,
+                    key.input(KeyInput::Selected {
+                        stage,
+                        digest: selection_digest(&picked),
                     });
                 }
-                Ok(Prepared::Nothing)
+                Ok(Prepared::Selected(picked))
             }
         }
     }
@@ -85,16 +95,9 @@ impl StepKind for Copy {
                     picked
                 }
             }
-            (Prepared::Nothing, CopyFrom::Stage(src)) => {
-                let source = cx.input_tree(src)?;
-                let name = format!("stage `{}`", cx.graph().stage(src).name);
-                let mut picked =
-                    copy_rules::pick(&source, &patterns(self, cx), Links::Rootfs, &name)?;
-                copy_rules::exclude(&mut picked, &self.exclude)?;
-                picked
-            }
-            (Prepared::Nothing, CopyFrom::Context(_)) => {
-                return Err(Diagnostic::internal("a context copy ran unprepared"));
+            (Prepared::Selected(picked), _) => picked,
+            (Prepared::Nothing, _) => {
+                return Err(Diagnostic::internal("a copy ran unprepared"));
             }
         };
         let workdir = work.config.workdir().to_string();
@@ -115,6 +118,40 @@ fn from_json(from: CopyFrom, graph: &Graph) -> serde_json::Value {
         CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
         CopyFrom::Stage(_) => json!("stage"),
     }
+}
+
+/// A digest of what a copy's sources matched in a stage: every path, kind,
+/// mode, owner and content, in order (the entries it places).
+fn selection_digest(picked: &[Picked]) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut field = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    for p in picked {
+        field(&p.name);
+        field(&p.path);
+        field(&p.pivot);
+        field(if p.is_dir { "dir" } else { "entry" });
+        field(&p.items.len().to_string());
+        for (rel, e) in &p.items {
+            field(rel);
+            let kind = match &e.kind {
+                Kind::File { blob, size } => format!("file {} {size}", blob.hex()),
+                Kind::Dir => "dir".to_string(),
+                Kind::Symlink { target } => format!("symlink {target}"),
+                Kind::Device {
+                    class,
+                    major,
+                    minor,
+                } => format!("device {class:?} {major}:{minor}"),
+                Kind::Fifo => "fifo".to_string(),
+            };
+            field(&kind);
+            field(&format!("{:o} {}:{}", e.mode, e.uid, e.gid));
+        }
+    }
+    h.finalize().to_hex().to_string()
 }
 
 /// The sources with their locations, for "matched nothing" errors.

@@ -162,6 +162,8 @@ pub enum Prepared {
     Nothing,
     /// A context copy's matched files, with their digests.
     Picked(Arc<Snapshot>, Vec<copy_rules::Picked>),
+    /// What a copy from another stage matched there.
+    Selected(Vec<copy_rules::Picked>),
 }
 
 fn tree_err(what: &str, span: Span, e: crate::model::tree::TreeError) -> Diagnostic {
