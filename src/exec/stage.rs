@@ -466,7 +466,39 @@ impl<'a> Runner<'a> {
             non_hermetic: kind.non_hermetic().map(str::to_string),
             result: result.map(|d| d.hex()),
         };
-        if use_cache && let Some(hit) = self.actions.get(key) {
+        let mut hit = if use_cache {
+            self.actions.get(key)
+        } else {
+            None
+        };
+        // Another build on this store may be running the same step (or
+        // have run it since this build read the cache): wait for it and
+        // take its result rather than run it twice.
+        let mut _claim = None;
+        if use_cache && hit.is_none() {
+            let waited = std::cell::Cell::new(false);
+            let waiting = || {
+                if !waited.replace(true) {
+                    env.progress.emit(Event::StepWaiting {
+                        stage: stage.into(),
+                        step: index,
+                        text: format!("{text} (waiting for another build running this step)"),
+                    });
+                }
+                env.cancel.load(Ordering::Relaxed)
+            };
+            _claim = self.actions.claim(key, &waiting)?;
+            if _claim.is_none() && env.cancel.load(Ordering::Relaxed) {
+                return Err(Diagnostic::user(
+                    "kiln::step::interrupted",
+                    "the build was interrupted while another build ran this step",
+                ));
+            }
+            // It may have finished just before: read what other builds
+            // recorded since this one read the cache.
+            hit = self.actions.get_fresh(key);
+        }
+        if let Some(hit) = hit {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
             env.progress.emit(Event::StepCached {
                 stage: stage.into(),

@@ -28,6 +28,9 @@ pub struct ActionLog {
     /// Keys in the order their latest record appears in the log (oldest first).
     order: RwLock<Vec<StepKey>>,
     append: Mutex<Option<File>>,
+    /// How far the file has been read: [`ActionLog::refresh`] reads on
+    /// from there.
+    read: Mutex<u64>,
 }
 
 fn check(key: &[u8], payload: &[u8]) -> [u8; 8] {
@@ -52,7 +55,14 @@ pub fn record(key: StepKey, payload: &[u8]) -> Vec<u8> {
 
 /// Decode every intact record of a log, in order; damaged bytes are skipped.
 pub fn parse(bytes: &[u8]) -> Vec<(StepKey, &[u8])> {
+    parse_to_end(bytes).0
+}
+
+/// [`parse`], and where the last intact record ends (what follows may be
+/// a record another build is writing).
+fn parse_to_end(bytes: &[u8]) -> (Vec<(StepKey, &[u8])>, usize) {
     let mut out = Vec::new();
+    let mut last_end = 0;
     let mut i = 0;
     while i + HEADER + 8 <= bytes.len() {
         if &bytes[i..i + 4] != MAGIC {
@@ -70,12 +80,13 @@ pub fn parse(bytes: &[u8]) -> Vec<(StepKey, &[u8])> {
             if bytes[end..end + 8] == check(&key, payload) {
                 out.push((StepKey(key), payload));
                 i = end + 8;
+                last_end = i;
                 continue;
             }
         }
         i += 1;
     }
-    out
+    (out, last_end)
 }
 
 impl ActionLog {
@@ -101,6 +112,7 @@ impl ActionLog {
             entries: RwLock::new(entries),
             order: RwLock::new(order),
             append: Mutex::new(None),
+            read: Mutex::new(parse_to_end(&bytes).1 as u64),
         })
     }
 
@@ -111,7 +123,35 @@ impl ActionLog {
             entries: RwLock::new(HashMap::new()),
             order: RwLock::new(Vec::new()),
             append: Mutex::new(None),
+            read: Mutex::new(u64::MAX),
         }
+    }
+
+    /// Read the records other builds appended since this log was read
+    /// (the last record of a key wins, as on load). A log that could not
+    /// be read stays empty.
+    pub fn refresh(&self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if *read == u64::MAX {
+            return;
+        }
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(*read)).is_err() || f.read_to_end(&mut bytes).is_err() {
+            return;
+        }
+        let (records, end) = parse_to_end(&bytes);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut order = self.order.write().unwrap_or_else(|e| e.into_inner());
+        for (key, payload) in records {
+            if entries.insert(key, payload.to_vec()).is_none() {
+                order.push(key);
+            }
+        }
+        *read += end as u64;
     }
 
     pub fn get(&self, key: StepKey) -> Option<Action> {
@@ -230,5 +270,27 @@ mod tests {
         let third = ActionLog::load(&path).unwrap();
         assert_eq!(third.get(StepKey([1; 32])), None);
         assert_eq!(third.get(StepKey([2; 32])), Some(state(2)));
+    }
+
+    #[test]
+    fn refresh_reads_what_another_build_appended_and_waits_for_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actions.log");
+        let ours = ActionLog::load(&path).unwrap();
+        ours.put(StepKey([1; 32]), &state(1)).unwrap();
+        let theirs = ActionLog::load(&path).unwrap();
+        theirs.put(StepKey([2; 32]), &state(2)).unwrap();
+        assert_eq!(ours.get(StepKey([2; 32])), None);
+        // Half of a record another build is writing: not read yet.
+        let next = record(StepKey([3; 32]), &postcard::to_stdvec(&state(3)).unwrap());
+        let mut f = File::options().append(true).open(&path).unwrap();
+        f.write_all(&next[..10]).unwrap();
+        ours.refresh();
+        assert_eq!(ours.get(StepKey([2; 32])), Some(state(2)));
+        assert_eq!(ours.get(StepKey([3; 32])), None);
+        f.write_all(&next[10..]).unwrap();
+        ours.refresh();
+        assert_eq!(ours.get(StepKey([3; 32])), Some(state(3)));
+        assert_eq!(ours.entries().len(), 3);
     }
 }

@@ -314,6 +314,8 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     // Derived data, rebuilt when needed: parsed specs, the build memo, the
     // quarantine, and link sources of older kiln versions.
     let _ = fs::remove_dir_all(root.join("links"));
+    // Claims of steps in flight (none: no build runs during gc).
+    let _ = fs::remove_dir_all(layout.inflight());
     let _ = fs::remove_dir_all(layout.parse());
     let _ = fs::remove_file(layout.record("memo"));
     if let Ok(rd) = fs::read_dir(layout.quarantine()) {

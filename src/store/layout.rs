@@ -26,6 +26,8 @@
 //!                        closed to others on open, removed by `kiln gc`
 //! git/                   bare repositories of git sources, one per URL
 //! layers/<key>.json      image layers made for exports, by the trees they join
+//! inflight/<key>.lock    flock'ed by the build running that step, so another
+//!                        build that needs it waits and takes its result
 //! owners/<token>         one file per running kiln process, flock'ed while it
 //!                        lives; `<token>.exports` lists its export temp paths
 //! quarantine/            damaged objects moved out of the way, for inspection
@@ -131,6 +133,11 @@ impl Layout {
 
     pub fn wasm_cache(&self) -> PathBuf {
         self.root.join("wasm-cache")
+    }
+
+    /// Steps being run, by key (see [`super::local::Store::claim`]).
+    pub fn inflight(&self) -> PathBuf {
+        self.root.join("inflight")
     }
 
     pub fn owners(&self) -> PathBuf {

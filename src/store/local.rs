@@ -492,6 +492,78 @@ impl ActionCache for Store {
     fn forget(&self, key: StepKey) {
         self.action_log().forget(key);
     }
+
+    fn claim(
+        &self,
+        key: StepKey,
+        waiting: &dyn Fn() -> bool,
+    ) -> Result<Option<Box<dyn Send>>, StoreError> {
+        let dir = self.layout.inflight();
+        let path = dir.join(format!("{}.lock", key.hex()));
+        Ok(Claim::take(&dir, &path, waiting)
+            .map_err(StoreError::io(&path))?
+            .map(|c| Box::new(c) as Box<dyn Send>))
+    }
+
+    fn get_fresh(&self, key: StepKey) -> Option<Action> {
+        self.action_log().refresh();
+        self.action_log().get(key)
+    }
+}
+
+/// A step being run: an exclusive `flock` on `inflight/<key>.lock`. The
+/// holder removes the file before it lets go, so a waiter that wakes on a
+/// removed file tries again on the path's new one.
+struct Claim {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Claim {
+    fn take(dir: &Path, path: &Path, waiting: &dyn Fn() -> bool) -> std::io::Result<Option<Claim>> {
+        use std::os::unix::fs::MetadataExt;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)?;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        if waiting() {
+                            return Ok(None);
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
+                }
+            }
+            let held = file.metadata()?;
+            let same =
+                fs::metadata(path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev());
+            if same {
+                return Ok(Some(Claim {
+                    path: path.to_path_buf(),
+                    _file: file,
+                }));
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Removed while still locked: whoever opens the path next makes a
+        // new file, and a waiter on this one sees it is gone.
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// A blob's bytes, checked against its digest at the end of the stream.
@@ -562,6 +634,44 @@ mod tests {
     use crate::model::state::ImageConfig;
     use crate::model::tree;
     use crate::store::CopyError;
+
+    #[test]
+    fn a_claimed_step_makes_another_claimant_wait_and_is_let_go() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let key = StepKey([7; 32]);
+        let first = store.claim(key, &|| false).unwrap();
+        assert!(first.is_some());
+        let released = AtomicBool::new(false);
+        let waits = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| {
+                let got = store
+                    .claim(key, &|| {
+                        waits.fetch_add(1, Ordering::Relaxed);
+                        false
+                    })
+                    .unwrap();
+                // Only once the first claim is gone.
+                assert!(released.load(Ordering::SeqCst));
+                got.is_some()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            released.store(true, Ordering::SeqCst);
+            drop(first);
+            assert!(other.join().unwrap());
+        });
+        assert!(waits.load(Ordering::Relaxed) > 0);
+        // A waiter that is told to stop gets nothing.
+        let held = store.claim(key, &|| false).unwrap();
+        assert!(store.claim(key, &|| true).unwrap().is_none());
+        drop(held);
+        assert_eq!(
+            fs::read_dir(dir.path().join("inflight")).unwrap().count(),
+            0
+        );
+    }
 
     #[test]
     fn a_use_list_equal_to_the_newest_is_not_written_again() {

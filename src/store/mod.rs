@@ -196,4 +196,24 @@ pub trait ActionCache: Sync {
     fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError>;
     /// Drop an entry whose result turned out to be unreadable.
     fn forget(&self, key: StepKey);
+
+    /// Claim the step keyed `key` before running it, so no other build on
+    /// this cache runs it at the same time: held until the returned value
+    /// is dropped. While another build holds it, `waiting` is called now
+    /// and then; it returns `true` to stop waiting (the build was
+    /// interrupted: `Ok(None)`). A cache no other build shares has nothing
+    /// to claim.
+    fn claim(
+        &self,
+        _key: StepKey,
+        _waiting: &dyn Fn() -> bool,
+    ) -> Result<Option<Box<dyn Send>>, StoreError> {
+        Ok(None)
+    }
+
+    /// [`ActionCache::get`], having read what other builds recorded since
+    /// this one started (after waiting on a claim).
+    fn get_fresh(&self, key: StepKey) -> Option<Action> {
+        self.get(key)
+    }
 }

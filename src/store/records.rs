@@ -445,7 +445,10 @@ mod tests {
         let mut missed = BTreeMap::new();
         missed.insert(s2_hex.as_str(), ("build", 0));
         let why = explain(Some(&prev), &now, &missed);
-        assert_eq!(why, vec!["it starts from step 1 of `build`, which ran again"]);
+        assert_eq!(
+            why,
+            vec!["it starts from step 1 of `build`, which ran again"]
+        );
     }
 
     #[test]

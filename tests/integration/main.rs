@@ -24,3 +24,4 @@ mod plugins;
 mod reliability;
 mod run;
 mod safety;
+mod shared;
