@@ -1,6 +1,7 @@
 //! Every path inside the state directory, named in one place.
 //!
 //! ```text
+//! .gitignore             `*`: a state directory inside a project stays out of git
 //! lock                   flock: builds share it, `kiln gc` takes it alone
 //! blobs/ab/<blake3>      file contents, read-only, named by their digest
 //! trees/ab/<blake3>      tree manifests (JSON), named by their digest

@@ -87,6 +87,13 @@ impl Store {
                     .with_help("pick a writable place with `--state-dir DIR` or `KILN_STATE_DIR`")
             })?;
         }
+        // A state directory inside a project is never committed.
+        let ignore = root.join(".gitignore");
+        if fs::symlink_metadata(&ignore).is_err()
+            && let Ok(mut f) = File::options().write(true).create_new(true).open(&ignore)
+        {
+            let _ = f.write_all(b"# kiln's state directory: nothing here belongs in git\n*\n");
+        }
         let lock_path = layout.lock();
         let lock = File::options()
             .create(true)

@@ -115,6 +115,24 @@ fn state_dir_from_the_environment() {
 }
 
 #[test]
+fn a_state_directory_keeps_itself_out_of_git() {
+    let p = Project::new();
+    p.spec(SPEC);
+    p.build(&[]).ok();
+    assert_eq!(
+        p.read(".kiln/.gitignore")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        vec!["*"]
+    );
+    // One the user changed is left as it is.
+    p.file(".kiln/.gitignore", "mine\n");
+    p.build(&[]).ok();
+    assert_eq!(p.read(".kiln/.gitignore"), "mine\n");
+}
+
+#[test]
 fn includes_compose_specs() {
     let p = Project::new();
     p.file(
