@@ -671,13 +671,44 @@ def phase_hostile_run(kiln, work, stats, images):
         print(f"  hostile-run: device nodes left in a cache mount: {devices}")
     else:
         held += 1
+    # Specs that must be refused, leaving the host as it was: a symlink
+    # where a file is mounted (bubblewrap would follow it from the host's
+    # root), an export block naming a host path, directories nested
+    # without end (a crash would take every other stage with it).
+    marker = f"/dev/shm/kiln-attack-{os.getpid()}"
+    outside = os.path.join(work, "outside-export")
+    refusals = [
+        ("link-at-mount-target",
+         f'    run "ln -s /oldroot{marker} /victim"\n    run "true" {{\n        mount "type=secret,id=x,target=/victim"\n    }}\n',
+         "", lambda: not os.path.lexists(marker)),
+        ("export-outside", '    write "/authorized_keys" "attacker"\n',
+         f'export {{\n    s to="{outside}"\n}}\n', lambda: not os.path.lexists(outside)),
+        ("nested-without-end",
+         '    run "mkdir /deep && cd /deep && i=0; while [ $i -lt 3000 ]; do mkdir d && cd d; i=$((i+1)); done"\n',
+         "", lambda: True),
+    ]
+    for name, body, exports, host_clean in refusals:
+        d = os.path.join(root, "refuse-" + name)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "x"), "w") as f:
+            f.write("secret")
+        with open(os.path.join(d, "kiln.kdl"), "w") as f:
+            f.write(f'kiln 1\nstage s {{\n    from image="{busybox}"\n{body}}}\n{exports}')
+        r = subprocess.run([kiln, "build", "--secret", "id=x,src=x"], cwd=d, capture_output=True, env=env, timeout=600)
+        tried += 1
+        # Refused: a clean error (not a crash, not a success), nothing on the host.
+        if r.returncode in (1, 2, 3) and host_clean():
+            held += 1
+        else:
+            escaped += 1
+            print(f"  hostile-run: {name} gave {r.returncode}:\n{r.stderr.decode(errors='replace')[-800:]}")
     stats["hostile-run"] = {
         "hostile attempts": tried,
         "held": held,
         "got out": escaped,
         "host changes": changed,
     }
-    return escaped == 0 and changed == 0 and tried >= 60
+    return escaped == 0 and changed == 0 and tried >= 63
 
 
 def report(stats, path, args):
