@@ -633,6 +633,14 @@ pub fn run(
         secrets: req.secrets.clone(),
         ssh: Arc::new(req.ssh.clone()),
         pins: Arc::new(urls),
+        scope: blake3::hash(
+            std::path::absolute(&spec_path)
+                .unwrap_or(spec_path.clone())
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .to_hex()[..32]
+            .to_string(),
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;

@@ -52,6 +52,10 @@ pub struct Options {
     pub ssh: Arc<HashMap<String, PathBuf>>,
     /// What the lock file pins for sources the spec does not.
     pub pins: Arc<Pins>,
+    /// The project, for what the state directory keeps per project (a
+    /// digest of the spec's path): the private copies `run` steps without
+    /// root leave for the next command (see `sandbox::rootfs`).
+    pub scope: String,
 }
 
 /// Sources the spec does not pin, pinned for this build (from the lock

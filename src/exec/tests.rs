@@ -58,6 +58,7 @@ impl World {
             unpack_limit: 1 << 20,
             secrets: Default::default(),
             ssh: Default::default(),
+            scope: "test".into(),
         };
         let roots: Vec<StageId> = graph.stages.iter().map(|s| s.id).collect();
         let images = ImageSet::empty(crate::image::platform::Platform::host(), Default::default());

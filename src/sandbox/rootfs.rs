@@ -4,10 +4,14 @@
 //! overlay is that tree. Only the root of a tree's lineage (the trees it
 //! was made from: its stage's stored trees, its base stage's, the base
 //! image's) is ever written out whole, once per tree digest; every other
-//! tree is a layer on a tree of its lineage that has a stack: the upper
-//! directory of the `run` step that made it (moved into place, so nothing
-//! is copied), or the difference builtin steps made (only what changed:
-//! files, directories, symlinks, and whiteouts for what was removed). So
+//! tree is a layer on a tree of its lineage that has a stack, written from
+//! the store: its difference from that tree, computed from the two
+//! manifests (only what changed: files, directories, symlinks, and
+//! whiteouts for what was removed or became a device node), whether a
+//! `run` step's command or builtin steps made it. A command's upper
+//! directory is never kept as a layer: what it holds beyond the tree
+//! (extended attributes, sockets) stays out, and no process the command
+//! handed a descriptor to can reach a layer's files. So
 //! a step costs O(changes), not O(image): an edit before a `gcc` step
 //! writes the edited file. Stacks deeper than [`MAX_DEPTH`] are made
 //! again on a shallower tree of the lineage.
@@ -24,6 +28,14 @@
 //! seal (checked once per layer per process): a layer edited or damaged on
 //! disk (changing a file changes its ctime) makes the tree be written out
 //! again instead of running commands on files the tree does not hold.
+//!
+//! Without root, a command runs on a private copy of its tree instead;
+//! settled to be exactly the new tree, the copy is kept in
+//! `rootfs/copies/<project>/<id>/` (`root/` and a `record`: tree, epoch,
+//! seal; the few newest per project) for the next command of the same
+//! project, which brings it to its own tree by writing what differs. A
+//! copy is never handed to another project: files of a copy a command
+//! held open could still change after it was sealed.
 
 use super::{Ids, SandboxError};
 use crate::model::digest::TreeDigest;
@@ -53,6 +65,10 @@ pub struct Rootfs<'a> {
     pub epoch: u64,
     /// How owners are written.
     pub ids: Ids,
+    /// The project whose kept private copies are used (a hex digest of
+    /// its spec's path): a copy one project's command left is never
+    /// another project's starting point.
+    pub scope: &'a str,
 }
 
 fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
@@ -94,8 +110,10 @@ impl Rootfs<'_> {
         if stack.is_empty() || !stack.iter().all(|p| p.is_dir()) {
             return None;
         }
+        // A stack that fails is made again (under the tree's lock) by the
+        // next build that needs it; not removed here, where another build
+        // may just have recorded a sound one.
         if !stack.iter().all(|p| self.sealed(p)) {
-            let _ = fs::remove_file(self.stack_file(d));
             return None;
         }
         Some(stack)
@@ -171,7 +189,7 @@ impl Rootfs<'_> {
     }
 
     /// Put a finished layer directory in place; returns its final path.
-    pub fn place(&self, made: &Path) -> Result<PathBuf, SandboxError> {
+    fn place(&self, made: &Path) -> Result<PathBuf, SandboxError> {
         let name = made
             .file_name()
             .and_then(|n| n.to_str())
@@ -272,19 +290,6 @@ impl Rootfs<'_> {
         Ok(f)
     }
 
-    /// Record that `tree` (digest `d`) is `layer` (an upper directory, in
-    /// place already) on top of `under`.
-    pub fn adopt(
-        &self,
-        d: TreeDigest,
-        layer: PathBuf,
-        under: &[PathBuf],
-    ) -> Result<(), SandboxError> {
-        let mut stack = vec![layer];
-        stack.extend(under.iter().cloned());
-        self.record(d, &stack)
-    }
-
     /// Write into `dir` what turns `old` into `new` when stacked on it.
     /// Write all of `tree` into the empty directory `dir` (a private copy
     /// for a command run without root, which cannot mount an overlay).
@@ -363,10 +368,16 @@ impl Rootfs<'_> {
             }
             needed.insert(path);
         }
-        // Removed entries: a whiteout for the topmost removed path.
+        // Removed entries: a whiteout for the topmost removed path. A path
+        // that became a device node is removed on disk too (a device is
+        // never made there), or what it replaced would still show.
         let mut whiteouts: Vec<&str> = Vec::new();
-        for path in old.entries.keys() {
-            if new.get(path).is_some() {
+        for (path, was) in &old.entries {
+            let gone = match new.get(path) {
+                None => true,
+                Some(e) => matches!(e.kind, Kind::Device { .. }),
+            };
+            if !gone || matches!(was.kind, Kind::Device { .. }) {
                 continue;
             }
             let parent = crate::model::tree::parent(path);
@@ -458,7 +469,15 @@ impl Rootfs<'_> {
 
 impl Rootfs<'_> {
     fn copies_dir(&self) -> PathBuf {
-        self.dir().join("copies")
+        let scope: String = self
+            .scope
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(64)
+            .collect();
+        self.dir()
+            .join("copies")
+            .join(if scope.is_empty() { "-" } else { &scope })
     }
 
     /// Without root: put at `into` (which must not exist) a private copy
@@ -742,6 +761,7 @@ mod tests {
             content: &store,
             epoch: 0,
             ids: Ids::Own,
+            scope: "test",
         };
         let mut tree = Tree::new();
         tree.entries.insert(
@@ -774,5 +794,64 @@ mod tests {
         fs::remove_dir_all(layout.rootfs(&Ids::Own.tag()).join("s")).unwrap();
         verified().clear();
         assert_eq!(rootfs.stack_of(d), None);
+    }
+
+    #[test]
+    fn a_path_that_becomes_a_device_hides_what_it_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        if !rustix::process::geteuid().is_root() {
+            return; // whiteouts are device nodes: root only
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = MemoryStore::new();
+        let rootfs = Rootfs {
+            layout: &layout,
+            content: &store,
+            epoch: 0,
+            ids: Ids::Own,
+            scope: "test",
+        };
+        let file = Entry {
+            kind: Kind::File {
+                blob: store.put_blob(b"root:x:0:0\n").unwrap(),
+                size: 11,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let device = Entry {
+            kind: Kind::Device {
+                class: crate::model::tree::DeviceClass::Char,
+                major: 1,
+                minor: 3,
+            },
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        };
+        let mut old = Tree::new();
+        old.entries.insert("etc".into(), Entry::dir(0o755, 0, 0));
+        old.entries.insert("etc/passwd".into(), file.clone());
+        old.entries.insert("var".into(), Entry::dir(0o755, 0, 0));
+        old.entries.insert("var/x".into(), file);
+        let mut new = old.clone();
+        new.entries.insert("etc/passwd".into(), device.clone());
+        new.entries.remove("var/x");
+        new.entries.insert("var".into(), device);
+        let layer = dir.path().join("layer");
+        fs::create_dir(&layer).unwrap();
+        rootfs.write_diff(&layer, &old, &new).unwrap();
+        for p in ["etc/passwd", "var"] {
+            let m = fs::symlink_metadata(layer.join(p)).unwrap();
+            assert!(m.file_type().is_char_device(), "{p}");
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::rdev(&m),
+                0,
+                "{p} is a whiteout"
+            );
+        }
+        assert!(!layer.join("var/x").exists());
     }
 }

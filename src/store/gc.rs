@@ -120,8 +120,8 @@ fn collect_images(store: &Store, kept_keys: &HashSet<StepKey>) -> usize {
 }
 
 /// Trees on disk for `run` steps (`rootfs/t/<tree>` lists a tree's layers
-/// in `rootfs/l/`, sealed in `rootfs/s/`; `rootfs/copies/<id>` are
-/// private copies of trees, each with a `record` naming its tree) are kept
+/// in `rootfs/l/`, sealed in `rootfs/s/`; `rootfs/copies/<project>/<id>`
+/// are private copies of trees, each with a `record` naming its tree) are kept
 /// for the trees in `keep`; everything else goes, as do the lock files of
 /// trees without a stack and what a killed build left half made.
 fn collect_rootfs(root: &Path, keep: &HashSet<TreeDigest>) {
@@ -171,13 +171,20 @@ fn collect_rootfs(root: &Path, keep: &HashSet<TreeDigest>) {
             }
         }
     }
-    // Private copies: the record names the tree.
-    if let Ok(rd) = fs::read_dir(root.join("copies")) {
-        for e in rd.flatten() {
-            let record = fs::read_to_string(e.path().join("record")).unwrap_or_default();
-            if !kept(record.split_whitespace().next().unwrap_or("")) {
-                crate::fsutil::remove_any(&e.path());
+    // Private copies, per project (`copies/<project>/<id>`): the record
+    // names the tree.
+    if let Ok(projects) = fs::read_dir(root.join("copies")) {
+        for project in projects.flatten() {
+            if let Ok(rd) = fs::read_dir(project.path()) {
+                for e in rd.flatten() {
+                    let record = fs::read_to_string(e.path().join("record")).unwrap_or_default();
+                    if !kept(record.split_whitespace().next().unwrap_or("")) {
+                        crate::fsutil::remove_any(&e.path());
+                    }
+                }
             }
+            // Gone when empty (fails otherwise).
+            let _ = fs::remove_dir(project.path());
         }
     }
 }

@@ -21,7 +21,9 @@
 //!                        (`ids-…`, see `sandbox::ids`):
 //!   ids-…/rootfs/        stage trees on disk for `run` steps: layer
 //!                        directories stacked by overlayfs, by tree digest
-//!                        (`l/`), their seals (`s/`), the stacks (`t/`)
+//!                        (`l/`), their seals (`s/`), the stacks (`t/`);
+//!                        without root, private copies kept per project
+//!                        (`copies/<project>/<id>/`)
 //!   ids-…/cache/<id>/    `run` cache mounts (`type=cache`)
 //! rootfs/, cache/        the same, from kiln before 2026-12: never used,
 //!                        closed to others on open, removed by `kiln gc`

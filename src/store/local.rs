@@ -529,6 +529,13 @@ struct Claim {
 impl Claim {
     fn take(dir: &Path, path: &Path, waiting: &dyn Fn() -> bool) -> std::io::Result<Option<Claim>> {
         use std::os::unix::fs::MetadataExt;
+        // A claim this process holds already (two stages of one build
+        // with the same step, one of them run by a worker that stole it
+        // while waiting inside the other): waiting would wait on itself.
+        // The step runs unclaimed.
+        if held().contains(path) {
+            return Ok(None);
+        }
         if !dir.is_dir() {
             fs::create_dir_all(dir)?;
         }
@@ -552,10 +559,11 @@ impl Claim {
                     Err(std::fs::TryLockError::Error(e)) => return Err(e),
                 }
             }
-            let held = file.metadata()?;
+            let ours = file.metadata()?;
             let same =
-                fs::metadata(path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev());
+                fs::metadata(path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
             if same {
+                held().insert(path.to_path_buf());
                 return Ok(Some(Claim {
                     path: path.to_path_buf(),
                     _file: file,
@@ -570,7 +578,16 @@ impl Drop for Claim {
         // Removed while still locked: whoever opens the path next makes a
         // new file, and a waiter on this one sees it is gone.
         let _ = fs::remove_file(&self.path);
+        held().remove(&self.path);
     }
+}
+
+/// The claims this process holds.
+fn held() -> std::sync::MutexGuard<'static, HashSet<PathBuf>> {
+    static HELD: std::sync::OnceLock<Mutex<HashSet<PathBuf>>> = std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// A blob's bytes, checked against its digest at the end of the stream.
@@ -643,41 +660,44 @@ mod tests {
     use crate::store::CopyError;
 
     #[test]
-    fn a_claimed_step_makes_another_claimant_wait_and_is_let_go() {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    fn a_claim_is_let_go_and_never_waits_on_this_process() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
         let key = StepKey([7; 32]);
-        let first = store.claim(key, &|| false).unwrap();
+        let first = store.claim(key, &|| panic!("no wait")).unwrap();
         assert!(first.is_some());
-        let released = AtomicBool::new(false);
-        let waits = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            let other = s.spawn(|| {
-                let got = store
-                    .claim(key, &|| {
-                        waits.fetch_add(1, Ordering::Relaxed);
-                        false
-                    })
-                    .unwrap();
-                // Only once the first claim is gone.
-                assert!(released.load(Ordering::SeqCst));
-                got.is_some()
-            });
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            released.store(true, Ordering::SeqCst);
-            drop(first);
-            assert!(other.join().unwrap());
-        });
-        assert!(waits.load(Ordering::Relaxed) > 0);
-        // A waiter that is told to stop gets nothing.
-        let held = store.claim(key, &|| false).unwrap();
-        assert!(store.claim(key, &|| true).unwrap().is_none());
-        drop(held);
+        // Held by this process: the second claimant runs unclaimed at once
+        // (waiting would be waiting on itself).
+        assert!(store.claim(key, &|| panic!("no wait")).unwrap().is_none());
+        drop(first);
         assert_eq!(
             fs::read_dir(dir.path().join("inflight")).unwrap().count(),
             0
         );
+        let again = store.claim(key, &|| panic!("no wait")).unwrap();
+        assert!(again.is_some());
+        // Another process's claim is waited on (an flock on a new open
+        // file: what another process has).
+        let path = dir
+            .path()
+            .join("inflight")
+            .join(format!("{}.lock", key.hex()));
+        drop(again);
+        let other = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        other.lock().unwrap();
+        let waits = std::sync::atomic::AtomicUsize::new(0);
+        let got = store
+            .claim(key, &|| {
+                waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3
+            })
+            .unwrap();
+        assert!(got.is_none(), "told to stop waiting");
+        assert!(waits.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     }
 
     #[test]

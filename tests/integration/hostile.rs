@@ -644,3 +644,80 @@ fn a_state_directory_reached_through_another_user_s_link_is_refused() {
         0o755
     );
 }
+
+#[test]
+fn what_a_command_leaves_beyond_its_tree_never_reaches_another_command() {
+    // A command whose result is exactly the image's tree, leaving an
+    // extended attribute on /etc/passwd (a tree holds none): the image's
+    // tree on disk must not take it, or every later command on the image
+    // (another project's too) would find it.
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(images) = crate::images_helper::all_images() else {
+        return;
+    };
+    let image = format!("oci:{}/debian:12", images.display());
+    let p = Project::new();
+    p.spec(&format!(
+        r#"kiln 1
+stage a {{
+    from image="{image}"
+    rm "/srv"
+    run "mkdir -m 755 /srv && perl -e 'my ($p, $n, $v) = (\"/etc/passwd\", \"user.pwned\", \"attacker\"); syscall(188, $p, $n, $v, 8, 0) == 0 or die \"setxattr: $!\"'"
+}}
+stage v {{
+    from image="{image}"
+    run "perl -e 'my ($p, $n) = (\"/etc/passwd\", \"user.pwned\"); my $b = \"\\0\" x 64; my $r = syscall(191, $p, $n, $b, 64); print \"r=$r\\n\"' > /seen"
+}}
+export {{
+    v to="out"
+}}
+"#
+    ));
+    p.build(&["--target", "a"]).ok();
+    p.build(&[]).ok();
+    assert_eq!(p.read("out/seen"), "r=-1\n");
+}
+
+#[test]
+fn a_path_that_becomes_a_device_shows_nothing_on_disk() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(images) = crate::images_helper::all_images() else {
+        return;
+    };
+    let p = Project::new();
+    p.spec(&format!(
+        r#"kiln 1
+stage devs {{
+    from image="oci:{0}/debian-devices:12"
+}}
+stage s {{
+    from image="oci:{0}/busybox:1"
+    run "true > /marker"
+    copy "/dev/null" "/etc/passwd" from=devs
+    run "cat /etc/passwd > /seen 2>&1; ls /etc/passwd >> /seen 2>&1; true"
+}}
+export {{
+    s to="out" format="tar"
+}}
+"#,
+        images.display()
+    ));
+    p.build(&[]).ok();
+    // The tree has a device there (kept in the export), the command found
+    // nothing: not the file it replaced.
+    let tar = std::fs::read(p.path().join("out")).unwrap();
+    let mut seen = String::new();
+    let mut archive = tar::Archive::new(&tar[..]);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == "seen" {
+            std::io::Read::read_to_string(&mut e, &mut seen).unwrap();
+        }
+    }
+    assert!(!seen.contains("root:"), "{seen}");
+    assert!(seen.contains("No such file"), "{seen}");
+}

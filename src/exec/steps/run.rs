@@ -157,11 +157,15 @@ impl StepKind for RunOp {
             content: env.content,
             epoch: env.options.epoch,
             ids: spec.ids,
+            scope: &env.options.scope,
         };
         let digest = cx.current.unwrap_or_else(|| work.tree.digest());
         let dir = rootfs.new_layer_dir().map_err(fail)?;
         let scratch = ScratchDir(dir.clone());
-        let (stack, on_disk) = if privileged {
+        // As root, the tree the command starts on: the new tree's layer is
+        // its difference from it (see below).
+        let start = privileged.then(|| std::sync::Arc::new(work.tree.clone()));
+        let on_disk = if privileged {
             // The tree on disk: its own stack, or the difference from the
             // nearest tree of its lineage that has one (the stage's last
             // stored tree, its base's, the image's). The sandbox mounts it
@@ -185,13 +189,12 @@ impl StepKind for RunOp {
             // are the root's, as a layer's are.
             rootfs.own(&upper, 0, 0, "").map_err(fail)?;
             let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(0o755));
-            let root = sandbox::Root::Overlay {
-                lowers: stack.clone(),
+            sandbox::Root::Overlay {
+                lowers: stack,
                 upper,
                 work: work_dir,
                 merged,
-            };
-            (stack, root)
+            }
         } else {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -218,7 +221,7 @@ impl StepKind for RunOp {
                 })?;
                 rootfs.write_whole(&copy, work.tree).map_err(fail)?;
             }
-            (Vec::new(), sandbox::Root::Dir(copy))
+            sandbox::Root::Dir(copy)
         };
         let marks = match &on_disk {
             sandbox::Root::Dir(copy) => Some(sandbox::copy::mark(copy).map_err(fail)?),
@@ -488,28 +491,20 @@ impl StepKind for RunOp {
             // Best effort: a copy not kept is written out again next time.
             let _ = rootfs.keep_copy(copy, new_digest);
         }
+        // As root: the new tree's stack is one layer on the stack the
+        // command ran on, written from the store (the difference between
+        // the two trees' manifests: what the command changed), never the
+        // upper directory itself. So the layer holds exactly the tree,
+        // whatever else the command left there (extended attributes,
+        // sockets), and its files are new ones that no process the command
+        // handed a descriptor to can reach. A stack another build already
+        // made for the same tree is taken as it is.
         if new_digest != digest
-            && let sandbox::Root::Overlay { upper, .. } = &on_disk
+            && let (sandbox::Root::Overlay { .. }, Some(start)) = (&on_disk, start)
         {
-            // Never by path: the command may have put a symlink where
-            // kiln made a directory.
-            // What the command left at a scaffold path (a file where kiln
-            // made a directory) is the tree's and stays in the layer.
-            for s in scaffold.iter().rev() {
-                if work.tree.get(s).is_none() {
-                    let _ = crate::fsutil::remove_below(upper, s);
-                }
-            }
-            let layer = dir.join("upper-layer");
-            // What the next command finds must not depend on whether this
-            // one ran in this build: its changes get the epoch's times, as
-            // a tree written out from the store does.
-            if fs::rename(upper, &layer).is_ok()
-                && crate::fsutil::set_epoch_times_below(&layer, env.options.epoch).is_ok()
-                && let Ok(placed) = rootfs.place(&layer)
-            {
-                let _ = rootfs.adopt(new_digest, placed, &stack);
-            }
+            let load = |d: crate::model::digest::TreeDigest| (d == digest).then(|| start.clone());
+            // Best effort: a tree without a stack is layered when needed.
+            let _ = rootfs.stack_on(new_digest, work.tree, &[digest], &load);
         }
         drop(scratch);
         Ok(())
