@@ -220,22 +220,15 @@ pub fn parse_registry(text: &str) -> Result<RegistryRef, BadReference> {
     // Docker's grammar and normalisation (`index.docker.io` is
     // `docker.io`, `busybox` is `docker.io/library/busybox:latest`), as
     // the distribution project's reference package has them.
-    let normal = crate::model::name::canonical(text).map_err(|e| bad(&e))?;
-    let parsed =
-        oci_client::Reference::try_from(normal.as_str()).map_err(|e| bad(&e.to_string()))?;
-    let digest = match parsed.digest() {
+    let parsed = crate::model::name::parse(text).map_err(|e| bad(&e))?;
+    let digest = match &parsed.digest {
         Some(d) => Some(check_digest(d, text)?),
         None => None,
     };
-    let tag = match (parsed.tag(), &digest) {
-        (Some(t), _) => Some(t.to_string()),
-        (None, None) => Some("latest".to_string()),
-        (None, Some(_)) => None,
-    };
     Ok(RegistryRef {
-        registry: parsed.registry().to_string(),
-        repository: parsed.repository().to_string(),
-        tag,
+        registry: parsed.registry,
+        repository: parsed.repository,
+        tag: parsed.tag,
         digest,
     })
 }
