@@ -298,6 +298,19 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
         .collect()
 }
 
+/// What identifies a project in a state directory: a digest of its spec's
+/// absolute path.
+fn project_scope(spec_path: &std::path::Path) -> String {
+    blake3::hash(
+        std::path::absolute(spec_path)
+            .unwrap_or(spec_path.to_path_buf())
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .to_hex()[..32]
+        .to_string()
+}
+
 /// Read the spec, pick what to build and check every destination.
 pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let state_dir = load::state_dir(&req.state_dir, &req.spec.spec_path());
@@ -311,6 +324,12 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     } else {
         crate::exec::memo::prefetch(&state_dir)
     };
+    // The seals of the layers this project's commands ran on last time
+    // are checked meanwhile too.
+    crate::sandbox::rootfs::prefetch_seals(
+        &crate::store::layout::Layout::new(&state_dir),
+        &project_scope(&req.spec.spec_path()),
+    );
     let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
     let mut plan = plan_with(req, sources, Some(&parse_cache))?;
     plan.prefetch = prefetch;
@@ -633,14 +652,7 @@ pub fn run(
         secrets: req.secrets.clone(),
         ssh: Arc::new(req.ssh.clone()),
         pins: Arc::new(urls),
-        scope: blake3::hash(
-            std::path::absolute(&spec_path)
-                .unwrap_or(spec_path.clone())
-                .as_os_str()
-                .as_encoded_bytes(),
-        )
-        .to_hex()[..32]
-            .to_string(),
+        scope: project_scope(&spec_path),
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
@@ -873,7 +885,10 @@ impl ExportPhase<'_> {
         spec: &export::image::ImageSpec,
         name: &str,
     ) -> Result<crate::model::digest::Sha256, Failed> {
-        let built = export::image::build(self.store, tree, tree_digest, spec, self.settings)?;
+        let built =
+            export::image::build(self.store, tree, tree_digest, spec, self.settings, &|d| {
+                self.executor.tree_in_memory(d)
+            })?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         blobs
             .set_tag(name, &built.manifest_digest, built.manifest.len() as u64)
@@ -896,7 +911,10 @@ impl ExportPhase<'_> {
         ),
         Failed,
     > {
-        let built = export::image::build(self.store, tree, tree_digest, spec, self.settings)?;
+        let built =
+            export::image::build(self.store, tree, tree_digest, spec, self.settings, &|d| {
+                self.executor.tree_in_memory(d)
+            })?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         let mut list: Vec<(crate::model::digest::Sha256, u64)> = built
             .layers
@@ -1179,6 +1197,7 @@ impl ExportPhase<'_> {
                 dest: &p.resolved,
                 settings,
                 image: image.as_ref(),
+                in_memory: &|d| self.executor.tree_in_memory(d),
             };
             match export::stage(store, &job) {
                 Ok(export::Prepared::Intact) => self.unchanged(p, stage, shown, &mut failures),

@@ -167,6 +167,15 @@ impl<'a> Env<'a> {
         Ok(t)
     }
 
+    /// A tree kept in memory in this run, if it is.
+    pub fn tree_in_memory(&self, d: TreeDigest) -> Option<Arc<Tree>> {
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)
+            .cloned()
+    }
+
     /// A stored tree to change: a copy of the one kept in this run, or read
     /// from the store (and not kept, so it is decoded once and not copied).
     pub fn tree_owned(&self, d: TreeDigest) -> Result<Tree, Diagnostic> {

@@ -253,6 +253,15 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// A tree this build holds in memory (a stage's result, or one
+    /// [`Executor::step_trees`] made), without reading the store.
+    pub fn tree_in_memory(
+        &self,
+        d: crate::model::digest::TreeDigest,
+    ) -> Option<Arc<crate::model::tree::Tree>> {
+        self.env.tree_in_memory(d)
+    }
+
     /// The tree after each step of `stage` that changed it, with the
     /// step's index, in order. `keys` are the steps' keys (from this
     /// build's records); the steps up to the first without one (a failed
@@ -357,6 +366,8 @@ impl<'a> Executor<'a> {
                     out.push((i, d));
                     current = d;
                 }
+                // Image exports make layers from these trees: from memory.
+                env.keep_tree(d, t.clone());
                 tree = Some(t);
             }
             config = action.config;

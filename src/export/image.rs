@@ -154,6 +154,7 @@ pub fn build(
     tree_digest: TreeDigest,
     spec: &ImageSpec,
     settings: &Settings,
+    in_memory: &dyn Fn(TreeDigest) -> Option<std::sync::Arc<Tree>>,
 ) -> Result<Built, Failed> {
     let blobs = OciBlobs::new(store.layout());
     let mut layers: Vec<Layer> = spec
@@ -167,14 +168,21 @@ pub fn build(
         .map(|b| b.history.clone())
         .unwrap_or_default();
     let created = rfc3339(settings.epoch);
-    // Trees are loaded only for layers not in the cache.
+    // Trees are loaded only for layers not in the cache: those the build
+    // holds in memory as they are, the rest from the store.
+    let held: std::collections::HashMap<TreeDigest, std::sync::Arc<Tree>> = spec
+        .own
+        .iter()
+        .filter_map(|seg| Some((seg.tree, in_memory(seg.tree)?)))
+        .collect();
     let load = |d: Option<TreeDigest>| -> Result<std::borrow::Cow<'_, Tree>, Failed> {
         use std::borrow::Cow;
         match d {
             None => Ok(Cow::Owned(Tree::default())),
             Some(d) if d == tree_digest => Ok(Cow::Borrowed(tree)),
-            Some(d) => match &spec.base {
-                Some(b) if b.tree_digest == d => Ok(Cow::Borrowed(&*b.tree)),
+            Some(d) => match (&spec.base, held.get(&d)) {
+                (Some(b), _) if b.tree_digest == d => Ok(Cow::Borrowed(&*b.tree)),
+                (_, Some(t)) => Ok(Cow::Borrowed(&**t)),
                 _ => store.get_tree(d).map(Cow::Owned).map_err(store_failed),
             },
         }

@@ -84,6 +84,10 @@ pub struct Job<'a> {
     pub settings: &'a Settings,
     /// For image formats: the rest of the image.
     pub image: Option<&'a image::ImageSpec>,
+    /// Trees the build holds in memory (layers are made from them rather
+    /// than read from the store).
+    pub in_memory:
+        &'a (dyn Fn(crate::model::digest::TreeDigest) -> Option<std::sync::Arc<Tree>> + Sync),
 }
 
 /// The outcome of [`stage`].
@@ -213,7 +217,14 @@ fn write_image(store: &Store, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, 
     let Some(spec) = job.image else {
         return Err(Diagnostic::internal("an image export without its image settings").into());
     };
-    let built = image::build(store, job.tree, job.tree_digest, spec, job.settings)?;
+    let built = image::build(
+        store,
+        job.tree,
+        job.tree_digest,
+        spec,
+        job.settings,
+        job.in_memory,
+    )?;
     let docker = job.format == ExportFormat::DockerArchive;
     let files = image::layout_files(&built, spec, docker);
     let blobs = crate::store::oci::OciBlobs::new(store.layout());

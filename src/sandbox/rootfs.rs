@@ -136,18 +136,40 @@ impl Rootfs<'_> {
 
     /// Whether a layer matches its seal (once per process).
     fn sealed(&self, layer: &Path) -> bool {
-        if verified().contains(layer) {
-            return true;
+        match self.seal_file(layer) {
+            Some(seal) => check_seal(layer, &seal, true),
+            None => false,
         }
-        let recorded = self
-            .seal_file(layer)
-            .and_then(|p| fs::read_to_string(p).ok())
-            .and_then(|t| blake3::Hash::from_hex(t.trim()).ok());
-        let ok = recorded.is_some_and(|r| seal_of(layer).is_ok_and(|s| blake3::Hash::from(s) == r));
-        if ok {
-            verified().insert(layer.to_path_buf());
+    }
+
+    /// Remember the layers a command ran on, for the next build of this
+    /// project to check their seals early ([`prefetch_seals`]).
+    pub fn note_used(&self, stack: &[PathBuf]) {
+        let dir = self.dir().join("used");
+        let text: String = stack
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| format!("{}\n", n.to_string_lossy()))
+            .collect();
+        let path = dir.join(self.scope_name());
+        if fs::read_to_string(&path).is_ok_and(|t| t == text) {
+            return;
         }
-        ok
+        let _ = fs::create_dir_all(&dir);
+        let tmp = dir.join(format!(".{}.{}", self.scope_name(), new_id()));
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, &path);
+        }
+    }
+
+    fn scope_name(&self) -> String {
+        let scope: String = self
+            .scope
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(64)
+            .collect();
+        if scope.is_empty() { "-".into() } else { scope }
     }
 
     fn record(&self, d: TreeDigest, stack: &[PathBuf]) -> Result<(), SandboxError> {
@@ -469,15 +491,7 @@ impl Rootfs<'_> {
 
 impl Rootfs<'_> {
     fn copies_dir(&self) -> PathBuf {
-        let scope: String = self
-            .scope
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .take(64)
-            .collect();
-        self.dir()
-            .join("copies")
-            .join(if scope.is_empty() { "-" } else { &scope })
+        self.dir().join("copies").join(self.scope_name())
     }
 
     /// Without root: put at `into` (which must not exist) a private copy
@@ -681,6 +695,81 @@ fn copy_verified(path: &Path, seal: &[u8; 32]) -> bool {
 }
 
 /// Layers found to match their seals in this process.
+/// Whether `layer` matches the seal in `seal` (once per process: a check
+/// under way on another thread is waited for, not repeated); `parallel`:
+/// on all cores (else on this thread alone, as a check in the background
+/// must not take the cores from the build).
+fn check_seal(layer: &Path, seal: &Path, parallel: bool) -> bool {
+    use std::sync::{Arc, OnceLock};
+    type Checks = std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<OnceLock<bool>>>>;
+    static CHECKING: OnceLock<Checks> = OnceLock::new();
+    if verified().contains(layer) {
+        return true;
+    }
+    let checks = CHECKING.get_or_init(Default::default);
+    let once = checks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(layer.to_path_buf())
+        .or_default()
+        .clone();
+    let ok = *once.get_or_init(|| {
+        let recorded = fs::read_to_string(seal)
+            .ok()
+            .and_then(|t| blake3::Hash::from_hex(t.trim()).ok());
+        let actual = if parallel {
+            seal_of(layer)
+        } else {
+            seal_by_walk(layer)
+        };
+        recorded.is_some_and(|r| actual.is_ok_and(|s| blake3::Hash::from(s) == r))
+    });
+    if ok {
+        verified().insert(layer.to_path_buf());
+    }
+    let mut held = checks.lock().unwrap_or_else(|e| e.into_inner());
+    if held.get(layer).is_some_and(|o| Arc::ptr_eq(o, &once)) {
+        held.remove(layer);
+    }
+    ok
+}
+
+/// Check, on a thread of its own, the seals of the layers the last build
+/// of the project `scope` (a hex digest of its spec's path) ran commands
+/// on, below the state directory `layout`: done while the spec is read
+/// and the steps before the first command run, the check the command
+/// would wait for is over when it starts.
+pub fn prefetch_seals(layout: &Layout, scope: &str) {
+    let Ok(mappings) = fs::read_dir(layout.sandbox()) else {
+        return;
+    };
+    let mut todo: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for m in mappings.flatten() {
+        let rootfs = m.path().join("rootfs");
+        let Ok(text) = fs::read_to_string(rootfs.join("used").join(scope)) else {
+            continue;
+        };
+        for id in text
+            .lines()
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            todo.push((rootfs.join("l").join(id), rootfs.join("s").join(id)));
+        }
+    }
+    if todo.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("kiln-seals".into())
+        .spawn(move || {
+            for (layer, seal) in todo {
+                if layer.is_dir() {
+                    check_seal(&layer, &seal, false);
+                }
+            }
+        });
+}
+
 fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
     static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
         std::sync::OnceLock::new();

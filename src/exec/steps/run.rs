@@ -174,6 +174,7 @@ impl StepKind for RunOp {
             let stack = rootfs
                 .stack_on(digest, work.tree, &lineage, &|d| env.tree(d).ok())
                 .map_err(fail)?;
+            rootfs.note_used(&stack);
             let o = dir.join("o");
             let (upper, work_dir, merged) = (o.join("upper"), o.join("work"), o.join("merged"));
             for d in [&upper, &work_dir, &merged] {
