@@ -61,7 +61,9 @@ fn changing_one_file_reruns_only_its_readers() {
         explain.stdout
     );
     assert!(
-        explain.stdout.contains("what it copies from stage `b` changed"),
+        explain
+            .stdout
+            .contains("what it copies from stage `b` changed"),
         "{}",
         explain.stdout
     );
