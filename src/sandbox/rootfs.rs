@@ -50,8 +50,8 @@ use std::path::{Path, PathBuf};
 /// The deepest stack a command runs on. Layers are named relative to
 /// their directory in overlayfs's options (17 bytes each, in one page),
 /// and the kernel takes up to 500; past this, a tree is layered on a
-/// shallower tree of its lineage (see `bench/RESULTS.md` for how lookups
-/// cost with depth).
+/// shallower tree of its lineage (`bench/overlay-depth.py`: first lookups
+/// cost 25% more at 64 layers than at one, 6× at 480).
 pub const MAX_DEPTH: usize = 64;
 
 /// How many trees back a lineage is searched for a stack.
