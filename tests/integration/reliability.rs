@@ -1,7 +1,7 @@
 //! A short round of the reliability suite (`tests/reliability/attack.py`):
-//! kills, damaged state files, concurrent builds and hostile input, with
-//! the same bars as the full run whose figures are in
-//! `tests/reliability/RESULTS.md`.
+//! kills, damaged state files, concurrent builds, two projects sharing a
+//! state directory and hostile input, with the same bars as the full run
+//! whose figures are in `tests/reliability/RESULTS.md`.
 
 use crate::harness::kiln_bin;
 use std::process::Command;

@@ -109,9 +109,11 @@ EXPORTS = ["dist/dir", "dist/final.tar", "dist/tool"]
 
 
 class Project:
-    def __init__(self, kiln, root, files=300, big=3):
+    def __init__(self, kiln, root, files=300, big=3, state=None):
         self.kiln = kiln
         self.dir = root
+        # A state directory shared with other projects (else `.kiln`).
+        self.shared_state = state
         os.makedirs(os.path.join(root, "ctx", "src"), exist_ok=True)
         os.makedirs(os.path.join(root, "ctx", "big"), exist_ok=True)
         rnd = random.Random(7)
@@ -127,9 +129,15 @@ class Project:
     def path(self, rel):
         return os.path.join(self.dir, rel)
 
-    def run(self, *args, timeout=300):
+    def env(self):
         env = dict(os.environ)
         env.pop("KILN_STATE_DIR", None)
+        if self.shared_state:
+            env["KILN_STATE_DIR"] = self.shared_state
+        return env
+
+    def run(self, *args, timeout=300):
+        env = self.env()
         env["NO_COLOR"] = "1"
         return subprocess.run(
             [self.kiln, *args],
@@ -140,8 +148,7 @@ class Project:
         )
 
     def spawn(self, *args):
-        env = dict(os.environ)
-        env.pop("KILN_STATE_DIR", None)
+        env = self.env()
         return subprocess.Popen(
             [self.kiln, *args],
             cwd=self.dir,
@@ -409,6 +416,70 @@ def phase_concurrent(kiln, work, rounds, stats):
         shutil.rmtree(p.dir, ignore_errors=True)
     stats["concurrent"] = {"rounds": rounds, "builds": builds, "failures": failed}
     return failed == 0
+
+
+def phase_shared(kiln, work, rounds, stats):
+    """Two projects on one state directory: one project's build killed at a
+    random moment while the other builds (and, every other round, `kiln gc`
+    runs); then both build the same variant at once. The other project's
+    build, the killed one's rebuild and both concurrent builds must give
+    the reference exports."""
+    refs = reference(kiln, work, "small")
+    state = os.path.join(work, "shared-state")
+    rnd = random.Random(11)
+    counts = {"rounds": rounds, "builds killed": 0, "builds beside a kill": 0, "gc beside builds": 0,
+              "concurrent identical builds": 0, "failures": 0}
+
+    def failed(what, proc_err=b""):
+        counts["failures"] += 1
+        print(f"  shared: {what}\n{proc_err.decode(errors='replace')[-1500:]}")
+
+    for i in range(rounds):
+        a = Project(kiln, os.path.join(work, f"shared-a-{i}"), files=40, big=1, state=state)
+        b = Project(kiln, os.path.join(work, f"shared-b-{i}"), files=40, big=1, state=state)
+        pa = a.spawn("build", "--progress", "plain", "--arg", "VARIANT=a")
+        pb = b.spawn("build", "--progress", "plain", "--arg", "VARIANT=b")
+        pg = b.spawn("gc") if i % 2 else None
+        time.sleep(rnd.uniform(0.01, 0.4))
+        pa.kill()
+        pa.communicate(timeout=600)
+        counts["builds killed"] += 1
+        _, err = pb.communicate(timeout=600)
+        counts["builds beside a kill"] += 1
+        if pb.returncode != 0:
+            failed(f"round {i}: the other project's build failed", err)
+        elif b.exports() != refs["b"]:
+            failed(f"round {i}: the other project's exports differ from the reference")
+        if pg is not None:
+            _, err = pg.communicate(timeout=600)
+            counts["gc beside builds"] += 1
+            if pg.returncode != 0:
+                failed(f"round {i}: gc failed", err)
+        r = a.build("a")
+        if r.returncode != 0:
+            failed(f"round {i}: the killed project's next build failed", r.stderr)
+        elif a.exports() != refs["a"]:
+            failed(f"round {i}: the killed project's exports differ from the reference")
+        # The same variant in both at once, on a new shared state
+        # directory: each step is run once between them (the other build
+        # waits for it and takes its result) and both get the right exports.
+        fresh = os.path.join(work, f"shared-fresh-{i}")
+        for p in (a, b):
+            p.shared_state = fresh
+        procs = [p.spawn("build", "--progress", "plain", "--arg", "VARIANT=b") for p in (a, b)]
+        for p, proc in zip([a, b], procs):
+            _, err = proc.communicate(timeout=600)
+            counts["concurrent identical builds"] += 1
+            if proc.returncode != 0:
+                failed(f"round {i}: a concurrent build failed", err)
+            elif p.exports() != refs["b"]:
+                failed(f"round {i}: a concurrent build's exports differ from the reference")
+        shutil.rmtree(a.dir, ignore_errors=True)
+        shutil.rmtree(b.dir, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    stats["shared"] = counts
+    return counts["failures"] == 0
 
 
 # ---------------------------------------------------------------- hostile
@@ -737,6 +808,14 @@ def report(stats, path, args):
                   "| what | count |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in stats["concurrent"].items()]
         lines.append("")
+    if "shared" in stats:
+        lines += ["## Two projects on one state directory", "",
+                  "Each round: one project's build killed at a random moment while the other's "
+                  "builds (and, every other round, `kiln gc` runs), the killed one built again, "
+                  "then both building the same variant at once on a new shared state directory.",
+                  "", "| what | count |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in stats["shared"].items()]
+        lines.append("")
     if "hostile" in stats:
         lines += ["## Hostile input", "",
                   "Destinations that would destroy the project (`-o`, dir and tar), includes "
@@ -767,7 +846,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--results")
-    ap.add_argument("--phases", default="kill,damage,concurrent,hostile,hostile-run")
+    ap.add_argument("--phases", default="kill,damage,concurrent,shared,hostile,hostile-run")
     ap.add_argument("--images", default=os.environ.get("KILN_TEST_IMAGES", "/var/cache/kiln-test-images"))
     args = ap.parse_args()
     if args.quick:
@@ -786,6 +865,9 @@ def main():
         if "concurrent" in phases:
             ok &= phase_concurrent(kiln, work, 2 if args.quick else max(2, args.rounds // 4), stats)
             print("concurrent:", stats["concurrent"])
+        if "shared" in phases:
+            ok &= phase_shared(kiln, work, 2 if args.quick else max(2, args.rounds // 2), stats)
+            print("shared:", stats["shared"])
         if "hostile" in phases:
             ok &= phase_hostile(kiln, work, stats)
             print("hostile:", stats["hostile"])
