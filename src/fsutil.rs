@@ -99,6 +99,21 @@ pub struct Untrusted {
     pub why: String,
 }
 
+/// The names and `..`s of `p`, last first (a stack to walk it by).
+fn parts_reversed(p: &Path) -> Vec<std::ffi::OsString> {
+    use std::path::Component;
+    let mut parts: Vec<std::ffi::OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    parts.reverse();
+    parts
+}
+
 /// Check that no other user can change where `path` leads, and return it
 /// resolved (symlinks followed; components that do not exist yet kept as
 /// written). Every existing directory on the way must be kiln's user's or
@@ -110,7 +125,6 @@ pub struct Untrusted {
 /// the directories above a key file.
 pub fn trusted_path(path: &Path) -> Result<PathBuf, Untrusted> {
     use std::os::unix::fs::MetadataExt;
-    use std::path::Component;
     let me = rustix::process::geteuid().as_raw();
     let whose = if me == 0 {
         "root's".to_string()
@@ -128,15 +142,7 @@ pub fn trusted_path(path: &Path) -> Result<PathBuf, Untrusted> {
             .map_err(|e| untrusted(path, format!("the working directory cannot be read: {e}")))?
             .join(path)
     };
-    let mut pending: Vec<std::ffi::OsString> = start
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    pending.reverse();
+    let mut pending = parts_reversed(&start);
     let mut done = PathBuf::from("/");
     let check_dir = |p: &Path, m: &fs::Metadata| -> Result<(), Untrusted> {
         if m.uid() != me && m.uid() != 0 {
@@ -193,16 +199,7 @@ pub fn trusted_path(path: &Path) -> Result<PathBuf, Untrusted> {
             if target.is_absolute() {
                 done = PathBuf::from("/");
             }
-            let mut parts: Vec<std::ffi::OsString> = target
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_os_string()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect();
-            parts.reverse();
-            pending.extend(parts);
+            pending.extend(parts_reversed(&target));
             continue;
         }
         if m.is_dir() {

@@ -474,8 +474,8 @@ impl<'a> Runner<'a> {
         // Another build on this store may be running the same step (or
         // have run it since this build read the cache): wait for it and
         // take its result rather than run it twice.
-        let mut _claim = None;
-        if use_cache && hit.is_none() {
+        // Held (when taken) until this step's result is recorded.
+        let _claim = if use_cache && hit.is_none() {
             let waited = std::cell::Cell::new(false);
             let waiting = || {
                 if !waited.replace(true) {
@@ -487,8 +487,8 @@ impl<'a> Runner<'a> {
                 }
                 env.cancel.load(Ordering::Relaxed)
             };
-            _claim = self.actions.claim(key, &waiting)?;
-            if _claim.is_none() && env.cancel.load(Ordering::Relaxed) {
+            let claim = self.actions.claim(key, &waiting)?;
+            if claim.is_none() && env.cancel.load(Ordering::Relaxed) {
                 return Err(Diagnostic::user(
                     "kiln::step::interrupted",
                     "the build was interrupted while another build ran this step",
@@ -497,7 +497,10 @@ impl<'a> Runner<'a> {
             // It may have finished just before: read what other builds
             // recorded since this one read the cache.
             hit = self.actions.get_fresh(key);
-        }
+            claim
+        } else {
+            None
+        };
         if let Some(hit) = hit {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
             env.progress.emit(Event::StepCached {

@@ -176,32 +176,11 @@ pub fn apply(
             || kind.is_gnu_longlink()
         {
             continue;
-        } else if kind.is_character_special() || kind.is_block_special() {
-            // Kept as an entry (images made from a root file system have
-            // `/dev/console` and the like); never made where a step runs.
-            let number = |n: std::io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+        } else if let Some(kind) = special_kind(header) {
             Item::Put(
                 path,
                 Entry {
-                    kind: Kind::Device {
-                        class: if kind.is_block_special() {
-                            crate::model::tree::DeviceClass::Block
-                        } else {
-                            crate::model::tree::DeviceClass::Char
-                        },
-                        major: number(header.device_major()),
-                        minor: number(header.device_minor()),
-                    },
-                    mode,
-                    uid,
-                    gid,
-                },
-            )
-        } else if kind.is_fifo() {
-            Item::Put(
-                path,
-                Entry {
-                    kind: Kind::Fifo,
+                    kind,
                     mode,
                     uid,
                     gid,
@@ -277,6 +256,29 @@ pub fn apply(
         tree.entries.insert(path, entry);
     }
     Ok(())
+}
+
+/// What a tar entry of a device node or FIFO is in a tree (kept as an
+/// entry: root file systems hold `/dev/console` and the like; never made
+/// where a step runs); `None` for any other type.
+pub fn special_kind(header: &tar::Header) -> Option<Kind> {
+    let kind = header.entry_type();
+    let number = |n: std::io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+    if kind.is_character_special() || kind.is_block_special() {
+        Some(Kind::Device {
+            class: if kind.is_block_special() {
+                crate::model::tree::DeviceClass::Block
+            } else {
+                crate::model::tree::DeviceClass::Char
+            },
+            major: number(header.device_major()),
+            minor: number(header.device_minor()),
+        })
+    } else if kind.is_fifo() {
+        Some(Kind::Fifo)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -932,18 +932,22 @@ mod tests {
     use crate::model::tree::Kind;
     use crate::store::memory::MemoryStore;
 
+    fn rootfs<'a>(layout: &'a Layout, store: &'a MemoryStore) -> Rootfs<'a> {
+        Rootfs {
+            layout,
+            content: store,
+            epoch: 0,
+            ids: Ids::Own,
+            scope: "test",
+        }
+    }
+
     #[test]
     fn a_layer_changed_on_disk_is_not_used_again() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
         let store = MemoryStore::new();
-        let rootfs = Rootfs {
-            layout: &layout,
-            content: &store,
-            epoch: 0,
-            ids: Ids::Own,
-            scope: "test",
-        };
+        let rootfs = rootfs(&layout, &store);
         let mut tree = Tree::new();
         tree.entries.insert(
             "etc/conf".into(),
@@ -986,13 +990,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
         let store = MemoryStore::new();
-        let rootfs = Rootfs {
-            layout: &layout,
-            content: &store,
-            epoch: 0,
-            ids: Ids::Own,
-            scope: "test",
-        };
+        let rootfs = rootfs(&layout, &store);
         let file = Entry {
             kind: Kind::File {
                 blob: store.put_blob(b"root:x:0:0\n").unwrap(),

@@ -317,27 +317,10 @@ fn unpack_in<'scope>(
             || kind.is_gnu_longlink()
         {
             continue;
-        } else if kind.is_character_special() || kind.is_block_special() {
-            // Kept as an entry (a root file system's `/dev/console`), as
-            // an image layer's are; never made on disk.
-            let number = |n: io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+        } else if let Some(kind) = crate::image::layer::special_kind(header) {
+            // Kept as an entry, as an image layer's are; never made on disk.
             Entry {
-                kind: Kind::Device {
-                    class: if kind.is_block_special() {
-                        crate::model::tree::DeviceClass::Block
-                    } else {
-                        crate::model::tree::DeviceClass::Char
-                    },
-                    major: number(header.device_major()),
-                    minor: number(header.device_minor()),
-                },
-                mode,
-                uid,
-                gid,
-            }
-        } else if kind.is_fifo() {
-            Entry {
-                kind: Kind::Fifo,
+                kind,
                 mode,
                 uid,
                 gid,
