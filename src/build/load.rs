@@ -46,21 +46,60 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// The state dir: given, or `.kiln` beside the spec.
+/// The state directory: the one given (`--state-dir`, `KILN_STATE_DIR`);
+/// else a `.kiln` directory beside the spec, where one already is (kiln
+/// kept a state directory per project before it had one per machine);
+/// else the user's cache directory, shared by all their projects
+/// (`$XDG_CACHE_HOME/kiln`, `~/.cache/kiln`); else, with no home to put
+/// it in, a new `.kiln` beside the spec.
 pub fn state_dir(given: &Option<PathBuf>, spec_path: &Path) -> PathBuf {
-    given.clone().unwrap_or_else(|| {
-        spec_path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."))
-            .join(".kiln")
-    })
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    state_dir_in(given, spec_path, env("XDG_CACHE_HOME"), env("HOME"))
+}
+
+fn state_dir_in(
+    given: &Option<PathBuf>,
+    spec_path: &Path,
+    xdg_cache: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    if let Some(g) = given {
+        return g.clone();
+    }
+    let beside = spec_dir(spec_path).join(".kiln");
+    // Only a directory: a `.kiln` symlink a project carries is not
+    // followed to wherever it points.
+    if std::fs::symlink_metadata(&beside).is_ok_and(|m| m.is_dir()) {
+        return beside;
+    }
+    // The XDG base directory rules: a relative value is ignored.
+    let cache = xdg_cache
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.filter(|p| p.is_absolute()).map(|h| h.join(".cache")));
+    match cache {
+        Some(c) => c.join("kiln"),
+        None => beside,
+    }
+}
+
+/// The directory a spec is in (`.` for a bare file name).
+fn spec_dir(spec_path: &Path) -> &Path {
+    match spec_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// What names one project inside a shared state directory: its spec's
+/// absolute path, hashed. Its build records, memo and kept copies live
+/// under this name; everything content-addressed is shared.
+pub fn project_scope(spec_path: &Path) -> String {
+    let path = std::path::absolute(spec_path).unwrap_or(spec_path.to_path_buf());
+    blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()[..32].to_string()
 }
 
 /// Lowered spec files in the state dir's `parse/` (emptied by `kiln gc`).
@@ -177,5 +216,64 @@ mod tests {
         bytes[n - 3] = b'X';
         std::fs::write(&p, bytes).unwrap();
         assert_eq!(cache.get("k1"), None);
+    }
+
+    #[test]
+    fn the_state_directory_is_the_machine_s_unless_a_project_has_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("kiln.kdl");
+        let xdg = Some(PathBuf::from("/x/cache"));
+        let home = Some(PathBuf::from("/home/u"));
+        let given = Some(PathBuf::from("/given"));
+        assert_eq!(
+            state_dir_in(&given, &spec, xdg.clone(), home.clone()),
+            PathBuf::from("/given")
+        );
+        assert_eq!(
+            state_dir_in(&None, &spec, xdg.clone(), home.clone()),
+            PathBuf::from("/x/cache/kiln")
+        );
+        assert_eq!(
+            state_dir_in(&None, &spec, None, home.clone()),
+            PathBuf::from("/home/u/.cache/kiln")
+        );
+        // A relative XDG_CACHE_HOME is ignored, as the XDG rules say.
+        let relative = Some(PathBuf::from("cache"));
+        assert_eq!(
+            state_dir_in(&None, &spec, relative, home.clone()),
+            PathBuf::from("/home/u/.cache/kiln")
+        );
+        assert_eq!(
+            state_dir_in(&None, &spec, None, None),
+            dir.path().join(".kiln")
+        );
+        assert_eq!(
+            state_dir_in(&None, Path::new("kiln.kdl"), None, None),
+            PathBuf::from("./.kiln")
+        );
+        // An existing `.kiln` directory beside the spec wins; a symlink does not.
+        std::os::unix::fs::symlink("/tmp", dir.path().join(".kiln")).unwrap();
+        assert_eq!(
+            state_dir_in(&None, &spec, xdg.clone(), home.clone()),
+            PathBuf::from("/x/cache/kiln")
+        );
+        std::fs::remove_file(dir.path().join(".kiln")).unwrap();
+        std::fs::create_dir(dir.path().join(".kiln")).unwrap();
+        assert_eq!(
+            state_dir_in(&None, &spec, xdg, home),
+            dir.path().join(".kiln")
+        );
+    }
+
+    #[test]
+    fn a_project_is_named_by_its_spec_s_absolute_path() {
+        let a = project_scope(Path::new("/p/kiln.kdl"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, project_scope(Path::new("/q/kiln.kdl")));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            project_scope(Path::new("kiln.kdl")),
+            project_scope(&cwd.join("kiln.kdl"))
+        );
     }
 }

@@ -298,19 +298,6 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
         .collect()
 }
 
-/// What identifies a project in a state directory: a digest of its spec's
-/// absolute path.
-fn project_scope(spec_path: &std::path::Path) -> String {
-    blake3::hash(
-        std::path::absolute(spec_path)
-            .unwrap_or(spec_path.to_path_buf())
-            .as_os_str()
-            .as_encoded_bytes(),
-    )
-    .to_hex()[..32]
-        .to_string()
-}
-
 /// Read the spec, pick what to build and check every destination.
 pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let state_dir = load::state_dir(&req.state_dir, &req.spec.spec_path());
@@ -322,13 +309,13 @@ pub fn plan(req: &Request, sources: &Sources) -> Result<Plan, Vec<Diagnostic>> {
     let prefetch = if req.no_cache {
         crate::exec::memo::Prefetch::none()
     } else {
-        crate::exec::memo::prefetch(&state_dir)
+        crate::exec::memo::prefetch(&state_dir, &load::project_scope(&req.spec.spec_path()))
     };
     // The seals of the layers this project's commands ran on last time
     // are checked meanwhile too.
     crate::sandbox::rootfs::prefetch_seals(
         &crate::store::layout::Layout::new(&state_dir),
-        &project_scope(&req.spec.spec_path()),
+        &load::project_scope(&req.spec.spec_path()),
     );
     let parse_cache = load::DirParseCache(crate::store::layout::Layout::new(&state_dir));
     let mut plan = plan_with(req, sources, Some(&parse_cache))?;
@@ -652,7 +639,7 @@ pub fn run(
         secrets: req.secrets.clone(),
         ssh: Arc::new(req.ssh.clone()),
         pins: Arc::new(urls),
-        scope: project_scope(&spec_path),
+        scope: load::project_scope(&spec_path),
     };
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
@@ -689,6 +676,7 @@ pub fn run(
             images: &images,
             sources,
             spec_name: &spec_name,
+            scope: &options.scope,
         };
         match phase.write(&exports, ok) {
             Ok(export_failures) => {
@@ -726,8 +714,14 @@ pub fn run(
         .filter_map(|r| StepKey::parse(&r.key))
         .collect();
     used.extend(images.used_keys());
-    let recorded = records::save_build(&store, &spec_name, options.no_cache, &outcome.records)
-        .and_then(|_| store.record_use(&used));
+    let recorded = records::save_build(
+        &store,
+        &options.scope,
+        &spec_name,
+        options.no_cache,
+        &outcome.records,
+    )
+    .and_then(|_| store.record_use(&used));
     if let Err(e) = recorded {
         failures.push(Diagnostic::io(
             "cannot record the build in",
@@ -775,7 +769,7 @@ fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
     progress.emit(Event::Notice {
         message: "the cache is damaged; building again without it".into(),
     });
-    crate::exec::memo::forget(store);
+    crate::exec::memo::forget(store, &options.scope);
     store.set_verify_existing(true);
     options.no_cache = true;
     options.memo_key = None;
@@ -793,6 +787,8 @@ struct ExportPhase<'a> {
     sources: &'a Sources,
     /// The spec as the build records name it.
     spec_name: &'a str,
+    /// The project in the state directory.
+    scope: &'a str,
 }
 
 impl ExportPhase<'_> {
@@ -824,7 +820,12 @@ impl ExportPhase<'_> {
     fn statement(&self, e: &Export, subject: &provenance::Subject) -> serde_json::Value {
         // A build answered from the memo keeps its steps without their
         // inputs: they come from the records of the run that made them.
-        let steps = records::with_inputs(self.store, self.spec_name, &self.outcome.records);
+        let steps = records::with_inputs(
+            self.store,
+            self.scope,
+            self.spec_name,
+            &self.outcome.records,
+        );
         provenance::statement(
             self.graph,
             e,

@@ -224,6 +224,16 @@ fn image_failure(f: crate::image::set::Failure, needs: &Needs<'_>, req: &Request
     {
         d.class = crate::diag::Class::User;
     }
+    if let Some(dir) = &f.looked_in {
+        let registry = crate::model::name::parse(&f.reference)
+            .map(|n| format!("the registry `{}`", n.registry))
+            .unwrap_or_else(|_| "its registry".to_string());
+        d = d.with_note(format!(
+            "kiln looked first in the image store `{}` (the names `kiln build -t` gave on this machine), which names no `{}`; then it asked {registry}",
+            dir.display(),
+            f.reference
+        ));
+    }
     if let Some(s) = span {
         d = d.with_label(s, "built on this image");
     }

@@ -374,7 +374,8 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         .into());
     }
     let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
-    let Some(last) = records::load_last(&store) else {
+    let scope = crate::build::load::project_scope(&args.spec.spec_path());
+    let Some(last) = records::load_last(&store, &scope) else {
         return Err(
             Diagnostic::user("kiln::explain::none", "no build is recorded yet")
                 .with_help("run `kiln build` first")

@@ -79,23 +79,25 @@ const FILE: &str = "memo";
 /// a damaged memo reads as absent and the build runs normally.
 const MAGIC: &[u8] = b"KILNMEMO6";
 
-pub fn load(store: &crate::store::Store) -> Option<Memo> {
-    load_from(store.layout())
+/// The memo of the project `scope`.
+pub fn load(store: &crate::store::Store, scope: &str) -> Option<Memo> {
+    load_from(store.layout(), scope)
 }
 
-fn load_from(layout: &Layout) -> Option<Memo> {
-    let bytes = crate::store::checked::read(&layout.record(FILE), MAGIC)?;
+fn load_from(layout: &Layout, scope: &str) -> Option<Memo> {
+    let bytes = crate::store::checked::read(&layout.project_record(scope, FILE), MAGIC)?;
     postcard::from_bytes(&bytes).ok()
 }
 
-pub fn save(store: &crate::store::Store, memo: &Memo) {
+pub fn save(store: &crate::store::Store, scope: &str, memo: &Memo) {
     if let Ok(body) = postcard::to_stdvec(memo) {
-        let _ = crate::store::checked::write(&store.layout().record(FILE), MAGIC, &body);
+        let path = store.layout().project_record(scope, FILE);
+        let _ = crate::store::checked::write(&path, MAGIC, &body);
     }
 }
 
-pub fn forget(store: &crate::store::Store) {
-    let _ = std::fs::remove_file(store.layout().record(FILE));
+pub fn forget(store: &crate::store::Store, scope: &str) {
+    let _ = std::fs::remove_file(store.layout().project_record(scope, FILE));
 }
 
 /// The memo and the contexts it lists, read on another thread.
@@ -108,15 +110,16 @@ pub struct Prefetched {
     pub snapshots: Vec<(ListingKey, Snapshot)>,
 }
 
-/// Start reading the memo of the state directory `state_dir` and listing
-/// its contexts. Reading needs no lock: the memo is replaced whole and
-/// checksummed, and a listing only reads the context.
-pub fn prefetch(state_dir: &Path) -> Prefetch {
+/// Start reading the memo of the project `scope` in the state directory
+/// `state_dir` and listing its contexts. Reading needs no lock: the memo
+/// is replaced whole and checksummed, and a listing only reads the context.
+pub fn prefetch(state_dir: &Path, scope: &str) -> Prefetch {
     let layout = Layout::new(state_dir);
+    let scope = scope.to_string();
     let spawned = std::thread::Builder::new()
         .name("kiln-prefetch".into())
         .spawn(move || {
-            let Some(memo) = load_from(&layout) else {
+            let Some(memo) = load_from(&layout, &scope) else {
                 return Prefetched::default();
             };
             let snapshots = memo

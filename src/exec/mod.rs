@@ -424,7 +424,7 @@ impl<'a> Executor<'a> {
     fn answer_from_memo(&self, key: [u8; 32], roots: &[StageId]) -> Option<Outcome> {
         let memo = match self.env.prefetched_memo() {
             Some(m) => m,
-            None => memo::load(self.env.local)?,
+            None => memo::load(self.env.local, &self.env.options.scope)?,
         };
         if memo.key != key {
             return None;
@@ -533,9 +533,9 @@ impl<'a> Executor<'a> {
                         fingerprint: f,
                         listed: self.env.listing_key(crate::ir::ContextId(i as u32)),
                     }),
-                    None => return memo::forget(self.env.local),
+                    None => return memo::forget(self.env.local, &self.env.options.scope),
                 },
-                Err(_) => return memo::forget(self.env.local),
+                Err(_) => return memo::forget(self.env.local, &self.env.options.scope),
             }
         }
         let stages = order
@@ -556,7 +556,7 @@ impl<'a> Executor<'a> {
         for r in records {
             let (Some(stage), Some(key)) = (ids.get(r.stage.as_str()), StepKey::parse(&r.key))
             else {
-                return memo::forget(self.env.local);
+                return memo::forget(self.env.local, &self.env.options.scope);
             };
             steps.push(memo::MemoStep {
                 stage: *stage,
@@ -568,6 +568,7 @@ impl<'a> Executor<'a> {
         }
         memo::save(
             self.env.local,
+            &self.env.options.scope,
             &memo::Memo {
                 key,
                 contexts,

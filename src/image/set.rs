@@ -89,6 +89,8 @@ pub struct Failure {
     pub reference: String,
     pub why: String,
     pub kind: FailureKind,
+    /// For a registry reference: the local image store, looked in first.
+    pub looked_in: Option<std::path::PathBuf>,
 }
 
 /// What kind of help a failure needs.
@@ -148,6 +150,7 @@ impl ImageSet {
                         reference: written.clone(),
                         why: e.to_string(),
                         kind: FailureKind::Reference,
+                        looked_in: None,
                     });
                     continue;
                 }
@@ -175,6 +178,7 @@ impl ImageSet {
                         why: "it is not in the lock file, and `--locked` forbids resolving it"
                             .to_string(),
                         kind: FailureKind::NotLocked,
+                        looked_in: Some(blobs.root()),
                     });
                     continue;
                 }
@@ -200,6 +204,7 @@ impl ImageSet {
                                 reference: written.clone(),
                                 why: e.to_string(),
                                 kind,
+                                looked_in: (!local).then(|| blobs.root()),
                             });
                             continue;
                         }

@@ -325,6 +325,11 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     let _ = fs::remove_dir_all(layout.inflight());
     let _ = fs::remove_dir_all(layout.parse());
     let _ = fs::remove_file(layout.record("memo"));
+    if let Ok(rd) = fs::read_dir(layout.projects()) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path().join("memo"));
+        }
+    }
     if let Ok(rd) = fs::read_dir(layout.quarantine()) {
         for e in rd.flatten() {
             crate::fsutil::remove_any(&e.path());

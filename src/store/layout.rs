@@ -7,9 +7,11 @@
 //! trees/ab/<blake3>      tree manifests (JSON), named by their digest
 //! actions.log            action cache: step key -> resulting state (see `actions`)
 //! index/<hash>.bin       stat index of a context directory (checksummed)
-//! records/               what the last builds did: `last`, `steps` (explain),
-//!                        `exports` (what each destination holds), `used/`
-//!                        (keys recent builds used, for gc), `memo`
+//! records/               what builds did: `exports` (what each destination
+//!                        holds), `used/` (keys recent builds used, for gc),
+//!   projects/<scope>/    one project's own (its spec's path, hashed: see
+//!                        `build::load::project_scope`): `last`, `steps`
+//!                        (explain), `memo` (the no-op build's shortcut)
 //! parse/<key>            lowered spec files, so a no-op build skips KDL parsing
 //! logs/<step key>.log    the whole output of plugin steps
 //! wasm-cache/            compiled plugin modules, when the machine has no cache
@@ -108,9 +110,19 @@ impl Layout {
         self.root.join("records")
     }
 
-    /// A record file (`last`, `steps`, `exports`, `memo`, …).
+    /// A record file shared by all projects (`exports`, …).
     pub fn record(&self, name: &str) -> PathBuf {
         self.records().join(name)
+    }
+
+    /// The records of every project.
+    pub fn projects(&self) -> PathBuf {
+        self.records().join("projects")
+    }
+
+    /// A record file of one project (`last`, `steps`, `memo`, …).
+    pub fn project_record(&self, scope: &str, name: &str) -> PathBuf {
+        self.projects().join(scope).join(name)
     }
 
     /// The lists of keys recent builds used.

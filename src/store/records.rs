@@ -105,25 +105,31 @@ impl Stamp {
 /// Leads every record file; bump when a record changes shape.
 const MAGIC: &[u8] = b"KILNREC3";
 
-fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, name: &str) -> T {
-    super::checked::read(&store.layout().record(name), MAGIC)
+/// A record of the project `scope`.
+fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, scope: &str, name: &str) -> T {
+    super::checked::read(&store.layout().project_record(scope, name), MAGIC)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
-fn write<T: Serialize>(store: &Store, name: &str, value: &T) -> std::io::Result<()> {
+fn write<T: Serialize>(store: &Store, scope: &str, name: &str, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    super::checked::write(&store.layout().record(name), MAGIC, &bytes)
+    super::checked::write(&store.layout().project_record(scope, name), MAGIC, &bytes)
 }
 
 /// `records` with their inputs: those that lack them (a build answered
 /// from the memo keeps none) get them from the last run of the same step
 /// under the same key, if there is one.
-pub fn with_inputs(store: &Store, spec: &str, records: &[StepRecord]) -> Vec<StepRecord> {
+pub fn with_inputs(
+    store: &Store,
+    scope: &str,
+    spec: &str,
+    records: &[StepRecord],
+) -> Vec<StepRecord> {
     if records.iter().all(|r| !r.inputs.is_empty()) {
         return records.to_vec();
     }
-    let history: BTreeMap<String, StepRecord> = read(store, "steps.json");
+    let history: BTreeMap<String, StepRecord> = read(store, scope, "steps.json");
     records
         .iter()
         .map(|r| {
@@ -147,6 +153,7 @@ fn step_id(spec: &str, stage: &str, step: usize) -> String {
 /// run, then remember this run.
 pub fn save_build(
     store: &Store,
+    scope: &str,
     spec: &str,
     no_cache: bool,
     records: &[StepRecord],
@@ -161,14 +168,14 @@ pub fn save_build(
         digest.update(r.key.as_bytes());
     }
     let digest = digest.finalize().to_hex().to_string();
-    let digest_path = store.layout().record("last.digest");
+    let digest_path = store.layout().project_record(scope, "last.digest");
     let all_cached = !no_cache && records.iter().all(|r| r.cached);
     if all_cached
         && super::checked::read(&digest_path, MAGIC).is_some_and(|d| d == digest.as_bytes())
     {
         return Ok(());
     }
-    let mut history: BTreeMap<String, StepRecord> = read(store, "steps.json");
+    let mut history: BTreeMap<String, StepRecord> = read(store, scope, "steps.json");
     let mut last = LastBuild {
         spec: spec.to_string(),
         no_cache,
@@ -211,15 +218,16 @@ pub fn save_build(
             history.insert(id, r.clone());
         }
     }
-    write(store, "steps.json", &history)?;
-    write(store, "last.json", &last)?;
+    write(store, scope, "steps.json", &history)?;
+    write(store, scope, "last.json", &last)?;
     // Only a build that ran nothing can be skipped next time.
     let mark = if all_cached { digest } else { String::new() };
     super::checked::write(&digest_path, MAGIC, mark.as_bytes())
 }
 
-pub fn load_last(store: &Store) -> Option<LastBuild> {
-    let l: LastBuild = read(store, "last.json");
+/// The last build of the project `scope`.
+pub fn load_last(store: &Store, scope: &str) -> Option<LastBuild> {
+    let l: LastBuild = read(store, scope, "last.json");
     (!l.spec.is_empty()).then_some(l)
 }
 

@@ -31,12 +31,13 @@ fn version_and_help() {
 
 #[test]
 fn check_validates_only() {
-    let p = Project::new();
+    let p = Project::bare();
     p.spec(SPEC);
     let r = p.kiln(&["check"]);
     r.ok();
     assert_eq!(r.stdout, "ok: 3 stages, 3 steps, 1 export\n");
     assert!(!p.exists(".kiln"));
+    assert!(!p.machine_state().exists());
 }
 
 #[test]
@@ -100,7 +101,7 @@ fn explain_names_a_changed_step() {
 
 #[test]
 fn state_dir_from_the_environment() {
-    let p = Project::new();
+    let p = Project::bare();
     p.spec(SPEC);
     let state = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::harness::kiln_bin())
@@ -327,6 +328,7 @@ fn the_context_defaults_to_the_spec_s_directory_and_is_never_the_root() {
         .arg(p.path().join("out"))
         .current_dir("/")
         .env_remove("KILN_STATE_DIR")
+        .env("XDG_CACHE_HOME", p.cache.path())
         .output()
         .unwrap();
     assert!(

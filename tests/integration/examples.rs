@@ -60,6 +60,7 @@ fn every_example_builds() {
                 .args(&args)
                 .current_dir(&copy)
                 .env_remove("KILN_STATE_DIR")
+                .env("XDG_CACHE_HOME", tmp.path().join("cache"))
                 .env_remove("SOURCE_DATE_EPOCH")
                 .env("TZ", tz)
                 .env("LC_ALL", lang)

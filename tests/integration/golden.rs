@@ -43,9 +43,12 @@ fn diagnostics_match_their_goldens() {
         if cmd == "build" {
             args.extend(["--progress", "plain"]);
         }
+        let cache = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(kiln_bin())
             .args(&args)
             .current_dir(tmp.path())
+            .env_remove("KILN_STATE_DIR")
+            .env("XDG_CACHE_HOME", cache.path())
             .env("NO_COLOR", "1")
             .env("COLUMNS", "80")
             .output()

@@ -5,6 +5,9 @@ use std::process::{Command, Output};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// `XDG_CACHE_HOME` for the kiln this project runs: the machine's
+    /// state directory when the project has no `.kiln` of its own.
+    pub cache: std::sync::Arc<tempfile::TempDir>,
 }
 
 pub fn kiln_bin() -> PathBuf {
@@ -12,10 +15,35 @@ pub fn kiln_bin() -> PathBuf {
 }
 
 impl Project {
+    /// A project with a state directory of its own (`.kiln`, as kiln
+    /// keeps using one that is there): tests look into it, and no two
+    /// tests share a store unless they ask to.
     pub fn new() -> Project {
+        let p = Project::bare();
+        std::fs::create_dir(p.path().join(".kiln")).expect("make .kiln");
+        p
+    }
+
+    /// A project without `.kiln`: kiln uses the machine's state directory,
+    /// here [`Project::machine_state`].
+    pub fn bare() -> Project {
         Project {
             dir: tempfile::tempdir().expect("temp dir"),
+            cache: std::sync::Arc::new(tempfile::tempdir().expect("temp dir")),
         }
+    }
+
+    /// Another project (without `.kiln`) on the same machine as `self`.
+    pub fn beside(&self) -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// The state directory kiln picks when there is no `.kiln`.
+    pub fn machine_state(&self) -> PathBuf {
+        self.cache.path().join("kiln")
     }
 
     pub fn path(&self) -> &Path {
@@ -49,6 +77,7 @@ impl Project {
             .current_dir(self.path())
             .env_remove("KILN_STATE_DIR")
             .env_remove("SOURCE_DATE_EPOCH")
+            .env("XDG_CACHE_HOME", self.cache.path())
             .env("NO_COLOR", "1")
             .env("COLUMNS", "80")
             .output()

@@ -340,6 +340,8 @@ fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
         let o = std::process::Command::new(crate::harness::kiln_bin())
             .args(args)
             .current_dir(&dir)
+            .env_remove("KILN_STATE_DIR")
+            .env("XDG_CACHE_HOME", p.cache.path())
             .env("NO_COLOR", "1")
             .output()
             .unwrap();

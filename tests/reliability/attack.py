@@ -112,8 +112,11 @@ class Project:
     def __init__(self, kiln, root, files=300, big=3, state=None):
         self.kiln = kiln
         self.dir = root
-        # A state directory shared with other projects (else `.kiln`).
+        # A state directory shared with other projects (else `.kiln`,
+        # made here: kiln uses a project's own when it is there).
         self.shared_state = state
+        if not state:
+            os.makedirs(os.path.join(root, ".kiln"), exist_ok=True)
         os.makedirs(os.path.join(root, "ctx", "src"), exist_ok=True)
         os.makedirs(os.path.join(root, "ctx", "big"), exist_ok=True)
         rnd = random.Random(7)
@@ -691,6 +694,7 @@ def phase_hostile_run(kiln, work, stats, images):
     )
     with open(os.path.join(root, "kiln.kdl"), "w") as f:
         f.write(spec)
+    os.makedirs(os.path.join(root, ".kiln"), exist_ok=True)
     before = host_marks()
     env = dict(os.environ)
     env.pop("KILN_STATE_DIR", None)
