@@ -339,6 +339,22 @@ pub fn remove_below(root: &Path, rel: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_buffer_is_reused_by_its_thread_and_a_nested_call_gets_its_own() {
+        let first = with_buffer(16, |b| {
+            b[0] = 7;
+            let inner = with_buffer(8, |i| {
+                assert_eq!(i.len(), 8);
+                i.as_ptr() as usize
+            });
+            assert_ne!(inner, b.as_ptr() as usize);
+            b.as_ptr() as usize
+        });
+        // The same memory again, as long as it is large enough.
+        assert_eq!(with_buffer(4, |b| b.as_ptr() as usize), first);
+        assert_eq!(with_buffer(1 << 16, |b| b.len()), 1 << 16);
+    }
+
     use super::*;
 
     #[test]
@@ -424,4 +440,21 @@ mod tests {
         fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(trusted_path(&open.join("state")).is_ok());
     }
+}
+
+thread_local! {
+    static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Run `f` with a buffer of `size` bytes, reused by the thread: zeroing a
+/// large buffer per file costs more than reading a small file. A nested
+/// call gets a buffer of its own.
+pub fn with_buffer<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    let mut buf = BUFFER.with(|b| b.take());
+    if buf.len() < size {
+        buf = vec![0u8; size];
+    }
+    let out = f(&mut buf[..size]);
+    BUFFER.with(|b| b.set(buf));
+    out
 }

@@ -55,7 +55,23 @@ pub struct Snapshot {
     trust_index: bool,
     /// Files hashed in this build that the index does not vouch for.
     hashed: RwLock<HashMap<String, BlobDigest>>,
+    /// The bytes of small files hashed in this build, until they are
+    /// stored: a cold copy reads each file once, and stores exactly the
+    /// bytes its key was made from. At most [`KEPT_BYTES`] in all.
+    kept: std::sync::Mutex<Kept>,
 }
+
+/// Bytes of hashed files kept for [`Snapshot::ingest`].
+#[derive(Default)]
+struct Kept {
+    files: HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+/// Files up to this size are read whole when hashed, and kept.
+const KEEP_FILE: u64 = 64 * 1024;
+/// What one context keeps of them at most.
+const KEPT_BYTES: usize = 64 << 20;
 
 impl Snapshot {
     /// List a context directory.
@@ -151,6 +167,7 @@ impl Snapshot {
             index_file: layout.index(&root),
             trust_index,
             hashed: RwLock::new(HashMap::new()),
+            kept: Default::default(),
         })
     }
 
@@ -241,8 +258,26 @@ impl Snapshot {
             return Ok(*d);
         }
         let mut file = self.open_file(path)?;
-        let d = hash_reader(&mut file).map_err(|e| self.read_error(path, &e))?;
+        let small = stat.is_some_and(|s| s.size() <= KEEP_FILE);
+        let (d, bytes) = if small {
+            // Read whole (one read, one more to see the end): hashed
+            // here, and stored from memory if the step runs.
+            let mut bytes = Vec::with_capacity(stat.map_or(0, |s| s.size() as usize) + 1);
+            file.read_to_end(&mut bytes)
+                .map_err(|e| self.read_error(path, &e))?;
+            (BlobDigest::from_hash(blake3::hash(&bytes)), Some(bytes))
+        } else {
+            let d = hash_reader(&mut file).map_err(|e| self.read_error(path, &e))?;
+            (d, None)
+        };
         let after = file.metadata().map(|m| FileStat::of(&m)).ok();
+        if let Some(bytes) = bytes {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.bytes + bytes.len() <= KEPT_BYTES {
+                kept.bytes += bytes.len();
+                kept.files.insert(path.to_string(), bytes);
+            }
+        }
         if let (Some(stat), Some(after)) = (stat, after)
             && stat == after
         {
@@ -292,6 +327,17 @@ impl Snapshot {
         path: &str,
         digest: BlobDigest,
     ) -> Result<(), Diagnostic> {
+        let kept = {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let bytes = kept.files.remove(path);
+            kept.bytes -= bytes.as_ref().map_or(0, Vec::len);
+            bytes
+        };
+        if let Some(bytes) = kept
+            && store.put_blob(&bytes)? == digest
+        {
+            return Ok(());
+        }
         if store.has_blob(digest) {
             return Ok(());
         }
@@ -335,8 +381,11 @@ impl Snapshot {
 
 /// blake3 of everything a reader yields; big buffers are hashed on all cores.
 pub fn hash_reader(r: &mut dyn Read) -> io::Result<BlobDigest> {
+    crate::fsutil::with_buffer(1 << 20, |buf| hash_into(r, buf))
+}
+
+fn hash_into(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<BlobDigest> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
     loop {
         let mut filled = 0;
         while filled < buf.len() {
@@ -506,5 +555,48 @@ mod tests {
         let data = vec![7u8; 3 << 20];
         let d = hash_reader(&mut &data[..]).unwrap();
         assert_eq!(d, BlobDigest::from_hash(blake3::hash(&data)));
+    }
+
+    fn snapshot(ctx: &Path, state: &Path) -> (Snapshot, crate::store::Store) {
+        let store = crate::store::Store::open(state, crate::store::Access::Shared).unwrap();
+        let listing = Listing {
+            exclude: &[],
+            ignore_file: None,
+            trust_index: true,
+        };
+        (Snapshot::open(ctx, listing, store.layout()).unwrap(), store)
+    }
+
+    #[test]
+    fn a_small_file_is_read_once_and_stored_as_it_was_hashed() {
+        let ctx = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("a"), b"first").unwrap();
+        let (snap, store) = snapshot(ctx.path(), state.path());
+        let d = snap.digests(&["a"]).unwrap()[0];
+        assert_eq!(d, BlobDigest::from_hash(blake3::hash(b"first")));
+        // Changed after it was hashed: the bytes the key was made from are
+        // the ones stored, and what was kept is let go.
+        std::fs::write(ctx.path().join("a"), b"second").unwrap();
+        snap.ingest(&store, "a", d).unwrap();
+        assert_eq!(store.read_blob(d).unwrap(), b"first");
+        let kept = snap.kept.lock().unwrap();
+        assert!(kept.files.is_empty());
+        assert_eq!(kept.bytes, 0);
+    }
+
+    #[test]
+    fn a_large_file_is_streamed_and_checked_when_stored() {
+        let ctx = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let big = vec![3u8; (KEEP_FILE + 1) as usize];
+        std::fs::write(ctx.path().join("big"), &big).unwrap();
+        let (snap, store) = snapshot(ctx.path(), state.path());
+        let d = snap.digests(&["big"]).unwrap()[0];
+        assert!(snap.kept.lock().unwrap().files.is_empty());
+        std::fs::write(ctx.path().join("big"), b"changed").unwrap();
+        let e = snap.ingest(&store, "big", d).unwrap_err();
+        assert_eq!(e.code, "kiln::context::changed");
+        assert!(!store.has_blob(d));
     }
 }

@@ -3,8 +3,9 @@
 
 use super::{Failed, Settings, store_failed};
 use crate::diag::Diagnostic;
-use crate::model::tree::{DeviceClass, Kind, Tree};
-use crate::store::{ContentStore, Store};
+use crate::model::tree::{DeviceClass, Entry, Kind, Tree};
+use crate::store::{ContentStore, Store, StoreError};
+use rayon::prelude::*;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -41,42 +42,103 @@ pub fn write_to<W: Write>(
 ) -> Result<W, Failed> {
     let e = |e: io::Error| Failed::Error(err(shown, e));
     let mut b = ::tar::Builder::new(out);
-    for (path, entry) in &tree.entries {
-        let mut h = ::tar::Header::new_gnu();
-        h.set_mode(entry.mode);
-        h.set_uid(entry.uid as u64);
-        h.set_gid(entry.gid as u64);
-        h.set_mtime(settings.epoch);
-        match &entry.kind {
-            Kind::Dir => {
-                h.set_entry_type(::tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{path}/"), io::empty())
-                    .map_err(e)?;
-            }
-            Kind::File { blob, size } => {
-                h.set_entry_type(::tar::EntryType::Regular);
-                h.set_size(*size);
-                let mut reader = store.blob_reader(*blob).map_err(store_failed)?;
-                if let Err(io_err) = b.append_data(&mut h, path, &mut reader) {
-                    return Err(match reader.failure() {
-                        Some(store_side) => store_failed(store_side),
-                        None => Failed::Error(err(shown, io_err)),
-                    });
+    let entries: Vec<_> = tree.entries.iter().collect();
+    // Small files are read (and verified) in batches on all cores, the
+    // next batch while this one is written: a tree of many small files
+    // costs its reads spread over the cores, not one open after another.
+    let read = |batch: &[(&String, &Entry)]| -> Vec<Option<Result<Vec<u8>, StoreError>>> {
+        batch
+            .par_iter()
+            .map(|(_, entry)| match &entry.kind {
+                Kind::File { blob, size } if *size <= READ_AHEAD_FILE => {
+                    Some(store.read_blob(*blob))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    std::thread::scope(|scope| -> Result<(), Failed> {
+        let (send, receive) = std::sync::mpsc::sync_channel(2);
+        let (entries, read) = (&entries, &read);
+        scope.spawn(move || {
+            for batch in entries.chunks(BATCH) {
+                // The writer stopped (it failed): so does the reading.
+                if send.send((batch, read(batch))).is_err() {
+                    return;
                 }
             }
-            Kind::Symlink { target } => {
-                h.set_entry_type(::tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, path, target).map_err(e)?;
-            }
-            Kind::Device { .. } | Kind::Fifo => {
-                special_header(&mut h, &entry.kind).map_err(e)?;
-                b.append_data(&mut h, path, io::empty()).map_err(e)?;
+        });
+        for (batch, contents) in receive {
+            for ((path, entry), content) in batch.iter().zip(contents) {
+                append(&mut b, store, path, entry, content, settings, shown)?;
             }
         }
-    }
+        Ok(())
+    })?;
     b.into_inner().map_err(e)
+}
+
+/// Entries read ahead together.
+const BATCH: usize = 512;
+/// Files up to this size are read ahead whole.
+const READ_AHEAD_FILE: u64 = 64 * 1024;
+
+/// Append one entry; `content` is a file's bytes when they were read ahead.
+fn append<W: Write>(
+    b: &mut ::tar::Builder<W>,
+    store: &Store,
+    path: &str,
+    entry: &Entry,
+    content: Option<Result<Vec<u8>, StoreError>>,
+    settings: &Settings,
+    shown: &Path,
+) -> Result<(), Failed> {
+    let e = |e: io::Error| Failed::Error(err(shown, e));
+    let mut h = ::tar::Header::new_gnu();
+    h.set_mode(entry.mode);
+    h.set_uid(entry.uid as u64);
+    h.set_gid(entry.gid as u64);
+    h.set_mtime(settings.epoch);
+    match &entry.kind {
+        Kind::Dir => {
+            h.set_entry_type(::tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{path}/"), io::empty())
+                .map_err(e)?;
+        }
+        Kind::File { blob, size } => {
+            h.set_entry_type(::tar::EntryType::Regular);
+            h.set_size(*size);
+            if let Some(content) = content {
+                let bytes = content.map_err(store_failed)?;
+                if bytes.len() as u64 != *size {
+                    return Err(Failed::Error(err(
+                        shown,
+                        io::Error::other(format!("`{path}` is not the size its tree says")),
+                    )));
+                }
+                b.append_data(&mut h, path, &bytes[..]).map_err(e)?;
+                return Ok(());
+            }
+            let mut reader = store.blob_reader(*blob).map_err(store_failed)?;
+            if let Err(io_err) = b.append_data(&mut h, path, &mut reader) {
+                return Err(match reader.failure() {
+                    Some(store_side) => store_failed(store_side),
+                    None => Failed::Error(err(shown, io_err)),
+                });
+            }
+        }
+        Kind::Symlink { target } => {
+            h.set_entry_type(::tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, target).map_err(e)?;
+        }
+        Kind::Device { .. } | Kind::Fifo => {
+            special_header(&mut h, &entry.kind).map_err(e)?;
+            b.append_data(&mut h, path, io::empty()).map_err(e)?;
+        }
+    }
+    Ok(())
 }
 
 /// Make `h` the header of a device node or FIFO (no data), as an image

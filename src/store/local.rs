@@ -352,25 +352,26 @@ impl ContentStore for Store {
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
             let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
             let mut size = 0u64;
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(StoreError::io(&tmp)(e)),
-                };
-                size += n as u64;
-                if limit.is_some_and(|l| size > l) {
-                    return Err(StoreError::io(&tmp)(io::Error::new(
-                        io::ErrorKind::FileTooLarge,
-                        "the stream is larger than the limit",
-                    )));
+            crate::fsutil::with_buffer(256 * 1024, |buf| {
+                loop {
+                    let n = match reader.read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(StoreError::io(&tmp)(e)),
+                    };
+                    size += n as u64;
+                    if limit.is_some_and(|l| size > l) {
+                        return Err(StoreError::io(&tmp)(io::Error::new(
+                            io::ErrorKind::FileTooLarge,
+                            "the stream is larger than the limit",
+                        )));
+                    }
+                    hasher.update(&buf[..n]);
+                    f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
                 }
-                hasher.update(&buf[..n]);
-                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
-            }
+            })?;
             let d = BlobDigest::from_hash(hasher.finalize());
             if self.has_blob(d) {
                 let _ = fs::remove_file(&tmp);
@@ -399,17 +400,18 @@ impl ContentStore for Store {
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
             let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(StoreError::io(&tmp)(e).into()),
-                };
-                hasher.update(&buf[..n]);
-                f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
-            }
+            crate::fsutil::with_buffer(256 * 1024, |buf| -> Result<(), StoreError> {
+                loop {
+                    let n = match reader.read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(StoreError::io(&tmp)(e)),
+                    };
+                    hasher.update(&buf[..n]);
+                    f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
+                }
+            })?;
             let actual = BlobDigest::from_hash(hasher.finalize());
             if actual != expected {
                 return Err(IngestError::Changed {

@@ -138,29 +138,26 @@ pub trait ContentStore: Sync {
     /// is returned and what was written to `out` must be thrown away.
     fn copy_blob(&self, d: BlobDigest, out: &mut dyn Write) -> Result<u64, CopyError> {
         let mut r = self.blob_reader(d).map_err(CopyError::Store)?;
-        // A buffer the blob's size (up to 256 KiB): most blobs are small,
-        // and zeroing a large buffer per blob costs more than reading them.
-        let cap = r.size_hint().map_or(256 * 1024, |n| {
-            (n as usize).saturating_add(1).clamp(4096, 256 * 1024)
-        });
-        let mut buf = vec![0u8; cap];
-        let mut n = 0u64;
-        loop {
-            let k = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(CopyError::Store(r.failure().unwrap_or(StoreError::Io {
-                        path: PathBuf::from("(blob)"),
-                        source: e,
-                    })));
-                }
-            };
-            out.write_all(&buf[..k]).map_err(CopyError::Write)?;
-            n += k as u64;
-        }
-        Ok(n)
+        // One buffer per thread: zeroing a buffer per blob costs more than
+        // reading a small one.
+        crate::fsutil::with_buffer(256 * 1024, |buf| {
+            let mut n = 0u64;
+            loop {
+                let k = match r.read(buf) {
+                    Ok(0) => return Ok(n),
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(CopyError::Store(r.failure().unwrap_or(StoreError::Io {
+                            path: PathBuf::from("(blob)"),
+                            source: e,
+                        })));
+                    }
+                };
+                out.write_all(&buf[..k]).map_err(CopyError::Write)?;
+                n += k as u64;
+            }
+        })
     }
 
     /// Read a blob whole, verifying it.

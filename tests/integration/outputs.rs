@@ -220,3 +220,53 @@ fn add_unpacks_zstd_archives() {
         .ok();
     assert_eq!(p.read("out/x/inside.txt"), "hi\n");
 }
+
+#[test]
+fn a_tar_of_many_files_holds_each_one_in_order_with_its_bytes() {
+    // More entries than one read-ahead batch, files read ahead and one
+    // streamed (larger than read ahead takes), a symlink among them.
+    let p = Project::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..1300 {
+        let rel = format!("src/d{}/f{i:04}", i % 3);
+        let text = format!("file {i}\n").repeat(i % 5 + 1);
+        p.file(&rel, &text);
+        expected.insert(rel, text.into_bytes());
+    }
+    let big: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+    p.file("src/big", &big);
+    expected.insert("src/big".to_string(), big.into_bytes());
+    std::os::unix::fs::symlink("big", p.path().join("src/link")).unwrap();
+    p.spec("kiln 1\nstage s {\n    copy \"src\" \"/src\"\n}\nexport {\n    s to=\"out.tar\" format=\"tar\"\n}\n");
+    p.build(&[]).ok();
+    let bytes = std::fs::read(p.path().join("out.tar")).unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut files = std::collections::BTreeMap::new();
+    let mut order = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        order.push(path.clone());
+        match entry.header().entry_type() {
+            tar::EntryType::Regular => {
+                let mut content = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+                files.insert(path, content);
+            }
+            tar::EntryType::Symlink => {
+                assert_eq!(path, "src/link");
+                assert_eq!(entry.link_name().unwrap().unwrap().to_str(), Some("big"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(files, expected);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "entries are in path order");
+}

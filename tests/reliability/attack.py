@@ -35,6 +35,7 @@ the figures in tests/reliability/RESULTS.md come from a full run.
 """
 
 import argparse
+import glob
 import hashlib
 import os
 import random
@@ -168,6 +169,10 @@ class Project:
 
     def state(self, *rel):
         return os.path.join(self.dir, ".kiln", *rel)
+
+    def project_records(self, name):
+        """A record file of this project's (its spec's path, hashed)."""
+        return sorted(glob.glob(self.state("records", "projects", "*", name)))
 
 
 SIZES = {"large": (300, 3), "small": (40, 1), "tiny": (10, 0)}
@@ -315,9 +320,10 @@ TARGETS = [
     ("action log", lambda p: [p.state("actions.log")]),
     ("stat index", lambda p: files_under(p.state("index"))),
     ("parse cache", lambda p: files_under(p.state("parse"))),
-    ("build memo", lambda p: [p.state("records", "memo")]),
+    ("build memo", lambda p: p.project_records("memo")),
     ("export records", lambda p: files_under(p.state("records", "exports"))),
-    ("explain records", lambda p: [p.state("records", n) for n in ["last.json", "steps.json", "last.digest"]]),
+    ("explain records", lambda p: [f for n in ["last.json", "steps.json", "last.digest"]
+                                   for f in p.project_records(n)]),
     ("use lists", lambda p: files_under(p.state("records", "used"))),
     ("lock file", lambda p: [p.state("lock")]),
     ("exported file", lambda p: [f for f in files_under(p.path("dist/dir")) if not os.path.islink(f)][:50]),
