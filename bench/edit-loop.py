@@ -107,6 +107,9 @@ def kiln_loop(images, edits, user):
     d = os.path.join(WORK, "kiln-user" if user else "kiln")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(os.path.join(d, "home"))
+    # The project's own state directory, measured below (else kiln would
+    # use the machine's).
+    os.makedirs(os.path.join(d, ".kiln"))
 
     def setup():
         with open(os.path.join(d, "kiln.kdl"), "w") as f:

@@ -64,7 +64,7 @@ PY
     for name in big busybox; do
         local layout dir=$work/run-$name
         if [ $name = big ]; then layout=$big/layout; else layout=$images/busybox; fi
-        rm -rf "$dir" && mkdir -p "$dir/p"
+        rm -rf "$dir" && mkdir -p "$dir/p/.kiln"
         cat >"$dir/p/kiln.kdl" <<EOF
 kiln 1
 stage a {
@@ -132,7 +132,7 @@ dockerfile_section() {
 
 pull_section() {
     local dir=$work/pull
-    rm -rf "$dir" && mkdir -p "$dir/p"
+    rm -rf "$dir" && mkdir -p "$dir/p/.kiln"
     local port
     port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
     cat >"$dir/registry.yml" <<EOF
@@ -152,7 +152,7 @@ EOF
     skopeo copy --quiet --dest-tls-verify=false "oci:$images/debian:12" "docker://127.0.0.1:$port/debian:12"
     printf 'kiln 1\nstage base {\n    from image="127.0.0.1:%s/debian:12"\n}\n' "$port" >"$dir/p/kiln.kdl"
     hyperfine --runs 3 --export-json "$dir/kiln.json" \
-        --prepare "rm -rf $dir/p/.kiln $dir/p/kiln.lock; sync" \
+        --prepare "rm -rf $dir/p/.kiln $dir/p/kiln.lock; mkdir $dir/p/.kiln; sync" \
         "$kiln build $dir/p --progress plain" >/dev/null
     hyperfine --runs 3 --export-json "$dir/peer.json" \
         --prepare "rm -rf $dir/oci $dir/bundle; sync" \
@@ -173,7 +173,7 @@ EOF
 export_section() {
     local dir=$work/export
     if [ ! -d "$dir/p/data" ]; then
-        rm -rf "$dir" && mkdir -p "$dir/p/data"
+        rm -rf "$dir" && mkdir -p "$dir/p/data" "$dir/p/.kiln"
         # 1 GiB in 10,000 files: 100 of 8 MiB and 9,900 of 20 KiB, half
         # text-like (compressible), half random.
         python3 - "$dir/p/data" <<'PY'

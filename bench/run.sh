@@ -87,7 +87,7 @@ for n in "${sizes[@]+"${sizes[@]}"}"; do
         runs=10; [ "$n" -ge 10000 ] && runs=3
         json=$root/bench/results/$shape-$n.json
         ( cd "$d" && hyperfine --style basic --warmup 1 --runs "$runs" --export-json "$json" \
-            --prepare "rm -rf .kiln; sync" -n kiln-cold "$kiln build --target $t --progress plain -j 2" \
+            --prepare "rm -rf .kiln; mkdir .kiln; sync" -n kiln-cold "$kiln build --target $t --progress plain -j 2" \
             --prepare "rm -rf out .ninja_log .ninja_deps; mkdir -p out; sync" -n ninja-cold "ninja -j 2 -d keepdepfile >/dev/null" \
             --prepare "true" -n kiln-noop "$kiln build --target $t --progress plain -j 2" \
             --prepare "true" -n ninja-noop "ninja -j 2 >/dev/null" \
@@ -161,6 +161,7 @@ d = f"{work}/wide-1000"
 if not os.path.isdir(d):
     print("n/a n/a"); sys.exit()
 shutil.rmtree(f"{d}/.kiln", ignore_errors=True)
+os.makedirs(f"{d}/.kiln")
 out = []
 for _ in range(3):
     p = subprocess.Popen([kiln, "build", "--target", "final", "--progress", "plain"], cwd=d,

@@ -53,12 +53,11 @@ pub struct Loaded {
 /// (`$XDG_CACHE_HOME/kiln`, `~/.cache/kiln`); else, with no home to put
 /// it in, a new `.kiln` beside the spec.
 pub fn state_dir(given: &Option<PathBuf>, spec_path: &Path) -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    state_dir_in(given, spec_path, env("XDG_CACHE_HOME"), env("HOME"))
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    // `HOME`, else the user's entry in the password database.
+    state_dir_in(given, spec_path, xdg, std::env::home_dir())
 }
 
 fn state_dir_in(
@@ -98,7 +97,15 @@ fn spec_dir(spec_path: &Path) -> &Path {
 /// absolute path, hashed. Its build records, memo and kept copies live
 /// under this name; everything content-addressed is shared.
 pub fn project_scope(spec_path: &Path) -> String {
-    let path = std::path::absolute(spec_path).unwrap_or(spec_path.to_path_buf());
+    // One project whichever way its spec is named (`../p/kiln.kdl`, a
+    // symlinked folder): the spec's directory with links and `..` resolved.
+    let path = match (
+        std::fs::canonicalize(spec_dir(spec_path)),
+        spec_path.file_name(),
+    ) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(spec_path).unwrap_or(spec_path.to_path_buf()),
+    };
     blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()[..32].to_string()
 }
 
@@ -275,5 +282,12 @@ mod tests {
             project_scope(Path::new("kiln.kdl")),
             project_scope(&cwd.join("kiln.kdl"))
         );
+        // `..` and symlinked folders name the same project.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        std::os::unix::fs::symlink("p", dir.path().join("link")).unwrap();
+        let direct = project_scope(&dir.path().join("p/kiln.kdl"));
+        assert_eq!(project_scope(&dir.path().join("link/kiln.kdl")), direct);
+        assert_eq!(project_scope(&dir.path().join("p/../p/kiln.kdl")), direct);
     }
 }

@@ -229,7 +229,7 @@ fn image_failure(f: crate::image::set::Failure, needs: &Needs<'_>, req: &Request
             .map(|n| format!("the registry `{}`", n.registry))
             .unwrap_or_else(|_| "its registry".to_string());
         d = d.with_note(format!(
-            "kiln looked first in the image store `{}` (the names `kiln build -t` gave on this machine), which names no `{}`; then it asked {registry}",
+            "kiln looked first in the image store `{}` (the names `kiln build -t` gave), which names no `{}`; then it asked {registry}",
             dir.display(),
             f.reference
         ));

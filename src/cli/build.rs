@@ -35,7 +35,7 @@ pub struct BuildArgs {
     /// How to show progress
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: progress::Mode,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// The most an archive (or an image layer) may expand to when extracted

@@ -352,7 +352,7 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
 pub struct ExplainArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Show cached steps too
@@ -417,7 +417,7 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
 pub struct GcArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Shrink the cache to at most this size (`500M`, `2G`); exported results are kept longest
@@ -429,7 +429,7 @@ pub struct GcArgs {
 pub struct ImagesArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -478,7 +478,7 @@ pub struct RmiArgs {
     /// The spec file whose state directory holds the images [default: ./kiln.kdl, else ./Dockerfile]
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -600,7 +600,7 @@ pub struct HashArgs {
     /// The directory to hash
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Where the stat index lives [default: DIR/.kiln]
+    /// Where the stat index lives [default: as for `kiln build` of DIR]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -608,10 +608,7 @@ pub struct HashArgs {
 /// Hash every file of a context; prints the file count, bytes and one
 /// digest over all `(path, digest)` pairs.
 pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
-    let state = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| args.dir.join(".kiln"));
+    let state = state_dir(&args.state_dir, &args.dir.join("kiln.kdl"));
     let meta = std::fs::metadata(&args.dir).map_err(|e| {
         Diagnostic::user(
             "kiln::context::missing",

@@ -17,7 +17,7 @@ pub struct LockArgs {
     /// Resolve again: every image and unpinned download, or those named (repeatable)
     #[arg(long, num_args = 0.., value_name = "REF")]
     pub update: Option<Vec<String>>,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// The platform to lock images for [default: this machine's]

@@ -28,7 +28,7 @@ pub struct VerifyArgs {
     /// Verify these stages instead of the exported ones (repeatable)
     #[arg(long = "target", value_name = "STAGE")]
     pub targets: Vec<String>,
-    /// Where the cache lives [default: .kiln beside the spec]
+    /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// How to show the two builds' progress

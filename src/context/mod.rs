@@ -263,9 +263,18 @@ impl Snapshot {
             // Read whole (one read, one more to see the end): hashed
             // here, and stored from memory if the step runs.
             let mut bytes = Vec::with_capacity(stat.map_or(0, |s| s.size() as usize) + 1);
-            file.read_to_end(&mut bytes)
+            (&mut file)
+                .take(KEEP_FILE + 1)
+                .read_to_end(&mut bytes)
                 .map_err(|e| self.read_error(path, &e))?;
-            (BlobDigest::from_hash(blake3::hash(&bytes)), Some(bytes))
+            if bytes.len() as u64 > KEEP_FILE {
+                // It grew since it was listed: hashed as a stream, not kept.
+                let d = hash_reader(&mut io::Cursor::new(bytes).chain(&mut file))
+                    .map_err(|e| self.read_error(path, &e))?;
+                (d, None)
+            } else {
+                (BlobDigest::from_hash(blake3::hash(&bytes)), Some(bytes))
+            }
         } else {
             let d = hash_reader(&mut file).map_err(|e| self.read_error(path, &e))?;
             (d, None)
@@ -275,7 +284,10 @@ impl Snapshot {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if kept.bytes + bytes.len() <= KEPT_BYTES {
                 kept.bytes += bytes.len();
-                kept.files.insert(path.to_string(), bytes);
+                // Hashed twice at once (two steps copying it): kept once.
+                if let Some(old) = kept.files.insert(path.to_string(), bytes) {
+                    kept.bytes -= old.len();
+                }
             }
         }
         if let (Some(stat), Some(after)) = (stat, after)

@@ -112,7 +112,8 @@ fn append<W: Write>(
             if let Some(content) = content {
                 let bytes = content.map_err(store_failed)?;
                 if bytes.len() as u64 != *size {
-                    return Err(Failed::Error(err(
+                    // The tree and its blob disagree: the store is damaged.
+                    return Err(Failed::Damaged(err(
                         shown,
                         io::Error::other(format!("`{path}` is not the size its tree says")),
                     )));

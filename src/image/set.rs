@@ -136,8 +136,13 @@ impl ImageSet {
             }
             let image_ref = match reference::parse(written, dir) {
                 // A name in the local image store (`kiln build -t`) comes
-                // first, as in Docker.
-                Ok(ImageRef::Registry(_)) if local_name(blobs, written).is_some() => {
+                // first, as in Docker, unless the lock file pins the
+                // reference: a name tagged by another project on this
+                // machine never replaces a pinned image.
+                Ok(ImageRef::Registry(_))
+                    if lock.image(written, &plat).is_none()
+                        && local_name(blobs, written).is_some() =>
+                {
                     ImageRef::Layout {
                         dir: blobs.root(),
                         tag: local_name(blobs, written),
@@ -178,7 +183,7 @@ impl ImageSet {
                         why: "it is not in the lock file, and `--locked` forbids resolving it"
                             .to_string(),
                         kind: FailureKind::NotLocked,
-                        looked_in: Some(blobs.root()),
+                        looked_in: None,
                     });
                     continue;
                 }
@@ -204,7 +209,8 @@ impl ImageSet {
                                 reference: written.clone(),
                                 why: e.to_string(),
                                 kind,
-                                looked_in: (!local).then(|| blobs.root()),
+                                looked_in: (!local && kind == FailureKind::Source)
+                                    .then(|| blobs.root()),
                             });
                             continue;
                         }

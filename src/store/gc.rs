@@ -41,6 +41,10 @@ pub struct Report {
 /// size budget, all of them are.
 const CACHE_MOUNT_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
+/// A project's records (explain, step history) go when no build of it
+/// wrote them for this long: its folder was likely removed.
+const PROJECT_IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Image blobs are kept for the images whose tree is kept (so a locked
 /// build can unpack them again offline) and for the images named in the
 /// local image store: their manifests, configs and layers, and the
@@ -314,6 +318,18 @@ fn usage(root: &Path) -> HashMap<&'static str, u64> {
     out
 }
 
+/// Whether nothing in the directory `dir` changed for `idle`.
+fn idle_for(dir: &Path, idle: std::time::Duration) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
+    };
+    let newest = rd
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    newest.is_some_and(|t| t.elapsed().is_ok_and(|age| age > idle))
+}
+
 fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     store.clear_tmp();
     let layout = store.layout();
@@ -324,10 +340,16 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     // Claims of steps in flight (none: no build runs during gc).
     let _ = fs::remove_dir_all(layout.inflight());
     let _ = fs::remove_dir_all(layout.parse());
-    let _ = fs::remove_file(layout.record("memo"));
+    // Records of kiln before they were kept per project.
+    for old in ["memo", "last.json", "steps.json", "last.digest"] {
+        let _ = fs::remove_file(layout.record(old));
+    }
     if let Ok(rd) = fs::read_dir(layout.projects()) {
         for e in rd.flatten() {
             let _ = fs::remove_file(e.path().join("memo"));
+            if idle_for(&e.path(), PROJECT_IDLE) {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
     }
     if let Ok(rd) = fs::read_dir(layout.quarantine()) {
@@ -544,6 +566,27 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_project_s_records_are_idle_when_nothing_in_them_changed_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("last.json");
+        fs::write(&f, b"{}").unwrap();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        assert!(!idle_for(dir.path(), PROJECT_IDLE));
+        let old = std::time::SystemTime::now() - 40 * day;
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(idle_for(dir.path(), PROJECT_IDLE));
+        // One recent record keeps the project.
+        fs::write(dir.path().join("steps.json"), b"{}").unwrap();
+        assert!(!idle_for(dir.path(), PROJECT_IDLE));
+        assert!(!idle_for(&dir.path().join("missing"), PROJECT_IDLE));
+    }
+
     use super::*;
     use crate::model::state::ImageConfig;
     use crate::model::tree::{Entry, Tree};

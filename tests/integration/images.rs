@@ -744,3 +744,52 @@ fn the_image_config_is_inherited_by_the_stage() {
     p.build(&[]).ok();
     assert_eq!(p.read("out/home/app/inherited"), "yes app /home/app\n");
 }
+
+#[test]
+fn a_name_tagged_by_another_project_never_replaces_a_locked_image() {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(image) = busybox() else {
+        return;
+    };
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    reg.push(&image, "busybox:1", None);
+    let reference = format!("{}/busybox:1", reg.host());
+    let locked = Project::bare();
+    locked.spec(&format!(
+        "kiln 1\nstage app {{\n    from image=\"{reference}\"\n    run \"ls /bin/busybox > /seen\"\n}}\nexport {{\n    app to=\"out\"\n}}\n"
+    ));
+    locked.build(&[]).ok();
+    assert!(locked.read("kiln.lock").contains(&reference));
+    // Another project on the machine names its own image as the reference.
+    let other = locked.beside();
+    other.spec("kiln 1\nstage app {\n    write \"/seen\" \"not busybox\\n\"\n}\n");
+    other.kiln(&["build", "-t", &reference]).ok();
+    // The locked project still builds on the image its lock pins.
+    let r = locked.build(&["--locked"]);
+    r.ok();
+    assert_eq!(
+        r.events_of("image_resolved")[0]["how"],
+        "locked",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(locked.read("out/seen"), "/bin/busybox\n");
+    // A project without a pin takes the local name first, as Docker does.
+    let fresh = locked.beside();
+    fresh.spec(&format!(
+        "kiln 1\nstage app {{\n    from image=\"{reference}\"\n}}\nexport {{\n    app to=\"out\"\n}}\n"
+    ));
+    let r = fresh.build(&[]);
+    r.ok();
+    assert_eq!(
+        r.events_of("image_resolved")[0]["how"],
+        "local",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fresh.read("out/seen"), "not busybox\n");
+}

@@ -210,18 +210,13 @@ fn a_project_s_own_state_directory_keeps_being_used() {
 }
 
 #[test]
-fn without_a_home_the_state_directory_is_beside_the_spec() {
+fn hash_context_uses_the_state_directory_a_build_would() {
     let p = Project::bare();
-    p.spec("kiln 1\nstage s {\n    write \"/a\" \"a\\n\"\n}\nexport {\n    s to=\"out\"\n}\n");
-    let out = Command::new(kiln_bin())
-        .args(["build", "--progress", "plain"])
-        .current_dir(p.path())
-        .env_remove("KILN_STATE_DIR")
-        .env_remove("XDG_CACHE_HOME")
-        .env_remove("HOME")
-        .output()
-        .expect("run kiln");
-    let r: Run = out.into();
-    r.ok();
-    assert!(p.exists(".kiln/actions.log"));
+    p.file("src/a", "a\n");
+    p.kiln(&["hash-context", "."]).ok();
+    assert!(
+        !p.exists(".kiln"),
+        "a `.kiln` would move later builds off the machine store"
+    );
+    assert!(p.machine_state().join("index").is_dir());
 }
