@@ -60,14 +60,25 @@ pub fn write_to<W: Write>(
     std::thread::scope(|scope| -> Result<(), Failed> {
         let (send, receive) = std::sync::mpsc::sync_channel(2);
         let (entries, read) = (&entries, &read);
-        scope.spawn(move || {
+        let reader = std::thread::Builder::new()
+            .name("kiln-tar-read".into())
+            .spawn_scoped(scope, move || {
+                for batch in entries.chunks(BATCH) {
+                    // The writer stopped (it failed): so does the reading.
+                    if send.send((batch, read(batch))).is_err() {
+                        return;
+                    }
+                }
+            });
+        if reader.is_err() {
+            // No thread to read ahead on: each batch is read here.
             for batch in entries.chunks(BATCH) {
-                // The writer stopped (it failed): so does the reading.
-                if send.send((batch, read(batch))).is_err() {
-                    return;
+                for ((path, entry), content) in batch.iter().zip(read(batch)) {
+                    append(&mut b, store, path, entry, content, settings, shown)?;
                 }
             }
-        });
+            return Ok(());
+        }
         for (batch, contents) in receive {
             for ((path, entry), content) in batch.iter().zip(contents) {
                 append(&mut b, store, path, entry, content, settings, shown)?;
