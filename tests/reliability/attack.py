@@ -865,6 +865,9 @@ def main():
     ok = True
     stats = {}
     with tempfile.TemporaryDirectory(prefix="kiln-attack-") as work:
+        # A project without a state directory of its own would use the
+        # machine's: here, one inside the work directory.
+        os.environ["XDG_CACHE_HOME"] = os.path.join(work, "machine-cache")
         phases = args.phases.split(",")
         if "kill" in phases:
             ok &= phase_kill(kiln, work, args.rounds, stats)
