@@ -58,7 +58,7 @@ pub fn write_to<W: Write>(
             .collect()
     };
     std::thread::scope(|scope| -> Result<(), Failed> {
-        let (send, receive) = std::sync::mpsc::sync_channel(2);
+        let (send, receive) = std::sync::mpsc::sync_channel(1);
         let (entries, read) = (&entries, &read);
         let reader = std::thread::Builder::new()
             .name("kiln-tar-read".into())
@@ -91,8 +91,9 @@ pub fn write_to<W: Write>(
 
 /// Entries read ahead together.
 const BATCH: usize = 512;
-/// Files up to this size are read ahead whole.
-const READ_AHEAD_FILE: u64 = 64 * 1024;
+/// Files up to this size are read ahead whole (so at most three batches,
+/// 48 MiB, are held at once: one read, one queued, one written).
+const READ_AHEAD_FILE: u64 = 32 * 1024;
 
 /// Append one entry; `content` is a file's bytes when they were read ahead.
 fn append<W: Write>(

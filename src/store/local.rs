@@ -302,6 +302,39 @@ impl Store {
     }
 }
 
+/// Copy what `reader` yields to `f` (the temp file `tmp`), hashing it on
+/// the way; returns its digest and size. `limit` bounds the size: a longer
+/// stream fails with [`io::ErrorKind::FileTooLarge`].
+fn write_hashed(
+    reader: &mut dyn Read,
+    f: &mut File,
+    tmp: &Path,
+    limit: Option<u64>,
+) -> Result<(BlobDigest, u64), StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    crate::fsutil::with_buffer(256 * 1024, |buf| {
+        loop {
+            let n = match reader.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io(tmp)(e)),
+            };
+            size += n as u64;
+            if limit.is_some_and(|l| size > l) {
+                return Err(StoreError::io(tmp)(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "the stream is larger than the limit",
+                )));
+            }
+            hasher.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(StoreError::io(tmp))?;
+        }
+    })?;
+    Ok((BlobDigest::from_hash(hasher.finalize()), size))
+}
+
 impl ContentStore for Store {
     /// Whether the blob is present (and, when verifying, intact: a damaged
     /// one is quarantined and reported absent, so it is written again).
@@ -351,28 +384,7 @@ impl ContentStore for Store {
         let tmp = self.tmp_path("blob");
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-            let mut hasher = blake3::Hasher::new();
-            let mut size = 0u64;
-            crate::fsutil::with_buffer(256 * 1024, |buf| {
-                loop {
-                    let n = match reader.read(buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(StoreError::io(&tmp)(e)),
-                    };
-                    size += n as u64;
-                    if limit.is_some_and(|l| size > l) {
-                        return Err(StoreError::io(&tmp)(io::Error::new(
-                            io::ErrorKind::FileTooLarge,
-                            "the stream is larger than the limit",
-                        )));
-                    }
-                    hasher.update(&buf[..n]);
-                    f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
-                }
-            })?;
-            let d = BlobDigest::from_hash(hasher.finalize());
+            let (d, size) = write_hashed(reader, &mut f, &tmp, limit)?;
             if self.has_blob(d) {
                 let _ = fs::remove_file(&tmp);
                 return Ok((d, size));
@@ -399,20 +411,7 @@ impl ContentStore for Store {
         let tmp = self.tmp_path("blob");
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-            let mut hasher = blake3::Hasher::new();
-            crate::fsutil::with_buffer(256 * 1024, |buf| -> Result<(), StoreError> {
-                loop {
-                    let n = match reader.read(buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(StoreError::io(&tmp)(e)),
-                    };
-                    hasher.update(&buf[..n]);
-                    f.write_all(&buf[..n]).map_err(StoreError::io(&tmp))?;
-                }
-            })?;
-            let actual = BlobDigest::from_hash(hasher.finalize());
+            let (actual, _) = write_hashed(reader, &mut f, &tmp, None)?;
             if actual != expected {
                 return Err(IngestError::Changed {
                     expected: expected.hex(),
