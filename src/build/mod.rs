@@ -557,6 +557,21 @@ pub fn run(
     cancel: Arc<AtomicBool>,
     waiting: &dyn Fn(&str),
 ) -> Result<Report, Diagnostic> {
+    let report = run_build(plan, req, sources, progress, cancel, waiting);
+    // Previous exports swapped out are removed while the build records
+    // what it did; a build is over when they are gone.
+    crate::export::finish_removals();
+    report
+}
+
+fn run_build(
+    plan: Plan,
+    req: &Request,
+    sources: &Sources,
+    progress: &Progress<'_>,
+    cancel: Arc<AtomicBool>,
+    waiting: &dyn Fn(&str),
+) -> Result<Report, Diagnostic> {
     let Plan {
         loaded,
         roots,

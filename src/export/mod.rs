@@ -389,8 +389,10 @@ fn swap_in(tmp: &Path, dest: &Path) -> io::Result<()> {
         match renameat_with(CWD, tmp, CWD, dest, RenameFlags::EXCHANGE) {
             Ok(()) => {
                 // The old export is now at the temp name (announced):
-                // removed here, or by the next build if this one is killed.
-                remove_any(tmp);
+                // removed on a thread of its own (unlinking a large tar
+                // takes a while), or by the next build if this one is
+                // killed.
+                remove_later(tmp);
                 return Ok(());
             }
             // Gone again in between: try again.
@@ -402,6 +404,31 @@ fn swap_in(tmp: &Path, dest: &Path) -> io::Result<()> {
     Err(io::Error::other(
         "the destination kept changing while it was replaced",
     ))
+}
+
+/// The threads removing old exports.
+static REMOVALS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Remove `path` on a thread of its own.
+fn remove_later(path: &Path) {
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("kiln-remove".into())
+        .spawn(move || remove_any(&owned));
+    match spawned {
+        Ok(h) => REMOVALS.lock().unwrap_or_else(|e| e.into_inner()).push(h),
+        // No thread: removed now.
+        Err(_) => remove_any(path),
+    }
+}
+
+/// Wait until the old exports given to [`remove_later`] are gone.
+pub fn finish_removals() {
+    let running = std::mem::take(&mut *REMOVALS.lock().unwrap_or_else(|e| e.into_inner()));
+    for h in running {
+        let _ = h.join();
+    }
 }
 
 /// Filesystems without `RENAME_EXCHANGE`: a file can still be replaced

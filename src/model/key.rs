@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 const KEY_VERSION: &str = "kiln-step-v4";
 
 /// What a step starts from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Start {
     /// The empty tree: the first step of a stage `from scratch`.
     Scratch,
@@ -30,7 +30,7 @@ pub enum Start {
 }
 
 /// One input of a step key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyInput {
     Start(Start),
     /// The step's canonical form.

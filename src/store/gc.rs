@@ -8,7 +8,7 @@
 //! store locked exclusively, so no build sees a half-collected store.
 
 use super::records;
-use super::{ContentStore, Store};
+use super::{ContentStore, Store, packs};
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
 use crate::model::state::Action;
 use crate::model::tree::Kind;
@@ -273,6 +273,104 @@ fn files(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     out
 }
 
+fn packs_size(layout: &super::layout::Layout) -> u64 {
+    packs::list(&layout.packs())
+        .iter()
+        .filter_map(|(_, p)| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Packs are kept as they are while at most this share of their bytes is
+/// garbage and they are not small; the blobs still used in the others are
+/// copied into new packs, and the old ones removed.
+const PACK_GARBAGE: u64 = 10;
+const SMALL_PACK: u64 = 4 << 20;
+
+/// Remove the packed blobs no kept tree names: packs with nothing kept go,
+/// packs mostly kept stay, and the kept blobs of the rest (and small
+/// blobs that older kiln kept a file each) move into new packs. Returns
+/// how many packed blobs went.
+fn collect_packs(
+    store: &Store,
+    kept: &HashSet<BlobDigest>,
+    loose: &[(PathBuf, fs::Metadata)],
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut removed = 0;
+    // Blobs a pack that stays (or the new packs) hold: a copy elsewhere
+    // is garbage.
+    let mut placed: HashSet<[u8; 32]> = HashSet::new();
+    let mut emptied: Vec<PathBuf> = Vec::new();
+    let mut to_copy: Vec<(fs::File, Vec<packs::Entry>)> = Vec::new();
+    let mut listed: Vec<(PathBuf, fs::File, Vec<packs::Entry>, u64)> =
+        packs::list(&store.layout().packs())
+            .into_iter()
+            .filter_map(|(_, path)| {
+                let file = fs::File::open(&path).ok()?;
+                // Damaged tables were moved aside when the packs were read.
+                let entries = packs::read_table(&file).ok()?;
+                let bytes = entries.iter().map(|e| u64::from(e.len)).sum();
+                Some((path, file, entries, bytes))
+            })
+            .collect();
+    // The largest first: they are the likeliest to stay.
+    listed.sort_by_key(|(_, _, _, bytes)| std::cmp::Reverse(*bytes));
+    for (path, file, entries, bytes) in listed {
+        let (live, dead): (Vec<packs::Entry>, Vec<packs::Entry>) = entries
+            .into_iter()
+            .partition(|e| kept.contains(&BlobDigest(e.digest)) && !placed.contains(&e.digest));
+        let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len)).sum();
+        if live.is_empty() {
+            removed += dead.len();
+            emptied.push(path);
+        } else if dead_bytes * 100 <= bytes * PACK_GARBAGE && bytes >= SMALL_PACK {
+            // Its garbage stays until there is more of it.
+            placed.extend(live.iter().map(|e| e.digest));
+        } else {
+            removed += dead.len();
+            placed.extend(live.iter().map(|e| e.digest));
+            emptied.push(path);
+            to_copy.push((file, live));
+        }
+    }
+    let packs = store.packs();
+    for (file, live) in &to_copy {
+        for e in live {
+            let mut bytes = vec![0u8; e.len as usize];
+            // A blob that cannot be read or is damaged is not copied: it
+            // is missing, and written again by the build that needs it.
+            if file.read_exact_at(&mut bytes, e.offset).is_ok()
+                && blake3::hash(&bytes).as_bytes() == &e.digest
+            {
+                packs.append_again(e.digest, &bytes)?;
+            }
+        }
+    }
+    let mut migrated = Vec::new();
+    for (path, meta) in loose {
+        let Some(d) = BlobDigest::parse(name_of(path)) else {
+            continue;
+        };
+        if meta.len() as usize <= packs::MAX && kept.contains(&d) {
+            if !placed.contains(&d.0)
+                && let Ok(bytes) = fs::read(path)
+                && BlobDigest::from_hash(blake3::hash(&bytes)) == d
+            {
+                packs.append_again(d.0, &bytes)?;
+                placed.insert(d.0);
+            }
+            migrated.push(path.clone());
+        }
+    }
+    // The new packs are in place before anything old goes.
+    packs.reset()?;
+    for path in emptied.iter().chain(&migrated) {
+        let _ = fs::remove_file(path);
+    }
+    Ok(removed)
+}
+
 fn name_of(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
@@ -360,14 +458,23 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
 
     let blob_files = files(&layout.blobs());
     let tree_files = files(&layout.trees());
+    // Every pack's table (a damaged one is moved aside and reported).
+    let packed: HashMap<[u8; 32], u64> = store
+        .all_packed()
+        .into_iter()
+        .map(|(d, l)| (d, u64::from(l.len)))
+        .collect();
+    let pack_bytes = packs_size(layout);
     let log = store.action_log();
     let log_size = fs::metadata(layout.actions_log())
         .map(|m| m.len())
         .unwrap_or(0);
     let size_of_blob = |d: &BlobDigest| {
-        fs::metadata(store.blob_path(*d))
-            .map(|m| m.len())
-            .unwrap_or(0)
+        packed.get(&d.0).copied().unwrap_or_else(|| {
+            fs::metadata(store.blob_path(*d))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
     };
     let size_of_tree = |d: &TreeDigest| {
         fs::metadata(store.tree_path(*d))
@@ -380,6 +487,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
             .chain(&tree_files)
             .map(|(_, m)| m.len())
             .sum::<u64>()
+            + pack_bytes
             + log_size,
         ..Report::default()
     };
@@ -490,6 +598,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
             report.trees_removed += 1;
         }
     }
+    report.blobs_removed += collect_packs(store, &kept_blobs, &blob_files)?;
     for (path, _) in &blob_files {
         if !BlobDigest::parse(name_of(path)).is_some_and(|d| kept_blobs.contains(&d)) {
             let _ = fs::remove_file(path);
@@ -558,6 +667,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
         .flat_map(|d| files(d))
         .map(|(_, m)| m.len())
         .sum::<u64>()
+        + packs_size(layout)
         + fs::metadata(layout.actions_log())
             .map(|m| m.len())
             .unwrap_or(0);
@@ -620,6 +730,91 @@ mod tests {
         )
         .unwrap();
         td
+    }
+
+    #[test]
+    fn packs_keep_what_is_used_in_few_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Exclusive).unwrap();
+        // A large pack, all in use but one blob; small packs, some garbage.
+        let big: Vec<Vec<u8>> = (0..80u32)
+            .map(|i| [i.to_le_bytes().as_slice(), &[7u8; 60_000]].concat())
+            .collect();
+        for b in &big {
+            store.put_blob(b).unwrap();
+        }
+        store.flush().unwrap();
+        for (i, b) in big.iter().enumerate().skip(1) {
+            entry_with(&store, 100 + i as u8, b);
+        }
+        let used = entry_with(&store, 1, b"used");
+        store.put_blob(b"garbage").unwrap();
+        store.flush().unwrap();
+        entry_with(&store, 2, b"also used");
+        // A small blob an older kiln kept as a file of its own.
+        let old = BlobDigest::from_hash(blake3::hash(b"old file"));
+        let old_path = store.blob_path(old);
+        fs::create_dir_all(old_path.parent().unwrap()).unwrap();
+        fs::write(&old_path, b"old file").unwrap();
+        fs::set_permissions(&old_path, fs::Permissions::from_mode(0o444)).unwrap();
+        let mut t = Tree::new();
+        t.put(
+            "o",
+            Entry {
+                kind: Kind::File { blob: old, size: 8 },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            false,
+        )
+        .unwrap();
+        let td = store.put_tree(&t).unwrap();
+        crate::store::ActionCache::put(
+            &store,
+            StepKey([3; 32]),
+            &Action {
+                tree: Some(td),
+                config: ImageConfig::default(),
+            },
+        )
+        .unwrap();
+        let before = packs::list(&store.layout().packs());
+        assert_eq!(before.len(), 4);
+
+        let r = collect(&store, None).unwrap();
+        assert_eq!(r.blobs_removed, 1, "{r:?}");
+        let after = packs::list(&store.layout().packs());
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(after.contains(&before[0]), "the large pack stays as it is");
+        assert!(!old_path.exists(), "the old file moved into a pack");
+        // gc forgot the tables it read: this reads the packs again.
+        let fresh = &store;
+        for b in big.iter().skip(1) {
+            assert_eq!(
+                &fresh
+                    .read_blob(BlobDigest::from_hash(blake3::hash(b)))
+                    .unwrap(),
+                b
+            );
+        }
+        for b in [&b"used"[..], b"also used", b"old file"] {
+            assert_eq!(
+                fresh
+                    .read_blob(BlobDigest::from_hash(blake3::hash(b)))
+                    .unwrap(),
+                b
+            );
+        }
+        assert!(!fresh.has_blob(BlobDigest::from_hash(blake3::hash(b"garbage"))));
+        // The large pack's little garbage stays until there is more of it.
+        assert!(fresh.has_blob(BlobDigest::from_hash(blake3::hash(&big[0]))));
+        assert!(store.has_tree(used));
+        // Nothing more to do: the packs stay as they are.
+        let again = collect(&store, None).unwrap();
+        assert_eq!(again.blobs_removed, 0);
+        assert_eq!(packs::list(&store.layout().packs()).len(), 2);
     }
 
     #[test]

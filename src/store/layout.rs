@@ -3,7 +3,10 @@
 //! ```text
 //! .gitignore             `*`: a state directory inside a project stays out of git
 //! lock                   flock: builds share it, `kiln gc` takes it alone
-//! blobs/ab/<blake3>      file contents, read-only, named by their digest
+//! blobs/ab/<blake3>      file contents over 64 KiB, read-only, named by
+//!                        their digest
+//! packs/<token>-<n>.pack file contents of at most 64 KiB, many to a file,
+//!                        with a table of where each is (see `packs`)
 //! trees/ab/<blake3>      tree manifests (JSON), named by their digest
 //! actions.log            action cache: step key -> resulting state (see `actions`)
 //! index/<hash>.bin       stat index of a context directory (checksummed)
@@ -53,6 +56,7 @@ pub struct Layout {
 /// Directories created when a store is opened.
 pub const DIRS: &[&str] = &[
     "blobs",
+    "packs",
     "trees",
     "index",
     "records",
@@ -82,6 +86,10 @@ impl Layout {
 
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    pub fn packs(&self) -> PathBuf {
+        self.root.join("packs")
     }
 
     pub fn blob(&self, d: BlobDigest) -> PathBuf {
@@ -195,7 +203,7 @@ impl Layout {
     /// gc`'s accounting (everything else is records and indexes).
     pub fn part_of(name: &str) -> &'static str {
         match name {
-            "blobs" | "trees" | "actions.log" => "cache",
+            "blobs" | "packs" | "trees" | "actions.log" => "cache",
             "logs" => "step logs",
             "images" => "images",
             "wasm-cache" => "compiled plugin modules",

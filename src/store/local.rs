@@ -4,7 +4,7 @@
 
 use super::layout::{self, Layout};
 use super::{
-    Access, ActionCache, BlobRead, ContentStore, IngestError, StoreError, actions, owners,
+    Access, ActionCache, BlobRead, ContentStore, IngestError, StoreError, actions, owners, packs,
 };
 use crate::diag::Diagnostic;
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
@@ -19,6 +19,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Store {
+    /// First, so that the open pack is closed while the lock and the
+    /// owner's registration still hold.
+    packs: packs::Packs,
     layout: Layout,
     /// Read on first use: a build answered from its memo never needs it.
     actions: std::sync::OnceLock<actions::ActionLog>,
@@ -134,6 +137,7 @@ impl Store {
             }
         }
         Ok(Store {
+            packs: packs::Packs::new(layout.packs(), layout.tmp(), owner.token()),
             layout,
             actions: std::sync::OnceLock::new(),
             _lock: lock,
@@ -184,8 +188,22 @@ impl Store {
         }
     }
 
-    /// Write `bytes` to `dest` atomically.
+    /// Write `bytes` to `dest` atomically. What is written may name blobs:
+    /// the open pack is closed first.
     pub fn write_atomic(&self, dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+        self.packs.close()?;
+        self.write_loose(dest, bytes, mode)
+    }
+
+    /// Close the open pack of small blobs, so that other processes find
+    /// them: before storing anything that names them.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.packs
+            .close()
+            .map_err(StoreError::io(&self.layout.packs()))
+    }
+
+    fn write_loose(&self, dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let tmp = self.tmp_path("w");
         let result = (|| {
             let mut f = File::create(&tmp)?;
@@ -210,15 +228,19 @@ impl Store {
 
     /// Move a damaged object out of the way and remember it for the report.
     fn quarantine(&self, what: &'static str, path: &Path, hex: &str) -> StoreError {
+        let moved_to = self.move_to_quarantine(path, &format!("{what}-{hex}"));
+        self.damaged(what, hex, moved_to)
+    }
+
+    /// Move a damaged file into `quarantine/` (or remove it, so that it is
+    /// written again, if it cannot be moved).
+    fn move_to_quarantine(&self, path: &Path, label: &str) -> Option<PathBuf> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let to = self
-            .layout
-            .quarantine()
-            .join(format!("{what}-{hex}-{nanos}"));
-        let moved_to = match fs::rename(path, &to) {
+        let to = self.layout.quarantine().join(format!("{label}-{nanos}"));
+        match fs::rename(path, &to) {
             Ok(()) => Some(to),
             // Someone else moved it first, or it cannot be moved: remove it
             // so that it is written again.
@@ -226,7 +248,10 @@ impl Store {
                 let _ = fs::remove_file(path);
                 None
             }
-        };
+        }
+    }
+
+    fn damaged(&self, what: &'static str, hex: &str, moved_to: Option<PathBuf>) -> StoreError {
         let e = StoreError::Corrupt {
             what,
             digest: hex.to_string(),
@@ -237,6 +262,98 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .push(e.to_string());
         e
+    }
+
+    /// Where a small blob is in the packs (`fresh`: having read the packs
+    /// other processes closed since). Packs found damaged on the way are
+    /// moved aside and reported.
+    fn packed(&self, d: BlobDigest, fresh: bool) -> Option<packs::Loc> {
+        let (loc, bad) = if fresh {
+            self.packs.find_fresh(&d.0)
+        } else {
+            self.packs.find(&d.0)
+        };
+        for b in bad {
+            let name = b.path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let moved = self.move_to_quarantine(&b.path, &name.unwrap_or_default());
+            self.repairs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "the pack of small blobs `{}` in the cache is damaged ({}){}",
+                    b.path.display(),
+                    b.why,
+                    moved
+                        .map(|p| format!("; kiln moved it to `{}`", p.display()))
+                        .unwrap_or_default()
+                ));
+        }
+        loc
+    }
+
+    /// A packed blob's bytes, checked against its digest: on a mismatch its
+    /// pack is moved aside (its table no longer says what it holds).
+    fn read_packed(&self, d: BlobDigest, loc: &packs::Loc) -> Result<Vec<u8>, StoreError> {
+        let bytes = match loc.read() {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Err(e) => {
+                return Err(StoreError::io(&self.layout.packs().join(loc.pack.name()))(
+                    e,
+                ));
+            }
+        };
+        match bytes {
+            Some(b) if BlobDigest::from_hash(blake3::hash(&b)) == d => Ok(b),
+            _ => {
+                let moved_to = self
+                    .packs
+                    .forget(&d.0)
+                    .and_then(|p| self.move_to_quarantine(&p, loc.pack.name()));
+                Err(self.damaged("blob", &d.hex(), moved_to))
+            }
+        }
+    }
+
+    /// Whether a packed blob may be relied on: always, unless verifying.
+    fn packed_intact(&self, d: BlobDigest, loc: &packs::Loc) -> bool {
+        if !self.verify_existing.load(Ordering::Relaxed) {
+            return true;
+        }
+        let verified = || self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified().contains(&d.0) {
+            return true;
+        }
+        let ok = self.read_packed(d, loc).is_ok();
+        if ok {
+            verified().insert(d.0);
+        }
+        ok
+    }
+
+    /// Store a small blob (at most [`packs::MAX`] bytes) in the open pack,
+    /// unless a pack holds it already.
+    fn put_small(&self, d: BlobDigest, bytes: &[u8]) -> Result<(), StoreError> {
+        if self
+            .packed(d, false)
+            .is_some_and(|l| self.packed_intact(d, &l))
+        {
+            return Ok(());
+        }
+        self.packs
+            .append(d.0, bytes)
+            .map_err(StoreError::io(&self.layout.packs()))
+    }
+
+    /// The packs of small blobs (gc).
+    pub(super) fn packs(&self) -> &packs::Packs {
+        &self.packs
+    }
+
+    /// Every packed blob, having read every pack (gc).
+    pub(super) fn all_packed(&self) -> Vec<([u8; 32], packs::Loc)> {
+        self.packed(BlobDigest([0; 32]), true);
+        self.packs.locations()
     }
 
     /// Everything found damaged since the store was opened (and taken
@@ -339,6 +456,9 @@ impl ContentStore for Store {
     /// Whether the blob is present (and, when verifying, intact: a damaged
     /// one is quarantined and reported absent, so it is written again).
     fn has_blob(&self, d: BlobDigest) -> bool {
+        if let Some(loc) = self.packed(d, false) {
+            return self.packed_intact(d, &loc);
+        }
         if !self.blob_path(d).exists() {
             return false;
         }
@@ -365,9 +485,11 @@ impl ContentStore for Store {
 
     fn put_blob(&self, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
         let d = BlobDigest::from_hash(blake3::hash(bytes));
-        if !self.has_blob(d) {
+        if bytes.len() <= packs::MAX {
+            self.put_small(d, bytes)?;
+        } else if !self.has_blob(d) {
             let path = self.blob_path(d);
-            self.write_atomic(&path, bytes, 0o444)
+            self.write_loose(&path, bytes, 0o444)
                 .map_err(StoreError::io(&path))?;
         }
         Ok(d)
@@ -382,9 +504,22 @@ impl ContentStore for Store {
         limit: Option<u64>,
     ) -> Result<(BlobDigest, u64), StoreError> {
         let tmp = self.tmp_path("blob");
+        // A small blob goes to a pack: read it whole first.
+        let head = read_head(reader).map_err(StoreError::io(&tmp))?;
+        if limit.is_some_and(|l| head.len() as u64 > l) {
+            return Err(StoreError::io(&tmp)(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the stream is larger than the limit",
+            )));
+        }
+        if head.len() <= packs::MAX {
+            let d = BlobDigest::from_hash(blake3::hash(&head));
+            self.put_small(d, &head)?;
+            return Ok((d, head.len() as u64));
+        }
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-            let (d, size) = write_hashed(reader, &mut f, &tmp, limit)?;
+            let (d, size) = write_hashed(&mut (&head[..]).chain(reader), &mut f, &tmp, limit)?;
             if self.has_blob(d) {
                 let _ = fs::remove_file(&tmp);
                 return Ok((d, size));
@@ -409,9 +544,20 @@ impl ContentStore for Store {
             return Ok(());
         }
         let tmp = self.tmp_path("blob");
+        let head = read_head(reader).map_err(StoreError::io(&tmp))?;
+        if head.len() <= packs::MAX {
+            let actual = BlobDigest::from_hash(blake3::hash(&head));
+            if actual != expected {
+                return Err(IngestError::Changed {
+                    expected: expected.hex(),
+                    actual: actual.hex(),
+                });
+            }
+            return Ok(self.put_small(actual, &head)?);
+        }
         let result = (|| {
             let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-            let (actual, _) = write_hashed(reader, &mut f, &tmp, None)?;
+            let (actual, _) = write_hashed(&mut (&head[..]).chain(reader), &mut f, &tmp, None)?;
             if actual != expected {
                 return Err(IngestError::Changed {
                     expected: expected.hex(),
@@ -434,11 +580,26 @@ impl ContentStore for Store {
     /// A reader of a blob that checks its digest at the end: the final
     /// `read` fails (and the blob is quarantined) if the bytes were wrong.
     fn blob_reader(&self, d: BlobDigest) -> Result<Box<dyn BlobRead + '_>, StoreError> {
+        if let Some(loc) = self.packed(d, false) {
+            return Ok(Box::new(PackedReader(io::Cursor::new(
+                self.read_packed(d, &loc)?,
+            ))));
+        }
         let path = self.blob_path(d);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Store::missing("blob", d.hex()),
-            _ => StoreError::io(&path)(e),
-        })?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Perhaps in a pack another build closed since this one
+                // looked.
+                return match self.packed(d, true) {
+                    Some(loc) => Ok(Box::new(PackedReader(io::Cursor::new(
+                        self.read_packed(d, &loc)?,
+                    )))),
+                    None => Err(Store::missing("blob", d.hex())),
+                };
+            }
+            Err(e) => return Err(StoreError::io(&path)(e)),
+        };
         Ok(Box::new(BlobReader {
             store: self,
             file,
@@ -454,13 +615,15 @@ impl ContentStore for Store {
     }
 
     fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        // The tree names blobs: every process must find them.
+        self.flush()?;
         let bytes = tree.to_bytes();
         let d = TreeDigest::from_hash(blake3::hash(&bytes));
         let path = self.tree_path(d);
         let present = path.exists()
             && (!self.verify_existing.load(Ordering::Relaxed) || self.get_tree(d).is_ok());
         if !present {
-            self.write_atomic(&path, &bytes, 0o444)
+            self.write_loose(&path, &bytes, 0o444)
                 .map_err(StoreError::io(&path))?;
         }
         Ok(d)
@@ -492,6 +655,7 @@ impl ActionCache for Store {
     }
 
     fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError> {
+        self.flush()?;
         self.action_log()
             .put(key, action)
             .map_err(StoreError::io(&self.layout.actions_log()))
@@ -589,6 +753,33 @@ fn held() -> std::sync::MutexGuard<'static, HashSet<PathBuf>> {
     HELD.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first [`packs::MAX`] + 1 bytes of a stream: all of it when it is
+/// small enough for a pack.
+fn read_head(reader: &mut dyn Read) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    reader.take(packs::MAX as u64 + 1).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A packed blob's bytes, read whole and checked already.
+struct PackedReader(io::Cursor<Vec<u8>>);
+
+impl Read for PackedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl BlobRead for PackedReader {
+    fn failure(&mut self) -> Option<StoreError> {
+        None
+    }
+
+    fn size_hint(&self) -> Option<u64> {
+        Some(self.0.get_ref().len() as u64)
+    }
 }
 
 /// A blob's bytes, checked against its digest at the end of the stream.
@@ -720,21 +911,54 @@ mod tests {
         );
     }
 
+    /// A blob too large for a pack: a file of its own.
+    fn large(c: u8) -> Vec<u8> {
+        vec![c; packs::MAX + 1]
+    }
+
+    /// Change the first byte of `content` where a closed pack holds it.
+    fn tamper_packed(store: &Store, content: &[u8]) -> PathBuf {
+        store.flush().unwrap();
+        for (_, path) in packs::list(&store.layout().packs()) {
+            let mut bytes = fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(content.len()).position(|w| w == content) {
+                bytes[at] ^= 1;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+                fs::write(&path, &bytes).unwrap();
+                return path;
+            }
+        }
+        panic!("no pack holds the content");
+    }
+
     #[test]
     fn blobs_and_trees_round_trip_and_verify() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
-        let d = store.put_blob(b"hello").unwrap();
-        assert_eq!(store.read_blob(d).unwrap(), b"hello");
+        let d = store.put_blob(&large(b'h')).unwrap();
+        assert_eq!(store.read_blob(d).unwrap(), large(b'h'));
         // Corrupt it behind the store's back: reading must notice.
         let p = store.blob_path(d);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::write(&p, b"jello").unwrap();
+        fs::write(&p, large(b'j')).unwrap();
         assert!(matches!(
             store.read_blob(d),
             Err(StoreError::Corrupt { .. })
         ));
         assert!(!store.has_blob(d), "a damaged blob is moved aside");
+        // The same for a small blob, in a pack.
+        let d = store.put_blob(b"hello").unwrap();
+        assert!(!store.blob_path(d).exists(), "small blobs are packed");
+        assert_eq!(store.read_blob(d).unwrap(), b"hello");
+        tamper_packed(&store, b"hello");
+        let other = Store::open(dir.path(), Access::Shared).unwrap();
+        assert!(other.has_blob(d), "not read: trusted");
+        assert!(matches!(
+            other.read_blob(d),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!other.has_blob(d));
+        assert!(packs::list(&store.layout().packs()).is_empty());
 
         let mut t = Tree::new();
         t.put("x", tree::Entry::dir(0o755, 0, 0), false).unwrap();
@@ -756,6 +980,13 @@ mod tests {
         assert!(!store.has_blob(expected));
         store.ingest(&mut &b"one"[..], expected).unwrap();
         assert!(store.has_blob(expected));
+        // Large ones too, streamed to a file.
+        let big = BlobDigest::from_hash(blake3::hash(&large(1)));
+        let err = store.ingest(&mut &large(2)[..], big).unwrap_err();
+        assert!(matches!(err, IngestError::Changed { .. }));
+        store.ingest(&mut &large(1)[..], big).unwrap();
+        assert!(store.blob_path(big).exists());
+        store.flush().unwrap();
         assert_eq!(fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
     }
 
@@ -780,13 +1011,76 @@ mod tests {
     }
 
     #[test]
-    fn damaged_blobs_are_quarantined_and_written_again() {
+    fn a_damaged_pack_is_quarantined_and_its_blobs_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
         let d = store.put_blob(b"data").unwrap();
+        let e = store.put_blob(b"else").unwrap();
+        let pack = tamper_packed(&store, b"data");
+        let mut out = Vec::new();
+        let Err(CopyError::Store(err)) = store.copy_blob(d, &mut out) else {
+            panic!("a damaged blob was copied");
+        };
+        assert!(
+            err.is_damage() && err.to_string().contains("quarantine"),
+            "{err}"
+        );
+        assert!(!pack.exists());
+        assert_eq!(store.take_repairs().len(), 1);
+        // The whole pack went: its other blobs are missing, not trusted.
+        assert!(!store.has_blob(e));
+        assert!(matches!(
+            store.read_blob(e),
+            Err(StoreError::Missing { .. })
+        ));
+        assert_eq!(store.put_blob(b"data").unwrap(), d);
+        assert_eq!(store.read_blob(d).unwrap(), b"data");
+        // A pack whose table is damaged is moved aside when read.
+        store.flush().unwrap();
+        let (_, path) = packs::list(&store.layout().packs()).remove(0);
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 30] ^= 1;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let other = Store::open(dir.path(), Access::Shared).unwrap();
+        assert!(!other.has_blob(d));
+        let repairs = other.take_repairs();
+        assert!(
+            repairs[0].contains("pack") && repairs[0].contains("sum"),
+            "{repairs:?}"
+        );
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn packed_blobs_are_seen_by_other_stores_once_the_pack_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(dir.path(), Access::Shared).unwrap();
+        let b = Store::open(dir.path(), Access::Shared).unwrap();
+        // `b` has read the packs (none) before `a` writes.
+        assert!(!b.has_blob(BlobDigest([1; 32])));
+        let d = a.put_blob(b"shared").unwrap();
+        assert!(!b.has_blob(d));
+        // Storing a tree closes the pack: a reader finds the blob.
+        a.put_tree(&Tree::new()).unwrap();
+        assert_eq!(b.read_blob(d).unwrap(), b"shared");
+        assert!(b.has_blob(d));
+        // And a store dropped closes its pack.
+        let e = a.put_blob(b"at the end").unwrap();
+        drop(a);
+        assert_eq!(b.read_blob(e).unwrap(), b"at the end");
+        assert_eq!(fs::read_dir(b.layout().tmp()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn damaged_blobs_are_quarantined_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let d = store.put_blob(&large(b'd')).unwrap();
         let p = store.blob_path(d);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::write(&p, b"dbta").unwrap();
+        fs::write(&p, large(b'x')).unwrap();
         // Copying out notices, moves the blob aside and says so.
         let mut out = Vec::new();
         let Err(CopyError::Store(err)) = store.copy_blob(d, &mut out) else {
@@ -801,23 +1095,33 @@ mod tests {
             1
         );
         // The next write of the same content heals it.
-        assert_eq!(store.put_blob(b"data").unwrap(), d);
-        assert_eq!(store.read_blob(d).unwrap(), b"data");
+        assert_eq!(store.put_blob(&large(b'd')).unwrap(), d);
+        assert_eq!(store.read_blob(d).unwrap(), large(b'd'));
     }
 
     #[test]
     fn verifying_mode_heals_a_damaged_blob_on_write() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Access::Shared).unwrap();
-        let d = store.put_blob(b"data").unwrap();
+        let d = store.put_blob(&large(b'd')).unwrap();
         let p = store.blob_path(d);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::write(&p, b"dbta").unwrap();
+        fs::write(&p, large(b'x')).unwrap();
         // Without verification an existing blob is trusted; with it, the
         // damaged copy is replaced.
         store.set_verify_existing(true);
-        assert_eq!(store.put_blob(b"data").unwrap(), d);
-        assert_eq!(fs::read(&p).unwrap(), b"data");
+        assert_eq!(store.put_blob(&large(b'd')).unwrap(), d);
+        assert_eq!(fs::read(&p).unwrap(), large(b'd'));
+        // A packed one: written again into a new pack.
+        let small = store.put_blob(b"small").unwrap();
+        tamper_packed(&store, b"small");
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        store.set_verify_existing(true);
+        assert_eq!(store.put_blob(b"small").unwrap(), small);
+        assert_eq!(store.read_blob(small).unwrap(), b"small");
+        store.flush().unwrap();
+        let fresh = Store::open(dir.path(), Access::Shared).unwrap();
+        assert_eq!(fresh.read_blob(small).unwrap(), b"small");
     }
 
     #[test]

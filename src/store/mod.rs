@@ -18,6 +18,7 @@ mod local;
 pub mod memory;
 pub mod oci;
 pub mod owners;
+pub mod packs;
 pub mod records;
 
 pub use local::{BlobReader, Store, check_owner as check_state_dir, used_lists};

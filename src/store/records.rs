@@ -3,12 +3,18 @@
 //! against), and what each export destination holds (gc keeps those
 //! longest; a build leaves an export alone when it is intact). Every file
 //! is checksummed ([`super::checked`]): a damaged record reads as absent.
+//!
+//! A step's inputs can be many (one per context file it copies): they are
+//! kept apart from the step history, one file per step key
+//! (`inputs/<key>`, binary), written once when the key first runs and read
+//! only to explain a miss, so a build pays for the inputs of the steps
+//! that ran, not of every step.
 
 use super::Store;
 use crate::model::digest::TreeDigest;
 use crate::model::key::{KeyInput, Start};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// What one step of a build did: its key, whether it was cached, and the
 /// inputs its key was made from.
@@ -105,6 +111,37 @@ impl Stamp {
 /// Leads every record file; bump when a record changes shape.
 const MAGIC: &[u8] = b"KILNREC3";
 
+/// Leads a file of step inputs.
+const INPUTS_MAGIC: &[u8] = b"KILNINP1";
+
+/// Where the inputs of the step keyed `key` are kept (None for a key that
+/// is not one).
+fn inputs_file(store: &Store, scope: &str, key: &str) -> Option<std::path::PathBuf> {
+    (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+        store
+            .layout()
+            .project_record(scope, &format!("inputs/{key}"))
+    })
+}
+
+/// The inputs a step keyed `key` was made from, if they were kept.
+fn load_inputs(store: &Store, scope: &str, key: &str) -> Option<Vec<KeyInput>> {
+    let bytes = super::checked::read(&inputs_file(store, scope, key)?, INPUTS_MAGIC)?;
+    postcard::from_bytes(&bytes).ok()
+}
+
+/// Keep a step's inputs, unless they are kept already.
+fn save_inputs(store: &Store, scope: &str, r: &StepRecord) -> std::io::Result<()> {
+    let Some(path) = inputs_file(store, scope, &r.key) else {
+        return Ok(());
+    };
+    if r.inputs.is_empty() || path.exists() {
+        return Ok(());
+    }
+    let body = postcard::to_stdvec(&r.inputs).map_err(std::io::Error::other)?;
+    super::checked::write(&path, INPUTS_MAGIC, &body)
+}
+
 /// A record of the project `scope`.
 fn read<T: for<'de> Deserialize<'de> + Default>(store: &Store, scope: &str, name: &str) -> T {
     super::checked::read(&store.layout().project_record(scope, name), MAGIC)
@@ -126,19 +163,15 @@ pub fn with_inputs(
     spec: &str,
     records: &[StepRecord],
 ) -> Vec<StepRecord> {
-    if records.iter().all(|r| !r.inputs.is_empty()) {
-        return records.to_vec();
-    }
-    let history: BTreeMap<String, StepRecord> = read(store, scope, "steps.json");
+    let _ = spec;
     records
         .iter()
         .map(|r| {
             let mut r = r.clone();
             if r.inputs.is_empty()
-                && let Some(h) = history.get(&step_id(spec, &r.stage, r.step))
-                && h.key == r.key
+                && let Some(inputs) = load_inputs(store, scope, &r.key)
             {
-                r.inputs = h.inputs.clone();
+                r.inputs = inputs;
             }
             r
         })
@@ -175,6 +208,7 @@ pub fn save_build(
     {
         return Ok(());
     }
+    // The latest run of every step, without its inputs (kept by key).
     let mut history: BTreeMap<String, StepRecord> = read(store, scope, "steps.json");
     let mut last = LastBuild {
         spec: spec.to_string(),
@@ -199,7 +233,24 @@ pub fn save_build(
         } else if no_cache {
             vec!["`--no-cache` was given".to_string()]
         } else {
-            explain(prev, r, &missed)
+            // (Records of older kiln kept the inputs in the history.)
+            let inputs = prev.and_then(|p| match p.inputs.is_empty() {
+                true => load_inputs(store, scope, &p.key),
+                false => Some(p.inputs.clone()),
+            });
+            match (prev, inputs) {
+                (Some(p), Some(inputs)) => {
+                    let prev = StepRecord {
+                        inputs,
+                        ..p.clone()
+                    };
+                    explain(Some(&prev), r, &missed)
+                }
+                (Some(_), None) => vec![
+                    "the inputs of its previous run are no longer recorded, so what changed cannot be said".to_string(),
+                ],
+                (None, _) => explain(None, r, &missed),
+            }
         };
         let same_result =
             !r.cached && r.result.is_some() && prev.is_some_and(|p| p.result == r.result);
@@ -215,14 +266,36 @@ pub fn save_build(
         });
         // A record without inputs (from the build memo) has nothing to add.
         if !r.inputs.is_empty() {
-            history.insert(id, r.clone());
+            save_inputs(store, scope, r)?;
+            history.insert(
+                id,
+                StepRecord {
+                    inputs: Vec::new(),
+                    ..r.clone()
+                },
+            );
         }
     }
     write(store, scope, "steps.json", &history)?;
+    forget_inputs(store, scope, &history);
     write(store, scope, "last.json", &last)?;
     // Only a build that ran nothing can be skipped next time.
     let mark = if all_cached { digest } else { String::new() };
     super::checked::write(&digest_path, MAGIC, mark.as_bytes())
+}
+
+/// Remove the kept inputs of keys no step's latest run has.
+fn forget_inputs(store: &Store, scope: &str, history: &BTreeMap<String, StepRecord>) {
+    let dir = store.layout().project_record(scope, "inputs");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let keys: std::collections::HashSet<&str> = history.values().map(|r| r.key.as_str()).collect();
+    for e in rd.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| keys.contains(n)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The last build of the project `scope`.
@@ -240,13 +313,20 @@ fn explain(
     let Some(prev) = prev else {
         return vec!["first build of this step".to_string()];
     };
-    let map = |inputs: &'_ [KeyInput]| -> BTreeMap<String, (String, KeyInput)> {
+    // Only the inputs not found unchanged on the other side are named and
+    // paired (a step can have 100,000 context files, and one changed).
+    let (old_set, new_set): (HashSet<&KeyInput>, HashSet<&KeyInput>) =
+        (prev.inputs.iter().collect(), now.inputs.iter().collect());
+    let map = |inputs: &'_ [KeyInput],
+               other: &HashSet<&KeyInput>|
+     -> BTreeMap<String, (String, KeyInput)> {
         inputs
             .iter()
+            .filter(|i| !other.contains(i))
             .map(|i| (i.id(), (i.value(), i.clone())))
             .collect()
     };
-    let (old, new) = (map(&prev.inputs), map(&now.inputs));
+    let (old, new) = (map(&prev.inputs, &new_set), map(&now.inputs, &old_set));
     let start = |inputs: &[KeyInput]| {
         inputs.iter().find_map(|i| match i {
             KeyInput::Start(s) => Some(s.clone()),
@@ -408,6 +488,52 @@ mod tests {
             non_hermetic: None,
             result: None,
         }
+    }
+
+    #[test]
+    fn inputs_are_kept_once_per_key_and_explain_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::Access::Shared).unwrap();
+        let (k1, k2) = ("1".repeat(64), "2".repeat(64));
+        let first = rec(&k1, Start::Scratch, "c", &[("a", "1"), ("b", "2")]);
+        save_build(&store, "p", "spec", false, std::slice::from_ref(&first)).unwrap();
+        let file = inputs_file(&store, "p", &k1).unwrap();
+        let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+        // The history holds no inputs; the inputs file holds them.
+        let history: BTreeMap<String, StepRecord> = read(&store, "p", "steps.json");
+        assert!(history.values().all(|r| r.inputs.is_empty()));
+        assert_eq!(load_inputs(&store, "p", &k1).unwrap(), first.inputs);
+        // The same key again (cached) writes no inputs again; a build
+        // answered from the memo gets them back.
+        let cached = StepRecord {
+            cached: true,
+            ..first.clone()
+        };
+        save_build(&store, "p", "spec", false, &[cached]).unwrap();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            written
+        );
+        let memo = StepRecord {
+            inputs: Vec::new(),
+            ..first.clone()
+        };
+        assert_eq!(
+            with_inputs(&store, "p", "spec", &[memo])[0].inputs,
+            first.inputs
+        );
+        // A miss is explained against the kept inputs; the old key's go.
+        let second = rec(&k2, Start::Scratch, "c", &[("a", "1"), ("b", "3")]);
+        save_build(&store, "p", "spec", false, std::slice::from_ref(&second)).unwrap();
+        let last = load_last(&store, "p").unwrap();
+        assert_eq!(last.steps[0].why, vec!["context file `b` changed"]);
+        assert!(!file.exists());
+        // Inputs lost: said so, not guessed.
+        std::fs::remove_file(inputs_file(&store, "p", &k2).unwrap()).unwrap();
+        let third = rec(&"3".repeat(64), Start::Scratch, "c", &[]);
+        save_build(&store, "p", "spec", false, &[third]).unwrap();
+        let why = &load_last(&store, "p").unwrap().steps[0].why;
+        assert!(why[0].contains("no longer recorded"), "{why:?}");
     }
 
     #[test]

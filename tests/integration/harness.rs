@@ -163,3 +163,53 @@ impl Run {
         self.events_of("step_cached").len()
     }
 }
+
+/// Where a state directory keeps a blob's bytes: a file of its own, or a
+/// stretch of a pack (`offset`, `len`; see `store::packs`).
+pub struct StoredBlob {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl StoredBlob {
+    pub fn read(&self) -> Vec<u8> {
+        let bytes = std::fs::read(&self.path).unwrap();
+        bytes[self.offset as usize..self.offset as usize + self.len].to_vec()
+    }
+}
+
+/// Find the stored copy of `content` in the state directory `state`.
+pub fn stored_blob(state: &Path, content: &[u8]) -> Option<StoredBlob> {
+    let hash = blake3::hash(content);
+    let hex = hash.to_hex().to_string();
+    let loose = state.join("blobs").join(&hex[..2]).join(&hex);
+    if loose.exists() {
+        return Some(StoredBlob {
+            path: loose,
+            offset: 0,
+            len: content.len(),
+        });
+    }
+    for e in std::fs::read_dir(state.join("packs")).ok()?.flatten() {
+        let bytes = std::fs::read(e.path()).ok()?;
+        // The footer: table offset, count, sum, "KILNPEND".
+        let n = bytes.len();
+        if n < 72 || &bytes[n - 8..] != b"KILNPEND" {
+            continue;
+        }
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let (table, count) = (word(n - 56) as usize, word(n - 48) as usize);
+        for i in 0..count {
+            let row = &bytes[table + 44 * i..table + 44 * (i + 1)];
+            if &row[..32] == hash.as_bytes() {
+                return Some(StoredBlob {
+                    path: e.path(),
+                    offset: u64::from_le_bytes(row[32..40].try_into().unwrap()),
+                    len: u32::from_le_bytes(row[40..44].try_into().unwrap()) as usize,
+                });
+            }
+        }
+    }
+    None
+}

@@ -4,7 +4,7 @@
 //! hostile input. (The slow rounds — kills, concurrency, every kind of
 //! damage, many times over — are in `tests/reliability/`.)
 
-use crate::harness::{Project, kiln_bin};
+use crate::harness::{Project, StoredBlob, kiln_bin, stored_blob};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -56,9 +56,8 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-fn blob_path(p: &Project, content: &[u8]) -> PathBuf {
-    let hex = blake3::hash(content).to_hex().to_string();
-    p.path().join(format!(".kiln/blobs/{}/{hex}", &hex[..2]))
+fn stored(p: &Project, content: &[u8]) -> StoredBlob {
+    stored_blob(&p.path().join(".kiln"), content).expect("the blob is stored")
 }
 
 /// Change bytes of a file behind kiln's back, keeping its mode and mtime.
@@ -163,7 +162,7 @@ fn exported_files_share_no_bytes_and_edits_are_undone() {
         ]
     );
     // What the store holds was never changed.
-    assert_eq!(std::fs::read(blob_path(&p, b"hi\n")).unwrap(), b"hi\n");
+    assert_eq!(stored(&p, b"hi\n").read(), b"hi\n");
 }
 
 #[test]
@@ -335,7 +334,8 @@ fn bit_rot_in_a_blob_is_repaired_not_exported() {
     for no_cache in [false, true] {
         let p = project();
         p.build(&[]).ok();
-        tamper(&blob_path(&p, b"hi\n"), |b| b[0] ^= 1);
+        let blob = stored(&p, b"hi\n");
+        tamper(&blob.path, |b| b[blob.offset as usize] ^= 1);
         std::fs::remove_dir_all(p.path().join("dist")).unwrap();
         let r = if no_cache {
             p.build(&["--no-cache"])
@@ -345,7 +345,7 @@ fn bit_rot_in_a_blob_is_repaired_not_exported() {
         r.ok();
         assert_eq!(p.read("dist/a/x/a"), "hi\n");
         assert_eq!(p.read("dist/a/x/same"), "hi\n");
-        assert_eq!(std::fs::read(blob_path(&p, b"hi\n")).unwrap(), b"hi\n");
+        assert_eq!(stored(&p, b"hi\n").read(), b"hi\n");
         if !no_cache {
             assert!(r.stderr.contains("damaged"), "{}", r.stderr);
             assert!(r.stderr.contains("quarantine"), "{}", r.stderr);
@@ -361,8 +361,13 @@ fn bit_rot_in_a_blob_is_repaired_not_exported() {
 fn a_missing_blob_is_written_again() {
     let p = project();
     p.build(&[]).ok();
-    std::fs::remove_file(blob_path(&p, b"other\n")).unwrap();
-    std::fs::remove_file(blob_path(&p, b"hi\n")).unwrap();
+    // Small blobs share a pack: removing it loses both.
+    for content in [&b"other\n"[..], b"hi\n"] {
+        if let Some(b) = stored_blob(&p.path().join(".kiln"), content) {
+            std::fs::remove_file(b.path).unwrap();
+        }
+    }
+    assert!(stored_blob(&p.path().join(".kiln"), b"hi\n").is_none());
     std::fs::remove_dir_all(p.path().join("dist")).unwrap();
     p.build(&[]).ok();
     assert_eq!(p.read("dist/a/x/b"), "other\n");

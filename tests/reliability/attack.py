@@ -302,7 +302,10 @@ def garbage(path, rnd):
 
 def swap_with_sibling(path, rnd):
     """Replace an object's bytes with another object's (a valid file, wrong name)."""
-    siblings = [p for p in files_under(os.path.dirname(os.path.dirname(path))) if p != path]
+    # Objects sharded by digest (blobs/ab/…) or side by side (packs/…).
+    parent = os.path.dirname(path)
+    kind = parent if os.path.basename(parent) == "packs" else os.path.dirname(parent)
+    siblings = [p for p in files_under(kind) if p != path]
     if not siblings:
         return False
     other = rnd.choice(siblings)
@@ -316,13 +319,15 @@ DAMAGES = {"flip a bit": flip, "truncate": truncate, "remove": remove,
 
 TARGETS = [
     ("blob", lambda p: files_under(p.state("blobs"))),
+    ("pack of small blobs", lambda p: files_under(p.state("packs"))),
     ("tree", lambda p: files_under(p.state("trees"))),
     ("action log", lambda p: [p.state("actions.log")]),
     ("stat index", lambda p: files_under(p.state("index"))),
     ("parse cache", lambda p: files_under(p.state("parse"))),
     ("build memo", lambda p: p.project_records("memo")),
     ("export records", lambda p: files_under(p.state("records", "exports"))),
-    ("explain records", lambda p: [f for n in ["last.json", "steps.json", "last.digest"]
+    ("explain records", lambda p: [f for n in ["last.json", "steps.json", "last.digest",
+                                               os.path.join("inputs", "*")]
                                    for f in p.project_records(n)]),
     ("use lists", lambda p: files_under(p.state("records", "used"))),
     ("lock file", lambda p: [p.state("lock")]),
