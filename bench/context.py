@@ -49,6 +49,13 @@ def timed(cmd, **kw):
     return time.perf_counter() - start
 
 
+def settle():
+    """Let the file system finish what removals left it (ext4 frees inodes
+    after `rm` returns, and that work lands on whatever runs next)."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(3)
+
+
 def make_context(project, dirs, per_dir):
     src = os.path.join(project, "src")
     if os.path.isdir(src) and len(os.listdir(src)) == dirs:
@@ -93,13 +100,8 @@ def main():
         results["b3sum"].append(time.perf_counter() - start)
         results["tar"].append(
             timed(["tar", "cf", os.path.join(WORK, "peer.tar"), "-C", project, "src"]))
-        copied = os.path.join(WORK, "copied")
-        shutil.rmtree(copied, ignore_errors=True)
-        subprocess.run(["sync"], check=True)
-        results["cp"].append(timed(["cp", "-r", src, copied]))
-        shutil.rmtree(copied, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
-        subprocess.run(["sync"], check=True)
+        settle()
         results["cold"].append(timed(kiln, cwd=project, env=env))
         with open(touched, "a") as fh:
             fh.write(f"edit {run}\n")
@@ -108,6 +110,13 @@ def main():
         results["touched"].append(timed(kiln, cwd=project, env=env))
         time.sleep(2.1)
         results["no-op"].append(timed(kiln, cwd=project, env=env))
+        # Last: removing 100,000 files keeps ext4 busy for seconds after.
+        copied = os.path.join(WORK, "copied")
+        shutil.rmtree(copied, ignore_errors=True)
+        settle()
+        results["cp"].append(timed(["cp", "-r", src, copied]))
+        shutil.rmtree(copied, ignore_errors=True)
+        settle()
     med = {k: statistics.median(v) for k, v in results.items()}
     floor_cold = med["b3sum"] + med["tar"]
     lines = [
