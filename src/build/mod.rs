@@ -549,6 +549,15 @@ fn is_damage(d: &Diagnostic) -> bool {
 }
 
 /// Build a plan. `waiting` is told why, when the store is locked.
+/// Waits, when dropped, for the old exports being removed.
+struct RemovalsJoined;
+
+impl Drop for RemovalsJoined {
+    fn drop(&mut self) {
+        crate::export::finish_removals();
+    }
+}
+
 pub fn run(
     plan: Plan,
     req: &Request,
@@ -559,7 +568,8 @@ pub fn run(
 ) -> Result<Report, Diagnostic> {
     let report = run_build(plan, req, sources, progress, cancel, waiting);
     // Previous exports swapped out are removed while the build records
-    // what it did; a build is over when they are gone.
+    // what it did; a build is over when they are gone (see
+    // `RemovalsJoined`, which waits before the store is let go).
     crate::export::finish_removals();
     report
 }
@@ -583,6 +593,9 @@ fn run_build(
     let mut prefetch = Some(prefetch);
     let graph = &loaded.graph;
     let store = Store::open_waiting(&state_dir, Access::Shared, waiting)?;
+    // Dropped before the store (locals go in reverse): old exports are
+    // gone while this process's temp exports are still announced.
+    let _removals = RemovalsJoined;
     let pinned = match pins::resolve(
         graph, &roots, &spec_path, req, sources, &store, progress, false,
     ) {

@@ -302,12 +302,12 @@ fn collect_packs(
     // is garbage.
     let mut placed: HashSet<[u8; 32]> = HashSet::new();
     let mut emptied: Vec<PathBuf> = Vec::new();
-    let mut to_copy: Vec<(fs::File, Vec<packs::Entry>)> = Vec::new();
+    let mut to_copy: Vec<(PathBuf, fs::File, Vec<packs::Entry>)> = Vec::new();
     let mut listed: Vec<(PathBuf, fs::File, Vec<packs::Entry>, u64)> =
         packs::list(&store.layout().packs())
             .into_iter()
             .filter_map(|(_, path)| {
-                let file = fs::File::open(&path).ok()?;
+                let file = packs::open_pack(&path).ok()?;
                 // Damaged tables were moved aside when the packs were read.
                 let entries = packs::read_table(&file).ok()?;
                 let bytes = entries.iter().map(|e| u64::from(e.len)).sum();
@@ -322,50 +322,64 @@ fn collect_packs(
             .partition(|e| kept.contains(&BlobDigest(e.digest)) && !placed.contains(&e.digest));
         let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len)).sum();
         if live.is_empty() {
+            // Nothing to copy: it goes now (room for what is copied).
             removed += dead.len();
-            emptied.push(path);
+            let _ = fs::remove_file(&path);
         } else if dead_bytes * 100 <= bytes * PACK_GARBAGE && bytes >= SMALL_PACK {
             // Its garbage stays until there is more of it.
             placed.extend(live.iter().map(|e| e.digest));
         } else {
             removed += dead.len();
             placed.extend(live.iter().map(|e| e.digest));
-            emptied.push(path);
-            to_copy.push((file, live));
+            to_copy.push((path, file, live));
         }
     }
     let packs = store.packs();
-    for (file, live) in &to_copy {
-        for e in live {
-            let mut bytes = vec![0u8; e.len as usize];
-            // A blob that cannot be read or is damaged is not copied: it
-            // is missing, and written again by the build that needs it.
-            if file.read_exact_at(&mut bytes, e.offset).is_ok()
-                && blake3::hash(&bytes).as_bytes() == &e.digest
-            {
-                packs.append_again(e.digest, &bytes)?;
+    // Copying can fail (a full disk): what was not copied stays where it
+    // is, and the rest of gc goes on.
+    let copied = (|| -> std::io::Result<()> {
+        for (path, file, live) in &to_copy {
+            for e in live {
+                let mut bytes = vec![0u8; e.len as usize];
+                // A blob that cannot be read or is damaged is not copied:
+                // it is missing, and written again by the build that needs it.
+                if file.read_exact_at(&mut bytes, e.offset).is_ok()
+                    && blake3::hash(&bytes).as_bytes() == &e.digest
+                {
+                    packs.append_again(e.digest, &bytes)?;
+                }
             }
+            emptied.push(path.clone());
         }
-    }
-    let mut migrated = Vec::new();
-    for (path, meta) in loose {
-        let Some(d) = BlobDigest::parse(name_of(path)) else {
-            continue;
-        };
-        if meta.len() as usize <= packs::MAX && kept.contains(&d) {
-            if !placed.contains(&d.0)
-                && let Ok(bytes) = fs::read(path)
-                && BlobDigest::from_hash(blake3::hash(&bytes)) == d
-            {
-                packs.append_again(d.0, &bytes)?;
-                placed.insert(d.0);
+        for (path, meta) in loose {
+            let Some(d) = BlobDigest::parse(name_of(path)) else {
+                continue;
+            };
+            if meta.len() as usize > packs::MAX || !kept.contains(&d) {
+                continue;
             }
-            migrated.push(path.clone());
+            match fs::read(path) {
+                // A copy is in a pack already.
+                _ if placed.contains(&d.0) => {}
+                Ok(bytes) if BlobDigest::from_hash(blake3::hash(&bytes)) == d => {
+                    packs.append_again(d.0, &bytes)?;
+                    placed.insert(d.0);
+                }
+                // Damaged: it goes.
+                Ok(_) => {}
+                // Unreadable now: left as it is.
+                Err(_) => continue,
+            }
+            emptied.push(path.clone());
         }
+        // The new packs are in place before anything old goes.
+        packs.close()
+    })();
+    if copied.is_err() {
+        emptied.clear();
     }
-    // The new packs are in place before anything old goes.
-    packs.reset()?;
-    for path in emptied.iter().chain(&migrated) {
+    let _ = packs.reset();
+    for path in &emptied {
         let _ = fs::remove_file(path);
     }
     Ok(removed)

@@ -308,7 +308,7 @@ impl Store {
             _ => {
                 let moved_to = self
                     .packs
-                    .forget(&d.0)
+                    .forget(&d.0, loc)
                     .and_then(|p| self.move_to_quarantine(&p, loc.pack.name()));
                 Err(self.damaged("blob", &d.hex(), moved_to))
             }

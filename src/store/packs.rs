@@ -35,8 +35,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// The largest blob kept in a pack; larger ones are files of their own.
 pub const MAX: usize = 64 * 1024;
-/// An open pack is closed once it holds this much.
+/// An open pack is closed once it holds this much, or this many blobs
+/// (which bounds what reading a table can allocate: 44 MB).
 const ROTATE: u64 = 256 << 20;
+const MAX_ENTRIES: usize = 1 << 20;
 const MAGIC: &[u8; 8] = b"KILNPACK";
 const END: &[u8; 8] = b"KILNPEND";
 const VERSION: u32 = 1;
@@ -44,17 +46,45 @@ const HEADER: u64 = 16;
 const ENTRY: usize = 44;
 const FOOTER: u64 = 56;
 
-/// One pack file, open for reading.
+/// One pack file. Opened for reading on first use, so a process that
+/// read the tables of a thousand packs holds no descriptor for those it
+/// reads no blob from.
 pub struct Pack {
-    file: File,
+    file: std::sync::OnceLock<File>,
     /// Its file name in `packs/` (once closed, for an open one).
     name: String,
+    dir: PathBuf,
 }
 
 impl Pack {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    fn file(&self) -> io::Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = open_pack(&self.dir.join(&self.name))?;
+        Ok(self.file.get_or_init(|| f))
+    }
+}
+
+/// Open a pack for reading: a regular file, never a FIFO or device put
+/// in its place (opened without blocking, and refused).
+pub fn open_pack(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
 }
 
 /// Where a blob's bytes are.
@@ -69,7 +99,7 @@ impl Loc {
     /// The bytes, unchecked.
     pub fn read(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.len as usize];
-        self.pack.file.read_exact_at(&mut buf, self.offset)?;
+        self.pack.file()?.read_exact_at(&mut buf, self.offset)?;
         Ok(buf)
     }
 }
@@ -85,6 +115,8 @@ pub struct Entry {
 /// The pack this process is writing.
 struct Open {
     pack: Arc<Pack>,
+    /// The same file, for writing.
+    file: File,
     tmp: PathBuf,
     entries: Vec<Entry>,
     end: u64,
@@ -124,6 +156,10 @@ pub struct Packs {
     counter: std::sync::atomic::AtomicU64,
     index: RwLock<Index>,
     open: Mutex<Option<Open>>,
+    /// A pack failed to close: blobs callers were told are stored are
+    /// not, so every later close fails too (the build fails rather than
+    /// store something naming them).
+    lost: std::sync::atomic::AtomicBool,
 }
 
 /// A pack that could not be read: its path and why.
@@ -141,6 +177,7 @@ impl Packs {
             counter: Default::default(),
             index: RwLock::default(),
             open: Mutex::new(None),
+            lost: Default::default(),
         }
     }
 
@@ -188,22 +225,18 @@ impl Packs {
             if index.known.contains(&name) {
                 continue;
             }
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    bad.push(Unreadable {
-                        path,
-                        why: e.to_string(),
-                    });
-                    continue;
-                }
+            // A pack that cannot be opened or read now (descriptors run
+            // out, a disk error) is skipped, not judged: it is looked at
+            // again next time.
+            let Ok(file) = open_pack(&path) else {
+                continue;
             };
             match read_table(&file) {
                 Ok(entries) => {
                     let pack = Arc::new(Pack {
-                        file,
+                        file: std::sync::OnceLock::new(),
                         name: name.clone(),
+                        dir: self.dir.clone(),
                     });
                     for e in entries {
                         index.map.entry(e.digest).or_insert_with(|| Loc {
@@ -214,7 +247,9 @@ impl Packs {
                     }
                     index.known.insert(name);
                 }
-                Err(why) => bad.push(Unreadable { path, why }),
+                Err(TableError::Damaged(why)) => bad.push(Unreadable { path, why }),
+                // Another version's pack, or a read that failed: left alone.
+                Err(TableError::Other) => {}
             }
         }
         bad
@@ -232,7 +267,7 @@ impl Packs {
             Some(o) => o,
             None => open.insert(self.start()?),
         };
-        o.pack.file.write_all_at(bytes, o.end)?;
+        o.file.write_all_at(bytes, o.end)?;
         let entry = Entry {
             digest: d,
             offset: o.end,
@@ -246,7 +281,7 @@ impl Packs {
             len: entry.len,
         };
         self.index_mut().map.insert(d, loc);
-        if o.end >= ROTATE {
+        if o.end >= ROTATE || o.entries.len() >= MAX_ENTRIES {
             self.close_locked(&mut open)?;
         }
         Ok(())
@@ -274,8 +309,15 @@ impl Packs {
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         file.write_all_at(&header, 0)?;
+        // Read through its own descriptor (the name changes on close).
+        let reader = file.try_clone()?;
         Ok(Open {
-            pack: Arc::new(Pack { file, name }),
+            pack: Arc::new(Pack {
+                file: std::sync::OnceLock::from(reader),
+                name,
+                dir: self.dir.clone(),
+            }),
+            file,
             tmp,
             entries: Vec::new(),
             end: HEADER,
@@ -291,6 +333,11 @@ impl Packs {
     }
 
     fn close_locked(&self, open: &mut Option<Open>) -> io::Result<()> {
+        if self.lost.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "a pack of small blobs could not be written earlier in this build",
+            ));
+        }
         let Some(o) = open.take() else {
             return Ok(());
         };
@@ -310,10 +357,8 @@ impl Packs {
             table.extend_from_slice(&(o.entries.len() as u64).to_le_bytes());
             table.extend_from_slice(sum.as_bytes());
             table.extend_from_slice(END);
-            o.pack.file.write_all_at(&table, o.end)?;
-            o.pack
-                .file
-                .set_permissions(fs::Permissions::from_mode(0o444))?;
+            o.file.write_all_at(&table, o.end)?;
+            o.file.set_permissions(fs::Permissions::from_mode(0o444))?;
             let dest = self.dir.join(&o.pack.name);
             match fs::rename(&o.tmp, &dest) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -329,6 +374,7 @@ impl Packs {
                 Ok(())
             }
             Err(e) => {
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = fs::remove_file(&o.tmp);
                 let mut index = self.index_mut();
                 for entry in &o.entries {
@@ -349,17 +395,23 @@ impl Packs {
     /// forgotten (and its path returned, for the store to move it out of
     /// the way): its table can no longer be trusted to say what it holds.
     /// In the open pack, only that blob (it is left out of the table).
-    pub fn forget(&self, d: &[u8; 32]) -> Option<PathBuf> {
+    pub fn forget(&self, d: &[u8; 32], loc: &Loc) -> Option<PathBuf> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut index = self.index_mut();
-        let loc = index.map.get(d)?.clone();
         if let Some(o) = &mut *open
             && Arc::ptr_eq(&o.pack, &loc.pack)
         {
             o.entries.retain(|e| e.digest != *d);
-            index.map.remove(d);
+            if index
+                .map
+                .get(d)
+                .is_some_and(|l| Arc::ptr_eq(&l.pack, &loc.pack))
+            {
+                index.map.remove(d);
+            }
             return None;
         }
+        // Only that pack's blobs: a good copy written since stays.
         index.map.retain(|_, l| !Arc::ptr_eq(&l.pack, &loc.pack));
         Some(self.dir.join(&loc.pack.name))
     }
@@ -368,9 +420,9 @@ impl Packs {
     /// reads the packs again (after gc rewrote them).
     pub fn reset(&self) -> io::Result<()> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        self.close_locked(&mut open)?;
+        let closed = self.close_locked(&mut open);
         *self.index_mut() = Index::default();
-        Ok(())
+        closed
     }
 
     /// Every blob this process knows of, with its pack's name (gc: after
@@ -406,35 +458,52 @@ pub fn list(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// Why a pack's table was not read.
+#[derive(Debug)]
+pub enum TableError {
+    /// The pack is damaged: it is not trusted at all.
+    Damaged(String),
+    /// Another version's pack, or a read that failed: not judged.
+    Other,
+}
+
 /// A pack's table, checked: its sum, and every blob inside the data.
-pub fn read_table(file: &File) -> Result<Vec<Entry>, String> {
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn read_table(file: &File) -> Result<Vec<Entry>, TableError> {
+    let damaged = |why: &str| TableError::Damaged(why.to_string());
+    let size = file.metadata().map_err(|_| TableError::Other)?.len();
     if size < HEADER + FOOTER {
-        return Err("too short to be a pack".into());
+        return Err(damaged("too short to be a pack"));
     }
     let mut header = [0u8; HEADER as usize];
     file.read_exact_at(&mut header, 0)
-        .map_err(|e| e.to_string())?;
-    if &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
-        return Err("not a pack of this version".into());
+        .map_err(|_| TableError::Other)?;
+    if &header[..8] != MAGIC {
+        return Err(damaged("it does not start as a pack"));
+    }
+    if header[8..12] != VERSION.to_le_bytes() {
+        return Err(TableError::Other);
     }
     let mut footer = [0u8; FOOTER as usize];
     file.read_exact_at(&mut footer, size - FOOTER)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| TableError::Other)?;
     if &footer[48..] != END {
-        return Err("its end is missing".into());
+        return Err(damaged("its end is missing"));
     }
     let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
     let (table_at, count) = (word(&footer[..8]), word(&footer[8..16]));
     let table_len = count
         .checked_mul(ENTRY as u64)
-        .filter(|n| table_at.checked_add(*n) == Some(size - FOOTER) && table_at >= HEADER)
-        .ok_or("its table does not fit")?;
+        .filter(|n| {
+            count <= MAX_ENTRIES as u64
+                && table_at.checked_add(*n) == Some(size - FOOTER)
+                && table_at >= HEADER
+        })
+        .ok_or_else(|| damaged("its table does not fit"))?;
     let mut table = vec![0u8; table_len as usize];
     file.read_exact_at(&mut table, table_at)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| TableError::Other)?;
     if blake3::hash(&table).as_bytes() != &footer[16..48] {
-        return Err("its table does not match its sum".into());
+        return Err(damaged("its table does not match its sum"));
     }
     table
         .chunks_exact(ENTRY)
@@ -455,7 +524,7 @@ pub fn read_table(file: &File) -> Result<Vec<Entry>, String> {
                     len,
                 })
             } else {
-                Err("its table points outside its data".to_string())
+                Err(damaged("its table points outside its data"))
             }
         })
         .collect()
@@ -517,8 +586,35 @@ mod tests {
         assert!(bad[0].why.contains("sum"), "{}", bad[0].why);
         for cut in [0, 10, 20, bytes.len() - 1] {
             fs::write(&path, &bytes[..cut]).unwrap();
-            assert!(read_table(&File::open(&path).unwrap()).is_err(), "{cut}");
+            assert!(
+                matches!(
+                    read_table(&File::open(&path).unwrap()),
+                    Err(TableError::Damaged(_))
+                ),
+                "{cut}"
+            );
         }
+        // Another version's pack is left alone, not judged damaged.
+        let mut other = fs::read(dir.path().join("packs/tok-0.pack")).unwrap_or(bytes.clone());
+        other[8] = 9;
+        fs::write(&path, &other).unwrap();
+        assert!(matches!(
+            read_table(&File::open(&path).unwrap()),
+            Err(TableError::Other)
+        ));
+        // A FIFO in a pack's place is refused without blocking.
+        fs::remove_file(&path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let c = packs(dir.path());
+        assert!(c.find_fresh(&d(b"x")).0.is_none());
+        assert!(open_pack(&path).is_err());
     }
 
     #[test]
@@ -529,17 +625,24 @@ mod tests {
         a.append(d(b"y"), b"y").unwrap();
         a.close().unwrap();
         a.append(d(b"z"), b"z").unwrap();
+        let x = a.find(&d(b"x")).0.unwrap();
         assert_eq!(
-            a.forget(&d(b"x")),
+            a.forget(&d(b"x"), &x),
             Some(dir.path().join("packs/tok-0.pack"))
         );
         assert!(a.find(&d(b"y")).0.is_none());
         // In the open pack: only that blob, left out of its table.
         a.append(d(b"w"), b"w").unwrap();
-        assert_eq!(a.forget(&d(b"z")), None);
+        let z = a.find(&d(b"z")).0.unwrap();
+        assert_eq!(a.forget(&d(b"z"), &z), None);
+        // A location in a pack already forgotten leaves a newer copy be.
+        a.append(d(b"x"), b"x").unwrap();
+        a.forget(&d(b"x"), &x);
+        assert!(a.find(&d(b"x")).0.is_some());
         a.close().unwrap();
         let entries = read_table(&File::open(dir.path().join("packs/tok-1.pack")).unwrap());
-        assert_eq!(entries.unwrap().len(), 1);
+        let digests: Vec<[u8; 32]> = entries.unwrap().iter().map(|e| e.digest).collect();
+        assert_eq!(digests, [d(b"w"), d(b"x")], "`z` left out");
     }
 
     #[test]
@@ -553,5 +656,12 @@ mod tests {
         assert!(a.close().is_err());
         assert!(a.find(&d(b"x")).0.is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // Callers were told `x` was stored: every later close fails, so
+        // nothing naming it is stored.
+        fs::remove_file(dir.path().join("packs")).unwrap();
+        fs::create_dir(dir.path().join("packs")).unwrap();
+        assert!(a.close().is_err());
+        a.append(d(b"y"), b"y").unwrap();
+        assert!(a.close().is_err());
     }
 }

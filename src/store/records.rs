@@ -135,6 +135,9 @@ fn save_inputs(store: &Store, scope: &str, r: &StepRecord) -> std::io::Result<()
     let Some(path) = inputs_file(store, scope, &r.key) else {
         return Ok(());
     };
+    // Kept already. (Not read back to check: a damaged file only costs
+    // `explain` its detail, and reading it would cost every build the
+    // inputs of every step.)
     if r.inputs.is_empty() || path.exists() {
         return Ok(());
     }
@@ -292,7 +295,12 @@ fn forget_inputs(store: &Store, scope: &str, history: &BTreeMap<String, StepReco
     };
     let keys: std::collections::HashSet<&str> = history.values().map(|r| r.key.as_str()).collect();
     for e in rd.flatten() {
-        if !e.file_name().to_str().is_some_and(|n| keys.contains(n)) {
+        // Only inputs files (named by a key): another build's temp file
+        // being written here is not ours to remove.
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_key = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_key && !keys.contains(name) {
             let _ = std::fs::remove_file(e.path());
         }
     }
