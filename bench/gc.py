@@ -13,6 +13,8 @@ after the other:
 
     bench/gc.py [--stages N] [--images DIR]
 
+With GC_PROFILE="perf record -g -o FILE" the budgeted gc runs under it.
+
 Writes bench/results/gc.md; bench/RESULTS.md has the summary.
 """
 
@@ -26,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "bench", "work", "gc")
 TARGET = os.environ.get("CARGO_TARGET_DIR", "/var/cache/kiln-target")
 KILN = os.path.join(TARGET, "release", "kiln")
+PROFILE = os.environ.get("GC_PROFILE", "").split()
 
 STAGE = """stage s{i} {{
     from image="oci:{images}/busybox:1"
@@ -77,7 +80,7 @@ def main():
     subprocess.run(["sync"], check=True)
     gc, _ = timed([KILN, "gc"], cwd=project, env=env)
     subprocess.run(["sync"], check=True)
-    gc_budget, out = timed([KILN, "gc", "--max-size", "1G"], cwd=project, env=env)
+    gc_budget, out = timed(PROFILE + [KILN, "gc", "--max-size", "1G"], cwd=project, env=env)
     after = du(state)
     build, _ = timed([KILN, "build", "--progress", "plain", "--target", f"s{a.stages - 1}"],
                      cwd=project, env=env)
