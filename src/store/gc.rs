@@ -165,31 +165,40 @@ fn collect_rootfs(root: &Path, keep: &HashSet<TreeDigest>) {
             }
         }
     }
-    // Layers (`l/<id>`) and their seals (`s/<id>`).
+    // Layers (`l/<id>`) and their seals (`s/<id>`), removed on all cores:
+    // unlinking their files is most of what a budgeted gc costs.
+    let mut gone = Vec::new();
     for part in ["l", "s"] {
         if let Ok(rd) = fs::read_dir(root.join(part)) {
             for e in rd.flatten() {
                 if !used.contains(&*e.file_name().to_string_lossy()) {
-                    crate::fsutil::remove_any(&e.path());
+                    gone.push(e.path());
                 }
             }
         }
     }
     // Private copies, per project (`copies/<project>/<id>`): the record
     // names the tree.
-    if let Ok(projects) = fs::read_dir(root.join("copies")) {
-        for project in projects.flatten() {
-            if let Ok(rd) = fs::read_dir(project.path()) {
-                for e in rd.flatten() {
-                    let record = fs::read_to_string(e.path().join("record")).unwrap_or_default();
-                    if !kept(record.split_whitespace().next().unwrap_or("")) {
-                        crate::fsutil::remove_any(&e.path());
-                    }
+    let projects: Vec<PathBuf> = fs::read_dir(root.join("copies"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for project in &projects {
+        if let Ok(rd) = fs::read_dir(project) {
+            for e in rd.flatten() {
+                let record = fs::read_to_string(e.path().join("record")).unwrap_or_default();
+                if !kept(record.split_whitespace().next().unwrap_or("")) {
+                    gone.push(e.path());
                 }
             }
-            // Gone when empty (fails otherwise).
-            let _ = fs::remove_dir(project.path());
         }
+    }
+    {
+        use rayon::prelude::*;
+        gone.par_iter().for_each(|p| crate::fsutil::remove_any(p));
+    }
+    for project in &projects {
+        // Gone when empty (fails otherwise).
+        let _ = fs::remove_dir(project);
     }
 }
 
