@@ -343,6 +343,10 @@ fn collect_packs(
             to_copy.push((path, file, live));
         }
     }
+    let before: HashSet<String> = packs::list(&store.layout().packs())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     let packs = store.packs();
     // Copying can fail (a full disk): what was not copied stays where it
     // is, and the rest of gc goes on.
@@ -381,8 +385,13 @@ fn collect_packs(
             }
             emptied.push(path.clone());
         }
-        // The new packs are in place before anything old goes.
-        packs.close()
+        // The new packs are in place, and on disk, before anything old
+        // goes: after a power loss the old copies are what is left.
+        packs.close()?;
+        if !emptied.is_empty() {
+            sync_new_packs(&store.layout().packs(), &before)?;
+        }
+        Ok(())
     })();
     if copied.is_err() {
         emptied.clear();
@@ -392,6 +401,16 @@ fn collect_packs(
         let _ = fs::remove_file(path);
     }
     Ok(removed)
+}
+
+/// Force to disk the packs in `dir` not named in `before`, and `dir`.
+fn sync_new_packs(dir: &Path, before: &HashSet<String>) -> std::io::Result<()> {
+    for (name, path) in packs::list(dir) {
+        if !before.contains(&name) {
+            fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    fs::File::open(dir)?.sync_all()
 }
 
 fn name_of(p: &Path) -> &str {
