@@ -549,7 +549,9 @@ fn is_damage(d: &Diagnostic) -> bool {
 }
 
 /// Build a plan. `waiting` is told why, when the store is locked.
-/// Waits, when dropped, for the old exports being removed.
+/// Waits, when dropped, for the old exports being removed: previous
+/// exports swapped out are removed while the build records what it did,
+/// and a build is over when they are gone.
 struct RemovalsJoined;
 
 impl Drop for RemovalsJoined {
@@ -559,22 +561,6 @@ impl Drop for RemovalsJoined {
 }
 
 pub fn run(
-    plan: Plan,
-    req: &Request,
-    sources: &Sources,
-    progress: &Progress<'_>,
-    cancel: Arc<AtomicBool>,
-    waiting: &dyn Fn(&str),
-) -> Result<Report, Diagnostic> {
-    let report = run_build(plan, req, sources, progress, cancel, waiting);
-    // Previous exports swapped out are removed while the build records
-    // what it did; a build is over when they are gone (see
-    // `RemovalsJoined`, which waits before the store is let go).
-    crate::export::finish_removals();
-    report
-}
-
-fn run_build(
     plan: Plan,
     req: &Request,
     sources: &Sources,

@@ -746,14 +746,16 @@ mod tests {
 
     fn entry_with(store: &Store, key: u8, content: &[u8]) -> TreeDigest {
         let blob = store.put_blob(content).unwrap();
+        entry_of(store, key, blob, content.len() as u64)
+    }
+
+    /// A cache entry keyed `[key; 32]` whose tree holds `blob`.
+    fn entry_of(store: &Store, key: u8, blob: BlobDigest, size: u64) -> TreeDigest {
         let mut t = Tree::new();
         t.put(
             "f",
             Entry {
-                kind: Kind::File {
-                    blob,
-                    size: content.len() as u64,
-                },
+                kind: Kind::File { blob, size },
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
@@ -800,28 +802,7 @@ mod tests {
         fs::create_dir_all(old_path.parent().unwrap()).unwrap();
         fs::write(&old_path, b"old file").unwrap();
         fs::set_permissions(&old_path, fs::Permissions::from_mode(0o444)).unwrap();
-        let mut t = Tree::new();
-        t.put(
-            "o",
-            Entry {
-                kind: Kind::File { blob: old, size: 8 },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            },
-            false,
-        )
-        .unwrap();
-        let td = store.put_tree(&t).unwrap();
-        crate::store::ActionCache::put(
-            &store,
-            StepKey([3; 32]),
-            &Action {
-                tree: Some(td),
-                config: ImageConfig::default(),
-            },
-        )
-        .unwrap();
+        entry_of(&store, 3, old, 8);
         let before = packs::list(&store.layout().packs());
         assert_eq!(before.len(), 4);
 
