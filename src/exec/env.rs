@@ -176,13 +176,12 @@ impl<'a> Env<'a> {
             .cloned()
     }
 
-    /// A stored tree to change: a copy of the one kept in this run, or read
-    /// from the store (and not kept, so it is decoded once and not copied).
+    /// A stored tree to change: a copy of the one kept in this run, or
+    /// read from the store and kept (a copy costs a fraction of decoding
+    /// it again, and a `run` step after the change reads it to find what
+    /// changed).
     pub fn tree_owned(&self, d: TreeDigest) -> Result<Tree, Diagnostic> {
-        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
-            return Ok((**t).clone());
-        }
-        Ok(self.content.get_tree(d)?)
+        Ok((*self.tree(d)?).clone())
     }
 
     /// Keep a tree built in this run for the stages and exports that read it.

@@ -354,7 +354,8 @@ impl<'a> Executor<'a> {
                     },
                     prepared,
                 )?;
-                let d = env.content.put_tree(&t)?;
+                let base = env.tree(current)?;
+                let d = env.content.put_tree_on(&t, current, &base)?;
                 let _ = self.actions.put(
                     key,
                     &Action {

@@ -54,6 +54,12 @@ struct Cursor {
     start: Start,
     /// The key of the last step.
     last: Option<StepKey>,
+    /// Whether the next step is keyed by the steps before it (a builtin
+    /// step's tree is not stored by rule: its key chains on), whatever
+    /// the cache happens to hold of its tree. A step's key never depends
+    /// on whether an earlier step's tree was stored since (an image
+    /// export stores the trees of builtin steps for their layers).
+    by_key: bool,
 }
 
 impl Cursor {
@@ -68,7 +74,7 @@ impl Cursor {
     /// from its key. Returns that state's digest, when there is one.
     fn advance(&mut self, key: StepKey) -> Option<StateDigest> {
         self.last = Some(key);
-        match self.known() {
+        match self.known().filter(|_| !self.by_key) {
             Some(tree) => {
                 let d = State {
                     tree,
@@ -282,6 +288,7 @@ impl<'a> Runner<'a> {
             memory: None,
             start,
             last: None,
+            by_key: false,
         };
         let mut all_cached = true;
         for i in 0..stage.steps.len() {
@@ -362,7 +369,8 @@ impl<'a> Runner<'a> {
             ));
         }
         let tree = self.materialize(cur, id, inputs)?;
-        let digest = self.env.content.put_tree(&tree)?;
+        let base = self.env.tree(cur.stored)?;
+        let digest = self.env.content.put_tree_on(&tree, cur.stored, &base)?;
         let state = State {
             tree: digest,
             config: Box::new(cur.config.clone()),
@@ -520,6 +528,9 @@ impl<'a> Runner<'a> {
                 // The tree after this step was not kept: remember how to redo it.
                 None => cur.since.push((index, cur.config.clone())),
             }
+            if kind.changes_tree() {
+                cur.by_key = !(last || kind.stores_tree());
+            }
             cur.config = hit.config;
             let result = cur.advance(key);
             self.records
@@ -536,9 +547,32 @@ impl<'a> Runner<'a> {
         });
         let t0 = Instant::now();
         let mut tree = self.materialize(cur, cx.stage.id, cx.inputs)?;
+        let mut current = cx.current;
+        // A step that runs a program starts on a stored tree: stored now
+        // (as its differences from the last stored one), and the step
+        // before it says so, so the tree is not replayed for an image's
+        // layers and is the base the step's own result is stored on.
+        if kind.stores_tree() && current.is_none() {
+            let base = env.tree(cur.stored)?;
+            let d = env.content.put_tree_on(&tree, cur.stored, &base)?;
+            if let Some(before) = cur.last {
+                self.actions.put(
+                    before,
+                    &Action {
+                        tree: Some(d),
+                        config: cur.config.clone(),
+                    },
+                )?;
+            }
+            env.derived(d, cur.stored);
+            cur.stored = d;
+            cur.since.clear();
+            current = Some(d);
+        }
         let mut config = cur.config.clone();
         let run_cx = StepCx {
             key: Some(key),
+            current,
             ..*cx
         };
         let mut stored_by_step = None;
@@ -578,6 +612,9 @@ impl<'a> Runner<'a> {
                 cur.since.clear();
             }
             None => cur.since.push((index, before)),
+        }
+        if kind.changes_tree() {
+            cur.by_key = !(last || kind.stores_tree() || stored_by_step.is_some());
         }
         cur.memory = Some((tree, cur.since.len()));
         let result = cur.advance(key);

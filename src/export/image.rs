@@ -429,28 +429,27 @@ enum Item<'t> {
 /// changed, the directories above them, and a whiteout for each path
 /// removed (the topmost only), by layer path.
 fn diff<'t>(base: &Tree, tree: &'t Tree) -> BTreeMap<String, Item<'t>> {
+    use crate::model::tree::Change;
     let mut out = BTreeMap::new();
-    for (path, entry) in &tree.entries {
-        let same = base.entries.get(path).is_some_and(|b| b == entry);
-        if same {
-            continue;
-        }
-        out.insert(path.clone(), Item::Put(entry));
-        // The directories above, so the layer makes them as the tree has them.
-        let mut p = path.as_str();
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            if let Some(e) = tree.entries.get(parent) {
-                out.entry(parent.to_string()).or_insert(Item::Put(e));
+    for change in tree.changes_from(base) {
+        let path = match change {
+            Change::Added(path, _) | Change::Changed(path, _, _) => {
+                if let Some((path, entry)) = tree.entries.get_key_value(path) {
+                    out.insert(path.clone(), Item::Put(entry));
+                }
+                // The directories above, so the layer makes them as the
+                // tree has them.
+                for parent in ancestors(path) {
+                    if let Some(e) = tree.entries.get(parent) {
+                        out.entry(parent.to_string()).or_insert(Item::Put(e));
+                    }
+                }
+                continue;
             }
-            p = parent;
-        }
-    }
-    for path in base.entries.keys() {
-        if tree.entries.contains_key(path) {
-            // A directory replaced by a file, or the reverse, is replaced
-            // by the entry itself; a kept directory keeps what it has.
-            continue;
-        }
+            // A directory replaced by a file, or the reverse, is replaced by
+            // the entry itself (above); a kept directory keeps what it has.
+            Change::Removed(path, _) => path,
+        };
         // Only the topmost removed path: below a directory removed or
         // replaced by a file or link, nothing of it is left.
         let covered = ancestors(path).any(|a| {

@@ -24,10 +24,13 @@
 //! disk is the epoch, `SOURCE_DATE_EPOCH`); `rootfs/s/<id>` seals a
 //! layer: a digest of what stat says of every entry in it (type, mode,
 //! owner, size, mtime, ctime, inode), written when the layer is put in
-//! place. A stack is used only when each of its layers still matches its
-//! seal (checked once per layer per process): a layer edited or damaged on
-//! disk (changing a file changes its ctime) makes the tree be written out
-//! again instead of running commands on files the tree does not hold.
+//! place. What a command makes on a stack is kept only when each of its
+//! layers still matches its seal (checked once per layer per process, in
+//! the background while the command runs, so the check costs no time of
+//! its own): a layer edited or damaged on disk (changing a file changes
+//! its ctime) makes the command run again on the tree written out afresh,
+//! and the layer is not used again, so no result comes from files the
+//! tree does not hold.
 //!
 //! Without root, a command runs on a private copy of its tree instead;
 //! settled to be exactly the new tree, the copy is kept in
@@ -39,7 +42,7 @@
 
 use super::{Ids, SandboxError};
 use crate::model::digest::TreeDigest;
-use crate::model::tree::{Entry, Kind, Tree};
+use crate::model::tree::{Change, Entry, Kind, Tree};
 use crate::store::ContentStore;
 use crate::store::layout::Layout;
 use std::collections::BTreeSet;
@@ -97,9 +100,14 @@ impl Rootfs<'_> {
     }
 
     /// The recorded stack of a tree, if all its layers are in place and
-    /// match their seals. A stack that does not is forgotten (its tree is
-    /// then written out again); its layers stay for gc, as another build
-    /// may have them mounted.
+    /// none was found in this process not to match its seal. The seals of
+    /// layers not checked yet are checked in the background from here on:
+    /// the stack is provisional until [`Rootfs::confirm`] says every layer
+    /// matched, and nothing made on it may be kept before (a command runs
+    /// meanwhile, so the check costs no time of its own). A stack with a
+    /// layer that does not match is forgotten (its tree is then written
+    /// out again); its layers stay for gc, as another build may have them
+    /// mounted.
     pub fn stack_of(&self, d: TreeDigest) -> Option<Vec<PathBuf>> {
         let text = fs::read_to_string(self.stack_file(d)).ok()?;
         let stack: Vec<PathBuf> = text
@@ -107,16 +115,31 @@ impl Rootfs<'_> {
             .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(|id| self.layers_dir().join(id))
             .collect();
-        if stack.is_empty() || !stack.iter().all(|p| p.is_dir()) {
+        // Directories themselves (a link in a layer's place is not followed).
+        let real_dir = |p: &PathBuf| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+        if stack.is_empty() || !stack.iter().all(real_dir) {
             return None;
         }
         // A stack that fails is made again (under the tree's lock) by the
         // next build that needs it; not removed here, where another build
         // may just have recorded a sound one.
-        if !stack.iter().all(|p| self.sealed(p)) {
+        if stack.iter().any(|p| failed().contains(p)) {
             return None;
         }
+        check_later(
+            stack
+                .iter()
+                .filter_map(|l| Some((l.clone(), self.seal_file(l)?)))
+                .collect(),
+        );
         Some(stack)
+    }
+
+    /// Whether every layer of `stack` matches its seal: waits for the
+    /// checks under way, checks the others on all cores. A layer that does
+    /// not match is not handed out again by [`Rootfs::stack_of`].
+    pub fn confirm(&self, stack: &[PathBuf]) -> bool {
+        stack.iter().all(|p| self.sealed(p))
     }
 
     /// Seal a layer in place (see the module doc).
@@ -376,29 +399,26 @@ impl Rootfs<'_> {
         // Parents of changed entries must be in the layer too, with the
         // new tree's metadata.
         let mut needed: BTreeSet<&str> = BTreeSet::new();
-        for (path, e) in &new.entries {
-            if old.get(path) == Some(e) && !e.is_dir() {
-                continue;
-            }
-            if e.is_dir() && old.get(path) == Some(e) {
-                continue;
-            }
-            let mut p = crate::model::tree::parent(path);
-            while !p.is_empty() {
-                needed.insert(p);
-                p = crate::model::tree::parent(p);
-            }
-            needed.insert(path);
-        }
         // Removed entries: a whiteout for the topmost removed path. A path
         // that became a device node is removed on disk too (a device is
         // never made there), or what it replaced would still show.
         let mut whiteouts: Vec<&str> = Vec::new();
-        for (path, was) in &old.entries {
-            let gone = match new.get(path) {
-                None => true,
-                Some(e) => matches!(e.kind, Kind::Device { .. }),
+        for change in new.changes_from(old) {
+            let (path, was, is) = match change {
+                Change::Added(p, e) => (p, None, Some(e)),
+                Change::Changed(p, o, e) => (p, Some(o), Some(e)),
+                Change::Removed(p, o) => (p, Some(o), None),
             };
+            if is.is_some() {
+                let mut p = crate::model::tree::parent(path);
+                while !p.is_empty() {
+                    needed.insert(p);
+                    p = crate::model::tree::parent(p);
+                }
+                needed.insert(path);
+            }
+            let Some(was) = was else { continue };
+            let gone = is.is_none_or(|e| matches!(e.kind, Kind::Device { .. }));
             if !gone || matches!(was.kind, Kind::Device { .. }) {
                 continue;
             }
@@ -694,7 +714,6 @@ fn copy_verified(path: &Path, seal: &[u8; 32]) -> bool {
     copies_verified().remove(path).is_some_and(|s| s == *seal)
 }
 
-/// Layers found to match their seals in this process.
 /// Whether `layer` matches the seal in `seal` (once per process: a check
 /// under way on another thread is waited for, not repeated); `parallel`:
 /// on all cores (else on this thread alone, as a check in the background
@@ -726,6 +745,8 @@ fn check_seal(layer: &Path, seal: &Path, parallel: bool) -> bool {
     });
     if ok {
         verified().insert(layer.to_path_buf());
+    } else {
+        failed().insert(layer.to_path_buf());
     }
     let mut held = checks.lock().unwrap_or_else(|e| e.into_inner());
     if held.get(layer).is_some_and(|o| Arc::ptr_eq(o, &once)) {
@@ -770,6 +791,33 @@ pub fn prefetch_seals(layout: &Layout, scope: &str) {
         });
 }
 
+/// Start checking `layers` (with their seals) on a thread of their own
+/// (one core: the build keeps the others), but those checked already.
+fn check_later(mut layers: Vec<(PathBuf, PathBuf)>) {
+    layers.retain(|(l, _)| !verified().contains(l) && !failed().contains(l));
+    if layers.is_empty() {
+        return;
+    }
+    // Without a thread, `confirm` checks them.
+    let _ = std::thread::Builder::new()
+        .name("kiln-seals".into())
+        .spawn(move || {
+            for (layer, seal) in layers {
+                check_seal(&layer, &seal, false);
+            }
+        });
+}
+
+/// Layers found not to match their seals in this process.
+fn failed() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Layers found to match their seals in this process.
 fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
     static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
         std::sync::OnceLock::new();
@@ -965,19 +1013,26 @@ mod tests {
         let d = TreeDigest([7; 32]);
         let stack = rootfs.stack_on(d, &tree, &[], &|_| None).unwrap();
         assert_eq!(rootfs.stack_of(d), Some(stack.clone()));
+        assert!(rootfs.confirm(&stack));
         // Edited in place (same size), as damage or a stray tool would.
         fs::write(stack[0].join("etc/conf"), b"wrong\n").unwrap();
         verified().clear();
+        // Handed out while its seal is checked, then found out: not
+        // confirmed, and not handed out again.
+        assert_eq!(rootfs.stack_of(d), Some(stack.clone()));
+        assert!(!rootfs.confirm(&stack));
         assert_eq!(rootfs.stack_of(d), None);
         // The tree is written out again, and that stack is sound.
         let again = rootfs.stack_on(d, &tree, &[], &|_| None).unwrap();
         assert_ne!(again, stack);
         assert_eq!(fs::read(again[0].join("etc/conf")).unwrap(), b"right\n");
         verified().clear();
-        assert_eq!(rootfs.stack_of(d), Some(again));
+        assert_eq!(rootfs.stack_of(d), Some(again.clone()));
+        assert!(rootfs.confirm(&again));
         // A layer without a seal (from an older kiln) is not trusted.
         fs::remove_dir_all(layout.rootfs(&Ids::Own.tag()).join("s")).unwrap();
         verified().clear();
+        assert!(!rootfs.confirm(&again));
         assert_eq!(rootfs.stack_of(d), None);
     }
 

@@ -536,6 +536,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
 
     let mut kept_trees: HashSet<TreeDigest> = HashSet::new();
     let mut kept_blobs: HashSet<BlobDigest> = HashSet::new();
+    let mut kept_bases: HashSet<TreeDigest> = HashSet::new();
     let mut total = 0u64;
     // Add a tree and its blobs to the kept set; returns the bytes added,
     // or None when it would not fit in `limit`.
@@ -544,12 +545,25 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
                 limit: Option<u64>,
                 kept_trees: &mut HashSet<TreeDigest>,
                 kept_blobs: &mut HashSet<BlobDigest>,
+                kept_bases: &mut HashSet<TreeDigest>,
                 total: &mut u64|
      -> bool {
         let mut add = extra;
         let mut new_blobs = Vec::new();
+        let mut new_bases = Vec::new();
         if !kept_trees.contains(&tree) {
             add += size_of_tree(&tree);
+            // A tree stored as its differences from another keeps that
+            // one's manifest (not its files), and so on down.
+            let mut below = store.tree_base(tree);
+            while let Some(b) = below {
+                if kept_trees.contains(&b) || kept_bases.contains(&b) || new_bases.contains(&b) {
+                    break;
+                }
+                add += size_of_tree(&b);
+                new_bases.push(b);
+                below = store.tree_base(b);
+            }
             if let Ok(t) = store.get_tree(tree) {
                 for e in t.entries.values() {
                     if let Kind::File { blob, .. } = e.kind
@@ -570,6 +584,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
         *total += add;
         kept_trees.insert(tree);
         kept_blobs.extend(new_blobs);
+        kept_bases.extend(new_bases);
         true
     };
 
@@ -581,6 +596,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
             None,
             &mut kept_trees,
             &mut kept_blobs,
+            &mut kept_bases,
             &mut total,
         );
     }
@@ -615,6 +631,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
                 budget,
                 &mut kept_trees,
                 &mut kept_blobs,
+                &mut kept_bases,
                 &mut total,
             ),
             // An entry without a stored tree costs only its record.
@@ -635,7 +652,9 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
     }
     report.actions_removed = log.rewrite(&|k| kept_keys.contains(k), &store.tmp_path("actions"))?;
     for (path, _) in &tree_files {
-        if !TreeDigest::parse(name_of(path)).is_some_and(|d| kept_trees.contains(&d)) {
+        if !TreeDigest::parse(name_of(path))
+            .is_some_and(|d| kept_trees.contains(&d) || kept_bases.contains(&d))
+        {
             let _ = fs::remove_file(path);
             report.trees_removed += 1;
         }
@@ -774,6 +793,47 @@ mod tests {
         )
         .unwrap();
         td
+    }
+
+    #[test]
+    fn a_kept_tree_keeps_the_tree_it_is_stored_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Exclusive).unwrap();
+        let blob = store.put_blob(b"content").unwrap();
+        let mut base = Tree::new();
+        for i in 0..100 {
+            let e = Entry {
+                kind: Kind::File { blob, size: 7 },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            base.put(&format!("f{i:03}"), e, false).unwrap();
+        }
+        // The base is in no cache entry; the tree made from it is.
+        let bd = store.put_tree(&base).unwrap();
+        let mut t = base.clone();
+        t.entries.remove("f000");
+        let td = store.put_tree_on(&t, bd, &base).unwrap();
+        assert_eq!(store.tree_base(td), Some(bd));
+        crate::store::ActionCache::put(
+            &store,
+            StepKey([1; 32]),
+            &Action {
+                tree: Some(td),
+                config: ImageConfig::default(),
+            },
+        )
+        .unwrap();
+        // An unused tree goes.
+        let mut unused = Tree::new();
+        unused.put("x", Entry::dir(0o755, 0, 0), false).unwrap();
+        let ud = store.put_tree(&unused).unwrap();
+        let r = collect(&store, None).unwrap();
+        assert_eq!(r.trees_removed, 1, "{r:?}");
+        assert!(!store.has_tree(ud));
+        assert!(store.has_tree(bd));
+        assert_eq!(store.get_tree(td).unwrap(), t);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{
 use crate::diag::Diagnostic;
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
 use crate::model::state::Action;
-use crate::model::tree::Tree;
+use crate::model::tree::{Stored, Tree};
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -615,6 +615,38 @@ impl ContentStore for Store {
     }
 
     fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        self.put_tree_as(tree, None)
+    }
+
+    fn put_tree_on(
+        &self,
+        tree: &Tree,
+        base_digest: TreeDigest,
+        base: &Tree,
+    ) -> Result<TreeDigest, StoreError> {
+        self.put_tree_as(tree, Some((base_digest, base)))
+    }
+
+    /// Load a tree manifest, verifying it against its digest.
+    fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
+        self.read_tree(d, MAX_DELTA_DEPTH)
+    }
+}
+
+/// Trees stored as differences from trees stored as differences…, at
+/// most this deep: reading a tree reads at most this many small files
+/// besides one whole manifest.
+const MAX_DELTA_DEPTH: u8 = 8;
+
+impl Store {
+    /// Store `tree`, as its differences from `base` when that is stored,
+    /// not too deep, and the differences are few (an eighth of the
+    /// entries at most); else whole.
+    fn put_tree_as(
+        &self,
+        tree: &Tree,
+        base: Option<(TreeDigest, &Tree)>,
+    ) -> Result<TreeDigest, StoreError> {
         // The tree names blobs: every process must find them.
         self.flush()?;
         let bytes = tree.to_bytes();
@@ -622,15 +654,65 @@ impl ContentStore for Store {
         let path = self.tree_path(d);
         let present = path.exists()
             && (!self.verify_existing.load(Ordering::Relaxed) || self.get_tree(d).is_ok());
-        if !present {
-            self.write_loose(&path, &bytes, 0o444)
-                .map_err(StoreError::io(&path))?;
+        if present {
+            return Ok(d);
         }
+        let delta = base
+            .filter(|(b, _)| *b != d)
+            .and_then(|(b, base)| Some((b, base, self.tree_depth(b)?)))
+            .filter(|(_, _, depth)| *depth < MAX_DELTA_DEPTH)
+            .filter(|(_, base, _)| {
+                let most = tree.entries.len().max(base.entries.len()) / 8;
+                tree.changes_from(base).nth(most).is_none()
+            })
+            .map(|(b, base, depth)| tree.delta_bytes(b, base, depth + 1));
+        let stored = delta.as_deref().unwrap_or(&bytes);
+        self.write_loose(&path, stored, 0o444)
+            .map_err(StoreError::io(&path))?;
         Ok(d)
     }
 
-    /// Load a tree manifest, verifying it against its digest.
-    fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
+    /// How many deltas deep the stored tree `d` is (0: whole), from its
+    /// first bytes; `None` when it is not stored.
+    fn tree_depth(&self, d: TreeDigest) -> Option<u8> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(Stored::HEAD);
+        fs::File::open(self.tree_path(d))
+            .ok()?
+            .take(Stored::HEAD as u64)
+            .read_to_end(&mut head)
+            .ok()?;
+        Some(Stored::base_of(&head).map_or(0, |(_, depth)| depth))
+    }
+
+    /// The base tree the stored tree `d` is a delta on, if it is one
+    /// (what `gc` keeps with it).
+    pub fn tree_base(&self, d: TreeDigest) -> Option<TreeDigest> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(Stored::HEAD);
+        fs::File::open(self.tree_path(d))
+            .ok()?
+            .take(Stored::HEAD as u64)
+            .read_to_end(&mut head)
+            .ok()?;
+        Stored::base_of(&head).map(|(base, _)| base)
+    }
+
+    /// Read the stored tree `d`, a delta at most `limit` deep. A whole
+    /// tree's bytes are checked against its name; a delta's result is
+    /// (its bases are read checked by their own sums, then the result as
+    /// a whole against the name).
+    fn read_tree(&self, d: TreeDigest, limit: u8) -> Result<Tree, StoreError> {
+        let (tree, checked) = self.read_stored(d, limit)?;
+        if !checked && tree.digest() != d {
+            return Err(self.quarantine("tree", &self.tree_path(d), &d.hex()));
+        }
+        Ok(tree)
+    }
+
+    /// A stored tree, and whether it was checked against its name (a
+    /// whole one is; a delta's result is not yet).
+    fn read_stored(&self, d: TreeDigest, limit: u8) -> Result<(Tree, bool), StoreError> {
         let path = self.tree_path(d);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -639,10 +721,31 @@ impl ContentStore for Store {
             }
             Err(e) => return Err(StoreError::io(&path)(e)),
         };
-        if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
-            return Err(self.quarantine("tree", &path, &d.hex()));
+        match Stored::read(&bytes) {
+            Some(Stored::Whole(t)) => {
+                if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
+                    return Err(self.quarantine("tree", &path, &d.hex()));
+                }
+                Ok((t, true))
+            }
+            Some(delta @ Stored::Delta { base, depth, .. }) if (1..=limit).contains(&depth) => {
+                let below = match self.read_stored(base, depth - 1) {
+                    Ok((t, _)) => t,
+                    // A delta whose base is gone or damaged cannot be read:
+                    // it goes too (what needs it is built again).
+                    Err(e) if e.is_damage() => {
+                        let _ = self.quarantine("tree", &path, &d.hex());
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let tree = delta
+                    .apply(|| Some(below))
+                    .ok_or_else(|| self.quarantine("tree", &path, &d.hex()))?;
+                Ok((tree, false))
+            }
+            _ => Err(self.quarantine("tree", &path, &d.hex())),
         }
-        Tree::from_bytes(&bytes).ok_or_else(|| self.quarantine("tree", &path, &d.hex()))
     }
 }
 
@@ -968,6 +1071,108 @@ mod tests {
             store.get_tree(TreeDigest([7; 32])),
             Err(StoreError::Missing { .. })
         ));
+    }
+
+    /// A tree of `n` files, `changed` of them with other content.
+    fn wide_tree(store: &Store, n: usize, changed: usize) -> Tree {
+        let mut t = Tree::new();
+        t.put("d", tree::Entry::dir(0o755, 0, 0), false).unwrap();
+        let blob = store.put_blob(b"same").unwrap();
+        let other = store.put_blob(b"other").unwrap();
+        for i in 0..n {
+            let blob = if i < changed { other } else { blob };
+            let e = tree::Entry {
+                kind: tree::Kind::File { blob, size: 4 },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            t.put(&format!("d/f{i:05}"), e, false).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn a_tree_made_from_another_is_stored_as_its_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let base = wide_tree(&store, 2000, 0);
+        let bd = store.put_tree(&base).unwrap();
+        let whole = fs::metadata(store.tree_path(bd)).unwrap().len();
+        // A chain of small changes: each stored as a delta on the one
+        // before, up to the deepest chain, then whole again.
+        let mut prev = (bd, base);
+        let mut sizes = Vec::new();
+        for i in 1..=(MAX_DELTA_DEPTH as usize + 1) {
+            let t = wide_tree(&store, 2000, i);
+            let d = store.put_tree_on(&t, prev.0, &prev.1).unwrap();
+            assert_eq!(d, t.digest(), "the digest is the whole tree's");
+            assert_eq!(store.get_tree(d).unwrap(), t);
+            sizes.push(fs::metadata(store.tree_path(d)).unwrap().len());
+            prev = (d, t);
+        }
+        assert!(
+            sizes[..MAX_DELTA_DEPTH as usize]
+                .iter()
+                .all(|s| *s * 20 < whole),
+            "{sizes:?} against {whole}"
+        );
+        assert_eq!(*sizes.last().unwrap(), whole, "past the depth, whole");
+        // Many changes: whole.
+        let t = wide_tree(&store, 2000, 1000);
+        let base = wide_tree(&store, 2000, 0);
+        let d = store.put_tree_on(&t, bd, &base).unwrap();
+        assert_eq!(fs::metadata(store.tree_path(d)).unwrap().len(), whole);
+        // A base not stored: whole.
+        let t = wide_tree(&store, 1999, 3);
+        let mut other = base.clone();
+        other.entries.remove("d/f01999");
+        let d = store.put_tree_on(&t, other.digest(), &other).unwrap();
+        assert_eq!(store.tree_base(d), None);
+    }
+
+    #[test]
+    fn a_damaged_delta_or_base_is_found_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let base = wide_tree(&store, 500, 0);
+        let bd = store.put_tree(&base).unwrap();
+        let one = wide_tree(&store, 500, 1);
+        let d1 = store.put_tree_on(&one, bd, &base).unwrap();
+        let two = wide_tree(&store, 500, 2);
+        let d2 = store.put_tree_on(&two, d1, &one).unwrap();
+        assert_eq!(store.tree_base(d2), Some(d1));
+        assert_eq!(store.tree_base(d1), Some(bd));
+        // A byte of the middle delta's entries changed: found as itself.
+        let p1 = store.tree_path(d1);
+        let mut bytes = fs::read(&p1).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::set_permissions(&p1, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p1, &bytes).unwrap();
+        assert!(store.get_tree(d2).unwrap_err().is_damage());
+        assert!(
+            !store.has_tree(d1) && !store.has_tree(d2),
+            "both moved aside"
+        );
+        assert!(store.has_tree(bd));
+        // Stored again (as a build after the repair does), and read.
+        let d1 = store.put_tree_on(&one, bd, &base).unwrap();
+        assert_eq!(store.get_tree(d1).unwrap(), one);
+        // The base gone: the delta cannot be read, and goes too.
+        fs::remove_file(store.tree_path(bd)).unwrap();
+        assert!(store.get_tree(d1).unwrap_err().is_damage());
+        assert!(!store.has_tree(d1));
+        // A delta renamed to another tree's name is refused.
+        let base = wide_tree(&store, 500, 0);
+        let bd = store.put_tree(&base).unwrap();
+        let d1 = store.put_tree_on(&one, bd, &base).unwrap();
+        let d2 = store.put_tree_on(&two, bd, &base).unwrap();
+        let (p1, p2) = (store.tree_path(d1), store.tree_path(d2));
+        fs::set_permissions(&p1, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::copy(&p2, &p1).unwrap();
+        assert!(store.get_tree(d1).unwrap_err().is_damage());
+        assert_eq!(store.get_tree(d2).unwrap(), two);
     }
 
     #[test]

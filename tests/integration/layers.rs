@@ -178,3 +178,105 @@ fn after_gc_to_a_budget_edits_cost_the_edit_again() {
     edit_loop(&as_root, Some(("1", false)));
     edit_loop(&kiln_as_nobody, Some(("1", false)));
 }
+
+/// The layers a command runs on are checked against their seals while it
+/// runs: a command that ran on a layer changed since it was written
+/// (edited in place, as damage or a stray tool would) is not believed; it
+/// runs again on a tree written afresh, and the build gives what a fresh
+/// one does.
+#[test]
+fn a_command_on_a_layer_changed_on_disk_runs_again_on_a_sound_one() {
+    if !rustix::process::geteuid().is_root() {
+        return; // layers are root's; without root, copies are checked alike
+    }
+    let spec = r#"kiln 1
+stage s {
+    from image="IMAGE"
+    copy "a.c" "/a.c"
+    run "cat /etc/passwd /a.c > /out.txt"
+}
+export {
+    s to="out"
+}
+"#;
+    let Some(p) = project(spec) else {
+        return;
+    };
+    let fresh = project(spec).unwrap();
+    p.file("a.c", "one\n");
+    p.kiln(&["build"]).ok();
+    // The image's layer: the one holding `etc/passwd`.
+    let state = p.path().join(".kiln");
+    let passwd = files(&state.join("sandbox"))
+        .into_iter()
+        .map(|(path, _, _)| path)
+        .find(|path| {
+            let s = path.to_string_lossy();
+            s.contains("/rootfs/l/") && s.ends_with("/etc/passwd")
+        })
+        .expect("the image's layer holds etc/passwd");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&passwd)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"intruder:x:0:0::/:/bin/sh\n").unwrap();
+    drop(f);
+    // Without the list of layers to check early, the command starts
+    // before the check ends (the check is what it waits for at the end).
+    for ids in std::fs::read_dir(state.join("sandbox")).unwrap().flatten() {
+        let _ = std::fs::remove_dir_all(ids.path().join("rootfs/used"));
+    }
+    p.file("a.c", "two\n");
+    let r = p.kiln(&["build", "--progress", "json"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("changed since it was written"),
+        "{}",
+        r.stderr
+    );
+    let out = p.read("out/out.txt");
+    assert!(!out.contains("intruder"), "{out}");
+    assert!(out.ends_with("two\n"), "{out}");
+    fresh.file("a.c", "two\n");
+    fresh.kiln(&["build"]).ok();
+    assert_eq!(out, fresh.read("out/out.txt"));
+    // Not used again by the next build either.
+    p.file("a.c", "three\n");
+    p.kiln(&["build"]).ok();
+    assert!(!p.read("out/out.txt").contains("intruder"));
+}
+
+/// An image export stores the trees of builtin steps (for their layers);
+/// the next build's keys do not depend on that: nothing runs again.
+#[test]
+fn a_tagged_build_then_the_same_build_runs_nothing() {
+    let Some(p) = project(EDIT_LOOP) else {
+        return;
+    };
+    let build = || {
+        p.kiln(&[
+            "build",
+            "--progress",
+            "json",
+            "--target",
+            "s",
+            "-t",
+            "edit:1",
+        ])
+    };
+    for i in 1..=2 {
+        p.file("a.c", &format!("int main() {{ return {i}; }}\n"));
+        let r = build();
+        r.ok();
+        assert!(r.stderr.contains("\"step_started\""), "{}", r.stderr);
+        // The build memo is no help: the next build's cache is the point.
+        let _ = std::fs::remove_dir_all(p.path().join(".kiln/records"));
+        let again = build();
+        again.ok();
+        assert!(
+            !again.stderr.contains("\"step_started\""),
+            "build {i} again ran steps: {}",
+            again.stderr
+        );
+    }
+}

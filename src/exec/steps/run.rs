@@ -110,14 +110,15 @@ impl StepKind for RunOp {
         Ok(Prepared::Nothing)
     }
 
-    fn run(&self, cx: &StepCx<'_>, work: Work<'_>, _prepared: Prepared) -> Result<(), Diagnostic> {
+    fn run(
+        &self,
+        cx: &StepCx<'_>,
+        mut work: Work<'_>,
+        _prepared: Prepared,
+    ) -> Result<(), Diagnostic> {
         let env = cx.env;
-        let key = cx
-            .key
-            .ok_or_else(|| Diagnostic::internal("a run step ran without its key"))?;
-        let fail = |e: SandboxError| error(cx, e, None, "");
         let user = resolve_user(cx, work.tree, work.config)?;
-        let mut spec = self.spec(cx, work.config, &user)?;
+        let spec = self.spec(cx, work.config, &user)?;
         let platform = &env.images.platform;
         if !platform.runs_here() {
             return Err(Diagnostic::user(
@@ -152,6 +153,45 @@ impl StepKind for RunOp {
             .with_note("without root, kiln can only map its own user into the sandbox, as root")
             .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"));
         }
+        if self.attempt(cx, &mut work, spec.clone(), privileged)? {
+            return Ok(());
+        }
+        // A layer the command ran on no longer matched its seal (checked
+        // while the command ran): nothing it made was kept. Once more, on
+        // a tree written afresh (the changed layer is not used again).
+        env.progress.emit(Event::Notice {
+            message: format!(
+                "stage `{}`: a layer of the tree on disk changed since it was written (edited or damaged); the command runs again on a tree written afresh",
+                cx.stage.name
+            ),
+        });
+        if self.attempt(cx, &mut work, spec, privileged)? {
+            return Ok(());
+        }
+        Err(Diagnostic::env(
+            "kiln::run::layers-changed",
+            "the layers of the tree on disk changed while the command ran, twice",
+        )
+        .with_label(cx.span(), "this step")
+        .with_help("something is changing files below the state directory's `sandbox/` folder: stop it, then build again"))
+    }
+}
+
+impl RunOp {
+    /// Run the command once on the tree on disk: `false` when a layer it
+    /// ran on turned out not to match its seal (nothing was kept).
+    fn attempt(
+        &self,
+        cx: &StepCx<'_>,
+        work: &mut Work<'_>,
+        mut spec: sandbox::Spec,
+        privileged: bool,
+    ) -> Result<bool, Diagnostic> {
+        let env = cx.env;
+        let key = cx
+            .key
+            .ok_or_else(|| Diagnostic::internal("a run step ran without its key"))?;
+        let fail = |e: SandboxError| error(cx, e, None, "");
         let rootfs = Rootfs {
             layout: env.local.layout(),
             content: env.content,
@@ -162,9 +202,9 @@ impl StepKind for RunOp {
         let digest = cx.current.unwrap_or_else(|| work.tree.digest());
         let dir = rootfs.new_layer_dir().map_err(fail)?;
         let scratch = ScratchDir(dir.clone());
-        // As root, the tree the command starts on: the new tree's layer is
-        // its difference from it (see below).
-        let start = privileged.then(|| std::sync::Arc::new(work.tree.clone()));
+        // The tree the command starts on: the new tree is stored as its
+        // differences from it, and as root its layer is (see below).
+        let start = std::sync::Arc::new(work.tree.clone());
         let on_disk = if privileged {
             // The tree on disk: its own stack, or the difference from the
             // nearest tree of its lineage that has one (the stage's last
@@ -451,6 +491,14 @@ impl StepKind for RunOp {
             emit(&pending);
         }
         drop(keep_alive);
+        // The layers' seals were checked while the command ran (see
+        // `Rootfs::stack_of`): a command that ran on a changed layer,
+        // whatever it did, is run again rather than believed.
+        if let sandbox::Root::Overlay { lowers, .. } = &on_disk
+            && !rootfs.confirm(lowers)
+        {
+            return Ok(false);
+        }
         let log = secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
         if let Err(e) = result {
@@ -481,7 +529,7 @@ impl StepKind for RunOp {
         .map_err(fail)?;
         // Stored now, encoded once; the upper directory becomes the layer
         // of the new tree, so the next command on it writes nothing out.
-        let new_digest = env.content.put_tree(work.tree)?;
+        let new_digest = env.content.put_tree_on(work.tree, digest, &start)?;
         *work.stored = Some(new_digest);
         // Without root: the copy, settled to be exactly the new tree, is
         // where a next command on that tree starts.
@@ -501,14 +549,14 @@ impl StepKind for RunOp {
         // handed a descriptor to can reach. A stack another build already
         // made for the same tree is taken as it is.
         if new_digest != digest
-            && let (sandbox::Root::Overlay { .. }, Some(start)) = (&on_disk, start)
+            && let sandbox::Root::Overlay { .. } = &on_disk
         {
             let load = |d: crate::model::digest::TreeDigest| (d == digest).then(|| start.clone());
             // Best effort: a tree without a stack is layered when needed.
             let _ = rootfs.stack_on(new_digest, work.tree, &[digest], &load);
         }
         drop(scratch);
-        Ok(())
+        Ok(true)
     }
 }
 
