@@ -110,6 +110,19 @@ pub fn settle(
     scaffolding: &BTreeSet<String>,
     epoch: u64,
 ) -> Result<bool, SandboxError> {
+    Ok(settle_sealed(root, before, tree, scaffolding, epoch)?.is_some())
+}
+
+/// [`settle`], and the copy's seal when it settled (what
+/// [`super::rootfs::seal_of`] would say of it, from the same walk: the
+/// entries whose times were set are looked at again, the rest as seen).
+pub fn settle_sealed(
+    root: &Path,
+    before: &Marks,
+    tree: &Tree,
+    scaffolding: &BTreeSet<String>,
+    epoch: u64,
+) -> Result<Option<[u8; 32]>, SandboxError> {
     // Never by path: the command may have put a symlink where kiln made
     // a directory.
     for s in scaffolding.iter().rev() {
@@ -119,7 +132,8 @@ pub fn settle(
     }
     let mut seen = 0;
     let mut attrs = vec![0u8; 1024];
-    let mut touched: Vec<String> = Vec::new();
+    let mut touched: Vec<usize> = Vec::new();
+    let mut stats: Vec<(String, [u64; 10])> = Vec::new();
     let same = each(root, &mut |dir, name, path, st| {
         let Some(e) = tree.get(path) else {
             return Ok(false);
@@ -130,8 +144,9 @@ pub fn settle(
             if has_attributes(&root.join(path), &mut attrs) {
                 return Ok(false);
             }
-            touched.push(path.to_string());
+            touched.push(stats.len());
         }
+        stats.push((path.to_string(), super::rootfs::stat_fields(st)));
         let mode = st.st_mode & 0o7777;
         Ok(match (&e.kind, FileType::from_raw_mode(st.st_mode)) {
             (tree::Kind::File { size, .. }, FileType::RegularFile) => {
@@ -154,22 +169,29 @@ pub fn settle(
         .filter(|e| !matches!(e.kind, tree::Kind::Device { .. }))
         .count();
     if !same || seen != on_disk {
-        return Ok(false);
+        return Ok(None);
     }
-    for path in touched
-        .iter()
-        .map(|p| root.join(p))
-        .chain([root.to_path_buf()])
-    {
-        crate::fsutil::set_epoch_times(&path, epoch).map_err(|e| {
-            SandboxError::Io(crate::diag::io_message(
-                "cannot set the times of",
-                &path,
-                &e,
-            ))
+    let set_times = |path: &Path| {
+        crate::fsutil::set_epoch_times(path, epoch).map_err(|e| {
+            SandboxError::Io(crate::diag::io_message("cannot set the times of", path, &e))
+        })
+    };
+    for &i in &touched {
+        let path = root.join(&stats[i].0);
+        set_times(&path)?;
+        // Its ctime moved: as it is now.
+        let st = rustix::fs::lstat(&path).map_err(|e| {
+            SandboxError::Io(crate::diag::io_message("cannot stat", &path, &e.into()))
         })?;
+        stats[i].1 = super::rootfs::stat_fields(&st);
     }
-    Ok(true)
+    set_times(root)?;
+    let top = rustix::fs::lstat(root)
+        .map_err(|e| SandboxError::Io(crate::diag::io_message("cannot stat", root, &e.into())))?;
+    Ok(Some(super::rootfs::seal_digest(
+        top.st_mode,
+        stats.iter().map(|(p, st)| (p.as_str(), st)),
+    )))
 }
 
 /// Whether `path` has extended attributes beyond the SELinux label the
@@ -558,5 +580,36 @@ mod tests {
         // Something the tree holds and the copy lacks.
         tree.entries.insert("gone".into(), file(&store, b"g", 0));
         assert!(!settle(root, &untouched, &tree, &BTreeSet::new(), 7).unwrap());
+    }
+
+    #[test]
+    fn the_seal_settling_gives_is_the_walk_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = MemoryStore::new();
+        let mut tree = Tree::new();
+        tree.put("d", Entry::dir(0o755, 0, 0), false).unwrap();
+        tree.put("d/a", file(&store, b"a", 0), false).unwrap();
+        tree.put("d/b", file(&store, b"b", 0), false).unwrap();
+        tree.put("z", file(&store, b"z", 0), false).unwrap();
+        let rootfs = crate::sandbox::rootfs::Rootfs {
+            layout: &crate::store::layout::Layout::new(dir.path()),
+            content: &store,
+            epoch: 7,
+            ids: crate::sandbox::Ids::Own,
+            scope: "test",
+        };
+        let copy = root.join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        rootfs.write_whole(&copy, &tree).unwrap();
+        let marks = mark(&copy).unwrap();
+        // A command rewrote one file with the same content and made one.
+        std::fs::write(copy.join("d/a"), b"a").unwrap();
+        std::fs::write(copy.join("d/c"), b"c").unwrap();
+        tree.put("d/c", file(&store, b"c", 0), false).unwrap();
+        let seal = settle_sealed(&copy, &marks, &tree, &BTreeSet::new(), 7)
+            .unwrap()
+            .expect("settled");
+        assert_eq!(seal, crate::sandbox::rootfs::seal_of(&copy).unwrap());
     }
 }

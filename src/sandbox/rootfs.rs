@@ -576,14 +576,18 @@ impl Rootfs<'_> {
     /// epoch's times (`copy::settle` said so), for a later command
     /// (`take_copy`), in this build or a later one; at most
     /// [`COPIES_KEPT`] are kept, the oldest removed.
-    pub fn keep_copy(&self, root: &Path, d: TreeDigest) -> Result<(), SandboxError> {
+    pub fn keep_copy(
+        &self,
+        root: &Path,
+        d: TreeDigest,
+        seal: [u8; 32],
+    ) -> Result<(), SandboxError> {
         let dir = self.copies_dir();
         if !dir.is_dir() {
             self.layout
                 .private_dir(&dir)
                 .map_err(|e| io_err("cannot create", &dir, e))?;
         }
-        let seal = seal_of(root).map_err(|e| io_err("cannot read", root, e))?;
         let id = new_id();
         let making = dir.join(format!(".new-{id}"));
         fs::create_dir(&making).map_err(|e| io_err("cannot create", &making, e))?;
@@ -829,7 +833,7 @@ fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBu
 /// What stat says of an entry: what a seal covers. (Field types differ
 /// between targets: the casts are not all no-ops everywhere.)
 #[allow(clippy::unnecessary_cast)]
-fn stat_fields(st: &rustix::fs::Stat) -> [u64; 10] {
+pub(crate) fn stat_fields(st: &rustix::fs::Stat) -> [u64; 10] {
     [
         u64::from(st.st_mode),
         u64::from(st.st_uid),
@@ -921,13 +925,34 @@ pub fn seal_of(dir: &Path) -> std::io::Result<[u8; 32]> {
             rel.push('/');
             rel.push_str(&String::from_utf8_lossy(c));
         }
-        h.update(rel.as_bytes());
-        h.update(&[0]);
-        for v in stat {
-            h.update(&v.to_le_bytes());
-        }
+        seal_entry(&mut h, &rel, stat);
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// One entry of a seal: its path (with a leading `/`) and what stat says.
+fn seal_entry(h: &mut blake3::Hasher, rel: &str, stat: &[u64; 10]) {
+    h.update(rel.as_bytes());
+    h.update(&[0]);
+    for v in stat {
+        h.update(&v.to_le_bytes());
+    }
+}
+
+/// The seal of a directory whose own mode is `top_mode`, from what stat
+/// said of every entry below it (paths without a leading `/`, in the
+/// order of a depth-first walk with sorted names): [`seal_of`]'s digest
+/// without a walk of its own.
+pub(crate) fn seal_digest<'a>(
+    top_mode: u32,
+    entries: impl Iterator<Item = (&'a str, &'a [u64; 10])>,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&u64::from(top_mode).to_le_bytes());
+    for (path, stat) in entries {
+        seal_entry(&mut h, &format!("/{path}"), stat);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// [`seal_of`] by one walk of paths (kernels without `openat2`; and what
@@ -942,11 +967,7 @@ fn seal_by_walk(dir: &Path) -> std::io::Result<[u8; 32]> {
             let path = dir.join(&name);
             let st = rustix::fs::lstat(&path)?;
             let rel = format!("{rel}/{}", name.to_string_lossy());
-            h.update(rel.as_bytes());
-            h.update(&[0]);
-            for v in stat_fields(&st) {
-                h.update(&v.to_le_bytes());
-            }
+            seal_entry(h, &rel, &stat_fields(&st));
             if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
                 visit(&path, &rel, h)?;
             }

@@ -534,11 +534,11 @@ impl RunOp {
         // Without root: the copy, settled to be exactly the new tree, is
         // where a next command on that tree starts.
         if let (sandbox::Root::Dir(copy), Some(marks)) = (&on_disk, &marks)
-            && sandbox::copy::settle(copy, marks, work.tree, &scaffold, env.options.epoch)
-                .unwrap_or(false)
+            && let Ok(Some(seal)) =
+                sandbox::copy::settle_sealed(copy, marks, work.tree, &scaffold, env.options.epoch)
         {
             // Best effort: a copy not kept is written out again next time.
-            let _ = rootfs.keep_copy(copy, new_digest);
+            let _ = rootfs.keep_copy(copy, new_digest, seal);
         }
         // As root: the new tree's stack is one layer on the stack the
         // command ran on, written from the store (the difference between
