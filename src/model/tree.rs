@@ -299,16 +299,16 @@ impl Stored {
     pub const HEAD: usize = DELTA_TAG.len() + 33;
 
     /// The tree, given the base a delta names (ignored for a whole tree).
-    pub fn apply(self, base: impl FnOnce() -> Option<Tree>) -> Option<Tree> {
+    pub fn apply(self, base: Tree) -> Tree {
         match self {
-            Stored::Whole(t) => Some(t),
+            Stored::Whole(t) => t,
             Stored::Delta { put, gone, .. } => {
-                let mut t = base()?;
+                let mut t = base;
                 for p in gone {
                     t.entries.remove(&p);
                 }
                 t.entries.extend(put);
-                Some(t)
+                t
             }
         }
     }

@@ -812,22 +812,27 @@ fn check_later(mut layers: Vec<(PathBuf, PathBuf)>) {
         });
 }
 
-/// Layers found not to match their seals in this process.
-fn failed() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
-    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
-        std::sync::OnceLock::new();
-    SET.get_or_init(Default::default)
+/// A set of layers this process found something of, locked.
+type Layers = std::sync::Mutex<std::collections::HashSet<PathBuf>>;
+
+fn locked(
+    set: &'static std::sync::OnceLock<Layers>,
+) -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    set.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// Layers found not to match their seals in this process.
+fn failed() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    static SET: std::sync::OnceLock<Layers> = std::sync::OnceLock::new();
+    locked(&SET)
+}
+
 /// Layers found to match their seals in this process.
 fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
-    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
-        std::sync::OnceLock::new();
-    SET.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    static SET: std::sync::OnceLock<Layers> = std::sync::OnceLock::new();
+    locked(&SET)
 }
 
 /// What stat says of an entry: what a seal covers. (Field types differ

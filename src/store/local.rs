@@ -672,9 +672,10 @@ impl Store {
         Ok(d)
     }
 
-    /// How many deltas deep the stored tree `d` is (0: whole), from its
-    /// first bytes; `None` when it is not stored.
-    fn tree_depth(&self, d: TreeDigest) -> Option<u8> {
+    /// What the first bytes of the stored tree `d` say: `None` when it
+    /// is not stored, `Some(None)` for a whole tree, else the base it is
+    /// a delta on and how many deltas deep it is.
+    fn tree_head(&self, d: TreeDigest) -> Option<Option<(TreeDigest, u8)>> {
         use std::io::Read;
         let mut head = Vec::with_capacity(Stored::HEAD);
         fs::File::open(self.tree_path(d))
@@ -682,20 +683,18 @@ impl Store {
             .take(Stored::HEAD as u64)
             .read_to_end(&mut head)
             .ok()?;
-        Some(Stored::base_of(&head).map_or(0, |(_, depth)| depth))
+        Some(Stored::base_of(&head))
+    }
+
+    /// How many deltas deep the stored tree `d` is (0: whole).
+    fn tree_depth(&self, d: TreeDigest) -> Option<u8> {
+        Some(self.tree_head(d)?.map_or(0, |(_, depth)| depth))
     }
 
     /// The base tree the stored tree `d` is a delta on, if it is one
     /// (what `gc` keeps with it).
     pub fn tree_base(&self, d: TreeDigest) -> Option<TreeDigest> {
-        use std::io::Read;
-        let mut head = Vec::with_capacity(Stored::HEAD);
-        fs::File::open(self.tree_path(d))
-            .ok()?
-            .take(Stored::HEAD as u64)
-            .read_to_end(&mut head)
-            .ok()?;
-        Stored::base_of(&head).map(|(base, _)| base)
+        self.tree_head(d)?.map(|(base, _)| base)
     }
 
     /// Read the stored tree `d`, a delta at most `limit` deep. A whole
@@ -739,10 +738,7 @@ impl Store {
                     }
                     Err(e) => return Err(e),
                 };
-                let tree = delta
-                    .apply(|| Some(below))
-                    .ok_or_else(|| self.quarantine("tree", &path, &d.hex()))?;
-                Ok((tree, false))
+                Ok((delta.apply(below), false))
             }
             _ => Err(self.quarantine("tree", &path, &d.hex())),
         }
