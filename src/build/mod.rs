@@ -1422,14 +1422,14 @@ fn memo_key(
     field(&mut h, req.platform.as_deref().unwrap_or("").as_bytes());
     let now = crate::context::index::now_ns();
     // Host files a `run` step names as its inputs count like plugins.
-    let host_inputs = graph
-        .stages
-        .iter()
-        .flat_map(|s| &s.steps)
-        .flat_map(|st| match &st.op {
-            crate::ir::Op::Run(r) => r.host_inputs.iter().map(std::path::PathBuf::from).collect(),
-            _ => Vec::new(),
+    let mut host_inputs = Vec::new();
+    for st in graph.stages.iter().flat_map(|s| &s.steps) {
+        st.op.reads(&mut |r| {
+            if let crate::ir::Read::HostFile(h) = r {
+                host_inputs.push(std::path::PathBuf::from(h));
+            }
         });
+    }
     // (A plugin a stage builds is that stage's result, which the memo's
     // contexts and spec text already decide; a downloaded one is its pin,
     // in the spec text.)

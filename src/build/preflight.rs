@@ -7,7 +7,7 @@
 //! fetched, and nothing runs.
 
 use crate::diag::Diagnostic;
-use crate::ir::{Base, Graph, Meta, Op, PluginSource};
+use crate::ir::{Base, Graph, Meta, Op, PluginSource, Read};
 
 /// Every refusal found, located.
 pub fn check(graph: &Graph) -> Vec<Diagnostic> {
@@ -19,23 +19,20 @@ pub fn check(graph: &Graph) -> Vec<Diagnostic> {
     out
 }
 
+/// Whether some step reads what `want` accepts.
+fn reads_any(graph: &Graph, want: impl Fn(Read<'_>) -> bool) -> bool {
+    let mut found = false;
+    for step in graph.stages.iter().flat_map(|s| &s.steps) {
+        step.op.reads(&mut |r| found |= want(r));
+    }
+    found
+}
+
 fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
     for c in &graph.contexts {
         // Only contexts some step reads (a copy, or a mount) matter to a
         // build.
-        let this = crate::ir::CopyFrom::Context(c.id);
-        let used = graph.stages.iter().any(|s| {
-            s.steps.iter().any(|st| match &st.op {
-                Op::Copy(cp) => cp.from == this,
-                Op::Wasm(w) => w.mounts.iter().any(|m| m.from == this),
-                Op::Run(r) => r.mounts.iter().any(|m| match &m.kind {
-                    crate::ir::MountKind::Bind { from, .. } => *from == this,
-                    crate::ir::MountKind::Cache { from, .. } => *from == Some(this),
-                    _ => false,
-                }),
-                _ => false,
-            })
-        });
+        let used = reads_any(graph, |r| r == Read::Context(c.id));
         if !used || c.path.is_dir() {
             continue;
         }
@@ -53,11 +50,7 @@ fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
 
 fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
     for p in &graph.plugins {
-        let used = graph.stages.iter().any(|s| {
-            s.steps
-                .iter()
-                .any(|st| matches!(&st.op, Op::Wasm(w) if w.plugin == p.id))
-        });
+        let used = reads_any(graph, |r| r == Read::Plugin(p.id));
         if !used {
             continue;
         }
@@ -157,9 +150,10 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
         // is not known without fetching it).
         let mut user: Option<&str> = None;
         for (i, st) in s.steps.iter().enumerate() {
-            match &st.op {
-                Op::Meta(Meta::User(u)) => user = Some(u),
-                Op::Run(_) => {
+            if let Op::Meta(Meta::User(u)) = &st.op {
+                user = Some(u);
+            } else if let Op::Run(_) = &st.op {
+                {
                     let span = graph.source_map.step(s.id, i).span;
                     if let Err(why) = bwrap.get_or_insert_with(crate::sandbox::check_bwrap) {
                         out.push(
@@ -187,7 +181,6 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
                         );
                     }
                 }
-                _ => {}
             }
         }
     }

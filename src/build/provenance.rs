@@ -214,15 +214,12 @@ pub fn statement(
 /// the build fetches (a password given with `--arg`) shown as `***`.
 fn redacted_args(graph: &Graph) -> std::collections::BTreeMap<String, Option<String>> {
     let mut secrets: Vec<String> = Vec::new();
-    for stage in &graph.stages {
-        for step in &stage.steps {
-            let url = match &step.op {
-                crate::ir::Op::Fetch(f) => &f.url,
-                crate::ir::Op::Git(g) => &g.url,
-                _ => continue,
-            };
-            secrets.extend(crate::model::url::credentials(url));
-        }
+    for step in graph.stages.iter().flat_map(|s| &s.steps) {
+        step.op.reads(&mut |r| {
+            if let crate::ir::Read::Remote(url) = r {
+                secrets.extend(crate::model::url::credentials(url));
+            }
+        });
     }
     graph
         .args

@@ -7,7 +7,7 @@ use crate::build::targets;
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
-use crate::ir::{Base, CopyFrom, Graph, Op, compile};
+use crate::ir::{Base, Graph, Read, compile};
 use crate::store::{Access, Store, gc, records};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -249,19 +249,28 @@ fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'st
     if let Base::Stage(b) = s.base {
         out.push((b, "from"));
     }
+    // Copies first, each stage once (a stage may also be the base); then
+    // every other stage read (mounts, a plugin a stage builds), once.
+    let mut reads = Vec::new();
     for step in &s.steps {
-        if let Op::Copy(c) = &step.op
-            && let CopyFrom::Stage(src) = c.from
-            && !out.iter().any(|(d, k)| *d == src && *k == "copy")
-        {
-            out.push((src, "copy"));
+        step.op.reads(&mut |r| match r {
+            Read::Stage(src, via) => reads.push((src, via.label())),
+            Read::Plugin(p) => reads.extend(
+                graph.plugins[p.0 as usize]
+                    .from_stage()
+                    .map(|src| (src, "plugin")),
+            ),
+            Read::Context(_) | Read::HostFile(_) | Read::Remote(_) => {}
+        });
+    }
+    for (src, kind) in reads.iter().filter(|(_, k)| *k == "copy") {
+        if !out.contains(&(*src, *kind)) {
+            out.push((*src, *kind));
         }
     }
-    // Every other stage the scheduler waits for is read through a mount
-    // (`wasm … { mount … from=STAGE }`, `run` bind and cache mounts).
-    for d in &s.deps {
-        if !out.iter().any(|(x, _)| x == d) {
-            out.push((*d, "mount"));
+    for (src, kind) in reads.iter().filter(|(_, k)| *k != "copy") {
+        if !out.iter().any(|(d, _)| d == src) {
+            out.push((*src, *kind));
         }
     }
     out
@@ -303,6 +312,11 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                             out.push_str(&format!("  copies from {}\n", graph.stage(dep).name))
                         }
                         "mount" => out.push_str(&format!("  mounts {}\n", graph.stage(dep).name)),
+                        "plugin" => out.push_str(&format!(
+                            "  runs a plugin built by {}\n",
+                            graph.stage(dep).name
+                        )),
+                        // The base is on the stage's own line.
                         _ => {}
                     }
                 }
@@ -332,6 +346,7 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                     let style = match kind {
                         "copy" => " [style=dashed, label=\"copy\"]",
                         "mount" => " [style=dotted, label=\"mount\"]",
+                        "plugin" => " [style=dotted, label=\"plugin\"]",
                         _ => "",
                     };
                     out.push_str(&format!(

@@ -460,7 +460,7 @@ impl<'a> Runner<'a> {
         let index = cx.index;
         let op = &cx.stage.steps[index].op;
         let kind: &dyn StepKind = steps::kind(op);
-        let text = kind.describe(env.graph);
+        let text = kind.describe(env.graph.names());
         let mut kb = KeyBuilder::new(cur.start.clone(), &steps::canonical(op, env.graph));
         let prepared = kind.prepare(cx, Some(&mut kb))?;
         let (key, key_inputs) = kb.finish();

@@ -16,13 +16,18 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+// The ids are indexes into the graph's declarations: inserting a stage
+// renumbers the ones below it. So they are not `Serialize`: nothing that
+// is written down (a cache key above all) can hold one; a key names what
+// an id points at through [`Names`].
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StageId(pub u32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContextId(pub u32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PluginId(pub u32);
 
 /// The checked build graph.
@@ -62,6 +67,11 @@ impl Graph {
         self.stages.len().checked_sub(1).map(|i| StageId(i as u32))
     }
 
+    /// What a canonical form may see of the graph: names only.
+    pub fn names(&self) -> Names<'_> {
+        Names { graph: self }
+    }
+
     /// `roots` and every stage they depend on, in dependency order
     /// (a stage comes after all of its dependencies).
     pub fn ancestors(&self, roots: &[StageId]) -> Vec<StageId> {
@@ -81,6 +91,30 @@ impl Graph {
             visit(self, r, &mut seen, &mut order);
         }
         order
+    }
+}
+
+/// The graph as a step's canonical form sees it: the names of stages,
+/// contexts and plugins, and nothing else: no index (which moves when a
+/// declaration is inserted above), no location (which moves when a line
+/// is), no path on this machine.
+#[derive(Clone, Copy)]
+pub struct Names<'a> {
+    graph: &'a Graph,
+}
+
+impl Names<'_> {
+    pub fn stage(&self, id: StageId) -> &str {
+        &self.graph.stage(id).name
+    }
+
+    /// A context's name (empty for the default context).
+    pub fn context(&self, id: ContextId) -> &str {
+        &self.graph.context(id).name
+    }
+
+    pub fn plugin(&self, id: PluginId) -> &str {
+        &self.graph.plugins[id.0 as usize].name
     }
 }
 

@@ -8,7 +8,7 @@ use super::{ContextId, PluginId, StageId};
 use crate::model::state::Healthcheck;
 use serde::Serialize;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub enum Op {
     Copy(Copy),
     Fetch(Fetch),
@@ -22,8 +22,86 @@ pub enum Op {
     Run(RunOp),
 }
 
+/// What a step reads besides its stage's own tree: the one list that
+/// compile-time dependencies, `kiln check`'s preflight, the build memo,
+/// provenance and `kiln graph` ask, so none of them matches step kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read<'a> {
+    /// Another stage's result, and how it is read.
+    Stage(StageId, Via),
+    /// A context's files.
+    Context(ContextId),
+    /// A plugin's module (which may be a stage's result: see
+    /// [`super::Plugin::from_stage`]).
+    Plugin(PluginId),
+    /// A host file whose digest joins the key (`host-inputs`).
+    HostFile(&'a str),
+    /// A remote source, pinned by the spec or the lock file (`fetch`, `git`).
+    Remote(&'a str),
+}
+
+/// How a step reads another stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `copy from=`.
+    Copy,
+    /// A bind mount (`run`) or a read-only mount (`wasm`).
+    Mount,
+    /// What a new cache mount starts with.
+    CacheSeed,
+}
+
+impl Via {
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Copy => "copy",
+            Via::Mount | Via::CacheSeed => "mount",
+        }
+    }
+}
+
+impl Op {
+    /// Calls `read` with everything the step reads (see [`Read`]), in the
+    /// order the step declares it. Every kind answers here, exhaustively.
+    pub fn reads<'a>(&'a self, read: &mut dyn FnMut(Read<'a>)) {
+        fn from<'a>(f: CopyFrom, via: Via) -> Read<'a> {
+            match f {
+                CopyFrom::Stage(s) => Read::Stage(s, via),
+                CopyFrom::Context(c) => Read::Context(c),
+            }
+        }
+        match self {
+            Op::Copy(c) => read(from(c.from, Via::Copy)),
+            Op::Fetch(f) => read(Read::Remote(&f.url)),
+            Op::Git(g) => read(Read::Remote(&g.url)),
+            Op::Write(_) | Op::Mkdir(_) | Op::Rm(_) | Op::Symlink(_) | Op::Meta(_) => {}
+            Op::Wasm(w) => {
+                read(Read::Plugin(w.plugin));
+                for m in &w.mounts {
+                    read(from(m.from, Via::Mount));
+                }
+            }
+            Op::Run(r) => {
+                for m in &r.mounts {
+                    match &m.kind {
+                        MountKind::Bind { from: f, .. } => read(from(*f, Via::Mount)),
+                        MountKind::Cache { from: Some(f), .. } => read(from(*f, Via::CacheSeed)),
+                        MountKind::Cache { from: None, .. } => {}
+                        MountKind::Tmpfs { .. }
+                        | MountKind::Secret { .. }
+                        | MountKind::Ssh { .. } => {}
+                    }
+                }
+                for h in &r.host_inputs {
+                    read(Read::HostFile(h));
+                }
+            }
+        }
+    }
+}
+
 /// Where a copy or a mount reads from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyFrom {
     Context(ContextId),
     Stage(StageId),
@@ -36,7 +114,7 @@ pub struct Owner {
     pub group: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Copy {
     /// Source paths or globs (their locations: the step's parts, in order).
     pub sources: Vec<String>,
@@ -126,7 +204,7 @@ pub enum Meta {
 }
 
 /// A plugin step after substitution.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct WasmOp {
     pub plugin: PluginId,
     pub args: Vec<String>,
@@ -139,7 +217,7 @@ pub struct WasmOp {
 }
 
 /// A read-only directory a plugin sees at `guest`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct WasmMount {
     pub guest: String,
     pub from: CopyFrom,
@@ -148,7 +226,7 @@ pub struct WasmMount {
 }
 
 /// A `run` step after substitution.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct RunOp {
     pub command: Vec<String>,
     /// Exec form: `command` is the program and its arguments; otherwise
@@ -227,15 +305,14 @@ impl Security {
 }
 
 /// One mount of a `run` step (Docker's `RUN --mount`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunMount {
     /// Where the command sees it (absolute).
     pub target: String,
     pub kind: MountKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MountKind {
     /// A directory of a stage or context; writes are thrown away unless `rw`.
     Bind {

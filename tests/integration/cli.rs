@@ -367,6 +367,29 @@ fn graph_draws_edges_from_mounts() {
 }
 
 #[test]
+fn graph_draws_edges_to_a_stage_that_builds_a_plugin() {
+    let p = Project::new();
+    p.spec(
+        "kiln 1\nplugin gen path=\"/gen.wasm\" from=\"tools\"\nstage tools {\n    write \"/gen.wasm\" \"x\"\n}\nstage docs {\n    wasm gen \"--all\"\n}\n",
+    );
+    let r = p.kiln(&["graph"]);
+    r.ok();
+    assert!(
+        r.stdout.contains("  runs a plugin built by tools"),
+        "{}",
+        r.stdout
+    );
+    let r = p.kiln(&["graph", "--format", "dot"]);
+    r.ok();
+    assert!(
+        r.stdout
+            .contains("\"tools\" -> \"docs\" [style=dotted, label=\"plugin\"];"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn check_reports_what_a_build_would_refuse_without_building() {
     let p = Project::new();
     p.spec(

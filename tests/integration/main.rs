@@ -18,6 +18,7 @@ mod image_out;
 mod images;
 mod images_helper;
 mod import;
+mod keys;
 mod layers;
 mod outputs;
 mod plugins;

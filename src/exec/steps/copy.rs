@@ -8,7 +8,7 @@ use super::copy_rules::{self, Overrides, Picked};
 use super::{Prepared, StepCx, StepKind, Work, quote, resolve_owner};
 use crate::context::Snapshot;
 use crate::diag::{Diagnostic, Span, Spanned};
-use crate::ir::{ContextId, Copy, CopyFrom, Graph};
+use crate::ir::{ContextId, Copy, CopyFrom, Names};
 use crate::model::digest::BlobDigest;
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Kind, Links};
@@ -17,12 +17,12 @@ use rayon::prelude::*;
 use serde_json::json;
 
 impl StepKind for Copy {
-    fn canonical(&self, graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, names: Names<'_>) -> serde_json::Value {
         json!({
             "copy": {
                 "sources": self.sources,
                 "dest": self.dest,
-                "from": from_json(self.from, graph),
+                "from": super::from_json(self.from, names),
                 "chmod": self.chmod,
                 "chown": self.chown,
                 "exclude": self.exclude,
@@ -32,11 +32,11 @@ impl StepKind for Copy {
         })
     }
 
-    fn describe(&self, graph: &Graph) -> String {
+    fn describe(&self, names: Names<'_>) -> String {
         let from = match self.from {
             CopyFrom::Context(ContextId(0)) => String::new(),
-            CopyFrom::Context(id) => format!(" context={}", graph.context(id).name),
-            CopyFrom::Stage(id) => format!(" from={}", graph.stage(id).name),
+            CopyFrom::Context(id) => format!(" context={}", names.context(id)),
+            CopyFrom::Stage(id) => format!(" from={}", names.stage(id)),
         };
         format!("copy {} {:?}{from}", quote(&self.sources), self.dest)
     }
@@ -110,13 +110,6 @@ impl StepKind for Copy {
             self.parents,
             span,
         )
-    }
-}
-
-fn from_json(from: CopyFrom, graph: &Graph) -> serde_json::Value {
-    match from {
-        CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
-        CopyFrom::Stage(_) => json!("stage"),
     }
 }
 

@@ -6,14 +6,14 @@
 use super::copy_rules::{self, Overrides, Picked};
 use super::{StepCx, StepKind, Work, resolve_owner};
 use crate::diag::Diagnostic;
-use crate::ir::{Fetch, Graph};
+use crate::ir::{Fetch, Names};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Entry, Kind};
 use crate::model::url::without_credentials;
 use serde_json::json;
 
 impl StepKind for Fetch {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"fetch": {
             // Without credentials: a rotated token fetches the same file.
             "url": without_credentials(&self.url), "dest": self.dest, "sha256": self.sha256,
@@ -21,7 +21,7 @@ impl StepKind for Fetch {
         }})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("fetch {}", without_credentials(&self.url))
     }
 

@@ -9,7 +9,7 @@ use super::copy_rules::{self, Overrides, Picked};
 use super::{StepCx, StepKind, Work, resolve_owner};
 use crate::diag::Diagnostic;
 use crate::git::{self, Item, Repo};
-use crate::ir::{Git, Graph};
+use crate::ir::{Git, Names};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{Entry, Kind};
 use crate::progress::Event;
@@ -17,7 +17,7 @@ use serde_json::json;
 use std::sync::atomic::AtomicBool;
 
 impl StepKind for Git {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"git": {
             // Without credentials: a rotated token checks out the same tree.
             "url": git::without_credentials(&self.url), "ref": self.reference, "subdir": self.subdir,
@@ -26,7 +26,7 @@ impl StepKind for Git {
         }})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         let url = git::without_credentials(&self.url);
         match &self.subdir {
             Some(s) => format!("git {url}#{}:{s}", self.reference),

@@ -5,16 +5,16 @@
 
 use super::{Prepared, StepCx, StepKind, Work, quote, tree_err};
 use crate::diag::Diagnostic;
-use crate::ir::{Graph, Meta};
+use crate::ir::{Meta, Names};
 use crate::model::tree::{self, Entry, Links};
 use serde_json::json;
 
 impl StepKind for Meta {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({ "meta": self })
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         let keys = |kv: &[(String, String)]| {
             kv.iter()
                 .map(|(k, _)| k.as_str())

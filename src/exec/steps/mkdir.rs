@@ -2,16 +2,16 @@
 
 use super::{Prepared, StepCx, StepKind, Work, quote, tree_err};
 use crate::diag::Diagnostic;
-use crate::ir::{Graph, Mkdir};
+use crate::ir::{Mkdir, Names};
 use crate::model::tree::{self, Entry, Links};
 use serde_json::json;
 
 impl StepKind for Mkdir {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"mkdir": {"paths": self.paths, "mode": self.mode}})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("mkdir {}", quote(&self.paths))
     }
 

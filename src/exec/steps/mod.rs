@@ -22,7 +22,7 @@ mod write;
 use super::env::Env;
 use crate::context::Snapshot;
 use crate::diag::{Diagnostic, Span};
-use crate::ir::{Graph, Op, Owner, Stage, StageId, StepLoc};
+use crate::ir::{CopyFrom, Graph, Names, Op, Owner, Stage, StageId, StepLoc};
 use crate::model::digest::StepKey;
 use crate::model::key::KeyBuilder;
 use crate::model::state::{ImageConfig, State};
@@ -35,12 +35,14 @@ use std::sync::Arc;
 pub trait StepKind: Sync {
     /// Everything that decides the step's result except the inputs it
     /// reads (whose digests [`StepKind::prepare`] adds to the key). Stable
-    /// across releases of one cache format; built from the op's data alone,
-    /// which holds no locations.
-    fn canonical(&self, graph: &Graph) -> serde_json::Value;
+    /// across releases of one cache format; built from the op's data and
+    /// the names of what it reads (never an index or a location: the op
+    /// holds no location, ids cannot be serialized, and [`Names`] gives
+    /// only names), so inserting or moving declarations keeps every key.
+    fn canonical(&self, names: Names<'_>) -> serde_json::Value;
 
     /// A short human description, for progress and `explain`.
-    fn describe(&self, graph: &Graph) -> String;
+    fn describe(&self, names: Names<'_>) -> String;
 
     /// Whether the step can change the tree (metadata steps change only
     /// the config).
@@ -92,11 +94,21 @@ pub fn kind(op: &Op) -> &dyn StepKind {
 
 /// An op's canonical form, as text.
 pub fn canonical(op: &Op, graph: &Graph) -> String {
-    kind(op).canonical(graph).to_string()
+    kind(op).canonical(graph.names()).to_string()
+}
+
+/// Where a copy or a mount reads from, in a canonical form: a context by
+/// its name; a stage as `"stage"`, since what is read from it joins the
+/// key by digest (its name joins it there too where a change of it shows).
+pub(crate) fn from_json(from: CopyFrom, names: Names<'_>) -> serde_json::Value {
+    match from {
+        CopyFrom::Context(id) => serde_json::json!({ "context": names.context(id) }),
+        CopyFrom::Stage(_) => serde_json::json!("stage"),
+    }
 }
 
 pub fn describe(op: &Op, graph: &Graph) -> String {
-    kind(op).describe(graph)
+    kind(op).describe(graph.names())
 }
 
 /// Where a step runs: the build's services, its stage and place, the

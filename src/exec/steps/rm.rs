@@ -2,16 +2,16 @@
 
 use super::{Prepared, StepCx, StepKind, Work, quote, tree_err};
 use crate::diag::Diagnostic;
-use crate::ir::{Graph, Rm};
+use crate::ir::{Names, Rm};
 use crate::model::tree::{self, Links};
 use serde_json::json;
 
 impl StepKind for Rm {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"rm": {"paths": self.paths, "force": self.force}})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("rm {}", quote(&self.paths))
     }
 

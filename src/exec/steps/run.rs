@@ -1,10 +1,12 @@
 //! `run`: a command in a sandbox over the stage's tree (Docker's `RUN`),
 //! through [`crate::sandbox`]. Keyed by its canonical form (command,
-//! environment, mounts, network and security settings, all typed), the
-//! trees of the stages it mounts, the context files it mounts, and for
-//! `sandbox="host"` the host files it names; never by a cache mount or a
-//! secret. Its tree is always stored: replaying it would mean running it
-//! again.
+//! environment, every mount's declaration, network and security settings,
+//! all typed), the trees of the stages it mounts, the context files it
+//! mounts, and for `sandbox="host"` the host files it names; never by
+//! what a cache mount holds or a secret's value (where and how they are
+//! mounted is in the canonical form, as in BuildKit: adding a secret to a
+//! command changes what it does). Its tree is always stored: replaying it
+//! would mean running it again.
 //!
 //! The command runs on the stage's tree as overlayfs layers (written out
 //! once per tree, then only differences), and only what the upper
@@ -14,7 +16,7 @@ use super::copy::{context_inputs, ingest, pick_from_context};
 use super::users::{self, User};
 use super::{Prepared, StepCx, StepKind, Work, quote};
 use crate::diag::{Diagnostic, Spanned};
-use crate::ir::{CopyFrom, Graph, MountKind, RunMount, RunOp, Sandbox, Sharing};
+use crate::ir::{CopyFrom, MountKind, Names, RunMount, RunOp, Sandbox, Sharing};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::state::ImageConfig;
 use crate::model::tree::{self, Links, Tree};
@@ -27,6 +29,57 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// A mount's declaration in the canonical form: every field, stages and
+/// contexts by name (never by index).
+fn mount_json(m: &RunMount, names: Names<'_>) -> serde_json::Value {
+    let from = |f: CopyFrom| super::from_json(f, names);
+    let kind = match &m.kind {
+        MountKind::Bind {
+            from: f,
+            source,
+            rw,
+        } => json!({"bind": {
+            "from": from(*f), "source": source, "rw": rw,
+        }}),
+        MountKind::Cache {
+            id,
+            sharing,
+            readonly,
+            from: f,
+            source,
+            mode,
+            uid,
+            gid,
+        } => json!({"cache": {
+            "id": id, "sharing": sharing, "readonly": readonly,
+            "from": f.map(from), "source": source,
+            "mode": mode, "uid": uid, "gid": gid,
+        }}),
+        MountKind::Tmpfs { size } => json!({"tmpfs": {"size": size}}),
+        MountKind::Secret {
+            id,
+            required,
+            env,
+            mode,
+            uid,
+            gid,
+        } => json!({"secret": {
+            "id": id, "required": required, "env": env,
+            "mode": mode, "uid": uid, "gid": gid,
+        }}),
+        MountKind::Ssh {
+            id,
+            required,
+            mode,
+            uid,
+            gid,
+        } => json!({"ssh": {
+            "id": id, "required": required, "mode": mode, "uid": uid, "gid": gid,
+        }}),
+    };
+    json!({"target": m.target, "mount": kind})
+}
+
 /// Docker's `PATH` when the image sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How much of a command's output the log keeps.
@@ -35,11 +88,21 @@ const LOG_LIMIT: usize = 64 << 20;
 const TAIL_LINES: usize = 20;
 
 impl StepKind for RunOp {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
-        json!({ "run": self })
+    fn canonical(&self, names: Names<'_>) -> serde_json::Value {
+        json!({ "run": {
+            "command": self.command,
+            "exec": self.exec,
+            "env": self.env,
+            "mounts": self.mounts.iter().map(|m| mount_json(m, names)).collect::<Vec<_>>(),
+            "network": self.network,
+            "security": self.security,
+            "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
+            "sandbox": self.sandbox,
+            "host_inputs": self.host_inputs,
+        }})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("run {}", quote(&self.command))
     }
 

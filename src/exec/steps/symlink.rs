@@ -2,16 +2,16 @@
 
 use super::{Prepared, StepCx, StepKind, Work, tree_err};
 use crate::diag::Diagnostic;
-use crate::ir::{Graph, Symlink};
+use crate::ir::{Names, Symlink};
 use crate::model::tree::{self, Entry, Kind, Links};
 use serde_json::json;
 
 impl StepKind for Symlink {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"symlink": {"target": self.target, "link": self.link}})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("symlink {:?} {:?}", self.target, self.link)
     }
 

@@ -9,7 +9,7 @@ use super::copy::{context_inputs, ingest, pick_from_context};
 use super::{Prepared, StepCx, StepKind, Work, quote};
 use crate::diag::{Diagnostic, Span, Spanned};
 use crate::exec::workdir::{self, TempDir};
-use crate::ir::{CopyFrom, Graph, Plugin, PluginSource, WasmMount, WasmOp};
+use crate::ir::{CopyFrom, Names, Plugin, PluginSource, WasmMount, WasmOp};
 use crate::model::key::{KeyBuilder, KeyInput};
 use crate::model::tree::{self, Links, Tree};
 use crate::plugin::{self, Failure, Invocation, LoadError};
@@ -21,17 +21,14 @@ use std::path::PathBuf;
 const TAIL_LINES: usize = 20;
 
 impl StepKind for WasmOp {
-    fn canonical(&self, graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, names: Names<'_>) -> serde_json::Value {
         json!({"wasm": {
-            "plugin": graph.plugins[self.plugin.0 as usize].name,
+            "plugin": names.plugin(self.plugin),
             "args": self.args,
             "env": self.env,
             "mounts": self.mounts.iter().map(|m| json!({
                 "guest": m.guest,
-                "from": match m.from {
-                    CopyFrom::Context(id) => json!({"context": graph.context(id).name}),
-                    CopyFrom::Stage(_) => json!("stage"),
-                },
+                "from": super::from_json(m.from, names),
                 "source": m.source,
             })).collect::<Vec<_>>(),
             "timeout_ms": self.timeout.as_millis() as u64,
@@ -39,12 +36,8 @@ impl StepKind for WasmOp {
         }})
     }
 
-    fn describe(&self, graph: &Graph) -> String {
-        format!(
-            "wasm {} {}",
-            graph.plugins[self.plugin.0 as usize].name,
-            quote(&self.args)
-        )
+    fn describe(&self, names: Names<'_>) -> String {
+        format!("wasm {} {}", names.plugin(self.plugin), quote(&self.args))
     }
 
     fn stores_tree(&self) -> bool {

@@ -2,16 +2,16 @@
 
 use super::{Prepared, StepCx, StepKind, Work, tree_err};
 use crate::diag::Diagnostic;
-use crate::ir::{Graph, Write};
+use crate::ir::{Names, Write};
 use crate::model::tree::{self, Entry, Kind, Links};
 use serde_json::json;
 
 impl StepKind for Write {
-    fn canonical(&self, _graph: &Graph) -> serde_json::Value {
+    fn canonical(&self, _names: Names<'_>) -> serde_json::Value {
         json!({"write": {"path": self.path, "content": self.content, "mode": self.mode}})
     }
 
-    fn describe(&self, _graph: &Graph) -> String {
+    fn describe(&self, _names: Names<'_>) -> String {
         format!("write {:?}", self.path)
     }
 

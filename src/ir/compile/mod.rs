@@ -375,10 +375,16 @@ impl Compiler<'_> {
             names,
             contexts,
             plugins,
-            deps: &mut deps,
         };
         for step in &decl.steps {
             if let Some((op, parts)) = self.op(&step.kind, &mut refs) {
+                // The stages it reads, and the one that builds a plugin
+                // it runs, are built first.
+                op.reads(&mut |r| match r {
+                    Read::Stage(s, _) => deps.push(s),
+                    Read::Plugin(p) => deps.extend(plugins[p.0 as usize].from_stage()),
+                    Read::Context(_) | Read::HostFile(_) | Read::Remote(_) => {}
+                });
                 steps.push(Step { op });
                 locs.push(StepLoc {
                     span: step.span,

@@ -13,7 +13,6 @@ pub(super) struct Refs<'a> {
     pub names: &'a HashMap<String, StageId>,
     pub contexts: &'a [Context],
     pub plugins: &'a [Plugin],
-    pub deps: &'a mut Vec<StageId>,
 }
 
 type Compiled = Option<(Op, Vec<Span>)>;
@@ -79,7 +78,19 @@ impl Compiler<'_> {
             }
             StepKind::Wasm(w) => self.wasm(w, refs),
             StepKind::Run(r) => self.run(r, refs),
-            _ => self.meta(kind).map(|m| (Op::Meta(m), Vec::new())),
+            StepKind::Env(_)
+            | StepKind::Workdir(_)
+            | StepKind::User(_)
+            | StepKind::Label(_)
+            | StepKind::Entrypoint(_)
+            | StepKind::Cmd(_)
+            | StepKind::Expose(_)
+            | StepKind::Volume(_)
+            | StepKind::Stopsignal(_)
+            | StepKind::Shell(_)
+            | StepKind::Healthcheck(_)
+            | StepKind::Onbuild(_)
+            | StepKind::Maintainer(_) => self.meta(kind).map(|m| (Op::Meta(m), Vec::new())),
         }
     }
 
@@ -175,9 +186,7 @@ impl Compiler<'_> {
         Some(match (from, context) {
             (Some(f), _) => {
                 let f_v = Spanned::new(f.span, self.subst(f)?);
-                let sid = self.stage_ref(&f_v, refs.names, what)?;
-                refs.deps.push(sid);
-                CopyFrom::Stage(sid)
+                CopyFrom::Stage(self.stage_ref(&f_v, refs.names, what)?)
             }
             (None, Some(c)) => CopyFrom::Context(self.context_ref(c, refs.contexts)?),
             (None, None) => CopyFrom::Context(ContextId(0)),
@@ -413,7 +422,15 @@ impl Compiler<'_> {
             StepKind::Maintainer(m) => Meta::Maintainer(self.subst(m)?),
             StepKind::Healthcheck(h) => Meta::Healthcheck(self.healthcheck(h)?),
             // Every other kind is compiled by `op`.
-            _ => return None,
+            StepKind::Copy { .. }
+            | StepKind::Fetch { .. }
+            | StepKind::Git { .. }
+            | StepKind::Write { .. }
+            | StepKind::Mkdir { .. }
+            | StepKind::Rm { .. }
+            | StepKind::Symlink { .. }
+            | StepKind::Wasm(_)
+            | StepKind::Run(_) => return None,
         })
     }
 
@@ -511,10 +528,6 @@ impl Compiler<'_> {
             return None;
         };
         let plugin_id = p.id;
-        // A plugin a stage builds: the step waits for that stage.
-        if let Some(s) = p.from_stage() {
-            refs.deps.push(s);
-        }
         let mut mounts = Vec::new();
         let mut spans = Vec::new();
         for m in &w.mounts {
