@@ -2,10 +2,10 @@
 //! back (with [`super::load`]) to the same spec, strings and all; spans are
 //! not kept.
 
-use crate::frontend::ast::{RunDecl, Spec, StageDecl, StepKind, Str};
+use crate::frontend::ast::{Spec, StageDecl};
 use std::fmt::Write;
 
-const INDENT: &str = "    ";
+pub(super) const INDENT: &str = "    ";
 
 /// Comments to put in the output: lines before everything, and one per stage.
 #[derive(Debug, Default)]
@@ -117,226 +117,10 @@ fn stage(out: &mut String, s: &StageDecl) {
     for step in &s.steps {
         out.push_str(i2);
         out.push_str(step.kind.name());
-        step_body(out, &step.kind);
+        super::steps::print(out, &step.kind);
         out.push('\n');
     }
     out.push_str("}\n");
-}
-
-/// The arguments, properties and children of a step, after its name.
-fn step_body(out: &mut String, kind: &StepKind) {
-    let i2 = INDENT;
-    let args = |out: &mut String, v: &[Str]| {
-        for s in v {
-            out.push(' ');
-            out.push_str(&string(&s.value, i2));
-        }
-    };
-    let prop = |out: &mut String, k: &str, v: &Option<Str>| {
-        if let Some(v) = v {
-            let _ = write!(out, " {k}={}", string(&v.value, i2));
-        }
-    };
-    let flag = |out: &mut String, k: &str, v: bool| {
-        if v {
-            let _ = write!(out, " {k}=#true");
-        }
-    };
-    match kind {
-        StepKind::Copy {
-            sources,
-            dest,
-            from,
-            context,
-            chmod,
-            chown,
-            exclude,
-            parents,
-            unpack,
-        } => {
-            args(out, sources);
-            args(out, std::slice::from_ref(dest));
-            if let Some(f) = from {
-                let _ = write!(out, " from={}", ident(&f.value));
-            }
-            if let Some(c) = context {
-                let _ = write!(out, " context={}", ident(&c.value));
-            }
-            prop(out, "chmod", chmod);
-            prop(out, "chown", chown);
-            flag(out, "parents", *parents);
-            flag(out, "unpack", *unpack);
-            if !exclude.is_empty() {
-                out.push_str(" {\n");
-                let _ = write!(out, "{i2}{i2}exclude");
-                for e in exclude {
-                    out.push(' ');
-                    out.push_str(&string(&e.value, "        "));
-                }
-                let _ = write!(out, "\n{i2}}}");
-            }
-        }
-        StepKind::Fetch {
-            url,
-            dest,
-            checksum,
-            chmod,
-            chown,
-        } => {
-            args(out, std::slice::from_ref(url));
-            args(out, std::slice::from_ref(dest));
-            prop(out, "checksum", checksum);
-            prop(out, "chmod", chmod);
-            prop(out, "chown", chown);
-        }
-        StepKind::Git {
-            url,
-            dest,
-            reference,
-            subdir,
-            keep_git_dir,
-            chmod,
-            chown,
-        } => {
-            args(out, std::slice::from_ref(url));
-            args(out, std::slice::from_ref(dest));
-            prop(out, "ref", reference);
-            prop(out, "subdir", subdir);
-            if *keep_git_dir {
-                out.push_str(" keep-git-dir=#true");
-            }
-            prop(out, "chmod", chmod);
-            prop(out, "chown", chown);
-        }
-        StepKind::Write {
-            path,
-            content,
-            mode,
-        } => {
-            args(out, std::slice::from_ref(path));
-            args(out, std::slice::from_ref(content));
-            prop(out, "mode", mode);
-        }
-        StepKind::Mkdir { paths, mode } => {
-            args(out, paths);
-            prop(out, "mode", mode);
-        }
-        StepKind::Rm { paths, force } => {
-            args(out, paths);
-            flag(out, "force", *force);
-        }
-        StepKind::Symlink { target, link } => {
-            args(out, std::slice::from_ref(target));
-            args(out, std::slice::from_ref(link));
-        }
-        StepKind::Env(kv) | StepKind::Label(kv) if kv.len() == 1 => {
-            let (k, v) = &kv[0];
-            let _ = write!(out, " {} {}", key(&k.value), string(&v.value, i2));
-        }
-        StepKind::Env(kv) | StepKind::Label(kv) => {
-            // Each pair as `KEY VALUE` on its own child line: any key reads back.
-            out.push_str(" {\n");
-            for (k, v) in kv {
-                let _ = writeln!(
-                    out,
-                    "{i2}{i2}{} {}",
-                    key(&k.value),
-                    string(&v.value, "        ")
-                );
-            }
-            let _ = write!(out, "{i2}}}");
-        }
-        StepKind::Workdir(s)
-        | StepKind::User(s)
-        | StepKind::Stopsignal(s)
-        | StepKind::Onbuild(s)
-        | StepKind::Maintainer(s) => args(out, std::slice::from_ref(s)),
-        StepKind::Entrypoint(v)
-        | StepKind::Cmd(v)
-        | StepKind::Expose(v)
-        | StepKind::Volume(v)
-        | StepKind::Shell(v) => args(out, v),
-        StepKind::Healthcheck(h) => {
-            args(out, &h.test);
-            prop(out, "interval", &h.interval);
-            prop(out, "timeout", &h.timeout);
-            prop(out, "start-period", &h.start_period);
-            prop(out, "start-interval", &h.start_interval);
-            prop(out, "retries", &h.retries);
-        }
-        StepKind::Wasm(w) => {
-            let _ = write!(out, " {}", ident(&w.plugin.value));
-            args(out, &w.args);
-            prop(out, "timeout", &w.timeout);
-            prop(out, "memory", &w.memory);
-            if !w.env.is_empty() || !w.mounts.is_empty() {
-                out.push_str(" {\n");
-                for (k, v) in &w.env {
-                    let _ = writeln!(
-                        out,
-                        "{i2}{i2}env {}={}",
-                        key(&k.value),
-                        string(&v.value, "        ")
-                    );
-                }
-                for m in &w.mounts {
-                    let _ = write!(out, "{i2}{i2}mount {}", string(&m.guest.value, "        "));
-                    if let Some(f) = &m.from {
-                        let _ = write!(out, " from={}", ident(&f.value));
-                    }
-                    if let Some(c) = &m.context {
-                        let _ = write!(out, " context={}", ident(&c.value));
-                    }
-                    if let Some(s) = &m.source {
-                        let _ = write!(out, " source={}", string(&s.value, "        "));
-                    }
-                    out.push('\n');
-                }
-                let _ = write!(out, "{i2}}}");
-            }
-        }
-        StepKind::Run(r) => run(out, r),
-    }
-}
-
-fn run(out: &mut String, r: &RunDecl) {
-    let i2 = INDENT;
-    for s in &r.command {
-        out.push(' ');
-        out.push_str(&string(&s.value, i2));
-    }
-    if r.exec {
-        out.push_str(" exec=#true");
-    }
-    for (k, v) in [
-        ("network", &r.network),
-        ("security", &r.security),
-        ("timeout", &r.timeout),
-        ("sandbox", &r.sandbox),
-    ] {
-        if let Some(v) = v {
-            let _ = write!(out, " {k}={}", string(&v.value, i2));
-        }
-    }
-    if r.env.is_empty() && r.mounts.is_empty() && r.host_inputs.is_empty() {
-        return;
-    }
-    out.push_str(" {\n");
-    for (k, v) in &r.env {
-        let _ = writeln!(
-            out,
-            "{i2}{i2}env {}={}",
-            key(&k.value),
-            string(&v.value, "        ")
-        );
-    }
-    for m in &r.mounts {
-        let _ = writeln!(out, "{i2}{i2}mount {}", string(&m.value, "        "));
-    }
-    for h in &r.host_inputs {
-        let _ = writeln!(out, "{i2}{i2}host-inputs {}", string(&h.value, "        "));
-    }
-    let _ = write!(out, "{i2}}}");
 }
 
 /// Whether `s` can be written as a bare KDL identifier.
@@ -352,12 +136,12 @@ fn is_bare(s: &str) -> bool {
 }
 
 /// A name (stage, arg, context): bare when it can be.
-fn ident(s: &str) -> String {
+pub(super) fn ident(s: &str) -> String {
     if is_bare(s) { s.to_string() } else { quoted(s) }
 }
 
 /// A key in a `KEY VALUE` line: a node name, bare or quoted.
-fn key(s: &str) -> String {
+pub(super) fn key(s: &str) -> String {
     ident(s)
 }
 

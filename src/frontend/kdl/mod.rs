@@ -9,12 +9,12 @@
 mod depth;
 pub mod emit;
 mod node;
+mod steps;
 
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ParseCache;
 use crate::frontend::ast::{
-    ArgDecl, ContextDecl, ExportDecl, Fragment, HealthcheckDecl, MountDecl, PluginDecl, RunDecl,
-    Spec, StageDecl, StepDecl, StepKind, Str, WasmDecl,
+    ArgDecl, ContextDecl, ExportDecl, Fragment, PluginDecl, Spec, StageDecl, StepDecl, Str,
 };
 use ::kdl::KdlDocument;
 use node::Node;
@@ -679,366 +679,67 @@ impl Loader<'_> {
     fn step(&mut self, n: &Node, stage: &mut StageDecl) {
         let d = &mut self.diags;
         let name = n.node.name().value();
-        if !matches!(name, "env" | "label" | "copy" | "run" | "wasm") {
+        if name == "from" {
+            n.no_children(d);
+            Self::base(n, stage, d);
+            return;
+        }
+        let Some(syntax) = steps::syntax(name) else {
+            let mut diag =
+                Diagnostic::user("kiln::spec::unknown-step", format!("unknown step `{name}`"))
+                    .with_label(n.name_span(), "not a step");
+            diag = match did_you_mean(name, STEP_NODES.iter().copied()) {
+                Some(s) => diag.with_help(format!("did you mean `{s}`?")),
+                None => diag.with_help(format!("steps are: {}", STEP_NODES.join(", "))),
+            };
+            d.push(diag);
+            return;
+        };
+        if !syntax.children {
             n.no_children(d);
         }
-        let kind = match name {
-            "from" => {
-                let usage = "from scratch|STAGE | from image=\"REF\"";
-                n.allow_props(&["image"], d);
-                let image = n.str_prop("image", d);
-                let base = if image.is_some() {
-                    n.arity(0, Some(0), usage, d);
-                    image.clone()
-                } else {
-                    n.arity(1, Some(1), usage, d);
-                    n.str_arg(0, d)
-                };
-                if let Some(base) = base {
-                    let prev = stage.from.as_ref().or(stage.image.as_ref());
-                    if let Some(prev) = prev {
-                        d.push(
-                            Diagnostic::user(
-                                "kiln::spec::duplicate-from",
-                                "a stage has one `from`",
-                            )
-                            .with_label(base.span, "second base")
-                            .with_label(prev.span, "first base")
-                            .with_help(
-                                "keep one `from`; to combine stages use `copy … from=STAGE`",
-                            ),
-                        );
-                    } else if !stage.steps.is_empty() {
-                        d.push(
-                            Diagnostic::user(
-                                "kiln::spec::late-from",
-                                "`from` must come before the steps",
-                            )
-                            .with_label(n.span(), "after a step")
-                            .with_help("move `from` to the top of the stage"),
-                        );
-                    } else if image.is_some() {
-                        stage.image = Some(base);
-                    } else {
-                        stage.from = Some(base);
-                    }
-                }
-                return;
-            }
-            "copy" => {
-                let usage = "copy SRC… DEST [from=STAGE|context=NAME] [chmod=MODE] [chown=USER:GROUP] [parents=#true] [unpack=#true] { exclude PATTERN… }";
-                n.arity(2, None, usage, d);
-                n.allow_props(
-                    &["from", "context", "chmod", "chown", "parents", "unpack"],
-                    d,
-                );
-                let mut exclude = Vec::new();
-                for c in n.children(&["exclude"], d) {
-                    c.arity(1, None, "exclude PATTERN…", d);
-                    c.no_props(d);
-                    c.no_children(d);
-                    exclude.extend(c.str_args(d));
-                }
-                let mut all = n.str_args(d);
-                if all.len() < 2 {
-                    return;
-                }
-                let dest = all.pop();
-                let from = n.str_prop("from", d);
-                let context = n.str_prop("context", d);
-                if let (Some(f), Some(c)) = (&from, &context) {
-                    d.push(
-                        Diagnostic::user(
-                            "kiln::spec::copy-source",
-                            "`copy` takes `from=` or `context=`, not both",
-                        )
-                        .with_label(f.span, "from a stage")
-                        .with_label(c.span, "from a context")
-                        .with_help("split it into two `copy` steps"),
-                    );
-                }
-                let Some(dest) = dest else { return };
-                StepKind::Copy {
-                    sources: all,
-                    dest,
-                    from,
-                    context,
-                    chmod: n.mode_prop("chmod", d),
-                    chown: n.str_prop("chown", d),
-                    exclude,
-                    parents: n.bool_prop("parents", d).unwrap_or(false),
-                    unpack: n.bool_prop("unpack", d).unwrap_or(false),
-                }
-            }
-            "fetch" => {
-                let usage =
-                    "fetch URL DEST checksum=\"sha256:HEX\" [chmod=MODE] [chown=USER:GROUP]";
-                n.arity(2, Some(2), usage, d);
-                n.allow_props(&["checksum", "chmod", "chown"], d);
-                match (n.str_arg(0, d), n.str_arg(1, d)) {
-                    (Some(url), Some(dest)) => StepKind::Fetch {
-                        url,
-                        dest,
-                        checksum: n.str_prop("checksum", d),
-                        chmod: n.mode_prop("chmod", d),
-                        chown: n.str_prop("chown", d),
-                    },
-                    _ => return,
-                }
-            }
-            "git" => {
-                let usage = "git URL DEST [ref=REF] [subdir=DIR] [keep-git-dir=#true] [chmod=MODE] [chown=USER:GROUP]";
-                n.arity(2, Some(2), usage, d);
-                n.allow_props(&["ref", "subdir", "keep-git-dir", "chmod", "chown"], d);
-                match (n.str_arg(0, d), n.str_arg(1, d)) {
-                    (Some(url), Some(dest)) => StepKind::Git {
-                        url,
-                        dest,
-                        reference: n.str_prop("ref", d),
-                        subdir: n.str_prop("subdir", d),
-                        keep_git_dir: n.bool_prop("keep-git-dir", d).unwrap_or(false),
-                        chmod: n.mode_prop("chmod", d),
-                        chown: n.str_prop("chown", d),
-                    },
-                    _ => return,
-                }
-            }
-            "write" => {
-                n.arity(2, Some(2), "write PATH CONTENT [mode=MODE]", d);
-                n.allow_props(&["mode"], d);
-                match (n.str_arg(0, d), n.str_arg(1, d)) {
-                    (Some(path), Some(content)) => StepKind::Write {
-                        path,
-                        content,
-                        mode: n.mode_prop("mode", d),
-                    },
-                    _ => return,
-                }
-            }
-            "mkdir" => {
-                n.arity(1, None, "mkdir PATH… [mode=MODE]", d);
-                n.allow_props(&["mode"], d);
-                StepKind::Mkdir {
-                    paths: n.str_args(d),
-                    mode: n.mode_prop("mode", d),
-                }
-            }
-            "rm" => {
-                n.arity(1, None, "rm PATH… [force=#true]", d);
-                n.allow_props(&["force"], d);
-                StepKind::Rm {
-                    paths: n.str_args(d),
-                    force: n.bool_prop("force", d).unwrap_or(false),
-                }
-            }
-            "symlink" => {
-                n.arity(2, Some(2), "symlink TARGET LINK", d);
-                n.no_props(d);
-                match (n.str_arg(0, d), n.str_arg(1, d)) {
-                    (Some(target), Some(link)) => StepKind::Symlink { target, link },
-                    _ => return,
-                }
-            }
-            "env" => StepKind::Env(n.pairs("env NAME VALUE | env NAME=VALUE…", d)),
-            "label" => StepKind::Label(n.pairs("label KEY VALUE | label KEY=VALUE…", d)),
-            "workdir" => match one_string(n, "workdir PATH", d) {
-                Some(s) => StepKind::Workdir(s),
-                None => return,
-            },
-            "user" => match one_string(n, "user USER[:GROUP]", d) {
-                Some(s) => StepKind::User(s),
-                None => return,
-            },
-            "stopsignal" => match one_string(n, "stopsignal SIGNAL", d) {
-                Some(s) => StepKind::Stopsignal(s),
-                None => return,
-            },
-            "entrypoint" => StepKind::Entrypoint(list(n, 0, "entrypoint ARG…", d)),
-            "cmd" => StepKind::Cmd(list(n, 0, "cmd ARG…", d)),
-            "expose" => StepKind::Expose(list(n, 1, "expose PORT[/PROTO]…", d)),
-            "volume" => StepKind::Volume(list(n, 1, "volume PATH…", d)),
-            "shell" => StepKind::Shell(list(n, 1, "shell PROGRAM ARG…", d)),
-            "onbuild" => match one_string(n, "onbuild \"INSTRUCTION\"", d) {
-                Some(s) => StepKind::Onbuild(s),
-                None => return,
-            },
-            "maintainer" => match one_string(n, "maintainer NAME", d) {
-                Some(s) => StepKind::Maintainer(s),
-                None => return,
-            },
-            "healthcheck" => {
-                let usage = "healthcheck NONE | healthcheck CMD|CMD-SHELL ARG… [interval=D] [timeout=D] [start-period=D] [start-interval=D] [retries=N]";
-                n.arity(1, None, usage, d);
-                n.allow_props(
-                    &[
-                        "interval",
-                        "timeout",
-                        "start-period",
-                        "start-interval",
-                        "retries",
-                    ],
-                    d,
-                );
-                let test = n.str_args(d);
-                let Some(kind) = test.first() else { return };
-                let ok = match kind.value.as_str() {
-                    "NONE" => test.len() == 1 && n.node.entries().len() == 1,
-                    "CMD" | "CMD-SHELL" => test.len() > 1,
-                    _ => false,
-                };
-                if !ok {
-                    d.push(
-                        Diagnostic::user(
-                            "kiln::spec::healthcheck",
-                            "a healthcheck is `NONE`, or `CMD`/`CMD-SHELL` with a command",
-                        )
-                        .with_label(kind.span, "expected NONE, CMD or CMD-SHELL")
-                        .with_help(format!("usage: `{usage}`")),
-                    );
-                    return;
-                }
-                StepKind::Healthcheck(HealthcheckDecl {
-                    test,
-                    interval: n.str_prop("interval", d),
-                    timeout: n.str_prop("timeout", d),
-                    start_period: n.str_prop("start-period", d),
-                    start_interval: n.str_prop("start-interval", d),
-                    retries: n.str_prop("retries", d),
-                })
-            }
-            "wasm" => {
-                let usage = "wasm PLUGIN ARG… [timeout=DURATION] [memory=SIZE] { env NAME=VALUE…; mount GUEST [from=STAGE|context=NAME] [source=PATH] }";
-                n.arity(1, None, usage, d);
-                n.allow_props(&["timeout", "memory"], d);
-                let mut args = n.str_args(d);
-                if args.is_empty() {
-                    return;
-                }
-                let plugin = args.remove(0);
-                let mut env = Vec::new();
-                let mut mounts = Vec::new();
-                for c in n.children(&["env", "mount"], d) {
-                    if c.node.name().value() == "env" {
-                        env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d));
-                        continue;
-                    }
-                    let usage = "mount GUEST [from=STAGE | context=NAME] [source=PATH]";
-                    c.arity(1, Some(1), usage, d);
-                    c.allow_props(&["from", "context", "source"], d);
-                    c.no_children(d);
-                    let Some(guest) = c.str_arg(0, d) else {
-                        continue;
-                    };
-                    let from = c.str_prop("from", d);
-                    let context = c.str_prop("context", d);
-                    if let (Some(f), Some(x)) = (&from, &context) {
-                        d.push(
-                            Diagnostic::user(
-                                "kiln::spec::mount-source",
-                                "a mount takes `from=` or `context=`, not both",
-                            )
-                            .with_label(f.span, "from a stage")
-                            .with_label(x.span, "from a context")
-                            .with_help("use two mounts"),
-                        );
-                    }
-                    mounts.push(MountDecl {
-                        span: c.span(),
-                        guest,
-                        from,
-                        context,
-                        source: c.str_prop("source", d),
-                    });
-                }
-                StepKind::Wasm(WasmDecl {
-                    plugin,
-                    args,
-                    env,
-                    mounts,
-                    timeout: n.str_prop("timeout", d),
-                    memory: n.str_prop("memory", d),
-                })
-            }
-            "run" => {
-                let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] [timeout=DURATION] [sandbox=image|host] { env NAME=VALUE…; mount SPEC…; host-inputs PATH… }";
-                n.arity(1, None, usage, d);
-                n.allow_props(&["exec", "network", "security", "timeout", "sandbox"], d);
-                let command = n.str_args(d);
-                let exec = n.bool_prop("exec", d).unwrap_or(false);
-                if !exec && command.len() > 1 {
-                    d.push(
-                        Diagnostic::user(
-                            "kiln::spec::run",
-                            "a shell-form `run` takes one script",
-                        )
-                        .with_label(n.span(), "several arguments")
-                        .with_help("join them into one script, or add `exec=#true` to run a program with these arguments"),
-                    );
-                }
-                let mut env = Vec::new();
-                let mut mounts = Vec::new();
-                let mut host_inputs = Vec::new();
-                for c in n.children(&["env", "mount", "host-inputs"], d) {
-                    match c.node.name().value() {
-                        "env" => env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d)),
-                        "mount" => {
-                            c.arity(1, None, "mount \"type=…,target=…\"…", d);
-                            c.no_props(d);
-                            c.no_children(d);
-                            mounts.extend(c.str_args(d));
-                        }
-                        _ => {
-                            c.arity(1, None, "host-inputs \"/usr/bin/gcc\"…", d);
-                            c.no_props(d);
-                            c.no_children(d);
-                            host_inputs.extend(c.str_args(d));
-                        }
-                    }
-                }
-                StepKind::Run(RunDecl {
-                    command,
-                    exec,
-                    env,
-                    mounts,
-                    network: n.str_prop("network", d),
-                    security: n.str_prop("security", d),
-                    timeout: n.str_prop("timeout", d),
-                    sandbox: n.str_prop("sandbox", d),
-                    host_inputs,
-                })
-            }
-            other => {
-                let mut diag = Diagnostic::user(
-                    "kiln::spec::unknown-step",
-                    format!("unknown step `{other}`"),
-                )
-                .with_label(n.name_span(), "not a step");
-                diag = match did_you_mean(other, STEP_NODES.iter().copied()) {
-                    Some(s) => diag.with_help(format!("did you mean `{s}`?")),
-                    None => diag.with_help(format!("steps are: {}", STEP_NODES.join(", "))),
-                };
-                d.push(diag);
-                return;
-            }
-        };
-        stage.steps.push(StepDecl {
-            span: n.span(),
-            kind,
-        });
+        if let Some(kind) = (syntax.parse)(n, d) {
+            stage.steps.push(StepDecl {
+                span: n.span(),
+                kind,
+            });
+        }
     }
-}
 
-/// A step taking `min` or more string arguments and no properties.
-fn list(n: &Node, min: usize, usage: &str, d: &mut Diagnostics) -> Vec<Spanned<String>> {
-    n.arity(min, None, usage, d);
-    n.no_props(d);
-    n.str_args(d)
-}
-
-fn one_string(n: &Node, usage: &str, d: &mut Diagnostics) -> Option<Spanned<String>> {
-    n.arity(1, Some(1), usage, d);
-    n.no_props(d);
-    n.str_arg(0, d)
+    /// `from scratch|STAGE` or `from image="REF"`: the stage's base.
+    fn base(n: &Node, stage: &mut StageDecl, d: &mut Diagnostics) {
+        let usage = "from scratch|STAGE | from image=\"REF\"";
+        n.allow_props(&["image"], d);
+        let image = n.str_prop("image", d);
+        let base = if image.is_some() {
+            n.arity(0, Some(0), usage, d);
+            image.clone()
+        } else {
+            n.arity(1, Some(1), usage, d);
+            n.str_arg(0, d)
+        };
+        if let Some(base) = base {
+            let prev = stage.from.as_ref().or(stage.image.as_ref());
+            if let Some(prev) = prev {
+                d.push(
+                    Diagnostic::user("kiln::spec::duplicate-from", "a stage has one `from`")
+                        .with_label(base.span, "second base")
+                        .with_label(prev.span, "first base")
+                        .with_help("keep one `from`; to combine stages use `copy … from=STAGE`"),
+                );
+            } else if !stage.steps.is_empty() {
+                d.push(
+                    Diagnostic::user("kiln::spec::late-from", "`from` must come before the steps")
+                        .with_label(n.span(), "after a step")
+                        .with_help("move `from` to the top of the stage"),
+                );
+            } else if image.is_some() {
+                stage.image = Some(base);
+            } else {
+                stage.from = Some(base);
+            }
+        }
+    }
 }
 
 /// Whether a stage, arg, context or plugin name is valid: letters,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::frontend::ast::StepKind;
 
 fn parse(text: &str) -> Result<Spec, Diagnostics> {
     parse_str("kiln.kdl", text, &Sources::new()).map_err(|e| e.diagnostics)

@@ -1,0 +1,84 @@
+//! `run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE]
+//! [security=MODE] [timeout=D] [sandbox=image|host] { env NAME=VALUE…;
+//! mount SPEC…; host-inputs PATH… }`
+
+use super::{Out, Syntax, child_string, env_line};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::frontend::ast::{Pair, RunDecl, StepKind, Str};
+use crate::frontend::kdl::node::Node;
+use std::fmt::Write;
+
+pub(super) const SYNTAX: Syntax = Syntax {
+    name: "run",
+    children: true,
+    parse,
+};
+
+fn parse(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
+    let usage = "run SCRIPT | run PROGRAM ARG… exec=#true [network=MODE] [security=MODE] [timeout=DURATION] [sandbox=image|host] { env NAME=VALUE…; mount SPEC…; host-inputs PATH… }";
+    n.arity(1, None, usage, d);
+    n.allow_props(&["exec", "network", "security", "timeout", "sandbox"], d);
+    let command = n.str_args(d);
+    let exec = n.bool_prop("exec", d).unwrap_or(false);
+    if !exec && command.len() > 1 {
+        d.push(
+            Diagnostic::user("kiln::spec::run", "a shell-form `run` takes one script")
+                .with_label(n.span(), "several arguments")
+                .with_help("join them into one script, or add `exec=#true` to run a program with these arguments"),
+        );
+    }
+    let mut env = Vec::new();
+    let mut mounts = Vec::new();
+    let mut host_inputs = Vec::new();
+    for c in n.children(&["env", "mount", "host-inputs"], d) {
+        if c.node.name().value() == "env" {
+            env.extend(c.pairs("env NAME VALUE | env NAME=VALUE…", d));
+            continue;
+        }
+        let (usage, into) = if c.node.name().value() == "mount" {
+            ("mount \"type=…,target=…\"…", &mut mounts)
+        } else {
+            ("host-inputs \"/usr/bin/gcc\"…", &mut host_inputs)
+        };
+        c.arity(1, None, usage, d);
+        c.no_props(d);
+        c.no_children(d);
+        into.extend(c.str_args(d));
+    }
+    Some(StepKind::Run(RunDecl {
+        command,
+        exec,
+        env,
+        mounts,
+        network: n.str_prop("network", d),
+        security: n.str_prop("security", d),
+        timeout: n.str_prop("timeout", d),
+        sandbox: n.str_prop("sandbox", d),
+        host_inputs,
+    }))
+}
+
+pub(super) fn print(out: &mut Out<'_>, r: &RunDecl) {
+    out.args(&r.command);
+    out.flag("exec", r.exec);
+    out.prop("network", &r.network);
+    out.prop("security", &r.security);
+    out.prop("timeout", &r.timeout);
+    out.prop("sandbox", &r.sandbox);
+    let lines: Vec<Child<'_>> = (r.env.iter().map(Child::Env))
+        .chain(r.mounts.iter().map(|m| Child::Line("mount", m)))
+        .chain(r.host_inputs.iter().map(|h| Child::Line("host-inputs", h)))
+        .collect();
+    out.block(&lines, |line, child| match child {
+        Child::Env(pair) => env_line(line, pair),
+        Child::Line(name, s) => {
+            let _ = write!(line, "{name} {}", child_string(&s.value));
+        }
+    });
+}
+
+/// A child line of a `run` step.
+enum Child<'a> {
+    Env(&'a Pair),
+    Line(&'static str, &'a Str),
+}
