@@ -8,7 +8,6 @@
 //! arguments into its request and is the only place that prints.
 
 pub mod ambient;
-pub mod build;
 pub mod cli;
 pub mod context;
 pub mod diag;
@@ -20,6 +19,7 @@ pub mod git;
 pub mod image;
 pub mod ir;
 pub mod model;
+pub mod pipeline;
 pub mod plugin;
 pub mod progress;
 pub mod sandbox;

@@ -1,9 +1,9 @@
-//! `kiln build`: arguments into a [`build::Request`], the report rendered.
+//! `kiln build`: arguments into a [`pipeline::Request`], the report rendered.
 
 use super::outln;
 use super::{Failure, SpecArgs, exit_code, render_all};
-use crate::build::{self, Output, Request};
 use crate::diag::{Diagnostic, Sources};
+use crate::pipeline::{self, Request};
 use crate::progress::{self, Progress};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// The most an archive (or an image layer) may expand to when extracted
-    #[arg(long, value_name = "SIZE", default_value = "8GiB")]
+    #[arg(long, value_name = "SIZE", default_value = pipeline::DEFAULT_UNPACK_SIZE)]
     pub max_unpack_size: String,
     /// The platform of the images stages are built on [default: this machine's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -177,7 +177,7 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
     let outputs = args
         .outputs
         .iter()
-        .map(|o| Output::parse(o))
+        .map(|o| super::output::parse(o))
         .collect::<Result<Vec<_>, _>>()?;
     let unpack_limit = crate::units::parse_size(&args.max_unpack_size).ok_or_else(|| {
         Diagnostic::user(
@@ -221,13 +221,13 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     fixed_umask();
     docker_flags(args)?;
     let req = request(args)?;
-    let plan = build::plan(&req, sources)?;
+    let plan = pipeline::plan(&req, sources)?;
     let reporter = progress::reporter(args.progress);
     let progress = Progress::new(reporter.as_ref());
     if !plan.loaded.warnings.is_empty() {
         progress.println(&render_all(&plan.loaded.warnings, sources));
     }
-    let report = build::run(
+    let report = pipeline::run(
         plan,
         &req,
         sources,

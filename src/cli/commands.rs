@@ -2,19 +2,19 @@
 
 use super::{Failure, SpecArgs, render_all};
 use super::{out, outln};
-use crate::build::load::state_dir;
-use crate::build::targets;
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
 use crate::ir::{Base, Graph, Read, compile};
+use crate::pipeline::load::state_dir;
+use crate::pipeline::targets;
 use crate::store::{Access, Store, gc, records};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
 /// Read and compile a spec; warnings are returned for the caller to show.
 pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
-    let loaded = crate::build::load::load(&args.input()?, sources, None)?;
+    let loaded = crate::pipeline::load::load(&args.input()?, sources, None)?;
     Ok((loaded.spec, loaded.graph, loaded.warnings))
 }
 
@@ -197,14 +197,11 @@ fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
 pub fn check(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
     // Planned as a build would be (export destinations checked too), then
     // everything the build would refuse that can be seen without building.
-    let req = crate::build::Request {
-        spec: args.input()?,
-        ..Default::default()
-    };
-    let plan = crate::build::plan_only(&req, sources)?;
+    let req = crate::pipeline::Request::new(args.input()?);
+    let plan = crate::pipeline::plan_only(&req, sources)?;
     let graph = plan.loaded.graph;
     print_warnings(&plan.loaded.warnings, sources);
-    let refused = crate::build::preflight::check(&graph);
+    let refused = crate::pipeline::preflight::check(&graph);
     if !refused.is_empty() {
         let code = super::exit_code(&refused);
         return Err(Failure {
@@ -389,7 +386,7 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         .into());
     }
     let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
-    let scope = crate::build::load::project_scope(&args.spec.spec_path());
+    let scope = crate::pipeline::load::project_scope(&args.spec.spec_path());
     let Some(last) = records::load_last(&store, &scope) else {
         return Err(
             Diagnostic::user("kiln::explain::none", "no build is recorded yet")
@@ -500,7 +497,7 @@ pub struct RmiArgs {
 
 /// `kiln rmi NAME…`: remove names from the local image store.
 pub fn rmi(args: &RmiArgs) -> Result<(), Failure> {
-    let spec = crate::build::load::SpecInput {
+    let spec = crate::pipeline::load::SpecInput {
         context: PathBuf::from("."),
         file: args.file.clone(),
         ..Default::default()

@@ -4,9 +4,9 @@
 
 use super::outln;
 use super::{Failure, SpecArgs};
-use crate::build::{self, Request};
 use crate::diag::Sources;
 use crate::image::set::LockMode;
+use crate::pipeline::{self, Request};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -30,7 +30,6 @@ pub struct LockArgs {
 
 pub fn run(args: &LockArgs, sources: &Sources) -> Result<(), Failure> {
     let req = Request {
-        spec: args.spec.input()?,
         state_dir: args.state_dir.clone(),
         platform: args.platform.clone(),
         insecure_registries: args.insecure_registries.clone(),
@@ -38,11 +37,11 @@ pub fn run(args: &LockArgs, sources: &Sources) -> Result<(), Failure> {
             Some(names) => LockMode::Update(names.clone()),
             None => LockMode::Normal,
         },
-        ..Request::default()
+        ..Request::new(args.spec.input()?)
     };
     let reporter = crate::progress::reporter(crate::progress::Mode::Plain);
     let progress = crate::progress::Progress::new(reporter.as_ref());
-    let report = build::pins::lock(&req, sources, &progress);
+    let report = pipeline::pins::lock(&req, sources, &progress);
     progress.finish();
     let report = report.map_err(|diagnostics| Failure {
         code: super::exit_code(&diagnostics),

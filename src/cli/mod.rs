@@ -9,6 +9,7 @@
 mod build;
 mod commands;
 mod lock;
+mod output;
 mod plugin;
 mod verify;
 
@@ -90,7 +91,7 @@ impl SpecArgs {
     }
 
     pub fn spec_path(&self) -> PathBuf {
-        crate::build::load::SpecInput {
+        crate::pipeline::load::SpecInput {
             context: self.context(),
             file: self.file.clone(),
             ..Default::default()
@@ -99,7 +100,7 @@ impl SpecArgs {
     }
 
     /// The spec input these arguments name.
-    pub fn input(&self) -> Result<crate::build::load::SpecInput, Diagnostic> {
+    pub fn input(&self) -> Result<crate::pipeline::load::SpecInput, Diagnostic> {
         let context = self.context();
         // The file system's root is no context: walking it reads /proc.
         if std::fs::canonicalize(&context).is_ok_and(|c| c == std::path::Path::new("/")) {
@@ -109,7 +110,7 @@ impl SpecArgs {
             )
             .with_help("name the project's directory: `kiln build DIR`, or `-f DIR/kiln.kdl` (its directory is the context)"));
         }
-        Ok(crate::build::load::SpecInput {
+        Ok(crate::pipeline::load::SpecInput {
             context,
             file: self.file.clone(),
             args: self.arg_pairs()?,

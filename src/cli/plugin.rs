@@ -102,7 +102,7 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
                         // Kept in the store the build reads (its pin is
                         // its blake3), so the build does not download it
                         // again.
-                        let state_dir = crate::build::load::state_dir(
+                        let state_dir = crate::pipeline::load::state_dir(
                             &std::env::var_os("KILN_STATE_DIR").map(PathBuf::from),
                             &args.input()?.spec_path(),
                         );

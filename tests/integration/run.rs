@@ -543,8 +543,15 @@ export {
 
 #[test]
 fn host_sandbox_sees_the_host_and_keys_named_host_inputs() {
-    // Not under /tmp, which the sandbox has its own of.
-    let tools = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Not under /tmp, which the sandbox has its own of (nor the target
+    // directory when it lies there).
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if target.starts_with("/tmp") {
+        std::path::Path::new("/var/tmp")
+    } else {
+        target
+    };
+    let tools = tempfile::tempdir_in(base).unwrap();
     let tool = tools.path().join("tool.sh");
     std::fs::write(&tool, "#!/bin/sh\necho v1\n").unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();

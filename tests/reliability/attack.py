@@ -39,6 +39,7 @@ import glob
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -669,8 +670,14 @@ def host_marks():
         "core_pattern": read("/proc/sys/kernel/core_pattern"),
         "hostname": read("/proc/sys/kernel/hostname"),
         "mounts": mounts,
-        "tmp": sorted(os.listdir("/tmp")),
+        # Names other processes make and remove meanwhile (tests beside
+        # this one, by the tempfile crate's, Python's and mktemp's patterns) are left
+        # out; the attacks write other names (`/tmp/v`, `/tmp/kiln-vda`…).
+        "tmp": sorted(n for n in os.listdir("/tmp") if not TEMP_NAME.match(n)),
     }
+
+
+TEMP_NAME = re.compile(r"^(\.tmp[A-Za-z0-9]{6}|tmp[a-z0-9_]{8}|tmp\.[A-Za-z0-9]{10})$")
 
 
 def phase_hostile_run(kiln, work, stats, images):
@@ -734,7 +741,12 @@ def phase_hostile_run(kiln, work, stats, images):
     for k in before:
         if before[k] != after[k]:
             changed += 1
-            print(f"  hostile-run: the host's {k} changed")
+            if isinstance(before[k], list):
+                added = sorted(set(after[k]) - set(before[k]))
+                gone = sorted(set(before[k]) - set(after[k]))
+                print(f"  hostile-run: the host's {k} changed: added {added}, removed {gone}")
+            else:
+                print(f"  hostile-run: the host's {k} changed: {before[k]!r} to {after[k]!r}")
     if not alive:
         changed += 1
         print("  hostile-run: the canary died")

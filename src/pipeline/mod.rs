@@ -14,6 +14,7 @@ pub mod load;
 pub mod pins;
 pub mod preflight;
 pub mod provenance;
+pub mod verify;
 
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
@@ -33,8 +34,14 @@ use std::sync::atomic::AtomicBool;
 /// More worker threads than this help no build and cost memory.
 pub const MAX_JOBS: usize = 256;
 
-/// What to build.
-#[derive(Clone, Debug, Default)]
+/// How much an archive may expand to unless `--max-unpack-size` says:
+/// as text (clap's default) and in bytes.
+pub const DEFAULT_UNPACK_SIZE: &str = "8GiB";
+pub const DEFAULT_UNPACK_LIMIT: u64 = 8 << 30;
+
+/// What to build. [`Request::new`] holds every default; the command line
+/// changes what its flags say.
+#[derive(Clone, Debug)]
 pub struct Request {
     pub spec: SpecInput,
     /// `--target`s; replace the export block.
@@ -68,6 +75,30 @@ pub struct Request {
 }
 
 impl Request {
+    /// A build of `spec`'s exports with every default: the cache, the
+    /// state directory kiln picks, `SOURCE_DATE_EPOCH` (or 0), archives up
+    /// to [`DEFAULT_UNPACK_LIMIT`], this machine's platform, the lock file
+    /// as it is.
+    pub fn new(spec: SpecInput) -> Request {
+        Request {
+            spec,
+            targets: Vec::new(),
+            outputs: Vec::new(),
+            tags: Vec::new(),
+            no_cache: false,
+            jobs: None,
+            state_dir: None,
+            epoch: Request::epoch_from_env(),
+            unpack_limit: DEFAULT_UNPACK_LIMIT,
+            platform: None,
+            insecure_registries: Vec::new(),
+            lock: LockMode::Normal,
+            secrets: Default::default(),
+            ssh: Default::default(),
+            allow_export_outside: false,
+        }
+    }
+
     /// SOURCE_DATE_EPOCH, or 0: read here and nowhere else.
     pub fn epoch_from_env() -> u64 {
         std::env::var("SOURCE_DATE_EPOCH")
@@ -85,160 +116,6 @@ pub struct Output {
     /// An image's name (`name=`).
     pub tag: Option<String>,
     pub compression: crate::ir::Compression,
-}
-
-impl Output {
-    /// Parse `DIR`, or `KEY=VALUE,…` as buildx writes it: `type=local|tar`
-    /// with `dest=`; `type=oci` (an OCI archive, or a layout directory
-    /// with `tar=false`) and `type=docker` (a `docker load` archive), with
-    /// `dest=`, `name=` and `compression=`.
-    pub fn parse(s: &str) -> Result<Output, Diagnostic> {
-        let bad = |what: String| {
-            Diagnostic::user("kiln::cli::output", what).with_help(
-                "write `-o DIR`, `-o type=local,dest=DIR`, `-o type=tar,dest=FILE.tar`, `-o type=oci,dest=FILE.tar[,name=NAME:TAG]` (`tar=false` for a layout directory) or `-o type=docker,dest=FILE.tar,name=NAME:TAG`",
-            )
-        };
-        if s.is_empty() {
-            return Err(Diagnostic::user(
-                "kiln::export::empty",
-                "`-o` was given an empty destination",
-            )
-            .with_help("name a directory, e.g. `-o dist`"));
-        }
-        if s == "-" {
-            // As `docker build -o -`: a tar on standard output.
-            return Ok(Output {
-                format: ExportFormat::Tar,
-                dest: PathBuf::from("-"),
-                tag: None,
-                compression: Default::default(),
-            });
-        }
-        if !s.contains('=') {
-            return Ok(Output {
-                format: ExportFormat::Dir,
-                dest: PathBuf::from(s),
-                tag: None,
-                compression: Default::default(),
-            });
-        }
-        let mut fields: Vec<(&str, &str)> = Vec::new();
-        for part in s.split(',') {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| bad(format!("cannot read `-o {s}`: `{part}` is not KEY=VALUE")))?;
-            if fields.iter().any(|(k, _)| *k == key) {
-                return Err(bad(format!("`-o {s}` gives `{key}=` twice")));
-            }
-            if !["type", "dest", "name", "tar", "compression", "push"].contains(&key) {
-                return Err(bad(format!(
-                    "cannot read `-o {s}`: `{part}` is not understood"
-                )));
-            }
-            fields.push((key, value));
-        }
-        let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        // A push: `type=registry,name=REF` or `type=image,name=REF,push=true`.
-        let push = match (get("type"), get("push")) {
-            (Some("registry"), None | Some("true")) => true,
-            (Some("image"), Some("true")) => true,
-            (Some("image"), _) => {
-                return Err(bad(format!(
-                    "`-o {s}`: kiln pushes images (`push=true`) and writes them to files (`type=oci`, `type=docker`); it keeps no image store of its own"
-                )));
-            }
-            (_, Some(_)) => {
-                return Err(bad(format!("`-o {s}`: `push=` applies to `type=image`")));
-            }
-            _ => false,
-        };
-        if push {
-            let name = get("name").ok_or_else(|| {
-                bad(format!(
-                    "`-o {s}` pushes, but names no image: add `name=REGISTRY/NAME:TAG`"
-                ))
-            })?;
-            if !crate::ir::valid_tag(name) {
-                return Err(bad(format!("`-o {s}`: `{name}` is not an image name")));
-            }
-            if get("dest").is_some() || get("tar").is_some() {
-                return Err(bad(format!("`-o {s}`: a push has no `dest=` or `tar=`")));
-            }
-            let compression = match get("compression") {
-                None => Default::default(),
-                Some(c) => crate::ir::Compression::parse(c).ok_or_else(|| {
-                    bad(format!(
-                        "`-o {s}`: compression `{c}` is not `gzip`, `zstd` or `none`"
-                    ))
-                })?,
-            };
-            return Ok(Output {
-                format: ExportFormat::Push,
-                dest: PathBuf::new(),
-                tag: Some(name.to_string()),
-                compression,
-            });
-        }
-        let format = match (get("type"), get("tar")) {
-            (None | Some("local"), None) => ExportFormat::Dir,
-            (Some("tar"), None) => ExportFormat::Tar,
-            (Some("oci"), None | Some("true")) => ExportFormat::OciArchive,
-            (Some("oci"), Some("false")) => ExportFormat::Oci,
-            (Some("docker"), None | Some("true")) => ExportFormat::DockerArchive,
-            (Some(t), None) => {
-                return Err(bad(format!(
-                    "cannot read `-o {s}`: `type={t}` is not understood"
-                )));
-            }
-            (_, Some(t)) => {
-                return Err(bad(format!(
-                    "cannot read `-o {s}`: `tar={t}` applies to `type=oci` (true or false)"
-                )));
-            }
-        };
-        let dest = match get("dest") {
-            Some("") => {
-                return Err(Diagnostic::user(
-                    "kiln::export::empty",
-                    format!("`-o {s}` has an empty `dest=`"),
-                )
-                .with_help("name a directory or file, e.g. `dest=dist`"));
-            }
-            Some(d) => PathBuf::from(d),
-            None => {
-                return Err(Diagnostic::user(
-                    "kiln::cli::output",
-                    format!("`-o {s}` has no `dest=`"),
-                )
-                .with_help("write `-o type=tar,dest=out.tar`"));
-            }
-        };
-        if !format.is_image() && (get("name").is_some() || get("compression").is_some()) {
-            return Err(bad(format!(
-                "`-o {s}`: `name=` and `compression=` apply to images (`type=oci`, `type=docker`)"
-            )));
-        }
-        let tag = match get("name") {
-            Some(n) if !crate::ir::valid_tag(n) => {
-                return Err(bad(format!("`-o {s}`: `{n}` is not an image name")));
-            }
-            n => n.map(str::to_string),
-        };
-        let compression = match get("compression") {
-            None => Default::default(),
-            Some(c) => crate::ir::Compression::parse(c).ok_or_else(|| {
-                bad(format!(
-                    "`-o {s}`: compression `{c}` is not `gzip`, `zstd` or `none`"
-                ))
-            })?,
-        };
-        Ok(Output {
-            format,
-            dest,
-            tag,
-            compression,
-        })
-    }
 }
 
 /// An export entry with its destination resolved and checked.
@@ -1081,13 +958,38 @@ impl ExportPhase<'_> {
     }
 
     /// Stage every export that is due, then swap them all in (or, when the
-    /// build failed, only the `when="always"` ones). `Err` means an export
-    /// found the store damaged: nothing was written, and the caller repairs.
+    /// build failed, only the `when="always"` ones), write the ones for
+    /// standard output, and last name and push images (a push cannot be
+    /// taken back). `Err` means an export found the store damaged: nothing
+    /// was written, and the caller repairs.
     fn write(
         &self,
         exports: &[PlannedExport],
         ok: bool,
     ) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+        let Staging {
+            staged,
+            stdout,
+            pushes,
+            mut failures,
+            damage,
+        } = self.stage_all(exports, ok);
+        if !damage.is_empty() {
+            for (_, s) in staged {
+                s.discard();
+            }
+            return Err(damage);
+        }
+        let staged_ok = ok && failures.is_empty();
+        self.swap_in(staged, ok, &mut failures);
+        self.to_stdout(stdout, staged_ok, &mut failures)?;
+        self.name_and_push(pushes, ok, staged_ok, &mut failures)?;
+        Ok(failures)
+    }
+
+    /// Every export that is due, staged under a temp name (files), or
+    /// set aside for standard output or for naming and pushing (images).
+    fn stage_all<'p>(&self, exports: &'p [PlannedExport], ok: bool) -> Staging<'p> {
         let ExportPhase {
             store,
             executor,
@@ -1099,9 +1001,7 @@ impl ExportPhase<'_> {
         } = *self;
         let mut failures = Vec::new();
         let mut damage = Vec::new();
-        let mut staged: Vec<(&PlannedExport, Box<export::Staged>)> = Vec::new();
-        // Pushes go last, once the files are in place: a push cannot be
-        // taken back.
+        let mut staged = Vec::new();
         let mut pushes = Vec::new();
         let mut stdout = Vec::new();
         for p in exports {
@@ -1228,13 +1128,24 @@ impl ExportPhase<'_> {
                 }
             }
         }
-        if !damage.is_empty() {
-            for (_, s) in staged {
-                s.discard();
-            }
-            return Err(damage);
+        Staging {
+            staged,
+            stdout,
+            pushes,
+            failures,
+            damage,
         }
-        let staged_ok = ok && failures.is_empty();
+    }
+
+    /// The staged file exports swapped in; when the build (or another
+    /// export) failed, only the `when="always"` ones.
+    fn swap_in(
+        &self,
+        staged: Vec<(&PlannedExport, Box<export::Staged>)>,
+        ok: bool,
+        failures: &mut Vec<Diagnostic>,
+    ) {
+        let (store, graph, progress) = (self.store, self.graph, self.progress);
         // A build that failed (here or while exporting) writes only the
         // `when="always"` exports.
         let all_good = ok && failures.is_empty();
@@ -1271,6 +1182,17 @@ impl ExportPhase<'_> {
                 Err(d) => failures.push(d),
             }
         }
+    }
+
+    /// Exports to standard output, once every file export is in place.
+    fn to_stdout(
+        &self,
+        stdout: Vec<(&PlannedExport, Arc<crate::model::tree::Tree>)>,
+        staged_ok: bool,
+        failures: &mut Vec<Diagnostic>,
+    ) -> Result<(), Vec<Diagnostic>> {
+        let (store, graph, settings, progress) =
+            (self.store, self.graph, self.settings, self.progress);
         for (p, tree) in stdout {
             let e = &p.export;
             let stage = &graph.stage(e.stage).name;
@@ -1300,12 +1222,23 @@ impl ExportPhase<'_> {
                     unchanged: false,
                 }),
                 Err(Failed::Damaged(d)) => {
-                    damage.push(d);
-                    return Err(damage);
+                    return Err(vec![d]);
                 }
                 Err(Failed::Error(d)) => failures.push(d),
             }
         }
+        Ok(())
+    }
+
+    /// `-t` names and pushes, last.
+    fn name_and_push(
+        &self,
+        pushes: Vec<ToName<'_>>,
+        ok: bool,
+        staged_ok: bool,
+        failures: &mut Vec<Diagnostic>,
+    ) -> Result<(), Vec<Diagnostic>> {
+        let (graph, progress) = (self.graph, self.progress);
         for (p, tree, tree_digest, spec) in pushes {
             let e = &p.export;
             let stage = &graph.stage(e.stage).name;
@@ -1330,8 +1263,7 @@ impl ExportPhase<'_> {
                         digest: digest.to_string(),
                     }),
                     Err(Failed::Damaged(d)) => {
-                        damage.push(d);
-                        return Err(damage);
+                        return Err(vec![d]);
                     }
                     Err(Failed::Error(d)) => failures.push(d),
                 }
@@ -1357,8 +1289,7 @@ impl ExportPhase<'_> {
                     }
                 }
                 Err(Failed::Damaged(d)) => {
-                    damage.push(d);
-                    return Err(damage);
+                    return Err(vec![d]);
                 }
                 Err(Failed::Error(mut d)) => {
                     if let Some(span) = e.span
@@ -1370,8 +1301,29 @@ impl ExportPhase<'_> {
                 }
             }
         }
-        Ok(failures)
+        Ok(())
     }
+}
+
+/// An image export to name (`-t`) or push: its tree, the tree's digest and
+/// the image to make of it.
+type ToName<'p> = (
+    &'p PlannedExport,
+    Arc<crate::model::tree::Tree>,
+    crate::model::digest::TreeDigest,
+    export::image::ImageSpec,
+);
+
+/// What staging the exports gave.
+struct Staging<'p> {
+    /// File exports written under temp names, to swap in.
+    staged: Vec<(&'p PlannedExport, Box<export::Staged>)>,
+    /// Trees to write to standard output.
+    stdout: Vec<(&'p PlannedExport, Arc<crate::model::tree::Tree>)>,
+    pushes: Vec<ToName<'p>>,
+    failures: Vec<Diagnostic>,
+    /// What found the store damaged: nothing is written then.
+    damage: Vec<Diagnostic>,
 }
 
 /// What identifies a build request for the build memo: kiln's version,
@@ -1458,45 +1410,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_specs() {
-        let ok = |s: &str| Output::parse(s).unwrap();
+    fn the_default_unpack_size_is_the_default_limit() {
         assert_eq!(
-            ok("out"),
-            Output {
-                format: ExportFormat::Dir,
-                dest: PathBuf::from("out"),
-                tag: None,
-                compression: Default::default(),
-            }
+            crate::units::parse_size(DEFAULT_UNPACK_SIZE),
+            Some(DEFAULT_UNPACK_LIMIT)
         );
-        assert_eq!(ok("type=tar,dest=a.tar").format, ExportFormat::Tar);
-        assert_eq!(ok("type=local,dest=d").dest, PathBuf::from("d"));
-        assert_eq!(ok("type=oci,dest=x").format, ExportFormat::OciArchive);
-        assert_eq!(ok("type=oci,dest=x,tar=false").format, ExportFormat::Oci);
-        let d = ok("type=docker,dest=x.tar,name=app:1,compression=zstd");
-        assert_eq!(d.format, ExportFormat::DockerArchive);
-        assert_eq!(d.tag.as_deref(), Some("app:1"));
-        assert_eq!(d.compression, crate::ir::Compression::Zstd);
-        assert!(Output::parse("type=tar,dest=x,name=app").is_err());
-        assert!(Output::parse("type=oci,dest=x,name=App").is_err());
-        assert!(Output::parse("type=image,dest=x").is_err());
-        let push = ok("type=image,name=localhost:5000/a:1,push=true");
-        assert_eq!(push.format, ExportFormat::Push);
-        assert_eq!(push.tag.as_deref(), Some("localhost:5000/a:1"));
-        assert_eq!(
-            ok("type=registry,name=localhost:5000/a:1").format,
-            ExportFormat::Push
-        );
-        assert!(Output::parse("type=registry").is_err());
-        assert!(Output::parse("type=registry,name=r/a:1,dest=x").is_err());
-        assert!(Output::parse("type=tar").is_err());
-        assert_eq!(Output::parse("").unwrap_err().code, "kiln::export::empty");
-        assert_eq!(
-            Output::parse("type=tar,dest=").unwrap_err().code,
-            "kiln::export::empty"
-        );
-        let twice = Output::parse("type=tar,dest=x,dest=y").unwrap_err();
-        assert!(twice.message.contains("twice"), "{}", twice.message);
-        assert!(Output::parse("type=tar,type=local,dest=x").is_err());
+        let req = Request::new(SpecInput::default());
+        assert_eq!(req.unpack_limit, DEFAULT_UNPACK_LIMIT);
     }
 }
