@@ -2,6 +2,7 @@
 
 use super::outln;
 use super::{Failure, SpecArgs, exit_code, render_all};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::pipeline::{self, Request};
 use crate::progress::{self, Progress};
@@ -71,22 +72,22 @@ pub struct BuildArgs {
 /// with what to write instead.
 fn docker_flags(args: &BuildArgs) -> Result<(), Diagnostic> {
     if args.load {
-        return Err(Diagnostic::user(
-            "kiln::cli::docker-flag",
+        return Err(Diagnostic::new(
+            Code::CLI_DOCKER_FLAG,
             "`--load` loads into a Docker daemon, and kiln does not talk to one",
         )
         .with_help("write a `docker load` archive with `-o type=docker,dest=image.tar,name=NAME:TAG` and run `docker load -i image.tar`, or keep the image in kiln's own store with `-t NAME`"));
     }
     if let Some(n) = &args.network {
-        return Err(Diagnostic::user(
-            "kiln::cli::docker-flag",
+        return Err(Diagnostic::new(
+            Code::CLI_DOCKER_FLAG,
             format!("`--network {n}` sets the network of every RUN; kiln sets it per step"),
         )
         .with_help("write `network=\"host\"` on a spec's `run` (the default is none), or `RUN --network=host` in the Dockerfile (Docker's default, network on, is kept for imported RUNs)"));
     }
     if let Some(f) = &args.iidfile {
-        return Err(Diagnostic::user(
-            "kiln::cli::docker-flag",
+        return Err(Diagnostic::new(
+            Code::CLI_DOCKER_FLAG,
             format!("`--iidfile {}` writes the ID of an image docker keeps; kiln names images instead", f.display()),
         )
         .with_help("use `-t NAME` (`kiln images` shows its digest), or export the image (`-o type=oci,dest=image.tar`) and read its digest from `image_tagged`/`export_written` events with `--progress json`"));
@@ -97,7 +98,7 @@ fn docker_flags(args: &BuildArgs) -> Result<(), Diagnostic> {
 /// `--secret id=NAME,src=FILE` (or `env=VAR`, Docker's forms) read now.
 fn secrets(given: &[String]) -> Result<crate::exec::Secrets, Diagnostic> {
     let bad = |s: &str, why: &str| {
-        Diagnostic::user("kiln::cli::secret", format!("`--secret {s}`: {why}"))
+        Diagnostic::new(Code::CLI_SECRET, format!("`--secret {s}`: {why}"))
             .with_help("write `--secret id=NAME,src=FILE` or `--secret id=NAME,env=VAR`")
     };
     let mut out = std::collections::HashMap::new();
@@ -143,8 +144,8 @@ fn ssh(given: &[String]) -> Result<std::collections::HashMap<String, PathBuf>, D
             Some((id, sock)) => (id.to_string(), PathBuf::from(sock)),
             None => {
                 let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
-                    Diagnostic::user(
-                        "kiln::cli::ssh",
+                    Diagnostic::new(
+                        Code::CLI_SSH,
                         format!("`--ssh {s}`: `SSH_AUTH_SOCK` is not set"),
                     )
                     .with_help(
@@ -180,8 +181,8 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         .map(|o| super::output::parse(o))
         .collect::<Result<Vec<_>, _>>()?;
     let unpack_limit = crate::units::parse_size(&args.max_unpack_size).ok_or_else(|| {
-        Diagnostic::user(
-            "kiln::cli::size",
+        Diagnostic::new(
+            Code::CLI_SIZE,
             format!("`--max-unpack-size {}` is not a size", args.max_unpack_size),
         )
         .with_help("write a size like `500MiB` or `16GiB`")
@@ -248,10 +249,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     progress.finish();
     let mut failures = report.failures;
     if report.interrupted {
-        failures.push(
-            Diagnostic::user("kiln::interrupted", "the build was interrupted")
-                .with_help("finished steps are cached: run the build again to go on"),
-        );
+        failures.push(Diagnostic::interrupted());
         return Err(Failure {
             diagnostics: failures,
             code: 130,

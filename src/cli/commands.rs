@@ -2,6 +2,7 @@
 
 use super::{Failure, SpecArgs, render_all};
 use super::{out, outln};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
@@ -146,7 +147,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     if own.is_file() {
         notes.push(
             Diagnostic::warning(
-                "kiln::dockerfile::import",
+                Code::DOCKERFILE_IMPORT,
                 format!("`{}` applies to builds of the Dockerfile, not of the KDL spec", own.display()),
             )
             .with_help("a spec reads `.kilnignore` (or `.dockerignore`) at the context root: copy the file there"),
@@ -162,8 +163,8 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
         }
         Some(out) => {
             if out.exists() && !args.force {
-                return Err(Diagnostic::user(
-                    "kiln::import::exists",
+                return Err(Diagnostic::new(
+                    Code::IMPORT_EXISTS,
                     format!("`{}` already exists", out.display()),
                 )
                 .with_help("pass `--force` to replace it, or choose another file with `-o`")
@@ -375,8 +376,8 @@ pub struct ExplainArgs {
 pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     let state = state_dir(&args.state_dir, &args.spec.spec_path());
     if !state.exists() {
-        return Err(Diagnostic::user(
-            "kiln::explain::none",
+        return Err(Diagnostic::new(
+            Code::EXPLAIN_NONE,
             format!(
                 "no build has used the state directory `{}`",
                 state.display()
@@ -389,7 +390,7 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     let scope = crate::pipeline::load::project_scope(&args.spec.spec_path());
     let Some(last) = records::load_last(&store, &scope) else {
         return Err(
-            Diagnostic::user("kiln::explain::none", "no build is recorded yet")
+            Diagnostic::new(Code::EXPLAIN_NONE, "no build is recorded yet")
                 .with_help("run `kiln build` first")
                 .into(),
         );
@@ -520,7 +521,7 @@ pub fn rmi(args: &RmiArgs) -> Result<(), Failure> {
     Err(missing
         .into_iter()
         .map(|m| {
-            Diagnostic::user("kiln::rmi::unknown", format!("no image is named `{m}`")).with_help(
+            Diagnostic::new(Code::RMI_UNKNOWN, format!("no image is named `{m}`")).with_help(
                 if known.is_empty() {
                     "the local image store is empty".to_string()
                 } else {
@@ -535,7 +536,7 @@ pub fn rmi(args: &RmiArgs) -> Result<(), Failure> {
 pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
     let budget = match &args.max_size {
         Some(s) => Some(crate::units::parse_size(s).ok_or_else(|| {
-            Diagnostic::user("kiln::gc::size", format!("`{s}` is not a size"))
+            Diagnostic::new(Code::GC_SIZE, format!("`{s}` is not a size"))
                 .with_help("write a size like `500M` or `2G`")
         })?),
         None => None,
@@ -622,15 +623,15 @@ pub struct HashArgs {
 pub fn hash_context(args: &HashArgs) -> Result<(), Failure> {
     let state = state_dir(&args.state_dir, &args.dir.join("kiln.kdl"));
     let meta = std::fs::metadata(&args.dir).map_err(|e| {
-        Diagnostic::user(
-            "kiln::context::missing",
+        Diagnostic::new(
+            Code::CONTEXT_MISSING,
             format!("cannot open `{}`: {e}", args.dir.display()),
         )
         .with_help("pass a directory to hash")
     })?;
     if !meta.is_dir() {
-        return Err(Diagnostic::user(
-            "kiln::context::not-a-directory",
+        return Err(Diagnostic::new(
+            Code::CONTEXT_NOT_A_DIRECTORY,
             format!("`{}` is not a directory", args.dir.display()),
         )
         .with_help("`kiln hash-context` hashes a directory, as a build context")

@@ -13,6 +13,7 @@ mod output;
 mod plugin;
 mod verify;
 
+use crate::diag::Code;
 use crate::diag::{Class, Diagnostic, RenderOptions, Sources, render};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -104,8 +105,8 @@ impl SpecArgs {
         let context = self.context();
         // The file system's root is no context: walking it reads /proc.
         if std::fs::canonicalize(&context).is_ok_and(|c| c == std::path::Path::new("/")) {
-            return Err(Diagnostic::user(
-                "kiln::cli::context",
+            return Err(Diagnostic::new(
+                Code::CLI_CONTEXT,
                 format!("`{}` is the file system's root, which cannot be a build context", context.display()),
             )
             .with_help("name the project's directory: `kiln build DIR`, or `-f DIR/kiln.kdl` (its directory is the context)"));
@@ -124,11 +125,10 @@ impl SpecArgs {
             .iter()
             .map(|a| match a.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(Diagnostic::user(
-                    "kiln::cli::arg",
-                    format!("`--arg {a}` is not NAME=VALUE"),
-                )
-                .with_help("write `--arg VERSION=1.2.3`")),
+                _ => Err(
+                    Diagnostic::new(Code::CLI_ARG, format!("`--arg {a}` is not NAME=VALUE"))
+                        .with_help("write `--arg VERSION=1.2.3`"),
+                ),
             })
             .collect()
     }
@@ -142,7 +142,7 @@ pub struct Failure {
 
 impl From<Diagnostic> for Failure {
     fn from(d: Diagnostic) -> Failure {
-        let code = d.class.exit_code();
+        let code = d.class().exit_code();
         Failure {
             diagnostics: vec![d],
             code,
@@ -163,7 +163,7 @@ impl From<Vec<Diagnostic>> for Failure {
 /// The exit code for a set of errors: the most serious class wins.
 pub fn exit_code(ds: &[Diagnostic]) -> u8 {
     let errors = ds.iter().filter(|d| !d.warning);
-    let worst = errors.map(|d| d.class).max_by_key(|c| match c {
+    let worst = errors.map(|d| d.class()).max_by_key(|c| match c {
         Class::Build => 0,
         Class::User => 1,
         Class::Environment => 2,

@@ -1,5 +1,6 @@
 //! `-o`: what buildx users write after it, read into an export.
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::ExportFormat;
 use crate::pipeline::Output;
@@ -11,13 +12,13 @@ use std::path::PathBuf;
 /// `dest=`, `name=` and `compression=`.
 pub fn parse(s: &str) -> Result<Output, Diagnostic> {
     let bad = |what: String| {
-        Diagnostic::user("kiln::cli::output", what).with_help(
+        Diagnostic::new(Code::CLI_OUTPUT, what).with_help(
             "write `-o DIR`, `-o type=local,dest=DIR`, `-o type=tar,dest=FILE.tar`, `-o type=oci,dest=FILE.tar[,name=NAME:TAG]` (`tar=false` for a layout directory) or `-o type=docker,dest=FILE.tar,name=NAME:TAG`",
         )
     };
     if s.is_empty() {
         return Err(
-            Diagnostic::user("kiln::export::empty", "`-o` was given an empty destination")
+            Diagnostic::new(Code::EXPORT_EMPTY, "`-o` was given an empty destination")
                 .with_help("name a directory, e.g. `-o dist`"),
         );
     }
@@ -114,8 +115,8 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
     };
     let dest = match get("dest") {
         Some("") => {
-            return Err(Diagnostic::user(
-                "kiln::export::empty",
+            return Err(Diagnostic::new(
+                Code::EXPORT_EMPTY,
                 format!("`-o {s}` has an empty `dest=`"),
             )
             .with_help("name a directory or file, e.g. `dest=dist`"));
@@ -123,7 +124,7 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
         Some(d) => PathBuf::from(d),
         None => {
             return Err(
-                Diagnostic::user("kiln::cli::output", format!("`-o {s}` has no `dest=`"))
+                Diagnostic::new(Code::CLI_OUTPUT, format!("`-o {s}` has no `dest=`"))
                     .with_help("write `-o type=tar,dest=out.tar`"),
             );
         }
@@ -192,10 +193,10 @@ mod tests {
         assert!(parse("type=registry").is_err());
         assert!(parse("type=registry,name=r/a:1,dest=x").is_err());
         assert!(parse("type=tar").is_err());
-        assert_eq!(parse("").unwrap_err().code, "kiln::export::empty");
+        assert_eq!(parse("").unwrap_err().code, Code::EXPORT_EMPTY);
         assert_eq!(
             parse("type=tar,dest=").unwrap_err().code,
-            "kiln::export::empty"
+            Code::EXPORT_EMPTY
         );
         let twice = parse("type=tar,dest=x,dest=y").unwrap_err();
         assert!(twice.message.contains("twice"), "{}", twice.message);

@@ -3,6 +3,7 @@
 use super::commands::load;
 use super::outln;
 use super::{Failure, SpecArgs};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::ir::PluginSource;
 use clap::{Args, Subcommand};
@@ -68,8 +69,8 @@ fn pin(args: &SpecArgs, sources: &Sources) -> Result<(), Failure> {
                 Ok(b) => b,
                 Err(e) => {
                     errors.push(
-                        Diagnostic::user(
-                            "kiln::wasm::module",
+                        Diagnostic::new(
+                            Code::WASM_MODULE,
                             format!(
                                 "cannot read the module of plugin `{}` ({}): {e}",
                                 p.name,
@@ -207,8 +208,8 @@ fn inspect(args: &InspectArgs) -> Result<(), Failure> {
     let bytes = std::fs::read(&args.path)
         .map_err(|e| Diagnostic::io("cannot read the module", &args.path, &e))?;
     let bad = |msg: String| -> Failure {
-        Diagnostic::user(
-            "kiln::wasm::module",
+        Diagnostic::new(
+            Code::WASM_MODULE,
             format!(
                 "`{}` is not a WebAssembly module: {msg}",
                 args.path.display()
@@ -308,17 +309,16 @@ fn new(args: &NewArgs) -> Result<(), Failure> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !ok {
-        return Err(Diagnostic::user(
-            "kiln::plugin::name",
-            format!("`{name}` is not a plugin name"),
-        )
-        .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter")
-        .into());
+        return Err(
+            Diagnostic::new(Code::PLUGIN_NAME, format!("`{name}` is not a plugin name"))
+                .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter")
+                .into(),
+        );
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
-        return Err(Diagnostic::user(
-            "kiln::plugin::exists",
+        return Err(Diagnostic::new(
+            Code::PLUGIN_EXISTS,
             format!("`{}` already exists", dir.display()),
         )
         .with_help("choose another name, or pass `--dir`")

@@ -5,6 +5,7 @@
 //! library's (`pipeline::verify`); this renders it.
 
 use super::{Failure, SpecArgs, outln};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::pipeline::verify::{self, TreeDifference, Verdict};
 use crate::pipeline::{self, Request};
@@ -50,10 +51,7 @@ fn build_once(
     if !report.failures.is_empty() || report.interrupted {
         let mut failures = report.failures;
         if failures.is_empty() {
-            failures.push(Diagnostic::user(
-                "kiln::interrupted",
-                "the build was interrupted",
-            ));
+            failures.push(Diagnostic::interrupted());
         }
         let code = super::exit_code(&failures);
         return Err(Failure {
@@ -157,8 +155,8 @@ pub fn run(args: &VerifyArgs, sources: &Sources) -> Result<(), Failure> {
     }
     Err(Failure {
         diagnostics: vec![
-            Diagnostic::build(
-                "kiln::verify::differs",
+            Diagnostic::new(
+                Code::VERIFY_DIFFERS,
                 format!(
                     "{} not reproducible: built from nothing, {} a different result",
                     describe(&differ),

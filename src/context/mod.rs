@@ -12,6 +12,7 @@ mod dockerignore;
 pub mod index;
 pub mod walk;
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::BlobDigest;
 use crate::model::tree::{Kind, Tree};
@@ -86,15 +87,15 @@ impl Snapshot {
             trust_index,
         } = listing;
         let meta = std::fs::metadata(path).map_err(|e| {
-            Diagnostic::user(
-                "kiln::context::missing",
+            Diagnostic::new(
+                Code::CONTEXT_MISSING,
                 format!("cannot open the context `{}`: {e}", path.display()),
             )
             .with_help("pass an existing directory as the context")
         })?;
         if !meta.is_dir() {
-            return Err(Diagnostic::user(
-                "kiln::context::not-a-directory",
+            return Err(Diagnostic::new(
+                Code::CONTEXT_NOT_A_DIRECTORY,
                 format!("the context `{}` is not a directory", path.display()),
             )
             .with_help("the context is the directory that `copy` reads from"));
@@ -315,14 +316,14 @@ impl Snapshot {
 
     fn read_error(&self, path: &str, e: &io::Error) -> Diagnostic {
         if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
-            Diagnostic::user(
-                "kiln::context::escape",
+            Diagnostic::new(
+                Code::CONTEXT_ESCAPE,
                 format!("`{path}` leads outside the context"),
             )
             .with_help("a context file cannot be a symlink to a place outside the context")
         } else {
-            Diagnostic::env(
-                "kiln::context::read",
+            Diagnostic::new(
+                Code::CONTEXT_READ,
                 format!(
                     "cannot read `{path}` in the context `{}`: {e}",
                     self.path.display()
@@ -363,8 +364,8 @@ impl Snapshot {
                     // the key was made from was wrong, so the stat index lied.
                     // Drop it; the build is repeated without trusting it.
                     let _ = std::fs::remove_file(&self.index_file);
-                    return Err(Diagnostic::env(
-                        crate::store::DAMAGED,
+                    return Err(Diagnostic::new(
+                        Code::STORE_DAMAGED,
                         format!(
                             "the stat index of the context `{}` gave a wrong digest for `{path}` (its content hashes to {actual}); kiln removed the index",
                             self.path.display()
@@ -372,8 +373,8 @@ impl Snapshot {
                     )
                     .with_help("kiln hashes the context again; if this repeats, check the disk"));
                 }
-                Err(Diagnostic::build(
-                    "kiln::context::changed",
+                Err(Diagnostic::new(
+                    Code::CONTEXT_CHANGED,
                     format!("`{path}` in the context changed during the build"),
                 )
                 .with_help("run the build again once the file stops changing"))
@@ -441,8 +442,8 @@ fn read_ignore_file(
     open: impl FnOnce() -> io::Result<std::fs::File>,
 ) -> Result<Option<String>, Diagnostic> {
     let refuse = |why: String| {
-        Diagnostic::user(
-            "kiln::context::ignore",
+        Diagnostic::new(
+            Code::CONTEXT_IGNORE,
             format!("cannot use the ignore file `{}`: {why}", shown.display()),
         )
         .with_help("an ignore file must be a regular file inside the context (a symlink may point only inside it)")
@@ -508,8 +509,8 @@ fn docker_ignore_file(file: &Path) -> Result<Ignore, Diagnostic> {
     dockerignore::DockerIgnore::parse(&text)
         .map(Ignore::Docker)
         .map_err(|e| {
-            Diagnostic::user(
-                "kiln::context::ignore",
+            Diagnostic::new(
+                Code::CONTEXT_IGNORE,
                 format!("{}:{}: {}", file.display(), e.line, e.message),
             )
             .with_help("fix or remove the pattern")
@@ -534,8 +535,8 @@ fn ignore_matcher(root: &Path, dir: &cap_std::fs::Dir) -> Result<Option<Ignore>,
             continue;
         };
         let bad = |line: usize, message: String| {
-            Diagnostic::user(
-                "kiln::context::ignore",
+            Diagnostic::new(
+                Code::CONTEXT_IGNORE,
                 format!("{}:{line}: {message}", file.display()),
             )
             .with_help("fix or remove the pattern")
@@ -552,7 +553,7 @@ fn ignore_matcher(root: &Path, dir: &cap_std::fs::Dir) -> Result<Option<Ignore>,
             }
         }
         return b.build().map(|g| Some(Ignore::Kiln(g))).map_err(|e| {
-            Diagnostic::user("kiln::context::ignore", format!("{}: {e}", file.display()))
+            Diagnostic::new(Code::CONTEXT_IGNORE, format!("{}: {e}", file.display()))
         });
     }
     Ok(None)
@@ -608,7 +609,7 @@ mod tests {
         assert!(snap.kept.lock().unwrap().files.is_empty());
         std::fs::write(ctx.path().join("big"), b"changed").unwrap();
         let e = snap.ingest(&store, "big", d).unwrap_err();
-        assert_eq!(e.code, "kiln::context::changed");
+        assert_eq!(e.code, Code::CONTEXT_CHANGED);
         assert!(!store.has_blob(d));
     }
 }

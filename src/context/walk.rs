@@ -7,6 +7,7 @@
 //! outside the root is ever looked at.
 
 use super::index::FileStat;
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::BlobDigest;
 use crate::model::tree::{Entry, Kind};
@@ -99,8 +100,8 @@ fn list_dir_inner(
 ) -> Result<(), Diagnostic> {
     let at = |name: &str| w.context.join(rel).join(name);
     let io = |what: &str, p: &Path, e: rustix::io::Errno| {
-        Diagnostic::env(
-            "kiln::context::walk",
+        Diagnostic::new(
+            Code::CONTEXT_WALK,
             format!("{what} `{}`: {}", p.display(), std::io::Error::from(e)),
         )
     };
@@ -129,8 +130,8 @@ fn list_dir_inner(
             if (w.skip)(&lossy_path, ft == FileType::Directory) {
                 continue;
             }
-            return Err(Diagnostic::user(
-                "kiln::context::name",
+            return Err(Diagnostic::new(
+                Code::CONTEXT_NAME,
                 format!("`{}` has a name that is not UTF-8", at(&lossy).display()),
             )
             .with_help("rename the file, or exclude it in `.kilnignore`"));
@@ -163,8 +164,8 @@ fn list_dir_inner(
                 // Kept exactly or refused: two different targets must never
                 // become one.
                 let Ok(target) = target.into_string() else {
-                    return Err(Diagnostic::user(
-                        "kiln::context::link-target",
+                    return Err(Diagnostic::new(
+                        Code::CONTEXT_LINK_TARGET,
                         format!(
                             "the symlink `{}` points to a path that is not UTF-8",
                             at(name).display()

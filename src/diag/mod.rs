@@ -6,7 +6,10 @@
 //! decides the exit code. Rendering happens only in `cli`, through miette.
 //! This module never prints.
 
+mod codes;
 mod render;
+
+pub use codes::Code;
 
 pub use render::{RenderOptions, render};
 
@@ -185,8 +188,8 @@ pub struct Label {
 /// An error or warning, with everything needed to show it well.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
-    pub class: Class,
-    pub code: &'static str,
+    /// What it is, and so its class (see [`Diagnostic::class`]).
+    pub code: Code,
     pub message: String,
     pub labels: Vec<Label>,
     pub help: Option<String>,
@@ -195,9 +198,9 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn with_class(class: Class, code: &'static str, message: impl Into<String>) -> Diagnostic {
+    /// An error of this code (whose class it takes).
+    pub fn new(code: Code, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
-            class,
             code,
             message: message.into(),
             labels: Vec::new(),
@@ -207,27 +210,33 @@ impl Diagnostic {
         }
     }
 
-    pub fn user(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::with_class(Class::User, code, message)
-    }
-
-    pub fn build(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::with_class(Class::Build, code, message)
-    }
-
-    pub fn env(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::with_class(Class::Environment, code, message)
-    }
-
     pub fn internal(message: impl Into<String>) -> Diagnostic {
-        Diagnostic::with_class(Class::Internal, "kiln::internal", message)
+        Diagnostic::new(Code::INTERNAL, message)
             .with_help("this is a bug in kiln; please report it with the spec that triggered it")
     }
 
-    pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        let mut d = Diagnostic::with_class(Class::User, code, message);
+    pub fn warning(code: Code, message: impl Into<String>) -> Diagnostic {
+        let mut d = Diagnostic::new(code, message);
         d.warning = true;
         d
+    }
+
+    /// A build stopped by the user (Ctrl-C): what every command that
+    /// builds says.
+    pub fn interrupted() -> Diagnostic {
+        Diagnostic::new(Code::INTERRUPTED, "the build was interrupted")
+            .with_help("finished steps are cached: run the build again to go on")
+    }
+
+    /// What kind of failure this is; decides the exit code.
+    pub fn class(&self) -> Class {
+        self.code.class()
+    }
+
+    /// Whether this reports damage to the store (a missing or corrupt
+    /// object), which rebuilding without the cache repairs.
+    pub fn is_damage(&self) -> bool {
+        self.code == Code::STORE_DAMAGED
     }
 
     pub fn with_label(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
@@ -251,7 +260,7 @@ impl Diagnostic {
     /// An I/O failure on `path`, classed as an environment error. A full
     /// disk says so, with the path, and what to do.
     pub fn io(what: &str, path: &Path, err: &std::io::Error) -> Diagnostic {
-        let d = Diagnostic::env("kiln::io", io_message(what, path, err));
+        let d = Diagnostic::new(Code::IO, io_message(what, path, err));
         if crate::fsutil::is_disk_full(err) {
             d.with_help(
                 "free some space on that disk (`kiln gc --max-size SIZE` shrinks the cache), then run the build again; nothing kiln had stored is damaged",

@@ -173,6 +173,7 @@ pub fn render(diag: &Diagnostic, sources: &Sources, options: RenderOptions) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::Code;
     use crate::diag::Span;
 
     #[test]
@@ -183,7 +184,7 @@ mod tests {
             "kiln.kdl".into(),
             "stage a {\n    frm scratch\n}\n".into(),
         );
-        let d = Diagnostic::user("kiln::spec::unknown-node", "unknown step `frm`")
+        let d = Diagnostic::new(Code::SPEC_UNKNOWN_NODE, "unknown step `frm`")
             .with_label(Span::new(id, 14, 3), "not a step")
             .with_help("did you mean `from`?");
         let text = render(&d, &sources, RenderOptions::default());

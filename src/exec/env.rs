@@ -6,6 +6,7 @@
 use super::Options;
 use super::workdir::Scratch;
 use crate::context::{Listing, Snapshot};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::image::set::ImageSet;
 use crate::ir::{ContextId, Graph};
@@ -227,8 +228,8 @@ impl<'a> Env<'a> {
             })
             .as_ref()
             .map_err(|e| {
-                Diagnostic::env(
-                    "kiln::wasm::engine",
+                Diagnostic::new(
+                    Code::WASM_ENGINE,
                     format!("cannot start the plugin runtime: {e}"),
                 )
             })

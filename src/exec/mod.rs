@@ -20,6 +20,7 @@ pub mod stage;
 pub mod steps;
 pub mod workdir;
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::image::set::ImageSet;
 use crate::ir::{Graph, StageId};
@@ -400,8 +401,8 @@ impl<'a> Executor<'a> {
                 crate::ir::Base::Stage(s) => id = *s,
                 crate::ir::Base::Image(i) => {
                     let fail = |why: String| {
-                        Diagnostic::env(
-                            "kiln::export::base",
+                        Diagnostic::new(
+                            Code::EXPORT_BASE,
                             format!("cannot read the image `{}` to build on: {why}", i.reference),
                         )
                         .with_help("check that the image's registry or file can be reached; its layers go into the image exported")

@@ -4,6 +4,7 @@
 //! stages in dependency order, their dependencies, and a function that
 //! runs one stage given how its dependencies ended.
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::StageId;
 use std::collections::HashMap;
@@ -73,8 +74,8 @@ where
         }),
         Err(e) => {
             let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
-            g.failures.push(Diagnostic::env(
-                "kiln::exec::threads",
+            g.failures.push(Diagnostic::new(
+                Code::EXEC_THREADS,
                 format!("cannot start worker threads: {e}"),
             ));
         }
@@ -179,7 +180,7 @@ mod tests {
             if failing.contains(&id.0) {
                 (
                     Fake::Failed,
-                    Some(Diagnostic::build("test", format!("{} failed", id.0))),
+                    Some(Diagnostic::new(Code::RUN_EXIT, format!("{} failed", id.0))),
                 )
             } else {
                 (Fake::Built, None)

@@ -12,6 +12,7 @@
 use super::env::Env;
 use super::steps::{self, StepCx, StepKind, Work};
 use super::{StageOutcome, StepRecord};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::{Base, StageId};
 use crate::model::digest::{StateDigest, StepKey, TreeDigest};
@@ -20,7 +21,7 @@ use crate::model::key::{KeyBuilder, Start};
 use crate::model::state::{Action, ImageConfig, State};
 use crate::model::tree::Tree;
 use crate::progress::Event;
-use crate::store::{ActionCache, DAMAGED};
+use crate::store::ActionCache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -251,8 +252,8 @@ impl<'a> Runner<'a> {
                         },
                     ),
                     Err(e) => {
-                        let d = Diagnostic::env(
-                            "kiln::image::unpack",
+                        let d = Diagnostic::new(
+                            Code::IMAGE_UNPACK,
                             format!(
                                 "stage `{}`: cannot use the image `{}`: {e}",
                                 stage.name, image.reference
@@ -308,7 +309,7 @@ impl<'a> Runner<'a> {
             let last = i + 1 == stage.steps.len();
             match self.step(&cx, &mut cur, use_cache, last) {
                 Ok(cached) => all_cached &= cached,
-                Err(d) if d.code == DAMAGED && use_cache => return Err(Stop::Damaged(Box::new(d))),
+                Err(d) if d.is_damage() && use_cache => return Err(Stop::Damaged(Box::new(d))),
                 Err(mut d) => {
                     let text = steps::describe(&stage.steps[i].op, env.graph);
                     if d.labels.is_empty() {
@@ -331,14 +332,14 @@ impl<'a> Runner<'a> {
         }
         let (state, tree) = match self.finish_tree(&mut cur, id, inputs) {
             Ok(done) => done,
-            Err(d) if d.code == DAMAGED && use_cache => return Err(Stop::Damaged(Box::new(d))),
+            Err(d) if d.is_damage() && use_cache => return Err(Stop::Damaged(Box::new(d))),
             Err(d) => return Err(failed(d, None)),
         };
         // A result restored from the cache must still have its tree: it is
         // what dependants and exports read.
         if tree.is_none() && !env.content.has_tree(state.tree) {
-            let d = Diagnostic::env(
-                DAMAGED,
+            let d = Diagnostic::new(
+                Code::STORE_DAMAGED,
                 format!("tree {} is missing from the cache", state.tree),
             );
             return if use_cache {
@@ -497,8 +498,8 @@ impl<'a> Runner<'a> {
             };
             let claim = self.actions.claim(key, &waiting)?;
             if claim.is_none() && env.cancel.load(Ordering::Relaxed) {
-                return Err(Diagnostic::user(
-                    "kiln::step::interrupted",
+                return Err(Diagnostic::new(
+                    Code::STEP_INTERRUPTED,
                     "the build was interrupted while another build ran this step",
                 ));
             }

@@ -11,6 +11,7 @@
 //! to the host's clock, which is never the sentinel.
 
 use crate::context::index::FileStat;
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::BlobDigest;
 use crate::model::tree::{Entry, Kind, Tree};
@@ -102,9 +103,9 @@ pub fn read_back(
     written: &Written,
 ) -> Result<Tree, Diagnostic> {
     let listed = crate::context::walk::walk(dir, &|_, _| false).map_err(|d| {
-        if d.code == "kiln::context::link-target" {
-            Diagnostic::build(
-                "kiln::wasm::name",
+        if d.code == Code::CONTEXT_LINK_TARGET {
+            Diagnostic::new(
+                Code::WASM_NAME,
                 format!(
                     "a plugin left a symlink whose target is not UTF-8 ({})",
                     d.message
@@ -113,9 +114,9 @@ pub fn read_back(
             .with_help(
                 "kiln trees hold UTF-8 link targets; change the plugin to write UTF-8 targets",
             )
-        } else if d.code == "kiln::context::name" {
-            Diagnostic::build(
-                "kiln::wasm::name",
+        } else if d.code == Code::CONTEXT_NAME {
+            Diagnostic::new(
+                Code::WASM_NAME,
                 format!(
                     "a plugin left a file whose name is not UTF-8 ({})",
                     d.message

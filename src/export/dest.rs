@@ -16,6 +16,7 @@
 //! exported itself (recorded in the state dir, or marked with the
 //! `user.kiln.export` extended attribute), an empty directory, or nothing.
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use std::fs;
 use std::io;
@@ -63,8 +64,8 @@ impl Protected {
 }
 
 fn refuse(shown: &str, why: String, help: &str) -> Diagnostic {
-    Diagnostic::user(
-        "kiln::export::dangerous",
+    Diagnostic::new(
+        Code::EXPORT_DANGEROUS,
         format!("refusing to export to `{shown}`: {why}"),
     )
     .with_help(help.to_string())
@@ -79,7 +80,7 @@ pub fn check(dest: &Path, protected: &Protected) -> Result<PathBuf, Diagnostic> 
     let shown = dest.display().to_string();
     if dest.as_os_str().is_empty() {
         return Err(
-            Diagnostic::user("kiln::export::empty", "the export destination is empty")
+            Diagnostic::new(Code::EXPORT_EMPTY, "the export destination is empty")
                 .with_help("name a directory or file, e.g. `-o dist` or `to=\"dist/app.tar\"`"),
         );
     }
@@ -128,8 +129,8 @@ pub fn check_inside(dest: &Path, resolved: &Path, project: &Path) -> Result<(), 
     if resolved.starts_with(&project) {
         return Ok(());
     }
-    Err(Diagnostic::user(
-        "kiln::export::outside",
+    Err(Diagnostic::new(
+        Code::EXPORT_OUTSIDE,
         format!(
             "refusing to export to `{}` (`{}`): it is outside the project `{}`",
             dest.display(),
@@ -151,8 +152,8 @@ pub fn check_trusted(dest: &Path, resolved: &Path) -> Result<(), Diagnostic> {
     };
     match crate::fsutil::trusted_path(parent) {
         Ok(p) if p == parent => Ok(()),
-        Ok(p) => Err(Diagnostic::user(
-            "kiln::export::untrusted",
+        Ok(p) => Err(Diagnostic::new(
+            Code::EXPORT_UNTRUSTED,
             format!(
                 "refusing to export to `{}`: its directory changed while it was checked (now `{}`)",
                 dest.display(),
@@ -160,8 +161,8 @@ pub fn check_trusted(dest: &Path, resolved: &Path) -> Result<(), Diagnostic> {
             ),
         )
         .with_help("build again; if it happens again, another program is moving the destination's directories")),
-        Err(u) => Err(Diagnostic::user(
-            "kiln::export::untrusted",
+        Err(u) => Err(Diagnostic::new(
+            Code::EXPORT_UNTRUSTED,
             format!(
                 "refusing to export to `{}`: `{}` cannot be trusted ({})",
                 dest.display(),
@@ -202,8 +203,8 @@ pub fn check_replaceable(dest: &Path, resolved: &Path, recorded: bool) -> Result
     } else {
         "a file"
     };
-    Err(Diagnostic::user(
-        "kiln::export::exists",
+    Err(Diagnostic::new(
+        Code::EXPORT_EXISTS,
         format!(
             "refusing to export to `{}`: it is {kind} that kiln did not export",
             dest.display()
@@ -343,7 +344,7 @@ mod tests {
         }
         assert_eq!(
             check(Path::new(""), &protected).unwrap_err().code,
-            "kiln::export::empty"
+            Code::EXPORT_EMPTY
         );
     }
 

@@ -12,6 +12,7 @@
 //! compresses nothing. The config and manifest are JSON with sorted keys.
 
 use super::{Failed, Settings, env_err, store_failed};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::{Sha256, TreeDigest};
 use crate::model::state::ImageConfig;
@@ -867,7 +868,7 @@ fn copy_blob(blobs: &OciBlobs, d: &Sha256, out: &mut dyn Write, at: &Path) -> Re
     copied.map_err(|e| {
         if e.kind() == io::ErrorKind::InvalidData {
             Failed::Damaged(
-                Diagnostic::env("kiln::store::damaged", e.to_string()).with_help(
+                Diagnostic::new(Code::STORE_DAMAGED, e.to_string()).with_help(
                     "build again: the damaged blob was removed and is made or fetched again",
                 ),
             )
@@ -915,7 +916,7 @@ pub fn write_archive(
                 let mut r = blobs.open(d).map_err(store_failed)?;
                 if let Err(e) = b.append_data(&mut h, path, &mut r as &mut dyn Read) {
                     return Err(if e.kind() == io::ErrorKind::InvalidData {
-                        Failed::Damaged(Diagnostic::env("kiln::store::damaged", e.to_string()))
+                        Failed::Damaged(Diagnostic::new(Code::STORE_DAMAGED, e.to_string()))
                     } else {
                         fail(e)
                     });

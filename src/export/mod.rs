@@ -33,6 +33,7 @@ pub fn tar_to<W: io::Write>(
     tar::write_to(store, tree, out, settings, Path::new("-"))
 }
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::fsutil::remove_any;
 use crate::ir::ExportFormat;
@@ -281,8 +282,8 @@ pub fn remove_previous(store: &Store, shown: &Path, dest: &Path) -> Result<(), D
     remove_any(dest);
     records::forget_export(store, &dest.to_string_lossy());
     if fs::symlink_metadata(dest).is_ok() {
-        return Err(Diagnostic::env(
-            "kiln::export::remove",
+        return Err(Diagnostic::new(
+            Code::EXPORT_REMOVE,
             format!("cannot remove the previous export at `{}`", shown.display()),
         )
         .with_help("check the permissions of the destination"));

@@ -13,6 +13,7 @@
 //! The lock of `kiln.kdl` is `kiln.lock`; of any other spec file `NAME`,
 //! `NAME.lock` (`Dockerfile.lock`).
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources, Span};
 use crate::model::digest::Sha256;
 use kdl::{KdlDocument, KdlEntry, KdlNode};
@@ -105,12 +106,9 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
         Ok(d) => d,
         Err(e) => {
             return Err(vec![
-                Diagnostic::user(
-                    "kiln::lock::syntax",
-                    format!("the lock file is not KDL: {e}"),
-                )
-                .with_label(Span::new(id, 0, 0), "in this file")
-                .with_help("delete the lock file and build again to write a new one"),
+                Diagnostic::new(Code::LOCK_SYNTAX, format!("the lock file is not KDL: {e}"))
+                    .with_label(Span::new(id, 0, 0), "in this file")
+                    .with_help("delete the lock file and build again to write a new one"),
             ]);
         }
     };
@@ -121,7 +119,7 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
         Span::new(id, s.offset(), s.len())
     };
     let bad = |n: &KdlNode, what: String| {
-        Diagnostic::user("kiln::lock::entry", what)
+        Diagnostic::new(Code::LOCK_ENTRY, what)
             .with_label(at(n), "in this entry")
             .with_help("fix the entry, or delete it and build again to resolve it afresh")
     };
@@ -130,8 +128,8 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
     let mut conflict = |kind: &'static str, key: (String, String), value: String, n: &KdlNode| {
         match seen.get(&(kind, key.0.clone(), key.1.clone())) {
             Some((first, v)) if *v != value => Some(
-                Diagnostic::user(
-                    "kiln::lock::conflict",
+                Diagnostic::new(
+                    Code::LOCK_CONFLICT,
                     format!("the lock file pins `{}` twice, differently", key.0),
                 )
                 .with_label(at(n), "this entry")
@@ -157,8 +155,8 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     errors.push(bad(n, "the lock file has two `lock` headers".into()));
                 } else if version != Some(1) {
                     errors.push(
-                        Diagnostic::user(
-                            "kiln::lock::version",
+                        Diagnostic::new(
+                            Code::LOCK_VERSION,
                             "this kiln reads lock files of version 1 (`lock 1`)",
                         )
                         .with_label(at(n), "an unknown version")
@@ -251,8 +249,8 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
     }
     if header.is_none() && errors.is_empty() {
         errors.push(
-            Diagnostic::user(
-                "kiln::lock::version",
+            Diagnostic::new(
+                Code::LOCK_VERSION,
                 "the lock file has no `lock 1` header",
             )
             .with_label(Span::new(id, 0, 0), "in this file")
@@ -340,12 +338,12 @@ mod tests {
         let a = Sha256::of(b"a");
         let b = Sha256::of(b"b");
         for (text, code) in [
-            (format!("lock 1\nurl \"http://h/f\" digest=\"{a}\"\nurl \"http://h/f\" digest=\"{b}\"\n"), "kiln::lock::conflict"),
-            (format!("lock 1\nimage \"x\" platform=\"linux/amd64\" digest=\"{a}\"\nimage \"x\" platform=\"linux/amd64\" digest=\"{b}\"\n"), "kiln::lock::conflict"),
-            ("lock 1\ngit \"u\" ref=\"main\" commit=\"1098e05e93c787431dd85695ea5905a4bf7fba0c\"\ngit \"u\" ref=\"main\" commit=\"2098e05e93c787431dd85695ea5905a4bf7fba0c\"\n".to_string(), "kiln::lock::conflict"),
-            ("lock 2\n".to_string(), "kiln::lock::version"),
-            ("lock \"1\"\n".to_string(), "kiln::lock::version"),
-            (format!("url \"http://h/f\" digest=\"{a}\"\n"), "kiln::lock::version"),
+            (format!("lock 1\nurl \"http://h/f\" digest=\"{a}\"\nurl \"http://h/f\" digest=\"{b}\"\n"), Code::LOCK_CONFLICT),
+            (format!("lock 1\nimage \"x\" platform=\"linux/amd64\" digest=\"{a}\"\nimage \"x\" platform=\"linux/amd64\" digest=\"{b}\"\n"), Code::LOCK_CONFLICT),
+            ("lock 1\ngit \"u\" ref=\"main\" commit=\"1098e05e93c787431dd85695ea5905a4bf7fba0c\"\ngit \"u\" ref=\"main\" commit=\"2098e05e93c787431dd85695ea5905a4bf7fba0c\"\n".to_string(), Code::LOCK_CONFLICT),
+            ("lock 2\n".to_string(), Code::LOCK_VERSION),
+            ("lock \"1\"\n".to_string(), Code::LOCK_VERSION),
+            (format!("url \"http://h/f\" digest=\"{a}\"\n"), Code::LOCK_VERSION),
         ] {
             std::fs::write(&path, &text).unwrap();
             let errs = read(&path, &sources).unwrap_err();

@@ -2,6 +2,7 @@
 //! compile the graph. Lowered KDL files come from the parse cache when
 //! their text is unchanged.
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::frontend::ast::Spec;
 use crate::frontend::kdl::display_path;
@@ -166,7 +167,7 @@ pub fn load(
             imported
                 .notes
                 .into_iter()
-                .filter(|n| n.code == "kiln::dockerfile::unused-arg"),
+                .filter(|n| n.code == Code::DOCKERFILE_UNUSED_ARG),
         );
         return Ok(Loaded {
             spec: imported.spec,

@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod provenance;
 pub mod verify;
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources};
 use crate::exec::{Executor, Options, Outcome, Setup, StageOutcome};
 use crate::export::{self, Failed, Settings, dest};
@@ -157,7 +158,7 @@ pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnost
         .iter()
         .map(|n| {
             graph.find_stage(n).ok_or_else(|| {
-                let d = Diagnostic::user("kiln::cli::target", format!("no stage named `{n}`"));
+                let d = Diagnostic::new(Code::CLI_TARGET, format!("no stage named `{n}`"));
                 match crate::diag::did_you_mean(n, graph.stages.iter().map(|s| s.name.as_str())) {
                     Some(s) => d.with_help(format!("did you mean `{s}`?")),
                     None => d.with_help(format!(
@@ -262,8 +263,8 @@ fn plan_with(
                     let refused = match dest::check(&statement, &protected) {
                         Err(d) => Some(d),
                         Ok(at) if !provenance::replaceable(&at) => Some(
-                            Diagnostic::user(
-                                "kiln::export::exists",
+                            Diagnostic::new(
+                                Code::EXPORT_EXISTS,
                                 format!(
                                     "`{}` holds something kiln did not write; the export's provenance would replace it",
                                     statement.display()
@@ -285,8 +286,8 @@ fn plan_with(
                     .iter()
                     .any(|p: &PlannedExport| p.resolved == resolved)
                 {
-                    let mut d = Diagnostic::user(
-                        "kiln::export::twice",
+                    let mut d = Diagnostic::new(
+                        Code::EXPORT_TWICE,
                         format!("two exports write to `{}`", e.dest.display()),
                     )
                     .with_help("give each export its own destination");
@@ -332,13 +333,13 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
     // `docker build -t` does.
     let target = match targets(graph, &req.targets)?.as_slice() {
         [] => graph.default_target().ok_or_else(|| {
-            Diagnostic::user("kiln::cli::empty", "the spec defines no stages")
+            Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages")
                 .with_help("add a `stage NAME { … }` block")
         })?,
         [one] => *one,
         _ => {
-            return Err(Diagnostic::user(
-                "kiln::cli::tag",
+            return Err(Diagnostic::new(
+                Code::CLI_TAG,
                 "`-t` names the image of one stage, but several `--target`s are given",
             )
             .with_help("give one `--target` with `-t`"));
@@ -346,7 +347,7 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
     };
     for t in &req.tags {
         if !crate::ir::valid_tag(t) || t.contains('@') {
-            return Err(Diagnostic::user("kiln::cli::tag", format!("`{t}` is not an image name"))
+            return Err(Diagnostic::new(Code::CLI_TAG, format!("`{t}` is not an image name"))
                 .with_help("write a name as Docker does: lower-case `[registry/]name[:tag]`, e.g. `-t app:1.0`"));
         }
         exports.push(Export {
@@ -372,7 +373,7 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
     let chosen = targets(graph, &req.targets)?;
     let default = || {
         graph.default_target().ok_or_else(|| {
-            Diagnostic::user("kiln::cli::empty", "the spec defines no stages")
+            Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages")
                 .with_help("add a `stage NAME { … }` block")
         })
     };
@@ -381,7 +382,7 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
             [] => default()?,
             [one] => *one,
             _ => {
-                return Err(Diagnostic::user("kiln::cli::output", "`-o` exports one stage, but several `--target`s are given")
+                return Err(Diagnostic::new(Code::CLI_OUTPUT, "`-o` exports one stage, but several `--target`s are given")
                     .with_help("give one `--target` with `-o`, or use the spec's export block for several stages"));
             }
         };
@@ -422,7 +423,7 @@ pub fn is_stdout(e: &Export) -> bool {
 /// Whether a diagnostic reports damage in the store, which a rebuild
 /// without the cache repairs.
 fn is_damage(d: &Diagnostic) -> bool {
-    d.code == crate::store::DAMAGED
+    d.is_damage()
 }
 
 /// Build a plan. `waiting` is told why, when the store is locked.
@@ -490,7 +491,7 @@ pub fn run(
     if jobs > MAX_JOBS {
         notices.push(
             Diagnostic::warning(
-                "kiln::cli::jobs",
+                Code::CLI_JOBS,
                 format!(
                     "`-j {jobs}` is more than kiln uses; running at most {MAX_JOBS} stages at once"
                 ),
@@ -590,7 +591,7 @@ pub fn run(
     let repairs = store.take_repairs();
     if !repairs.is_empty() {
         let mut d = Diagnostic::warning(
-            "kiln::store::repaired",
+            Code::STORE_REPAIRED,
             "the cache was damaged; kiln moved the damaged objects to `quarantine/` in the state directory and rebuilt what needed them",
         )
         .with_help("if this happens again, check the disk; `kiln gc` empties the quarantine");
@@ -755,8 +756,8 @@ impl ExportPhase<'_> {
         )
         .map(|_| ())
         .map_err(|err| {
-            let mut d = Diagnostic::env(
-                "kiln::export::push",
+            let mut d = Diagnostic::new(
+                Code::EXPORT_PUSH,
                 format!("pushed `{reference}`, but cannot attach its provenance: {err}"),
             )
             .with_help(
@@ -817,7 +818,7 @@ impl ExportPhase<'_> {
         let pushed = crate::image::push(reference, self.images.access(), &blobs, &built.manifest, &list)
             .map_err(|e| {
                 Failed::Error(
-                    Diagnostic::env("kiln::export::push", format!("cannot push to `{reference}`: {e}"))
+                    Diagnostic::new(Code::EXPORT_PUSH, format!("cannot push to `{reference}`: {e}"))
                         .with_help("check that the registry can be reached and that the Docker config file has credentials that may push there"),
                 )
             })?;

@@ -6,6 +6,7 @@
 //! every stage and drops what no stage uses.
 
 use super::{Request, load};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Sources, Span};
 use crate::exec::{Pins, UrlPin};
 use crate::image::lock::{self, Lock};
@@ -70,7 +71,7 @@ fn platform(req: &Request) -> Result<crate::image::platform::Platform, Vec<Diagn
         None => Ok(Platform::host()),
         Some(p) => Platform::parse(p).ok_or_else(|| {
             vec![
-                Diagnostic::user("kiln::cli::platform", format!("`{p}` is not a platform"))
+                Diagnostic::new(Code::CLI_PLATFORM, format!("`{p}` is not a platform"))
                     .with_help("write `--platform linux/amd64` (OS/ARCH[/VARIANT])"),
             ]
         }),
@@ -148,7 +149,7 @@ pub fn resolve(
             Some(set)
         }
         Err(failures) => {
-            errors.extend(failures.into_iter().map(|f| image_failure(f, &needs, req)));
+            errors.extend(failures.into_iter().map(|f| image_failure(f, &needs)));
             None
         }
     };
@@ -202,15 +203,21 @@ pub fn resolve(
     }
 }
 
-fn image_failure(f: crate::image::set::Failure, needs: &Needs<'_>, req: &Request) -> Diagnostic {
+fn image_failure(f: crate::image::set::Failure, needs: &Needs<'_>) -> Diagnostic {
     use crate::image::set::FailureKind;
     let span = needs
         .images
         .iter()
         .find(|(r, _, _)| *r == f.reference)
         .map(|(_, _, s)| *s);
-    let mut d = Diagnostic::env(
-        "kiln::image::resolve",
+    // Not locked, or not a reference: the user's to fix; else the source's.
+    let code = if matches!(f.kind, FailureKind::NotLocked | FailureKind::Reference) {
+        Code::IMAGE_RESOLVE
+    } else {
+        Code::IMAGE_RESOLVE_ENV
+    };
+    let mut d = Diagnostic::new(
+        code,
         format!("cannot resolve the image `{}`: {}", f.reference, f.why),
     )
     .with_help(match f.kind {
@@ -219,11 +226,6 @@ fn image_failure(f: crate::image::set::Failure, needs: &Needs<'_>, req: &Request
         FailureKind::Reference => "write a registry reference (`registry.example/ns/app:tag`, `app@sha256:…`) or a local one (`oci-layout://DIR:TAG`, `oci:DIR:TAG`, `oci-archive:FILE`, `docker-archive:FILE`)",
         FailureKind::Source => "check the reference and that its registry or file can be reached",
     });
-    if matches!(f.kind, FailureKind::NotLocked | FailureKind::Reference)
-        || req.lock == LockMode::Locked && f.kind == FailureKind::NotLocked
-    {
-        d.class = crate::diag::Class::User;
-    }
     if let Some(dir) = &f.looked_in {
         let registry = crate::model::name::parse(&f.reference)
             .map(|n| format!("the registry `{}`", n.registry))
@@ -279,8 +281,8 @@ fn pin_urls(
         }
         if *mode == LockMode::Locked {
             errors.push(
-                Diagnostic::user(
-                    "kiln::fetch::unlocked",
+                Diagnostic::new(
+                    Code::FETCH_UNLOCKED,
                     format!("`{named}` has no checksum and is not in the lock file, and `--locked` forbids pinning it"),
                 )
                 .with_label(*span, "an unpinned download")
@@ -365,8 +367,8 @@ fn pin_gits(
         if *mode == LockMode::Locked {
             let url = crate::git::without_credentials(url);
             errors.push(
-                Diagnostic::user(
-                    "kiln::git::unlocked",
+                Diagnostic::new(
+                    Code::GIT_UNLOCKED,
                     format!("`{url}` at `{reference}` is not in the lock file, and `--locked` forbids pinning it"),
                 )
                 .with_label(*span, "a git ref, not a commit")
@@ -393,7 +395,7 @@ fn pin_gits(
                     }
                 };
                 errors.push(
-                    Diagnostic::env("kiln::git::resolve", e.to_string())
+                    Diagnostic::new(Code::GIT_RESOLVE, e.to_string())
                         .with_label(*span, "this git source")
                         .with_help(help),
                 );
@@ -469,8 +471,8 @@ pub fn lock(
             .iter()
             .filter(|x| !known.contains(&x.as_str()) && !git_refs.contains(x))
             .map(|x| {
-                Diagnostic::user(
-                    "kiln::lock::unknown",
+                Diagnostic::new(
+                    Code::LOCK_UNKNOWN,
                     format!("no stage is built on the image `{x}`, fetches it unpinned or checks it out by a git ref"),
                 )
                 .with_help(if known.is_empty() {

@@ -6,6 +6,7 @@
 //! would not write are refused by [`super::plan`] itself. Nothing is
 //! fetched, and nothing runs.
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::{Base, Graph, Meta, Op, PluginSource, Read};
 
@@ -36,8 +37,8 @@ fn contexts(graph: &Graph, out: &mut Vec<Diagnostic>) {
         if !used || c.path.is_dir() {
             continue;
         }
-        let mut d = Diagnostic::user(
-            "kiln::context::missing",
+        let mut d = Diagnostic::new(
+            Code::CONTEXT_MISSING,
             format!("the context `{}` is not a directory", c.path.display()),
         )
         .with_help("point `path=` at an existing directory (relative to the spec file)");
@@ -61,8 +62,8 @@ fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
             PluginSource::Url(url) => {
                 if p.blake3.is_none() {
                     out.push(
-                        Diagnostic::user(
-                            "kiln::wasm::unpinned",
+                        Diagnostic::new(
+                            Code::WASM_UNPINNED,
                             format!("plugin `{}` downloads `{url}`, which is not pinned", p.name),
                         )
                         .with_label(p.span, "declared here")
@@ -76,8 +77,8 @@ fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
         };
         match std::fs::read(path) {
             Err(e) => out.push(
-                Diagnostic::user(
-                    "kiln::wasm::module",
+                Diagnostic::new(
+                    Code::WASM_MODULE,
                     format!(
                         "cannot read the module of plugin `{}` (`{}`): {e}",
                         p.name,
@@ -92,8 +93,8 @@ fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
                     let actual = blake3::hash(&bytes).to_hex().to_string();
                     if !pin.eq_ignore_ascii_case(&actual) {
                         out.push(
-                            Diagnostic::user(
-                                "kiln::wasm::pin",
+                            Diagnostic::new(
+                                Code::WASM_PIN,
                                 format!(
                                     "the module of plugin `{}` does not match its pin: pinned blake3 {pin}, the file has {actual}",
                                     p.name
@@ -129,8 +130,8 @@ fn images(graph: &Graph, out: &mut Vec<Diagnostic>) {
         };
         if let Some(why) = missing {
             out.push(
-                Diagnostic::user(
-                    "kiln::image::resolve",
+                Diagnostic::new(
+                    Code::IMAGE_RESOLVE,
                     format!("cannot use the image `{}`: {why}", i.reference),
                 )
                 .with_label(label, "built on this image")
@@ -157,8 +158,8 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
                     let span = graph.source_map.step(s.id, i).span;
                     if let Err(why) = bwrap.get_or_insert_with(crate::sandbox::check_bwrap) {
                         out.push(
-                            Diagnostic::env(
-                                "kiln::run::sandbox",
+                            Diagnostic::new(
+                                Code::RUN_SANDBOX,
                                 format!("`run` steps cannot run here: {why}"),
                             )
                             .with_label(span, "this step")
@@ -169,8 +170,8 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
                     let name = user.map(|u| u.split(':').next().unwrap_or(u));
                     if !root && name.is_some_and(|n| n != "root" && n != "0") {
                         out.push(
-                            Diagnostic::env(
-                                "kiln::run::user-without-root",
+                            Diagnostic::new(
+                                Code::RUN_USER_WITHOUT_ROOT,
                                 format!(
                                     "running a command as user `{}` needs kiln to run as root",
                                     user.unwrap_or_default()

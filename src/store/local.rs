@@ -6,6 +6,7 @@ use super::layout::{self, Layout};
 use super::{
     Access, ActionCache, BlobRead, ContentStore, IngestError, StoreError, actions, owners, packs,
 };
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
 use crate::model::state::Action;
@@ -47,8 +48,8 @@ pub struct Store {
 /// is left as it is.
 pub fn check_owner(root: &Path) -> Result<(), Diagnostic> {
     let resolved = crate::fsutil::trusted_path(root).map_err(|u| {
-        Diagnostic::user(
-            "kiln::state::owner",
+        Diagnostic::new(
+            Code::STATE_OWNER,
             format!(
                 "kiln will not use the state directory `{}`: `{}` cannot be trusted ({})",
                 root.display(),

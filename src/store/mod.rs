@@ -23,6 +23,7 @@ pub mod records;
 
 pub use local::{BlobReader, Store, check_owner as check_state_dir, used_lists};
 
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
 use crate::model::state::Action;
@@ -38,9 +39,6 @@ pub enum Access {
     /// Garbage collection: alone.
     Exclusive,
 }
-
-/// The code of every diagnostic about a damaged or missing stored object.
-pub const DAMAGED: &str = "kiln::store::damaged";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,9 +82,9 @@ impl StoreError {
     pub fn diagnostic(&self) -> Diagnostic {
         match self {
             StoreError::Io { path, source } => Diagnostic::io("cannot use", path, source),
-            StoreError::Refused(why) => Diagnostic::build("kiln::image::refused", why.clone())
+            StoreError::Refused(why) => Diagnostic::new(Code::IMAGE_REFUSED, why.clone())
                 .with_help("the image's source sent bytes that do not match what its manifest says: check the source, or pin another image"),
-            _ => Diagnostic::env(DAMAGED, self.to_string()).with_help(
+            _ => Diagnostic::new(Code::STORE_DAMAGED, self.to_string()).with_help(
                 "kiln rebuilds what needed it without the cache; if this repeats, check the disk",
             ),
         }

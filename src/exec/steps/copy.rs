@@ -7,6 +7,7 @@
 use super::copy_rules::{self, Overrides, Picked};
 use super::{Prepared, StepCx, StepKind, Work, quote, resolve_owner};
 use crate::context::Snapshot;
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span, Spanned};
 use crate::ir::{ContextId, Copy, CopyFrom, Names};
 use crate::model::digest::BlobDigest;
@@ -273,8 +274,8 @@ fn unpack_archives(
             Ok(None) => out.push(p),
             Err(UnpackError::Store(e)) => return Err(e.into()),
             Err(e @ UnpackError::TooLarge(_)) => {
-                return Err(Diagnostic::build(
-                    "kiln::copy::unpack-limit",
+                return Err(Diagnostic::new(
+                    Code::COPY_UNPACK_LIMIT,
                     format!("cannot extract `{}`: {e}", p.path),
                 )
                 .with_label(span, "extracting this archive")
@@ -283,8 +284,8 @@ fn unpack_archives(
                 ));
             }
             Err(e) => {
-                return Err(Diagnostic::build(
-                    "kiln::copy::unpack",
+                return Err(Diagnostic::new(
+                    Code::COPY_UNPACK,
                     format!("cannot extract `{}`: {e}", p.path),
                 )
                 .with_label(span, "extracting this archive")

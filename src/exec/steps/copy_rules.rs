@@ -8,6 +8,7 @@
 //!   nothing is an error.
 //! - A leading `/` in a source means the source's root.
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span, Spanned};
 use crate::model::tree::{self, Entry, Kind, Links, Tree, TreeError};
 
@@ -33,16 +34,17 @@ fn is_glob(p: &str) -> bool {
 
 fn tree_error(e: TreeError, span: Span, source: &str) -> Diagnostic {
     match e {
-        TreeError::Escapes { .. } | TreeError::DotDotEscapes(_) => Diagnostic::user(
-            "kiln::copy::escape",
+        TreeError::Escapes { .. } | TreeError::DotDotEscapes(_) => Diagnostic::new(
+            Code::COPY_ESCAPE,
             format!("{e}"),
         )
         .with_label(span, format!("leads outside {source}"))
         .with_help(
             "copy sources must stay inside the context; a leading `/` means the context root",
         ),
-        other => Diagnostic::build("kiln::copy::source", format!("{other}"))
-            .with_label(span, "this source"),
+        other => {
+            Diagnostic::new(Code::COPY_SOURCE, format!("{other}")).with_label(span, "this source")
+        }
     }
 }
 
@@ -70,8 +72,8 @@ pub fn pick(
         if is_glob(&clean) {
             let glob = tree::glob(&clean)
                 .map_err(|e| {
-                    Diagnostic::user(
-                        "kiln::copy::glob",
+                    Diagnostic::new(
+                        Code::COPY_GLOB,
                         format!("bad pattern `{}`: {}", pat.value, e.kind()),
                     )
                     .with_label(pat.span, "not a valid glob")
@@ -89,7 +91,7 @@ pub fn pick(
             matched.push(clean.clone());
         }
         if matched.is_empty() {
-            return Err(Diagnostic::build("kiln::copy::no-match", format!("`{}` matched nothing in {source}", pat.value))
+            return Err(Diagnostic::new(Code::COPY_NO_MATCH, format!("`{}` matched nothing in {source}", pat.value))
                 .with_label(pat.span, "no file matches")
                 .with_help("check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it"));
         }
@@ -108,8 +110,8 @@ pub fn pick(
             } else {
                 match tree.get(&resolved) {
                     None => {
-                        return Err(Diagnostic::build(
-                            "kiln::copy::no-match",
+                        return Err(Diagnostic::new(
+                            Code::COPY_NO_MATCH,
                             format!("`{}` does not exist in {source}", pat.value),
                         )
                         .with_label(pat.span, "not found")
@@ -149,8 +151,8 @@ pub fn exclude(picked: &mut Vec<Picked>, patterns: &[String]) -> Result<(), Diag
     let mut set = globset::GlobSetBuilder::new();
     for p in patterns {
         let glob = tree::glob(tree::exclude_pattern(p)).map_err(|e| {
-            Diagnostic::user(
-                "kiln::copy::glob",
+            Diagnostic::new(
+                Code::COPY_GLOB,
                 format!("bad exclude pattern `{p}`: {}", e.kind()),
             )
         })?;
@@ -158,7 +160,7 @@ pub fn exclude(picked: &mut Vec<Picked>, patterns: &[String]) -> Result<(), Diag
     }
     let set = set
         .build()
-        .map_err(|e| Diagnostic::user("kiln::copy::glob", format!("bad exclude pattern: {e}")))?;
+        .map_err(|e| Diagnostic::new(Code::COPY_GLOB, format!("bad exclude pattern: {e}")))?;
     let excluded = |path: &str| {
         let mut prefix = path;
         loop {
@@ -216,7 +218,7 @@ pub fn place(
     span: Span,
 ) -> Result<(), Diagnostic> {
     let fail = |e: TreeError| {
-        Diagnostic::build("kiln::copy::dest", format!("cannot copy to `{dest}`: {e}"))
+        Diagnostic::new(Code::COPY_DEST, format!("cannot copy to `{dest}`: {e}"))
             .with_label(span, "in this copy")
             .with_help("the destination path crosses a file where a directory is needed, or replaces a directory with a file")
     };
@@ -229,8 +231,8 @@ pub fn place(
         || dest == "."
         || tree.is_dir(&target);
     if several && !into_dir {
-        return Err(Diagnostic::build(
-            "kiln::copy::dest",
+        return Err(Diagnostic::new(
+            Code::COPY_DEST,
             format!(
                 "`{dest}` must be a directory: the sources matched {} entries",
                 picked.len()
@@ -372,11 +374,11 @@ mod tests {
     fn no_match_and_escape_are_errors() {
         let t = ctx();
         let e = pick(&t, &[sp("nope/*.c")], Links::Confined, "the context").unwrap_err();
-        assert_eq!(e.code, "kiln::copy::no-match");
+        assert_eq!(e.code, Code::COPY_NO_MATCH);
         let e = pick(&t, &[sp("missing")], Links::Confined, "the context").unwrap_err();
-        assert_eq!(e.code, "kiln::copy::no-match");
+        assert_eq!(e.code, Code::COPY_NO_MATCH);
         let e = pick(&t, &[sp("../etc/passwd")], Links::Confined, "the context").unwrap_err();
-        assert_eq!(e.code, "kiln::copy::escape");
+        assert_eq!(e.code, Code::COPY_ESCAPE);
     }
 
     #[test]

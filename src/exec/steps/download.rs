@@ -2,6 +2,7 @@
 //! cache miss gets here: the step's key holds the digest, so a cached build
 //! never touches the network.
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -31,7 +32,7 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
         .build()
         .into();
     let network = |what: String| {
-        Diagnostic::env("kiln::fetch::network", what)
+        Diagnostic::new(Code::FETCH_NETWORK, what)
             .with_label(span, "fetching this")
             .with_help(
                 "check the URL and the network; once fetched, the file is cached by its checksum",
@@ -62,8 +63,8 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
     if let Some(sha256) = sha256
         && got != sha256
     {
-        return Err(Diagnostic::build(
-            "kiln::fetch::checksum",
+        return Err(Diagnostic::new(
+            Code::FETCH_CHECKSUM,
             format!("`{url}` does not match its checksum: expected sha256:{sha256}, got sha256:{got}"),
         )
         .with_label(span, "pinned here")

@@ -5,6 +5,7 @@
 
 use super::copy_rules::{self, Overrides, Picked};
 use super::{StepCx, StepKind, Work, resolve_owner};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::{Fetch, Names};
 use crate::model::key::{KeyBuilder, KeyInput};
@@ -58,8 +59,8 @@ impl StepKind for Fetch {
             (Some(n), _) => n,
             (None, false) => tree::basename(&self.dest).to_string(),
             (None, true) => {
-                return Err(Diagnostic::user(
-                    "kiln::fetch::name",
+                return Err(Diagnostic::new(
+                    Code::FETCH_NAME,
                     format!(
                         "`{}` has no file name to copy into `{}`",
                         without_credentials(&self.url),

@@ -7,6 +7,7 @@
 
 use super::copy_rules::{self, Overrides, Picked};
 use super::{StepCx, StepKind, Work, resolve_owner};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::git::{self, Item, Repo};
 use crate::ir::{Git, Names};
@@ -78,7 +79,7 @@ impl StepKind for Git {
                 }
                 _ => "check that the repository can be reached (the URL, the network, credentials)",
             };
-            Diagnostic::env("kiln::git::checkout", e.to_string())
+            Diagnostic::new(Code::GIT_CHECKOUT, e.to_string())
                 .with_label(span, "in this git step")
                 .with_help(help)
         };
@@ -93,7 +94,7 @@ impl StepKind for Git {
             .add(&repo, &self.url, &commit, self.subdir.as_deref(), "", 0)
             .map_err(|e| match e {
             Nested::Git(e) => failed(e),
-            Nested::Module(why) => Diagnostic::build("kiln::git::submodule", why)
+            Nested::Module(why) => Diagnostic::new(Code::GIT_SUBMODULE, why)
                 .with_label(span, "in this git step")
                 .with_help("fix the repository's `.gitmodules`, or check out a commit whose submodules can be fetched"),
             Nested::Store(d) => d,

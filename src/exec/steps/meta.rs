@@ -4,6 +4,7 @@
 //! except `workdir`, which creates its directory as Docker does.
 
 use super::{Prepared, StepCx, StepKind, Work, quote, tree_err};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::{Meta, Names};
 use crate::model::tree::{self, Entry, Links};
@@ -64,8 +65,8 @@ impl StepKind for Meta {
                     Ok(u) => (u.uid, u.gid),
                     Err(super::users::Error::Store(d)) => return Err(d),
                     Err(super::users::Error::Unknown { what, name }) => {
-                        return Err(Diagnostic::build(
-                            "kiln::workdir::user",
+                        return Err(Diagnostic::new(
+                            Code::WORKDIR_USER,
                             format!("unknown {what} `{name}`: the working directory cannot be made for it"),
                         )
                         .with_label(span, "this workdir")

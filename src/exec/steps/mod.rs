@@ -21,6 +21,7 @@ mod write;
 
 use super::env::Env;
 use crate::context::Snapshot;
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span};
 use crate::ir::{CopyFrom, Graph, Names, Op, Owner, Stage, StageId, StepLoc};
 use crate::model::digest::StepKey;
@@ -179,7 +180,7 @@ pub enum Prepared {
 }
 
 fn tree_err(what: &str, span: Span, e: crate::model::tree::TreeError) -> Diagnostic {
-    Diagnostic::build("kiln::step::path", format!("{what}: {e}"))
+    Diagnostic::new(Code::STEP_PATH, format!("{what}: {e}"))
         .with_label(span, "in this step")
         .with_help(
             "a path in the stage crosses a file where a directory is needed, or replaces a directory",
@@ -215,7 +216,7 @@ fn resolve_owner(
         Ok(None)
     };
     let unknown = |what: &str, name: &str, file: &str| {
-        Diagnostic::build("kiln::copy::owner", format!("unknown {what} `{name}`"))
+        Diagnostic::new(Code::COPY_OWNER, format!("unknown {what} `{name}`"))
             .with_label(span, format!("not in the stage's /{file}"))
             .with_help("use numeric ids (`1000:1000`), or add the name to the stage first")
     };

@@ -1,6 +1,7 @@
 //! `rm PATH…`: remove entries (and what is below them).
 
 use super::{Prepared, StepCx, StepKind, Work, quote, tree_err};
+use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::ir::{Names, Rm};
 use crate::model::tree::{self, Links};
@@ -27,8 +28,8 @@ impl StepKind for Rm {
             if p.is_empty() {
                 work.tree.entries.clear();
             } else if !work.tree.remove_all(&at) && !self.force {
-                return Err(Diagnostic::build(
-                    "kiln::step::rm",
+                return Err(Diagnostic::new(
+                    Code::STEP_RM,
                     format!("cannot remove `{path}`: it does not exist"),
                 )
                 .with_label(cx.loc.part(i), "not in the stage")

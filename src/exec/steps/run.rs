@@ -15,6 +15,7 @@
 use super::copy::{context_inputs, ingest, pick_from_context};
 use super::users::{self, User};
 use super::{Prepared, StepCx, StepKind, Work, quote};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Spanned};
 use crate::ir::{CopyFrom, MountKind, Names, RunMount, RunOp, Sandbox, Sharing};
 use crate::model::key::{KeyBuilder, KeyInput};
@@ -158,8 +159,8 @@ impl StepKind for RunOp {
         }
         for h in &self.host_inputs {
             let digest = host_digest(h).map_err(|e| {
-                Diagnostic::user(
-                    "kiln::run::host-input",
+                Diagnostic::new(
+                    Code::RUN_HOST_INPUT,
                     format!("cannot read the host input `{h}`: {e}"),
                 )
                 .with_label(cx.span(), "this step")
@@ -184,8 +185,8 @@ impl StepKind for RunOp {
         let spec = self.spec(cx, work.config, &user)?;
         let platform = &env.images.platform;
         if !platform.runs_here() {
-            return Err(Diagnostic::user(
-                "kiln::run::platform",
+            return Err(Diagnostic::new(
+                Code::RUN_PLATFORM,
                 format!(
                     "this build is for {platform}, whose programs do not run on this {} machine",
                     crate::image::platform::Platform::host()
@@ -205,8 +206,8 @@ impl StepKind for RunOp {
         // user's own, which the command sees as root.
         let privileged = sandbox::overlay_possible();
         if !spec.ids.owns_files() && spec.user.0 != 0 {
-            return Err(Diagnostic::env(
-                "kiln::run::user-without-root",
+            return Err(Diagnostic::new(
+                Code::RUN_USER_WITHOUT_ROOT,
                 format!(
                     "running a command as user {} needs kiln to run as root",
                     spec.user.0
@@ -231,8 +232,8 @@ impl StepKind for RunOp {
         if self.attempt(cx, &mut work, spec, privileged)? {
             return Ok(());
         }
-        Err(Diagnostic::env(
-            "kiln::run::layers-changed",
+        Err(Diagnostic::new(
+            Code::RUN_LAYERS_CHANGED,
             "the layers of the tree on disk changed while the command ran, twice",
         )
         .with_label(cx.span(), "this step")
@@ -382,8 +383,8 @@ impl RunOp {
             }
             let t = tree::normalize(&m.target, &workdir);
             if t.is_empty() {
-                return Err(Diagnostic::user(
-                    "kiln::run::mount",
+                return Err(Diagnostic::new(
+                    Code::RUN_MOUNT,
                     format!(
                         "the mount target `{}` is the root (the working directory is `{workdir}`)",
                         m.target
@@ -399,8 +400,8 @@ impl RunOp {
             // show (a link there could lead anywhere).
             let first = t.split('/').next().unwrap_or("");
             if first == "proc" || (first == "dev" && t != "dev/shm") {
-                return Err(Diagnostic::user(
-                    "kiln::run::mount",
+                return Err(Diagnostic::new(
+                    Code::RUN_MOUNT,
                     format!(
                         "the mount target `{}` is below `/{first}`, which the sandbox makes",
                         m.target
@@ -415,8 +416,8 @@ impl RunOp {
             if let Some(j) = targets.iter().position(|o| {
                 !o.is_empty() && !t.is_empty() && t != o && t.starts_with(&format!("{o}/"))
             }) {
-                return Err(Diagnostic::user(
-                    "kiln::run::mount",
+                return Err(Diagnostic::new(
+                    Code::RUN_MOUNT,
                     format!(
                         "the mount target `{t}` is below another mount, `{}`",
                         targets[j]
@@ -642,7 +643,7 @@ impl RunOp {
             a
         };
         if argv.is_empty() {
-            return Err(Diagnostic::user("kiln::run::empty", "the command is empty")
+            return Err(Diagnostic::new(Code::RUN_EMPTY, "the command is empty")
                 .with_label(cx.span(), "this step")
                 .with_help("give the step a command"));
         }
@@ -704,8 +705,8 @@ impl RunOp {
                 "`{program}` is looked up in PATH ({path}); give its full path or install it in an earlier step"
             )
         };
-        Err(Diagnostic::user(
-            "kiln::run::no-program",
+        Err(Diagnostic::new(
+            Code::RUN_NO_PROGRAM,
             format!("the stage has no {what} `{program}` to run this command"),
         )
         .with_label(cx.span(), "this command")
@@ -827,8 +828,8 @@ impl RunOp {
             } => {
                 let Some(value) = env.options.secrets.get(id) else {
                     if *required {
-                        return Err(Diagnostic::user(
-                            "kiln::run::secret",
+                        return Err(Diagnostic::new(
+                            Code::RUN_SECRET,
                             format!("the secret `{id}` is required but was not given"),
                         )
                         .with_label(cx.loc.part(i), "this mount")
@@ -850,12 +851,12 @@ impl RunOp {
                 }
                 // In memory (never in the state directory), removed after.
                 let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
-                    Diagnostic::user("kiln::run::secret", format!("the secret's owner: {e}"))
+                    Diagnostic::new(Code::RUN_SECRET, format!("the secret's owner: {e}"))
                         .with_label(cx.loc.part(i), "this mount")
                 })?;
                 let file = SecretFile::write(value, *mode, owner).map_err(|e| {
-                    Diagnostic::env(
-                        "kiln::run::secret",
+                    Diagnostic::new(
+                        Code::RUN_SECRET_ENV,
                         format!("cannot hold the secret `{id}`: {e}"),
                     )
                     .with_label(cx.loc.part(i), "this mount")
@@ -881,13 +882,13 @@ impl RunOp {
                 Some(socket) if rootfs.ids.owns_files() => {
                     let path = dir.join(format!("ssh-{i}.sock"));
                     let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
-                        Diagnostic::user("kiln::run::ssh", format!("the socket's owner: {e}"))
+                        Diagnostic::new(Code::RUN_SSH, format!("the socket's owner: {e}"))
                             .with_label(cx.loc.part(i), "this mount")
                     })?;
                     let proxy =
                         forward::Forward::start(&path, socket, owner, *mode).map_err(|e| {
-                            Diagnostic::env(
-                                "kiln::run::ssh",
+                            Diagnostic::new(
+                                Code::RUN_SSH_ENV,
                                 format!("cannot forward the SSH agent `{id}`: {e}"),
                             )
                             .with_label(cx.loc.part(i), "this mount")
@@ -904,8 +905,8 @@ impl RunOp {
                     dest: target.to_string(),
                     writable: true,
                 })),
-                None if *required => Err(Diagnostic::user(
-                    "kiln::run::ssh",
+                None if *required => Err(Diagnostic::new(
+                    Code::RUN_SSH,
                     format!("the SSH agent `{id}` is required but was not given"),
                 )
                 .with_label(cx.loc.part(i), "this mount")
@@ -940,7 +941,7 @@ impl RunOp {
             Ok(dest.join("FILE"))
         };
         let not_dir = |what: String| {
-            Diagnostic::build("kiln::run::mount", format!("{what} is not a directory"))
+            Diagnostic::new(Code::RUN_MOUNT_FAILED, format!("{what} is not a directory"))
                 .with_label(span, "this mount")
                 .with_help("a cache mount starts from a directory")
         };
@@ -951,16 +952,19 @@ impl RunOp {
                     .map(|c| c.join("/"))
                     .unwrap_or_default();
                 let dir = t.resolve(&dir, true, Links::Rootfs).map_err(|e| {
-                    Diagnostic::build("kiln::run::mount", format!("cannot mount `{source}`: {e}"))
-                        .with_label(span, "this mount")
+                    Diagnostic::new(
+                        Code::RUN_MOUNT_FAILED,
+                        format!("cannot mount `{source}`: {e}"),
+                    )
+                    .with_label(span, "this mount")
                 })?;
                 if !dir.is_empty() && !t.is_dir(&dir) {
                     let name = &cx.graph().stage(src).name;
                     return match t.get(&dir) {
                         Some(e) if files => single(e.clone()),
                         Some(_) => Err(not_dir(format!("`{source}` in stage `{name}`"))),
-                        None => Err(Diagnostic::build(
-                            "kiln::run::mount",
+                        None => Err(Diagnostic::new(
+                            Code::RUN_MOUNT_FAILED,
                             format!("stage `{name}` has no `{source}`"),
                         )
                         .with_label(span, "this mount")
@@ -1011,8 +1015,8 @@ fn check_host_workdir(cx: &StepCx<'_>, cwd: &str) -> Result<(), Diagnostic> {
     } else {
         format!("the working directory `{cwd}` is under the host's `/{top}`")
     };
-    Err(Diagnostic::user(
-        "kiln::run::host-workdir",
+    Err(Diagnostic::new(
+        Code::RUN_HOST_WORKDIR,
         format!("a `sandbox=\"host\"` step shows the host's system with the stage's working directory over it, but {shown}"),
     )
     .with_label(cx.span(), "this step")
@@ -1056,7 +1060,7 @@ fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<Us
         users::Error::Store(d) => d,
         users::Error::Unknown { what, name } => {
             let spec = config.user.clone().unwrap_or_default();
-            Diagnostic::build("kiln::run::user", format!("unknown {what} `{name}`"))
+            Diagnostic::new(Code::RUN_USER, format!("unknown {what} `{name}`"))
                 .with_label(cx.span(), format!("runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"))
                 .with_help("add the user to the stage first (`useradd`), or give numeric ids (`user \"1000:1000\"`)")
         }
@@ -1246,37 +1250,33 @@ fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -
     let (code, help) = match &e {
         // bubblewrap exits with 128 + the signal that killed the command.
         SandboxError::Exit(code) if *code == 128 + libc::SIGSYS => (
-            "kiln::run::exit",
+            Code::RUN_EXIT,
             "the command was killed by SIGSYS: the sandbox's seccomp filter (Docker's default profile) stopped a system call it refuses, or a 32-bit program, which the filter does not let run".to_string(),
         ),
         SandboxError::Exit(_) | SandboxError::Signal(_) => (
-            "kiln::run::exit",
+            Code::RUN_EXIT,
             "its output is below".to_string(),
         ),
         SandboxError::Timeout(_) => (
-            "kiln::run::timeout",
+            Code::RUN_TIMEOUT,
             "raise the limit with `timeout=` on the step if the work is expected to take this long"
                 .to_string(),
         ),
         SandboxError::Interrupted => (
-            "kiln::run::interrupted",
+            Code::RUN_INTERRUPTED,
             "run the build again; the steps that finished are cached".to_string(),
         ),
         SandboxError::Changes(_) => (
-            "kiln::run::changes",
+            Code::RUN_CHANGES,
             "remove what the command leaves behind before it ends".to_string(),
         ),
         SandboxError::Store(s) => return s.diagnostic(),
         SandboxError::Setup(_) | SandboxError::Io(_) => (
-            "kiln::run::sandbox",
+            Code::RUN_SANDBOX,
             "kiln runs commands with bubblewrap (0.5 or later) in user namespaces (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`), over overlayfs as root: check that they are available".to_string(),
         ),
     };
-    let mut d = if matches!(e, SandboxError::Setup(_) | SandboxError::Io(_)) {
-        Diagnostic::env(code, e.to_string())
-    } else {
-        Diagnostic::build(code, e.to_string())
-    };
+    let mut d = Diagnostic::new(code, e.to_string());
     d = d.with_label(cx.span(), "this command").with_help(help);
     let tail: Vec<&str> = output.trim_end().lines().collect();
     if !tail.is_empty() {

@@ -7,6 +7,7 @@
 
 use super::copy::{context_inputs, ingest, pick_from_context};
 use super::{Prepared, StepCx, StepKind, Work, quote};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span, Spanned};
 use crate::exec::workdir::{self, TempDir};
 use crate::ir::{CopyFrom, Names, Plugin, PluginSource, WasmMount, WasmOp};
@@ -256,23 +257,23 @@ fn plugin_of<'a>(w: &WasmOp, cx: &StepCx<'a>) -> &'a Plugin {
 fn unreadable(p: &Plugin, used: Span, why: &str) -> Diagnostic {
     let (code, help) = match &p.source {
         PluginSource::Host(_) => (
-            "kiln::wasm::module",
+            Code::WASM_MODULE,
             "build the plugin, or fix its `path=` (relative to the spec file)",
         ),
         PluginSource::Stage { .. } => (
-            "kiln::wasm::module",
+            Code::WASM_MODULE,
             "make the stage write the module at `path=` (an absolute path in its result)",
         ),
         PluginSource::Url(_) if p.blake3.is_none() => (
-            "kiln::wasm::unpinned",
+            Code::WASM_UNPINNED,
             "run `kiln plugin pin`: it downloads the module once and writes its blake3",
         ),
         PluginSource::Url(_) => (
-            "kiln::wasm::download",
+            Code::WASM_DOWNLOAD,
             "check the URL and the network; once downloaded, the module is kept in the store by its pin",
         ),
     };
-    Diagnostic::user(
+    Diagnostic::new(
         code,
         format!("cannot read the module of plugin `{}`: {why}", p.name),
     )
@@ -298,7 +299,7 @@ enum Shown {
 }
 
 fn file_mount_error(span: Span, message: String, help: &str) -> Diagnostic {
-    Diagnostic::build("kiln::wasm::mount", message)
+    Diagnostic::new(Code::WASM_MOUNT, message)
         .with_label(span, "this mount")
         .with_help(help.to_string())
 }
@@ -306,7 +307,7 @@ fn file_mount_error(span: Span, message: String, help: &str) -> Diagnostic {
 /// A mount's files: a directory, or a single file.
 fn mount_tree(cx: &StepCx<'_>, m: &WasmMount, span: Span) -> Result<Shown, Diagnostic> {
     let not_shown = |what: String| {
-        Diagnostic::build("kiln::wasm::mount", what)
+        Diagnostic::new(Code::WASM_MOUNT, what)
             .with_label(span, "this mount")
             .with_help("mount a directory or a regular file (symbolic links are followed inside the stage)")
     };
@@ -466,16 +467,16 @@ fn tail(text: &str, n: usize) -> String {
 fn load_error(e: LoadError, p: &Plugin, used: Span) -> Diagnostic {
     let d = match e {
         LoadError::Read(err) => return unreadable(p, used, &err),
-        LoadError::Pin { expected, actual } => Diagnostic::user(
-            "kiln::wasm::pin",
+        LoadError::Pin { expected, actual } => Diagnostic::new(
+            Code::WASM_PIN,
             format!(
                 "the module of plugin `{}` does not match its pin: pinned blake3 {expected}, the file has {actual}",
                 p.name
             ),
         )
         .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
-        LoadError::Invalid(msg) => Diagnostic::user(
-            "kiln::wasm::module",
+        LoadError::Invalid(msg) => Diagnostic::new(
+            Code::WASM_MODULE,
             format!("plugin `{}` is not a WASI program kiln can run: {msg}", p.name),
         )
         .with_help("plugins are WASI preview 1 modules (`cargo build --target wasm32-wasip1`, or `clang --target=wasm32-wasi`) or preview 2 `wasi:cli/command` components"),
@@ -494,12 +495,12 @@ fn failure(
     let name = &p.name;
     let (code, message, help) = match f {
         Failure::Exit(code) => (
-            "kiln::wasm::exit",
+            Code::WASM_EXIT,
             format!("plugin `{name}` exited with status {code}"),
             "its output is below".to_string(),
         ),
         Failure::Timeout(t) => (
-            "kiln::wasm::timeout",
+            Code::WASM_TIMEOUT,
             format!(
                 "plugin `{name}` ran longer than its time limit of {}",
                 crate::units::format_duration(t)
@@ -508,7 +509,7 @@ fn failure(
                 .into(),
         ),
         Failure::Memory(m) => (
-            "kiln::wasm::memory",
+            Code::WASM_MEMORY,
             format!(
                 "plugin `{name}` needed more than its memory limit of {}",
                 crate::units::format_size(m)
@@ -516,7 +517,7 @@ fn failure(
             "raise the limit with `memory=` on the step (up to 4GiB)".into(),
         ),
         Failure::Output(stream) => (
-            "kiln::wasm::output",
+            Code::WASM_OUTPUT,
             format!(
                 "plugin `{name}` wrote more than {} to {stream}",
                 crate::units::format_size(plugin::OUTPUT_LIMIT as u64)
@@ -532,23 +533,23 @@ fn failure(
                 }
             }
             (
-                "kiln::wasm::trap",
+                Code::WASM_TRAP,
                 m,
                 "a trap is a bug in the plugin (or its input)".into(),
             )
         }
         Failure::Interrupted => (
-            "kiln::wasm::interrupted",
+            Code::WASM_INTERRUPTED,
             format!("plugin `{name}` was stopped: the build was interrupted"),
             "run the build again; the steps that finished are cached".into(),
         ),
         Failure::Setup(msg) => (
-            "kiln::wasm::setup",
+            Code::WASM_SETUP,
             format!("cannot set up plugin `{name}`: {msg}"),
             "check the mounts of the step".into(),
         ),
     };
-    let mut d = Diagnostic::build(code, message)
+    let mut d = Diagnostic::new(code, message)
         .with_label(span, format!("plugin `{name}`"))
         .with_help(help);
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -14,6 +14,7 @@ use super::parse::{Dockerfile, Heredoc, Instruction, ParseError, parse};
 use super::scope::Scope;
 use super::scope::{StageSource, stages};
 use super::shell::{REF_CLOSE, REF_OPEN, expand_heredoc};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, SourceId, Sources, Span, Spanned};
 use crate::frontend::ast::{
     HealthcheckDecl, Pair, RunDecl, Spec, StageDecl, StepDecl, StepKind, Str,
@@ -82,8 +83,8 @@ pub fn load(
 ) -> Result<Imported, Vec<Diagnostic>> {
     let text = crate::frontend::read_spec_file(path).map_err(|e| {
         vec![
-            Diagnostic::user(
-                "kiln::dockerfile::read",
+            Diagnostic::new(
+                Code::DOCKERFILE_READ,
                 format!("cannot read Dockerfile `{name}`: {e}"),
             )
             .with_help("check the Dockerfile's path (it is relative to the working directory)"),
@@ -105,7 +106,7 @@ pub fn lower_text(
     let lines = LineIndex::new(text, id);
     let located = |e: ParseError| {
         vec![
-            Diagnostic::user("kiln::dockerfile::syntax", e.message.clone())
+            Diagnostic::new(Code::DOCKERFILE_SYNTAX, e.message.clone())
                 .with_label(lines.span(e.line), "here")
                 .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
         ]
@@ -178,7 +179,7 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
     } = *input;
     let located = |e: ParseError| {
         vec![
-            Diagnostic::user("kiln::dockerfile::syntax", e.message.clone())
+            Diagnostic::new(Code::DOCKERFILE_SYNTAX, e.message.clone())
                 .with_label(lines.span(e.line), "here")
                 .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
         ]
@@ -250,7 +251,7 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
         if !declared.contains(&k.as_str()) {
             l.notes.push(
                 Diagnostic::warning(
-                    "kiln::dockerfile::unused-arg",
+                    Code::DOCKERFILE_UNUSED_ARG,
                     format!("the build arg `{k}` is not declared by any `ARG` in the Dockerfile"),
                 )
                 .with_help("check its spelling, or declare it with `ARG`"),
@@ -392,7 +393,7 @@ impl Lowerer<'_> {
 
     fn note(&mut self, line: usize, message: String, help: &str) {
         self.notes.push(
-            Diagnostic::warning("kiln::dockerfile::import", message)
+            Diagnostic::warning(Code::DOCKERFILE_IMPORT, message)
                 .with_label(self.span(line), "here")
                 .with_help(help.to_string()),
         );
@@ -400,7 +401,7 @@ impl Lowerer<'_> {
 
     fn error(&mut self, line: usize, message: String, label: &str, help: &str) {
         self.errors.push(
-            Diagnostic::user("kiln::dockerfile::unsupported", message)
+            Diagnostic::new(Code::DOCKERFILE_UNSUPPORTED, message)
                 .with_label(self.span(line), label.to_string())
                 .with_help(help.to_string()),
         );

@@ -11,6 +11,7 @@ pub mod emit;
 mod node;
 mod steps;
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ParseCache;
 use crate::frontend::ast::{
@@ -96,8 +97,8 @@ pub fn load_with(
     let text = crate::frontend::read_spec_file(path).map_err(|e| LoadError {
         partial: None,
         diagnostics: vec![
-            Diagnostic::user(
-                "kiln::spec::read",
+            Diagnostic::new(
+                Code::SPEC_READ,
                 format!("cannot read spec file `{name}`: {e}"),
             )
             .with_help(
@@ -166,10 +167,7 @@ fn finish(mut spec: Spec, diags: Diagnostics) -> Result<Spec, LoadError> {
     let syntax = diags.iter().any(|d| {
         matches!(
             d.code,
-            "kiln::spec::syntax"
-                | "kiln::spec::read"
-                | "kiln::spec::include"
-                | "kiln::spec::include-cycle"
+            Code::SPEC_SYNTAX | Code::SPEC_READ | Code::SPEC_INCLUDE | Code::SPEC_INCLUDE_CYCLE
         )
     });
     Err(LoadError {
@@ -274,8 +272,8 @@ impl Loader<'_> {
         };
         if let Some(at) = depth::too_deep(&file.text, depth::MAX_DEPTH) {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::too-deep",
+                Diagnostic::new(
+                    Code::SPEC_TOO_DEEP,
                     format!("children blocks nest more than {} deep", depth::MAX_DEPTH),
                 )
                 .with_label(Span::new(id, at, 1), "this block is too deep")
@@ -289,7 +287,7 @@ impl Loader<'_> {
                 Ok(doc) => {
                     let first = doc.nodes().first().map(|n| n.span());
                     let mut w = Diagnostic::warning(
-                        "kiln::spec::kdl-v1",
+                        Code::SPEC_KDL_V1,
                         format!("`{}` is written in KDL v1", file.name),
                     )
                     .with_help("kiln reads KDL v1, but v2 is the current syntax: write `#true`/`#false`, and raw strings as `#\"…\"#`");
@@ -328,11 +326,9 @@ impl Loader<'_> {
                     }
                 }
                 other => {
-                    let mut d = Diagnostic::user(
-                        "kiln::spec::unknown-node",
-                        format!("unknown node `{other}`"),
-                    )
-                    .with_label(n.name_span(), "not a top-level node");
+                    let mut d =
+                        Diagnostic::new(Code::SPEC_UNKNOWN_NODE, format!("unknown node `{other}`"))
+                            .with_label(n.name_span(), "not a top-level node");
                     d = match did_you_mean(other, TOP_NODES.iter().copied()) {
                         Some(s) => d.with_help(format!("did you mean `{s}`?")),
                         None if STEP_NODES.contains(&other) => d.with_help(format!(
@@ -355,8 +351,8 @@ impl Loader<'_> {
             .map(|f| f.name.clone())
             .unwrap_or_default();
         if err.diagnostics.is_empty() {
-            self.diags.push(Diagnostic::user(
-                "kiln::spec::syntax",
+            self.diags.push(Diagnostic::new(
+                Code::SPEC_SYNTAX,
                 format!("`{name}` is not valid KDL"),
             ));
         }
@@ -365,8 +361,8 @@ impl Loader<'_> {
                 .message
                 .clone()
                 .unwrap_or_else(|| "invalid KDL syntax".to_string());
-            let mut d = Diagnostic::user(
-                "kiln::spec::syntax",
+            let mut d = Diagnostic::new(
+                Code::SPEC_SYNTAX,
                 format!("KDL syntax: {}", lower_first(&message)),
             )
             .with_label(
@@ -387,8 +383,8 @@ impl Loader<'_> {
         if let Some(v) = n.int_arg(0, &mut self.diags) {
             if v.value != 1 {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::version",
+                    Diagnostic::new(
+                        Code::SPEC_VERSION,
                         format!("unsupported spec version {}", v.value),
                     )
                     .with_label(v.span, "this kiln reads version 1")
@@ -397,7 +393,7 @@ impl Loader<'_> {
             }
             if let Some(prev) = &self.frag.decls.version {
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::duplicate-version", "`kiln` is given twice")
+                    Diagnostic::new(Code::SPEC_DUPLICATE_VERSION, "`kiln` is given twice")
                         .with_label(v.span, "second version")
                         .with_label(prev.span, "first version"),
                 );
@@ -456,8 +452,8 @@ impl Loader<'_> {
             (Some(_), Some(u)) => {
                 ok = false;
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::plugin-source",
+                    Diagnostic::new(
+                        Code::SPEC_PLUGIN_SOURCE,
                         "a plugin has one module: `path=` or `url=`, not both",
                     )
                     .with_label(n.prop_value_span("url").unwrap_or(u.span), "second source")
@@ -469,8 +465,8 @@ impl Loader<'_> {
             {
                 ok = false;
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::missing-property",
+                    Diagnostic::new(
+                        Code::SPEC_MISSING_PROPERTY,
                         "`plugin` needs `path=` or `url=`",
                     )
                     .with_label(n.span(), "no module named here")
@@ -482,8 +478,8 @@ impl Loader<'_> {
         if let (Some(u), Some(_)) = (&url, &from) {
             ok = false;
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::plugin-source",
+                Diagnostic::new(
+                    Code::SPEC_PLUGIN_SOURCE,
                     "a plugin built by a stage is read from its result, not downloaded",
                 )
                 .with_label(n.prop_value_span("url").unwrap_or(u.span), "`url=` with `from=`")
@@ -495,8 +491,8 @@ impl Loader<'_> {
         {
             ok = false;
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::plugin-url",
+                Diagnostic::new(
+                    Code::SPEC_PLUGIN_URL,
                     format!("`{}` is not an http(s) URL", u.value),
                 )
                 .with_label(
@@ -510,7 +506,7 @@ impl Loader<'_> {
             && (pin.value.len() != 64 || !pin.value.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             self.diags.push(
-                Diagnostic::user("kiln::spec::bad-pin", "a plugin pin must be 64 hex digits")
+                Diagnostic::new(Code::SPEC_BAD_PIN, "a plugin pin must be 64 hex digits")
                     .with_label(n.prop_value_span("blake3").unwrap_or(pin.span), "not a blake3 digest")
                     .with_help("run `b3sum FILE.wasm` and paste the digest, or remove `blake3=` and run `kiln plugin pin`"),
             );
@@ -537,8 +533,8 @@ impl Loader<'_> {
         let abs = canonical(&path);
         if self.stack.contains(&abs) {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::include-cycle",
+                Diagnostic::new(
+                    Code::SPEC_INCLUDE_CYCLE,
                     format!("`{}` includes itself", rel.value),
                 )
                 .with_label(rel.span, "this include leads back to a file being read")
@@ -552,8 +548,8 @@ impl Loader<'_> {
         }
         if !abs.starts_with(&self.project) {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::include",
+                Diagnostic::new(
+                    Code::SPEC_INCLUDE,
                     format!(
                         "cannot include `{}`: it is outside the project `{}`",
                         rel.value,
@@ -569,8 +565,8 @@ impl Loader<'_> {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::include",
+                    Diagnostic::new(
+                        Code::SPEC_INCLUDE,
                         format!("cannot read included file `{}`: {e}", rel.value),
                     )
                     .with_label(rel.span, "included here")
@@ -626,8 +622,8 @@ impl Loader<'_> {
             };
             if let (Some(t), Some(i)) = (&to, &image) {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-image",
+                    Diagnostic::new(
+                        Code::SPEC_EXPORT_IMAGE,
                         "an export entry goes to a path (`to=`) or a registry (`image=`), not both",
                     )
                     .with_label(t.span, "a path")
@@ -686,7 +682,7 @@ impl Loader<'_> {
         }
         let Some(syntax) = steps::syntax(name) else {
             let mut diag =
-                Diagnostic::user("kiln::spec::unknown-step", format!("unknown step `{name}`"))
+                Diagnostic::new(Code::SPEC_UNKNOWN_STEP, format!("unknown step `{name}`"))
                     .with_label(n.name_span(), "not a step");
             diag = match did_you_mean(name, STEP_NODES.iter().copied()) {
                 Some(s) => diag.with_help(format!("did you mean `{s}`?")),
@@ -722,14 +718,14 @@ impl Loader<'_> {
             let prev = stage.from.as_ref().or(stage.image.as_ref());
             if let Some(prev) = prev {
                 d.push(
-                    Diagnostic::user("kiln::spec::duplicate-from", "a stage has one `from`")
+                    Diagnostic::new(Code::SPEC_DUPLICATE_FROM, "a stage has one `from`")
                         .with_label(base.span, "second base")
                         .with_label(prev.span, "first base")
                         .with_help("keep one `from`; to combine stages use `copy … from=STAGE`"),
                 );
             } else if !stage.steps.is_empty() {
                 d.push(
-                    Diagnostic::user("kiln::spec::late-from", "`from` must come before the steps")
+                    Diagnostic::new(Code::SPEC_LATE_FROM, "`from` must come before the steps")
                         .with_label(n.span(), "after a step")
                         .with_help("move `from` to the top of the stage"),
                 );
@@ -755,15 +751,15 @@ pub fn valid_name(name: &str) -> bool {
 fn check_name(name: &Spanned<String>, what: &str, d: &mut Diagnostics) {
     if !valid_name(&name.value) {
         d.push(
-            Diagnostic::user("kiln::spec::bad-name", format!("`{}` is not a valid {what} name", name.value))
+            Diagnostic::new(Code::SPEC_BAD_NAME, format!("`{}` is not a valid {what} name", name.value))
                 .with_label(name.span, "invalid name")
                 .with_help("names use letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`"),
         );
     }
     if what == "stage" && name.value == "scratch" {
         d.push(
-            Diagnostic::user(
-                "kiln::spec::bad-name",
+            Diagnostic::new(
+                Code::SPEC_BAD_NAME,
                 "`scratch` is reserved for the empty base",
             )
             .with_label(name.span, "reserved name")

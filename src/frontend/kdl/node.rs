@@ -1,6 +1,7 @@
 //! Reading one KDL node against what it may contain: argument counts,
 //! value types, known properties. Problems become diagnostics.
 
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics, SourceId, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ast::{Pair, Str};
 use ::kdl::{KdlEntry, KdlNode, KdlValue};
@@ -95,8 +96,8 @@ impl<'a> Node<'a> {
                 _ => format!("at least {min}"),
             };
             d.push(
-                Diagnostic::user(
-                    "kiln::spec::arguments",
+                Diagnostic::new(
+                    Code::SPEC_ARGUMENTS,
                     format!(
                         "`{name}` takes {want} argument{}, found {n}",
                         if min == 1 && max == Some(1) { "" } else { "s" }
@@ -121,8 +122,8 @@ impl<'a> Node<'a> {
                 format!("at most {max} arguments")
             };
             d.push(
-                Diagnostic::user(
-                    "kiln::spec::arguments",
+                Diagnostic::new(
+                    Code::SPEC_ARGUMENTS,
                     format!("`{name}` takes {want}, found {n}"),
                 )
                 .with_label(extra, "unexpected argument")
@@ -146,8 +147,8 @@ impl<'a> Node<'a> {
             };
             let span = self.span_of(e.name().map_or(e.span(), |k| k.span()));
             if !allowed.contains(&key) {
-                let mut diag = Diagnostic::user(
-                    "kiln::spec::unknown-property",
+                let mut diag = Diagnostic::new(
+                    Code::SPEC_UNKNOWN_PROPERTY,
                     format!("`{name}` has no property `{key}`"),
                 )
                 .with_label(span, "unknown property");
@@ -168,8 +169,8 @@ impl<'a> Node<'a> {
                 d.push(diag);
             } else if seen.contains(&key) {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::duplicate-property",
+                    Diagnostic::new(
+                        Code::SPEC_DUPLICATE_PROPERTY,
                         format!("`{key}` is given twice"),
                     )
                     .with_label(span, "given again here")
@@ -197,8 +198,8 @@ impl<'a> Node<'a> {
                 out.push(c);
                 continue;
             }
-            let mut diag = Diagnostic::user(
-                "kiln::spec::children",
+            let mut diag = Diagnostic::new(
+                Code::SPEC_CHILDREN,
                 format!(
                     "`{name}` is not allowed inside `{}`",
                     self.node.name().value()
@@ -218,8 +219,8 @@ impl<'a> Node<'a> {
         if let Some(children) = self.node.children() {
             let name = self.node.name().value();
             d.push(
-                Diagnostic::user(
-                    "kiln::spec::children",
+                Diagnostic::new(
+                    Code::SPEC_CHILDREN,
                     format!("`{name}` takes no children block"),
                 )
                 .with_label(self.span_of(children.span()), "unexpected block")
@@ -235,8 +236,8 @@ impl<'a> Node<'a> {
             KdlValue::Integer(i) => Some(Spanned::new(span, i.to_string())),
             other => {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::type",
+                    Diagnostic::new(
+                        Code::SPEC_TYPE,
                         format!("expected a string, found `{other}`"),
                     )
                     .with_label(span, "not a string")
@@ -263,8 +264,8 @@ impl<'a> Node<'a> {
             KdlValue::Integer(v) => Some(Spanned::new(span, *v)),
             other => {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::type",
+                    Diagnostic::new(
+                        Code::SPEC_TYPE,
                         format!("expected a number, found `{other}`"),
                     )
                     .with_label(span, "not a number")
@@ -285,8 +286,8 @@ impl<'a> Node<'a> {
         if v.is_none() && self.prop(key).is_none() {
             let name = self.node.name().value();
             d.push(
-                Diagnostic::user(
-                    "kiln::spec::missing-property",
+                Diagnostic::new(
+                    Code::SPEC_MISSING_PROPERTY,
                     format!("`{name}` needs `{key}=`"),
                 )
                 .with_label(self.span(), format!("no `{key}=` here"))
@@ -302,8 +303,8 @@ impl<'a> Node<'a> {
             KdlValue::Bool(b) => Some(*b),
             other => {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::type",
+                    Diagnostic::new(
+                        Code::SPEC_TYPE,
                         format!("expected `#true` or `#false`, found `{other}`"),
                     )
                     .with_label(self.value_span(e), "not a boolean")
@@ -327,8 +328,8 @@ impl<'a> Node<'a> {
                     Some(Spanned::new(span, format!("{i:o}")))
                 } else {
                     d.push(
-                        Diagnostic::user(
-                            "kiln::spec::mode",
+                        Diagnostic::new(
+                            Code::SPEC_MODE,
                             format!("`{key}` must be written in octal"),
                         )
                         .with_label(span, "a decimal number")
@@ -339,8 +340,8 @@ impl<'a> Node<'a> {
             }
             other => {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::type",
+                    Diagnostic::new(
+                        Code::SPEC_TYPE,
                         format!("expected a file mode, found `{other}`"),
                     )
                     .with_label(span, "not a mode")
@@ -365,8 +366,8 @@ impl<'a> Node<'a> {
             }
             n => {
                 d.push(
-                    Diagnostic::user(
-                        "kiln::spec::arguments",
+                    Diagnostic::new(
+                        Code::SPEC_ARGUMENTS,
                         format!(
                             "`{}` takes a key and a value, found {n} arguments",
                             self.node.name().value()
@@ -403,8 +404,8 @@ impl<'a> Node<'a> {
         }
         if out.is_empty() && args.is_empty() {
             d.push(
-                Diagnostic::user(
-                    "kiln::spec::arguments",
+                Diagnostic::new(
+                    Code::SPEC_ARGUMENTS,
                     format!(
                         "`{}` needs at least one KEY VALUE",
                         self.node.name().value()

@@ -1,4 +1,5 @@
 use super::*;
+use crate::diag::Code;
 use crate::frontend::ast::StepKind;
 
 fn parse(text: &str) -> Result<Spec, Diagnostics> {
@@ -51,13 +52,13 @@ export {
 #[test]
 fn reports_all_errors_at_once() {
     let errs = parse("stage a {\n  copyy \"x\" \"y\"\n  write \"p\"\n}\nstgae b {}\n").unwrap_err();
-    let codes: Vec<&str> = errs.iter().map(|d| d.code).collect();
+    let codes: Vec<Code> = errs.iter().map(|d| d.code).collect();
     assert_eq!(
         codes,
         [
-            "kiln::spec::unknown-step",
-            "kiln::spec::arguments",
-            "kiln::spec::unknown-node"
+            Code::SPEC_UNKNOWN_STEP,
+            Code::SPEC_ARGUMENTS,
+            Code::SPEC_UNKNOWN_NODE
         ]
     );
     assert_eq!(errs[0].help.as_deref(), Some("did you mean `copy`?"));
@@ -66,7 +67,7 @@ fn reports_all_errors_at_once() {
 #[test]
 fn decimal_modes_are_refused() {
     let errs = parse("stage a {\n  write \"p\" \"c\" mode=755\n}\n").unwrap_err();
-    assert_eq!(errs[0].code, "kiln::spec::mode");
+    assert_eq!(errs[0].code, Code::SPEC_MODE);
 }
 
 #[test]
@@ -82,6 +83,6 @@ fn kdl_v1_is_read_with_a_warning() {
 #[test]
 fn syntax_errors_are_located() {
     let errs = parse("stage a {\n  copy \"x\n}\n").unwrap_err();
-    assert_eq!(errs[0].code, "kiln::spec::syntax");
+    assert_eq!(errs[0].code, Code::SPEC_SYNTAX);
     assert!(!errs[0].labels.is_empty());
 }

@@ -5,6 +5,7 @@ mod steps;
 
 use super::subst::{ArgValues, SubstError, substitute};
 use super::*;
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics, Sources, Span, Spanned, did_you_mean};
 use crate::frontend::ast::{self, Spec, Str};
 use std::collections::HashMap;
@@ -76,8 +77,8 @@ impl Compiler<'_> {
         for a in &spec.args {
             if let Some(prev) = seen.insert(&a.name.value, a.name.span) {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::duplicate-arg",
+                    Diagnostic::new(
+                        Code::SPEC_DUPLICATE_ARG,
                         format!("arg `{}` is declared twice", a.name.value),
                     )
                     .with_label(a.name.span, "declared again here")
@@ -96,7 +97,7 @@ impl Compiler<'_> {
                 self.args.insert(k.clone(), Some(v.clone()));
             } else {
                 let mut w = Diagnostic::warning(
-                    "kiln::cli::unused-arg",
+                    Code::CLI_UNUSED_ARG,
                     format!("`--arg {k}` is not declared by the spec and was ignored"),
                 );
                 w = match did_you_mean(k, self.args.keys().map(String::as_str)) {
@@ -161,7 +162,7 @@ impl Compiler<'_> {
                     None => s.span,
                 };
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::substitution", msg)
+                    Diagnostic::new(Code::SPEC_SUBSTITUTION, msg)
                         .with_label(span, label)
                         .with_help(help),
                 );
@@ -180,8 +181,8 @@ impl Compiler<'_> {
         }];
         for decl in &spec.contexts {
             if let Some(prev) = out.iter().find(|c| c.name == decl.name.value) {
-                let mut d = Diagnostic::user(
-                    "kiln::spec::duplicate-context",
+                let mut d = Diagnostic::new(
+                    Code::SPEC_DUPLICATE_CONTEXT,
                     format!("context `{}` is declared twice", decl.name.value),
                 )
                 .with_label(decl.name.span, "declared again here");
@@ -211,8 +212,8 @@ impl Compiler<'_> {
         for decl in &spec.plugins {
             if let Some(prev) = out.iter().find(|p| p.name == decl.name.value) {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::duplicate-plugin",
+                    Diagnostic::new(
+                        Code::SPEC_DUPLICATE_PLUGIN,
                         format!("plugin `{}` is declared twice", decl.name.value),
                     )
                     .with_label(decl.name.span, "declared again here")
@@ -224,7 +225,7 @@ impl Compiler<'_> {
             let blake3 = decl.blake3.as_ref().map(|b| b.value.to_ascii_lowercase());
             let unpinned = |what: &str, help: &str| {
                 Diagnostic::warning(
-                    "kiln::spec::unpinned",
+                    Code::SPEC_UNPINNED,
                     format!("plugin `{}` {what}", decl.name.value),
                 )
                 .with_label(decl.span, "no blake3=")
@@ -291,8 +292,8 @@ impl Compiler<'_> {
             if let Some(prev) = names.get(&s.name.value) {
                 let first = &spec.stages[prev.0 as usize];
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::duplicate-stage",
+                    Diagnostic::new(
+                        Code::SPEC_DUPLICATE_STAGE,
                         format!("stage `{}` is defined twice", s.name.value),
                     )
                     .with_label(s.name.span, "defined again here")
@@ -315,8 +316,8 @@ impl Compiler<'_> {
         if let Some(id) = names.get(&name.value) {
             return Some(*id);
         }
-        let mut d = Diagnostic::user(
-            "kiln::spec::unknown-stage",
+        let mut d = Diagnostic::new(
+            Code::SPEC_UNKNOWN_STAGE,
             format!("unknown stage `{}`", name.value),
         )
         .with_label(name.span, format!("no stage of this name {what}"));
@@ -439,7 +440,7 @@ impl Compiler<'_> {
             Ok(v) if v <= 0o7777 && !text.is_empty() => Ok(Some(v)),
             _ => {
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::mode", format!("`{text}` is not a file mode"))
+                    Diagnostic::new(Code::SPEC_MODE, format!("`{text}` is not a file mode"))
                         .with_label(m.span, "expected octal digits, at most 7777")
                         .with_help("write a mode like \"0644\" or 0o755"),
                 );
@@ -454,8 +455,8 @@ impl Compiler<'_> {
         if let Some(ctx) = contexts.iter().find(|x| x.name == name && !name.is_empty()) {
             return Some(ctx.id);
         }
-        let mut d = Diagnostic::user(
-            "kiln::spec::unknown-context",
+        let mut d = Diagnostic::new(
+            Code::SPEC_UNKNOWN_CONTEXT,
             format!("unknown context `{name}`"),
         )
         .with_label(c.span, "no context of this name");
@@ -482,12 +483,9 @@ impl Compiler<'_> {
             return true;
         }
         self.diags.push(
-            Diagnostic::user(
-                "kiln::spec::run-mode",
-                format!("`{v}` is not a {what} mode"),
-            )
-            .with_label(d.span, format!("expected {}", allowed.join(", ")))
-            .with_help(format!("write `{what}=\"{}\"`", allowed[0])),
+            Diagnostic::new(Code::SPEC_RUN_MODE, format!("`{v}` is not a {what} mode"))
+                .with_label(d.span, format!("expected {}", allowed.join(", ")))
+                .with_help(format!("write `{what}=\"{}\"`", allowed[0])),
         );
         false
     }
@@ -503,7 +501,7 @@ impl Compiler<'_> {
     pub(super) fn non_empty(&mut self, s: &Str, value: &str, what: &str) -> bool {
         if value.is_empty() {
             self.diags.push(
-                Diagnostic::user("kiln::spec::empty", format!("{what} is empty"))
+                Diagnostic::new(Code::SPEC_EMPTY, format!("{what} is empty"))
                     .with_label(s.span, "empty after substitution")
                     .with_help("give a path, or set the arg it uses"),
             );
@@ -521,7 +519,7 @@ impl Compiler<'_> {
         };
         if user.is_empty() || group.as_deref() == Some("") {
             self.diags.push(
-                Diagnostic::user("kiln::spec::owner", format!("`{v}` is not an owner"))
+                Diagnostic::new(Code::SPEC_OWNER, format!("`{v}` is not an owner"))
                     .with_label(s.span, "expected USER or USER:GROUP")
                     .with_help("write `1000:1000` or `app:app`"),
             );
@@ -550,8 +548,8 @@ impl Compiler<'_> {
                         let other = f.value.as_str();
                         let help = "formats are `dir`, `tar`, `oci` (an OCI image layout), `oci-archive` (the same as one tar) and `docker-archive` (for `docker load`)".to_string();
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::export-format",
+                            Diagnostic::new(
+                                Code::SPEC_EXPORT_FORMAT,
                                 format!("unknown export format `{other}`"),
                             )
                             .with_label(f.span, "not a format")
@@ -566,8 +564,8 @@ impl Compiler<'_> {
             let tag = match &e.tag {
                 Some(t) if !is_image && format.is_some() => {
                     self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::export-tag",
+                        Diagnostic::new(
+                            Code::SPEC_EXPORT_TAG,
                             "`tag=` names an image; this export is not one",
                         )
                         .with_label(t.span, "not used by `dir` or `tar`")
@@ -579,8 +577,8 @@ impl Compiler<'_> {
                     Some(v) if valid_tag(&v) => Some(Some(v)),
                     Some(v) => {
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::export-tag",
+                            Diagnostic::new(
+                                Code::SPEC_EXPORT_TAG,
                                 format!("`{v}` is not an image name"),
                             )
                             .with_label(t.span, "expected NAME[:TAG]")
@@ -594,8 +592,8 @@ impl Compiler<'_> {
             };
             if e.squash && !is_image && format.is_some() {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-squash",
+                    Diagnostic::new(
+                        Code::SPEC_EXPORT_SQUASH,
                         "`squash=` applies to image exports: a directory or tar has no layers",
                     )
                     .with_label(e.span, "this export")
@@ -606,8 +604,8 @@ impl Compiler<'_> {
             let compression = match &e.compression {
                 Some(c) if !is_image && format.is_some() => {
                     self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::export-compression",
+                        Diagnostic::new(
+                            Code::SPEC_EXPORT_COMPRESSION,
                             "`compression=` applies to image exports",
                         )
                         .with_label(c.span, "not used by `dir` or `tar`")
@@ -646,8 +644,8 @@ impl Compiler<'_> {
             Some(("always", _)) => Some(When::Always),
             Some((other, span)) => {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-when",
+                    Diagnostic::new(
+                        Code::SPEC_EXPORT_WHEN,
                         format!("unknown `when` value `{other}`"),
                     )
                     .with_label(span, "not a condition")
@@ -666,8 +664,8 @@ impl Compiler<'_> {
         let parsed = Compression::parse(&c.value);
         if parsed.is_none() {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::export-compression",
+                Diagnostic::new(
+                    Code::SPEC_EXPORT_COMPRESSION,
                     format!("unknown compression `{}`", c.value),
                 )
                 .with_label(c.span, "not a compression")
@@ -687,8 +685,8 @@ impl Compiler<'_> {
         for (prop, what) in [(&e.format, "format"), (&e.tag, "tag")] {
             if let Some(p) = prop {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::export-image",
+                    Diagnostic::new(
+                        Code::SPEC_EXPORT_IMAGE,
                         format!("`{what}=` does not apply to a push: `image=` names the image and where it goes"),
                     )
                     .with_label(p.span, "not used by a push")
@@ -700,8 +698,8 @@ impl Compiler<'_> {
         let reference = self.subst(image)?;
         if !valid_tag(&reference) || reference.contains('@') {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::export-image",
+                Diagnostic::new(
+                    Code::SPEC_EXPORT_IMAGE,
                     format!("`{reference}` is not an image reference to push to"),
                 )
                 .with_label(image.span, "expected REGISTRY/NAME[:TAG]")
@@ -774,8 +772,8 @@ impl Compiler<'_> {
             .map(|s| graph.stages[*s].name.as_str())
             .collect();
         names.push(names[0]);
-        let mut d = Diagnostic::user(
-            "kiln::spec::cycle",
+        let mut d = Diagnostic::new(
+            Code::SPEC_CYCLE,
             format!("dependency cycle: {}", names.join(" → ")),
         )
         .with_help("a stage cannot depend on itself, directly or through others: break the loop");

@@ -4,6 +4,7 @@
 
 use super::super::*;
 use super::{Compiler, DEFAULT_MEMORY, DEFAULT_TIMEOUT};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Span, Spanned, did_you_mean};
 use crate::frontend::ast::{self, RunDecl, StepKind, Str, WasmDecl};
 use std::collections::HashMap;
@@ -114,8 +115,8 @@ impl Compiler<'_> {
         for (pat, decl) in excluded.iter().zip(exclude) {
             if let Err(e) = crate::model::tree::glob(crate::model::tree::exclude_pattern(pat)) {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::glob",
+                    Diagnostic::new(
+                        Code::SPEC_GLOB,
                         format!("bad exclude pattern `{pat}`: {}", e.kind()),
                     )
                     .with_label(decl.span, "not a valid pattern")
@@ -126,8 +127,8 @@ impl Compiler<'_> {
         }
         if *unpack && let Some(f) = from {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::unpack",
+                Diagnostic::new(
+                    Code::SPEC_UNPACK,
                     "`unpack=#true` extracts archives from a context, not from a stage",
                 )
                 .with_label(f.span, "from a stage")
@@ -151,8 +152,8 @@ impl Compiler<'_> {
         }
         if srcs.len() > 1 && !dest_v.ends_with('/') {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::copy-dest",
+                Diagnostic::new(
+                    Code::SPEC_COPY_DEST,
                     "copying several sources needs a directory destination",
                 )
                 .with_label(dest.span, "does not end with `/`")
@@ -213,7 +214,7 @@ impl Compiler<'_> {
         let lower = u.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             self.diags.push(
-                Diagnostic::user("kiln::spec::fetch", format!("`{u}` is not an http(s) URL"))
+                Diagnostic::new(Code::SPEC_FETCH, format!("`{u}` is not an http(s) URL"))
                     .with_label(url.span, "expected http:// or https://")
                     .with_help("fetch downloads over HTTP; copy local files with `copy`"),
             );
@@ -226,8 +227,8 @@ impl Compiler<'_> {
                 }
                 _ => {
                     self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::checksum",
+                        Diagnostic::new(
+                            Code::SPEC_CHECKSUM,
                             format!("`{v}` is not a sha256 checksum"),
                         )
                         .with_label(decl.span, "expected sha256: and 64 hex digits")
@@ -286,8 +287,8 @@ impl Compiler<'_> {
             || scp_like)
         {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::git-url",
+                Diagnostic::new(
+                    Code::SPEC_GIT_URL,
                     format!("`{u}` is not a git URL kiln can fetch"),
                 )
                 .with_label(
@@ -308,8 +309,8 @@ impl Compiler<'_> {
         if bad_ref {
             let at = reference_span(ref_decl.as_ref(), url);
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::git-ref",
+                Diagnostic::new(
+                    Code::SPEC_GIT_REF,
                     format!("`{reference}` is not a git ref"),
                 )
                 .with_label(at, "expected a branch, a tag, HEAD, refs/… or a commit id")
@@ -324,8 +325,8 @@ impl Compiler<'_> {
                 let t = v.trim_matches('/').to_string();
                 if t.split('/').any(|c| c == "..") {
                     self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::git-subdir",
+                        Diagnostic::new(
+                            Code::SPEC_GIT_SUBDIR,
                             format!("`{v}` leaves the repository"),
                         )
                         .with_label(decl.span, "a path inside the repository is needed")
@@ -360,8 +361,8 @@ impl Compiler<'_> {
                 for ((k, _), (name, _)) in kv.iter().zip(&pairs) {
                     if name.is_empty() || name.contains('=') {
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::env-name",
+                            Diagnostic::new(
+                                Code::SPEC_ENV_NAME,
                                 format!("`{name}` is not an environment variable name"),
                             )
                             .with_label(k.span, "bad name")
@@ -385,7 +386,7 @@ impl Compiler<'_> {
                         }));
                 if !ok {
                     self.diags.push(
-                        Diagnostic::user("kiln::spec::signal", format!("`{v}` is not a signal"))
+                        Diagnostic::new(Code::SPEC_SIGNAL, format!("`{v}` is not a signal"))
                             .with_label(s.span, "expected a signal name or number")
                             .with_help("write a name like `SIGTERM` or a number like `15`"),
                     );
@@ -407,7 +408,7 @@ impl Compiler<'_> {
                         || !["tcp", "udp", "sctp"].contains(&proto.to_ascii_lowercase().as_str())
                     {
                         self.diags.push(
-                            Diagnostic::user("kiln::spec::port", format!("`{v}` is not a port"))
+                            Diagnostic::new(Code::SPEC_PORT, format!("`{v}` is not a port"))
                                 .with_label(s.span, "expected PORT or PORT/PROTO")
                                 .with_help("write `8080`, `8080/tcp` or `53/udp`"),
                         );
@@ -441,7 +442,7 @@ impl Compiler<'_> {
             Some(d) if !d.is_zero() => Some(d),
             _ => {
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::duration", format!("`{v}` is not a time limit"))
+                    Diagnostic::new(Code::SPEC_DURATION, format!("`{v}` is not a time limit"))
                         .with_label(t.span, "expected a duration above zero")
                         .with_help("write a duration like \"30s\", \"5m\" or \"1h\""),
                 );
@@ -462,12 +463,9 @@ impl Compiler<'_> {
                 Some(t) => Ok(Some(t.as_nanos() as u64)),
                 None => {
                     self.diags.push(
-                        Diagnostic::user(
-                            "kiln::spec::duration",
-                            format!("`{v}` is not a duration"),
-                        )
-                        .with_label(d.span, "expected a duration")
-                        .with_help("write a duration like \"30s\", \"1m30s\" or \"500ms\""),
+                        Diagnostic::new(Code::SPEC_DURATION, format!("`{v}` is not a duration"))
+                            .with_label(d.span, "expected a duration")
+                            .with_help("write a duration like \"30s\", \"1m30s\" or \"500ms\""),
                     );
                     Err(())
                 }
@@ -485,8 +483,8 @@ impl Compiler<'_> {
                     Ok(n) => Some(n),
                     Err(_) => {
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::retries",
+                            Diagnostic::new(
+                                Code::SPEC_RETRIES,
                                 format!("`{v}` is not a retry count"),
                             )
                             .with_label(r.span, "expected a whole number")
@@ -512,8 +510,8 @@ impl Compiler<'_> {
         let args = self.strings(&w.args);
         let env = self.pairs(&w.env);
         let Some(p) = refs.plugins.iter().find(|p| p.name == plugin.value) else {
-            let mut d = Diagnostic::user(
-                "kiln::spec::unknown-plugin",
+            let mut d = Diagnostic::new(
+                Code::SPEC_UNKNOWN_PLUGIN,
                 format!("unknown plugin `{}`", plugin.value),
             )
             .with_label(plugin.span, "no plugin of this name");
@@ -534,12 +532,9 @@ impl Compiler<'_> {
             let guest = self.subst(&m.guest)?;
             if !guest.starts_with('/') || guest == "/" {
                 self.diags.push(
-                    Diagnostic::user(
-                        "kiln::spec::mount",
-                        format!("`{guest}` is not a mount point"),
-                    )
-                    .with_label(m.guest.span, "expected an absolute path below `/`")
-                    .with_help("mount at a path such as \"/mnt/src\"; `/` is the stage itself"),
+                    Diagnostic::new(Code::SPEC_MOUNT, format!("`{guest}` is not a mount point"))
+                        .with_label(m.guest.span, "expected an absolute path below `/`")
+                        .with_help("mount at a path such as \"/mnt/src\"; `/` is the stage itself"),
                 );
                 return None;
             }
@@ -567,8 +562,8 @@ impl Compiler<'_> {
                     Some(n) if ((1 << 16)..=(1 << 32)).contains(&n) => n,
                     _ => {
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::memory",
+                            Diagnostic::new(
+                                Code::SPEC_MEMORY,
                                 format!("`{v}` is not a memory limit"),
                             )
                             .with_label(m.span, "expected a size from 64KiB to 4GiB")
@@ -638,8 +633,8 @@ impl Compiler<'_> {
         let host_inputs = host_inputs?;
         if let Some(bad) = host_inputs.iter().position(|h| !h.starts_with('/')) {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::host-input",
+                Diagnostic::new(
+                    Code::SPEC_HOST_INPUT,
                     format!("`{}` is not an absolute host path", host_inputs[bad]),
                 )
                 .with_label(r.host_inputs[bad].span, "expected an absolute path")
@@ -649,8 +644,8 @@ impl Compiler<'_> {
         }
         if !host_inputs.is_empty() && sandbox != Sandbox::Host {
             self.diags.push(
-                Diagnostic::user(
-                    "kiln::spec::host-input",
+                Diagnostic::new(
+                    Code::SPEC_HOST_INPUT,
                     "`host-inputs` are for steps that see the host",
                 )
                 .with_label(r.host_inputs[0].span, "host files")
@@ -681,7 +676,7 @@ impl Compiler<'_> {
             Ok(s) => s,
             Err((message, help)) => {
                 self.diags.push(
-                    Diagnostic::user("kiln::spec::run-mount", format!("bad mount: {message}"))
+                    Diagnostic::new(Code::SPEC_RUN_MOUNT, format!("bad mount: {message}"))
                         .with_label(decl.span, "in this mount")
                         .with_help(help),
                 );
@@ -725,8 +720,8 @@ impl Compiler<'_> {
                     (None, Some(t)) => crate::model::tree::basename(t).to_string(),
                     (None, None) => {
                         self.diags.push(
-                            Diagnostic::user(
-                                "kiln::spec::run-mount",
+                            Diagnostic::new(
+                                Code::SPEC_RUN_MOUNT,
                                 "a secret mount needs an `id` (or a `target`)",
                             )
                             .with_label(decl.span, "in this mount")

@@ -2,6 +2,7 @@
 //! [parents=#true] [unpack=#true] { exclude PATTERN… }`
 
 use super::{Out, Syntax, child_string};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::frontend::ast::StepKind;
 use crate::frontend::kdl::node::Node;
@@ -36,8 +37,8 @@ fn parse(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
     let context = n.str_prop("context", d);
     if let (Some(f), Some(c)) = (&from, &context) {
         d.push(
-            Diagnostic::user(
-                "kiln::spec::copy-source",
+            Diagnostic::new(
+                Code::SPEC_COPY_SOURCE,
                 "`copy` takes `from=` or `context=`, not both",
             )
             .with_label(f.span, "from a stage")

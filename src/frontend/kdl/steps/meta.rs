@@ -3,6 +3,7 @@
 //! and `maintainer`.
 
 use super::{Out, Syntax, child_string};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::frontend::ast::{HealthcheckDecl, Pair, StepKind, Str};
 use crate::frontend::kdl::emit::{INDENT, key, string};
@@ -131,8 +132,8 @@ fn healthcheck(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
     };
     if !ok {
         d.push(
-            Diagnostic::user(
-                "kiln::spec::healthcheck",
+            Diagnostic::new(
+                Code::SPEC_HEALTHCHECK,
                 "a healthcheck is `NONE`, or `CMD`/`CMD-SHELL` with a command",
             )
             .with_label(kind.span, "expected NONE, CMD or CMD-SHELL")

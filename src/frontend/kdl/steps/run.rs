@@ -3,6 +3,7 @@
 //! mount SPEC…; host-inputs PATH… }`
 
 use super::{Out, Syntax, child_string, env_line};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::frontend::ast::{Pair, RunDecl, StepKind, Str};
 use crate::frontend::kdl::node::Node;
@@ -22,7 +23,7 @@ fn parse(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
     let exec = n.bool_prop("exec", d).unwrap_or(false);
     if !exec && command.len() > 1 {
         d.push(
-            Diagnostic::user("kiln::spec::run", "a shell-form `run` takes one script")
+            Diagnostic::new(Code::SPEC_RUN, "a shell-form `run` takes one script")
                 .with_label(n.span(), "several arguments")
                 .with_help("join them into one script, or add `exec=#true` to run a program with these arguments"),
         );

@@ -2,6 +2,7 @@
 //! GUEST [from=STAGE|context=NAME] [source=PATH] }`
 
 use super::{Out, Syntax, child_string, env_line};
+use crate::diag::Code;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::frontend::ast::{MountDecl, StepKind, WasmDecl};
 use crate::frontend::kdl::emit::ident;
@@ -53,8 +54,8 @@ fn mount(c: &Node, d: &mut Diagnostics) -> Option<MountDecl> {
     let context = c.str_prop("context", d);
     if let (Some(f), Some(x)) = (&from, &context) {
         d.push(
-            Diagnostic::user(
-                "kiln::spec::mount-source",
+            Diagnostic::new(
+                Code::SPEC_MOUNT_SOURCE,
                 "a mount takes `from=` or `context=`, not both",
             )
             .with_label(f.span, "from a stage")
