@@ -3,30 +3,12 @@
 
 use std::time::Duration;
 
-/// Parse a size like `500M`, `2G`, `1024`, `10KiB`, `1.5G`; `None` for
+/// Parse a size like `500M`, `2G`, `1024`, `10KiB`, `1.5G` (binary units
+/// whether written `MB` or `MiB`, as Docker reads them); `None` for
 /// anything else, and for sizes past 2^64 bytes (never clamped).
 pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return None,
-    };
-    if !num.contains('.') {
-        return num.parse::<u64>().ok()?.checked_mul(mult);
-    }
-    let bytes = n * mult as f64;
-    // 2^64 itself does not fit.
-    (bytes.is_finite() && (0.0..18_446_744_073_709_551_616.0).contains(&bytes))
-        .then_some(bytes as u64)
+    const SIZES: parse_size::Config = parse_size::Config::new().with_binary();
+    SIZES.parse_size(s.trim()).ok()
 }
 
 /// A size in the largest binary unit that divides it: `64 MiB`, `1 GiB`.
@@ -142,10 +124,9 @@ mod tests {
         assert_eq!(parse_size("99999999999T"), None);
         assert_eq!(parse_size("18446744073709551616"), None);
         assert_eq!(parse_size("99999999999.5T"), None);
-        assert_eq!(
-            parse_size("16777215.9T"),
-            Some((16_777_215.9 * (1u64 << 40) as f64) as u64)
-        );
+        // Exact, not through a float: 16777215.9 × 2^40, rounded.
+        assert_eq!(parse_size("16777215.9T"), Some(18_446_743_963_758_388_838));
+        assert_eq!(parse_size("64MB"), Some(64 << 20));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
             MAX_SIZE >> 30
         )));
     }
-    let got = hex(&Sha256::digest(&body));
+    let got = crate::model::digest::hex(&Sha256::digest(&body));
     if let Some(sha256) = sha256
         && got != sha256
     {
@@ -71,10 +71,6 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
         .with_help("the file changed at its source: check it; if the new file is right, update `checksum=` (or, for a download the lock file pins, run `kiln lock --update URL`)"));
     }
     Ok(body)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file name a URL gives a download copied into a directory: the last

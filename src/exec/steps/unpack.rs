@@ -55,7 +55,11 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// xz has no streaming reader in lzma-rs: decompress on a (scoped) thread
-/// into a bounded channel, which this end reads.
+/// into a bounded channel, which this end reads. (lzma-rust2's `XzReader`
+/// streams, but allocates the dictionary size an archive's header names
+/// up front: a few bytes of hostile `.xz` would cost 1.5 GiB of memory.
+/// lzma-rs grows its window with what is actually written, and the
+/// output is capped by `Counted`.)
 struct XzReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
