@@ -192,7 +192,9 @@ pub struct Diagnostic {
     pub code: Code,
     pub message: String,
     pub labels: Vec<Label>,
-    pub help: Option<String>,
+    pub help: Option<Box<str>>,
+    /// The stage it happened in, shown once before the message.
+    pub stage: Option<Box<str>>,
     pub notes: Vec<String>,
     pub warning: bool,
 }
@@ -205,6 +207,7 @@ impl Diagnostic {
             message: message.into(),
             labels: Vec::new(),
             help: None,
+            stage: None,
             notes: Vec::new(),
             warning: false,
         }
@@ -248,7 +251,16 @@ impl Diagnostic {
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
-        self.help = Some(help.into());
+        self.help = Some(help.into().into_boxed_str());
+        self
+    }
+
+    /// The stage it happened in (kept if one is named already: the
+    /// innermost stage is where it happened).
+    pub fn in_stage(mut self, stage: &str) -> Diagnostic {
+        if self.stage.is_none() {
+            self.stage = Some(stage.into());
+        }
         self
     }
 
@@ -281,7 +293,11 @@ pub fn io_message(what: &str, path: &Path, err: &std::io::Error) -> String {
 }
 
 impl std::fmt::Display for Diagnostic {
+    /// The message, after the stage it happened in.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(stage) = &self.stage {
+            write!(f, "stage `{stage}`: ")?;
+        }
         f.write_str(&self.message)
     }
 }
@@ -318,6 +334,15 @@ mod tests {
         assert_eq!(sources.line_col(Span::new(id, 0, 1)), (1, 1));
         assert_eq!(sources.line_col(Span::new(id, 4, 1)), (2, 2));
         assert_eq!(sources.location(Span::new(id, 3, 1)), "a.kdl:2:1");
+    }
+
+    #[test]
+    fn the_stage_is_shown_once_the_innermost() {
+        let d = Diagnostic::new(Code::COPY_NO_MATCH, "nothing matched")
+            .in_stage("inner")
+            .in_stage("outer");
+        assert_eq!(d.to_string(), "stage `inner`: nothing matched");
+        assert_eq!(d.message, "nothing matched");
     }
 
     #[test]

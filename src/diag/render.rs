@@ -108,7 +108,7 @@ fn view(diag: &Diagnostic, sources: &Sources) -> View {
             None => by_source.push((label.span.source, vec![ls])),
         }
     }
-    let mut help = diag.help.clone();
+    let mut help = diag.help.as_deref().map(str::to_string);
     for note in &diag.notes {
         help = Some(match help {
             Some(h) => format!("{h}\nnote: {note}"),
@@ -137,7 +137,7 @@ fn view(diag: &Diagnostic, sources: &Sources) -> View {
         })
         .collect();
     View {
-        message: diag.message.clone(),
+        message: diag.to_string(),
         code: Some(diag.code.to_string()),
         help,
         severity,

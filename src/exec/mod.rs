@@ -281,10 +281,8 @@ impl<'a> Executor<'a> {
         let env = &self.env;
         let st = env.graph.stage(stage);
         let missing = |what: &str| {
-            Diagnostic::internal(format!(
-                "stage `{}`: {what}; build again with `--no-cache`",
-                st.name
-            ))
+            Diagnostic::internal(format!("{what}; build again with `--no-cache`"))
+                .in_stage(&st.name)
         };
         let inputs: HashMap<StageId, State> = st
             .deps

@@ -192,11 +192,9 @@ impl<'a> Runner<'a> {
                 env.progress.emit(Event::StageFailed {
                     stage: stage.name.clone(),
                 });
-                let mut d = *d;
-                d.message = format!(
-                    "stage `{}`: {} (and the stage could not be rebuilt without the cache)",
-                    stage.name, d.message
-                );
+                let mut d = d.in_stage(&stage.name);
+                d.message
+                    .push_str(" (and the stage could not be rebuilt without the cache)");
                 return (StageOutcome::Failed { last_good: None }, Some(d));
             }
         };
@@ -254,11 +252,9 @@ impl<'a> Runner<'a> {
                     Err(e) => {
                         let d = Diagnostic::new(
                             Code::IMAGE_UNPACK,
-                            format!(
-                                "stage `{}`: cannot use the image `{}`: {e}",
-                                stage.name, image.reference
-                            ),
+                            format!("cannot use the image `{}`: {e}", image.reference),
                         )
+                        .in_stage(&stage.name)
                         .with_label(stage.from_span.unwrap_or(stage.span), "built on this image")
                         .with_help("a layer that is refused (a path out of the root, a device node) means the image is broken or hostile: use another; otherwise check the network and the disk (a damaged blob in the store is fetched again)");
                         return Err(failed(d, None));
@@ -321,7 +317,7 @@ impl<'a> Runner<'a> {
                         text,
                         message: d.message.clone(),
                     });
-                    d.message = format!("stage `{}`: {}", stage.name, d.message);
+                    d = d.in_stage(&stage.name);
                     // The state before the failing step (for `when="always"`
                     // exports): rebuilt from the last stored tree if the
                     // failing step took the one in memory.

@@ -369,7 +369,7 @@ impl Loader<'_> {
                 Span::new(id, kd.span.offset(), kd.span.len()),
                 kd.label.clone().unwrap_or_else(|| "here".into()),
             );
-            d.help = Some(kd.help.clone().unwrap_or_else(|| {
+            d = d.with_help(kd.help.clone().unwrap_or_else(|| {
                 "see spec/language.md for the syntax; strings need double quotes when they contain spaces or special characters".to_string()
             }));
             self.diags.push(d);
