@@ -244,32 +244,24 @@ impl StepKind for RunOp {
 impl RunOp {
     /// Run the command once on the tree on disk: `false` when a layer it
     /// ran on turned out not to match its seal (nothing was kept).
-    fn attempt(
+    /// The tree the command runs on, on disk: as root, a stack of overlay
+    /// layers (the tree's own, or its difference from the nearest tree of
+    /// its lineage that has one) with a fresh upper directory; without
+    /// root, a private copy.
+    #[allow(clippy::too_many_arguments)]
+    fn root_on_disk(
         &self,
         cx: &StepCx<'_>,
-        work: &mut Work<'_>,
-        mut spec: sandbox::Spec,
+        work: &Work<'_>,
+        rootfs: &Rootfs<'_>,
+        dir: &Path,
+        digest: crate::model::digest::TreeDigest,
         privileged: bool,
-    ) -> Result<bool, Diagnostic> {
+        spec: &sandbox::Spec,
+    ) -> Result<sandbox::Root, Diagnostic> {
         let env = cx.env;
-        let key = cx
-            .key
-            .ok_or_else(|| Diagnostic::internal("a run step ran without its key"))?;
         let fail = |e: SandboxError| error(cx, e, None, "");
-        let rootfs = Rootfs {
-            layout: env.local.layout(),
-            content: env.content,
-            epoch: env.options.epoch,
-            ids: spec.ids,
-            scope: &env.options.scope,
-        };
-        let digest = cx.current.unwrap_or_else(|| work.tree.digest());
-        let dir = rootfs.new_layer_dir().map_err(fail)?;
-        let scratch = ScratchDir(dir.clone());
-        // The tree the command starts on: the new tree is stored as its
-        // differences from it, and as root its layer is (see below).
-        let start = std::sync::Arc::new(work.tree.clone());
-        let on_disk = if privileged {
+        Ok(if privileged {
             // The tree on disk: its own stack, or the difference from the
             // nearest tree of its lineage that has one (the stage's last
             // stored tree, its base's, the image's). The sandbox mounts it
@@ -327,52 +319,13 @@ impl RunOp {
                 rootfs.write_whole(&copy, work.tree).map_err(fail)?;
             }
             sandbox::Root::Dir(copy)
-        };
-        let marks = match &on_disk {
-            sandbox::Root::Dir(copy) => Some(sandbox::copy::mark(copy).map_err(fail)?),
-            sandbox::Root::Overlay { .. } => None,
-        };
-        // Mount points and the working directory are made where the
-        // command's changes go (the copy, or the upper directory, with the
-        // tree's own directories on the way).
-        let made_in = Scaffold {
-            root: match &on_disk {
-                sandbox::Root::Dir(copy) => copy.clone(),
-                sandbox::Root::Overlay { upper, .. } => upper.clone(),
-            },
-            layered: matches!(on_disk, sandbox::Root::Overlay { .. }),
-            tree: &*work.tree,
-            rootfs: &rootfs,
-            copied: Default::default(),
-        };
-        let mut scaffold = BTreeSet::new();
-        let mut keep_alive = Vec::new();
-        let host = self.sandbox == Sandbox::Host;
-        // Normalized again: no `..` leads a path out of the tree.
-        let workdir = format!("/{}", tree::normalize(work.config.workdir(), "/"));
-        // Mount points the command needs, made in the tree as kiln's own
-        // scaffolding (left out of the result unless the command uses
-        // them). With `sandbox="host"` only the working directory of the
-        // tree is shown (at its own path), so only mounts below it are.
-        let in_tree = |dest: &str| -> Option<String> {
-            let rel = tree::components(dest.trim_start_matches('/'), Links::Rootfs)
-                .unwrap_or_default()
-                .join("/");
-            let w = workdir.trim_matches('/');
-            let below = rel == w || rel.starts_with(&format!("{w}/"));
-            (!host || below).then_some(rel)
-        };
-        if !host {
-            for d in ["proc", "dev"] {
-                made_in.dir(d, &mut scaffold).map_err(fail)?;
-            }
-        }
-        // The working directory exists for the command, as BuildKit makes
-        // it (and it stays, as there).
-        let mut kept = BTreeSet::new();
-        made_in
-            .dir(workdir.trim_start_matches('/'), &mut kept)
-            .map_err(fail)?;
+        })
+    }
+
+    /// Where each mount goes: targets joined to the working directory,
+    /// none the root, below `/proc` or `/dev` (but `/dev/shm`), or below
+    /// another mount. (An environment-variable secret has none.)
+    fn mount_targets(&self, cx: &StepCx<'_>, workdir: &str) -> Result<Vec<String>, Diagnostic> {
         // Targets are joined to the working directory (BuildKit's rule for
         // a relative or absent one); none may be the root itself.
         let mut targets = Vec::with_capacity(self.mounts.len());
@@ -381,7 +334,7 @@ impl RunOp {
                 targets.push(String::new());
                 continue;
             }
-            let t = tree::normalize(&m.target, &workdir);
+            let t = tree::normalize(&m.target, workdir);
             if t.is_empty() {
                 return Err(Diagnostic::new(
                     Code::RUN_MOUNT,
@@ -429,6 +382,153 @@ impl RunOp {
                 ));
             }
         }
+        Ok(targets)
+    }
+
+    /// What the command changed, taken into the stage's tree and stored;
+    /// what is on disk kept for the next command (as root, the new tree's
+    /// layer; without root, the copy settled to be the new tree).
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        cx: &StepCx<'_>,
+        work: &mut Work<'_>,
+        rootfs: &Rootfs<'_>,
+        on_disk: &sandbox::Root,
+        marks: Option<&sandbox::copy::Marks>,
+        scaffold: &BTreeSet<String>,
+        spec: &sandbox::Spec,
+        digest: crate::model::digest::TreeDigest,
+        start: &std::sync::Arc<Tree>,
+    ) -> Result<(), Diagnostic> {
+        let env = cx.env;
+        let fail = |e: SandboxError| error(cx, e, None, "");
+        match (on_disk, marks) {
+            (sandbox::Root::Overlay { upper, .. }, _) => sandbox::upper::apply(
+                env.content,
+                upper,
+                work.tree,
+                scaffold,
+                spec.ids,
+                env.options.unpack_limit,
+            ),
+            (sandbox::Root::Dir(copy), Some(marks)) => sandbox::copy::apply(
+                env.content,
+                copy,
+                marks,
+                work.tree,
+                scaffold,
+                spec.ids,
+                env.options.unpack_limit,
+            ),
+            (sandbox::Root::Dir(_), None) => {
+                Err(SandboxError::Io("the copy's marks are missing".into()))
+            }
+        }
+        .map_err(fail)?;
+        // Stored now, encoded once; the upper directory becomes the layer
+        // of the new tree, so the next command on it writes nothing out.
+        let new_digest = env.content.put_tree_on(work.tree, digest, start)?;
+        *work.stored = Some(new_digest);
+        // Without root: the copy, settled to be exactly the new tree, is
+        // where a next command on that tree starts.
+        if let (sandbox::Root::Dir(copy), Some(marks)) = (on_disk, marks)
+            && let Ok(Some(seal)) =
+                sandbox::copy::settle_sealed(copy, marks, work.tree, scaffold, env.options.epoch)
+        {
+            // Best effort: a copy not kept is written out again next time.
+            let _ = rootfs.keep_copy(copy, new_digest, seal);
+        }
+        // As root: the new tree's stack is one layer on the stack the
+        // command ran on, written from the store (the difference between
+        // the two trees' manifests: what the command changed), never the
+        // upper directory itself. So the layer holds exactly the tree,
+        // whatever else the command left there (extended attributes,
+        // sockets), and its files are new ones that no process the command
+        // handed a descriptor to can reach. A stack another build already
+        // made for the same tree is taken as it is.
+        if new_digest != digest
+            && let sandbox::Root::Overlay { .. } = on_disk
+        {
+            let load = |d: crate::model::digest::TreeDigest| (d == digest).then(|| start.clone());
+            // Best effort: a tree without a stack is layered when needed.
+            let _ = rootfs.stack_on(new_digest, work.tree, &[digest], &load);
+        }
+        Ok(())
+    }
+
+    fn attempt(
+        &self,
+        cx: &StepCx<'_>,
+        work: &mut Work<'_>,
+        mut spec: sandbox::Spec,
+        privileged: bool,
+    ) -> Result<bool, Diagnostic> {
+        let env = cx.env;
+        let key = cx
+            .key
+            .ok_or_else(|| Diagnostic::internal("a run step ran without its key"))?;
+        let fail = |e: SandboxError| error(cx, e, None, "");
+        let rootfs = Rootfs {
+            layout: env.local.layout(),
+            content: env.content,
+            epoch: env.options.epoch,
+            ids: spec.ids,
+            scope: &env.options.scope,
+        };
+        let digest = cx.current.unwrap_or_else(|| work.tree.digest());
+        let dir = rootfs.new_layer_dir().map_err(fail)?;
+        let scratch = ScratchDir(dir.clone());
+        // The tree the command starts on: the new tree is stored as its
+        // differences from it, and as root its layer is (see below).
+        let start = std::sync::Arc::new(work.tree.clone());
+        let on_disk = self.root_on_disk(cx, work, &rootfs, &dir, digest, privileged, &spec)?;
+        let marks = match &on_disk {
+            sandbox::Root::Dir(copy) => Some(sandbox::copy::mark(copy).map_err(fail)?),
+            sandbox::Root::Overlay { .. } => None,
+        };
+        // Mount points and the working directory are made where the
+        // command's changes go (the copy, or the upper directory, with the
+        // tree's own directories on the way).
+        let made_in = Scaffold {
+            root: match &on_disk {
+                sandbox::Root::Dir(copy) => copy.clone(),
+                sandbox::Root::Overlay { upper, .. } => upper.clone(),
+            },
+            layered: matches!(on_disk, sandbox::Root::Overlay { .. }),
+            tree: &*work.tree,
+            rootfs: &rootfs,
+            copied: Default::default(),
+        };
+        let mut scaffold = BTreeSet::new();
+        let mut keep_alive = Vec::new();
+        let host = self.sandbox == Sandbox::Host;
+        // Normalized again: no `..` leads a path out of the tree.
+        let workdir = format!("/{}", tree::normalize(work.config.workdir(), "/"));
+        // Mount points the command needs, made in the tree as kiln's own
+        // scaffolding (left out of the result unless the command uses
+        // them). With `sandbox="host"` only the working directory of the
+        // tree is shown (at its own path), so only mounts below it are.
+        let in_tree = |dest: &str| -> Option<String> {
+            let rel = tree::components(dest.trim_start_matches('/'), Links::Rootfs)
+                .unwrap_or_default()
+                .join("/");
+            let w = workdir.trim_matches('/');
+            let below = rel == w || rel.starts_with(&format!("{w}/"));
+            (!host || below).then_some(rel)
+        };
+        if !host {
+            for d in ["proc", "dev"] {
+                made_in.dir(d, &mut scaffold).map_err(fail)?;
+            }
+        }
+        // The working directory exists for the command, as BuildKit makes
+        // it (and it stays, as there).
+        let mut kept = BTreeSet::new();
+        made_in
+            .dir(workdir.trim_start_matches('/'), &mut kept)
+            .map_err(fail)?;
+        let targets = self.mount_targets(cx, &workdir)?;
         for (i, m) in self.mounts.iter().enumerate() {
             let target = targets[i].as_str();
             if let Some(b) = self.mount(cx, m, target, i, &dir, &rootfs, &mut keep_alive)? {
@@ -568,57 +668,17 @@ impl RunOp {
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
         }
-        match (&on_disk, &marks) {
-            (sandbox::Root::Overlay { upper, .. }, _) => sandbox::upper::apply(
-                env.content,
-                upper,
-                work.tree,
-                &scaffold,
-                spec.ids,
-                env.options.unpack_limit,
-            ),
-            (sandbox::Root::Dir(copy), Some(marks)) => sandbox::copy::apply(
-                env.content,
-                copy,
-                marks,
-                work.tree,
-                &scaffold,
-                spec.ids,
-                env.options.unpack_limit,
-            ),
-            (sandbox::Root::Dir(_), None) => {
-                Err(SandboxError::Io("the copy's marks are missing".into()))
-            }
-        }
-        .map_err(fail)?;
-        // Stored now, encoded once; the upper directory becomes the layer
-        // of the new tree, so the next command on it writes nothing out.
-        let new_digest = env.content.put_tree_on(work.tree, digest, &start)?;
-        *work.stored = Some(new_digest);
-        // Without root: the copy, settled to be exactly the new tree, is
-        // where a next command on that tree starts.
-        if let (sandbox::Root::Dir(copy), Some(marks)) = (&on_disk, &marks)
-            && let Ok(Some(seal)) =
-                sandbox::copy::settle_sealed(copy, marks, work.tree, &scaffold, env.options.epoch)
-        {
-            // Best effort: a copy not kept is written out again next time.
-            let _ = rootfs.keep_copy(copy, new_digest, seal);
-        }
-        // As root: the new tree's stack is one layer on the stack the
-        // command ran on, written from the store (the difference between
-        // the two trees' manifests: what the command changed), never the
-        // upper directory itself. So the layer holds exactly the tree,
-        // whatever else the command left there (extended attributes,
-        // sockets), and its files are new ones that no process the command
-        // handed a descriptor to can reach. A stack another build already
-        // made for the same tree is taken as it is.
-        if new_digest != digest
-            && let sandbox::Root::Overlay { .. } = &on_disk
-        {
-            let load = |d: crate::model::digest::TreeDigest| (d == digest).then(|| start.clone());
-            // Best effort: a tree without a stack is layered when needed.
-            let _ = rootfs.stack_on(new_digest, work.tree, &[digest], &load);
-        }
+        self.keep(
+            cx,
+            work,
+            &rootfs,
+            &on_disk,
+            marks.as_ref(),
+            &scaffold,
+            &spec,
+            digest,
+            &start,
+        )?;
         drop(scratch);
         Ok(true)
     }
