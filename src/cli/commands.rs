@@ -383,17 +383,12 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
                 state.display()
             ),
         )
-        .with_help("run `kiln build` first")
         .into());
     }
     let store = Store::open_waiting(&state, Access::Shared, &super::waiting)?;
     let scope = crate::pipeline::load::project_scope(&args.spec.spec_path());
     let Some(last) = records::load_last(&store, &scope) else {
-        return Err(
-            Diagnostic::new(Code::EXPLAIN_NONE, "no build is recorded yet")
-                .with_help("run `kiln build` first")
-                .into(),
-        );
+        return Err(Diagnostic::new(Code::EXPLAIN_NONE, "no build is recorded yet").into());
     };
     let cached = last.steps.iter().filter(|s| s.cached).count();
     let ran = last.steps.len() - cached;

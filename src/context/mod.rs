@@ -513,7 +513,6 @@ fn docker_ignore_file(file: &Path) -> Result<Ignore, Diagnostic> {
                 Code::CONTEXT_IGNORE,
                 format!("{}:{}: {}", file.display(), e.line, e.message),
             )
-            .with_help("fix or remove the pattern")
         })
 }
 
@@ -539,7 +538,6 @@ fn ignore_matcher(root: &Path, dir: &cap_std::fs::Dir) -> Result<Option<Ignore>,
                 Code::CONTEXT_IGNORE,
                 format!("{}:{line}: {message}", file.display()),
             )
-            .with_help("fix or remove the pattern")
         };
         if *name == ".dockerignore" {
             return dockerignore::DockerIgnore::parse(&text)

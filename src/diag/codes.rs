@@ -17,6 +17,7 @@ pub struct Code(&'static Info);
 pub struct Info {
     id: &'static str,
     class: Class,
+    help: Option<&'static str>,
 }
 
 impl Code {
@@ -29,6 +30,12 @@ impl Code {
     pub fn class(self) -> Class {
         self.0.class
     }
+
+    /// What to do, when it is the same wherever the code is raised (a
+    /// diagnostic's own help replaces it).
+    pub fn help(self) -> Option<&'static str> {
+        self.0.help
+    }
 }
 
 impl std::fmt::Display for Code {
@@ -37,17 +44,24 @@ impl std::fmt::Display for Code {
     }
 }
 
-/// Declares each code once: its constant, its id and its class.
+/// Declares each code once: its constant, its id, its class and, where
+/// it is the same wherever the code is raised, its help.
 macro_rules! codes {
-    ($($name:ident = $id:literal, $class:ident;)*) => {
+    ($($name:ident = $id:literal, $class:ident $(, $help:literal)?;)*) => {
         impl Code {
-            $(pub const $name: Code = Code(&Info { id: $id, class: Class::$class });)*
+            $(pub const $name: Code = Code(&Info {
+                id: $id,
+                class: Class::$class,
+                help: codes!(@help $($help)?),
+            });)*
         }
 
         /// Every code, for the test that no two entries clash.
         #[cfg(test)]
         pub(crate) const ALL: &[Code] = &[$(Code::$name),*];
     };
+    (@help) => { None };
+    (@help $help:literal) => { Some($help) };
 }
 
 #[rustfmt::skip]
@@ -55,7 +69,7 @@ codes! {
     CLI_ARG = "kiln::cli::arg", User;
     CLI_CONTEXT = "kiln::cli::context", User;
     CLI_DOCKER_FLAG = "kiln::cli::docker-flag", User;
-    CLI_EMPTY = "kiln::cli::empty", User;
+    CLI_EMPTY = "kiln::cli::empty", User, "add a `stage NAME { … }` block";
     CLI_JOBS = "kiln::cli::jobs", User;
     CLI_OUTPUT = "kiln::cli::output", User;
     CLI_PLATFORM = "kiln::cli::platform", User;
@@ -67,7 +81,7 @@ codes! {
     CLI_UNUSED_ARG = "kiln::cli::unused-arg", User;
     CONTEXT_CHANGED = "kiln::context::changed", Build;
     CONTEXT_ESCAPE = "kiln::context::escape", User;
-    CONTEXT_IGNORE = "kiln::context::ignore", User;
+    CONTEXT_IGNORE = "kiln::context::ignore", User, "fix or remove the pattern";
     CONTEXT_LINK_TARGET = "kiln::context::link-target", User;
     CONTEXT_MISSING = "kiln::context::missing", User;
     CONTEXT_NAME = "kiln::context::name", User;
@@ -77,18 +91,18 @@ codes! {
     COPY_DEST = "kiln::copy::dest", Build;
     COPY_ESCAPE = "kiln::copy::escape", User;
     COPY_GLOB = "kiln::copy::glob", User;
-    COPY_NO_MATCH = "kiln::copy::no-match", Build;
+    COPY_NO_MATCH = "kiln::copy::no-match", Build, "check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it";
     COPY_OWNER = "kiln::copy::owner", Build;
     COPY_SOURCE = "kiln::copy::source", Build;
     COPY_UNPACK = "kiln::copy::unpack", Build;
     COPY_UNPACK_LIMIT = "kiln::copy::unpack-limit", Build;
     DOCKERFILE_IMPORT = "kiln::dockerfile::import", User;
     DOCKERFILE_READ = "kiln::dockerfile::read", User;
-    DOCKERFILE_SYNTAX = "kiln::dockerfile::syntax", User;
+    DOCKERFILE_SYNTAX = "kiln::dockerfile::syntax", User, "fix the Dockerfile; kiln reads it as Docker (BuildKit) does";
     DOCKERFILE_UNSUPPORTED = "kiln::dockerfile::unsupported", User;
     DOCKERFILE_UNUSED_ARG = "kiln::dockerfile::unused-arg", User;
     EXEC_THREADS = "kiln::exec::threads", Environment;
-    EXPLAIN_NONE = "kiln::explain::none", User;
+    EXPLAIN_NONE = "kiln::explain::none", User, "run `kiln build` first";
     EXPORT_BASE = "kiln::export::base", Environment;
     EXPORT_DANGEROUS = "kiln::export::dangerous", User;
     EXPORT_EMPTY = "kiln::export::empty", User;
@@ -141,7 +155,7 @@ codes! {
     RUN_SSH_ENV = "kiln::run::ssh", Environment;
     RUN_TIMEOUT = "kiln::run::timeout", Build;
     RUN_USER = "kiln::run::user", Build;
-    RUN_USER_WITHOUT_ROOT = "kiln::run::user-without-root", Environment;
+    RUN_USER_WITHOUT_ROOT = "kiln::run::user-without-root", Environment, "run kiln as root (in CI, or with sudo), or run this step as `root`";
     SPEC_ARGUMENTS = "kiln::spec::arguments", User;
     SPEC_BAD_NAME = "kiln::spec::bad-name", User;
     SPEC_BAD_PIN = "kiln::spec::bad-pin", User;
@@ -221,7 +235,7 @@ codes! {
     WASM_MOUNT = "kiln::wasm::mount", Build;
     WASM_NAME = "kiln::wasm::name", Build;
     WASM_OUTPUT = "kiln::wasm::output", Build;
-    WASM_PIN = "kiln::wasm::pin", User;
+    WASM_PIN = "kiln::wasm::pin", User, "if the new module is the one you want, run `kiln plugin pin` to update the pin";
     WASM_SETUP = "kiln::wasm::setup", Build;
     WASM_TIMEOUT = "kiln::wasm::timeout", Build;
     WASM_TRAP = "kiln::wasm::trap", Build;

@@ -206,7 +206,7 @@ impl Diagnostic {
             code,
             message: message.into(),
             labels: Vec::new(),
-            help: None,
+            help: code.help().map(Box::from),
             stage: None,
             notes: Vec::new(),
             warning: false,
@@ -334,6 +334,15 @@ mod tests {
         assert_eq!(sources.line_col(Span::new(id, 0, 1)), (1, 1));
         assert_eq!(sources.line_col(Span::new(id, 4, 1)), (2, 2));
         assert_eq!(sources.location(Span::new(id, 3, 1)), "a.kdl:2:1");
+    }
+
+    #[test]
+    fn a_code_s_help_is_the_default_and_a_diagnostic_s_own_replaces_it() {
+        let d = Diagnostic::new(Code::EXPLAIN_NONE, "no build is recorded yet");
+        assert_eq!(d.help.as_deref(), Some("run `kiln build` first"));
+        let d = d.with_help("build it");
+        assert_eq!(d.help.as_deref(), Some("build it"));
+        assert_eq!(Diagnostic::new(Code::IO, "x").help, None);
     }
 
     #[test]

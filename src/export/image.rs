@@ -11,14 +11,13 @@
 //! name) and cached by the trees they come from, so a re-export
 //! compresses nothing. The config and manifest are JSON with sorted keys.
 
-use super::{Failed, Settings, env_err, store_failed};
+use super::{Failed, Settings, Stores, env_err, store_failed};
 use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::{Sha256, TreeDigest};
 use crate::model::state::ImageConfig;
 use crate::model::tree::{Entry, Kind, Tree};
 use crate::store::oci::OciBlobs;
-use crate::store::{ContentStore, Store};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -150,14 +149,14 @@ fn io_failed(what: &str, path: &Path, e: io::Error) -> Failed {
 /// Make the image of `tree`: the layers (from the cache when there) and
 /// the config and manifest.
 pub fn build(
-    store: &Store,
+    store: Stores<'_>,
     tree: &Tree,
     tree_digest: TreeDigest,
     spec: &ImageSpec,
     settings: &Settings,
     in_memory: &dyn Fn(TreeDigest) -> Option<std::sync::Arc<Tree>>,
 ) -> Result<Built, Failed> {
-    let blobs = OciBlobs::new(store.layout());
+    let blobs = OciBlobs::new(store.scratch.layout());
     let mut layers: Vec<Layer> = spec
         .base
         .as_ref()
@@ -184,7 +183,11 @@ pub fn build(
             Some(d) => match (&spec.base, held.get(&d)) {
                 (Some(b), _) if b.tree_digest == d => Ok(Cow::Borrowed(&*b.tree)),
                 (_, Some(t)) => Ok(Cow::Borrowed(&**t)),
-                _ => store.get_tree(d).map(Cow::Owned).map_err(store_failed),
+                _ => store
+                    .content
+                    .get_tree(d)
+                    .map(Cow::Owned)
+                    .map_err(store_failed),
             },
         }
     };
@@ -366,14 +369,18 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// The cache of layers made, by the trees they come from.
-fn layer_cache_path(store: &Store, key: &str) -> PathBuf {
-    store.layout().layer_cache().join(format!("{key}.json"))
+fn layer_cache_path(store: Stores<'_>, key: &str) -> PathBuf {
+    store
+        .scratch
+        .layout()
+        .layer_cache()
+        .join(format!("{key}.json"))
 }
 
 /// A layer from the tree `from` (none: empty) to the tree `to`, from the
 /// cache of layers when it was made before.
 fn own_layer<'t>(
-    store: &Store,
+    store: Stores<'_>,
     blobs: &OciBlobs,
     (from, to): (Option<TreeDigest>, TreeDigest),
     load: &dyn Fn(Option<TreeDigest>) -> Result<std::borrow::Cow<'t, Tree>, Failed>,
@@ -628,7 +635,7 @@ impl<W: Write> Compressor<W> {
 
 /// Write a layer's tar, compressed, into the image store.
 fn write_layer(
-    store: &Store,
+    store: Stores<'_>,
     blobs: &OciBlobs,
     items: &BTreeMap<String, Item<'_>>,
     compression: Compression,
@@ -667,7 +674,8 @@ fn write_layer(
                         Kind::File { blob, size } => {
                             h.set_entry_type(::tar::EntryType::Regular);
                             h.set_size(*size);
-                            let mut reader = store.blob_reader(*blob).map_err(store_failed)?;
+                            let mut reader =
+                                store.content.blob_reader(*blob).map_err(store_failed)?;
                             if let Err(e) = b.append_data(&mut h, path, &mut reader) {
                                 return Err(match reader.failure() {
                                     Some(s) => store_failed(s),

@@ -25,7 +25,7 @@ mod tar;
 
 /// Write `tree` as a deterministic tar to `out` (`-o -`: standard output).
 pub fn tar_to<W: io::Write>(
-    store: &Store,
+    store: Stores<'_>,
     tree: &Tree,
     out: W,
     settings: &Settings,
@@ -39,7 +39,7 @@ use crate::fsutil::remove_any;
 use crate::ir::ExportFormat;
 use crate::model::tree::{Kind, Tree};
 use crate::store::records::{self, ExportRecord, Stamp};
-use crate::store::{ContentStore, CopyError, Store, StoreError};
+use crate::store::{ContentStore, CopyError, Scratch, Store, StoreError};
 use rayon::prelude::*;
 use std::fs;
 use std::io;
@@ -121,6 +121,26 @@ impl From<Diagnostic> for Failed {
     }
 }
 
+/// What an exporter works with: contents and trees through the content
+/// store's trait (the local store, or one that reaches a remote cache),
+/// and this machine's state directory for its own files (temp names,
+/// export records, the layer cache, the OCI blob store).
+#[derive(Clone, Copy)]
+pub struct Stores<'a> {
+    pub content: &'a dyn ContentStore,
+    pub scratch: Scratch<'a>,
+}
+
+impl<'a> Stores<'a> {
+    /// Both from the local state directory.
+    pub fn local(store: &'a Store) -> Stores<'a> {
+        Stores {
+            content: store,
+            scratch: store.scratch(),
+        }
+    }
+}
+
 fn store_failed(e: StoreError) -> Failed {
     if e.is_damage() {
         Failed::Damaged(e.diagnostic())
@@ -131,14 +151,14 @@ fn store_failed(e: StoreError) -> Failed {
 
 /// Check the destination and write the export under a temp name (or find
 /// it intact).
-pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
+pub fn stage(store: Stores<'_>, job: &Job<'_>) -> Result<Prepared, Failed> {
     let dest_key = job.dest.to_string_lossy().into_owned();
     let mut settings = job.settings.describe(job.format);
     if let Some(i) = job.image {
         settings.push(' ');
         settings.push_str(&i.describe());
     }
-    let record = records::load_export(store.layout(), &dest_key);
+    let record = records::load_export(store.scratch.layout(), &dest_key);
     let matches_record = record.as_ref().is_some_and(|r| stamps_hold(job.dest, r));
     if let Some(r) = &record
         && matches_record
@@ -147,7 +167,7 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
     {
         return Ok(Prepared::Intact);
     }
-    check_replaceable(store.layout(), job.shown, job.dest)?;
+    check_replaceable(store.scratch.layout(), job.shown, job.dest)?;
     let parent = match job.dest.parent() {
         Some(p) => p.to_path_buf(),
         None => return Err(Diagnostic::internal("an export destination without a parent").into()),
@@ -160,12 +180,15 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
         .unwrap_or_else(|| "export".into());
     let tmp = parent.join(crate::store::owners::export_temp_name(
         &name,
-        store.owner().token(),
+        store.scratch.owner().token(),
     ));
-    store
-        .owner()
-        .announce(&tmp)
-        .map_err(|e| Diagnostic::io("cannot write to the state directory", store.root(), &e))?;
+    store.scratch.owner().announce(&tmp).map_err(|e| {
+        Diagnostic::io(
+            "cannot write to the state directory",
+            store.scratch.root(),
+            &e,
+        )
+    })?;
     remove_any(&tmp);
     let written = match job.format {
         // What a `dir` export holds (device nodes are left out).
@@ -214,7 +237,7 @@ pub fn stage(store: &Store, job: &Job<'_>) -> Result<Prepared, Failed> {
 
 /// An image export: the image made (layers from the cache when there),
 /// then written as a layout directory (returning its files) or an archive.
-fn write_image(store: &Store, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, Failed> {
+fn write_image(store: Stores<'_>, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, Failed> {
     let Some(spec) = job.image else {
         return Err(Diagnostic::internal("an image export without its image settings").into());
     };
@@ -228,7 +251,7 @@ fn write_image(store: &Store, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, 
     )?;
     let docker = job.format == ExportFormat::DockerArchive;
     let files = image::layout_files(&built, spec, docker);
-    let blobs = crate::store::oci::OciBlobs::new(store.layout());
+    let blobs = crate::store::oci::OciBlobs::new(store.scratch.layout());
     if job.format == ExportFormat::Oci {
         image::write_layout(&blobs, &files, tmp, job.settings)
     } else {
@@ -238,7 +261,7 @@ fn write_image(store: &Store, job: &Job<'_>, tmp: &Path) -> Result<Vec<String>, 
 
 impl Staged {
     /// Put the export in place and record what was written.
-    pub fn commit(mut self, store: &Store) -> Result<(), Diagnostic> {
+    pub fn commit(mut self, store: Stores<'_>) -> Result<(), Diagnostic> {
         swap_in(&self.tmp, &self.dest).map_err(|e| {
             remove_any(&self.tmp);
             env_err("cannot replace", &self.shown, &e)
@@ -261,9 +284,9 @@ impl Staged {
         }
         self.record.stamps = stamps;
         if self.record.stamps.is_empty() {
-            records::forget_export(store, &self.record.dest);
+            records::forget_export(store.scratch.layout(), &self.record.dest);
         } else {
-            let _ = records::save_export(store, &self.record);
+            let _ = records::save_export(store.scratch.layout(), &self.record);
         }
         Ok(())
     }
@@ -277,10 +300,10 @@ impl Staged {
 /// Remove kiln's previous export at `dest` (resolved; shown as `shown`),
 /// and its record: refused, as a replacement would be, when what is
 /// there is not kiln's.
-pub fn remove_previous(store: &Store, shown: &Path, dest: &Path) -> Result<(), Diagnostic> {
-    check_replaceable(store.layout(), shown, dest)?;
+pub fn remove_previous(store: Stores<'_>, shown: &Path, dest: &Path) -> Result<(), Diagnostic> {
+    check_replaceable(store.scratch.layout(), shown, dest)?;
     remove_any(dest);
-    records::forget_export(store, &dest.to_string_lossy());
+    records::forget_export(store.scratch.layout(), &dest.to_string_lossy());
     if fs::symlink_metadata(dest).is_ok() {
         return Err(Diagnostic::new(
             Code::EXPORT_REMOVE,
@@ -331,13 +354,13 @@ fn stamps_hold(dest: &Path, record: &ExportRecord) -> bool {
 /// these settings, untouched since: then it is not written again. (File
 /// exports only: an image's settings name its base, found with the tree.)
 pub fn intact(
-    store: &Store,
+    store: Stores<'_>,
     dest: &Path,
     tree: crate::model::digest::TreeDigest,
     settings: &Settings,
     format: ExportFormat,
 ) -> bool {
-    let record = records::load_export(store.layout(), &dest.to_string_lossy());
+    let record = records::load_export(store.scratch.layout(), &dest.to_string_lossy());
     record.is_some_and(|r| {
         r.tree == tree && r.settings == settings.describe(format) && stamps_hold(dest, &r)
     })
@@ -441,7 +464,12 @@ fn fallback(tmp: &Path, dest: &Path) -> io::Result<()> {
     fs::rename(tmp, dest)
 }
 
-fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Result<(), Failed> {
+fn write_dir(
+    store: Stores<'_>,
+    tree: &Tree,
+    root: &Path,
+    settings: &Settings,
+) -> Result<(), Failed> {
     let mtime = UNIX_EPOCH + Duration::from_secs(settings.epoch);
     fs::create_dir(root).map_err(|e| env_err("cannot create", root, &e))?;
     let mut dirs = vec![(root.to_path_buf(), 0o755u32, (0u32, 0u32))];
@@ -474,10 +502,13 @@ fn write_dir(store: &Store, tree: &Tree, root: &Path, settings: &Settings) -> Re
                 .mode(0o600)
                 .open(at)
                 .map_err(|e| env_err("cannot write", at, &e))?;
-            store.copy_blob(*blob, &mut f).map_err(|e| match e {
-                CopyError::Write(e) => Failed::Error(env_err("cannot write", at, &e)),
-                CopyError::Store(e) => store_failed(e),
-            })?;
+            store
+                .content
+                .copy_blob(*blob, &mut f)
+                .map_err(|e| match e {
+                    CopyError::Write(e) => Failed::Error(env_err("cannot write", at, &e)),
+                    CopyError::Store(e) => store_failed(e),
+                })?;
             if settings.set_owner {
                 std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))
                     .map_err(|e| env_err("cannot set the owner of", at, &e))?;

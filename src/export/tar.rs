@@ -1,10 +1,10 @@
 //! Deterministic tar: entries in path order, every mtime the same, owners
 //! and modes from the tree, no user or group names, no host metadata.
 
-use super::{Failed, Settings, store_failed};
+use super::{Failed, Settings, Stores, store_failed};
 use crate::diag::Diagnostic;
 use crate::model::tree::{DeviceClass, Entry, Kind, Tree};
-use crate::store::{ContentStore, Store, StoreError};
+use crate::store::StoreError;
 use rayon::prelude::*;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -15,7 +15,12 @@ use std::path::Path;
 /// do not: forcing 100 MB out cost more than writing it. After a power
 /// loss that left it short, the next build sees its stamp changed and
 /// writes it again.
-pub fn write(store: &Store, tree: &Tree, dest: &Path, settings: &Settings) -> Result<(), Failed> {
+pub fn write(
+    store: Stores<'_>,
+    tree: &Tree,
+    dest: &Path,
+    settings: &Settings,
+) -> Result<(), Failed> {
     let file = File::create(dest).map_err(|e| err(dest, e))?;
     let out = write_to(store, tree, BufWriter::new(file), settings, dest)?;
     out.into_inner()
@@ -36,7 +41,7 @@ fn err(dest: &Path, e: io::Error) -> Diagnostic {
 /// Every file's bytes are verified as they pass: a damaged blob fails the
 /// archive (and is quarantined).
 pub fn write_to<W: Write>(
-    store: &Store,
+    store: Stores<'_>,
     tree: &Tree,
     out: W,
     settings: &Settings,
@@ -53,7 +58,7 @@ pub fn write_to<W: Write>(
             .par_iter()
             .map(|(_, entry)| match &entry.kind {
                 Kind::File { blob, size } if *size <= READ_AHEAD_FILE => {
-                    Some(store.read_blob(*blob))
+                    Some(store.content.read_blob(*blob))
                 }
                 _ => None,
             })
@@ -100,7 +105,7 @@ const READ_AHEAD_FILE: u64 = 32 * 1024;
 /// Append one entry; `content` is a file's bytes when they were read ahead.
 fn append<W: Write>(
     b: &mut ::tar::Builder<W>,
-    store: &Store,
+    store: Stores<'_>,
     path: &str,
     entry: &Entry,
     content: Option<Result<Vec<u8>, StoreError>>,
@@ -135,7 +140,7 @@ fn append<W: Write>(
                 b.append_data(&mut h, path, &bytes[..]).map_err(e)?;
                 return Ok(());
             }
-            let mut reader = store.blob_reader(*blob).map_err(store_failed)?;
+            let mut reader = store.content.blob_reader(*blob).map_err(store_failed)?;
             if let Err(io_err) = b.append_data(&mut h, path, &mut reader) {
                 return Err(match reader.failure() {
                     Some(store_side) => store_failed(store_side),

@@ -332,10 +332,9 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
     // `-t NAME`: the target's image into the local image store, as
     // `docker build -t` does.
     let target = match targets(graph, &req.targets)?.as_slice() {
-        [] => graph.default_target().ok_or_else(|| {
-            Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages")
-                .with_help("add a `stage NAME { … }` block")
-        })?,
+        [] => graph
+            .default_target()
+            .ok_or_else(|| Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages"))?,
         [one] => *one,
         _ => {
             return Err(Diagnostic::new(
@@ -372,10 +371,9 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
 fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Diagnostic> {
     let chosen = targets(graph, &req.targets)?;
     let default = || {
-        graph.default_target().ok_or_else(|| {
-            Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages")
-                .with_help("add a `stage NAME { … }` block")
-        })
+        graph
+            .default_target()
+            .ok_or_else(|| Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages"))
     };
     if !req.outputs.is_empty() {
         let target = match chosen.as_slice() {
@@ -778,10 +776,14 @@ impl ExportPhase<'_> {
         spec: &export::image::ImageSpec,
         name: &str,
     ) -> Result<crate::model::digest::Sha256, Failed> {
-        let built =
-            export::image::build(self.store, tree, tree_digest, spec, self.settings, &|d| {
-                self.executor.tree_in_memory(d)
-            })?;
+        let built = export::image::build(
+            export::Stores::local(self.store),
+            tree,
+            tree_digest,
+            spec,
+            self.settings,
+            &|d| self.executor.tree_in_memory(d),
+        )?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         blobs
             .set_tag(name, &built.manifest_digest, built.manifest.len() as u64)
@@ -804,10 +806,14 @@ impl ExportPhase<'_> {
         ),
         Failed,
     > {
-        let built =
-            export::image::build(self.store, tree, tree_digest, spec, self.settings, &|d| {
-                self.executor.tree_in_memory(d)
-            })?;
+        let built = export::image::build(
+            export::Stores::local(self.store),
+            tree,
+            tree_digest,
+            spec,
+            self.settings,
+            &|d| self.executor.tree_in_memory(d),
+        )?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         let mut list: Vec<(crate::model::digest::Sha256, u64)> = built
             .layers
@@ -1034,7 +1040,11 @@ impl ExportPhase<'_> {
                     && !is_stdout(e)
                     && std::fs::symlink_metadata(&p.resolved).is_ok()
                 {
-                    match export::remove_previous(store, &e.dest, &p.resolved) {
+                    match export::remove_previous(
+                        export::Stores::local(store),
+                        &e.dest,
+                        &p.resolved,
+                    ) {
                         Ok(()) => {
                             because.push_str(
                                 " before the stage could be built; the previous export there was removed",
@@ -1058,7 +1068,13 @@ impl ExportPhase<'_> {
             // tree need not even be loaded.
             if !e.format.is_image()
                 && !is_stdout(e)
-                && export::intact(store, &p.resolved, state.tree, settings, e.format)
+                && export::intact(
+                    export::Stores::local(store),
+                    &p.resolved,
+                    state.tree,
+                    settings,
+                    e.format,
+                )
             {
                 self.unchanged(p, stage, shown, &mut failures);
                 continue;
@@ -1115,7 +1131,7 @@ impl ExportPhase<'_> {
                 image: image.as_ref(),
                 in_memory: &|d| self.executor.tree_in_memory(d),
             };
-            match export::stage(store, &job) {
+            match export::stage(export::Stores::local(store), &job) {
                 Ok(export::Prepared::Intact) => self.unchanged(p, stage, shown, &mut failures),
                 Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
                 Err(export::Failed::Damaged(d)) => damage.push(d),
@@ -1166,7 +1182,7 @@ impl ExportPhase<'_> {
                 });
                 continue;
             }
-            match s.commit(store) {
+            match s.commit(export::Stores::local(store)) {
                 Ok(()) => {
                     progress.emit(Event::ExportWritten {
                         stage: stage.clone(),
@@ -1206,15 +1222,16 @@ impl ExportPhase<'_> {
                 continue;
             }
             let out = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = export::tar_to(store, &tree, out, settings).and_then(|mut w| {
-                std::io::Write::flush(&mut w).map_err(|err| {
-                    Failed::Error(Diagnostic::io(
-                        "cannot write",
-                        std::path::Path::new("standard output"),
-                        &err,
-                    ))
-                })
-            });
+            let written = export::tar_to(export::Stores::local(store), &tree, out, settings)
+                .and_then(|mut w| {
+                    std::io::Write::flush(&mut w).map_err(|err| {
+                        Failed::Error(Diagnostic::io(
+                            "cannot write",
+                            std::path::Path::new("standard output"),
+                            &err,
+                        ))
+                    })
+                });
             match written {
                 Ok(()) => progress.emit(Event::ExportWritten {
                     stage: stage.clone(),

@@ -100,8 +100,7 @@ fn plugins(graph: &Graph, out: &mut Vec<Diagnostic>) {
                                     p.name
                                 ),
                             )
-                            .with_label(p.span, "pinned here")
-                            .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
+                            .with_label(p.span, "pinned here"),
                         );
                     }
                 }
@@ -177,8 +176,7 @@ fn runs(graph: &Graph, out: &mut Vec<Diagnostic>) {
                                     user.unwrap_or_default()
                                 ),
                             )
-                            .with_label(span, "this step")
-                            .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"),
+                            .with_label(span, "this step"),
                         );
                     }
                 }

@@ -70,6 +70,31 @@ pub fn check_owner(root: &Path) -> Result<(), Diagnostic> {
     Ok(())
 }
 
+/// The part of a state directory that is this machine's own: its paths
+/// (temp names, records, the layer cache, the OCI blob store) and the
+/// process that owns the temp files made there. What is stored by
+/// content is reached through [`super::ContentStore`], which a store
+/// elsewhere can serve as well.
+#[derive(Clone, Copy)]
+pub struct Scratch<'a> {
+    layout: &'a Layout,
+    owner: &'a owners::Owner,
+}
+
+impl<'a> Scratch<'a> {
+    pub fn layout(&self) -> &'a Layout {
+        self.layout
+    }
+
+    pub fn owner(&self) -> &'a owners::Owner {
+        self.owner
+    }
+
+    pub fn root(&self) -> &'a Path {
+        self.layout.root()
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the store at `root` and take its lock.
     pub fn open(root: &Path, access: Access) -> Result<Store, Diagnostic> {
@@ -161,6 +186,16 @@ impl Store {
     /// This process's owner token (names its temp files).
     pub fn owner(&self) -> &owners::Owner {
         &self.owner
+    }
+
+    /// This state directory's own files, for those (exporters) that read
+    /// contents through [`super::ContentStore`] and need the directory
+    /// only for scratch and records.
+    pub fn scratch(&self) -> Scratch<'_> {
+        Scratch {
+            layout: &self.layout,
+            owner: &self.owner,
+        }
     }
 
     /// Verify objects that are already present before relying on them.

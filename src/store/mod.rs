@@ -21,7 +21,7 @@ pub mod owners;
 pub mod packs;
 pub mod records;
 
-pub use local::{BlobReader, Store, check_owner as check_state_dir, used_lists};
+pub use local::{BlobReader, Scratch, Store, check_owner as check_state_dir, used_lists};
 
 use crate::diag::Code;
 use crate::diag::Diagnostic;

@@ -460,17 +460,13 @@ pub fn load_exports(store: &Store) -> Vec<ExportRecord> {
         .collect()
 }
 
-pub fn save_export(store: &Store, record: &ExportRecord) -> std::io::Result<()> {
+pub fn save_export(layout: &super::layout::Layout, record: &ExportRecord) -> std::io::Result<()> {
     let bytes = postcard::to_stdvec(record).map_err(std::io::Error::other)?;
-    super::checked::write(
-        &export_file(store.layout(), &record.dest),
-        EXPORT_MAGIC,
-        &bytes,
-    )
+    super::checked::write(&export_file(layout, &record.dest), EXPORT_MAGIC, &bytes)
 }
 
-pub fn forget_export(store: &Store, dest: &str) {
-    let _ = std::fs::remove_file(export_file(store.layout(), dest));
+pub fn forget_export(layout: &super::layout::Layout, dest: &str) {
+    let _ = std::fs::remove_file(export_file(layout, dest));
 }
 
 #[cfg(test)]

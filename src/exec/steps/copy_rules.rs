@@ -91,9 +91,11 @@ pub fn pick(
             matched.push(clean.clone());
         }
         if matched.is_empty() {
-            return Err(Diagnostic::new(Code::COPY_NO_MATCH, format!("`{}` matched nothing in {source}", pat.value))
-                .with_label(pat.span, "no file matches")
-                .with_help("check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it"));
+            return Err(Diagnostic::new(
+                Code::COPY_NO_MATCH,
+                format!("`{}` matched nothing in {source}", pat.value),
+            )
+            .with_label(pat.span, "no file matches"));
         }
         for m in matched {
             let resolved = tree
@@ -114,8 +116,7 @@ pub fn pick(
                             Code::COPY_NO_MATCH,
                             format!("`{}` does not exist in {source}", pat.value),
                         )
-                        .with_label(pat.span, "not found")
-                        .with_help("check the path; paths are relative to the context root (or the stage root with `from=`), and ignore files may exclude it"));
+                        .with_label(pat.span, "not found"));
                     }
                     Some(e) if e.is_dir() => {
                         let prefix = resolved.len() + 1;

@@ -214,8 +214,7 @@ impl StepKind for RunOp {
                 ),
             )
             .with_label(cx.span(), "this step")
-            .with_note("without root, kiln can only map its own user into the sandbox, as root")
-            .with_help("run kiln as root (in CI, or with sudo), or run this step as `root`"));
+            .with_note("without root, kiln can only map its own user into the sandbox, as root"));
         }
         if self.attempt(cx, &mut work, spec.clone(), privileged)? {
             return Ok(());

@@ -473,8 +473,7 @@ fn load_error(e: LoadError, p: &Plugin, used: Span) -> Diagnostic {
                 "the module of plugin `{}` does not match its pin: pinned blake3 {expected}, the file has {actual}",
                 p.name
             ),
-        )
-        .with_help("if the new module is the one you want, run `kiln plugin pin` to update the pin"),
+        ),
         LoadError::Invalid(msg) => Diagnostic::new(
             Code::WASM_MODULE,
             format!("plugin `{}` is not a WASI program kiln can run: {msg}", p.name),

@@ -107,8 +107,7 @@ pub fn lower_text(
     let located = |e: ParseError| {
         vec![
             Diagnostic::new(Code::DOCKERFILE_SYNTAX, e.message.clone())
-                .with_label(lines.span(e.line), "here")
-                .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
+                .with_label(lines.span(e.line), "here"),
         ]
     };
     let d = parse(text).map_err(located)?;
@@ -180,8 +179,7 @@ fn lower_with(input: &Input<'_>, demoted: &[(usize, String)]) -> Result<Lowered,
     let located = |e: ParseError| {
         vec![
             Diagnostic::new(Code::DOCKERFILE_SYNTAX, e.message.clone())
-                .with_label(lines.span(e.line), "here")
-                .with_help("fix the Dockerfile; kiln reads it as Docker (BuildKit) does"),
+                .with_label(lines.span(e.line), "here"),
         ]
     };
     let (globals, sources) = stages(d, build_args, keep_args, demoted).map_err(located)?;
