@@ -482,36 +482,9 @@ pub fn run(
         });
     }
     let mut notices = Vec::new();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut jobs = req.jobs.unwrap_or(cpus).max(1);
-    if jobs > MAX_JOBS {
-        notices.push(
-            Diagnostic::warning(
-                Code::CLI_JOBS,
-                format!(
-                    "`-j {jobs}` is more than kiln uses; running at most {MAX_JOBS} stages at once"
-                ),
-            )
-            .with_help(format!("this machine has {cpus} CPUs")),
-        );
-        jobs = MAX_JOBS;
-    }
-    let mut exclude = vec![state_dir.clone()];
-    exclude.extend(
-        exports
-            .iter()
-            .filter(|e| !e.resolved.as_os_str().is_empty())
-            .map(|e| e.resolved.clone()),
-    );
-    // Provenance statements beside exports are outputs too.
-    exclude.extend(
-        exports
-            .iter()
-            .filter(|e| e.export.provenance)
-            .map(|e| provenance::path_for(&e.resolved)),
-    );
+    let (jobs, capped) = jobs(req);
+    notices.extend(capped);
+    let exclude = outputs(&state_dir, &exports);
     let settings = Settings {
         epoch: req.epoch,
         set_owner: rustix::process::geteuid().is_root(),
@@ -586,39 +559,8 @@ pub fn run(
         }
     };
     let mut failures = failures;
-    let repairs = store.take_repairs();
-    if !repairs.is_empty() {
-        let mut d = Diagnostic::warning(
-            Code::STORE_REPAIRED,
-            "the cache was damaged; kiln moved the damaged objects to `quarantine/` in the state directory and rebuilt what needed them",
-        )
-        .with_help("if this happens again, check the disk; `kiln gc` empties the quarantine");
-        for r in repairs {
-            d = d.with_note(r);
-        }
-        notices.push(d);
-    }
-    let mut used: Vec<StepKey> = outcome
-        .records
-        .iter()
-        .filter_map(|r| StepKey::parse(&r.key))
-        .collect();
-    used.extend(images.used_keys());
-    let recorded = records::save_build(
-        &store,
-        &options.scope,
-        &spec_name,
-        options.no_cache,
-        &outcome.records,
-    )
-    .and_then(|_| store.record_use(&used));
-    if let Err(e) = recorded {
-        failures.push(Diagnostic::io(
-            "cannot record the build in",
-            store.root(),
-            &e,
-        ));
-    }
+    notices.extend(repairs_made(&store));
+    failures.extend(record(&store, &options, &spec_name, &outcome, &images));
     progress.emit(Event::BuildFinished {
         ok: failures.is_empty() && !outcome.interrupted,
         ms: progress.elapsed_ms(),
@@ -651,6 +593,84 @@ pub fn run(
         states,
         records,
     })
+}
+
+/// The stages run at once: `-j`, else the CPUs; capped at [`MAX_JOBS`],
+/// with a warning that says so.
+fn jobs(req: &Request) -> (usize, Option<Diagnostic>) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let jobs = req.jobs.unwrap_or(cpus).max(1);
+    if jobs <= MAX_JOBS {
+        return (jobs, None);
+    }
+    let warning = Diagnostic::warning(
+        Code::CLI_JOBS,
+        format!("`-j {jobs}` is more than kiln uses; running at most {MAX_JOBS} stages at once"),
+    )
+    .with_help(format!("this machine has {cpus} CPUs"));
+    (MAX_JOBS, Some(warning))
+}
+
+/// What the build writes, which no context may read: the state directory,
+/// the export destinations and the provenance statements beside them.
+fn outputs(state_dir: &Path, exports: &[PlannedExport]) -> Vec<PathBuf> {
+    let mut out = vec![state_dir.to_path_buf()];
+    out.extend(
+        exports
+            .iter()
+            .filter(|e| !e.resolved.as_os_str().is_empty())
+            .map(|e| e.resolved.clone()),
+    );
+    out.extend(
+        exports
+            .iter()
+            .filter(|e| e.export.provenance)
+            .map(|e| provenance::path_for(&e.resolved)),
+    );
+    out
+}
+
+/// A warning for the objects a build found damaged and moved aside.
+fn repairs_made(store: &Store) -> Option<Diagnostic> {
+    let repairs = store.take_repairs();
+    if repairs.is_empty() {
+        return None;
+    }
+    let d = Diagnostic::warning(
+        Code::STORE_REPAIRED,
+        "the cache was damaged; kiln moved the damaged objects to `quarantine/` in the state directory and rebuilt what needed them",
+    )
+    .with_help("if this happens again, check the disk; `kiln gc` empties the quarantine");
+    Some(repairs.into_iter().fold(d, |d, r| d.with_note(r)))
+}
+
+/// The build's records for `explain`, and the cache entries it used (which
+/// `gc --max-size` keeps first); an error if they cannot be written.
+fn record(
+    store: &Store,
+    options: &Options,
+    spec_name: &str,
+    outcome: &Outcome,
+    images: &ImageSet,
+) -> Option<Diagnostic> {
+    let mut used: Vec<StepKey> = outcome
+        .records
+        .iter()
+        .filter_map(|r| StepKey::parse(&r.key))
+        .collect();
+    used.extend(images.used_keys());
+    records::save_build(
+        store,
+        &options.scope,
+        spec_name,
+        options.no_cache,
+        &outcome.records,
+    )
+    .and_then(|_| store.record_use(&used))
+    .err()
+    .map(|e| Diagnostic::io("cannot record the build in", store.root(), &e))
 }
 
 /// Set up the second attempt of a build that found damage: nothing from
