@@ -419,111 +419,111 @@ impl MountSpec {
             size: None,
             env: None,
         };
-        let flag = |v: Option<&str>, key: &str| -> Result<bool, (String, String)> {
-            match v {
-                None | Some("true") | Some("1") => Ok(true),
-                Some("false") | Some("0") => Ok(false),
-                Some(other) => Err((
-                    format!("`{key}={other}` is not true or false"),
-                    format!("write `{key}` or `{key}=false`"),
-                )),
-            }
-        };
-        let number = |v: &str, key: &str| -> Result<u32, (String, String)> {
-            v.parse().map_err(|_| {
-                (
-                    format!("`{key}={v}` is not a number"),
-                    format!("write `{key}=1000`"),
-                )
-            })
-        };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = match part.split_once('=') {
                 Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
                 None => (part.to_ascii_lowercase(), None),
             };
-            let need = |v: Option<&str>| -> Result<String, (String, String)> {
-                v.map(str::to_string).ok_or_else(|| {
-                    (
-                        format!("`{key}` needs a value"),
-                        format!("write `{key}=VALUE`"),
-                    )
-                })
-            };
-            match key.as_str() {
-                "type" => {
-                    let t = need(value)?;
-                    kind = Some(match t.as_str() {
-                        "bind" => MountType::Bind,
-                        "cache" => MountType::Cache,
-                        "tmpfs" => MountType::Tmpfs,
-                        "secret" => MountType::Secret,
-                        "ssh" => MountType::Ssh,
-                        other => {
-                            return Err((
-                                format!("`{other}` is not a mount type"),
-                                "mount types are bind, cache, tmpfs, secret and ssh".into(),
-                            ));
-                        }
-                    })
-                }
-                "target" | "dst" | "destination" => m.target = Some(need(value)?),
-                "source" | "src" => m.source = Some(need(value)?),
-                "from" => m.from = Some(need(value)?),
-                "context" => m.context = Some(need(value)?),
-                "id" => m.id = Some(need(value)?),
-                "env" => m.env = Some(need(value)?),
-                "rw" | "readwrite" => m.rw = flag(value, &key)?,
-                "ro" | "readonly" => m.readonly = flag(value, &key)?,
-                "required" => m.required = flag(value, &key)?,
-                "sharing" => {
-                    m.sharing = match need(value)?.as_str() {
-                        "shared" => Sharing::Shared,
-                        "private" => Sharing::Private,
-                        "locked" => Sharing::Locked,
-                        other => {
-                            return Err((
-                                format!("`sharing={other}` is not a sharing mode"),
-                                "write `sharing=shared`, `private` or `locked`".into(),
-                            ));
-                        }
-                    }
-                }
-                "mode" => {
-                    let v = need(value)?;
-                    m.mode = Some(
-                        u32::from_str_radix(&v, 8)
-                            .ok()
-                            .filter(|m| *m <= 0o7777)
-                            .ok_or_else(|| {
-                                (
-                                    format!("`mode={v}` is not an octal mode"),
-                                    "write `mode=0755`".to_string(),
-                                )
-                            })?,
-                    )
-                }
-                "uid" => m.uid = Some(number(&need(value)?, "uid")?),
-                "gid" => m.gid = Some(number(&need(value)?, "gid")?),
-                "size" | "tmpfs-size" => {
-                    let v = need(value)?;
-                    m.size = Some(crate::units::parse_size(&v).ok_or_else(|| {
-                        (
-                            format!("`size={v}` is not a size"),
-                            "write `size=64MiB`".to_string(),
-                        )
-                    })?)
-                }
-                other => {
-                    return Err((
-                        format!("`{other}` is not a mount option"),
-                        "options are type, target, source, from, id, sharing, mode, uid, gid, rw, readonly, required, size and env".into(),
-                    ));
-                }
-            }
+            m.option(&key, value, &mut kind)?;
         }
         m.kind = kind.unwrap_or(MountType::Bind);
-        let ty = match m.kind {
+        m.check()?;
+        Ok(m)
+    }
+
+    /// One `KEY[=VALUE]` of the spec (`type=` goes to `kind`).
+    fn option(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        kind: &mut Option<MountType>,
+    ) -> Result<(), (String, String)> {
+        let need = |v: Option<&str>| -> Result<String, (String, String)> {
+            v.map(str::to_string).ok_or_else(|| {
+                (
+                    format!("`{key}` needs a value"),
+                    format!("write `{key}=VALUE`"),
+                )
+            })
+        };
+        match key {
+            "type" => {
+                let t = need(value)?;
+                *kind = Some(match t.as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    other => {
+                        return Err((
+                            format!("`{other}` is not a mount type"),
+                            "mount types are bind, cache, tmpfs, secret and ssh".into(),
+                        ));
+                    }
+                })
+            }
+            "target" | "dst" | "destination" => self.target = Some(need(value)?),
+            "source" | "src" => self.source = Some(need(value)?),
+            "from" => self.from = Some(need(value)?),
+            "context" => self.context = Some(need(value)?),
+            "id" => self.id = Some(need(value)?),
+            "env" => self.env = Some(need(value)?),
+            "rw" | "readwrite" => self.rw = flag(value, key)?,
+            "ro" | "readonly" => self.readonly = flag(value, key)?,
+            "required" => self.required = flag(value, key)?,
+            "sharing" => {
+                self.sharing = match need(value)?.as_str() {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    other => {
+                        return Err((
+                            format!("`sharing={other}` is not a sharing mode"),
+                            "write `sharing=shared`, `private` or `locked`".into(),
+                        ));
+                    }
+                }
+            }
+            "mode" => {
+                let v = need(value)?;
+                self.mode = Some(
+                    u32::from_str_radix(&v, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| {
+                            (
+                                format!("`mode={v}` is not an octal mode"),
+                                "write `mode=0755`".to_string(),
+                            )
+                        })?,
+                )
+            }
+            "uid" => self.uid = Some(number(&need(value)?, "uid")?),
+            "gid" => self.gid = Some(number(&need(value)?, "gid")?),
+            "size" | "tmpfs-size" => {
+                let v = need(value)?;
+                self.size = Some(crate::units::parse_size(&v).ok_or_else(|| {
+                    (
+                        format!("`size={v}` is not a size"),
+                        "write `size=64MiB`".to_string(),
+                    )
+                })?)
+            }
+            other => {
+                return Err((
+                    format!("`{other}` is not a mount option"),
+                    "options are type, target, source, from, id, sharing, mode, uid, gid, rw, readonly, required, size and env".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the options say together: those a mount type takes no part
+    /// in, and a target that would cover the whole tree.
+    fn check(&self) -> Result<(), (String, String)> {
+        let ty = match self.kind {
             MountType::Bind => "bind",
             MountType::Cache => "cache",
             MountType::Tmpfs => "tmpfs",
@@ -536,33 +536,37 @@ impl MountSpec {
                 format!("remove `{opt}`"),
             ))
         };
-        match m.kind {
+        match self.kind {
             // Without a target, the working directory (BuildKit's rule).
             MountType::Bind | MountType::Cache | MountType::Tmpfs => {}
             MountType::Secret | MountType::Ssh => {
-                if m.from.is_some() {
+                if self.from.is_some() {
                     return refuse("from");
                 }
-                if m.rw {
+                if self.rw {
                     return refuse("rw");
                 }
             }
         }
-        if m.kind == MountType::Tmpfs && (m.from.is_some() || m.source.is_some()) {
-            return refuse(if m.from.is_some() { "from" } else { "source" });
+        if self.kind == MountType::Tmpfs && (self.from.is_some() || self.source.is_some()) {
+            return refuse(if self.from.is_some() {
+                "from"
+            } else {
+                "source"
+            });
         }
-        if m.kind != MountType::Tmpfs && m.size.is_some() {
+        if self.kind != MountType::Tmpfs && self.size.is_some() {
             return refuse("size");
         }
-        if m.kind != MountType::Secret && m.env.is_some() {
+        if self.kind != MountType::Secret && self.env.is_some() {
             return refuse("env");
         }
-        if m.kind != MountType::Cache && m.sharing != Sharing::Shared {
+        if self.kind != MountType::Cache && self.sharing != Sharing::Shared {
             return refuse("sharing");
         }
         // A relative target is joined to the working directory when the
         // command runs (BuildKit's rule); only the root itself is refused.
-        if let Some(t) = &m.target
+        if let Some(t) = &self.target
             && t.starts_with('/')
             && crate::model::tree::normalize(t, "/").is_empty()
         {
@@ -571,8 +575,29 @@ impl MountSpec {
                 "mount below the root, such as `/src` (a relative target is below the working directory)".into(),
             ));
         }
-        Ok(m)
+        Ok(())
     }
+}
+
+/// A `KEY[=true|false|1|0]` flag.
+fn flag(v: Option<&str>, key: &str) -> Result<bool, (String, String)> {
+    match v {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err((
+            format!("`{key}={other}` is not true or false"),
+            format!("write `{key}` or `{key}=false`"),
+        )),
+    }
+}
+
+fn number(v: &str, key: &str) -> Result<u32, (String, String)> {
+    v.parse().map_err(|_| {
+        (
+            format!("`{key}={v}` is not a number"),
+            format!("write `{key}=1000`"),
+        )
+    })
 }
 
 #[cfg(test)]
