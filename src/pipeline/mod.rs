@@ -788,6 +788,29 @@ impl ExportPhase<'_> {
         })
     }
 
+    /// Where exporters read contents and keep their own files: the one
+    /// place a build chooses them.
+    fn stores(&self) -> export::Stores<'_> {
+        export::Stores::local(self.store)
+    }
+
+    /// The image of a tree (its layers from the cache when there).
+    fn build_image(
+        &self,
+        tree: &crate::model::tree::Tree,
+        tree_digest: crate::model::digest::TreeDigest,
+        spec: &export::image::ImageSpec,
+    ) -> Result<export::image::Built, Failed> {
+        export::image::build(
+            self.stores(),
+            tree,
+            tree_digest,
+            spec,
+            self.settings,
+            &|d| self.executor.tree_in_memory(d),
+        )
+    }
+
     /// Make the image and name it in the local image store.
     fn tag(
         &self,
@@ -796,14 +819,7 @@ impl ExportPhase<'_> {
         spec: &export::image::ImageSpec,
         name: &str,
     ) -> Result<crate::model::digest::Sha256, Failed> {
-        let built = export::image::build(
-            export::Stores::local(self.store),
-            tree,
-            tree_digest,
-            spec,
-            self.settings,
-            &|d| self.executor.tree_in_memory(d),
-        )?;
+        let built = self.build_image(tree, tree_digest, spec)?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         blobs
             .set_tag(name, &built.manifest_digest, built.manifest.len() as u64)
@@ -826,14 +842,7 @@ impl ExportPhase<'_> {
         ),
         Failed,
     > {
-        let built = export::image::build(
-            export::Stores::local(self.store),
-            tree,
-            tree_digest,
-            spec,
-            self.settings,
-            &|d| self.executor.tree_in_memory(d),
-        )?;
+        let built = self.build_image(tree, tree_digest, spec)?;
         let blobs = crate::store::oci::OciBlobs::new(self.store.layout());
         let mut list: Vec<(crate::model::digest::Sha256, u64)> = built
             .layers
@@ -1018,7 +1027,6 @@ impl ExportPhase<'_> {
     /// set aside for standard output or for naming and pushing (images).
     fn stage_all<'p>(&self, exports: &'p [PlannedExport], ok: bool) -> Staging<'p> {
         let ExportPhase {
-            store,
             executor,
             graph,
             outcome,
@@ -1060,11 +1068,7 @@ impl ExportPhase<'_> {
                     && !is_stdout(e)
                     && std::fs::symlink_metadata(&p.resolved).is_ok()
                 {
-                    match export::remove_previous(
-                        export::Stores::local(store),
-                        &e.dest,
-                        &p.resolved,
-                    ) {
+                    match export::remove_previous(self.stores(), &e.dest, &p.resolved) {
                         Ok(()) => {
                             because.push_str(
                                 " before the stage could be built; the previous export there was removed",
@@ -1088,13 +1092,7 @@ impl ExportPhase<'_> {
             // tree need not even be loaded.
             if !e.format.is_image()
                 && !is_stdout(e)
-                && export::intact(
-                    export::Stores::local(store),
-                    &p.resolved,
-                    state.tree,
-                    settings,
-                    e.format,
-                )
+                && export::intact(self.stores(), &p.resolved, state.tree, settings, e.format)
             {
                 self.unchanged(p, stage, shown, &mut failures);
                 continue;
@@ -1151,7 +1149,7 @@ impl ExportPhase<'_> {
                 image: image.as_ref(),
                 in_memory: &|d| self.executor.tree_in_memory(d),
             };
-            match export::stage(export::Stores::local(store), &job) {
+            match export::stage(self.stores(), &job) {
                 Ok(export::Prepared::Intact) => self.unchanged(p, stage, shown, &mut failures),
                 Ok(export::Prepared::Staged(s)) => staged.push((p, s)),
                 Err(export::Failed::Damaged(d)) => damage.push(d),
@@ -1182,7 +1180,7 @@ impl ExportPhase<'_> {
         ok: bool,
         failures: &mut Vec<Diagnostic>,
     ) {
-        let (store, graph, progress) = (self.store, self.graph, self.progress);
+        let (graph, progress) = (self.graph, self.progress);
         // A build that failed (here or while exporting) writes only the
         // `when="always"` exports.
         let all_good = ok && failures.is_empty();
@@ -1202,7 +1200,7 @@ impl ExportPhase<'_> {
                 });
                 continue;
             }
-            match s.commit(export::Stores::local(store)) {
+            match s.commit(self.stores()) {
                 Ok(()) => {
                     progress.emit(Event::ExportWritten {
                         stage: stage.clone(),
@@ -1228,8 +1226,7 @@ impl ExportPhase<'_> {
         staged_ok: bool,
         failures: &mut Vec<Diagnostic>,
     ) -> Result<(), Vec<Diagnostic>> {
-        let (store, graph, settings, progress) =
-            (self.store, self.graph, self.settings, self.progress);
+        let (graph, settings, progress) = (self.graph, self.settings, self.progress);
         for (p, tree) in stdout {
             let e = &p.export;
             let stage = &graph.stage(e.stage).name;
@@ -1242,16 +1239,15 @@ impl ExportPhase<'_> {
                 continue;
             }
             let out = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = export::tar_to(export::Stores::local(store), &tree, out, settings)
-                .and_then(|mut w| {
-                    std::io::Write::flush(&mut w).map_err(|err| {
-                        Failed::Error(Diagnostic::io(
-                            "cannot write",
-                            std::path::Path::new("standard output"),
-                            &err,
-                        ))
-                    })
-                });
+            let written = export::tar_to(self.stores(), &tree, out, settings).and_then(|mut w| {
+                std::io::Write::flush(&mut w).map_err(|err| {
+                    Failed::Error(Diagnostic::io(
+                        "cannot write",
+                        std::path::Path::new("standard output"),
+                        &err,
+                    ))
+                })
+            });
             match written {
                 Ok(()) => progress.emit(Event::ExportWritten {
                     stage: stage.clone(),
