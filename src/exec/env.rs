@@ -4,7 +4,7 @@
 //! build — context listings, loaded trees, the plugin runtime.
 
 use super::Options;
-use super::workdir::Scratch;
+use super::workdir::ScratchDirs;
 use crate::context::{Listing, Snapshot};
 use crate::diag::Code;
 use crate::diag::Diagnostic;
@@ -15,7 +15,7 @@ use crate::model::state::State;
 use crate::model::tree::Tree;
 use crate::plugin::Runtime;
 use crate::progress::Progress;
-use crate::store::{ActionCache, ContentStore, Store};
+use crate::store::{ActionCache, ContentStore};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -26,8 +26,9 @@ pub struct Env<'a> {
     pub content: &'a dyn ContentStore,
     pub actions: &'a dyn ActionCache,
     pub images: &'a ImageSet,
-    /// The local state directory: scratch space, logs, stat indexes.
-    pub local: &'a Store,
+    /// This machine's part of the state directory: scratch space, logs,
+    /// stat indexes, layers on disk.
+    pub local: crate::store::Scratch<'a>,
     pub progress: &'a Progress<'a>,
     pub options: Options,
     pub cancel: Arc<AtomicBool>,
@@ -41,7 +42,7 @@ pub struct Env<'a> {
     /// The plugin runtime, started by the first plugin step.
     runtime: OnceLock<Result<Runtime, String>>,
     /// Empty directories plugin steps work in, reused from step to step.
-    pub scratch: Scratch,
+    pub scratch_dirs: ScratchDirs,
     /// Which stored tree each stored tree of this build was made from
     /// (a stage's trees, step after step, from its base's): the lineage a
     /// `run` step's tree on disk is layered on.
@@ -74,7 +75,7 @@ impl<'a> Env<'a> {
             prefetched: Mutex::new(prefetched),
             trees: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
-            scratch: Scratch::default(),
+            scratch_dirs: ScratchDirs::default(),
             parents: Mutex::new(HashMap::new()),
         }
     }

@@ -80,8 +80,8 @@ const FILE: &str = "memo";
 const MAGIC: &[u8] = b"KILNMEMO6";
 
 /// The memo of the project `scope`.
-pub fn load(store: &crate::store::Store, scope: &str) -> Option<Memo> {
-    load_from(store.layout(), scope)
+pub fn load(layout: &Layout, scope: &str) -> Option<Memo> {
+    load_from(layout, scope)
 }
 
 fn load_from(layout: &Layout, scope: &str) -> Option<Memo> {
@@ -89,15 +89,15 @@ fn load_from(layout: &Layout, scope: &str) -> Option<Memo> {
     postcard::from_bytes(&bytes).ok()
 }
 
-pub fn save(store: &crate::store::Store, scope: &str, memo: &Memo) {
+pub fn save(layout: &Layout, scope: &str, memo: &Memo) {
     if let Ok(body) = postcard::to_stdvec(memo) {
-        let path = store.layout().project_record(scope, FILE);
+        let path = layout.project_record(scope, FILE);
         let _ = crate::store::checked::write(&path, MAGIC, &body);
     }
 }
 
-pub fn forget(store: &crate::store::Store, scope: &str) {
-    let _ = std::fs::remove_file(store.layout().project_record(scope, FILE));
+pub fn forget(layout: &Layout, scope: &str) {
+    let _ = std::fs::remove_file(layout.project_record(scope, FILE));
 }
 
 /// The memo and the contexts it lists, read on another thread.

@@ -156,14 +156,16 @@ pub struct Outcome {
     pub from_memo: bool,
 }
 
-/// Where a build reads and writes: its cache backends and its local
-/// state directory.
+/// Where a build reads and writes: its cache backends (the local store,
+/// or one that reaches a remote cache) and this machine's own part of
+/// the state directory.
 #[derive(Clone, Copy)]
 pub struct Stores<'a> {
     pub content: &'a dyn ContentStore,
     pub actions: &'a dyn ActionCache,
-    /// Scratch space, logs, stat indexes, the memo.
-    pub local: &'a Store,
+    /// Scratch space, logs, stat indexes, the memo, the layers `run`
+    /// steps' trees are stacked from, the OCI blob store.
+    pub local: crate::store::Scratch<'a>,
 }
 
 impl<'a> Stores<'a> {
@@ -172,7 +174,7 @@ impl<'a> Stores<'a> {
         Stores {
             content: store,
             actions: store,
-            local: store,
+            local: store.scratch(),
         }
     }
 }
@@ -424,7 +426,7 @@ impl<'a> Executor<'a> {
     fn answer_from_memo(&self, key: [u8; 32], roots: &[StageId]) -> Option<Outcome> {
         let memo = match self.env.prefetched_memo() {
             Some(m) => m,
-            None => memo::load(self.env.local, &self.env.options.scope)?,
+            None => memo::load(self.env.local.layout(), &self.env.options.scope)?,
         };
         if memo.key != key {
             return None;
@@ -533,9 +535,9 @@ impl<'a> Executor<'a> {
                         fingerprint: f,
                         listed: self.env.listing_key(crate::ir::ContextId(i as u32)),
                     }),
-                    None => return memo::forget(self.env.local, &self.env.options.scope),
+                    None => return memo::forget(self.env.local.layout(), &self.env.options.scope),
                 },
-                Err(_) => return memo::forget(self.env.local, &self.env.options.scope),
+                Err(_) => return memo::forget(self.env.local.layout(), &self.env.options.scope),
             }
         }
         let stages = order
@@ -556,7 +558,7 @@ impl<'a> Executor<'a> {
         for r in records {
             let (Some(stage), Some(key)) = (ids.get(r.stage.as_str()), StepKey::parse(&r.key))
             else {
-                return memo::forget(self.env.local, &self.env.options.scope);
+                return memo::forget(self.env.local.layout(), &self.env.options.scope);
             };
             steps.push(memo::MemoStep {
                 stage: *stage,
@@ -567,7 +569,7 @@ impl<'a> Executor<'a> {
             });
         }
         memo::save(
-            self.env.local,
+            self.env.local.layout(),
             &self.env.options.scope,
             &memo::Memo {
                 key,

@@ -47,7 +47,7 @@ impl World {
         let stores = Stores {
             content: &self.mem,
             actions: &self.mem,
-            local: &self.local,
+            local: self.local.scratch(),
         };
         let options = Options {
             jobs: 2,

@@ -15,7 +15,7 @@ use crate::diag::Code;
 use crate::diag::Diagnostic;
 use crate::model::digest::BlobDigest;
 use crate::model::tree::{Entry, Kind, Tree};
-use crate::store::{ContentStore, Store};
+use crate::store::{ContentStore, Scratch};
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -204,14 +204,14 @@ fn unchanged(stat: &FileStat, ino: u64, size: u64) -> bool {
 /// and taken back emptied: creating and removing directories costs more
 /// than a whole warm plugin run on some file systems. Removed when dropped.
 #[derive(Default)]
-pub struct Scratch {
+pub struct ScratchDirs {
     free: std::sync::Mutex<Vec<PathBuf>>,
     all: std::sync::Mutex<Vec<PathBuf>>,
 }
 
-impl Scratch {
+impl ScratchDirs {
     /// An empty directory.
-    pub fn take(&self, store: &Store) -> Result<PathBuf, Diagnostic> {
+    pub fn take(&self, store: Scratch<'_>) -> Result<PathBuf, Diagnostic> {
         if let Some(p) = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(p);
         }
@@ -249,7 +249,7 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
+impl Drop for ScratchDirs {
     fn drop(&mut self) {
         for p in self.all.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = fs::remove_dir_all(p);
@@ -261,7 +261,7 @@ impl Drop for Scratch {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(store: &Store, hint: &str) -> TempDir {
+    pub fn new(store: Scratch<'_>, hint: &str) -> TempDir {
         TempDir(store.tmp_path(hint))
     }
 }

@@ -679,7 +679,7 @@ fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
     progress.emit(Event::Notice {
         message: "the cache is damaged; building again without it".into(),
     });
-    crate::exec::memo::forget(store, &options.scope);
+    crate::exec::memo::forget(store.layout(), &options.scope);
     store.set_verify_existing(true);
     options.no_cache = true;
     options.memo_key = None;

@@ -79,6 +79,7 @@ pub fn check_owner(root: &Path) -> Result<(), Diagnostic> {
 pub struct Scratch<'a> {
     layout: &'a Layout,
     owner: &'a owners::Owner,
+    counter: &'a AtomicU64,
 }
 
 impl<'a> Scratch<'a> {
@@ -92,6 +93,46 @@ impl<'a> Scratch<'a> {
 
     pub fn root(&self) -> &'a Path {
         self.layout.root()
+    }
+
+    /// A fresh path in `tmp/` (not created), named for this process so
+    /// that `kiln gc` and the next open know whose it is.
+    pub fn tmp_path(&self, hint: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.layout
+            .tmp()
+            .join(format!("{}-{n}-{hint}", self.owner.token()))
+    }
+
+    /// Write `bytes` to `dest` atomically (a temp file renamed over it).
+    /// What is written this way names nothing in the store's open pack
+    /// (logs, records of this machine's own); see [`Store::write_atomic`].
+    pub fn write_atomic(&self, dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+        let tmp = self.tmp_path("w");
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            drop(f);
+            commit(&tmp, dest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Move a finished temp file to its final name.
+fn commit(tmp: &Path, dest: &Path) -> io::Result<()> {
+    match fs::rename(tmp, dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(p) = dest.parent() {
+                fs::create_dir_all(p)?;
+            }
+            fs::rename(tmp, dest)
+        }
+        r => r,
     }
 }
 
@@ -195,6 +236,7 @@ impl Store {
         Scratch {
             layout: &self.layout,
             owner: &self.owner,
+            counter: &self.counter,
         }
     }
 
@@ -205,23 +247,7 @@ impl Store {
 
     /// A fresh path in `tmp/` (not created).
     pub fn tmp_path(&self, hint: &str) -> PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.layout
-            .tmp()
-            .join(format!("{}-{n}-{hint}", self.owner.token()))
-    }
-
-    /// Move a finished temp file to its final name.
-    fn commit(&self, tmp: &Path, dest: &Path) -> io::Result<()> {
-        match fs::rename(tmp, dest) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(p) = dest.parent() {
-                    fs::create_dir_all(p)?;
-                }
-                fs::rename(tmp, dest)
-            }
-            r => r,
-        }
+        self.scratch().tmp_path(hint)
     }
 
     /// Write `bytes` to `dest` atomically. What is written may name blobs:
@@ -240,18 +266,7 @@ impl Store {
     }
 
     fn write_loose(&self, dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-        let tmp = self.tmp_path("w");
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            drop(f);
-            self.commit(&tmp, dest)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        self.scratch().write_atomic(dest, bytes, mode)
     }
 
     pub fn blob_path(&self, d: BlobDigest) -> PathBuf {
@@ -564,7 +579,7 @@ impl ContentStore for Store {
                 .map_err(StoreError::io(&tmp))?;
             drop(f);
             let path = self.blob_path(d);
-            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
+            commit(&tmp, &path).map_err(StoreError::io(&path))?;
             Ok((d, size))
         })();
         if result.is_err() {
@@ -604,7 +619,7 @@ impl ContentStore for Store {
                 .map_err(StoreError::io(&tmp))?;
             drop(f);
             let path = self.blob_path(expected);
-            self.commit(&tmp, &path).map_err(StoreError::io(&path))?;
+            commit(&tmp, &path).map_err(StoreError::io(&path))?;
             Ok(())
         })();
         if result.is_err() {

@@ -107,7 +107,7 @@ impl StepKind for WasmOp {
         // The stage tree in a reused scratch directory, emptied and kept
         // for the next run whatever happens; mounts, which are rarer, in a
         // directory of their own.
-        let root = env.scratch.take(env.local)?;
+        let root = env.scratch_dirs.take(env.local)?;
         let result = (|| -> Result<Tree, Diagnostic> {
             let p = plugin_of(self, cx);
             let rt = env.runtime()?;
@@ -243,7 +243,7 @@ impl StepKind for WasmOp {
                 }
             })
         })();
-        env.scratch.give_back(root);
+        env.scratch_dirs.give_back(root);
         *work.tree = result?;
         Ok(())
     }
