@@ -2,8 +2,11 @@
 //! `Shell`, `OnBuild` and `Healthcheck`) as a stage's [`ImageConfig`]: what
 //! a stage built on the image inherits.
 
+use super::{ImageError, document};
+use crate::model::digest::Sha256;
 use crate::model::state::{Healthcheck, ImageConfig};
-use serde_json::Value;
+use oci_spec::image::ImageConfiguration;
+use serde::Deserialize;
 
 /// The platform an image config says it is for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,101 +16,109 @@ pub struct ConfigPlatform {
     pub variant: Option<String>,
 }
 
-/// Read an image config. Unknown fields are ignored; a field of the wrong
-/// type is an error naming it.
-pub fn parse(bytes: &[u8]) -> Result<(ImageConfig, ConfigPlatform), String> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the image config is not JSON: {e}"))?;
+/// What kiln reads from an image config.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: ImageConfig,
+    pub platform: ConfigPlatform,
+    /// The sha256 of each layer's uncompressed bytes, in order.
+    pub diff_ids: Vec<Sha256>,
+}
+
+/// The fields Docker's image config adds to the OCI one.
+#[derive(Deserialize)]
+struct DockerDocument {
+    config: Option<DockerConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerConfig {
+    shell: Option<Vec<String>>,
+    on_build: Option<Vec<String>>,
+    healthcheck: Option<DockerHealthcheck>,
+}
+
+/// Durations in nanoseconds, as Docker writes them.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerHealthcheck {
+    test: Option<Vec<String>>,
+    interval: Option<u64>,
+    timeout: Option<u64>,
+    start_period: Option<u64>,
+    start_interval: Option<u64>,
+    retries: Option<u32>,
+}
+
+/// Read an image config (OCI's, through oci-spec's type, and the fields
+/// Docker's adds). Unknown fields are ignored; a field of the wrong type
+/// is an error naming it.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, ImageError> {
+    const WHAT: &str = "the image config";
+    let oci: ImageConfiguration = document(bytes, WHAT)?;
+    let docker: DockerDocument = document(bytes, WHAT)?;
     let platform = ConfigPlatform {
-        os: str_field(&v, "os")?.unwrap_or_default(),
-        architecture: str_field(&v, "architecture")?.unwrap_or_default(),
-        variant: str_field(&v, "variant")?,
+        os: oci.os().to_string(),
+        architecture: oci.architecture().to_string(),
+        variant: oci.variant().clone(),
     };
-    let c = match v.get("config") {
-        None | Some(Value::Null) => return Ok((ImageConfig::default(), platform)),
-        Some(c @ Value::Object(_)) => c,
-        Some(_) => return Err("the image config's `config` is not an object".into()),
-    };
+    let diff_ids = oci
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| {
+            Sha256::parse(d).ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "{WHAT} lists the diff_id `{d}`, which is not a sha256 digest"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = ImageConfig::default();
-    for kv in strings(c, "Env")?.unwrap_or_default() {
-        match kv.split_once('=') {
-            Some((k, v)) => out.set_env(k, v),
-            None => out.set_env(&kv, ""),
-        }
-    }
-    // Normalized: an image cannot lead paths out of the tree with `..`.
-    out.workdir = str_field(c, "WorkingDir")?
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("/{}", crate::model::tree::normalize(&w, "/")));
-    out.user = str_field(c, "User")?.filter(|u| !u.is_empty());
-    out.entrypoint = strings(c, "Entrypoint")?;
-    out.cmd = strings(c, "Cmd")?;
-    out.stop_signal = str_field(c, "StopSignal")?.filter(|s| !s.is_empty());
-    out.shell = strings(c, "Shell")?.filter(|s| !s.is_empty());
-    out.onbuild = strings(c, "OnBuild")?.unwrap_or_default();
-    if let Some(labels) = object(c, "Labels")? {
-        for (k, v) in labels {
-            let Value::String(v) = v else {
-                return Err(format!("the label `{k}` is not a string"));
-            };
-            out.labels.insert(k.clone(), v.clone());
-        }
-    }
-    if let Some(ports) = object(c, "ExposedPorts")? {
-        out.exposed_ports = ports.keys().cloned().collect();
-    }
-    if let Some(volumes) = object(c, "Volumes")? {
-        out.volumes = volumes.keys().cloned().collect();
-    }
-    if let Some(h) = c.get("Healthcheck").filter(|h| !h.is_null()) {
-        let n = |k: &str| -> Result<Option<u64>, String> {
-            match h.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) => Ok(n.as_u64()),
-                Some(_) => Err(format!("the health check's `{k}` is not a number")),
+    if let Some(c) = oci.config() {
+        for kv in c.env().iter().flatten() {
+            match kv.split_once('=') {
+                Some((k, v)) => out.set_env(k, v),
+                None => out.set_env(kv, ""),
             }
-        };
-        out.healthcheck = Some(Healthcheck {
-            test: strings(h, "Test")?.unwrap_or_default(),
-            interval: n("Interval")?,
-            timeout: n("Timeout")?,
-            start_period: n("StartPeriod")?,
-            start_interval: n("StartInterval")?,
-            retries: n("Retries")?.map(|r| r as u32),
+        }
+        // Normalized: an image cannot lead paths out of the tree with `..`.
+        out.workdir = c
+            .working_dir()
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            .map(|w| format!("/{}", crate::model::tree::normalize(w, "/")));
+        out.user = c.user().clone().filter(|u| !u.is_empty());
+        out.entrypoint = c.entrypoint().clone();
+        out.cmd = c.cmd().clone();
+        out.stop_signal = c.stop_signal().clone().filter(|s| !s.is_empty());
+        out.labels.extend(
+            c.labels()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        out.exposed_ports = c.exposed_ports().iter().flatten().cloned().collect();
+        out.volumes = c.volumes().iter().flatten().cloned().collect();
+    }
+    if let Some(c) = docker.config {
+        out.shell = c.shell.filter(|s| !s.is_empty());
+        out.onbuild = c.on_build.unwrap_or_default();
+        out.healthcheck = c.healthcheck.map(|h| Healthcheck {
+            test: h.test.unwrap_or_default(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
         });
     }
-    Ok((out, platform))
-}
-
-fn str_field(v: &Value, k: &str) -> Result<Option<String>, String> {
-    match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("the image config's `{k}` is not a string")),
-    }
-}
-
-fn strings(v: &Value, k: &str) -> Result<Option<Vec<String>>, String> {
-    match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| match x {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(format!("the image config's `{k}` is not a list of strings")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(format!("the image config's `{k}` is not a list")),
-    }
-}
-
-fn object<'a>(v: &'a Value, k: &str) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
-    match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(format!("the image config's `{k}` is not an object")),
-    }
+    Ok(Parsed {
+        config: out,
+        platform,
+        diff_ids,
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +140,11 @@ mod tests {
             },
             "rootfs": {"type": "layers", "diff_ids": []}
         }"#;
-        let (c, p) = parse(json).unwrap();
+        let Parsed {
+            config: c,
+            platform: p,
+            ..
+        } = parse(json).unwrap();
         assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "amd64"));
         assert_eq!(c.env[1], ("LANG".to_string(), "C.UTF-8".to_string()));
         assert_eq!(c.workdir(), "/app");
@@ -140,11 +155,21 @@ mod tests {
         assert_eq!(c.onbuild, ["RUN true"]);
         let h = c.healthcheck.unwrap();
         assert_eq!((h.interval, h.retries), (Some(30_000_000_000), Some(3)));
-        assert!(parse(br#"{"config": {"Env": "PATH=/"}}"#).is_err());
-        assert!(parse(b"nope").is_err());
+        let bare = r#""os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}"#;
+        let wrong = parse(format!(r#"{{{bare}, "config": {{"Env": "PATH=/"}}}}"#).as_bytes());
+        let wrong = wrong.unwrap_err().to_string();
+        assert!(wrong.contains("`config.Env`"), "{wrong}");
+        let wrong = parse(
+            format!(r#"{{{bare}, "config": {{"Healthcheck": {{"Retries": "3"}}}}}}"#).as_bytes(),
+        );
+        let wrong = wrong.unwrap_err().to_string();
+        assert!(wrong.contains("`config.Healthcheck.Retries`"), "{wrong}");
+        assert!(parse(b"nope").unwrap_err().to_string().contains("not JSON"));
         assert_eq!(
-            parse(br#"{"os":"linux"}"#).unwrap().0,
+            parse(format!("{{{bare}}}").as_bytes()).unwrap().config,
             ImageConfig::default()
         );
+        let odd = parse(br#"{"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": ["md5:00"]}}"#);
+        assert!(odd.unwrap_err().to_string().contains("md5:00"));
     }
 }

@@ -3,16 +3,28 @@
 //! save` writes (`docker-archive:FILE`, whose manifest kiln rewrites as an
 //! OCI manifest so the image has a digest like any other).
 
-use super::{ImageError, MEDIA_CONFIG, MEDIA_LAYER, MEDIA_MANIFEST, Source, json, read_small};
+use super::{ImageError, MEDIA_CONFIG, MEDIA_LAYER, MEDIA_MANIFEST, Source, document, read_small};
 use crate::model::digest::Sha256;
 use crate::store::oci::OciBlobs;
-use serde_json::{Value, json as j};
+use oci_spec::image::{Descriptor, ImageIndex};
+use serde_json::json as j;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// One image of a `docker save` archive's `manifest.json`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerArchiveImage {
+    /// The config's path in the archive.
+    config: String,
+    repo_tags: Option<Vec<String>>,
+    /// The layers' paths, base first.
+    layers: Vec<String>,
+}
 
 /// Where the files of a layout are: a directory, or entries of a tar.
 enum Files {
@@ -188,17 +200,13 @@ fn select(
         }
         return Ok((bytes, d.clone()));
     }
-    let index = json(&files.read("index.json", "index.json")?, "index.json")?;
-    let entries = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let ref_name = |e: &Value| {
-        e.get("annotations")
+    let index: ImageIndex = document(&files.read("index.json", "index.json")?, "index.json")?;
+    let entries = index.manifests();
+    let ref_name = |e: &Descriptor| {
+        e.annotations()
+            .as_ref()
             .and_then(|a| a.get(REF_NAME))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+            .cloned()
     };
     let chosen = match tag {
         Some(t) => entries.iter().find(|e| {
@@ -224,13 +232,7 @@ fn select(
             }
         )));
     };
-    let d = e
-        .get("digest")
-        .and_then(Value::as_str)
-        .and_then(Sha256::parse)
-        .ok_or_else(|| {
-            ImageError::Invalid(format!("an entry of `{name}`'s index has no digest"))
-        })?;
+    let d = super::sha256(e, &format!("an entry of `{name}`'s index"))?;
     let bytes = files.read(&Files::blob_path(&d), "the manifest")?;
     if Sha256::of(&bytes) != d {
         return Err(ImageError::Invalid(format!(
@@ -317,22 +319,12 @@ impl Archive {
                 "`{shown}` is not a docker archive (it has no `manifest.json`)"
             )));
         }
-        let list = json(
+        let images: Vec<DockerArchiveImage> = document(
             &files.read("manifest.json", "manifest.json")?,
             "manifest.json",
         )?;
-        let images = list.as_array().cloned().unwrap_or_default();
-        let tags = |e: &Value| -> Vec<String> {
-            e.get("RepoTags")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let tags =
+            |e: &DockerArchiveImage| -> Vec<String> { e.repo_tags.clone().unwrap_or_default() };
         let wanted = name.as_deref().map(normalize_tag);
         let chosen = match &wanted {
             Some(w) => images
@@ -356,26 +348,13 @@ impl Archive {
                 }
             )));
         };
-        let config_path = image
-            .get("Config")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ImageError::Invalid(format!("`{shown}`'s manifest names no config")))?
-            .to_string();
+        let config_path = image.config.clone();
         let config = files.read(&config_path, "the image config")?;
         let config_digest = Sha256::of(&config);
         let mut paths = HashMap::new();
         paths.insert(config_digest.clone(), config_path);
         let mut layers = Vec::new();
-        for l in image
-            .get("Layers")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
-            let p = l
-                .as_str()
-                .ok_or_else(|| ImageError::Invalid(format!("`{shown}` names a layer oddly")))?
-                .to_string();
+        for p in image.layers.clone() {
             // The layer's digest: its bytes as they are in the archive.
             let mut r = files.open(&p)?;
             let mut h = <sha2::Sha256 as sha2::Digest>::new();

@@ -25,9 +25,9 @@ use crate::model::state::{Action, ImageConfig, State};
 use crate::model::tree::Tree;
 use crate::store::oci::OciBlobs;
 use crate::store::{ActionCache, ContentStore, StoreError};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use platform::Platform;
 use reference::ImageRef;
-use serde_json::Value;
 use std::io::Read;
 
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -118,17 +118,51 @@ pub struct Image {
     pub layers: Vec<LayerDesc>,
 }
 
-fn json(bytes: &[u8], what: &str) -> Result<Value, ImageError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ImageError::Invalid(format!("{what} is not JSON: {e}")))
+/// A JSON document read as `T` (oci-spec's manifest, index and config
+/// types, or Docker's own): an error names the field at fault.
+pub(crate) fn document<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, ImageError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        ImageError::Invalid(if inner.is_syntax() || inner.is_eof() {
+            format!("{what} is not JSON: {inner}")
+        } else if at == "." {
+            format!("{what} is not valid: {inner}")
+        } else {
+            format!("{what} is not valid at `{at}`: {inner}")
+        })
+    })
 }
 
-/// Whether a manifest document is an index (a list of per-platform manifests).
-fn is_index(v: &Value) -> bool {
-    match v.get("mediaType").and_then(Value::as_str) {
-        Some(t) => t == MEDIA_INDEX || t == DOCKER_LIST,
-        None => v.get("manifests").is_some() && v.get("layers").is_none(),
+/// Whether a manifest document is an index (a list of per-platform
+/// manifests): by its media type, or, without one, by its fields.
+fn is_index(bytes: &[u8], what: &str) -> Result<bool, ImageError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Shape {
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+        layers: Option<serde::de::IgnoredAny>,
     }
+    let shape: Shape = document(bytes, what)?;
+    Ok(match shape.media_type.as_deref() {
+        Some(t) => t == MEDIA_INDEX || t == DOCKER_LIST,
+        None => shape.manifests.is_some() && shape.layers.is_none(),
+    })
+}
+
+/// A descriptor's digest, which kiln reads only as sha256.
+fn sha256(d: &Descriptor, what: &str) -> Result<Sha256, ImageError> {
+    Sha256::parse(d.digest().as_ref()).ok_or_else(|| {
+        ImageError::Invalid(format!(
+            "{what} has the digest `{}`: kiln reads sha256 digests only",
+            d.digest()
+        ))
+    })
 }
 
 /// The digest of the manifest for `platform`: the reference's own when it
@@ -152,38 +186,30 @@ fn pick(
     blobs: &OciBlobs,
     depth: usize,
 ) -> Result<Sha256, ImageError> {
-    let v = json(bytes, "the image manifest")?;
-    if !is_index(&v) {
+    if !is_index(bytes, "the image manifest")? {
         return Ok(digest);
     }
     if depth > 4 {
         return Err(ImageError::Invalid("image indexes nest too deep".into()));
     }
-    let entries = v
-        .get("manifests")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ImageError::Invalid("the image index lists no manifests".into()))?;
+    let index: ImageIndex = document(bytes, "the image index")?;
+    let entries = index.manifests();
+    if entries.is_empty() {
+        return Err(ImageError::Invalid(
+            "the image index lists no manifests".into(),
+        ));
+    }
     let mut seen = Vec::new();
     for e in entries {
-        let p = e.get("platform");
-        let field = |k: &str| {
-            p.and_then(|p| p.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
+        let (os, arch, variant) = match e.platform() {
+            Some(p) => (
+                p.os().to_string(),
+                p.architecture().to_string(),
+                p.variant().clone(),
+            ),
+            None => Default::default(),
         };
-        let (os, arch) = (field("os"), field("architecture"));
-        let variant = p
-            .and_then(|p| p.get("variant"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let Some(d) = e
-            .get("digest")
-            .and_then(Value::as_str)
-            .and_then(Sha256::parse)
-        else {
-            continue;
-        };
+        let d = sha256(e, "an entry of the image index")?;
         if os.is_empty() && arch.is_empty() {
             // An entry without a platform (attestations, or a single image).
             if entries.len() == 1 {
@@ -238,35 +264,14 @@ pub fn load(
             b
         }
     };
-    let v = json(&manifest, "the image manifest")?;
-    if is_index(&v) {
+    if is_index(&manifest, "the image manifest")? {
         return Err(ImageError::Invalid(format!(
             "{digest} is an image index, not a manifest"
         )));
     }
-    let desc = |d: &Value, what: &str| -> Result<(Sha256, u64, String), ImageError> {
-        let digest = d
-            .get("digest")
-            .and_then(Value::as_str)
-            .and_then(Sha256::parse)
-            .ok_or_else(|| {
-                ImageError::Invalid(format!("the manifest's {what} has no sha256 digest"))
-            })?;
-        let size = d.get("size").and_then(Value::as_u64).ok_or_else(|| {
-            ImageError::Invalid(format!("the manifest's {what} {digest} declares no size"))
-        })?;
-        let media = d
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        Ok((digest, size, media))
-    };
-    let (config_digest, config_size, _) = desc(
-        v.get("config")
-            .ok_or_else(|| ImageError::Invalid("the manifest has no config".into()))?,
-        "config",
-    )?;
+    let m: ImageManifest = document(&manifest, "the image manifest")?;
+    let config_digest = sha256(m.config(), "the manifest's config")?;
+    let config_size = m.config().size();
     if config_size > crate::store::oci::MAX_DOCUMENT {
         return Err(ImageError::Invalid(format!(
             "the manifest declares a config of {config_size} bytes: kiln reads configs up to {}",
@@ -274,13 +279,10 @@ pub fn load(
         )));
     }
     let mut descs = Vec::new();
-    let layers = &mut descs;
-    for l in v
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ImageError::Invalid("the manifest lists no layers".into()))?
-    {
-        let (digest, size, media_type) = desc(l, "layer")?;
+    for l in m.layers() {
+        let digest = sha256(l, "a layer of the manifest")?;
+        let size = l.size();
+        let media_type = l.media_type().to_string();
         if media_type.contains("nondistributable") || media_type.contains("foreign") {
             return Err(ImageError::Invalid(format!(
                 "layer {digest} is a foreign layer, which kiln does not fetch"
@@ -295,7 +297,7 @@ pub fn load(
                 "the manifest declares layer {digest} as {size} bytes, but its bytes are {stored}"
             )));
         }
-        layers.push((digest, size, media_type));
+        descs.push((digest, size, media_type));
     }
     if !blobs.has(&config_digest) {
         let Some(s) = source else {
@@ -306,21 +308,11 @@ pub fn load(
         s.fetch_blob(&config_digest, config_size, blobs)?;
     }
     let config_bytes = blobs.read(&config_digest)?;
-    let (config, p) = config::parse(&config_bytes).map_err(ImageError::Invalid)?;
-    let diff_ids: Vec<Sha256> = json(&config_bytes, "the image config")?
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|d| d.as_str().and_then(Sha256::parse))
-                .collect::<Option<Vec<_>>>()
-        })
-        .unwrap_or(Some(Vec::new()))
-        .ok_or_else(|| {
-            ImageError::Invalid(
-                "the image config lists a diff_id that is not a sha256 digest".into(),
-            )
-        })?;
+    let config::Parsed {
+        config,
+        platform: p,
+        diff_ids,
+    } = config::parse(&config_bytes)?;
     if diff_ids.len() != descs.len() {
         return Err(ImageError::Invalid(format!(
             "the image config lists {} diff_ids for the manifest's {} layers",
@@ -614,4 +606,143 @@ pub(crate) fn read_small(r: &mut dyn Read, what: &str) -> Result<Vec<u8>, ImageE
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::layout::Layout;
+    use std::collections::HashMap;
+
+    /// Documents by digest, as a registry would serve them.
+    struct Docs {
+        top: Vec<u8>,
+        by_digest: HashMap<Sha256, Vec<u8>>,
+    }
+
+    impl Docs {
+        fn new(top: &str, others: &[&str]) -> Docs {
+            Docs {
+                top: top.as_bytes().to_vec(),
+                by_digest: others
+                    .iter()
+                    .map(|d| (Sha256::of(d.as_bytes()), d.as_bytes().to_vec()))
+                    .collect(),
+            }
+        }
+    }
+
+    impl Source for Docs {
+        fn top(&mut self) -> Result<(Vec<u8>, Sha256), ImageError> {
+            Ok((self.top.clone(), Sha256::of(&self.top)))
+        }
+        fn manifest(&mut self, d: &Sha256) -> Result<Vec<u8>, ImageError> {
+            self.by_digest
+                .get(d)
+                .cloned()
+                .ok_or_else(|| ImageError::NotFound(d.to_string()))
+        }
+        fn fetch_blob(&mut self, d: &Sha256, _: u64, blobs: &OciBlobs) -> Result<(), ImageError> {
+            let b = self.manifest(d)?;
+            blobs.put_bytes(&b)?;
+            Ok(())
+        }
+    }
+
+    fn manifest(config: &str, layers: &str) -> String {
+        format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{MEDIA_MANIFEST}",
+                "config": {{"mediaType": "{MEDIA_CONFIG}", "digest": "{}", "size": {}}},
+                "layers": {layers}}}"#,
+            Sha256::of(config.as_bytes()),
+            config.len()
+        )
+    }
+
+    fn index(entries: &[(&str, &str)]) -> String {
+        let e: Vec<String> = entries
+            .iter()
+            .map(|(m, platform)| {
+                format!(
+                    r#"{{"mediaType": "{MEDIA_MANIFEST}", "digest": "{}", "size": {}, "platform": {platform}}}"#,
+                    Sha256::of(m.as_bytes()),
+                    m.len()
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{MEDIA_INDEX}", "manifests": [{}]}}"#,
+            e.join(",")
+        )
+    }
+
+    const CONFIG: &str = r#"{"os": "linux", "architecture": "arm64", "config": {"Env": ["A=1"]},
+        "rootfs": {"type": "layers", "diff_ids": []}}"#;
+
+    #[test]
+    fn an_index_resolves_to_its_platform_and_names_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = OciBlobs::new(&Layout::new(dir.path()));
+        let arm = manifest(CONFIG, "[]");
+        let amd = manifest(CONFIG, "[]").replace("\"layers\"", "\"annotations\": {}, \"layers\"");
+        let top = index(&[
+            (&amd, r#"{"os": "linux", "architecture": "amd64"}"#),
+            (
+                &arm,
+                r#"{"os": "linux", "architecture": "arm64", "variant": "v8"}"#,
+            ),
+        ]);
+        let mut docs = Docs::new(&top, &[&arm, &amd, CONFIG]);
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        let d = resolve(&mut docs, &arm64, &blobs).unwrap();
+        assert_eq!(d, Sha256::of(arm.as_bytes()));
+        let image = load(&d, Some(&mut docs), &blobs).unwrap();
+        assert_eq!(image.platform.architecture, "arm64");
+        assert_eq!(image.config.env, [("A".to_string(), "1".to_string())]);
+
+        let riscv = Platform::parse("linux/riscv64").unwrap();
+        let e = resolve(&mut docs, &riscv, &blobs).unwrap_err().to_string();
+        assert!(e.contains("linux/amd64, linux/arm64/v8"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_field_of_the_wrong_kind_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = OciBlobs::new(&Layout::new(dir.path()));
+        let bad = manifest(
+            CONFIG,
+            &format!(
+                r#"[{{"mediaType": "{MEDIA_LAYER}", "digest": "sha256:{}", "size": "12"}}]"#,
+                "a".repeat(64)
+            ),
+        );
+        let mut docs = Docs::new(&bad, &[&bad, CONFIG]);
+        let d = Sha256::of(bad.as_bytes());
+        let e = load(&d, Some(&mut docs), &blobs).unwrap_err().to_string();
+        assert!(e.contains("`layers[0].size`"), "{e}");
+
+        // A digest kiln does not read (sha512) is refused, by name.
+        let other = manifest(
+            CONFIG,
+            &format!(
+                r#"[{{"mediaType": "{MEDIA_LAYER}", "digest": "sha512:{}", "size": 12}}]"#,
+                "b".repeat(128)
+            ),
+        );
+        let mut docs = Docs::new(&other, &[&other, CONFIG]);
+        let d = Sha256::of(other.as_bytes());
+        let e = load(&d, Some(&mut docs), &blobs).unwrap_err().to_string();
+        assert!(
+            e.contains("sha512:bbbb") && e.contains("sha256 digests only"),
+            "{e}"
+        );
+
+        // An index where a manifest is wanted.
+        let top = index(&[(&other, r#"{"os": "linux", "architecture": "amd64"}"#)]);
+        let mut docs = Docs::new(&top, &[]);
+        let d = Sha256::of(top.as_bytes());
+        blobs.put_bytes(top.as_bytes()).unwrap();
+        let e = load(&d, Some(&mut docs), &blobs).unwrap_err().to_string();
+        assert!(e.contains("is an image index"), "{e}");
+    }
 }
