@@ -97,10 +97,8 @@ fn docker_flags(args: &BuildArgs) -> Result<(), Diagnostic> {
 
 /// `--secret id=NAME,src=FILE` (or `env=VAR`, Docker's forms) read now.
 fn secrets(given: &[String]) -> Result<crate::exec::Secrets, Diagnostic> {
-    let bad = |s: &str, why: &str| {
-        Diagnostic::new(Code::CLI_SECRET, format!("`--secret {s}`: {why}"))
-            .with_help("write `--secret id=NAME,src=FILE` or `--secret id=NAME,env=VAR`")
-    };
+    let bad =
+        |s: &str, why: &str| Diagnostic::new(Code::CLI_SECRET, format!("`--secret {s}`: {why}"));
     let mut out = std::collections::HashMap::new();
     for s in given {
         let (mut id, mut src, mut env) = (None, None, None);
@@ -148,9 +146,6 @@ fn ssh(given: &[String]) -> Result<std::collections::HashMap<String, PathBuf>, D
                         Code::CLI_SSH,
                         format!("`--ssh {s}`: `SSH_AUTH_SOCK` is not set"),
                     )
-                    .with_help(
-                        "start an agent (`eval $(ssh-agent)`), or write `--ssh default=SOCKET`",
-                    )
                 })?;
                 (s.to_string(), PathBuf::from(sock))
             }
@@ -185,7 +180,6 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
             Code::CLI_SIZE,
             format!("`--max-unpack-size {}` is not a size", args.max_unpack_size),
         )
-        .with_help("write a size like `500MiB` or `16GiB`")
     })?;
     Ok(Request {
         spec: args.spec.input()?,

@@ -167,7 +167,6 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
                     Code::IMPORT_EXISTS,
                     format!("`{}` already exists", out.display()),
                 )
-                .with_help("pass `--force` to replace it, or choose another file with `-o`")
                 .into());
             }
             let tmp = out.with_file_name(format!(
@@ -530,10 +529,10 @@ pub fn rmi(args: &RmiArgs) -> Result<(), Failure> {
 
 pub fn gc(args: &GcArgs, _sources: &Sources) -> Result<(), Failure> {
     let budget = match &args.max_size {
-        Some(s) => Some(crate::units::parse_size(s).ok_or_else(|| {
-            Diagnostic::new(Code::GC_SIZE, format!("`{s}` is not a size"))
-                .with_help("write a size like `500M` or `2G`")
-        })?),
+        Some(s) => Some(
+            crate::units::parse_size(s)
+                .ok_or_else(|| Diagnostic::new(Code::GC_SIZE, format!("`{s}` is not a size")))?,
+        ),
         None => None,
     };
     let state = state_dir(&args.state_dir, &args.spec.spec_path());

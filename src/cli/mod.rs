@@ -107,9 +107,11 @@ impl SpecArgs {
         if std::fs::canonicalize(&context).is_ok_and(|c| c == std::path::Path::new("/")) {
             return Err(Diagnostic::new(
                 Code::CLI_CONTEXT,
-                format!("`{}` is the file system's root, which cannot be a build context", context.display()),
-            )
-            .with_help("name the project's directory: `kiln build DIR`, or `-f DIR/kiln.kdl` (its directory is the context)"));
+                format!(
+                    "`{}` is the file system's root, which cannot be a build context",
+                    context.display()
+                ),
+            ));
         }
         Ok(crate::pipeline::load::SpecInput {
             context,
@@ -125,10 +127,10 @@ impl SpecArgs {
             .iter()
             .map(|a| match a.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(
-                    Diagnostic::new(Code::CLI_ARG, format!("`--arg {a}` is not NAME=VALUE"))
-                        .with_help("write `--arg VERSION=1.2.3`"),
-                ),
+                _ => Err(Diagnostic::new(
+                    Code::CLI_ARG,
+                    format!("`--arg {a}` is not NAME=VALUE"),
+                )),
             })
             .collect()
     }

@@ -310,9 +310,7 @@ fn new(args: &NewArgs) -> Result<(), Failure> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !ok {
         return Err(
-            Diagnostic::new(Code::PLUGIN_NAME, format!("`{name}` is not a plugin name"))
-                .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter")
-                .into(),
+            Diagnostic::new(Code::PLUGIN_NAME, format!("`{name}` is not a plugin name")).into(),
         );
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
@@ -321,7 +319,6 @@ fn new(args: &NewArgs) -> Result<(), Failure> {
             Code::PLUGIN_EXISTS,
             format!("`{}` already exists", dir.display()),
         )
-        .with_help("choose another name, or pass `--dir`")
         .into());
     }
     let files: Vec<(PathBuf, String)> = vec![

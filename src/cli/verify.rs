@@ -154,17 +154,18 @@ pub fn run(args: &VerifyArgs, sources: &Sources) -> Result<(), Failure> {
         return Ok(());
     }
     Err(Failure {
-        diagnostics: vec![
-            Diagnostic::new(
-                Code::VERIFY_DIFFERS,
-                format!(
-                    "{} not reproducible: built from nothing, {} a different result",
-                    describe(&differ),
-                    if differ.len() == 1 { "it gives" } else { "they give" }
-                ),
-            )
-            .with_help("make the step named above deterministic: no clock, no randomness, no network, sorted output"),
-        ],
+        diagnostics: vec![Diagnostic::new(
+            Code::VERIFY_DIFFERS,
+            format!(
+                "{} not reproducible: built from nothing, {} a different result",
+                describe(&differ),
+                if differ.len() == 1 {
+                    "it gives"
+                } else {
+                    "they give"
+                }
+            ),
+        )],
         code: 1,
     })
 }

@@ -320,7 +320,6 @@ impl Snapshot {
                 Code::CONTEXT_ESCAPE,
                 format!("`{path}` leads outside the context"),
             )
-            .with_help("a context file cannot be a symlink to a place outside the context")
         } else {
             Diagnostic::new(
                 Code::CONTEXT_READ,
@@ -376,8 +375,7 @@ impl Snapshot {
                 Err(Diagnostic::new(
                     Code::CONTEXT_CHANGED,
                     format!("`{path}` in the context changed during the build"),
-                )
-                .with_help("run the build again once the file stops changing"))
+                ))
             }
             Err(IngestError::Store(e)) => Err(e.into()),
         }

@@ -215,7 +215,6 @@ impl Diagnostic {
 
     pub fn internal(message: impl Into<String>) -> Diagnostic {
         Diagnostic::new(Code::INTERNAL, message)
-            .with_help("this is a bug in kiln; please report it with the spec that triggered it")
     }
 
     pub fn warning(code: Code, message: impl Into<String>) -> Diagnostic {
@@ -228,7 +227,6 @@ impl Diagnostic {
     /// builds says.
     pub fn interrupted() -> Diagnostic {
         Diagnostic::new(Code::INTERRUPTED, "the build was interrupted")
-            .with_help("finished steps are cached: run the build again to go on")
     }
 
     /// What kind of failure this is; decides the exit code.

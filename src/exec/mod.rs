@@ -405,7 +405,6 @@ impl<'a> Executor<'a> {
                             Code::EXPORT_BASE,
                             format!("cannot read the image `{}` to build on: {why}", i.reference),
                         )
-                        .with_help("check that the image's registry or file can be reached; its layers go into the image exported")
                     };
                     let state = self.env.image_state(&i.reference).map_err(fail)?;
                     let blobs = crate::store::oci::OciBlobs::new(self.env.local.layout());

@@ -255,8 +255,7 @@ impl<'a> Runner<'a> {
                             format!("cannot use the image `{}`: {e}", image.reference),
                         )
                         .in_stage(&stage.name)
-                        .with_label(stage.from_span.unwrap_or(stage.span), "built on this image")
-                        .with_help("a layer that is refused (a path out of the root, a device node) means the image is broken or hostile: use another; otherwise check the network and the disk (a damaged blob in the store is fetched again)");
+                        .with_label(stage.from_span.unwrap_or(stage.span), "built on this image");
                         return Err(failed(d, None));
                     }
                 }

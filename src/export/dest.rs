@@ -138,8 +138,7 @@ pub fn check_inside(dest: &Path, resolved: &Path, project: &Path) -> Result<(), 
             project.display()
         ),
     )
-    .with_note("a spec's exports stay below its directory, so a spec from anywhere cannot write elsewhere on this machine")
-    .with_help("export below the project (such as `dist/`); to write elsewhere, give the destination on the command line (`kiln build --target STAGE -o DEST`), or pass `--allow-export-outside` after reading the export block"))
+    .with_note("a spec's exports stay below its directory, so a spec from anywhere cannot write elsewhere on this machine"))
 }
 
 /// Refuse a destination whose directories another user could change

@@ -308,8 +308,7 @@ pub fn remove_previous(store: Stores<'_>, shown: &Path, dest: &Path) -> Result<(
         return Err(Diagnostic::new(
             Code::EXPORT_REMOVE,
             format!("cannot remove the previous export at `{}`", shown.display()),
-        )
-        .with_help("check the permissions of the destination"));
+        ));
     }
     Ok(())
 }

@@ -107,8 +107,7 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
         Err(e) => {
             return Err(vec![
                 Diagnostic::new(Code::LOCK_SYNTAX, format!("the lock file is not KDL: {e}"))
-                    .with_label(Span::new(id, 0, 0), "in this file")
-                    .with_help("delete the lock file and build again to write a new one"),
+                    .with_label(Span::new(id, 0, 0), "in this file"),
             ]);
         }
     };
@@ -119,30 +118,30 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
         Span::new(id, s.offset(), s.len())
     };
     let bad = |n: &KdlNode, what: String| {
-        Diagnostic::new(Code::LOCK_ENTRY, what)
-            .with_label(at(n), "in this entry")
-            .with_help("fix the entry, or delete it and build again to resolve it afresh")
+        Diagnostic::new(Code::LOCK_ENTRY, what).with_label(at(n), "in this entry")
     };
     // Where each entry came from, to point at both of two that disagree.
     let mut seen: BTreeMap<(&'static str, String, String), (Span, String)> = BTreeMap::new();
-    let mut conflict = |kind: &'static str, key: (String, String), value: String, n: &KdlNode| {
-        match seen.get(&(kind, key.0.clone(), key.1.clone())) {
+    let mut conflict =
+        |kind: &'static str, key: (String, String), value: String, n: &KdlNode| match seen.get(&(
+            kind,
+            key.0.clone(),
+            key.1.clone(),
+        )) {
             Some((first, v)) if *v != value => Some(
                 Diagnostic::new(
                     Code::LOCK_CONFLICT,
                     format!("the lock file pins `{}` twice, differently", key.0),
                 )
                 .with_label(at(n), "this entry")
-                .with_label(*first, "disagrees with this one")
-                .with_help("keep the right entry and delete the other, or delete both and build again to resolve it afresh"),
+                .with_label(*first, "disagrees with this one"),
             ),
             Some(_) => None,
             None => {
                 seen.insert((kind, key.0, key.1), (at(n), value));
                 None
             }
-        }
-    };
+        };
     let mut header = None;
     for n in doc.nodes() {
         match n.name().value() {

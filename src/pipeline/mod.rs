@@ -289,8 +289,7 @@ fn plan_with(
                     let mut d = Diagnostic::new(
                         Code::EXPORT_TWICE,
                         format!("two exports write to `{}`", e.dest.display()),
-                    )
-                    .with_help("give each export its own destination");
+                    );
                     if let Some(span) = e.span {
                         d = d.with_label(span, "the second export here");
                     }
@@ -641,8 +640,7 @@ fn repairs_made(store: &Store) -> Option<Diagnostic> {
     let d = Diagnostic::warning(
         Code::STORE_REPAIRED,
         "the cache was damaged; kiln moved the damaged objects to `quarantine/` in the state directory and rebuilt what needed them",
-    )
-    .with_help("if this happens again, check the disk; `kiln gc` empties the quarantine");
+    );
     Some(repairs.into_iter().fold(d, |d, r| d.with_note(r)))
 }
 

@@ -70,10 +70,10 @@ fn platform(req: &Request) -> Result<crate::image::platform::Platform, Vec<Diagn
     match &req.platform {
         None => Ok(Platform::host()),
         Some(p) => Platform::parse(p).ok_or_else(|| {
-            vec![
-                Diagnostic::new(Code::CLI_PLATFORM, format!("`{p}` is not a platform"))
-                    .with_help("write `--platform linux/amd64` (OS/ARCH[/VARIANT])"),
-            ]
+            vec![Diagnostic::new(
+                Code::CLI_PLATFORM,
+                format!("`{p}` is not a platform"),
+            )]
         }),
     }
 }
@@ -285,8 +285,7 @@ fn pin_urls(
                     Code::FETCH_UNLOCKED,
                     format!("`{named}` has no checksum and is not in the lock file, and `--locked` forbids pinning it"),
                 )
-                .with_label(*span, "an unpinned download")
-                .with_help("run a build without `--locked` (or `kiln lock`) to pin it, or give the step a `checksum=`"),
+                .with_label(*span, "an unpinned download"),
             );
             continue;
         }
@@ -371,8 +370,7 @@ fn pin_gits(
                     Code::GIT_UNLOCKED,
                     format!("`{url}` at `{reference}` is not in the lock file, and `--locked` forbids pinning it"),
                 )
-                .with_label(*span, "a git ref, not a commit")
-                .with_help("run a build without `--locked` (or `kiln lock`) to pin it, or name a full commit id in `ref=`"),
+                .with_label(*span, "a git ref, not a commit"),
             );
             continue;
         }

@@ -58,7 +58,6 @@ pub fn check_owner(root: &Path) -> Result<(), Diagnostic> {
             ),
         )
         .with_note("another user could change it, and so make kiln read or write where they choose")
-        .with_help("build as the user who owns the project, or give a state directory of your own with `--state-dir DIR` (or `KILN_STATE_DIR`)")
     })?;
     if fs::symlink_metadata(&resolved).is_err() {
         use std::os::unix::fs::DirBuilderExt;

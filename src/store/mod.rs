@@ -82,8 +82,7 @@ impl StoreError {
     pub fn diagnostic(&self) -> Diagnostic {
         match self {
             StoreError::Io { path, source } => Diagnostic::io("cannot use", path, source),
-            StoreError::Refused(why) => Diagnostic::new(Code::IMAGE_REFUSED, why.clone())
-                .with_help("the image's source sent bytes that do not match what its manifest says: check the source, or pin another image"),
+            StoreError::Refused(why) => Diagnostic::new(Code::IMAGE_REFUSED, why.clone()),
             _ => Diagnostic::new(Code::STORE_DAMAGED, self.to_string()).with_help(
                 "kiln rebuilds what needed it without the cache; if this repeats, check the disk",
             ),

@@ -278,20 +278,14 @@ fn unpack_archives(
                     Code::COPY_UNPACK_LIMIT,
                     format!("cannot extract `{}`: {e}", p.path),
                 )
-                .with_label(span, "extracting this archive")
-                .with_help(
-                    "if the archive is meant to be this large, raise the limit with `kiln build --max-unpack-size SIZE`",
-                ));
+                .with_label(span, "extracting this archive"));
             }
             Err(e) => {
                 return Err(Diagnostic::new(
                     Code::COPY_UNPACK,
                     format!("cannot extract `{}`: {e}", p.path),
                 )
-                .with_label(span, "extracting this archive")
-                .with_help(
-                    "repair the archive, or copy it without extracting (`copy` instead of `ADD`)",
-                ));
+                .with_label(span, "extracting this archive"));
             }
         }
     }

@@ -34,14 +34,10 @@ fn is_glob(p: &str) -> bool {
 
 fn tree_error(e: TreeError, span: Span, source: &str) -> Diagnostic {
     match e {
-        TreeError::Escapes { .. } | TreeError::DotDotEscapes(_) => Diagnostic::new(
-            Code::COPY_ESCAPE,
-            format!("{e}"),
-        )
-        .with_label(span, format!("leads outside {source}"))
-        .with_help(
-            "copy sources must stay inside the context; a leading `/` means the context root",
-        ),
+        TreeError::Escapes { .. } | TreeError::DotDotEscapes(_) => {
+            Diagnostic::new(Code::COPY_ESCAPE, format!("{e}"))
+                .with_label(span, format!("leads outside {source}"))
+        }
         other => {
             Diagnostic::new(Code::COPY_SOURCE, format!("{other}")).with_label(span, "this source")
         }

@@ -31,13 +31,8 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
         .http_status_as_error(false)
         .build()
         .into();
-    let network = |what: String| {
-        Diagnostic::new(Code::FETCH_NETWORK, what)
-            .with_label(span, "fetching this")
-            .with_help(
-                "check the URL and the network; once fetched, the file is cached by its checksum",
-            )
-    };
+    let network =
+        |what: String| Diagnostic::new(Code::FETCH_NETWORK, what).with_label(span, "fetching this");
     let response = agent
         .get(url_for_request)
         .call()
@@ -65,10 +60,11 @@ pub fn fetch(url: &str, sha256: Option<&str>, span: Span) -> Result<Vec<u8>, Dia
     {
         return Err(Diagnostic::new(
             Code::FETCH_CHECKSUM,
-            format!("`{url}` does not match its checksum: expected sha256:{sha256}, got sha256:{got}"),
+            format!(
+                "`{url}` does not match its checksum: expected sha256:{sha256}, got sha256:{got}"
+            ),
         )
-        .with_label(span, "pinned here")
-        .with_help("the file changed at its source: check it; if the new file is right, update `checksum=` (or, for a download the lock file pins, run `kiln lock --update URL`)"));
+        .with_label(span, "pinned here"));
     }
     Ok(body)
 }

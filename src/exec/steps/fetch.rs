@@ -67,8 +67,7 @@ impl StepKind for Fetch {
                         self.dest
                     ),
                 )
-                .with_label(span, "destination is a directory")
-                .with_help("give the destination a file name"));
+                .with_label(span, "destination is a directory"));
             }
         };
         let (blob, size) = match &self.sha256 {

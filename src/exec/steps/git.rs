@@ -93,12 +93,12 @@ impl StepKind for Git {
         checkouts
             .add(&repo, &self.url, &commit, self.subdir.as_deref(), "", 0)
             .map_err(|e| match e {
-            Nested::Git(e) => failed(e),
-            Nested::Module(why) => Diagnostic::new(Code::GIT_SUBMODULE, why)
-                .with_label(span, "in this git step")
-                .with_help("fix the repository's `.gitmodules`, or check out a commit whose submodules can be fetched"),
-            Nested::Store(d) => d,
-        })?;
+                Nested::Git(e) => failed(e),
+                Nested::Module(why) => {
+                    Diagnostic::new(Code::GIT_SUBMODULE, why).with_label(span, "in this git step")
+                }
+                Nested::Store(d) => d,
+            })?;
         let mut entries = checkouts.entries;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         if self.keep_git_dir {

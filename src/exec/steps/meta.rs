@@ -69,8 +69,7 @@ impl StepKind for Meta {
                             Code::WORKDIR_USER,
                             format!("unknown {what} `{name}`: the working directory cannot be made for it"),
                         )
-                        .with_label(span, "this workdir")
-                        .with_help("add the user to the stage before `workdir` (`useradd`), or give numeric ids"));
+                        .with_label(span, "this workdir"));
                     }
                 };
                 tree.mkdir_all(&resolved, &Entry::dir(0o755, owner.0, owner.1))

@@ -180,11 +180,7 @@ pub enum Prepared {
 }
 
 fn tree_err(what: &str, span: Span, e: crate::model::tree::TreeError) -> Diagnostic {
-    Diagnostic::new(Code::STEP_PATH, format!("{what}: {e}"))
-        .with_label(span, "in this step")
-        .with_help(
-            "a path in the stage crosses a file where a directory is needed, or replaces a directory",
-        )
+    Diagnostic::new(Code::STEP_PATH, format!("{what}: {e}")).with_label(span, "in this step")
 }
 
 /// Numeric ids, or names looked up in the stage's `/etc/passwd` and `/etc/group`.
@@ -218,7 +214,6 @@ fn resolve_owner(
     let unknown = |what: &str, name: &str, file: &str| {
         Diagnostic::new(Code::COPY_OWNER, format!("unknown {what} `{name}`"))
             .with_label(span, format!("not in the stage's /{file}"))
-            .with_help("use numeric ids (`1000:1000`), or add the name to the stage first")
     };
     let (uid, primary_gid) = match owner.user.parse::<u32>() {
         Ok(id) => (id, id),

@@ -32,8 +32,7 @@ impl StepKind for Rm {
                     Code::STEP_RM,
                     format!("cannot remove `{path}`: it does not exist"),
                 )
-                .with_label(cx.loc.part(i), "not in the stage")
-                .with_help("add `force=#true` to ignore missing paths"));
+                .with_label(cx.loc.part(i), "not in the stage"));
             }
         }
         Ok(())

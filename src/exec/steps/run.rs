@@ -164,7 +164,6 @@ impl StepKind for RunOp {
                     format!("cannot read the host input `{h}`: {e}"),
                 )
                 .with_label(cx.span(), "this step")
-                .with_help("name host files that exist, by their absolute paths")
             })?;
             key.input(KeyInput::HostFile {
                 path: h.clone(),
@@ -192,10 +191,7 @@ impl StepKind for RunOp {
                     crate::image::platform::Platform::host()
                 ),
             )
-            .with_label(cx.span(), "this command")
-            .with_help(
-                "build for this machine's platform (leave out `--platform`); kiln runs no emulator",
-            ));
+            .with_label(cx.span(), "this command"));
         }
         match self.sandbox {
             Sandbox::Image => self.check_program(cx, work.tree, &spec)?,
@@ -235,8 +231,7 @@ impl StepKind for RunOp {
             Code::RUN_LAYERS_CHANGED,
             "the layers of the tree on disk changed while the command ran, twice",
         )
-        .with_label(cx.span(), "this step")
-        .with_help("something is changing files below the state directory's `sandbox/` folder: stop it, then build again"))
+        .with_label(cx.span(), "this step"))
     }
 }
 
@@ -703,8 +698,7 @@ impl RunOp {
         };
         if argv.is_empty() {
             return Err(Diagnostic::new(Code::RUN_EMPTY, "the command is empty")
-                .with_label(cx.span(), "this step")
-                .with_help("give the step a command"));
+                .with_label(cx.span(), "this step"));
         }
         let mut env: Vec<(String, String)> = config.env.clone();
         for (k, v) in &self.env {
@@ -1078,8 +1072,7 @@ fn check_host_workdir(cx: &StepCx<'_>, cwd: &str) -> Result<(), Diagnostic> {
         Code::RUN_HOST_WORKDIR,
         format!("a `sandbox=\"host\"` step shows the host's system with the stage's working directory over it, but {shown}"),
     )
-    .with_label(cx.span(), "this step")
-    .with_help("set a `workdir` whose first component the host does not have, such as `/work` or `/build`"))
+    .with_label(cx.span(), "this step"))
 }
 
 /// Whether `program` names a file of the tree, as `execvp` would find it:
@@ -1119,9 +1112,12 @@ fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<Us
         users::Error::Store(d) => d,
         users::Error::Unknown { what, name } => {
             let spec = config.user.clone().unwrap_or_default();
-            Diagnostic::new(Code::RUN_USER, format!("unknown {what} `{name}`"))
-                .with_label(cx.span(), format!("runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"))
-                .with_help("add the user to the stage first (`useradd`), or give numeric ids (`user \"1000:1000\"`)")
+            Diagnostic::new(Code::RUN_USER, format!("unknown {what} `{name}`")).with_label(
+                cx.span(),
+                format!(
+                    "runs as `{spec}`, which the stage's /etc/passwd and /etc/group do not name"
+                ),
+            )
         }
     })
 }

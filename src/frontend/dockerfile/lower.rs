@@ -82,13 +82,10 @@ pub fn load(
     build_args: &[(String, String)],
 ) -> Result<Imported, Vec<Diagnostic>> {
     let text = crate::frontend::read_spec_file(path).map_err(|e| {
-        vec![
-            Diagnostic::new(
-                Code::DOCKERFILE_READ,
-                format!("cannot read Dockerfile `{name}`: {e}"),
-            )
-            .with_help("check the Dockerfile's path (it is relative to the working directory)"),
-        ]
+        vec![Diagnostic::new(
+            Code::DOCKERFILE_READ,
+            format!("cannot read Dockerfile `{name}`: {e}"),
+        )]
     })?;
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let id = sources.add(name.to_string(), abs, text.clone());

@@ -276,8 +276,7 @@ impl Loader<'_> {
                     Code::SPEC_TOO_DEEP,
                     format!("children blocks nest more than {} deep", depth::MAX_DEPTH),
                 )
-                .with_label(Span::new(id, at, 1), "this block is too deep")
-                .with_help("a spec nests a stage's steps one level deep; remove the extra braces"),
+                .with_label(Span::new(id, at, 1), "this block is too deep"),
             );
             return;
         }
@@ -289,8 +288,7 @@ impl Loader<'_> {
                     let mut w = Diagnostic::warning(
                         Code::SPEC_KDL_V1,
                         format!("`{}` is written in KDL v1", file.name),
-                    )
-                    .with_help("kiln reads KDL v1, but v2 is the current syntax: write `#true`/`#false`, and raw strings as `#\"…\"#`");
+                    );
                     if let Some(s) = first {
                         w = w.with_label(
                             Span::new(id, s.offset(), s.len().min(1)),
@@ -387,8 +385,7 @@ impl Loader<'_> {
                         Code::SPEC_VERSION,
                         format!("unsupported spec version {}", v.value),
                     )
-                    .with_label(v.span, "this kiln reads version 1")
-                    .with_help("write `kiln 1`"),
+                    .with_label(v.span, "this kiln reads version 1"),
                 );
             }
             if let Some(prev) = &self.frag.decls.version {
@@ -498,8 +495,7 @@ impl Loader<'_> {
                 .with_label(
                     n.prop_value_span("url").unwrap_or(u.span),
                     "not http:// or https://",
-                )
-                .with_help("a file on this machine is named with `path=`"),
+                ),
             );
         }
         if let Some(pin) = &blake3
@@ -507,8 +503,10 @@ impl Loader<'_> {
         {
             self.diags.push(
                 Diagnostic::new(Code::SPEC_BAD_PIN, "a plugin pin must be 64 hex digits")
-                    .with_label(n.prop_value_span("blake3").unwrap_or(pin.span), "not a blake3 digest")
-                    .with_help("run `b3sum FILE.wasm` and paste the digest, or remove `blake3=` and run `kiln plugin pin`"),
+                    .with_label(
+                        n.prop_value_span("blake3").unwrap_or(pin.span),
+                        "not a blake3 digest",
+                    ),
             );
         }
         if let Some(name) = name
@@ -720,14 +718,12 @@ impl Loader<'_> {
                 d.push(
                     Diagnostic::new(Code::SPEC_DUPLICATE_FROM, "a stage has one `from`")
                         .with_label(base.span, "second base")
-                        .with_label(prev.span, "first base")
-                        .with_help("keep one `from`; to combine stages use `copy … from=STAGE`"),
+                        .with_label(prev.span, "first base"),
                 );
             } else if !stage.steps.is_empty() {
                 d.push(
                     Diagnostic::new(Code::SPEC_LATE_FROM, "`from` must come before the steps")
-                        .with_label(n.span(), "after a step")
-                        .with_help("move `from` to the top of the stage"),
+                        .with_label(n.span(), "after a step"),
                 );
             } else if image.is_some() {
                 stage.image = Some(base);

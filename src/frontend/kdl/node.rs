@@ -173,8 +173,7 @@ impl<'a> Node<'a> {
                         Code::SPEC_DUPLICATE_PROPERTY,
                         format!("`{key}` is given twice"),
                     )
-                    .with_label(span, "given again here")
-                    .with_help("keep one"),
+                    .with_label(span, "given again here"),
                 );
             }
             seen.push(key);

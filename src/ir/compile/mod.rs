@@ -82,8 +82,7 @@ impl Compiler<'_> {
                         format!("arg `{}` is declared twice", a.name.value),
                     )
                     .with_label(a.name.span, "declared again here")
-                    .with_label(prev, "first declared here")
-                    .with_help("remove one declaration"),
+                    .with_label(prev, "first declared here"),
                 );
                 continue;
             }
@@ -217,8 +216,7 @@ impl Compiler<'_> {
                         format!("plugin `{}` is declared twice", decl.name.value),
                     )
                     .with_label(decl.name.span, "declared again here")
-                    .with_label(prev.span, "first declared here")
-                    .with_help("give each plugin its own name"),
+                    .with_label(prev.span, "first declared here"),
                 );
                 continue;
             }
@@ -297,8 +295,7 @@ impl Compiler<'_> {
                         format!("stage `{}` is defined twice", s.name.value),
                     )
                     .with_label(s.name.span, "defined again here")
-                    .with_label(first.name.span, "first defined here")
-                    .with_help("stage names are shared by every included file: rename one of them"),
+                    .with_label(first.name.span, "first defined here"),
                 );
             } else {
                 names.insert(s.name.value.clone(), StageId(i as u32));
@@ -502,8 +499,7 @@ impl Compiler<'_> {
         if value.is_empty() {
             self.diags.push(
                 Diagnostic::new(Code::SPEC_EMPTY, format!("{what} is empty"))
-                    .with_label(s.span, "empty after substitution")
-                    .with_help("give a path, or set the arg it uses"),
+                    .with_label(s.span, "empty after substitution"),
             );
             false
         } else {
@@ -520,8 +516,7 @@ impl Compiler<'_> {
         if user.is_empty() || group.as_deref() == Some("") {
             self.diags.push(
                 Diagnostic::new(Code::SPEC_OWNER, format!("`{v}` is not an owner"))
-                    .with_label(s.span, "expected USER or USER:GROUP")
-                    .with_help("write `1000:1000` or `app:app`"),
+                    .with_label(s.span, "expected USER or USER:GROUP"),
             );
             return None;
         }
@@ -596,8 +591,7 @@ impl Compiler<'_> {
                         Code::SPEC_EXPORT_SQUASH,
                         "`squash=` applies to image exports: a directory or tar has no layers",
                     )
-                    .with_label(e.span, "this export")
-                    .with_help("remove `squash=#true`"),
+                    .with_label(e.span, "this export"),
                 );
                 continue;
             }
@@ -648,8 +642,7 @@ impl Compiler<'_> {
                         Code::SPEC_EXPORT_WHEN,
                         format!("unknown `when` value `{other}`"),
                     )
-                    .with_label(span, "not a condition")
-                    .with_help("write `when=\"success\"` (the default) or `when=\"always\"`"),
+                    .with_label(span, "not a condition"),
                 );
                 None
             }
@@ -775,8 +768,7 @@ impl Compiler<'_> {
         let mut d = Diagnostic::new(
             Code::SPEC_CYCLE,
             format!("dependency cycle: {}", names.join(" → ")),
-        )
-        .with_help("a stage cannot depend on itself, directly or through others: break the loop");
+        );
         for (i, s) in cycle.iter().enumerate() {
             let next = &graph.stages[cycle[(i + 1) % cycle.len()]];
             d = d.with_label(

@@ -119,8 +119,7 @@ impl Compiler<'_> {
                         Code::SPEC_GLOB,
                         format!("bad exclude pattern `{pat}`: {}", e.kind()),
                     )
-                    .with_label(decl.span, "not a valid pattern")
-                    .with_help("use `*`, `?`, `[abc]` and `**`"),
+                    .with_label(decl.span, "not a valid pattern"),
                 );
                 return None;
             }
@@ -131,8 +130,7 @@ impl Compiler<'_> {
                     Code::SPEC_UNPACK,
                     "`unpack=#true` extracts archives from a context, not from a stage",
                 )
-                .with_label(f.span, "from a stage")
-                .with_help("copy the archive from the stage, then extract it with a plugin"),
+                .with_label(f.span, "from a stage"),
             );
             return None;
         }
@@ -215,8 +213,7 @@ impl Compiler<'_> {
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             self.diags.push(
                 Diagnostic::new(Code::SPEC_FETCH, format!("`{u}` is not an http(s) URL"))
-                    .with_label(url.span, "expected http:// or https://")
-                    .with_help("fetch downloads over HTTP; copy local files with `copy`"),
+                    .with_label(url.span, "expected http:// or https://"),
             );
             return None;
         }
@@ -231,10 +228,7 @@ impl Compiler<'_> {
                             Code::SPEC_CHECKSUM,
                             format!("`{v}` is not a sha256 checksum"),
                         )
-                        .with_label(decl.span, "expected sha256: and 64 hex digits")
-                        .with_help(
-                            "write `checksum=\"sha256:…\"`; `sha256sum FILE` prints the digits",
-                        ),
+                        .with_label(decl.span, "expected sha256: and 64 hex digits"),
                     );
                     return None;
                 }
@@ -294,8 +288,7 @@ impl Compiler<'_> {
                 .with_label(
                     url.span,
                     "expected https://, http://, ssh://, git://, file:// or USER@HOST:PATH",
-                )
-                .with_help("copy a repository already on disk from a context with `copy`"),
+                ),
             );
             return None;
         }
@@ -313,10 +306,7 @@ impl Compiler<'_> {
                     Code::SPEC_GIT_REF,
                     format!("`{reference}` is not a git ref"),
                 )
-                .with_label(at, "expected a branch, a tag, HEAD, refs/… or a commit id")
-                .with_help(
-                    "name a branch (`ref=\"main\"`), a tag (`ref=\"v1.2.0\"`) or a full commit id",
-                ),
+                .with_label(at, "expected a branch, a tag, HEAD, refs/… or a commit id"),
             );
             return None;
         }
@@ -329,10 +319,7 @@ impl Compiler<'_> {
                             Code::SPEC_GIT_SUBDIR,
                             format!("`{v}` leaves the repository"),
                         )
-                        .with_label(decl.span, "a path inside the repository is needed")
-                        .with_help(
-                            "write the directory relative to the repository's root, without `..`",
-                        ),
+                        .with_label(decl.span, "a path inside the repository is needed"),
                     );
                     return None;
                 }
@@ -365,8 +352,7 @@ impl Compiler<'_> {
                                 Code::SPEC_ENV_NAME,
                                 format!("`{name}` is not an environment variable name"),
                             )
-                            .with_label(k.span, "bad name")
-                            .with_help("names are non-empty and contain no `=`"),
+                            .with_label(k.span, "bad name"),
                         );
                         return None;
                     }
@@ -387,8 +373,7 @@ impl Compiler<'_> {
                 if !ok {
                     self.diags.push(
                         Diagnostic::new(Code::SPEC_SIGNAL, format!("`{v}` is not a signal"))
-                            .with_label(s.span, "expected a signal name or number")
-                            .with_help("write a name like `SIGTERM` or a number like `15`"),
+                            .with_label(s.span, "expected a signal name or number"),
                     );
                     return None;
                 }
@@ -409,8 +394,7 @@ impl Compiler<'_> {
                     {
                         self.diags.push(
                             Diagnostic::new(Code::SPEC_PORT, format!("`{v}` is not a port"))
-                                .with_label(s.span, "expected PORT or PORT/PROTO")
-                                .with_help("write `8080`, `8080/tcp` or `53/udp`"),
+                                .with_label(s.span, "expected PORT or PORT/PROTO"),
                         );
                         return None;
                     }
@@ -487,8 +471,7 @@ impl Compiler<'_> {
                                 Code::SPEC_RETRIES,
                                 format!("`{v}` is not a retry count"),
                             )
-                            .with_label(r.span, "expected a whole number")
-                            .with_help("write `retries=3`"),
+                            .with_label(r.span, "expected a whole number"),
                         );
                         return None;
                     }
@@ -533,8 +516,7 @@ impl Compiler<'_> {
             if !guest.starts_with('/') || guest == "/" {
                 self.diags.push(
                     Diagnostic::new(Code::SPEC_MOUNT, format!("`{guest}` is not a mount point"))
-                        .with_label(m.guest.span, "expected an absolute path below `/`")
-                        .with_help("mount at a path such as \"/mnt/src\"; `/` is the stage itself"),
+                        .with_label(m.guest.span, "expected an absolute path below `/`"),
                 );
                 return None;
             }
@@ -566,8 +548,7 @@ impl Compiler<'_> {
                                 Code::SPEC_MEMORY,
                                 format!("`{v}` is not a memory limit"),
                             )
-                            .with_label(m.span, "expected a size from 64KiB to 4GiB")
-                            .with_help("write a size like \"256MiB\" or \"1GiB\""),
+                            .with_label(m.span, "expected a size from 64KiB to 4GiB"),
                         );
                         return None;
                     }

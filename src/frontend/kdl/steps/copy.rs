@@ -42,8 +42,7 @@ fn parse(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
                 "`copy` takes `from=` or `context=`, not both",
             )
             .with_label(f.span, "from a stage")
-            .with_label(c.span, "from a context")
-            .with_help("split it into two `copy` steps"),
+            .with_label(c.span, "from a context"),
         );
     }
     Some(StepKind::Copy {

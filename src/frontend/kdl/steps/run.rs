@@ -24,8 +24,7 @@ fn parse(n: &Node, d: &mut Diagnostics) -> Option<StepKind> {
     if !exec && command.len() > 1 {
         d.push(
             Diagnostic::new(Code::SPEC_RUN, "a shell-form `run` takes one script")
-                .with_label(n.span(), "several arguments")
-                .with_help("join them into one script, or add `exec=#true` to run a program with these arguments"),
+                .with_label(n.span(), "several arguments"),
         );
     }
     let mut env = Vec::new();

@@ -59,8 +59,7 @@ fn mount(c: &Node, d: &mut Diagnostics) -> Option<MountDecl> {
                 "a mount takes `from=` or `context=`, not both",
             )
             .with_label(f.span, "from a stage")
-            .with_label(x.span, "from a context")
-            .with_help("use two mounts"),
+            .with_label(x.span, "from a context"),
         );
     }
     Some(MountDecl {
