@@ -473,11 +473,90 @@ fn idle_for(dir: &Path, idle: std::time::Duration) -> bool {
 fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> {
     store.clear_tmp();
     let layout = store.layout();
-    let root = store.root();
-    // Derived data, rebuilt when needed: parsed specs, the build memo, the
-    // quarantine, and link sources of older kiln versions.
-    let _ = fs::remove_dir_all(root.join("links"));
-    // Claims of steps in flight (none: no build runs during gc).
+    remove_derived(layout);
+    let blob_files = files(&layout.blobs());
+    let tree_files = files(&layout.trees());
+    let mut report = Report {
+        bytes_before: stored_bytes(layout),
+        ..Report::default()
+    };
+    let mut kept = Kept::new(store);
+    // Exported trees first: they are what users look at.
+    for rec in records::load_exports(store) {
+        kept.tree(rec.tree, 0, None);
+    }
+    // Then cache entries, most recently used first, while they fit.
+    let log = store.action_log();
+    let entries = by_recency(layout, log.entries());
+    let mut over = false;
+    for (key, action, size) in &entries {
+        let fits = match (action, over) {
+            (Some(Action { tree: Some(t), .. }), false) => kept.tree(*t, *size, budget),
+            // An entry without a stored tree costs only its record.
+            (Some(Action { tree: None, .. }), false) => kept.bytes(*size, budget),
+            _ => false,
+        };
+        if fits {
+            kept.keys.insert(*key);
+        } else {
+            over = over || action.is_some();
+        }
+    }
+    report.actions_removed = log.rewrite(&|k| kept.keys.contains(k), &store.tmp_path("actions"))?;
+    for (path, _) in &tree_files {
+        if !TreeDigest::parse(name_of(path))
+            .is_some_and(|d| kept.trees.contains(&d) || kept.bases.contains(&d))
+        {
+            let _ = fs::remove_file(path);
+            report.trees_removed += 1;
+        }
+    }
+    report.blobs_removed += collect_packs(store, &kept.blobs, &blob_files)?;
+    for (path, _) in &blob_files {
+        if !BlobDigest::parse(name_of(path)).is_some_and(|d| kept.blobs.contains(&d)) {
+            let _ = fs::remove_file(path);
+            report.blobs_removed += 1;
+        }
+    }
+    // Plugin output logs go with their steps' cache entries.
+    if let Ok(rd) = fs::read_dir(layout.logs()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.strip_suffix(".log").and_then(StepKey::parse);
+            if !key.is_some_and(|k| kept.keys.contains(&k)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    // Compiled plugin modules are recompiled when needed: with a budget to
+    // meet, they go first.
+    if budget.is_some() {
+        let _ = fs::remove_dir_all(layout.wasm_cache());
+    }
+    report.images_removed = collect_images(store, &kept.keys);
+    collect_layer_cache(layout);
+    let on_disk = trees_on_disk(layout, &entries, &kept, budget);
+    for ids in sandbox_mappings(layout) {
+        collect_rootfs(&layout.rootfs(&ids), &on_disk);
+        report.cache_mounts_removed += collect_idle(&layout.cache_mounts(&ids), budget.is_some());
+    }
+    for old in layout.old_sandbox() {
+        if old.exists() {
+            crate::fsutil::unmount_below(&old);
+            crate::fsutil::remove_any(&old);
+        }
+    }
+    report.git_repos_removed = collect_idle(&layout.git(), budget.is_some());
+    report.bytes_after = stored_bytes(layout);
+    Ok(report)
+}
+
+/// Remove what is derived, and rebuilt when needed: parsed specs, the
+/// build memos, the quarantine, claims of steps in flight (none: no
+/// build runs during gc), records of projects long idle, and what older
+/// kiln versions kept.
+fn remove_derived(layout: &super::layout::Layout) {
+    let _ = fs::remove_dir_all(layout.root().join("links"));
     let _ = fs::remove_dir_all(layout.inflight());
     let _ = fs::remove_dir_all(layout.parse());
     // Records of kiln before they were kept per project.
@@ -497,233 +576,12 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
             crate::fsutil::remove_any(&e.path());
         }
     }
+}
 
-    let blob_files = files(&layout.blobs());
-    let tree_files = files(&layout.trees());
-    // Every pack's table (a damaged one is moved aside and reported).
-    let packed: HashMap<[u8; 32], u64> = store
-        .all_packed()
-        .into_iter()
-        .map(|(d, l)| (d, u64::from(l.len)))
-        .collect();
-    let pack_bytes = packs_size(layout);
-    let log = store.action_log();
-    let log_size = fs::metadata(layout.actions_log())
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let size_of_blob = |d: &BlobDigest| {
-        packed.get(&d.0).copied().unwrap_or_else(|| {
-            fs::metadata(store.blob_path(*d))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        })
-    };
-    let size_of_tree = |d: &TreeDigest| {
-        fs::metadata(store.tree_path(*d))
-            .map(|m| m.len())
-            .unwrap_or(0)
-    };
-    let mut report = Report {
-        bytes_before: blob_files
-            .iter()
-            .chain(&tree_files)
-            .map(|(_, m)| m.len())
-            .sum::<u64>()
-            + pack_bytes
-            + log_size,
-        ..Report::default()
-    };
-
-    let mut kept_trees: HashSet<TreeDigest> = HashSet::new();
-    let mut kept_blobs: HashSet<BlobDigest> = HashSet::new();
-    let mut kept_bases: HashSet<TreeDigest> = HashSet::new();
-    let mut total = 0u64;
-    // Add a tree and its blobs to the kept set; returns the bytes added,
-    // or None when it would not fit in `limit`.
-    let keep = |tree: TreeDigest,
-                extra: u64,
-                limit: Option<u64>,
-                kept_trees: &mut HashSet<TreeDigest>,
-                kept_blobs: &mut HashSet<BlobDigest>,
-                kept_bases: &mut HashSet<TreeDigest>,
-                total: &mut u64|
-     -> bool {
-        let mut add = extra;
-        let mut new_blobs = Vec::new();
-        let mut new_bases = Vec::new();
-        if !kept_trees.contains(&tree) {
-            add += size_of_tree(&tree);
-            // A tree stored as its differences from another keeps that
-            // one's manifest (not its files), and so on down.
-            let mut below = store.tree_base(tree);
-            while let Some(b) = below {
-                if kept_trees.contains(&b) || kept_bases.contains(&b) || new_bases.contains(&b) {
-                    break;
-                }
-                add += size_of_tree(&b);
-                new_bases.push(b);
-                below = store.tree_base(b);
-            }
-            if let Ok(t) = store.get_tree(tree) {
-                for e in t.entries.values() {
-                    if let Kind::File { blob, .. } = e.kind
-                        && !kept_blobs.contains(&blob)
-                        && !new_blobs.contains(&blob)
-                    {
-                        add += size_of_blob(&blob);
-                        new_blobs.push(blob);
-                    }
-                }
-            } else {
-                return false;
-            }
-        }
-        if limit.is_some_and(|l| *total + add > l) {
-            return false;
-        }
-        *total += add;
-        kept_trees.insert(tree);
-        kept_blobs.extend(new_blobs);
-        kept_bases.extend(new_bases);
-        true
-    };
-
-    // Exported trees first: they are what users look at.
-    for rec in records::load_exports(store) {
-        keep(
-            rec.tree,
-            0,
-            None,
-            &mut kept_trees,
-            &mut kept_blobs,
-            &mut kept_bases,
-            &mut total,
-        );
-    }
-    // Then cache entries, most recently used first.
-    let mut rank: HashMap<StepKey, usize> = HashMap::new();
-    for (i, list) in super::used_lists(layout).iter().enumerate() {
-        for k in fs::read(list).unwrap_or_default().chunks_exact(32) {
-            let mut key = [0u8; 32];
-            key.copy_from_slice(k);
-            rank.entry(StepKey(key)).or_insert(i);
-        }
-    }
-    let mut entries: Vec<(usize, StepKey, Option<Action>, u64)> = log
-        .entries()
-        .into_iter()
-        .enumerate()
-        .map(|(pos, (k, s, size))| (pos, k, s, size))
-        .collect();
-    entries.sort_by_key(|(pos, k, _, _)| {
-        (
-            rank.get(k).copied().unwrap_or(usize::MAX),
-            std::cmp::Reverse(*pos),
-        )
-    });
-    let mut kept_keys: HashSet<StepKey> = HashSet::new();
-    let mut over = false;
-    for (_, key, state, size) in &entries {
-        let fits = match (state, over) {
-            (Some(Action { tree: Some(t), .. }), false) => keep(
-                *t,
-                *size,
-                budget,
-                &mut kept_trees,
-                &mut kept_blobs,
-                &mut kept_bases,
-                &mut total,
-            ),
-            // An entry without a stored tree costs only its record.
-            (Some(Action { tree: None, .. }), false) => {
-                let fits = budget.is_none_or(|b| total + size <= b);
-                if fits {
-                    total += size;
-                }
-                fits
-            }
-            _ => false,
-        };
-        if fits {
-            kept_keys.insert(*key);
-        } else {
-            over = over || state.is_some();
-        }
-    }
-    report.actions_removed = log.rewrite(&|k| kept_keys.contains(k), &store.tmp_path("actions"))?;
-    for (path, _) in &tree_files {
-        if !TreeDigest::parse(name_of(path))
-            .is_some_and(|d| kept_trees.contains(&d) || kept_bases.contains(&d))
-        {
-            let _ = fs::remove_file(path);
-            report.trees_removed += 1;
-        }
-    }
-    report.blobs_removed += collect_packs(store, &kept_blobs, &blob_files)?;
-    for (path, _) in &blob_files {
-        if !BlobDigest::parse(name_of(path)).is_some_and(|d| kept_blobs.contains(&d)) {
-            let _ = fs::remove_file(path);
-            report.blobs_removed += 1;
-        }
-    }
-    // Plugin output logs go with their steps' cache entries.
-    if let Ok(rd) = fs::read_dir(layout.logs()) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let key = name.strip_suffix(".log").and_then(StepKey::parse);
-            if !key.is_some_and(|k| kept_keys.contains(&k)) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-    // Compiled plugin modules are recompiled when needed: with a budget to
-    // meet, they go first.
-    if budget.is_some() {
-        let _ = fs::remove_dir_all(layout.wasm_cache());
-    }
-    report.images_removed = collect_images(store, &kept_keys);
-    collect_layer_cache(layout);
-    // What `run` steps keep on disk, per id mapping: the trees kept; with
-    // a budget, only those the newest build used, so that build's next
-    // run writes no tree out again while the rest is bounded by one
-    // build's working set. What kiln kept before in the open goes whole
-    // (an overlay a killed build of it left mounted first).
-    let on_disk: HashSet<TreeDigest> = match budget {
-        None => kept_trees.clone(),
-        Some(_) => {
-            let newest: HashSet<StepKey> = super::used_lists(layout)
-                .first()
-                .map(|list| {
-                    fs::read(list)
-                        .unwrap_or_default()
-                        .chunks_exact(32)
-                        .map(|k| {
-                            let mut key = [0u8; 32];
-                            key.copy_from_slice(k);
-                            StepKey(key)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            entries
-                .iter()
-                .filter(|(_, k, _, _)| newest.contains(k) && kept_keys.contains(k))
-                .filter_map(|(_, _, a, _)| a.as_ref()?.tree)
-                .collect()
-        }
-    };
-    for ids in sandbox_mappings(layout) {
-        collect_rootfs(&layout.rootfs(&ids), &on_disk);
-        report.cache_mounts_removed += collect_idle(&layout.cache_mounts(&ids), budget.is_some());
-    }
-    for old in layout.old_sandbox() {
-        if old.exists() {
-            crate::fsutil::unmount_below(&old);
-            crate::fsutil::remove_any(&old);
-        }
-    }
-    report.git_repos_removed = collect_idle(&layout.git(), budget.is_some());
-    report.bytes_after = [layout.blobs(), layout.trees()]
+/// The bytes of stored contents: blobs (loose and packed), tree
+/// manifests and the action log.
+fn stored_bytes(layout: &super::layout::Layout) -> u64 {
+    [layout.blobs(), layout.trees()]
         .iter()
         .flat_map(|d| files(d))
         .map(|(_, m)| m.len())
@@ -731,8 +589,162 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
         + packs_size(layout)
         + fs::metadata(layout.actions_log())
             .map(|m| m.len())
-            .unwrap_or(0);
-    Ok(report)
+            .unwrap_or(0)
+}
+
+/// The keys in a list of keys used (32 bytes each).
+fn used_keys(list: &Path) -> impl Iterator<Item = StepKey> {
+    fs::read(list)
+        .unwrap_or_default()
+        .chunks_exact(32)
+        .map(|k| {
+            let mut key = [0u8; 32];
+            key.copy_from_slice(k);
+            StepKey(key)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// An action log entry: its key, what it records, its size.
+type Entry = (StepKey, Option<Action>, u64);
+
+/// The action log's entries, most recently used first: by the newest
+/// list of keys used that names them, then the later written first.
+fn by_recency(layout: &super::layout::Layout, entries: Vec<Entry>) -> Vec<Entry> {
+    let mut rank: HashMap<StepKey, usize> = HashMap::new();
+    for (i, list) in super::used_lists(layout).iter().enumerate() {
+        for key in used_keys(list) {
+            rank.entry(key).or_insert(i);
+        }
+    }
+    let mut entries: Vec<(usize, Entry)> = entries.into_iter().enumerate().collect();
+    entries.sort_by_key(|(pos, (k, _, _))| {
+        (
+            rank.get(k).copied().unwrap_or(usize::MAX),
+            std::cmp::Reverse(*pos),
+        )
+    });
+    entries.into_iter().map(|(_, e)| e).collect()
+}
+
+/// What `run` steps keep on disk, per id mapping: the trees kept; with a
+/// budget, only those the newest build used, so that build's next run
+/// writes no tree out again while the rest is bounded by one build's
+/// working set.
+fn trees_on_disk(
+    layout: &super::layout::Layout,
+    entries: &[Entry],
+    kept: &Kept<'_>,
+    budget: Option<u64>,
+) -> HashSet<TreeDigest> {
+    if budget.is_none() {
+        return kept.trees.clone();
+    }
+    let newest: HashSet<StepKey> = super::used_lists(layout)
+        .first()
+        .map(|list| used_keys(list).collect())
+        .unwrap_or_default();
+    entries
+        .iter()
+        .filter(|(k, _, _)| newest.contains(k) && kept.keys.contains(k))
+        .filter_map(|(_, a, _)| a.as_ref()?.tree)
+        .collect()
+}
+
+/// What gc keeps: trees, the blobs they name, the manifests trees stored
+/// as differences are read against, cache entries, and their bytes.
+struct Kept<'s> {
+    store: &'s Store,
+    /// Every pack's table (a damaged one is moved aside and reported).
+    packed: HashMap<[u8; 32], u64>,
+    trees: HashSet<TreeDigest>,
+    blobs: HashSet<BlobDigest>,
+    bases: HashSet<TreeDigest>,
+    keys: HashSet<StepKey>,
+    total: u64,
+}
+
+impl<'s> Kept<'s> {
+    fn new(store: &'s Store) -> Kept<'s> {
+        Kept {
+            store,
+            packed: store
+                .all_packed()
+                .into_iter()
+                .map(|(d, l)| (d, u64::from(l.len)))
+                .collect(),
+            trees: HashSet::new(),
+            blobs: HashSet::new(),
+            bases: HashSet::new(),
+            keys: HashSet::new(),
+            total: 0,
+        }
+    }
+
+    fn blob_size(&self, d: &BlobDigest) -> u64 {
+        self.packed.get(&d.0).copied().unwrap_or_else(|| {
+            fs::metadata(self.store.blob_path(*d))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+    }
+
+    fn tree_size(&self, d: &TreeDigest) -> u64 {
+        fs::metadata(self.store.tree_path(*d))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Keep `size` bytes more if they fit in `limit`.
+    fn bytes(&mut self, size: u64, limit: Option<u64>) -> bool {
+        let fits = limit.is_none_or(|l| self.total + size <= l);
+        if fits {
+            self.total += size;
+        }
+        fits
+    }
+
+    /// Keep a tree and its blobs (and `extra` bytes, its record) if they
+    /// fit in `limit`; false when they do not or the tree cannot be read.
+    fn tree(&mut self, tree: TreeDigest, extra: u64, limit: Option<u64>) -> bool {
+        let mut add = extra;
+        let mut new_blobs = Vec::new();
+        let mut new_bases = Vec::new();
+        if !self.trees.contains(&tree) {
+            add += self.tree_size(&tree);
+            // A tree stored as its differences from another keeps that
+            // one's manifest (not its files), and so on down.
+            let mut below = self.store.tree_base(tree);
+            while let Some(b) = below {
+                if self.trees.contains(&b) || self.bases.contains(&b) || new_bases.contains(&b) {
+                    break;
+                }
+                add += self.tree_size(&b);
+                new_bases.push(b);
+                below = self.store.tree_base(b);
+            }
+            let Ok(t) = self.store.get_tree(tree) else {
+                return false;
+            };
+            for e in t.entries.values() {
+                if let Kind::File { blob, .. } = e.kind
+                    && !self.blobs.contains(&blob)
+                    && !new_blobs.contains(&blob)
+                {
+                    add += self.blob_size(&blob);
+                    new_blobs.push(blob);
+                }
+            }
+        }
+        if !self.bytes(add, limit) {
+            return false;
+        }
+        self.trees.insert(tree);
+        self.blobs.extend(new_blobs);
+        self.bases.extend(new_bases);
+        true
+    }
 }
 
 #[cfg(test)]
