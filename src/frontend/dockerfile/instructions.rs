@@ -173,38 +173,7 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
             if in_onbuild {
                 return fail(line, "FROM isn't allowed as an ONBUILD trigger");
             }
-            let platform = f
-                .iter()
-                .find(|(n, _)| n == "platform")
-                .map(|(_, v)| v.clone());
-            match args {
-                [image] => Inst::From {
-                    image: image.clone(),
-                    name: None,
-                    platform,
-                },
-                [image, as_, name] if as_.eq_ignore_ascii_case("as") => {
-                    let name = name.to_ascii_lowercase();
-                    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-                        && name.chars().all(|c| {
-                            c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)
-                        });
-                    if !valid {
-                        return fail(
-                            line,
-                            format!(
-                                "invalid name for build stage: \"{name}\", name can't start with a number or contain symbols"
-                            ),
-                        );
-                    }
-                    Inst::From {
-                        image: image.clone(),
-                        name: Some(name),
-                        platform,
-                    }
-                }
-                _ => return fail(line, "FROM requires either one or three arguments"),
-            }
+            from(args, &f, line)?
         }
         "arg" => {
             at_least_one(args)?;
@@ -234,37 +203,7 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
             }
             Inst::Maintainer(one(args)?)
         }
-        "copy" | "add" => {
-            if args.len() < 2 {
-                return fail(
-                    line,
-                    format!(
-                        "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
-                    ),
-                );
-            }
-            let dest = args[args.len() - 1].clone();
-            if inst.heredocs.iter().any(|h| {
-                dest.contains(&format!("<<{}", h.name)) || dest.contains(&format!("<<-{}", h.name))
-            }) {
-                return fail(
-                    line,
-                    format!("{upper} cannot use a heredoc as its destination"),
-                );
-            }
-            let c = CopyInst {
-                sources: args[..args.len() - 1].to_vec(),
-                dest,
-                flags: f,
-                heredocs: inst.heredocs.clone(),
-                refs: None,
-            };
-            if kw == "copy" {
-                Inst::Copy(c)
-            } else {
-                Inst::Add(c)
-            }
-        }
+        "copy" | "add" => copy(inst, &kw, f)?,
         "run" => {
             at_least_one(args)?;
             Inst::Run {
@@ -292,72 +231,7 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
         }
         "healthcheck" => {
             at_least_one(args)?;
-            let kind = args[0].to_ascii_uppercase();
-            match kind.as_str() {
-                "NONE" => {
-                    if args.len() > 1 || !f.is_empty() {
-                        return fail(line, "HEALTHCHECK NONE takes no arguments");
-                    }
-                    Inst::Healthcheck(Healthcheck::None)
-                }
-                "CMD" => {
-                    let test = if inst.json {
-                        let mut t = vec!["CMD".to_string()];
-                        t.extend(args[1..].iter().cloned());
-                        t
-                    } else {
-                        vec![
-                            "CMD-SHELL".to_string(),
-                            args.get(1).cloned().unwrap_or_default(),
-                        ]
-                    };
-                    if test.len() < 2 || test[1].is_empty() {
-                        return fail(line, "Missing command after HEALTHCHECK CMD");
-                    }
-                    let get = |name: &str| {
-                        f.iter()
-                            .rev()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, v)| v.clone())
-                    };
-                    let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
-                        match get(name) {
-                            None => Ok(None),
-                            Some(v) => match crate::units::parse_duration(&v) {
-                                Some(d) if d.is_zero() || d >= Duration::from_millis(1) => {
-                                    Ok(Some(d))
-                                }
-                                Some(_) => fail(
-                                    line,
-                                    format!("Interval \"{name}\" cannot be less than 1ms"),
-                                ),
-                                None => fail(line, format!("invalid duration for --{name}: {v}")),
-                            },
-                        }
-                    };
-                    let retries = match get("retries") {
-                        None => None,
-                        Some(v) => match v.parse::<u32>() {
-                            Ok(n) => Some(n),
-                            Err(_) => return fail(line, format!("invalid --retries value: {v}")),
-                        },
-                    };
-                    Inst::Healthcheck(Healthcheck::Check {
-                        test,
-                        interval: dur("interval")?,
-                        timeout: dur("timeout")?,
-                        start_period: dur("start-period")?,
-                        start_interval: dur("start-interval")?,
-                        retries,
-                    })
-                }
-                other => {
-                    return fail(
-                        line,
-                        format!("Unknown type \"{other}\" in HEALTHCHECK (try CMD)"),
-                    );
-                }
-            }
+            healthcheck(inst, &f)?
         }
         "onbuild" => {
             if in_onbuild {
@@ -370,6 +244,143 @@ fn check_at(inst: &Instruction, in_onbuild: bool) -> Result<Inst, ParseError> {
         }
         _ => return fail(line, format!("unknown instruction: {}", inst.keyword)),
     })
+}
+
+/// `FROM IMAGE [AS NAME]`, with `--platform`.
+fn from(args: &[String], f: &[(String, String)], line: usize) -> Result<Inst, ParseError> {
+    let platform = f
+        .iter()
+        .find(|(n, _)| n == "platform")
+        .map(|(_, v)| v.clone());
+    match args {
+        [image] => Ok(Inst::From {
+            image: image.clone(),
+            name: None,
+            platform,
+        }),
+        [image, as_, name] if as_.eq_ignore_ascii_case("as") => {
+            let name = name.to_ascii_lowercase();
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+            if !valid {
+                return fail(
+                    line,
+                    format!(
+                        "invalid name for build stage: \"{name}\", name can't start with a number or contain symbols"
+                    ),
+                );
+            }
+            Ok(Inst::From {
+                image: image.clone(),
+                name: Some(name),
+                platform,
+            })
+        }
+        _ => fail(line, "FROM requires either one or three arguments"),
+    }
+}
+
+/// `COPY`/`ADD SOURCE... DEST`, whose sources may be heredocs.
+fn copy(inst: &Instruction, kw: &str, f: Vec<(String, String)>) -> Result<Inst, ParseError> {
+    let (line, args) = (inst.start_line, list(inst));
+    let upper = kw.to_ascii_uppercase();
+    if args.len() < 2 {
+        return fail(
+            line,
+            format!(
+                "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
+            ),
+        );
+    }
+    let dest = args[args.len() - 1].clone();
+    if inst.heredocs.iter().any(|h| {
+        dest.contains(&format!("<<{}", h.name)) || dest.contains(&format!("<<-{}", h.name))
+    }) {
+        return fail(
+            line,
+            format!("{upper} cannot use a heredoc as its destination"),
+        );
+    }
+    let c = CopyInst {
+        sources: args[..args.len() - 1].to_vec(),
+        dest,
+        flags: f,
+        heredocs: inst.heredocs.clone(),
+        refs: None,
+    };
+    Ok(if kw == "copy" {
+        Inst::Copy(c)
+    } else {
+        Inst::Add(c)
+    })
+}
+
+/// `HEALTHCHECK NONE` or `HEALTHCHECK [--interval=… …] CMD …`.
+fn healthcheck(inst: &Instruction, f: &[(String, String)]) -> Result<Inst, ParseError> {
+    let (line, args) = (inst.start_line, list(inst));
+    let kind = args[0].to_ascii_uppercase();
+    match kind.as_str() {
+        "NONE" => {
+            if args.len() > 1 || !f.is_empty() {
+                return fail(line, "HEALTHCHECK NONE takes no arguments");
+            }
+            Ok(Inst::Healthcheck(Healthcheck::None))
+        }
+        "CMD" => {
+            let test = if inst.json {
+                let mut t = vec!["CMD".to_string()];
+                t.extend(args[1..].iter().cloned());
+                t
+            } else {
+                vec![
+                    "CMD-SHELL".to_string(),
+                    args.get(1).cloned().unwrap_or_default(),
+                ]
+            };
+            if test.len() < 2 || test[1].is_empty() {
+                return fail(line, "Missing command after HEALTHCHECK CMD");
+            }
+            let get = |name: &str| {
+                f.iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
+                match get(name) {
+                    None => Ok(None),
+                    Some(v) => match crate::units::parse_duration(&v) {
+                        Some(d) if d.is_zero() || d >= Duration::from_millis(1) => Ok(Some(d)),
+                        Some(_) => {
+                            fail(line, format!("Interval \"{name}\" cannot be less than 1ms"))
+                        }
+                        None => fail(line, format!("invalid duration for --{name}: {v}")),
+                    },
+                }
+            };
+            let retries = match get("retries") {
+                None => None,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(n) => Some(n),
+                    Err(_) => return fail(line, format!("invalid --retries value: {v}")),
+                },
+            };
+            Ok(Inst::Healthcheck(Healthcheck::Check {
+                test,
+                interval: dur("interval")?,
+                timeout: dur("timeout")?,
+                start_period: dur("start-period")?,
+                start_interval: dur("start-interval")?,
+                retries,
+            }))
+        }
+        other => fail(
+            line,
+            format!("Unknown type \"{other}\" in HEALTHCHECK (try CMD)"),
+        ),
+    }
 }
 
 #[cfg(test)]
