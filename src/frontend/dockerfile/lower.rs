@@ -843,31 +843,21 @@ impl Lowerer<'_> {
         st: &StageState,
     ) -> Vec<StepKind> {
         let what = if add { "ADD" } else { "COPY" };
-        let flag = |name: &str| {
-            c.flags
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let mut out = Vec::new();
-        let chmod = flag("chmod").map(|v| self.s(line, &v));
-        let chown = flag("chown").map(|v| self.s(line, &v));
         let exclude: Vec<Str> = c
             .flags
             .iter()
             .filter(|(k, _)| k == "exclude")
             .map(|(_, v)| self.s(line, v))
             .collect();
-        let parents = flag("parents").is_some_and(|v| v != "false");
-        if flag("link").is_some_and(|v| v != "false") {
+        let parents = copy_flag(c, "parents").is_some_and(|v| v != "false");
+        if copy_flag(c, "link").is_some_and(|v| v != "false") {
             self.note(
                 line,
                 format!("`{what} --link` needs no flag in kiln"),
                 "every kiln copy is already independent of the layers below it; the result is the same",
             );
         }
-        let from = match flag("from") {
+        let from = match copy_flag(c, "from") {
             None => None,
             Some(f) => match self.stage_ref(&f, index) {
                 Some(i) => Some(self.s(line, &self.names[i])),
@@ -877,61 +867,25 @@ impl Lowerer<'_> {
                 }
             },
         };
-        // Heredoc sources become files written in place.
-        let heredoc = |w: &str| c.heredocs.iter().find(|h| is_marker(w, &h.name));
-        let mut files = Vec::new();
-        let several = c.sources.len() > 1;
         // As the spec writes them: with references to kept args.
         let (src_refs, dest_ref) = match &c.refs {
             Some((s, d)) => (s.clone(), d.clone()),
             None => (c.sources.clone(), c.dest.clone()),
         };
+        let to = Dest {
+            c,
+            several: c.sources.len() > 1,
+            dest_ref,
+            chmod: copy_flag(c, "chmod").map(|v| self.s(line, &v)),
+            chown: copy_flag(c, "chown").map(|v| self.s(line, &v)),
+        };
+        let mut out = Vec::new();
+        let mut files = Vec::new();
         for (i, src) in c.sources.iter().enumerate() {
             let src_ref = src_refs.get(i).unwrap_or(src);
-            if let Some(h) = heredoc(src) {
-                let mut body = h.body.clone();
-                if h.chomp {
-                    body = body
-                        .split_inclusive('\n')
-                        .map(|l| l.trim_start_matches('\t'))
-                        .collect();
-                }
-                if h.expand {
-                    let mut vars = st.env.clone();
-                    vars.extend(st.args.iter().cloned());
-                    let escape = self.d.directives.escape;
-                    match self
-                        .expand_with(line, &vars, true, |sc| expand_heredoc(&body, sc, escape))
-                    {
-                        Ok(b) => body = b,
-                        Err(e) => {
-                            self.error(
-                                line,
-                                format!("cannot expand the heredoc `{}`: {e}", h.name),
-                                "in this heredoc",
-                                "fix the variable reference",
-                            );
-                            continue;
-                        }
-                    }
-                }
-                let dest = if c.dest.ends_with('/') || several {
-                    format!("{}/{}", dest_ref.trim_end_matches('/'), h.name)
-                } else {
-                    dest_ref.clone()
-                };
-                out.push(StepKind::Write {
-                    path: self.s(line, &dest),
-                    content: self.s(line, &body),
-                    mode: chmod.clone(),
-                });
-                if let Some(owner) = &chown {
-                    self.note(
-                        line,
-                        format!("`--chown={}` is not applied to the heredoc file `{}`", owner.value, h.name),
-                        "kiln's `write` creates files owned by root; use numeric ownership in a later step if it matters",
-                    );
-                }
+            // Heredoc sources become files written in place.
+            if let Some(h) = c.heredocs.iter().find(|h| is_marker(src, &h.name)) {
+                out.extend(self.copy_heredoc(line, h, &to, st));
             } else if add && (is_url(src) || is_git(src)) && src_ref != src {
                 // A download chosen by an arg: the import decides what it
                 // is from its value, so the arg is written as a value.
@@ -939,68 +893,17 @@ impl Lowerer<'_> {
                     self.note_baked(line, &name);
                 }
             } else if add && is_url(src) && !is_git(src) {
-                match flag("checksum") {
-                    Some(sum) if !several => out.push(StepKind::Fetch {
-                        url: self.s(line, src),
-                        dest: self.s(line, &dest_ref),
-                        checksum: Some(self.s(line, &sum)),
-                        chmod: chmod.clone(),
-                        chown: chown.clone(),
-                    }),
-                    Some(_) => self.error(
-                        line,
-                        "`ADD --checksum` pins one source; this `ADD` has several".into(),
-                        "several sources",
-                        "split it into one `ADD --checksum=… URL DEST` per URL",
-                    ),
-                    None => {
-                        self.note(
-                            line,
-                            format!("`ADD {src}` has no checksum: the first build pins what it fetches in the lock file, and later builds check against it"),
-                            "pin it in the Dockerfile with `ADD --checksum=sha256:… URL DEST` to fix it for every checkout",
-                        );
-                        out.push(StepKind::Fetch {
-                            url: self.s(line, src),
-                            dest: self.s(line, &dest_ref),
-                            checksum: None,
-                            chmod: chmod.clone(),
-                            chown: chown.clone(),
-                        });
-                    }
-                }
+                out.extend(self.add_url(line, src, &to));
             } else if add && is_git(src) {
-                let (url, reference, subdir, keep) = git_source(src);
-                if flag("checksum").is_some() {
-                    self.error(
-                        line,
-                        format!("`ADD --checksum` pins a download; `{src}` is a git source"),
-                        "a git source",
-                        "pin the commit in the source instead: `URL#COMMIT` (40 hex digits)",
-                    );
-                    continue;
-                }
-                let keep = keep || flag("keep-git-dir").is_some_and(|v| v != "false");
-                if reference.as_ref().is_none_or(|r| !is_commit(r)) {
-                    self.note(
-                        line,
-                        format!("`ADD {src}` names a git ref: the first build pins its commit in the lock file, and later builds use that commit"),
-                        "`kiln lock --update URL` moves it; a commit in the source (`URL#COMMIT`) pins it for every checkout",
-                    );
-                }
-                out.push(StepKind::Git {
-                    url: self.s(line, &url),
-                    dest: self.s(line, &dest_ref),
-                    reference: reference.map(|r| self.s(line, &r)),
-                    subdir: subdir.map(|d| self.s(line, &d)),
-                    keep_git_dir: keep,
-                    chmod: chmod.clone(),
-                    chown: chown.clone(),
-                });
+                out.extend(self.add_git(line, src, &to));
             } else {
                 files.push(self.s(line, src_ref));
             }
         }
-        if add && flag("checksum").is_some() && !c.sources.iter().any(|s| is_url(s) || is_git(s)) {
+        if add
+            && copy_flag(c, "checksum").is_some()
+            && !c.sources.iter().any(|s| is_url(s) || is_git(s))
+        {
             self.error(
                 line,
                 "`ADD --checksum` applies to remote sources only".into(),
@@ -1009,7 +912,7 @@ impl Lowerer<'_> {
             );
         }
         if !files.is_empty() {
-            let dest = if several && !c.dest.ends_with('/') {
+            if to.several && !c.dest.ends_with('/') {
                 // Docker requires it too; report it the same way.
                 self.error(
                     line,
@@ -1018,18 +921,16 @@ impl Lowerer<'_> {
                     &format!("write `{}/`", c.dest),
                 );
                 return out;
-            } else {
-                self.s(line, &dest_ref)
-            };
+            }
             out.insert(
                 0,
                 StepKind::Copy {
                     sources: files,
-                    dest,
+                    dest: self.s(line, &to.dest_ref),
                     from,
                     context: None,
-                    chmod,
-                    chown,
+                    chmod: to.chmod,
+                    chown: to.chown,
                     exclude,
                     parents,
                     unpack: add,
@@ -1037,6 +938,122 @@ impl Lowerer<'_> {
             );
         }
         out
+    }
+
+    /// A heredoc source: a file written in place (its variables expanded
+    /// unless its marker is quoted).
+    fn copy_heredoc(
+        &mut self,
+        line: usize,
+        h: &Heredoc,
+        to: &Dest<'_>,
+        st: &StageState,
+    ) -> Option<StepKind> {
+        let mut body = h.body.clone();
+        if h.chomp {
+            body = body
+                .split_inclusive('\n')
+                .map(|l| l.trim_start_matches('\t'))
+                .collect();
+        }
+        if h.expand {
+            let mut vars = st.env.clone();
+            vars.extend(st.args.iter().cloned());
+            let escape = self.d.directives.escape;
+            match self.expand_with(line, &vars, true, |sc| expand_heredoc(&body, sc, escape)) {
+                Ok(b) => body = b,
+                Err(e) => {
+                    self.error(
+                        line,
+                        format!("cannot expand the heredoc `{}`: {e}", h.name),
+                        "in this heredoc",
+                        "fix the variable reference",
+                    );
+                    return None;
+                }
+            }
+        }
+        let dest = if to.c.dest.ends_with('/') || to.several {
+            format!("{}/{}", to.dest_ref.trim_end_matches('/'), h.name)
+        } else {
+            to.dest_ref.clone()
+        };
+        let step = StepKind::Write {
+            path: self.s(line, &dest),
+            content: self.s(line, &body),
+            mode: to.chmod.clone(),
+        };
+        if let Some(owner) = &to.chown {
+            self.note(
+                line,
+                format!("`--chown={}` is not applied to the heredoc file `{}`", owner.value, h.name),
+                "kiln's `write` creates files owned by root; use numeric ownership in a later step if it matters",
+            );
+        }
+        Some(step)
+    }
+
+    /// `ADD URL DEST`: a fetch, pinned by `--checksum` or by the lock file.
+    fn add_url(&mut self, line: usize, src: &str, to: &Dest<'_>) -> Option<StepKind> {
+        let checksum = match copy_flag(to.c, "checksum") {
+            Some(_) if to.several => {
+                self.error(
+                    line,
+                    "`ADD --checksum` pins one source; this `ADD` has several".into(),
+                    "several sources",
+                    "split it into one `ADD --checksum=… URL DEST` per URL",
+                );
+                return None;
+            }
+            Some(sum) => Some(self.s(line, &sum)),
+            None => {
+                self.note(
+                    line,
+                    format!("`ADD {src}` has no checksum: the first build pins what it fetches in the lock file, and later builds check against it"),
+                    "pin it in the Dockerfile with `ADD --checksum=sha256:… URL DEST` to fix it for every checkout",
+                );
+                None
+            }
+        };
+        Some(StepKind::Fetch {
+            url: self.s(line, src),
+            dest: self.s(line, &to.dest_ref),
+            checksum,
+            chmod: to.chmod.clone(),
+            chown: to.chown.clone(),
+        })
+    }
+
+    /// `ADD GIT-URL DEST`: a checkout, pinned by a commit in the source or
+    /// by the lock file.
+    fn add_git(&mut self, line: usize, src: &str, to: &Dest<'_>) -> Option<StepKind> {
+        let (url, reference, subdir, keep) = git_source(src);
+        if copy_flag(to.c, "checksum").is_some() {
+            self.error(
+                line,
+                format!("`ADD --checksum` pins a download; `{src}` is a git source"),
+                "a git source",
+                "pin the commit in the source instead: `URL#COMMIT` (40 hex digits)",
+            );
+            return None;
+        }
+        let keep = keep || copy_flag(to.c, "keep-git-dir").is_some_and(|v| v != "false");
+        if reference.as_ref().is_none_or(|r| !is_commit(r)) {
+            self.note(
+                line,
+                format!("`ADD {src}` names a git ref: the first build pins its commit in the lock file, and later builds use that commit"),
+                "`kiln lock --update URL` moves it; a commit in the source (`URL#COMMIT`) pins it for every checkout",
+            );
+        }
+        Some(StepKind::Git {
+            url: self.s(line, &url),
+            dest: self.s(line, &to.dest_ref),
+            reference: reference.map(|r| self.s(line, &r)),
+            subdir: subdir.map(|d| self.s(line, &d)),
+            keep_git_dir: keep,
+            chmod: to.chmod.clone(),
+            chown: to.chown.clone(),
+        })
     }
 
     /// A `--mount` spec with its `from=` naming the stage by its spec name
@@ -1138,6 +1155,25 @@ fn onbuild_text(instruction: &str) -> String {
     let rest = instruction.trim_start();
     let rest = rest.get(7..).unwrap_or("");
     rest.trim().to_string()
+}
+
+/// A `COPY`/`ADD` flag's value (the last one given).
+fn copy_flag(c: &CopyInst, name: &str) -> Option<String> {
+    c.flags
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Where a `COPY`/`ADD`'s sources go, and how.
+struct Dest<'c> {
+    c: &'c CopyInst,
+    several: bool,
+    /// The destination as the spec writes it.
+    dest_ref: String,
+    chmod: Option<Str>,
+    chown: Option<Str>,
 }
 
 #[cfg(test)]
