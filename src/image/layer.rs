@@ -63,11 +63,41 @@ pub fn apply(
     tar: impl Read,
     limit: u64,
 ) -> Result<(), LayerError> {
+    let layer = read(content, tar, limit)?;
+    // Whiteouts and opaque directories hide what the layers below hold,
+    // never what this layer adds: apply them first.
+    for dir in &layer.opaque {
+        let below: Vec<String> = tree.descendants(dir).map(|(p, _)| p.clone()).collect();
+        for p in below {
+            tree.entries.remove(&p);
+        }
+    }
+    for w in &layer.whiteouts {
+        tree.remove_all(w);
+    }
+    for item in layer.items {
+        place(tree, item)?;
+    }
+    Ok(())
+}
+
+/// A layer as read: its entries in order, the paths it whites out and
+/// the directories it makes opaque.
+struct Layer {
+    items: Vec<Item>,
+    whiteouts: Vec<String>,
+    opaque: Vec<String>,
+}
+
+/// Read a layer's entries, their contents stored (at most `limit` bytes).
+fn read(content: &dyn ContentStore, tar: impl Read, limit: u64) -> Result<Layer, LayerError> {
     let damaged = |e: &dyn std::fmt::Display| LayerError::Damaged(e.to_string());
     let mut archive = tar::Archive::new(tar);
-    let mut items = Vec::new();
-    let mut whiteouts = Vec::new();
-    let mut opaque = Vec::new();
+    let mut layer = Layer {
+        items: Vec::new(),
+        whiteouts: Vec::new(),
+        opaque: Vec::new(),
+    };
     let mut left = limit;
     for entry in archive.entries().map_err(|e| damaged(&e))? {
         let mut entry = entry.map_err(|e| damaged(&e))?;
@@ -84,177 +114,165 @@ pub fn apply(
         if trimmed.starts_with('/') {
             return Err(hostile("is an absolute path"));
         }
-        let mut parts = Vec::new();
-        for part in trimmed.split('/') {
-            match part {
-                "" | "." => {}
-                ".." => return Err(hostile("climbs out of the root with `..`")),
-                p => parts.push(p),
-            }
-        }
-        let path = parts.join("/");
+        let path = inside(trimmed).ok_or_else(|| hostile("climbs out of the root with `..`"))?;
         if path.is_empty() {
             continue;
         }
         let base = tree::basename(&path);
         let dir = tree::parent(&path).to_string();
         if base == ".wh..wh..opq" {
-            opaque.push(dir);
+            layer.opaque.push(dir);
             continue;
         }
         if let Some(hidden) = base.strip_prefix(".wh.") {
-            whiteouts.push(tree::join(&dir, hidden));
+            layer.whiteouts.push(tree::join(&dir, hidden));
             continue;
         }
-        let header = entry.header();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let uid = header.uid().unwrap_or(0) as u32;
-        let gid = header.gid().unwrap_or(0) as u32;
-        let kind = header.entry_type();
-        let target = || -> Result<String, LayerError> {
-            let bytes = entry
-                .link_name_bytes()
-                .map(|b| b.into_owned())
-                .unwrap_or_default();
-            String::from_utf8(bytes).map_err(|_| LayerError::Hostile {
-                entry: name.clone(),
-                why: "links to a path that is not UTF-8",
-            })
-        };
-        let item = if kind.is_dir() {
-            Item::Put(path, Entry::dir(mode, uid, gid))
-        } else if kind.is_symlink() {
-            Item::Put(
-                path,
-                Entry {
-                    kind: Kind::Symlink { target: target()? },
-                    mode: 0o777,
-                    uid,
-                    gid,
-                },
-            )
-        } else if kind.is_hard_link() {
-            let t = target()?;
-            let t = t.trim_start_matches("./").trim_start_matches('/');
-            let mut clean = Vec::new();
-            for part in t.split('/') {
-                match part {
-                    "" | "." => {}
-                    ".." => return Err(hostile("hard-links to a path outside the root")),
-                    p => clean.push(p),
-                }
-            }
-            Item::Link(path, clean.join("/"))
-        } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
-            let (blob, size) = match content.put_blob_reader(&mut entry, Some(left)) {
-                Ok(done) => done,
-                Err(StoreError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::FileTooLarge =>
-                {
-                    return Err(LayerError::TooLarge(limit));
-                }
-                Err(StoreError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::InvalidData =>
-                {
-                    return Err(damaged(&source));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            left -= size;
-            Item::Put(
-                path,
-                Entry {
-                    kind: Kind::File { blob, size },
-                    mode,
-                    uid,
-                    gid,
-                },
-            )
-        } else if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
-            continue;
-        } else if let Some(kind) = special_kind(header) {
-            Item::Put(
-                path,
-                Entry {
-                    kind,
-                    mode,
-                    uid,
-                    gid,
-                },
-            )
-        } else {
-            return Err(hostile("has an entry type kiln does not know"));
-        };
-        items.push(item);
-    }
-    // Whiteouts and opaque directories hide what the layers below hold,
-    // never what this layer adds: apply them first.
-    for dir in &opaque {
-        let below: Vec<String> = tree.descendants(dir).map(|(p, _)| p.clone()).collect();
-        for p in below {
-            tree.entries.remove(&p);
+        if let Some(item) = item(content, &mut entry, &name, path, &mut left, limit)? {
+            layer.items.push(item);
         }
     }
-    for w in &whiteouts {
-        tree.remove_all(w);
+    Ok(layer)
+}
+
+/// `path` with `.` and empty parts left out; `None` if it climbs out
+/// with `..`.
+fn inside(path: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
     }
-    for item in items {
-        let (path, entry) = match item {
-            Item::Put(p, e) => (p, e),
-            // A hard link is the same file (or symlink: tar links to
-            // whatever entry it named): it has the target's mode and owner.
-            Item::Link(p, target) => match tree.get(&target) {
-                Some(
-                    e @ Entry {
-                        kind: Kind::File { .. } | Kind::Symlink { .. },
-                        ..
-                    },
-                ) => (p, e.clone()),
-                _ => {
-                    return Err(LayerError::Hostile {
-                        entry: p,
-                        why: "hard-links to a file that is not in the image",
-                    });
-                }
+    Some(parts.join("/"))
+}
+
+/// What one tar entry puts at `path` (a file's content stored, counted
+/// against `left`); `None` for entries that only carry headers.
+fn item<R: Read>(
+    content: &dyn ContentStore,
+    entry: &mut tar::Entry<'_, R>,
+    name: &str,
+    path: String,
+    left: &mut u64,
+    limit: u64,
+) -> Result<Option<Item>, LayerError> {
+    let hostile = |why| LayerError::Hostile {
+        entry: name.to_string(),
+        why,
+    };
+    let header = entry.header();
+    let mode = header.mode().unwrap_or(0o644) & 0o7777;
+    let uid = header.uid().unwrap_or(0) as u32;
+    let gid = header.gid().unwrap_or(0) as u32;
+    let kind = header.entry_type();
+    let entry_of = |kind| Entry {
+        kind,
+        mode,
+        uid,
+        gid,
+    };
+    let target = |entry: &tar::Entry<'_, R>| -> Result<String, LayerError> {
+        let bytes = entry
+            .link_name_bytes()
+            .map(|b| b.into_owned())
+            .unwrap_or_default();
+        String::from_utf8(bytes).map_err(|_| hostile("links to a path that is not UTF-8"))
+    };
+    Ok(Some(if kind.is_dir() {
+        Item::Put(path, Entry::dir(mode, uid, gid))
+    } else if kind.is_symlink() {
+        let target = target(entry)?;
+        Item::Put(
+            path,
+            Entry {
+                mode: 0o777,
+                ..entry_of(Kind::Symlink { target })
             },
+        )
+    } else if kind.is_hard_link() {
+        let t = target(entry)?;
+        let t = t.trim_start_matches("./").trim_start_matches('/');
+        let t = inside(t).ok_or_else(|| hostile("hard-links to a path outside the root"))?;
+        Item::Link(path, t)
+    } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+        let (blob, size) = match content.put_blob_reader(entry, Some(*left)) {
+            Ok(done) => done,
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::FileTooLarge => {
+                return Err(LayerError::TooLarge(limit));
+            }
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::InvalidData => {
+                return Err(LayerError::Damaged(source.to_string()));
+            }
+            Err(e) => return Err(e.into()),
         };
-        // Parents must be directories, never symlinks: a path through a
-        // symlink would be written wherever the link points.
-        let mut here = String::new();
-        for part in tree::parent(&path).split('/').filter(|p| !p.is_empty()) {
-            here = tree::join(&here, part);
-            match tree.get(&here) {
-                Some(e) if e.is_dir() => {}
-                Some(Entry {
-                    kind: Kind::Symlink { .. },
+        *left -= size;
+        Item::Put(path, entry_of(Kind::File { blob, size }))
+    } else if kind.is_pax_global_extensions()
+        || kind.is_pax_local_extensions()
+        || kind.is_gnu_longname()
+        || kind.is_gnu_longlink()
+    {
+        return Ok(None);
+    } else if let Some(kind) = special_kind(entry.header()) {
+        Item::Put(path, entry_of(kind))
+    } else {
+        return Err(hostile("has an entry type kiln does not know"));
+    }))
+}
+
+/// Put one entry of a layer in the tree.
+fn place(tree: &mut Tree, item: Item) -> Result<(), LayerError> {
+    let (path, entry) = match item {
+        Item::Put(p, e) => (p, e),
+        // A hard link is the same file (or symlink: tar links to
+        // whatever entry it named): it has the target's mode and owner.
+        Item::Link(p, target) => match tree.get(&target) {
+            Some(
+                e @ Entry {
+                    kind: Kind::File { .. } | Kind::Symlink { .. },
                     ..
-                }) => {
-                    return Err(LayerError::Hostile {
-                        entry: path,
-                        why: "is written through a symlink",
-                    });
-                }
-                Some(_) => {
-                    // A file where a directory is needed: the later entry
-                    // wins, as tar does.
-                    tree.entries.insert(here.clone(), Entry::dir(0o755, 0, 0));
-                }
-                None => {
-                    tree.entries.insert(here.clone(), Entry::dir(0o755, 0, 0));
-                }
+                },
+            ) => (p, e.clone()),
+            _ => {
+                return Err(LayerError::Hostile {
+                    entry: p,
+                    why: "hard-links to a file that is not in the image",
+                });
+            }
+        },
+    };
+    // Parents must be directories, never symlinks: a path through a
+    // symlink would be written wherever the link points.
+    let mut here = String::new();
+    for part in tree::parent(&path).split('/').filter(|p| !p.is_empty()) {
+        here = tree::join(&here, part);
+        match tree.get(&here) {
+            Some(e) if e.is_dir() => {}
+            Some(Entry {
+                kind: Kind::Symlink { .. },
+                ..
+            }) => {
+                return Err(LayerError::Hostile {
+                    entry: path,
+                    why: "is written through a symlink",
+                });
+            }
+            // A file where a directory is needed: the later entry wins,
+            // as tar does.
+            Some(_) | None => {
+                tree.entries.insert(here.clone(), Entry::dir(0o755, 0, 0));
             }
         }
-        if !entry.is_dir() {
-            // A later entry for the same path replaces the earlier one (and
-            // what was below it).
-            tree.remove_all(&path);
-        }
-        tree.entries.insert(path, entry);
     }
+    if !entry.is_dir() {
+        // A later entry for the same path replaces the earlier one (and
+        // what was below it).
+        tree.remove_all(&path);
+    }
+    tree.entries.insert(path, entry);
     Ok(())
 }
 
