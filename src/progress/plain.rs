@@ -96,10 +96,7 @@ pub fn line(event: &Event) -> Option<String> {
             stage,
             name,
             digest,
-        } => format!(
-            "tagged `{stage}` as {name} ({})",
-            &digest[..19.min(digest.len())]
-        ),
+        } => format!("tagged `{stage}` as {name} ({})", short(digest)),
         Event::ImagePushed {
             stage,
             reference,
@@ -109,7 +106,7 @@ pub fn line(event: &Event) -> Option<String> {
             present,
         } => format!(
             "pushed `{stage}` to {reference} ({}): {uploaded} blob{} uploaded ({}), {present} already there",
-            &digest[..19.min(digest.len())],
+            short(digest),
             plural(*uploaded),
             crate::units::approx_size(*uploaded_bytes)
         ),
@@ -117,10 +114,7 @@ pub fn line(event: &Event) -> Option<String> {
             reference,
             digest,
             how,
-        } => format!(
-            "image {reference}: {how} {}",
-            &digest[..19.min(digest.len())]
-        ),
+        } => format!("image {reference}: {how} {}", short(digest)),
         Event::ImageUnpacked {
             reference,
             applied,
@@ -129,23 +123,7 @@ pub fn line(event: &Event) -> Option<String> {
             fetched_bytes,
             ms,
             ..
-        } => {
-            let mut parts = vec![format!("{applied} layer{} applied", plural(*applied))];
-            if *reused > 0 {
-                parts.push(format!("{reused} reused"));
-            }
-            if *fetched > 0 {
-                parts.push(format!(
-                    "{fetched} fetched ({})",
-                    crate::units::approx_size(*fetched_bytes)
-                ));
-            }
-            format!(
-                "image {reference}: {} ({})",
-                parts.join(", "),
-                human_ms(*ms)
-            )
-        }
+        } => unpacked(reference, *applied, *reused, *fetched, *fetched_bytes, *ms),
         Event::ExportSkipped {
             stage,
             dest,
@@ -158,29 +136,71 @@ pub fn line(event: &Event) -> Option<String> {
             steps_cached,
             failures,
             unchanged,
-        } => {
-            if *ok && *unchanged {
-                format!(
-                    "build finished in {}: nothing changed, {steps_cached} step{} cached",
-                    human_ms(*ms),
-                    plural(*steps_cached)
-                )
-            } else if *ok {
-                format!(
-                    "build finished in {}: {steps_run} step{} run, {steps_cached} cached",
-                    human_ms(*ms),
-                    plural(*steps_run)
-                )
-            } else {
-                format!(
-                    "build failed in {}: {failures} failure{}, {steps_run} step{} run, {steps_cached} cached",
-                    human_ms(*ms),
-                    plural(*failures),
-                    plural(*steps_run)
-                )
-            }
-        }
+        } => finished(
+            *ok && *unchanged,
+            *ok,
+            *ms,
+            *steps_run,
+            *steps_cached,
+            *failures,
+        ),
     })
+}
+
+/// How an image's layers were had.
+fn unpacked(
+    reference: &str,
+    applied: usize,
+    reused: usize,
+    fetched: usize,
+    fetched_bytes: u64,
+    ms: f64,
+) -> String {
+    let mut parts = vec![format!("{applied} layer{} applied", plural(applied))];
+    if reused > 0 {
+        parts.push(format!("{reused} reused"));
+    }
+    if fetched > 0 {
+        parts.push(format!(
+            "{fetched} fetched ({})",
+            crate::units::approx_size(fetched_bytes)
+        ));
+    }
+    format!("image {reference}: {} ({})", parts.join(", "), human_ms(ms))
+}
+
+/// A build's last line.
+fn finished(
+    unchanged: bool,
+    ok: bool,
+    ms: f64,
+    steps_run: usize,
+    steps_cached: usize,
+    failures: usize,
+) -> String {
+    let took = human_ms(ms);
+    if unchanged {
+        format!(
+            "build finished in {took}: nothing changed, {steps_cached} step{} cached",
+            plural(steps_cached)
+        )
+    } else if ok {
+        format!(
+            "build finished in {took}: {steps_run} step{} run, {steps_cached} cached",
+            plural(steps_run)
+        )
+    } else {
+        format!(
+            "build failed in {took}: {failures} failure{}, {steps_run} step{} run, {steps_cached} cached",
+            plural(failures),
+            plural(steps_run)
+        )
+    }
+}
+
+/// A digest as shown: `sha256:` and 12 digits.
+fn short(digest: &str) -> &str {
+    &digest[..19.min(digest.len())]
 }
 
 /// The mark of a step that is not hermetic.
