@@ -438,12 +438,172 @@ fn cstring(p: &Path) -> Result<std::ffi::CString, SandboxError> {
         .map_err(|_| SandboxError::Setup(format!("`{}` holds a NUL byte", p.display())))
 }
 
+/// What the child mounts as the tree: the directory the layers are named
+/// relative to (when they share one) and the overlay's target and options.
+type OverlayMount = (
+    Option<std::ffi::CString>,
+    (std::ffi::CString, std::ffi::CString),
+);
+
+fn overlay_mount(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> Result<OverlayMount, SandboxError> {
+    // Layers of one directory are named relative to it (the child mounts
+    // from there): the options fit one page.
+    let common = lowers
+        .first()
+        .and_then(|l| l.parent())
+        .filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
+    let lower: Vec<String> = match common {
+        Some(_) => lowers
+            .iter()
+            .map(|l| escape(Path::new(l.file_name().unwrap_or_default())))
+            .collect(),
+        None => lowers.iter().map(|l| escape(l)).collect(),
+    };
+    // The child mounts from the layers' directory: every other path
+    // absolute.
+    let absolute =
+        |p: &Path| std::path::absolute(p).map_err(|e| setup_err("cannot resolve a layer path", e));
+    let dir = common
+        .map(|c| absolute(c).and_then(|c| cstring(&c)))
+        .transpose()?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        lower.join(":"),
+        escape(&absolute(upper)?),
+        escape(&absolute(work)?)
+    );
+    Ok((
+        dir,
+        (
+            cstring(&absolute(merged)?)?,
+            std::ffi::CString::new(options)
+                .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?,
+        ),
+    ))
+}
+
+/// The host's system, read-only, entry by entry (so that the working
+/// directory, which the host does not have, can be made beside them),
+/// with the tree's working directory at its place.
+fn bind_host_system(c: &mut Command, tree: &Path, cwd: &str) {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir("/")
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        let n = name.to_string_lossy();
+        if matches!(n.as_ref(), "proc" | "dev" | "sys" | "tmp" | "run") {
+            continue;
+        }
+        let host = Path::new("/").join(&name);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(t) = std::fs::read_link(&host) {
+                    c.arg("--symlink").arg(t).arg(&host);
+                }
+            }
+            Ok(m) if m.is_dir() => {
+                c.arg("--ro-bind").arg(&host).arg(&host);
+            }
+            _ => {}
+        }
+    }
+    c.arg("--bind").arg(tree).arg(cwd);
+    c.args(["--tmpfs", "/tmp"]);
+}
+
+/// A `/proc` of the sandbox's own, what of it could reach the host
+/// read-only or masked, and a minimal `/dev`.
+fn proc_and_dev(c: &mut Command) {
+    c.args(["--proc", "/proc"]);
+    let proc = Path::new("/proc");
+    for name in PROC_READ_ONLY {
+        let p = proc.join(name);
+        if p.exists() {
+            c.arg("--ro-bind").arg(&p).arg(&p);
+        }
+    }
+    for name in PROC_MASKED {
+        let p = proc.join(name);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                c.arg("--tmpfs").arg(&p).arg("--remount-ro").arg(&p);
+            }
+            Ok(_) => {
+                c.arg("--ro-bind").arg("/dev/null").arg(&p);
+            }
+            Err(_) => {}
+        }
+    }
+    c.args(["--dev", "/dev"]);
+}
+
+/// The bubblewrap command that reads `c`'s options from a descriptor and
+/// runs `argv`. Every option (environment values, secrets given as
+/// variables, paths) goes to bubblewrap that way, not on its command
+/// line, which every user of the machine can read in /proc. (The
+/// command itself is on it, as under Docker.)
+fn through_descriptor(
+    c: &Command,
+    h: &mut Handing,
+    argv: &[String],
+) -> Result<Command, SandboxError> {
+    let mut listed = Vec::new();
+    for a in c.get_args() {
+        use std::os::unix::ffi::OsStrExt;
+        if a.as_bytes().contains(&0) {
+            return Err(SandboxError::Setup(
+                "an argument or environment value holds a NUL byte".into(),
+            ));
+        }
+        listed.extend_from_slice(a.as_bytes());
+        listed.push(0);
+    }
+    let args_fd = h.fd(program_fd(&listed)?);
+    let mut c = Command::new("bwrap");
+    c.arg("--args").arg(args_fd.to_string()).arg("--");
+    c.args(argv);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        // bwrap is found where the system keeps it, whatever kiln's caller
+        // set PATH to.
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    Ok(c)
+}
+
+/// The host's ids the command becomes (user, group, groups), when the
+/// sandbox maps a range of them.
+fn host_ids(spec: &Spec) -> Result<Option<(u32, u32, Vec<u32>)>, SandboxError> {
+    let (uid, gid, groups) = &spec.user;
+    Ok(match spec.ids {
+        Ids::Mapped { .. } => {
+            let host_uid = spec.ids.host_uid(*uid).map_err(|e| unmapped("user", &e))?;
+            let host_gid = spec.ids.host_gid(*gid).map_err(|e| unmapped("group", &e))?;
+            let host_groups = groups
+                .iter()
+                .map(|g| spec.ids.host_gid(*g).map_err(|e| unmapped("group", &e)))
+                .collect::<Result<Vec<u32>, _>>()?;
+            Some((host_uid, host_gid, host_groups))
+        }
+        Ids::Own => None,
+    })
+}
+
 /// The command line that runs `spec` over `root`.
 fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
     check_bwrap().map_err(SandboxError::Setup)?;
     let programs = seccomp::programs().map_err(SandboxError::Setup)?;
-    let (uid, gid, groups) = &spec.user;
-    let as_root = *uid == 0;
+    let as_root = spec.user.0 == 0;
     let mut h = Handing::default();
     let mut shown = Shown {
         staged: spec.ids.owns_files(),
@@ -511,93 +671,18 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
                     "an overlay needs root: without root the tree is a copy".into(),
                 ));
             }
-            // Layers of one directory are named relative to it (the
-            // child mounts from there): the options fit one page.
-            let common = lowers
-                .first()
-                .and_then(|l| l.parent())
-                .filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
-            let lower: Vec<String> = match common {
-                Some(_) => lowers
-                    .iter()
-                    .map(|l| escape(Path::new(l.file_name().unwrap_or_default())))
-                    .collect(),
-                None => lowers.iter().map(|l| escape(l)).collect(),
-            };
-            // The child mounts from the layers' directory: every other
-            // path absolute.
-            let absolute = |p: &Path| {
-                std::path::absolute(p).map_err(|e| setup_err("cannot resolve a layer path", e))
-            };
-            overlay_dir = common
-                .map(|c| absolute(c).and_then(|c| cstring(&c)))
-                .transpose()?;
-            let options = format!(
-                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-                lower.join(":"),
-                escape(&absolute(upper)?),
-                escape(&absolute(work)?)
-            );
-            overlay = Some((
-                cstring(&absolute(merged)?)?,
-                std::ffi::CString::new(options)
-                    .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?,
-            ));
+            let (dir, mount) = overlay_mount(lowers, upper, work, merged)?;
+            overlay_dir = dir;
+            overlay = Some(mount);
             shown.show(below(merged))
         }
     };
     if spec.host_root {
-        // The host's system, read-only, entry by entry (so that the
-        // working directory, which the host does not have, can be made
-        // beside them), with the tree's working directory at its place.
-        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir("/")
-            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            let n = name.to_string_lossy();
-            if matches!(n.as_ref(), "proc" | "dev" | "sys" | "tmp" | "run") {
-                continue;
-            }
-            let host = Path::new("/").join(&name);
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(t) = std::fs::read_link(&host) {
-                        c.arg("--symlink").arg(t).arg(&host);
-                    }
-                }
-                Ok(m) if m.is_dir() => {
-                    c.arg("--ro-bind").arg(&host).arg(&host);
-                }
-                _ => {}
-            }
-        }
-        c.arg("--bind").arg(&tree).arg(&spec.cwd);
-        c.args(["--tmpfs", "/tmp"]);
+        bind_host_system(&mut c, &tree, &spec.cwd);
     } else {
         c.arg("--bind").arg(&tree).arg("/");
     }
-    c.args(["--proc", "/proc"]);
-    let proc = Path::new("/proc");
-    for name in PROC_READ_ONLY {
-        let p = proc.join(name);
-        if p.exists() {
-            c.arg("--ro-bind").arg(&p).arg(&p);
-        }
-    }
-    for name in PROC_MASKED {
-        let p = proc.join(name);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                c.arg("--tmpfs").arg(&p).arg("--remount-ro").arg(&p);
-            }
-            Ok(_) => {
-                c.arg("--ro-bind").arg("/dev/null").arg(&p);
-            }
-            Err(_) => {}
-        }
-    }
-    c.args(["--dev", "/dev"]);
+    proc_and_dev(&mut c);
     for b in &spec.binds {
         let src = shown.show(b.src.clone());
         c.arg(if b.writable { "--bind" } else { "--ro-bind" })
@@ -619,47 +704,8 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
         c.arg("--setenv").arg(k).arg(v);
     }
     c.arg("--chdir").arg(&spec.cwd);
-    // Every option (environment values, secrets given as variables,
-    // paths) goes to bubblewrap through a descriptor, not its command line,
-    // which every user of the machine can read in /proc. (The command
-    // itself is on it, as under Docker.)
-    let mut listed = Vec::new();
-    for a in c.get_args() {
-        use std::os::unix::ffi::OsStrExt;
-        if a.as_bytes().contains(&0) {
-            return Err(SandboxError::Setup(
-                "an argument or environment value holds a NUL byte".into(),
-            ));
-        }
-        listed.extend_from_slice(a.as_bytes());
-        listed.push(0);
-    }
-    let args_fd = h.fd(program_fd(&listed)?);
-    let mut c = Command::new("bwrap");
-    c.arg("--args").arg(args_fd.to_string()).arg("--");
-    c.args(&spec.argv);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_clear()
-        // bwrap is found where the system keeps it, whatever kiln's caller
-        // set PATH to.
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-    let become_ids = match spec.ids {
-        Ids::Mapped { .. } => {
-            let host_uid = spec.ids.host_uid(*uid).map_err(|e| unmapped("user", &e))?;
-            let host_gid = spec.ids.host_gid(*gid).map_err(|e| unmapped("group", &e))?;
-            let host_groups = groups
-                .iter()
-                .map(|g| spec.ids.host_gid(*g).map_err(|e| unmapped("group", &e)))
-                .collect::<Result<Vec<u32>, _>>()?;
-            Some((host_uid, host_gid, host_groups))
-        }
-        Ids::Own => None,
-    };
+    let mut c = through_descriptor(&c, &mut h, &spec.argv)?;
+    let become_ids = host_ids(spec)?;
     let stage = if shown.staged {
         let paths = shown
             .paths
