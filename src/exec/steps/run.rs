@@ -553,101 +553,12 @@ impl RunOp {
                     .push((var.clone(), String::from_utf8_lossy(value).into_owned()));
             }
         }
-        // With a network, names resolve as on the host. A symlink there
-        // (`/etc/resolv.conf` to systemd's stub, say) is followed inside
-        // the tree, as a container runtime does; where it leads must be
-        // the tree's own (not below `/proc`, `/dev` or a mount).
         if self.network.reaches_out() && !host {
-            for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                if !Path::new(f).is_file() {
-                    continue;
-                }
-                let Ok(rel) = work
-                    .tree
-                    .resolve(f.trim_start_matches('/'), true, Links::Rootfs)
-                else {
-                    continue;
-                };
-                let first = rel.split('/').next().unwrap_or("");
-                let below_mount = targets.iter().any(|t| {
-                    let t = t.trim_start_matches('/');
-                    rel == t || rel.starts_with(&format!("{t}/"))
-                });
-                if first == "proc" || first == "dev" || below_mount || rel.is_empty() {
-                    continue;
-                }
-                made_in.file(&rel, &mut scaffold).map_err(fail)?;
-                spec.binds.push(Bind {
-                    src: PathBuf::from(f),
-                    dest: format!("/{rel}"),
-                    writable: false,
-                });
-            }
+            name_resolution(work.tree, &targets, &made_in, &mut scaffold, &mut spec)
+                .map_err(fail)?;
         }
-        // Making the scaffolding changed its directories' times: back to
-        // the epoch, as the tree's own, so a command finds the same times
-        // however its tree came to be on disk.
-        for rel in scaffold.iter().chain(kept.iter()) {
-            let _ = crate::fsutil::set_epoch_times(&made_in.root.join(rel), env.options.epoch);
-            let _ = crate::fsutil::set_epoch_times(
-                &made_in.root.join(tree::parent(rel)),
-                env.options.epoch,
-            );
-        }
-        for rel in made_in.copied.borrow().iter() {
-            let _ = crate::fsutil::set_epoch_times(&made_in.root.join(rel), env.options.epoch);
-        }
-        let mut log: Vec<u8> = Vec::new();
-        let mut pending = String::new();
-        let mut last_emit = std::time::Instant::now();
-        let stage_name = cx.stage.name.clone();
-        let index = cx.index;
-        let secrets = &env.options.secrets;
-        let emit = |text: &str| {
-            if !text.is_empty() {
-                let text = secrets.redact(text.as_bytes());
-                env.progress.emit(Event::StepOutput {
-                    stage: stage_name.clone(),
-                    step: index,
-                    text: String::from_utf8_lossy(&text).trim_end().to_string(),
-                });
-            }
-        };
-        // What is shown and kept is bounded (a command printing without
-        // end costs kiln no more than the limit), and lines are cut where
-        // they end, or every 64 KiB for output without newlines.
-        let mut shown = 0usize;
-        let mut cut_off = false;
-        let result = sandbox::run(&on_disk, &spec, &env.cancel, &mut |_s: Stream, bytes| {
-            if log.len() < LOG_LIMIT {
-                log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
-            }
-            if shown >= LOG_LIMIT {
-                if !cut_off {
-                    cut_off = true;
-                    emit("(the rest of the output is not shown: more than 64 MiB)");
-                }
-                return;
-            }
-            pending.push_str(&String::from_utf8_lossy(bytes));
-            let full = pending.len() > 64 << 10;
-            if full || last_emit.elapsed().as_millis() >= 100 {
-                let cut = match pending.rfind('\n') {
-                    Some(c) => Some(c + 1),
-                    None if full => Some(pending.len()),
-                    None => None,
-                };
-                if let Some(cut) = cut {
-                    let lines: String = pending.drain(..cut).collect();
-                    shown += lines.len();
-                    emit(&lines);
-                    last_emit = std::time::Instant::now();
-                }
-            }
-        });
-        if !cut_off {
-            emit(&pending);
-        }
+        made_in.back_to_epoch(scaffold.iter().chain(kept.iter()), env.options.epoch);
+        let (result, log) = run_shown(cx, &on_disk, &spec);
         drop(keep_alive);
         // The layers' seals were checked while the command ran (see
         // `Rootfs::stack_of`): a command that ran on a changed layer,
@@ -657,7 +568,7 @@ impl RunOp {
         {
             return Ok(false);
         }
-        let log = secrets.redact(&log);
+        let log = env.options.secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
         if let Err(e) = result {
             return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
@@ -676,6 +587,101 @@ impl RunOp {
         drop(scratch);
         Ok(true)
     }
+}
+
+/// With a network, names resolve as on the host. A symlink there
+/// (`/etc/resolv.conf` to systemd's stub, say) is followed inside the
+/// tree, as a container runtime does; where it leads must be the tree's
+/// own (not below `/proc`, `/dev` or a mount).
+fn name_resolution(
+    tree: &Tree,
+    targets: &[String],
+    made_in: &Scaffold<'_>,
+    scaffold: &mut BTreeSet<String>,
+    spec: &mut sandbox::Spec,
+) -> Result<(), SandboxError> {
+    for f in ["/etc/resolv.conf", "/etc/hosts"] {
+        if !Path::new(f).is_file() {
+            continue;
+        }
+        let Ok(rel) = tree.resolve(f.trim_start_matches('/'), true, Links::Rootfs) else {
+            continue;
+        };
+        let first = rel.split('/').next().unwrap_or("");
+        let below_mount = targets.iter().any(|t| {
+            let t = t.trim_start_matches('/');
+            rel == t || rel.starts_with(&format!("{t}/"))
+        });
+        if first == "proc" || first == "dev" || below_mount || rel.is_empty() {
+            continue;
+        }
+        made_in.file(&rel, scaffold)?;
+        spec.binds.push(Bind {
+            src: PathBuf::from(f),
+            dest: format!("/{rel}"),
+            writable: false,
+        });
+    }
+    Ok(())
+}
+
+/// Run the command, its output shown as it comes (secrets redacted) and
+/// kept for the log. What is shown and kept is bounded (a command
+/// printing without end costs kiln no more than the limit), and lines
+/// are cut where they end, or every 64 KiB for output without newlines.
+fn run_shown(
+    cx: &StepCx<'_>,
+    on_disk: &sandbox::Root,
+    spec: &sandbox::Spec,
+) -> (Result<(), SandboxError>, Vec<u8>) {
+    let env = cx.env;
+    let mut log: Vec<u8> = Vec::new();
+    let mut pending = String::new();
+    let mut last_emit = std::time::Instant::now();
+    let secrets = &env.options.secrets;
+    let emit = |text: &str| {
+        if !text.is_empty() {
+            let text = secrets.redact(text.as_bytes());
+            env.progress.emit(Event::StepOutput {
+                stage: cx.stage.name.clone(),
+                step: cx.index,
+                text: String::from_utf8_lossy(&text).trim_end().to_string(),
+            });
+        }
+    };
+    let mut shown = 0usize;
+    let mut cut_off = false;
+    let result = sandbox::run(on_disk, spec, &env.cancel, &mut |_s: Stream, bytes| {
+        if log.len() < LOG_LIMIT {
+            log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
+        }
+        if shown >= LOG_LIMIT {
+            if !cut_off {
+                cut_off = true;
+                emit("(the rest of the output is not shown: more than 64 MiB)");
+            }
+            return;
+        }
+        pending.push_str(&String::from_utf8_lossy(bytes));
+        let full = pending.len() > 64 << 10;
+        if full || last_emit.elapsed().as_millis() >= 100 {
+            let cut = match pending.rfind('\n') {
+                Some(c) => Some(c + 1),
+                None if full => Some(pending.len()),
+                None => None,
+            };
+            if let Some(cut) = cut {
+                let lines: String = pending.drain(..cut).collect();
+                shown += lines.len();
+                emit(&lines);
+                last_emit = std::time::Instant::now();
+            }
+        }
+    });
+    if !cut_off {
+        emit(&pending);
+    }
+    (result, log)
 }
 
 impl RunOp {
@@ -778,19 +784,25 @@ impl RunOp {
         rootfs: &Rootfs<'_>,
         keep_alive: &mut Vec<Box<dyn std::any::Any>>,
     ) -> Result<Option<Bind>, Diagnostic> {
-        let env = cx.env;
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            Diagnostic::io(what, p, &e).with_label(cx.loc.part(i), "this mount")
+        let at = MountAt {
+            cx,
+            i,
+            target,
+            dir,
+            rootfs,
+        };
+        let bind = |src: PathBuf, writable: bool| {
+            Some(Bind {
+                src,
+                dest: target.to_string(),
+                writable,
+            })
         };
         match &m.kind {
             MountKind::Bind { from, source, rw } => {
                 let host = dir.join(format!("bind-{i}"));
                 let host = self.materialize(cx, *from, source, &host, i, true, rootfs)?;
-                Ok(Some(Bind {
-                    src: host,
-                    dest: target.to_string(),
-                    writable: *rw,
-                }))
+                Ok(bind(host, *rw))
             }
             MountKind::Cache {
                 id,
@@ -802,51 +814,7 @@ impl RunOp {
                 uid,
                 gid,
             } => {
-                let caches = env.local.layout().cache_mounts(&rootfs.ids.tag());
-                // Without an id, the cache is its target's.
-                let id = if id.is_empty() { target } else { id.as_str() };
-                let name: String = id
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                let name = format!("{name}-{}", &blake3::hash(id.as_bytes()).to_hex()[..12]);
-                if !caches.is_dir() {
-                    env.local
-                        .layout()
-                        .private_dir(&caches)
-                        .map_err(|e| io("cannot create", &caches, e))?;
-                }
-                let lock_path = caches.join(format!("{name}.lock"));
-                let lock = fs::File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .map_err(|e| io("cannot open", &lock_path, e))?;
-                // Used now: `kiln gc` removes cache mounts long unused.
-                let _ = lock.set_modified(std::time::SystemTime::now());
-                let mut data = caches.join(&name);
-                match sharing {
-                    Sharing::Shared => {
-                        let _ = lock.lock_shared();
-                    }
-                    Sharing::Locked => {
-                        lock.lock().map_err(|e| io("cannot lock", &lock_path, e))?;
-                    }
-                    Sharing::Private => {
-                        if lock.try_lock().is_err() {
-                            // In use: this step gets a cache of its own.
-                            data = dir.join(format!("cache-{i}"));
-                        }
-                    }
-                }
-                keep_alive.push(Box::new(lock));
+                let data = at.cache_slot(id, *sharing, keep_alive)?;
                 if !data.exists() {
                     let fresh = data.with_extension("new");
                     let _ = fs::remove_dir_all(&fresh);
@@ -855,20 +823,15 @@ impl RunOp {
                             self.materialize(cx, *f, source, &fresh, i, false, rootfs)?;
                         }
                         None => fs::create_dir_all(&fresh)
-                            .map_err(|e| io("cannot create", &fresh, e))?,
+                            .map_err(|e| at.io("cannot create", &fresh, e))?,
                     }
                     rootfs
                         .own(&fresh, *uid, *gid, target)
                         .map_err(|e| error(cx, e, None, ""))?;
-                    use std::os::unix::fs::PermissionsExt;
                     let _ = fs::set_permissions(&fresh, fs::Permissions::from_mode(*mode));
-                    fs::rename(&fresh, &data).map_err(|e| io("cannot create", &data, e))?;
+                    fs::rename(&fresh, &data).map_err(|e| at.io("cannot create", &data, e))?;
                 }
-                Ok(Some(Bind {
-                    src: data,
-                    dest: target.to_string(),
-                    writable: !readonly,
-                }))
+                Ok(bind(data, !readonly))
             }
             MountKind::Tmpfs { .. } => Ok(None),
             MountKind::Secret {
@@ -879,24 +842,7 @@ impl RunOp {
                 uid,
                 gid,
             } => {
-                let Some(value) = env.options.secrets.get(id) else {
-                    if *required {
-                        return Err(Diagnostic::new(
-                            Code::RUN_SECRET,
-                            format!("the secret `{id}` is required but was not given"),
-                        )
-                        .with_label(cx.loc.part(i), "this mount")
-                        .with_help(format!(
-                            "give it with `kiln build --secret id={id},src=FILE` (or `env=VAR`)"
-                        )));
-                    }
-                    env.progress.emit(Event::Notice {
-                        message: format!(
-                            "#{} [{}]: the secret `{id}` was not given, so the command runs without it (`--secret id={id},src=FILE` gives it)",
-                            cx.stage.name,
-                            cx.index + 1
-                        ),
-                    });
+                let Some(value) = at.secret(id, *required)? else {
                     return Ok(None);
                 };
                 if var.is_some() {
@@ -905,22 +851,18 @@ impl RunOp {
                 // In memory (never in the state directory), removed after.
                 let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
                     Diagnostic::new(Code::RUN_SECRET, format!("the secret's owner: {e}"))
-                        .with_label(cx.loc.part(i), "this mount")
+                        .with_label(at.span(), "this mount")
                 })?;
                 let file = SecretFile::write(value, *mode, owner).map_err(|e| {
                     Diagnostic::new(
                         Code::RUN_SECRET_ENV,
                         format!("cannot hold the secret `{id}`: {e}"),
                     )
-                    .with_label(cx.loc.part(i), "this mount")
+                    .with_label(at.span(), "this mount")
                 })?;
                 let src = file.file.clone();
                 keep_alive.push(Box::new(file));
-                Ok(Some(Bind {
-                    src,
-                    dest: target.to_string(),
-                    writable: false,
-                }))
+                Ok(bind(src, false))
             }
             MountKind::Ssh {
                 id,
@@ -928,7 +870,7 @@ impl RunOp {
                 uid,
                 gid,
                 mode,
-            } => match env.options.ssh.get(id) {
+            } => match cx.env.options.ssh.get(id) {
                 // The agent's socket is the user's: the sandbox's ids
                 // cannot open it, so it is reached through a socket of
                 // the sandbox's that kiln forwards.
@@ -936,7 +878,7 @@ impl RunOp {
                     let path = dir.join(format!("ssh-{i}.sock"));
                     let owner = rootfs.ids.host_owner(*uid, *gid).map_err(|e| {
                         Diagnostic::new(Code::RUN_SSH, format!("the socket's owner: {e}"))
-                            .with_label(cx.loc.part(i), "this mount")
+                            .with_label(at.span(), "this mount")
                     })?;
                     let proxy =
                         forward::Forward::start(&path, socket, owner, *mode).map_err(|e| {
@@ -944,25 +886,17 @@ impl RunOp {
                                 Code::RUN_SSH_ENV,
                                 format!("cannot forward the SSH agent `{id}`: {e}"),
                             )
-                            .with_label(cx.loc.part(i), "this mount")
+                            .with_label(at.span(), "this mount")
                         })?;
                     keep_alive.push(Box::new(proxy));
-                    Ok(Some(Bind {
-                        src: path,
-                        dest: target.to_string(),
-                        writable: true,
-                    }))
+                    Ok(bind(path, true))
                 }
-                Some(socket) => Ok(Some(Bind {
-                    src: socket.clone(),
-                    dest: target.to_string(),
-                    writable: true,
-                })),
+                Some(socket) => Ok(bind(socket.clone(), true)),
                 None if *required => Err(Diagnostic::new(
                     Code::RUN_SSH,
                     format!("the SSH agent `{id}` is required but was not given"),
                 )
-                .with_label(cx.loc.part(i), "this mount")
+                .with_label(at.span(), "this mount")
                 .with_help("give it with `kiln build --ssh default` (forwards $SSH_AUTH_SOCK)")),
                 None => Ok(None),
             },
@@ -1122,6 +1056,111 @@ fn resolve_user(cx: &StepCx<'_>, tree: &Tree, config: &ImageConfig) -> Result<Us
     })
 }
 
+/// One mount of a `run` step being made: the step, the mount's index and
+/// target, the step's scratch directory and the tree's layers.
+struct MountAt<'a> {
+    cx: &'a StepCx<'a>,
+    i: usize,
+    target: &'a str,
+    dir: &'a Path,
+    rootfs: &'a Rootfs<'a>,
+}
+
+impl MountAt<'_> {
+    fn span(&self) -> crate::diag::Span {
+        self.cx.loc.part(self.i)
+    }
+
+    fn io(&self, what: &str, p: &Path, e: std::io::Error) -> Diagnostic {
+        Diagnostic::io(what, p, &e).with_label(self.span(), "this mount")
+    }
+
+    /// The directory of a cache mount, locked as its sharing says (the
+    /// lock held in `keep_alive`): the machine's cache of that id, or,
+    /// for a private cache in use, one of this step's own.
+    fn cache_slot(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        keep_alive: &mut Vec<Box<dyn std::any::Any>>,
+    ) -> Result<PathBuf, Diagnostic> {
+        let layout = self.cx.env.local.layout();
+        let caches = layout.cache_mounts(&self.rootfs.ids.tag());
+        // Without an id, the cache is its target's.
+        let id = if id.is_empty() { self.target } else { id };
+        let name: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("{name}-{}", &blake3::hash(id.as_bytes()).to_hex()[..12]);
+        if !caches.is_dir() {
+            layout
+                .private_dir(&caches)
+                .map_err(|e| self.io("cannot create", &caches, e))?;
+        }
+        let lock_path = caches.join(format!("{name}.lock"));
+        let lock = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| self.io("cannot open", &lock_path, e))?;
+        // Used now: `kiln gc` removes cache mounts long unused.
+        let _ = lock.set_modified(std::time::SystemTime::now());
+        let mut data = caches.join(&name);
+        match sharing {
+            Sharing::Shared => {
+                let _ = lock.lock_shared();
+            }
+            Sharing::Locked => {
+                lock.lock()
+                    .map_err(|e| self.io("cannot lock", &lock_path, e))?;
+            }
+            Sharing::Private => {
+                if lock.try_lock().is_err() {
+                    // In use: this step gets a cache of its own.
+                    data = self.dir.join(format!("cache-{}", self.i));
+                }
+            }
+        }
+        keep_alive.push(Box::new(lock));
+        Ok(data)
+    }
+
+    /// A secret's value; `None` (said) when it was not given and the
+    /// mount does not require it.
+    fn secret(&self, id: &str, required: bool) -> Result<Option<&[u8]>, Diagnostic> {
+        let env = self.cx.env;
+        if let Some(value) = env.options.secrets.get(id) {
+            return Ok(Some(value));
+        }
+        if required {
+            return Err(Diagnostic::new(
+                Code::RUN_SECRET,
+                format!("the secret `{id}` is required but was not given"),
+            )
+            .with_label(self.span(), "this mount")
+            .with_help(format!(
+                "give it with `kiln build --secret id={id},src=FILE` (or `env=VAR`)"
+            )));
+        }
+        env.progress.emit(Event::Notice {
+            message: format!(
+                "#{} [{}]: the secret `{id}` was not given, so the command runs without it (`--secret id={id},src=FILE` gives it)",
+                self.cx.stage.name,
+                self.cx.index + 1
+            ),
+        });
+        Ok(None)
+    }
+}
+
 /// Where mount points and the working directory are made for a command:
 /// in the private copy itself, or in the overlay's upper directory, where
 /// the tree's directories on the way are made with the tree's owner and
@@ -1137,6 +1176,19 @@ struct Scaffold<'a> {
 }
 
 impl Scaffold<'_> {
+    /// Making the scaffolding changed its directories' times: back to
+    /// the epoch, as the tree's own, so a command finds the same times
+    /// however its tree came to be on disk.
+    fn back_to_epoch<'r>(&self, made: impl Iterator<Item = &'r String>, epoch: u64) {
+        for rel in made {
+            let _ = crate::fsutil::set_epoch_times(&self.root.join(rel), epoch);
+            let _ = crate::fsutil::set_epoch_times(&self.root.join(tree::parent(rel)), epoch);
+        }
+        for rel in self.copied.borrow().iter() {
+            let _ = crate::fsutil::set_epoch_times(&self.root.join(rel), epoch);
+        }
+    }
+
     /// Make `rel` (and missing parents) a directory, remembering in `made`
     /// what the tree did not have.
     fn dir(&self, rel: &str, made: &mut BTreeSet<String>) -> Result<(), SandboxError> {
