@@ -38,6 +38,10 @@ pub struct Runner<'a> {
     empty: OnceLock<State>,
 }
 
+/// This build's claim on a step (other builds on the store wait for it),
+/// held until the step's result is recorded.
+type Claim = Box<dyn Send>;
+
 /// How far a stage's steps have got. The current tree is `stored` with
 /// the steps of `since` applied; `memory` may hold it, or a tree part of
 /// the way there, so that it need not be rebuilt.
@@ -442,6 +446,93 @@ impl<'a> Runner<'a> {
         Ok(self.empty.get_or_init(|| state).clone())
     }
 
+    /// What the cache holds for `key`. Another build on this store may be
+    /// running the same step (or have run it since this build read the
+    /// cache): wait for it and take its result rather than run it twice.
+    /// The claim (when taken) is held until this step's result is
+    /// recorded.
+    fn look_up(
+        &self,
+        key: StepKey,
+        stage: &str,
+        index: usize,
+        text: &str,
+    ) -> Result<(Option<Action>, Option<Claim>), Diagnostic> {
+        let env = self.env;
+        if let Some(hit) = self.actions.get(key) {
+            return Ok((Some(hit), None));
+        }
+        let waited = std::cell::Cell::new(false);
+        let waiting = || {
+            if !waited.replace(true) {
+                env.progress.emit(Event::StepWaiting {
+                    stage: stage.into(),
+                    step: index,
+                    text: format!("{text} (waiting for another build running this step)"),
+                });
+            }
+            env.cancel.load(Ordering::Relaxed)
+        };
+        let claim = self.actions.claim(key, &waiting)?;
+        if claim.is_none() && env.cancel.load(Ordering::Relaxed) {
+            return Err(Diagnostic::new(
+                Code::STEP_INTERRUPTED,
+                "the build was interrupted while another build ran this step",
+            ));
+        }
+        // It may have finished just before: read what other builds
+        // recorded since this one read the cache.
+        Ok((self.actions.get_fresh(key), claim))
+    }
+
+    /// Move the cursor past a step the cache answered.
+    fn take_hit(
+        &self,
+        cur: &mut Cursor,
+        index: usize,
+        hit: Action,
+        kind: &dyn StepKind,
+        last: bool,
+    ) {
+        match hit.tree {
+            Some(t) => {
+                self.env.derived(t, cur.stored);
+                cur.stored = t;
+                cur.since.clear();
+                cur.memory = None;
+            }
+            // The tree after this step was not kept: remember how to redo it.
+            None => cur.since.push((index, cur.config.clone())),
+        }
+        if kind.changes_tree() {
+            cur.by_key = !(last || kind.stores_tree());
+        }
+        cur.config = hit.config;
+    }
+
+    /// Store the tree a step that runs a program starts on (as its
+    /// differences from the last stored one), and say so in the step
+    /// before's record, so the tree is not replayed for an image's layers
+    /// and is the base the step's own result is stored on.
+    fn store_start(&self, cur: &mut Cursor, tree: &Tree) -> Result<TreeDigest, Diagnostic> {
+        let env = self.env;
+        let base = env.tree(cur.stored)?;
+        let d = env.content.put_tree_on(tree, cur.stored, &base)?;
+        if let Some(before) = cur.last {
+            self.actions.put(
+                before,
+                &Action {
+                    tree: Some(d),
+                    config: cur.config.clone(),
+                },
+            )?;
+        }
+        env.derived(d, cur.stored);
+        cur.stored = d;
+        cur.since.clear();
+        Ok(d)
+    }
+
     /// Run or restore one step, moving the cursor past it. Returns whether
     /// it was cached.
     fn step(
@@ -470,40 +561,10 @@ impl<'a> Runner<'a> {
             non_hermetic: kind.non_hermetic().map(str::to_string),
             result: result.map(|d| d.hex()),
         };
-        let mut hit = if use_cache {
-            self.actions.get(key)
+        let (hit, _claim) = if use_cache {
+            self.look_up(key, stage, index, &text)?
         } else {
-            None
-        };
-        // Another build on this store may be running the same step (or
-        // have run it since this build read the cache): wait for it and
-        // take its result rather than run it twice.
-        // Held (when taken) until this step's result is recorded.
-        let _claim = if use_cache && hit.is_none() {
-            let waited = std::cell::Cell::new(false);
-            let waiting = || {
-                if !waited.replace(true) {
-                    env.progress.emit(Event::StepWaiting {
-                        stage: stage.into(),
-                        step: index,
-                        text: format!("{text} (waiting for another build running this step)"),
-                    });
-                }
-                env.cancel.load(Ordering::Relaxed)
-            };
-            let claim = self.actions.claim(key, &waiting)?;
-            if claim.is_none() && env.cancel.load(Ordering::Relaxed) {
-                return Err(Diagnostic::new(
-                    Code::STEP_INTERRUPTED,
-                    "the build was interrupted while another build ran this step",
-                ));
-            }
-            // It may have finished just before: read what other builds
-            // recorded since this one read the cache.
-            hit = self.actions.get_fresh(key);
-            claim
-        } else {
-            None
+            (None, None)
         };
         if let Some(hit) = hit {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
@@ -514,20 +575,7 @@ impl<'a> Runner<'a> {
                 key: key.hex(),
                 non_hermetic: kind.non_hermetic().map(str::to_string),
             });
-            match hit.tree {
-                Some(t) => {
-                    env.derived(t, cur.stored);
-                    cur.stored = t;
-                    cur.since.clear();
-                    cur.memory = None;
-                }
-                // The tree after this step was not kept: remember how to redo it.
-                None => cur.since.push((index, cur.config.clone())),
-            }
-            if kind.changes_tree() {
-                cur.by_key = !(last || kind.stores_tree());
-            }
-            cur.config = hit.config;
+            self.take_hit(cur, index, hit, kind, last);
             let result = cur.advance(key);
             self.records
                 .lock()
@@ -549,21 +597,7 @@ impl<'a> Runner<'a> {
         // before it says so, so the tree is not replayed for an image's
         // layers and is the base the step's own result is stored on.
         if kind.stores_tree() && current.is_none() {
-            let base = env.tree(cur.stored)?;
-            let d = env.content.put_tree_on(&tree, cur.stored, &base)?;
-            if let Some(before) = cur.last {
-                self.actions.put(
-                    before,
-                    &Action {
-                        tree: Some(d),
-                        config: cur.config.clone(),
-                    },
-                )?;
-            }
-            env.derived(d, cur.stored);
-            cur.stored = d;
-            cur.since.clear();
-            current = Some(d);
+            current = Some(self.store_start(cur, &tree)?);
         }
         let mut config = cur.config.clone();
         let run_cx = StepCx {
