@@ -14,7 +14,7 @@
 //! `NAME.lock` (`Dockerfile.lock`).
 
 use crate::diag::Code;
-use crate::diag::{Diagnostic, Sources, Span};
+use crate::diag::{Diagnostic, SourceId, Sources, Span};
 use crate::model::digest::Sha256;
 use kdl::{KdlDocument, KdlEntry, KdlNode};
 use std::collections::BTreeMap;
@@ -112,36 +112,11 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
         }
     };
     let mut lock = Lock::default();
-    let mut errors = Vec::new();
-    let at = |n: &KdlNode| {
-        let s = n.span();
-        Span::new(id, s.offset(), s.len())
+    let mut r = Entries {
+        id,
+        seen: BTreeMap::new(),
+        errors: Vec::new(),
     };
-    let bad = |n: &KdlNode, what: String| {
-        Diagnostic::new(Code::LOCK_ENTRY, what).with_label(at(n), "in this entry")
-    };
-    // Where each entry came from, to point at both of two that disagree.
-    let mut seen: BTreeMap<(&'static str, String, String), (Span, String)> = BTreeMap::new();
-    let mut conflict =
-        |kind: &'static str, key: (String, String), value: String, n: &KdlNode| match seen.get(&(
-            kind,
-            key.0.clone(),
-            key.1.clone(),
-        )) {
-            Some((first, v)) if *v != value => Some(
-                Diagnostic::new(
-                    Code::LOCK_CONFLICT,
-                    format!("the lock file pins `{}` twice, differently", key.0),
-                )
-                .with_label(at(n), "this entry")
-                .with_label(*first, "disagrees with this one"),
-            ),
-            Some(_) => None,
-            None => {
-                seen.insert((kind, key.0, key.1), (at(n), value));
-                None
-            }
-        };
     let mut header = None;
     for n in doc.nodes() {
         match n.name().value() {
@@ -151,103 +126,54 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
                     _ => None,
                 };
                 if header.is_some() {
-                    errors.push(bad(n, "the lock file has two `lock` headers".into()));
+                    r.bad(n, "the lock file has two `lock` headers");
                 } else if version != Some(1) {
-                    errors.push(
+                    r.errors.push(
                         Diagnostic::new(
                             Code::LOCK_VERSION,
                             "this kiln reads lock files of version 1 (`lock 1`)",
                         )
-                        .with_label(at(n), "an unknown version")
+                        .with_label(r.at(n), "an unknown version")
                         .with_help("use the kiln that wrote it, or delete the lock file and build again to write a new one"),
                     );
                 }
-                header = Some(at(n));
+                header = Some(r.at(n));
             }
-            "image" => {
-                let reference = n
-                    .entries()
-                    .iter()
-                    .find(|e| e.name().is_none())
-                    .and_then(|e| e.value().as_string());
-                let prop = |k: &str| n.get(k).and_then(|v| v.as_string());
-                match (
-                    reference,
-                    prop("platform"),
-                    prop("digest").and_then(Sha256::parse),
-                ) {
-                    (Some(r), Some(p), Some(d)) => {
-                        let key = (r.to_string(), p.to_string());
-                        match conflict("image", key.clone(), d.to_string(), n) {
-                            Some(e) => errors.push(e),
-                            None => {
-                                lock.images.insert(key, d);
-                            }
-                        }
+            "image" => match image_entry(n) {
+                Some((key, d)) => {
+                    if r.first("image", key.clone(), d.to_string(), n) {
+                        lock.images.insert(key, d);
                     }
-                    _ => errors.push(bad(
-                        n,
-                        "an image entry needs a reference, `platform=` and a `digest=\"sha256:…\"`"
-                            .into(),
-                    )),
                 }
-            }
-            "url" => {
-                let url = n
-                    .entries()
-                    .iter()
-                    .find(|e| e.name().is_none())
-                    .and_then(|e| e.value().as_string());
-                let digest = n
-                    .get("digest")
-                    .and_then(|v| v.as_string())
-                    .and_then(Sha256::parse);
-                match (url, digest) {
-                    (Some(u), Some(d)) => {
-                        let u = crate::model::url::without_credentials(u);
-                        match conflict("url", (u.clone(), String::new()), d.to_string(), n) {
-                            Some(e) => errors.push(e),
-                            None => {
-                                lock.urls.insert(u, d);
-                            }
-                        }
+                None => r.bad(
+                    n,
+                    "an image entry needs a reference, `platform=` and a `digest=\"sha256:…\"`",
+                ),
+            },
+            "url" => match url_entry(n) {
+                Some((u, d)) => {
+                    if r.first("url", (u.clone(), String::new()), d.to_string(), n) {
+                        lock.urls.insert(u, d);
                     }
-                    _ => errors.push(bad(
-                        n,
-                        "a url entry needs the URL and a `digest=\"sha256:…\"`".into(),
-                    )),
                 }
-            }
-            "git" => {
-                let url = n
-                    .entries()
-                    .iter()
-                    .find(|e| e.name().is_none())
-                    .and_then(|e| e.value().as_string());
-                let prop = |k: &str| n.get(k).and_then(|v| v.as_string());
-                match (url, prop("ref"), prop("commit")) {
-                    (Some(u), Some(r), Some(c))
-                        if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                    {
-                        let key = (crate::model::url::without_credentials(u), r.to_string());
-                        match conflict("git", key.clone(), c.to_ascii_lowercase(), n) {
-                            Some(e) => errors.push(e),
-                            None => {
-                                lock.gits.insert(key, c.to_ascii_lowercase());
-                            }
-                        }
+                None => r.bad(n, "a url entry needs the URL and a `digest=\"sha256:…\"`"),
+            },
+            "git" => match git_entry(n) {
+                Some((key, commit)) => {
+                    if r.first("git", key.clone(), commit.clone(), n) {
+                        lock.gits.insert(key, commit);
                     }
-                    _ => errors.push(bad(
-                        n,
-                        "a git entry needs the URL, `ref=` and a `commit=` of 40 hex digits".into(),
-                    )),
                 }
-            }
-            other => errors.push(bad(n, format!("`{other}` is not a lock entry"))),
+                None => r.bad(
+                    n,
+                    "a git entry needs the URL, `ref=` and a `commit=` of 40 hex digits",
+                ),
+            },
+            other => r.bad(n, &format!("`{other}` is not a lock entry")),
         }
     }
-    if header.is_none() && errors.is_empty() {
-        errors.push(
+    if header.is_none() && r.errors.is_empty() {
+        r.errors.push(
             Diagnostic::new(
                 Code::LOCK_VERSION,
                 "the lock file has no `lock 1` header",
@@ -258,17 +184,108 @@ pub fn read(path: &Path, sources: &Sources) -> Result<Option<Lock>, Vec<Diagnost
     }
     lock.scrubbed = doc.nodes().iter().any(|n| {
         matches!(n.name().value(), "url" | "git")
-            && n.entries()
-                .iter()
-                .find(|e| e.name().is_none())
-                .and_then(|e| e.value().as_string())
-                .is_some_and(|u| crate::model::url::without_credentials(u) != u)
+            && first_value(n).is_some_and(|u| crate::model::url::without_credentials(u) != u)
     });
-    if errors.is_empty() {
+    if r.errors.is_empty() {
         Ok(Some(lock))
     } else {
-        Err(errors)
+        Err(r.errors)
     }
+}
+
+/// The lock file's entries as read: where each came from (to point at
+/// both of two that disagree) and what is wrong with them.
+struct Entries {
+    id: SourceId,
+    seen: BTreeMap<(&'static str, String, String), (Span, String)>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Entries {
+    fn at(&self, n: &KdlNode) -> Span {
+        let s = n.span();
+        Span::new(self.id, s.offset(), s.len())
+    }
+
+    fn bad(&mut self, n: &KdlNode, what: &str) {
+        let d = Diagnostic::new(Code::LOCK_ENTRY, what).with_label(self.at(n), "in this entry");
+        self.errors.push(d);
+    }
+
+    /// Whether the entry `n` (pinning `key` of `kind` to `value`) is the
+    /// first for its key; an error when an earlier one pins it otherwise.
+    fn first(
+        &mut self,
+        kind: &'static str,
+        key: (String, String),
+        value: String,
+        n: &KdlNode,
+    ) -> bool {
+        let at = self.at(n);
+        match self.seen.get(&(kind, key.0.clone(), key.1.clone())) {
+            Some((first, v)) if *v != value => {
+                let d = Diagnostic::new(
+                    Code::LOCK_CONFLICT,
+                    format!("the lock file pins `{}` twice, differently", key.0),
+                )
+                .with_label(at, "this entry")
+                .with_label(*first, "disagrees with this one");
+                self.errors.push(d);
+                false
+            }
+            Some(_) => false,
+            None => {
+                self.seen.insert((kind, key.0, key.1), (at, value));
+                true
+            }
+        }
+    }
+}
+
+/// A node's first argument, as a string.
+fn first_value(n: &KdlNode) -> Option<&str> {
+    n.entries()
+        .iter()
+        .find(|e| e.name().is_none())
+        .and_then(|e| e.value().as_string())
+}
+
+fn string_property<'n>(n: &'n KdlNode, key: &str) -> Option<&'n str> {
+    n.get(key).and_then(|v| v.as_string())
+}
+
+/// `image REFERENCE platform=… digest=…`: the reference and platform,
+/// and the manifest's digest.
+fn image_entry(n: &KdlNode) -> Option<((String, String), Sha256)> {
+    let digest = string_property(n, "digest").and_then(Sha256::parse)?;
+    let key = (
+        first_value(n)?.to_string(),
+        string_property(n, "platform")?.to_string(),
+    );
+    Some((key, digest))
+}
+
+/// `url URL digest=…`: the URL (without credentials) and its digest.
+fn url_entry(n: &KdlNode) -> Option<(String, Sha256)> {
+    let digest = string_property(n, "digest").and_then(Sha256::parse)?;
+    Some((
+        crate::model::url::without_credentials(first_value(n)?),
+        digest,
+    ))
+}
+
+/// `git URL ref=… commit=…`: the URL (without credentials) and ref, and
+/// the commit (lower case).
+fn git_entry(n: &KdlNode) -> Option<((String, String), String)> {
+    let commit = string_property(n, "commit")?;
+    if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let key = (
+        crate::model::url::without_credentials(first_value(n)?),
+        string_property(n, "ref")?.to_string(),
+    );
+    Some((key, commit.to_ascii_lowercase()))
 }
 
 /// Write a lock file atomically.
