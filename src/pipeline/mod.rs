@@ -152,6 +152,20 @@ pub struct Report {
     pub records: Vec<records::StepRecord>,
 }
 
+impl Report {
+    /// A build that stopped before it ran anything.
+    fn failed(failures: Vec<Diagnostic>) -> Report {
+        Report {
+            failures,
+            notices: Vec::new(),
+            interrupted: false,
+            results: Vec::new(),
+            states: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+}
+
 /// Look up `--target` names.
 pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnostic> {
     names
@@ -461,16 +475,7 @@ pub fn run(
         graph, &roots, &spec_path, req, sources, &store, progress, false,
     ) {
         Ok(p) => p,
-        Err(failures) => {
-            return Ok(Report {
-                failures,
-                notices: Vec::new(),
-                interrupted: false,
-                results: Vec::new(),
-                states: Vec::new(),
-                records: Vec::new(),
-            });
-        }
+        Err(failures) => return Ok(Report::failed(failures)),
     };
     let pins::Pinned { images, urls } = pinned;
     for (reference, digest, how) in images.resolved() {
@@ -491,11 +496,9 @@ pub fn run(
     let mut options = Options {
         jobs,
         no_cache: req.no_cache,
-        memo_key: if req.no_cache {
-            None
-        } else {
-            memo_key(sources, req, &roots, graph, &images, &urls)
-        },
+        memo_key: (!req.no_cache)
+            .then(|| memo_key(sources, req, &roots, graph, &images, &urls))
+            .flatten(),
         epoch: req.epoch,
         unpack_limit: req.unpack_limit,
         secrets: req.secrets.clone(),
@@ -568,16 +571,15 @@ pub fn run(
         failures: failures.len(),
         unchanged: outcome.from_memo,
     });
-    let mut results = Vec::new();
-    let mut states = Vec::new();
-    if failures.is_empty() && !outcome.interrupted {
-        for r in &roots {
-            if let Some(StageOutcome::Built(s)) = outcome.stages.get(r) {
-                results.push((graph.stage(*r).name.clone(), s.digest()));
-                states.push((graph.stage(*r).name.clone(), s.clone()));
-            }
-        }
-    }
+    let states = if failures.is_empty() && !outcome.interrupted {
+        built(graph, &roots, &outcome)
+    } else {
+        Vec::new()
+    };
+    let results = states
+        .iter()
+        .map(|(n, s)| (n.clone(), s.digest()))
+        .collect();
     let records = outcome.records.clone();
     let interrupted = outcome.interrupted;
     // The process ends soon: freeing large structures one by one would
@@ -592,6 +594,21 @@ pub fn run(
         states,
         records,
     })
+}
+
+/// The requested stages that were built, by name, with their results.
+fn built(
+    graph: &Graph,
+    roots: &[StageId],
+    outcome: &Outcome,
+) -> Vec<(String, crate::model::state::State)> {
+    roots
+        .iter()
+        .filter_map(|r| match outcome.stages.get(r) {
+            Some(StageOutcome::Built(s)) => Some((graph.stage(*r).name.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The stages run at once: `-j`, else the CPUs; capped at [`MAX_JOBS`],
