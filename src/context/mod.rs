@@ -315,7 +315,7 @@ impl Snapshot {
     }
 
     fn read_error(&self, path: &str, e: &io::Error) -> Diagnostic {
-        if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
+        if escaped(e) {
             Diagnostic::new(
                 Code::CONTEXT_ESCAPE,
                 format!("`{path}` leads outside the context"),
@@ -449,9 +449,7 @@ fn read_ignore_file(
     let file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e)
-            if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside") =>
-        {
+        Err(e) if escaped(&e) => {
             return Err(refuse(
                 "it is a symlink that leads outside the context".into(),
             ));
@@ -553,6 +551,14 @@ fn ignore_matcher(root: &Path, dir: &cap_std::fs::Dir) -> Result<Option<Ignore>,
         });
     }
     Ok(None)
+}
+
+/// Whether cap-std refused a path because it leads outside the
+/// directory it was opened in (through `..` or a symlink). cap-std
+/// reports it only as `PermissionDenied` with its own wording, so this is
+/// the one place that reads the wording.
+fn escaped(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied && e.to_string().contains("outside")
 }
 
 #[cfg(test)]
