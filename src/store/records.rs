@@ -124,10 +124,18 @@ fn inputs_file(store: &Store, scope: &str, key: &str) -> Option<std::path::PathB
     })
 }
 
-/// The inputs a step keyed `key` was made from, if they were kept.
+/// The inputs a step keyed `key` was made from, if they were kept. A
+/// file found damaged (or of another version) is removed, and with it
+/// the digest that lets a build of the same keys skip its records, so
+/// that the next build that keys the step keeps its inputs again.
 fn load_inputs(store: &Store, scope: &str, key: &str) -> Option<Vec<KeyInput>> {
-    let bytes = super::checked::read(&inputs_file(store, scope, key)?, INPUTS_MAGIC)?;
-    postcard::from_bytes(&bytes).ok()
+    let path = inputs_file(store, scope, key)?;
+    let inputs = super::checked::read(&path, INPUTS_MAGIC)
+        .and_then(|bytes| postcard::from_bytes(&bytes).ok());
+    if inputs.is_none() && std::fs::remove_file(&path).is_ok() {
+        let _ = std::fs::remove_file(store.layout().project_record(scope, "last.digest"));
+    }
+    inputs
 }
 
 /// Keep a step's inputs, unless they are kept already.
@@ -523,9 +531,23 @@ mod tests {
             ..first.clone()
         };
         assert_eq!(
-            with_inputs(&store, "p", "spec", &[memo])[0].inputs,
+            with_inputs(&store, "p", "spec", std::slice::from_ref(&memo))[0].inputs,
             first.inputs
         );
+        // Damaged: not believed, and kept again by the next build that
+        // keys the step (cached or not).
+        std::fs::write(&file, b"damaged").unwrap();
+        assert!(
+            with_inputs(&store, "p", "spec", &[memo])[0]
+                .inputs
+                .is_empty()
+        );
+        let cached = StepRecord {
+            cached: true,
+            ..first.clone()
+        };
+        save_build(&store, "p", "spec", false, &[cached]).unwrap();
+        assert_eq!(load_inputs(&store, "p", &k1).unwrap(), first.inputs);
         // A miss is explained against the kept inputs; the old key's go.
         let second = rec(&k2, Start::Scratch, "c", &[("a", "1"), ("b", "3")]);
         save_build(&store, "p", "spec", false, std::slice::from_ref(&second)).unwrap();
