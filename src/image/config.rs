@@ -2,11 +2,10 @@
 //! `Shell`, `OnBuild` and `Healthcheck`) as a stage's [`ImageConfig`]: what
 //! a stage built on the image inherits.
 
+use super::document::Config;
 use super::{ImageError, document};
 use crate::model::digest::Sha256;
 use crate::model::state::{Healthcheck, ImageConfig};
-use oci_spec::image::ImageConfiguration;
-use serde::Deserialize;
 
 /// The platform an image config says it is for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,47 +24,21 @@ pub struct Parsed {
     pub diff_ids: Vec<Sha256>,
 }
 
-/// The fields Docker's image config adds to the OCI one.
-#[derive(Deserialize)]
-struct DockerDocument {
-    config: Option<DockerConfig>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerConfig {
-    shell: Option<Vec<String>>,
-    on_build: Option<Vec<String>>,
-    healthcheck: Option<DockerHealthcheck>,
-}
-
-/// Durations in nanoseconds, as Docker writes them.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerHealthcheck {
-    test: Option<Vec<String>>,
-    interval: Option<u64>,
-    timeout: Option<u64>,
-    start_period: Option<u64>,
-    start_interval: Option<u64>,
-    retries: Option<u32>,
-}
-
-/// Read an image config (OCI's, through oci-spec's type, and the fields
-/// Docker's adds). Unknown fields are ignored; a field of the wrong type
-/// is an error naming it.
+/// Read an image config (OCI's, or Docker's, which adds `Shell`,
+/// `OnBuild` and `Healthcheck`). Unknown fields are ignored; a field of
+/// the wrong type is an error naming it.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, ImageError> {
     const WHAT: &str = "the image config";
-    let oci: ImageConfiguration = document(bytes, WHAT)?;
-    let docker: DockerDocument = document(bytes, WHAT)?;
+    let doc: Config = document(bytes, WHAT)?;
     let platform = ConfigPlatform {
-        os: oci.os().to_string(),
-        architecture: oci.architecture().to_string(),
-        variant: oci.variant().clone(),
+        os: doc.os.unwrap_or_default(),
+        architecture: doc.architecture.unwrap_or_default(),
+        variant: doc.variant,
     };
-    let diff_ids = oci
-        .rootfs()
-        .diff_ids()
+    let diff_ids = doc
+        .rootfs
+        .and_then(|r| r.diff_ids)
+        .unwrap_or_default()
         .iter()
         .map(|d| {
             Sha256::parse(d).ok_or_else(|| {
@@ -76,8 +49,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ImageError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = ImageConfig::default();
-    if let Some(c) = oci.config() {
-        for kv in c.env().iter().flatten() {
+    if let Some(c) = doc.config {
+        for kv in c.env.iter().flatten() {
             match kv.split_once('=') {
                 Some((k, v)) => out.set_env(k, v),
                 None => out.set_env(kv, ""),
@@ -85,33 +58,28 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ImageError> {
         }
         // Normalized: an image cannot lead paths out of the tree with `..`.
         out.workdir = c
-            .working_dir()
-            .as_deref()
+            .working_dir
             .filter(|w| !w.is_empty())
-            .map(|w| format!("/{}", crate::model::tree::normalize(w, "/")));
-        out.user = c.user().clone().filter(|u| !u.is_empty());
-        out.entrypoint = c.entrypoint().clone();
-        out.cmd = c.cmd().clone();
-        out.stop_signal = c.stop_signal().clone().filter(|s| !s.is_empty());
-        out.labels.extend(
-            c.labels()
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        out.exposed_ports = c.exposed_ports().iter().flatten().cloned().collect();
-        out.volumes = c.volumes().iter().flatten().cloned().collect();
-    }
-    if let Some(c) = docker.config {
+            .map(|w| format!("/{}", crate::model::tree::normalize(&w, "/")));
+        out.user = c.user.filter(|u| !u.is_empty());
+        out.entrypoint = c.entrypoint;
+        out.cmd = c.cmd;
+        out.stop_signal = c.stop_signal.filter(|s| !s.is_empty());
+        out.labels.extend(c.labels.unwrap_or_default());
+        out.exposed_ports = c.exposed_ports.unwrap_or_default().into_keys().collect();
+        out.volumes = c.volumes.unwrap_or_default().into_keys().collect();
         out.shell = c.shell.filter(|s| !s.is_empty());
         out.onbuild = c.on_build.unwrap_or_default();
-        out.healthcheck = c.healthcheck.map(|h| Healthcheck {
-            test: h.test.unwrap_or_default(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
+        out.healthcheck = c.healthcheck.map(|h| {
+            let n = |v: Option<serde_json::Number>| v.and_then(|n| n.as_u64());
+            Healthcheck {
+                test: h.test.unwrap_or_default(),
+                interval: n(h.interval),
+                timeout: n(h.timeout),
+                start_period: n(h.start_period),
+                start_interval: n(h.start_interval),
+                retries: n(h.retries).and_then(|r| u32::try_from(r).ok()),
+            }
         });
     }
     Ok(Parsed {
@@ -169,6 +137,17 @@ mod tests {
             parse(format!("{{{bare}}}").as_bytes()).unwrap().config,
             ImageConfig::default()
         );
+        // What real images leave out or null: an image without layers
+        // (Docker omits `diff_ids`), a config without a platform,
+        // Go's maps with null values.
+        for lenient in [
+            r#"{"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers"}}"#,
+            r#"{"os": "linux", "rootfs": {"type": "layers", "diff_ids": null}}"#,
+            r#"{"config": {"ExposedPorts": {"80/tcp": null}, "Env": null, "Labels": null}}"#,
+        ] {
+            let p = parse(lenient.as_bytes()).unwrap();
+            assert!(p.diff_ids.is_empty(), "{lenient}");
+        }
         let odd = parse(br#"{"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": ["md5:00"]}}"#);
         assert!(odd.unwrap_err().to_string().contains("md5:00"));
     }

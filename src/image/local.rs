@@ -3,10 +3,10 @@
 //! save` writes (`docker-archive:FILE`, whose manifest kiln rewrites as an
 //! OCI manifest so the image has a digest like any other).
 
+use super::document::{ArchiveImage, Descriptor, Index};
 use super::{ImageError, MEDIA_CONFIG, MEDIA_LAYER, MEDIA_MANIFEST, Source, document, read_small};
 use crate::model::digest::Sha256;
 use crate::store::oci::OciBlobs;
-use oci_spec::image::{Descriptor, ImageIndex};
 use serde_json::json as j;
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,17 +14,6 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// One image of a `docker save` archive's `manifest.json`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerArchiveImage {
-    /// The config's path in the archive.
-    config: String,
-    repo_tags: Option<Vec<String>>,
-    /// The layers' paths, base first.
-    layers: Vec<String>,
-}
 
 /// Where the files of a layout are: a directory, or entries of a tar.
 enum Files {
@@ -200,14 +189,9 @@ fn select(
         }
         return Ok((bytes, d.clone()));
     }
-    let index: ImageIndex = document(&files.read("index.json", "index.json")?, "index.json")?;
-    let entries = index.manifests();
-    let ref_name = |e: &Descriptor| {
-        e.annotations()
-            .as_ref()
-            .and_then(|a| a.get(REF_NAME))
-            .cloned()
-    };
+    let index: Index = document(&files.read("index.json", "index.json")?, "index.json")?;
+    let entries = &index.manifests;
+    let ref_name = |e: &Descriptor| e.annotation(REF_NAME).map(str::to_string);
     let chosen = match tag {
         Some(t) => entries.iter().find(|e| {
             ref_name(e).is_some_and(|r| r == t || r.rsplit_once(':').is_some_and(|(_, x)| x == t))
@@ -319,12 +303,11 @@ impl Archive {
                 "`{shown}` is not a docker archive (it has no `manifest.json`)"
             )));
         }
-        let images: Vec<DockerArchiveImage> = document(
+        let images: Vec<ArchiveImage> = document(
             &files.read("manifest.json", "manifest.json")?,
             "manifest.json",
         )?;
-        let tags =
-            |e: &DockerArchiveImage| -> Vec<String> { e.repo_tags.clone().unwrap_or_default() };
+        let tags = |e: &ArchiveImage| -> Vec<String> { e.repo_tags.clone().unwrap_or_default() };
         let wanted = name.as_deref().map(normalize_tag);
         let chosen = match &wanted {
             Some(w) => images
@@ -354,7 +337,7 @@ impl Archive {
         let mut paths = HashMap::new();
         paths.insert(config_digest.clone(), config_path);
         let mut layers = Vec::new();
-        for p in image.layers.clone() {
+        for p in image.layers.clone().unwrap_or_default() {
             // The layer's digest: its bytes as they are in the archive.
             let mut r = files.open(&p)?;
             let mut h = <sha2::Sha256 as sha2::Digest>::new();

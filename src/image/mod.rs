@@ -12,6 +12,7 @@
 //! image, or another image on the same base, does no layer work.
 
 pub mod config;
+pub mod document;
 pub mod layer;
 pub mod local;
 pub mod lock;
@@ -25,7 +26,7 @@ use crate::model::state::{Action, ImageConfig, State};
 use crate::model::tree::Tree;
 use crate::store::oci::OciBlobs;
 use crate::store::{ActionCache, ContentStore, StoreError};
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use document::{Descriptor, Index, Manifest, Shape};
 use platform::Platform;
 use reference::ImageRef;
 use std::io::Read;
@@ -118,8 +119,8 @@ pub struct Image {
     pub layers: Vec<LayerDesc>,
 }
 
-/// A JSON document read as `T` (oci-spec's manifest, index and config
-/// types, or Docker's own): an error names the field at fault.
+/// A JSON document read as `T` (one of [`document`]'s types): an error
+/// names the field at fault.
 pub(crate) fn document<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &str,
@@ -141,15 +142,8 @@ pub(crate) fn document<T: serde::de::DeserializeOwned>(
 /// Whether a manifest document is an index (a list of per-platform
 /// manifests): by its media type, or, without one, by its fields.
 fn is_index(bytes: &[u8], what: &str) -> Result<bool, ImageError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Shape {
-        media_type: Option<String>,
-        manifests: Option<serde::de::IgnoredAny>,
-        layers: Option<serde::de::IgnoredAny>,
-    }
     let shape: Shape = document(bytes, what)?;
-    Ok(match shape.media_type.as_deref() {
+    Ok(match shape.media_type.as_ref().and_then(|t| t.as_str()) {
         Some(t) => t == MEDIA_INDEX || t == DOCKER_LIST,
         None => shape.manifests.is_some() && shape.layers.is_none(),
     })
@@ -157,10 +151,10 @@ fn is_index(bytes: &[u8], what: &str) -> Result<bool, ImageError> {
 
 /// A descriptor's digest, which kiln reads only as sha256.
 fn sha256(d: &Descriptor, what: &str) -> Result<Sha256, ImageError> {
-    Sha256::parse(d.digest().as_ref()).ok_or_else(|| {
+    Sha256::parse(&d.digest).ok_or_else(|| {
         ImageError::Invalid(format!(
             "{what} has the digest `{}`: kiln reads sha256 digests only",
-            d.digest()
+            d.digest
         ))
     })
 }
@@ -192,24 +186,20 @@ fn pick(
     if depth > 4 {
         return Err(ImageError::Invalid("image indexes nest too deep".into()));
     }
-    let index: ImageIndex = document(bytes, "the image index")?;
-    let entries = index.manifests();
-    if entries.is_empty() {
-        return Err(ImageError::Invalid(
-            "the image index lists no manifests".into(),
-        ));
-    }
+    let index: Index = document(bytes, "the image index")?;
+    let entries = &index.manifests;
     let mut seen = Vec::new();
     for e in entries {
-        let (os, arch, variant) = match e.platform() {
-            Some(p) => (
-                p.os().to_string(),
-                p.architecture().to_string(),
-                p.variant().clone(),
-            ),
-            None => Default::default(),
+        let p = e.platform.as_ref();
+        let field = |f: fn(&document::Platform) -> &Option<String>| {
+            p.and_then(|p| f(p).clone()).unwrap_or_default()
         };
-        let d = sha256(e, "an entry of the image index")?;
+        let (os, arch) = (field(|p| &p.os), field(|p| &p.architecture));
+        let variant = p.and_then(|p| p.variant.clone());
+        // An entry kiln cannot address (another digest) is not one to pick.
+        let Some(d) = Sha256::parse(&e.digest) else {
+            continue;
+        };
         if os.is_empty() && arch.is_empty() {
             // An entry without a platform (attestations, or a single image).
             if entries.len() == 1 {
@@ -269,9 +259,14 @@ pub fn load(
             "{digest} is an image index, not a manifest"
         )));
     }
-    let m: ImageManifest = document(&manifest, "the image manifest")?;
-    let config_digest = sha256(m.config(), "the manifest's config")?;
-    let config_size = m.config().size();
+    let m: Manifest = document(&manifest, "the image manifest")?;
+    let config_digest = sha256(&m.config, "the manifest's config")?;
+    let declared = |d: &Descriptor, digest: &Sha256, what: &str| {
+        d.size.ok_or_else(|| {
+            ImageError::Invalid(format!("the manifest's {what} {digest} declares no size"))
+        })
+    };
+    let config_size = declared(&m.config, &config_digest, "config")?;
     if config_size > crate::store::oci::MAX_DOCUMENT {
         return Err(ImageError::Invalid(format!(
             "the manifest declares a config of {config_size} bytes: kiln reads configs up to {}",
@@ -279,10 +274,10 @@ pub fn load(
         )));
     }
     let mut descs = Vec::new();
-    for l in m.layers() {
+    for l in &m.layers {
         let digest = sha256(l, "a layer of the manifest")?;
-        let size = l.size();
-        let media_type = l.media_type().to_string();
+        let size = declared(l, &digest, "layer")?;
+        let media_type = l.media_type.clone().unwrap_or_default();
         if media_type.contains("nondistributable") || media_type.contains("foreign") {
             return Err(ImageError::Invalid(format!(
                 "layer {digest} is a foreign layer, which kiln does not fetch"
@@ -703,6 +698,28 @@ mod tests {
         let riscv = Platform::parse("linux/riscv64").unwrap();
         let e = resolve(&mut docs, &riscv, &blobs).unwrap_err().to_string();
         assert!(e.contains("linux/amd64, linux/arm64/v8"), "{e}");
+
+        // Entries kiln cannot use are passed over, not the whole index
+        // refused: another digest, an attestation without a platform; an
+        // entry without a media type is read; platform names are read as
+        // written.
+        let top = format!(
+            r#"{{"manifests": [
+                {{"digest": "sha512:{}", "size": 1, "platform": {{"os": "linux", "architecture": "armbe"}}}},
+                {{"mediaType": "{MEDIA_MANIFEST}", "digest": "{}", "size": 1, "platform": {{"os": "unknown", "architecture": "unknown"}}}},
+                {{"digest": "{}", "size": {}, "platform": {{"os": "linux", "architecture": "armbe"}}}}
+            ]}}"#,
+            "c".repeat(128),
+            Sha256::of(b"attestation"),
+            Sha256::of(arm.as_bytes()),
+            arm.len()
+        );
+        let mut docs = Docs::new(&top, &[&arm, CONFIG]);
+        let armbe = Platform::parse("linux/armbe").unwrap();
+        assert_eq!(
+            resolve(&mut docs, &armbe, &blobs).unwrap(),
+            Sha256::of(arm.as_bytes())
+        );
     }
 
     #[test]

@@ -18,9 +18,7 @@ use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use oci_spec::image::{Descriptor, Digest, ImageIndex, MediaType};
 use std::io::{self, Read};
-use std::str::FromStr;
 use std::time::Duration;
 
 const ACCEPTED: &[&str] = &[MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
@@ -337,7 +335,9 @@ impl Registry {
                 media(super::MEDIA_MANIFEST)?,
             ))
             .map_err(|e| self.err("cannot push the attached document to", e))?;
-        // The referrers tag: an index of every artifact about the image.
+        // The referrers tag: an index of every artifact about the image,
+        // read and written back as the registry has it (other tools'
+        // entries and fields kept as they are).
         let tag = Reference::with_tag(
             self.reference.registry().to_string(),
             self.reference.repository().to_string(),
@@ -350,28 +350,27 @@ impl Registry {
                     .pull_manifest_raw(&tag, &self.auth, &[super::MEDIA_INDEX]),
             )
             .ok()
-            .and_then(|(b, _)| super::document::<ImageIndex>(&b, "the referrers index").ok())
+            .and_then(|(b, _)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|v| v["manifests"].is_array())
             .unwrap_or_else(|| {
-                let mut index = ImageIndex::default();
-                index.set_media_type(Some(MediaType::ImageIndex));
-                index.set_manifests(Vec::new());
-                index
+                serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": super::MEDIA_INDEX,
+                    "manifests": [],
+                })
             });
-        let listed = index
-            .manifests()
-            .iter()
-            .any(|d| d.digest().as_ref() == digest.to_string());
+        let listed = index["manifests"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
         if !listed {
-            let mut entry = Descriptor::new(
-                MediaType::ImageManifest,
-                bytes.len() as u64,
-                Digest::from_str(&digest.to_string())
-                    .map_err(|e| ImageError::Invalid(format!("the artifact's digest: {e}")))?,
-            );
-            entry.set_artifact_type(Some(MediaType::from(artifact_type)));
-            let mut manifests = index.manifests().clone();
-            manifests.push(entry);
-            index.set_manifests(manifests);
+            if let Some(m) = index["manifests"].as_array_mut() {
+                m.push(serde_json::json!({
+                    "mediaType": super::MEDIA_MANIFEST,
+                    "artifactType": artifact_type,
+                    "digest": digest.to_string(),
+                    "size": bytes.len(),
+                }));
+            }
             let index = serde_json::to_vec(&index)
                 .map_err(|e| ImageError::Invalid(format!("the referrers index: {e}")))?;
             self.rt
