@@ -304,6 +304,7 @@ fn collect_packs(
     store: &Store,
     kept: &HashSet<BlobDigest>,
     loose: &[(PathBuf, fs::Metadata)],
+    budget: Option<u64>,
 ) -> std::io::Result<usize> {
     use std::os::unix::fs::FileExt;
     let mut removed = 0;
@@ -340,7 +341,12 @@ fn collect_packs(
             // Nothing to copy: it goes now (room for what is copied).
             removed += dead.len();
             let _ = fs::remove_file(&path);
-        } else if dead_bytes * 100 <= bytes * PACK_GARBAGE && (bytes >= SMALL_PACK || small < 2) {
+        } else if dead_bytes * 100 <= bytes * PACK_GARBAGE
+            && (bytes >= SMALL_PACK || small < 2)
+            // With a budget to meet, no garbage stays: what is left is
+            // what the budget counted.
+            && (budget.is_none() || dead.is_empty())
+        {
             // Its garbage stays until there is more of it.
             placed.extend(live.iter().map(|e| e.digest));
         } else {
@@ -517,7 +523,7 @@ fn collect_inner(store: &Store, budget: Option<u64>) -> std::io::Result<Report> 
             report.trees_removed += 1;
         }
     }
-    report.blobs_removed += collect_packs(store, &kept.blobs, &blob_files)?;
+    report.blobs_removed += collect_packs(store, &kept.blobs, &blob_files, budget)?;
     for (path, _) in &blob_files {
         if !BlobDigest::parse(name_of(path)).is_some_and(|d| kept.blobs.contains(&d)) {
             let _ = fs::remove_file(path);
@@ -920,6 +926,14 @@ mod tests {
             after,
             "a gc with nothing to do rewrites no pack, small or large"
         );
+        // With a budget, the large pack's garbage goes too (the budget
+        // counts what is used, so nothing else may stay).
+        let r = collect(&store, Some(1 << 30)).unwrap();
+        assert_eq!(r.blobs_removed, 1, "{r:?}");
+        assert!(!fresh.has_blob(BlobDigest::from_hash(blake3::hash(&big[0]))));
+        for b in big.iter().skip(1) {
+            assert!(fresh.has_blob(BlobDigest::from_hash(blake3::hash(b))));
+        }
     }
 
     #[test]
