@@ -793,3 +793,29 @@ fn a_name_tagged_by_another_project_never_replaces_a_locked_image() {
     );
     assert_eq!(fresh.read("out/seen"), "not busybox\n");
 }
+
+/// An image without layers, as Docker writes one (`FROM scratch` with
+/// only `LABEL`/`CMD`): its config has no `diff_ids` and `docker save`
+/// lists its layers as `null`. kiln builds on it, as on an empty tree.
+#[test]
+fn an_image_without_layers_is_an_empty_base() {
+    let p = Project::new();
+    let config = r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/x"],"Labels":{"a":"b"}},"rootfs":{"type":"layers"}}"#;
+    p.file("img/c.json", config);
+    p.file(
+        "img/manifest.json",
+        r#"[{"Config":"c.json","RepoTags":["zero:1"],"Layers":null}]"#,
+    );
+    let tar = std::process::Command::new("tar")
+        .args(["-cf", "../zero.tar", "c.json", "manifest.json"])
+        .current_dir(p.path().join("img"))
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    p.spec(
+        "kiln 1\nstage app {\n    from image=\"docker-archive:zero.tar\"\n    write \"/hello\" \"hi\\n\"\n}\nexport {\n    app to=\"out\"\n}\n",
+    );
+    p.build(&[]).ok();
+    let out = listing(&p.path().join("out"));
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["hello"], "{out:?}");
+}
