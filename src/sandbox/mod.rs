@@ -325,38 +325,58 @@ pub fn overlay_possible() -> bool {
 /// `--add-seccomp-fd` and `--userns-block-fd` came with bubblewrap 0.5.
 pub fn check_bwrap() -> Result<(), String> {
     static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let out = Command::new("bwrap")
-                .arg("--help")
-                .env_clear()
-                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap`"
-                            .to_string()
-                    } else {
-                        format!("cannot run bubblewrap: {e}")
-                    }
-                })?;
-            let help = String::from_utf8_lossy(&out.stdout);
-            let missing: Vec<&str> = ["--add-seccomp-fd", "--userns-block-fd", "--info-fd"]
-                .into_iter()
-                .filter(|o| !help.contains(o))
-                .collect();
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the installed bubblewrap has no {}: kiln needs bubblewrap 0.5 or later (Debian 12 has 0.8)",
-                    missing.join(", ")
-                ))
-            }
-        })
-        .clone()
+    CHECKED.get_or_init(check_bwrap_once).clone()
 }
+
+/// The options kiln needs that older bubblewraps lack.
+const BWRAP_OPTIONS: [&str; 3] = ["--add-seccomp-fd", "--userns-block-fd", "--info-fd"];
+
+fn check_bwrap_once() -> Result<(), String> {
+    // bubblewrap's help text is in its binary: finding every option there
+    // answers without starting a process (a few ms of every build); a
+    // binary that does not show them (a wrapper script, say) is asked.
+    let found = BWRAP_PATH
+        .split(':')
+        .map(|d| Path::new(d).join("bwrap"))
+        .find(|p| p.is_file());
+    if let Some(bytes) = found.and_then(|p| std::fs::read(p).ok())
+        && bytes.len() < 16 << 20
+        && BWRAP_OPTIONS
+            .iter()
+            .all(|o| bytes.windows(o.len()).any(|w| w == o.as_bytes()))
+    {
+        return Ok(());
+    }
+    let out = Command::new("bwrap")
+        .arg("--help")
+        .env_clear()
+        .env("PATH", BWRAP_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "bubblewrap (`bwrap`) is not installed: install Debian's `bubblewrap`".to_string()
+            } else {
+                format!("cannot run bubblewrap: {e}")
+            }
+        })?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = BWRAP_OPTIONS
+        .into_iter()
+        .filter(|o| !help.contains(o))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the installed bubblewrap has no {}: kiln needs bubblewrap 0.5 or later (Debian 12 has 0.8)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Where bubblewrap is looked for, whatever kiln's caller set PATH to.
+const BWRAP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Setup(format!("{what}: {e}"))
@@ -574,10 +594,7 @@ fn through_descriptor(
         .env_clear()
         // bwrap is found where the system keeps it, whatever kiln's caller
         // set PATH to.
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
+        .env("PATH", BWRAP_PATH);
     Ok(c)
 }
 
