@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
     pub media_type: Option<String>,
+    /// Empty when left out: an index entry without one is passed over,
+    /// a manifest's descriptor without one is refused by what reads it.
+    #[serde(default)]
     pub digest: String,
     pub size: Option<u64>,
     pub platform: Option<Platform>,
@@ -32,7 +35,7 @@ impl Descriptor {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Platform {
     pub os: Option<String>,
     pub architecture: Option<String>,

@@ -706,6 +706,7 @@ mod tests {
         let top = format!(
             r#"{{"manifests": [
                 {{"digest": "sha512:{}", "size": 1, "platform": {{"os": "linux", "architecture": "armbe"}}}},
+                {{"size": 1, "platform": {{"os": "linux", "architecture": "armbe"}}}},
                 {{"mediaType": "{MEDIA_MANIFEST}", "digest": "{}", "size": 1, "platform": {{"os": "unknown", "architecture": "unknown"}}}},
                 {{"digest": "{}", "size": {}, "platform": {{"os": "linux", "architecture": "armbe"}}}}
             ]}}"#,

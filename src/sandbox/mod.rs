@@ -339,8 +339,8 @@ fn check_bwrap_once() -> Result<(), String> {
         .split(':')
         .map(|d| Path::new(d).join("bwrap"))
         .find(|p| p.is_file());
-    if let Some(bytes) = found.and_then(|p| std::fs::read(p).ok())
-        && bytes.len() < 16 << 20
+    let small = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| m.len() < 16 << 20);
+    if let Some(bytes) = found.filter(small).and_then(|p| std::fs::read(p).ok())
         && BWRAP_OPTIONS
             .iter()
             .all(|o| bytes.windows(o.len()).any(|w| w == o.as_bytes()))
