@@ -169,6 +169,14 @@ impl<'a> Env<'a> {
         Ok(t)
     }
 
+    /// Let the trees kept in memory go without freeing them one by one:
+    /// for a process about to end (freeing an image's tree entry by entry
+    /// costs milliseconds that nothing needs).
+    pub fn leave_trees(&self) {
+        let trees = std::mem::take(&mut *self.trees.lock().unwrap_or_else(|e| e.into_inner()));
+        std::mem::forget(trees);
+    }
+
     /// A tree kept in memory in this run, if it is.
     pub fn tree_in_memory(&self, d: TreeDigest) -> Option<Arc<Tree>> {
         self.trees

@@ -258,6 +258,11 @@ impl<'a> Executor<'a> {
 
     /// A tree this build holds in memory (a stage's result, or one
     /// [`Executor::step_trees`] made), without reading the store.
+    /// See [`env::Env::leave_trees`].
+    pub fn leave_trees(&self) {
+        self.env.leave_trees();
+    }
+
     pub fn tree_in_memory(
         &self,
         d: crate::model::digest::TreeDigest,

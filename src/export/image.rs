@@ -52,7 +52,6 @@ pub struct Layer {
 
 /// The image a stage is built on, kept byte for byte.
 pub struct Base {
-    pub tree: std::sync::Arc<Tree>,
     pub tree_digest: TreeDigest,
     pub layers: Vec<Layer>,
     /// The base config's `history`.
@@ -169,27 +168,33 @@ pub fn build(
         .unwrap_or_default();
     let created = rfc3339(settings.epoch);
     // Trees are loaded only for layers not in the cache: those the build
-    // holds in memory as they are, the rest from the store.
-    let held: std::collections::HashMap<TreeDigest, std::sync::Arc<Tree>> = spec
-        .own
-        .iter()
-        .filter_map(|seg| Some((seg.tree, in_memory(seg.tree)?)))
-        .collect();
-    let load = |d: Option<TreeDigest>| -> Result<std::borrow::Cow<'_, Tree>, Failed> {
-        use std::borrow::Cow;
-        match d {
-            None => Ok(Cow::Owned(Tree::default())),
-            Some(d) if d == tree_digest => Ok(Cow::Borrowed(tree)),
-            Some(d) => match (&spec.base, held.get(&d)) {
-                (Some(b), _) if b.tree_digest == d => Ok(Cow::Borrowed(&*b.tree)),
-                (_, Some(t)) => Ok(Cow::Borrowed(&**t)),
-                _ => store
-                    .content
-                    .get_tree(d)
-                    .map(Cow::Owned)
-                    .map_err(store_failed),
-            },
+    // holds in memory as they are, the rest from the store, each once
+    // (a segment's tree is the next one's base; two are kept).
+    let loaded: std::cell::RefCell<Vec<(TreeDigest, std::sync::Arc<Tree>)>> = Default::default();
+    let load = |d: Option<TreeDigest>| -> Result<Held<'_>, Failed> {
+        let Some(d) = d else {
+            return Ok(Held::Shared(Default::default()));
+        };
+        if d == tree_digest {
+            return Ok(Held::Borrowed(tree));
         }
+        let held = in_memory(d).or_else(|| {
+            let loaded = loaded.borrow();
+            loaded.iter().find(|(l, _)| *l == d).map(|(_, t)| t.clone())
+        });
+        let t = match held {
+            Some(t) => t,
+            None => {
+                let t = std::sync::Arc::new(store.content.get_tree(d).map_err(store_failed)?);
+                let mut loaded = loaded.borrow_mut();
+                if loaded.len() == 2 {
+                    loaded.remove(0);
+                }
+                loaded.push((d, t.clone()));
+                t
+            }
+        };
+        Ok(Held::Shared(t))
     };
     let mut below = spec.base.as_ref().map(|b| b.tree_digest);
     for seg in &spec.own {
@@ -383,7 +388,7 @@ fn own_layer<'t>(
     store: Stores<'_>,
     blobs: &OciBlobs,
     (from, to): (Option<TreeDigest>, TreeDigest),
-    load: &dyn Fn(Option<TreeDigest>) -> Result<std::borrow::Cow<'t, Tree>, Failed>,
+    load: &dyn Fn(Option<TreeDigest>) -> Result<Held<'t>, Failed>,
     compression: Compression,
     settings: &Settings,
 ) -> Result<Layer, Failed> {
@@ -424,6 +429,22 @@ fn own_layer<'t>(
         }
     }
     Ok(layer)
+}
+
+/// A tree an image is made of: the stage's own, or one shared.
+enum Held<'t> {
+    Borrowed(&'t Tree),
+    Shared(std::sync::Arc<Tree>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Tree;
+    fn deref(&self) -> &Tree {
+        match self {
+            Held::Borrowed(t) => t,
+            Held::Shared(t) => t,
+        }
+    }
 }
 
 /// One entry of a layer: a path of the new tree, or a whiteout.

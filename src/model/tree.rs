@@ -243,8 +243,13 @@ impl<'a> WireEntry<'a> {
     }
 }
 
-/// The first bytes of a tree stored as its differences from another.
-const DELTA_TAG: &[u8] = b"kiln-tree-delta-1\0";
+/// The first bytes of a tree stored as its differences from another: the
+/// first form, whose sum covers the differences alone (the result is
+/// checked against its name by encoding it again), and the current one,
+/// whose sum also covers the digest of the tree it gives (so a delta read
+/// under its own name, on a base that was checked, is checked itself).
+const DELTA_TAG_1: &[u8] = b"kiln-tree-delta-1\0";
+const DELTA_TAG: &[u8] = b"kiln-tree-delta-2\0";
 
 /// A stored tree's bytes, read: the tree, or its differences from a base
 /// tree (stored by its digest), which must be read first.
@@ -257,20 +262,27 @@ pub enum Stored {
         depth: u8,
         put: Vec<(String, Entry)>,
         gone: Vec<String>,
+        /// Whether the sum covered the name the delta was read under: then
+        /// the result is that tree when the base is the one it names.
+        bound: bool,
     },
 }
 
 impl Stored {
-    /// Read stored bytes ([`Tree::to_bytes`] or [`Tree::delta_bytes`]);
-    /// `None` for anything else.
-    pub fn read(bytes: &[u8]) -> Option<Stored> {
-        let Some(rest) = bytes.strip_prefix(DELTA_TAG) else {
+    /// Read stored bytes ([`Tree::to_bytes`] or [`Tree::delta_bytes`]),
+    /// stored under the name `name`; `None` for anything else.
+    pub fn read(bytes: &[u8], name: TreeDigest) -> Option<Stored> {
+        let (rest, bound) = if let Some(rest) = bytes.strip_prefix(DELTA_TAG) {
+            (rest, true)
+        } else if let Some(rest) = bytes.strip_prefix(DELTA_TAG_1) {
+            (rest, false)
+        } else {
             return Tree::from_bytes(bytes).map(Stored::Whole);
         };
         let (base, rest) = rest.split_first_chunk::<32>()?;
         let (&depth, rest) = rest.split_first()?;
         let (sum, body) = rest.split_first_chunk::<32>()?;
-        if blake3::hash(body).as_bytes() != sum {
+        if delta_sum(bound.then_some(name), body) != *sum {
             return None;
         }
         let (put, gone): (Vec<WireEntry<'_>>, Vec<Cow<'_, str>>) =
@@ -284,13 +296,16 @@ impl Stored {
             depth,
             put: put.into_iter().map(WireEntry::into_entry).collect(),
             gone: gone.into_iter().map(Cow::into_owned).collect(),
+            bound,
         })
     }
 
     /// The base a delta needs and how deep it is, from the first bytes of
     /// stored bytes (no more needs to be read); `None` for a whole tree.
     pub fn base_of(head: &[u8]) -> Option<(TreeDigest, u8)> {
-        let rest = head.strip_prefix(DELTA_TAG)?;
+        let rest = head
+            .strip_prefix(DELTA_TAG)
+            .or_else(|| head.strip_prefix(DELTA_TAG_1))?;
         let (base, rest) = rest.split_first_chunk::<32>()?;
         Some((TreeDigest(*base), *rest.first()?))
     }
@@ -314,6 +329,17 @@ impl Stored {
     }
 }
 
+/// A delta's sum: of its body, after the digest of the tree it gives (the
+/// current form) or alone (the first).
+fn delta_sum(name: Option<TreeDigest>, body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    if let Some(name) = name {
+        h.update(&name.0);
+    }
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
 impl Tree {
     pub fn new() -> Tree {
         Tree::default()
@@ -335,7 +361,13 @@ impl Tree {
     /// `base_digest`), `depth` deltas deep (the base's depth plus one):
     /// what [`Stored::read`] reads back with the base at hand. Its digest
     /// is still [`Tree::digest`], of the whole tree's bytes.
-    pub fn delta_bytes(&self, base_digest: TreeDigest, base: &Tree, depth: u8) -> Vec<u8> {
+    pub fn delta_bytes(
+        &self,
+        name: TreeDigest,
+        base_digest: TreeDigest,
+        base: &Tree,
+        depth: u8,
+    ) -> Vec<u8> {
         let mut put = Vec::new();
         let mut gone = Vec::new();
         for change in self.changes_from(base) {
@@ -348,9 +380,10 @@ impl Tree {
         let mut out = DELTA_TAG.to_vec();
         out.extend_from_slice(&base_digest.0);
         out.push(depth);
-        // Its own sum: a damaged delta is found as itself, not as every
-        // tree stored on it.
-        out.extend_from_slice(blake3::hash(&body).as_bytes());
+        // Its own sum, bound to the tree it gives: a damaged delta is found
+        // as itself, not as every tree stored on it, and one read under
+        // another name is found too.
+        out.extend_from_slice(&delta_sum(Some(name), &body));
         out.extend_from_slice(&body);
         out
     }

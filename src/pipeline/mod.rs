@@ -545,6 +545,8 @@ pub fn run(
         };
         match phase.write(&exports, ok) {
             Ok(export_failures) => {
+                // The process ends soon (see below).
+                executor.leave_trees();
                 let mut failures = outcome.failures.clone();
                 failures.extend(export_failures);
                 break (outcome, failures);
@@ -888,7 +890,6 @@ impl ExportPhase<'_> {
         let base = match self.executor.base_image(e.stage)? {
             None => None,
             Some((_, base_state, l)) => Some(Base {
-                tree: self.executor.tree(base_state.tree)?,
                 tree_digest: base_state.tree,
                 layers: l
                     .layers

@@ -715,7 +715,7 @@ impl Store {
                 let most = tree.entries.len().max(base.entries.len()) / 8;
                 tree.changes_from(base).nth(most).is_none()
             })
-            .map(|(b, base, depth)| tree.delta_bytes(b, base, depth + 1));
+            .map(|(b, base, depth)| tree.delta_bytes(d, b, base, depth + 1));
         let stored = delta.as_deref().unwrap_or(&bytes);
         self.write_loose(&path, stored, 0o444)
             .map_err(StoreError::io(&path))?;
@@ -748,9 +748,10 @@ impl Store {
     }
 
     /// Read the stored tree `d`, a delta at most `limit` deep. A whole
-    /// tree's bytes are checked against its name; a delta's result is
-    /// (its bases are read checked by their own sums, then the result as
-    /// a whole against the name).
+    /// tree's bytes are checked against its name; a delta by its sum,
+    /// which covers the name (its result is then the tree of that name
+    /// when its base is the tree the base's name says); a delta of the
+    /// first form, whose sum does not, by its result encoded again.
     fn read_tree(&self, d: TreeDigest, limit: u8) -> Result<Tree, StoreError> {
         let (tree, checked) = self.read_stored(d, limit)?;
         if !checked && tree.digest() != d {
@@ -770,16 +771,20 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io(&path)(e)),
         };
-        match Stored::read(&bytes) {
+        match Stored::read(&bytes, d) {
             Some(Stored::Whole(t)) => {
                 if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
                     return Err(self.quarantine("tree", &path, &d.hex()));
                 }
                 Ok((t, true))
             }
-            Some(delta @ Stored::Delta { base, depth, .. }) if (1..=limit).contains(&depth) => {
-                let below = match self.read_stored(base, depth - 1) {
-                    Ok((t, _)) => t,
+            Some(
+                delta @ Stored::Delta {
+                    base, depth, bound, ..
+                },
+            ) if (1..=limit).contains(&depth) => {
+                let (below, base_checked) = match self.read_stored(base, depth - 1) {
+                    Ok(found) => found,
                     // A delta whose base is gone or damaged cannot be read:
                     // it goes too (what needs it is built again).
                     Err(e) if e.is_damage() => {
@@ -788,7 +793,10 @@ impl Store {
                     }
                     Err(e) => return Err(e),
                 };
-                Ok((delta.apply(below), false))
+                // A delta bound to its name, on a base checked against its
+                // own, gives the tree of that name: no need to encode it
+                // again to check it.
+                Ok((delta.apply(below), bound && base_checked))
             }
             _ => Err(self.quarantine("tree", &path, &d.hex())),
         }
@@ -1218,6 +1226,38 @@ mod tests {
         fs::set_permissions(&p1, fs::Permissions::from_mode(0o644)).unwrap();
         fs::copy(&p2, &p1).unwrap();
         assert!(store.get_tree(d1).unwrap_err().is_damage());
+        assert_eq!(store.get_tree(d2).unwrap(), two);
+    }
+
+    /// Deltas of the first form (their sum over the differences alone)
+    /// are still read, their result checked against the name by encoding
+    /// it; one renamed to another tree's name is refused as before.
+    #[test]
+    fn a_delta_of_the_first_form_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Access::Shared).unwrap();
+        let base = wide_tree(&store, 300, 0);
+        let bd = store.put_tree(&base).unwrap();
+        let (one, two) = (wide_tree(&store, 300, 1), wide_tree(&store, 300, 2));
+        let d1 = store.put_tree_on(&one, bd, &base).unwrap();
+        let d2 = store.put_tree_on(&two, bd, &base).unwrap();
+        let first_form = |d: TreeDigest| {
+            let path = store.tree_path(d);
+            let mut bytes = fs::read(&path).unwrap();
+            assert!(bytes.starts_with(b"kiln-tree-delta-2\0"));
+            bytes[..18].copy_from_slice(b"kiln-tree-delta-1\0");
+            let body = bytes[18 + 33 + 32..].to_vec();
+            bytes[18 + 33..18 + 33 + 32].copy_from_slice(blake3::hash(&body).as_bytes());
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            bytes
+        };
+        let (b1, b2) = (first_form(d1), first_form(d2));
+        fs::write(store.tree_path(d1), &b1).unwrap();
+        assert_eq!(store.get_tree(d1).unwrap(), one);
+        assert_eq!(store.tree_base(d1), Some(bd));
+        fs::write(store.tree_path(d1), &b2).unwrap();
+        assert!(store.get_tree(d1).unwrap_err().is_damage());
+        fs::write(store.tree_path(d2), &b2).unwrap();
         assert_eq!(store.get_tree(d2).unwrap(), two);
     }
 
