@@ -57,6 +57,26 @@ pub struct BuildArgs {
     /// An SSH agent for `type=ssh` mounts: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (repeatable)
     #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
     pub ssh: Vec<String>,
+    /// A Remote Execution API cache to share results through: `grpc://HOST:PORT` or `grpcs://HOST:PORT` (looked in after the local cache; results built here are uploaded)
+    #[arg(long, env = "KILN_REMOTE_CACHE", value_name = "URL")]
+    pub remote_cache: Option<String>,
+    /// The REAPI instance name on the remote cache
+    #[arg(
+        long,
+        env = "KILN_REMOTE_INSTANCE",
+        value_name = "NAME",
+        default_value = ""
+    )]
+    pub remote_instance: String,
+    /// A header sent to the remote cache (repeatable): `NAME=VALUE`, or `NAME=$VAR` to take the value from an environment variable
+    #[arg(long = "remote-header", value_name = "NAME=VALUE")]
+    pub remote_headers: Vec<String>,
+    /// Upload results built here to the remote cache (`false` for machines that only read)
+    #[arg(long, env = "KILN_REMOTE_UPLOAD", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub remote_upload: bool,
+    /// The longest the remote cache may take to answer before the build goes on without it
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub remote_timeout: u64,
     /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
     #[arg(long, hide = true)]
     pub load: bool,
@@ -201,7 +221,48 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         secrets: secrets(&args.secrets)?,
         ssh: ssh(&args.ssh)?,
         allow_export_outside: args.allow_export_outside,
+        remote: remote(args)?,
     })
+}
+
+/// The remote cache's settings, from `--remote-*` (headers whose value is
+/// `$VAR` read from the environment, so a token stays out of the command
+/// line).
+fn remote(args: &BuildArgs) -> Result<Option<crate::store::remote::Settings>, Diagnostic> {
+    let Some(url) = args.remote_cache.clone().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let mut headers = Vec::new();
+    for h in &args.remote_headers {
+        let Some((name, value)) = h.split_once('=').filter(|(n, _)| !n.trim().is_empty()) else {
+            return Err(Diagnostic::new(
+                Code::CLI_REMOTE,
+                format!("`--remote-header {h}` is not NAME=VALUE"),
+            ));
+        };
+        let value = match value.strip_prefix('$') {
+            Some(var) => std::env::var(var).map_err(|_| {
+                Diagnostic::new(
+                    Code::CLI_REMOTE,
+                    format!("`--remote-header {h}` names the environment variable `{var}`, which is not set"),
+                )
+                .with_help(format!("set it (`export {var}=…`), or write the value itself"))
+            })?,
+            None => value.to_string(),
+        };
+        headers.push((name.trim().to_string(), value));
+    }
+    let settings = crate::store::remote::Settings {
+        url,
+        instance: args.remote_instance.clone(),
+        headers,
+        upload: args.remote_upload,
+        timeout: std::time::Duration::from_secs(args.remote_timeout.max(1)),
+    };
+    settings
+        .endpoint()
+        .map_err(|e| Diagnostic::new(Code::CLI_REMOTE, e))?;
+    Ok(Some(settings))
 }
 
 /// A build's files get the same modes whatever umask kiln was started

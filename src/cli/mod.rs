@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build the stages a spec exports (or `--target`s)
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Check a spec without building anything
     Check(SpecArgs),
     /// Write the KDL spec equivalent to a Dockerfile

@@ -11,7 +11,7 @@ use crate::model::state::State;
 use crate::store::oci::OciBlobs;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// How the lock file is used.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,7 +50,8 @@ struct Entry {
     image_ref: ImageRef,
     digest: Sha256,
     how: How,
-    state: OnceLock<Result<State, String>>,
+    /// The image's state once made (`None` again after [`ImageSet::forget_states`]).
+    state: Mutex<Option<Result<State, String>>>,
 }
 
 /// The name in the local image store that `written` means, if any: the
@@ -223,7 +224,7 @@ impl ImageSet {
                     image_ref,
                     digest,
                     how,
-                    state: OnceLock::new(),
+                    state: Default::default(),
                 }),
             );
         }
@@ -267,16 +268,32 @@ impl ImageSet {
         let Some(entry) = self.entries.get(reference).cloned() else {
             return Err(format!("`{reference}` was not resolved"));
         };
-        entry
-            .state
-            .get_or_init(|| {
-                let (state, work) = self.build_state(&entry, u).map_err(|e| e.to_string())?;
+        // Held while the state is made: a second stage on the same image
+        // waits for it rather than making it again.
+        let mut held = entry.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(made) = &*held {
+            return made.clone();
+        }
+        let made = self
+            .build_state(&entry, u)
+            .map_err(|e| e.to_string())
+            .map(|(state, work)| {
                 if let Some(w) = work {
                     done(&entry.digest, &w);
                 }
-                Ok(state)
-            })
-            .clone()
+                state
+            });
+        *held = Some(made.clone());
+        made
+    }
+
+    /// Make every image's state again when next asked (a build that found
+    /// the cache damaged, or a remote cache gone, builds again without
+    /// what it took from them).
+    pub fn forget_states(&self) {
+        for e in self.entries.values() {
+            *e.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 
     fn build_state(

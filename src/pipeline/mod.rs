@@ -73,6 +73,9 @@ pub struct Request {
     /// `--allow-export-outside`: the spec's exports may write outside
     /// the spec's directory.
     pub allow_export_outside: bool,
+    /// `--remote-cache`: a REAPI server whose cache is looked in after the
+    /// local one and to which results are uploaded.
+    pub remote: Option<crate::store::remote::Settings>,
 }
 
 impl Request {
@@ -97,6 +100,7 @@ impl Request {
             secrets: Default::default(),
             ssh: Default::default(),
             allow_export_outside: false,
+            remote: None,
         }
     }
 
@@ -512,10 +516,28 @@ pub fn run(
         .unwrap_or(spec_path.clone())
         .display()
         .to_string();
+    let remote = match &req.remote {
+        Some(settings) => Some(
+            crate::store::remote::Remote::connect(settings.clone())
+                .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))?,
+        ),
+        None => None,
+    };
+    let tiered = remote
+        .as_ref()
+        .map(|r| crate::store::remote::tiered::Tiered::new(&store, r));
+    let stores = || match &tiered {
+        Some(t) => crate::exec::Stores {
+            content: t,
+            actions: t,
+            local: store.scratch(),
+        },
+        None => crate::exec::Stores::local(&store),
+    };
     let (outcome, failures) = loop {
         let executor = Executor::new(Setup {
             graph,
-            stores: crate::exec::Stores::local(&store),
+            stores: stores(),
             progress,
             options: options.clone(),
             cancel: cancel.clone(),
@@ -527,12 +549,14 @@ pub fn run(
         let damaged = outcome.failures.iter().any(is_damage);
         if damaged && !repaired && !outcome.interrupted {
             repaired = true;
-            repair(&store, progress, &mut options);
+            let gone = remote.as_ref().is_some_and(|r| r.is_down());
+            repair(&store, &images, progress, &mut options, gone);
             continue;
         }
         let ok = outcome.failures.is_empty() && !outcome.interrupted;
         let phase = ExportPhase {
             store: &store,
+            content: stores().content,
             executor: &executor,
             graph,
             outcome: &outcome,
@@ -553,7 +577,8 @@ pub fn run(
             }
             Err(_) if !repaired => {
                 repaired = true;
-                repair(&store, progress, &mut options);
+                let gone = remote.as_ref().is_some_and(|r| r.is_down());
+                repair(&store, &images, progress, &mut options, gone);
             }
             Err(damage) => {
                 let mut failures = outcome.failures.clone();
@@ -563,6 +588,21 @@ pub fn run(
         }
     };
     let mut failures = failures;
+    if let (Some(t), Some(r)) = (&tiered, &remote) {
+        t.finish();
+        notices.extend(
+            r.take_warning()
+                .map(|w| Diagnostic::warning(Code::REMOTE_CACHE, w)),
+        );
+        let t = r.tally();
+        progress.emit(Event::RemoteCache {
+            found: t.hits,
+            results_uploaded: t.results_uploaded,
+            uploaded_blobs: t.uploaded_blobs,
+            uploaded_bytes: t.uploaded_bytes,
+            downloaded_bytes: t.downloaded_bytes,
+        });
+    }
     notices.extend(repairs_made(&store));
     failures.extend(record(&store, &options, &spec_name, &outcome, &images));
     progress.emit(Event::BuildFinished {
@@ -692,9 +732,20 @@ fn record(
 
 /// Set up the second attempt of a build that found damage: nothing from
 /// the cache, everything written verified, no memo.
-fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
+fn repair(
+    store: &Store,
+    images: &ImageSet,
+    progress: &Progress<'_>,
+    options: &mut Options,
+    remote_gone: bool,
+) {
+    images.forget_states();
     progress.emit(Event::Notice {
-        message: "the cache is damaged; building again without it".into(),
+        message: if remote_gone {
+            "what this build took from the remote cache cannot be read now that the remote is gone; building again without the cache".into()
+        } else {
+            "the cache is damaged; building again without it".into()
+        },
     });
     crate::exec::memo::forget(store.layout(), &options.scope);
     store.set_verify_existing(true);
@@ -705,6 +756,9 @@ fn repair(store: &Store, progress: &Progress<'_>, options: &mut Options) {
 /// What the export phase of a build works with.
 struct ExportPhase<'a> {
     store: &'a Store,
+    /// What trees and files are read from (the store, or the store with
+    /// the remote cache behind it).
+    content: &'a dyn crate::store::ContentStore,
     executor: &'a Executor<'a>,
     graph: &'a Graph,
     outcome: &'a Outcome,
@@ -808,7 +862,10 @@ impl ExportPhase<'_> {
     /// Where exporters read contents and keep their own files: the one
     /// place a build chooses them.
     fn stores(&self) -> export::Stores<'_> {
-        export::Stores::local(self.store)
+        export::Stores {
+            content: self.content,
+            scratch: self.store.scratch(),
+        }
     }
 
     /// The image of a tree (its layers from the cache when there).

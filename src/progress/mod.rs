@@ -127,6 +127,17 @@ pub enum Event {
         uploaded_bytes: u64,
         present: usize,
     },
+    /// What the remote cache did in the build.
+    RemoteCache {
+        /// Steps whose results were taken from it.
+        found: u64,
+        /// Results recorded there, and the blobs and bytes sent for them.
+        results_uploaded: u64,
+        uploaded_blobs: u64,
+        uploaded_bytes: u64,
+        /// Bytes read from it (trees and files the build needed here).
+        downloaded_bytes: u64,
+    },
     /// Something the user should know about the build as it goes.
     Notice {
         message: String,

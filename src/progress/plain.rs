@@ -92,6 +92,20 @@ pub fn line(event: &Event) -> Option<String> {
             ..
         } => format!("`{stage}` at {dest} is up to date"),
         Event::Notice { message } => format!("kiln: {message}"),
+        Event::RemoteCache {
+            found,
+            results_uploaded,
+            uploaded_blobs,
+            uploaded_bytes,
+            downloaded_bytes,
+        } => format!(
+            "remote cache: {found} step{} found there; {results_uploaded} result{} uploaded ({uploaded_blobs} blob{}, {}); {} downloaded",
+            plural(*found as usize),
+            plural(*results_uploaded as usize),
+            plural(*uploaded_blobs as usize),
+            crate::units::approx_size(*uploaded_bytes),
+            crate::units::approx_size(*downloaded_bytes),
+        ),
         Event::ImageTagged {
             stage,
             name,

@@ -199,6 +199,11 @@ impl Layout {
         self.root.join("layers")
     }
 
+    /// The SHA-256 of blobs this machine hashed for a remote cache.
+    pub fn remote_map(&self) -> PathBuf {
+        self.root.join("remote").join("sha256")
+    }
+
     /// What each top-level entry of the state directory holds, for `kiln
     /// gc`'s accounting (everything else is records and indexes).
     pub fn part_of(name: &str) -> &'static str {
@@ -211,6 +216,7 @@ impl Layout {
             "rootfs" | "cache" => "old trees on disk and cache mounts",
             "layers" => "image layer cache",
             "git" => "git repositories",
+            "remote" => "digests for the remote cache",
             "quarantine" => "quarantine",
             _ => "records and indexes",
         }

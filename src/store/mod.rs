@@ -20,6 +20,7 @@ pub mod oci;
 pub mod owners;
 pub mod packs;
 pub mod records;
+pub mod remote;
 
 pub use local::{BlobReader, Scratch, Store, check_owner as check_state_dir, used_lists};
 

@@ -23,6 +23,7 @@ mod layers;
 mod outputs;
 mod plugins;
 mod reliability;
+mod remote;
 mod run;
 mod safety;
 mod shared;

@@ -1,0 +1,487 @@
+//! The local store with a remote cache behind it: lookups go local first,
+//! then to the server; results built here are uploaded when the build
+//! ends ([`Tiered::finish`]). A result taken from the server brings only
+//! its config and the names of its tree and blobs: the tree's manifest is
+//! fetched when the build reads the tree, and a file's bytes when they
+//! are read (a later step that runs here, an export).
+
+use super::map::ShaMap;
+use super::{Remote, Sha};
+use crate::model::digest::{BlobDigest, StepKey, TreeDigest};
+use crate::model::state::Action;
+use crate::model::tree::{Kind, Tree};
+use crate::store::{ActionCache, BlobRead, ContentStore, IngestError, Store, StoreError};
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+
+/// The result's config and tree digest (kiln's [`Action`], as JSON).
+pub const ACTION_FILE: &str = "kiln/action.json";
+/// The tree's manifest ([`Tree::to_bytes`]).
+pub const TREE_FILE: &str = "kiln/tree";
+/// The tree's files: blake3, SHA-256 and size of each (72-byte records).
+pub const BLOBS_FILE: &str = "kiln/blobs";
+
+pub struct Tiered<'a> {
+    local: &'a Store,
+    remote: &'a Remote,
+    map: ShaMap,
+    /// Trees results from the server named: their manifest's SHA-256 and
+    /// their blob list's.
+    trees: Mutex<HashMap<TreeDigest, (Sha, Sha)>>,
+    /// Results recorded in this build, to upload.
+    pending: Mutex<Vec<(StepKey, Action)>>,
+    /// Results taken from the server, recorded here once their tree is.
+    taken: Mutex<Vec<(StepKey, Action)>>,
+}
+
+/// What an upload holds: a blob of the local store, or bytes made for it.
+enum Source {
+    Blob(BlobDigest),
+    Bytes(Vec<u8>),
+}
+
+impl<'a> Tiered<'a> {
+    pub fn new(local: &'a Store, remote: &'a Remote) -> Tiered<'a> {
+        Tiered {
+            local,
+            remote,
+            map: ShaMap::open(local.layout().remote_map()),
+            trees: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            taken: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The REAPI Action a step key stands for, with the Command and input
+    /// root it names: `kiln step KEY`, and a root holding the key (the
+    /// digest of the step's canonical form and of everything it reads).
+    fn action(key: StepKey) -> (Sha, Vec<(Sha, Vec<u8>)>) {
+        let key_file = format!("kiln step key\n{}\n", key.hex()).into_bytes();
+        let key_sha = Sha::of(&key_file);
+        let root = re::Directory {
+            files: vec![re::FileNode {
+                name: "key".into(),
+                digest: Some(key_sha.proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut outputs = vec![
+            ACTION_FILE.to_string(),
+            BLOBS_FILE.to_string(),
+            TREE_FILE.to_string(),
+        ];
+        outputs.sort();
+        let command = re::Command {
+            arguments: vec!["kiln".into(), "step".into(), key.hex()],
+            output_paths: outputs,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let action = re::Action {
+            command_digest: Some(Sha::of(&command).proto()),
+            input_root_digest: Some(Sha::of(&root).proto()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let action_sha = Sha::of(&action);
+        let blobs = vec![
+            (key_sha, key_file),
+            (Sha::of(&root), root),
+            (Sha::of(&command), command),
+            (action_sha, action),
+        ];
+        (action_sha, blobs)
+    }
+
+    /// A result from the server: its Action, once checked.
+    fn take_remote(&self, key: StepKey) -> Option<Action> {
+        let (action_sha, _) = Tiered::action(key);
+        let result = self.remote.action_result(action_sha)?;
+        let file = |path: &str| result.output_files.iter().find(|f| f.path == path);
+        let action_file = file(ACTION_FILE)?;
+        let bytes = if action_file.contents.is_empty() {
+            self.remote
+                .read(Sha::from_proto(action_file.digest.as_ref()?)?)?
+        } else {
+            let sha = Sha::from_proto(action_file.digest.as_ref()?)?;
+            (Sha::of(&action_file.contents) == sha).then(|| action_file.contents.clone())?
+        };
+        let action: Action = serde_json::from_slice(&bytes).ok()?;
+        if let Some(t) = action.tree
+            && !self.local.has_tree(t)
+        {
+            let tree = Sha::from_proto(file(TREE_FILE)?.digest.as_ref()?)?;
+            let blobs = Sha::from_proto(file(BLOBS_FILE)?.digest.as_ref()?)?;
+            self.trees
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t, (tree, blobs));
+        }
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key, action.clone()));
+        Some(action)
+    }
+
+    /// A tree a result from the server named, fetched: its manifest
+    /// (checked against its name) and its files' SHA-256 digests.
+    fn fetch_tree(&self, d: TreeDigest) -> Option<Tree> {
+        let (tree_sha, blobs_sha) = *self
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)?;
+        let bytes = self.remote.read(tree_sha)?;
+        if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
+            return None;
+        }
+        let tree = Tree::from_bytes(&bytes)?;
+        let list = self.remote.read(blobs_sha)?;
+        self.map.told(read_blob_list(&list));
+        self.local.put_tree(&tree).ok()?;
+        Some(tree)
+    }
+
+    /// A blob a fetched tree named, fetched and stored here (checked
+    /// against both its digests).
+    fn fetch_blob(&self, d: BlobDigest) -> bool {
+        let Some(sha) = self.map.get(&d.0) else {
+            return false;
+        };
+        // Large ones go to the store as they come, checked on the way.
+        let Some(mut stream) = self.remote.reader(sha) else {
+            return false;
+        };
+        match self.local.ingest(&mut stream, d) {
+            Ok(()) => true,
+            Err(IngestError::Changed { .. }) => {
+                self.remote.refuse(&format!(
+                    "the server's list of files names sha256:{} for a file it is not",
+                    crate::model::digest::hex(&sha.hash)
+                ));
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The SHA-256 of local blobs, computed once per blob (on all cores).
+    fn shas(&self, blobs: &[BlobDigest]) -> Result<HashMap<BlobDigest, Sha>, StoreError> {
+        use rayon::prelude::*;
+        let mut out = HashMap::new();
+        let mut todo = Vec::new();
+        for b in blobs {
+            match self.map.computed(&b.0) {
+                Some(s) => {
+                    out.insert(*b, s);
+                }
+                None => todo.push(*b),
+            }
+        }
+        todo.sort();
+        todo.dedup();
+        let found: Vec<(BlobDigest, Sha)> = todo
+            .par_iter()
+            .map(|b| {
+                let mut r = self.local.blob_reader(*b)?;
+                let sha = sha_of_reader(&mut *r).map_err(|e| {
+                    r.failure().unwrap_or(StoreError::Io {
+                        path: std::path::PathBuf::from("(blob)"),
+                        source: e,
+                    })
+                })?;
+                Ok((*b, sha))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        self.map
+            .computed_now(&found.iter().map(|(b, s)| (b.0, *s)).collect::<Vec<_>>());
+        out.extend(found);
+        Ok(out)
+    }
+
+    /// Upload the results recorded in this build (their trees, files and
+    /// the Actions they answer, then the results themselves), and record
+    /// here the results taken from the server whose trees are now here.
+    pub fn finish(&self) {
+        let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
+        for (key, action) in taken {
+            if action.tree.is_none_or(|t| self.local.has_tree(t)) {
+                let _ = self.local.put(key, &action);
+            }
+        }
+        if !self.remote.uploads() {
+            return;
+        }
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        let _ = self.upload(pending);
+    }
+
+    fn upload(&self, pending: Vec<(StepKey, Action)>) -> Result<(), StoreError> {
+        let mut sources: HashMap<Sha, Source> = HashMap::new();
+        let mut results = Vec::new();
+        let mut tree_files: HashMap<TreeDigest, (Sha, Sha)> = HashMap::new();
+        for (key, action) in &pending {
+            let (action_sha, blobs) = Tiered::action(*key);
+            for (sha, bytes) in blobs {
+                sources.insert(sha, Source::Bytes(bytes));
+            }
+            let json = serde_json::to_vec(action).unwrap_or_default();
+            let json_sha = Sha::of(&json);
+            sources.insert(json_sha, Source::Bytes(json));
+            let mut files = vec![output_file(ACTION_FILE, json_sha)];
+            if let Some(t) = action.tree {
+                let (tree_sha, list_sha) = match tree_files.get(&t) {
+                    Some(found) => *found,
+                    None => {
+                        let found = self.tree_sources(t, &mut sources)?;
+                        tree_files.insert(t, found);
+                        found
+                    }
+                };
+                files.push(output_file(TREE_FILE, tree_sha));
+                files.push(output_file(BLOBS_FILE, list_sha));
+            }
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            results.push((
+                action_sha,
+                re::ActionResult {
+                    output_files: files,
+                    exit_code: 0,
+                    ..Default::default()
+                },
+            ));
+        }
+        let all: Vec<Sha> = sources.keys().copied().collect();
+        let Some(missing) = self.remote.missing(&all) else {
+            return Ok(());
+        };
+        let read = |sha: &Sha| match sources.get(sha)? {
+            Source::Bytes(b) => Some(b.clone()),
+            Source::Blob(d) => self.local.read_blob(*d).ok(),
+        };
+        if !self.remote.upload(&missing, &read) {
+            return Ok(());
+        }
+        for (action_sha, result) in results {
+            if !self.remote.record(action_sha, result) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// What uploading tree `t` takes: its manifest, its blob list and its
+    /// files, added to `sources`; the manifest's and list's SHA-256.
+    fn tree_sources(
+        &self,
+        t: TreeDigest,
+        sources: &mut HashMap<Sha, Source>,
+    ) -> Result<(Sha, Sha), StoreError> {
+        let tree = self.local.get_tree(t)?;
+        let blobs: Vec<BlobDigest> = tree
+            .entries
+            .values()
+            .filter_map(|e| match e.kind {
+                Kind::File { blob, .. } => Some(blob),
+                _ => None,
+            })
+            .collect();
+        let shas = self.shas(&blobs)?;
+        let sorted: BTreeMap<BlobDigest, Sha> = shas.into_iter().collect();
+        let mut list = Vec::with_capacity(sorted.len() * 72);
+        for (b, s) in &sorted {
+            list.extend_from_slice(&b.0);
+            list.extend_from_slice(&s.hash);
+            list.extend_from_slice(&s.size.to_le_bytes());
+            sources.insert(*s, Source::Blob(*b));
+        }
+        let manifest = tree.to_bytes();
+        let (tree_sha, list_sha) = (Sha::of(&manifest), Sha::of(&list));
+        sources.insert(tree_sha, Source::Bytes(manifest));
+        sources.insert(list_sha, Source::Bytes(list));
+        Ok((tree_sha, list_sha))
+    }
+}
+
+fn output_file(path: &str, sha: Sha) -> re::OutputFile {
+    re::OutputFile {
+        path: path.into(),
+        digest: Some(sha.proto()),
+        ..Default::default()
+    }
+}
+
+/// The records of a blob list (a damaged tail is left out).
+fn read_blob_list(bytes: &[u8]) -> Vec<([u8; 32], Sha)> {
+    bytes
+        .chunks_exact(72)
+        .filter_map(|r| {
+            Some((
+                <[u8; 32]>::try_from(&r[..32]).ok()?,
+                Sha {
+                    hash: <[u8; 32]>::try_from(&r[32..64]).ok()?,
+                    size: u64::from_le_bytes(<[u8; 8]>::try_from(&r[64..72]).ok()?),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn sha_of_reader(r: &mut dyn Read) -> std::io::Result<Sha> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut size = 0u64;
+    crate::fsutil::with_buffer(256 * 1024, |buf| {
+        loop {
+            match r.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })?;
+    Ok(Sha {
+        hash: h.finalize().into(),
+        size,
+    })
+}
+
+impl ActionCache for Tiered<'_> {
+    fn get(&self, key: StepKey) -> Option<Action> {
+        self.local.get(key).or_else(|| self.take_remote(key))
+    }
+
+    fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError> {
+        self.local.put(key, action)?;
+        if self.remote.uploads() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((key, action.clone()));
+        }
+        Ok(())
+    }
+
+    fn forget(&self, key: StepKey) {
+        self.local.forget(key);
+    }
+
+    fn claim(
+        &self,
+        key: StepKey,
+        waiting: &dyn Fn() -> bool,
+    ) -> Result<Option<Box<dyn Send>>, StoreError> {
+        self.local.claim(key, waiting)
+    }
+
+    fn get_fresh(&self, key: StepKey) -> Option<Action> {
+        self.local.get_fresh(key)
+    }
+}
+
+impl ContentStore for Tiered<'_> {
+    fn has_blob(&self, d: BlobDigest) -> bool {
+        self.local.has_blob(d)
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
+        self.local.put_blob(bytes)
+    }
+
+    fn put_blob_reader(
+        &self,
+        reader: &mut dyn Read,
+        limit: Option<u64>,
+    ) -> Result<(BlobDigest, u64), StoreError> {
+        self.local.put_blob_reader(reader, limit)
+    }
+
+    fn ingest(&self, reader: &mut dyn Read, expected: BlobDigest) -> Result<(), IngestError> {
+        self.local.ingest(reader, expected)
+    }
+
+    fn blob_reader(&self, d: BlobDigest) -> Result<Box<dyn BlobRead + '_>, StoreError> {
+        match self.local.blob_reader(d) {
+            Err(StoreError::Missing { .. }) if self.fetch_blob(d) => self.local.blob_reader(d),
+            other => other,
+        }
+    }
+
+    /// Here, or named by a result from the server while it answers.
+    fn has_tree(&self, d: TreeDigest) -> bool {
+        self.local.has_tree(d)
+            || !self.remote.is_down()
+                && self
+                    .trees
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&d)
+    }
+
+    fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        self.local.put_tree(tree)
+    }
+
+    fn put_tree_on(
+        &self,
+        tree: &Tree,
+        base_digest: TreeDigest,
+        base: &Tree,
+    ) -> Result<TreeDigest, StoreError> {
+        self.local.put_tree_on(tree, base_digest, base)
+    }
+
+    fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
+        match self.local.get_tree(d) {
+            Err(e @ StoreError::Missing { .. }) => self.fetch_tree(d).ok_or(e),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::digest::hex;
+
+    #[test]
+    fn a_step_key_is_the_same_action_everywhere_and_another_key_another() {
+        let (a, blobs) = Tiered::action(StepKey([7; 32]));
+        let (b, _) = Tiered::action(StepKey([7; 32]));
+        let (c, _) = Tiered::action(StepKey([8; 32]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // The Action, its Command and input root are blobs to upload.
+        assert!(blobs.iter().any(|(s, _)| *s == a));
+        let action = re::Action::decode(&blobs[3].1[..]).unwrap();
+        let command = re::Command::decode(&blobs[2].1[..]).unwrap();
+        assert_eq!(action.command_digest, Some(blobs[2].0.proto()));
+        assert_eq!(command.arguments[2], hex(&[7; 32]));
+    }
+
+    #[test]
+    fn a_blob_list_reads_back() {
+        let recs = vec![([1u8; 32], Sha::of(b"a")), ([2u8; 32], Sha::of(b"bb"))];
+        let mut bytes = Vec::new();
+        for (b, s) in &recs {
+            bytes.extend_from_slice(b);
+            bytes.extend_from_slice(&s.hash);
+            bytes.extend_from_slice(&s.size.to_le_bytes());
+        }
+        bytes.extend_from_slice(&[0; 5]);
+        assert_eq!(read_blob_list(&bytes), recs);
+    }
+}

@@ -1,0 +1,361 @@
+//! The remote cache over the Remote Execution API, against a real server:
+//! BuildGrid (PyPI `buildgrid`, installed by `scripts/fetch-buildgrid`)
+//! on loopback with an in-memory cache, started by each test on a free
+//! port. Two projects in two folders, each with its own state directory,
+//! play two machines.
+
+use crate::harness::Project;
+use crate::images_helper::{busybox, sandbox_ready};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A BuildGrid server with a cache only (Action Cache, CAS, ByteStream).
+struct Grid {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bgd() -> Option<PathBuf> {
+    let path = std::env::var_os("KILN_BGD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kiln-buildgrid/bin/bgd"));
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "BuildGrid is not installed (scripts/fetch-buildgrid installs it)"
+    );
+    eprintln!("skipping: BuildGrid is not installed (scripts/fetch-buildgrid installs it)");
+    None
+}
+
+impl Grid {
+    fn start() -> Option<Grid> {
+        let bgd = bgd()?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("grid.yml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+storages:
+  - !lru-storage &main-storage
+    size: 256MB
+caches:
+  - !lru-action-cache &main-action
+    storage: *main-storage
+    max-cached-refs: 100000
+    allow-updates: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *main-action
+      - !cas
+        storage: *main-storage
+      - !bytestream
+        storage: *main-storage
+"#
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(bgd)
+            .args(["server", "start"])
+            .arg(&config)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut grid = Grid {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = grid.child.try_wait() {
+                let log = std::fs::read_to_string(grid._dir.path().join("log")).unwrap_or_default();
+                panic!("BuildGrid stopped ({status}):\n{log}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "BuildGrid did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(grid)
+    }
+
+    fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const SPEC: &str = r#"kiln 1
+stage s {
+    from image="IMAGE"
+    copy "a.txt" "/a.txt"
+    run "cat /a.txt /a.txt > /b.txt"
+}
+export {
+    s to="out"
+}
+"#;
+
+/// The same steps, after a stage inserted before them (and never built).
+const SPEC_REORDERED: &str = r#"kiln 1
+stage other {
+    from image="IMAGE"
+    run "echo other > /other.txt"
+}
+stage s {
+    from image="IMAGE"
+    copy "a.txt" "/a.txt"
+    run "cat /a.txt /a.txt > /b.txt"
+}
+export {
+    s to="out"
+}
+"#;
+
+fn machine(spec: &str) -> Option<Project> {
+    if !sandbox_ready() {
+        return None;
+    }
+    let image = busybox()?;
+    let p = Project::new();
+    p.spec(&spec.replace("IMAGE", &image));
+    p.file("a.txt", "one\n");
+    Some(p)
+}
+
+/// Every file below `dir` with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push((
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn remote_event(r: &crate::harness::Run) -> serde_json::Value {
+    let events = r.events_of("remote_cache");
+    assert_eq!(events.len(), 1, "{}", r.stderr);
+    events[0].clone()
+}
+
+/// Machine A builds and uploads; machine B (another folder, another state
+/// directory, a spec with a stage inserted before the same steps) runs
+/// nothing, downloads about what it exports, and exports the same bytes.
+/// B's next build asks the server nothing it already has.
+#[test]
+fn a_second_machine_takes_every_step_from_the_server() {
+    let Some(mut grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(b)) = (machine(SPEC), machine(SPEC_REORDERED)) else {
+        return;
+    };
+    let url = grid.url();
+    let built = a.build(&["--remote-cache", &url]);
+    built.ok();
+    assert!(!built.ran().is_empty());
+    let up = remote_event(&built);
+    assert!(up["results_uploaded"].as_u64().unwrap() >= 2, "{up}");
+    assert_eq!(up["found"], 0);
+
+    let taken = b.build(&["--remote-cache", &url]);
+    taken.ok();
+    assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
+    let down = remote_event(&taken);
+    assert!(down["found"].as_u64().unwrap() >= 2, "{down}");
+    assert_eq!(down["results_uploaded"], 0, "nothing new to upload");
+    let exported = tree(&b.path().join("out"));
+    assert_eq!(tree(&a.path().join("out")), exported);
+    assert_eq!(b.read("out/b.txt"), "one\none\n");
+    // What B downloaded is what it exported, and a little more (tree
+    // manifests, blob lists, configs).
+    let size: u64 = exported.iter().map(|(_, b)| b.len() as u64).sum();
+    let downloaded = down["downloaded_bytes"].as_u64().unwrap();
+    assert!(
+        downloaded <= size + size / 10 + (64 << 10),
+        "downloaded {downloaded} for an export of {size}"
+    );
+
+    // Once taken, the results B needed are its own: with the server gone,
+    // B builds again from its own cache (the copy, whose tree B never
+    // needed, is made again; the command is not run again).
+    grid.stop();
+    std::fs::remove_dir_all(b.path().join("out")).unwrap();
+    let again = b.build(&["--remote-cache", &url, "--remote-timeout", "3"]);
+    again.ok();
+    assert!(
+        !again.ran().contains(&("s".to_string(), 1)),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(b.read("out/b.txt"), "one\none\n");
+}
+
+/// A server that is not there costs one bounded wait and one warning;
+/// the build goes on here.
+#[test]
+fn a_server_that_is_not_there_costs_one_warning() {
+    let Some(p) = machine(SPEC) else {
+        return;
+    };
+    let url = format!("grpc://127.0.0.1:{}", free_port());
+    let start = Instant::now();
+    let r = p.build(&["--remote-cache", &url, "--remote-timeout", "3"]);
+    r.ok();
+    assert!(!r.ran().is_empty());
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(p.read("out/b.txt"), "one\none\n");
+}
+
+/// A machine that only reads (`--remote-upload=false`) takes results but
+/// records none: a third machine finds nothing of what it built.
+#[test]
+fn a_machine_that_only_reads_uploads_nothing() {
+    let Some(grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(c)) = (machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    a.file("a.txt", "read-only\n");
+    let r = a.build(&["--remote-cache", &grid.url(), "--remote-upload=false"]);
+    r.ok();
+    assert_eq!(remote_event(&r)["results_uploaded"], 0);
+    c.file("a.txt", "read-only\n");
+    let r = c.build(&["--remote-cache", &grid.url()]);
+    r.ok();
+    assert!(!r.ran().is_empty(), "nothing was there to take");
+}
+
+/// A proxy between kiln and the server that flips a byte in the middle of
+/// every large frame the server sends: a blob that comes back with other
+/// bytes is refused, the remote is given up on with a warning, and the
+/// steps run here, giving what the first machine gave.
+#[test]
+fn a_blob_that_comes_back_damaged_is_refused_and_the_step_runs_here() {
+    let Some(grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(b)) = (machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    a.build(&["--remote-cache", &grid.url()]).ok();
+    let proxy = corrupting_proxy(grid.port);
+    let r = b.build(&["--remote-cache", &format!("grpc://127.0.0.1:{proxy}")]);
+    r.ok();
+    assert!(r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    assert!(!r.ran().is_empty(), "{}", r.stderr);
+    assert_eq!(tree(&a.path().join("out")), tree(&b.path().join("out")));
+}
+
+/// The server killed while a build runs: the build finishes here.
+#[test]
+fn a_server_killed_during_a_build_leaves_the_build_to_finish_here() {
+    let Some(mut grid) = Grid::start() else {
+        return;
+    };
+    let Some(p) = machine(&SPEC.replace("cat /a.txt", "sleep 2; cat /a.txt")) else {
+        return;
+    };
+    let url = grid.url();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        grid.stop();
+    });
+    let r = p.build(&["--remote-cache", &url, "--remote-timeout", "3"]);
+    killer.join().unwrap();
+    r.ok();
+    assert!(r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    assert_eq!(p.read("out/b.txt"), "one\none\n");
+}
+
+/// Listen on a free port and pass connections to `upstream`, flipping a
+/// byte in the middle of each HTTP/2 DATA frame of more than 8 KiB that
+/// the server sends (the blob bytes of a large read).
+fn corrupting_proxy(upstream: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            std::thread::spawn(move || {
+                let _ = flip_frames(server, client);
+            });
+        }
+    });
+    port
+}
+
+fn flip_frames(mut from: TcpStream, mut to: TcpStream) -> std::io::Result<()> {
+    loop {
+        let mut head = [0u8; 9];
+        from.read_exact(&mut head)?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        from.read_exact(&mut payload)?;
+        if head[3] == 0 && len > 8 << 10 {
+            payload[len / 2] ^= 0xff;
+        }
+        to.write_all(&head)?;
+        to.write_all(&payload)?;
+    }
+}
