@@ -399,7 +399,12 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     for s in &last.steps {
         if s.cached {
             if args.all {
-                outln!("  cached  {} [{}] {}", s.stage, s.step + 1, s.text);
+                let from = if s.remote {
+                    " (from the remote cache)"
+                } else {
+                    ""
+                };
+                outln!("  cached  {} [{}] {}{from}", s.stage, s.step + 1, s.text);
                 if let Some(n) = &s.non_hermetic {
                     outln!("            not hermetic: {n}");
                 }

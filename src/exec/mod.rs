@@ -484,6 +484,7 @@ impl<'a> Executor<'a> {
                     text: s.text.clone(),
                     key: key.clone(),
                     non_hermetic: s.non_hermetic.clone(),
+                    remote: false,
                 });
                 // Without their inputs: a build answered from the memo ran
                 // nothing, so it has nothing new to tell `kiln explain`.
@@ -496,6 +497,7 @@ impl<'a> Executor<'a> {
                     inputs: Vec::new(),
                     non_hermetic: s.non_hermetic,
                     result: None,
+                    remote: false,
                 });
             }
             self.env.progress.emit(Event::StageFinished {

@@ -557,6 +557,7 @@ impl<'a> Runner<'a> {
             text: text.clone(),
             key: key.hex(),
             cached,
+            remote: cached && self.actions.found_remotely(key),
             inputs: key_inputs.clone(),
             non_hermetic: kind.non_hermetic().map(str::to_string),
             result: result.map(|d| d.hex()),
@@ -568,12 +569,14 @@ impl<'a> Runner<'a> {
         };
         if let Some(hit) = hit {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
+            let remote = self.actions.found_remotely(key);
             env.progress.emit(Event::StepCached {
                 stage: stage.into(),
                 step: index,
                 text: text.clone(),
                 key: key.hex(),
                 non_hermetic: kind.non_hermetic().map(str::to_string),
+                remote,
             });
             self.take_hit(cur, index, hit, kind, last);
             let result = cur.advance(key);

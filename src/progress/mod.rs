@@ -39,6 +39,9 @@ pub enum Event {
         /// Why the step is not hermetic (network, host files), if it is not.
         #[serde(skip_serializing_if = "Option::is_none")]
         non_hermetic: Option<String>,
+        /// Its result came from the remote cache.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        remote: bool,
     },
     StepFinished {
         stage: String,

@@ -35,10 +35,12 @@ pub fn line(event: &Event) -> Option<String> {
             step,
             text,
             non_hermetic,
+            remote,
             ..
         } => format!(
-            "#{stage} [{}] CACHED {text}{}",
+            "#{stage} [{}] CACHED{} {text}{}",
             step + 1,
+            if *remote { " (remote)" } else { "" },
             mark(non_hermetic.as_deref())
         ),
         Event::StepFinished {

@@ -220,6 +220,12 @@ pub trait ActionCache: Sync {
         Ok(None)
     }
 
+    /// Whether [`ActionCache::get`] answered `key` from a remote cache in
+    /// this build (what `explain` and the progress say of the step).
+    fn found_remotely(&self, _key: StepKey) -> bool {
+        false
+    }
+
     /// [`ActionCache::get`], having read what other builds recorded since
     /// this one started (after waiting on a claim).
     fn get_fresh(&self, key: StepKey) -> Option<Action> {

@@ -35,6 +35,9 @@ pub struct StepRecord {
     /// the build off there.
     #[serde(default)]
     pub result: Option<String>,
+    /// Cached, from the remote cache.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 /// The last build, as `kiln explain` shows it.
@@ -61,6 +64,9 @@ pub struct ExplainedStep {
     /// steps after it kept their keys (early cutoff).
     #[serde(default)]
     pub same_result: bool,
+    /// Cached, from the remote cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// What an export destination holds, as kiln wrote it.
@@ -274,6 +280,7 @@ pub fn save_build(
             why,
             non_hermetic: r.non_hermetic.clone(),
             same_result,
+            remote: r.remote,
         });
         // A record without inputs (from the build memo) has nothing to add.
         if !r.inputs.is_empty() {

@@ -210,6 +210,21 @@ fn a_second_machine_takes_every_step_from_the_server() {
     assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
     let down = remote_event(&taken);
     assert!(down["found"].as_u64().unwrap() >= 2, "{down}");
+    // The progress and `explain` say which results came from the server.
+    let cached = taken.events_of("step_cached");
+    assert!(
+        !cached.is_empty() && cached.iter().all(|e| e["remote"] == true),
+        "{cached:?}"
+    );
+    let explained = b.kiln(&["explain", "--all"]);
+    explained.ok();
+    assert!(
+        explained
+            .stdout
+            .contains("run \"cat /a.txt /a.txt > /b.txt\" (from the remote cache)"),
+        "{}",
+        explained.stdout
+    );
     assert_eq!(down["results_uploaded"], 0, "nothing new to upload");
     let exported = tree(&b.path().join("out"));
     assert_eq!(tree(&a.path().join("out")), exported);
@@ -358,4 +373,29 @@ fn flip_frames(mut from: TcpStream, mut to: TcpStream) -> std::io::Result<()> {
         to.write_all(&head)?;
         to.write_all(&payload)?;
     }
+}
+
+/// A build whose every step is in the local cache asks the server
+/// nothing: with the server gone, it neither waits nor warns.
+#[test]
+fn a_build_found_here_asks_the_server_nothing() {
+    let Some(mut grid) = Grid::start() else {
+        return;
+    };
+    let Some(p) = machine(SPEC) else {
+        return;
+    };
+    let url = grid.url();
+    p.build(&["--remote-cache", &url]).ok();
+    grid.stop();
+    // The same content written again: the build looks every step up
+    // (the memo of the last build does not answer for it).
+    std::thread::sleep(Duration::from_millis(1100));
+    p.file("a.txt", "one\n");
+    let r = p.build(&["--remote-cache", &url]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{}", r.stderr);
+    assert!(r.cached() >= 2, "{}", r.stderr);
+    assert!(!r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    assert_eq!(remote_event(&r)["found"], 0);
 }

@@ -249,6 +249,12 @@ impl Remote {
         self.caps().map_or(BATCH_LIMIT, |c| c.max_batch)
     }
 
+    /// Whether uploads were asked for (and the remote is not down), without
+    /// asking the server anything.
+    pub fn wants_uploads(&self) -> bool {
+        self.settings.upload && !self.is_down()
+    }
+
     /// Whether results built here are to be uploaded.
     pub fn uploads(&self) -> bool {
         self.settings.upload && self.caps().is_some_and(|c| c.updates)

@@ -35,6 +35,8 @@ pub struct Tiered<'a> {
     pending: Mutex<Vec<(StepKey, Action)>>,
     /// Results taken from the server, recorded here once their tree is.
     taken: Mutex<Vec<(StepKey, Action)>>,
+    /// The keys of those results.
+    found: Mutex<std::collections::HashSet<StepKey>>,
 }
 
 /// What an upload holds: a blob of the local store, or bytes made for it.
@@ -52,6 +54,7 @@ impl<'a> Tiered<'a> {
             trees: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             taken: Mutex::new(Vec::new()),
+            found: Mutex::new(Default::default()),
         }
     }
 
@@ -126,6 +129,10 @@ impl<'a> Tiered<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((key, action.clone()));
+        self.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
         Some(action)
     }
 
@@ -215,11 +222,9 @@ impl<'a> Tiered<'a> {
                 let _ = self.local.put(key, &action);
             }
         }
-        if !self.remote.uploads() {
-            return;
-        }
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if pending.is_empty() {
+        // (Nothing built here: nothing to ask the server.)
+        if pending.is_empty() || !self.remote.uploads() {
             return;
         }
         let _ = self.upload(pending);
@@ -366,7 +371,8 @@ impl ActionCache for Tiered<'_> {
 
     fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError> {
         self.local.put(key, action)?;
-        if self.remote.uploads() {
+        // Whether the server takes results is asked when the build ends.
+        if self.remote.wants_uploads() {
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -377,6 +383,13 @@ impl ActionCache for Tiered<'_> {
 
     fn forget(&self, key: StepKey) {
         self.local.forget(key);
+    }
+
+    fn found_remotely(&self, key: StepKey) -> bool {
+        self.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
     }
 
     fn claim(
