@@ -221,6 +221,7 @@ mod tests {
             inputs: Vec::new(),
             non_hermetic: None,
             result: None,
+            remote: false,
         };
         let a = vec![rec(0, "k0"), rec(1, "k1"), rec(2, "k2")];
         let b = a.clone();

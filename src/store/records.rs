@@ -506,6 +506,7 @@ mod tests {
             inputs,
             non_hermetic: None,
             result: None,
+            remote: false,
         }
     }
 
