@@ -260,7 +260,7 @@ fn remote(args: &BuildArgs) -> Result<Option<crate::store::remote::Settings>, Di
         timeout: std::time::Duration::from_secs(args.remote_timeout.max(1)),
     };
     settings
-        .endpoint()
+        .check()
         .map_err(|e| Diagnostic::new(Code::CLI_REMOTE, e))?;
     Ok(Some(settings))
 }

@@ -407,6 +407,28 @@ impl Tree {
         Some(Tree { entries })
     }
 
+    /// A tree in the current form only, whose every path is one a step
+    /// could have made: relative, normal (no empty, `.` or `..` part, no
+    /// NUL), below a directory of the tree: what a tree from elsewhere (a
+    /// remote cache) must be before anything reads it.
+    pub fn from_untrusted(bytes: &[u8]) -> Option<Tree> {
+        bytes.starts_with(TREE_TAG).then_some(())?;
+        let t = Tree::from_bytes(bytes)?;
+        t.well_formed().then_some(t)
+    }
+
+    fn well_formed(&self) -> bool {
+        self.entries.keys().all(|path| {
+            let normal = !path.is_empty()
+                && !path.contains('\0')
+                && path
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..");
+            let parent = parent(path);
+            normal && (parent.is_empty() || self.entries.get(parent).is_some_and(Entry::is_dir))
+        })
+    }
+
     pub fn digest(&self) -> TreeDigest {
         TreeDigest::from_hash(blake3::hash(&self.to_bytes()))
     }

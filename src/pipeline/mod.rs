@@ -547,10 +547,30 @@ pub fn run(
         });
         let outcome = executor.build(&roots);
         let damaged = outcome.failures.iter().any(is_damage);
+        // What the build took from a remote cache that then failed it (went
+        // down, or no longer had a tree or file it named) is built here
+        // again, with the local cache.
+        let remote_lost = || {
+            let lost = tiered.as_ref().is_some_and(|t| t.fetch_failed())
+                || remote.as_ref().is_some_and(|r| r.is_down());
+            match &remote {
+                Some(r) if lost && !r.given_up() => {
+                    r.give_up();
+                    images.forget_states();
+                    progress.emit(Event::Notice {
+                        message: "what this build took from the remote cache cannot be read now; building it here".into(),
+                    });
+                    true
+                }
+                _ => false,
+            }
+        };
+        if damaged && !outcome.interrupted && remote_lost() {
+            continue;
+        }
         if damaged && !repaired && !outcome.interrupted {
             repaired = true;
-            let gone = remote.as_ref().is_some_and(|r| r.is_down());
-            repair(&store, &images, progress, &mut options, gone);
+            repair(&store, &images, progress, &mut options);
             continue;
         }
         let ok = outcome.failures.is_empty() && !outcome.interrupted;
@@ -575,10 +595,10 @@ pub fn run(
                 failures.extend(export_failures);
                 break (outcome, failures);
             }
+            Err(_) if remote_lost() => {}
             Err(_) if !repaired => {
                 repaired = true;
-                let gone = remote.as_ref().is_some_and(|r| r.is_down());
-                repair(&store, &images, progress, &mut options, gone);
+                repair(&store, &images, progress, &mut options);
             }
             Err(damage) => {
                 let mut failures = outcome.failures.clone();
@@ -589,9 +609,10 @@ pub fn run(
     };
     let mut failures = failures;
     if let (Some(t), Some(r)) = (&tiered, &remote) {
-        t.finish();
+        t.finish(outcome.interrupted);
         notices.extend(
-            r.take_warning()
+            r.take_warnings()
+                .into_iter()
                 .map(|w| Diagnostic::warning(Code::REMOTE_CACHE, w)),
         );
         let t = r.tally();
@@ -732,20 +753,10 @@ fn record(
 
 /// Set up the second attempt of a build that found damage: nothing from
 /// the cache, everything written verified, no memo.
-fn repair(
-    store: &Store,
-    images: &ImageSet,
-    progress: &Progress<'_>,
-    options: &mut Options,
-    remote_gone: bool,
-) {
+fn repair(store: &Store, images: &ImageSet, progress: &Progress<'_>, options: &mut Options) {
     images.forget_states();
     progress.emit(Event::Notice {
-        message: if remote_gone {
-            "what this build took from the remote cache cannot be read now that the remote is gone; building again without the cache".into()
-        } else {
-            "the cache is damaged; building again without it".into()
-        },
+        message: "the cache is damaged; building again without it".into(),
     });
     crate::exec::memo::forget(store.layout(), &options.scope);
     store.set_verify_existing(true);

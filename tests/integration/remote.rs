@@ -278,21 +278,141 @@ fn a_server_that_is_not_there_costs_one_warning() {
 /// A machine that only reads (`--remote-upload=false`) takes results but
 /// records none: a third machine finds nothing of what it built.
 #[test]
-fn a_machine_that_only_reads_uploads_nothing() {
+fn a_machine_that_only_reads_takes_results_and_uploads_nothing() {
     let Some(grid) = Grid::start() else {
         return;
     };
-    let (Some(a), Some(c)) = (machine(SPEC), machine(SPEC)) else {
+    let (Some(writer), Some(reader), Some(third)) = (machine(SPEC), machine(SPEC), machine(SPEC))
+    else {
         return;
     };
-    a.file("a.txt", "read-only\n");
-    let r = a.build(&["--remote-cache", &grid.url(), "--remote-upload=false"]);
+    writer.build(&["--remote-cache", &grid.url()]).ok();
+    let r = reader.build(&["--remote-cache", &grid.url(), "--remote-upload=false"]);
     r.ok();
-    assert_eq!(remote_event(&r)["results_uploaded"], 0);
-    c.file("a.txt", "read-only\n");
-    let r = c.build(&["--remote-cache", &grid.url()]);
+    let ev = remote_event(&r);
+    assert!(ev["found"].as_u64().unwrap() >= 2, "{ev}");
+    assert!(r.ran().is_empty());
+    // Its own change is built here and not uploaded.
+    reader.file("a.txt", "read-only\n");
+    let r = reader.build(&["--remote-cache", &grid.url(), "--remote-upload=false"]);
     r.ok();
-    assert!(!r.ran().is_empty(), "nothing was there to take");
+    let ev = remote_event(&r);
+    assert_eq!(
+        (
+            ev["results_uploaded"].as_u64(),
+            ev["uploaded_blobs"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{ev}"
+    );
+    third.file("a.txt", "read-only\n");
+    let r = third.build(&["--remote-cache", &grid.url()]);
+    r.ok();
+    assert!(
+        r.ran().contains(&("s".to_string(), 1)),
+        "nothing was there to take"
+    );
+}
+
+/// Taken results are built on: a later step that runs here reads the
+/// whole tree (fetched then, and stored here with every file), and after
+/// that the machine needs the server no more.
+#[test]
+fn a_step_run_here_on_a_taken_tree_fetches_it_and_keeps_it() {
+    let Some(mut grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(b)) = (machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    a.build(&["--remote-cache", &grid.url()]).ok();
+    b.build(&["--remote-cache", &grid.url()]).ok();
+    let more = SPEC.replace(
+        "run \"cat /a.txt /a.txt > /b.txt\"",
+        "run \"cat /a.txt /a.txt > /b.txt\"\n    run \"ls /bin | wc -l > /count\"",
+    );
+    let image = busybox().unwrap();
+    b.spec(&more.replace("IMAGE", &image));
+    let r = b.build(&["--remote-cache", &grid.url()]);
+    r.ok();
+    assert_eq!(r.ran(), vec![("s".to_string(), 2)], "{}", r.stderr);
+    assert!(b.read("out/count").trim().parse::<u32>().unwrap() > 10);
+    grid.stop();
+    std::fs::remove_dir_all(b.path().join("out")).unwrap();
+    b.file("a.txt", "one\n");
+    let r = b.build(&["--remote-cache", &grid.url(), "--remote-timeout", "3"]);
+    r.ok();
+    assert!(r.ran().is_empty(), "{}", r.stderr);
+    assert!(!r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+}
+
+/// Results taken, then the server gone before their trees were read: the
+/// build says so once and builds them here.
+#[test]
+fn taken_results_whose_trees_are_gone_with_the_server_are_built_here() {
+    let Some(mut grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(b)) = (machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    a.build(&["--remote-cache", &grid.url()]).ok();
+    // A proxy that passes the lookups and then closes: B takes the results
+    // and cannot read their trees.
+    let proxy = closing_proxy(grid.port, 4 << 10);
+    let r = b.build(&[
+        "--remote-cache",
+        &format!("grpc://127.0.0.1:{proxy}"),
+        "--remote-timeout",
+        "3",
+    ]);
+    grid.stop();
+    r.ok();
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree(&a.path().join("out")), tree(&b.path().join("out")));
+    assert!(!r.stderr.contains("damaged"), "{}", r.stderr);
+}
+
+/// A server that takes the connection and never answers costs one
+/// timeout, not the build.
+#[test]
+fn a_server_that_never_answers_costs_one_timeout() {
+    let Some(p) = machine(SPEC) else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let start = Instant::now();
+    let r = p.build(&[
+        "--remote-cache",
+        &format!("grpc://127.0.0.1:{port}"),
+        "--remote-timeout",
+        "2",
+    ]);
+    r.ok();
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(p.read("out/b.txt"), "one\none\n");
 }
 
 /// A proxy between kiln and the server that flips a byte in the middle of
@@ -311,9 +431,15 @@ fn a_blob_that_comes_back_damaged_is_refused_and_the_step_runs_here() {
     let proxy = corrupting_proxy(grid.port);
     let r = b.build(&["--remote-cache", &format!("grpc://127.0.0.1:{proxy}")]);
     r.ok();
-    assert!(r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     assert!(!r.ran().is_empty(), "{}", r.stderr);
     assert_eq!(tree(&a.path().join("out")), tree(&b.path().join("out")));
+    assert!(!r.stderr.contains("damaged"), "{}", r.stderr);
 }
 
 /// The server killed while a build runs: the build finishes here.
@@ -333,7 +459,12 @@ fn a_server_killed_during_a_build_leaves_the_build_to_finish_here() {
     let r = p.build(&["--remote-cache", &url, "--remote-timeout", "3"]);
     killer.join().unwrap();
     r.ok();
-    assert!(r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     assert_eq!(p.read("out/b.txt"), "one\none\n");
 }
 
@@ -398,4 +529,43 @@ fn a_build_found_here_asks_the_server_nothing() {
     assert!(r.cached() >= 2, "{}", r.stderr);
     assert!(!r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
     assert_eq!(remote_event(&r)["found"], 0);
+}
+
+/// Pass connections to `upstream` until `budget` bytes came back from the
+/// server on one connection, then close it (and refuse new ones).
+fn closing_proxy(upstream: u16, budget: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let spent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for client in listener.incoming().flatten() {
+            if spent.load(std::sync::atomic::Ordering::Relaxed) >= budget {
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let spent = spent.clone();
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (server, client);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let total = spent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                    if total >= budget || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                let _ = from.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
 }

@@ -1,8 +1,10 @@
 //! blake3 → SHA-256: how kiln's addresses are named on a REAPI server.
 //!
 //! Digests this machine computed from the bytes are kept in the state
-//! directory (`remote/sha256`, records of 72 bytes appended: blake3,
-//! SHA-256, size), so a blob is hashed for the remote once. Digests a
+//! directory (`remote/sha256`, records of 80 bytes appended: blake3,
+//! SHA-256, size, and 8 bytes of the record's own blake3; reading stops at
+//! the first record that does not match its sum), so a blob is hashed for
+//! the remote once. Digests a
 //! server sent (with a result taken from it) are kept in memory only: a
 //! blob fetched by one is checked against both.
 
@@ -12,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-const RECORD: usize = 72;
+const RECORD: usize = 80;
 
 pub struct ShaMap {
     path: PathBuf,
@@ -25,7 +27,13 @@ impl ShaMap {
     pub fn open(path: PathBuf) -> ShaMap {
         let mut known = HashMap::new();
         if let Ok(bytes) = std::fs::read(&path) {
+            let mut good = 0;
             for r in bytes.chunks_exact(RECORD) {
+                let (r, sum) = r.split_at(72);
+                if blake3::hash(r).as_bytes()[..8] != *sum {
+                    break;
+                }
+                good += RECORD;
                 let (b3, rest) = r.split_at(32);
                 let (sha, size) = rest.split_at(32);
                 let (Ok(b3), Ok(hash), Ok(size)) = (
@@ -42,6 +50,14 @@ impl ShaMap {
                         size: u64::from_le_bytes(size),
                     },
                 );
+            }
+            // What follows damage is dropped, so what is appended next
+            // is read again.
+            if good < bytes.len() {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(good as u64));
             }
         }
         ShaMap {
@@ -82,9 +98,12 @@ impl ShaMap {
         let mut out = Vec::with_capacity(found.len() * RECORD);
         for (b3, sha) in found {
             if known.insert(*b3, *sha).is_none() {
+                let start = out.len();
                 out.extend_from_slice(b3);
                 out.extend_from_slice(&sha.hash);
                 out.extend_from_slice(&sha.size.to_le_bytes());
+                let sum = blake3::hash(&out[start..]);
+                out.extend_from_slice(&sum.as_bytes()[..8]);
             }
         }
         if out.is_empty() {
@@ -127,9 +146,18 @@ mod tests {
         assert_eq!(m.get(&[2u8; 32]), Some(Sha::of(b"two")));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[9u8; 40]);
-        std::fs::write(&path, bytes).unwrap();
-        let again = ShaMap::open(path);
+        std::fs::write(&path, &bytes).unwrap();
+        let again = ShaMap::open(path.clone());
         assert_eq!(again.get(&[1u8; 32]), Some(a.1));
         assert_eq!(again.get(&[2u8; 32]), None, "told ones are not kept");
+        // A damaged record, then whole ones: reading stops at the damage.
+        bytes.truncate(80);
+        bytes[5] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = ShaMap::open(path.clone());
+        damaged.computed_now(&[([3u8; 32], Sha::of(b"three"))]);
+        let again = ShaMap::open(path);
+        assert_eq!(again.get(&[1u8; 32]), None, "damaged: dropped");
+        assert_eq!(again.get(&[3u8; 32]), Some(Sha::of(b"three")));
     }
 }

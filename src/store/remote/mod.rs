@@ -4,8 +4,8 @@
 //!
 //! kiln's own addresses stay blake3; the server's are SHA-256 (what every
 //! server supports), mapped by [`map::ShaMap`]. A kiln step is a REAPI
-//! Action whose Command names the step (`kiln step KEY`, its text in the
-//! environment) and whose input root holds the step's key, the digest of
+//! Action whose Command names the step (`kiln step KEY`) and whose input
+//! root holds the step's key, the digest of
 //! everything the step reads (so equal inputs give equal Actions in any
 //! checkout, state directory or machine). Its ActionResult holds the
 //! step's result as output files: `kiln/action.json` (the image config
@@ -44,6 +44,23 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether the settings can be used: the URL ([`Settings::endpoint`])
+    /// and each header's name and value.
+    pub fn check(&self) -> Result<(), String> {
+        self.endpoint()?;
+        for (k, v) in &self.headers {
+            tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
+                k.to_ascii_lowercase().as_bytes(),
+            )
+            .map_err(|_| format!("`{k}` cannot be the name of a header"))?;
+            tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(v.as_str())
+                .map_err(|_| {
+                    format!("the value of header `{k}` cannot be sent (visible ASCII only)")
+                })?;
+        }
+        Ok(())
+    }
+
     /// The server's address as tonic takes it, from `grpc://` or
     /// `grpcs://`; an error says what is wrong with the URL.
     pub fn endpoint(&self) -> Result<String, String> {
@@ -125,8 +142,10 @@ pub struct Remote {
     caps: std::sync::OnceLock<Caps>,
     /// Turned on by the first failure: the build goes on without it.
     down: AtomicBool,
-    /// Why it went down, said once.
-    warning: Mutex<Option<String>>,
+    /// The build gave up on it after what it took could not be read.
+    given_up: AtomicBool,
+    /// What to tell the user, once each.
+    warnings: Mutex<Vec<String>>,
     hits: AtomicU64,
     uploaded_blobs: AtomicU64,
     uploaded_bytes: AtomicU64,
@@ -143,8 +162,12 @@ struct Caps {
     updates: bool,
 }
 
-/// Blobs at most this large go in batches; larger ones by ByteStream.
-const BATCH_LIMIT: u64 = 4 << 20;
+/// Blobs at most this large go in batches; larger ones by ByteStream
+/// (gRPC's usual 4 MiB message limit, less room for the request's own
+/// fields).
+const BATCH_LIMIT: u64 = (4 << 20) - (64 << 10);
+/// The largest message taken from the server (a batch of blobs).
+const MAX_MESSAGE: usize = 16 << 20;
 /// ByteStream chunks.
 const CHUNK: usize = 1 << 20;
 
@@ -163,8 +186,7 @@ impl Remote {
             .map_err(|e| format!("cannot start the remote cache's client: {e}"))?;
         let ep = tonic::transport::Endpoint::from_shared(endpoint.clone())
             .map_err(|e| format!("`{}` is not a usable address: {e}", settings.url))?
-            .connect_timeout(settings.timeout)
-            .timeout(settings.timeout);
+            .connect_timeout(settings.timeout);
         let ep = if endpoint.starts_with("https://") {
             ep.tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
                 .map_err(|e| format!("cannot set up TLS for `{}`: {e}", settings.url))?
@@ -181,7 +203,8 @@ impl Remote {
             channel,
             caps: std::sync::OnceLock::new(),
             down: AtomicBool::new(false),
-            warning: Mutex::new(None),
+            given_up: AtomicBool::new(false),
+            warnings: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
             uploaded_blobs: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
@@ -204,7 +227,8 @@ impl Remote {
     }
 
     fn read_caps(&self) -> Option<Caps> {
-        let mut client = re::capabilities_client::CapabilitiesClient::new(self.channel.clone());
+        let mut client = re::capabilities_client::CapabilitiesClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::GetCapabilitiesRequest {
             instance_name: self.settings.instance.clone(),
         });
@@ -264,12 +288,15 @@ impl Remote {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// The warning to show once, if the remote went down.
-    pub fn take_warning(&self) -> Option<String> {
-        self.warning
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    /// What to tell the user (why the remote went down, what it will not
+    /// do), each once.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A result was taken from the server.
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn tally(&self) -> Tally {
@@ -283,10 +310,10 @@ impl Remote {
     }
 
     fn warn(&self, message: String) {
-        let mut w = self.warning.lock().unwrap_or_else(|e| e.into_inner());
-        if w.is_none() {
-            *w = Some(message);
-        }
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message);
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -348,6 +375,21 @@ impl Remote {
         }
     }
 
+    /// Stop using the server for the rest of the build: what it named
+    /// could not be read (a warning says so unless one already said why).
+    pub fn give_up(&self) {
+        self.given_up.store(true, Ordering::Relaxed);
+        self.fail(
+            "keep what its results name",
+            "a tree or file a result named could not be read",
+        );
+    }
+
+    /// Whether [`Remote::give_up`] was called.
+    pub fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::Relaxed)
+    }
+
     /// Stop trusting the server for the rest of the build (what it sent
     /// was not what it named).
     pub fn refuse(&self, why: &str) {
@@ -365,7 +407,8 @@ impl Remote {
 
     /// The ActionResult recorded for `action`, if any.
     pub fn action_result(&self, action: Sha) -> Option<re::ActionResult> {
-        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone());
+        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::GetActionResultRequest {
             instance_name: self.settings.instance.clone(),
             action_digest: Some(action.proto()),
@@ -373,16 +416,15 @@ impl Remote {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         });
-        let r = self.call("look up a result", async move {
+        self.call("look up a result", async move {
             client.get_action_result(req).await
-        })?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(r)
+        })
     }
 
     /// Record `result` for `action`.
     pub fn record(&self, action: Sha, result: re::ActionResult) -> bool {
-        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone());
+        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::UpdateActionResultRequest {
             instance_name: self.settings.instance.clone(),
             action_digest: Some(action.proto()),
@@ -429,8 +471,10 @@ impl Remote {
         let mut batch: Vec<(Sha, Vec<u8>)> = Vec::new();
         let mut batch_size = 0u64;
         for sha in blobs {
+            // A blob that cannot be read here: the results naming it are
+            // not recorded.
             let Some(data) = bytes(sha) else {
-                continue;
+                return false;
             };
             if sha.size > self.max_batch() {
                 if !self.write_stream(*sha, data) {
@@ -461,7 +505,8 @@ impl Remote {
         let mut client =
             re::content_addressable_storage_client::ContentAddressableStorageClient::new(
                 self.channel.clone(),
-            );
+            )
+            .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::BatchUpdateBlobsRequest {
             instance_name: self.settings.instance.clone(),
             requests: batch
@@ -523,7 +568,8 @@ impl Remote {
             });
             offset = end;
         }
-        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone());
+        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
         let mut req = self.request(futures_util::stream::iter(requests));
         let _ = &mut req;
         let ok = self
@@ -538,6 +584,19 @@ impl Remote {
             self.uploaded_bytes.fetch_add(sha.size, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// [`Remote::read`] for a blob of at most `most` bytes (what the
+    /// server names as larger is refused, unread).
+    pub fn read_at_most(&self, sha: Sha, most: u64) -> Option<Vec<u8>> {
+        if sha.size > most {
+            self.refuse(&format!(
+                "it names a blob of {} bytes where at most {most} make sense",
+                sha.size
+            ));
+            return None;
+        }
+        self.read(sha)
     }
 
     /// A blob's bytes, checked against its SHA-256 (a wrong one is
@@ -593,43 +652,41 @@ impl Remote {
             hex(&sha.hash),
             sha.size
         );
-        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone());
+        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(bs::ReadRequest {
             resource_name: resource,
             read_offset: 0,
             read_limit: 0,
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, String>>(8);
-        let limit = self.settings.timeout;
+        // Sent on as it comes, waited for without holding the runtime's
+        // thread; the whole stream has one deadline.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(8);
+        let limit = self.transfer_time(sha.size);
         self.rt.spawn(async move {
-            let first = tokio::time::timeout(limit, client.read(req)).await;
-            let mut stream = match first {
+            let deadline = tokio::time::Instant::now() + limit;
+            let late = || format!("the blob did not arrive within {limit:?}");
+            let mut stream = match tokio::time::timeout_at(deadline, client.read(req)).await {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(status)) => {
-                    let _ = tx.send(Err(describe(&status)));
+                    let _ = tx.send(Err(describe(&status))).await;
                     return;
                 }
                 Err(_) => {
-                    let _ = tx.send(Err(format!("no answer within {limit:?}")));
+                    let _ = tx.send(Err(late())).await;
                     return;
                 }
             };
             loop {
-                match tokio::time::timeout(limit, stream.message()).await {
-                    Ok(Ok(Some(part))) => {
-                        if tx.send(Ok(part.data)).is_err() {
-                            return;
-                        }
-                    }
+                let part = match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Ok(Ok(Some(part))) => Ok(part.data),
                     Ok(Ok(None)) => return,
-                    Ok(Err(status)) => {
-                        let _ = tx.send(Err(describe(&status)));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = tx.send(Err(format!("no answer within {limit:?}")));
-                        return;
-                    }
+                    Ok(Err(status)) => Err(describe(&status)),
+                    Err(_) => Err(late()),
+                };
+                let last = part.is_err();
+                if tx.send(part).await.is_err() || last {
+                    return;
                 }
             }
         });
@@ -663,7 +720,7 @@ impl Remote {
 pub struct BlobStream<'r> {
     remote: &'r Remote,
     sha: Sha,
-    rx: std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
     part: Vec<u8>,
     at: usize,
     seen: u64,
@@ -679,8 +736,8 @@ impl std::io::Read for BlobStream<'_> {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.recv() {
-                Ok(Ok(part)) => {
+            match self.rx.blocking_recv() {
+                Some(Ok(part)) => {
                     self.seen += part.len() as u64;
                     if self.seen > self.sha.size {
                         self.remote
@@ -691,12 +748,12 @@ impl std::io::Read for BlobStream<'_> {
                     self.part = part;
                     self.at = 0;
                 }
-                Ok(Err(why)) => {
+                Some(Err(why)) => {
                     self.remote.fail("send a blob", &why);
                     return Err(refused(why));
                 }
                 // The end: the bytes must be the blob's.
-                Err(_) => {
+                None => {
                     let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
                     let got = Sha {
                         hash,
@@ -725,7 +782,14 @@ impl std::io::Read for BlobStream<'_> {
 }
 
 fn describe(status: &tonic::Status) -> String {
-    let message = status.message().trim();
+    // What the server says is shown, not obeyed: no control characters.
+    let message: String = status
+        .message()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    let message = message.trim();
     if message.is_empty() {
         format!("{:?}", status.code())
     } else {
@@ -791,8 +855,10 @@ mod tests {
         assert!(!r.is_down());
         assert!(r.action_result(Sha::of(b"x")).is_none());
         assert!(r.is_down());
-        assert!(r.take_warning().unwrap().contains("goes on without it"));
-        assert!(r.take_warning().is_none(), "said once");
+        let said = r.take_warnings();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("goes on without it"));
+        assert!(r.take_warnings().is_empty(), "said once");
         assert!(r.read(Sha::of(b"x")).is_none());
         assert!(!r.uploads());
         assert!(start.elapsed() < Duration::from_secs(5));

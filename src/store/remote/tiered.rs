@@ -2,8 +2,15 @@
 //! then to the server; results built here are uploaded when the build
 //! ends ([`Tiered::finish`]). A result taken from the server brings only
 //! its config and the names of its tree and blobs: the tree's manifest is
-//! fetched when the build reads the tree, and a file's bytes when they
-//! are read (a later step that runs here, an export).
+//! fetched (and kept in memory) when the build reads the tree, the list
+//! of its files' SHA-256 names when a file of it is first read, and a
+//! file's bytes when they are read. The local store keeps its rule: a tree
+//! is stored here only with every file it names (a tree made here on a
+//! tree from the server fetches the files it lacks first), so nothing in
+//! it needs the server later. A result taken from the server is recorded
+//! here once its tree is stored here.
+//!
+//! (What reads a file: a later step that runs here, an export.)
 
 use super::map::ShaMap;
 use super::{Remote, Sha};
@@ -16,6 +23,11 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+/// The largest tree manifest taken from a server (a tree of a million
+/// files is about 60 MB).
+const MAX_MANIFEST: u64 = 512 << 20;
 
 /// The result's config and tree digest (kiln's [`Action`], as JSON).
 pub const ACTION_FILE: &str = "kiln/action.json";
@@ -31,6 +43,16 @@ pub struct Tiered<'a> {
     /// Trees results from the server named: their manifest's SHA-256 and
     /// their blob list's.
     trees: Mutex<HashMap<TreeDigest, (Sha, Sha)>>,
+    /// Manifests fetched from the server in this build (not stored here:
+    /// their files are not).
+    fetched: Mutex<HashMap<TreeDigest, std::sync::Arc<Tree>>>,
+    /// Blob lists of fetched trees not read yet.
+    lists: Mutex<Vec<(TreeDigest, Sha)>>,
+    /// Held while lists are read.
+    reading: Mutex<()>,
+    /// Something the server named could not be fetched: what the build
+    /// took from it may be unreadable.
+    fetch_failed: std::sync::atomic::AtomicBool,
     /// Results recorded in this build, to upload.
     pending: Mutex<Vec<(StepKey, Action)>>,
     /// Results taken from the server, recorded here once their tree is.
@@ -52,6 +74,10 @@ impl<'a> Tiered<'a> {
             remote,
             map: ShaMap::open(local.layout().remote_map()),
             trees: Mutex::new(HashMap::new()),
+            fetched: Mutex::new(HashMap::new()),
+            lists: Mutex::new(Vec::new()),
+            reading: Mutex::new(()),
+            fetch_failed: Default::default(),
             pending: Mutex::new(Vec::new()),
             taken: Mutex::new(Vec::new()),
             found: Mutex::new(Default::default()),
@@ -107,14 +133,21 @@ impl<'a> Tiered<'a> {
         let result = self.remote.action_result(action_sha)?;
         let file = |path: &str| result.output_files.iter().find(|f| f.path == path);
         let action_file = file(ACTION_FILE)?;
+        let sha = Sha::from_proto(action_file.digest.as_ref()?)?;
         let bytes = if action_file.contents.is_empty() {
-            self.remote
-                .read(Sha::from_proto(action_file.digest.as_ref()?)?)?
+            self.remote.read_at_most(sha, 1 << 20)?
+        } else if Sha::of(&action_file.contents) == sha {
+            action_file.contents.clone()
         } else {
-            let sha = Sha::from_proto(action_file.digest.as_ref()?)?;
-            (Sha::of(&action_file.contents) == sha).then(|| action_file.contents.clone())?
+            self.remote
+                .refuse("a result's config came back with other bytes");
+            return None;
         };
-        let action: Action = serde_json::from_slice(&bytes).ok()?;
+        let Ok(action) = serde_json::from_slice::<Action>(&bytes) else {
+            self.remote
+                .refuse("a result's config is not one kiln wrote");
+            return None;
+        };
         if let Some(t) = action.tree
             && !self.local.has_tree(t)
         {
@@ -133,49 +166,154 @@ impl<'a> Tiered<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key);
+        self.remote.count_hit();
         Some(action)
     }
 
-    /// A tree a result from the server named, fetched: its manifest
-    /// (checked against its name) and its files' SHA-256 digests.
-    fn fetch_tree(&self, d: TreeDigest) -> Option<Tree> {
-        let (tree_sha, blobs_sha) = *self
+    /// A tree a result from the server named: its manifest, fetched once
+    /// (checked against its name, its paths checked as a step's would be)
+    /// and kept in memory.
+    fn remote_tree(&self, d: TreeDigest) -> Option<std::sync::Arc<Tree>> {
+        if self.remote.is_down() {
+            return None;
+        }
+        if let Some(t) = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)
+        {
+            return Some(t.clone());
+        }
+        let (tree_sha, list_sha) = *self
             .trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&d)?;
-        let bytes = self.remote.read(tree_sha)?;
-        if TreeDigest::from_hash(blake3::hash(&bytes)) != d {
+        let Some(bytes) = self.remote.read_at_most(tree_sha, MAX_MANIFEST) else {
+            self.fetch_failed.store(true, Ordering::Relaxed);
             return None;
-        }
-        let tree = Tree::from_bytes(&bytes)?;
-        let list = self.remote.read(blobs_sha)?;
-        self.map.told(read_blob_list(&list));
-        self.local.put_tree(&tree).ok()?;
+        };
+        let tree = Tree::from_untrusted(&bytes)
+            .filter(|t| TreeDigest::from_hash(blake3::hash(&bytes)) == d && t.digest() == d);
+        let Some(tree) = tree else {
+            self.remote
+                .refuse("a tree it sent is not the one its result named, or not a tree");
+            self.fetch_failed.store(true, Ordering::Relaxed);
+            return None;
+        };
+        let tree = std::sync::Arc::new(tree);
+        self.fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, tree.clone());
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((d, list_sha));
         Some(tree)
     }
 
-    /// A blob a fetched tree named, fetched and stored here (checked
-    /// against both its digests).
+    /// The SHA-256 name of a file of a tree from the server: the trees'
+    /// lists are read as they are needed, and only the entries that name
+    /// a file of their tree, with its size, are taken.
+    fn remote_name(&self, d: BlobDigest) -> Option<Sha> {
+        if let Some(sha) = self.map.get(&d.0) {
+            return Some(sha);
+        }
+        // One thread reads the lists; the others wait for what it found.
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(sha) = self.map.get(&d.0) {
+                return Some(sha);
+            }
+            let (tree, list) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let t = self.remote_tree(tree)?;
+            let files: HashMap<[u8; 32], u64> = t
+                .entries
+                .values()
+                .filter_map(|e| match e.kind {
+                    Kind::File { blob, size } => Some((blob.0, size)),
+                    _ => None,
+                })
+                .collect();
+            if list.size > 72 * files.len() as u64 {
+                self.remote
+                    .refuse("a tree's list of files is longer than the tree");
+                return None;
+            }
+            let Some(bytes) = self.remote.read_at_most(list, 72 * files.len() as u64) else {
+                self.fetch_failed.store(true, Ordering::Relaxed);
+                return None;
+            };
+            self.map.told(
+                read_blob_list(&bytes)
+                    .into_iter()
+                    .filter(|(b3, sha)| files.get(b3) == Some(&sha.size)),
+            );
+        }
+    }
+
+    /// A blob a tree from the server named, fetched and stored here as it
+    /// comes (checked against both its digests).
     fn fetch_blob(&self, d: BlobDigest) -> bool {
-        let Some(sha) = self.map.get(&d.0) else {
+        if self.remote.is_down() {
+            return false;
+        }
+        let Some(sha) = self.remote_name(d) else {
             return false;
         };
-        // Large ones go to the store as they come, checked on the way.
         let Some(mut stream) = self.remote.reader(sha) else {
+            self.fetch_failed.store(true, Ordering::Relaxed);
             return false;
         };
         match self.local.ingest(&mut stream, d) {
             Ok(()) => true,
-            Err(IngestError::Changed { .. }) => {
-                self.remote.refuse(&format!(
-                    "the server's list of files names sha256:{} for a file it is not",
-                    crate::model::digest::hex(&sha.hash)
-                ));
+            Err(e) => {
+                if let IngestError::Changed { .. } = e {
+                    self.remote.refuse(&format!(
+                        "the server's list of files names sha256:{} for a file it is not",
+                        crate::model::digest::hex(&sha.hash)
+                    ));
+                }
+                self.fetch_failed.store(true, Ordering::Relaxed);
                 false
             }
-            Err(_) => false,
         }
+    }
+
+    /// Before a tree is stored here: every file it names is here (fetched
+    /// from the server when a tree it took is below it).
+    fn files_here(&self, tree: &Tree) -> Result<(), StoreError> {
+        if self
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            // Nothing was taken from the server: every tree is made from
+            // trees stored here, whose files are.
+            return Ok(());
+        }
+        for e in tree.entries.values() {
+            if let Kind::File { blob, .. } = e.kind
+                && !self.local.has_blob(blob)
+                && !self.fetch_blob(blob)
+            {
+                return Err(StoreError::Missing {
+                    what: "file",
+                    digest: blob.hex(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether something the server named could not be fetched in this
+    /// build (so a build that found its cache damaged may only have lost
+    /// the server).
+    pub fn fetch_failed(&self) -> bool {
+        self.fetch_failed.load(Ordering::Relaxed)
     }
 
     /// The SHA-256 of local blobs, computed once per blob (on all cores).
@@ -215,12 +353,35 @@ impl<'a> Tiered<'a> {
     /// Upload the results recorded in this build (their trees, files and
     /// the Actions they answer, then the results themselves), and record
     /// here the results taken from the server whose trees are now here.
-    pub fn finish(&self) {
+    pub fn finish(&self, interrupted: bool) {
         let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
         for (key, action) in taken {
+            if self.local.get(key).is_some() {
+                continue;
+            }
+            // A tree from the server whose every file the build brought
+            // here (an export, a step run on it) is stored here now.
+            if let Some(t) = action.tree
+                && !self.local.has_tree(t)
+                && let Some(tree) = self
+                    .fetched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&t)
+                    .cloned()
+                && tree.entries.values().all(|e| match e.kind {
+                    Kind::File { blob, .. } => self.local.has_blob(blob),
+                    _ => true,
+                })
+            {
+                let _ = self.local.put_tree(&tree);
+            }
             if action.tree.is_none_or(|t| self.local.has_tree(t)) {
                 let _ = self.local.put(key, &action);
             }
+        }
+        if interrupted {
+            return;
         }
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         // (Nothing built here: nothing to ask the server.)
@@ -231,6 +392,18 @@ impl<'a> Tiered<'a> {
     }
 
     fn upload(&self, pending: Vec<(StepKey, Action)>) -> Result<(), StoreError> {
+        // A key recorded twice (a step's tree stored after its result was
+        // first recorded): the last record, or the one with a tree.
+        let mut last: BTreeMap<StepKey, Action> = BTreeMap::new();
+        for (key, action) in pending {
+            match last.get(&key) {
+                Some(kept) if kept.tree.is_some() && action.tree.is_none() => {}
+                _ => {
+                    last.insert(key, action);
+                }
+            }
+        }
+        let pending: Vec<(StepKey, Action)> = last.into_iter().collect();
         let mut sources: HashMap<Sha, Source> = HashMap::new();
         let mut results = Vec::new();
         let mut tree_files: HashMap<TreeDigest, (Sha, Sha)> = HashMap::new();
@@ -273,6 +446,7 @@ impl<'a> Tiered<'a> {
             Source::Bytes(b) => Some(b.clone()),
             Source::Blob(d) => self.local.read_blob(*d).ok(),
         };
+        // Results are recorded only once all they name is there.
         if !self.remote.upload(&missing, &read) {
             return Ok(());
         }
@@ -445,6 +619,7 @@ impl ContentStore for Tiered<'_> {
     }
 
     fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        self.files_here(tree)?;
         self.local.put_tree(tree)
     }
 
@@ -454,12 +629,15 @@ impl ContentStore for Tiered<'_> {
         base_digest: TreeDigest,
         base: &Tree,
     ) -> Result<TreeDigest, StoreError> {
+        self.files_here(tree)?;
         self.local.put_tree_on(tree, base_digest, base)
     }
 
     fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
         match self.local.get_tree(d) {
-            Err(e @ StoreError::Missing { .. }) => self.fetch_tree(d).ok_or(e),
+            Err(e @ StoreError::Missing { .. }) => {
+                self.remote_tree(d).map(|t| (*t).clone()).ok_or(e)
+            }
             other => other,
         }
     }
