@@ -55,28 +55,7 @@ export {{
 }}
 """
 
-CONFIG = """server:
-  - !channel
-    address: "127.0.0.1:{port}"
-    insecure-mode: true
-storages:
-  - !lru-storage &main-storage
-    size: 4GB
-caches:
-  - !lru-action-cache &main-action
-    storage: *main-storage
-    max-cached-refs: 100000
-    allow-updates: true
-instances:
-  - name: ""
-    services:
-      - !action-cache
-        cache: *main-action
-      - !cas
-        storage: *main-storage
-      - !bytestream
-        storage: *main-storage
-"""
+
 
 
 def source(i):
@@ -101,8 +80,10 @@ def start_grid(bgd):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     port = free_port()
+    with open(os.path.join(ROOT, "scripts", "buildgrid-cache.yml")) as f:
+        config = f.read().replace("PORT", str(port)).replace("SIZE", "4GB")
     with open(os.path.join(d, "grid.yml"), "w") as f:
-        f.write(CONFIG.format(port=port))
+        f.write(config)
     log = open(os.path.join(d, "log"), "w")
     p = subprocess.Popen([bgd, "server", "start", os.path.join(d, "grid.yml")],
                          stdout=log, stderr=log)

@@ -48,32 +48,15 @@ impl Grid {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("grid.yml");
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/buildgrid-cache.yml"),
+        )
+        .unwrap();
         std::fs::write(
             &config,
-            format!(
-                r#"server:
-  - !channel
-    address: "127.0.0.1:{port}"
-    insecure-mode: true
-storages:
-  - !lru-storage &main-storage
-    size: 256MB
-caches:
-  - !lru-action-cache &main-action
-    storage: *main-storage
-    max-cached-refs: 100000
-    allow-updates: true
-instances:
-  - name: ""
-    services:
-      - !action-cache
-        cache: *main-action
-      - !cas
-        storage: *main-storage
-      - !bytestream
-        storage: *main-storage
-"#
-            ),
+            template
+                .replace("PORT", &port.to_string())
+                .replace("SIZE", "256MB"),
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
@@ -120,16 +103,7 @@ impl Drop for Grid {
     }
 }
 
-const SPEC: &str = r#"kiln 1
-stage s {
-    from image="IMAGE"
-    copy "a.txt" "/a.txt"
-    run "cat /a.txt /a.txt > /b.txt"
-}
-export {
-    s to="out"
-}
-"#;
+const SPEC: &str = crate::shared::ON_BUSYBOX;
 
 /// The same steps, after a stage inserted before them (and never built).
 const SPEC_REORDERED: &str = r#"kiln 1

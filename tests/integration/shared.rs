@@ -95,7 +95,7 @@ fn bytes_under(dir: &Path) -> u64 {
         .sum()
 }
 
-const ON_BUSYBOX: &str = r#"kiln 1
+pub(crate) const ON_BUSYBOX: &str = r#"kiln 1
 stage s {
     from image="IMAGE"
     copy "a.txt" "/a.txt"

@@ -18,58 +18,31 @@ const RECORD: usize = 80;
 
 pub struct ShaMap {
     path: PathBuf,
-    known: Mutex<HashMap<[u8; 32], Sha>>,
+    /// Read on first use (a build that asks the server nothing reads none).
+    known: std::sync::OnceLock<Mutex<HashMap<[u8; 32], Sha>>>,
     told: Mutex<HashMap<[u8; 32], Sha>>,
 }
 
 impl ShaMap {
     /// The map kept at `path` (a damaged tail record is left out).
     pub fn open(path: PathBuf) -> ShaMap {
-        let mut known = HashMap::new();
-        if let Ok(bytes) = std::fs::read(&path) {
-            let mut good = 0;
-            for r in bytes.chunks_exact(RECORD) {
-                let (r, sum) = r.split_at(72);
-                if blake3::hash(r).as_bytes()[..8] != *sum {
-                    break;
-                }
-                good += RECORD;
-                let (b3, rest) = r.split_at(32);
-                let (sha, size) = rest.split_at(32);
-                let (Ok(b3), Ok(hash), Ok(size)) = (
-                    <[u8; 32]>::try_from(b3),
-                    <[u8; 32]>::try_from(sha),
-                    <[u8; 8]>::try_from(size),
-                ) else {
-                    continue;
-                };
-                known.insert(
-                    b3,
-                    Sha {
-                        hash,
-                        size: u64::from_le_bytes(size),
-                    },
-                );
-            }
-            // What follows damage is dropped, so what is appended next
-            // is read again.
-            if good < bytes.len() {
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(good as u64));
-            }
-        }
         ShaMap {
             path,
-            known: Mutex::new(known),
+            known: std::sync::OnceLock::new(),
             told: Mutex::new(HashMap::new()),
         }
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Sha>> {
+        self.known
+            .get_or_init(|| Mutex::new(read(&self.path)))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The SHA-256 of the blob `b3`, computed here or told by the server.
     pub fn get(&self, b3: &[u8; 32]) -> Option<Sha> {
-        if let Some(s) = self.known.lock().unwrap_or_else(|e| e.into_inner()).get(b3) {
+        if let Some(s) = self.known().get(b3) {
             return Some(*s);
         }
         self.told
@@ -81,11 +54,7 @@ impl ShaMap {
 
     /// The SHA-256 this machine computed for the blob `b3`, if it did.
     pub fn computed(&self, b3: &[u8; 32]) -> Option<Sha> {
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(b3)
-            .copied()
+        self.known().get(b3).copied()
     }
 
     /// Keep what this machine computed (best effort: a map that cannot be
@@ -94,7 +63,7 @@ impl ShaMap {
         if found.is_empty() {
             return;
         }
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known();
         let mut out = Vec::with_capacity(found.len() * RECORD);
         for (b3, sha) in found {
             if known.insert(*b3, *sha).is_none() {
@@ -129,6 +98,47 @@ impl ShaMap {
             .unwrap_or_else(|e| e.into_inner())
             .extend(found);
     }
+}
+
+/// The records kept at `path` (what follows a damaged one is dropped
+/// from the file, so what is appended next is read again).
+fn read(path: &std::path::Path) -> HashMap<[u8; 32], Sha> {
+    let mut known = HashMap::new();
+    if let Ok(bytes) = std::fs::read(path) {
+        let mut good = 0;
+        for r in bytes.chunks_exact(RECORD) {
+            let (r, sum) = r.split_at(72);
+            if blake3::hash(r).as_bytes()[..8] != *sum {
+                break;
+            }
+            good += RECORD;
+            let (b3, rest) = r.split_at(32);
+            let (sha, size) = rest.split_at(32);
+            let (Ok(b3), Ok(hash), Ok(size)) = (
+                <[u8; 32]>::try_from(b3),
+                <[u8; 32]>::try_from(sha),
+                <[u8; 8]>::try_from(size),
+            ) else {
+                continue;
+            };
+            known.insert(
+                b3,
+                Sha {
+                    hash,
+                    size: u64::from_le_bytes(size),
+                },
+            );
+        }
+        // What follows damage is dropped, so what is appended next
+        // is read again.
+        if good < bytes.len() {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(good as u64));
+        }
+    }
+    known
 }
 
 #[cfg(test)]
