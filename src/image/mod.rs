@@ -407,6 +407,8 @@ pub fn verify_layer(
     blobs: &OciBlobs,
     actions: &dyn ActionCache,
 ) -> Result<(), ImageError> {
+    // Checked on this machine, whatever a shared cache says.
+    let actions = actions.here();
     if actions.get(verified_key(l)).is_some() {
         return Ok(());
     }
@@ -551,7 +553,7 @@ pub fn unpack(
         let mut hashing = Hashing::new(&mut reader);
         layer::apply(u.content, &mut tree, &mut hashing, u.limit).map_err(layer_err)?;
         check_diff_id(l, hashing.finish())?;
-        u.actions.put(
+        u.actions.here().put(
             verified_key(l),
             &Action {
                 tree: None,

@@ -804,6 +804,10 @@ impl Store {
 }
 
 impl ActionCache for Store {
+    fn here(&self) -> &dyn ActionCache {
+        self
+    }
+
     /// A hit costs no IO: the log is read once per build. The tree is not
     /// checked here: trees leave the store only with their entries (`kiln
     /// gc`), and a tree damaged or removed by hand is found when it is read.

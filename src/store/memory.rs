@@ -159,6 +159,10 @@ impl ContentStore for MemoryStore {
 }
 
 impl ActionCache for MemoryStore {
+    fn here(&self) -> &dyn ActionCache {
+        self
+    }
+
     fn get(&self, key: StepKey) -> Option<Action> {
         self.actions
             .lock()

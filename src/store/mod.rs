@@ -202,6 +202,10 @@ pub trait BlobRead: Read + Send {
 /// remote action cache would be another.
 pub trait ActionCache: Sync {
     fn get(&self, key: StepKey) -> Option<Action>;
+    /// This machine's part of the cache: for records that vouch for a
+    /// check made here (a layer found to match its diff_id), which no
+    /// other machine's word replaces.
+    fn here(&self) -> &dyn ActionCache;
     fn put(&self, key: StepKey, action: &Action) -> Result<(), StoreError>;
     /// Drop an entry whose result turned out to be unreadable.
     fn forget(&self, key: StepKey);

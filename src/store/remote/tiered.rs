@@ -539,6 +539,10 @@ fn sha_of_reader(r: &mut dyn Read) -> std::io::Result<Sha> {
 }
 
 impl ActionCache for Tiered<'_> {
+    fn here(&self) -> &dyn ActionCache {
+        self.local
+    }
+
     fn get(&self, key: StepKey) -> Option<Action> {
         self.local.get(key).or_else(|| self.take_remote(key))
     }
@@ -661,6 +665,34 @@ mod tests {
         let command = re::Command::decode(&blobs[2].1[..]).unwrap();
         assert_eq!(action.command_digest, Some(blobs[2].0.proto()));
         assert_eq!(command.arguments[2], hex(&[7; 32]));
+    }
+
+    /// What vouches for a check made here (a layer's diff_id) is this
+    /// machine's cache alone, never the server's.
+    #[test]
+    fn checks_made_here_are_kept_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::Access::Shared).unwrap();
+        let remote = Remote::connect(super::super::Settings {
+            url: "grpc://127.0.0.1:9".into(),
+            instance: String::new(),
+            headers: Vec::new(),
+            upload: true,
+            timeout: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        let t = Tiered::new(&store, &remote);
+        let here: *const dyn ActionCache = t.here();
+        let local: *const dyn ActionCache = &store;
+        assert!(std::ptr::addr_eq(here, local));
+        let key = StepKey([5; 32]);
+        let action = Action {
+            tree: None,
+            config: Default::default(),
+        };
+        t.here().put(key, &action).unwrap();
+        assert_eq!(store.get(key), Some(action));
+        assert!(!remote.is_down(), "the server was not asked");
     }
 
     #[test]
