@@ -516,24 +516,16 @@ pub fn run(
         .unwrap_or(spec_path.clone())
         .display()
         .to_string();
-    let remote = match &req.remote {
-        Some(settings) => Some(
-            crate::store::remote::Remote::connect(settings.clone())
-                .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))?,
-        ),
-        None => None,
-    };
+    let remote = req
+        .remote
+        .as_ref()
+        .map(|s| crate::store::remote::Remote::connect(s.clone()))
+        .transpose()
+        .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))?;
     let tiered = remote
         .as_ref()
         .map(|r| crate::store::remote::tiered::Tiered::new(&store, r));
-    let stores = || match &tiered {
-        Some(t) => crate::exec::Stores {
-            content: t,
-            actions: t,
-            local: store.scratch(),
-        },
-        None => crate::exec::Stores::local(&store),
-    };
+    let stores = || stores_of(&store, tiered.as_ref());
     let (outcome, failures) = loop {
         let executor = Executor::new(Setup {
             graph,
@@ -550,21 +542,7 @@ pub fn run(
         // What the build took from a remote cache that then failed it (went
         // down, or no longer had a tree or file it named) is built here
         // again, with the local cache.
-        let remote_lost = || {
-            let lost = tiered.as_ref().is_some_and(|t| t.fetch_failed())
-                || remote.as_ref().is_some_and(|r| r.is_down());
-            match &remote {
-                Some(r) if lost && !r.given_up() => {
-                    r.give_up();
-                    images.forget_states();
-                    progress.emit(Event::Notice {
-                        message: "what this build took from the remote cache cannot be read now; building it here".into(),
-                    });
-                    true
-                }
-                _ => false,
-            }
-        };
+        let remote_lost = || lost_remote(tiered.as_ref(), &images, progress);
         if damaged && !outcome.interrupted && remote_lost() {
             continue;
         }
@@ -608,21 +586,8 @@ pub fn run(
         }
     };
     let mut failures = failures;
-    if let (Some(t), Some(r)) = (&tiered, &remote) {
-        t.finish(outcome.interrupted);
-        notices.extend(
-            r.take_warnings()
-                .into_iter()
-                .map(|w| Diagnostic::warning(Code::REMOTE_CACHE, w)),
-        );
-        let t = r.tally();
-        progress.emit(Event::RemoteCache {
-            found: t.hits,
-            results_uploaded: t.results_uploaded,
-            uploaded_blobs: t.uploaded_blobs,
-            uploaded_bytes: t.uploaded_bytes,
-            downloaded_bytes: t.downloaded_bytes,
-        });
+    if let Some(t) = &tiered {
+        notices.extend(finish_remote(t, outcome.interrupted, progress));
     }
     notices.extend(repairs_made(&store));
     failures.extend(record(&store, &options, &spec_name, &outcome, &images));
@@ -749,6 +714,69 @@ fn record(
     .and_then(|_| store.record_use(&used))
     .err()
     .map(|e| Diagnostic::io("cannot record the build in", store.root(), &e))
+}
+
+/// What a build reads and writes: the local store, with the remote cache
+/// behind it when there is one.
+fn stores_of<'a>(
+    store: &'a Store,
+    tiered: Option<&'a crate::store::remote::tiered::Tiered<'a>>,
+) -> crate::exec::Stores<'a> {
+    match tiered {
+        Some(t) => crate::exec::Stores {
+            content: t,
+            actions: t,
+            local: store.scratch(),
+        },
+        None => crate::exec::Stores::local(store),
+    }
+}
+
+/// Whether the build should start again without the remote cache: what
+/// it took from it could not be read (the server went down, or no longer
+/// has what it named) and it was not given up on yet. Gives it up.
+fn lost_remote(
+    tiered: Option<&crate::store::remote::tiered::Tiered<'_>>,
+    images: &ImageSet,
+    progress: &Progress<'_>,
+) -> bool {
+    let Some(t) = tiered else {
+        return false;
+    };
+    let r = t.remote();
+    if !(t.fetch_failed() || r.is_down()) || r.given_up() {
+        return false;
+    }
+    r.give_up();
+    images.forget_states();
+    progress.emit(Event::Notice {
+        message: "what this build took from the remote cache cannot be read now; building it here"
+            .into(),
+    });
+    true
+}
+
+/// Upload what the build made (none after Ctrl-C), say what the remote
+/// did, and give its warnings.
+fn finish_remote(
+    t: &crate::store::remote::tiered::Tiered<'_>,
+    interrupted: bool,
+    progress: &Progress<'_>,
+) -> Vec<Diagnostic> {
+    t.finish(interrupted);
+    let r = t.remote();
+    let tally = r.tally();
+    progress.emit(Event::RemoteCache {
+        found: tally.hits,
+        results_uploaded: tally.results_uploaded,
+        uploaded_blobs: tally.uploaded_blobs,
+        uploaded_bytes: tally.uploaded_bytes,
+        downloaded_bytes: tally.downloaded_bytes,
+    });
+    r.take_warnings()
+        .into_iter()
+        .map(|w| Diagnostic::warning(Code::REMOTE_CACHE, w))
+        .collect()
 }
 
 /// Set up the second attempt of a build that found damage: nothing from

@@ -309,6 +309,11 @@ impl<'a> Tiered<'a> {
         Ok(())
     }
 
+    /// The server behind the local store.
+    pub fn remote(&self) -> &'a Remote {
+        self.remote
+    }
+
     /// Whether something the server named could not be fetched in this
     /// build (so a build that found its cache damaged may only have lost
     /// the server).
