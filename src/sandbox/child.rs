@@ -4,7 +4,8 @@
 //!
 //! As root, in order: enter a mount namespace of the child's own (so what
 //! it mounts dies with the sandbox, whatever happens to kiln, and no other
-//! process ever sees it); mount the stage's overlay there; open every path
+//! process ever sees it); mount the packed layers' images (EROFS) on
+//! their directories there, then the stage's overlay; open every path
 //! the sandbox shows (the tree, mount sources); cover `/tmp` with a fresh
 //! tmpfs and bind each opened path there, as `/tmp/kiln-N` (bubblewrap
 //! starts as an unprivileged id, which could not reach them in the state
@@ -32,6 +33,9 @@ pub struct Stage {
     pub overlay: Option<(CString, CString)>,
     /// The directory the overlay's lower layers are named relative to.
     pub overlay_dir: Option<CString>,
+    /// Packed layers: each EROFS image and the lower it is mounted on,
+    /// read-only, before the overlay.
+    pub packed: Vec<(CString, CString)>,
     /// Paths to show, bound at [`staged`]`(N)` in this order (the tree
     /// first: the merged overlay, a directory below it, or a directory).
     pub paths: Vec<CString>,
@@ -66,6 +70,7 @@ pub const STEPS: &[&str] = &[
     "setting the group id",
     "setting the user id",
     "closing inherited descriptors",
+    "mounting a packed layer (erofs)",
 ];
 
 /// Arrange for `command`'s child to do what `launch` says.
@@ -156,6 +161,18 @@ fn mount_stage(stage: &Stage, report: RawFd, opened: &mut [RawFd]) -> std::io::R
             );
             if back < 0 || libc::chdir(dir.as_ptr()) != 0 {
                 return fail(report, 3, errno());
+            }
+        }
+        for (image, on) in &stage.packed {
+            if libc::mount(
+                image.as_ptr(),
+                on.as_ptr(),
+                c"erofs".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NODEV,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail(report, 13, errno());
             }
         }
         if let Some((merged, options)) = &stage.overlay

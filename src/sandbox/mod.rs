@@ -183,6 +183,9 @@ pub enum Root {
     /// mount namespace only.
     Overlay {
         lowers: Vec<PathBuf>,
+        /// The EROFS images of packed lowers, with the lower each is
+        /// mounted on (before the overlay, in the same namespace).
+        packed: Vec<(PathBuf, PathBuf)>,
         upper: PathBuf,
         work: PathBuf,
         merged: PathBuf,
@@ -459,14 +462,17 @@ fn cstring(p: &Path) -> Result<std::ffi::CString, SandboxError> {
 }
 
 /// What the child mounts as the tree: the directory the layers are named
-/// relative to (when they share one) and the overlay's target and options.
-type OverlayMount = (
-    Option<std::ffi::CString>,
-    (std::ffi::CString, std::ffi::CString),
-);
+/// relative to (when they share one), the packed layers' images with
+/// where each goes, and the overlay's target and options.
+struct OverlayMount {
+    dir: Option<std::ffi::CString>,
+    packed: Vec<(std::ffi::CString, std::ffi::CString)>,
+    overlay: (std::ffi::CString, std::ffi::CString),
+}
 
 fn overlay_mount(
     lowers: &[PathBuf],
+    packed: &[(PathBuf, PathBuf)],
     upper: &Path,
     work: &Path,
     merged: &Path,
@@ -477,13 +483,15 @@ fn overlay_mount(
         .first()
         .and_then(|l| l.parent())
         .filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
-    let lower: Vec<String> = match common {
-        Some(_) => lowers
-            .iter()
-            .map(|l| escape(Path::new(l.file_name().unwrap_or_default())))
-            .collect(),
-        None => lowers.iter().map(|l| escape(l)).collect(),
+    let named = |p: &Path| match common.and_then(|c| p.strip_prefix(c).ok()) {
+        Some(rel) => rel.to_path_buf(),
+        None => p.to_path_buf(),
     };
+    let lower: Vec<String> = lowers.iter().map(|l| escape(&named(l))).collect();
+    let packed = packed
+        .iter()
+        .map(|(image, on)| Ok((cstring(&named(image))?, cstring(&named(on))?)))
+        .collect::<Result<Vec<_>, SandboxError>>()?;
     // The child mounts from the layers' directory: every other path
     // absolute.
     let absolute =
@@ -497,14 +505,15 @@ fn overlay_mount(
         escape(&absolute(upper)?),
         escape(&absolute(work)?)
     );
-    Ok((
+    Ok(OverlayMount {
         dir,
-        (
+        packed,
+        overlay: (
             cstring(&absolute(merged)?)?,
             std::ffi::CString::new(options)
                 .map_err(|_| SandboxError::Setup("a layer path holds a NUL byte".into()))?,
         ),
-    ))
+    })
 }
 
 /// The host's system, read-only, entry by entry (so that the working
@@ -674,11 +683,11 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
         }
     };
     let mut overlay = None;
-    let mut overlay_dir = None;
     let tree = match root {
         Root::Dir(dir) => shown.show(below(dir)),
         Root::Overlay {
             lowers,
+            packed,
             upper,
             work,
             merged,
@@ -688,9 +697,7 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
                     "an overlay needs root: without root the tree is a copy".into(),
                 ));
             }
-            let (dir, mount) = overlay_mount(lowers, upper, work, merged)?;
-            overlay_dir = dir;
-            overlay = Some(mount);
+            overlay = Some(overlay_mount(lowers, packed, upper, work, merged)?);
             shown.show(below(merged))
         }
     };
@@ -732,9 +739,14 @@ fn prepare(root: &Root, spec: &Spec) -> Result<Prepared, SandboxError> {
         let places = (0..paths.len())
             .map(|i| cstring(Path::new(&child::staged(i))))
             .collect::<Result<Vec<_>, _>>()?;
+        let (overlay_dir, packed, overlay) = match overlay {
+            Some(o) => (o.dir, o.packed, Some(o.overlay)),
+            None => (None, Vec::new(), None),
+        };
         Some(child::Stage {
             overlay,
             overlay_dir,
+            packed,
             paths,
             places,
         })

@@ -72,8 +72,14 @@ impl Project {
 
     /// Run kiln with `args` in the project dir.
     pub fn kiln(&self, args: &[&str]) -> Run {
+        self.kiln_env(args, &[])
+    }
+
+    /// [`Project::kiln`] with more environment variables set.
+    pub fn kiln_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
         let out = Command::new(kiln_bin())
             .args(args)
+            .envs(vars.iter().copied())
             .current_dir(self.path())
             .env_remove("KILN_STATE_DIR")
             .env_remove("SOURCE_DATE_EPOCH")

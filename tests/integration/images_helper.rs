@@ -31,6 +31,14 @@ pub fn tool(name: &str) -> bool {
     found || skip(&format!("`{name}` is not installed"))
 }
 
+/// Whether a program is on the path (else skipped, or failed under CI),
+/// for tools without a `--version`.
+pub fn tool_in_path(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()));
+    found || skip(&format!("`{name}` is not installed"))
+}
+
 fn skip(why: &str) -> bool {
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),

@@ -280,3 +280,79 @@ fn a_tagged_build_then_the_same_build_runs_nothing() {
         );
     }
 }
+
+/// Every layer file below a state directory's trees on disk.
+fn packed_layers(state: &Path) -> usize {
+    files(&state.join("sandbox"))
+        .iter()
+        .filter(|(p, _, _)| p.ends_with("layer.erofs"))
+        .count()
+}
+
+#[test]
+fn a_large_base_is_packed_and_commands_see_the_same_tree() {
+    // As root with erofs-utils, the image's tree is written once as one
+    // EROFS image (one `stat` checks its seal); commands must see exactly
+    // what they see on a tree written out as files.
+    if !sandbox_ready() || !crate::images_helper::tool_in_path("mkfs.erofs") {
+        return;
+    }
+    let Some(images) = crate::images_helper::all_images() else {
+        return;
+    };
+    let spec = format!(
+        r#"kiln 1
+stage s {{
+    from image="oci:{}/debian:12"
+    run "find / -mindepth 1 -xdev \\( -path /proc -o -path /dev -o -path '/seen*' \\) -prune -o \\( -type d -printf '%p %y %m %U %G %T@\n' \\) -o -printf '%p %y %m %U %G %s %T@ %l\n' | sort > /seen.list && mv /seen.list /seen"
+    run "sha256sum /usr/bin/gcc-12 /etc/passwd >> /seen && ls -ln /usr/bin/passwd >> /seen"
+}}
+export {{
+    s to="out"
+}}
+"#,
+        images.display()
+    );
+    let packed = Project::new();
+    packed.spec(&spec);
+    packed.build(&[]).ok();
+    assert_eq!(packed_layers(&packed.path().join(".kiln")), 1);
+    // The same without `mkfs.erofs` on the path: layers of files.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        which("bwrap").expect("bubblewrap"),
+        bin.path().join("bwrap"),
+    )
+    .unwrap();
+    let files_only = Project::new();
+    files_only.spec(&spec);
+    files_only
+        .kiln_env(
+            &["build", "--progress", "json"],
+            &[("PATH", bin.path().to_str().unwrap())],
+        )
+        .ok();
+    assert_eq!(packed_layers(&files_only.path().join(".kiln")), 0);
+    let seen = packed.read("out/seen");
+    assert!(
+        seen.lines().count() > 10_000,
+        "{}",
+        &seen[..500.min(seen.len())]
+    );
+    assert!(seen.contains("/usr/bin/gcc-12"));
+    let other = files_only.read("out/seen");
+    let differ = seen.lines().zip(other.lines()).find(|(a, b)| a != b);
+    assert_eq!(differ, None);
+    assert_eq!(seen.lines().count(), other.lines().count());
+    // A second command on the image (another stage) takes the packed layer
+    // as it is.
+    packed.build(&["--no-cache"]).ok();
+    assert_eq!(packed_layers(&packed.path().join(".kiln")), 1);
+    assert!(packed.read("out/seen") == seen);
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}

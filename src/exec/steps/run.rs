@@ -281,6 +281,10 @@ impl RunOp {
             rootfs.own(&upper, 0, 0, "").map_err(fail)?;
             let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(0o755));
             sandbox::Root::Overlay {
+                packed: stack
+                    .iter()
+                    .filter_map(|l| Some((rootfs.packed_image(l)?, l.clone())))
+                    .collect(),
                 lowers: stack,
                 upper,
                 work: work_dir,
