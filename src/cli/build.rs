@@ -57,26 +57,21 @@ pub struct BuildArgs {
     /// An SSH agent for `type=ssh` mounts: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (repeatable)
     #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
     pub ssh: Vec<String>,
-    /// A Remote Execution API cache to share results through: `grpc://HOST:PORT` or `grpcs://HOST:PORT` (looked in after the local cache; results built here are uploaded)
+    /// A Remote Execution API cache to share results through: `grpc://HOST:PORT` or `grpcs://HOST:PORT` (looked in after the local cache; results built here are uploaded). Also set in a settings file (`remote-cache`, see spec/language.md)
     #[arg(long, env = "KILN_REMOTE_CACHE", value_name = "URL")]
     pub remote_cache: Option<String>,
-    /// The REAPI instance name on the remote cache
-    #[arg(
-        long,
-        env = "KILN_REMOTE_INSTANCE",
-        value_name = "NAME",
-        default_value = ""
-    )]
-    pub remote_instance: String,
+    /// The REAPI instance name on the remote cache (default: the server's default instance)
+    #[arg(long, env = "KILN_REMOTE_INSTANCE", value_name = "NAME")]
+    pub remote_instance: Option<String>,
     /// A header sent to the remote cache (repeatable): `NAME=VALUE`, or `NAME=$VAR` to take the value from an environment variable
     #[arg(long = "remote-header", value_name = "NAME=VALUE")]
     pub remote_headers: Vec<String>,
-    /// Upload results built here to the remote cache (`false` for machines that only read)
-    #[arg(long, env = "KILN_REMOTE_UPLOAD", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub remote_upload: bool,
-    /// The longest the remote cache may take to answer before the build goes on without it
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub remote_timeout: u64,
+    /// Upload results built here to the remote cache (`false` for machines that only read; default true)
+    #[arg(long, env = "KILN_REMOTE_UPLOAD", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub remote_upload: Option<bool>,
+    /// The longest the remote cache may take to answer before the build goes on without it (default 10)
+    #[arg(long, value_name = "SECONDS")]
+    pub remote_timeout: Option<u64>,
     /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
     #[arg(long, hide = true)]
     pub load: bool,
@@ -221,48 +216,139 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         secrets: secrets(&args.secrets)?,
         ssh: ssh(&args.ssh)?,
         allow_export_outside: args.allow_export_outside,
-        remote: remote(args)?,
+        remote: None,
     })
 }
 
-/// The remote cache's settings, from `--remote-*` (headers whose value is
-/// `$VAR` read from the environment, so a token stays out of the command
-/// line).
-fn remote(args: &BuildArgs) -> Result<Option<crate::store::remote::Settings>, Diagnostic> {
-    let Some(url) = args.remote_cache.clone().filter(|u| !u.is_empty()) else {
+/// The remote cache's settings: `--remote-*` (and their environment
+/// variables) over the settings file's `remote-cache`, which counts only
+/// for the server it names (its headers may hold another server's
+/// token). Header values `$VAR` are read from the environment, so a token
+/// stays out of command lines and files.
+fn remote(
+    args: &BuildArgs,
+    sources: &Sources,
+) -> Result<Option<crate::store::remote::Settings>, Failure> {
+    let file = settings_file(sources)?.and_then(|c| c.remote);
+    let cli_url = args.remote_cache.clone().filter(|u| !u.is_empty());
+    let file = file.filter(|f| cli_url.as_ref().is_none_or(|u| *u == f.url.value));
+    let Some(url) = cli_url.or_else(|| file.as_ref().map(|f| f.url.value.clone())) else {
         return Ok(None);
     };
-    let mut headers = Vec::new();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut set = |name: &str, value: String| {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        headers.push((name.to_string(), value));
+    };
+    for (name, value) in file.iter().flat_map(|f| &f.headers) {
+        let value = header_value(&value.value).map_err(|(var, help)| {
+            Diagnostic::new(
+                Code::CONFIG,
+                format!(
+                    "header `{}` names the environment variable `{var}`, which is not set",
+                    name.value
+                ),
+            )
+            .with_label(value.span, "read from the environment")
+            .with_help(help)
+        })?;
+        set(&name.value, value);
+    }
     for h in &args.remote_headers {
         let Some((name, value)) = h.split_once('=').filter(|(n, _)| !n.trim().is_empty()) else {
             return Err(Diagnostic::new(
                 Code::CLI_REMOTE,
                 format!("`--remote-header {h}` is not NAME=VALUE"),
-            ));
+            )
+            .into());
         };
-        let value = match value.strip_prefix('$') {
-            Some(var) => std::env::var(var).map_err(|_| {
-                Diagnostic::new(
-                    Code::CLI_REMOTE,
-                    format!("`--remote-header {h}` names the environment variable `{var}`, which is not set"),
-                )
-                .with_help(format!("set it (`export {var}=…`), or write the value itself"))
-            })?,
-            None => value.to_string(),
-        };
-        headers.push((name.trim().to_string(), value));
+        let value = header_value(value).map_err(|(var, help)| {
+            Diagnostic::new(
+                Code::CLI_REMOTE,
+                format!(
+                    "`--remote-header {h}` names the environment variable `{var}`, which is not set"
+                ),
+            )
+            .with_help(help)
+        })?;
+        set(name.trim(), value);
     }
     let settings = crate::store::remote::Settings {
         url,
-        instance: args.remote_instance.clone(),
+        instance: args
+            .remote_instance
+            .clone()
+            .or_else(|| file.as_ref().and_then(|f| f.instance.clone()))
+            .unwrap_or_default(),
         headers,
-        upload: args.remote_upload,
-        timeout: std::time::Duration::from_secs(args.remote_timeout.max(1)),
+        upload: args
+            .remote_upload
+            .or_else(|| file.as_ref().and_then(|f| f.upload))
+            .unwrap_or(true),
+        timeout: std::time::Duration::from_secs(
+            args.remote_timeout
+                .or_else(|| {
+                    file.as_ref()
+                        .and_then(|f| f.timeout.as_ref().map(|t| t.value))
+                })
+                .unwrap_or(10)
+                .max(1),
+        ),
     };
-    settings
-        .check()
-        .map_err(|e| Diagnostic::new(Code::CLI_REMOTE, e))?;
+    if let Err(e) = settings.check() {
+        let d = match file.filter(|f| f.url.value == settings.url) {
+            Some(f) => Diagnostic::new(Code::CONFIG, e)
+                .with_label(f.url.span, "the settings file's remote cache")
+                .with_help("write `remote-cache \"grpc://HOST:PORT\"` (or grpcs://)"),
+            None => Diagnostic::new(Code::CLI_REMOTE, e),
+        };
+        return Err(d.into());
+    }
     Ok(Some(settings))
+}
+
+/// A header's value: `$VAR` read from the environment (else the
+/// variable's name and what to do), or the value itself.
+fn header_value(value: &str) -> Result<String, (String, String)> {
+    match value.strip_prefix('$') {
+        Some(var) => std::env::var(var).map_err(|_| {
+            (
+                var.to_string(),
+                format!("set it (`export {var}=…`), or write the value itself"),
+            )
+        }),
+        None => Ok(value.to_string()),
+    }
+}
+
+/// The settings file: `KILN_CONFIG` when set (it must exist), else the
+/// user's (`$XDG_CONFIG_HOME/kiln/config.kdl`, `~/.config/kiln/…`) or the
+/// machine's (`/etc/kiln/config.kdl`), the first that exists.
+fn settings_file(
+    sources: &Sources,
+) -> Result<Option<crate::frontend::kdl::config::Config>, Failure> {
+    let named = std::env::var_os("KILN_CONFIG").filter(|p| !p.is_empty());
+    let path = match named {
+        Some(p) => Some(std::path::PathBuf::from(p)),
+        None => {
+            let user = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config"))
+                })
+                .map(|d| d.join("kiln").join("config.kdl"));
+            user.into_iter()
+                .chain([std::path::PathBuf::from("/etc/kiln/config.kdl")])
+                .find(|p| p.is_file())
+        }
+    };
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    crate::frontend::kdl::config::load(&path, sources)
+        .map(Some)
+        .map_err(Failure::from)
 }
 
 /// A build's files get the same modes whatever umask kiln was started
@@ -276,7 +362,8 @@ pub(super) fn fixed_umask() {
 pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     fixed_umask();
     docker_flags(args)?;
-    let req = request(args)?;
+    let mut req = request(args)?;
+    req.remote = remote(args, sources)?;
     let plan = pipeline::plan(&req, sources)?;
     let reporter = progress::reporter(args.progress);
     let progress = Progress::new(reporter.as_ref());

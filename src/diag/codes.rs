@@ -76,6 +76,7 @@ codes! {
     CLI_PLATFORM = "kiln::cli::platform", User, "write `--platform linux/amd64` (OS/ARCH[/VARIANT])";
     CLI_SECRET = "kiln::cli::secret", User, "write `--secret id=NAME,src=FILE` or `--secret id=NAME,env=VAR`";
     CLI_SIZE = "kiln::cli::size", User, "write a size like `500MiB` or `16GiB`";
+    CONFIG = "kiln::config", User, "see spec/language.md, \"Settings files\"";
     CLI_REMOTE = "kiln::cli::remote", User, "write `--remote-cache grpc://HOST:PORT` (or grpcs://), and headers as `--remote-header NAME=VALUE`";
     REMOTE_CACHE = "kiln::remote::cache", Environment, "check the address, or build without `--remote-cache`";
     CLI_SSH = "kiln::cli::ssh", User, "start an agent (`eval $(ssh-agent)`), or write `--ssh default=SOCKET`";

@@ -535,3 +535,103 @@ fn closing_proxy(upstream: u16, budget: usize) -> u16 {
     });
     port
 }
+
+/// A settings file (`KILN_CONFIG`) sets the remote cache once: machine A
+/// uploads and machine B takes every step without a `--remote-*` flag;
+/// the file's settings count only for the server it names.
+#[test]
+fn a_settings_file_sets_the_remote_cache_once() {
+    let Some(grid) = Grid::start() else {
+        return;
+    };
+    let (Some(a), Some(b), Some(c)) = (machine(SPEC), machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    let settings = tempfile::tempdir().unwrap();
+    let file = settings.path().join("config.kdl");
+    std::fs::write(
+        &file,
+        format!(
+            "// the team's cache\nremote-cache \"{}\" timeout=5 {{\n    header \"authorization\" \"$KILN_TEST_CACHE_TOKEN\"\n}}\n",
+            grid.url()
+        ),
+    )
+    .unwrap();
+    let vars = [
+        ("KILN_CONFIG", file.to_str().unwrap()),
+        ("KILN_TEST_CACHE_TOKEN", "Bearer t0ken"),
+    ];
+    let build = |p: &Project| p.kiln_env(&["build", "--progress", "json"], &vars);
+    let up = build(&a);
+    up.ok();
+    assert!(remote_event(&up)["results_uploaded"].as_u64().unwrap() >= 2);
+    let taken = build(&b);
+    taken.ok();
+    assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
+    assert!(remote_event(&taken)["found"].as_u64().unwrap() >= 2);
+    // Another server on the command line: the file's settings (and its
+    // token) are not used for it; a server that is not there warns once.
+    let other = format!("grpc://127.0.0.1:{}", free_port());
+    let r = c.kiln_env(
+        &[
+            "build",
+            "--progress",
+            "json",
+            "--remote-cache",
+            &other,
+            "--remote-timeout",
+            "2",
+        ],
+        &vars,
+    );
+    r.ok();
+    assert!(!r.ran().is_empty());
+    assert_eq!(
+        r.stderr.matches("kiln::remote::cache").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    // A variable the file names that is not set: an error at its place.
+    let r = c.kiln_env(&["build"], &[("KILN_CONFIG", file.to_str().unwrap())]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("`KILN_TEST_CACHE_TOKEN`, which is not set")
+            && r.stderr.contains("config.kdl:3:"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A settings file with mistakes fails the build before anything runs,
+/// naming each mistake's line and column.
+#[test]
+fn a_settings_file_with_mistakes_is_refused_with_places() {
+    let p = Project::new();
+    p.spec("kiln 1\nstage s {\n    write \"/a\" \"a\"\n}\n");
+    let settings = tempfile::tempdir().unwrap();
+    let file = settings.path().join("config.kdl");
+    std::fs::write(
+        &file,
+        "remote-cache \"grpc://127.0.0.1:1\" timeout=\"soon\" uplaod=#false\nremote-cahce \"x\"\n",
+    )
+    .unwrap();
+    let r = p.kiln_env(&["build"], &[("KILN_CONFIG", file.to_str().unwrap())]);
+    assert_ne!(r.code, 0);
+    for want in [
+        "`timeout=soon` is not a number of seconds",
+        "config.kdl:1:",
+        "uplaod",
+        "unknown setting `remote-cahce`",
+        "did you mean `remote-cache`?",
+        "config.kdl:2:1",
+    ] {
+        assert!(r.stderr.contains(want), "no `{want}` in:\n{}", r.stderr);
+    }
+    assert!(!p.exists("out"));
+    // A named file that is not there is an error too.
+    let r = p.kiln_env(&["build"], &[("KILN_CONFIG", "/nonexistent/kiln.kdl")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent/kiln.kdl"), "{}", r.stderr);
+}

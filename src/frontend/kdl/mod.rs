@@ -6,6 +6,7 @@
 //! problem it finds, not just the first. Knows nothing of stages' meaning:
 //! name resolution and substitution happen in `ir`.
 
+pub mod config;
 mod depth;
 pub mod emit;
 mod node;
@@ -343,35 +344,7 @@ impl Loader<'_> {
     }
 
     fn kdl_error(&mut self, id: SourceId, err: &::kdl::KdlError) {
-        let name = self
-            .sources
-            .get(id)
-            .map(|f| f.name.clone())
-            .unwrap_or_default();
-        if err.diagnostics.is_empty() {
-            self.diags.push(Diagnostic::new(
-                Code::SPEC_SYNTAX,
-                format!("`{name}` is not valid KDL"),
-            ));
-        }
-        for kd in &err.diagnostics {
-            let message = kd
-                .message
-                .clone()
-                .unwrap_or_else(|| "invalid KDL syntax".to_string());
-            let mut d = Diagnostic::new(
-                Code::SPEC_SYNTAX,
-                format!("KDL syntax: {}", lower_first(&message)),
-            )
-            .with_label(
-                Span::new(id, kd.span.offset(), kd.span.len()),
-                kd.label.clone().unwrap_or_else(|| "here".into()),
-            );
-            d = d.with_help(kd.help.clone().unwrap_or_else(|| {
-                "see spec/language.md for the syntax; strings need double quotes when they contain spaces or special characters".to_string()
-            }));
-            self.diags.push(d);
-        }
+        self.diags.extend(syntax_errors(id, err, self.sources));
     }
 
     fn version(&mut self, n: &Node) {
@@ -789,6 +762,37 @@ pub fn display_path(path: &Path) -> String {
         return rel.display().to_string();
     }
     path.display().to_string()
+}
+
+/// A KDL syntax error of the file `id`, one diagnostic per problem.
+pub(crate) fn syntax_errors(id: SourceId, err: &::kdl::KdlError, sources: &Sources) -> Diagnostics {
+    let name = sources.get(id).map(|f| f.name.clone()).unwrap_or_default();
+    let mut out = Diagnostics::new();
+    if err.diagnostics.is_empty() {
+        out.push(Diagnostic::new(
+            Code::SPEC_SYNTAX,
+            format!("`{name}` is not valid KDL"),
+        ));
+    }
+    for kd in &err.diagnostics {
+        let message = kd
+            .message
+            .clone()
+            .unwrap_or_else(|| "invalid KDL syntax".to_string());
+        let d = Diagnostic::new(
+            Code::SPEC_SYNTAX,
+            format!("KDL syntax: {}", lower_first(&message)),
+        )
+        .with_label(
+            Span::new(id, kd.span.offset(), kd.span.len()),
+            kd.label.clone().unwrap_or_else(|| "here".into()),
+        )
+        .with_help(kd.help.clone().unwrap_or_else(|| {
+            "see spec/language.md for the syntax; strings need double quotes when they contain spaces or special characters".to_string()
+        }));
+        out.push(d);
+    }
+    out
 }
 
 #[cfg(test)]
