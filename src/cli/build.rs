@@ -72,6 +72,12 @@ pub struct BuildArgs {
     /// The longest the remote cache may take to answer before the build goes on without it (default 10)
     #[arg(long, value_name = "SECONDS")]
     pub remote_timeout: Option<u64>,
+    /// Look results up in a cache kept in a registry, as buildx does: `type=registry,ref=REG/NAME:TAG`
+    #[arg(long, value_name = "type=registry,ref=REF")]
+    pub cache_from: Option<String>,
+    /// Write this build's results to a cache kept in a registry: `type=registry,ref=REG/NAME:TAG`
+    #[arg(long, value_name = "type=registry,ref=REF")]
+    pub cache_to: Option<String>,
     /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
     #[arg(long, hide = true)]
     pub load: bool,
@@ -229,8 +235,24 @@ fn remote(
     args: &BuildArgs,
     sources: &Sources,
 ) -> Result<Option<crate::store::remote::Settings>, Failure> {
-    let file = settings_file(sources)?.and_then(|c| c.remote);
+    let config = settings_file(sources)?.unwrap_or_default();
     let cli_url = args.remote_cache.clone().filter(|u| !u.is_empty());
+    if let Some(registry) = registry_cache(args, &config, cli_url.is_some())? {
+        let settings = crate::store::remote::Settings {
+            url: match (&registry.from, &registry.to) {
+                (Some(f), Some(t)) if f != t => format!("{f}` and `{t}"),
+                (Some(r), _) | (None, Some(r)) => r.clone(),
+                (None, None) => String::new(),
+            },
+            instance: String::new(),
+            headers: Vec::new(),
+            upload: registry.to.is_some(),
+            timeout: std::time::Duration::from_secs(args.remote_timeout.unwrap_or(10).max(1)),
+            registry: Some(registry),
+        };
+        return Ok(Some(settings));
+    }
+    let file = config.remote;
     let file = file.filter(|f| cli_url.as_ref().is_none_or(|u| *u == f.url.value));
     let Some(url) = cli_url.or_else(|| file.as_ref().map(|f| f.url.value.clone())) else {
         return Ok(None);
@@ -294,6 +316,7 @@ fn remote(
                 .unwrap_or(10)
                 .max(1),
         ),
+        registry: None,
     };
     if let Err(e) = settings.check() {
         let d = match file.filter(|f| f.url.value == settings.url) {
@@ -305,6 +328,133 @@ fn remote(
         return Err(d.into());
     }
     Ok(Some(settings))
+}
+
+/// The registry cache: `--cache-from`/`--cache-to`, else the settings
+/// file's `cache-from`/`cache-to` when the command line names no cache.
+/// One remote cache at a time: a registry's or a REAPI server's.
+fn registry_cache(
+    args: &BuildArgs,
+    config: &crate::frontend::kdl::config::Config,
+    cli_url: bool,
+) -> Result<Option<crate::store::remote::registry::RegistryCache>, Failure> {
+    use crate::store::remote::registry::RegistryCache;
+    let cli = |flag: &str, v: &Option<String>| -> Result<Option<String>, Failure> {
+        v.as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                cache_ref(v).map_err(|e| {
+                    Failure::from(
+                        Diagnostic::new(Code::CLI_REMOTE, format!("`--{flag} {v}`: {e}"))
+                            .with_help(format!(
+                                "write `--{flag} type=registry,ref=REG/NAME:TAG`, as with buildx"
+                            )),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (from, to) = (
+        cli("cache-from", &args.cache_from)?,
+        cli("cache-to", &args.cache_to)?,
+    );
+    let (from, to) = if from.is_some() || to.is_some() {
+        if cli_url {
+            return Err(Diagnostic::new(
+                Code::CLI_REMOTE,
+                "`--remote-cache` and `--cache-from`/`--cache-to` name two remote caches: kiln uses one at a time",
+            )
+            .into());
+        }
+        (from, to)
+    } else if cli_url {
+        return Ok(None);
+    } else {
+        let file = |name: &str, v: &Option<crate::diag::Spanned<String>>| {
+            v.as_ref()
+                .map(|v| {
+                    cache_ref(&v.value).map_err(|e| {
+                        Failure::from(
+                            Diagnostic::new(Code::CONFIG, e)
+                                .with_label(v.span, "not a registry cache")
+                                .with_help(format!(
+                                    "write `{name} \"type=registry,ref=REG/NAME:TAG\"`"
+                                )),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let (from, to) = (
+            file("cache-from", &config.cache_from)?,
+            file("cache-to", &config.cache_to)?,
+        );
+        if let (Some(r), true) = (&config.remote, from.is_some() || to.is_some()) {
+            return Err(Diagnostic::new(
+                Code::CONFIG,
+                "the settings file names two remote caches (`remote-cache` and `cache-from`/`cache-to`): kiln uses one at a time",
+            )
+            .with_label(r.url.span, "one")
+            .into());
+        }
+        (from, to)
+    };
+    if from.is_none() && to.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(RegistryCache {
+        from,
+        to: to.filter(|_| args.remote_upload != Some(false)),
+    }))
+}
+
+/// The reference of a `--cache-from`/`--cache-to` value, as buildx
+/// writes it: `type=registry,ref=REG/NAME:TAG` (`mode=max` is taken: kiln
+/// keeps every step). An error says what is wrong.
+fn cache_ref(value: &str) -> Result<String, String> {
+    let mut pairs = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not KEY=VALUE"))?;
+        pairs.push((k.trim(), v.trim()));
+    }
+    let get = |key: &str| pairs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    match get("type") {
+        Some("registry") => {}
+        Some(other) => {
+            return Err(format!(
+                "`type={other}` is not a cache kiln keeps: use `type=registry,ref=REG/NAME:TAG`, or `--remote-cache` for a Remote Execution API server"
+            ));
+        }
+        None => return Err("no `type=registry`".into()),
+    }
+    for (k, v) in &pairs {
+        match *k {
+            "type" | "ref" => {}
+            "mode" if *v == "max" => {}
+            "mode" => {
+                return Err(format!(
+                    "`mode={v}`: kiln keeps every step's result (`mode=max`)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{other}=` is not a cache option kiln takes (type, ref, mode)"
+                ));
+            }
+        }
+    }
+    let reference = get("ref")
+        .filter(|r| !r.is_empty())
+        .ok_or("no `ref=REG/NAME:TAG`")?;
+    let parsed = crate::image::reference::parse_registry(reference).map_err(|e| e.0)?;
+    if parsed.digest.is_some() {
+        return Err(format!(
+            "`ref={reference}` names a digest: a cache is kept under a tag (`REG/NAME:TAG`)"
+        ));
+    }
+    Ok(reference.to_string())
 }
 
 /// A header's value: `$VAR` read from the environment (else the

@@ -108,14 +108,19 @@ impl Registry {
         if !fresh && let Some(h) = &self.pull_auth {
             return Ok(h.clone());
         }
+        let header = self.header_for(RegistryOperation::Pull)?;
+        self.pull_auth = Some(header.clone());
+        Ok(header)
+    }
+
+    /// The `Authorization` header for `op`: the registry's bearer token
+    /// (the client runs the challenge), or the basic credentials.
+    fn header_for(&mut self, op: RegistryOperation) -> Result<Option<String>, ImageError> {
         let token = self
             .rt
-            .block_on(
-                self.client
-                    .auth(&self.reference, &self.auth, RegistryOperation::Pull),
-            )
+            .block_on(self.client.auth(&self.reference, &self.auth, op))
             .map_err(|e| self.err("cannot authenticate to", e))?;
-        let header = match (token, &self.auth) {
+        Ok(match (token, &self.auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Basic(u, p)) => {
                 use base64::Engine;
@@ -125,9 +130,26 @@ impl Registry {
                 ))
             }
             (None, _) => None,
+        })
+    }
+
+    /// How to speak to the repository directly, for kiln's cache kept in
+    /// it: its base URL (`…/v2/NAME`) and the `Authorization` header for
+    /// pulling, or pushing (which takes pulling too); `fresh` asks the
+    /// registry for a new token (the last one was refused).
+    fn access(&mut self, push: bool, fresh: bool) -> Result<(String, Option<String>), ImageError> {
+        let base = format!(
+            "{}://{}/v2/{}",
+            if self.plain { "http" } else { "https" },
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        );
+        let header = if push {
+            self.header_for(RegistryOperation::Push)?
+        } else {
+            self.pull_header(fresh)?
         };
-        self.pull_auth = Some(header.clone());
-        Ok(header)
+        Ok((base, header))
     }
 
     /// A manifest or index (`reference` is a tag or a digest), read up to
@@ -246,6 +268,34 @@ impl Registry {
             d.to_string(),
         )
     }
+}
+
+/// The repository of a registry cache (`--cache-to type=registry,…`).
+impl crate::store::remote::registry::Repository for Registry {
+    fn access(&mut self, push: bool, fresh: bool) -> Result<(String, Option<String>), String> {
+        Registry::access(self, push, fresh).map_err(|e| e.to_string())
+    }
+
+    fn tag(&self) -> String {
+        self.reference.tag().unwrap_or("latest").to_string()
+    }
+}
+
+/// Open the repository of a registry cache: `reference` is
+/// `REG/NAME:TAG` (a digest is refused: a cache is kept under a tag).
+pub fn cache_repository(
+    reference: &str,
+    access: &Access,
+) -> Result<Box<dyn crate::store::remote::registry::Repository>, String> {
+    let r = super::reference::parse_registry(reference).map_err(|e| e.0)?;
+    if r.digest.is_some() {
+        return Err(format!(
+            "`{reference}` names a digest: a cache is kept under a tag (`REG/NAME:TAG`)"
+        ));
+    }
+    Ok(Box::new(
+        Registry::new(&r, access).map_err(|e| e.to_string())?,
+    ))
 }
 
 /// What a push did.

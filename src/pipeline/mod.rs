@@ -519,7 +519,14 @@ pub fn run(
     let remote = req
         .remote
         .as_ref()
-        .map(|s| crate::store::remote::Remote::connect(s.clone()))
+        .map(|s| {
+            let access = crate::image::Access {
+                insecure: req.insecure_registries.clone(),
+            };
+            crate::store::remote::Remote::connect(s.clone(), &|r, _push| {
+                crate::image::registry::cache_repository(r, &access)
+            })
+        })
         .transpose()
         .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))?;
     let tiered = remote

@@ -54,13 +54,15 @@ pub fn walkdir(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn skopeo(args: &[&str]) {
+/// Run skopeo, which must succeed; its output.
+pub fn skopeo(args: &[&str]) -> Vec<u8> {
     let out = Command::new("skopeo").args(args).output().unwrap();
     assert!(
         out.status.success(),
         "skopeo {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 /// The digest of the manifest a layout's index names first.
@@ -197,8 +199,13 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Where the registry keeps what it holds.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// Push a layout's image as `name`.
-    fn push(&self, from: &str, name: &str, creds: Option<&str>) {
+    pub fn push(&self, from: &str, name: &str, creds: Option<&str>) {
         let dest = format!("docker://{}/{name}", self.host());
         let mut args = vec!["copy", "--dest-tls-verify=false"];
         if let Some(c) = creds {
@@ -547,7 +554,7 @@ fn registries_that_want_a_bearer_token_get_one_from_the_docker_config_credential
 }
 
 /// Standard base64, as the Docker config file holds credentials.
-fn base64(text: &str) -> String {
+pub(crate) fn base64(text: &str) -> String {
     const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in text.as_bytes().chunks(3) {

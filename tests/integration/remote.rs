@@ -19,7 +19,7 @@ struct Grid {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -103,17 +103,17 @@ impl Drop for Grid {
     }
 }
 
-const SPEC: &str = crate::shared::ON_BUSYBOX;
+pub(crate) const SPEC: &str = crate::shared::ON_BUSYBOX;
 
 /// The same steps, after a stage inserted before them (and never built).
-fn spec_with_a_stage_before() -> String {
+pub(crate) fn spec_with_a_stage_before() -> String {
     SPEC.replace(
         "stage s {",
         "stage other {\n    from image=\"IMAGE\"\n    run \"echo other > /other.txt\"\n}\nstage s {",
     )
 }
 
-fn machine(spec: &str) -> Option<Project> {
+pub(crate) fn machine(spec: &str) -> Option<Project> {
     if !sandbox_ready() {
         return None;
     }
@@ -125,7 +125,7 @@ fn machine(spec: &str) -> Option<Project> {
 }
 
 /// Every file below `dir` with its bytes.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -145,7 +145,7 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn remote_event(r: &crate::harness::Run) -> serde_json::Value {
+pub(crate) fn remote_event(r: &crate::harness::Run) -> serde_json::Value {
     let events = r.events_of("remote_cache");
     assert_eq!(events.len(), 1, "{}", r.stderr);
     events[0].clone()

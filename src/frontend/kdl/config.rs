@@ -15,7 +15,7 @@ use std::path::Path;
 use super::node::Node;
 
 /// The nodes a settings file may hold.
-const NODES: &[&str] = &["remote-cache"];
+const NODES: &[&str] = &["remote-cache", "cache-from", "cache-to"];
 
 /// The remote cache as a settings file gives it. A value is `None` when
 /// the file leaves it to the default.
@@ -34,6 +34,10 @@ pub struct RemoteConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub remote: Option<RemoteConfig>,
+    /// `cache-from "type=registry,ref=…"`, as written.
+    pub cache_from: Option<Spanned<String>>,
+    /// `cache-to "type=registry,ref=…"`, as written.
+    pub cache_to: Option<Spanned<String>>,
 }
 
 /// Read the settings file at `path` (added to `sources`, so errors show
@@ -71,6 +75,26 @@ fn parse(id: SourceId, sources: &Sources) -> Result<Config, Diagnostics> {
                     );
                 }
                 config.remote = remote(&n, &mut d);
+            }
+            name @ ("cache-from" | "cache-to") => {
+                let usage = format!("{name} \"type=registry,ref=REG/NAME:TAG\"");
+                n.arity(1, Some(1), &usage, &mut d);
+                n.no_props(&mut d);
+                n.no_children(&mut d);
+                // Read as `--cache-from`/`--cache-to` are, where they are used.
+                let value = n.str_arg(0, &mut d);
+                let slot = if name == "cache-from" {
+                    &mut config.cache_from
+                } else {
+                    &mut config.cache_to
+                };
+                if slot.is_some() {
+                    d.push(
+                        Diagnostic::new(Code::CONFIG, format!("`{name}` is set twice"))
+                            .with_label(n.name_span(), "the second one"),
+                    );
+                }
+                *slot = value;
             }
             other => {
                 let mut diag = Diagnostic::new(Code::CONFIG, format!("unknown setting `{other}`"))

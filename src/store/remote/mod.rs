@@ -14,10 +14,15 @@
 //! machine that takes the result needs no byte of the tree until it reads
 //! one ("build without the bytes": [`tiered::Tiered`]).
 //!
+//! The same cache can be kept in an OCI registry instead ([`registry`]:
+//! `--cache-to`/`--cache-from type=registry,ref=…`): the same Actions,
+//! results and blobs, as artifacts under an index at a tag.
+//!
 //! Faults cost one bounded wait: the first call that fails or times out
 //! turns the remote off for the rest of the build, with one warning.
 
 pub mod map;
+pub mod registry;
 pub mod tiered;
 
 use crate::model::digest::hex;
@@ -41,12 +46,18 @@ pub struct Settings {
     pub upload: bool,
     /// The longest a call may take before the remote is given up on.
     pub timeout: Duration,
+    /// The cache is kept in a registry instead (`url` then names it in
+    /// messages).
+    pub registry: Option<registry::RegistryCache>,
 }
 
 impl Settings {
     /// Whether the settings can be used: the URL ([`Settings::endpoint`])
     /// and each header's name and value.
     pub fn check(&self) -> Result<(), String> {
+        if self.registry.is_some() {
+            return Ok(());
+        }
         self.endpoint()?;
         for (k, v) in &self.headers {
             tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
@@ -136,7 +147,7 @@ pub struct Tally {
 pub struct Remote {
     settings: Settings,
     rt: tokio::runtime::Runtime,
-    channel: tonic::transport::Channel,
+    link: Link,
     /// What the server said it takes, asked on first use (a build whose
     /// every step is found here asks the server nothing).
     caps: std::sync::OnceLock<Caps>,
@@ -151,6 +162,14 @@ pub struct Remote {
     uploaded_bytes: AtomicU64,
     downloaded_bytes: AtomicU64,
     results_uploaded: AtomicU64,
+}
+
+/// How the cache is spoken to.
+enum Link {
+    /// A REAPI server over gRPC.
+    Grpc(tonic::transport::Channel),
+    /// An OCI registry.
+    Registry(Box<registry::Link>),
 }
 
 /// What the server takes.
@@ -176,31 +195,21 @@ impl Remote {
     /// and, when results are to be uploaded, let clients update its
     /// Action Cache. A server that cannot be reached is not an error here:
     /// the remote is down from the start, with its warning.
-    pub fn connect(settings: Settings) -> Result<Remote, String> {
-        let endpoint = settings.endpoint()?;
+    pub fn connect(settings: Settings, open: &registry::Open<'_>) -> Result<Remote, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kiln-remote")
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the remote cache's client: {e}"))?;
-        let ep = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| format!("`{}` is not a usable address: {e}", settings.url))?
-            .connect_timeout(settings.timeout);
-        let ep = if endpoint.starts_with("https://") {
-            ep.tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
-                .map_err(|e| format!("cannot set up TLS for `{}`: {e}", settings.url))?
-        } else {
-            ep
+        let link = match &settings.registry {
+            Some(r) => Link::Registry(Box::new(registry::Link::new(r, open)?)),
+            None => Link::Grpc(Self::channel(&settings, &rt)?),
         };
-        let channel = {
-            let _guard = rt.enter();
-            ep.connect_lazy()
-        };
-        let remote = Remote {
+        Ok(Remote {
             settings,
             rt,
-            channel,
+            link,
             caps: std::sync::OnceLock::new(),
             down: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
@@ -210,8 +219,34 @@ impl Remote {
             uploaded_bytes: AtomicU64::new(0),
             downloaded_bytes: AtomicU64::new(0),
             results_uploaded: AtomicU64::new(0),
+        })
+    }
+
+    /// A lazily connected gRPC channel to the server.
+    fn channel(
+        settings: &Settings,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<tonic::transport::Channel, String> {
+        let endpoint = settings.endpoint()?;
+        let ep = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| format!("`{}` is not a usable address: {e}", settings.url))?
+            .connect_timeout(settings.timeout);
+        let ep = if endpoint.starts_with("https://") {
+            ep.tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                .map_err(|e| format!("cannot set up TLS for `{}`: {e}", settings.url))?
+        } else {
+            ep
         };
-        Ok(remote)
+        let _guard = rt.enter();
+        Ok(ep.connect_lazy())
+    }
+
+    /// The gRPC channel, or the registry to go to instead.
+    fn grpc(&self) -> Result<tonic::transport::Channel, &registry::Link> {
+        match &self.link {
+            Link::Grpc(c) => Ok(c.clone()),
+            Link::Registry(r) => Err(r),
+        }
     }
 
     /// The server's capabilities, read once: it must keep a cache and
@@ -227,7 +262,10 @@ impl Remote {
     }
 
     fn read_caps(&self) -> Option<Caps> {
-        let mut client = re::capabilities_client::CapabilitiesClient::new(self.channel.clone())
+        let Ok(channel) = self.grpc() else {
+            return None;
+        };
+        let mut client = re::capabilities_client::CapabilitiesClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::GetCapabilitiesRequest {
             instance_name: self.settings.instance.clone(),
@@ -276,12 +314,27 @@ impl Remote {
     /// Whether uploads were asked for (and the remote is not down), without
     /// asking the server anything.
     pub fn wants_uploads(&self) -> bool {
-        self.settings.upload && !self.is_down()
+        let writes = match &self.link {
+            Link::Grpc(_) => self.settings.upload,
+            Link::Registry(r) => r.writes(),
+        };
+        writes && !self.is_down()
     }
 
     /// Whether results built here are to be uploaded.
     pub fn uploads(&self) -> bool {
-        self.settings.upload && self.caps().is_some_and(|c| c.updates)
+        match &self.link {
+            Link::Grpc(_) => self.settings.upload && self.caps().is_some_and(|c| c.updates),
+            Link::Registry(r) => r.writes() && !self.is_down(),
+        }
+    }
+
+    /// What must be written once the build's results are recorded (the
+    /// registry's tag; nothing over REAPI).
+    pub fn flush(&self) {
+        if let Link::Registry(r) = &self.link {
+            r.flush(self);
+        }
     }
 
     pub fn is_down(&self) -> bool {
@@ -407,7 +460,11 @@ impl Remote {
 
     /// The ActionResult recorded for `action`, if any.
     pub fn action_result(&self, action: Sha) -> Option<re::ActionResult> {
-        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone())
+        let channel = match self.grpc() {
+            Ok(c) => c,
+            Err(r) => return r.action_result(self, action),
+        };
+        let mut client = re::action_cache_client::ActionCacheClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::GetActionResultRequest {
             instance_name: self.settings.instance.clone(),
@@ -423,7 +480,11 @@ impl Remote {
 
     /// Record `result` for `action`.
     pub fn record(&self, action: Sha, result: re::ActionResult) -> bool {
-        let mut client = re::action_cache_client::ActionCacheClient::new(self.channel.clone())
+        let channel = match self.grpc() {
+            Ok(c) => c,
+            Err(r) => return r.record(self, action, result),
+        };
+        let mut client = re::action_cache_client::ActionCacheClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::UpdateActionResultRequest {
             instance_name: self.settings.instance.clone(),
@@ -445,11 +506,15 @@ impl Remote {
 
     /// Which of `blobs` the server lacks (all of them when it cannot say).
     pub fn missing(&self, blobs: &[Sha]) -> Option<Vec<Sha>> {
+        let channel = match self.grpc() {
+            Ok(c) => c,
+            Err(r) => return r.missing(self, blobs),
+        };
         let mut out = Vec::new();
         for chunk in blobs.chunks(10_000) {
             let mut client =
                 re::content_addressable_storage_client::ContentAddressableStorageClient::new(
-                    self.channel.clone(),
+                    channel.clone(),
                 );
             let req = self.request(re::FindMissingBlobsRequest {
                 instance_name: self.settings.instance.clone(),
@@ -467,7 +532,10 @@ impl Remote {
     /// Upload blobs (each read by `bytes` when its turn comes): small ones
     /// in batches, large ones by ByteStream. `false` when the remote went
     /// down on the way.
-    pub fn upload(&self, blobs: &[Sha], bytes: &dyn Fn(&Sha) -> Option<Vec<u8>>) -> bool {
+    pub fn upload(&self, blobs: &[Sha], bytes: &(dyn Fn(&Sha) -> Option<Vec<u8>> + Sync)) -> bool {
+        if let Err(r) = self.grpc() {
+            return r.upload(self, blobs, bytes);
+        }
         let mut batch: Vec<(Sha, Vec<u8>)> = Vec::new();
         let mut batch_size = 0u64;
         for sha in blobs {
@@ -502,11 +570,12 @@ impl Remote {
         }
         let total: u64 = batch.iter().map(|(s, _)| s.size).sum();
         let n = batch.len() as u64;
+        let Ok(channel) = self.grpc() else {
+            return false;
+        };
         let mut client =
-            re::content_addressable_storage_client::ContentAddressableStorageClient::new(
-                self.channel.clone(),
-            )
-            .max_decoding_message_size(MAX_MESSAGE);
+            re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(re::BatchUpdateBlobsRequest {
             instance_name: self.settings.instance.clone(),
             requests: batch
@@ -568,7 +637,10 @@ impl Remote {
             });
             offset = end;
         }
-        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone())
+        let Ok(channel) = self.grpc() else {
+            return false;
+        };
+        let mut client = bs::byte_stream_client::ByteStreamClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE);
         let mut req = self.request(futures_util::stream::iter(requests));
         let _ = &mut req;
@@ -602,10 +674,14 @@ impl Remote {
     /// A blob's bytes, checked against its SHA-256 (a wrong one is
     /// refused: `None`, and the remote is not trusted again this build).
     pub fn read(&self, sha: Sha) -> Option<Vec<u8>> {
+        let channel = match self.grpc() {
+            Ok(c) => c,
+            Err(r) => return r.read(self, sha),
+        };
         let data = if sha.size <= self.max_batch() {
             let mut client =
                 re::content_addressable_storage_client::ContentAddressableStorageClient::new(
-                    self.channel.clone(),
+                    channel,
                 );
             let req = self.request(re::BatchReadBlobsRequest {
                 instance_name: self.settings.instance.clone(),
@@ -645,6 +721,10 @@ impl Remote {
     /// SHA-256: the read that ends the stream fails if they do not match,
     /// and the remote is not trusted again this build.
     pub fn reader(&self, sha: Sha) -> Option<BlobStream<'_>> {
+        let channel = match self.grpc() {
+            Ok(c) => c,
+            Err(r) => return r.reader(self, sha),
+        };
         self.caps()?;
         let resource = format!(
             "{}blobs/{}/{}",
@@ -652,7 +732,7 @@ impl Remote {
             hex(&sha.hash),
             sha.size
         );
-        let mut client = bs::byte_stream_client::ByteStreamClient::new(self.channel.clone())
+        let mut client = bs::byte_stream_client::ByteStreamClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE);
         let req = self.request(bs::ReadRequest {
             resource_name: resource,
@@ -690,16 +770,7 @@ impl Remote {
                 }
             }
         });
-        Some(BlobStream {
-            remote: self,
-            sha,
-            rx,
-            part: Vec::new(),
-            at: 0,
-            seen: 0,
-            hasher: <sha2::Sha256 as sha2::Digest>::new(),
-            done: false,
-        })
+        Some(BlobStream::new(self, sha, rx))
     }
 
     fn instance_prefix(&self) -> String {
@@ -726,6 +797,25 @@ pub struct BlobStream<'r> {
     seen: u64,
     hasher: sha2::Sha256,
     done: bool,
+}
+
+impl<'r> BlobStream<'r> {
+    fn new(
+        remote: &'r Remote,
+        sha: Sha,
+        rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    ) -> BlobStream<'r> {
+        BlobStream {
+            remote,
+            sha,
+            rx,
+            part: Vec::new(),
+            at: 0,
+            seen: 0,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            done: false,
+        }
+    }
 }
 
 impl std::io::Read for BlobStream<'_> {
@@ -823,6 +913,7 @@ mod tests {
             headers: Vec::new(),
             upload: true,
             timeout: Duration::from_secs(1),
+            registry: None,
         }
     }
 
@@ -850,7 +941,10 @@ mod tests {
             .unwrap()
             .port();
         let start = std::time::Instant::now();
-        let r = Remote::connect(settings(&format!("grpc://127.0.0.1:{port}"))).unwrap();
+        let r = Remote::connect(settings(&format!("grpc://127.0.0.1:{port}")), &|_, _| {
+            Err("no registry".into())
+        })
+        .unwrap();
         // Nothing is asked before it is needed.
         assert!(!r.is_down());
         assert!(r.action_result(Sha::of(b"x")).is_none());

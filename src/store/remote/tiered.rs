@@ -460,6 +460,7 @@ impl<'a> Tiered<'a> {
                 break;
             }
         }
+        self.remote.flush();
         Ok(())
     }
 
@@ -678,13 +679,17 @@ mod tests {
     fn checks_made_here_are_kept_here() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::store::Access::Shared).unwrap();
-        let remote = Remote::connect(super::super::Settings {
-            url: "grpc://127.0.0.1:9".into(),
-            instance: String::new(),
-            headers: Vec::new(),
-            upload: true,
-            timeout: std::time::Duration::from_secs(1),
-        })
+        let remote = Remote::connect(
+            super::super::Settings {
+                url: "grpc://127.0.0.1:9".into(),
+                instance: String::new(),
+                headers: Vec::new(),
+                upload: true,
+                timeout: std::time::Duration::from_secs(1),
+                registry: None,
+            },
+            &|_, _| Err("no registry".into()),
+        )
         .unwrap();
         let t = Tiered::new(&store, &remote);
         let here: *const dyn ActionCache = t.here();
