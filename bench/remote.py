@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The remote cache against BuildGrid (not a test; nothing here asserts).
+"""The remote cache against BuildGrid and a registry (not a test; nothing
+here asserts).
 
 A spec on the Debian test image whose steps do real work (compile 24 C
 files with `gcc -O2`, link them, export the binary and objects). Two
@@ -13,6 +14,9 @@ cache:
   warm local   machine A again, every step in its own cache (the memo
                of its last build does not answer: a file is rewritten),
                without and with the remote configured
+  registry     the same A upload and B remote through Debian's
+               docker-registry on loopback (`--cache-to`/`--cache-from
+               type=registry,ref=…`)
 
 Median of `--runs` for the warm builds; the cold ones run once each
 (each from an empty state directory and, for A upload, an empty server).
@@ -98,6 +102,27 @@ def start_grid(bgd):
     raise SystemExit("BuildGrid did not start")
 
 
+def start_registry():
+    d = os.path.join(WORK, "registry")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    port = free_port()
+    with open(os.path.join(d, "config.yml"), "w") as f:
+        f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                f"    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    p = subprocess.Popen(["docker-registry", "serve", os.path.join(d, "config.yml")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, f"type=registry,ref=127.0.0.1:{port}/bench/cache:main"
+        except OSError:
+            time.sleep(0.1)
+    p.kill()
+    raise SystemExit("docker-registry did not start")
+
+
 def machine(name, images):
     d = os.path.join(WORK, name)
     shutil.rmtree(d, ignore_errors=True)
@@ -174,11 +199,22 @@ def main():
         grid.kill()
         grid.wait()
 
+    registry, ref = start_registry()
+    try:
+        ra_dir = machine("ra", images)
+        r_up, r_up_remote, _ = build(ra_dir, "--cache-to", ref)
+        rb_dir = machine("rb", images)
+        r_down, r_down_remote, rb_ran = build(rb_dir, "--cache-from", ref)
+    finally:
+        registry.kill()
+        registry.wait()
+
     lines = [
         f"## Remote cache against BuildGrid ({time.strftime('%Y-%m-%d')}, 2 cores)",
         "",
         f"{FILES} C files compiled with `gcc -O2` and linked on the Debian test image;",
-        "the binary exported. BuildGrid 0.4.4 on loopback, in-memory cache.",
+        "the binary exported. BuildGrid 0.4.4 on loopback, in-memory cache;",
+        "Debian's docker-registry 2.8 on loopback, file system storage.",
         "",
         "| build | time | steps run | remote |",
         "| --- | --- | --- | --- |",
@@ -190,8 +226,14 @@ def main():
         f"| A warm, no remote (median of {a.runs}) | {warm_plain:.1f} ms | 0 | - |",
         f"| A warm, remote configured (median of {a.runs}) | {warm_remote:.1f} ms | 0 | "
         f"{warm_r.get('found')} found |",
+        f"| A cold, uploading to a registry | {r_up:.0f} ms | {cold_ran} | "
+        f"{r_up_remote.get('results_uploaded')} results, {r_up_remote.get('uploaded_blobs')} blobs, "
+        f"{r_up_remote.get('uploaded_bytes', 0) / 1e6:.1f} MB up |",
+        f"| B from the registry | {r_down:.0f} ms | {rb_ran} | {r_down_remote.get('found')} found, "
+        f"{r_down_remote.get('downloaded_bytes', 0) / 1e3:.0f} KB down |",
         "",
-        f"B is {cold / down:.1f}× faster than A's cold build without a remote; it "
+        f"B is {cold / down:.1f}× faster than A's cold build without a remote "
+        f"({cold / r_down:.1f}× through the registry); it "
         f"downloaded {down_remote.get('downloaded_bytes', 0) / max(exported, 1):.2f}× "
         f"the size of its export ({exported / 1e3:.0f} KB).",
         "",

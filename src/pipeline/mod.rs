@@ -489,46 +489,20 @@ pub fn run(
             how: how.as_str().to_string(),
         });
     }
-    let mut notices = Vec::new();
-    let (jobs, capped) = jobs(req);
-    notices.extend(capped);
     let exclude = outputs(&state_dir, &exports);
     let settings = Settings {
         epoch: req.epoch,
         set_owner: rustix::process::geteuid().is_root(),
     };
-    let mut options = Options {
-        jobs,
-        no_cache: req.no_cache,
-        memo_key: (!req.no_cache)
-            .then(|| memo_key(sources, req, &roots, graph, &images, &urls))
-            .flatten(),
-        epoch: req.epoch,
-        unpack_limit: req.unpack_limit,
-        secrets: req.secrets.clone(),
-        ssh: Arc::new(req.ssh.clone()),
-        pins: Arc::new(urls),
-        scope: load::project_scope(&spec_path),
-    };
+    let (mut options, mut notices) =
+        options_of(req, sources, &roots, graph, &images, urls, &spec_path);
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
     let spec_name = std::path::absolute(&spec_path)
         .unwrap_or(spec_path.clone())
         .display()
         .to_string();
-    let remote = req
-        .remote
-        .as_ref()
-        .map(|s| {
-            let access = crate::image::Access {
-                insecure: req.insecure_registries.clone(),
-            };
-            crate::store::remote::Remote::connect(s.clone(), &|r, _push| {
-                crate::image::registry::cache_repository(r, &access)
-            })
-        })
-        .transpose()
-        .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))?;
+    let remote = connect_remote(req)?;
     let tiered = remote
         .as_ref()
         .map(|r| crate::store::remote::tiered::Tiered::new(&store, r));
@@ -611,24 +585,67 @@ pub fn run(
     } else {
         Vec::new()
     };
-    let results = states
-        .iter()
-        .map(|(n, s)| (n.clone(), s.digest()))
-        .collect();
-    let records = outcome.records.clone();
-    let interrupted = outcome.interrupted;
+    let report = Report {
+        results: states
+            .iter()
+            .map(|(n, s)| (n.clone(), s.digest()))
+            .collect(),
+        failures,
+        notices,
+        interrupted: outcome.interrupted,
+        states,
+        records: outcome.records.clone(),
+    };
     // The process ends soon: freeing large structures one by one would
     // only slow a no-op build down.
     std::mem::forget(outcome);
     std::mem::forget(loaded);
-    Ok(Report {
-        failures,
-        notices,
-        interrupted,
-        results,
-        states,
-        records,
-    })
+    Ok(report)
+}
+
+/// The executor's options for this request, and what to tell the user
+/// about them (jobs capped).
+fn options_of(
+    req: &Request,
+    sources: &Sources,
+    roots: &[StageId],
+    graph: &Graph,
+    images: &ImageSet,
+    urls: crate::exec::Pins,
+    spec_path: &Path,
+) -> (Options, Vec<Diagnostic>) {
+    let (jobs, capped) = jobs(req);
+    let options = Options {
+        jobs,
+        no_cache: req.no_cache,
+        memo_key: (!req.no_cache)
+            .then(|| memo_key(sources, req, roots, graph, images, &urls))
+            .flatten(),
+        epoch: req.epoch,
+        unpack_limit: req.unpack_limit,
+        secrets: req.secrets.clone(),
+        ssh: Arc::new(req.ssh.clone()),
+        pins: Arc::new(urls),
+        scope: load::project_scope(spec_path),
+    };
+    (options, capped.into_iter().collect())
+}
+
+/// The remote cache the request names, ready (nothing is asked of it
+/// until a step is looked up).
+fn connect_remote(req: &Request) -> Result<Option<crate::store::remote::Remote>, Diagnostic> {
+    let access = crate::image::Access {
+        insecure: req.insecure_registries.clone(),
+    };
+    req.remote
+        .as_ref()
+        .map(|s| {
+            crate::store::remote::Remote::connect(s.clone(), &|r, _push| {
+                crate::image::registry::cache_repository(r, &access)
+            })
+        })
+        .transpose()
+        .map_err(|e| Diagnostic::new(Code::REMOTE_CACHE, e))
 }
 
 /// The requested stages that were built, by name, with their results.
