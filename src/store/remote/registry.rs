@@ -72,6 +72,53 @@ const ACTION_KEY: &str = "dev.kiln.action";
 pub const MAX_ENTRIES: usize = 5000;
 /// Blobs uploaded at once.
 const UPLOADS: usize = 8;
+/// The most bytes of blobs held in memory by uploads at once.
+const IN_FLIGHT: u64 = 256 << 20;
+
+/// Bytes that may be held at once, shared by threads.
+struct Budget {
+    left: Mutex<u64>,
+    freed: std::sync::Condvar,
+    total: u64,
+}
+
+/// Bytes taken from a [`Budget`], given back when dropped.
+struct Held<'b> {
+    budget: &'b Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new(total: u64) -> Budget {
+        Budget {
+            left: Mutex::new(total),
+            freed: std::sync::Condvar::new(),
+            total,
+        }
+    }
+
+    /// Wait until `bytes` are free (a request larger than the whole
+    /// budget waits for all of it) and take them.
+    fn take(&self, bytes: u64) -> Held<'_> {
+        let bytes = bytes.min(self.total);
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        while *left < bytes {
+            left = self.freed.wait(left).unwrap_or_else(|e| e.into_inner());
+        }
+        *left -= bytes;
+        Held {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.budget.left.lock().unwrap_or_else(|e| e.into_inner()) += self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
 /// The most files one file-list manifest names.
 const FILES_PER_MANIFEST: usize = 8000;
 
@@ -382,15 +429,18 @@ impl Link {
             return false;
         };
         // A registry takes one blob per two round trips (and often a
-        // sync): several at once.
+        // sync): several at once, holding at most [`IN_FLIGHT`] bytes
+        // (or one larger blob alone).
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
+        let budget = Budget::new(IN_FLIGHT);
         let work = || {
             use std::sync::atomic::Ordering::Relaxed;
             while !failed.load(Relaxed) {
                 let Some(sha) = blobs.get(next.fetch_add(1, Relaxed)) else {
                     return;
                 };
+                let _held = budget.take(sha.size);
                 let sent = bytes(sha).is_some_and(|data| self.put_blob(remote, to, *sha, &data));
                 if !sent {
                     failed.store(true, Relaxed);
@@ -787,4 +837,31 @@ fn read_index(link: &Link, remote: &Remote, repo: &Repo) -> Option<Vec<Entry>> {
             .collect()
     });
     Some(entries.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_hold_at_most_the_budget() {
+        let budget = Budget::new(100);
+        let most = std::sync::atomic::AtomicU64::new(0);
+        let now = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for size in [60u64, 50, 40, 30, 500, 10, 90] {
+                let (budget, most, now) = (&budget, &most, &now);
+                s.spawn(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let held = budget.take(size);
+                    let n = now.fetch_add(held.bytes, SeqCst) + held.bytes;
+                    most.fetch_max(n, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    now.fetch_sub(held.bytes, SeqCst);
+                });
+            }
+        });
+        assert!(most.into_inner() <= 100);
+        assert_eq!(*budget.left.lock().unwrap(), 100);
+    }
 }
