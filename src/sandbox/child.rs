@@ -73,6 +73,9 @@ pub const STEPS: &[&str] = &[
     "mounting a packed layer (erofs)",
 ];
 
+/// The step that mounts packed layers (see [`STEPS`]).
+pub const PACKED_STEP: usize = 13;
+
 /// Arrange for `command`'s child to do what `launch` says.
 pub fn install(command: &mut Command, launch: Launch) {
     let groups: Vec<libc::gid_t> = launch
@@ -172,7 +175,7 @@ fn mount_stage(stage: &Stage, report: RawFd, opened: &mut [RawFd]) -> std::io::R
                 std::ptr::null(),
             ) != 0
             {
-                return fail(report, 13, errno());
+                return fail(report, PACKED_STEP as u8, errno());
             }
         }
         if let Some((merged, options)) = &stage.overlay

@@ -71,6 +71,10 @@ pub enum SandboxError {
     /// The sandbox could not be set up (bwrap missing, mount refused…).
     #[error("{0}")]
     Setup(String),
+    /// A packed layer's image could not be mounted (a kernel that mounts
+    /// no EROFS image from a file).
+    #[error("{0}")]
+    Packed(String),
     #[error("the command exited with status {0}")]
     Exit(i32),
     #[error("the command was killed by signal {0}")]
@@ -378,8 +382,9 @@ fn check_bwrap_once() -> Result<(), String> {
     }
 }
 
-/// Where bubblewrap is looked for, whatever kiln's caller set PATH to.
-const BWRAP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where bubblewrap (and the system's other tools kiln runs as root) is
+/// looked for, whatever kiln's caller set PATH to.
+pub(crate) const BWRAP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Setup(format!("{what}: {e}"))
@@ -499,8 +504,12 @@ fn overlay_mount(
     let dir = common
         .map(|c| absolute(c).and_then(|c| cstring(&c)))
         .transpose()?;
+    // Lowers on another file system (a packed layer's image) would give
+    // their entries another device and other inode numbers: overlayfs
+    // makes them one device again where it can.
+    let xino = if packed.is_empty() { "" } else { ",xino=auto" };
     let options = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off{xino}",
         lower.join(":"),
         escape(&absolute(upper)?),
         escape(&absolute(work)?)
@@ -818,6 +827,11 @@ pub fn run(
                     .unwrap_or("starting"),
                 _ => "",
             };
+            if step[0] as usize == child::PACKED_STEP {
+                return Err(SandboxError::Packed(format!(
+                    "cannot start the sandbox ({what}): {e}"
+                )));
+            }
             return Err(SandboxError::Setup(if !what.is_empty() {
                 format!("cannot start the sandbox ({what}): {e}")
             } else if e.kind() == std::io::ErrorKind::NotFound {

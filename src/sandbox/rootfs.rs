@@ -29,7 +29,8 @@
 //! `sandbox/` (which only its owner can enter):
 //! `rootfs/l/<id>/` are layers (never changed once in place);
 //! `rootfs/t/<tree digest>.<epoch>` lists a tree's stack (every time on
-//! disk is the epoch, `SOURCE_DATE_EPOCH`); `rootfs/s/<id>` seals a
+//! disk is the epoch, `SOURCE_DATE_EPOCH`; `….p` when it holds a packed
+//! layer); `rootfs/s/<id>` seals a
 //! layer: a digest of what stat says of every entry in it (type, mode,
 //! owner, size, mtime, ctime, inode), written when the layer is put in
 //! place, followed by ` erofs` for a packed one. What a command makes on a stack is kept only when each of its
@@ -80,7 +81,21 @@ const PACKED_NAME: &str = "layer.erofs";
 /// What follows the digest in a packed layer's seal.
 const PACKED_SEAL: &str = " erofs";
 
-/// `mkfs.erofs`, when it is installed and the kernel mounts EROFS.
+/// Set once a packed layer could not be mounted in this process.
+static PACKING_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The file naming the kernel on which packed layers could not be
+/// mounted.
+const NO_PACKING: &str = "no-packing";
+
+fn kernel_release() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|k| k.trim().to_string())
+}
+
+/// `mkfs.erofs` where the system keeps it (whatever kiln's caller set
+/// PATH to), when it is installed and the kernel knows EROFS.
 fn erofs_tool() -> Option<&'static Path> {
     static TOOL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     TOOL.get_or_init(|| {
@@ -91,10 +106,9 @@ fn erofs_tool() -> Option<&'static Path> {
         if !kernel {
             return None;
         }
-        std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .map(|d| d.join("mkfs.erofs"))
+        super::BWRAP_PATH
+            .split(':')
+            .map(|d| Path::new(d).join("mkfs.erofs"))
             .find(|p| p.is_file())
     })
     .as_deref()
@@ -128,11 +142,14 @@ impl Rootfs<'_> {
     }
 
     /// A tree's stack, for this epoch: every time on disk is the epoch,
-    /// so a stack written under another one is another stack.
-    fn stack_file(&self, d: TreeDigest) -> PathBuf {
+    /// so a stack written under another one is another stack. A stack
+    /// holding a packed layer is recorded under a name of its own
+    /// (`….p`), which a kiln that knows no packed layers never reads.
+    fn stack_file(&self, d: TreeDigest, packed: bool) -> PathBuf {
+        let suffix = if packed { ".p" } else { "" };
         self.dir()
             .join("t")
-            .join(format!("{}.{}", d.hex(), self.epoch))
+            .join(format!("{}.{}{suffix}", d.hex(), self.epoch))
     }
 
     fn seal_file(&self, layer: &Path) -> Option<PathBuf> {
@@ -149,7 +166,11 @@ impl Rootfs<'_> {
     /// out again); its layers stay for gc, as another build may have them
     /// mounted.
     pub fn stack_of(&self, d: TreeDigest) -> Option<Vec<PathBuf>> {
-        let text = fs::read_to_string(self.stack_file(d)).ok()?;
+        // A packed stack first, unless packed layers cannot be mounted here.
+        let text = (self.packing())
+            .then(|| fs::read_to_string(self.stack_file(d, true)).ok())
+            .flatten()
+            .or_else(|| fs::read_to_string(self.stack_file(d, false)).ok())?;
         let stack: Vec<PathBuf> = text
             .lines()
             .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -183,9 +204,9 @@ impl Rootfs<'_> {
     }
 
     /// Seal a layer in place (see the module doc). A packed layer's seal
-    /// says so after the digest (`<digest> erofs`): a kiln that knows no
-    /// packed layers cannot read it, so never takes the directory holding
-    /// the image for the tree.
+    /// says so after the digest (`<digest> erofs`), which a kiln that knows
+    /// no packed layers cannot read (its stack is recorded where such a
+    /// kiln does not look, too).
     fn seal(&self, layer: &Path, packed: bool) -> Result<(), SandboxError> {
         let Some(path) = self.seal_file(layer) else {
             return Ok(());
@@ -203,6 +224,32 @@ impl Rootfs<'_> {
         Ok(())
     }
 
+    /// Whether trees are packed here: not once a packed layer could not be
+    /// mounted (a kernel that mounts no EROFS image from a file), in this
+    /// process or, on this kernel, before.
+    fn packing(&self) -> bool {
+        if PACKING_OFF.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let said = fs::read_to_string(self.dir().join(NO_PACKING)).ok();
+        said.is_none_or(|k| Some(k.trim()) != kernel_release().as_deref())
+    }
+
+    /// A packed layer of `stack` could not be mounted: nothing is packed
+    /// from here on (on this kernel), and the stack's packed layers are
+    /// not used again, so the tree is written out again as files.
+    pub fn packing_failed(&self, stack: &[PathBuf]) {
+        PACKING_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(k) = kernel_release() {
+            let _ = fs::write(self.dir().join(NO_PACKING), k);
+        }
+        for l in stack {
+            if self.packed_image(l).is_some() {
+                failed().insert(l.clone());
+            }
+        }
+    }
+
     /// The EROFS image of a packed layer (mounted on the layer's own
     /// directory by the sandbox, below the overlay), or `None` for a
     /// layer that is a directory of its own.
@@ -218,14 +265,25 @@ impl Rootfs<'_> {
     /// mount, with `mkfs.erofs` at hand. `None` (the directory stays the
     /// layer) otherwise, or when packing fails.
     fn pack(&self, written: &Path, d: TreeDigest, tree: &Tree) -> Option<PathBuf> {
-        if !self.ids.owns_files() || tree.entries.len() < PACK_MIN_ENTRIES {
+        if !self.ids.owns_files() || tree.entries.len() < PACK_MIN_ENTRIES || !self.packing() {
+            return None;
+        }
+        // mkfs.erofs 1.5 cuts a 255-byte name to 254 bytes: such a tree
+        // stays files.
+        if tree
+            .entries
+            .keys()
+            .any(|p| p.split('/').any(|c| c.len() > 254))
+        {
             return None;
         }
         let mkfs = erofs_tool()?;
         let layer = self.new_layer_dir().ok()?;
         let image = layer.join(PACKED_NAME);
         // Every time on disk is the epoch already; the file system's id
-        // comes from the tree, so a tree packs to the same bytes.
+        // comes from the tree, so a tree packs to the same bytes. (A kiln
+        // killed meanwhile leaves the tool to finish into a directory gc
+        // removes.)
         let hex = d.hex();
         let uuid = format!(
             "{}-{}-{}-{}-{}",
@@ -236,6 +294,8 @@ impl Rootfs<'_> {
             &hex[20..32]
         );
         let made = std::process::Command::new(mkfs)
+            .env_clear()
+            .env("PATH", super::BWRAP_PATH)
             .arg("--quiet")
             .arg("-x-1")
             .arg(format!("-T{}", self.epoch))
@@ -304,7 +364,8 @@ impl Rootfs<'_> {
             .filter_map(|p| p.file_name())
             .map(|n| format!("{}\n", n.to_string_lossy()))
             .collect();
-        let path = self.stack_file(d);
+        let packed = stack.iter().any(|l| self.packed_image(l).is_some());
+        let path = self.stack_file(d, packed);
         // Unique per writer: two stages of one build may record one tree.
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1300,6 +1361,14 @@ mod tests {
         let again = rootfs.stack_on(d, &tree, &[], &|_| None).unwrap();
         assert_ne!(again, stack);
         assert!(rootfs.packed_image(&again[0]).is_some());
+        // A name mkfs.erofs would cut short: the tree stays files.
+        let mut long = tree.clone();
+        long.entries
+            .insert(format!("d/{}", "n".repeat(255)), Entry::dir(0o755, 0, 0));
+        let l = rootfs
+            .stack_on(TreeDigest([11; 32]), &long, &[], &|_| None)
+            .unwrap();
+        assert!(rootfs.packed_image(&l[0]).is_none());
         // A small tree stays a directory.
         let mut small = Tree::new();
         small.entries.insert("d".into(), Entry::dir(0o755, 0, 0));

@@ -305,7 +305,7 @@ fn a_large_base_is_packed_and_commands_see_the_same_tree() {
 stage s {{
     from image="oci:{}/debian:12"
     run "find / -mindepth 1 -xdev \\( -path /proc -o -path /dev -o -path '/seen*' \\) -prune -o \\( -type d -printf '%p %y %m %U %G %T@\n' \\) -o -printf '%p %y %m %U %G %s %T@ %l\n' | sort > /seen.list && mv /seen.list /seen"
-    run "sha256sum /usr/bin/gcc-12 /etc/passwd >> /seen && ls -ln /usr/bin/passwd >> /seen"
+    run "sha256sum /usr/bin/gcc-12 /etc/passwd >> /seen && ls -ln /usr/bin/passwd >> /seen && stat -c %d / /etc /usr/bin/passwd /seen | sort -u | wc -l >> /seen"
 }}
 export {{
     s to="out"
@@ -317,22 +317,23 @@ export {{
     packed.spec(&spec);
     packed.build(&[]).ok();
     assert_eq!(packed_layers(&packed.path().join(".kiln")), 1);
-    // The same without `mkfs.erofs` on the path: layers of files.
-    let bin = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        which("bwrap").expect("bubblewrap"),
-        bin.path().join("bwrap"),
-    )
-    .unwrap();
+    // The same on a kernel that cannot mount packed layers: the tree as
+    // files (after one refused mount).
+    let Some((_shim_dir, shim)) = erofs_refusing_shim() else {
+        return;
+    };
     let files_only = Project::new();
     files_only.spec(&spec);
-    files_only
-        .kiln_env(
-            &["build", "--progress", "json"],
-            &[("PATH", bin.path().to_str().unwrap())],
-        )
-        .ok();
-    assert_eq!(packed_layers(&files_only.path().join(".kiln")), 0);
+    let r = files_only.kiln_env(
+        &["build", "--progress", "json"],
+        &[("LD_PRELOAD", shim.to_str().unwrap())],
+    );
+    r.ok();
+    assert!(
+        r.stderr.contains("a packed layer could not be mounted"),
+        "{}",
+        r.stderr
+    );
     let seen = packed.read("out/seen");
     assert!(
         seen.lines().count() > 10_000,
@@ -351,8 +352,85 @@ export {{
     assert!(packed.read("out/seen") == seen);
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// On a kernel that mounts no EROFS image from a file (played by a shim
+/// that refuses every `erofs` mount), a packed layer's command runs again
+/// on the tree written out as files, with a notice, and nothing is packed
+/// again on this kernel.
+#[test]
+fn a_kernel_that_cannot_mount_packed_layers_gets_files() {
+    if !sandbox_ready() || !crate::images_helper::tool_in_path("mkfs.erofs") {
+        return;
+    }
+    let Some(images) = crate::images_helper::all_images() else {
+        return;
+    };
+    let Some((_shim_dir, shim)) = erofs_refusing_shim() else {
+        return;
+    };
+    let p = Project::new();
+    p.spec(&format!(
+        "kiln 1\nstage s {{\n    from image=\"oci:{}/debian:12\"\n    run \"ls -l /usr/bin/passwd | cut -c1-10 > /seen && echo ok >> /seen\"\n}}\nexport {{\n    s to=\"out\"\n}}\n",
+        images.display()
+    ));
+    p.build(&[]).ok();
+    let state = p.path().join(".kiln");
+    assert_eq!(packed_layers(&state), 1);
+    let r = p.kiln_env(
+        &["build", "--progress", "json", "--no-cache"],
+        &[("LD_PRELOAD", shim.to_str().unwrap())],
+    );
+    r.ok();
+    assert!(
+        r.stderr.contains("a packed layer could not be mounted"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.read("out/seen"), "-rwsr-xr-x\nok\n");
+    // Once said, this kernel gets files: no mount is tried again.
+    let again = p.kiln_env(
+        &["build", "--progress", "json", "--no-cache"],
+        &[("LD_PRELOAD", shim.to_str().unwrap())],
+    );
+    again.ok();
+    assert!(
+        !again.stderr.contains("could not be mounted"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(p.read("out/seen"), "-rwsr-xr-x\nok\n");
+}
+
+/// A library that, preloaded, refuses every `erofs` mount as a kernel
+/// without file-backed EROFS does (ENOTBLK); `None` without a C compiler.
+fn erofs_refusing_shim() -> Option<(tempfile::TempDir, PathBuf)> {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let source = shim_dir.path().join("shim.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+static int (*real)(const char *, const char *, const char *, unsigned long, const void *);
+__attribute__((constructor)) static void init(void) { real = dlsym(RTLD_NEXT, "mount"); }
+int mount(const char *s, const char *t, const char *type, unsigned long f, const void *d) {
+    if (type && strcmp(type, "erofs") == 0) { errno = ENOTBLK; return -1; }
+    return real(s, t, type, f, d);
+}
+"#,
+    )
+    .unwrap();
+    let shim = shim_dir.path().join("shim.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("skipping: no C compiler for the shim");
+        return None;
+    }
+    Some((shim_dir, shim))
 }

@@ -564,6 +564,21 @@ impl RunOp {
         made_in.back_to_epoch(scaffold.iter().chain(kept.iter()), env.options.epoch);
         let (result, log) = run_shown(cx, &on_disk, &spec);
         drop(keep_alive);
+        // A kernel that mounts no EROFS image from a file: the tree is
+        // written out again as files, and nothing is packed any more.
+        if let (Err(SandboxError::Packed(why)), sandbox::Root::Overlay { lowers, .. }) =
+            (&result, &on_disk)
+        {
+            rootfs.packing_failed(lowers);
+            env.progress.emit(Event::Notice {
+                message: format!(
+                    "stage `{}`: a packed layer could not be mounted ({why}); layers are kept as files on this kernel",
+                    cx.stage.name
+                ),
+            });
+            drop(scratch);
+            return self.attempt(cx, work, spec, privileged);
+        }
         // The layers' seals were checked while the command ran (see
         // `Rootfs::stack_of`): a command that ran on a changed layer,
         // whatever it did, is run again rather than believed.
@@ -1382,7 +1397,7 @@ fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -
             "remove what the command leaves behind before it ends".to_string(),
         ),
         SandboxError::Store(s) => return s.diagnostic(),
-        SandboxError::Setup(_) | SandboxError::Io(_) => (
+        SandboxError::Setup(_) | SandboxError::Packed(_) | SandboxError::Io(_) => (
             Code::RUN_SANDBOX,
             "kiln runs commands with bubblewrap (0.5 or later) in user namespaces (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`), over overlayfs as root: check that they are available".to_string(),
         ),
