@@ -235,8 +235,13 @@ fn remote(
     args: &BuildArgs,
     sources: &Sources,
 ) -> Result<Option<crate::store::remote::Settings>, Failure> {
+    // `--remote-cache ''` (or `KILN_REMOTE_CACHE=`): no remote cache,
+    // whatever the settings file says.
+    if args.remote_cache.as_deref() == Some("") {
+        return Ok(None);
+    }
     let config = settings_file(sources)?.unwrap_or_default();
-    let cli_url = args.remote_cache.clone().filter(|u| !u.is_empty());
+    let cli_url = args.remote_cache.clone();
     if let Some(registry) = registry_cache(args, &config, cli_url.is_some())? {
         let settings = crate::store::remote::Settings {
             url: match (&registry.from, &registry.to) {
@@ -247,13 +252,19 @@ fn remote(
             instance: String::new(),
             headers: Vec::new(),
             upload: registry.to.is_some(),
-            timeout: std::time::Duration::from_secs(args.remote_timeout.unwrap_or(10).max(1)),
+            timeout: std::time::Duration::from_secs(
+                args.remote_timeout.unwrap_or(10).clamp(1, MAX_TIMEOUT),
+            ),
             registry: Some(registry),
         };
         return Ok(Some(settings));
     }
     let file = config.remote;
-    let file = file.filter(|f| cli_url.as_ref().is_none_or(|u| *u == f.url.value));
+    let file = file.filter(|f| {
+        cli_url
+            .as_ref()
+            .is_none_or(|u| same_server(u, &f.url.value))
+    });
     let Some(url) = cli_url.or_else(|| file.as_ref().map(|f| f.url.value.clone())) else {
         return Ok(None);
     };
@@ -314,7 +325,7 @@ fn remote(
                         .and_then(|f| f.timeout.as_ref().map(|t| t.value))
                 })
                 .unwrap_or(10)
-                .max(1),
+                .clamp(1, MAX_TIMEOUT),
         ),
         registry: None,
     };
@@ -457,10 +468,31 @@ fn cache_ref(value: &str) -> Result<String, String> {
     Ok(reference.to_string())
 }
 
+/// The longest timeout a remote cache gets, in seconds (a day).
+const MAX_TIMEOUT: u64 = 86_400;
+
+/// Whether two remote cache URLs name the same server (`grpc://h:1` and
+/// `grpc://h:1/` do).
+fn same_server(a: &str, b: &str) -> bool {
+    let endpoint = |url: &str| {
+        crate::store::remote::Settings {
+            url: url.to_string(),
+            instance: String::new(),
+            headers: Vec::new(),
+            upload: false,
+            timeout: std::time::Duration::from_secs(1),
+            registry: None,
+        }
+        .endpoint()
+        .map(|e| e.to_ascii_lowercase())
+    };
+    a == b || matches!((endpoint(a), endpoint(b)), (Ok(x), Ok(y)) if x == y)
+}
+
 /// A header's value: `$VAR` read from the environment (else the
 /// variable's name and what to do), or the value itself.
 fn header_value(value: &str) -> Result<String, (String, String)> {
-    match value.strip_prefix('$') {
+    match value.strip_prefix('$').filter(|v| !v.is_empty()) {
         Some(var) => std::env::var(var).map_err(|_| {
             (
                 var.to_string(),
@@ -477,8 +509,9 @@ fn header_value(value: &str) -> Result<String, (String, String)> {
 fn settings_file(
     sources: &Sources,
 ) -> Result<Option<crate::frontend::kdl::config::Config>, Failure> {
-    let named = std::env::var_os("KILN_CONFIG").filter(|p| !p.is_empty());
-    let path = match named {
+    let path = match std::env::var_os("KILN_CONFIG") {
+        // Set and empty: no settings file.
+        Some(p) if p.is_empty() => None,
         Some(p) => Some(std::path::PathBuf::from(p)),
         None => {
             let user = std::env::var_os("XDG_CONFIG_HOME")

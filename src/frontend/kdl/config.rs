@@ -117,8 +117,8 @@ fn remote(n: &Node, d: &mut Diagnostics) -> Option<RemoteConfig> {
     n.allow_props(&["instance", "upload", "timeout"], d);
     let url = n.str_arg(0, d)?;
     let timeout = n
-        .str_prop("timeout", d)
-        .and_then(|t| match t.value.parse::<u64>() {
+        .int_prop("timeout", d)
+        .and_then(|t| match u64::try_from(t.value) {
             Ok(s) if s > 0 => Some(Spanned::new(t.span, s)),
             _ => {
                 d.push(

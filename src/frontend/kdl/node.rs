@@ -275,6 +275,25 @@ impl<'a> Node<'a> {
         }
     }
 
+    pub fn int_prop(&self, key: &str, d: &mut Diagnostics) -> Option<Spanned<i128>> {
+        let e = self.prop(key)?;
+        let span = self.value_span(e);
+        match e.value() {
+            KdlValue::Integer(v) => Some(Spanned::new(span, *v)),
+            other => {
+                d.push(
+                    Diagnostic::new(
+                        Code::SPEC_TYPE,
+                        format!("expected a whole number, found `{other}`"),
+                    )
+                    .with_label(span, "not a whole number")
+                    .with_help(format!("write `{key}=10`, without quotes")),
+                );
+                None
+            }
+        }
+    }
+
     pub fn str_prop(&self, key: &str, d: &mut Diagnostics) -> Option<Str> {
         let e = self.prop(key)?;
         self.string(e, d)
