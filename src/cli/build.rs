@@ -423,6 +423,10 @@ fn registry_cache(
 /// writes it: `type=registry,ref=REG/NAME:TAG` (`mode=max` is taken: kiln
 /// keeps every step). An error says what is wrong.
 fn cache_ref(value: &str) -> Result<String, String> {
+    // buildx's shorthand: a bare reference.
+    if !value.contains('=') && !value.contains(',') {
+        return cache_ref(&format!("type=registry,ref={value}"));
+    }
     let mut pairs = Vec::new();
     for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -442,16 +446,15 @@ fn cache_ref(value: &str) -> Result<String, String> {
     }
     for (k, v) in &pairs {
         match *k {
-            "type" | "ref" => {}
-            "mode" if *v == "max" => {}
-            "mode" => {
-                return Err(format!(
-                    "`mode={v}`: kiln keeps every step's result (`mode=max`)"
-                ));
-            }
+            // kiln keeps every step's result (`mode=max`) in its own
+            // format, which needs none of buildx's format options.
+            "type" | "ref" | "ignore-error" | "image-manifest" | "oci-mediatypes"
+            | "compression" | "compression-level" | "force-compression" => {}
+            "mode" if matches!(*v, "max" | "min") => {}
+            "mode" => return Err(format!("`mode={v}` is neither `max` nor `min`")),
             other => {
                 return Err(format!(
-                    "`{other}=` is not a cache option kiln takes (type, ref, mode)"
+                    "`{other}=` is not a cache option kiln takes (type, ref, mode; buildx's format options are taken and need nothing)"
                 ));
             }
         }

@@ -78,7 +78,7 @@ codes! {
     CLI_SIZE = "kiln::cli::size", User, "write a size like `500MiB` or `16GiB`";
     CONFIG = "kiln::config", User, "see spec/language.md, \"Settings files\"";
     CLI_REMOTE = "kiln::cli::remote", User, "write `--remote-cache grpc://HOST:PORT` (or grpcs://), and headers as `--remote-header NAME=VALUE`";
-    REMOTE_CACHE = "kiln::remote::cache", Environment, "check the address, or build without `--remote-cache`";
+    REMOTE_CACHE = "kiln::remote::cache", Environment, "check the address, or build without the remote cache (`--remote-cache`, `--cache-from`, `--cache-to`, the settings file)";
     CLI_SSH = "kiln::cli::ssh", User, "start an agent (`eval $(ssh-agent)`), or write `--ssh default=SOCKET`";
     CLI_TAG = "kiln::cli::tag", User;
     CLI_TARGET = "kiln::cli::target", User;

@@ -108,18 +108,32 @@ impl Registry {
         if !fresh && let Some(h) = &self.pull_auth {
             return Ok(h.clone());
         }
-        let header = self.header_for(RegistryOperation::Pull)?;
+        let header = self.header_for(RegistryOperation::Pull, None)?;
         self.pull_auth = Some(header.clone());
         Ok(header)
     }
 
     /// The `Authorization` header for `op`: the registry's bearer token
     /// (the client runs the challenge), or the basic credentials.
-    fn header_for(&mut self, op: RegistryOperation) -> Result<Option<String>, ImageError> {
-        let token = self
-            .rt
-            .block_on(self.client.auth(&self.reference, &self.auth, op))
-            .map_err(|e| self.err("cannot authenticate to", e))?;
+    fn header_for(
+        &mut self,
+        op: RegistryOperation,
+        limit: Option<Duration>,
+    ) -> Result<Option<String>, ImageError> {
+        let asked = self.client.auth(&self.reference, &self.auth, op);
+        let token = match limit {
+            Some(limit) => self
+                .rt
+                .block_on(async { tokio::time::timeout(limit, asked).await })
+                .map_err(|_| {
+                    ImageError::Network(format!(
+                        "`{}` did not answer within {limit:?} when asked for a token",
+                        self.shown
+                    ))
+                })?,
+            None => self.rt.block_on(asked),
+        }
+        .map_err(|e| self.err("cannot authenticate to", e))?;
         Ok(match (token, &self.auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Basic(u, p)) => {
@@ -135,20 +149,25 @@ impl Registry {
 
     /// How to speak to the repository directly, for kiln's cache kept in
     /// it: its base URL (`…/v2/NAME`) and the `Authorization` header for
-    /// pulling, or pushing (which takes pulling too); `fresh` asks the
-    /// registry for a new token (the last one was refused).
-    fn access(&mut self, push: bool, fresh: bool) -> Result<(String, Option<String>), ImageError> {
+    /// pulling, or pushing (which takes pulling too), asked for afresh
+    /// within `limit`.
+    fn access(
+        &mut self,
+        push: bool,
+        limit: Duration,
+    ) -> Result<(String, Option<String>), ImageError> {
         let base = format!(
             "{}://{}/v2/{}",
             if self.plain { "http" } else { "https" },
             self.reference.resolve_registry(),
             self.reference.repository()
         );
-        let header = if push {
-            self.header_for(RegistryOperation::Push)?
+        let op = if push {
+            RegistryOperation::Push
         } else {
-            self.pull_header(fresh)?
+            RegistryOperation::Pull
         };
+        let header = self.header_for(op, Some(limit))?;
         Ok((base, header))
     }
 
@@ -272,8 +291,8 @@ impl Registry {
 
 /// The repository of a registry cache (`--cache-to type=registry,…`).
 impl crate::store::remote::registry::Repository for Registry {
-    fn access(&mut self, push: bool, fresh: bool) -> Result<(String, Option<String>), String> {
-        Registry::access(self, push, fresh).map_err(|e| e.to_string())
+    fn access(&mut self, push: bool, limit: Duration) -> Result<(String, Option<String>), String> {
+        Registry::access(self, push, limit).map_err(|e| e.to_string())
     }
 
     fn tag(&self) -> String {

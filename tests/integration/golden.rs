@@ -92,10 +92,40 @@ fn every_example_in_the_spec_reference_parses() {
         let text = std::fs::read_to_string(e.path()).unwrap();
         let mut in_block = false;
         let mut block = String::new();
+        let mut settings = false;
         for line in text.lines() {
             if line.trim_start().starts_with("```kdl") {
                 in_block = true;
+                settings = line.contains("settings");
                 block.clear();
+            } else if in_block && line.trim_start().starts_with("```") && settings {
+                // A settings file: a build reads it (its server need not
+                // answer), and finds no mistake in it.
+                in_block = false;
+                let tmp = tempfile::tempdir().unwrap();
+                std::fs::write(tmp.path().join("config.kdl"), &block).unwrap();
+                std::fs::write(
+                    tmp.path().join("kiln.kdl"),
+                    "kiln 1\nstage s {\n    write \"/a\" \"a\"\n}\n",
+                )
+                .unwrap();
+                std::fs::create_dir(tmp.path().join(".kiln")).unwrap();
+                let out = std::process::Command::new(kiln_bin())
+                    .args(["build", "--remote-timeout", "1"])
+                    .current_dir(tmp.path())
+                    .env("KILN_CONFIG", tmp.path().join("config.kdl"))
+                    .env("KILN_CACHE_TOKEN", "t")
+                    .env_remove("KILN_REMOTE_CACHE")
+                    .env("NO_COLOR", "1")
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success() && !stderr.contains("kiln::config"),
+                    "settings example in {} does not read:\n{block}\n{stderr}",
+                    e.path().display()
+                );
+                checked += 1;
             } else if in_block && line.trim_start().starts_with("```") {
                 in_block = false;
                 let tmp = tempfile::tempdir().unwrap();

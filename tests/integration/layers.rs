@@ -421,7 +421,9 @@ int mount(const char *s, const char *t, const char *type, unsigned long f, const
     )
     .unwrap();
     let shim = shim_dir.path().join("shim.so");
+    // Its temporary files in the shim's directory, not the host's /tmp.
     let built = std::process::Command::new("cc")
+        .env("TMPDIR", shim_dir.path())
         .args(["-shared", "-fPIC", "-o"])
         .arg(&shim)
         .arg(&source)

@@ -33,7 +33,11 @@ fn machines_share_results_through_a_registry() {
     let ev = remote_event(&up);
     assert!(ev["results_uploaded"].as_u64().unwrap() >= 2, "{ev}");
 
-    let taken = b.build(&["--cache-from", &tag, "--cache-to", &tag]);
+    // As buildx users write it: a bare reference to read, format
+    // options kiln needs none of.
+    let bare = tag.trim_start_matches("type=registry,ref=").to_string();
+    let to = format!("{tag},mode=min,image-manifest=true,oci-mediatypes=true,ignore-error=true");
+    let taken = b.build(&["--cache-from", &bare, "--cache-to", &to]);
     taken.ok();
     assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
     let down = remote_event(&taken);
@@ -180,8 +184,12 @@ fn cache_options_are_checked() {
             "no `ref=REG/NAME:TAG`",
         ),
         (
-            vec!["--cache-to", "type=registry,ref=r.example/a:b,mode=min"],
-            "kiln keeps every step's result",
+            vec!["--cache-to", "type=registry,ref=r.example/a:b,mode=all"],
+            "is neither `max` nor `min`",
+        ),
+        (
+            vec!["--cache-to", "type=registry,ref=r.example/a:b,dest=/x"],
+            "`dest=` is not a cache option",
         ),
         (
             vec![
@@ -301,4 +309,46 @@ fn a_private_registry_takes_the_docker_config_credentials() {
     );
     taken.ok();
     assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
+}
+
+/// A manifest the tag's index names that the registry no longer has
+/// (deleted, collected) does not stop the tag from being written: the
+/// next build's results are there for the next machine.
+#[test]
+fn a_manifest_gone_from_the_registry_does_not_freeze_the_tag() {
+    let Some(registry) = Registry::start(None) else {
+        return;
+    };
+    let (Some(a), Some(b)) = (machine(SPEC), machine(SPEC)) else {
+        return;
+    };
+    let tag = cache(&registry, "main");
+    a.build(&["--cache-to", &tag]).ok();
+    // Every step manifest's revision of the repository, gone.
+    let revisions = registry
+        .data_dir()
+        .join("docker/registry/v2/repositories/team/cache/_manifests/revisions/sha256");
+    let index_digest = String::from_utf8(crate::images::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/team/cache:main", registry.host()),
+    ]))
+    .unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index_digest).unwrap();
+    let step = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::remove_dir_all(revisions.join(&step)).unwrap();
+    a.file("a.txt", "changed\n");
+    let r = a.build(&["--cache-to", &tag]);
+    r.ok();
+    assert!(!r.stderr.contains("kiln::remote::cache"), "{}", r.stderr);
+    b.file("a.txt", "changed\n");
+    let taken = b.build(&["--cache-from", &tag]);
+    taken.ok();
+    assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
+    assert_eq!(b.read("out/b.txt"), "changed\nchanged\n");
 }

@@ -39,10 +39,10 @@ pub struct RegistryCache {
 
 /// How to reach a repository, given by the registry client of the image
 /// layer: its base URL (`…/v2/NAME`) and the `Authorization` header for
-/// pulling or, with `push`, pushing; `fresh` asks for a new token (the
-/// last one was refused).
+/// pulling or, with `push`, pushing (a token asked for afresh, within
+/// `limit`).
 pub trait Repository: Send {
-    fn access(&mut self, push: bool, fresh: bool) -> Result<(String, Option<String>), String>;
+    fn access(&mut self, push: bool, limit: Duration) -> Result<(String, Option<String>), String>;
     /// The tag the cache is kept under.
     fn tag(&self) -> String;
 }
@@ -144,7 +144,7 @@ impl Repo {
         })
     }
 
-    fn access(&self, fresh: bool) -> Result<(String, Option<String>), String> {
+    fn access(&self, fresh: bool, limit: Duration) -> Result<(String, Option<String>), String> {
         let mut held = self.access.lock().unwrap_or_else(|e| e.into_inner());
         if !fresh && let Some(a) = &*held {
             return Ok(a.clone());
@@ -153,7 +153,7 @@ impl Repo {
             .registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .access(self.push, fresh)?;
+            .access(self.push, limit)?;
         *held = Some(a.clone());
         Ok(a)
     }
@@ -219,12 +219,28 @@ impl Link {
         call: &Call<'_>,
         limit: Duration,
     ) -> Option<ureq::http::Response<ureq::Body>> {
+        self.call_allowing(remote, repo, what, path, call, limit, &[404])
+    }
+
+    /// [`Link::call`], with the failing statuses in `allowed` handed back
+    /// instead of turning the remote off.
+    #[allow(clippy::too_many_arguments)]
+    fn call_allowing(
+        &self,
+        remote: &Remote,
+        repo: &Repo,
+        what: &str,
+        path: &str,
+        call: &Call<'_>,
+        limit: Duration,
+        allowed: &[u16],
+    ) -> Option<ureq::http::Response<ureq::Body>> {
         if remote.is_down() {
             return None;
         }
         let mut fresh = false;
         loop {
-            let (base, auth) = match repo.access(fresh) {
+            let (base, auth) = match repo.access(fresh, remote.settings.timeout) {
                 Ok(a) => a,
                 Err(e) => {
                     remote.fail(what, &e);
@@ -284,7 +300,7 @@ impl Link {
                 fresh = true;
                 continue;
             }
-            if (200..300).contains(&status) || status == 404 {
+            if (200..300).contains(&status) || allowed.contains(&status) {
                 return Some(resp);
             }
             remote.fail(what, &format!("`{}` answered {status}", repo.shown));
@@ -343,19 +359,19 @@ impl Link {
         let v: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(_) => {
-                remote.refuse("a step's manifest is not JSON");
+                remote.fail("send a step's manifest", "it is not JSON");
                 return None;
             }
         };
         let Some(config) = descriptor(&v["config"]) else {
-            remote.refuse("a step's manifest names no config");
+            remote.fail("send a step's manifest", "it names no config");
             return None;
         };
         let data = self.read_from(remote, from, config, 1 << 20)?;
         match <re::ActionResult as prost::Message>::decode(&data[..]) {
             Ok(r) => Some(r),
             Err(_) => {
-                remote.refuse("a step's result cannot be read");
+                remote.fail("send a step's result", "it cannot be read");
                 None
             }
         }
@@ -370,7 +386,10 @@ impl Link {
         accept: &'static str,
     ) -> Option<Vec<u8>> {
         if sha.size > MAX_DOCUMENT {
-            remote.refuse("it names a manifest larger than kiln reads");
+            remote.fail(
+                "send a manifest",
+                "it names a manifest larger than kiln reads",
+            );
             return None;
         }
         let what = "read a manifest";
@@ -384,10 +403,10 @@ impl Link {
         )?;
         let bytes = Self::body(remote, what, resp, sha.size)?;
         if Sha::of(&bytes) != sha {
-            remote.refuse(&format!(
-                "manifest {} came back with other bytes",
-                digest_of(&sha)
-            ));
+            remote.fail(
+                "send a manifest",
+                &format!("manifest {} came back with other bytes", digest_of(&sha)),
+            );
             return None;
         }
         remote
@@ -643,34 +662,95 @@ impl Link {
                 });
             }
         }
-        // What the tag holds now (another build may have written it since
-        // this one read it), less what this build replaces.
-        let replaced: HashSet<&str> = staged.iter().map(|(a, _)| a.as_str()).collect();
-        let mut seen: HashSet<[u8; 32]> = entries.iter().map(|e| e.manifest.hash).collect();
-        for old in read_index(self, remote, to).unwrap_or_default() {
-            if old.action.as_deref().is_some_and(|a| replaced.contains(a))
-                || !seen.insert(old.manifest.hash)
-            {
+        let replaced: HashSet<String> = staged.iter().map(|(a, _)| a.clone()).collect();
+        self.write_tag(remote, to, entries, &replaced);
+    }
+
+    /// Write the index at `to`'s tag: `ours` first, then what the tag
+    /// holds when it is written that `ours` does not replace. The registry
+    /// has no compare-and-swap: the tag is read back after it is written,
+    /// and merged again when another build's write replaced ours (a few
+    /// times at most). Entries whose manifests the registry no longer has
+    /// (deleted, collected) are dropped when it refuses the index.
+    fn write_tag(&self, remote: &Remote, to: &Repo, ours: Vec<Entry>, replaced: &HashSet<String>) {
+        let mut check_old = false;
+        for _ in 0..4 {
+            let Some(old) = read_index(self, remote, to) else {
+                return;
+            };
+            let mut entries: Vec<&Entry> = ours.iter().collect();
+            let mut seen: HashSet<[u8; 32]> = ours.iter().map(|e| e.manifest.hash).collect();
+            for e in &old {
+                if e.action.as_ref().is_some_and(|a| replaced.contains(a))
+                    || !seen.insert(e.manifest.hash)
+                    || (check_old && !self.has_manifest(remote, to, e.manifest))
+                {
+                    continue;
+                }
+                entries.push(e);
+            }
+            entries.truncate(MAX_ENTRIES);
+            let index = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": INDEX_MEDIA,
+                "artifactType": CACHE_TYPE,
+                "manifests": entries.iter().map(|e| e.json()).collect::<Vec<_>>(),
+            });
+            let body = serde_json::to_vec(&index).unwrap_or_default();
+            if body.len() as u64 > MAX_DOCUMENT {
+                remote.fail(
+                    "store the cache's index",
+                    "it would be larger than registries take",
+                );
+                return;
+            }
+            let what = "store the cache's index";
+            let Some(resp) = self.call_allowing(
+                remote,
+                to,
+                what,
+                &format!("manifests/{}", to.tag),
+                &Call::Put(INDEX_MEDIA, &body),
+                remote.transfer_time(body.len() as u64),
+                &[400],
+            ) else {
+                return;
+            };
+            if resp.status().as_u16() == 400 {
+                if check_old {
+                    remote.fail(what, "it refused the index (400)");
+                    return;
+                }
+                // A manifest the old index named is gone.
+                check_old = true;
                 continue;
             }
-            entries.push(old);
+            // Ours are there unless another build wrote the tag meanwhile.
+            let Some(now) = read_index(self, remote, to) else {
+                return;
+            };
+            let there: HashSet<[u8; 32]> = now.iter().map(|e| e.manifest.hash).collect();
+            if ours.iter().all(|e| there.contains(&e.manifest.hash)) {
+                return;
+            }
         }
-        entries.truncate(MAX_ENTRIES);
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": INDEX_MEDIA,
-            "artifactType": CACHE_TYPE,
-            "manifests": entries.iter().map(Entry::json).collect::<Vec<_>>(),
-        });
-        let body = serde_json::to_vec(&index).unwrap_or_default();
-        if body.len() as u64 > MAX_DOCUMENT {
-            remote.fail(
-                "store the cache's index",
-                "it would be larger than registries take",
-            );
-            return;
-        }
-        self.put_document(remote, to, &to.tag.clone(), INDEX_MEDIA, &body);
+        remote.warn(format!(
+            "the registry cache at `{}` was written by other builds at the same time, again and again: some of this build's results may be missing from its index",
+            to.shown
+        ));
+    }
+
+    /// Whether the registry has the manifest `sha` (`HEAD`).
+    fn has_manifest(&self, remote: &Remote, repo: &Repo, sha: Sha) -> bool {
+        self.call(
+            remote,
+            repo,
+            "say which manifests it has",
+            &format!("manifests/{}", digest_of(&sha)),
+            &Call::Head,
+            remote.settings.timeout,
+        )
+        .is_some_and(|r| r.status().is_success())
     }
 
     /// A blob of at most `most` bytes from `repo`, checked.
@@ -802,7 +882,10 @@ fn read_index(link: &Link, remote: &Remote, repo: &Repo) -> Option<Vec<Entry>> {
     }
     let bytes = Link::body(remote, what, resp, MAX_DOCUMENT)?;
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        remote.refuse(&format!("the tag of `{}` is not an index", repo.shown));
+        remote.fail(
+            "keep kiln's cache under its tag",
+            &format!("the tag of `{}` is not an index", repo.shown),
+        );
         return None;
     };
     if v["artifactType"].as_str() != Some(CACHE_TYPE) {
