@@ -39,6 +39,15 @@ fn machines_share_results_through_a_registry() {
     let to = format!("{tag},mode=min,image-manifest=true,oci-mediatypes=true,ignore-error=true");
     let taken = b.build(&["--cache-from", &bare, "--cache-to", &to]);
     taken.ok();
+    // What B took is named under another tag of the repository it writes
+    // (as buildx's `mode=max` exports every step a build used).
+    let pr = cache(&registry, "pr-1");
+    let fresh = machine(SPEC).unwrap();
+    fresh.build(&["--cache-from", &tag, "--cache-to", &pr]).ok();
+    let from_pr = machine(SPEC).unwrap();
+    let r = from_pr.build(&["--cache-from", &pr]);
+    r.ok();
+    assert_eq!(r.ran(), Vec::<(String, u64)>::new(), "{}", r.stderr);
     assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
     let down = remote_event(&taken);
     assert!(down["found"].as_u64().unwrap() >= 2, "{down}");

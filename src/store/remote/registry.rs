@@ -72,6 +72,36 @@ const ACTION_KEY: &str = "dev.kiln.action";
 pub const MAX_ENTRIES: usize = 5000;
 /// Blobs uploaded at once.
 const UPLOADS: usize = 8;
+/// Questions (`HEAD`s) asked at once.
+const QUESTIONS: usize = 16;
+
+/// `f` of every item, on up to `threads` threads (network waits, not
+/// work), in the items' order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::with_capacity(items.len()));
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(item) = items.get(i) else {
+            return;
+        };
+        let r = f(item);
+        out.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(items.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    let mut out = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
 /// The most bytes of blobs held in memory by uploads at once.
 const IN_FLIGHT: u64 = 256 << 20;
 
@@ -178,6 +208,19 @@ pub(super) struct Link {
     staged: Mutex<Vec<(String, Sha)>>,
     /// Files uploaded to `to` in this build.
     uploaded: Mutex<Vec<Sha>>,
+    /// Whether `from` and `to` are one repository (tags aside): results
+    /// taken from `from` are then named in `to`'s index too, as buildx's
+    /// `mode=max` exports every step a build used.
+    one_repository: bool,
+}
+
+/// A reference without its tag.
+fn repository_of(reference: &str) -> &str {
+    let slash = reference.rfind('/').unwrap_or(0);
+    match reference.rfind(':') {
+        Some(colon) if colon > slash => &reference[..colon],
+        _ => reference,
+    }
 }
 
 fn digest_of(sha: &Sha) -> String {
@@ -199,6 +242,10 @@ impl Link {
             index: OnceLock::new(),
             staged: Mutex::new(Vec::new()),
             uploaded: Mutex::new(Vec::new()),
+            one_repository: match (&cache.from, &cache.to) {
+                (Some(f), Some(t)) => repository_of(f) == repository_of(t),
+                _ => false,
+            },
         })
     }
 
@@ -369,7 +416,15 @@ impl Link {
         };
         let data = self.read_from(remote, from, config, 1 << 20)?;
         match <re::ActionResult as prost::Message>::decode(&data[..]) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                if self.one_repository {
+                    self.staged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((hex(&action.hash), manifest));
+                }
+                Some(r)
+            }
             Err(_) => {
                 remote.fail("send a step's result", "it cannot be read");
                 None
@@ -416,22 +471,18 @@ impl Link {
     }
 
     pub(super) fn missing(&self, remote: &Remote, blobs: &[Sha]) -> Option<Vec<Sha>> {
-        use rayon::prelude::*;
         let to = self.to.as_ref()?;
-        let found: Vec<Option<Option<Sha>>> = blobs
-            .par_iter()
-            .map(|sha| {
-                let resp = self.call(
-                    remote,
-                    to,
-                    "say which blobs it has",
-                    &format!("blobs/{}", digest_of(sha)),
-                    &Call::Head,
-                    remote.settings.timeout,
-                )?;
-                Some((resp.status().as_u16() == 404).then_some(*sha))
-            })
-            .collect();
+        let found: Vec<Option<Option<Sha>>> = in_parallel(blobs, QUESTIONS, |sha| {
+            let resp = self.call(
+                remote,
+                to,
+                "say which blobs it has",
+                &format!("blobs/{}", digest_of(sha)),
+                &Call::Head,
+                remote.settings.timeout,
+            )?;
+            Some((resp.status().as_u16() == 404).then_some(*sha))
+        });
         found
             .into_iter()
             .collect::<Option<Vec<_>>>()

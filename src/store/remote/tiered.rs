@@ -389,8 +389,15 @@ impl<'a> Tiered<'a> {
             return;
         }
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        // (Nothing built here: nothing to ask the server.)
-        if pending.is_empty() || !self.remote.uploads() {
+        // (Nothing built here: nothing to ask the server, but a registry's
+        // tag may name what the build took.)
+        if pending.is_empty() {
+            if self.remote.wants_uploads() {
+                self.remote.flush();
+            }
+            return;
+        }
+        if !self.remote.uploads() {
             return;
         }
         let _ = self.upload(pending);
