@@ -477,19 +477,9 @@ const MAX_TIMEOUT: u64 = 86_400;
 /// Whether two remote cache URLs name the same server (`grpc://h:1` and
 /// `grpc://h:1/` do).
 fn same_server(a: &str, b: &str) -> bool {
-    let endpoint = |url: &str| {
-        crate::store::remote::Settings {
-            url: url.to_string(),
-            instance: String::new(),
-            headers: Vec::new(),
-            upload: false,
-            timeout: std::time::Duration::from_secs(1),
-            registry: None,
-        }
-        .endpoint()
-        .map(|e| e.to_ascii_lowercase())
-    };
-    a == b || matches!((endpoint(a), endpoint(b)), (Ok(x), Ok(y)) if x == y)
+    use crate::store::remote::endpoint;
+    let normal = |url: &str| endpoint(url).map(|e| e.to_ascii_lowercase());
+    a == b || matches!((normal(a), normal(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// A header's value: `$VAR` read from the environment (else the

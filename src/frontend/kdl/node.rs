@@ -258,6 +258,19 @@ impl<'a> Node<'a> {
 
     pub fn int_arg(&self, i: usize, d: &mut Diagnostics) -> Option<Spanned<i128>> {
         let e = self.args().nth(i)?;
+        self.integer(e, "write a whole number without quotes, like `1`".into(), d)
+    }
+
+    pub fn int_prop(&self, key: &str, d: &mut Diagnostics) -> Option<Spanned<i128>> {
+        let e = self.prop(key)?;
+        self.integer(
+            e,
+            format!("write a whole number without quotes, like `{key}=10`"),
+            d,
+        )
+    }
+
+    fn integer(&self, e: &KdlEntry, help: String, d: &mut Diagnostics) -> Option<Spanned<i128>> {
         let span = self.value_span(e);
         match e.value() {
             KdlValue::Integer(v) => Some(Spanned::new(span, *v)),
@@ -268,26 +281,7 @@ impl<'a> Node<'a> {
                         format!("expected a number, found `{other}`"),
                     )
                     .with_label(span, "not a number")
-                    .with_help("write a whole number without quotes, like `1`"),
-                );
-                None
-            }
-        }
-    }
-
-    pub fn int_prop(&self, key: &str, d: &mut Diagnostics) -> Option<Spanned<i128>> {
-        let e = self.prop(key)?;
-        let span = self.value_span(e);
-        match e.value() {
-            KdlValue::Integer(v) => Some(Spanned::new(span, *v)),
-            other => {
-                d.push(
-                    Diagnostic::new(
-                        Code::SPEC_TYPE,
-                        format!("expected a whole number, found `{other}`"),
-                    )
-                    .with_label(span, "not a whole number")
-                    .with_help(format!("write `{key}=10`, without quotes")),
+                    .with_help(help),
                 );
                 None
             }

@@ -72,31 +72,34 @@ impl Settings {
         Ok(())
     }
 
-    /// The server's address as tonic takes it, from `grpc://` or
-    /// `grpcs://`; an error says what is wrong with the URL.
+    /// The server's address as tonic takes it ([`endpoint`]).
     pub fn endpoint(&self) -> Result<String, String> {
-        let (scheme, rest) = self
-            .url
-            .split_once("://")
-            .ok_or_else(|| format!("`{}` is not a URL: write grpc://HOST:PORT", self.url))?;
-        let scheme = match scheme {
-            "grpc" => "http",
-            "grpcs" => "https",
-            other => {
-                return Err(format!(
-                    "`{other}://` is not a remote cache scheme: use grpc:// or grpcs://"
-                ));
-            }
-        };
-        let host = rest.trim_end_matches('/');
-        if host.is_empty() || host.contains('/') {
+        endpoint(&self.url)
+    }
+}
+
+/// A REAPI server's address as tonic takes it, from its `grpc://` or
+/// `grpcs://` URL; an error says what is wrong with the URL.
+pub fn endpoint(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not a URL: write grpc://HOST:PORT"))?;
+    let scheme = match scheme {
+        "grpc" => "http",
+        "grpcs" => "https",
+        other => {
             return Err(format!(
-                "`{}` must be grpc://HOST:PORT or grpcs://HOST:PORT (no path)",
-                self.url
+                "`{other}://` is not a remote cache scheme: use grpc:// or grpcs://"
             ));
         }
-        Ok(format!("{scheme}://{host}"))
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "`{url}` must be grpc://HOST:PORT or grpcs://HOST:PORT (no path)"
+        ));
     }
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// A SHA-256 digest and size, as REAPI names a blob.
