@@ -167,6 +167,16 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// A path a step could have made: relative and normal (no empty, `.` or
+/// `..` part, no NUL).
+fn normal_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 /// The first bytes of an encoded tree: the encoding's name and version.
 const TREE_TAG: &[u8] = b"kiln-tree-2\0";
 
@@ -419,14 +429,55 @@ impl Tree {
 
     fn well_formed(&self) -> bool {
         self.entries.keys().all(|path| {
-            let normal = !path.is_empty()
-                && !path.contains('\0')
-                && path
-                    .split('/')
-                    .all(|part| !part.is_empty() && part != "." && part != "..");
             let parent = parent(path);
-            normal && (parent.is_empty() || self.entries.get(parent).is_some_and(Entry::is_dir))
+            normal_path(path)
+                && (parent.is_empty() || self.entries.get(parent).is_some_and(Entry::is_dir))
         })
+    }
+
+    /// This tree's entries in consecutive parts of about `size` encoded
+    /// bytes each, in path order, each with the path of its first entry
+    /// and encoded as a tree of its own ([`Tree::to_bytes`]): what a remote
+    /// cache keeps so that reading a few paths fetches a few parts.
+    pub fn parts(&self, size: usize) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut wire: Vec<WireEntry<'_>> = Vec::new();
+        let mut bytes = 0;
+        let mut flush = |wire: &mut Vec<WireEntry<'_>>| {
+            if let Some(first) = wire.first() {
+                let first = first.path.to_string();
+                let encoded = postcard::to_extend(&*wire, TREE_TAG.to_vec())
+                    .unwrap_or_else(|_| TREE_TAG.to_vec());
+                out.push((first, encoded));
+                wire.clear();
+            }
+        };
+        for (path, e) in &self.entries {
+            // About what postcard writes: the path, a digest, a size,
+            // three small integers.
+            bytes += path.len() + 48;
+            wire.push(WireEntry::of(path, e));
+            if bytes >= size {
+                flush(&mut wire);
+                bytes = 0;
+            }
+        }
+        flush(&mut wire);
+        out
+    }
+
+    /// A part [`Tree::parts`] wrote, read back from elsewhere: its entries
+    /// when they are in order, each a normal path, the first `first`, and
+    /// all before `next` (the next part's first path).
+    pub fn from_part(bytes: &[u8], first: &str, next: Option<&str>) -> Option<Tree> {
+        bytes.starts_with(TREE_TAG).then_some(())?;
+        let t = Tree::from_bytes(bytes)?;
+        let in_place = t.entries.keys().next().is_some_and(|p| p == first)
+            && t.entries
+                .keys()
+                .next_back()
+                .is_some_and(|p| next.is_none_or(|n| p.as_str() < n));
+        (in_place && t.entries.keys().all(|p| normal_path(p))).then_some(t)
     }
 
     pub fn digest(&self) -> TreeDigest {
@@ -697,6 +748,38 @@ mod tests {
         t.put("a/loop", link("loop"), false).unwrap();
         t.put("a.txt", file(), false).unwrap();
         t
+    }
+
+    #[test]
+    fn parts_hold_the_tree_in_order_and_are_checked_for_their_place() {
+        let mut t = Tree::new();
+        let d = Entry::dir(0o755, 0, 0);
+        for i in 0..300 {
+            t.mkdir_all(&format!("d{i:03}/sub"), &d).unwrap();
+            t.put(&format!("d{i:03}/sub/f"), file(), false).unwrap();
+        }
+        let parts = t.parts(1000);
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let mut back = Tree::new();
+        for (i, (first, bytes)) in parts.iter().enumerate() {
+            let next = parts.get(i + 1).map(|(n, _)| n.as_str());
+            let part = Tree::from_part(bytes, first, next).unwrap();
+            assert!(bytes.len() < 1500, "about the size asked");
+            back.entries.extend(part.entries);
+            // Out of its place: refused.
+            assert!(Tree::from_part(bytes, "a", next).is_none());
+            if i > 0 {
+                let (prev, _) = &parts[i - 1];
+                assert!(Tree::from_part(bytes, first, Some(prev)).is_none());
+            }
+        }
+        assert_eq!(back, t);
+        assert_eq!(Tree::new().parts(1000), Vec::new());
+        // A path no step makes is refused.
+        let mut bad = Tree::new();
+        bad.entries.insert("../x".into(), file());
+        let (first, bytes) = &bad.parts(1000)[0];
+        assert!(Tree::from_part(bytes, first, None).is_none());
     }
 
     #[test]

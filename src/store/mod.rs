@@ -145,6 +145,12 @@ pub trait ContentStore: Sync {
         self.put_tree(tree)
     }
     fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError>;
+    /// The entries of tree `d` within `ranges` (`[from, to)` in path
+    /// order), when they cost less to read than the whole tree (a large
+    /// tree a remote cache named, not here); `None`: read it whole.
+    fn tree_part(&self, _d: TreeDigest, _ranges: &[(String, String)]) -> Option<Tree> {
+        None
+    }
 
     /// Copy a blob's bytes to `out`, verifying them: on a mismatch an error
     /// is returned and what was written to `out` must be thrown away.

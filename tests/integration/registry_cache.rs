@@ -12,6 +12,16 @@ fn cache(registry: &Registry, tag: &str) -> String {
     format!("type=registry,ref={}/team/cache:{tag}", registry.host())
 }
 
+/// A large stage's tree is read in parts from a registry too.
+#[test]
+fn a_copy_from_a_large_stage_reads_a_few_parts_from_a_registry() {
+    let Some(registry) = Registry::start(None) else {
+        return;
+    };
+    let tag = cache(&registry, "large");
+    crate::remote::copy_from_a_large_stage(&["--cache-to", &tag], &["--cache-from", &tag]);
+}
+
 /// A writes, B (a spec with a stage inserted before the same steps) reads:
 /// B runs nothing, downloads about what it exports, exports the same
 /// bytes. B's own change, written back, joins A's results under the tag:

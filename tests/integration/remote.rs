@@ -229,6 +229,78 @@ fn a_second_machine_takes_every_step_from_the_server() {
     assert_eq!(b.read("out/b.txt"), "one\none\n");
 }
 
+/// A build stage whose tree is large (its base and a thousand files) and
+/// a final stage that copies one file of it.
+const LARGE: &str = r#"kiln 1
+stage build {
+    from image="IMAGE"
+    copy "a.txt" "/a.txt"
+    run "mkdir -p /many /out && for i in $(seq 1500); do echo $i > /many/file-number-$i; done && cat /a.txt /a.txt > /out/app"
+}
+stage final {
+    copy from=build "/out/app" "/app"
+}
+export {
+    final to="out"
+}
+"#;
+
+/// Taking every step from the server, a `copy from=` a large stage reads
+/// the parts of its tree's manifest holding what it copies, not the whole
+/// manifest; a copy that runs here on that stage (its destination changed)
+/// reads the rest as it needs it and copies the same bytes.
+#[test]
+fn a_copy_from_a_large_remote_stage_reads_a_few_parts_of_its_tree() {
+    let Some(grid) = Grid::start() else {
+        return;
+    };
+    copy_from_a_large_stage(
+        &["--remote-cache", &grid.url()],
+        &["--remote-cache", &grid.url()],
+    );
+}
+
+/// A builds with `write`, B with `read`: what B downloads, and a copy
+/// that runs on B.
+pub(crate) fn copy_from_a_large_stage(write: &[&str], read: &[&str]) {
+    let (Some(a), Some(b)) = (machine(LARGE), machine(LARGE)) else {
+        return;
+    };
+    a.build(write).ok();
+    let taken = b.build(read);
+    taken.ok();
+    assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
+    assert_eq!(b.read("out/app"), "one\none\n");
+    // The build stage's manifest alone is about 100 KB (1,500 files of
+    // about 70 bytes each, and the base's); B reads one 16 KB part or two.
+    let down = remote_event(&taken);
+    let downloaded = down["downloaded_bytes"].as_u64().unwrap();
+    assert!(downloaded < 24 << 10, "downloaded {downloaded}: {down}");
+
+    // The copy runs here on the stage's tree from the server: the tree's
+    // files are named by the server, and the file copied is the same.
+    let image = busybox().unwrap();
+    b.spec(
+        &LARGE
+            .replace("\"/app\"", "\"/bin/app\"")
+            .replace("IMAGE", &image),
+    );
+    let moved = b.build(read);
+    moved.ok();
+    assert_eq!(
+        moved.ran(),
+        vec![("final".to_string(), 0)],
+        "{}",
+        moved.stderr
+    );
+    assert_eq!(b.read("out/bin/app"), "one\none\n");
+    assert!(
+        !moved.stderr.contains("kiln::remote::cache"),
+        "{}",
+        moved.stderr
+    );
+}
+
 /// A server that is not there costs one bounded wait and one warning;
 /// the build goes on here.
 #[test]

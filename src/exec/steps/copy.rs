@@ -57,11 +57,12 @@ impl StepKind for Copy {
                 Ok(Prepared::Picked(snap, picked))
             }
             CopyFrom::Stage(src) => {
-                let source = cx.input_tree(src)?;
+                let patterns = patterns(self, cx);
+                let source = source_tree(cx, src, &patterns)?;
                 let stage = cx.graph().stage(src).name.clone();
                 let mut picked = copy_rules::pick(
                     &source,
-                    &patterns(self, cx),
+                    &patterns,
                     Links::Rootfs,
                     &format!("stage `{stage}`"),
                 )?;
@@ -112,6 +113,26 @@ impl StepKind for Copy {
             span,
         )
     }
+}
+
+/// The tree a copy from stage `src` picks in: only the paths its patterns
+/// read when the stage's tree is one a remote cache named and is not here
+/// (so a build that takes every step from the remote fetches a few parts
+/// of a large tree, not its whole manifest), else the whole tree.
+fn source_tree(
+    cx: &StepCx<'_>,
+    src: crate::ir::StageId,
+    patterns: &[Spanned<String>],
+) -> Result<std::sync::Arc<tree::Tree>, Diagnostic> {
+    let state = cx.input(src)?;
+    if cx.env.tree_in_memory(state.tree).is_none()
+        && let Some(reads) = copy_rules::reads(patterns, Links::Rootfs)
+        && let Some(part) = cx.content().tree_part(state.tree, &reads.ranges())
+        && reads.enough(&part)
+    {
+        return Ok(std::sync::Arc::new(part));
+    }
+    cx.env.tree(state.tree)
 }
 
 /// A digest of what a copy's sources matched in a stage: every path, kind,

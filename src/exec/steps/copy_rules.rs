@@ -44,6 +44,68 @@ fn tree_error(e: TreeError, span: Span, source: &str) -> Diagnostic {
     }
 }
 
+/// What picking some patterns reads of a stage's tree, when that is a few
+/// paths: every path on the way to each pattern's fixed part (its
+/// components before the first one with a glob) and everything below
+/// that part.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reads {
+    ways: Vec<String>,
+    /// Each fixed part, and whether a glob follows it.
+    below: Vec<(String, bool)>,
+}
+
+/// What [`pick`] reads for `patterns`; `None` when it may read anything (a
+/// glob in a first component, the root itself, a path that is not one).
+pub fn reads(patterns: &[Spanned<String>], links: Links) -> Option<Reads> {
+    let mut r = Reads {
+        ways: Vec::new(),
+        below: Vec::new(),
+    };
+    for pat in patterns {
+        let parts = tree::components(&pat.value, links).ok()?;
+        let fixed = parts
+            .iter()
+            .take_while(|p| !p.contains(['*', '?', '[', '{', '\\']))
+            .count();
+        if fixed == 0 {
+            return None;
+        }
+        for i in 1..=fixed {
+            r.ways.push(parts[..i].join("/"));
+        }
+        r.below
+            .push((parts[..fixed].join("/"), fixed < parts.len()));
+    }
+    Some(r)
+}
+
+impl Reads {
+    /// The paths read, as ranges `[from, to)` in path order.
+    pub fn ranges(&self) -> Vec<(String, String)> {
+        let ways = self.ways.iter().map(|w| (w.clone(), format!("{w}\0")));
+        // '0' sorts right after '/'.
+        let below = self
+            .below
+            .iter()
+            .map(|(b, _)| (format!("{b}/"), format!("{b}0")));
+        ways.chain(below).collect()
+    }
+
+    /// Whether picking in `part`, a tree holding the entries of
+    /// [`Reads::ranges`] of a larger one, reads nothing else: no link on
+    /// the way to a fixed part, and none a glob below one may match (a
+    /// link leads anywhere).
+    pub fn enough(&self, part: &Tree) -> bool {
+        let link = |e: &Entry| matches!(e.kind, Kind::Symlink { .. });
+        !self.ways.iter().any(|w| part.get(w).is_some_and(link))
+            && !self
+                .below
+                .iter()
+                .any(|(b, glob)| *glob && part.descendants(b).any(|(_, e)| link(e)))
+    }
+}
+
 /// Pick the entries each source pattern names. `source` names the place
 /// for messages ("the context", "stage `build`").
 pub fn pick(
@@ -330,6 +392,63 @@ mod tests {
         .unwrap();
         let got: Vec<&str> = out.entries.keys().map(String::as_str).collect();
         assert_eq!(got, expected, "copy {sources:?} {dest:?}");
+    }
+
+    /// Picking in the entries a pattern reads gives what picking in the
+    /// whole tree gives, whenever they are said to be enough.
+    #[test]
+    fn what_a_pick_reads_is_enough_to_pick() {
+        let mut t = ctx();
+        let d = Entry::dir(0o755, 0, 0);
+        t.mkdir_all("out/bin", &d).unwrap();
+        t.put("out/bin/app", file(5), false).unwrap();
+        t.put("out/bin.txt", file(6), false).unwrap();
+        t.put("out/lib", file(7), false).unwrap();
+        let link = |to: &str| Entry {
+            kind: Kind::Symlink { target: to.into() },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        };
+        t.put("via", link("/src"), false).unwrap();
+        t.put("out/latest", link("/src/a.c"), false).unwrap();
+        let within = |ranges: &[(String, String)]| {
+            let mut part = Tree::new();
+            for (p, e) in &t.entries {
+                if ranges.iter().any(|(from, to)| p >= from && p < to) {
+                    part.entries.insert(p.clone(), e.clone());
+                }
+            }
+            part
+        };
+        let cases: &[(&[&str], bool)] = &[
+            (&["/out/bin/app"], true),
+            (&["/out/bin"], true),
+            (&["out/bin/*"], true),
+            (&["/out/bin/**/app", "/src/sub/c.h"], true),
+            (&["/out/**/app"], false),
+            (&["/out/bin/app", "/out/missing"], true),
+            (&["/via/a.c"], false),
+            (&["/out/latest"], false),
+            (&["/out/*"], false),
+            (&["/out"], true),
+        ];
+        for (sources, enough) in cases {
+            let pats: Vec<_> = sources.iter().map(|s| sp(s)).collect();
+            let reads = reads(&pats, Links::Rootfs).unwrap();
+            let part = within(&reads.ranges());
+            assert_eq!(reads.enough(&part), *enough, "{sources:?}");
+            if *enough {
+                let whole = pick(&t, &pats, Links::Rootfs, "s").map_err(|e| e.message);
+                let partly = pick(&part, &pats, Links::Rootfs, "s").map_err(|e| e.message);
+                assert_eq!(format!("{whole:?}"), format!("{partly:?}"), "{sources:?}");
+                assert!(part.entries.len() < t.entries.len(), "{sources:?}");
+            }
+        }
+        for any in [&["*.c"][..], &["/"], &["/src", "[ab]/x"], &["/{a,b}/x"]] {
+            let pats: Vec<_> = any.iter().map(|s| sp(s)).collect();
+            assert_eq!(reads(&pats, Links::Rootfs), None, "{any:?}");
+        }
     }
 
     #[test]

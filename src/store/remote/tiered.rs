@@ -11,6 +11,15 @@
 //! here once its tree is stored here.
 //!
 //! (What reads a file: a later step that runs here, an export.)
+//!
+//! A large tree's manifest is also kept in parts of about 16 KB, in path
+//! order, named by an index ([`PARTS_FILE`]): a `copy from=` a stage
+//! whose tree is on the server reads the parts holding the paths it
+//! picks, not the whole manifest (a build that takes every step from the
+//! server downloads about what it exports). Each part is checked against
+//! its SHA-256 in the index, the index against the result that names it,
+//! and every entry against the part's place; the whole manifest, when it
+//! is read, against the tree's digest.
 
 use super::map::ShaMap;
 use super::{Remote, Sha};
@@ -35,14 +44,43 @@ pub const ACTION_FILE: &str = "kiln/action.json";
 pub const TREE_FILE: &str = "kiln/tree";
 /// The tree's files: blake3, SHA-256 and size of each (72-byte records).
 pub const BLOBS_FILE: &str = "kiln/blobs";
+/// The index of the tree's manifest in parts (a large tree's only): the
+/// first path and SHA-256 of each part.
+pub const PARTS_FILE: &str = "kiln/tree-parts";
+
+/// A manifest larger than this is also kept in parts.
+const PARTS_FROM: usize = 64 << 10;
+/// About the size of a part.
+const PART_SIZE: usize = 16 << 10;
+/// The largest part taken (an entry is at most two 4 KB paths).
+const MAX_PART: u64 = 1 << 20;
+/// The first bytes of an index of parts.
+const PARTS_TAG: &[u8] = b"kiln-tree-parts-1\0";
+
+/// What a result from the server names for its tree.
+#[derive(Clone, Copy)]
+struct Named {
+    manifest: Sha,
+    list: Sha,
+    parts: Option<Sha>,
+}
+
+/// The parts of a manifest: each one's first path and SHA-256.
+type Parts = std::sync::Arc<Vec<(String, Sha)>>;
+/// A part by its name and the next part's first path.
+type PartName = (Sha, Option<String>);
 
 pub struct Tiered<'a> {
     local: &'a Store,
     remote: &'a Remote,
     map: ShaMap,
-    /// Trees results from the server named: their manifest's SHA-256 and
-    /// their blob list's.
-    trees: Mutex<HashMap<TreeDigest, (Sha, Sha)>>,
+    /// Trees results from the server named.
+    trees: Mutex<HashMap<TreeDigest, Named>>,
+    /// The indexes of parts read in this build (`None`: not readable).
+    parts: Mutex<HashMap<TreeDigest, Option<Parts>>>,
+    /// The parts read in this build, by their name and the next part's
+    /// first path (what they were checked against).
+    part_trees: Mutex<HashMap<PartName, std::sync::Arc<Tree>>>,
     /// Manifests fetched from the server in this build (not stored here:
     /// their files are not).
     fetched: Mutex<HashMap<TreeDigest, std::sync::Arc<Tree>>>,
@@ -74,6 +112,8 @@ impl<'a> Tiered<'a> {
             remote,
             map: ShaMap::open(local.layout().remote_map()),
             trees: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
+            part_trees: Mutex::new(HashMap::new()),
             fetched: Mutex::new(HashMap::new()),
             lists: Mutex::new(Vec::new()),
             reading: Mutex::new(()),
@@ -103,6 +143,7 @@ impl<'a> Tiered<'a> {
             ACTION_FILE.to_string(),
             BLOBS_FILE.to_string(),
             TREE_FILE.to_string(),
+            PARTS_FILE.to_string(),
         ];
         outputs.sort();
         let command = re::Command {
@@ -151,12 +192,15 @@ impl<'a> Tiered<'a> {
         if let Some(t) = action.tree
             && !self.local.has_tree(t)
         {
-            let tree = Sha::from_proto(file(TREE_FILE)?.digest.as_ref()?)?;
-            let blobs = Sha::from_proto(file(BLOBS_FILE)?.digest.as_ref()?)?;
+            let named = Named {
+                manifest: Sha::from_proto(file(TREE_FILE)?.digest.as_ref()?)?,
+                list: Sha::from_proto(file(BLOBS_FILE)?.digest.as_ref()?)?,
+                parts: file(PARTS_FILE).and_then(|f| Sha::from_proto(f.digest.as_ref()?)),
+            };
             self.trees
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(t, (tree, blobs));
+                .insert(t, named);
         }
         self.taken
             .lock()
@@ -185,12 +229,12 @@ impl<'a> Tiered<'a> {
         {
             return Some(t.clone());
         }
-        let (tree_sha, list_sha) = *self
+        let named = *self
             .trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&d)?;
-        let Some(bytes) = self.remote.read_at_most(tree_sha, MAX_MANIFEST) else {
+        let Some(bytes) = self.remote.read_at_most(named.manifest, MAX_MANIFEST) else {
             self.fetch_failed.store(true, Ordering::Relaxed);
             return None;
         };
@@ -210,8 +254,65 @@ impl<'a> Tiered<'a> {
         self.lists
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((d, list_sha));
+            .push((d, named.list));
         Some(tree)
+    }
+
+    /// Part `i` of `parts`, read once per build.
+    fn part(&self, parts: &[(String, Sha)], i: usize) -> Option<std::sync::Arc<Tree>> {
+        let (first, sha) = parts.get(i)?;
+        let next = parts.get(i + 1).map(|(n, _)| n.clone());
+        let name = (*sha, next);
+        if let Some(t) = self
+            .part_trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+        {
+            return Some(t.clone());
+        }
+        let bytes = self.remote.read_at_most(*sha, MAX_PART)?;
+        let Some(part) = Tree::from_part(&bytes, first, name.1.as_deref()) else {
+            self.remote
+                .refuse("a part of a tree it sent is not one kiln wrote, or out of place");
+            return None;
+        };
+        let part = std::sync::Arc::new(part);
+        self.part_trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, part.clone());
+        Some(part)
+    }
+
+    /// The index of the parts of a tree a result from the server named
+    /// (read once; `None` when it has none or it cannot be read).
+    fn parts_of(&self, d: TreeDigest) -> Option<Parts> {
+        if let Some(p) = self.parts.lock().unwrap_or_else(|e| e.into_inner()).get(&d) {
+            return p.clone();
+        }
+        let sha = self
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)?
+            .parts?;
+        let found = self
+            .remote
+            .read_at_most(sha, MAX_MANIFEST)
+            .and_then(|bytes| {
+                let parts = read_parts(&bytes).map(std::sync::Arc::new);
+                if parts.is_none() {
+                    self.remote
+                        .refuse("an index of a tree's parts it sent is not one kiln wrote");
+                }
+                parts
+            });
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, found.clone());
+        found
     }
 
     /// The SHA-256 name of a file of a tree from the server: the trees'
@@ -228,7 +329,13 @@ impl<'a> Tiered<'a> {
                 return Some(sha);
             }
             let (tree, list) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            // (A tree read in parts is read whole here, which lists it
+            // again.)
             let t = self.remote_tree(tree)?;
+            self.lists
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(other, _)| *other != tree);
             let files: HashMap<[u8; 32], u64> = t
                 .entries
                 .values()
@@ -418,7 +525,7 @@ impl<'a> Tiered<'a> {
         let pending: Vec<(StepKey, Action)> = last.into_iter().collect();
         let mut sources: HashMap<Sha, Source> = HashMap::new();
         let mut results = Vec::new();
-        let mut tree_files: HashMap<TreeDigest, (Sha, Sha)> = HashMap::new();
+        let mut tree_files: HashMap<TreeDigest, Named> = HashMap::new();
         for (key, action) in &pending {
             let (action_sha, blobs) = Tiered::action(*key);
             for (sha, bytes) in blobs {
@@ -429,7 +536,7 @@ impl<'a> Tiered<'a> {
             sources.insert(json_sha, Source::Bytes(json));
             let mut files = vec![output_file(ACTION_FILE, json_sha)];
             if let Some(t) = action.tree {
-                let (tree_sha, list_sha) = match tree_files.get(&t) {
+                let named = match tree_files.get(&t) {
                     Some(found) => *found,
                     None => {
                         let found = self.tree_sources(t, &mut sources)?;
@@ -437,8 +544,11 @@ impl<'a> Tiered<'a> {
                         found
                     }
                 };
-                files.push(output_file(TREE_FILE, tree_sha));
-                files.push(output_file(BLOBS_FILE, list_sha));
+                files.push(output_file(TREE_FILE, named.manifest));
+                files.push(output_file(BLOBS_FILE, named.list));
+                if let Some(parts) = named.parts {
+                    files.push(output_file(PARTS_FILE, parts));
+                }
             }
             files.sort_by(|a, b| a.path.cmp(&b.path));
             results.push((
@@ -471,13 +581,14 @@ impl<'a> Tiered<'a> {
         Ok(())
     }
 
-    /// What uploading tree `t` takes: its manifest, its blob list and its
-    /// files, added to `sources`; the manifest's and list's SHA-256.
+    /// What uploading tree `t` takes: its manifest (and its parts, for a
+    /// large one), its blob list and its files, added to `sources`; their
+    /// names.
     fn tree_sources(
         &self,
         t: TreeDigest,
         sources: &mut HashMap<Sha, Source>,
-    ) -> Result<(Sha, Sha), StoreError> {
+    ) -> Result<Named, StoreError> {
         let tree = self.local.get_tree(t)?;
         let blobs: Vec<BlobDigest> = tree
             .entries
@@ -497,10 +608,26 @@ impl<'a> Tiered<'a> {
             sources.insert(*s, Source::Blob(*b));
         }
         let manifest = tree.to_bytes();
-        let (tree_sha, list_sha) = (Sha::of(&manifest), Sha::of(&list));
-        sources.insert(tree_sha, Source::Bytes(manifest));
-        sources.insert(list_sha, Source::Bytes(list));
-        Ok((tree_sha, list_sha))
+        let parts = (manifest.len() > PARTS_FROM).then(|| {
+            let mut index = Vec::new();
+            for (first, bytes) in tree.parts(PART_SIZE) {
+                let sha = Sha::of(&bytes);
+                sources.insert(sha, Source::Bytes(bytes));
+                index.push((first, sha.hash, sha.size));
+            }
+            let index = postcard::to_extend(&index, PARTS_TAG.to_vec()).unwrap_or_default();
+            let sha = Sha::of(&index);
+            sources.insert(sha, Source::Bytes(index));
+            sha
+        });
+        let named = Named {
+            manifest: Sha::of(&manifest),
+            list: Sha::of(&list),
+            parts,
+        };
+        sources.insert(named.manifest, Source::Bytes(manifest));
+        sources.insert(named.list, Source::Bytes(list));
+        Ok(named)
     }
 }
 
@@ -510,6 +637,39 @@ fn output_file(path: &str, sha: Sha) -> re::OutputFile {
         digest: Some(sha.proto()),
         ..Default::default()
     }
+}
+
+/// An index of parts: in path order, the first part's first path the
+/// least, each part at most [`MAX_PART`] bytes.
+fn read_parts(bytes: &[u8]) -> Option<Vec<(String, Sha)>> {
+    let index: Vec<(String, [u8; 32], u64)> =
+        postcard::from_bytes(bytes.strip_prefix(PARTS_TAG)?).ok()?;
+    let ordered = index.windows(2).all(|w| w[0].0 < w[1].0);
+    let sized = index.iter().all(|(_, _, size)| *size <= MAX_PART);
+    (ordered && sized && !index.is_empty()).then(|| {
+        index
+            .into_iter()
+            .map(|(first, hash, size)| (first, Sha { hash, size }))
+            .collect()
+    })
+}
+
+/// The parts holding every path within `ranges` (`[from, to)`): those
+/// that begin before a range ends and end after it begins (part `i` holds
+/// the paths from its first to the next part's first).
+fn parts_for(parts: &[(String, Sha)], ranges: &[(String, String)]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for (from, to) in ranges {
+        // The last part beginning at or before `from`, then on while
+        // parts begin before `to`.
+        let start = parts
+            .partition_point(|(first, _)| first.as_str() <= from.as_str())
+            .saturating_sub(1);
+        out.extend((start..parts.len()).take_while(|i| *i == start || parts[*i].0 < *to));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The records of a blob list (a damaged tail is left out).
@@ -650,6 +810,45 @@ impl ContentStore for Tiered<'_> {
         self.local.put_tree_on(tree, base_digest, base)
     }
 
+    /// The parts holding `ranges` of a tree the server named and this
+    /// build has not read whole, when they are fewer than half its parts.
+    fn tree_part(&self, d: TreeDigest, ranges: &[(String, String)]) -> Option<Tree> {
+        if self.remote.is_down()
+            || self
+                .fetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&d)
+            || self.local.has_tree(d)
+        {
+            return None;
+        }
+        let parts = self.parts_of(d)?;
+        let wanted = parts_for(&parts, ranges);
+        if wanted.len() * 2 > parts.len() {
+            return None;
+        }
+        let mut tree = Tree::new();
+        for i in wanted {
+            let part = self.part(&parts, i)?;
+            tree.entries
+                .extend(part.entries.iter().map(|(p, e)| (p.clone(), e.clone())));
+        }
+        // Its files, if the build reads them (a copy that runs here), are
+        // named by its list: read after the lists of trees read whole.
+        let list = self
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)?
+            .list;
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        if !lists.iter().any(|(other, _)| *other == d) {
+            lists.insert(0, (d, list));
+        }
+        Some(tree)
+    }
+
     fn get_tree(&self, d: TreeDigest) -> Result<Tree, StoreError> {
         match self.local.get_tree(d) {
             Err(e @ StoreError::Missing { .. }) => {
@@ -710,6 +909,36 @@ mod tests {
         t.here().put(key, &action).unwrap();
         assert_eq!(store.get(key), Some(action));
         assert!(!remote.is_down(), "the server was not asked");
+    }
+
+    #[test]
+    fn the_parts_named_are_those_holding_the_ranges() {
+        let sha = Sha::of(b"");
+        let parts: Vec<(String, Sha)> = ["", "d", "m", "t"]
+            .iter()
+            .map(|f| (f.to_string(), sha))
+            .collect();
+        let r = |from: &str, to: &str| (from.to_string(), to.to_string());
+        assert_eq!(parts_for(&parts, &[r("a", "b")]), vec![0]);
+        assert_eq!(parts_for(&parts, &[r("d", "d\0")]), vec![1]);
+        assert_eq!(parts_for(&parts, &[r("c", "e")]), vec![0, 1]);
+        assert_eq!(
+            parts_for(&parts, &[r("l", "n"), r("x", "y")]),
+            vec![1, 2, 3]
+        );
+        assert_eq!(parts_for(&parts, &[r("z", "zz")]), vec![3]);
+        let index = |entries: &[(&str, u64)]| {
+            let v: Vec<(String, [u8; 32], u64)> = entries
+                .iter()
+                .map(|(f, size)| (f.to_string(), [0; 32], *size))
+                .collect();
+            postcard::to_extend(&v, PARTS_TAG.to_vec()).unwrap()
+        };
+        assert_eq!(read_parts(&index(&[("a", 1), ("b", 2)])).unwrap().len(), 2);
+        assert!(read_parts(&index(&[("b", 1), ("a", 2)])).is_none(), "order");
+        assert!(read_parts(&index(&[("a", MAX_PART + 1)])).is_none(), "size");
+        assert!(read_parts(&index(&[])).is_none());
+        assert!(read_parts(b"kiln-tree-2\0").is_none());
     }
 
     #[test]
