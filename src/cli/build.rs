@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct BuildArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Build this stage (repeatable); replaces the export block
+    /// Build this stage (repeatable; a glob such as `'test-*'`, or `NAME/...` for every stage below `NAME/`); replaces the export block
     #[arg(long = "target", value_name = "STAGE")]
     pub targets: Vec<String>,
-    /// Export the target: `DIR`, `type=local,dest=DIR`, `type=tar,dest=FILE`, `type=oci,dest=FILE[,tar=false]`, `type=docker,dest=FILE`, `type=image,name=REF,push=true` (repeatable)
+    /// Export the target: `DIR`, `type=local,dest=DIR`, `type=tar,dest=FILE`, `type=oci,dest=FILE[,tar=false]`, `type=docker,dest=FILE`, `type=image,name=REF,push=true` (repeatable; with several `--target`s, each `-o` exports the `--target` before it)
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// For each `-o`, the `--target` given before it on the command line.
+    #[arg(skip)]
+    pub output_targets: Vec<Option<String>>,
     /// Name the target's image in the local image store (repeatable): `kiln images` lists it, `from image="NAME"` builds on it
     #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
     pub tags: Vec<String>,
@@ -189,13 +192,38 @@ pub(super) fn cancel_flag() -> Arc<AtomicBool> {
     flag
 }
 
+impl BuildArgs {
+    /// Note, for each `-o`, the `--target` before it on the command line.
+    pub fn place_outputs(&mut self, m: &clap::ArgMatches) {
+        let targets: Vec<usize> = m
+            .indices_of("targets")
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        self.output_targets = m
+            .indices_of("outputs")
+            .map(|outs| {
+                outs.map(|o| {
+                    let before = targets.iter().rposition(|t| *t < o)?;
+                    self.targets.get(before).cloned()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+    }
+}
+
 /// The request the arguments describe.
 fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
     let outputs = args
         .outputs
         .iter()
-        .map(|o| super::output::parse(o))
-        .collect::<Result<Vec<_>, _>>()?;
+        .enumerate()
+        .map(|(i, o)| {
+            let mut out = super::output::parse(o)?;
+            out.target = args.output_targets.get(i).cloned().flatten();
+            Ok(out)
+        })
+        .collect::<Result<Vec<_>, Diagnostic>>()?;
     let unpack_limit = crate::units::parse_size(&args.max_unpack_size).ok_or_else(|| {
         Diagnostic::new(
             Code::CLI_SIZE,

@@ -188,7 +188,7 @@ pub fn import(args: &ImportArgs, sources: &Sources) -> Result<(), Failure> {
     }
 }
 
-fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
+pub fn print_warnings(ws: &[Diagnostic], sources: &Sources) {
     if !ws.is_empty() {
         eprint!("{}", render_all(ws, sources));
     }
@@ -273,6 +273,50 @@ fn edges(graph: &Graph, id: crate::ir::StageId) -> Vec<(crate::ir::StageId, &'st
     out
 }
 
+/// Graphviz for the stages `ids` and the edges among them (exported
+/// stages bold; copies dashed, mounts and plugins dotted).
+pub fn dot(graph: &Graph, ids: &[crate::ir::StageId]) -> String {
+    let exported: Vec<crate::ir::StageId> = graph.exports.iter().map(|e| e.stage).collect();
+    let mut out = String::from(
+        "digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n",
+    );
+    for id in ids {
+        let s = graph.stage(*id);
+        let style = if exported.contains(id) {
+            ", style=bold"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  \"{}\" [label=\"{}\\n{} step{}\"{style}];\n",
+            s.name,
+            s.name,
+            s.steps.len(),
+            if s.steps.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for id in ids {
+        for (dep, kind) in edges(graph, *id) {
+            if !ids.contains(&dep) {
+                continue;
+            }
+            let style = match kind {
+                "copy" => " [style=dashed, label=\"copy\"]",
+                "mount" => " [style=dotted, label=\"mount\"]",
+                "plugin" => " [style=dotted, label=\"plugin\"]",
+                _ => "",
+            };
+            out.push_str(&format!(
+                "  \"{}\" -> \"{}\"{style};\n",
+                graph.stage(dep).name,
+                graph.stage(*id).name
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
 pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
     let (_, graph, warnings) = load(&args.spec, sources)?;
     print_warnings(&warnings, sources);
@@ -319,42 +363,7 @@ pub fn graph(args: &GraphArgs, sources: &Sources) -> Result<(), Failure> {
                 }
             }
         }
-        GraphFormat::Dot => {
-            out.push_str(
-                "digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n",
-            );
-            for id in &ids {
-                let s = graph.stage(*id);
-                let style = if exported.contains(id) {
-                    ", style=bold"
-                } else {
-                    ""
-                };
-                out.push_str(&format!(
-                    "  \"{}\" [label=\"{}\\n{} step{}\"{style}];\n",
-                    s.name,
-                    s.name,
-                    s.steps.len(),
-                    if s.steps.len() == 1 { "" } else { "s" }
-                ));
-            }
-            for id in &ids {
-                for (dep, kind) in edges(&graph, *id) {
-                    let style = match kind {
-                        "copy" => " [style=dashed, label=\"copy\"]",
-                        "mount" => " [style=dotted, label=\"mount\"]",
-                        "plugin" => " [style=dotted, label=\"plugin\"]",
-                        _ => "",
-                    };
-                    out.push_str(&format!(
-                        "  \"{}\" -> \"{}\"{style};\n",
-                        graph.stage(dep).name,
-                        graph.stage(*id).name
-                    ));
-                }
-            }
-            out.push_str("}\n");
-        }
+        GraphFormat::Dot => out.push_str(&dot(&graph, &ids)),
     }
     out!("{out}");
     Ok(())

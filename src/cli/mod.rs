@@ -11,6 +11,7 @@ mod commands;
 mod lock;
 mod output;
 mod plugin;
+mod query;
 mod verify;
 
 use crate::diag::Code;
@@ -45,6 +46,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Print the stage graph (text, or Graphviz with `--format dot`)
     Graph(commands::GraphArgs),
+    /// Ask the stage graph: deps, rdeps, path, reads FILE, exports (text, JSON or Graphviz)
+    Query(query::QueryArgs),
     /// Resolve the images stages are built on and write kiln.lock (`--update` resolves again)
     Lock(lock::LockArgs),
     /// Show, for each step of the last build, whether it was cached and why it ran
@@ -219,8 +222,18 @@ pub fn waiting(why: &str) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let cli = match parsed {
+        Ok((mut c, m)) => {
+            // Which `--target` each `-o` follows (an `-o` per target).
+            if let (Command::Build(a), Some(("build", m))) = (&mut c.command, m.subcommand()) {
+                a.place_outputs(m);
+            }
+            c
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
@@ -234,6 +247,7 @@ pub fn main() -> ExitCode {
         Command::Lock(a) => lock::run(&a, &sources),
         Command::Plugin(c) => plugin::run(&c, &sources),
         Command::Graph(a) => commands::graph(&a, &sources),
+        Command::Query(a) => query::run(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),
         Command::Images(a) => commands::images(&a),

@@ -25,6 +25,7 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
     if s == "-" {
         // As `docker build -o -`: a tar on standard output.
         return Ok(Output {
+            target: None,
             format: ExportFormat::Tar,
             dest: PathBuf::from("-"),
             tag: None,
@@ -33,6 +34,7 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
     }
     if !s.contains('=') {
         return Ok(Output {
+            target: None,
             format: ExportFormat::Dir,
             dest: PathBuf::from(s),
             tag: None,
@@ -90,6 +92,7 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
             })?,
         };
         return Ok(Output {
+            target: None,
             format: ExportFormat::Push,
             dest: PathBuf::new(),
             tag: Some(name.to_string()),
@@ -149,6 +152,7 @@ pub fn parse(s: &str) -> Result<Output, Diagnostic> {
         })?,
     };
     Ok(Output {
+        target: None,
         format,
         dest,
         tag,
@@ -166,6 +170,7 @@ mod tests {
         assert_eq!(
             ok("out"),
             Output {
+                target: None,
                 format: ExportFormat::Dir,
                 dest: PathBuf::from("out"),
                 tag: None,

@@ -82,6 +82,7 @@ codes! {
     CLI_SSH = "kiln::cli::ssh", User, "start an agent (`eval $(ssh-agent)`), or write `--ssh default=SOCKET`";
     CLI_TAG = "kiln::cli::tag", User;
     CLI_TARGET = "kiln::cli::target", User;
+    CLI_QUERY = "kiln::cli::query", User;
     CLI_UNUSED_ARG = "kiln::cli::unused-arg", User;
     CONTEXT_CHANGED = "kiln::context::changed", Build, "run the build again once the file stops changing";
     CONTEXT_ESCAPE = "kiln::context::escape", User, "a context file cannot be a symlink to a place outside the context";

@@ -6,6 +6,7 @@
 
 mod compile;
 mod op;
+mod query;
 pub mod subst;
 
 pub use compile::{CompileOptions, compile, valid_tag};

@@ -14,6 +14,7 @@ pub mod load;
 pub mod pins;
 pub mod preflight;
 pub mod provenance;
+pub mod query;
 pub mod verify;
 
 use crate::diag::Code;
@@ -116,6 +117,9 @@ impl Request {
 /// One `-o` value: where to write the target and in what format.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
+    /// The `--target` given before it (with several, each `-o` exports
+    /// the one before it).
+    pub target: Option<String>,
     pub format: ExportFormat,
     pub dest: PathBuf,
     /// An image's name (`name=`).
@@ -170,28 +174,79 @@ impl Report {
     }
 }
 
-/// Look up `--target` names.
+/// Look up `--target`s: each a stage's name, a glob (`'test-*'`), or
+/// `NAME/...` (`NAME` and every stage whose name starts with `NAME/`);
+/// each stage once, in the order asked.
 pub fn targets(graph: &Graph, names: &[String]) -> Result<Vec<StageId>, Diagnostic> {
-    names
+    let mut out = Vec::new();
+    for n in names {
+        for id in select(graph, n)? {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The stages one `--target` names, in the order they are declared.
+pub fn select(graph: &Graph, name: &str) -> Result<Vec<StageId>, Diagnostic> {
+    if let Some(id) = graph.find_stage(name) {
+        return Ok(vec![id]);
+    }
+    let stage_list = || {
+        let mut names: Vec<String> = graph
+            .stages
+            .iter()
+            .take(20)
+            .map(|s| format!("`{}`", s.name))
+            .collect();
+        if graph.stages.len() > 20 {
+            names.push(format!("and {} more", graph.stages.len() - 20));
+        }
+        format!("stages are: {}", names.join(", "))
+    };
+    let matches: Box<dyn Fn(&str) -> bool> = if let Some(prefix) = name.strip_suffix("/...") {
+        let below = format!("{prefix}/");
+        let prefix = prefix.to_string();
+        Box::new(move |s: &str| s == prefix || s.starts_with(&below))
+    } else if name == "..." {
+        Box::new(|_: &str| true)
+    } else if name.contains(['*', '?', '[']) {
+        let glob = globset::GlobBuilder::new(name)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| {
+                Diagnostic::new(
+                    Code::CLI_TARGET,
+                    format!("`--target {name}` is not a valid glob: {}", e.kind()),
+                )
+                .with_help("use `*`, `?` and `[abc]` within a name, `**` across `/`")
+            })?
+            .compile_matcher();
+        Box::new(move |s: &str| glob.is_match(s))
+    } else {
+        let d = Diagnostic::new(Code::CLI_TARGET, format!("no stage named `{name}`"));
+        return Err(
+            match crate::diag::did_you_mean(name, graph.stages.iter().map(|s| s.name.as_str())) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help(stage_list()),
+            },
+        );
+    };
+    let found: Vec<StageId> = graph
+        .stages
         .iter()
-        .map(|n| {
-            graph.find_stage(n).ok_or_else(|| {
-                let d = Diagnostic::new(Code::CLI_TARGET, format!("no stage named `{n}`"));
-                match crate::diag::did_you_mean(n, graph.stages.iter().map(|s| s.name.as_str())) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None => d.with_help(format!(
-                        "stages are: {}",
-                        graph
-                            .stages
-                            .iter()
-                            .map(|s| format!("`{}`", s.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                }
-            })
-        })
-        .collect()
+        .filter(|s| matches(&s.name))
+        .map(|s| s.id)
+        .collect();
+    if found.is_empty() {
+        return Err(
+            Diagnostic::new(Code::CLI_TARGET, format!("no stage matches `{name}`"))
+                .with_help(stage_list()),
+        );
+    }
+    Ok(found)
 }
 
 /// Read the spec, pick what to build and check every destination.
@@ -393,19 +448,43 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
             .ok_or_else(|| Diagnostic::new(Code::CLI_EMPTY, "the spec defines no stages"))
     };
     if !req.outputs.is_empty() {
-        let target = match chosen.as_slice() {
-            [] => default()?,
-            [one] => *one,
-            _ => {
-                return Err(Diagnostic::new(Code::CLI_OUTPUT, "`-o` exports one stage, but several `--target`s are given")
-                    .with_help("give one `--target` with `-o`, or use the spec's export block for several stages"));
+        let mut roots = chosen.clone();
+        let mut exports = Vec::new();
+        for o in &req.outputs {
+            let stage = match &o.target {
+                Some(name) => {
+                    match select(graph, name)?.as_slice() {
+                        [one] => *one,
+                        many => {
+                            return Err(Diagnostic::new(
+                            Code::CLI_OUTPUT,
+                            format!(
+                                "`-o {}` follows `--target {name}`, which names {} stages",
+                                o.dest.display(),
+                                many.len()
+                            ),
+                        )
+                        .with_help("an `-o` exports one stage: give it after a `--target` that names one"));
+                        }
+                    }
+                }
+                None => match chosen.as_slice() {
+                    [] => default()?,
+                    [one] => *one,
+                    _ => {
+                        return Err(Diagnostic::new(
+                            Code::CLI_OUTPUT,
+                            format!("`-o {}` comes before every `--target`, and several are given", o.dest.display()),
+                        )
+                        .with_help("give each `-o` after the `--target` it exports: `--target a -o out/a --target b -o out/b`"));
+                    }
+                },
+            };
+            if !roots.contains(&stage) {
+                roots.push(stage);
             }
-        };
-        let exports = req
-            .outputs
-            .iter()
-            .map(|o| Export {
-                stage: target,
+            exports.push(Export {
+                stage,
                 dest: o.dest.clone(),
                 format: o.format,
                 when: When::Success,
@@ -414,9 +493,10 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
                 provenance: false,
                 squash: false,
                 span: None,
-            })
-            .collect();
-        return Ok((vec![target], exports));
+            });
+        }
+        roots.sort();
+        return Ok((roots, exports));
     }
     if !chosen.is_empty() {
         return Ok((chosen, Vec::new()));

@@ -225,9 +225,13 @@ fn command_line_mistakes_are_user_errors() {
         "{}",
         r.stderr
     );
-    let r = p.kiln(&["build", "--target", "lib", "--target", "app", "-o", "x"]);
+    let r = p.kiln(&["build", "-o", "x", "--target", "lib", "--target", "app"]);
     r.code(2);
-    assert!(r.stderr.contains("several `--target`s"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("comes before every `--target`"),
+        "{}",
+        r.stderr
+    );
     let r = p.kiln(&["gc", "--max-size", "lots"]);
     r.code(2);
 }

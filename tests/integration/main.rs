@@ -22,6 +22,7 @@ mod keys;
 mod layers;
 mod outputs;
 mod plugins;
+mod query;
 mod registry_cache;
 mod reliability;
 mod remote;

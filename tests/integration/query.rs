@@ -1,0 +1,159 @@
+//! `kiln query` and target selection on a small monorepo: libraries,
+//! apps built on them, tests, an ignore file, a mount, an included spec.
+//! The answers are compared with `tests/golden/query/monorepo.txt`
+//! (`KILN_BLESS=1` rewrites it).
+
+use crate::harness::Project;
+use std::path::Path;
+
+const SPEC: &str = r#"kiln 1
+include "tests.kdl"
+stage base {
+    write "/etc/os" "x"
+}
+stage lib-a {
+    from base
+    copy "libs/a/" "/src/a/"
+}
+stage lib-b {
+    from base
+    copy "libs/b/*.c" "/src/b/" {
+        exclude "skip.c"
+    }
+}
+stage app {
+    from base
+    copy from=lib-a "/src/a" "/a"
+    copy from=lib-b "/src/b" "/b"
+    copy "apps/main.c" "/main.c"
+}
+stage docs {
+    write "/doc" "d"
+}
+export {
+    app to="out/app"
+    docs to="out/docs"
+}
+"#;
+
+const TESTS: &str = r#"kiln 1
+stage test-a {
+    copy from=lib-a "/src/a" "/a"
+}
+stage test-app {
+    from app
+    run "true" {
+        mount "type=bind,source=fixtures,target=/fixtures"
+    }
+}
+"#;
+
+fn monorepo() -> Project {
+    let p = Project::new();
+    p.spec(SPEC)
+        .file("tests.kdl", TESTS)
+        .file("libs/a/x.c", "a\n")
+        .file("libs/b/y.c", "b\n")
+        .file("libs/b/skip.c", "s\n")
+        .file("apps/main.c", "m\n")
+        .file("fixtures/one.txt", "1\n")
+        .file("notes.txt", "n\n")
+        .file(".kilnignore", "notes.txt\n");
+    p
+}
+
+/// Every question, its answer and exit code, in one transcript.
+#[test]
+fn queries_answer_as_the_golden_says() {
+    let p = monorepo();
+    let questions: &[&[&str]] = &[
+        &["deps", "app"],
+        &["deps", "app", "--direct"],
+        &["rdeps", "lib-a"],
+        &["rdeps", "lib-a", "--direct"],
+        &["rdeps", "base", "lib-b", "--direct"],
+        &["deps", "test-*"],
+        &["path", "test-app", "base"],
+        &["path", "base", "app"],
+        &["path", "docs", "base"],
+        &["reads", "libs/a/x.c"],
+        &["reads", "libs/b/y.c", "libs/b/skip.c", "notes.txt"],
+        &["reads", "fixtures/one.txt"],
+        &["reads", "tests.kdl"],
+        &["reads", "apps/main.c", "--format", "json"],
+        &["exports"],
+        &["exports", "--format", "json"],
+        &["deps", "test-app", "--format", "json"],
+        &["rdeps", "lib-b", "--format", "dot"],
+        &["deps", "nope"],
+        &["deps", "lib-*-x"],
+        &["reads", "libs/a/x.c", "--format", "dot"],
+    ];
+    let mut transcript = String::new();
+    for q in questions {
+        let mut args = vec!["query"];
+        args.extend_from_slice(q);
+        let r = p.kiln_env(&args, &[("NO_COLOR", "1"), ("COLUMNS", "80")]);
+        transcript.push_str(&format!("$ kiln {}\n", args.join(" ")));
+        transcript.push_str(&r.stdout);
+        for line in r.stderr.lines().filter(|l| !l.trim().is_empty()) {
+            transcript.push_str(&format!("! {line}\n"));
+        }
+        transcript.push_str(&format!("exit {}\n\n", r.code));
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/query/monorepo.txt");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::write(&golden, &transcript).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).unwrap_or_default();
+    assert!(
+        want == transcript,
+        "the answers changed (KILN_BLESS=1 to accept):\n{transcript}"
+    );
+}
+
+/// Several `--target`s, globs and `NAME/...` select stages; an `-o`
+/// exports the `--target` before it.
+#[test]
+fn targets_are_selected_by_glob_and_each_exported_by_its_own_o() {
+    if !crate::images_helper::sandbox_ready() {
+        return;
+    }
+    let p = monorepo();
+    // A glob builds every stage it matches (and what they need), and no
+    // other.
+    let r = p.build(&["--target", "lib-*"]);
+    r.ok();
+    let mut stages: Vec<String> = r.ran().into_iter().map(|(s, _)| s).collect();
+    stages.dedup();
+    assert_eq!(stages, ["base", "lib-a", "lib-b"], "{}", r.stderr);
+
+    let r = p.build(&[
+        "--target", "lib-a", "-o", "out/a", "--target", "docs/...", "-o", "out/d",
+    ]);
+    r.ok();
+    assert_eq!(p.read("out/a/src/a/x.c"), "a\n");
+    assert_eq!(p.read("out/d/doc"), "d");
+    assert!(!p.exists("out/a/doc"), "each -o has its own target");
+
+    // An `-o` after a glob that names several stages is refused, as is one
+    // before several targets; a glob that matches nothing names the stages.
+    let r = p.build(&["--target", "lib-*", "-o", "out/x"]);
+    r.code(2);
+    assert!(r.stderr.contains("which names 2 stages"), "{}", r.stderr);
+    let r = p.build(&["-o", "out/x", "--target", "lib-a", "--target", "app"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("comes before every `--target`"),
+        "{}",
+        r.stderr
+    );
+    let r = p.build(&["--target", "tset-*"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("no stage matches `tset-*`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("stages are: `test-a`"), "{}", r.stderr);
+}
