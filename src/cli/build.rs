@@ -30,6 +30,9 @@ pub struct BuildArgs {
     /// Run every step and hash every context file, ignoring the cache (results are still stored)
     #[arg(long)]
     pub no_cache: bool,
+    /// Say which steps would run and why, and which are cached (locally or in the remote cache); run, export and record nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Let the spec's export block write outside the spec's directory (read it first: a spec from anywhere could name `/root/.ssh`)
     #[arg(long)]
     pub allow_export_outside: bool,
@@ -251,6 +254,7 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         ssh: ssh(&args.ssh)?,
         allow_export_outside: args.allow_export_outside,
         remote: None,
+        dry_run: args.dry_run,
     })
 }
 
@@ -563,6 +567,28 @@ pub(super) fn fixed_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 }
 
+/// A dry run's answer: each step, cached or why it would run, then the
+/// counts.
+fn print_plan(planned: &[pipeline::Planned]) {
+    for p in planned {
+        outln!("{:<9}  {} [{}] {}", p.status, p.stage, p.step + 1, p.text);
+        for why in &p.why {
+            outln!("           {why}");
+        }
+    }
+    let count = |status: &str| planned.iter().filter(|p| p.status == status).count();
+    let (run, cached, remote) = (count("would run"), count("cached"), count("remote"));
+    let remote = if remote > 0 {
+        format!(", {remote} in the remote cache")
+    } else {
+        String::new()
+    };
+    outln!(
+        "dry run: {run} step{} would run, {cached} cached{remote}",
+        if run == 1 { "" } else { "s" }
+    );
+}
+
 pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     fixed_umask();
     docker_flags(args)?;
@@ -593,6 +619,9 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         progress.println(&render_all(&report.notices, sources));
     }
     progress.finish();
+    if req.dry_run {
+        print_plan(&report.planned);
+    }
     let mut failures = report.failures;
     if report.interrupted {
         failures.push(Diagnostic::interrupted());
@@ -613,7 +642,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         .outputs
         .iter()
         .any(|o| o.dest.as_os_str() == "-" && o.format == crate::ir::ExportFormat::Tar);
-    if !tar_on_stdout {
+    if !tar_on_stdout && !req.dry_run {
         for (stage, digest) in &report.results {
             outln!("{stage}\t{}", digest.hex());
         }

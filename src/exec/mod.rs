@@ -57,6 +57,9 @@ pub struct Options {
     /// digest of the spec's path): the private copies `run` steps without
     /// root leave for the next command (see `sandbox::rootfs`).
     pub scope: String,
+    /// Run nothing: steps the cache answers are taken, a stage stops at
+    /// the first step that would run, and no memo is written.
+    pub dry_run: bool,
 }
 
 /// Sources the spec does not pin, pinned for this build (from the lock
@@ -242,6 +245,7 @@ impl<'a> Executor<'a> {
         if let Some(key) = env.options.memo_key
             && scheduled.failures.is_empty()
             && !interrupted
+            && !env.options.dry_run
         {
             self.write_memo(key, &order, &scheduled.outcomes, &records);
         }

@@ -106,6 +106,17 @@ enum Stop {
     },
     /// The cache pointed at an object that is missing or damaged.
     Damaged(Box<Diagnostic>),
+    /// A dry run reached a step that would run.
+    WouldRun,
+}
+
+/// How a step went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Cached,
+    Ran,
+    /// Not run: a dry run.
+    WouldRun,
 }
 
 impl<'a> Runner<'a> {
@@ -135,7 +146,11 @@ impl<'a> Runner<'a> {
                     inputs.insert(*d, s.clone());
                 }
                 _ => {
-                    let because = format!("`{}` did not build", env.graph.stage(*d).name);
+                    let because = if env.options.dry_run {
+                        format!("`{}` would run first", env.graph.stage(*d).name)
+                    } else {
+                        format!("`{}` did not build", env.graph.stage(*d).name)
+                    };
                     env.progress.emit(Event::StageSkipped {
                         stage: stage.name.clone(),
                         because,
@@ -175,6 +190,13 @@ impl<'a> Runner<'a> {
                 env.progress.emit(Event::StageSkipped {
                     stage: stage.name.clone(),
                     because: "interrupted".into(),
+                });
+                return (StageOutcome::Skipped, None);
+            }
+            Err(Stop::WouldRun) => {
+                env.progress.emit(Event::StageSkipped {
+                    stage: stage.name.clone(),
+                    because: "a step would run (a dry run)".into(),
                 });
                 return (StageOutcome::Skipped, None);
             }
@@ -307,7 +329,9 @@ impl<'a> Runner<'a> {
             };
             let last = i + 1 == stage.steps.len();
             match self.step(&cx, &mut cur, use_cache, last) {
-                Ok(cached) => all_cached &= cached,
+                Ok(Done::Cached) => {}
+                Ok(Done::Ran) => all_cached = false,
+                Ok(Done::WouldRun) => return Err(Stop::WouldRun),
                 Err(d) if d.is_damage() && use_cache => return Err(Stop::Damaged(Box::new(d))),
                 Err(mut d) => {
                     let text = steps::describe(&stage.steps[i].op, env.graph);
@@ -533,15 +557,15 @@ impl<'a> Runner<'a> {
         Ok(d)
     }
 
-    /// Run or restore one step, moving the cursor past it. Returns whether
-    /// it was cached.
+    /// Run or restore one step, moving the cursor past it (in a dry run,
+    /// only restore it).
     fn step(
         &self,
         cx: &StepCx<'_>,
         cur: &mut Cursor,
         use_cache: bool,
         last: bool,
-    ) -> Result<bool, Diagnostic> {
+    ) -> Result<Done, Diagnostic> {
         let env = self.env;
         let stage = cx.stage.name.as_str();
         let index = cx.index;
@@ -562,10 +586,12 @@ impl<'a> Runner<'a> {
             non_hermetic: kind.non_hermetic().map(str::to_string),
             result: result.map(|d| d.hex()),
         };
-        let (hit, _claim) = if use_cache {
-            self.look_up(key, stage, index, &text)?
-        } else {
-            (None, None)
+        let dry_run = env.options.dry_run;
+        let (hit, _claim) = match (use_cache, dry_run) {
+            (false, _) => (None, None),
+            // A dry run only asks: it waits for no other build.
+            (true, true) => (self.actions.get(key), None),
+            (true, false) => self.look_up(key, stage, index, &text)?,
         };
         if let Some(hit) = hit {
             self.steps_cached.fetch_add(1, Ordering::Relaxed);
@@ -584,7 +610,14 @@ impl<'a> Runner<'a> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(record(true, result));
-            return Ok(true);
+            return Ok(Done::Cached);
+        }
+        if dry_run {
+            self.records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record(false, None));
+            return Ok(Done::WouldRun);
         }
         env.progress.emit(Event::StepStarted {
             stage: stage.into(),
@@ -664,6 +697,6 @@ impl<'a> Runner<'a> {
             ms: t0.elapsed().as_secs_f64() * 1000.0,
             non_hermetic: kind.non_hermetic().map(str::to_string),
         });
-        Ok(false)
+        Ok(Done::Ran)
     }
 }

@@ -59,6 +59,7 @@ impl World {
             secrets: Default::default(),
             ssh: Default::default(),
             scope: "test".into(),
+            dry_run: false,
         };
         let roots: Vec<StageId> = graph.stages.iter().map(|s| s.id).collect();
         let images = ImageSet::empty(crate::image::platform::Platform::host(), Default::default());

@@ -77,6 +77,9 @@ pub struct Request {
     /// `--remote-cache`: a REAPI server whose cache is looked in after the
     /// local one and to which results are uploaded.
     pub remote: Option<crate::store::remote::Settings>,
+    /// `--dry-run`: say what would run and what is cached, and why;
+    /// run, export and record nothing.
+    pub dry_run: bool,
 }
 
 impl Request {
@@ -102,6 +105,7 @@ impl Request {
             ssh: Default::default(),
             allow_export_outside: false,
             remote: None,
+            dry_run: false,
         }
     }
 
@@ -158,6 +162,19 @@ pub struct Report {
     pub states: Vec<(String, crate::model::state::State)>,
     /// Every step of the build: its key, whether it was cached.
     pub records: Vec<records::StepRecord>,
+    /// A dry run's answer for every step the request needs.
+    pub planned: Vec<Planned>,
+}
+
+/// One step of a dry run: what a build would do with it, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub stage: String,
+    pub step: usize,
+    pub text: String,
+    /// `cached`, `remote` (in the remote cache) or `would run`.
+    pub status: &'static str,
+    pub why: Vec<String>,
 }
 
 impl Report {
@@ -170,6 +187,7 @@ impl Report {
             results: Vec::new(),
             states: Vec::new(),
             records: Vec::new(),
+            planned: Vec::new(),
         }
     }
 }
@@ -587,6 +605,22 @@ pub fn run(
         .as_ref()
         .map(|r| crate::store::remote::tiered::Tiered::new(&store, r));
     let stores = || stores_of(&store, tiered.as_ref());
+    if req.dry_run {
+        let executor = Executor::new(Setup {
+            graph,
+            stores: stores(),
+            progress,
+            options: options.clone(),
+            cancel,
+            exclude,
+            images: &images,
+            prefetched: prefetch.take().map(|p| p.join()).unwrap_or_default(),
+        });
+        let outcome = executor.build(&roots);
+        return Ok(dry_run(
+            graph, &roots, &store, &options, &spec_name, outcome, notices, progress,
+        ));
+    }
     let (outcome, failures) = loop {
         let executor = Executor::new(Setup {
             graph,
@@ -675,12 +709,109 @@ pub fn run(
         interrupted: outcome.interrupted,
         states,
         records: outcome.records.clone(),
+        planned: Vec::new(),
     };
     // The process ends soon: freeing large structures one by one would
     // only slow a no-op build down.
     std::mem::forget(outcome);
     std::mem::forget(loaded);
     Ok(report)
+}
+
+/// A dry run's report: each step the roots need, cached or not and why
+/// (as `kiln explain` would say after a build), from the outcome of a
+/// build that ran nothing.
+#[allow(clippy::too_many_arguments)]
+fn dry_run(
+    graph: &Graph,
+    roots: &[StageId],
+    store: &Store,
+    options: &Options,
+    spec_name: &str,
+    outcome: crate::exec::Outcome,
+    notices: Vec<Diagnostic>,
+    progress: &Progress<'_>,
+) -> Report {
+    let why = records::would_miss(
+        store,
+        &options.scope,
+        spec_name,
+        options.no_cache,
+        &outcome.records,
+    );
+    let found: HashMap<(&str, usize), (&records::StepRecord, Vec<String>)> = outcome
+        .records
+        .iter()
+        .zip(why)
+        .map(|(r, w)| ((r.stage.as_str(), r.step), (r, w)))
+        .collect();
+    let mut planned: Vec<Planned> = Vec::new();
+    for id in graph.ancestors(roots) {
+        let stage = graph.stage(id);
+        // Why a step without an answer would run: a step before it would,
+        // or a stage it needs would.
+        let mut after = stage
+            .deps
+            .iter()
+            .find(|d| {
+                let name = graph.stage(**d).name.as_str();
+                planned
+                    .iter()
+                    .any(|p| p.stage == name && p.status == "would run")
+            })
+            .map(|d| format!("`{}` would run first", graph.stage(*d).name));
+        for (i, step) in stage.steps.iter().enumerate() {
+            let text = crate::exec::steps::describe(&step.op, graph);
+            let (status, why) = match found.get(&(stage.name.as_str(), i)) {
+                Some((r, _)) if r.cached => {
+                    (if r.remote { "remote" } else { "cached" }, Vec::new())
+                }
+                Some((_, why)) => {
+                    after = Some(format!("it comes after step {}, which would run", i + 1));
+                    ("would run", why.clone())
+                }
+                None => (
+                    "would run",
+                    vec![
+                        after
+                            .clone()
+                            .unwrap_or_else(|| "a stage it needs did not build".into()),
+                    ],
+                ),
+            };
+            progress.emit(Event::StepPlanned {
+                stage: stage.name.clone(),
+                step: i,
+                text: text.clone(),
+                status: status.to_string(),
+                why: why.clone(),
+            });
+            planned.push(Planned {
+                stage: stage.name.clone(),
+                step: i,
+                text,
+                status,
+                why,
+            });
+        }
+    }
+    progress.emit(Event::BuildFinished {
+        ok: outcome.failures.is_empty() && !outcome.interrupted,
+        ms: progress.elapsed_ms(),
+        steps_run: 0,
+        steps_cached: outcome.steps_cached,
+        failures: outcome.failures.len(),
+        unchanged: false,
+    });
+    Report {
+        failures: outcome.failures.clone(),
+        notices,
+        interrupted: outcome.interrupted,
+        results: Vec::new(),
+        states: Vec::new(),
+        records: outcome.records.clone(),
+        planned,
+    }
 }
 
 /// The executor's options for this request, and what to tell the user
@@ -707,6 +838,7 @@ fn options_of(
         ssh: Arc::new(req.ssh.clone()),
         pins: Arc::new(urls),
         scope: load::project_scope(spec_path),
+        dry_run: req.dry_run,
     };
     (options, capped.into_iter().collect())
 }

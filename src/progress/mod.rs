@@ -141,6 +141,15 @@ pub enum Event {
         /// Bytes read from it (trees and files the build needed here).
         downloaded_bytes: u64,
     },
+    /// A dry run's answer for one step: `cached`, `remote` (in the
+    /// remote cache) or `would run`, and why it would.
+    StepPlanned {
+        stage: String,
+        step: usize,
+        text: String,
+        status: String,
+        why: Vec<String>,
+    },
     /// Something the user should know about the build as it goes.
     Notice {
         message: String,

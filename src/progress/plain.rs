@@ -145,6 +145,8 @@ pub fn line(event: &Event) -> Option<String> {
             dest,
             because,
         } => format!("not exported: `{stage}` to {dest}: {because}"),
+        // The plan is the command's output.
+        Event::StepPlanned { .. } => return None,
         Event::BuildFinished {
             ok,
             ms,

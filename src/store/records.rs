@@ -232,43 +232,10 @@ pub fn save_build(
         no_cache,
         steps: Vec::new(),
     };
-    // Keys of steps that missed in this build, and the states they left,
-    // to point at the first cause.
-    let missed: BTreeMap<&str, (&str, usize)> = records
-        .iter()
-        .filter(|r| !r.cached)
-        .flat_map(|r| {
-            let at = (r.stage.as_str(), r.step);
-            std::iter::once((r.key.as_str(), at)).chain(r.result.as_deref().map(|d| (d, at)))
-        })
-        .collect();
-    for r in records {
+    let whys = reasons(store, scope, spec, no_cache, records, &history);
+    for (r, why) in records.iter().zip(whys) {
         let id = step_id(spec, &r.stage, r.step);
         let prev = history.get(&id);
-        let why = if r.cached {
-            Vec::new()
-        } else if no_cache {
-            vec!["`--no-cache` was given".to_string()]
-        } else {
-            // (Records of older kiln kept the inputs in the history.)
-            let inputs = prev.and_then(|p| match p.inputs.is_empty() {
-                true => load_inputs(store, scope, &p.key),
-                false => Some(p.inputs.clone()),
-            });
-            match (prev, inputs) {
-                (Some(p), Some(inputs)) => {
-                    let prev = StepRecord {
-                        inputs,
-                        ..p.clone()
-                    };
-                    explain(Some(&prev), r, &missed)
-                }
-                (Some(_), None) => vec![
-                    "the inputs of its previous run are no longer recorded, so what changed cannot be said".to_string(),
-                ],
-                (None, _) => explain(None, r, &missed),
-            }
-        };
         let same_result =
             !r.cached && r.result.is_some() && prev.is_some_and(|p| p.result == r.result);
         last.steps.push(ExplainedStep {
@@ -300,6 +267,72 @@ pub fn save_build(
     // Only a build that ran nothing can be skipped next time.
     let mark = if all_cached { digest } else { String::new() };
     super::checked::write(&digest_path, MAGIC, mark.as_bytes())
+}
+
+/// Why each of `records` missed the cache (nothing for a hit), against
+/// the previous run of the same step in `history` (the project's
+/// `steps.json`).
+fn reasons(
+    store: &Store,
+    scope: &str,
+    spec: &str,
+    no_cache: bool,
+    records: &[StepRecord],
+    history: &BTreeMap<String, StepRecord>,
+) -> Vec<Vec<String>> {
+    // Keys of steps that missed in this build, and the states they left,
+    // to point at the first cause.
+    let missed: BTreeMap<&str, (&str, usize)> = records
+        .iter()
+        .filter(|r| !r.cached)
+        .flat_map(|r| {
+            let at = (r.stage.as_str(), r.step);
+            std::iter::once((r.key.as_str(), at)).chain(r.result.as_deref().map(|d| (d, at)))
+        })
+        .collect();
+    records
+        .iter()
+        .map(|r| {
+            let prev = history.get(&step_id(spec, &r.stage, r.step));
+            if r.cached {
+                return Vec::new();
+            }
+            if no_cache {
+                return vec!["`--no-cache` was given".to_string()];
+            }
+            // (Records of older kiln kept the inputs in the history.)
+            let inputs = prev.and_then(|p| match p.inputs.is_empty() {
+                true => load_inputs(store, scope, &p.key),
+                false => Some(p.inputs.clone()),
+            });
+            match (prev, inputs) {
+                (Some(p), Some(inputs)) => {
+                    let prev = StepRecord {
+                        inputs,
+                        ..p.clone()
+                    };
+                    explain(Some(&prev), r, &missed)
+                }
+                (Some(_), None) => vec![
+                    "the inputs of its previous run are no longer recorded, so what changed cannot be said".to_string(),
+                ],
+                (None, _) => explain(None, r, &missed),
+            }
+        })
+        .collect()
+}
+
+/// Why each of `records` would miss the cache, as [`save_build`] would
+/// say it, recording nothing (a dry run).
+pub fn would_miss(
+    store: &Store,
+    scope: &str,
+    spec: &str,
+    no_cache: bool,
+    records: &[StepRecord],
+) -> Vec<Vec<String>> {
+    let history: BTreeMap<String, StepRecord> = read(store, scope, "steps.json");
+    reasons(store, scope, spec, no_cache, records, &history)
 }
 
 /// Remove the kept inputs of keys no step's latest run has.

@@ -112,6 +112,81 @@ fn queries_answer_as_the_golden_says() {
     );
 }
 
+/// A dry run says which steps would run and why, and which are cached;
+/// it runs, exports and records nothing.
+#[test]
+fn a_dry_run_says_what_would_run_and_why() {
+    let p = monorepo();
+    let r = p.kiln(&["build", "--dry-run"]);
+    r.ok();
+    assert!(
+        r.stdout.contains("would run  base [1] write \"/etc/os\""),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("dry run: 7 steps would run, 0 cached"),
+        "{}",
+        r.stdout
+    );
+    assert!(!p.exists("out"), "nothing exported");
+    p.build(&[]).ok();
+
+    p.file("apps/main.c", "m2\n");
+    let r = p.kiln(&[
+        "build",
+        "--dry-run",
+        "--target",
+        "test-*",
+        "--progress",
+        "json",
+    ]);
+    r.ok();
+    assert!(
+        r.stdout.contains(
+            "would run  app [3] copy \"apps/main.c\" \"/main.c\"\n           context file `apps/main.c` changed"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("would run  test-app [1] run \"true\"\n           `app` would run first"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("cached     app [2]"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("dry run: 3 steps would run, 5 cached"),
+        "{}",
+        r.stdout
+    );
+    let planned = r.events_of("step_planned");
+    assert_eq!(planned.len(), 8, "{planned:?}");
+    assert!(planned.iter().any(|e| e["stage"] == "app"
+        && e["step"] == 2
+        && e["status"] == "would run"
+        && e["why"][0] == "context file `apps/main.c` changed"));
+    assert_eq!(p.read("out/app/main.c"), "m\n", "nothing exported");
+
+    // Nothing was recorded: the build after it runs the step, and
+    // `explain` says why as the dry run did.
+    let r = p.build(&[]);
+    r.ok();
+    assert_eq!(r.ran(), vec![("app".to_string(), 2)], "{}", r.stderr);
+    let explained = p.kiln(&["explain"]);
+    assert!(
+        explained
+            .stdout
+            .contains("context file `apps/main.c` changed"),
+        "{}",
+        explained.stdout
+    );
+    let r = p.kiln(&["build", "--dry-run", "--no-cache"]);
+    r.ok();
+    assert!(r.stdout.contains("`--no-cache` was given"), "{}", r.stdout);
+}
+
 /// Several `--target`s, globs and `NAME/...` select stages; an `-o`
 /// exports the `--target` before it.
 #[test]

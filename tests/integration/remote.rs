@@ -181,6 +181,17 @@ fn a_second_machine_takes_every_step_from_the_server() {
     assert!(up["results_uploaded"].as_u64().unwrap() >= 2, "{up}");
     assert_eq!(up["found"], 0);
 
+    // A dry run says what the server has, and takes nothing.
+    let dry = b.kiln(&["build", "--dry-run", "--remote-cache", &url]);
+    dry.ok();
+    assert!(
+        dry.stdout.contains("remote     s [2] run \"cat /a.txt /a.txt > /b.txt\""),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("0 steps would run"), "{}", dry.stdout);
+    assert!(!b.exists("out"));
+
     let taken = b.build(&["--remote-cache", &url]);
     taken.ok();
     assert_eq!(taken.ran(), Vec::<(String, u64)>::new(), "{}", taken.stderr);
