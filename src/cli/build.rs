@@ -33,6 +33,9 @@ pub struct BuildArgs {
     /// Say which steps would run and why, and which are cached (locally or in the remote cache); run, export and record nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Build and export only the targets or exports a change since the git commit REF may change (see `kiln affected`)
+    #[arg(long, value_name = "REF")]
+    pub affected: Option<String>,
     /// Let the spec's export block write outside the spec's directory (read it first: a spec from anywhere could name `/root/.ssh`)
     #[arg(long)]
     pub allow_export_outside: bool,
@@ -255,6 +258,7 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
         allow_export_outside: args.allow_export_outside,
         remote: None,
         dry_run: args.dry_run,
+        affected: args.affected.clone(),
     })
 }
 

@@ -48,6 +48,8 @@ enum Command {
     Graph(commands::GraphArgs),
     /// Ask the stage graph: deps, rdeps, path, reads FILE, exports (text, JSON or Graphviz)
     Query(query::QueryArgs),
+    /// The stages a change since a git commit may change (their steps read a changed file, or they need such a stage)
+    Affected(query::AffectedArgs),
     /// Resolve the images stages are built on and write kiln.lock (`--update` resolves again)
     Lock(lock::LockArgs),
     /// Show, for each step of the last build, whether it was cached and why it ran
@@ -248,6 +250,7 @@ pub fn main() -> ExitCode {
         Command::Plugin(c) => plugin::run(&c, &sources),
         Command::Graph(a) => commands::graph(&a, &sources),
         Command::Query(a) => query::run(&a, &sources),
+        Command::Affected(a) => query::affected(&a, &sources),
         Command::Explain(a) => commands::explain(&a, &sources),
         Command::Gc(a) => commands::gc(&a, &sources),
         Command::Images(a) => commands::images(&a),

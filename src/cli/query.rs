@@ -6,7 +6,7 @@ use super::{Failure, SpecArgs};
 use super::{out, outln};
 use crate::diag::{Code, Diagnostic, Sources};
 use crate::ir::{Graph, StageId};
-use crate::pipeline::{load::state_dir, query::readers, targets};
+use crate::pipeline::{load::state_dir, query, targets};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -172,11 +172,10 @@ pub fn run(args: &QueryArgs, sources: &Sources) -> Result<(), Failure> {
         Question::Reads(q) => {
             let (graph, format) = load(&q.common, sources)?;
             no_dot(format, "reads")?;
-            let spec = q.common.spec();
-            let layout = crate::store::layout::Layout::new(&state_dir(&None, &spec.spec_path()));
+            let readers = readers(&graph, sources, &q.common);
             let mut rows = Vec::new();
             for f in &q.files {
-                for r in readers(&graph, sources, f, &layout)? {
+                for r in readers.of(f)? {
                     rows.push((f, r));
                 }
             }
@@ -245,6 +244,59 @@ pub fn run(args: &QueryArgs, sources: &Sources) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// What answers which steps read a file, for this spec.
+fn readers<'a>(graph: &'a Graph, sources: &'a Sources, common: &Common) -> query::Readers<'a> {
+    let spec = common.spec().spec_path();
+    let layout = crate::store::layout::Layout::new(&state_dir(&None, &spec));
+    query::Readers::new(graph, sources, layout, &spec)
+}
+
+#[derive(Args, Debug)]
+pub struct AffectedArgs {
+    /// The git commit to compare the checkout with: `HEAD~1`, `main`, a commit id
+    #[arg(long, value_name = "REF")]
+    pub since: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `kiln affected --since REF`: the stages a change may change, one per
+/// line; as JSON, with the files changed and the exports.
+pub fn affected(args: &AffectedArgs, sources: &Sources) -> Result<(), Failure> {
+    let (graph, format) = load(&args.common, sources)?;
+    no_dot(format, "affected")?;
+    let spec = args.common.spec().spec_path();
+    let readers = readers(&graph, sources, &args.common);
+    let (changed, stages) = query::affected(&readers, &spec, &args.since)?;
+    if format == Format::Json {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+        let v = json!({
+            "since": args.since,
+            "changed": changed
+                .iter()
+                .map(|p| p.strip_prefix(&cwd).unwrap_or(p).display().to_string())
+                .collect::<Vec<_>>(),
+            "stages": stages.iter().map(|s| &graph.stage(*s).name).collect::<Vec<_>>(),
+            "exports": graph
+                .exports
+                .iter()
+                .filter(|e| stages.contains(&e.stage))
+                .map(|e| json!({
+                    "stage": graph.stage(e.stage).name,
+                    "to": e.tag.clone().unwrap_or_else(|| e.dest.display().to_string()),
+                }))
+                .collect::<Vec<_>>(),
+        });
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    for s in stages {
+        outln!("{}", graph.stage(s).name);
+    }
+    Ok(())
 }
 
 fn load(common: &Common, sources: &Sources) -> Result<(Graph, Format), Failure> {

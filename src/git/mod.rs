@@ -5,6 +5,8 @@
 //! lock file keeps it); after that the commit is read from the local
 //! repository, and the network is needed only when it lacks the commit.
 
+pub mod changes;
+
 use crate::model::digest::Sha256;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

@@ -435,8 +435,8 @@ impl Tree {
         })
     }
 
-    /// This tree's entries in consecutive parts of about `size` encoded
-    /// bytes each, in path order, each with the path of its first entry
+    /// This tree's entries in consecutive parts of at most `size` encoded
+    /// bytes each (or one entry, when it alone is larger), in path order, each with the path of its first entry
     /// and encoded as a tree of its own ([`Tree::to_bytes`]): what a remote
     /// cache keeps so that reading a few paths fetches a few parts.
     pub fn parts(&self, size: usize) -> Vec<(String, Vec<u8>)> {
@@ -453,14 +453,15 @@ impl Tree {
             }
         };
         for (path, e) in &self.entries {
-            // About what postcard writes: the path, a digest, a size,
-            // three small integers.
-            bytes += path.len() + 48;
-            wire.push(WireEntry::of(path, e));
-            if bytes >= size {
+            let entry = WireEntry::of(path, e);
+            // What postcard writes for it (a link's target included).
+            let len = postcard::experimental::serialized_size(&entry).unwrap_or(path.len() + 48);
+            if bytes > 0 && bytes + len > size {
                 flush(&mut wire);
                 bytes = 0;
             }
+            bytes += len;
+            wire.push(entry);
         }
         flush(&mut wire);
         out

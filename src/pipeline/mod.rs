@@ -80,6 +80,9 @@ pub struct Request {
     /// `--dry-run`: say what would run and what is cached, and why;
     /// run, export and record nothing.
     pub dry_run: bool,
+    /// `--affected REF`: build and export only the roots a change since
+    /// the commit `REF` may change.
+    pub affected: Option<String>,
 }
 
 impl Request {
@@ -106,6 +109,7 @@ impl Request {
             allow_export_outside: false,
             remote: None,
             dry_run: false,
+            affected: None,
         }
     }
 
@@ -305,7 +309,15 @@ fn plan_with(
     let spec_path = req.spec.spec_path();
     let state_dir = load::state_dir(&req.state_dir, &spec_path);
     let loaded = load::load(&req.spec, sources, parse_cache)?;
-    let (roots, exports) = pick(&loaded.graph, req).map_err(|d| vec![d])?;
+    let (mut roots, mut exports) = pick(&loaded.graph, req).map_err(|d| vec![d])?;
+    // `--affected REF`: only what a change since REF may change.
+    if let Some(rev) = &req.affected {
+        let layout = crate::store::layout::Layout::new(&state_dir);
+        let readers = query::Readers::new(&loaded.graph, sources, layout, &spec_path);
+        let (_, hit) = query::affected(&readers, &spec_path, rev).map_err(|d| vec![d])?;
+        roots.retain(|r| hit.contains(r));
+        exports.retain(|e| hit.contains(&e.stage));
+    }
     let mut protected = dest::Protected::new();
     protected.add(&loaded.spec.dir, "the project");
     for f in sources.all() {

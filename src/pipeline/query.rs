@@ -2,13 +2,18 @@
 //! finds what a step reads: the context is listed with its ignore file,
 //! each `copy` picks with its own patterns and excludes, each mount
 //! reads its source directory. A spec file is read by every stage
-//! declared in it.
+//! declared in it. A file that is gone (deleted since a commit) is read
+//! by the steps whose patterns would pick it.
+//!
+//! `kiln affected --since REF`: the stages whose keys a change since a
+//! commit may change: those with a step that reads a changed file, and
+//! every stage that needs one of them.
 
 use crate::context::{Listing, Snapshot};
 use crate::diag::{Diagnostic, Sources, Spanned};
 use crate::exec::steps::copy_rules;
 use crate::ir::{ContextId, CopyFrom, Graph, MountKind, Op, PluginSource, StageId};
-use crate::model::tree::{self, Links};
+use crate::model::tree::{self, Entry, Kind, Links, Tree};
 use crate::store::layout::Layout;
 use std::path::{Path, PathBuf};
 
@@ -22,81 +27,191 @@ pub struct Reader {
     pub how: &'static str,
 }
 
-/// The steps of `graph` that read `file` (a path on this machine).
-pub fn readers(
-    graph: &Graph,
-    sources: &Sources,
-    file: &Path,
-    layout: &Layout,
-) -> Result<Vec<Reader>, Diagnostic> {
-    let file = absolute(file);
-    let mut out = Vec::new();
-    // Spec files: every stage declared in one reads it.
-    for s in &graph.stages {
-        if sources
-            .get(s.span.source)
-            .is_some_and(|f| absolute(&f.path) == file)
-        {
-            out.push(Reader {
-                stage: s.id,
-                step: None,
-                how: "spec",
-            });
-        }
-    }
-    for c in &graph.contexts {
-        let root = absolute(&c.path);
-        let Ok(rel) = file.strip_prefix(&root) else {
-            continue;
-        };
-        let Some(rel) = rel.to_str() else {
-            continue;
-        };
-        let listing = Listing {
-            exclude: &[],
-            ignore_file: c.ignore_file.as_deref(),
-            trust_index: true,
-        };
-        let snap = Snapshot::open(&c.path, listing, layout)?;
-        context_readers(graph, c.id, &snap, rel, &mut out);
-    }
-    for s in &graph.stages {
-        for (i, step) in s.steps.iter().enumerate() {
-            let how = match &step.op {
-                Op::Run(r) if r.host_inputs.iter().any(|h| absolute(Path::new(h)) == file) => {
-                    "host input"
-                }
-                Op::Wasm(w) => match &graph.plugins[w.plugin.0 as usize].source {
-                    PluginSource::Host(p) if absolute(p) == file => "plugin",
-                    _ => continue,
-                },
-                _ => continue,
-            };
-            out.push(Reader {
-                stage: s.id,
-                step: Some(i),
-                how,
-            });
-        }
-    }
-    out.sort_by_key(|r| (r.stage, r.step));
-    out.dedup();
-    Ok(out)
+/// Answers which steps read a file, listing each context once.
+pub struct Readers<'a> {
+    graph: &'a Graph,
+    sources: &'a Sources,
+    layout: Layout,
+    listed: Vec<std::sync::OnceLock<Result<std::sync::Arc<Snapshot>, Diagnostic>>>,
+    /// The lock file beside the spec: read by every stage built on an
+    /// image, and every `fetch` and `git` step.
+    lock: Option<PathBuf>,
 }
 
-/// The steps that read `rel` of context `ctx`, listed as `snap` (a path
-/// the listing leaves out, ignored or not there, is read by none).
+impl<'a> Readers<'a> {
+    pub fn new(graph: &'a Graph, sources: &'a Sources, layout: Layout, spec: &Path) -> Readers<'a> {
+        Readers {
+            graph,
+            sources,
+            layout,
+            listed: graph.contexts.iter().map(|_| Default::default()).collect(),
+            lock: absolute(spec).parent().map(|d| d.join("kiln.lock")),
+        }
+    }
+
+    /// Context `id`, listed as a build lists it (once).
+    fn context(&self, id: ContextId) -> Result<std::sync::Arc<Snapshot>, Diagnostic> {
+        self.listed[id.0 as usize]
+            .get_or_init(|| {
+                let c = self.graph.context(id);
+                let listing = Listing {
+                    exclude: &[],
+                    ignore_file: c.ignore_file.as_deref(),
+                    trust_index: true,
+                };
+                Snapshot::open(&c.path, listing, &self.layout).map(std::sync::Arc::new)
+            })
+            .clone()
+    }
+
+    /// Every file the contexts hold, as absolute paths.
+    pub fn context_files(&self) -> Result<Vec<PathBuf>, Diagnostic> {
+        let mut out = Vec::new();
+        for c in &self.graph.contexts {
+            let snap = self.context(c.id)?;
+            let root = absolute(&c.path);
+            out.extend(
+                snap.tree
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| !e.is_dir())
+                    .map(|(p, _)| root.join(p)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The steps that read `file` (a path on this machine).
+    pub fn of(&self, file: &Path) -> Result<Vec<Reader>, Diagnostic> {
+        let graph = self.graph;
+        let file = absolute(file);
+        let mut out = Vec::new();
+        // Spec files: every stage declared in one reads it.
+        for s in &graph.stages {
+            if self
+                .sources
+                .get(s.span.source)
+                .is_some_and(|f| absolute(&f.path) == file)
+            {
+                out.push(Reader {
+                    stage: s.id,
+                    step: None,
+                    how: "spec",
+                });
+            }
+        }
+        for c in &graph.contexts {
+            let root = absolute(&c.path);
+            let Ok(rel) = file.strip_prefix(&root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                continue;
+            };
+            let snap = self.context(c.id)?;
+            context_readers(graph, c.id, &snap.tree, &file, rel, &mut out);
+        }
+        for s in &graph.stages {
+            for (i, step) in s.steps.iter().enumerate() {
+                let how = match &step.op {
+                    Op::Run(r) if r.host_inputs.iter().any(|h| absolute(Path::new(h)) == file) => {
+                        "host input"
+                    }
+                    Op::Wasm(w) => match &graph.plugins[w.plugin.0 as usize].source {
+                        PluginSource::Host(p) if absolute(p) == file => "plugin",
+                        _ => continue,
+                    },
+                    Op::Fetch(_) | Op::Git(_) if self.lock.as_ref() == Some(&file) => "lock",
+                    _ => continue,
+                };
+                out.push(Reader {
+                    stage: s.id,
+                    step: Some(i),
+                    how,
+                });
+            }
+        }
+        if self.lock.as_ref() == Some(&file) {
+            out.extend(
+                graph
+                    .stages
+                    .iter()
+                    .filter(|s| matches!(s.base, crate::ir::Base::Image(_)))
+                    .map(|s| Reader {
+                        stage: s.id,
+                        step: None,
+                        how: "lock",
+                    }),
+            );
+        }
+        out.sort_by_key(|r| (r.stage, r.step));
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// The stages a change since `rev` may change: the changed files (as
+/// `git diff --name-only` and `git status` name them, with the contexts'
+/// new files), the stages with a step that reads one, and every stage
+/// that needs one of those (a `run` step's output is unknown until it
+/// runs, so all of its dependants count), in build order.
+pub fn affected(
+    readers: &Readers<'_>,
+    spec: &Path,
+    rev: &str,
+) -> Result<(Vec<PathBuf>, Vec<StageId>), Diagnostic> {
+    let dir = absolute(spec)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let files = readers.context_files()?;
+    let changed =
+        crate::git::changes::changed_since(&dir, rev, &|_| files.clone()).map_err(|e| {
+            Diagnostic::new(crate::diag::Code::CLI_QUERY, e).with_help(
+            "run it inside a git checkout, naming a commit it has (`HEAD~1`, `main`, a commit id)",
+        )
+        })?;
+    let mut hit = Vec::new();
+    for f in &changed {
+        for r in readers.of(f)? {
+            if !hit.contains(&r.stage) {
+                hit.push(r.stage);
+            }
+        }
+    }
+    Ok((changed, readers.graph.dependants_of(&hit)))
+}
+
+/// The steps that read `rel` (`file`) of context `ctx`, listed as
+/// `listed`: a file the listing leaves out (ignored) is read by none; one
+/// that is gone is read by the steps whose patterns would pick it.
 fn context_readers(
     graph: &Graph,
     ctx: ContextId,
-    snap: &Snapshot,
+    listed: &Tree,
+    file: &Path,
     rel: &str,
     out: &mut Vec<Reader>,
 ) {
-    let listed = rel.is_empty() || snap.tree.get(rel).is_some();
-    if !listed {
+    let gone;
+    let listed = if rel.is_empty() || listed.get(rel).is_some() {
+        listed
+    } else if std::fs::symlink_metadata(file).is_ok() {
         return;
-    }
+    } else {
+        // Gone: picked as if it were the context's only file.
+        let mut t = Tree::new();
+        let _ = t.mkdir_all(tree::parent(rel), &Entry::dir(0o755, 0, 0));
+        let file = Entry {
+            kind: Kind::Fifo,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let _ = t.put(rel, file, false);
+        gone = t;
+        &gone
+    };
     let below = |source: &str| {
         let dir = tree::components(source, Links::Rootfs)
             .unwrap_or_default()
@@ -108,7 +223,7 @@ fn context_readers(
             let from_here = |f: &CopyFrom| *f == CopyFrom::Context(ctx);
             let how = match &step.op {
                 Op::Copy(c) if from_here(&c.from) => {
-                    if !copies(snap, &c.sources, &c.exclude, rel) {
+                    if !copies(listed, &c.sources, &c.exclude, rel) {
                         continue;
                     }
                     "copy"
@@ -151,7 +266,7 @@ fn context_readers(
 
 /// Whether a copy of `sources` (less `exclude`) from the context picks
 /// `rel`, by the rules it copies with.
-fn copies(snap: &Snapshot, sources: &[String], exclude: &[String], rel: &str) -> bool {
+fn copies(listed: &Tree, sources: &[String], exclude: &[String], rel: &str) -> bool {
     let patterns: Vec<Spanned<String>> = sources
         .iter()
         .map(|s| {
@@ -164,8 +279,7 @@ fn copies(snap: &Snapshot, sources: &[String], exclude: &[String], rel: &str) ->
     // A pattern that matches nothing fails the whole copy: each is asked
     // alone.
     patterns.iter().any(|p| {
-        let Ok(mut picked) =
-            copy_rules::pick(&snap.tree, std::slice::from_ref(p), Links::Confined, "")
+        let Ok(mut picked) = copy_rules::pick(listed, std::slice::from_ref(p), Links::Confined, "")
         else {
             return false;
         };

@@ -232,3 +232,81 @@ fn targets_are_selected_by_glob_and_each_exported_by_its_own_o() {
     );
     assert!(r.stderr.contains("stages are: `test-a`"), "{}", r.stderr);
 }
+
+/// `kiln affected --since REF` names the stages a change since a commit
+/// may change, from what each step reads: an edit, a new file a glob
+/// picks, a deleted one, an ignored one, a spec file; `kiln build
+/// --affected REF` builds and exports only those.
+#[test]
+fn affected_follows_what_steps_read() {
+    let p = monorepo();
+    let git = |args: &[&str]| crate::git::git(p.path(), args);
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "one"]);
+    let affected = |args: &[&str]| {
+        let mut all = vec!["affected", "--since", "HEAD"];
+        all.extend_from_slice(args);
+        let r = p.kiln(&all);
+        r.ok();
+        r.stdout.lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert!(affected(&[]).is_empty(), "nothing changed");
+
+    p.file("libs/a/x.c", "a2\n");
+    assert_eq!(affected(&[]), ["lib-a", "test-a", "app", "test-app"]);
+    git(&["checkout", "-q", "--", "libs/a/x.c"]);
+
+    // A new file a glob picks; one its exclude drops; one the ignore
+    // file hides; one no step reads.
+    p.file("libs/b/z.c", "z\n");
+    p.file("libs/b/skip.c", "s2\n");
+    p.file("notes.txt", "n2\n");
+    p.file("README", "r\n");
+    let r = p.kiln(&["affected", "--since", "HEAD", "--format", "json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["stages"],
+        serde_json::json!(["lib-b", "app", "test-app"]),
+        "{v}"
+    );
+    assert_eq!(v["exports"][0]["stage"], "app", "{v}");
+    let changed: Vec<&str> = v["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        changed.iter().any(|c| c.ends_with("libs/b/z.c")),
+        "{changed:?}"
+    );
+    assert!(!changed.iter().any(|c| c.contains(".git/")), "{changed:?}");
+    std::fs::remove_file(p.path().join("libs/b/z.c")).unwrap();
+    git(&["checkout", "-q", "--", "libs/b/skip.c", "notes.txt"]);
+    assert!(affected(&[]).is_empty(), "README is read by no step");
+
+    // A deleted file is read by the steps that picked it.
+    std::fs::remove_file(p.path().join("libs/b/y.c")).unwrap();
+    assert_eq!(affected(&[]), ["lib-b", "app", "test-app"]);
+    git(&["checkout", "-q", "--", "libs/b/y.c"]);
+    // An included spec: the stages declared in it.
+    p.file(
+        "tests.kdl",
+        &TESTS.replace("/src/a\" \"/a\"", "/src/a\" \"/a2\""),
+    );
+    assert_eq!(affected(&[]), ["test-a", "test-app"]);
+    git(&["checkout", "-q", "--", "tests.kdl"]);
+
+    // A build of what a change affects: only that export is written.
+    p.file("libs/a/x.c", "a3\n");
+    git(&["commit", "-qam", "two"]);
+    let r = p.build(&["--affected", "HEAD~1"]);
+    r.ok();
+    assert_eq!(p.read("out/app/a/x.c"), "a3\n");
+    assert!(!p.exists("out/docs"), "docs is not affected");
+    let r = p.kiln(&["affected", "--since", "no-such-ref"]);
+    r.code(2);
+    assert!(r.stderr.contains("names no commit here"), "{}", r.stderr);
+}

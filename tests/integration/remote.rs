@@ -185,7 +185,8 @@ fn a_second_machine_takes_every_step_from_the_server() {
     let dry = b.kiln(&["build", "--dry-run", "--remote-cache", &url]);
     dry.ok();
     assert!(
-        dry.stdout.contains("remote     s [2] run \"cat /a.txt /a.txt > /b.txt\""),
+        dry.stdout
+            .contains("remote     s [2] run \"cat /a.txt /a.txt > /b.txt\""),
         "{}",
         dry.stdout
     );

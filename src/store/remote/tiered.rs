@@ -608,9 +608,13 @@ impl<'a> Tiered<'a> {
             sources.insert(*s, Source::Blob(*b));
         }
         let manifest = tree.to_bytes();
-        let parts = (manifest.len() > PARTS_FROM).then(|| {
+        let parts = tree.parts(PART_SIZE);
+        // (A part is at most one entry over the size, far below what a
+        // reader takes; one that is not is not offered.)
+        let readable = parts.iter().all(|(_, b)| b.len() as u64 <= MAX_PART);
+        let parts = (manifest.len() > PARTS_FROM && readable).then(|| {
             let mut index = Vec::new();
-            for (first, bytes) in tree.parts(PART_SIZE) {
+            for (first, bytes) in parts {
                 let sha = Sha::of(&bytes);
                 sources.insert(sha, Source::Bytes(bytes));
                 index.push((first, sha.hash, sha.size));
@@ -939,6 +943,35 @@ mod tests {
         assert!(read_parts(&index(&[("a", MAX_PART + 1)])).is_none(), "size");
         assert!(read_parts(&index(&[])).is_none());
         assert!(read_parts(b"kiln-tree-2\0").is_none());
+    }
+
+    /// Parts of a tree of long links are cut by their encoded size, so
+    /// the index kiln writes is one it reads back.
+    #[test]
+    fn parts_of_long_links_stay_within_what_is_read() {
+        let mut t = Tree::new();
+        for i in 0..400 {
+            let link = crate::model::tree::Entry {
+                kind: Kind::Symlink {
+                    target: format!("/{}", "x".repeat(4000)),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            };
+            t.put(&format!("l{i:04}"), link, false).unwrap();
+        }
+        let parts = t.parts(PART_SIZE);
+        assert!(parts.len() > 50, "{} parts", parts.len());
+        assert!(parts.iter().all(|(_, b)| b.len() <= PART_SIZE + 64));
+        let index: Vec<(String, [u8; 32], u64)> = parts
+            .iter()
+            .map(|(f, b)| {
+                let s = Sha::of(b);
+                (f.clone(), s.hash, s.size)
+            })
+            .collect();
+        assert!(read_parts(&postcard::to_extend(&index, PARTS_TAG.to_vec()).unwrap()).is_some());
     }
 
     #[test]
