@@ -101,149 +101,158 @@ pub enum Format {
 
 pub fn run(args: &QueryArgs, sources: &Sources) -> Result<(), Failure> {
     match &args.question {
-        Question::Deps(q) | Question::Rdeps(q) => {
-            let rdeps = matches!(args.question, Question::Rdeps(_));
-            let (graph, format) = load(&q.common, sources)?;
-            let named = targets(&graph, &q.stages)?;
-            let found = if rdeps {
-                graph.dependants_of(&named)
-            } else {
-                graph.ancestors(&named)
-            };
-            let found: Vec<StageId> = if q.direct {
-                found
-                    .into_iter()
-                    .filter(|id| {
-                        !named.contains(id)
-                            && named.iter().any(|n| {
-                                if rdeps {
-                                    graph.stage(*id).deps.contains(n)
-                                } else {
-                                    graph.stage(*n).deps.contains(id)
-                                }
-                            })
+        Question::Deps(q) => stages(q, false, sources),
+        Question::Rdeps(q) => stages(q, true, sources),
+        Question::Path(q) => path(q, sources),
+        Question::Reads(q) => reads(q, sources),
+        Question::Exports(q) => exports(q, sources),
+    }
+}
+
+/// `deps`, or with `rdeps`, `rdeps`.
+fn stages(q: &Stages, rdeps: bool, sources: &Sources) -> Result<(), Failure> {
+    let (graph, format) = load(&q.common, sources)?;
+    let named = targets(&graph, &q.stages)?;
+    let found = if rdeps {
+        graph.dependants_of(&named)
+    } else {
+        graph.ancestors(&named)
+    };
+    let found: Vec<StageId> = if q.direct {
+        found
+            .into_iter()
+            .filter(|id| {
+                !named.contains(id)
+                    && named.iter().any(|n| {
+                        if rdeps {
+                            graph.stage(*id).deps.contains(n)
+                        } else {
+                            graph.stage(*n).deps.contains(id)
+                        }
                     })
-                    .collect()
-            } else {
-                found
-            };
-            print_stages(&graph, &found, format, sources);
+            })
+            .collect()
+    } else {
+        found
+    };
+    print_stages(&graph, &found, format, sources);
+    Ok(())
+}
+
+fn path(q: &Chain, sources: &Sources) -> Result<(), Failure> {
+    let (graph, format) = load(&q.common, sources)?;
+    let one = |name: &str| -> Result<StageId, Failure> {
+        match targets(&graph, &[name.to_string()])?.as_slice() {
+            [id] => Ok(*id),
+            many => Err(Diagnostic::new(
+                Code::CLI_TARGET,
+                format!(
+                    "`{name}` names {} stages; a path goes from one to one",
+                    many.len()
+                ),
+            )
+            .into()),
+        }
+    };
+    let (from, to) = (one(&q.from)?, one(&q.to)?);
+    match graph.chain(from, to) {
+        Some(chain) => {
+            print_stages(&graph, &chain, format, sources);
             Ok(())
         }
-        Question::Path(q) => {
-            let (graph, format) = load(&q.common, sources)?;
-            let one = |name: &str| -> Result<StageId, Failure> {
-                match targets(&graph, &[name.to_string()])?.as_slice() {
-                    [id] => Ok(*id),
-                    many => Err(Diagnostic::new(
-                        Code::CLI_TARGET,
-                        format!(
-                            "`{name}` names {} stages; a path goes from one to one",
-                            many.len()
-                        ),
-                    )
-                    .into()),
-                }
-            };
-            let (from, to) = (one(&q.from)?, one(&q.to)?);
-            match graph.chain(from, to) {
-                Some(chain) => {
-                    print_stages(&graph, &chain, format, sources);
-                    Ok(())
-                }
-                None => {
-                    let mut d = Diagnostic::new(
-                        Code::CLI_TARGET,
-                        format!("`{}` does not need `{}`", q.from, q.to),
-                    );
-                    if graph.chain(to, from).is_some() {
-                        d = d.with_help(format!(
-                            "`{}` needs `{}`: `kiln query path {} {}`",
-                            q.to, q.from, q.to, q.from
-                        ));
-                    }
-                    Err(Failure {
-                        diagnostics: vec![d],
-                        code: 1,
-                    })
-                }
+        None => {
+            let mut d = Diagnostic::new(
+                Code::CLI_TARGET,
+                format!("`{}` does not need `{}`", q.from, q.to),
+            );
+            if graph.chain(to, from).is_some() {
+                d = d.with_help(format!(
+                    "`{}` needs `{}`: `kiln query path {} {}`",
+                    q.to, q.from, q.to, q.from
+                ));
             }
-        }
-        Question::Reads(q) => {
-            let (graph, format) = load(&q.common, sources)?;
-            no_dot(format, "reads")?;
-            let readers = readers(&graph, sources, &q.common);
-            let mut rows = Vec::new();
-            for f in &q.files {
-                for r in readers.of(f)? {
-                    rows.push((f, r));
-                }
-            }
-            if format == Format::Json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(f, r)| {
-                        json!({
-                            "file": f,
-                            "stage": graph.stage(r.stage).name,
-                            "step": r.step,
-                            "how": r.how,
-                            "text": r.step.map(|i| crate::exec::steps::describe(&graph.stage(r.stage).steps[i].op, &graph)),
-                        })
-                    })
-                    .collect();
-                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                return Ok(());
-            }
-            for (f, r) in rows {
-                let stage = &graph.stage(r.stage).name;
-                let file = if q.files.len() > 1 {
-                    format!("{}: ", f.display())
-                } else {
-                    String::new()
-                };
-                match r.step {
-                    Some(i) => outln!(
-                        "{file}{stage} step {} ({}): {}",
-                        i + 1,
-                        r.how,
-                        crate::exec::steps::describe(&graph.stage(r.stage).steps[i].op, &graph)
-                    ),
-                    None => outln!("{file}{stage} (declared in it)"),
-                }
-            }
-            Ok(())
-        }
-        Question::Exports(q) => {
-            let (graph, format) = load(q, sources)?;
-            no_dot(format, "exports")?;
-            let rows: Vec<_> = graph
-                .exports
-                .iter()
-                .map(|e| {
-                    (
-                        graph.stage(e.stage).name.clone(),
-                        e.format.name(),
-                        e.tag
-                            .clone()
-                            .unwrap_or_else(|| e.dest.display().to_string()),
-                    )
-                })
-                .collect();
-            if format == Format::Json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(s, f, d)| json!({"stage": s, "format": f, "to": d}))
-                    .collect();
-                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                for (s, f, d) in rows {
-                    outln!("{s}\t{f}\t{d}");
-                }
-            }
-            Ok(())
+            Err(Failure {
+                diagnostics: vec![d],
+                code: 1,
+            })
         }
     }
+}
+
+fn reads(q: &Files, sources: &Sources) -> Result<(), Failure> {
+    let (graph, format) = load(&q.common, sources)?;
+    no_dot(format, "reads")?;
+    let readers = readers(&graph, sources, &q.common);
+    let mut rows = Vec::new();
+    for f in &q.files {
+        for r in readers.of(f)? {
+            rows.push((f, r));
+        }
+    }
+    if format == Format::Json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(f, r)| {
+                json!({
+                    "file": f,
+                    "stage": graph.stage(r.stage).name,
+                    "step": r.step,
+                    "how": r.how,
+                    "text": r.step.map(|i| crate::exec::steps::describe(&graph.stage(r.stage).steps[i].op, &graph)),
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    for (f, r) in rows {
+        let stage = &graph.stage(r.stage).name;
+        let file = if q.files.len() > 1 {
+            format!("{}: ", f.display())
+        } else {
+            String::new()
+        };
+        match r.step {
+            Some(i) => outln!(
+                "{file}{stage} step {} ({}): {}",
+                i + 1,
+                r.how,
+                crate::exec::steps::describe(&graph.stage(r.stage).steps[i].op, &graph)
+            ),
+            None => outln!("{file}{stage} (declared in it)"),
+        }
+    }
+    Ok(())
+}
+
+fn exports(q: &Common, sources: &Sources) -> Result<(), Failure> {
+    let (graph, format) = load(q, sources)?;
+    no_dot(format, "exports")?;
+    let rows: Vec<_> = graph
+        .exports
+        .iter()
+        .map(|e| {
+            (
+                graph.stage(e.stage).name.clone(),
+                e.format.name(),
+                e.tag
+                    .clone()
+                    .unwrap_or_else(|| e.dest.display().to_string()),
+            )
+        })
+        .collect();
+    if format == Format::Json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(s, f, d)| json!({"stage": s, "format": f, "to": d}))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for (s, f, d) in rows {
+            outln!("{s}\t{f}\t{d}");
+        }
+    }
+    Ok(())
 }
 
 /// What answers which steps read a file, for this spec.

@@ -592,13 +592,7 @@ pub fn run(
         Err(failures) => return Ok(Report::failed(failures)),
     };
     let pins::Pinned { images, urls } = pinned;
-    for (reference, digest, how) in images.resolved() {
-        progress.emit(Event::ImageResolved {
-            reference,
-            digest: digest.to_string(),
-            how: how.as_str().to_string(),
-        });
-    }
+    announce(&images, progress);
     let exclude = outputs(&state_dir, &exports);
     let settings = Settings {
         epoch: req.epoch,
@@ -608,42 +602,32 @@ pub fn run(
         options_of(req, sources, &roots, graph, &images, urls, &spec_path);
     store.set_verify_existing(req.no_cache);
     let mut repaired = false;
-    let spec_name = std::path::absolute(&spec_path)
-        .unwrap_or(spec_path.clone())
-        .display()
-        .to_string();
+    let spec_name = spec_name(&spec_path);
     let remote = connect_remote(req)?;
     let tiered = remote
         .as_ref()
         .map(|r| crate::store::remote::tiered::Tiered::new(&store, r));
     let stores = || stores_of(&store, tiered.as_ref());
+    // Each build of the loop below (or the dry run) sets out the same way.
+    let setup = |options: &Options, prefetched| Setup {
+        graph,
+        stores: stores(),
+        progress,
+        options: options.clone(),
+        cancel: cancel.clone(),
+        exclude: exclude.clone(),
+        images: &images,
+        prefetched,
+    };
+    let mut prefetched = || prefetch.take().map(|p| p.join()).unwrap_or_default();
     if req.dry_run {
-        let executor = Executor::new(Setup {
-            graph,
-            stores: stores(),
-            progress,
-            options: options.clone(),
-            cancel,
-            exclude,
-            images: &images,
-            prefetched: prefetch.take().map(|p| p.join()).unwrap_or_default(),
-        });
-        let outcome = executor.build(&roots);
+        let outcome = Executor::new(setup(&options, prefetched())).build(&roots);
         return Ok(dry_run(
             graph, &roots, &store, &options, &spec_name, outcome, notices, progress,
         ));
     }
     let (outcome, failures) = loop {
-        let executor = Executor::new(Setup {
-            graph,
-            stores: stores(),
-            progress,
-            options: options.clone(),
-            cancel: cancel.clone(),
-            exclude: exclude.clone(),
-            images: &images,
-            prefetched: prefetch.take().map(|p| p.join()).unwrap_or_default(),
-        });
+        let executor = Executor::new(setup(&options, prefetched()));
         let outcome = executor.build(&roots);
         let damaged = outcome.failures.iter().any(is_damage);
         // What the build took from a remote cache that then failed it (went
@@ -728,6 +712,25 @@ pub fn run(
     std::mem::forget(outcome);
     std::mem::forget(loaded);
     Ok(report)
+}
+
+/// Say how each image was resolved.
+fn announce(images: &ImageSet, progress: &Progress<'_>) {
+    for (reference, digest, how) in images.resolved() {
+        progress.emit(Event::ImageResolved {
+            reference,
+            digest: digest.to_string(),
+            how: how.as_str().to_string(),
+        });
+    }
+}
+
+/// The spec's name in records: its absolute path.
+fn spec_name(spec_path: &Path) -> String {
+    std::path::absolute(spec_path)
+        .unwrap_or(spec_path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// A dry run's report: each step the roots need, cached or not and why
