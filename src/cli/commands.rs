@@ -13,9 +13,29 @@ use crate::store::{Access, Store, gc, records};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
+/// The state directory a build of `spec` uses when no `--state-dir` is
+/// given (`KILN_STATE_DIR`, else the machine's or the project's).
+pub fn state_of(spec: &Path) -> PathBuf {
+    let given = std::env::var_os("KILN_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    state_dir(&given, spec)
+}
+
 /// Read and compile a spec; warnings are returned for the caller to show.
+/// The parse cache of the state directory a build uses is read (and
+/// filled) when that directory is already there and trusted: a question
+/// about a workspace of a thousand spec files costs what a no-op build
+/// does, and makes no state directory.
 pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
-    let loaded = crate::pipeline::load::load(&args.input()?, sources, None)?;
+    let state = state_of(&args.spec_path());
+    let cache = (std::fs::symlink_metadata(&state).is_ok()
+        && crate::store::check_state_dir(&state).is_ok())
+    .then(|| crate::pipeline::load::DirParseCache(crate::store::layout::Layout::new(&state)));
+    let cache = cache
+        .as_ref()
+        .map(|c| c as &dyn crate::frontend::ParseCache);
+    let loaded = crate::pipeline::load::load(&args.input()?, sources, cache)?;
     Ok((loaded.spec, loaded.graph, loaded.warnings))
 }
 

@@ -6,7 +6,7 @@ use super::{Failure, SpecArgs};
 use super::{out, outln};
 use crate::diag::{Code, Diagnostic, Sources};
 use crate::ir::{Graph, StageId};
-use crate::pipeline::{load::state_dir, query, targets};
+use crate::pipeline::{query, targets};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -258,7 +258,7 @@ fn exports(q: &Common, sources: &Sources) -> Result<(), Failure> {
 /// What answers which steps read a file, for this spec.
 fn readers<'a>(graph: &'a Graph, sources: &'a Sources, common: &Common) -> query::Readers<'a> {
     let spec = common.spec().spec_path();
-    let layout = crate::store::layout::Layout::new(&state_dir(&None, &spec));
+    let layout = crate::store::layout::Layout::new(&super::commands::state_of(&spec));
     query::Readers::new(graph, sources, layout, &spec)
 }
 

@@ -441,7 +441,7 @@ fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Dia
         _ => {
             return Err(Diagnostic::new(
                 Code::CLI_TAG,
-                "`-t` names the image of one stage, but several `--target`s are given",
+                "`-t` names the image of one stage, but the `--target`s name several stages",
             )
             .with_help("give one `--target` with `-t`"));
         }
@@ -504,7 +504,7 @@ fn pick_exports(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Expor
                     _ => {
                         return Err(Diagnostic::new(
                             Code::CLI_OUTPUT,
-                            format!("`-o {}` comes before every `--target`, and several are given", o.dest.display()),
+                            format!("`-o {}` comes before every `--target`, and they name several stages", o.dest.display()),
                         )
                         .with_help("give each `-o` after the `--target` it exports: `--target a -o out/a --target b -o out/b`"));
                     }

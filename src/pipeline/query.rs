@@ -36,6 +36,9 @@ pub struct Readers<'a> {
     /// The lock file beside the spec: read by every stage built on an
     /// image, and every `fetch` and `git` step.
     lock: Option<PathBuf>,
+    /// The spec file named on the command line: its args, contexts and
+    /// plugins reach every stage.
+    root: PathBuf,
 }
 
 impl<'a> Readers<'a> {
@@ -46,6 +49,7 @@ impl<'a> Readers<'a> {
             layout,
             listed: graph.contexts.iter().map(|_| Default::default()).collect(),
             lock: absolute(spec).parent().map(|d| d.join("kiln.lock")),
+            root: absolute(spec),
         }
     }
 
@@ -86,12 +90,26 @@ impl<'a> Readers<'a> {
         let graph = self.graph;
         let file = absolute(file);
         let mut out = Vec::new();
-        // Spec files: every stage declared in one reads it.
+        // Spec files: every stage declared in one reads it; the root spec
+        // (args, contexts, plugins, exports) and a file declaring a context
+        // or a plugin, every stage.
+        let declares = graph
+            .contexts
+            .iter()
+            .filter_map(|c| c.span)
+            .chain(graph.plugins.iter().map(|p| p.span))
+            .any(|span| {
+                self.sources
+                    .get(span.source)
+                    .is_some_and(|f| absolute(&f.path) == file)
+            });
+        let everything = file == self.root || declares;
         for s in &graph.stages {
-            if self
-                .sources
-                .get(s.span.source)
-                .is_some_and(|f| absolute(&f.path) == file)
+            if everything
+                || self
+                    .sources
+                    .get(s.span.source)
+                    .is_some_and(|f| absolute(&f.path) == file)
             {
                 out.push(Reader {
                     stage: s.id,
@@ -109,6 +127,14 @@ impl<'a> Readers<'a> {
                 continue;
             };
             let snap = self.context(c.id)?;
+            // An ignore file decides what every reader of the context sees.
+            let ignore = match &c.ignore_file {
+                Some(f) => absolute(f) == file,
+                None => crate::context::IGNORE_FILES.contains(&rel),
+            };
+            if ignore {
+                all_readers(graph, c.id, "ignore file", &mut out);
+            }
             context_readers(graph, c.id, &snap.tree, &file, rel, &mut out);
         }
         for s in &graph.stages {
@@ -165,21 +191,52 @@ pub fn affected(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let files = readers.context_files()?;
-    let changed =
-        crate::git::changes::changed_since(&dir, rev, &|_| files.clone()).map_err(|e| {
+    let (root, changed) = crate::git::changes::changed_since(&dir, rev, &|_| files.clone())
+        .map_err(|e| {
             Diagnostic::new(crate::diag::Code::CLI_QUERY, e).with_help(
             "run it inside a git checkout, naming a commit it has (`HEAD~1`, `main`, a commit id)",
         )
         })?;
     let mut hit = Vec::new();
+    let mut found = Vec::new();
     for f in &changed {
-        for r in readers.of(f)? {
-            if !hit.contains(&r.stage) {
-                hit.push(r.stage);
-            }
+        found.extend(readers.of(f)?);
+    }
+    // A context outside the checkout: git cannot say what changed in it.
+    for c in &readers.graph.contexts {
+        if !absolute(&c.path).starts_with(&root) {
+            all_readers(
+                readers.graph,
+                c.id,
+                "context outside the checkout",
+                &mut found,
+            );
+        }
+    }
+    for r in found {
+        if !hit.contains(&r.stage) {
+            hit.push(r.stage);
         }
     }
     Ok((changed, readers.graph.dependants_of(&hit)))
+}
+
+/// Every step that reads context `ctx` (a copy from it, a mount of it).
+fn all_readers(graph: &Graph, ctx: ContextId, how: &'static str, out: &mut Vec<Reader>) {
+    for s in &graph.stages {
+        for (i, step) in s.steps.iter().enumerate() {
+            let mut reads = false;
+            step.op
+                .reads(&mut |r| reads |= r == crate::ir::Read::Context(ctx));
+            if reads {
+                out.push(Reader {
+                    stage: s.id,
+                    step: Some(i),
+                    how,
+                });
+            }
+        }
+    }
 }
 
 /// The steps that read `rel` (`file`) of context `ctx`, listed as
@@ -212,11 +269,17 @@ fn context_readers(
         gone = t;
         &gone
     };
+    // A mount's source as written, and through the links of the context.
     let below = |source: &str| {
         let dir = tree::components(source, Links::Rootfs)
             .unwrap_or_default()
             .join("/");
-        dir.is_empty() || rel == dir || rel.starts_with(&format!("{dir}/"))
+        let resolved = listed
+            .resolve(&dir, true, Links::Confined)
+            .unwrap_or_else(|_| dir.clone());
+        [dir, resolved]
+            .iter()
+            .any(|d| d.is_empty() || rel == d || rel.starts_with(&format!("{d}/")))
     };
     for s in &graph.stages {
         for (i, step) in s.steps.iter().enumerate() {
@@ -302,11 +365,14 @@ fn copies(listed: &Tree, sources: &[String], exclude: &[String], rel: &str) -> b
 }
 
 /// `p` made absolute and normal, through links where it exists.
+/// `p` made absolute, its directory resolved through links, never its
+/// last part: a link is the file a step reads, not its target (and a file
+/// that is gone keeps its name).
 fn absolute(p: &Path) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return c;
+    let last_is_name = p.file_name().is_some_and(|n| n != "." && n != "..");
+    if !last_is_name {
+        return std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     }
-    // A file that is not there (deleted): its directory, resolved.
     let joined = std::env::current_dir()
         .map(|d| d.join(p))
         .unwrap_or_else(|_| p.to_path_buf());
