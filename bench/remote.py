@@ -91,15 +91,8 @@ def start_grid(bgd):
     log = open(os.path.join(d, "log"), "w")
     p = subprocess.Popen([bgd, "server", "start", os.path.join(d, "grid.yml")],
                          stdout=log, stderr=log)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p, f"grpc://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    p.kill()
-    raise SystemExit("BuildGrid did not start")
+    wait_for(p, port, 90, "BuildGrid")
+    return p, f"grpc://127.0.0.1:{port}"
 
 
 def start_registry():
@@ -112,15 +105,22 @@ def start_registry():
                 f"    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n")
     p = subprocess.Popen(["docker-registry", "serve", os.path.join(d, "config.yml")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
+    wait_for(p, port, 30, "docker-registry")
+    return p, f"type=registry,ref=127.0.0.1:{port}/bench/cache:main"
+
+
+def wait_for(p, port, seconds, what):
+    """Until the server `p` listens on `port` (killed, and the bench
+    stopped, after `seconds`)."""
+    deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p, f"type=registry,ref=127.0.0.1:{port}/bench/cache:main"
+            return
         except OSError:
             time.sleep(0.1)
     p.kill()
-    raise SystemExit("docker-registry did not start")
+    raise SystemExit(f"{what} did not start")
 
 
 def machine(name, images):
