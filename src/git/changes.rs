@@ -30,7 +30,7 @@ enum Kind {
 pub fn changed_since(
     dir: &Path,
     rev: &str,
-    untracked: &dyn Fn(&Path) -> Vec<PathBuf>,
+    untracked: &[PathBuf],
 ) -> Result<(PathBuf, Vec<PathBuf>), String> {
     let repo = gix::discover(dir)
         .map_err(|e| format!("no git checkout holds `{}`: {e}", dir.display()))?;
@@ -67,7 +67,7 @@ pub fn changed_since(
         }
     }
     let mut out: Vec<PathBuf> = changed.iter().map(|p| root.join(p)).collect();
-    for p in untracked(&root) {
+    for p in untracked {
         let Ok(rel) = p.strip_prefix(&root) else {
             continue;
         };

@@ -23,33 +23,48 @@ pub struct Reader {
     pub stage: StageId,
     /// `None`: the stage is declared in the file.
     pub step: Option<usize>,
-    /// How: `copy`, `mount`, `host input`, `plugin`, `spec`.
+    /// How: `copy`, `mount`, `host input`, `plugin`, `spec`, `lock`,
+    /// `ignore file`, `context outside the checkout`.
     pub how: &'static str,
 }
 
 /// Answers which steps read a file, listing each context once.
 pub struct Readers<'a> {
     graph: &'a Graph,
-    sources: &'a Sources,
     layout: Layout,
     listed: Vec<std::sync::OnceLock<Result<std::sync::Arc<Snapshot>, Diagnostic>>>,
     /// The lock file beside the spec: read by every stage built on an
     /// image, and every `fetch` and `git` step.
     lock: Option<PathBuf>,
-    /// The spec file named on the command line: its args, contexts and
-    /// plugins reach every stage.
-    root: PathBuf,
+    /// The spec files, by source id (as they are resolved once).
+    specs: Vec<PathBuf>,
+    /// The spec file named on the command line and the files that declare
+    /// a context or a plugin: what they declare reaches every stage.
+    everywhere: Vec<PathBuf>,
+    /// Each context's directory, resolved.
+    roots: Vec<PathBuf>,
 }
 
 impl<'a> Readers<'a> {
     pub fn new(graph: &'a Graph, sources: &'a Sources, layout: Layout, spec: &Path) -> Readers<'a> {
         Readers {
             graph,
-            sources,
             layout,
             listed: graph.contexts.iter().map(|_| Default::default()).collect(),
             lock: absolute(spec).parent().map(|d| d.join("kiln.lock")),
-            root: absolute(spec),
+            specs: sources.all().iter().map(|f| absolute(&f.path)).collect(),
+            everywhere: std::iter::once(absolute(spec))
+                .chain(
+                    graph
+                        .contexts
+                        .iter()
+                        .filter_map(|c| c.span)
+                        .chain(graph.plugins.iter().map(|p| p.span))
+                        .filter_map(|span| sources.get(span.source))
+                        .map(|f| absolute(&f.path)),
+                )
+                .collect(),
+            roots: graph.contexts.iter().map(|c| directory(&c.path)).collect(),
         }
     }
 
@@ -73,7 +88,7 @@ impl<'a> Readers<'a> {
         let mut out = Vec::new();
         for c in &self.graph.contexts {
             let snap = self.context(c.id)?;
-            let root = absolute(&c.path);
+            let root = &self.roots[c.id.0 as usize];
             out.extend(
                 snap.tree
                     .entries
@@ -93,24 +108,9 @@ impl<'a> Readers<'a> {
         // Spec files: every stage declared in one reads it; the root spec
         // (args, contexts, plugins, exports) and a file declaring a context
         // or a plugin, every stage.
-        let declares = graph
-            .contexts
-            .iter()
-            .filter_map(|c| c.span)
-            .chain(graph.plugins.iter().map(|p| p.span))
-            .any(|span| {
-                self.sources
-                    .get(span.source)
-                    .is_some_and(|f| absolute(&f.path) == file)
-            });
-        let everything = file == self.root || declares;
+        let everything = self.everywhere.contains(&file);
         for s in &graph.stages {
-            if everything
-                || self
-                    .sources
-                    .get(s.span.source)
-                    .is_some_and(|f| absolute(&f.path) == file)
-            {
+            if everything || self.specs.get(s.span.source.0 as usize) == Some(&file) {
                 out.push(Reader {
                     stage: s.id,
                     step: None,
@@ -119,8 +119,7 @@ impl<'a> Readers<'a> {
             }
         }
         for c in &graph.contexts {
-            let root = absolute(&c.path);
-            let Ok(rel) = file.strip_prefix(&root) else {
+            let Ok(rel) = file.strip_prefix(&self.roots[c.id.0 as usize]) else {
                 continue;
             };
             let Some(rel) = rel.to_str() else {
@@ -191,12 +190,11 @@ pub fn affected(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let files = readers.context_files()?;
-    let (root, changed) = crate::git::changes::changed_since(&dir, rev, &|_| files.clone())
-        .map_err(|e| {
-            Diagnostic::new(crate::diag::Code::CLI_QUERY, e).with_help(
+    let (root, changed) = crate::git::changes::changed_since(&dir, rev, &files).map_err(|e| {
+        Diagnostic::new(crate::diag::Code::CLI_QUERY, e).with_help(
             "run it inside a git checkout, naming a commit it has (`HEAD~1`, `main`, a commit id)",
         )
-        })?;
+    })?;
     let mut hit = Vec::new();
     let mut found = Vec::new();
     for f in &changed {
@@ -204,7 +202,7 @@ pub fn affected(
     }
     // A context outside the checkout: git cannot say what changed in it.
     for c in &readers.graph.contexts {
-        if !absolute(&c.path).starts_with(&root) {
+        if !readers.roots[c.id.0 as usize].starts_with(&root) {
             all_readers(
                 readers.graph,
                 c.id,
@@ -365,6 +363,11 @@ fn copies(listed: &Tree, sources: &[String], exclude: &[String], rel: &str) -> b
 }
 
 /// `p` made absolute and normal, through links where it exists.
+/// A directory, resolved through links.
+fn directory(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| absolute(p))
+}
+
 /// `p` made absolute, its directory resolved through links, never its
 /// last part: a link is the file a step reads, not its target (and a file
 /// that is gone keeps its name).
