@@ -761,6 +761,8 @@ fn dry_run(
         .map(|(r, w)| ((r.stage.as_str(), r.step), (r, w)))
         .collect();
     let mut planned: Vec<Planned> = Vec::new();
+    // Stages with a step that would run.
+    let mut running: std::collections::HashSet<StageId> = Default::default();
     for id in graph.ancestors(roots) {
         let stage = graph.stage(id);
         // Why a step without an answer would run: a step before it would,
@@ -768,12 +770,7 @@ fn dry_run(
         let mut after = stage
             .deps
             .iter()
-            .find(|d| {
-                let name = graph.stage(**d).name.as_str();
-                planned
-                    .iter()
-                    .any(|p| p.stage == name && p.status == "would run")
-            })
+            .find(|d| running.contains(d))
             .map(|d| format!("`{}` would run first", graph.stage(*d).name));
         for (i, step) in stage.steps.iter().enumerate() {
             let text = crate::exec::steps::describe(&step.op, graph);
@@ -801,6 +798,9 @@ fn dry_run(
                 status: status.to_string(),
                 why: why.clone(),
             });
+            if status == "would run" {
+                running.insert(id);
+            }
             planned.push(Planned {
                 stage: stage.name.clone(),
                 step: i,
