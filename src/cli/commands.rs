@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// The state directory a build of `spec` uses when no `--state-dir` is
 /// given (`KILN_STATE_DIR`, else the machine's or the project's).
-pub fn state_of(spec: &Path) -> PathBuf {
+fn state_of(spec: &Path) -> PathBuf {
     let given = std::env::var_os("KILN_STATE_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -28,10 +28,18 @@ pub fn state_of(spec: &Path) -> PathBuf {
 /// about a workspace of a thousand spec files costs what a no-op build
 /// does, and makes no state directory.
 pub fn load(args: &SpecArgs, sources: &Sources) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
-    let state = state_of(&args.spec_path());
-    let cache = (std::fs::symlink_metadata(&state).is_ok()
-        && crate::store::check_state_dir(&state).is_ok())
-    .then(|| crate::pipeline::load::DirParseCache(crate::store::layout::Layout::new(&state)));
+    load_in(args, sources, &state_of(&args.spec_path()))
+}
+
+/// [`load`] with the state directory `state`.
+pub fn load_in(
+    args: &SpecArgs,
+    sources: &Sources,
+    state: &Path,
+) -> Result<(Spec, Graph, Vec<Diagnostic>), Failure> {
+    let cache = (std::fs::symlink_metadata(state).is_ok()
+        && crate::store::check_state_dir(state).is_ok())
+    .then(|| crate::pipeline::load::DirParseCache(crate::store::layout::Layout::new(state)));
     let cache = cache
         .as_ref()
         .map(|c| c as &dyn crate::frontend::ParseCache);

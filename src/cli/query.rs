@@ -43,15 +43,23 @@ pub struct Common {
     /// Set an arg declared in the spec (repeatable)
     #[arg(long = "arg", visible_alias = "build-arg", value_name = "NAME=VALUE")]
     pub args: Vec<String>,
-    /// The directory spec files may `include` from
+    /// The directory spec files may `include` from [default: the version-control checkout around the spec, else its directory]
     #[arg(long, env = "KILN_PROJECT_ROOT", value_name = "DIR")]
     pub project_root: Option<PathBuf>,
+    /// The state directory builds of this spec use (its parse cache and stat index are read) [default: ~/.cache/kiln, or a .kiln directory beside the spec]
+    #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Output format
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
 
 impl Common {
+    /// The state directory builds of the spec use.
+    fn state(&self) -> PathBuf {
+        crate::pipeline::load::state_dir(&self.state_dir, &self.spec().spec_path())
+    }
+
     fn spec(&self) -> SpecArgs {
         SpecArgs {
             context: self.context.clone(),
@@ -258,7 +266,7 @@ fn exports(q: &Common, sources: &Sources) -> Result<(), Failure> {
 /// What answers which steps read a file, for this spec.
 fn readers<'a>(graph: &'a Graph, sources: &'a Sources, common: &Common) -> query::Readers<'a> {
     let spec = common.spec().spec_path();
-    let layout = crate::store::layout::Layout::new(&super::commands::state_of(&spec));
+    let layout = crate::store::layout::Layout::new(&common.state());
     query::Readers::new(graph, sources, layout, &spec)
 }
 
@@ -309,7 +317,7 @@ pub fn affected(args: &AffectedArgs, sources: &Sources) -> Result<(), Failure> {
 }
 
 fn load(common: &Common, sources: &Sources) -> Result<(Graph, Format), Failure> {
-    let (_, graph, warnings) = super::commands::load(&common.spec(), sources)?;
+    let (_, graph, warnings) = super::commands::load_in(&common.spec(), sources, &common.state())?;
     super::commands::print_warnings(&warnings, sources);
     Ok((graph, common.format))
 }
@@ -342,13 +350,11 @@ fn print_stages(graph: &Graph, ids: &[StageId], format: Format, sources: &Source
                 .iter()
                 .map(|id| {
                     let s = graph.stage(*id);
-                    let (file, line) = match sources.get(s.span.source) {
-                        Some(f) => {
-                            let at = (s.span.start as usize).min(f.text.len());
-                            (f.name.clone(), f.text[..at].matches('\n').count() + 1)
-                        }
-                        None => (String::new(), 0),
-                    };
+                    let file = sources
+                        .get(s.span.source)
+                        .map(|f| f.name.clone())
+                        .unwrap_or_default();
+                    let line = sources.line_col(s.span).0;
                     json!({
                         "name": s.name,
                         "file": file,

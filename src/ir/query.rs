@@ -22,24 +22,16 @@ impl Graph {
         for r in roots {
             hit[r.0 as usize] = true;
         }
-        // Declarations may come in any order: until nothing changes.
-        loop {
-            let mut changed = false;
-            for s in &self.stages {
-                if !hit[s.id.0 as usize] && s.deps.iter().any(|d| hit[d.0 as usize]) {
-                    hit[s.id.0 as usize] = true;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
+        // In build order, a stage's dependencies are decided before it.
+        let all: Vec<StageId> = self.stages.iter().map(|s| s.id).collect();
+        let mut out = Vec::new();
+        for id in self.ancestors(&all) {
+            if hit[id.0 as usize] || self.stage(id).deps.iter().any(|d| hit[d.0 as usize]) {
+                hit[id.0 as usize] = true;
+                out.push(id);
             }
         }
-        let all: Vec<StageId> = self.stages.iter().map(|s| s.id).collect();
-        self.ancestors(&all)
-            .into_iter()
-            .filter(|id| hit[id.0 as usize])
-            .collect()
+        out
     }
 
     /// A shortest chain of stages from `from` to `to`, each reading the
