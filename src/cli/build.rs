@@ -14,10 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     #[command(flatten)]
-    pub spec: SpecArgs,
-    /// Build this stage (repeatable; a glob such as `'test-*'`, or `NAME/...` for every stage below `NAME/`); replaces the export block
-    #[arg(long = "target", value_name = "STAGE")]
-    pub targets: Vec<String>,
+    pub building: Building,
     /// Export the target: `DIR`, `type=local,dest=DIR`, `type=tar,dest=FILE`, `type=oci,dest=FILE[,tar=false]`, `type=docker,dest=FILE`, `type=image,name=REF,push=true` (repeatable; with several `--target`s, each `-o` exports the `--target` before it)
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -27,24 +24,47 @@ pub struct BuildArgs {
     /// Name the target's image in the local image store (repeatable): `kiln images` lists it, `from image="NAME"` builds on it
     #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
     pub tags: Vec<String>,
-    /// Run every step and hash every context file, ignoring the cache (results are still stored)
-    #[arg(long)]
-    pub no_cache: bool,
     /// Say which steps would run and why, and which are cached (locally or in the remote cache); run, export and record nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Build and export only the targets or exports a change since the git commit REF may change (see `kiln affected`)
-    #[arg(long, value_name = "REF")]
-    pub affected: Option<String>,
     /// Let the spec's export block write outside the spec's directory (read it first: a spec from anywhere could name `/root/.ssh`)
     #[arg(long)]
     pub allow_export_outside: bool,
+    /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
+    #[arg(long, hide = true)]
+    pub load: bool,
+    /// Docker's `--network`: refused (kiln sets the network per `run` step); see the message
+    #[arg(long, hide = true, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Docker's `--iidfile`: refused (name the image with `-t`); see the message
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+}
+
+/// What `kiln build` and `kiln test` share: the spec, the stages and how
+/// they are built.
+#[derive(Args, Debug)]
+pub struct Building {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Build this stage (repeatable; a glob such as `'test-*'`, or `NAME/...` for every stage below `NAME/`); replaces the export block
+    #[arg(long = "target", value_name = "STAGE")]
+    pub targets: Vec<String>,
+    /// Run every step and hash every context file, ignoring the cache (results are still stored)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Build and export only the targets or exports a change since the git commit REF may change (see `kiln affected`)
+    #[arg(long, value_name = "REF")]
+    pub affected: Option<String>,
     /// How many stages run at once [default: number of CPUs; at most 256]
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
     /// How to show progress
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: progress::Mode,
+    /// Write a Chrome trace of the build here (open it in Perfetto or chrome://tracing): stages and steps on their threads, cache hits, the critical path
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Where the cache lives [default: ~/.cache/kiln, or a .kiln directory beside the spec]
     #[arg(long, env = "KILN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -87,15 +107,6 @@ pub struct BuildArgs {
     /// Write this build's results to a cache kept in a registry: `type=registry,ref=REG/NAME:TAG`
     #[arg(long, value_name = "type=registry,ref=REF")]
     pub cache_to: Option<String>,
-    /// Docker's `--load`: refused (kiln has no Docker daemon to load into); see the message
-    #[arg(long, hide = true)]
-    pub load: bool,
-    /// Docker's `--network`: refused (kiln sets the network per `run` step); see the message
-    #[arg(long, hide = true, value_name = "MODE")]
-    pub network: Option<String>,
-    /// Docker's `--iidfile`: refused (name the image with `-t`); see the message
-    #[arg(long, hide = true, value_name = "FILE")]
-    pub iidfile: Option<PathBuf>,
 }
 
 /// Docker flags kiln takes the words of but not the meaning: each refused
@@ -210,7 +221,7 @@ impl BuildArgs {
             .map(|outs| {
                 outs.map(|o| {
                     let before = targets.iter().rposition(|t| *t < o)?;
-                    self.targets.get(before).cloned()
+                    self.building.targets.get(before).cloned()
                 })
                 .collect()
             })
@@ -230,36 +241,44 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
             Ok(out)
         })
         .collect::<Result<Vec<_>, Diagnostic>>()?;
-    let unpack_limit = crate::units::parse_size(&args.max_unpack_size).ok_or_else(|| {
-        Diagnostic::new(
-            Code::CLI_SIZE,
-            format!("`--max-unpack-size {}` is not a size", args.max_unpack_size),
-        )
-    })?;
     Ok(Request {
-        spec: args.spec.input()?,
-        targets: args.targets.clone(),
         outputs,
         tags: args.tags.clone(),
-        no_cache: args.no_cache,
-        jobs: args.jobs,
-        state_dir: args.state_dir.clone(),
-        epoch: Request::epoch_from_env(),
-        unpack_limit,
-        platform: args.platform.clone(),
-        insecure_registries: args.insecure_registries.clone(),
-        lock: if args.locked {
-            crate::image::set::LockMode::Locked
-        } else {
-            crate::image::set::LockMode::Normal
-        },
-        secrets: secrets(&args.secrets)?,
-        ssh: ssh(&args.ssh)?,
         allow_export_outside: args.allow_export_outside,
-        remote: None,
         dry_run: args.dry_run,
-        affected: args.affected.clone(),
+        ..args.building.request()?
     })
+}
+
+impl Building {
+    /// The request these arguments describe, exporting what the spec
+    /// says (or nothing, with `--target`s).
+    pub fn request(&self) -> Result<Request, Diagnostic> {
+        let unpack_limit = crate::units::parse_size(&self.max_unpack_size).ok_or_else(|| {
+            Diagnostic::new(
+                Code::CLI_SIZE,
+                format!("`--max-unpack-size {}` is not a size", self.max_unpack_size),
+            )
+        })?;
+        Ok(Request {
+            targets: self.targets.clone(),
+            no_cache: self.no_cache,
+            jobs: self.jobs,
+            state_dir: self.state_dir.clone(),
+            unpack_limit,
+            platform: self.platform.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            lock: if self.locked {
+                crate::image::set::LockMode::Locked
+            } else {
+                crate::image::set::LockMode::Normal
+            },
+            secrets: secrets(&self.secrets)?,
+            ssh: ssh(&self.ssh)?,
+            affected: self.affected.clone(),
+            ..Request::new(self.spec.input()?)
+        })
+    }
 }
 
 /// The remote cache's settings: `--remote-*` (and their environment
@@ -267,8 +286,8 @@ fn request(args: &BuildArgs) -> Result<Request, Diagnostic> {
 /// for the server it names (its headers may hold another server's
 /// token). Header values `$VAR` are read from the environment, so a token
 /// stays out of command lines and files.
-fn remote(
-    args: &BuildArgs,
+pub(super) fn remote(
+    args: &Building,
     sources: &Sources,
 ) -> Result<Option<crate::store::remote::Settings>, Failure> {
     // `--remote-cache ''` (or `KILN_REMOTE_CACHE=`): no remote cache,
@@ -381,7 +400,7 @@ fn remote(
 /// file's `cache-from`/`cache-to` when the command line names no cache.
 /// One remote cache at a time: a registry's or a REAPI server's.
 fn registry_cache(
-    args: &BuildArgs,
+    args: &Building,
     config: &crate::frontend::kdl::config::Config,
     cli_url: bool,
 ) -> Result<Option<crate::store::remote::registry::RegistryCache>, Failure> {
@@ -571,6 +590,57 @@ pub(super) fn fixed_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 }
 
+/// The display, and the trace `--trace` asks for.
+pub(super) enum Shown {
+    Display(Box<dyn progress::Reporter>),
+    Traced(progress::trace::Trace),
+}
+
+impl Shown {
+    pub(super) fn new(b: &Building) -> Shown {
+        let display = progress::reporter(b.progress);
+        match b.trace {
+            Some(_) => Shown::Traced(progress::trace::Trace::new(display)),
+            None => Shown::Display(display),
+        }
+    }
+
+    pub(super) fn reporter(&self) -> &dyn progress::Reporter {
+        match self {
+            Shown::Display(d) => d.as_ref(),
+            Shown::Traced(t) => t,
+        }
+    }
+
+    /// Write the trace (when asked for) of a build of `graph`.
+    pub(super) fn write_trace(
+        &self,
+        b: &Building,
+        title: &str,
+        needs: &std::collections::HashMap<String, Vec<String>>,
+    ) -> Result<(), Diagnostic> {
+        match (self, &b.trace) {
+            (Shown::Traced(t), Some(path)) => {
+                super::write_whole(path, &t.chrome(title, needs), "the trace")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Each stage's dependencies by name (what a trace's critical path
+/// follows).
+pub(super) fn needs(graph: &crate::ir::Graph) -> std::collections::HashMap<String, Vec<String>> {
+    graph
+        .stages
+        .iter()
+        .map(|s| {
+            let deps = s.deps.iter().map(|d| graph.stage(*d).name.clone());
+            (s.name.clone(), deps.collect())
+        })
+        .collect()
+}
+
 /// A dry run's answer: each step, cached or why it would run, then the
 /// counts.
 fn print_plan(planned: &[pipeline::Planned]) {
@@ -597,10 +667,11 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     fixed_umask();
     docker_flags(args)?;
     let mut req = request(args)?;
-    req.remote = remote(args, sources)?;
+    req.remote = remote(&args.building, sources)?;
     let plan = pipeline::plan(&req, sources)?;
-    let reporter = progress::reporter(args.progress);
-    let progress = Progress::new(reporter.as_ref());
+    let shown = Shown::new(&args.building);
+    let needs = needs(&plan.loaded.graph);
+    let progress = Progress::new(shown.reporter());
     if !plan.loaded.warnings.is_empty() {
         progress.println(&render_all(&plan.loaded.warnings, sources));
     }
@@ -616,6 +687,7 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         Ok(r) => r,
         Err(d) => {
             progress.finish();
+            let _ = shown.write_trace(&args.building, "kiln build", &needs);
             return Err(d.into());
         }
     };
@@ -627,6 +699,9 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
         print_plan(&report.planned);
     }
     let mut failures = report.failures;
+    if let Err(d) = shown.write_trace(&args.building, "kiln build", &needs) {
+        failures.push(d);
+    }
     if report.interrupted {
         failures.push(Diagnostic::interrupted());
         return Err(Failure {

@@ -407,6 +407,9 @@ pub struct ExplainArgs {
     /// Show cached steps too
     #[arg(long, short = 'a')]
     pub all: bool,
+    /// Show the chain of stages that decided how long the last build took, instead
+    #[arg(long)]
+    pub critical_path: bool,
 }
 
 pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
@@ -426,6 +429,10 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
     let Some(last) = records::load_last(&store, &scope) else {
         return Err(Diagnostic::new(Code::EXPLAIN_NONE, "no build is recorded yet").into());
     };
+    if args.critical_path {
+        print_critical_path(&last);
+        return Ok(());
+    }
     let cached = last.steps.iter().filter(|s| s.cached).count();
     let ran = last.steps.len() - cached;
     outln!(
@@ -460,6 +467,41 @@ pub fn explain(args: &ExplainArgs, _sources: &Sources) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The last build's critical path: each stage on it, how long it took and
+/// when, and how much of the build the path is.
+fn print_critical_path(last: &records::LastBuild) {
+    use crate::progress::human_ms;
+    let path = crate::model::timing::critical_path(&last.stages);
+    let (Some(first), Some(end)) = (path.first(), path.last()) else {
+        outln!("the last build of {} recorded no stage times", last.spec);
+        return;
+    };
+    let wall = last.stages.iter().map(|s| s.end_ms).fold(0.0f64, f64::max);
+    outln!(
+        "critical path of the last build of {}: {} stage{}, {} of {}",
+        last.spec,
+        path.len(),
+        if path.len() == 1 { "" } else { "s" },
+        human_ms(end.end_ms - first.start_ms),
+        human_ms(wall)
+    );
+    let width = path
+        .iter()
+        .map(|s| s.stage.chars().count())
+        .max()
+        .unwrap_or(0);
+    for s in &path {
+        outln!(
+            "  {:<width$}  {:>7}  ({} to {}){}",
+            s.stage,
+            human_ms(s.end_ms - s.start_ms),
+            human_ms(s.start_ms),
+            human_ms(s.end_ms),
+            if s.cached { "  cached" } else { "" }
+        );
+    }
 }
 
 #[derive(Args, Debug)]

@@ -12,6 +12,7 @@ mod lock;
 mod output;
 mod plugin;
 mod query;
+mod test;
 mod verify;
 
 use crate::diag::Code;
@@ -37,6 +38,8 @@ struct Cli {
 enum Command {
     /// Build the stages a spec exports (or `--target`s)
     Build(Box<build::BuildArgs>),
+    /// Build every test (or those `--target`s or `--affected` pick), go on past failures, report each (exit 1 if any failed)
+    Test(Box<test::TestArgs>),
     /// Check a spec without building anything
     Check(SpecArgs),
     /// Write the KDL spec equivalent to a Dockerfile
@@ -218,6 +221,27 @@ macro_rules! out {
 }
 pub(crate) use {out, outln};
 
+/// Write a file the user asked for (a report, a trace) whole: a temp file
+/// beside it, renamed over it, so a reader never sees half of one.
+pub fn write_whole(path: &std::path::Path, text: &str, what: &str) -> Result<(), Diagnostic> {
+    use std::path::Path;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let fail = |e: std::io::Error| Diagnostic::io(&format!("cannot write {what}"), path, &e);
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(fail)?;
+    // As any file a user's program writes (the temp file is private).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
 /// Tell the user why kiln is waiting for the store lock.
 pub fn waiting(why: &str) {
     eprintln!("kiln: waiting for the state directory lock ({why})");
@@ -244,6 +268,7 @@ pub fn main() -> ExitCode {
     let sources = Sources::new();
     let result = match cli.command {
         Command::Build(a) => build::run(&a, &sources),
+        Command::Test(a) => test::run(&a, &sources),
         Command::Check(a) => commands::check(&a, &sources),
         Command::Import(a) => commands::import(&a, &sources),
         Command::Lock(a) => lock::run(&a, &sources),

@@ -230,6 +230,8 @@ codes! {
     STEP_RM = "kiln::step::rm", Build, "add `force=#true` to ignore missing paths";
     STORE_DAMAGED = "kiln::store::damaged", Environment;
     STORE_REPAIRED = "kiln::store::repaired", User, "if this happens again, check the disk; `kiln gc` empties the quarantine";
+    TEST_FAILED = "kiln::test::failed", Build, "its output is below; the stage went on with what the test left, and the test runs again on the next build (a failed test is not cached)";
+    TEST_NONE = "kiln::test::none", User, "mark a step as a test by writing `test \"COMMAND\"` where you would write `run`";
     VERIFY_DIFFERS = "kiln::verify::differs", Build, "make the step named above deterministic: no clock, no randomness, no network, sorted output";
     WASM_ENGINE = "kiln::wasm::engine", Environment;
     WASM_EXIT = "kiln::wasm::exit", Build;

@@ -45,6 +45,8 @@ pub struct MemoStep {
     pub key: StepKey,
     pub text: String,
     pub non_hermetic: Option<String>,
+    /// A test step's run: a build answered from the memo reports it.
+    pub test: Option<crate::model::state::TestRun>,
 }
 
 /// A context as the memo's build listed it.

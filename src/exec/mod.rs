@@ -157,6 +157,9 @@ pub struct Outcome {
     pub interrupted: bool,
     /// The result came whole from the build memo.
     pub from_memo: bool,
+    /// When each stage that built started and ended (none when the memo
+    /// answered).
+    pub spans: Vec<crate::model::timing::Span>,
 }
 
 /// Where a build reads and writes: its cache backends (the local store,
@@ -242,8 +245,16 @@ impl<'a> Executor<'a> {
             std::mem::take(&mut *runner.records.lock().unwrap_or_else(|e| e.into_inner()));
         records.sort_by(|a, b| (&a.stage, a.step).cmp(&(&b.stage, b.step)));
         let interrupted = env.cancel.load(Ordering::Relaxed);
+        let mut failures = scheduled.failures;
+        failures.append(
+            &mut runner
+                .failed_tests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        // A build with a failed test leaves no memo: its test runs again.
         if let Some(key) = env.options.memo_key
-            && scheduled.failures.is_empty()
+            && failures.is_empty()
             && !interrupted
             && !env.options.dry_run
         {
@@ -251,12 +262,13 @@ impl<'a> Executor<'a> {
         }
         Outcome {
             stages: scheduled.outcomes,
-            failures: scheduled.failures,
+            failures,
             records,
             steps_run: runner.steps_run.load(Ordering::Relaxed),
             steps_cached: runner.steps_cached.load(Ordering::Relaxed),
             interrupted,
             from_memo: false,
+            spans: std::mem::take(&mut *runner.spans.lock().unwrap_or_else(|e| e.into_inner())),
         }
     }
 
@@ -361,6 +373,7 @@ impl<'a> Executor<'a> {
                         tree: &mut t,
                         config: &mut c,
                         stored: &mut None,
+                        test: &mut None,
                     },
                     prepared,
                 )?;
@@ -371,6 +384,7 @@ impl<'a> Executor<'a> {
                     &Action {
                         tree: Some(d),
                         config: action.config.clone(),
+                        test: None,
                     },
                 );
                 if d != current {
@@ -490,6 +504,20 @@ impl<'a> Executor<'a> {
                     non_hermetic: s.non_hermetic.clone(),
                     remote: false,
                 });
+                if let Some(run) = &s.test {
+                    let st = self.env.graph.stage(StageId(*id));
+                    self.env.progress.emit(Event::TestFinished {
+                        stage: name.clone(),
+                        step: s.step as usize,
+                        name: st
+                            .test_name(s.step as usize)
+                            .unwrap_or_else(|| name.clone()),
+                        passed: run.passed,
+                        status: run.status.clone(),
+                        ms: run.ms as f64,
+                        cached: true,
+                    });
+                }
                 // Without their inputs: a build answered from the memo ran
                 // nothing, so it has nothing new to tell `kiln explain`.
                 records.push(StepRecord {
@@ -502,6 +530,7 @@ impl<'a> Executor<'a> {
                     non_hermetic: s.non_hermetic,
                     result: None,
                     remote: false,
+                    test: s.test,
                 });
             }
             self.env.progress.emit(Event::StageFinished {
@@ -524,6 +553,7 @@ impl<'a> Executor<'a> {
             steps_cached,
             interrupted: false,
             from_memo: true,
+            spans: Vec::new(),
         })
     }
 
@@ -576,6 +606,7 @@ impl<'a> Executor<'a> {
                 key,
                 text: r.text.clone(),
                 non_hermetic: r.non_hermetic.clone(),
+                test: r.test.clone(),
             });
         }
         memo::save(

@@ -18,7 +18,8 @@ use crate::ir::{Base, StageId};
 use crate::model::digest::{StateDigest, StepKey, TreeDigest};
 
 use crate::model::key::{KeyBuilder, Start};
-use crate::model::state::{Action, ImageConfig, State};
+use crate::model::state::{Action, ImageConfig, State, TestRun};
+use crate::model::timing::Span;
 use crate::model::tree::Tree;
 use crate::progress::Event;
 use crate::store::ActionCache;
@@ -34,6 +35,10 @@ pub struct Runner<'a> {
     pub records: Mutex<Vec<StepRecord>>,
     pub steps_run: AtomicUsize,
     pub steps_cached: AtomicUsize,
+    /// Every test that failed, as the build reports it.
+    pub failed_tests: Mutex<Vec<Diagnostic>>,
+    /// When each stage that built started and ended.
+    pub spans: Mutex<Vec<Span>>,
     /// The `scratch` state, stored once per build.
     empty: OnceLock<State>,
 }
@@ -127,6 +132,8 @@ impl<'a> Runner<'a> {
             records: Mutex::new(Vec::new()),
             steps_run: AtomicUsize::new(0),
             steps_cached: AtomicUsize::new(0),
+            failed_tests: Mutex::new(Vec::new()),
+            spans: Mutex::new(Vec::new()),
             empty: OnceLock::new(),
         }
     }
@@ -169,6 +176,7 @@ impl<'a> Runner<'a> {
         env.progress.emit(Event::StageStarted {
             stage: stage.name.clone(),
         });
+        let start_ms = env.progress.elapsed_ms();
         let t0 = Instant::now();
         let use_cache = !env.options.no_cache;
         let mut attempt = self.run_steps(id, &inputs, use_cache);
@@ -235,6 +243,17 @@ impl<'a> Runner<'a> {
             cached: all_cached,
             ms: t0.elapsed().as_secs_f64() * 1000.0,
         });
+        let needs = stage.deps.iter();
+        self.spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Span {
+                stage: stage.name.clone(),
+                start_ms,
+                end_ms: env.progress.elapsed_ms(),
+                cached: all_cached,
+                needs: needs.map(|d| env.graph.stage(*d).name.clone()).collect(),
+            });
         (StageOutcome::Built(state), None)
     }
 
@@ -403,6 +422,7 @@ impl<'a> Runner<'a> {
             let action = Action {
                 tree: Some(digest),
                 config: (*state.config).clone(),
+                test: None,
             };
             self.actions.put(key, &action)?;
         }
@@ -451,11 +471,27 @@ impl<'a> Runner<'a> {
                     tree: &mut tree,
                     config: &mut config,
                     stored: &mut None,
+                    test: &mut None,
                 },
                 prepared,
             )?;
         }
         Ok(tree)
+    }
+
+    /// Say that a test ended: its run, or its passing run taken from the
+    /// cache.
+    fn test_ended(&self, cx: &StepCx<'_>, run: &TestRun, cached: bool) {
+        let name = (cx.stage.test_name(cx.index)).unwrap_or_else(|| cx.stage.name.clone());
+        self.env.progress.emit(Event::TestFinished {
+            stage: cx.stage.name.clone(),
+            step: cx.index,
+            name,
+            passed: run.passed,
+            status: run.status.clone(),
+            ms: run.ms as f64,
+            cached,
+        });
     }
 
     fn empty_state(&self) -> Result<State, Diagnostic> {
@@ -548,6 +584,7 @@ impl<'a> Runner<'a> {
                 &Action {
                     tree: Some(d),
                     config: cur.config.clone(),
+                    test: None,
                 },
             )?;
         }
@@ -575,17 +612,19 @@ impl<'a> Runner<'a> {
         let mut kb = KeyBuilder::new(cur.start.clone(), &steps::canonical(op, env.graph));
         let prepared = kind.prepare(cx, Some(&mut kb))?;
         let (key, key_inputs) = kb.finish();
-        let record = |cached: bool, result: Option<StateDigest>| StepRecord {
-            stage: stage.to_string(),
-            step: index,
-            text: text.clone(),
-            key: key.hex(),
-            cached,
-            remote: cached && self.actions.found_remotely(key),
-            inputs: key_inputs.clone(),
-            non_hermetic: kind.non_hermetic().map(str::to_string),
-            result: result.map(|d| d.hex()),
-        };
+        let record =
+            |cached: bool, result: Option<StateDigest>, test: Option<TestRun>| StepRecord {
+                stage: stage.to_string(),
+                step: index,
+                text: text.clone(),
+                key: key.hex(),
+                cached,
+                remote: cached && self.actions.found_remotely(key),
+                inputs: key_inputs.clone(),
+                non_hermetic: kind.non_hermetic().map(str::to_string),
+                result: result.map(|d| d.hex()),
+                test,
+            };
         let dry_run = env.options.dry_run;
         let (hit, _claim) = match (use_cache, dry_run) {
             (false, _) => (None, None),
@@ -604,19 +643,23 @@ impl<'a> Runner<'a> {
                 non_hermetic: kind.non_hermetic().map(str::to_string),
                 remote,
             });
+            let test = hit.test.clone();
+            if let Some(run) = &test {
+                self.test_ended(cx, run, true);
+            }
             self.take_hit(cur, index, hit, kind, last);
             let result = cur.advance(key);
             self.records
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(record(true, result));
+                .push(record(true, result, test));
             return Ok(Done::Cached);
         }
         if dry_run {
             self.records
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(record(false, None));
+                .push(record(false, None, None));
             return Ok(Done::WouldRun);
         }
         env.progress.emit(Event::StepStarted {
@@ -642,12 +685,14 @@ impl<'a> Runner<'a> {
             ..*cx
         };
         let mut stored_by_step = None;
+        let mut test = None;
         kind.run(
             &run_cx,
             Work {
                 tree: &mut tree,
                 config: &mut config,
                 stored: &mut stored_by_step,
+                test: &mut test,
             },
             prepared,
         )?;
@@ -666,11 +711,26 @@ impl<'a> Runner<'a> {
         } else {
             None
         };
-        let action = Action {
-            tree: digest,
-            config: config.clone(),
-        };
-        self.actions.put(key, &action)?;
+        // A failed test is not cached (as Bazel does): the next build runs
+        // it again. The stage goes on with what it left.
+        let test = test.map(|end| {
+            self.test_ended(cx, &end.run, false);
+            if let Some(failure) = end.failure {
+                self.failed_tests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(failure.in_stage(stage));
+            }
+            end.run
+        });
+        if test.as_ref().is_none_or(|t| t.passed) {
+            let action = Action {
+                tree: digest,
+                config: config.clone(),
+                test: test.clone(),
+            };
+            self.actions.put(key, &action)?;
+        }
         match digest {
             Some(d) => {
                 env.derived(d, cur.stored);
@@ -688,7 +748,7 @@ impl<'a> Runner<'a> {
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(record(false, result));
+            .push(record(false, result, test));
         env.progress.emit(Event::StepFinished {
             stage: stage.into(),
             step: index,

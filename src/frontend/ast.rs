@@ -149,7 +149,7 @@ pub enum StepKind {
     Maintainer(Str),
     /// `wasm PLUGIN ARG…`: a plugin step.
     Wasm(WasmDecl),
-    /// `run "cmd"`: a shell command in a sandbox.
+    /// `run "cmd"`: a shell command in a sandbox (`test "cmd"`: a test).
     Run(RunDecl),
 }
 
@@ -174,6 +174,15 @@ pub struct RunDecl {
     /// `host-inputs PATH…` children: host files whose digests join the key
     /// of a `sandbox="host"` step.
     pub host_inputs: Vec<Str>,
+    /// Written `test`: a test, whose failure is recorded, not fatal.
+    pub test: Option<TestDecl>,
+}
+
+/// What a `test` step adds to a `run` step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestDecl {
+    /// `name=`: the test's name in reports (else its stage's).
+    pub name: Option<Str>,
 }
 
 /// `wasm PLUGIN ARG… [timeout=D] [memory=SIZE] { env …; mount … }`.
@@ -234,6 +243,7 @@ impl StepKind {
             StepKind::Onbuild(_) => "onbuild",
             StepKind::Maintainer(_) => "maintainer",
             StepKind::Wasm(_) => "wasm",
+            StepKind::Run(r) if r.test.is_some() => "test",
             StepKind::Run { .. } => "run",
         }
     }

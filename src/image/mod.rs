@@ -428,6 +428,7 @@ pub fn verify_layer(
         &Action {
             tree: None,
             config: ImageConfig::default(),
+            test: None,
         },
     )?;
     Ok(())
@@ -558,6 +559,7 @@ pub fn unpack(
             &Action {
                 tree: None,
                 config: ImageConfig::default(),
+                test: None,
             },
         )?;
         let t = u.content.put_tree(&tree)?;
@@ -567,6 +569,7 @@ pub fn unpack(
             &Action {
                 tree: Some(t),
                 config: ImageConfig::default(),
+                test: None,
             },
         )?;
         keys.push(key);
@@ -582,6 +585,7 @@ pub fn unpack(
         &Action {
             tree: Some(tree),
             config: (*state.config).clone(),
+            test: None,
         },
     )?;
     keys.push(key);

@@ -133,6 +133,44 @@ pub struct Stage {
     pub deps: Vec<StageId>,
 }
 
+impl Stage {
+    /// Its `test` steps: each step's index and its name in reports (its
+    /// `name=`; else the stage's name when it is the stage's only test,
+    /// or `step N`).
+    pub fn tests(&self) -> Vec<(usize, String)> {
+        let tests: Vec<(usize, &Test)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.op {
+                Op::Run(RunOp { test: Some(t), .. }) => Some((i, t)),
+                _ => None,
+            })
+            .collect();
+        let alone = tests.len() == 1;
+        tests
+            .into_iter()
+            .map(|(i, t)| {
+                let name = match &t.name {
+                    Some(n) => n.clone(),
+                    None if alone => self.name.clone(),
+                    None => format!("step {}", i + 1),
+                };
+                (i, name)
+            })
+            .collect()
+    }
+
+    /// The name in reports of the test at step `index` (`None`: that step
+    /// is not a test).
+    pub fn test_name(&self, index: usize) -> Option<String> {
+        self.tests()
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, n)| n)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
     Scratch,

@@ -242,6 +242,17 @@ pub struct RunOp {
     pub sandbox: Sandbox,
     /// Host files whose digests join the key (for `sandbox="host"`).
     pub host_inputs: Vec<String>,
+    /// A `test` step: the command's failure is recorded (the stage goes
+    /// on with what it left) instead of stopping the stage.
+    pub test: Option<Test>,
+}
+
+/// What makes a `run` step a test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Test {
+    /// Its name in reports; `None`: its stage's name (with its step's
+    /// number when the stage holds several tests).
+    pub name: Option<String>,
 }
 
 /// The network a `run` step sees.

@@ -8,5 +8,6 @@ pub mod digest;
 pub mod key;
 pub mod name;
 pub mod state;
+pub mod timing;
 pub mod tree;
 pub mod url;

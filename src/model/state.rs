@@ -75,6 +75,50 @@ impl State {
 pub struct Action {
     pub tree: Option<TreeDigest>,
     pub config: ImageConfig,
+    /// A test step's run (only passed tests are cached). Last, and left
+    /// out when there is none (see [`Action::from_postcard`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestRun>,
+}
+
+/// How a `test` step's command ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRun {
+    pub passed: bool,
+    /// How the command ended: `exit 0`, `exit 2`, `killed by signal 9`,
+    /// `timed out after 5s`.
+    pub status: String,
+    /// How long the command ran, in milliseconds (of the run that made
+    /// the result, for a cached one).
+    pub ms: u64,
+    /// The last lines of its output, secrets masked.
+    pub tail: String,
+}
+
+/// An action's fields before `test`, as postcard writes them.
+#[derive(Deserialize)]
+struct Stored {
+    tree: Option<TreeDigest>,
+    config: ImageConfig,
+}
+
+impl Action {
+    /// Decode an action postcard wrote. `test` is left out when there is
+    /// none, so an action of any other step reads (and is written) as one
+    /// stored before tests existed; a test's run follows it.
+    pub fn from_postcard(bytes: &[u8]) -> Option<Action> {
+        let (stored, rest) = postcard::take_from_bytes::<Stored>(bytes).ok()?;
+        let test = if rest.is_empty() {
+            None
+        } else {
+            postcard::from_bytes::<Option<TestRun>>(rest).ok()?
+        };
+        Some(Action {
+            tree: stored.tree,
+            config: stored.config,
+            test,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +135,34 @@ mod tests {
             c.env,
             vec![("A".into(), "3".into()), ("B".into(), "2".into())]
         );
+    }
+
+    #[test]
+    fn actions_read_with_and_without_a_test() {
+        let plain = Action {
+            tree: Some(TreeDigest([2; 32])),
+            config: ImageConfig::default(),
+            test: None,
+        };
+        let bytes = postcard::to_stdvec(&plain).unwrap();
+        // The shape stored before tests existed: no trailing field.
+        let before = postcard::to_stdvec(&(Some(TreeDigest([2; 32])), ImageConfig::default()));
+        assert_eq!(bytes, before.unwrap());
+        assert_eq!(Action::from_postcard(&bytes), Some(plain.clone()));
+        let tested = Action {
+            test: Some(TestRun {
+                passed: true,
+                status: "exit 0".into(),
+                ms: 12,
+                tail: "ok\n".into(),
+            }),
+            ..plain
+        };
+        let bytes = postcard::to_stdvec(&tested).unwrap();
+        assert_eq!(Action::from_postcard(&bytes), Some(tested.clone()));
+        assert_eq!(Action::from_postcard(&bytes[..bytes.len() - 1]), None);
+        let json = serde_json::to_string(&tested).unwrap();
+        assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), tested);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod pins;
 pub mod preflight;
 pub mod provenance;
 pub mod query;
+pub mod testing;
 pub mod verify;
 
 use crate::diag::Code;
@@ -83,6 +84,9 @@ pub struct Request {
     /// `--affected REF`: build and export only the roots a change since
     /// the commit `REF` may change.
     pub affected: Option<String>,
+    /// `kiln test`: build the stages holding tests (among the targets)
+    /// and export nothing.
+    pub tests: bool,
 }
 
 impl Request {
@@ -110,6 +114,7 @@ impl Request {
             remote: None,
             dry_run: false,
             affected: None,
+            tests: false,
         }
     }
 
@@ -168,6 +173,9 @@ pub struct Report {
     pub records: Vec<records::StepRecord>,
     /// A dry run's answer for every step the request needs.
     pub planned: Vec<Planned>,
+    /// Every test step of the stages the build needed, and what became
+    /// of it.
+    pub tests: Vec<testing::TestReport>,
 }
 
 /// One step of a dry run: what a build would do with it, and why.
@@ -192,6 +200,7 @@ impl Report {
             states: Vec::new(),
             records: Vec::new(),
             planned: Vec::new(),
+            tests: Vec::new(),
         }
     }
 }
@@ -427,6 +436,9 @@ fn plan_with(
 
 /// What to build and what to write: `-o` and `--target` replace the export block.
 fn pick(graph: &Graph, req: &Request) -> Result<(Vec<StageId>, Vec<Export>), Diagnostic> {
+    if req.tests {
+        return Ok((testing::roots(graph, &req.targets)?, Vec::new()));
+    }
     let (mut roots, mut exports) = pick_exports(graph, req)?;
     if req.tags.is_empty() {
         return Ok((roots, exports));
@@ -706,6 +718,7 @@ pub fn run(
         states,
         records: outcome.records.clone(),
         planned: Vec::new(),
+        tests: testing::reports(graph, &roots, &outcome, sources),
     };
     // The process ends soon: freeing large structures one by one would
     // only slow a no-op build down.
@@ -826,6 +839,7 @@ fn dry_run(
         states: Vec::new(),
         records: outcome.records.clone(),
         planned,
+        tests: Vec::new(),
     }
 }
 
@@ -961,6 +975,7 @@ fn record(
         spec_name,
         options.no_cache,
         &outcome.records,
+        &outcome.spans,
     )
     .and_then(|_| store.record_use(&used))
     .err()

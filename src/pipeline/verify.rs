@@ -22,7 +22,7 @@ pub enum Verdict {
         /// `None` when the trees are equal.
         tree: Option<TreeDifference>,
         /// The step that made the difference, when it can be named.
-        culprit: Option<StepRecord>,
+        culprit: Option<Box<StepRecord>>,
     },
 }
 
@@ -69,7 +69,9 @@ pub fn compare<S: ContentStore + ActionCache>(
             Verdict::Different {
                 config_differs: s1.config != s2.config,
                 tree,
-                culprit: culprit(&first.records, &second.records, &in_a, &in_b).cloned(),
+                culprit: culprit(&first.records, &second.records, &in_a, &in_b)
+                    .cloned()
+                    .map(Box::new),
             },
         ));
     }
@@ -222,12 +224,14 @@ mod tests {
             non_hermetic: None,
             result: None,
             remote: false,
+            test: None,
         };
         let a = vec![rec(0, "k0"), rec(1, "k1"), rec(2, "k2")];
         let b = a.clone();
         let tree = |n: u8| Action {
             tree: Some(TreeDigest::from_hash(blake3::hash(&[n]))),
             config: Default::default(),
+            test: None,
         };
         let same = |k: &str| (k != "k0").then(|| tree(1));
         let other = |k: &str| match k {

@@ -8,6 +8,7 @@
 pub mod json;
 pub mod plain;
 mod sink;
+pub mod trace;
 pub mod tty;
 
 use serde::Serialize;
@@ -70,6 +71,19 @@ pub enum Event {
         step: usize,
         text: String,
         message: String,
+    },
+    /// A test step ended (ran, or its passing run taken from the cache).
+    TestFinished {
+        stage: String,
+        step: usize,
+        /// Its name in reports.
+        name: String,
+        passed: bool,
+        /// How its command ended (`exit 0`, `exit 1`, `killed by signal 9`, …).
+        status: String,
+        /// How long the command ran (for a cached test, when it ran).
+        ms: f64,
+        cached: bool,
     },
     StageFinished {
         stage: String,
@@ -174,6 +188,7 @@ impl Event {
                 | Event::StepStarted { .. }
                 | Event::StageStarted { .. }
                 | Event::StageFinished { cached: true, .. }
+                | Event::TestFinished { cached: true, .. }
         )
     }
 }

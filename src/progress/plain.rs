@@ -68,6 +68,25 @@ pub fn line(event: &Event) -> Option<String> {
             text,
             message,
         } => format!("#{stage} [{}] FAILED {text}: {message}", step + 1),
+        Event::TestFinished {
+            stage,
+            step,
+            name,
+            passed,
+            status,
+            ms,
+            cached,
+        } => format!(
+            "#{stage} [{}] {} {name} ({}{})",
+            step + 1,
+            if *passed { "PASSED" } else { "FAILED" },
+            if *passed {
+                human_ms(*ms)
+            } else {
+                format!("{status}, {}", human_ms(*ms))
+            },
+            if *cached { ", cached" } else { "" }
+        ),
         Event::StageFinished {
             stage,
             state,

@@ -156,7 +156,7 @@ impl ActionLog {
 
     pub fn get(&self, key: StepKey) -> Option<Action> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        postcard::from_bytes(entries.get(&key)?).ok()
+        Action::from_postcard(entries.get(&key)?)
     }
 
     pub fn put(&self, key: StepKey, state: &Action) -> io::Result<()> {
@@ -196,11 +196,7 @@ impl ActionLog {
             .iter()
             .filter_map(|k| {
                 let p = entries.get(k)?;
-                Some((
-                    *k,
-                    postcard::from_bytes(p).ok(),
-                    (HEADER + p.len() + 8) as u64,
-                ))
+                Some((*k, Action::from_postcard(p), (HEADER + p.len() + 8) as u64))
             })
             .collect()
     }
@@ -235,6 +231,7 @@ mod tests {
         Action {
             tree: Some(TreeDigest([n; 32])),
             config: ImageConfig::default(),
+            test: None,
         }
     }
 

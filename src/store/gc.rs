@@ -813,6 +813,7 @@ mod tests {
             &Action {
                 tree: Some(td),
                 config: ImageConfig::default(),
+                test: None,
             },
         )
         .unwrap();
@@ -846,6 +847,7 @@ mod tests {
             &Action {
                 tree: Some(td),
                 config: ImageConfig::default(),
+                test: None,
             },
         )
         .unwrap();

@@ -1295,6 +1295,7 @@ mod tests {
             let state = Action {
                 tree: Some(td),
                 config: ImageConfig::default(),
+                test: None,
             };
             ActionCache::put(&store, key, &state).unwrap();
             state

@@ -207,6 +207,7 @@ mod tests {
         let a = Action {
             tree: Some(td),
             config: Default::default(),
+            test: None,
         };
         m.put(StepKey([1; 32]), &a).unwrap();
         assert_eq!(m.get(StepKey([1; 32])), Some(a));

@@ -13,6 +13,8 @@
 use super::Store;
 use crate::model::digest::TreeDigest;
 use crate::model::key::{KeyInput, Start};
+use crate::model::state::TestRun;
+use crate::model::timing::Span;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
@@ -38,6 +40,9 @@ pub struct StepRecord {
     /// Cached, from the remote cache.
     #[serde(default)]
     pub remote: bool,
+    /// A test step's run (for a cached test, the run that made it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestRun>,
 }
 
 /// The last build, as `kiln explain` shows it.
@@ -46,6 +51,9 @@ pub struct LastBuild {
     pub spec: String,
     pub no_cache: bool,
     pub steps: Vec<ExplainedStep>,
+    /// When each stage started and ended, for its critical path.
+    #[serde(default)]
+    pub stages: Vec<Span>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +215,7 @@ pub fn save_build(
     spec: &str,
     no_cache: bool,
     records: &[StepRecord],
+    stages: &[Span],
 ) -> std::io::Result<()> {
     // A build that only hit the cache, with the same steps and keys as the
     // build before it, would write the same records again: skip the work.
@@ -231,6 +240,7 @@ pub fn save_build(
         spec: spec.to_string(),
         no_cache,
         steps: Vec::new(),
+        stages: stages.to_vec(),
     };
     let whys = reasons(store, scope, spec, no_cache, records, &history);
     for (r, why) in records.iter().zip(whys) {
@@ -466,6 +476,9 @@ fn explain(
     if extra > 0 {
         why.push(format!("… and {extra} more inputs changed"));
     }
+    if why.is_empty() && prev.test.as_ref().is_some_and(|t| !t.passed) {
+        why.push("the test failed last time, and a failed test is not cached".to_string());
+    }
     if why.is_empty() {
         why.push("its inputs are the same as last time, but the result was not in the cache (removed by `kiln gc`, or never stored)".to_string());
     }
@@ -540,6 +553,7 @@ mod tests {
             non_hermetic: None,
             result: None,
             remote: false,
+            test: None,
         }
     }
 
@@ -549,7 +563,15 @@ mod tests {
         let store = Store::open(dir.path(), crate::store::Access::Shared).unwrap();
         let (k1, k2) = ("1".repeat(64), "2".repeat(64));
         let first = rec(&k1, Start::Scratch, "c", &[("a", "1"), ("b", "2")]);
-        save_build(&store, "p", "spec", false, std::slice::from_ref(&first)).unwrap();
+        save_build(
+            &store,
+            "p",
+            "spec",
+            false,
+            std::slice::from_ref(&first),
+            &[],
+        )
+        .unwrap();
         let file = inputs_file(&store, "p", &k1).unwrap();
         let written = std::fs::metadata(&file).unwrap().modified().unwrap();
         // The history holds no inputs; the inputs file holds them.
@@ -562,7 +584,7 @@ mod tests {
             cached: true,
             ..first.clone()
         };
-        save_build(&store, "p", "spec", false, &[cached]).unwrap();
+        save_build(&store, "p", "spec", false, &[cached], &[]).unwrap();
         assert_eq!(
             std::fs::metadata(&file).unwrap().modified().unwrap(),
             written
@@ -587,18 +609,26 @@ mod tests {
             cached: true,
             ..first.clone()
         };
-        save_build(&store, "p", "spec", false, &[cached]).unwrap();
+        save_build(&store, "p", "spec", false, &[cached], &[]).unwrap();
         assert_eq!(load_inputs(&store, "p", &k1).unwrap(), first.inputs);
         // A miss is explained against the kept inputs; the old key's go.
         let second = rec(&k2, Start::Scratch, "c", &[("a", "1"), ("b", "3")]);
-        save_build(&store, "p", "spec", false, std::slice::from_ref(&second)).unwrap();
+        save_build(
+            &store,
+            "p",
+            "spec",
+            false,
+            std::slice::from_ref(&second),
+            &[],
+        )
+        .unwrap();
         let last = load_last(&store, "p").unwrap();
         assert_eq!(last.steps[0].why, vec!["context file `b` changed"]);
         assert!(!file.exists());
         // Inputs lost: said so, not guessed.
         std::fs::remove_file(inputs_file(&store, "p", &k2).unwrap()).unwrap();
         let third = rec(&"3".repeat(64), Start::Scratch, "c", &[]);
-        save_build(&store, "p", "spec", false, &[third]).unwrap();
+        save_build(&store, "p", "spec", false, &[third], &[]).unwrap();
         let why = &load_last(&store, "p").unwrap().steps[0].why;
         assert!(why[0].contains("no longer recorded"), "{why:?}");
     }

@@ -109,6 +109,49 @@ fn every_example_builds() {
     assert!(built >= 5, "only {built} examples found");
 }
 
+/// The monorepo example's tests pass on the test image (`ci.test-args`),
+/// and its JUnit report lists them.
+#[test]
+fn the_monorepo_example_s_tests_pass() {
+    if !crate::images_helper::sandbox_ready() {
+        return;
+    }
+    let Some(image) = crate::images_helper::busybox() else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("monorepo");
+    std::fs::create_dir_all(&copy).unwrap();
+    copy_dir(&root.join("monorepo"), &copy);
+    let ci = std::fs::read_to_string(copy.join("ci.test-args")).unwrap();
+    assert!(ci.contains("TEST_IMAGE="), "{ci}");
+    let out = std::process::Command::new(kiln_bin())
+        .args(["test", "--junit", "junit.xml", "--arg"])
+        .arg(format!("TEST_IMAGE={image}"))
+        .current_dir(&copy)
+        .env_remove("KILN_STATE_DIR")
+        .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("2 tests: 2 passed\n"), "{stdout}");
+    let xml = std::fs::read_to_string(copy.join("junit.xml")).unwrap();
+    assert!(
+        xml.contains(r#"<testcase name="core-test" classname="core-test""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="has-a-heading" classname="web-test""#),
+        "{xml}"
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let name = e.file_name();

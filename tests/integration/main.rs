@@ -29,3 +29,5 @@ mod remote;
 mod run;
 mod safety;
 mod shared;
+mod testing;
+mod trace;

@@ -168,6 +168,15 @@ pub struct Work<'a> {
     pub config: &'a mut ImageConfig,
     /// Set by a step that stored `tree` itself (so it is not encoded twice).
     pub stored: &'a mut Option<crate::model::digest::TreeDigest>,
+    /// Set by a test step: how its command ended.
+    pub test: &'a mut Option<TestEnd>,
+}
+
+/// How a test step ended: its run, and when it failed, the failure the
+/// build reports (the stage goes on with what the command left).
+pub struct TestEnd {
+    pub run: crate::model::state::TestRun,
+    pub failure: Option<Diagnostic>,
 }
 
 /// Work a step did while computing its key, reused when it runs.

@@ -14,12 +14,12 @@
 
 use super::copy::{context_inputs, ingest, pick_from_context};
 use super::users::{self, User};
-use super::{Prepared, StepCx, StepKind, Work, quote};
+use super::{Prepared, StepCx, StepKind, TestEnd, Work, quote};
 use crate::diag::Code;
 use crate::diag::{Diagnostic, Spanned};
 use crate::ir::{CopyFrom, MountKind, Names, RunMount, RunOp, Sandbox, Sharing};
 use crate::model::key::{KeyBuilder, KeyInput};
-use crate::model::state::ImageConfig;
+use crate::model::state::{ImageConfig, TestRun};
 use crate::model::tree::{self, Links, Tree};
 use crate::progress::Event;
 use crate::sandbox::rootfs::Rootfs;
@@ -90,7 +90,7 @@ const TAIL_LINES: usize = 20;
 
 impl StepKind for RunOp {
     fn canonical(&self, names: Names<'_>) -> serde_json::Value {
-        json!({ "run": {
+        let mut form = json!({ "run": {
             "command": self.command,
             "exec": self.exec,
             "env": self.env,
@@ -100,11 +100,20 @@ impl StepKind for RunOp {
             "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
             "sandbox": self.sandbox,
             "host_inputs": self.host_inputs,
-        }})
+        }});
+        // A test keeps what a failing command left, so it is another step
+        // than the `run` of the same command (a `run`'s form is as it was).
+        if self.test.is_some()
+            && let Some(o) = form.as_object_mut()
+        {
+            o.insert("test".into(), json!(true));
+        }
+        form
     }
 
     fn describe(&self, _names: Names<'_>) -> String {
-        format!("run {}", quote(&self.command))
+        let word = if self.test.is_some() { "test" } else { "run" };
+        format!("{word} {}", quote(&self.command))
     }
 
     fn non_hermetic(&self) -> Option<&'static str> {
@@ -562,7 +571,9 @@ impl RunOp {
                 .map_err(fail)?;
         }
         made_in.back_to_epoch(scaffold.iter().chain(kept.iter()), env.options.epoch);
+        let t0 = std::time::Instant::now();
         let (result, log) = run_shown(cx, &on_disk, &spec);
+        let ms = t0.elapsed().as_millis() as u64;
         drop(keep_alive);
         // A kernel that mounts no EROFS image from a file: the tree is
         // written out again as files, and nothing is packed any more.
@@ -589,8 +600,44 @@ impl RunOp {
         }
         let log = env.options.secrets.redact(&log);
         let saved = env.save_log(key, &log, &[]);
-        if let Err(e) = result {
-            return Err(error(cx, e, saved, &String::from_utf8_lossy(&log)));
+        let output = String::from_utf8_lossy(&log);
+        match result {
+            Ok(()) if self.test.is_some() => {
+                *work.test = Some(TestEnd {
+                    run: TestRun {
+                        passed: true,
+                        status: "exit 0".into(),
+                        ms,
+                        tail: tail(&output),
+                    },
+                    failure: None,
+                });
+            }
+            Ok(()) => {}
+            // A test's verdict: recorded, and the stage goes on with what
+            // the command left.
+            Err(
+                e @ (SandboxError::Exit(_) | SandboxError::Signal(_) | SandboxError::Timeout(_)),
+            ) if self.test.is_some() => {
+                let status = match &e {
+                    SandboxError::Exit(c) => format!("exit {c}"),
+                    SandboxError::Signal(s) => format!("killed by signal {s}"),
+                    _ => e.to_string().replace("the command ran", "ran"),
+                };
+                let failure = Diagnostic::new(Code::TEST_FAILED, format!("test failed: {status}"))
+                    .with_label(cx.span(), "this test");
+                let failure = with_output(failure, saved, &output);
+                *work.test = Some(TestEnd {
+                    run: TestRun {
+                        passed: false,
+                        status,
+                        ms,
+                        tail: tail(&output),
+                    },
+                    failure: Some(failure),
+                });
+            }
+            Err(e) => return Err(error(cx, e, saved, &output)),
         }
         self.keep(
             cx,
@@ -1371,6 +1418,24 @@ impl Drop for SecretFile {
     }
 }
 
+/// The last lines of a command's output, as a test's report keeps them
+/// (at most [`TAIL_LINES`] lines and 8 KiB).
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.trim_end().lines().collect();
+    let mut tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+    if tail.len() > 8 << 10 {
+        let mut cut = tail.len() - (8 << 10);
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+    if !tail.is_empty() {
+        tail.push('\n');
+    }
+    tail
+}
+
 /// A failed run as a diagnostic, with the output's last lines.
 fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -> Diagnostic {
     let (code, help) = match &e {
@@ -1402,8 +1467,15 @@ fn error(cx: &StepCx<'_>, e: SandboxError, log: Option<PathBuf>, output: &str) -
             "kiln runs commands with bubblewrap (0.5 or later) in user namespaces (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`), over overlayfs as root: check that they are available".to_string(),
         ),
     };
-    let mut d = Diagnostic::new(code, e.to_string());
-    d = d.with_label(cx.span(), "this command").with_help(help);
+    let d = Diagnostic::new(code, e.to_string())
+        .with_label(cx.span(), "this command")
+        .with_help(help);
+    with_output(d, log, output)
+}
+
+/// A diagnostic with a command's last lines of output, and where the
+/// whole output is.
+fn with_output(mut d: Diagnostic, log: Option<PathBuf>, output: &str) -> Diagnostic {
     let tail: Vec<&str> = output.trim_end().lines().collect();
     if !tail.is_empty() {
         d = d.with_note(format!(

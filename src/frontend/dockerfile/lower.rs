@@ -831,6 +831,7 @@ impl Lowerer<'_> {
             timeout: None,
             sandbox: None,
             host_inputs: Vec::new(),
+            test: None,
         }
     }
 

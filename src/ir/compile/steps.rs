@@ -612,6 +612,12 @@ impl Compiler<'_> {
             _ => Sandbox::Image,
         };
         let host_inputs = host_inputs?;
+        let test = match &r.test {
+            None => None,
+            Some(t) => Some(Test {
+                name: self.opt(&t.name)?,
+            }),
+        };
         if let Some(bad) = host_inputs.iter().position(|h| !h.starts_with('/')) {
             self.diags.push(
                 Diagnostic::new(
@@ -645,6 +651,7 @@ impl Compiler<'_> {
                 timeout,
                 sandbox,
                 host_inputs,
+                test,
             }),
             r.mounts.iter().map(|m| m.span).collect(),
         ))

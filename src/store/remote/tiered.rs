@@ -909,6 +909,7 @@ mod tests {
         let action = Action {
             tree: None,
             config: Default::default(),
+            test: None,
         };
         t.here().put(key, &action).unwrap();
         assert_eq!(store.get(key), Some(action));

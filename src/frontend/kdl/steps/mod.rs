@@ -52,6 +52,7 @@ pub(super) const STEPS: &[Syntax] = &[
     meta::MAINTAINER,
     wasm::SYNTAX,
     run::SYNTAX,
+    run::TEST,
 ];
 
 /// The syntax of the step named `name`, if it is one.
