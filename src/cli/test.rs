@@ -29,52 +29,111 @@ pub fn run(args: &TestArgs, sources: &Sources) -> Result<(), Failure> {
     req.tests = true;
     req.remote = super::build::remote(&args.building, sources)?;
     let plan = pipeline::plan(&req, sources)?;
+    check_paths(args, &plan, sources)?;
     let shown = super::build::Shown::new(&args.building);
     let needs = super::build::needs(&plan.loaded.graph);
+    // Every test, none run: what the reports say when the build stops
+    // before its first stage.
+    let unrun = testing::none_ran(&plan.loaded.graph, &plan.roots, sources);
+    let none_ran = |why: &str| testing::stopped(&unrun, why);
+    let mut tests = Vec::new();
     let progress = Progress::new(shown.reporter());
     if !plan.loaded.warnings.is_empty() {
         progress.println(&render_all(&plan.loaded.warnings, sources));
     }
-    let report = if plan.roots.is_empty() {
-        // `--affected`: no test reads what changed.
-        None
-    } else {
+    let mut failures = Vec::new();
+    let mut interrupted = false;
+    if !plan.roots.is_empty() {
         let cancel = super::build::cancel_flag();
         match pipeline::run(plan, &req, sources, &progress, cancel, &super::waiting) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                if !r.notices.is_empty() {
+                    progress.println(&render_all(&r.notices, sources));
+                }
+                tests = match r.failures.first() {
+                    Some(d) if r.tests.is_empty() => none_ran(&d.message),
+                    _ => r.tests,
+                };
+                failures = r.failures;
+                interrupted = r.interrupted;
+            }
             Err(d) => {
-                progress.finish();
-                return Err(d.into());
+                tests = none_ran(&d.message);
+                failures.push(d);
             }
         }
-    };
-    let ms = progress.elapsed_ms();
-    if let Some(r) = report.as_ref().filter(|r| !r.notices.is_empty()) {
-        progress.println(&render_all(&r.notices, sources));
     }
+    let ms = progress.elapsed_ms();
     progress.finish();
-    let tests = report.as_ref().map_or(&[][..], |r| &r.tests[..]);
-    let mut failures = Vec::new();
     if let Err(d) = shown.write_trace(&args.building, "kiln test", &needs) {
         failures.push(d);
     }
-    for (path, text) in [
-        (&args.junit, testing::junit(tests, ms)),
-        (&args.json, testing::json(tests, ms)),
-    ] {
-        if let Some(path) = path
-            && let Err(d) = super::write_whole(path, &text, "the test report")
-        {
+    let junit = testing::junit(&tests, ms).map_err(|e| {
+        Diagnostic::new(
+            crate::diag::Code::IO,
+            format!("cannot write the JUnit report: {e}"),
+        )
+    });
+    let reports = [
+        (&args.junit, junit),
+        (&args.json, Ok(testing::json(&tests, ms))),
+    ];
+    for (path, text) in reports {
+        let Some(path) = path else { continue };
+        if let Err(d) = text.and_then(|t| super::write_whole(path, &t, "the test report")) {
             failures.push(d);
         }
     }
-    summary(tests, req.affected.as_deref());
-    let Some(report) = report else {
-        return finish(failures, false);
+    summary(&tests, req.affected.as_deref());
+    finish(failures, interrupted)
+}
+
+/// The reports and the trace go to three different files, none of them
+/// a spec file or in the state directory (which a build reads).
+fn check_paths(args: &TestArgs, plan: &pipeline::Plan, sources: &Sources) -> Result<(), Failure> {
+    let given = [
+        ("--junit", &args.junit),
+        ("--json", &args.json),
+        ("--trace", &args.building.trace),
+    ];
+    let resolve = |p: &std::path::Path| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = abs.parent().and_then(|d| d.canonicalize().ok());
+        match (dir, abs.file_name()) {
+            (Some(d), Some(n)) => d.join(n),
+            _ => abs,
+        }
     };
-    let mut all = report.failures;
-    all.extend(failures);
-    finish(all, report.interrupted)
+    let state = plan
+        .state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| plan.state_dir.clone());
+    let specs: Vec<std::path::PathBuf> = sources.all().iter().map(|f| resolve(&f.path)).collect();
+    let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    for (flag, path) in given {
+        let Some(path) = path else { continue };
+        let at = resolve(path);
+        let refuse = |why: String| {
+            Failure::from(
+                Diagnostic::new(
+                    crate::diag::Code::CLI_OUTPUT,
+                    format!("`{flag} {}` {why}", path.display()),
+                )
+                .with_help("write it somewhere else, such as `out/`"),
+            )
+        };
+        if at.starts_with(&state) {
+            return Err(refuse("is in the state directory".into()));
+        }
+        if specs.contains(&at) {
+            return Err(refuse("is a spec file".into()));
+        }
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == at) {
+            return Err(refuse(format!("is also where `{other}` goes")));
+        }
+        seen.push((flag, at));
+    }
+    Ok(())
 }
 
 /// The exit: 0 when every test passed, 130 when interrupted, else the

@@ -79,7 +79,7 @@ impl ListingKey {
 const FILE: &str = "memo";
 /// Leads the file; bump when `Memo` changes shape. The file is checksummed:
 /// a damaged memo reads as absent and the build runs normally.
-const MAGIC: &[u8] = b"KILNMEMO6";
+const MAGIC: &[u8] = b"KILNMEMO7";
 
 /// The memo of the project `scope`.
 pub fn load(layout: &Layout, scope: &str) -> Option<Memo> {

@@ -136,6 +136,24 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// The event for a test that ended (its run, or a passing run cached).
+fn test_event(
+    stage: &crate::ir::Stage,
+    index: usize,
+    run: &crate::model::state::TestRun,
+    cached: bool,
+) -> Event {
+    Event::TestFinished {
+        stage: stage.name.clone(),
+        step: index,
+        name: stage.test_name(index).unwrap_or_else(|| stage.name.clone()),
+        passed: run.passed,
+        status: run.status.clone(),
+        ms: run.ms as f64,
+        cached,
+    }
+}
+
 /// How a stage ended.
 #[derive(Clone, Debug)]
 pub enum StageOutcome {
@@ -157,8 +175,8 @@ pub struct Outcome {
     pub interrupted: bool,
     /// The result came whole from the build memo.
     pub from_memo: bool,
-    /// When each stage that built started and ended (none when the memo
-    /// answered).
+    /// When each stage that built (or failed) started and ended (when the
+    /// memo answered: when it did, for each).
     pub spans: Vec<crate::model::timing::Span>,
 }
 
@@ -246,12 +264,13 @@ impl<'a> Executor<'a> {
         records.sort_by(|a, b| (&a.stage, a.step).cmp(&(&b.stage, b.step)));
         let interrupted = env.cancel.load(Ordering::Relaxed);
         let mut failures = scheduled.failures;
-        failures.append(
-            &mut runner
+        let tests = std::mem::take(
+            &mut *runner
                 .failed_tests
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        failures.extend(tests.into_iter().map(|(_, d)| d));
         // A build with a failed test leaves no memo: its test runs again.
         if let Some(key) = env.options.memo_key
             && failures.is_empty()
@@ -489,6 +508,7 @@ impl<'a> Executor<'a> {
             by_stage[s.stage as usize].push(s);
         }
         let mut records = Vec::with_capacity(steps_cached);
+        let mut spans = Vec::with_capacity(memo.stages.len());
         for (id, _, digest) in &memo.stages {
             let name = &self.env.graph.stage(StageId(*id)).name;
             self.env.progress.emit(Event::StageStarted {
@@ -506,17 +526,9 @@ impl<'a> Executor<'a> {
                 });
                 if let Some(run) = &s.test {
                     let st = self.env.graph.stage(StageId(*id));
-                    self.env.progress.emit(Event::TestFinished {
-                        stage: name.clone(),
-                        step: s.step as usize,
-                        name: st
-                            .test_name(s.step as usize)
-                            .unwrap_or_else(|| name.clone()),
-                        passed: run.passed,
-                        status: run.status.clone(),
-                        ms: run.ms as f64,
-                        cached: true,
-                    });
+                    self.env
+                        .progress
+                        .emit(test_event(st, s.step as usize, run, true));
                 }
                 // Without their inputs: a build answered from the memo ran
                 // nothing, so it has nothing new to tell `kiln explain`.
@@ -539,6 +551,17 @@ impl<'a> Executor<'a> {
                 cached: true,
                 ms: 0.0,
             });
+            let at = self.env.progress.elapsed_ms();
+            let stage = self.env.graph.stage(StageId(*id));
+            spans.push(crate::model::timing::Span {
+                stage: name.clone(),
+                start_ms: at,
+                end_ms: at,
+                cached: true,
+                needs: (stage.deps.iter())
+                    .map(|d| self.env.graph.stage(*d).name.clone())
+                    .collect(),
+            });
         }
         records.sort_by(|a, b| (&a.stage, a.step).cmp(&(&b.stage, b.step)));
         Some(Outcome {
@@ -553,7 +576,7 @@ impl<'a> Executor<'a> {
             steps_cached,
             interrupted: false,
             from_memo: true,
-            spans: Vec::new(),
+            spans,
         })
     }
 

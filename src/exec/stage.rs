@@ -35,8 +35,8 @@ pub struct Runner<'a> {
     pub records: Mutex<Vec<StepRecord>>,
     pub steps_run: AtomicUsize,
     pub steps_cached: AtomicUsize,
-    /// Every test that failed, as the build reports it.
-    pub failed_tests: Mutex<Vec<Diagnostic>>,
+    /// Every test that failed, with its stage, as the build reports it.
+    pub failed_tests: Mutex<Vec<(StageId, Diagnostic)>>,
     /// When each stage that built started and ended.
     pub spans: Mutex<Vec<Span>>,
     /// The `scratch` state, stored once per build.
@@ -190,6 +190,10 @@ impl<'a> Runner<'a> {
             self.steps_cached
                 .fetch_sub(before - records.len(), Ordering::Relaxed);
             drop(records);
+            self.failed_tests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(s, _)| *s != id);
             attempt = self.run_steps(id, &inputs, false);
         }
         let (state, all_cached, work) = match attempt {
@@ -215,6 +219,7 @@ impl<'a> Runner<'a> {
                 env.progress.emit(Event::StageFailed {
                     stage: stage.name.clone(),
                 });
+                self.span(stage, start_ms, false);
                 return (
                     StageOutcome::Failed {
                         last_good: last_good.map(|s| *s),
@@ -226,6 +231,7 @@ impl<'a> Runner<'a> {
                 env.progress.emit(Event::StageFailed {
                     stage: stage.name.clone(),
                 });
+                self.span(stage, start_ms, false);
                 let mut d = d.in_stage(&stage.name);
                 d.message
                     .push_str(" (and the stage could not be rebuilt without the cache)");
@@ -243,17 +249,7 @@ impl<'a> Runner<'a> {
             cached: all_cached,
             ms: t0.elapsed().as_secs_f64() * 1000.0,
         });
-        let needs = stage.deps.iter();
-        self.spans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Span {
-                stage: stage.name.clone(),
-                start_ms,
-                end_ms: env.progress.elapsed_ms(),
-                cached: all_cached,
-                needs: needs.map(|d| env.graph.stage(*d).name.clone()).collect(),
-            });
+        self.span(stage, start_ms, all_cached);
         (StageOutcome::Built(state), None)
     }
 
@@ -479,19 +475,42 @@ impl<'a> Runner<'a> {
         Ok(tree)
     }
 
-    /// Say that a test ended: its run, or its passing run taken from the
-    /// cache.
-    fn test_ended(&self, cx: &StepCx<'_>, run: &TestRun, cached: bool) {
-        let name = (cx.stage.test_name(cx.index)).unwrap_or_else(|| cx.stage.name.clone());
-        self.env.progress.emit(Event::TestFinished {
-            stage: cx.stage.name.clone(),
-            step: cx.index,
-            name,
-            passed: run.passed,
-            status: run.status.clone(),
-            ms: run.ms as f64,
-            cached,
-        });
+    fn note(&self, record: StepRecord) {
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record);
+    }
+
+    /// A test that ran: said, and its failure kept for the build's.
+    fn test_ran(&self, cx: &StepCx<'_>, end: steps::TestEnd) -> TestRun {
+        self.env
+            .progress
+            .emit(super::test_event(cx.stage, cx.index, &end.run, false));
+        if let Some(failure) = end.failure {
+            self.failed_tests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((cx.stage.id, failure.in_stage(&cx.stage.name)));
+        }
+        end.run
+    }
+
+    /// Note when a stage that started at `start_ms` ended.
+    fn span(&self, stage: &crate::ir::Stage, start_ms: f64, cached: bool) {
+        let graph = self.env.graph;
+        self.spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Span {
+                stage: stage.name.clone(),
+                start_ms,
+                end_ms: self.env.progress.elapsed_ms(),
+                cached,
+                needs: (stage.deps.iter())
+                    .map(|d| graph.stage(*d).name.clone())
+                    .collect(),
+            });
     }
 
     fn empty_state(&self) -> Result<State, Diagnostic> {
@@ -645,21 +664,16 @@ impl<'a> Runner<'a> {
             });
             let test = hit.test.clone();
             if let Some(run) = &test {
-                self.test_ended(cx, run, true);
+                env.progress
+                    .emit(super::test_event(cx.stage, index, run, true));
             }
             self.take_hit(cur, index, hit, kind, last);
             let result = cur.advance(key);
-            self.records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(record(true, result, test));
+            self.note(record(true, result, test));
             return Ok(Done::Cached);
         }
         if dry_run {
-            self.records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(record(false, None, None));
+            self.note(record(false, None, None));
             return Ok(Done::WouldRun);
         }
         env.progress.emit(Event::StepStarted {
@@ -711,18 +725,9 @@ impl<'a> Runner<'a> {
         } else {
             None
         };
+        let test = test.map(|end| self.test_ran(cx, end));
         // A failed test is not cached (as Bazel does): the next build runs
         // it again. The stage goes on with what it left.
-        let test = test.map(|end| {
-            self.test_ended(cx, &end.run, false);
-            if let Some(failure) = end.failure {
-                self.failed_tests
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(failure.in_stage(stage));
-            }
-            end.run
-        });
         if test.as_ref().is_none_or(|t| t.passed) {
             let action = Action {
                 tree: digest,
@@ -745,10 +750,7 @@ impl<'a> Runner<'a> {
         cur.memory = Some((tree, cur.since.len()));
         let result = cur.advance(key);
         self.steps_run.fetch_add(1, Ordering::Relaxed);
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(record(false, result, test));
+        self.note(record(false, result, test));
         env.progress.emit(Event::StepFinished {
             stage: stage.into(),
             step: index,

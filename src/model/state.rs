@@ -85,8 +85,8 @@ pub struct Action {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestRun {
     pub passed: bool,
-    /// How the command ended: `exit 0`, `exit 2`, `killed by signal 9`,
-    /// `timed out after 5s`.
+    /// How the command ended: `exit 0`, `exit 2` (`exit 137`: killed by
+    /// signal 9, as a shell says), `ran longer than its time limit of 5s`.
     pub status: String,
     /// How long the command ran, in milliseconds (of the run that made
     /// the result, for a cached one).

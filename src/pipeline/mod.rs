@@ -694,15 +694,9 @@ pub fn run(
     }
     notices.extend(repairs_made(&store));
     failures.extend(record(&store, &options, &spec_name, &outcome, &images));
-    progress.emit(Event::BuildFinished {
-        ok: failures.is_empty() && !outcome.interrupted,
-        ms: progress.elapsed_ms(),
-        steps_run: outcome.steps_run,
-        steps_cached: outcome.steps_cached,
-        failures: failures.len(),
-        unchanged: outcome.from_memo,
-    });
-    let states = if failures.is_empty() && !outcome.interrupted {
+    let ok = failures.is_empty() && !outcome.interrupted;
+    progress.emit(finished(ok, progress, &outcome, failures.len()));
+    let states = if ok {
         built(graph, &roots, &outcome)
     } else {
         Vec::new()
@@ -725,6 +719,18 @@ pub fn run(
     std::mem::forget(outcome);
     std::mem::forget(loaded);
     Ok(report)
+}
+
+/// The event that ends a build.
+fn finished(ok: bool, progress: &Progress<'_>, outcome: &Outcome, failures: usize) -> Event {
+    Event::BuildFinished {
+        ok,
+        ms: progress.elapsed_ms(),
+        steps_run: outcome.steps_run,
+        steps_cached: outcome.steps_cached,
+        failures,
+        unchanged: outcome.from_memo,
+    }
 }
 
 /// Say how each image was resolved.

@@ -187,8 +187,9 @@ pub fn resolve(
             None
         }
     };
-    // What was resolved is kept even when something else failed.
-    if changed {
+    // What was resolved is kept even when something else failed; a dry
+    // run resolves as the build would, and writes nothing.
+    if changed && !req.dry_run {
         let name = spec_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

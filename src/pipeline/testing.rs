@@ -122,14 +122,40 @@ pub fn reports(
     out
 }
 
+/// Every test of the stages a build of `roots` needs, as not run, for
+/// [`stopped`].
+pub fn none_ran(graph: &Graph, roots: &[StageId], sources: &Sources) -> Vec<TestReport> {
+    let outcome = Outcome {
+        stages: HashMap::new(),
+        failures: Vec::new(),
+        records: Vec::new(),
+        steps_run: 0,
+        steps_cached: 0,
+        interrupted: false,
+        from_memo: false,
+        spans: Vec::new(),
+    };
+    reports(graph, roots, &outcome, sources)
+}
+
+/// `tests`, none of which ran: the build stopped before its first stage
+/// (`why`).
+pub fn stopped(tests: &[TestReport], why: &str) -> Vec<TestReport> {
+    let mut out = tests.to_vec();
+    for r in &mut out {
+        r.why = Some(format!("the build stopped before it: {why}"));
+    }
+    out
+}
+
 /// Why a test of stage `id` did not run.
 fn not_run(graph: &Graph, id: StageId, outcome: &Outcome) -> String {
     let stage = graph.stage(id);
     match outcome.stages.get(&id) {
-        _ if outcome.interrupted => "the build was interrupted".into(),
         Some(StageOutcome::Failed { .. }) => {
             format!("a step of `{}` before it failed", stage.name)
         }
+        _ if outcome.interrupted => "the build was interrupted".into(),
         Some(StageOutcome::Skipped) => {
             let failed: Vec<String> = stage
                 .deps
@@ -163,8 +189,11 @@ pub fn counts(reports: &[TestReport]) -> (usize, usize, usize, usize) {
 /// a `testsuite` per stage, a `testcase` per test (`classname` its stage,
 /// with its spec file and line), a failed test's status and output in a
 /// `failure`, a test that did not run as an `error` saying why.
-pub fn junit(reports: &[TestReport], total_ms: f64) -> String {
+pub fn junit(reports: &[TestReport], total_ms: f64) -> Result<String, String> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    // XML 1.0 holds no U+FFFE or U+FFFF (quick-junit drops the control
+    // characters it cannot hold, not these).
+    let xml = |t: &str| t.replace(['\u{fffe}', '\u{ffff}'], "\u{fffd}");
     let mut report = Report::new("kiln");
     report.set_time(std::time::Duration::from_secs_f64(
         total_ms.max(0.0) / 1000.0,
@@ -176,47 +205,47 @@ pub fn junit(reports: &[TestReport], total_ms: f64) -> String {
             Verdict::Failed => {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 let run = r.run.as_ref();
-                s.set_message(run.map_or("failed", |t| t.status.as_str()));
+                s.set_message(xml(run.map_or("failed", |t| t.status.as_str())));
                 s.set_type("test failed");
-                s.set_description(run.map_or("", |t| t.tail.as_str()));
+                s.set_description(xml(run.map_or("", |t| t.tail.as_str())));
                 s
             }
             Verdict::NotRun => {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                s.set_message(format!(
+                s.set_message(xml(&format!(
                     "not run: {}",
                     r.why.as_deref().unwrap_or("it was not run")
-                ));
+                )));
                 s.set_type("not run");
                 s
             }
         };
-        let mut case = TestCase::new(r.name.as_str(), status);
-        case.set_classname(r.stage.as_str());
+        let mut case = TestCase::new(xml(&r.name), status);
+        case.set_classname(xml(&r.stage));
         if let Some(run) = &r.run {
             case.set_time(std::time::Duration::from_millis(run.ms));
             if !run.tail.is_empty() {
-                case.set_system_out(run.tail.as_str());
+                case.set_system_out(xml(&run.tail));
             }
         }
-        case.extra.insert("file".into(), r.file.as_str().into());
+        case.extra.insert("file".into(), xml(&r.file).into());
         case.extra.insert("line".into(), r.line.to_string().into());
         if r.cached {
             case.extra.insert("cached".into(), "true".into());
         }
-        match suites.iter_mut().find(|s| s.name.as_str() == r.stage) {
+        match suites.iter_mut().find(|s| s.name.as_str() == xml(&r.stage)) {
             Some(suite) => {
                 suite.add_test_case(case);
             }
             None => {
-                let mut suite = TestSuite::new(r.stage.as_str());
+                let mut suite = TestSuite::new(xml(&r.stage));
                 suite.add_test_case(case);
                 suites.push(suite);
             }
         }
     }
     report.add_test_suites(suites);
-    report.to_string().unwrap_or_default()
+    report.to_string().map_err(|e| e.to_string())
 }
 
 /// The reports as JSON: the counts, and every test with its verdict,
@@ -268,11 +297,11 @@ mod tests {
             report(
                 "bad",
                 Verdict::Failed,
-                Some(run(false, "want <1> & got \"2\"\u{1b}[31m\n")),
+                Some(run(false, "want <1> & got \"2\"\u{1b}[31m \u{fffe}\n")),
             ),
             report("never", Verdict::NotRun, None),
         ];
-        let xml = junit(&reports, 2500.0);
+        let xml = junit(&reports, 2500.0).unwrap();
         assert!(
             xml.contains(
                 r#"<testsuites name="kiln" tests="3" skipped="0" failures="1" errors="1""#
@@ -289,8 +318,11 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("want &lt;1&gt; &amp; got"), "{xml}");
-        // An escape sequence is not XML: it is left out.
-        assert!(!xml.contains('\u{1b}'), "{xml}");
+        // An escape sequence and a noncharacter are not XML.
+        assert!(
+            !xml.contains('\u{1b}') && !xml.contains('\u{fffe}'),
+            "{xml}"
+        );
         assert!(
             xml.contains(
                 r#"<error message="not run: a stage it needs did not build" type="not run""#

@@ -21,6 +21,32 @@ impl Default for Plain {
     }
 }
 
+/// A test's line: `#STAGE [N] PASSED NAME (time)` or `FAILED` with how.
+fn test_line(event: &Event) -> String {
+    let Event::TestFinished {
+        stage,
+        step,
+        name,
+        passed,
+        status,
+        ms,
+        cached,
+    } = event
+    else {
+        return String::new();
+    };
+    let how = match passed {
+        true => human_ms(*ms),
+        false => format!("{status}, {}", human_ms(*ms)),
+    };
+    format!(
+        "#{stage} [{}] {} {name} ({how}{})",
+        step + 1,
+        if *passed { "PASSED" } else { "FAILED" },
+        if *cached { ", cached" } else { "" }
+    )
+}
+
 /// The line shown for an event, if any.
 pub fn line(event: &Event) -> Option<String> {
     Some(match event {
@@ -68,25 +94,7 @@ pub fn line(event: &Event) -> Option<String> {
             text,
             message,
         } => format!("#{stage} [{}] FAILED {text}: {message}", step + 1),
-        Event::TestFinished {
-            stage,
-            step,
-            name,
-            passed,
-            status,
-            ms,
-            cached,
-        } => format!(
-            "#{stage} [{}] {} {name} ({}{})",
-            step + 1,
-            if *passed { "PASSED" } else { "FAILED" },
-            if *passed {
-                human_ms(*ms)
-            } else {
-                format!("{status}, {}", human_ms(*ms))
-            },
-            if *cached { ", cached" } else { "" }
-        ),
+        Event::TestFinished { .. } => test_line(event),
         Event::StageFinished {
             stage,
             state,

@@ -23,17 +23,21 @@ pub struct Trace {
 
 #[derive(Default)]
 struct Kept {
-    /// Each event with its time and its thread's number (in the order
-    /// threads were first seen: the main thread is 0).
+    /// Each event with its time and its thread's number (the main
+    /// thread's is 0).
     events: Vec<(f64, usize, Event)>,
     threads: HashMap<ThreadId, usize>,
 }
 
 impl Trace {
+    /// A trace of a build whose main thread is this one (numbered 0; the
+    /// workers from 1, in the order they are first seen).
     pub fn new(inner: Box<dyn Reporter>) -> Trace {
+        let mut kept = Kept::default();
+        kept.threads.insert(std::thread::current().id(), 0);
         Trace {
             inner,
-            kept: Mutex::new(Kept::default()),
+            kept: Mutex::new(kept),
         }
     }
 
@@ -48,13 +52,13 @@ impl Trace {
                 Event::StageStarted { stage } => {
                     open.insert(stage, *at);
                 }
-                Event::StageFinished { stage, cached, .. } => {
+                Event::StageFinished { stage, .. } | Event::StageFailed { stage } => {
                     let start = open.remove(stage.as_str()).unwrap_or(*at);
                     spans.push(Span {
                         stage: stage.clone(),
                         start_ms: start,
                         end_ms: *at,
-                        cached: *cached,
+                        cached: matches!(e, Event::StageFinished { cached: true, .. }),
                         needs: needs.get(stage).cloned().unwrap_or_default(),
                     });
                 }
@@ -164,7 +168,7 @@ impl Trace {
             }
         }
         // The critical path, on a track of its own after the workers.
-        let track = kept.threads.len() + 1;
+        let track = kept.threads.len();
         out.push(json!({
             "name": "thread_name", "ph": "M", "pid": 1, "tid": track,
             "args": {"name": "critical path"},

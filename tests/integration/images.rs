@@ -275,6 +275,11 @@ fn registry_images_are_locked_used_offline_and_updated_on_request() {
     assert!(r.stderr.contains("kiln.kdl:3:16"), "{}", r.stderr);
     assert!(r.stderr.contains("--locked"), "{}", r.stderr);
     assert!(!p.exists("kiln.lock"));
+    // A dry run resolves the tag as the build would, and pins nothing.
+    let dry = p.kiln(&["build", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("would run"), "{}", dry.stdout);
+    assert!(!p.exists("kiln.lock"), "a dry run writes no lock file");
     // The first build resolves the tag and locks the digest.
     let r = p.build(&[]);
     r.ok();

@@ -226,7 +226,16 @@ fn selection_and_timeouts() {
         r#"kiln 1
 stage slow {{
     from image="{image}"
-    test "sleep 20" timeout="1s"
+    test "touch /made; sleep 20" timeout="1s"
+    run "test ! -e /made"
+}}
+stage badname {{
+    from image="{image}"
+    test "touch \"/x$(printf '\\377')\"; echo failing-output"
+}}
+stage unresolved {{
+    from image="oci:/nonexistent/image:1"
+    test "true"
 }}
 stage quick-a {{
     from image="{image}"
@@ -253,6 +262,47 @@ stage plain {{
                 .contains("(ran longer than its time limit of 1s)"),
         "{}",
         slow.stdout
+    );
+    // A test stopped at its time limit keeps nothing it made.
+    assert!(
+        slow.stdout.ends_with("1 test: 0 passed, 1 failed\n"),
+        "{}",
+        slow.stdout
+    );
+    // A test that leaves what a tree cannot hold failed, with its output.
+    let bad = p.kiln(&["test", "--target", "badname"]);
+    bad.code(1);
+    assert!(bad.stdout.contains("badname  FAILED in"), "{}", bad.stdout);
+    assert!(
+        bad.stderr.contains("test failed: exit 0, and"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("failing-output"), "{}", bad.stderr);
+    // A build that stops before its first stage still reports its tests.
+    let stopped = p.kiln(&["test", "--target", "unresolved", "--json", "t.json"]);
+    assert_ne!(stopped.code, 0);
+    let json: serde_json::Value = serde_json::from_str(&p.read("t.json")).unwrap();
+    assert_eq!(json["not_run"], 1, "{json}");
+    let why = json["tests"][0]["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("the build stopped before it: cannot resolve the image"),
+        "{why}"
+    );
+    // Reports go where nothing of the build is.
+    let spec = p.kiln(&["test", "--target", "quick-*", "--json", "kiln.kdl"]);
+    spec.code(2);
+    assert!(
+        spec.stderr.contains("`--json kiln.kdl` is a spec file"),
+        "{}",
+        spec.stderr
+    );
+    let twice = p.kiln(&["test", "--target", "quick-*", "--json", "r", "--junit", "r"]);
+    twice.code(2);
+    assert!(
+        twice.stderr.contains("is also where `--junit` goes"),
+        "{}",
+        twice.stderr
     );
     let none = p.kiln(&["test", "--target", "plain"]);
     none.code(2);

@@ -87,6 +87,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 const LOG_LIMIT: usize = 64 << 20;
 /// How many lines of output a failure shows.
 const TAIL_LINES: usize = 20;
+/// How much of the end of a command's output is kept for them.
+const TAIL_BYTES: usize = 8 << 10;
 
 impl StepKind for RunOp {
     fn canonical(&self, names: Names<'_>) -> serde_json::Value {
@@ -598,50 +600,10 @@ impl RunOp {
         {
             return Ok(false);
         }
-        let log = env.options.secrets.redact(&log);
-        let saved = env.save_log(key, &log, &[]);
-        let output = String::from_utf8_lossy(&log);
-        match result {
-            Ok(()) if self.test.is_some() => {
-                *work.test = Some(TestEnd {
-                    run: TestRun {
-                        passed: true,
-                        status: "exit 0".into(),
-                        ms,
-                        tail: tail(&output),
-                    },
-                    failure: None,
-                });
-            }
-            Ok(()) => {}
-            // A test's verdict: recorded, and the stage goes on with what
-            // the command left.
-            Err(
-                e @ (SandboxError::Exit(_) | SandboxError::Signal(_) | SandboxError::Timeout(_)),
-            ) if self.test.is_some() => {
-                let status = match &e {
-                    SandboxError::Exit(c) => format!("exit {c}"),
-                    SandboxError::Signal(s) => format!("killed by signal {s}"),
-                    _ => e.to_string().replace("the command ran", "ran"),
-                };
-                let failure = Diagnostic::new(Code::TEST_FAILED, format!("test failed: {status}"))
-                    .with_label(cx.span(), "this test");
-                let failure = with_output(failure, saved, &output);
-                *work.test = Some(TestEnd {
-                    run: TestRun {
-                        passed: false,
-                        status,
-                        ms,
-                        tail: tail(&output),
-                    },
-                    failure: Some(failure),
-                });
-            }
-            Err(e) => return Err(error(cx, e, saved, &output)),
-        }
-        self.keep(
+        self.conclude(
             cx,
             work,
+            (result, log, ms, key),
             &rootfs,
             &on_disk,
             marks.as_ref(),
@@ -652,6 +614,107 @@ impl RunOp {
         )?;
         drop(scratch);
         Ok(true)
+    }
+
+    /// After the command: its output saved, its verdict (a test's run),
+    /// and what it made kept (a test stopped at its time limit keeps
+    /// nothing: its processes were killed, and may not all be gone yet).
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &self,
+        cx: &StepCx<'_>,
+        work: &mut Work<'_>,
+        (result, log, ms, key): (
+            Result<(), SandboxError>,
+            Output,
+            u64,
+            crate::model::digest::StepKey,
+        ),
+        rootfs: &Rootfs<'_>,
+        on_disk: &sandbox::Root,
+        marks: Option<&sandbox::copy::Marks>,
+        scaffold: &BTreeSet<String>,
+        spec: &sandbox::Spec,
+        digest: crate::model::digest::TreeDigest,
+        start: &std::sync::Arc<Tree>,
+    ) -> Result<(), Diagnostic> {
+        let env = cx.env;
+        let secrets = &env.options.secrets;
+        let saved = env.save_log(key, &secrets.redact(&log.all), &[]);
+        let output = String::from_utf8_lossy(&secrets.redact(&log.tail)).into_owned();
+        let timed_out = matches!(result, Err(SandboxError::Timeout(_)));
+        *work.test = self.verdict(cx, result, ms, saved, &output)?;
+        if timed_out {
+            return Ok(());
+        }
+        let kept = self.keep(
+            cx, work, rootfs, on_disk, marks, scaffold, spec, digest, start,
+        );
+        // A test whose files cannot be taken into the tree (a name that is
+        // not UTF-8, more than `--max-unpack-size`) failed, whatever its
+        // status: said so with its output, and the stage goes on without
+        // what it made.
+        if let (Err(d), Some(end)) = (&kept, work.test.as_mut())
+            && !d.is_damage()
+        {
+            *work.tree = (**start).clone();
+            end.run.passed = false;
+            let failure = Diagnostic::new(
+                Code::TEST_FAILED,
+                format!("test failed: {}, and {}", end.run.status, d.message),
+            )
+            .with_label(cx.span(), "this test");
+            end.failure = Some(with_output(failure, None, &output));
+            return Ok(());
+        }
+        kept
+    }
+}
+
+impl RunOp {
+    /// What a command's end means: for a `run`, nothing or its error; for
+    /// a test, its run (and when it failed, the failure the build reports).
+    fn verdict(
+        &self,
+        cx: &StepCx<'_>,
+        result: Result<(), SandboxError>,
+        ms: u64,
+        saved: Option<PathBuf>,
+        output: &str,
+    ) -> Result<Option<TestEnd>, Diagnostic> {
+        let status = match (result, self.test.is_some()) {
+            (Ok(()), false) => return Ok(None),
+            (Ok(()), true) => {
+                return Ok(Some(TestEnd {
+                    run: TestRun {
+                        passed: true,
+                        status: "exit 0".into(),
+                        ms,
+                        tail: tail(output),
+                    },
+                    failure: None,
+                }));
+            }
+            // A test's verdict: recorded, and the stage goes on.
+            (Err(SandboxError::Exit(c)), true) => format!("exit {c}"),
+            (Err(SandboxError::Signal(n)), true) => format!("killed by signal {n}"),
+            (Err(SandboxError::Timeout(t)), true) => format!(
+                "ran longer than its time limit of {}",
+                crate::units::format_duration(t)
+            ),
+            (Err(e), _) => return Err(error(cx, e, saved, output)),
+        };
+        let failure = Diagnostic::new(Code::TEST_FAILED, format!("test failed: {status}"))
+            .with_label(cx.span(), "this test");
+        Ok(Some(TestEnd {
+            run: TestRun {
+                passed: false,
+                status,
+                ms,
+                tail: tail(output),
+            },
+            failure: Some(with_output(failure, saved, output)),
+        }))
     }
 }
 
@@ -699,9 +762,10 @@ fn run_shown(
     cx: &StepCx<'_>,
     on_disk: &sandbox::Root,
     spec: &sandbox::Spec,
-) -> (Result<(), SandboxError>, Vec<u8>) {
+) -> (Result<(), SandboxError>, Output) {
     let env = cx.env;
     let mut log: Vec<u8> = Vec::new();
+    let mut last: Vec<u8> = Vec::new();
     let mut pending = String::new();
     let mut last_emit = std::time::Instant::now();
     let secrets = &env.options.secrets;
@@ -720,6 +784,11 @@ fn run_shown(
     let result = sandbox::run(on_disk, spec, &env.cancel, &mut |_s: Stream, bytes| {
         if log.len() < LOG_LIMIT {
             log.extend_from_slice(&bytes[..bytes.len().min(LOG_LIMIT - log.len())]);
+        }
+        // The end of the output, whatever its length.
+        last.extend_from_slice(&bytes[bytes.len().saturating_sub(TAIL_BYTES)..]);
+        if last.len() > 2 * TAIL_BYTES {
+            last.drain(..last.len() - TAIL_BYTES);
         }
         if shown >= LOG_LIMIT {
             if !cut_off {
@@ -747,7 +816,16 @@ fn run_shown(
     if !cut_off {
         emit(&pending);
     }
-    (result, log)
+    let tail = last.split_off(last.len().saturating_sub(TAIL_BYTES));
+    (result, Output { all: log, tail })
+}
+
+/// What a command printed: the start (the log keeps up to [`LOG_LIMIT`]
+/// bytes) and the end ([`TAIL_BYTES`], what a failure and a test's
+/// report show).
+struct Output {
+    all: Vec<u8>,
+    tail: Vec<u8>,
 }
 
 impl RunOp {
@@ -1419,12 +1497,12 @@ impl Drop for SecretFile {
 }
 
 /// The last lines of a command's output, as a test's report keeps them
-/// (at most [`TAIL_LINES`] lines and 8 KiB).
+/// (at most [`TAIL_LINES`] lines and [`TAIL_BYTES`]).
 fn tail(output: &str) -> String {
     let lines: Vec<&str> = output.trim_end().lines().collect();
     let mut tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
-    if tail.len() > 8 << 10 {
-        let mut cut = tail.len() - (8 << 10);
+    if tail.len() > TAIL_BYTES {
+        let mut cut = tail.len() - TAIL_BYTES;
         while !tail.is_char_boundary(cut) {
             cut += 1;
         }

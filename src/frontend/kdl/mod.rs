@@ -52,6 +52,7 @@ pub const STEP_NODES: &[&str] = &[
     "maintainer",
     "wasm",
     "run",
+    "test",
 ];
 
 /// Read a spec file and everything it includes.
