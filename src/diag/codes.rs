@@ -213,6 +213,7 @@ codes! {
     SPEC_SIGNAL = "kiln::spec::signal", User, "write a name like `SIGTERM` or a number like `15`";
     SPEC_SUBSTITUTION = "kiln::spec::substitution", User;
     SPEC_SYNTAX = "kiln::spec::syntax", User;
+    SPEC_TEST_NAME = "kiln::spec::test-name", User;
     SPEC_TOO_DEEP = "kiln::spec::too-deep", User, "a spec nests a stage's steps one level deep; remove the extra braces";
     SPEC_TYPE = "kiln::spec::type", User;
     SPEC_UNKNOWN_CONTEXT = "kiln::spec::unknown-context", User;

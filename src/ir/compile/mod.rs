@@ -401,7 +401,39 @@ impl Compiler<'_> {
             steps,
             deps,
         };
+        self.test_names(&stage, &locs);
         (stage, locs)
+    }
+
+    /// A stage's tests have names, each its own: reports tell them apart
+    /// by them.
+    fn test_names(&mut self, stage: &Stage, locs: &[StepLoc]) {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, name) in stage.tests() {
+            let Some(at) = locs.get(i).map(|l| l.span) else {
+                continue;
+            };
+            if name.is_empty() {
+                self.diags.push(
+                    Diagnostic::new(Code::SPEC_TEST_NAME, "a test's name is empty")
+                        .with_label(at, "this test")
+                        .with_help(
+                            "give it a name, or leave out `name=` to name it after its stage",
+                        ),
+                );
+            } else if let Some(first) = seen.get(&name).and_then(|j| locs.get(*j)) {
+                self.diags.push(
+                    Diagnostic::new(
+                        Code::SPEC_TEST_NAME,
+                        format!("two tests of stage `{}` are named `{name}`", stage.name),
+                    )
+                    .with_label(first.span, "the first")
+                    .with_label(at, "the second")
+                    .with_help("give each test of a stage its own `name=`"),
+                );
+            }
+            seen.insert(name, i);
+        }
     }
 
     pub(super) fn strings(&mut self, v: &[Str]) -> Option<Vec<String>> {
