@@ -694,6 +694,12 @@ pub fn run(args: &BuildArgs, sources: &Sources) -> Result<(), Failure> {
     if !report.notices.is_empty() {
         progress.println(&render_all(&report.notices, sources));
     }
+    if !report.tests.is_empty() {
+        let (passed, cached, failed, not_run) = pipeline::testing::counts(&report.tests);
+        progress.println(&format!(
+            "tests: {passed} passed ({cached} cached), {failed} failed, {not_run} not run (`kiln test` lists each)"
+        ));
+    }
     progress.finish();
     if req.dry_run {
         print_plan(&report.planned);

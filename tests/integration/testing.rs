@@ -164,6 +164,12 @@ fn a_build_with_a_failing_test_fails_but_writes_its_reports() {
     let r = p.build(&[]);
     r.code(1);
     assert!(r.stderr.contains("test failed: exit 3"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("tests: 1 passed (0 cached), 1 failed, 0 not run"),
+        "{}",
+        r.stderr
+    );
     // `when="always"`: the reports stage built on what the failing test
     // left; the image-like export waits for a build without failures.
     assert_eq!(p.read("reports/unit"), "pass\n");
